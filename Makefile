@@ -1,0 +1,64 @@
+# pgcordon build: `make` builds build/pgcordon; `make test` runs unit + integration tests;
+# `make asan` runs the same suite against an ASan+UBSan build.
+
+CC ?= cc
+BUILD ?= build
+PKGS := libevent libevent_pthreads openssl yaml-0.1
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN := -Wall -Wextra -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Wundef \
+        -Wpointer-arith -Wshadow -Wno-unused-parameter
+ifeq ($(CI),true)
+WARN += -Werror
+endif
+OPT ?= -O2 -g
+SAN ?=
+CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) $(SAN) $(WARN) -Isrc $(PKG_CFLAGS) -pthread
+LDLIBS := $(PKG_LIBS) -pthread
+
+SRCS := $(wildcard src/core/*.c src/proto/*.c src/config/*.c src/auth/*.c src/net/*.c \
+                   src/session/*.c src/cli/*.c)
+LIB_SRCS := $(filter-out src/cli/%,$(SRCS))
+OBJS := $(SRCS:%.c=$(BUILD)/%.o)
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+
+PYTEST := /usr/bin/python3 -m pytest
+
+.PHONY: all test unit integration asan clean format
+
+all: $(BUILD)/pgcordon
+
+$(BUILD)/pgcordon: $(OBJS)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+unit: $(UNIT_BINS)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
+
+integration: $(BUILD)/pgcordon
+	PGCORDON_BIN=$(abspath $(BUILD)/pgcordon) $(PYTEST) -q -p no:cacheprovider tests/integration
+
+test: unit integration
+
+asan:
+	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" test
+
+format:
+	clang-format -i $(SRCS) $(wildcard src/*/*.h) $(UNIT_SRCS)
+
+clean:
+	rm -rf build build-asan
+
+-include $(OBJS:.o=.d)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs every Debian package the build, the tests and the benchmark need; idempotent.
+set -euo pipefail
+
+packages=(
+  build-essential pkg-config
+  libevent-dev libssl-dev libyaml-dev libjansson-dev libcmocka-dev
+  libpg-query-dev libprotobuf-c-dev
+  postgresql postgresql-client pgbouncer
+  python3-pytest python3-psycopg
+  default-jdk-headless libpostgresql-jdbc-java
+  nodejs
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# npm may come from NodeSource rather than Debian; install Debian's only when none is there.
+if ! command -v npm >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends npm
+fi
+
+# node-postgres for the client-compatibility tests, kept inside the repository's test folder.
+here="$(cd "$(dirname "$0")/.." && pwd)"
+if [ ! -d "$here/tests/node/node_modules/pg" ] || [ ! -d "$here/tests/node/node_modules/pg-copy-streams" ]; then
+  (cd "$here/tests/node" && npm install --no-audit --no-fund --loglevel=error)
+fi

@@ -1,0 +1,136 @@
+/* pgcordon serve: load config, open listeners, run workers, handle signals. */
+#include "cli/serve.h"
+
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "core/log.h"
+#include "net/tls.h"
+#include "net/worker.h"
+#include "session/session.h"
+
+typedef struct {
+	struct event_base *base;
+	Worker *workers;
+	int nworkers;
+	const char *path;
+} Server;
+
+static Config *load(const char *path, char *err, size_t errlen)
+{
+	Config *c = config_load(path, err, errlen);
+	if (c && !tls_prepare_config(c, err, errlen)) {
+		config_release(c);
+		return NULL;
+	}
+	return c;
+}
+
+int serve_check_config(const char *path)
+{
+	char err[512];
+	Config *c = load(path, err, sizeof err);
+	if (!c) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	printf("%s: ok (%d database%s, %d user%s)\n", path, c->ndatabases, c->ndatabases == 1 ? "" : "s",
+	       c->nusers, c->nusers == 1 ? "" : "s");
+	config_release(c);
+	return 0;
+}
+
+static void on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+	(void)sig;
+	(void)what;
+	Server *srv = arg;
+	char err[512], q[600];
+	Config *c = load(srv->path, err, sizeof err);
+	if (!c) {
+		log_event(LOG_ERROR, "reload_failed", "error=%s", log_quote(q, sizeof q, err));
+		return;
+	}
+	Config *old = config_current();
+	if (strcmp(old->listen_address, c->listen_address) != 0 || old->listen_port != c->listen_port ||
+	    old->workers != c->workers)
+		log_event(LOG_WARN, "reload_partial", "reason=\"listen changes need a restart\"");
+	config_release(old);
+	log_set_level((LogLevel)c->log_level);
+	log_event(LOG_INFO, "config_reloaded", "generation=%llu databases=%d users=%d",
+		  (unsigned long long)c->generation, c->ndatabases, c->nusers);
+	config_swap(c);
+}
+
+static void on_sigterm(evutil_socket_t sig, short what, void *arg)
+{
+	(void)what;
+	Server *srv = arg;
+	log_event(LOG_INFO, "shutdown_started", "signal=%s active_clients=%d", sig == SIGINT ? "SIGINT" : "SIGTERM",
+		  session_active_count());
+	session_begin_shutdown();
+	workers_stop_accepting(srv->workers, srv->nworkers);
+	workers_notify_all(srv->workers, srv->nworkers);
+	event_base_loopbreak(srv->base);
+}
+
+int serve_run(const char *path)
+{
+	char err[512];
+	Config *c = load(path, err, sizeof err);
+	if (!c) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	log_set_level((LogLevel)c->log_level);
+	signal(SIGPIPE, SIG_IGN);
+
+	int n = c->workers;
+	int fds[256];
+	int port;
+	if (!workers_listen(c->listen_address, c->listen_port, n, fds, &port, err, sizeof err)) {
+		log_event(LOG_ERROR, "listen_failed", "address=%s port=%d error=\"%s\"", c->listen_address,
+			  c->listen_port, err);
+		config_release(c);
+		return 1;
+	}
+	config_swap(c);
+
+	/* Workers start with these signals blocked, so only the main thread's loop sees them. */
+	sigset_t set, old;
+	sigemptyset(&set);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, &old);
+	Server srv = {.path = path, .nworkers = n};
+	srv.workers = workers_start(n, fds, &session_worker_hooks, err, sizeof err);
+	if (!srv.workers) {
+		log_event(LOG_ERROR, "start_failed", "error=\"%s\"", err);
+		return 1;
+	}
+	srv.base = event_base_new();
+	struct event *hup = evsignal_new(srv.base, SIGHUP, on_sighup, &srv);
+	struct event *term = evsignal_new(srv.base, SIGTERM, on_sigterm, &srv);
+	struct event *intr = evsignal_new(srv.base, SIGINT, on_sigterm, &srv);
+	event_add(hup, NULL);
+	event_add(term, NULL);
+	event_add(intr, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+	log_event(LOG_INFO, "ready", "address=%s port=%d workers=%d config=%s", c->listen_address, port, n, path);
+	event_base_dispatch(srv.base);
+
+	workers_join(srv.workers, n);
+	log_event(LOG_INFO, "stopped", NULL);
+	event_free(hup);
+	event_free(term);
+	event_free(intr);
+	event_base_free(srv.base);
+	config_swap(NULL);
+	return 0;
+}

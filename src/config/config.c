@@ -1,0 +1,586 @@
+/* Configuration loading: YAML document → validated Config snapshot, with line numbers in errors. */
+#include "config/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "core/log.h"
+#include "core/util.h"
+
+typedef struct {
+	yaml_document_t *doc;
+	const char *path;
+	char *err;
+	size_t errlen;
+	bool failed;
+} Loader;
+
+static bool fail_at(Loader *ld, const yaml_node_t *node, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static bool fail_at(Loader *ld, const yaml_node_t *node, const char *fmt, ...)
+{
+	if (ld->failed)
+		return false;
+	ld->failed = true;
+	int n = snprintf(ld->err, ld->errlen, "%s:%lu: ", ld->path,
+			 node ? (unsigned long)node->start_mark.line + 1 : 1UL);
+	if (n < 0 || (size_t)n >= ld->errlen)
+		return false;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(ld->err + n, ld->errlen - n, fmt, ap);
+	va_end(ap);
+	return false;
+}
+
+static yaml_node_t *node_at(Loader *ld, int id) { return yaml_document_get_node(ld->doc, id); }
+
+static const char *scalar(const yaml_node_t *n)
+{
+	return n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+static bool expect_mapping(Loader *ld, const yaml_node_t *n, const char *what)
+{
+	if (n->type != YAML_MAPPING_NODE)
+		return fail_at(ld, n, "%s must be a mapping", what);
+	return true;
+}
+
+static bool get_string(Loader *ld, const yaml_node_t *n, const char *key, char **out)
+{
+	const char *v = scalar(n);
+	if (!v)
+		return fail_at(ld, n, "%s must be a string", key);
+	free(*out);
+	*out = xstrdup(v);
+	return true;
+}
+
+static bool get_int(Loader *ld, const yaml_node_t *n, const char *key, long min, long max, int *out)
+{
+	const char *v = scalar(n);
+	char *end;
+	if (!v)
+		return fail_at(ld, n, "%s must be a number", key);
+	errno = 0;
+	long x = strtol(v, &end, 10);
+	if (errno || end == v || *end)
+		return fail_at(ld, n, "%s must be a number, not \"%s\"", key, v);
+	if (x < min || x > max)
+		return fail_at(ld, n, "%s must be between %ld and %ld", key, min, max);
+	*out = (int)x;
+	return true;
+}
+
+static bool get_duration(Loader *ld, const yaml_node_t *n, const char *key, int *out)
+{
+	const char *v = scalar(n);
+	if (!v || !config_parse_duration_ms(v, out))
+		return fail_at(ld, n, "%s must be a duration like 500ms, 30s, 5m", key);
+	return true;
+}
+
+/* Each section handler sees one key/value pair and returns false on error. */
+typedef bool (*KeyHandler)(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *val);
+
+static bool walk_mapping(Loader *ld, Config *c, void *obj, yaml_node_t *map, const char *what,
+			 KeyHandler h)
+{
+	if (!expect_mapping(ld, map, what))
+		return false;
+	for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = node_at(ld, p->key), *v = node_at(ld, p->value);
+		const char *key = scalar(k);
+		if (!key)
+			return fail_at(ld, k, "keys in %s must be strings", what);
+		for (yaml_node_pair_t *q = map->data.mapping.pairs.start; q < p; q++) {
+			const char *prev = scalar(node_at(ld, q->key));
+			if (prev && strcmp(prev, key) == 0)
+				return fail_at(ld, k, "duplicate key \"%s\" in %s", key, what);
+		}
+		if (!h(ld, c, obj, key, v))
+			return fail_at(ld, k, "unknown key \"%s\" in %s", key, what);
+	}
+	return !ld->failed;
+}
+
+/* A handler returns false without setting ld->failed for an unknown key. */
+
+static bool on_listen(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)obj;
+	if (strcmp(key, "address") == 0)
+		return get_string(ld, v, "listen.address", &c->listen_address) || true;
+	if (strcmp(key, "port") == 0)
+		return get_int(ld, v, "listen.port", 0, 65535, &c->listen_port) || true;
+	if (strcmp(key, "workers") == 0)
+		return get_int(ld, v, "listen.workers", 1, 256, &c->workers) || true;
+	return false;
+}
+
+static bool on_tls(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)obj;
+	if (strcmp(key, "mode") == 0) {
+		const char *m = scalar(v);
+		if (m && strcmp(m, "disable") == 0)
+			c->tls_mode = TLS_DISABLE;
+		else if (m && strcmp(m, "prefer") == 0)
+			c->tls_mode = TLS_PREFER;
+		else if (m && strcmp(m, "require") == 0)
+			c->tls_mode = TLS_REQUIRE;
+		else
+			fail_at(ld, v, "tls.mode must be disable, prefer or require");
+		return true;
+	}
+	if (strcmp(key, "cert") == 0)
+		return get_string(ld, v, "tls.cert", &c->tls_cert) || true;
+	if (strcmp(key, "key") == 0)
+		return get_string(ld, v, "tls.key", &c->tls_key) || true;
+	return false;
+}
+
+static bool on_admin(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)obj;
+	if (strcmp(key, "address") == 0)
+		return get_string(ld, v, "admin.address", &c->admin_address) || true;
+	if (strcmp(key, "port") == 0)
+		return get_int(ld, v, "admin.port", 0, 65535, &c->admin_port) || true;
+	return false;
+}
+
+static bool on_limits(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)obj;
+	if (strcmp(key, "max_client_conn") == 0)
+		return get_int(ld, v, "limits.max_client_conn", 1, 1000000, &c->max_client_conn) || true;
+	if (strcmp(key, "max_message_size") == 0) {
+		uint64_t size;
+		const char *s = scalar(v);
+		if (!s || !config_parse_size(s, &size) || size < 1024 || size > 1024ULL * 1024 * 1024)
+			fail_at(ld, v, "limits.max_message_size must be a size between 1KiB and 1GiB");
+		else
+			c->max_message_size = (uint32_t)size;
+		return true;
+	}
+	if (strcmp(key, "startup_timeout") == 0)
+		return get_duration(ld, v, "limits.startup_timeout", &c->startup_timeout_ms) || true;
+	if (strcmp(key, "shutdown_timeout") == 0)
+		return get_duration(ld, v, "limits.shutdown_timeout", &c->shutdown_timeout_ms) || true;
+	return false;
+}
+
+static bool on_log(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)obj;
+	if (strcmp(key, "level") == 0) {
+		LogLevel l;
+		const char *s = scalar(v);
+		if (!s || !log_parse_level(s, &l))
+			fail_at(ld, v, "log.level must be debug, info, warn or error");
+		else
+			c->log_level = l;
+		return true;
+	}
+	return false;
+}
+
+static bool on_audit_results(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)obj;
+	if (strcmp(key, "rows") == 0)
+		return get_int(ld, v, "audit.results.rows", 0, 1000000, &c->audit_rows) || true;
+	return false;
+}
+
+static bool on_audit(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	if (strcmp(key, "store") == 0)
+		return get_string(ld, v, "audit.store", &c->audit_store) || true;
+	if (strcmp(key, "results") == 0)
+		return walk_mapping(ld, c, obj, v, "audit.results", on_audit_results) || true;
+	return false;
+}
+
+static bool on_database(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)c;
+	DatabaseConfig *d = obj;
+	if (strcmp(key, "host") == 0)
+		return get_string(ld, v, "host", &d->host) || true;
+	if (strcmp(key, "port") == 0)
+		return get_int(ld, v, "port", 1, 65535, &d->port) || true;
+	if (strcmp(key, "dbname") == 0)
+		return get_string(ld, v, "dbname", &d->dbname) || true;
+	if (strcmp(key, "user") == 0)
+		return get_string(ld, v, "user", &d->user) || true;
+	if (strcmp(key, "sslrootcert") == 0)
+		return get_string(ld, v, "sslrootcert", &d->sslrootcert) || true;
+	if (strcmp(key, "password") == 0 || strcmp(key, "password_env") == 0 ||
+	    strcmp(key, "password_file") == 0) {
+		const char *s = scalar(v);
+		if (!s)
+			return fail_at(ld, v, "%s must be a string", key) || true;
+		if (d->password)
+			return fail_at(ld, v, "only one of password, password_env, password_file may be set") || true;
+		if (strcmp(key, "password") == 0) {
+			d->password = xstrdup(s);
+		} else if (strcmp(key, "password_env") == 0) {
+			const char *e = getenv(s);
+			if (!e)
+				return fail_at(ld, v, "password_env: environment variable %s is not set", s) || true;
+			d->password = xstrdup(e);
+		} else {
+			char ferr[256];
+			d->password = util_read_file(s, 64 * 1024, ferr, sizeof ferr);
+			if (!d->password)
+				return fail_at(ld, v, "password_file: %s", ferr) || true;
+			/* A trailing newline is an editor's artefact, not part of the secret. */
+			size_t n = strlen(d->password);
+			while (n > 0 && (d->password[n - 1] == '\n' || d->password[n - 1] == '\r'))
+				d->password[--n] = 0;
+		}
+		return true;
+	}
+	if (strcmp(key, "sslmode") == 0) {
+		const char *m = scalar(v);
+		if (m && strcmp(m, "disable") == 0)
+			d->sslmode = SSLMODE_DISABLE;
+		else if (m && strcmp(m, "require") == 0)
+			d->sslmode = SSLMODE_REQUIRE;
+		else if (m && strcmp(m, "verify-full") == 0)
+			d->sslmode = SSLMODE_VERIFY_FULL;
+		else
+			fail_at(ld, v, "sslmode must be disable, require or verify-full");
+		return true;
+	}
+	return false;
+}
+
+static bool valid_name(const char *s)
+{
+	if (!*s || strlen(s) > 63)
+		return false;
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && *s != '_' && *s != '-' && *s != '.' && *s != '@')
+			return false;
+	return true;
+}
+
+static bool load_databases(Loader *ld, Config *c, yaml_node_t *map)
+{
+	if (!expect_mapping(ld, map, "databases"))
+		return false;
+	int n = (int)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+	c->databases = xcalloc(n ? n : 1, sizeof *c->databases);
+	for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = node_at(ld, p->key), *v = node_at(ld, p->value);
+		const char *name = scalar(k);
+		if (!name || !valid_name(name))
+			return fail_at(ld, k, "database names must be 1-63 letters, digits, _ - . @");
+		if (config_find_database(c, name))
+			return fail_at(ld, k, "database \"%s\" is defined twice", name);
+		DatabaseConfig *d = &c->databases[c->ndatabases++];
+		d->name = xstrdup(name);
+		d->port = 5432;
+		d->sslmode = SSLMODE_DISABLE;
+		if (!walk_mapping(ld, c, d, v, "a database entry", on_database))
+			return false;
+		if (!d->host)
+			return fail_at(ld, v, "database \"%s\": host is required", name);
+		if (!d->user)
+			return fail_at(ld, v, "database \"%s\": user is required", name);
+		if (!d->dbname)
+			d->dbname = xstrdup(name);
+		if (d->sslmode == SSLMODE_VERIFY_FULL && !d->sslrootcert)
+			return fail_at(ld, v, "database \"%s\": sslmode verify-full needs sslrootcert", name);
+	}
+	return true;
+}
+
+static bool load_groups(Loader *ld, UserConfig *u, yaml_node_t *v)
+{
+	if (v->type != YAML_SEQUENCE_NODE)
+		return fail_at(ld, v, "groups must be a list");
+	int n = (int)(v->data.sequence.items.top - v->data.sequence.items.start);
+	u->groups = xcalloc(n ? n : 1, sizeof(char *));
+	for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
+		yaml_node_t *g = node_at(ld, *it);
+		if (!scalar(g) || !valid_name(scalar(g)))
+			return fail_at(ld, g, "group names must be 1-63 letters, digits, _ - . @");
+		u->groups[u->ngroups++] = xstrdup(scalar(g));
+	}
+	return true;
+}
+
+static bool on_user(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)c;
+	UserConfig *u = obj;
+	if (strcmp(key, "password") == 0) {
+		const char *s = scalar(v);
+		if (!s || strncmp(s, "SCRAM-SHA-256$", 14) != 0)
+			fail_at(ld, v, "password must be a SCRAM-SHA-256 verifier (see pgcordon passwd), never plaintext");
+		else
+			u->verifier = xstrdup(s);
+		return true;
+	}
+	if (strcmp(key, "groups") == 0)
+		return load_groups(ld, u, v) || true;
+	return false;
+}
+
+static bool load_users(Loader *ld, Config *c, yaml_node_t *map)
+{
+	if (!expect_mapping(ld, map, "users"))
+		return false;
+	int n = (int)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+	c->users = xcalloc(n ? n : 1, sizeof *c->users);
+	for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = node_at(ld, p->key), *v = node_at(ld, p->value);
+		const char *name = scalar(k);
+		if (!name || !valid_name(name))
+			return fail_at(ld, k, "user names must be 1-63 letters, digits, _ - . @");
+		if (config_find_user(c, name))
+			return fail_at(ld, k, "user \"%s\" is defined twice", name);
+		UserConfig *u = &c->users[c->nusers++];
+		u->name = xstrdup(name);
+		if (!walk_mapping(ld, c, u, v, "a user entry", on_user))
+			return false;
+		if (!u->verifier)
+			return fail_at(ld, v, "user \"%s\": password (a SCRAM-SHA-256 verifier) is required", name);
+	}
+	return true;
+}
+
+static bool on_top(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)obj;
+	if (strcmp(key, "listen") == 0)
+		return walk_mapping(ld, c, NULL, v, "listen", on_listen) || true;
+	if (strcmp(key, "tls") == 0)
+		return walk_mapping(ld, c, NULL, v, "tls", on_tls) || true;
+	if (strcmp(key, "admin") == 0)
+		return walk_mapping(ld, c, NULL, v, "admin", on_admin) || true;
+	if (strcmp(key, "limits") == 0)
+		return walk_mapping(ld, c, NULL, v, "limits", on_limits) || true;
+	if (strcmp(key, "log") == 0)
+		return walk_mapping(ld, c, NULL, v, "log", on_log) || true;
+	if (strcmp(key, "audit") == 0)
+		return walk_mapping(ld, c, NULL, v, "audit", on_audit) || true;
+	if (strcmp(key, "databases") == 0)
+		return load_databases(ld, c, v) || true;
+	if (strcmp(key, "users") == 0)
+		return load_users(ld, c, v) || true;
+	return false;
+}
+
+static void config_free(Config *c)
+{
+	if (!c)
+		return;
+	for (int i = 0; i < c->ndatabases; i++) {
+		DatabaseConfig *d = &c->databases[i];
+		free(d->name);
+		free(d->host);
+		free(d->dbname);
+		free(d->user);
+		if (d->password)
+			util_wipe_free(d->password);
+		free(d->sslrootcert);
+		if (d->tls_ctx)
+			SSL_CTX_free(d->tls_ctx);
+	}
+	free(c->databases);
+	for (int i = 0; i < c->nusers; i++) {
+		UserConfig *u = &c->users[i];
+		free(u->name);
+		free(u->verifier);
+		for (int g = 0; g < u->ngroups; g++)
+			free(u->groups[g]);
+		free(u->groups);
+	}
+	free(c->users);
+	if (c->tls_ctx)
+		SSL_CTX_free(c->tls_ctx);
+	free(c->path);
+	free(c->listen_address);
+	free(c->tls_cert);
+	free(c->tls_key);
+	free(c->admin_address);
+	free(c->audit_store);
+	free(c);
+}
+
+Config *config_load(const char *path, char *err, size_t errlen)
+{
+	static uint64_t next_generation = 1;
+	FILE *f = fopen(path, "rb");
+	if (!f) {
+		snprintf(err, errlen, "%s:1: cannot open: %s", path, strerror(errno));
+		return NULL;
+	}
+	yaml_parser_t parser;
+	yaml_document_t doc;
+	Config *c = xcalloc(1, sizeof *c);
+	Loader ld = {.doc = &doc, .path = path, .err = err, .errlen = errlen};
+
+	c->refcount = 1;
+	c->path = xstrdup(path);
+	c->listen_address = xstrdup("127.0.0.1");
+	c->listen_port = 6432;
+	c->workers = util_cpu_count();
+	c->tls_mode = TLS_DISABLE;
+	c->admin_address = xstrdup("127.0.0.1");
+	c->admin_port = 8432;
+	c->max_client_conn = 1000;
+	c->max_message_size = 64 * 1024 * 1024;
+	c->startup_timeout_ms = 15000;
+	c->shutdown_timeout_ms = 30000;
+	c->log_level = LOG_INFO;
+	c->audit_rows = 100;
+
+	yaml_parser_initialize(&parser);
+	yaml_parser_set_input_file(&parser, f);
+	if (!yaml_parser_load(&parser, &doc)) {
+		snprintf(err, errlen, "%s:%lu: invalid YAML: %s", path,
+			 (unsigned long)parser.problem_mark.line + 1,
+			 parser.problem ? parser.problem : "parse error");
+		yaml_parser_delete(&parser);
+		fclose(f);
+		config_free(c);
+		return NULL;
+	}
+	yaml_node_t *root = yaml_document_get_root_node(&doc);
+	if (!root)
+		fail_at(&ld, NULL, "the file is empty");
+	else
+		walk_mapping(&ld, c, NULL, root, "the top level", on_top);
+
+	if (!ld.failed && c->tls_mode != TLS_DISABLE && (!c->tls_cert || !c->tls_key))
+		fail_at(&ld, root, "tls.mode %s needs tls.cert and tls.key",
+			c->tls_mode == TLS_PREFER ? "prefer" : "require");
+	if (!ld.failed && c->ndatabases == 0)
+		fail_at(&ld, root, "no databases are configured");
+
+	yaml_document_delete(&doc);
+	yaml_parser_delete(&parser);
+	fclose(f);
+	if (ld.failed) {
+		config_free(c);
+		return NULL;
+	}
+	c->generation = __atomic_fetch_add(&next_generation, 1, __ATOMIC_RELAXED);
+	return c;
+}
+
+const DatabaseConfig *config_find_database(const Config *c, const char *name)
+{
+	for (int i = 0; i < c->ndatabases; i++)
+		if (strcmp(c->databases[i].name, name) == 0)
+			return &c->databases[i];
+	return NULL;
+}
+
+const UserConfig *config_find_user(const Config *c, const char *name)
+{
+	for (int i = 0; i < c->nusers; i++)
+		if (strcmp(c->users[i].name, name) == 0)
+			return &c->users[i];
+	return NULL;
+}
+
+Config *config_ref(Config *c)
+{
+	__atomic_add_fetch(&c->refcount, 1, __ATOMIC_RELAXED);
+	return c;
+}
+
+void config_release(Config *c)
+{
+	if (c && __atomic_sub_fetch(&c->refcount, 1, __ATOMIC_ACQ_REL) == 0)
+		config_free(c);
+}
+
+/* Readers take a reference under the lock; reloads are rare, so a mutex is cheap enough. */
+static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
+static Config *current;
+
+Config *config_current(void)
+{
+	pthread_mutex_lock(&current_lock);
+	Config *c = current ? config_ref(current) : NULL;
+	pthread_mutex_unlock(&current_lock);
+	return c;
+}
+
+void config_swap(Config *c)
+{
+	pthread_mutex_lock(&current_lock);
+	Config *old = current;
+	current = c;
+	pthread_mutex_unlock(&current_lock);
+	config_release(old);
+}
+
+bool config_parse_duration_ms(const char *s, int *out_ms)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (errno || end == s || v < 0)
+		return false;
+	double mult;
+	if (*end == 0 || strcmp(end, "s") == 0)
+		mult = 1000;
+	else if (strcmp(end, "ms") == 0)
+		mult = 1;
+	else if (strcmp(end, "m") == 0 || strcmp(end, "min") == 0)
+		mult = 60000;
+	else if (strcmp(end, "h") == 0)
+		mult = 3600000;
+	else
+		return false;
+	double ms = v * mult;
+	if (ms > INT_MAX)
+		return false;
+	*out_ms = (int)ms;
+	return true;
+}
+
+bool config_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	if (!isdigit((unsigned char)*s))
+		return false;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno)
+		return false;
+	uint64_t mult;
+	if (*end == 0 || strcmp(end, "B") == 0)
+		mult = 1;
+	else if (strcmp(end, "KiB") == 0 || strcmp(end, "kB") == 0 || strcmp(end, "KB") == 0)
+		mult = 1024;
+	else if (strcmp(end, "MiB") == 0 || strcmp(end, "MB") == 0)
+		mult = 1024 * 1024;
+	else if (strcmp(end, "GiB") == 0 || strcmp(end, "GB") == 0)
+		mult = 1024ULL * 1024 * 1024;
+	else
+		return false;
+	if (v > UINT64_MAX / mult)
+		return false;
+	*out = v * mult;
+	return true;
+}

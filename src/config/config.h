@@ -1,0 +1,88 @@
+/*
+ * Configuration: the YAML file mapped into an immutable, reference-counted snapshot.
+ * Loading validates everything (unknown keys are errors) and reports "FILE:LINE: message".
+ * A snapshot is shared by workers and sessions; take a reference with config_ref and
+ * drop it with config_release. config_current/config_swap publish the live snapshot.
+ */
+#ifndef PGC_CONFIG_H
+#define PGC_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ssl_ctx_st SSL_CTX;
+
+typedef enum { TLS_DISABLE, TLS_PREFER, TLS_REQUIRE } TlsMode;
+typedef enum { SSLMODE_DISABLE, SSLMODE_REQUIRE, SSLMODE_VERIFY_FULL } SslMode;
+
+typedef struct {
+	char *name;     /* what the client asks for */
+	char *host;
+	int port;
+	char *dbname;   /* upstream database */
+	char *user;     /* gateway-held login role */
+	char *password; /* gateway-held secret; never logged */
+	SslMode sslmode;
+	char *sslrootcert;
+	SSL_CTX *tls_ctx; /* client context for sslmode require/verify-full */
+} DatabaseConfig;
+
+typedef struct {
+	char *name;
+	char *verifier; /* SCRAM-SHA-256$iter:salt$stored:server */
+	char **groups;
+	int ngroups;
+} UserConfig;
+
+typedef struct Config {
+	int refcount; /* atomic */
+	char *path;
+	uint64_t generation;
+
+	char *listen_address;
+	int listen_port;
+	int workers;
+
+	TlsMode tls_mode;
+	char *tls_cert;
+	char *tls_key;
+	SSL_CTX *tls_ctx; /* server context when tls_mode != TLS_DISABLE */
+
+	char *admin_address;
+	int admin_port;
+
+	int max_client_conn;
+	uint32_t max_message_size;
+	int startup_timeout_ms;
+	int shutdown_timeout_ms;
+	int log_level; /* LogLevel */
+
+	char *audit_store;
+	int audit_rows;
+
+	DatabaseConfig *databases;
+	int ndatabases;
+	UserConfig *users;
+	int nusers;
+} Config;
+
+/* Loads and validates FILE; on error returns NULL with "FILE:LINE: message" in err. */
+Config *config_load(const char *path, char *err, size_t errlen) __attribute__((warn_unused_result));
+
+const DatabaseConfig *config_find_database(const Config *c, const char *name);
+const UserConfig *config_find_user(const Config *c, const char *name);
+
+Config *config_ref(Config *c);
+void config_release(Config *c);
+
+/* The live snapshot: config_current returns a new reference the caller releases. */
+Config *config_current(void);
+void config_swap(Config *c); /* takes ownership of the caller's reference */
+
+/* "30s", "500ms", "5m", "1h" or a bare number of seconds. */
+bool config_parse_duration_ms(const char *s, int *out_ms);
+/* "67108864", "64MiB", "512KiB", "1GiB". */
+bool config_parse_size(const char *s, uint64_t *out);
+
+#endif

@@ -1,0 +1,139 @@
+/* Small helpers shared by every module. */
+#include "core/util.h"
+
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static void oom(void)
+{
+	static const char msg[] = "level=error event=out_of_memory\n";
+	if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {
+		/* Nothing more to do. */
+	}
+	abort();
+}
+
+void *xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+	if (!p)
+		oom();
+	return p;
+}
+
+void *xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n ? n : 1, size ? size : 1);
+	if (!p)
+		oom();
+	return p;
+}
+
+void *xrealloc(void *p, size_t n)
+{
+	p = realloc(p, n ? n : 1);
+	if (!p)
+		oom();
+	return p;
+}
+
+char *xstrdup(const char *s)
+{
+	char *p = strdup(s);
+	if (!p)
+		oom();
+	return p;
+}
+
+char *util_read_file(const char *path, size_t max, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f) {
+		snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	char *buf = xmalloc(max + 1);
+	size_t n = fread(buf, 1, max + 1, f);
+	bool bad = ferror(f);
+	fclose(f);
+	if (bad || n > max) {
+		snprintf(err, errlen, bad ? "cannot read %s" : "%s is too large", path);
+		free(buf);
+		return NULL;
+	}
+	buf[n] = 0;
+	return buf;
+}
+
+void util_wipe_free(char *s)
+{
+	if (!s)
+		return;
+	OPENSSL_cleanse(s, strlen(s));
+	free(s);
+}
+
+int util_cpu_count(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n < 1 ? 1 : n > 64 ? 64 : (int)n;
+}
+
+void util_random(void *buf, size_t n)
+{
+	if (RAND_bytes(buf, (int)n) != 1)
+		abort();
+}
+
+size_t util_b64_encoded_len(size_t n) { return 4 * ((n + 2) / 3); }
+
+void util_b64_encode(const unsigned char *in, size_t n, char *out)
+{
+	EVP_EncodeBlock((unsigned char *)out, in, (int)n);
+}
+
+int util_b64_decode(const char *in, size_t inlen, unsigned char *out, size_t outmax)
+{
+	if (inlen % 4 != 0 || inlen / 4 * 3 > outmax + 2)
+		return -1;
+	for (size_t i = 0; i < inlen; i++) {
+		char c = in[i];
+		bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+			  c == '+' || c == '/' || (c == '=' && i >= inlen - 2);
+		if (!ok || (c != '=' && i > 0 && in[i - 1] == '='))
+			return -1;
+	}
+	size_t tmplen = inlen / 4 * 3 + 1;
+	unsigned char *tmp = xmalloc(tmplen);
+	int n = EVP_DecodeBlock(tmp, (const unsigned char *)in, (int)inlen);
+	if (n < 0) {
+		free(tmp);
+		return -1;
+	}
+	/* EVP_DecodeBlock counts padding as zero bytes; take them off. */
+	if (inlen >= 1 && in[inlen - 1] == '=')
+		n--;
+	if (inlen >= 2 && in[inlen - 2] == '=')
+		n--;
+	if ((size_t)n <= outmax)
+		memcpy(out, tmp, n);
+	OPENSSL_cleanse(tmp, tmplen);
+	free(tmp);
+	return (size_t)n <= outmax ? n : -1;
+}
+
+bool util_ct_equal(const void *a, const void *b, size_t n) { return CRYPTO_memcmp(a, b, n) == 0; }
+
+uint64_t util_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}

@@ -1,0 +1,36 @@
+/* Small helpers: allocation that aborts on exhaustion, files, base64, randomness, wiping. */
+#ifndef PGC_UTIL_H
+#define PGC_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+
+/* Reads a whole file of at most max bytes as a NUL-terminated string; NULL + err on failure. */
+char *util_read_file(const char *path, size_t max, char *err, size_t errlen);
+
+/* Overwrites a secret string before freeing it. */
+void util_wipe_free(char *s);
+
+int util_cpu_count(void);
+
+/* Cryptographically strong random bytes (OpenSSL); aborts if the RNG fails. */
+void util_random(void *buf, size_t n);
+
+/* Standard base64 with padding. encode writes a NUL-terminated string of 4*ceil(n/3) chars. */
+size_t util_b64_encoded_len(size_t n);
+void util_b64_encode(const unsigned char *in, size_t n, char *out);
+/* Returns decoded length, or -1 when the input is not valid padded base64 or exceeds outmax. */
+int util_b64_decode(const char *in, size_t inlen, unsigned char *out, size_t outmax);
+
+/* Constant-time comparison of two equal-length buffers. */
+bool util_ct_equal(const void *a, const void *b, size_t n);
+
+uint64_t util_now_ms(void);
+
+#endif

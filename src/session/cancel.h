@@ -1,0 +1,29 @@
+/*
+ * Cancel keys: every client session gets a gateway-made (pid, key) pair; the registry
+ * maps it to the upstream backend's own pair and address, so a client CancelRequest
+ * reaches the right backend without the client ever seeing the upstream's keys.
+ * Thread-safe (cancels are rare: a mutex, never on the per-message path).
+ */
+#ifndef PGC_CANCEL_H
+#define PGC_CANCEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+typedef struct {
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	uint32_t pid;
+	uint32_t key;
+} CancelTarget;
+
+/* Allocates a fresh, unused gateway pid and random key. */
+void cancel_register(uint32_t *pid, uint32_t *key);
+/* Fills in the upstream target once it is known. */
+void cancel_set_target(uint32_t pid, const CancelTarget *t);
+void cancel_unregister(uint32_t pid);
+/* Looks up a client's pair (key compared in constant time); copies the target out. */
+bool cancel_lookup(uint32_t pid, uint32_t key, CancelTarget *out);
+
+#endif

@@ -1,0 +1,157 @@
+/* The per-session FIFO of expected backend responses. */
+#include "session/pipeline.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/util.h"
+
+void pipeline_init(Pipeline *p)
+{
+	memset(p, 0, sizeof *p);
+	p->txn_status = 'I';
+}
+
+void pipeline_free(Pipeline *p)
+{
+	free(p->items);
+	p->items = NULL;
+	p->cap = p->count = p->head = 0;
+}
+
+static bool push(Pipeline *p, ExpKind kind)
+{
+	if (p->count >= PIPELINE_MAX)
+		return false;
+	if (p->count == p->cap) {
+		size_t cap = p->cap ? p->cap * 2 : 8;
+		Expectation *items = xmalloc(cap * sizeof *items);
+		for (size_t i = 0; i < p->count; i++)
+			items[i] = p->items[(p->head + i) % p->cap];
+		free(p->items);
+		p->items = items;
+		p->cap = cap;
+		p->head = 0;
+	}
+	Expectation *e = &p->items[(p->head + p->count) % p->cap];
+	e->kind = kind;
+	e->seq = ++p->next_seq;
+	p->count++;
+	return true;
+}
+
+static void pop(Pipeline *p)
+{
+	if (p->count == 0) {
+		p->unexpected++;
+		return;
+	}
+	p->head = (p->head + 1) % p->cap;
+	p->count--;
+}
+
+const Expectation *pipeline_front(const Pipeline *p)
+{
+	return p->count ? &p->items[p->head] : NULL;
+}
+
+bool pipeline_on_frontend(Pipeline *p, char type, char describe_kind)
+{
+	switch (type) {
+	case 'Q':
+		return push(p, EXP_QUERY);
+	case 'F':
+		return push(p, EXP_FUNCTION);
+	case 'P':
+		return push(p, EXP_PARSE);
+	case 'B':
+		return push(p, EXP_BIND);
+	case 'D':
+		return push(p, describe_kind == 'S' ? EXP_DESCRIBE_STMT : EXP_DESCRIBE_PORTAL);
+	case 'E':
+		return push(p, EXP_EXECUTE);
+	case 'C':
+		return push(p, EXP_CLOSE);
+	case 'S':
+		return push(p, EXP_SYNC);
+	default:
+		/* Flush, CopyData/Done/Fail, Terminate, password messages: nothing of their own. */
+		return true;
+	}
+}
+
+static bool front_is(const Pipeline *p, ExpKind kind)
+{
+	return p->count && p->items[p->head].kind == kind;
+}
+
+void pipeline_on_backend(Pipeline *p, char type, char status)
+{
+	const Expectation *f = pipeline_front(p);
+	switch (type) {
+	case 'Z': /* ReadyForQuery ends a Query, a FunctionCall or a Sync */
+		p->txn_status = status;
+		p->in_error = false;
+		if (f && (f->kind == EXP_QUERY || f->kind == EXP_FUNCTION || f->kind == EXP_SYNC))
+			pop(p);
+		else
+			p->unexpected++;
+		return;
+	case 'E':
+		if (!f) {
+			p->unexpected++;
+			return;
+		}
+		if (f->kind == EXP_QUERY || f->kind == EXP_FUNCTION || f->kind == EXP_SYNC)
+			return; /* ReadyForQuery still follows */
+		/* The server now discards every message up to Sync; so do their expectations. */
+		while (p->count && !front_is(p, EXP_SYNC))
+			pop(p);
+		p->in_error = true;
+		p->got_param_desc = false;
+		return;
+	case '1':
+		if (front_is(p, EXP_PARSE))
+			pop(p);
+		else
+			p->unexpected++;
+		return;
+	case '2':
+		if (front_is(p, EXP_BIND))
+			pop(p);
+		else
+			p->unexpected++;
+		return;
+	case '3':
+		if (front_is(p, EXP_CLOSE))
+			pop(p);
+		else
+			p->unexpected++;
+		return;
+	case 't':
+		if (front_is(p, EXP_DESCRIBE_STMT))
+			p->got_param_desc = true;
+		else
+			p->unexpected++;
+		return;
+	case 'T':
+	case 'n':
+		/* Describe answers with these; inside a Query or Execute a RowDescription is part of the result. */
+		if (front_is(p, EXP_DESCRIBE_STMT) || front_is(p, EXP_DESCRIBE_PORTAL)) {
+			p->got_param_desc = false;
+			pop(p);
+		}
+		return;
+	case 'C':
+	case 'I':
+	case 's':
+		if (front_is(p, EXP_EXECUTE))
+			pop(p);
+		return; /* inside a simple Query, one per statement; ReadyForQuery ends it */
+	case 'V':
+		return; /* FunctionCallResponse; ReadyForQuery follows */
+	default:
+		/* DataRow, COPY messages, notices, notifications, ParameterStatus: no change. */
+		return;
+	}
+}

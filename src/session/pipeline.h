@@ -1,0 +1,54 @@
+/*
+ * The pipeline queue: for every frontend message forwarded upstream, what it will produce
+ * back, in order. Backend messages pop it. Later layers (masking plans, audit records,
+ * row limits) attach their per-statement state to these entries. Pure data; no I/O.
+ * See "Extended Query" and "Pipelining" in the PostgreSQL protocol docs.
+ */
+#ifndef PGC_PIPELINE_H
+#define PGC_PIPELINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+	EXP_QUERY,       /* simple Query: everything up to ReadyForQuery */
+	EXP_FUNCTION,    /* FunctionCall: FunctionCallResponse/Error, then ReadyForQuery */
+	EXP_PARSE,       /* ParseComplete */
+	EXP_BIND,        /* BindComplete */
+	EXP_DESCRIBE_STMT, /* ParameterDescription, then RowDescription or NoData */
+	EXP_DESCRIBE_PORTAL, /* RowDescription or NoData */
+	EXP_EXECUTE,     /* rows, then CommandComplete / EmptyQuery / PortalSuspended */
+	EXP_CLOSE,       /* CloseComplete */
+	EXP_SYNC,        /* ReadyForQuery */
+} ExpKind;
+
+typedef struct {
+	ExpKind kind;
+	uint64_t seq; /* statement sequence number in the session */
+} Expectation;
+
+typedef struct {
+	Expectation *items;
+	size_t cap;
+	size_t head;
+	size_t count;
+	uint64_t next_seq;
+	bool in_error;        /* extended protocol: the server skips to Sync after an error */
+	bool got_param_desc;  /* inside a statement Describe */
+	char txn_status;      /* last ReadyForQuery status: 'I', 'T' or 'E' */
+	uint64_t unexpected;  /* backend messages that matched nothing (a bug if ever non-zero) */
+} Pipeline;
+
+#define PIPELINE_MAX 1000000 /* entries; a client that pipelines more without reading is refused */
+
+void pipeline_init(Pipeline *p);
+void pipeline_free(Pipeline *p);
+/* Records what a frontend message of this type will produce. describe_kind is 'S' or 'P'. */
+bool pipeline_on_frontend(Pipeline *p, char type, char describe_kind) __attribute__((warn_unused_result));
+/* Updates the queue for a backend message; status is the ReadyForQuery byte. */
+void pipeline_on_backend(Pipeline *p, char type, char status);
+static inline bool pipeline_idle(const Pipeline *p) { return p->count == 0; }
+const Expectation *pipeline_front(const Pipeline *p);
+
+#endif

@@ -1,0 +1,840 @@
+/* Client sessions: startup, TLS, SCRAM authentication, relay, close and shutdown. */
+#include "session/session.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/util.h"
+#include "session/cancel.h"
+#include "session/session_internal.h"
+
+struct SessionWorker {
+	Session *head;
+	int count;
+	Session *reap; /* closed sessions, freed at the end of the loop iteration */
+	struct event *reap_ev;
+	struct event *deadline_ev;
+	bool shutdown_seen;
+};
+
+static int active_clients;    /* atomic: every accepted client connection */
+static int shutting_down;     /* atomic */
+static uint64_t next_session_id; /* atomic */
+
+int session_active_count(void) { return __atomic_load_n(&active_clients, __ATOMIC_RELAXED); }
+
+static void client_on_event(Sock *sock, short what, void *arg);
+static void process_client(Session *s);
+
+/* ---- sending to the client ---- */
+
+void session__send_client(Session *s, const uint8_t *data, size_t len)
+{
+	evbuffer_add(s->client.out, data, len);
+}
+
+static void send_built(Session *s, MsgBuilder *b)
+{
+	if (!b->failed)
+		session__send_client(s, b->data, b->len);
+	msgb_free(b);
+}
+
+static void flush_client(Session *s)
+{
+	if (sock_flush(&s->client) == IO_ERROR && s->state != SESS_CLOSED)
+		session_close(s, "client write failed", NULL, NULL);
+}
+
+/* ---- closing ---- */
+
+static void reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	SessionWorker *sw = arg;
+	while (sw->reap) {
+		Session *s = sw->reap;
+		sw->reap = s->next;
+		if (s->dns_req)
+			evdns_getaddrinfo_cancel(s->dns_req);
+		sock_free(&s->client);
+		sock_free(&s->server);
+		if (s->timer)
+			event_free(s->timer);
+		if (s->auth) {
+			free(s->auth->startup_body);
+			free(s->auth);
+		}
+		pipeline_free(&s->pipeline);
+		config_release(s->config);
+		free(s->user_name);
+		free(s->database_name);
+		free(s);
+		__atomic_sub_fetch(&active_clients, 1, __ATOMIC_RELAXED);
+	}
+	if (__atomic_load_n(&shutting_down, __ATOMIC_ACQUIRE) && sw->count == 0)
+		event_base_loopexit(event_get_base(sw->reap_ev), NULL);
+}
+
+static void on_exit_worker(Worker *w)
+{
+	SessionWorker *sw = w->owner;
+	if (!sw)
+		return;
+	reap_cb(-1, 0, sw);
+	event_free(sw->reap_ev);
+	if (sw->deadline_ev)
+		event_free(sw->deadline_ev);
+	free(sw);
+	w->owner = NULL;
+}
+
+void session_close(Session *s, const char *reason, const char *sqlstate, const char *message)
+{
+	if (s->state == SESS_CLOSED)
+		return;
+	if (message) {
+		MsgBuilder b;
+		msgb_init(&b);
+		proto_build_error(&b, true, sqlstate, message, NULL, NULL);
+		send_built(s, &b);
+	}
+	/* One last attempt to deliver what is queued (the error above, a final result). */
+	if (s->client.out && evbuffer_get_length(s->client.out) > 0 && !s->client.handshaking)
+		sock_flush(&s->client);
+	s->state = SESS_CLOSED;
+
+	char qreason[200], quser[80], qdb[80];
+	log_event(LOG_INFO, "session_end",
+		  "session=%llu peer=%s user=%s database=%s reason=%s bytes_in=%llu bytes_out=%llu duration_ms=%llu",
+		  (unsigned long long)s->id, s->peer, log_quote(quser, sizeof quser, s->user_name),
+		  log_quote(qdb, sizeof qdb, s->database_name), log_quote(qreason, sizeof qreason, reason),
+		  (unsigned long long)s->bytes_from_client, (unsigned long long)s->bytes_from_server,
+		  (unsigned long long)(util_now_ms() - s->started_ms));
+
+	if (s->cancel_registered)
+		cancel_unregister(s->pid);
+	if (s->client.rev)
+		event_del(s->client.rev);
+	if (s->client.wev)
+		event_del(s->client.wev);
+	if (s->server.rev)
+		event_del(s->server.rev);
+	if (s->server.wev)
+		event_del(s->server.wev);
+	if (s->timer)
+		event_del(s->timer);
+
+	SessionWorker *sw = s->sw;
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		sw->head = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	sw->count--;
+	s->next = sw->reap;
+	s->prev = NULL;
+	sw->reap = s;
+	event_active(sw->reap_ev, EV_READ, 0);
+}
+
+static void close_fatal(Session *s, const char *sqlstate, const char *message)
+{
+	session_close(s, message, sqlstate, message);
+}
+
+/* ---- accept ---- */
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	Session *s = arg;
+	if (s->state != SESS_READY) {
+		char msg[128];
+		snprintf(msg, sizeof msg, "startup timeout: startup and authentication did not finish within %d ms",
+			 s->config->startup_timeout_ms);
+		close_fatal(s, "08P01", msg);
+	}
+}
+
+static bool is_loopback(const struct sockaddr *addr)
+{
+	if (addr->sa_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)addr)->sin_addr.s_addr) >> 24) == 127;
+	if (addr->sa_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)addr)->sin6_addr;
+		if (IN6_IS_ADDR_LOOPBACK(a))
+			return true;
+		return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
+	}
+	return addr->sa_family == AF_UNIX;
+}
+
+static SessionWorker *session_worker(Worker *w)
+{
+	if (!w->owner) {
+		SessionWorker *sw = xcalloc(1, sizeof *sw);
+		sw->reap_ev = event_new(w->base, -1, 0, reap_cb, sw);
+		w->owner = sw;
+	}
+	return w->owner;
+}
+
+static void on_accept(Worker *w, int fd, const struct sockaddr *addr, int addrlen)
+{
+	(void)addrlen;
+	Config *config = config_current();
+	int n = __atomic_add_fetch(&active_clients, 1, __ATOMIC_RELAXED);
+	/* Far past the limit, do not even spend a session on the connection. */
+	if (!config || n > config->max_client_conn + 64 || __atomic_load_n(&shutting_down, __ATOMIC_ACQUIRE)) {
+		__atomic_sub_fetch(&active_clients, 1, __ATOMIC_RELAXED);
+		close(fd);
+		config_release(config);
+		return;
+	}
+	SessionWorker *sw = session_worker(w);
+	Session *s = xcalloc(1, sizeof *s);
+	s->sw = sw;
+	s->worker = w;
+	s->config = config;
+	s->id = __atomic_add_fetch(&next_session_id, 1, __ATOMIC_RELAXED);
+	s->started_ms = util_now_ms();
+	s->over_limit = n > config->max_client_conn;
+	s->loopback = is_loopback(addr);
+	s->server.fd = -1;
+	pipeline_init(&s->pipeline);
+	char host[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+	if (addr->sa_family == AF_INET) {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)addr)->sin_addr, host, sizeof host);
+		port = ntohs(((const struct sockaddr_in *)addr)->sin_port);
+	} else if (addr->sa_family == AF_INET6) {
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, host, sizeof host);
+		port = ntohs(((const struct sockaddr_in6 *)addr)->sin6_port);
+	}
+	snprintf(s->peer, sizeof s->peer, "%s:%d", host, port);
+
+	s->next = sw->head;
+	if (sw->head)
+		sw->head->prev = s;
+	sw->head = s;
+	sw->count++;
+
+	evutil_make_socket_nonblocking(fd);
+	sock_init(&s->client, w->base, fd, client_on_event, s);
+	sock_resume_read(&s->client);
+	s->timer = evtimer_new(w->base, timer_cb, s);
+	struct timeval tv = {s->config->startup_timeout_ms / 1000, (s->config->startup_timeout_ms % 1000) * 1000};
+	evtimer_add(s->timer, &tv);
+	log_event(LOG_DEBUG, "client_connected", "session=%llu peer=%s worker=%d", (unsigned long long)s->id,
+		  s->peer, w->index);
+}
+
+/* ---- startup phase ---- */
+
+static void send_byte(Session *s, char c)
+{
+	evbuffer_add(s->client.out, &c, 1);
+	flush_client(s);
+}
+
+static void handle_cancel(Session *s, const StartupPacket *sp)
+{
+	CancelTarget t;
+	if (!cancel_lookup(sp->cancel_pid, sp->cancel_key, &t)) {
+		log_event(LOG_INFO, "cancel_ignored", "peer=%s reason=\"unknown key\"", s->peer);
+		session_close(s, "cancel request with unknown key", NULL, NULL);
+		return;
+	}
+	/* A short blocking-free send: connect non-blocking, and if it does not complete at once,
+	 * finish it from a one-shot event. */
+	int fd = socket(t.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd >= 0) {
+		uint8_t pkt[16];
+		proto_put_u32(pkt, 16);
+		proto_put_u32(pkt + 4, PROTO_CANCEL_CODE);
+		proto_put_u32(pkt + 8, t.pid);
+		proto_put_u32(pkt + 12, t.key);
+		int rc = connect(fd, (struct sockaddr *)&t.addr, t.addrlen);
+		if (rc == 0 || errno == EINPROGRESS) {
+			/* Loopback and LAN connects finish in microseconds; wait briefly for writability. */
+			fd_set wf;
+			FD_ZERO(&wf);
+			FD_SET(fd, &wf);
+			struct timeval tv = {0, 200000};
+			if (rc == 0 || select(fd + 1, NULL, &wf, NULL, &tv) == 1) {
+				if (write(fd, pkt, sizeof pkt) != (ssize_t)sizeof pkt)
+					log_event(LOG_WARN, "cancel_failed", "peer=%s reason=\"short write\"", s->peer);
+			}
+		}
+		close(fd);
+	}
+	log_event(LOG_INFO, "cancel_forwarded", "peer=%s target_session_pid=%u", s->peer, sp->cancel_pid);
+	session_close(s, "cancel request", NULL, NULL);
+}
+
+static void send_negotiate_version(Session *s, const StartupPacket *sp)
+{
+	MsgBuilder b;
+	msgb_init(&b);
+	msgb_begin(&b, 'v');
+	msgb_u32(&b, PROTO_VERSION_30);
+	int n = 0;
+	for (int i = 0; i < sp->nparams; i++)
+		if (strncmp(sp->names[i], "_pq_.", 5) == 0)
+			n++;
+	msgb_u32(&b, (uint32_t)n);
+	for (int i = 0; i < sp->nparams; i++)
+		if (strncmp(sp->names[i], "_pq_.", 5) == 0)
+			msgb_str(&b, sp->names[i]);
+	msgb_end(&b);
+	send_built(s, &b);
+}
+
+static void begin_authentication(Session *s)
+{
+	AuthState *a = s->auth;
+	const StartupPacket *sp = &a->startup;
+	Config *c = s->config;
+	char msg[256];
+
+	s->user_name = xstrdup(sp->user);
+	s->database_name = xstrdup(sp->database);
+	if (s->over_limit) {
+		snprintf(msg, sizeof msg, "too many client connections (limits.max_client_conn is %d)", c->max_client_conn);
+		close_fatal(s, "53300", msg);
+		return;
+	}
+	for (int i = 0; i < sp->nparams; i++) {
+		if (strcmp(sp->names[i], "replication") == 0 && strcmp(sp->values[i], "false") != 0 &&
+		    strcmp(sp->values[i], "0") != 0 && strcmp(sp->values[i], "off") != 0) {
+			close_fatal(s, "0A000", "pgcordon does not relay replication connections");
+			return;
+		}
+	}
+	if (c->tls_mode == TLS_REQUIRE && !s->client_tls) {
+		close_fatal(s, "28000", "pgcordon requires TLS (tls.mode: require); connect with sslmode=require");
+		return;
+	}
+	if (!s->client_tls && !s->loopback) {
+		close_fatal(s, "28000",
+			    "pgcordon refuses passwords over unencrypted connections from non-loopback clients; use sslmode=require");
+		return;
+	}
+	s->user = config_find_user(c, sp->user);
+	ScramVerifier v;
+	a->user_known = s->user && scram_parse_verifier(s->user->verifier, &v);
+	if (!a->user_known)
+		scram_mock_verifier(sp->user, &v); /* same exchange, so a probe cannot tell names apart */
+	scram_server_init(&a->scram, &v);
+
+	static const char mechs[] = "SCRAM-SHA-256\0";
+	MsgBuilder b;
+	msgb_init(&b);
+	proto_build_auth(&b, 10, mechs, sizeof mechs);
+	send_built(s, &b);
+	flush_client(s);
+	if (s->state != SESS_CLOSED)
+		s->state = SESS_AUTH_INIT;
+}
+
+static void auth_failed(Session *s, const char *why)
+{
+	char q[200], qu[80];
+	log_event(LOG_WARN, "auth_failed", "session=%llu peer=%s user=%s method=scram reason=%s",
+		  (unsigned long long)s->id, s->peer, log_quote(qu, sizeof qu, s->user_name),
+		  log_quote(q, sizeof q, why));
+	char msg[200];
+	snprintf(msg, sizeof msg, "password authentication failed for user \"%.63s\"", s->user_name);
+	session_close(s, why, "28P01", msg);
+}
+
+/* One SASL message from the client; returns false when the session was closed. */
+static void handle_sasl(Session *s, const uint8_t *body, size_t len)
+{
+	AuthState *a = s->auth;
+	MsgReader r;
+	char out[SCRAM_MSG_MAX], err[160];
+	msgr_init(&r, body, len);
+	if (s->state == SESS_AUTH_INIT) {
+		const char *mech = msgr_str(&r);
+		uint32_t n = msgr_u32(&r);
+		const uint8_t *data = msgr_bytes(&r, n);
+		if (r.failed || msgr_remaining(&r) != 0 || n == 0xffffffffu) {
+			close_fatal(s, "08P01", "invalid SASLInitialResponse message");
+			return;
+		}
+		if (strcmp(mech, "SCRAM-SHA-256") != 0) {
+			close_fatal(s, "28000", "client selected an invalid SASL authentication mechanism");
+			return;
+		}
+		if (!scram_server_first(&a->scram, (const char *)data, n, out, sizeof out, err, sizeof err)) {
+			char msg[200];
+			snprintf(msg, sizeof msg, "invalid SCRAM message: %s", err);
+			close_fatal(s, "08P01", msg);
+			return;
+		}
+		MsgBuilder b;
+		msgb_init(&b);
+		proto_build_auth(&b, 11, out, strlen(out));
+		send_built(s, &b);
+		flush_client(s);
+		if (s->state != SESS_CLOSED)
+			s->state = SESS_AUTH_CONT;
+		return;
+	}
+	bool ok;
+	if (!scram_server_final(&a->scram, (const char *)body, len, &ok, out, sizeof out, err, sizeof err)) {
+		char msg[200];
+		snprintf(msg, sizeof msg, "invalid SCRAM message: %s", err);
+		close_fatal(s, "08P01", msg);
+		return;
+	}
+	if (!ok || !a->user_known) {
+		auth_failed(s, a->user_known ? "wrong password" : "unknown user");
+		return;
+	}
+	MsgBuilder b;
+	msgb_init(&b);
+	proto_build_auth(&b, 12, out, strlen(out));
+	proto_build_auth(&b, 0, NULL, 0);
+	send_built(s, &b);
+
+	s->db = config_find_database(s->config, s->database_name);
+	if (!s->db) {
+		char msg[160];
+		snprintf(msg, sizeof msg, "database \"%.63s\" is not configured in pgcordon", s->database_name);
+		close_fatal(s, "3D000", msg);
+		return;
+	}
+	char qu[80], qd[80];
+	log_event(LOG_INFO, "auth_ok", "session=%llu peer=%s user=%s database=%s method=scram tls=%s",
+		  (unsigned long long)s->id, s->peer, log_quote(qu, sizeof qu, s->user_name),
+		  log_quote(qd, sizeof qd, s->database_name), s->client_tls ? "yes" : "no");
+	flush_client(s);
+	if (s->state == SESS_CLOSED)
+		return;
+	s->state = SESS_CONNECTING;
+	sock_pause_read(&s->client); /* anything the client pipelines waits until upstream is ready */
+	cancel_register(&s->pid, &s->key);
+	s->cancel_registered = true;
+	upstream_start(s);
+}
+
+/* Startup-phase packets: untyped, length-prefixed. */
+static bool process_startup_packet(Session *s)
+{
+	struct evbuffer *in = s->client.in;
+	uint8_t hdr[4];
+	if (evbuffer_get_length(in) < 4)
+		return false;
+	evbuffer_copyout(in, hdr, 4);
+	uint32_t len = proto_get_u32(hdr);
+	if (len < 8 || len > PROTO_STARTUP_MAX) {
+		close_fatal(s, "08P01", "invalid startup packet length");
+		return false;
+	}
+	if (evbuffer_get_length(in) < len)
+		return false;
+	uint8_t *body = xmalloc(len);
+	evbuffer_remove(in, body, len);
+	StartupPacket sp;
+	char err[160];
+	if (!proto_parse_startup(body + 4, len - 4, &sp, err, sizeof err)) {
+		free(body);
+		close_fatal(s, "08P01", err);
+		return false;
+	}
+	if (sp.code == PROTO_SSL_CODE) {
+		free(body);
+		if (evbuffer_get_length(in) > 0) {
+			/* Bytes sent before the handshake could be injected by a man in the middle. */
+			close_fatal(s, "08P01", "invalid: received unencrypted data after SSL request");
+			return false;
+		}
+		if (s->client_tls || !s->config->tls_ctx) {
+			send_byte(s, 'N');
+			return s->state != SESS_CLOSED;
+		}
+		send_byte(s, 'S');
+		if (s->state == SESS_CLOSED)
+			return false;
+		if (!sock_tls_start(&s->client, s->config->tls_ctx, true, NULL)) {
+			session_close(s, s->client.err, NULL, NULL);
+			return false;
+		}
+		s->state = SESS_TLS;
+		s->client_tls = true;
+		return false; /* wait for handshake events */
+	}
+	if (sp.code == PROTO_GSSENC_CODE) {
+		free(body);
+		send_byte(s, 'N'); /* no GSSAPI encryption: the client falls back */
+		return s->state != SESS_CLOSED;
+	}
+	if (sp.code == PROTO_CANCEL_CODE) {
+		free(body);
+		handle_cancel(s, &sp);
+		return false;
+	}
+	if ((sp.code >> 16) != 3) {
+		char msg[120];
+		snprintf(msg, sizeof msg, "unsupported frontend protocol %u.%u: pgcordon supports 3.0",
+			 sp.code >> 16, sp.code & 0xffff);
+		free(body);
+		close_fatal(s, "0A000", msg);
+		return false;
+	}
+	uint32_t requested = sp.code;
+	if (requested != PROTO_VERSION_30) {
+		/* A newer 3.x minor: parse as 3.0 and tell the client what we speak. */
+		proto_put_u32(body + 4, PROTO_VERSION_30);
+		if (!proto_parse_startup(body + 4, len - 4, &sp, err, sizeof err)) {
+			free(body);
+			close_fatal(s, "08P01", err);
+			return false;
+		}
+	}
+	s->auth = xcalloc(1, sizeof *s->auth);
+	s->auth->startup_body = body;
+	s->auth->startup = sp;
+	bool has_pq = false;
+	for (int i = 0; i < sp.nparams; i++)
+		has_pq = has_pq || strncmp(sp.names[i], "_pq_.", 5) == 0;
+	if (requested != PROTO_VERSION_30 || has_pq)
+		send_negotiate_version(s, &s->auth->startup);
+	begin_authentication(s);
+	return false;
+}
+
+/* Typed messages before the session is ready: only SASL responses, small. */
+static bool process_auth_message(Session *s)
+{
+	struct evbuffer *in = s->client.in;
+	uint8_t hdr[5];
+	size_t avail = evbuffer_get_length(in);
+	char type;
+	uint32_t len;
+	if (avail < 5)
+		return false;
+	evbuffer_copyout(in, hdr, 5);
+	HeaderCheck hc = proto_check_header(hdr, 5, PROTO_PREAUTH_MAX, &type, &len);
+	if (hc == HDR_TOO_SHORT) {
+		close_fatal(s, "08P01", "invalid message length");
+		return false;
+	}
+	if (hc == HDR_TOO_LONG) {
+		close_fatal(s, "08P01", "message too large during authentication");
+		return false;
+	}
+	if (avail < 1 + (size_t)len)
+		return false;
+	if (type != 'p') {
+		if (type == 'X') {
+			session_close(s, "client terminated during authentication", NULL, NULL);
+			return false;
+		}
+		close_fatal(s, "08P01", "invalid message during authentication: expected SASL response");
+		return false;
+	}
+	uint8_t *msg = xmalloc(len + 1);
+	evbuffer_remove(in, msg, 1 + len);
+	handle_sasl(s, msg + 5, len - 4);
+	free(msg);
+	return s->state == SESS_AUTH_CONT;
+}
+
+static void process_client(Session *s)
+{
+	for (;;) {
+		switch (s->state) {
+		case SESS_STARTUP:
+			if (!process_startup_packet(s))
+				return;
+			break;
+		case SESS_AUTH_INIT:
+		case SESS_AUTH_CONT:
+			if (!process_auth_message(s))
+				return;
+			break;
+		case SESS_READY:
+			session__relay_from_client(s);
+			return;
+		default:
+			return;
+		}
+	}
+}
+
+/* ---- relay ---- */
+
+/*
+ * Moves complete and partial messages from one side to the other, looking only at
+ * headers (and the first body byte where the pipeline needs it). Bytes are moved, not
+ * copied, in one evbuffer operation per wake-up.
+ */
+typedef struct {
+	char type;
+	uint8_t first; /* first body byte, when the body has one */
+	size_t offset; /* where the message starts in the input buffer */
+	uint32_t len;
+	size_t avail; /* bytes available from offset */
+} MsgView;
+
+static void note_client_message(Session *s, const MsgView *m, bool *terminate)
+{
+	if (!pipeline_on_frontend(&s->pipeline, m->type, (char)m->first)) {
+		close_fatal(s, "54000", "too many pipelined messages without reading results");
+		return;
+	}
+	if (m->type == 'X')
+		*terminate = true;
+}
+
+static void note_server_message(Session *s, const MsgView *m)
+{
+	if (m->type == 'E') {
+		/* Remember a FATAL/PANIC so a following disconnect does not add a second error. */
+		uint8_t buf[8] = {0};
+		size_t n = m->avail - 5 < sizeof buf ? m->avail - 5 : sizeof buf;
+		struct evbuffer_ptr p;
+		evbuffer_ptr_set(s->server.in, &p, m->offset + 5, EVBUFFER_PTR_SET);
+		evbuffer_copyout_from(s->server.in, &p, buf, n);
+		s->last_server_fatal = buf[0] == 'S' && (memcmp(buf + 1, "FATAL", 5) == 0 || memcmp(buf + 1, "PANIC", 5) == 0);
+	}
+	pipeline_on_backend(&s->pipeline, m->type, (char)m->first);
+}
+
+static size_t scan(Session *s, bool from_client, size_t *remaining, bool *stop)
+{
+	struct evbuffer *in = from_client ? s->client.in : s->server.in;
+	size_t avail = evbuffer_get_length(in);
+	size_t pos = 0;
+	uint32_t max = from_client ? s->config->max_message_size : 0x7fffffff;
+	bool terminate = false;
+
+	if (*remaining) {
+		size_t take = avail < *remaining ? avail : *remaining;
+		pos = take;
+		*remaining -= take;
+	}
+	while (*remaining == 0 && avail - pos >= 5 && s->state == SESS_READY) {
+		uint8_t hdr[6];
+		size_t n = avail - pos >= 6 ? 6 : 5;
+		struct evbuffer_ptr p;
+		evbuffer_ptr_set(in, &p, pos, EVBUFFER_PTR_SET);
+		evbuffer_copyout_from(in, &p, hdr, n);
+		MsgView m = {.offset = pos, .avail = avail - pos};
+		HeaderCheck hc = proto_check_header(hdr, n, max, &m.type, &m.len);
+		if (hc == HDR_TOO_SHORT) {
+			if (from_client)
+				close_fatal(s, "08P01", "invalid message length");
+			else
+				close_fatal(s, "08006", "pgcordon: invalid message from upstream database");
+			*stop = true;
+			return 0;
+		}
+		if (hc == HDR_TOO_LONG) {
+			char msg[120];
+			snprintf(msg, sizeof msg, "message too large (%u bytes; limits.max_message_size is %u)", m.len, max);
+			close_fatal(s, "08P01", msg);
+			*stop = true;
+			return 0;
+		}
+		if (m.len > 4 && n < 6)
+			break; /* need the first body byte */
+		m.first = m.len > 4 ? hdr[5] : 0;
+		if (from_client)
+			note_client_message(s, &m, &terminate);
+		else
+			note_server_message(s, &m);
+		if (s->state == SESS_CLOSED) {
+			*stop = true;
+			return 0;
+		}
+		size_t total = 1 + (size_t)m.len;
+		if (avail - pos >= total) {
+			pos += total;
+		} else {
+			*remaining = total - (avail - pos);
+			pos = avail;
+		}
+		if (terminate)
+			break;
+	}
+	if (terminate)
+		*stop = true;
+	return pos;
+}
+
+void session__relay_from_client(Session *s)
+{
+	bool stop = false;
+	size_t n = scan(s, true, &s->client_remaining, &stop);
+	if (s->state == SESS_CLOSED)
+		return;
+	if (n) {
+		evbuffer_remove_buffer(s->client.in, s->server.out, n);
+		if (sock_flush(&s->server) == IO_ERROR) {
+			close_fatal(s, "08006", "pgcordon: lost connection to upstream database");
+			return;
+		}
+	}
+	if (stop) {
+		/* Terminate: the upstream has it; end the session quietly. */
+		session_close(s, "client terminated", NULL, NULL);
+		return;
+	}
+	if (evbuffer_get_length(s->server.out) > RELAY_HIGH_WATER) {
+		sock_pause_read(&s->client);
+		s->client_paused = true;
+	}
+}
+
+static void maybe_close_for_shutdown(Session *s)
+{
+	if (s->close_when_idle && s->state == SESS_READY && pipeline_idle(&s->pipeline) &&
+	    s->client_remaining == 0 && evbuffer_get_length(s->client.in) == 0)
+		close_fatal(s, "57P01", "terminating connection because pgcordon is shutting down");
+}
+
+void session__relay_from_server(Session *s)
+{
+	bool stop = false;
+	size_t n = scan(s, false, &s->server_remaining, &stop);
+	if (s->state == SESS_CLOSED)
+		return;
+	if (n) {
+		evbuffer_remove_buffer(s->server.in, s->client.out, n);
+		flush_client(s);
+		if (s->state == SESS_CLOSED)
+			return;
+	}
+	if (evbuffer_get_length(s->client.out) > RELAY_HIGH_WATER) {
+		sock_pause_read(&s->server);
+		s->server_paused = true;
+	}
+	maybe_close_for_shutdown(s);
+}
+
+static void client_on_event(Sock *sock, short what, void *arg)
+{
+	(void)sock;
+	Session *s = arg;
+	if (s->state == SESS_CLOSED)
+		return;
+	if (s->state == SESS_TLS) {
+		SockIo r = sock_tls_handshake(&s->client);
+		if (r == IO_ERROR) {
+			session_close(s, s->client.err, NULL, NULL);
+			return;
+		}
+		if (r == IO_AGAIN)
+			return;
+		s->state = SESS_STARTUP;
+		if (!(what & EV_READ))
+			return;
+	}
+	if (what & EV_WRITE) {
+		flush_client(s);
+		if (s->state == SESS_CLOSED)
+			return;
+		if (s->server_paused && evbuffer_get_length(s->client.out) < RELAY_LOW_WATER) {
+			s->server_paused = false;
+			sock_resume_read(&s->server);
+		}
+	}
+	if (!(what & EV_READ))
+		return;
+	size_t before = evbuffer_get_length(s->client.in);
+	SockIo r = sock_read(&s->client, RELAY_READ_MAX);
+	if (r == IO_EOF) {
+		session_close(s, "client disconnected", NULL, NULL);
+		return;
+	}
+	if (r == IO_ERROR) {
+		session_close(s, s->client.err, NULL, NULL);
+		return;
+	}
+	if (r == IO_AGAIN)
+		return;
+	s->bytes_from_client += evbuffer_get_length(s->client.in) - before;
+	process_client(s);
+}
+
+/* Called by upstream.c once the upstream sent its first ReadyForQuery. */
+void session__upstream_ready(Session *s)
+{
+	s->state = SESS_READY;
+	event_del(s->timer);
+	free(s->auth->startup_body);
+	free(s->auth);
+	s->auth = NULL;
+	sock_resume_read(&s->client);
+	if (evbuffer_get_length(s->client.in) > 0)
+		session__relay_from_client(s);
+	if (s->state == SESS_READY && __atomic_load_n(&shutting_down, __ATOMIC_ACQUIRE)) {
+		s->close_when_idle = true;
+		maybe_close_for_shutdown(s);
+	}
+}
+
+/* ---- shutdown ---- */
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	SessionWorker *sw = arg;
+	while (sw->head)
+		close_fatal(sw->head, "57P01", "terminating connection because pgcordon is shutting down");
+}
+
+static void on_notify(Worker *w)
+{
+	if (!__atomic_load_n(&shutting_down, __ATOMIC_ACQUIRE))
+		return;
+	SessionWorker *sw = session_worker(w);
+	if (!sw->shutdown_seen) {
+		sw->shutdown_seen = true;
+		Config *c = config_current();
+		int ms = c ? c->shutdown_timeout_ms : 30000;
+		config_release(c);
+		sw->deadline_ev = evtimer_new(w->base, deadline_cb, sw);
+		struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+		evtimer_add(sw->deadline_ev, &tv);
+	}
+	Session *next;
+	for (Session *s = sw->head; s; s = next) {
+		next = s->next;
+		if (s->state == SESS_READY) {
+			s->close_when_idle = true;
+			maybe_close_for_shutdown(s);
+		} else if (s->state != SESS_CONNECTING) {
+			close_fatal(s, "57P01", "terminating connection because pgcordon is shutting down");
+		}
+	}
+	/* With no session left, end the loop now; otherwise the reaper ends it. */
+	if (sw->count == 0)
+		event_active(sw->reap_ev, EV_READ, 0);
+}
+
+void session_begin_shutdown(void) { __atomic_store_n(&shutting_down, 1, __ATOMIC_RELEASE); }
+
+const WorkerHooks session_worker_hooks = {
+	.on_accept = on_accept,
+	.on_notify = on_notify,
+	.on_exit = on_exit_worker,
+};

@@ -1,0 +1,100 @@
+/* Shared between session.c (client side, relay) and upstream.c (upstream login). */
+#ifndef PGC_SESSION_INTERNAL_H
+#define PGC_SESSION_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "auth/scram.h"
+#include "config/config.h"
+#include "net/sock.h"
+#include "net/worker.h"
+#include "proto/proto.h"
+#include "session/pipeline.h"
+
+typedef enum {
+	SESS_STARTUP,    /* waiting for StartupMessage, SSLRequest, GSSENCRequest or CancelRequest */
+	SESS_TLS,        /* client TLS handshake */
+	SESS_AUTH_INIT,  /* AuthenticationSASL sent; waiting for SASLInitialResponse */
+	SESS_AUTH_CONT,  /* SASLContinue sent; waiting for SASLResponse */
+	SESS_CONNECTING, /* client authenticated; upstream login in progress */
+	SESS_READY,      /* relaying */
+	SESS_CLOSED,     /* waiting to be freed at the end of the loop iteration */
+} SessState;
+
+typedef enum {
+	UP_NONE,
+	UP_RESOLVING,
+	UP_CONNECTING,
+	UP_SSL_REQUEST,
+	UP_TLS,
+	UP_AUTH,
+	UP_STARTUP,
+	UP_READY,
+} UpState;
+
+/* Only needed until the session is ready; freed then to keep idle sessions small. */
+typedef struct {
+	ScramServer scram;
+	ScramClient scram_client;
+	uint8_t *startup_body;
+	StartupPacket startup;
+	bool user_known;
+} AuthState;
+
+typedef struct SessionWorker SessionWorker;
+typedef struct Session Session;
+
+struct Session {
+	SessionWorker *sw;
+	Worker *worker;
+	Config *config;
+	const DatabaseConfig *db;
+	const UserConfig *user;
+	char *user_name;
+	char *database_name;
+	SessState state;
+	UpState up_state;
+	Sock client;
+	Sock server;
+	size_t client_remaining; /* bytes of a client message already inspected, still to forward */
+	size_t server_remaining;
+	Pipeline pipeline;
+	AuthState *auth;
+	uint32_t pid, key;       /* what the client sees */
+	uint32_t up_pid, up_key; /* the upstream backend's own; never leaves the gateway */
+	struct event *timer;
+	struct evdns_getaddrinfo_request *dns_req;
+	char peer[64];
+	uint64_t id;
+	uint64_t started_ms;
+	uint64_t bytes_from_client;
+	uint64_t bytes_from_server;
+	bool client_tls;
+	bool loopback;
+	bool over_limit;
+	bool cancel_registered;
+	bool client_paused; /* client reads paused because the upstream is not draining */
+	bool server_paused;
+	bool last_server_fatal;
+	bool close_when_idle;
+	Session *prev, *next;
+};
+
+/* Ends a session once: logs with its identity, optionally sends FATAL first. */
+void session_close(Session *s, const char *reason, const char *sqlstate, const char *message);
+/* Queues a whole built message for the client. */
+void session__send_client(Session *s, const uint8_t *data, size_t len);
+
+void upstream_start(Session *s);
+void upstream_on_event(Sock *sock, short what, void *arg);
+void session__upstream_ready(Session *s);
+/* The relay of upstream bytes to the client, once the upstream is ready. */
+void session__relay_from_server(Session *s);
+void session__relay_from_client(Session *s);
+
+#define RELAY_READ_MAX (64 * 1024)
+#define RELAY_HIGH_WATER (512 * 1024) /* pause the other side above this much pending output */
+#define RELAY_LOW_WATER (64 * 1024)
+
+#endif
