@@ -69,11 +69,17 @@ def main():
     open_s = time.monotonic() - t0
     time.sleep(2)  # let the gateway settle
     after, nproc_after = tree_rss_kib(pid)
+    # how many upstream backends of this role exist while the clients idle
+    # (asked through one of the gateway's own sessions, after the RSS reading)
+    upstream = conns[-1].execute(
+        "select count(*) from pg_stat_activity"
+        " where usename = current_user and backend_type = 'client backend'").fetchone()[0]
     for c in conns:
         c.close()
     delta = after - before
     print(f"conns={n} rss_before_kib={before} rss_after_kib={after} delta_kib={delta} "
-          f"kib_per_conn={delta / n:.1f} procs={nproc_after} open_seconds={open_s:.2f}")
+          f"kib_per_conn={delta / n:.1f} procs={nproc_after} open_seconds={open_s:.2f} "
+          f"upstream_backends={upstream}")
 
 
 if __name__ == "__main__":

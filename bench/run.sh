@@ -287,7 +287,7 @@ databases:
 users:
   bench: {password: "$gw_verifier"}
 EOF
-  "$PGCORDON" check-config --config "$TMP/pgcordon.yaml" >"$TMP/check-config.log" 2>&1 \
+  PGCORDON_BENCH_DB_PASSWORD=$PG_PASSWORD "$PGCORDON" check-config --config "$TMP/pgcordon.yaml" >"$TMP/check-config.log" 2>&1 \
     || { cat "$TMP/check-config.log" >&2; die "pgcordon check-config rejected the bench config"; }
   log "starting pgcordon (workers=$WORKERS) ..."
   PGCORDON_BENCH_DB_PASSWORD=$PG_PASSWORD \
@@ -370,7 +370,8 @@ done
 if (( IDLE_CONNS > 0 )); then
   echo
   echo "=== gateway memory: $IDLE_CONNS idle authenticated connections (VmRSS of the gateway process tree) ==="
-  printf '%-10s %14s %14s %12s %12s %6s\n' gateway rss_before_kib rss_after_kib delta_kib kib_per_conn procs
+  printf '%-10s %14s %14s %12s %12s %6s %8s %18s\n' gateway rss_before_kib rss_after_kib delta_kib kib_per_conn \
+    procs open_s upstream_backends
   for t in pgcordon pgbouncer; do
     has_target "$t" || continue
     pid=$CORDON_PID; [[ $t == pgbouncer ]] && pid=$BOUNCER_PID
@@ -386,8 +387,8 @@ if (( IDLE_CONNS > 0 )); then
     fi
     declare -A kv=()
     for pair in $line; do kv[${pair%%=*}]=${pair#*=}; done
-    printf '%-10s %14s %14s %12s %12s %6s\n' "$t" "${kv[rss_before_kib]}" "${kv[rss_after_kib]}" \
-      "${kv[delta_kib]}" "${kv[kib_per_conn]}" "${kv[procs]}"
+    printf '%-10s %14s %14s %12s %12s %6s %8s %18s\n' "$t" "${kv[rss_before_kib]}" "${kv[rss_after_kib]}" \
+      "${kv[delta_kib]}" "${kv[kib_per_conn]}" "${kv[procs]}" "${kv[open_seconds]}" "${kv[upstream_backends]}"
     unset kv
     pid_alive "$pid" || die "$t died during the idle-connection test"
   done

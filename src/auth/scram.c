@@ -73,21 +73,36 @@ bool scram_parse_verifier(const char *text, ScramVerifier *out)
 	return true;
 }
 
-char *scram_make_verifier(const char *password, int iterations)
+bool scram_verifier_from_password(const char *password, const uint8_t *salt, int saltlen, int iterations,
+				  ScramVerifier *out)
 {
-	uint8_t salt[16], sp[32], client_key[32], stored[32], server[32];
-	char salt64[32], stored64[48], server64[48];
-	util_random(salt, sizeof salt);
-	if (!salted_password(password, salt, sizeof salt, iterations, sp))
-		return NULL;
+	uint8_t sp[32], client_key[32];
+	memset(out, 0, sizeof *out);
+	if (saltlen <= 0 || saltlen > SCRAM_MAX_SALT || iterations < 1 || iterations > SCRAM_MAX_ITERATIONS ||
+	    !salted_password(password, salt, saltlen, iterations, sp))
+		return false;
+	out->iterations = iterations;
+	out->saltlen = saltlen;
+	memcpy(out->salt, salt, (size_t)saltlen);
 	hmac(sp, 32, "Client Key", 10, client_key);
-	sha256(client_key, 32, stored);
-	hmac(sp, 32, "Server Key", 10, server);
-	util_b64_encode(salt, sizeof salt, salt64);
-	util_b64_encode(stored, 32, stored64);
-	util_b64_encode(server, 32, server64);
+	sha256(client_key, 32, out->stored_key);
+	hmac(sp, 32, "Server Key", 10, out->server_key);
 	OPENSSL_cleanse(sp, sizeof sp);
 	OPENSSL_cleanse(client_key, sizeof client_key);
+	return true;
+}
+
+char *scram_make_verifier(const char *password, int iterations)
+{
+	uint8_t salt[16];
+	ScramVerifier v;
+	char salt64[32], stored64[48], server64[48];
+	util_random(salt, sizeof salt);
+	if (!scram_verifier_from_password(password, salt, sizeof salt, iterations, &v))
+		return NULL;
+	util_b64_encode(v.salt, (size_t)v.saltlen, salt64);
+	util_b64_encode(v.stored_key, SCRAM_KEY_LEN, stored64);
+	util_b64_encode(v.server_key, SCRAM_KEY_LEN, server64);
 	size_t n = 64 + strlen(salt64) + strlen(stored64) + strlen(server64);
 	char *out = xmalloc(n);
 	snprintf(out, n, "SCRAM-SHA-256$%d:%s$%s:%s", iterations, salt64, stored64, server64);

@@ -28,6 +28,9 @@ typedef struct {
 bool scram_parse_verifier(const char *text, ScramVerifier *out) __attribute__((warn_unused_result));
 /* Returns a malloc'd verifier for password with a fresh random salt. */
 char *scram_make_verifier(const char *password, int iterations);
+/* The verifier for password with a given salt (tests, and make_verifier itself). */
+bool scram_verifier_from_password(const char *password, const uint8_t *salt, int saltlen, int iterations,
+				  ScramVerifier *out) __attribute__((warn_unused_result));
 /* A verifier no password matches, stable per user name, so unknown users look like known ones. */
 void scram_mock_verifier(const char *user, ScramVerifier *out);
 

@@ -192,7 +192,7 @@ def test_max_message_size_is_enforced(gateway_factory):
 # ---------------------------------------------------------------------------- protocol version
 
 # (1234, 5678) would be the CancelRequest code and (1234, 5679/5680) SSL/GSSENC requests.
-@pytest.mark.parametrize("version", [(2, 0), (4, 0), (1, 0), (0, 0), (3, 65535)])
+@pytest.mark.parametrize("version", [(2, 0), (4, 0), (1, 0), (0, 0)])
 def test_unsupported_protocol_version(gwx, version):
     major, minor = version
     r = raw(gwx)
@@ -201,18 +201,19 @@ def test_unsupported_protocol_version(gwx, version):
     gwx.assert_serves()
 
 
-def test_protocol_3_1(gwx):
+@pytest.mark.parametrize("minor", [1, 2, 65535])
+def test_protocol_3_minor(gwx, minor):
     """Spec: any version other than 3.0 gets 0A000. PostgreSQL itself answers a 3.x minor
     version with NegotiateProtocolVersion and goes on in 3.0; accept either, but never a
     silent hang or close."""
     r = raw(gwx)
-    r.send(pgwire.startup_packet({"user": "alice", "database": "app"}, 0x30001))
+    r.send(pgwire.startup_packet({"user": "alice", "database": "app"}, 0x30000 | minor))
     typ, body = r.read_msg()
     if typ == b"E":
         assert_fatal(pgwire.parse_fields(body), "0A000", "unsupported frontend protocol")
         assert r.expect_closed()
     else:
-        assert typ == b"v", f"unexpected reply {typ!r} to protocol 3.1"
+        assert typ == b"v", f"unexpected reply {typ!r} to protocol 3.{minor}"
         assert struct.unpack("!I", body[:4])[0] == 0x30000
         r.authenticate("alice", ALICE)
         r.wait_ready()
@@ -223,20 +224,25 @@ def test_protocol_3_1(gwx):
 
 # ---------------------------------------------------------------------------- junk
 
-@pytest.mark.parametrize("junk,codes", [
-    (b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", ("08P01",)),
+INV = ("invalid", "message too large")
+
+
+@pytest.mark.parametrize("junk,codes,prefixes", [
+    (b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", ("08P01",), INV),
     # A TLS ClientHello without SSLRequest first.
-    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64, ("08P01",)),
-    (b"\x00\x00\x00\x02", ("08P01",)),
-    (b"\x00\x00\x00\x07\x00\x03\x00", ("08P01",)),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64, ("08P01",), INV),
+    (b"\x00\x00\x00\x02", ("08P01",), INV),
+    (b"\x00\x00\x00\x07\x00\x03\x00", ("08P01",), INV),
     # Unknown request codes look like protocol versions to PostgreSQL (0A000).
-    (b"\x00\x00\x00\x08\x12\x34\x56\x78", ("08P01", "0A000")),
+    (b"\x00\x00\x00\x08\x12\x34\x56\x78", ("08P01", "0A000"),
+     INV + ("unsupported frontend protocol",)),
     # Startup packet whose key/value list is not terminated.
-    (b"\x00\x00\x00\x0d\x00\x03\x00\x00user\0", ("08P01",)),
+    (b"\x00\x00\x00\x0d\x00\x03\x00\x00user\0", ("08P01",), INV),
     # Well-formed, but no user (PostgreSQL: 28000 "no PostgreSQL user name specified").
-    (pgwire.startup_packet({"database": "app"}), ("08P01", "28000")),
+    (pgwire.startup_packet({"database": "app"}), ("08P01", "28000"),
+     INV + ("no PostgreSQL user name",)),
 ], ids=["http", "tls-hello", "len2", "len7", "unknown-code", "unterminated", "no-user"])
-def test_junk_before_startup(gwx, junk, codes):
+def test_junk_before_startup(gwx, junk, codes, prefixes):
     r = raw(gwx)
     r.send(junk)
     try:
@@ -245,10 +251,7 @@ def test_junk_before_startup(gwx, junk, codes):
         raise AssertionError("gateway closed without an ErrorResponse") from None
     assert fields.get("C") in codes, fields
     assert fields.get("S") == "FATAL", fields
-    if b"user" not in junk and fields["C"] == "08P01":
-        assert fields["M"].startswith(("invalid", "message too large")), fields
-    if b"database\0app" in junk:
-        assert "user" in fields["M"], fields
+    assert fields["M"].startswith(prefixes), fields
     assert r.expect_closed()
     gwx.assert_serves()
 

@@ -1,0 +1,175 @@
+/* Config loading: the contract keys, defaults, and "FILE:LINE: message" for bad input. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "config/config.h"
+
+#define VERIFIER                                                                                          \
+	"SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"          \
+	"wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+
+static char path[64];
+
+static Config *load_text(const char *text, char *err, size_t errlen)
+{
+	snprintf(path, sizeof path, "/tmp/pgcordon-unit-XXXXXX");
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	Config *c = config_load(path, err, errlen);
+	unlink(path);
+	return c;
+}
+
+/* Asserts that loading fails and the error is "PATH:LINE: ...needle...". */
+static void expect_error(const char *text, int line, const char *needle)
+{
+	char err[512], prefix[96];
+	Config *c = load_text(text, err, sizeof err);
+	if (c) {
+		config_release(c);
+		fail_msg("expected an error containing \"%s\"", needle);
+	}
+	snprintf(prefix, sizeof prefix, "%s:%d: ", path, line);
+	if (strncmp(err, prefix, strlen(prefix)) != 0 || !strstr(err, needle))
+		fail_msg("error \"%s\" does not start with \"%s\" or lacks \"%s\"", err, prefix, needle);
+}
+
+static void test_full_contract(void **state)
+{
+	(void)state;
+	char err[512];
+	setenv("UNIT_DB_PASSWORD", "from-env", 1);
+	Config *c = load_text("listen: {address: 0.0.0.0, port: 7000, workers: 3}\n"
+			      "tls: {mode: disable}\n"
+			      "admin: {address: 127.0.0.1, port: 8432}\n"
+			      "limits: {max_client_conn: 50, max_message_size: 1MiB, startup_timeout: 2s, shutdown_timeout: 500ms}\n"
+			      "log: {level: warn}\n"
+			      "audit: {store: \"sqlite:/tmp/x.db\", results: {rows: 10}}\n"
+			      "databases:\n"
+			      "  app:\n"
+			      "    host: db.internal\n"
+			      "    port: 5433\n"
+			      "    dbname: postgres\n"
+			      "    user: gateway_role\n"
+			      "    password_env: UNIT_DB_PASSWORD\n"
+			      "    sslmode: require\n"
+			      "users:\n"
+			      "  alice: {password: \"" VERIFIER "\", groups: [analysts, oncall]}\n",
+			      err, sizeof err);
+	if (!c)
+		fail_msg("%s", err);
+	assert_string_equal(c->listen_address, "0.0.0.0");
+	assert_int_equal(c->listen_port, 7000);
+	assert_int_equal(c->workers, 3);
+	assert_int_equal(c->max_client_conn, 50);
+	assert_int_equal(c->max_message_size, 1024 * 1024);
+	assert_int_equal(c->startup_timeout_ms, 2000);
+	assert_int_equal(c->shutdown_timeout_ms, 500);
+	const DatabaseConfig *d = config_find_database(c, "app");
+	assert_non_null(d);
+	assert_string_equal(d->password, "from-env");
+	assert_int_equal(d->port, 5433);
+	assert_int_equal(d->sslmode, SSLMODE_REQUIRE);
+	const UserConfig *u = config_find_user(c, "alice");
+	assert_non_null(u);
+	assert_int_equal(u->ngroups, 2);
+	assert_string_equal(u->groups[1], "oncall");
+	assert_null(config_find_user(c, "bob"));
+	config_release(c);
+}
+
+static void test_defaults(void **state)
+{
+	(void)state;
+	char err[512];
+	Config *c = load_text("databases:\n  app: {host: 127.0.0.1, user: gw, password: x}\n", err, sizeof err);
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->listen_port, 6432);
+	assert_int_equal(c->max_message_size, 64 * 1024 * 1024);
+	assert_int_equal(c->max_client_conn, 1000);
+	assert_string_equal(config_find_database(c, "app")->dbname, "app");
+	assert_int_equal(config_find_database(c, "app")->port, 5432);
+	config_release(c);
+}
+
+static void test_errors_name_the_line(void **state)
+{
+	(void)state;
+	const char *db = "databases:\n  app: {host: h, user: u, password: p}\n";
+	char text[1024];
+	expect_error("listen: {port: 1}\nbogus: 1\n", 2, "unknown key \"bogus\"");
+	snprintf(text, sizeof text, "%slisten:\n  address: x\n  prot: 5\n", db);
+	expect_error(text, 5, "unknown key \"prot\" in listen");
+	snprintf(text, sizeof text, "%slisten: {port: 70000}\n", db);
+	expect_error(text, 3, "listen.port must be between");
+	snprintf(text, sizeof text, "%slisten: {port: abc}\n", db);
+	expect_error(text, 3, "must be a number");
+	snprintf(text, sizeof text, "%stls: {mode: sometimes}\n", db);
+	expect_error(text, 3, "tls.mode must be");
+	snprintf(text, sizeof text, "%stls: {mode: require}\n", db);
+	expect_error(text, 1, "needs tls.cert and tls.key");
+	snprintf(text, sizeof text, "%susers:\n  bob: {password: hunter2}\n", db);
+	expect_error(text, 4, "never plaintext");
+	snprintf(text, sizeof text, "%susers:\n  bob: {groups: [a]}\n", db);
+	expect_error(text, 4, "password (a SCRAM-SHA-256 verifier) is required");
+	snprintf(text, sizeof text, "%slimits: {startup_timeout: soon}\n", db);
+	expect_error(text, 3, "must be a duration");
+	snprintf(text, sizeof text, "%slimits: {max_message_size: 10}\n", db);
+	expect_error(text, 3, "max_message_size");
+	expect_error("databases:\n  app: {host: h}\n", 2, "user is required");
+	expect_error("databases:\n  app: {host: h, user: u, password: a, password_env: B}\n", 2, "only one of");
+	expect_error("databases:\n  app: {host: h, user: u, password_env: SURELY_NOT_SET_ANYWHERE}\n", 2,
+		     "is not set");
+	expect_error("databases:\n  app: {host: h, user: u, sslmode: verify-full}\n", 2, "needs sslrootcert");
+	expect_error("databases:\n  app: {host: h, user: u, password_file: /nonexistent/pw}\n", 2, "password_file");
+	expect_error("listen: {port: 1}\n", 1, "no databases");
+	expect_error("listen: [1, 2\n", 2, "invalid YAML"); /* libyaml notices at end of input */
+	expect_error("", 1, "empty");
+	expect_error("databases:\n  app: {host: h, user: u}\n  app: {host: h, user: u}\n", 3, "defined twice");
+	expect_error("- just\n- a list\n", 1, "must be a mapping");
+}
+
+static void test_duration_and_size(void **state)
+{
+	(void)state;
+	int ms;
+	uint64_t n;
+	assert_true(config_parse_duration_ms("30s", &ms));
+	assert_int_equal(ms, 30000);
+	assert_true(config_parse_duration_ms("5m", &ms));
+	assert_int_equal(ms, 300000);
+	assert_true(config_parse_duration_ms("250ms", &ms));
+	assert_int_equal(ms, 250);
+	assert_true(config_parse_duration_ms("2", &ms));
+	assert_int_equal(ms, 2000);
+	assert_false(config_parse_duration_ms("-1s", &ms));
+	assert_false(config_parse_duration_ms("1 fortnight", &ms));
+	assert_false(config_parse_duration_ms("99999999h", &ms));
+	assert_true(config_parse_size("64MiB", &n));
+	assert_int_equal(n, 64 * 1024 * 1024);
+	assert_true(config_parse_size("4096", &n));
+	assert_false(config_parse_size("-5", &n));
+	assert_false(config_parse_size("12parsecs", &n));
+	assert_false(config_parse_size("99999999999999999999GiB", &n));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_full_contract),
+		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_errors_name_the_line),
+		cmocka_unit_test(test_duration_and_size),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,148 @@
+/* The pipeline queue: simple and extended flows, errors mid-pipeline, describe variants. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "session/pipeline.h"
+
+static void front(Pipeline *p, const char *types)
+{
+	for (const char *t = types; *t; t++) {
+		char d = 0;
+		if (*t == 'D' || *t == 'd') {
+			d = *t == 'D' ? 'S' : 'P';
+			assert_true(pipeline_on_frontend(p, 'D', d));
+			continue;
+		}
+		assert_true(pipeline_on_frontend(p, *t, 0));
+	}
+}
+
+static void back(Pipeline *p, const char *types, char status)
+{
+	for (const char *t = types; *t; t++)
+		pipeline_on_backend(p, *t, *t == 'Z' ? status : 0);
+}
+
+static void test_simple_query(void **state)
+{
+	(void)state;
+	Pipeline p;
+	pipeline_init(&p);
+	front(&p, "Q");
+	back(&p, "TDDC", 0);
+	assert_false(pipeline_idle(&p));
+	back(&p, "Z", 'T');
+	assert_true(pipeline_idle(&p));
+	assert_int_equal(p.txn_status, 'T');
+	assert_int_equal(p.unexpected, 0);
+	pipeline_free(&p);
+}
+
+static void test_extended_pipeline(void **state)
+{
+	(void)state;
+	Pipeline p;
+	pipeline_init(&p);
+	/* Parse, Bind, Describe portal, Execute, Sync twice, pipelined. */
+	front(&p, "PBdES");
+	front(&p, "BEHS"); /* H (Flush) produces nothing */
+	back(&p, "12TDDC", 0);
+	assert_int_equal(pipeline_front(&p)->kind, EXP_SYNC);
+	back(&p, "Z", 'I');
+	back(&p, "2DC", 0);
+	back(&p, "Z", 'I');
+	assert_true(pipeline_idle(&p));
+	assert_int_equal(p.unexpected, 0);
+	pipeline_free(&p);
+}
+
+static void test_describe_statement(void **state)
+{
+	(void)state;
+	Pipeline p;
+	pipeline_init(&p);
+	front(&p, "PDS");
+	back(&p, "1tnZ", 'I');
+	assert_true(pipeline_idle(&p));
+	front(&p, "PDS");
+	back(&p, "1tTZ", 'I');
+	assert_true(pipeline_idle(&p));
+	assert_int_equal(p.unexpected, 0);
+	pipeline_free(&p);
+}
+
+static void test_error_skips_to_sync(void **state)
+{
+	(void)state;
+	Pipeline p;
+	pipeline_init(&p);
+	front(&p, "PBES");
+	front(&p, "PBES");
+	back(&p, "E", 0); /* Parse failed: Bind/Execute are skipped by the server */
+	assert_int_equal(pipeline_front(&p)->kind, EXP_SYNC);
+	back(&p, "Z", 'I');
+	back(&p, "12CZ", 'I');
+	assert_true(pipeline_idle(&p));
+	assert_int_equal(p.unexpected, 0);
+	pipeline_free(&p);
+}
+
+static void test_error_in_query_keeps_entry(void **state)
+{
+	(void)state;
+	Pipeline p;
+	pipeline_init(&p);
+	front(&p, "QQ");
+	back(&p, "EZ", 'E');
+	assert_int_equal(p.txn_status, 'E');
+	back(&p, "CZ", 'I');
+	assert_true(pipeline_idle(&p));
+	pipeline_free(&p);
+}
+
+static void test_function_call_and_close(void **state)
+{
+	(void)state;
+	Pipeline p;
+	pipeline_init(&p);
+	front(&p, "F");
+	back(&p, "VZ", 'I');
+	front(&p, "CS");
+	back(&p, "3Z", 'I');
+	assert_true(pipeline_idle(&p));
+	assert_int_equal(p.unexpected, 0);
+	pipeline_free(&p);
+}
+
+static void test_growth(void **state)
+{
+	(void)state;
+	Pipeline p;
+	pipeline_init(&p);
+	for (int i = 0; i < 1000; i++)
+		front(&p, "BES");
+	for (int i = 0; i < 1000; i++)
+		back(&p, "2DCZ", 'I');
+	assert_true(pipeline_idle(&p));
+	assert_int_equal(p.unexpected, 0);
+	back(&p, "Z", 'I');
+	assert_int_equal(p.unexpected, 1);
+	pipeline_free(&p);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_simple_query),
+		cmocka_unit_test(test_extended_pipeline),
+		cmocka_unit_test(test_describe_statement),
+		cmocka_unit_test(test_error_skips_to_sync),
+		cmocka_unit_test(test_error_in_query_keeps_entry),
+		cmocka_unit_test(test_function_call_and_close),
+		cmocka_unit_test(test_growth),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
