@@ -211,7 +211,7 @@ bool scram_server_first(ScramServer *s, const char *msg, size_t len, char *out, 
 		snprintf(err, errlen, "malformed SCRAM message (mandatory extension)");
 		return false;
 	}
-	char snonce[25];
+	char snonce[64];
 	if (test_server_nonce)
 		snprintf(snonce, sizeof snonce, "%s", test_server_nonce);
 	else
