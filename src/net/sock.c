@@ -1,7 +1,9 @@
 /* Plain and TLS socket I/O over evbuffers, with direct writes and explicit back-pressure. */
 #include "net/sock.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <openssl/x509v3.h>
 #include <openssl/err.h>
 #include <stdio.h>
 #include <string.h>
@@ -74,22 +76,16 @@ static SockIo tls_error(Sock *s, int rc, const char *what)
 
 SockIo sock_read(Sock *s, size_t max)
 {
-	struct evbuffer_iovec vec[2];
-	int nvec = evbuffer_reserve_space(s->in, (ev_ssize_t)max, vec, 2);
-	if (nvec <= 0) {
+	struct evbuffer_iovec vec[1];
+	if (evbuffer_reserve_space(s->in, (ev_ssize_t)max, vec, 1) != 1) {
 		snprintf(s->err, sizeof s->err, "out of buffer space");
 		return IO_ERROR;
 	}
 	if (!s->ssl) {
-		ssize_t n = readv(s->fd, (struct iovec *)vec, nvec);
+		ssize_t n = recv(s->fd, vec[0].iov_base, vec[0].iov_len, 0);
 		if (n > 0) {
-			size_t left = (size_t)n;
-			for (int i = 0; i < nvec; i++) {
-				size_t take = left < vec[i].iov_len ? left : vec[i].iov_len;
-				vec[i].iov_len = take;
-				left -= take;
-			}
-			evbuffer_commit_space(s->in, vec, nvec);
+			vec[0].iov_len = (size_t)n;
+			evbuffer_commit_space(s->in, vec, 1);
 			return IO_OK;
 		}
 		evbuffer_commit_space(s->in, vec, 0);
@@ -101,12 +97,6 @@ SockIo sock_read(Sock *s, size_t max)
 		return IO_ERROR;
 	}
 	/* TLS: drain what OpenSSL holds too, since epoll cannot see its internal buffer. */
-	evbuffer_commit_space(s->in, vec, 0);
-	nvec = evbuffer_reserve_space(s->in, (ev_ssize_t)max, vec, 1);
-	if (nvec != 1) {
-		snprintf(s->err, sizeof s->err, "out of buffer space");
-		return IO_ERROR;
-	}
 	size_t got = 0;
 	SockIo result = IO_AGAIN;
 	while (got < vec[0].iov_len) {
@@ -145,7 +135,13 @@ SockIo sock_flush(Sock *s)
 		return IO_AGAIN;
 	while (evbuffer_get_length(s->out) > 0) {
 		if (!s->ssl) {
-			int n = evbuffer_write(s->out, s->fd);
+			/* One chunk (the common case) goes out with send(); several with writev. */
+			struct evbuffer_iovec v[2];
+			int chunks = evbuffer_peek(s->out, -1, NULL, v, 2);
+			ssize_t n = chunks == 1 ? send(s->fd, v[0].iov_base, v[0].iov_len, MSG_NOSIGNAL)
+						: evbuffer_write(s->out, s->fd);
+			if (chunks == 1 && n > 0)
+				evbuffer_drain(s->out, (size_t)n);
 			if (n < 0) {
 				if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
 					break;
@@ -208,8 +204,13 @@ bool sock_tls_start(Sock *s, SSL_CTX *ctx, bool server, const char *verify_host)
 	} else {
 		SSL_set_connect_state(s->ssl);
 		if (verify_host) {
-			SSL_set_tlsext_host_name(s->ssl, verify_host);
-			if (!SSL_set1_host(s->ssl, verify_host)) {
+			/* An address is checked against the certificate's IP SANs, a name against DNS SANs. */
+			unsigned char ip[16];
+			bool is_ip = inet_pton(AF_INET, verify_host, ip) == 1 || inet_pton(AF_INET6, verify_host, ip) == 1;
+			if (!is_ip)
+				SSL_set_tlsext_host_name(s->ssl, verify_host);
+			if (is_ip ? !X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), verify_host)
+				  : !SSL_set1_host(s->ssl, verify_host)) {
 				snprintf(s->err, sizeof s->err, "cannot set TLS host name to verify");
 				return false;
 			}

@@ -250,6 +250,46 @@ static void send_byte(Session *s, char c)
 	flush_client(s);
 }
 
+typedef struct {
+	int fd;
+	uint8_t pkt[16];
+} PendingCancel;
+
+static void cancel_writable(evutil_socket_t fd, short what, void *arg)
+{
+	PendingCancel *pc = arg;
+	if ((what & EV_WRITE) && write(fd, pc->pkt, sizeof pc->pkt) != (ssize_t)sizeof pc->pkt)
+		log_event(LOG_WARN, "cancel_failed", "reason=\"could not send to upstream\"");
+	if (what & EV_TIMEOUT)
+		log_event(LOG_WARN, "cancel_failed", "reason=\"upstream connect timed out\"");
+	close(pc->fd);
+	free(pc);
+}
+
+/* Opens a new upstream connection and sends the backend's own CancelRequest, without blocking. */
+static void send_cancel(struct event_base *base, const CancelTarget *t)
+{
+	int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (connect(fd, (const struct sockaddr *)&t->addr, t->addrlen) < 0 && errno != EINPROGRESS) {
+		log_event(LOG_WARN, "cancel_failed", "reason=\"%s\"", strerror(errno));
+		close(fd);
+		return;
+	}
+	PendingCancel *pc = xmalloc(sizeof *pc);
+	pc->fd = fd;
+	proto_put_u32(pc->pkt, 16);
+	proto_put_u32(pc->pkt + 4, PROTO_CANCEL_CODE);
+	proto_put_u32(pc->pkt + 8, t->pid);
+	proto_put_u32(pc->pkt + 12, t->key);
+	struct timeval tv = {5, 0};
+	if (event_base_once(base, fd, EV_WRITE, cancel_writable, pc, &tv) != 0) {
+		close(fd);
+		free(pc);
+	}
+}
+
 static void handle_cancel(Session *s, const StartupPacket *sp)
 {
 	CancelTarget t;
@@ -258,29 +298,7 @@ static void handle_cancel(Session *s, const StartupPacket *sp)
 		session_close(s, "cancel request with unknown key", NULL, NULL);
 		return;
 	}
-	/* A short blocking-free send: connect non-blocking, and if it does not complete at once,
-	 * finish it from a one-shot event. */
-	int fd = socket(t.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd >= 0) {
-		uint8_t pkt[16];
-		proto_put_u32(pkt, 16);
-		proto_put_u32(pkt + 4, PROTO_CANCEL_CODE);
-		proto_put_u32(pkt + 8, t.pid);
-		proto_put_u32(pkt + 12, t.key);
-		int rc = connect(fd, (struct sockaddr *)&t.addr, t.addrlen);
-		if (rc == 0 || errno == EINPROGRESS) {
-			/* Loopback and LAN connects finish in microseconds; wait briefly for writability. */
-			fd_set wf;
-			FD_ZERO(&wf);
-			FD_SET(fd, &wf);
-			struct timeval tv = {0, 200000};
-			if (rc == 0 || select(fd + 1, NULL, &wf, NULL, &tv) == 1) {
-				if (write(fd, pkt, sizeof pkt) != (ssize_t)sizeof pkt)
-					log_event(LOG_WARN, "cancel_failed", "peer=%s reason=\"short write\"", s->peer);
-			}
-		}
-		close(fd);
-	}
+	send_cancel(s->worker->base, &t);
 	log_event(LOG_INFO, "cancel_forwarded", "peer=%s target_session_pid=%u", s->peer, sp->cancel_pid);
 	session_close(s, "cancel request", NULL, NULL);
 }
