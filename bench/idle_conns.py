@@ -3,7 +3,9 @@
 gateway's resident-memory growth.
 
 Usage: idle_conns.py PID N  (connection parameters come from libpq env vars:
-PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD).
+PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD). With BENCH_ADMIN_DSN set (a
+direct superuser connection to PostgreSQL) it also reports how many upstream
+backends of PGUSER the N connections added.
 
 RSS is VmRSS summed over PID and all its descendants (so a forking gateway is
 measured completely), read from /proc/*/status. Prints one line of key=value.
@@ -50,9 +52,23 @@ def tree_rss_kib(pid):
     return total, nproc
 
 
+def count_backends():
+    """PostgreSQL client backends of PGUSER, counted over a direct connection
+    given by BENCH_ADMIN_DSN (not through the gateway); -1 if not set."""
+    dsn = os.environ.get("BENCH_ADMIN_DSN")
+    if not dsn:
+        return -1
+    with psycopg.connect(dsn) as c:
+        return c.execute(
+            "select count(*) from pg_stat_activity"
+            " where usename = %s and backend_type = 'client backend'",
+            (os.environ["PGUSER"],)).fetchone()[0]
+
+
 def main():
     pid, n = int(sys.argv[1]), int(sys.argv[2])
     before, nproc = tree_rss_kib(pid)
+    upstream_before = count_backends()
     conns = []
     t0 = time.monotonic()
     try:
@@ -69,17 +85,21 @@ def main():
     open_s = time.monotonic() - t0
     time.sleep(2)  # let the gateway settle
     after, nproc_after = tree_rss_kib(pid)
-    # how many upstream backends of this role exist while the clients idle
-    # (asked through one of the gateway's own sessions, after the RSS reading)
-    upstream = conns[-1].execute(
-        "select count(*) from pg_stat_activity"
-        " where usename = current_user and backend_type = 'client backend'").fetchone()[0]
+    upstream_after = count_backends()
     for c in conns:
         c.close()
+    # wait (up to 10 s) for the gateway to release the upstream sessions, so the
+    # next measurement starts clean and a leak shows up as upstream_left > 0
+    deadline = time.monotonic() + 10
+    left = count_backends() - upstream_before
+    while left > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = count_backends() - upstream_before
     delta = after - before
     print(f"conns={n} rss_before_kib={before} rss_after_kib={after} delta_kib={delta} "
           f"kib_per_conn={delta / n:.1f} procs={nproc_after} open_seconds={open_s:.2f} "
-          f"upstream_backends={upstream}")
+          f"upstream_backends_added={upstream_after - upstream_before} "
+          f"upstream_left_after_close={left}")
 
 
 if __name__ == "__main__":

@@ -187,6 +187,7 @@ if has_target pgcordon; then
   log "pgcordon: $PGCORDON (repo rev $rev${dirty:+, src/ has uncommitted changes}," \
       "built $(date -u -r "$PGCORDON" '+%Y-%m-%dT%H:%M:%SZ')), listen.workers=$WORKERS"
 fi
+log "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (anything else running on the box skews the numbers)"
 log "pgbench per run: pgbench -S -n -c $CLIENTS -j $THREADS -T $DURATION -M <mode> -h 127.0.0.1 -p <port> -U bench bench"
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -370,13 +371,14 @@ done
 if (( IDLE_CONNS > 0 )); then
   echo
   echo "=== gateway memory: $IDLE_CONNS idle authenticated connections (VmRSS of the gateway process tree) ==="
-  printf '%-10s %14s %14s %12s %12s %6s %8s %18s\n' gateway rss_before_kib rss_after_kib delta_kib kib_per_conn \
-    procs open_s upstream_backends
+  printf '%-10s %14s %14s %12s %12s %6s %8s %15s %14s\n' gateway rss_before_kib rss_after_kib delta_kib kib_per_conn \
+    procs open_s upstream_added upstream_left
   for t in pgcordon pgbouncer; do
     has_target "$t" || continue
     pid=$CORDON_PID; [[ $t == pgbouncer ]] && pid=$BOUNCER_PID
     rc=0
     run_child env PGHOST=127.0.0.1 PGPORT="$(target_port "$t")" PGUSER=bench PGDATABASE=bench \
+      BENCH_ADMIN_DSN="host=$TMP port=$PG_PORT user=postgres dbname=postgres" \
       PGPASSWORD="$(target_password "$t")" "$PY" "$BENCH_DIR/idle_conns.py" "$pid" "$IDLE_CONNS" \
       >"$TMP/idle-$t.out" 2>"$TMP/idle-$t.err" || rc=$?
     line=$(cat "$TMP/idle-$t.out")
@@ -387,8 +389,9 @@ if (( IDLE_CONNS > 0 )); then
     fi
     declare -A kv=()
     for pair in $line; do kv[${pair%%=*}]=${pair#*=}; done
-    printf '%-10s %14s %14s %12s %12s %6s %8s %18s\n' "$t" "${kv[rss_before_kib]}" "${kv[rss_after_kib]}" \
-      "${kv[delta_kib]}" "${kv[kib_per_conn]}" "${kv[procs]}" "${kv[open_seconds]}" "${kv[upstream_backends]}"
+    printf '%-10s %14s %14s %12s %12s %6s %8s %15s %14s\n' "$t" "${kv[rss_before_kib]}" "${kv[rss_after_kib]}" \
+      "${kv[delta_kib]}" "${kv[kib_per_conn]}" "${kv[procs]}" "${kv[open_seconds]}" "${kv[upstream_backends_added]}" \
+      "${kv[upstream_left_after_close]}"
     unset kv
     pid_alive "$pid" || die "$t died during the idle-connection test"
   done
