@@ -28,7 +28,11 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 PYTEST := /usr/bin/python3 -m pytest
 
-.PHONY: all test unit integration asan clean format
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_LIB := $(filter-out src/net/% src/session/%,$(LIB_SRCS))
+FUZZ_SECONDS ?= 30
+
+.PHONY: all test unit integration asan fuzz clean format
 
 all: $(BUILD)/pgcordon
 
@@ -55,10 +59,22 @@ asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" test
 
+# libFuzzer targets for every parser of outside input; each runs FUZZ_SECONDS.
+fuzz:
+	@mkdir -p build-fuzz/corpus
+	@set -e; for f in $(FUZZ_SRCS); do \
+	  name=$$(basename $$f .c); \
+	  clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined \
+	    -o build-fuzz/$$name $$f $(FUZZ_LIB) $(PKG_LIBS) -pthread; \
+	  mkdir -p build-fuzz/corpus/$$name; \
+	  echo "== $$name ($(FUZZ_SECONDS)s)"; \
+	  build-fuzz/$$name -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus/$$name 2>&1 | tail -n 2; \
+	done
+
 format:
 	clang-format -i $(SRCS) $(wildcard src/*/*.h) $(UNIT_SRCS)
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(OBJS:.o=.d)
