@@ -312,10 +312,6 @@ bool proto_parse_startup(const uint8_t *body, size_t len, StartupPacket *out, ch
 		snprintf(err, errlen, "invalid startup packet layout: expected terminator as last byte");
 		return false;
 	}
-	if (!out->user || !*out->user) {
-		snprintf(err, errlen, "no PostgreSQL user name specified in startup packet");
-		return false;
-	}
 	if (!out->database || !*out->database)
 		out->database = out->user; /* the server's rule: database defaults to user */
 	return true;

@@ -102,7 +102,8 @@ typedef struct {
 
 /*
  * Parses a startup-phase packet body (after the 4-byte length). Strings point into body,
- * which must stay alive. Returns false with a message in err for anything malformed.
+ * which must stay alive. user may be NULL or empty (the caller refuses it); database
+ * defaults to user, as the server does. Returns false with a message in err for anything malformed.
  */
 bool proto_parse_startup(const uint8_t *body, size_t len, StartupPacket *out, char *err,
 			 size_t errlen) __attribute__((warn_unused_result));

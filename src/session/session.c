@@ -525,6 +525,11 @@ static bool process_startup_packet(Session *s)
 			return false;
 		}
 	}
+	if (!sp.user || !*sp.user) {
+		free(body);
+		close_fatal(s, "28000", "no PostgreSQL user name specified in startup packet");
+		return false;
+	}
 	s->auth = xcalloc(1, sizeof *s->auth);
 	s->auth->startup_body = body;
 	s->auth->startup = sp;

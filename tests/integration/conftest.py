@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 REPO = HERE.parents[1]
-BIN = REPO / "build" / "pgcordon"
+# `make integration` / `make asan` pass the binary to test in PGCORDON_BIN.
+BIN = Path(os.environ.get("PGCORDON_BIN") or REPO / "build" / "pgcordon")
 PGBIN = Path("/usr/lib/postgresql/15/bin")
 DBNAME = "gwtest"
 
@@ -369,6 +370,11 @@ class Gateway:
         if died:
             raise GatewayDied(f"pgcordon died unexpectedly with {self.proc.returncode}; "
                               f"log tail:\n{self.log_text()[-4000:]}")
+        log = self.log_text()
+        for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            if marker in log:
+                i = log.index(marker)
+                raise GatewayDied(f"sanitizer report in the gateway log:\n{log[max(0, i - 200):i + 4000]}")
 
     def log_text(self):
         try:

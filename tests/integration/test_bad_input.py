@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 import uuid
@@ -239,7 +240,7 @@ INV = ("invalid", "message too large")
     # Startup packet whose key/value list is not terminated.
     (b"\x00\x00\x00\x0d\x00\x03\x00\x00user\0", ("08P01",), INV),
     # Well-formed, but no user (PostgreSQL: 28000 "no PostgreSQL user name specified").
-    (pgwire.startup_packet({"database": "app"}), ("08P01", "28000"),
+    (pgwire.startup_packet({"database": "app"}), ("28000",),
      INV + ("no PostgreSQL user name",)),
 ], ids=["http", "tls-hello", "len2", "len7", "unknown-code", "unterminated", "no-user"])
 def test_junk_before_startup(gwx, junk, codes, prefixes):
@@ -360,6 +361,16 @@ def test_wrong_password(gwx):
 def test_unknown_user(gwx):
     fields = startup_error(gwx, "mallory", "app", "whatever-pw")
     assert_fatal(fields, "28P01", 'password authentication failed for user "mallory"')
+    # Like PostgreSQL's mock authentication: an unknown user gets the same SCRAM exchange as
+    # a known user with a wrong password, so user names cannot be probed.
+    flows = []
+    for user in ("mallory", "alice"):
+        r = raw(gwx)
+        with pytest.raises(pgwire.ServerError):
+            r.startup(user, "app", "wrong-password-here")
+        flows.append(r.auth_codes)
+        r.close()
+    assert flows[0] == flows[1] == [10]
     # Upstream role names are not gateway users.
     fields = startup_error(gwx, "gw_scram", "app", ROLE_PW["gw_scram"])
     assert_fatal(fields, "28P01", 'password authentication failed for user "gw_scram"')
@@ -505,6 +516,45 @@ def test_upstream_killed_while_idle(gwx, pg):
     gwx.assert_serves()
 
 
+def test_large_startup_packet(gwx, pg):
+    """A 3 KB startup packet (long options) is legitimate: PostgreSQL accepts up to 10000
+    bytes."""
+    pad = "p" * 3000
+    opts = f"-c pgcordon_test.pad={pad}"
+    with gwx.connect(options=opts) as c:
+        assert c.execute("SHOW pgcordon_test.pad").fetchone()[0] == pad
+    with pg.connect(options=opts) as c:
+        assert c.execute("SHOW pgcordon_test.pad").fetchone()[0] == pad
+
+
+def test_client_disconnect_inside_transaction_releases_locks(gwx):
+    a = raw_login(gwx)
+    a.query("BEGIN")
+    rows, _, err, status = a.query("SELECT id FROM items WHERE id = 1 FOR UPDATE")
+    assert err is None and status == b"T"
+    a.close()  # vanish without Terminate, transaction open, row locked
+    with gwx.connect() as b:
+        b.execute("SET lock_timeout = '10s'")
+        assert b.execute("SELECT id FROM items WHERE id = 1 FOR UPDATE").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("setting,sqlstate,begin", [
+    ("idle_session_timeout", "57P05", False),
+    ("idle_in_transaction_session_timeout", "25P03", True),
+])
+def test_server_fatal_while_idle_is_relayed(gwx, setting, sqlstate, begin):
+    """The server's own FATAL arrives unsolicited while the client is idle: relayed as is,
+    then the client connection is closed."""
+    r = raw_login(gwx)
+    r.query(f"SET {setting} = '300ms'")
+    if begin:
+        r.query("BEGIN")
+    fields = r.read_error()
+    assert fields.get("C") == sqlstate and fields.get("S") == "FATAL", fields
+    assert r.expect_closed()
+    gwx.assert_serves()
+
+
 # ---------------------------------------------------------------------------- upstream TLS
 
 def _upstream_ssl(c):
@@ -582,6 +632,38 @@ def test_tls_prefer(gateway_factory, certs):
         assert c.pgconn.ssl_in_use
 
 
+def test_tls_cancel_and_large_transfers(gateway_factory, certs, pg):
+    """Over client TLS (and upstream TLS): cancel works (libpq before 17 sends CancelRequest
+    in plaintext on a new connection), and multi-megabyte transfers survive both ways."""
+    def mutate(c):
+        c["tls"] = _tls(certs, "require")
+        c["databases"]["tls_up"] = dict(c["databases"]["app"], sslmode="verify-full",
+                                        sslrootcert=str(certs.ca_crt))
+
+    g = gateway_factory.start(mutate)
+    for dbname in ("app", "tls_up"):
+        with g.connect(dbname=dbname, sslmode="require") as c:
+            marker = "tlscancel_" + uuid.uuid4().hex[:8]
+            t = threading.Thread(target=lambda: (wait_for_active(pg, marker), c.cancel()))
+            t.start()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                c.execute(f"SELECT pg_sleep(10) /* {marker} */")
+            t.join()
+            payload = b"".join(b"%d\t%s\n" % (i, b"v" * (i % 300)) for i in range(40000))
+            c.execute("CREATE TEMP TABLE tl (a int, b text)")
+            cur = c.cursor()
+            with cur.copy("COPY tl FROM STDIN") as cp:
+                for off in range(0, len(payload), 70000):
+                    cp.write(payload[off:off + 70000])
+            with cur.copy("COPY (SELECT * FROM tl ORDER BY a) TO STDOUT") as cp:
+                back = b"".join(bytes(b) for b in cp)
+            assert back == payload
+            n = 0
+            for row in c.execute("SELECT g, repeat('w', 500) FROM generate_series(1, 40000) g"):
+                n += len(row[1])
+            assert n == 40000 * 500
+
+
 def test_tls_bytes_buffered_after_ssl_request_are_refused(gateway_factory, certs):
     """Plaintext sent together with SSLRequest must not be processed after the TLS upgrade
     (CVE-2021-23222 class)."""
@@ -605,6 +687,47 @@ def test_tls_garbage_instead_of_handshake(gateway_factory, certs):
     r.close()  # vanish mid-handshake
     with g.connect(sslmode="require") as c:
         assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+def non_loopback_ipv4():
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True,
+                             timeout=10).stdout.split()
+    except OSError:
+        return None
+    for a in out:
+        if "." in a and not a.startswith("127."):
+            return a
+    return None
+
+
+def test_password_over_plain_tcp_from_non_loopback_refused(gateway_factory, certs):
+    addr = non_loopback_ipv4()
+    if addr is None:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+
+    def mutate(c):
+        c["listen"]["address"] = "0.0.0.0"
+        c["tls"] = _tls(certs, "prefer")
+
+    g = gateway_factory.start(mutate)
+    r = pgwire.RawConn(addr, g.port)
+    try:
+        with pytest.raises(pgwire.ServerError) as ei:
+            r.startup("alice", "app", ALICE)
+        assert_fatal(ei.value.fields, "28000",
+                     "pgcordon refuses passwords over unencrypted connections")
+        # The password was never asked for in clear text.
+        assert 3 not in r.auth_codes
+    finally:
+        r.close()
+    with pytest.raises(psycopg.OperationalError,
+                       match="pgcordon refuses passwords over unencrypted connections"):
+        g.connect(host=addr, sslmode="disable")
+    with g.connect(host=addr, sslmode="require") as c:
+        assert c.execute("SELECT 'tls from outside'").fetchone()[0] == "tls from outside"
+    # Loopback without TLS is still allowed.
+    g.assert_serves()
 
 
 # ---------------------------------------------------------------------------- signals
@@ -637,6 +760,69 @@ def test_sighup_adds_user_and_sessions_survive(gateway_factory):
     assert g.alive()
     g.assert_serves()
     assert carol_pw not in g.log_text()
+
+
+def test_sighup_removes_database_and_user(gateway_factory):
+    g = gateway_factory.start()
+    bob_session = g.connect(user="bob", dbname="app_md5")
+    cfg = g.config
+    del cfg["databases"]["app_md5"]
+    del cfg["users"]["bob"]
+    g.reload(cfg)
+    deadline = time.monotonic() + 10
+    while True:
+        fields = startup_error(g, "alice", "app_md5", ALICE)
+        if fields.get("C") == "3D000":
+            break
+        assert time.monotonic() < deadline, f"database still served after reload: {fields}"
+        time.sleep(0.2)
+    fields = startup_error(g, "bob", "app", LOCAL_USERS["bob"])
+    assert_fatal(fields, "28P01", 'password authentication failed for user "bob"')
+    # The session opened before the reload keeps working.
+    assert bob_session.execute("SELECT current_user").fetchone()[0] == "gw_md5"
+    bob_session.close()
+    g.assert_serves()
+
+
+def test_sighup_rotates_upstream_password(gateway_factory, pg, tmp_path):
+    role = "gw_rot_" + uuid.uuid4().hex[:6]
+    old_pw, new_pw = "RotOld-" + uuid.uuid4().hex[:8], "RotNew-" + uuid.uuid4().hex[:8]
+    with pg.super_connect() as su:
+        su.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{old_pw}'")
+    pwfile = tmp_path / "rot.pw"
+    pwfile.write_text(old_pw + "\n")
+    try:
+        def mutate(c):
+            rot = dict(c["databases"]["app"], user=role, password_file=str(pwfile))
+            del rot["password_env"]
+            c["databases"]["rot"] = rot
+
+        g = gateway_factory.start(mutate)
+        before = g.connect(dbname="rot")
+        with pg.super_connect() as su:
+            su.execute(f"ALTER ROLE {role} PASSWORD '{new_pw}'")
+        fields = startup_error(g, "alice", "rot", ALICE)
+        assert_fatal(fields, "08006", "pgcordon: upstream authentication failed")
+        pwfile.write_text(new_pw + "\n")
+        g.reload()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with g.connect(dbname="rot") as c:
+                    assert c.execute("SELECT current_user").fetchone()[0] == role
+                break
+            except psycopg.OperationalError:
+                assert time.monotonic() < deadline, "new upstream password not used after SIGHUP"
+                time.sleep(0.2)
+        assert before.execute("SELECT 1").fetchone()[0] == 1
+        before.close()
+        log = g.log_text()
+        assert old_pw not in log and new_pw not in log
+    finally:
+        with pg.super_connect() as su:
+            su.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       f"WHERE usename = '{role}'")
+            su.execute(f"DROP ROLE {role}")
 
 
 def test_sighup_with_broken_config_keeps_running(gateway_factory):

@@ -164,3 +164,20 @@ def test_pgbench(gw, pgbench_tables, mode):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "number of transactions actually processed: 50/50" in r.stdout, r.stdout
     assert "number of failed transactions: 0" in r.stdout, r.stdout
+
+
+def test_pg_dump_same_as_direct(gw, pg):
+    args = ["--no-owner", "--no-privileges", "-t", "public.items", "-t", "other.marker"]
+
+    def dump(host, port, user, password, dbname):
+        r = subprocess.run(["pg_dump", "-h", host, "-p", str(port), "-U", user] + args
+                           + [dbname], env=clean_env(password), capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        # Newer pg_dump wraps the script in \restrict / \unrestrict with a random key.
+        return re.sub(r"(?m)^\\(un)?restrict \S+$", r"\\\1restrict KEY", r.stdout)
+
+    a = dump(pg.host, pg.port, "gw_scram", ROLE_PW["gw_scram"], DBNAME)
+    b = dump(gw.host, gw.port, "alice", LOCAL_USERS["alice"], "app")
+    assert b == a
+    assert "COPY public.items" in b and "from schema other" in b

@@ -90,6 +90,26 @@ def test_extended_query_with_params(both):
     assert out[3][0] == 5 and out[3][2] == b"\x00\x01\xff" and out[3][3] == {"k": [1, 2]}
 
 
+def test_client_encoding_latin1(both):
+    def scenario(connect):
+        with connect(client_encoding="LATIN1") as c:
+            out = [c.info.parameter_status("client_encoding"), c.info.encoding]
+            out.append(c.execute("SELECT %s::text, length(%s::text)", ("héllo wörld ÿ",) * 2
+                                 ).fetchone())
+            try:  # the server cannot convert this character to LATIN1
+                c.execute("SELECT chr(10003)")
+            except psycopg.Error as e:
+                out.append([type(e).__name__, e.diag.sqlstate])
+            out.append(c.execute("SELECT convert_to(chr(233), 'LATIN1')").fetchone()[0])
+            c.execute("SET client_encoding = 'UTF8'")
+            out.append(c.execute("SELECT 'ünï ✓'").fetchone()[0])
+            return out
+
+    out = run_both(both, scenario)
+    assert out[0] == "LATIN1" and out[2] == ("héllo wörld ÿ", 13)
+    assert out[-1] == "ünï ✓"
+
+
 def test_binary_format_results(both):
     def scenario(connect):
         with connect() as c:

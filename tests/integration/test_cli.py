@@ -1,0 +1,162 @@
+"""The command-line contract: passwd, check-config, and a config written by hand."""
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import (BIN, ROLE_PW, SCRAM_PW_ENV, Gateway, GatewayFactory, free_port,
+                      require_binary, to_yaml)
+
+VERIFIER = re.compile(r"SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)")
+
+
+def cli(*args, input=None):
+    require_binary()
+    # check-config resolves password_env, so the variable the default config names is set.
+    env = dict(os.environ, **{SCRAM_PW_ENV: ROLE_PW["gw_scram"]})
+    return subprocess.run([str(BIN)] + list(args), capture_output=True, text=True,
+                          input=input, timeout=30, env=env)
+
+
+def check_verifier(verifier, password):
+    m = VERIFIER.fullmatch(verifier)
+    assert m, verifier
+    iters, salt, stored, server = int(m[1]), base64.b64decode(m[2]), m[3], m[4]
+    assert iters == 4096
+    assert len(salt) >= 16
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iters)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    assert base64.b64decode(stored) == hashlib.sha256(client_key).digest()
+    assert base64.b64decode(server) == hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+
+def test_passwd_prints_a_correct_verifier():
+    r = cli("passwd", "--password", "s3cret pass")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1
+    check_verifier(lines[0], "s3cret pass")
+    again = cli("passwd", "--password", "s3cret pass").stdout.strip()
+    assert again != lines[0], "two verifiers for the same password share a salt"
+
+
+def test_passwd_with_user_and_stdin():
+    r = cli("passwd", "--user", "alice", "--password", "pw1")
+    assert r.returncode == 0, r.stderr
+    m = re.fullmatch(r'alice: \{password: "(.*)"\}', r.stdout.strip())
+    assert m, r.stdout
+    check_verifier(m[1], "pw1")
+    r = cli("passwd", input="from stdin\n")
+    assert r.returncode == 0, r.stderr
+    check_verifier(r.stdout.strip(), "from stdin")
+
+
+def test_check_config_ok_and_errors(pg, certs, tmp_path):
+    f = GatewayFactory(pg, certs, tmp_path)
+    cfg = f.config()
+    good = tmp_path / "good.yaml"
+    good.write_text(to_yaml(cfg) + "\n")
+    r = cli("check-config", "--config", str(good))
+    assert r.returncode == 0, r.stderr
+    assert f"{good}: ok" in r.stdout + r.stderr
+
+    bad = tmp_path / "bad.yaml"
+    text = to_yaml(cfg).splitlines()
+    # An unknown key on line 3 (inside listen:).
+    text.insert(2, "  no_such_key: 1")
+    bad.write_text("\n".join(text) + "\n")
+    r = cli("check-config", "--config", str(bad))
+    assert r.returncode == 1
+    assert re.search(re.escape(str(bad)) + r":3: ", r.stderr), r.stderr
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("listen: {address: 127.0.0.1\n")
+    r = cli("check-config", "--config", str(broken))
+    assert r.returncode == 1
+    assert re.search(re.escape(str(broken)) + r":\d+: ", r.stderr), r.stderr
+
+    missing = tmp_path / "missing.yaml"
+    assert cli("check-config", "--config", str(missing)).returncode != 0
+
+    # serve refuses an invalid config instead of starting half-configured.
+    r = subprocess.run([str(BIN), "serve", "--config", str(bad)], capture_output=True,
+                       text=True, timeout=30, env=dict(os.environ, **{SCRAM_PW_ENV: "x"}))
+    assert r.returncode != 0
+
+
+def test_hand_written_config_with_passwd_output(pg, tmp_path):
+    """Paste `pgcordon passwd --user` output under users: and connect with it."""
+    line = cli("passwd", "--user", "dora", "--password", "dora-pw-123").stdout.strip()
+    port = free_port()
+    pwfile = tmp_path / "up.pw"
+    pwfile.write_text("UpScram-9f8e7d6c5b\n")
+    text = f"""# written like an operator would
+listen: {{address: 127.0.0.1, port: {port}, workers: 1}}
+tls: {{mode: disable}}
+limits:
+  max_client_conn: 10
+  max_message_size: 512KiB
+  startup_timeout: 5s
+  shutdown_timeout: 2s
+log: {{level: info}}
+databases:
+  main:
+    host: 127.0.0.1
+    port: {pg.port}
+    dbname: gwtest
+    user: gw_scram
+    password_file: {pwfile}
+    sslmode: disable
+users:
+  {line}
+"""
+    g = Gateway(tmp_path / "gw", {"listen": {"port": port}})
+    g.config_path.write_text(text)
+    r = cli("check-config", "--config", str(g.config_path))
+    assert r.returncode == 0, r.stderr
+    g.start()
+    try:
+        with g.connect(user="dora", password="dora-pw-123", dbname="main") as c:
+            assert c.execute("SELECT current_user").fetchone()[0] == "gw_scram"
+        assert "dora-pw-123" not in g.log_text()
+        assert g.stop(10) == 0
+    finally:
+        g.cleanup()
+
+
+@pytest.mark.parametrize("value", ["64MiB", "512KiB", "1048576"])
+def test_size_units_accepted(pg, certs, tmp_path, value):
+    f = GatewayFactory(pg, certs, tmp_path)
+    cfg = f.config()
+    cfg["limits"]["max_message_size"] = int(value) if value.isdigit() else value
+    p = tmp_path / "c.yaml"
+    p.write_text(to_yaml(cfg) + "\n")
+    r = cli("check-config", "--config", str(p))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "warn", "error"])
+def test_log_levels_and_admin_section_accepted(pg, certs, tmp_path, level):
+    f = GatewayFactory(pg, certs, tmp_path)
+    cfg = f.config()
+    cfg["log"]["level"] = level
+    cfg["admin"] = {"address": "127.0.0.1", "port": free_port()}
+    p = tmp_path / "c.yaml"
+    p.write_text(to_yaml(cfg) + "\n")
+    r = cli("check-config", "--config", str(p))
+    assert r.returncode == 0, r.stderr
+
+
+def test_serve_logs_ready_line(gateway_factory):
+    g = gateway_factory.start()
+    log = g.log_text()
+    ready = [line for line in log.splitlines() if "event=ready" in line]
+    assert ready, log
+    assert f"port={g.port}" in ready[0]
+    assert all(re.match(r"ts=\S+ level=(debug|info|warn|error) event=\S+", line)
+               for line in log.splitlines() if line.strip()), log
