@@ -3,7 +3,7 @@
 
 CC ?= cc
 BUILD ?= build
-PKGS := libevent libevent_pthreads openssl yaml-0.1
+PKGS := libevent libevent_pthreads openssl yaml-0.1 jansson
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -15,10 +15,10 @@ endif
 OPT ?= -O2 -g
 SAN ?=
 CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) $(SAN) $(WARN) -Isrc $(PKG_CFLAGS) -pthread
-LDLIBS := $(PKG_LIBS) -pthread
+LDLIBS := $(PKG_LIBS) -lpg_query -pthread
 
 SRCS := $(wildcard src/core/*.c src/proto/*.c src/config/*.c src/auth/*.c src/net/*.c \
-                   src/session/*.c src/cli/*.c)
+                   src/session/*.c src/policy/*.c src/cli/*.c)
 LIB_SRCS := $(filter-out src/cli/%,$(SRCS))
 OBJS := $(SRCS:%.c=$(BUILD)/%.o)
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
@@ -65,7 +65,7 @@ fuzz:
 	@set -e; for f in $(FUZZ_SRCS); do \
 	  name=$$(basename $$f .c); \
 	  clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined \
-	    -o build-fuzz/$$name $$f $(FUZZ_LIB) $(PKG_LIBS) -pthread; \
+	    -o build-fuzz/$$name $$f $(FUZZ_LIB) $(PKG_LIBS) -lpg_query -pthread; \
 	  mkdir -p build-fuzz/corpus/$$name; \
 	  echo "== $$name ($(FUZZ_SECONDS)s)"; \
 	  build-fuzz/$$name -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus/$$name 2>&1 | tail -n 2; \

@@ -14,6 +14,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "policy/inspect.h"
 
 typedef struct {
 	yaml_document_t *doc;
@@ -193,6 +194,16 @@ static bool on_log(Loader *ld, Config *c, void *obj, const char *key, yaml_node_
 			c->log_level = l;
 		return true;
 	}
+	if (strcmp(key, "decisions") == 0) {
+		const char *d = scalar(v);
+		if (d && strcmp(d, "all") == 0)
+			c->log_all_decisions = true;
+		else if (d && strcmp(d, "blocked") == 0)
+			c->log_all_decisions = false;
+		else
+			fail_at(ld, v, "log.decisions must be all or blocked");
+		return true;
+	}
 	return false;
 }
 
@@ -364,6 +375,234 @@ static bool load_users(Loader *ld, Config *c, yaml_node_t *map)
 	return true;
 }
 
+/* ---- policies ---- */
+
+static bool load_name_list(Loader *ld, yaml_node_t *v, const char *what, NameList *out,
+			   bool (*valid)(const char *))
+{
+	if (v->type != YAML_SEQUENCE_NODE)
+		return fail_at(ld, v, "%s must be a list", what);
+	int n = (int)(v->data.sequence.items.top - v->data.sequence.items.start);
+	out->items = xcalloc(n ? n : 1, sizeof(char *));
+	for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
+		yaml_node_t *item = node_at(ld, *it);
+		const char *text = scalar(item);
+		if (!text || !*text)
+			return fail_at(ld, item, "%s: entries must be non-empty strings", what);
+		if (valid && !valid(text))
+			return fail_at(ld, item, "%s: \"%s\" is not valid here", what, text);
+		out->items[out->n++] = xstrdup(text);
+	}
+	return true;
+}
+
+static void free_name_list(NameList *l)
+{
+	for (int i = 0; i < l->n; i++)
+		free(l->items[i]);
+	free(l->items);
+}
+
+static bool valid_table_pattern(const char *p)
+{
+	/* "*", "schema.*", "schema.table", "table"; no empty parts. */
+	if (strcmp(p, "*") == 0)
+		return true;
+	int dots = 0;
+	for (const char *q = p; *q; q++)
+		if (*q == '.')
+			dots++;
+	return dots <= 1 && p[0] != '.' && p[strlen(p) - 1] != '.' && !strstr(p, "..");
+}
+
+static bool valid_function_name(const char *p)
+{
+	for (const char *q = p; *q; q++)
+		if (!isalnum((unsigned char)*q) && *q != '_' && *q != '.' && *q != '$')
+			return false;
+	return true;
+}
+
+static bool get_bool(Loader *ld, const yaml_node_t *n, const char *key, bool *out)
+{
+	const char *v = scalar(n);
+	if (v && (strcmp(v, "true") == 0 || strcmp(v, "yes") == 0 || strcmp(v, "on") == 0))
+		*out = true;
+	else if (v && (strcmp(v, "false") == 0 || strcmp(v, "no") == 0 || strcmp(v, "off") == 0))
+		*out = false;
+	else
+		return fail_at(ld, n, "%s must be true or false", key);
+	return true;
+}
+
+static bool on_match(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)c;
+	Policy *p = obj;
+	if (strcmp(key, "groups") == 0)
+		return load_name_list(ld, v, "match.groups", &p->match_groups, valid_name) || true;
+	if (strcmp(key, "users") == 0)
+		return load_name_list(ld, v, "match.users", &p->match_users, valid_name) || true;
+	if (strcmp(key, "databases") == 0)
+		return load_name_list(ld, v, "match.databases", &p->match_databases, valid_name) || true;
+	return false;
+}
+
+static bool on_access(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)c;
+	Policy *p = obj;
+	if (strcmp(key, "read_only") == 0)
+		return get_bool(ld, v, "access.read_only", &p->read_only) || true;
+	if (strcmp(key, "tables") == 0) {
+		p->has_tables = true;
+		return load_name_list(ld, v, "access.tables", &p->tables, valid_table_pattern) || true;
+	}
+	return false;
+}
+
+static bool on_limits_policy(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)c;
+	Policy *p = obj;
+	if (strcmp(key, "max_rows") == 0) {
+		int rows;
+		if (get_int(ld, v, "limits.max_rows", 1, INT_MAX, &rows))
+			p->max_rows = rows;
+		return true;
+	}
+	if (strcmp(key, "statement_timeout") == 0) {
+		if (get_duration(ld, v, "limits.statement_timeout", &p->statement_timeout_ms) &&
+		    p->statement_timeout_ms < 1)
+			fail_at(ld, v, "limits.statement_timeout must be at least 1ms");
+		return true;
+	}
+	return false;
+}
+
+static bool known_kind(const char *k) { return inspect_known_kind(k); }
+
+static bool load_block_rule(Loader *ld, Policy *p, yaml_node_t *rule)
+{
+	if (rule->type != YAML_MAPPING_NODE)
+		return fail_at(ld, rule, "each block rule must be a mapping such as {statements: [...]}");
+	for (yaml_node_pair_t *pr = rule->data.mapping.pairs.start; pr < rule->data.mapping.pairs.top; pr++) {
+		yaml_node_t *k = node_at(ld, pr->key), *v = node_at(ld, pr->value);
+		const char *key = scalar(k);
+		if (!key)
+			return fail_at(ld, k, "block rule keys must be strings");
+		if (strcmp(key, "statements") == 0) {
+			NameList l = {0};
+			bool ok = load_name_list(ld, v, "block.statements", &l, known_kind);
+			for (int i = 0; i < l.n; i++) {
+				p->block_statements.items = xrealloc(p->block_statements.items,
+								     (size_t)(p->block_statements.n + 1) * sizeof(char *));
+				p->block_statements.items[p->block_statements.n++] = l.items[i];
+			}
+			free(l.items);
+			if (!ok)
+				return false;
+		} else if (strcmp(key, "functions") == 0) {
+			NameList l = {0};
+			bool ok = load_name_list(ld, v, "block.functions", &l, valid_function_name);
+			for (int i = 0; i < l.n; i++) {
+				for (char *q = l.items[i]; *q; q++)
+					*q = (char)tolower((unsigned char)*q);
+				p->block_functions.items = xrealloc(p->block_functions.items,
+								    (size_t)(p->block_functions.n + 1) * sizeof(char *));
+				p->block_functions.items[p->block_functions.n++] = l.items[i];
+			}
+			free(l.items);
+			if (!ok)
+				return false;
+		} else if (strcmp(key, "delete_without_where") == 0) {
+			if (!get_bool(ld, v, "block.delete_without_where", &p->delete_without_where))
+				return false;
+		} else if (strcmp(key, "update_without_where") == 0) {
+			if (!get_bool(ld, v, "block.update_without_where", &p->update_without_where))
+				return false;
+		} else if (strcmp(key, "select_without_where") == 0) {
+			if (!load_name_list(ld, v, "block.select_without_where", &p->select_without_where,
+					    valid_table_pattern))
+				return false;
+		} else {
+			return fail_at(ld, k, "unknown block rule \"%s\" (statements, functions, delete_without_where, "
+					      "update_without_where, select_without_where)", key);
+		}
+	}
+	return true;
+}
+
+static bool on_policy(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	Policy *p = obj;
+	if (strcmp(key, "name") == 0) {
+		const char *name = scalar(v);
+		if (!name || !valid_name(name))
+			fail_at(ld, v, "policy names must be 1-63 letters, digits, _ - . @");
+		else
+			p->name = xstrdup(name);
+		return true;
+	}
+	if (strcmp(key, "match") == 0) {
+		p->match_all = false;
+		return walk_mapping(ld, c, p, v, "match", on_match) || true;
+	}
+	if (strcmp(key, "access") == 0)
+		return walk_mapping(ld, c, p, v, "access", on_access) || true;
+	if (strcmp(key, "limits") == 0)
+		return walk_mapping(ld, c, p, v, "a policy's limits", on_limits_policy) || true;
+	if (strcmp(key, "block") == 0) {
+		if (v->type != YAML_SEQUENCE_NODE) {
+			fail_at(ld, v, "block must be a list of rules");
+			return true;
+		}
+		for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++)
+			if (!load_block_rule(ld, p, node_at(ld, *it)))
+				return true;
+		return true;
+	}
+	return false;
+}
+
+static bool load_policies(Loader *ld, Config *c, yaml_node_t *seq)
+{
+	if (seq->type != YAML_SEQUENCE_NODE)
+		return fail_at(ld, seq, "policies must be a list");
+	int n = (int)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+	c->policies = xcalloc(n ? n : 1, sizeof *c->policies);
+	c->has_policies = true;
+	for (yaml_node_item_t *it = seq->data.sequence.items.start; it < seq->data.sequence.items.top; it++) {
+		yaml_node_t *pn = node_at(ld, *it);
+		Policy *p = &c->policies[c->npolicies++];
+		p->match_all = true;
+		if (!walk_mapping(ld, c, p, pn, "a policy", on_policy))
+			return false;
+		if (!p->name)
+			return fail_at(ld, pn, "every policy needs a name");
+		for (int i = 0; i < c->npolicies - 1; i++)
+			if (strcmp(c->policies[i].name, p->name) == 0)
+				return fail_at(ld, pn, "policy \"%s\" is defined twice", p->name);
+	}
+	return true;
+}
+
+static void free_policies(Config *c)
+{
+	for (int i = 0; i < c->npolicies; i++) {
+		Policy *p = &c->policies[i];
+		free(p->name);
+		free_name_list(&p->match_groups);
+		free_name_list(&p->match_users);
+		free_name_list(&p->match_databases);
+		free_name_list(&p->tables);
+		free_name_list(&p->block_statements);
+		free_name_list(&p->block_functions);
+		free_name_list(&p->select_without_where);
+	}
+	free(c->policies);
+}
+
 static bool on_top(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
 {
 	(void)obj;
@@ -383,6 +622,19 @@ static bool on_top(Loader *ld, Config *c, void *obj, const char *key, yaml_node_
 		return load_databases(ld, c, v) || true;
 	if (strcmp(key, "users") == 0)
 		return load_users(ld, c, v) || true;
+	if (strcmp(key, "policies") == 0)
+		return load_policies(ld, c, v) || true;
+	if (strcmp(key, "default") == 0) {
+		const char *d = scalar(v);
+		if (d && strcmp(d, "allow") == 0)
+			c->default_allow = true;
+		else if (d && strcmp(d, "deny") == 0)
+			c->default_allow = false;
+		else
+			fail_at(ld, v, "default must be allow or deny");
+		c->default_set = true;
+		return true;
+	}
 	return false;
 }
 
@@ -412,6 +664,7 @@ static void config_free(Config *c)
 		free(u->groups);
 	}
 	free(c->users);
+	free_policies(c);
 	if (c->tls_ctx)
 		SSL_CTX_free(c->tls_ctx);
 	free(c->path);
@@ -471,6 +724,9 @@ Config *config_load(const char *path, char *err, size_t errlen)
 	if (!ld.failed && c->tls_mode != TLS_DISABLE && (!c->tls_cert || !c->tls_key))
 		fail_at(&ld, root, "tls.mode %s needs tls.cert and tls.key",
 			c->tls_mode == TLS_PREFER ? "prefer" : "require");
+	/* Without any policies the gateway is a plain authenticating proxy unless told otherwise. */
+	if (!c->default_set)
+		c->default_allow = !c->has_policies;
 	if (!ld.failed && c->ndatabases == 0)
 		fail_at(&ld, root, "no databases are configured");
 

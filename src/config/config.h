@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 typedef struct ssl_ctx_st SSL_CTX;
 
@@ -34,6 +35,30 @@ typedef struct {
 	char **groups;
 	int ngroups;
 } UserConfig;
+
+typedef struct {
+	char **items;
+	int n;
+} NameList;
+
+/* One entry of policies: (see docs/policies.md). Absent lists are empty. */
+typedef struct {
+	char *name;
+	bool match_all;         /* no match: applies to everyone */
+	NameList match_groups;
+	NameList match_users;
+	NameList match_databases;
+	bool read_only;
+	bool has_tables;
+	NameList tables;        /* scope patterns: "schema.table", "schema.*", "*" */
+	NameList block_statements;
+	NameList block_functions;
+	bool delete_without_where;
+	bool update_without_where;
+	NameList select_without_where;
+	int64_t max_rows;          /* 0: no limit */
+	int statement_timeout_ms;  /* 0: no limit */
+} Policy;
 
 typedef struct Config {
 	int refcount; /* atomic */
@@ -60,6 +85,14 @@ typedef struct Config {
 
 	char *audit_store;
 	int audit_rows;
+
+	bool log_all_decisions; /* log.decisions: all (default: only refusals) */
+
+	Policy *policies;
+	int npolicies;
+	bool has_policies;  /* a policies: section exists */
+	bool default_allow; /* default: allow|deny; allow when there is no policies: section */
+	bool default_set;
 
 	DatabaseConfig *databases;
 	int ndatabases;

@@ -1,0 +1,81 @@
+/*
+ * Policies: which configured policies apply to an identity, merged into one effective
+ * policy (blocks add up, the smallest limit wins, read_only wins, table scopes unite),
+ * and the decision for a statement's facts. Pure functions over config and facts.
+ * See docs/policies.md.
+ */
+#ifndef PGC_POLICY_H
+#define PGC_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "policy/inspect.h"
+
+typedef struct {
+	const char *item;   /* kind, function, or table pattern */
+	const char *policy; /* which policy contributed it */
+} PolicyRule;
+
+typedef struct {
+	PolicyRule *items;
+	int n;
+} RuleList;
+
+typedef struct EffectivePolicy {
+	uint64_t id;        /* unique per computation: keys decision memos */
+	bool allow_all;     /* no policy matched and default: allow (or no policies at all) */
+	bool deny_all;      /* no policy matched and default: deny */
+	bool unrestricted;  /* policies matched but none restricts anything: skip inspection */
+	char names[256];    /* matched policy names, comma-separated, for logs */
+	const char *read_only_by;
+	RuleList block_kinds;
+	RuleList block_functions;
+	const char *delete_without_where_by;
+	const char *update_without_where_by;
+	RuleList select_without_where;
+	bool scoped;
+	RuleList scope;     /* union of tables patterns */
+	char scope_by[128];
+	int64_t max_rows;
+	const char *max_rows_by;
+	int timeout_ms;
+	const char *timeout_by;
+} EffectivePolicy;
+
+/* Merges every policy of c matching the identity and database. Caller frees. */
+EffectivePolicy *policy_effective(const Config *c, const char *user, char *const *groups, int ngroups,
+				  const char *database);
+void policy_free(EffectivePolicy *ep);
+
+typedef enum { DEC_ALLOW, DEC_BLOCK } DecisionKind;
+
+typedef struct {
+	DecisionKind kind;
+	const char *sqlstate;
+	const char *policy;  /* policy behind a refusal, or "" */
+	const char *rule;    /* short rule id for logs: "statements", "read_only", "scope", ... */
+	char message[320];
+} Decision;
+
+/* Looks up the facts of a prepared statement (SQL PREPARE) by name; NULL if unknown. */
+typedef const QueryFacts *(*PreparedLookup)(void *arg, const char *name);
+
+/* Decides a whole query string: every statement must pass. */
+void policy_decide(const EffectivePolicy *ep, const QueryFacts *q, PreparedLookup lookup, void *arg,
+		   Decision *out);
+
+/*
+ * Checks the client's startup parameters against the policy: settings that would widen
+ * access (role, session_authorization, search_path under a scope, read-only and
+ * statement_timeout overrides) are refused. Returns false with a message.
+ */
+bool policy_check_startup(const EffectivePolicy *ep, const char *const *names, const char *const *values,
+			  int n, char *err, size_t errlen);
+
+/* True when relation name (as written) is inside the effective scope. */
+bool policy_in_scope(const EffectivePolicy *ep, const char *relation);
+
+#endif
