@@ -772,6 +772,9 @@ void config_release(Config *c)
 /* Readers take a reference under the lock; reloads are rare, so a mutex is cheap enough. */
 static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
 static Config *current;
+static uint64_t live_generation; /* atomic */
+
+uint64_t config_live_generation(void) { return __atomic_load_n(&live_generation, __ATOMIC_ACQUIRE); }
 
 Config *config_current(void)
 {
@@ -786,6 +789,7 @@ void config_swap(Config *c)
 	pthread_mutex_lock(&current_lock);
 	Config *old = current;
 	current = c;
+	__atomic_store_n(&live_generation, c ? c->generation : 0, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&current_lock);
 	config_release(old);
 }

@@ -112,6 +112,8 @@ void config_release(Config *c);
 /* The live snapshot: config_current returns a new reference the caller releases. */
 Config *config_current(void);
 void config_swap(Config *c); /* takes ownership of the caller's reference */
+/* The generation of the live snapshot (one atomic load; for "has it changed?"). */
+uint64_t config_live_generation(void);
 
 /* "30s", "500ms", "5m", "1h" or a bare number of seconds. */
 bool config_parse_duration_ms(const char *s, int *out_ms);

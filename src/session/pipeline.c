@@ -14,12 +14,14 @@ void pipeline_init(Pipeline *p)
 
 void pipeline_free(Pipeline *p)
 {
+	for (size_t i = 0; i < p->count; i++)
+		free(p->items[(p->head + i) % p->cap].refusal);
 	free(p->items);
 	p->items = NULL;
 	p->cap = p->count = p->head = 0;
 }
 
-static bool push(Pipeline *p, ExpKind kind)
+static bool push(Pipeline *p, ExpKind kind, Expectation **pushed)
 {
 	if (p->count >= PIPELINE_MAX)
 		return false;
@@ -34,9 +36,12 @@ static bool push(Pipeline *p, ExpKind kind)
 		p->head = 0;
 	}
 	Expectation *e = &p->items[(p->head + p->count) % p->cap];
+	memset(e, 0, sizeof *e);
 	e->kind = kind;
 	e->seq = ++p->next_seq;
 	p->count++;
+	if (pushed)
+		*pushed = e;
 	return true;
 }
 
@@ -46,6 +51,8 @@ static void pop(Pipeline *p)
 		p->unexpected++;
 		return;
 	}
+	free(p->items[p->head].refusal);
+	p->items[p->head].refusal = NULL;
 	p->head = (p->head + 1) % p->cap;
 	p->count--;
 }
@@ -55,25 +62,27 @@ const Expectation *pipeline_front(const Pipeline *p)
 	return p->count ? &p->items[p->head] : NULL;
 }
 
-bool pipeline_on_frontend(Pipeline *p, char type, char describe_kind)
+bool pipeline_on_frontend(Pipeline *p, char type, char describe_kind, Expectation **pushed)
 {
+	if (pushed)
+		*pushed = NULL;
 	switch (type) {
 	case 'Q':
-		return push(p, EXP_QUERY);
+		return push(p, EXP_QUERY, pushed);
 	case 'F':
-		return push(p, EXP_FUNCTION);
+		return push(p, EXP_FUNCTION, pushed);
 	case 'P':
-		return push(p, EXP_PARSE);
+		return push(p, EXP_PARSE, pushed);
 	case 'B':
-		return push(p, EXP_BIND);
+		return push(p, EXP_BIND, pushed);
 	case 'D':
-		return push(p, describe_kind == 'S' ? EXP_DESCRIBE_STMT : EXP_DESCRIBE_PORTAL);
+		return push(p, describe_kind == 'S' ? EXP_DESCRIBE_STMT : EXP_DESCRIBE_PORTAL, pushed);
 	case 'E':
-		return push(p, EXP_EXECUTE);
+		return push(p, EXP_EXECUTE, pushed);
 	case 'C':
-		return push(p, EXP_CLOSE);
+		return push(p, EXP_CLOSE, pushed);
 	case 'S':
-		return push(p, EXP_SYNC);
+		return push(p, EXP_SYNC, pushed);
 	default:
 		/* Flush, CopyData/Done/Fail, Terminate, password messages: nothing of their own. */
 		return true;

@@ -25,7 +25,11 @@ typedef enum {
 
 typedef struct {
 	ExpKind kind;
-	uint64_t seq; /* statement sequence number in the session */
+	uint64_t seq;          /* statement sequence number in the session */
+	bool internal;         /* injected by the gateway: every response is swallowed */
+	int64_t max_rows;      /* row limit for the result, 0: none */
+	char *refusal;         /* the gateway refused it: the upstream error is replaced by this */
+	const char *refusal_sqlstate;
 } Expectation;
 
 typedef struct {
@@ -44,8 +48,13 @@ typedef struct {
 
 void pipeline_init(Pipeline *p);
 void pipeline_free(Pipeline *p);
-/* Records what a frontend message of this type will produce. describe_kind is 'S' or 'P'. */
-bool pipeline_on_frontend(Pipeline *p, char type, char describe_kind) __attribute__((warn_unused_result));
+/*
+ * Records what a frontend message of this type will produce. describe_kind is 'S' or 'P'.
+ * *pushed (if not NULL) gets the new entry, or NULL for messages that produce nothing.
+ * Returns false when the queue is full.
+ */
+bool pipeline_on_frontend(Pipeline *p, char type, char describe_kind, Expectation **pushed)
+	__attribute__((warn_unused_result));
 /* Updates the queue for a backend message; status is the ReadyForQuery byte. */
 void pipeline_on_backend(Pipeline *p, char type, char status);
 static inline bool pipeline_idle(const Pipeline *p) { return p->count == 0; }

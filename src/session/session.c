@@ -17,6 +17,8 @@
 #include "session/cancel.h"
 #include "session/session_internal.h"
 
+#define FACTS_CACHE_ENTRIES 4096
+
 struct SessionWorker {
 	Session *head;
 	int count;
@@ -24,6 +26,7 @@ struct SessionWorker {
 	struct event *reap_ev;
 	struct event *deadline_ev;
 	bool shutdown_seen;
+	FactsCache *cache;
 };
 
 static int active_clients;    /* atomic: every accepted client connection */
@@ -76,6 +79,10 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 			free(s->auth);
 		}
 		pipeline_free(&s->pipeline);
+		session__free_prepared(s);
+		policy_free(s->policy);
+		config_release(s->policy_config);
+		free(s->scratch);
 		config_release(s->config);
 		free(s->user_name);
 		free(s->database_name);
@@ -93,6 +100,7 @@ static void on_exit_worker(Worker *w)
 		return;
 	reap_cb(-1, 0, sw);
 	event_free(sw->reap_ev);
+	facts_cache_free(sw->cache);
 	if (sw->deadline_ev)
 		event_free(sw->deadline_ev);
 	free(sw);
@@ -187,6 +195,7 @@ static SessionWorker *session_worker(Worker *w)
 	if (!w->owner) {
 		SessionWorker *sw = xcalloc(1, sizeof *sw);
 		sw->reap_ev = event_new(w->base, -1, 0, reap_cb, sw);
+		sw->cache = facts_cache_new(FACTS_CACHE_ENTRIES);
 		w->owner = sw;
 	}
 	return w->owner;
@@ -267,7 +276,7 @@ static void cancel_writable(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Opens a new upstream connection and sends the backend's own CancelRequest, without blocking. */
-static void send_cancel(struct event_base *base, const CancelTarget *t)
+void session__send_cancel(struct event_base *base, const CancelTarget *t)
 {
 	int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -298,7 +307,7 @@ static void handle_cancel(Session *s, const StartupPacket *sp)
 		session_close(s, "cancel request with unknown key", NULL, NULL);
 		return;
 	}
-	send_cancel(s->worker->base, &t);
+	session__send_cancel(s->worker->base, &t);
 	log_event(LOG_INFO, "cancel_forwarded", "peer=%s target_session_pid=%u", s->peer, sp->cancel_pid);
 	session_close(s, "cancel request", NULL, NULL);
 }
@@ -379,6 +388,33 @@ static void auth_failed(Session *s, const char *why)
 	session_close(s, why, "28P01", msg);
 }
 
+/* Works out what the identity may do; refuses the connection when nothing at all. */
+static bool apply_policy(Session *s)
+{
+	const UserConfig *u = s->user;
+	s->policy = policy_effective(s->config, s->user_name, u->groups, u->ngroups, s->database_name);
+	s->policy_config = config_ref(s->config);
+	s->policy_generation = s->config->generation;
+	s->inspecting = !s->policy->allow_all && !s->policy->unrestricted;
+	s->sw_cache = s->sw->cache;
+	char msg[300];
+	if (s->policy->deny_all) {
+		snprintf(msg, sizeof msg, "pgcordon: no policy grants user \"%.63s\" access to database \"%.63s\"",
+			 s->user_name, s->database_name);
+		char qu[80];
+		log_event(LOG_WARN, "connection_refused", "session=%llu user=%s rule=no_policy", (unsigned long long)s->id,
+			  log_quote(qu, sizeof qu, s->user_name));
+		close_fatal(s, "42501", msg);
+		return false;
+	}
+	const StartupPacket *sp = &s->auth->startup;
+	if (!policy_check_startup(s->policy, sp->names, sp->values, sp->nparams, msg, sizeof msg)) {
+		close_fatal(s, "42501", msg);
+		return false;
+	}
+	return true;
+}
+
 /* One SASL message from the client; returns false when the session was closed. */
 static void handle_sasl(Session *s, const uint8_t *body, size_t len)
 {
@@ -437,6 +473,8 @@ static void handle_sasl(Session *s, const uint8_t *body, size_t len)
 		close_fatal(s, "3D000", msg);
 		return;
 	}
+	if (!apply_policy(s))
+		return;
 	char qu[80], qd[80];
 	log_event(LOG_INFO, "auth_ok", "session=%llu peer=%s user=%s database=%s method=scram tls=%s",
 		  (unsigned long long)s->id, s->peer, log_quote(qu, sizeof qu, s->user_name),
@@ -601,155 +639,11 @@ static void process_client(Session *s)
 	}
 }
 
-/* ---- relay ---- */
-
-/*
- * Moves complete and partial messages from one side to the other, looking only at
- * headers (and the first body byte where the pipeline needs it). Bytes are moved, not
- * copied, in one evbuffer operation per wake-up.
- */
-typedef struct {
-	char type;
-	uint8_t first; /* first body byte, when the body has one */
-	size_t offset; /* where the message starts in the input buffer */
-	uint32_t len;
-	size_t avail; /* bytes available from offset */
-} MsgView;
-
-static void note_client_message(Session *s, const MsgView *m, bool *terminate)
-{
-	if (!pipeline_on_frontend(&s->pipeline, m->type, (char)m->first)) {
-		close_fatal(s, "54000", "too many pipelined messages without reading results");
-		return;
-	}
-	if (m->type == 'X')
-		*terminate = true;
-}
-
-static void note_server_message(Session *s, const MsgView *m)
-{
-	if (m->type == 'E') {
-		/* Remember a FATAL/PANIC so a following disconnect does not add a second error. */
-		uint8_t buf[8] = {0};
-		size_t n = m->avail - 5 < sizeof buf ? m->avail - 5 : sizeof buf;
-		struct evbuffer_ptr p;
-		evbuffer_ptr_set(s->server.in, &p, m->offset + 5, EVBUFFER_PTR_SET);
-		evbuffer_copyout_from(s->server.in, &p, buf, n);
-		s->last_server_fatal = buf[0] == 'S' && (memcmp(buf + 1, "FATAL", 5) == 0 || memcmp(buf + 1, "PANIC", 5) == 0);
-	}
-	pipeline_on_backend(&s->pipeline, m->type, (char)m->first);
-}
-
-static size_t scan(Session *s, bool from_client, size_t *remaining, bool *stop)
-{
-	struct evbuffer *in = from_client ? s->client.in : s->server.in;
-	size_t avail = evbuffer_get_length(in);
-	size_t pos = 0;
-	uint32_t max = from_client ? s->config->max_message_size : 0x7fffffff;
-	bool terminate = false;
-
-	if (*remaining) {
-		size_t take = avail < *remaining ? avail : *remaining;
-		pos = take;
-		*remaining -= take;
-	}
-	while (*remaining == 0 && avail - pos >= 5 && s->state == SESS_READY) {
-		uint8_t hdr[6];
-		size_t n = avail - pos >= 6 ? 6 : 5;
-		struct evbuffer_ptr p;
-		evbuffer_ptr_set(in, &p, pos, EVBUFFER_PTR_SET);
-		evbuffer_copyout_from(in, &p, hdr, n);
-		MsgView m = {.offset = pos, .avail = avail - pos};
-		HeaderCheck hc = proto_check_header(hdr, n, max, &m.type, &m.len);
-		if (hc == HDR_TOO_SHORT) {
-			if (from_client)
-				close_fatal(s, "08P01", "invalid message length");
-			else
-				close_fatal(s, "08006", "pgcordon: invalid message from upstream database");
-			*stop = true;
-			return 0;
-		}
-		if (hc == HDR_TOO_LONG) {
-			char msg[120];
-			snprintf(msg, sizeof msg, "message too large (%u bytes; limits.max_message_size is %u)", m.len, max);
-			close_fatal(s, "08P01", msg);
-			*stop = true;
-			return 0;
-		}
-		if (m.len > 4 && n < 6)
-			break; /* need the first body byte */
-		m.first = m.len > 4 ? hdr[5] : 0;
-		if (from_client)
-			note_client_message(s, &m, &terminate);
-		else
-			note_server_message(s, &m);
-		if (s->state == SESS_CLOSED) {
-			*stop = true;
-			return 0;
-		}
-		size_t total = 1 + (size_t)m.len;
-		if (avail - pos >= total) {
-			pos += total;
-		} else {
-			*remaining = total - (avail - pos);
-			pos = avail;
-		}
-		if (terminate)
-			break;
-	}
-	if (terminate)
-		*stop = true;
-	return pos;
-}
-
-void session__relay_from_client(Session *s)
-{
-	bool stop = false;
-	size_t n = scan(s, true, &s->client_remaining, &stop);
-	if (s->state == SESS_CLOSED)
-		return;
-	if (n) {
-		evbuffer_remove_buffer(s->client.in, s->server.out, n);
-		if (sock_flush(&s->server) == IO_ERROR) {
-			close_fatal(s, "08006", "pgcordon: lost connection to upstream database");
-			return;
-		}
-	}
-	if (stop) {
-		/* Terminate: the upstream has it; end the session quietly. */
-		session_close(s, "client terminated", NULL, NULL);
-		return;
-	}
-	if (evbuffer_get_length(s->server.out) > RELAY_HIGH_WATER) {
-		sock_pause_read(&s->client);
-		s->client_paused = true;
-	}
-}
-
-static void maybe_close_for_shutdown(Session *s)
+void session__maybe_close_for_shutdown(Session *s)
 {
 	if (s->close_when_idle && s->state == SESS_READY && pipeline_idle(&s->pipeline) &&
 	    s->client_remaining == 0 && evbuffer_get_length(s->client.in) == 0)
 		close_fatal(s, "57P01", "terminating connection because pgcordon is shutting down");
-}
-
-void session__relay_from_server(Session *s)
-{
-	bool stop = false;
-	size_t n = scan(s, false, &s->server_remaining, &stop);
-	if (s->state == SESS_CLOSED)
-		return;
-	if (n) {
-		evbuffer_remove_buffer(s->server.in, s->client.out, n);
-		flush_client(s);
-		if (s->state == SESS_CLOSED)
-			return;
-	}
-	if (evbuffer_get_length(s->client.out) > RELAY_HIGH_WATER) {
-		sock_pause_read(&s->server);
-		s->server_paused = true;
-	}
-	maybe_close_for_shutdown(s);
 }
 
 static void client_on_event(Sock *sock, short what, void *arg)
@@ -810,7 +704,7 @@ void session__upstream_ready(Session *s)
 		session__relay_from_client(s);
 	if (s->state == SESS_READY && __atomic_load_n(&shutting_down, __ATOMIC_ACQUIRE)) {
 		s->close_when_idle = true;
-		maybe_close_for_shutdown(s);
+		session__maybe_close_for_shutdown(s);
 	}
 }
 
@@ -844,7 +738,7 @@ static void on_notify(Worker *w)
 		next = s->next;
 		if (s->state == SESS_READY) {
 			s->close_when_idle = true;
-			maybe_close_for_shutdown(s);
+			session__maybe_close_for_shutdown(s);
 		} else if (s->state != SESS_CONNECTING) {
 			close_fatal(s, "57P01", "terminating connection because pgcordon is shutting down");
 		}

@@ -6,6 +6,9 @@
 #include <stdint.h>
 
 #include "auth/scram.h"
+#include "policy/cache.h"
+#include "policy/policy.h"
+#include "session/cancel.h"
 #include "config/config.h"
 #include "net/sock.h"
 #include "net/worker.h"
@@ -78,8 +81,31 @@ struct Session {
 	bool server_paused;
 	bool last_server_fatal;
 	bool close_when_idle;
+
+	/* Policy: the effective policy and the config snapshot it points into. */
+	EffectivePolicy *policy;
+	Config *policy_config;
+	uint64_t policy_generation;
+	bool inspecting;           /* statements must be judged (the policy restricts something) */
+	FactsCache *sw_cache;      /* the worker's facts cache */
+	struct Prepared **prepared; /* prepared statements and their facts, by name */
+	int nprepared;
+	char *scratch;             /* a whole message copied out for inspection */
+	size_t scratch_cap;
+	int64_t rows;              /* DataRows of the current statement, for max_rows */
+	bool discarding;           /* after a cut-off: drop the upstream's answer up to ReadyForQuery */
+	bool server_dropping;      /* the rest of the current upstream message is dropped */
+	bool has_cancel_target;
+	CancelTarget cancel_target;
 	Session *prev, *next;
 };
+
+#define SESSION_PREPARED_BUCKETS 64
+#define SESSION_PREPARED_MAX 10000
+
+void session__free_prepared(Session *s);
+void session__send_cancel(struct event_base *base, const CancelTarget *t);
+void session__maybe_close_for_shutdown(Session *s);
 
 /* Ends a session once: logs with its identity, optionally sends FATAL first. */
 void session_close(Session *s, const char *reason, const char *sqlstate, const char *message);

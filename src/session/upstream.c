@@ -55,12 +55,29 @@ static void send_startup(Session *s)
 	msgb_str(&b, s->db->user);
 	msgb_str(&b, "database");
 	msgb_str(&b, s->db->dbname);
-	/* The client's own settings travel unchanged (DateStyle, TimeZone, options, ...). */
+	/* The client's own settings travel unchanged (DateStyle, TimeZone, options, ...), except
+	 * those the policy sets itself; named parameters win over -c in options upstream. */
+	const EffectivePolicy *ep = s->policy;
+	char timeout[32];
+	snprintf(timeout, sizeof timeout, "%d", ep->timeout_ms);
 	for (int i = 0; i < sp->nparams; i++) {
 		if (strncmp(sp->names[i], "_pq_.", 5) == 0 || strcmp(sp->names[i], "replication") == 0)
 			continue;
+		if (ep->timeout_ms && strcmp(sp->names[i], "statement_timeout") == 0)
+			continue;
+		if (ep->read_only_by && strcmp(sp->names[i], "default_transaction_read_only") == 0)
+			continue;
 		msgb_str(&b, sp->names[i]);
 		msgb_str(&b, sp->values[i]);
+	}
+	if (ep->timeout_ms) {
+		msgb_str(&b, "statement_timeout");
+		msgb_str(&b, timeout);
+	}
+	if (ep->read_only_by) {
+		/* Defence in depth: the server itself refuses writes the inspector did not foresee. */
+		msgb_str(&b, "default_transaction_read_only");
+		msgb_str(&b, "on");
 	}
 	msgb_u8(&b, 0);
 	msgb_end(&b);
@@ -323,8 +340,11 @@ static void handle_login_message(Session *s, char type, const uint8_t *msg, size
 		if (r.failed)
 			break;
 		CancelTarget t = {.pid = s->up_pid, .key = s->up_key, .addrlen = sizeof t.addr};
-		if (getpeername(s->server.fd, (struct sockaddr *)&t.addr, &t.addrlen) == 0)
+		if (getpeername(s->server.fd, (struct sockaddr *)&t.addr, &t.addrlen) == 0) {
 			cancel_set_target(s->pid, &t);
+			s->cancel_target = t;
+			s->has_cancel_target = true;
+		}
 		return;
 	}
 	case 'v':

@@ -13,10 +13,10 @@ static void front(Pipeline *p, const char *types)
 		char d = 0;
 		if (*t == 'D' || *t == 'd') {
 			d = *t == 'D' ? 'S' : 'P';
-			assert_true(pipeline_on_frontend(p, 'D', d));
+			assert_true(pipeline_on_frontend(p, 'D', d, NULL));
 			continue;
 		}
-		assert_true(pipeline_on_frontend(p, *t, 0));
+		assert_true(pipeline_on_frontend(p, *t, 0, NULL));
 	}
 }
 

@@ -1,0 +1,573 @@
+/*
+ * The relay of an established session: every message in both directions, with the policy
+ * hooks. Bytes that need no attention are moved in bulk (one evbuffer move per wake-up);
+ * only Query, Parse, Bind and FunctionCall are copied out whole, and only when a policy
+ * restricts the identity.
+ *
+ * A refused message is never answered by the gateway directly: it is replaced by a
+ * "poison" message that makes the upstream fail in the same place (a syntax error), and
+ * that upstream ErrorResponse is replaced by the refusal. So the error reaches the client
+ * in order, the server skips to Sync exactly as the client expects, and a transaction block
+ * fails on both sides. See "Extended Query" in the PostgreSQL protocol docs.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "core/util.h"
+#include "policy/cache.h"
+#include "session/cancel.h"
+#include "session/session_internal.h"
+
+#define POISON_SQL "pgcordon_refused"
+
+/* A statement name no client knows, so a poisoned Bind fails upstream. */
+static char poison_statement[40];
+
+static void init_poison_name(void)
+{
+	if (!poison_statement[0]) {
+		uint8_t r[8];
+		util_random(r, sizeof r);
+		snprintf(poison_statement, sizeof poison_statement, "pgcordon_refused_%02x%02x%02x%02x%02x%02x%02x%02x",
+			 r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
+	}
+}
+
+/* ---- prepared statements known to the session ---- */
+
+typedef struct Prepared {
+	char *name; /* 'P' + protocol name, or 'S' + SQL PREPARE name */
+	CachedFacts *facts;
+	struct Prepared *next;
+} Prepared;
+
+static unsigned prepared_bucket(const char *name)
+{
+	unsigned h = 5381;
+	for (const char *p = name; *p; p++)
+		h = h * 33 + (unsigned char)*p;
+	return h % SESSION_PREPARED_BUCKETS;
+}
+
+static Prepared *prepared_find(Session *s, const char *name)
+{
+	if (!s->prepared)
+		return NULL;
+	for (Prepared *p = s->prepared[prepared_bucket(name)]; p; p = p->next)
+		if (strcmp(p->name, name) == 0)
+			return p;
+	return NULL;
+}
+
+static void prepared_put(Session *s, char ns, const char *name, CachedFacts *facts)
+{
+	char key[300];
+	snprintf(key, sizeof key, "%c%s", ns, name);
+	Prepared *p = prepared_find(s, key);
+	if (p) {
+		cached_facts_release(p->facts);
+	} else {
+		if (!s->prepared)
+			s->prepared = xcalloc(SESSION_PREPARED_BUCKETS, sizeof *s->prepared);
+		if (s->nprepared >= SESSION_PREPARED_MAX)
+			return; /* not remembered: a later Bind of it is refused (fail closed) */
+		p = xcalloc(1, sizeof *p);
+		p->name = xstrdup(key);
+		unsigned b = prepared_bucket(key);
+		p->next = s->prepared[b];
+		s->prepared[b] = p;
+		s->nprepared++;
+	}
+	cached_facts_ref(facts);
+	p->facts = facts;
+}
+
+void session__free_prepared(Session *s)
+{
+	if (!s->prepared)
+		return;
+	for (int b = 0; b < SESSION_PREPARED_BUCKETS; b++) {
+		Prepared *p = s->prepared[b];
+		while (p) {
+			Prepared *next = p->next;
+			cached_facts_release(p->facts);
+			free(p->name);
+			free(p);
+			p = next;
+		}
+	}
+	free(s->prepared);
+	s->prepared = NULL;
+}
+
+static const QueryFacts *lookup_sql_prepared(void *arg, const char *name)
+{
+	char key[300];
+	snprintf(key, sizeof key, "S%s", name);
+	Prepared *p = prepared_find(arg, key);
+	return p ? cached_facts(p->facts) : NULL;
+}
+
+/* ---- policy refresh ---- */
+
+/* Picks up a reloaded config before the next statement (policies apply to open sessions). */
+static void refresh_policy(Session *s)
+{
+	if (config_live_generation() == s->policy_generation)
+		return;
+	Config *c = config_current();
+	if (!c)
+		return;
+	/* Groups come from the new config; a user removed from it keeps the groups it logged in
+	 * with (removing a user stops new logins; policies decide what open sessions may do). */
+	const UserConfig *u = config_find_user(c, s->user_name);
+	if (!u)
+		u = s->user;
+	EffectivePolicy *ep = policy_effective(c, s->user_name, u->groups, u->ngroups, s->database_name);
+	policy_free(s->policy);
+	config_release(s->policy_config);
+	s->policy = ep;
+	s->policy_config = c;
+	s->policy_generation = c->generation;
+	s->inspecting = !ep->allow_all && !ep->unrestricted;
+	char q[300];
+	log_event(LOG_INFO, "policy_refreshed", "session=%llu policies=%s", (unsigned long long)s->id,
+		  log_quote(q, sizeof q, ep->names));
+}
+
+/* ---- helpers ---- */
+
+/* Copies bytes [off, off+n) of buf into the session's scratch space (NUL-terminated). */
+static uint8_t *copy_out(Session *s, struct evbuffer *buf, size_t off, size_t n)
+{
+	if (s->scratch_cap < n + 1) {
+		free(s->scratch);
+		s->scratch_cap = n + 1 < 4096 ? 4096 : n + 1;
+		s->scratch = xmalloc(s->scratch_cap);
+	}
+	struct evbuffer_ptr p;
+	evbuffer_ptr_set(buf, &p, off, EVBUFFER_PTR_SET);
+	evbuffer_copyout_from(buf, &p, s->scratch, n);
+	s->scratch[n] = 0;
+	return (uint8_t *)s->scratch;
+}
+
+static void log_decision(Session *s, const QueryFacts *q, const Decision *d)
+{
+	if (d->kind == DEC_ALLOW && !s->config->log_all_decisions && !log_enabled(LOG_DEBUG))
+		return;
+	char qu[80], qd[80], qm[400];
+	const char *first_kind = q->nstmts && q->stmts[0].kinds.n ? q->stmts[0].kinds.items[0] : "none";
+	log_event(d->kind == DEC_ALLOW && !s->config->log_all_decisions ? LOG_DEBUG : LOG_INFO,
+		  d->kind == DEC_ALLOW ? "statement_allowed" : "statement_blocked",
+		  "session=%llu user=%s database=%s fingerprint=%016llx kind=%s policy=%s rule=%s%s%s",
+		  (unsigned long long)s->id, log_quote(qu, sizeof qu, s->user_name),
+		  log_quote(qd, sizeof qd, s->database_name), (unsigned long long)q->fingerprint, first_kind,
+		  d->policy[0] ? d->policy : "-", d->rule[0] ? d->rule : "-", d->kind == DEC_BLOCK ? " reason=" : "",
+		  d->kind == DEC_BLOCK ? log_quote(qm, sizeof qm, d->message) : "");
+}
+
+/* Appends a poison message to the upstream output in place of a refused one. */
+static void send_poison(Session *s, char type)
+{
+	MsgBuilder b;
+	msgb_init(&b);
+	if (type == 'P') {
+		msgb_begin(&b, 'P');
+		msgb_str(&b, "");
+		msgb_str(&b, POISON_SQL);
+		msgb_u16(&b, 0);
+		msgb_end(&b);
+	} else if (type == 'B') {
+		init_poison_name();
+		msgb_begin(&b, 'B');
+		msgb_str(&b, "");
+		msgb_str(&b, poison_statement);
+		msgb_u16(&b, 0);
+		msgb_u16(&b, 0);
+		msgb_u16(&b, 0);
+		msgb_end(&b);
+	} else {
+		/* Query and FunctionCall both answer ErrorResponse then ReadyForQuery. */
+		msgb_begin(&b, 'Q');
+		msgb_str(&b, POISON_SQL);
+		msgb_end(&b);
+	}
+	if (!b.failed)
+		evbuffer_add(s->server.out, b.data, b.len);
+	msgb_free(&b);
+}
+
+/* ---- client → server ---- */
+
+typedef enum { ACT_FORWARD, ACT_REPLACED, ACT_WAIT, ACT_CLOSED } Action;
+
+/* Records the refusal on the message's pipeline entry and poisons the upstream. */
+static Action refuse(Session *s, char type, const Decision *d)
+{
+	Expectation *e;
+	if (!pipeline_on_frontend(&s->pipeline, type, 0, &e) || !e) {
+		session_close(s, "pipeline full", "54000", "too many pipelined messages without reading results");
+		return ACT_CLOSED;
+	}
+	e->refusal = xstrdup(d->message);
+	e->refusal_sqlstate = d->sqlstate;
+	send_poison(s, type);
+	return ACT_REPLACED;
+}
+
+static Action inspect_query(Session *s, const char *sql, size_t len, char type, const char *stmt_name)
+{
+	CachedFacts *cf = facts_cache_get(s->sw_cache, sql, len);
+	Decision scratch;
+	const Decision *d = cached_decide(cf, s->policy, lookup_sql_prepared, s, &scratch);
+	const QueryFacts *q = cached_facts(cf);
+	log_decision(s, q, d);
+	if (d->kind == DEC_BLOCK) {
+		cached_facts_release(cf);
+		return refuse(s, type, d);
+	}
+	if (type == 'P')
+		prepared_put(s, 'P', stmt_name, cf);
+	for (int i = 0; i < q->nstmts; i++)
+		if (q->stmts[i].prepare_name)
+			prepared_put(s, 'S', q->stmts[i].prepare_name, cf);
+	cached_facts_release(cf);
+	return ACT_FORWARD;
+}
+
+/* Decides one whole client message that may need inspection. */
+static Action inspect_client_message(Session *s, char type, const uint8_t *body, size_t blen)
+{
+	MsgReader r;
+	msgr_init(&r, body, blen);
+	switch (type) {
+	case 'Q': {
+		const char *sql = msgr_str(&r);
+		if (!sql || msgr_remaining(&r) != 0) {
+			session_close(s, "invalid Query message", "08P01", "invalid Query message");
+			return ACT_CLOSED;
+		}
+		return inspect_query(s, sql, strlen(sql), 'Q', NULL);
+	}
+	case 'P': {
+		const char *name = msgr_str(&r);
+		const char *sql = msgr_str(&r);
+		if (!sql) {
+			session_close(s, "invalid Parse message", "08P01", "invalid Parse message");
+			return ACT_CLOSED;
+		}
+		return inspect_query(s, sql, strlen(sql), 'P', name);
+	}
+	case 'B': {
+		msgr_str(&r); /* portal */
+		const char *stmt = msgr_str(&r);
+		char key[300];
+		Prepared *p = NULL;
+		if (stmt && strlen(stmt) < sizeof key - 2) {
+			snprintf(key, sizeof key, "P%s", stmt);
+			p = prepared_find(s, key);
+		}
+		Decision scratch;
+		if (!p) {
+			memset(&scratch, 0, sizeof scratch);
+			scratch.kind = DEC_BLOCK;
+			scratch.sqlstate = "26000";
+			scratch.policy = "";
+			scratch.rule = "unknown_statement";
+			snprintf(scratch.message, sizeof scratch.message,
+				 "pgcordon: prepared statement \"%.63s\" was not inspected by this session",
+				 stmt ? stmt : "?");
+			return refuse(s, 'B', &scratch);
+		}
+		/* Judged again at every Bind: cheap (memoized), and a reload applies at once. */
+		const Decision *d = cached_decide(p->facts, s->policy, lookup_sql_prepared, s, &scratch);
+		if (d->kind == DEC_BLOCK) {
+			log_decision(s, cached_facts(p->facts), d);
+			return refuse(s, 'B', d);
+		}
+		return ACT_FORWARD;
+	}
+	case 'F': {
+		/* FunctionCall names a function by OID, which no name-based rule can judge. */
+		Decision d = {.kind = DEC_BLOCK, .sqlstate = "42501", .policy = s->policy->names, .rule = "function_call"};
+		snprintf(d.message, sizeof d.message,
+			 "pgcordon: blocked by policy %.100s: the FunctionCall protocol message is not allowed",
+			 s->policy->names);
+		return refuse(s, 'F', &d);
+	}
+	default:
+		return ACT_FORWARD;
+	}
+}
+
+static bool wants_whole(const Session *s, char type)
+{
+	return s->inspecting && (type == 'Q' || type == 'P' || type == 'B' || type == 'F');
+}
+
+/*
+ * Handles the client input: forwards what needs nothing, inspects what must be judged.
+ * Returns bytes (from the front of client.in) still to move to the upstream.
+ */
+static size_t relay_client_messages(Session *s, bool *terminate)
+{
+	struct evbuffer *in = s->client.in;
+	size_t avail = evbuffer_get_length(in);
+	size_t fwd = 0;
+	uint32_t max = s->config->max_message_size;
+
+	if (s->client_remaining) {
+		size_t take = avail < s->client_remaining ? avail : s->client_remaining;
+		fwd = take;
+		s->client_remaining -= take;
+	}
+	while (s->client_remaining == 0 && avail - fwd >= 5 && s->state == SESS_READY) {
+		uint8_t hdr[6];
+		size_t n = avail - fwd >= 6 ? 6 : 5;
+		struct evbuffer_ptr p;
+		evbuffer_ptr_set(in, &p, fwd, EVBUFFER_PTR_SET);
+		evbuffer_copyout_from(in, &p, hdr, n);
+		char type;
+		uint32_t len;
+		HeaderCheck hc = proto_check_header(hdr, n, max, &type, &len);
+		if (hc == HDR_TOO_SHORT) {
+			session_close(s, "invalid message length", "08P01", "invalid message length");
+			return 0;
+		}
+		if (hc == HDR_TOO_LONG) {
+			char msg[120];
+			snprintf(msg, sizeof msg, "message too large (%u bytes; limits.max_message_size is %u)", len, max);
+			session_close(s, msg, "08P01", msg);
+			return 0;
+		}
+		if (len > 4 && n < 6)
+			break; /* the first body byte is needed */
+		size_t total = 1 + (size_t)len;
+		if (wants_whole(s, type)) {
+			if (avail - fwd < total)
+				break; /* wait for the whole message */
+			const uint8_t *body = copy_out(s, in, fwd + 5, len - 4);
+			if (s->policy_generation != config_live_generation())
+				refresh_policy(s);
+			Action a = inspect_client_message(s, type, body, len - 4);
+			if (a == ACT_CLOSED)
+				return 0;
+			if (a == ACT_REPLACED) {
+				/* Everything before goes first; the refused message itself is dropped. */
+				if (fwd)
+					evbuffer_remove_buffer(in, s->server.out, fwd);
+				evbuffer_drain(in, total);
+				avail -= fwd + total;
+				fwd = 0;
+				continue;
+			}
+			Expectation *e;
+			if (!pipeline_on_frontend(&s->pipeline, type, 0, &e)) {
+				session_close(s, "pipeline full", "54000", "too many pipelined messages without reading results");
+				return 0;
+			}
+			if (e && type == 'Q')
+				e->max_rows = s->policy->max_rows;
+			fwd += total;
+			continue;
+		}
+		Expectation *e;
+		if (!pipeline_on_frontend(&s->pipeline, type, len > 4 ? (char)hdr[5] : 0, &e)) {
+			session_close(s, "pipeline full", "54000", "too many pipelined messages without reading results");
+			return 0;
+		}
+		if (e && (type == 'Q' || type == 'E'))
+			e->max_rows = s->policy->max_rows;
+		if (avail - fwd >= total) {
+			fwd += total;
+		} else {
+			s->client_remaining = total - (avail - fwd);
+			fwd = avail;
+		}
+		if (type == 'X') {
+			*terminate = true;
+			break;
+		}
+	}
+	return fwd;
+}
+
+void session__relay_from_client(Session *s)
+{
+	bool terminate = false;
+	if (s->policy_generation != config_live_generation())
+		refresh_policy(s);
+	size_t n = relay_client_messages(s, &terminate);
+	if (s->state == SESS_CLOSED)
+		return;
+	if (n)
+		evbuffer_remove_buffer(s->client.in, s->server.out, n);
+	if (evbuffer_get_length(s->server.out) && sock_flush(&s->server) == IO_ERROR) {
+		session_close(s, "upstream write failed", "08006", "pgcordon: lost connection to upstream database");
+		return;
+	}
+	if (terminate) {
+		/* Terminate: the upstream has it; end the session quietly. */
+		session_close(s, "client terminated", NULL, NULL);
+		return;
+	}
+	if (evbuffer_get_length(s->server.out) > RELAY_HIGH_WATER) {
+		sock_pause_read(&s->client);
+		s->client_paused = true;
+	}
+}
+
+/* ---- server → client ---- */
+
+/* The result passed max_rows: tell the client, stop the query, drop the rest. */
+static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra)
+{
+	char msg[200];
+	snprintf(msg, sizeof msg, "pgcordon: blocked by policy %.100s: the result exceeds max_rows %lld",
+		 s->policy->max_rows_by ? s->policy->max_rows_by : s->policy->names, (long long)e->max_rows);
+	proto_build_error(extra, false, "42501", msg, NULL, NULL);
+	char qu[80];
+	log_event(LOG_INFO, "statement_cut_off", "session=%llu user=%s policy=%s rule=max_rows max_rows=%lld",
+		  (unsigned long long)s->id, log_quote(qu, sizeof qu, s->user_name),
+		  s->policy->max_rows_by ? s->policy->max_rows_by : "-", (long long)e->max_rows);
+	s->discarding = true;
+	if (s->has_cancel_target)
+		session__send_cancel(s->worker->base, &s->cancel_target);
+}
+
+typedef enum { OUT_FORWARD, OUT_DROP } OutAction;
+
+/*
+ * Decides one upstream message from its header and first body byte, and keeps the
+ * pipeline in step with what the upstream is answering. Messages the client gets instead
+ * of a dropped one go to extra.
+ */
+static OutAction judge_server_message(Session *s, char type, uint8_t first, size_t offset, size_t avail,
+				      MsgBuilder *extra)
+{
+	const Expectation *f = pipeline_front(&s->pipeline);
+	if (type == 'E') {
+		uint8_t buf[8] = {0};
+		size_t n = avail - 5 < sizeof buf ? avail - 5 : sizeof buf;
+		struct evbuffer_ptr p;
+		evbuffer_ptr_set(s->server.in, &p, offset + 5, EVBUFFER_PTR_SET);
+		evbuffer_copyout_from(s->server.in, &p, buf, n);
+		s->last_server_fatal = buf[0] == 'S' && (memcmp(buf + 1, "FATAL", 5) == 0 || memcmp(buf + 1, "PANIC", 5) == 0);
+	}
+	if (f && f->internal) {
+		pipeline_on_backend(&s->pipeline, type, (char)first);
+		return OUT_DROP;
+	}
+	if (s->discarding) {
+		if (type == 'Z') {
+			char status = (char)first;
+			pipeline_on_backend(&s->pipeline, type, status);
+			s->discarding = false;
+			s->rows = 0;
+			if (status == 'T') {
+				/* The client saw an error inside a transaction block: fail it upstream too. */
+				Expectation *e;
+				if (pipeline_on_frontend(&s->pipeline, 'Q', 0, &e) && e) {
+					e->internal = true;
+					send_poison(s, 'Q');
+				}
+				status = 'E';
+			}
+			proto_build_ready(extra, status);
+			return OUT_DROP;
+		}
+		pipeline_on_backend(&s->pipeline, type, (char)first);
+		/* Notifications and setting changes are not part of the result: they still go. */
+		return type == 'A' || type == 'S' ? OUT_FORWARD : OUT_DROP;
+	}
+	if (type == 'E' && f && f->refusal) {
+		proto_build_error(extra, false, f->refusal_sqlstate, f->refusal, NULL, NULL);
+		pipeline_on_backend(&s->pipeline, type, (char)first);
+		return OUT_DROP;
+	}
+	if (type == 'D' && f && f->max_rows > 0 && (f->kind == EXP_QUERY || f->kind == EXP_EXECUTE)) {
+		if (++s->rows > f->max_rows) {
+			cut_off(s, f, extra);
+			return OUT_DROP;
+		}
+	} else if (type == 'C' || type == 'I' || type == 's' || type == 'Z') {
+		s->rows = 0;
+	}
+	pipeline_on_backend(&s->pipeline, type, (char)first);
+	return OUT_FORWARD;
+}
+
+void session__relay_from_server(Session *s)
+{
+	struct evbuffer *in = s->server.in;
+	size_t avail = evbuffer_get_length(in);
+	size_t fwd = 0;
+
+	for (;;) {
+		if (s->server_remaining) {
+			size_t take = avail - fwd < s->server_remaining ? avail - fwd : s->server_remaining;
+			s->server_remaining -= take;
+			if (s->server_dropping) {
+				if (fwd)
+					evbuffer_remove_buffer(in, s->client.out, fwd);
+				evbuffer_drain(in, take);
+				avail -= fwd + take;
+				fwd = 0;
+			} else {
+				fwd += take;
+			}
+			if (s->server_remaining)
+				break;
+		}
+		if (avail - fwd < 5 || s->state != SESS_READY)
+			break;
+		uint8_t hdr[6];
+		size_t n = avail - fwd >= 6 ? 6 : 5;
+		struct evbuffer_ptr p;
+		evbuffer_ptr_set(in, &p, fwd, EVBUFFER_PTR_SET);
+		evbuffer_copyout_from(in, &p, hdr, n);
+		char type;
+		uint32_t len;
+		if (proto_check_header(hdr, n, 0x7fffffff, &type, &len) != HDR_OK) {
+			session_close(s, "invalid message from upstream", "08006", "pgcordon: invalid message from upstream database");
+			return;
+		}
+		if (len > 4 && n < 6)
+			break;
+		MsgBuilder extra;
+		msgb_init(&extra);
+		OutAction a = judge_server_message(s, type, len > 4 ? hdr[5] : 0, fwd, avail - fwd, &extra);
+		s->server_remaining = 1 + (size_t)len;
+		s->server_dropping = a == OUT_DROP;
+		if (a == OUT_DROP) {
+			/* Anything the client is owed before this message goes first. */
+			if (fwd)
+				evbuffer_remove_buffer(in, s->client.out, fwd);
+			avail -= fwd;
+			fwd = 0;
+			if (extra.len && !extra.failed)
+				evbuffer_add(s->client.out, extra.data, extra.len);
+		}
+		msgb_free(&extra);
+	}
+	if (fwd)
+		evbuffer_remove_buffer(in, s->client.out, fwd);
+	if (evbuffer_get_length(s->server.out) && sock_flush(&s->server) == IO_ERROR) {
+		session_close(s, "upstream write failed", "08006", "pgcordon: lost connection to upstream database");
+		return;
+	}
+	if (evbuffer_get_length(s->client.out)) {
+		if (sock_flush(&s->client) == IO_ERROR) {
+			session_close(s, "client write failed", NULL, NULL);
+			return;
+		}
+	}
+	if (evbuffer_get_length(s->client.out) > RELAY_HIGH_WATER) {
+		sock_pause_read(&s->server);
+		s->server_paused = true;
+	}
+	session__maybe_close_for_shutdown(s);
+}
