@@ -422,8 +422,26 @@ void session__relay_from_client(Session *s)
 
 /* ---- server → client ---- */
 
+/* Is the end of the current statement (CommandComplete, error, ...) already read? */
+static bool statement_end_buffered(Session *s, size_t offset)
+{
+	struct evbuffer *in = s->server.in;
+	size_t avail = evbuffer_get_length(in);
+	size_t pos = offset; /* the DataRow being cut starts here */
+	for (int i = 0; i < 100000 && pos + 5 <= avail; i++) {
+		uint8_t hdr[5];
+		struct evbuffer_ptr p;
+		evbuffer_ptr_set(in, &p, pos, EVBUFFER_PTR_SET);
+		evbuffer_copyout_from(in, &p, hdr, 5);
+		if (hdr[0] == 'C' || hdr[0] == 'E' || hdr[0] == 'I' || hdr[0] == 's' || hdr[0] == 'Z')
+			return true;
+		pos += 1 + (size_t)proto_get_u32(hdr + 1);
+	}
+	return false;
+}
+
 /* The result passed max_rows: tell the client, stop the query, drop the rest. */
-static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra)
+static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra, size_t offset)
 {
 	char msg[200];
 	snprintf(msg, sizeof msg, "pgcordon: blocked by policy %.100s: the result exceeds max_rows %lld",
@@ -434,11 +452,70 @@ static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra)
 		  (unsigned long long)s->id, log_quote(qu, sizeof qu, s->user_name),
 		  s->policy->max_rows_by ? s->policy->max_rows_by : "-", (long long)e->max_rows);
 	s->discarding = true;
-	if (s->has_cancel_target)
+	/* Cancel only a statement still running: if its end is already here, a cancel could only
+	 * hit whatever the session runs next. */
+	if (s->has_cancel_target && !statement_end_buffered(s, offset)) {
 		session__send_cancel(s->worker->base, &s->cancel_target);
+		s->cancel_pending = true;
+	}
+}
+
+/* An internal statement for the upstream, whose answers the client never sees. */
+static void send_internal(Session *s, const char *sql, char release_ready)
+{
+	Expectation *e;
+	if (!pipeline_on_frontend(&s->pipeline, 'Q', 0, &e) || !e)
+		return;
+	e->internal = true;
+	e->release_ready = release_ready;
+	MsgBuilder b;
+	msgb_init(&b);
+	msgb_begin(&b, 'Q');
+	msgb_str(&b, sql);
+	msgb_end(&b);
+	if (!b.failed)
+		evbuffer_add(s->server.out, b.data, b.len);
+	msgb_free(&b);
+}
+
+/*
+ * The upstream finished the statement that was cut off. Make its state match what the
+ * client was told (an error: a transaction block is now failed) and make sure a cancel
+ * still in flight lands on a statement of ours, not on the client's next one.
+ */
+static void end_discard(Session *s, char status, MsgBuilder *extra)
+{
+	char told = status == 'T' ? 'E' : status;
+	s->discarding = false;
+	if (s->cancel_pending && status != 'E') {
+		/* Wait out the cancel (or absorb it) before the client may send anything else. */
+		send_internal(s, status == 'T' ? "DO $$BEGIN PERFORM pg_sleep(0.2); RAISE EXCEPTION 'pgcordon: max_rows'; END$$"
+					       : "SELECT pg_sleep(0.2)",
+			      told);
+		s->cancel_pending = false;
+		return;
+	}
+	s->cancel_pending = false;
+	if (status == 'T')
+		send_internal(s, POISON_SQL, 0);
+	proto_build_ready(extra, told);
 }
 
 typedef enum { OUT_FORWARD, OUT_DROP } OutAction;
+
+/* Does the ErrorResponse at offset carry this SQLSTATE? (Looks at its first 256 bytes.) */
+static bool error_is(Session *s, size_t offset, size_t avail, const char *sqlstate)
+{
+	uint8_t buf[256];
+	size_t n = avail - 5 < sizeof buf ? avail - 5 : sizeof buf;
+	struct evbuffer_ptr p;
+	evbuffer_ptr_set(s->server.in, &p, offset + 5, EVBUFFER_PTR_SET);
+	evbuffer_copyout_from(s->server.in, &p, buf, n);
+	for (size_t i = 0; i + 6 <= n; i++)
+		if (buf[i] == 'C' && (i == 0 || buf[i - 1] == 0) && memcmp(buf + i + 1, sqlstate, 5) == 0)
+			return true;
+	return false;
+}
 
 /*
  * Decides one upstream message from its header and first body byte, and keeps the
@@ -458,25 +535,18 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 		s->last_server_fatal = buf[0] == 'S' && (memcmp(buf + 1, "FATAL", 5) == 0 || memcmp(buf + 1, "PANIC", 5) == 0);
 	}
 	if (f && f->internal) {
+		if (type == 'Z' && f->release_ready)
+			proto_build_ready(extra, f->release_ready);
 		pipeline_on_backend(&s->pipeline, type, (char)first);
 		return OUT_DROP;
 	}
 	if (s->discarding) {
+		if (type == 'E' && error_is(s, offset, avail, "57014"))
+			s->cancel_pending = false; /* our cancel landed on the cut-off statement */
 		if (type == 'Z') {
-			char status = (char)first;
-			pipeline_on_backend(&s->pipeline, type, status);
-			s->discarding = false;
+			pipeline_on_backend(&s->pipeline, type, (char)first);
 			s->rows = 0;
-			if (status == 'T') {
-				/* The client saw an error inside a transaction block: fail it upstream too. */
-				Expectation *e;
-				if (pipeline_on_frontend(&s->pipeline, 'Q', 0, &e) && e) {
-					e->internal = true;
-					send_poison(s, 'Q');
-				}
-				status = 'E';
-			}
-			proto_build_ready(extra, status);
+			end_discard(s, (char)first, extra);
 			return OUT_DROP;
 		}
 		pipeline_on_backend(&s->pipeline, type, (char)first);
@@ -490,7 +560,7 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 	}
 	if (type == 'D' && f && f->max_rows > 0 && (f->kind == EXP_QUERY || f->kind == EXP_EXECUTE)) {
 		if (++s->rows > f->max_rows) {
-			cut_off(s, f, extra);
+			cut_off(s, f, extra, offset);
 			return OUT_DROP;
 		}
 	} else if (type == 'C' || type == 'I' || type == 's' || type == 'Z') {

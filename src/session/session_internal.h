@@ -95,6 +95,7 @@ struct Session {
 	int64_t rows;              /* DataRows of the current statement, for max_rows */
 	bool discarding;           /* after a cut-off: drop the upstream's answer up to ReadyForQuery */
 	bool server_dropping;      /* the rest of the current upstream message is dropped */
+	bool cancel_pending;       /* a cancel for a cut-off statement may still be on its way */
 	bool has_cancel_target;
 	CancelTarget cancel_target;
 	Session *prev, *next;
