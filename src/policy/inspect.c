@@ -47,6 +47,8 @@ typedef struct {
 	const char *ctes[64];
 	int nctes;
 	bool cte_overflow;
+	int depth; /* statements entered: 1 while in the top-level one */
+	const char *default_schema; /* inside CREATE SCHEMA s ...: where unqualified objects go */
 } Walk;
 
 static void walk(Walk *w, json_t *node, const char *parent_type, const char *key);
@@ -111,8 +113,9 @@ static void relation_name(json_t *rv, char *out, size_t outlen)
 /* Statement types whose "relation"/"relations" field is a target they change. */
 static bool writes_its_relation(const char *type)
 {
-	static const char *const readers[] = {"SelectStmt", "CopyStmt", "ExplainStmt", "RangeSubselect",
-					      "JoinExpr", "VacuumRelation", NULL};
+	static const char *const readers[] = {"SelectStmt",      "CopyStmt",       "ExplainStmt",
+					      "RangeSubselect",  "JoinExpr",       "VacuumRelation",
+					      "RangeTableSample", "TableLikeClause", NULL};
 	if (!type)
 		return false;
 	for (const char *const *r = readers; *r; r++)
@@ -126,8 +129,11 @@ static bool target_field(const char *parent_type, const char *key)
 {
 	if (!key)
 		return false;
-	if (strcmp(key, "rel") == 0 || strcmp(key, "view") == 0 || strcmp(key, "sequence") == 0)
-		return true; /* IntoClause.rel, ViewStmt.view, CreateSeqStmt.sequence */
+	/* IntoClause.rel, ViewStmt.view, CreateSeqStmt.sequence, CreatePolicyStmt.table,
+	 * PartitionCmd.name (ATTACH/DETACH PARTITION). */
+	if (strcmp(key, "rel") == 0 || strcmp(key, "view") == 0 || strcmp(key, "sequence") == 0 ||
+	    strcmp(key, "table") == 0 || strcmp(key, "name") == 0)
+		return true;
 	return (strcmp(key, "relation") == 0 || strcmp(key, "relations") == 0) && writes_its_relation(parent_type);
 }
 
@@ -136,10 +142,14 @@ static void add_relation(Walk *w, json_t *rv, bool write)
 	const char *rel = str_of(rv, "relname");
 	if (!rel)
 		return;
-	if (!str_of(rv, "schemaname") && is_cte(w, rel))
-		return; /* a WITH query, not a table */
+	/* A WITH query, not a table; but what a statement writes is always a table. */
+	if (!write && !str_of(rv, "schemaname") && is_cte(w, rel))
+		return;
 	char name[256];
-	relation_name(rv, name, sizeof name);
+	if (w->default_schema && !str_of(rv, "schemaname"))
+		snprintf(name, sizeof name, "%s.%s", w->default_schema, rel);
+	else
+		relation_name(rv, name, sizeof name);
 	strset_add(write ? &w->f->writes : &w->f->reads, name);
 }
 
@@ -147,8 +157,8 @@ static void add_relation(Walk *w, json_t *rv, bool write)
 static bool mentions_column(json_t *n)
 {
 	if (json_is_object(n)) {
-		if (json_object_get(n, "ColumnRef"))
-			return true;
+		if (json_object_get(n, "ColumnRef") || json_object_get(n, "CurrentOfExpr"))
+			return true; /* WHERE CURRENT OF touches exactly one row */
 		const char *k;
 		json_t *v;
 		json_object_foreach(n, k, v)
@@ -185,6 +195,13 @@ static void direct_from_relations(Walk *w, json_t *n, StrSet *out)
 			relation_name(rv, name, sizeof name);
 			strset_add(out, name);
 		}
+		return;
+	}
+	json_t *ts = json_object_get(n, "RangeTableSample");
+	if (ts) {
+		json_t *rel = json_object_get(ts, "relation");
+		if (rel)
+			direct_from_relations(w, rel, out);
 		return;
 	}
 	json_t *j = json_object_get(n, "JoinExpr");
@@ -310,9 +327,9 @@ static void on_variable_set(Walk *w, json_t *n)
 		return;
 	}
 	setting_kinds(w, name);
-	if (kind && strcmp(kind, "VAR_RESET") == 0 && name && strcmp(name, "role") == 0)
+	if (kind && strcmp(kind, "VAR_RESET") == 0 && name && strcasecmp(name, "role") == 0)
 		add_kind(w, "reset_role");
-	if (name && strcmp(name, "statement_timeout") == 0) {
+	if (name && strcasecmp(name, "statement_timeout") == 0) {
 		if (kind && (strcmp(kind, "VAR_RESET") == 0 || strcmp(kind, "VAR_SET_DEFAULT") == 0)) {
 			w->f->timeout_ms = TIMEOUT_NOT_SET; /* back to the session default, which the gateway set */
 		} else {
@@ -364,6 +381,13 @@ static const char *drop_kind(const char *remove_type)
 	return "drop";
 }
 
+/* DROP TRIGGER/POLICY/RULE name ON table: the object is [schema.]table.name. */
+static bool drop_names_table_member(const char *remove_type)
+{
+	return remove_type && (strcmp(remove_type, "OBJECT_TRIGGER") == 0 || strcmp(remove_type, "OBJECT_POLICY") == 0 ||
+			       strcmp(remove_type, "OBJECT_RULE") == 0);
+}
+
 /* Relation-like objects of DROP are lists of String nodes, not RangeVars. */
 static bool drop_names_relations(const char *remove_type)
 {
@@ -408,14 +432,29 @@ static bool defelem_true(json_t *options, const char *name)
 }
 
 /* Sets kinds for a typed statement node and handles its special fields. */
-static void on_statement(Walk *w, const char *type, json_t *n)
+/* LIMIT n on the statement itself (LIMIT ALL is a null constant: no limit). */
+static bool limits_rows(json_t *select)
+{
+	json_t *lc = json_object_get(select, "limitCount");
+	if (!lc)
+		return false;
+	json_t *c = json_object_get(lc, "A_Const");
+	return !(c && json_is_true(json_object_get(c, "isnull")));
+}
+
+static void on_statement(Walk *w, const char *type, json_t *n, const char *parent_type)
 {
 	char kind[64];
 	if (strcmp(type, "SelectStmt") == 0) {
 		add_kind(w, "select");
 		if (json_object_get(n, "lockingClause"))
 			add_kind(w, "select_for_update");
-		if (json_object_get(n, "limitCount"))
+		/* The statement's own LIMIT, or that of the query EXPLAIN/PREPARE/DECLARE/COPY wraps. */
+		bool outer = w->depth == 1 ||
+			     (w->depth == 2 && parent_type &&
+			      (strcmp(parent_type, "ExplainStmt") == 0 || strcmp(parent_type, "PrepareStmt") == 0 ||
+			       strcmp(parent_type, "DeclareCursorStmt") == 0 || strcmp(parent_type, "CopyStmt") == 0));
+		if (outer && limits_rows(n))
 			w->f->has_limit = true;
 		if (json_object_get(n, "intoClause")) {
 			add_kind(w, "select_into");
@@ -429,6 +468,10 @@ static void on_statement(Walk *w, const char *type, json_t *n)
 	}
 	if (strcmp(type, "InsertStmt") == 0) {
 		add_kind(w, "insert");
+		json_t *oc = json_object_get(n, "onConflictClause");
+		const char *action = oc ? str_of(oc, "action") : NULL;
+		if (action && strcmp(action, "ONCONFLICT_UPDATE") == 0)
+			add_kind(w, "update"); /* INSERT ... ON CONFLICT DO UPDATE updates rows */
 		return;
 	}
 	if (strcmp(type, "UpdateStmt") == 0) {
@@ -452,7 +495,7 @@ static void on_statement(Walk *w, const char *type, json_t *n)
 	if (strcmp(type, "DropStmt") == 0) {
 		const char *rt = str_of(n, "removeType");
 		add_kind(w, drop_kind(rt));
-		if (drop_names_relations(rt)) {
+		if (drop_names_relations(rt) || drop_names_table_member(rt)) {
 			size_t i;
 			json_t *obj;
 			json_array_foreach(json_object_get(n, "objects"), i, obj)
@@ -460,6 +503,13 @@ static void on_statement(Walk *w, const char *type, json_t *n)
 				json_t *list = json_object_get(obj, "List");
 				char name[256];
 				dotted_name(list ? json_object_get(list, "items") : NULL, name, sizeof name);
+				if (drop_names_table_member(rt)) {
+					char *dot = strrchr(name, '.'); /* drop the trigger/policy name */
+					if (dot)
+						*dot = 0;
+					else
+						name[0] = 0;
+				}
 				if (name[0])
 					strset_add(&w->f->writes, name);
 			}
@@ -478,8 +528,15 @@ static void on_statement(Walk *w, const char *type, json_t *n)
 		else if (str_of(n, "filename"))
 			add_kind(w, from ? "copy_from_file" : "copy_to_file");
 		json_t *rel = json_object_get(n, "relation");
-		if (rel)
+		if (rel) {
 			add_relation(w, rel, from);
+			if (!from) {
+				/* COPY table TO is the whole table: a SELECT without WHERE. */
+				char name[256];
+				relation_name(rel, name, sizeof name);
+				strset_add(&w->f->unfiltered_reads, name);
+			}
+		}
 		return;
 	}
 	if (strcmp(type, "CreateFunctionStmt") == 0) {
@@ -491,7 +548,9 @@ static void on_statement(Walk *w, const char *type, json_t *n)
 		return;
 	}
 	if (strcmp(type, "VariableSetStmt") == 0) {
-		on_variable_set(w, n);
+		/* In CREATE/ALTER FUNCTION ... SET x = y the setting applies only inside the function. */
+		if (!parent_type || strcmp(parent_type, "DefElem") != 0)
+			on_variable_set(w, n);
 		return;
 	}
 	if (strcmp(type, "VariableShowStmt") == 0) {
@@ -596,39 +655,85 @@ static bool is_statement_type(const char *type)
  * or the enclosing node's type for structs embedded in a typed field (IntoClause, WithClause).
  * CTE names of this node's WITH are visible in all of its fields, itself included.
  */
-static void walk_fields(Walk *w, json_t *obj, const char *type, bool wrapped)
+static bool push_cte(Walk *w, json_t *cte)
 {
+	json_t *c = json_object_get(cte, "CommonTableExpr");
+	const char *name = c ? str_of(c, "ctename") : NULL;
+	if (!name)
+		return false;
+	if (w->nctes >= (int)(sizeof w->ctes / sizeof w->ctes[0])) {
+		w->cte_overflow = true;
+		return false;
+	}
+	w->ctes[w->nctes++] = name;
+	return true;
+}
+
+/*
+ * A WITH clause: without RECURSIVE each query sees only the ones before it (and not
+ * itself); with RECURSIVE it sees all of them. Returns how many names it left pushed for
+ * the rest of the statement (all of them).
+ */
+static int walk_with(Walk *w, json_t *with, const char *type)
+{
+	json_t *ctes = json_object_get(with, "ctes");
+	bool recursive = json_is_true(json_object_get(with, "recursive"));
 	int pushed = 0;
+	size_t i;
+	json_t *cte;
+	if (recursive) {
+		json_array_foreach(ctes, i, cte) pushed += push_cte(w, cte);
+		walk(w, ctes, type, "ctes");
+		return pushed;
+	}
+	json_array_foreach(ctes, i, cte)
+	{
+		walk(w, cte, type, "ctes");
+		pushed += push_cte(w, cte);
+	}
+	return pushed;
+}
+
+/*
+ * The fields of one node. type is the node's type when it came wrapped ({"SelectStmt": ...}),
+ * or the enclosing node's type for structs embedded in a typed field (IntoClause, WithClause).
+ */
+static void walk_fields(Walk *w, json_t *obj, const char *type, bool wrapped, const char *parent_type)
+{
+	bool statement = wrapped && is_statement_type(type);
 	json_t *with = json_object_get(obj, "withClause");
-	if (with) {
+	if (statement)
+		w->depth++;
+	if (wrapped && strcmp(type, "FuncCall") == 0) {
+		on_func_call(w, obj);
+	} else if (statement) {
+		/* The statement's own FROM sees all of its WITH names. */
+		int visible = 0;
 		size_t i;
 		json_t *cte;
-		json_array_foreach(json_object_get(with, "ctes"), i, cte)
-		{
-			json_t *c = json_object_get(cte, "CommonTableExpr");
-			const char *name = c ? str_of(c, "ctename") : NULL;
-			if (!name)
-				continue;
-			if (w->nctes < (int)(sizeof w->ctes / sizeof w->ctes[0])) {
-				w->ctes[w->nctes++] = name;
-				pushed++;
-			} else {
-				w->cte_overflow = true;
-			}
-		}
+		json_array_foreach(with ? json_object_get(with, "ctes") : NULL, i, cte) visible += push_cte(w, cte);
+		on_statement(w, type, obj, parent_type);
+		w->nctes -= visible;
 	}
-	if (wrapped && strcmp(type, "FuncCall") == 0)
-		on_func_call(w, obj);
-	else if (wrapped && is_statement_type(type))
-		on_statement(w, type, obj);
+	int pushed = 0;
+	if (with)
+		pushed = walk_with(w, with, type);
+	const char *saved_schema = w->default_schema;
+	if (statement && strcmp(type, "CreateSchemaStmt") == 0)
+		w->default_schema = str_of(obj, "schemaname");
 	const char *k;
 	json_t *v;
 	json_object_foreach(obj, k, v)
 	{
+		if (v == with)
+			continue;
 		if (json_is_object(v) || json_is_array(v))
 			walk(w, v, type, k);
 	}
+	w->default_schema = saved_schema;
 	w->nctes -= pushed;
+	if (statement)
+		w->depth--;
 }
 
 static void walk(Walk *w, json_t *node, const char *parent_type, const char *key)
@@ -656,17 +761,17 @@ static void walk(Walk *w, json_t *node, const char *parent_type, const char *key
 			if (strcmp(k, "RangeVar") == 0)
 				add_relation(w, v, target_field(parent_type, key));
 			else
-				walk_fields(w, v, k, true);
+				walk_fields(w, v, k, true, parent_type);
 			return;
 		}
 	}
 	/* The arms of UNION/INTERSECT/EXCEPT are SelectStmt-typed fields, so not wrapped. */
 	if (key && parent_type && strcmp(parent_type, "SelectStmt") == 0 &&
 	    (strcmp(key, "larg") == 0 || strcmp(key, "rarg") == 0)) {
-		walk_fields(w, node, "SelectStmt", true);
+		walk_fields(w, node, "SelectStmt", true, parent_type);
 		return;
 	}
-	walk_fields(w, node, parent_type, false);
+	walk_fields(w, node, parent_type, false, parent_type);
 }
 
 /* Node-typed fields ({"query": {"SelectStmt": ...}}) are wrapped in libpg_query's JSON;

@@ -28,10 +28,12 @@ typedef struct {
 	StrSet reads;     /* relations read: "rel", "schema.rel" or "db.schema.rel" */
 	StrSet writes;    /* relations written or altered (DML targets, DDL objects) */
 	StrSet functions; /* functions called, qualified as written: "pg_read_file", "pg_catalog.now" */
-	StrSet unfiltered_reads; /* relations a SELECT reads without a WHERE that looks at a column */
+	StrSet unfiltered_reads; /* relations read whole: a SELECT without a WHERE that looks at a
+				  * column, or COPY table TO */
 	bool delete_without_where;
 	bool update_without_where;
-	bool has_limit;
+	bool has_limit;       /* the statement's own LIMIT n (or that of the query EXPLAIN,
+			       * PREPARE, DECLARE or COPY wraps); LIMIT ALL is no limit */
 	int64_t timeout_ms;  /* new statement_timeout this statement sets, or TIMEOUT_* */
 	char *prepare_name;  /* PREPARE name AS ... */
 	char *execute_name;  /* EXECUTE name */
