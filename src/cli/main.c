@@ -1,10 +1,13 @@
 /* pgcordon's command line: serve, check-config, passwd, demo. */
+#include <ctype.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <termios.h>
 #include <unistd.h>
 
+#include "auth/apikey.h"
 #include "auth/scram.h"
 #include "cli/demo.h"
 #include "cli/serve.h"
@@ -18,6 +21,8 @@ static void usage(FILE *f)
 		   "  pgcordon passwd [--user U] [--password P]\n"
 		   "                                        print a SCRAM-SHA-256 verifier (reads the\n"
 		   "                                        password from stdin when --password is absent)\n"
+		   "  pgcordon apikey create NAME [--groups G1,G2] [--expires YYYY-MM-DD]\n"
+		   "                                        make an API key: prints it once, and the config line\n"
 		   "  pgcordon demo [--port N]              throwaway PostgreSQL with the gateway in front\n");
 }
 
@@ -92,6 +97,51 @@ static int cmd_passwd(int argc, char **argv)
 	return 0;
 }
 
+static int cmd_apikey(int argc, char **argv)
+{
+	if (argc < 4 || strcmp(argv[2], "create") != 0) {
+		fprintf(stderr, "usage: pgcordon apikey create NAME [--groups G1,G2] [--expires YYYY-MM-DD]\n");
+		return 2;
+	}
+	const char *name = argv[3];
+	const char *groups = NULL, *expires = NULL;
+	for (int i = 4; i < argc; i += 2) {
+		if (i + 1 >= argc || (strcmp(argv[i], "--groups") != 0 && strcmp(argv[i], "--expires") != 0)) {
+			fprintf(stderr, "pgcordon apikey create: unexpected argument \"%s\"\n", argv[i]);
+			return 2;
+		}
+		if (strcmp(argv[i], "--groups") == 0)
+			groups = argv[i + 1];
+		else
+			expires = argv[i + 1];
+	}
+	for (const char *p = name; *p; p++) {
+		if (!isalnum((unsigned char)*p) && !strchr("_-.@", *p)) {
+			fprintf(stderr, "pgcordon apikey create: names are letters, digits, _ - . @\n");
+			return 2;
+		}
+	}
+	if (!*name || strlen(name) > 63) {
+		fprintf(stderr, "pgcordon apikey create: names are 1-63 characters\n");
+		return 2;
+	}
+	char key[64], hash[80];
+	apikey_generate(key, sizeof key, hash, sizeof hash);
+	printf("API key for %s (shown once, store it now):\n\n  %s\n\nAdd to the config under api_keys:\n\n  %s: {hash: \"%s\"",
+	       name, key, name, hash);
+	if (groups) {
+		printf(", groups: [");
+		for (const char *p = groups; *p; p++)
+			fputs(*p == ',' ? ", " : (char[]){*p, 0}, stdout);
+		printf("]");
+	}
+	if (expires)
+		printf(", expires: %s", expires);
+	printf("}\n\nClients connect with user=%s and the key as the password.\n", name);
+	OPENSSL_cleanse(key, sizeof key);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -110,6 +160,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "passwd") == 0)
 		return cmd_passwd(argc, argv);
+	if (strcmp(cmd, "apikey") == 0)
+		return cmd_apikey(argc, argv);
 	if (strcmp(cmd, "demo") == 0) {
 		static const char *const demo_opts[] = {"--port", NULL};
 		if (!only_options(argc, argv, demo_opts))

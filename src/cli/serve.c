@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "config/config.h"
+#include "auth/oidc.h"
 #include "core/log.h"
 #include "net/tls.h"
 #include "net/worker.h"
@@ -19,6 +20,8 @@ typedef struct {
 	int nworkers;
 	const char *path;
 } Server;
+
+static void on_oidc_keys(void *arg);
 
 static Config *load(const char *path, char *err, size_t errlen)
 {
@@ -61,9 +64,18 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
 		log_event(LOG_WARN, "reload_partial", "reason=\"listen changes need a restart\"");
 	config_release(old);
 	log_set_level((LogLevel)c->log_level);
-	log_event(LOG_INFO, "config_reloaded", "generation=%llu databases=%d users=%d",
-		  (unsigned long long)c->generation, c->ndatabases, c->nusers);
-	config_swap(c);
+	uint64_t generation = c->generation;
+	int ndatabases = c->ndatabases, nusers = c->nusers, npolicies = c->npolicies;
+	oidc_configure(c, on_oidc_keys, srv);
+	config_swap(c); /* before the log line: whoever reads it may rely on the new config */
+	log_event(LOG_INFO, "config_reloaded", "generation=%llu databases=%d users=%d policies=%d",
+		  (unsigned long long)generation, ndatabases, nusers, npolicies);
+}
+
+static void on_oidc_keys(void *arg)
+{
+	Server *srv = arg;
+	workers_notify_all(srv->workers, srv->nworkers);
 }
 
 static void on_sigterm(evutil_socket_t sig, short what, void *arg)
@@ -113,6 +125,7 @@ int serve_run(const char *path)
 		log_event(LOG_ERROR, "start_failed", "error=\"%s\"", err);
 		return 1;
 	}
+	oidc_configure(c, on_oidc_keys, &srv);
 	srv.base = event_base_new();
 	struct event *hup = evsignal_new(srv.base, SIGHUP, on_sighup, &srv);
 	struct event *term = evsignal_new(srv.base, SIGTERM, on_sigterm, &srv);
@@ -125,6 +138,7 @@ int serve_run(const char *path)
 	log_event(LOG_INFO, "ready", "address=%s port=%d workers=%d config=%s", c->listen_address, port, n, path);
 	event_base_dispatch(srv.base);
 
+	oidc_stop(); /* first: its callback notifies the workers */
 	workers_join(srv.workers, n);
 	log_event(LOG_INFO, "stopped", NULL);
 	event_free(hup);

@@ -15,6 +15,8 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "policy/inspect.h"
+#include "auth/jwt.h"
+#include <time.h>
 
 typedef struct {
 	yaml_document_t *doc;
@@ -179,6 +181,12 @@ static bool on_limits(Loader *ld, Config *c, void *obj, const char *key, yaml_no
 		return get_duration(ld, v, "limits.startup_timeout", &c->startup_timeout_ms) || true;
 	if (strcmp(key, "shutdown_timeout") == 0)
 		return get_duration(ld, v, "limits.shutdown_timeout", &c->shutdown_timeout_ms) || true;
+	if (strcmp(key, "token_grace") == 0) {
+		int ms;
+		if (get_duration(ld, v, "limits.token_grace", &ms))
+			c->token_grace_s = ms / 1000;
+		return true;
+	}
 	return false;
 }
 
@@ -603,6 +611,263 @@ static void free_policies(Config *c)
 	free(c->policies);
 }
 
+/* ---- identity: oidc, api_keys, roles ---- */
+
+static bool valid_claim_path(const char *p)
+{
+	if (!*p || strlen(p) > 200 || p[0] == '.' || p[strlen(p) - 1] == '.' || strstr(p, ".."))
+		return false;
+	for (; *p; p++)
+		if (!isalnum((unsigned char)*p) && *p != '_' && *p != '.' && *p != '-' && *p != ':' && *p != '/')
+			return false;
+	return true;
+}
+
+static bool valid_url(const char *u)
+{
+	return strncmp(u, "https://", 8) == 0 || strncmp(u, "http://127.0.0.1", 16) == 0 ||
+	       strncmp(u, "http://localhost", 16) == 0 || strncmp(u, "http://[::1]", 12) == 0;
+}
+
+static bool on_oidc(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)c;
+	OidcIssuerConfig *o = obj;
+	if (strcmp(key, "issuer") == 0 || strcmp(key, "jwks_uri") == 0) {
+		const char *u = scalar(v);
+		if (!u || !valid_url(u))
+			fail_at(ld, v, "%s must be an https:// URL (http:// only on loopback)", key);
+		else if (strcmp(key, "issuer") == 0)
+			o->issuer = xstrdup(u);
+		else
+			o->jwks_uri = xstrdup(u);
+		return true;
+	}
+	if (strcmp(key, "audience") == 0)
+		return get_string(ld, v, "audience", &o->audience) || true;
+	if (strcmp(key, "username_claim") == 0 || strcmp(key, "groups_claim") == 0) {
+		const char *p = scalar(v);
+		if (!p || !valid_claim_path(p))
+			fail_at(ld, v, "%s must be a claim name or a dotted path", key);
+		else if (key[0] == 'u')
+			get_string(ld, v, key, &o->username_claim);
+		else
+			get_string(ld, v, key, &o->groups_claim);
+		return true;
+	}
+	if (strcmp(key, "leeway") == 0 || strcmp(key, "refresh") == 0 || strcmp(key, "min_refresh") == 0) {
+		int ms;
+		if (get_duration(ld, v, key, &ms)) {
+			if (key[0] == 'l')
+				o->leeway_s = ms / 1000;
+			else if (key[0] == 'r')
+				o->refresh_s = ms / 1000 > 0 ? ms / 1000 : 1;
+			else
+				o->min_refresh_s = ms / 1000;
+		}
+		return true;
+	}
+	if (strcmp(key, "algorithms") == 0) {
+		NameList l = {0};
+		if (load_name_list(ld, v, "algorithms", &l, NULL)) {
+			o->algorithms = 0;
+			for (int i = 0; i < l.n; i++) {
+				unsigned bit = jwt_alg_bit(l.items[i]);
+				if (!bit) {
+					fail_at(ld, v, "algorithm \"%s\" is not supported (RS256, PS256, ES256, EdDSA)", l.items[i]);
+					break;
+				}
+				o->algorithms |= bit;
+			}
+		}
+		free_name_list(&l);
+		return true;
+	}
+	if (strcmp(key, "aliases") == 0) {
+		if (v->type != YAML_MAPPING_NODE) {
+			fail_at(ld, v, "aliases must map a startup user name to an identity");
+			return true;
+		}
+		int n = (int)(v->data.mapping.pairs.top - v->data.mapping.pairs.start);
+		o->alias_from.items = xcalloc(n ? n : 1, sizeof(char *));
+		o->alias_to.items = xcalloc(n ? n : 1, sizeof(char *));
+		for (yaml_node_pair_t *p = v->data.mapping.pairs.start; p < v->data.mapping.pairs.top; p++) {
+			const char *from = scalar(node_at(ld, p->key)), *to = scalar(node_at(ld, p->value));
+			if (!from || !to || !valid_name(from)) {
+				fail_at(ld, node_at(ld, p->key), "aliases: entries must be name: identity");
+				return true;
+			}
+			o->alias_from.items[o->alias_from.n++] = xstrdup(from);
+			o->alias_to.items[o->alias_to.n++] = xstrdup(to);
+		}
+		return true;
+	}
+	return false;
+}
+
+static bool load_oidc(Loader *ld, Config *c, yaml_node_t *seq)
+{
+	if (seq->type != YAML_SEQUENCE_NODE)
+		return fail_at(ld, seq, "oidc must be a list of issuers");
+	int n = (int)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+	c->oidc = xcalloc(n ? n : 1, sizeof *c->oidc);
+	for (yaml_node_item_t *it = seq->data.sequence.items.start; it < seq->data.sequence.items.top; it++) {
+		yaml_node_t *on = node_at(ld, *it);
+		OidcIssuerConfig *o = &c->oidc[c->noidc++];
+		o->leeway_s = 30;
+		o->algorithms = JWT_ALG_ALL;
+		o->refresh_s = 3600;
+		o->min_refresh_s = 30;
+		if (!walk_mapping(ld, c, o, on, "an oidc issuer", on_oidc))
+			return false;
+		if (!o->issuer || !o->audience)
+			return fail_at(ld, on, "an oidc issuer needs issuer and audience");
+		if (!o->username_claim)
+			o->username_claim = xstrdup("sub");
+		if (!o->groups_claim)
+			o->groups_claim = xstrdup("groups");
+		for (int i = 0; i < c->noidc - 1; i++)
+			if (strcmp(c->oidc[i].issuer, o->issuer) == 0)
+				return fail_at(ld, on, "issuer %s is configured twice", o->issuer);
+	}
+	return true;
+}
+
+/* "2027-01-01" or "2027-01-01T12:00:00Z" → unix seconds (UTC). */
+static bool parse_date(const char *s, int64_t *out)
+{
+	struct tm tm = {0};
+	const char *end = strptime(s, "%Y-%m-%d", &tm);
+	if (!end)
+		return false;
+	if (*end == 'T' || *end == ' ') {
+		end = strptime(end + 1, "%H:%M:%S", &tm);
+		if (!end)
+			return false;
+		if (*end == 'Z')
+			end++;
+	}
+	if (*end)
+		return false;
+	*out = (int64_t)timegm(&tm);
+	return true;
+}
+
+static bool on_api_key(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)c;
+	ApiKeyConfig *k = obj;
+	if (strcmp(key, "hash") == 0) {
+		const char *h = scalar(v);
+		bool ok = h && strncmp(h, "sha256:", 7) == 0 && strlen(h) == 7 + 64;
+		for (size_t i = 7; ok && h[i]; i++)
+			ok = isxdigit((unsigned char)h[i]) && !isupper((unsigned char)h[i]);
+		if (!ok)
+			fail_at(ld, v, "hash must be sha256:<64 lowercase hex> (see pgcordon apikey create)");
+		else
+			k->hash = xstrdup(h);
+		return true;
+	}
+	if (strcmp(key, "groups") == 0) {
+		UserConfig tmp = {0};
+		if (load_groups(ld, &tmp, v)) {
+			k->groups = tmp.groups;
+			k->ngroups = tmp.ngroups;
+		} else {
+			for (int i = 0; i < tmp.ngroups; i++)
+				free(tmp.groups[i]);
+			free(tmp.groups);
+		}
+		return true;
+	}
+	if (strcmp(key, "expires") == 0) {
+		const char *d = scalar(v);
+		if (!d || !parse_date(d, &k->expires))
+			fail_at(ld, v, "expires must be a date like 2027-01-01 or 2027-01-01T12:00:00Z");
+		return true;
+	}
+	return false;
+}
+
+static bool load_api_keys(Loader *ld, Config *c, yaml_node_t *map)
+{
+	if (!expect_mapping(ld, map, "api_keys"))
+		return false;
+	int n = (int)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+	c->api_keys = xcalloc(n ? n : 1, sizeof *c->api_keys);
+	for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = node_at(ld, p->key), *v = node_at(ld, p->value);
+		const char *name = scalar(k);
+		if (!name || !valid_name(name))
+			return fail_at(ld, k, "api key names must be 1-63 letters, digits, _ - . @");
+		if (config_find_api_key(c, name))
+			return fail_at(ld, k, "api key \"%s\" is defined twice", name);
+		ApiKeyConfig *a = &c->api_keys[c->napi_keys++];
+		a->name = xstrdup(name);
+		if (!walk_mapping(ld, c, a, v, "an api key", on_api_key))
+			return false;
+		if (!a->hash)
+			return fail_at(ld, v, "api key \"%s\": hash is required", name);
+	}
+	return true;
+}
+
+static bool load_roles(Loader *ld, Config *c, yaml_node_t *map)
+{
+	if (!expect_mapping(ld, map, "roles"))
+		return false;
+	int n = (int)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+	c->roles = xcalloc(n ? n : 1, sizeof *c->roles);
+	for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = node_at(ld, p->key), *v = node_at(ld, p->value);
+		const char *group = scalar(k), *role = scalar(v);
+		if (!group || !valid_name(group))
+			return fail_at(ld, k, "roles: keys are group names");
+		if (!role || !valid_name(role))
+			return fail_at(ld, v, "roles: values are database role names (letters, digits, _ - . @)");
+		c->roles[c->nroles].group = xstrdup(group);
+		c->roles[c->nroles].role = xstrdup(role);
+		c->nroles++;
+	}
+	return true;
+}
+
+static void free_identity(Config *c)
+{
+	for (int i = 0; i < c->noidc; i++) {
+		OidcIssuerConfig *o = &c->oidc[i];
+		free(o->issuer);
+		free(o->audience);
+		free(o->jwks_uri);
+		free(o->username_claim);
+		free(o->groups_claim);
+		free_name_list(&o->alias_from);
+		free_name_list(&o->alias_to);
+	}
+	free(c->oidc);
+	for (int i = 0; i < c->napi_keys; i++) {
+		free(c->api_keys[i].name);
+		free(c->api_keys[i].hash);
+		for (int g = 0; g < c->api_keys[i].ngroups; g++)
+			free(c->api_keys[i].groups[g]);
+		free(c->api_keys[i].groups);
+	}
+	free(c->api_keys);
+	for (int i = 0; i < c->nroles; i++) {
+		free(c->roles[i].group);
+		free(c->roles[i].role);
+	}
+	free(c->roles);
+}
+
+const ApiKeyConfig *config_find_api_key(const Config *c, const char *name)
+{
+	for (int i = 0; i < c->napi_keys; i++)
+		if (strcmp(c->api_keys[i].name, name) == 0)
+			return &c->api_keys[i];
+	return NULL;
+}
+
 static bool on_top(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
 {
 	(void)obj;
@@ -624,6 +889,12 @@ static bool on_top(Loader *ld, Config *c, void *obj, const char *key, yaml_node_
 		return load_users(ld, c, v) || true;
 	if (strcmp(key, "policies") == 0)
 		return load_policies(ld, c, v) || true;
+	if (strcmp(key, "oidc") == 0)
+		return load_oidc(ld, c, v) || true;
+	if (strcmp(key, "api_keys") == 0)
+		return load_api_keys(ld, c, v) || true;
+	if (strcmp(key, "roles") == 0)
+		return load_roles(ld, c, v) || true;
 	if (strcmp(key, "default") == 0) {
 		const char *d = scalar(v);
 		if (d && strcmp(d, "allow") == 0)
@@ -665,6 +936,7 @@ static void config_free(Config *c)
 	}
 	free(c->users);
 	free_policies(c);
+	free_identity(c);
 	if (c->tls_ctx)
 		SSL_CTX_free(c->tls_ctx);
 	free(c->path);

@@ -60,6 +60,33 @@ typedef struct {
 	int statement_timeout_ms;  /* 0: no limit */
 } Policy;
 
+typedef struct {
+	char *issuer;
+	char *audience;
+	char *jwks_uri;        /* NULL: discovered from issuer/.well-known/openid-configuration */
+	char *username_claim;  /* default "sub" */
+	char *groups_claim;    /* default "groups" */
+	int leeway_s;          /* default 30 */
+	unsigned algorithms;   /* JWT_ALG_* bits; default all four */
+	int refresh_s;         /* scheduled JWKS refresh, default 3600 */
+	int min_refresh_s;     /* unknown kid refetches at most this often, default 30 */
+	NameList alias_from;   /* aliases: {startup user: identity}; parallel lists */
+	NameList alias_to;
+} OidcIssuerConfig;
+
+typedef struct {
+	char *name;
+	char *hash;            /* "sha256:<hex>" of the key */
+	char **groups;
+	int ngroups;
+	int64_t expires;       /* unix seconds, 0: never */
+} ApiKeyConfig;
+
+typedef struct {
+	char *group;
+	char *role;
+} RoleMapping;
+
 typedef struct Config {
 	int refcount; /* atomic */
 	char *path;
@@ -98,7 +125,17 @@ typedef struct Config {
 	int ndatabases;
 	UserConfig *users;
 	int nusers;
+
+	OidcIssuerConfig *oidc;
+	int noidc;
+	ApiKeyConfig *api_keys;
+	int napi_keys;
+	RoleMapping *roles;  /* in config order: the first group an identity has picks its role */
+	int nroles;
+	int token_grace_s;   /* limits.token_grace: how long a session outlives its token */
 } Config;
+
+const ApiKeyConfig *config_find_api_key(const Config *c, const char *name);
 
 /* Loads and validates FILE; on error returns NULL with "FILE:LINE: message" in err. */
 Config *config_load(const char *path, char *err, size_t errlen) __attribute__((warn_unused_result));

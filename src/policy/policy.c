@@ -102,6 +102,7 @@ EffectivePolicy *policy_effective(const Config *c, const char *user, char *const
 			ep->timeout_by = p->name;
 		}
 	}
+	ep->matched = matched;
 	if (!matched) {
 		ep->allow_all = c->default_allow;
 		ep->deny_all = !c->default_allow;
@@ -111,6 +112,24 @@ EffectivePolicy *policy_effective(const Config *c, const char *user, char *const
 			    !ep->delete_without_where_by && !ep->update_without_where_by &&
 			    !ep->select_without_where.n && !ep->scoped && !ep->timeout_ms);
 	return ep;
+}
+
+const char *policy_role_for(const Config *c, char *const *groups, int ngroups)
+{
+	for (int r = 0; r < c->nroles; r++)
+		for (int g = 0; g < ngroups; g++)
+			if (strcmp(c->roles[r].group, groups[g]) == 0)
+				return c->roles[r].role;
+	return NULL;
+}
+
+void policy_set_role(EffectivePolicy *ep, const char *role)
+{
+	ep->role = role;
+	if (role) {
+		ep->allow_all = false;
+		ep->unrestricted = false;
+	}
 }
 
 void policy_free(EffectivePolicy *ep)
@@ -252,6 +271,17 @@ static bool kind_allowed_read_only(const char *kind)
 static void decide_statement(const EffectivePolicy *ep, const StatementFacts *f, Decision *d)
 {
 	char words[96];
+	if (ep->role) {
+		static const char *const escapes[] = {"reset_role", "set_role", "set_session_authorization", NULL};
+		for (const char *const *k = escapes; *k; k++) {
+			if (strset_has(&f->kinds, *k)) {
+				upper_words(*k, words, sizeof words);
+				block(d, "42501", "roles", "role", "%s is not allowed: the session runs as role %s", words,
+				      ep->role);
+				return;
+			}
+		}
+	}
 	if (ep->read_only_by) {
 		for (int i = 0; i < f->kinds.n; i++) {
 			if (!kind_allowed_read_only(f->kinds.items[i])) {
@@ -266,11 +296,14 @@ static void decide_statement(const EffectivePolicy *ep, const StatementFacts *f,
 			return;
 		}
 	}
-	for (int r = 0; r < ep->block_kinds.n; r++) {
-		if (strset_has(&f->kinds, ep->block_kinds.items[r].item)) {
-			upper_words(ep->block_kinds.items[r].item, words, sizeof words);
-			block(d, "42501", ep->block_kinds.items[r].policy, "statements", "%s is not allowed", words);
-			return;
+	/* The most specific kind comes last (RESET ROLE is [set, set_role, reset_role]): name it. */
+	for (int k = f->kinds.n - 1; k >= 0; k--) {
+		for (int r = 0; r < ep->block_kinds.n; r++) {
+			if (strcmp(f->kinds.items[k], ep->block_kinds.items[r].item) == 0) {
+				upper_words(f->kinds.items[k], words, sizeof words);
+				block(d, "42501", ep->block_kinds.items[r].policy, "statements", "%s is not allowed", words);
+				return;
+			}
 		}
 	}
 	for (int i = 0; i < f->functions.n; i++) {

@@ -26,6 +26,8 @@ typedef struct {
 
 typedef struct EffectivePolicy {
 	uint64_t id;        /* unique per computation: keys decision memos */
+	int matched;        /* how many policies matched */
+	const char *role;   /* the database role the session runs as: it may not leave it */
 	bool allow_all;     /* no policy matched and default: allow (or no policies at all) */
 	bool deny_all;      /* no policy matched and default: deny */
 	bool unrestricted;  /* policies matched but none restricts anything: skip inspection */
@@ -49,6 +51,11 @@ typedef struct EffectivePolicy {
 EffectivePolicy *policy_effective(const Config *c, const char *user, char *const *groups, int ngroups,
 				  const char *database);
 void policy_free(EffectivePolicy *ep);
+
+/* The role for an identity: the first roles: entry (in config order) naming one of its groups. */
+const char *policy_role_for(const Config *c, char *const *groups, int ngroups);
+/* Pins the session to role: SET ROLE, RESET ROLE, SET SESSION AUTHORIZATION are refused. */
+void policy_set_role(EffectivePolicy *ep, const char *role);
 
 typedef enum { DEC_ALLOW, DEC_BLOCK } DecisionKind;
 

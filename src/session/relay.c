@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/log.h"
 #include "core/util.h"
@@ -120,12 +121,13 @@ static void refresh_policy(Session *s)
 	Config *c = config_current();
 	if (!c)
 		return;
-	/* Groups come from the new config; a user removed from it keeps the groups it logged in
-	 * with (removing a user stops new logins; policies decide what open sessions may do). */
-	const UserConfig *u = config_find_user(c, s->user_name);
-	if (!u)
-		u = s->user;
-	EffectivePolicy *ep = policy_effective(c, s->user_name, u->groups, u->ngroups, s->database_name);
+	/* A local user's groups come from the new config; one removed from it keeps the groups it
+	 * logged in with (removing a user stops new logins; policies decide what open sessions
+	 * may do). Token and API key identities keep the groups they proved. */
+	const UserConfig *u = s->user ? config_find_user(c, s->user_name) : NULL;
+	EffectivePolicy *ep = u ? policy_effective(c, s->user_name, u->groups, u->ngroups, s->database_name)
+				: policy_effective(c, s->user_name, s->groups, s->ngroups, s->database_name);
+	policy_set_role(ep, s->role); /* the upstream session keeps the role it started with */
 	policy_free(s->policy);
 	config_release(s->policy_config);
 	s->policy = ep;
@@ -398,6 +400,15 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 void session__relay_from_client(Session *s)
 {
 	bool terminate = false;
+	if (s->expires_at && (int64_t)time(NULL) > s->expires_at + s->config->token_grace_s) {
+		/* A stolen short-lived credential must not become a long session. */
+		char qu[80];
+		log_event(LOG_INFO, "credential_expired", "session=%llu user=%s method=%s", (unsigned long long)s->id,
+			  log_quote(qu, sizeof qu, s->user_name), s->auth_method);
+		session_close(s, "credential expired", "28000",
+			      "pgcordon: the credential of this session has expired; reconnect with a new one");
+		return;
+	}
 	if (s->policy_generation != config_live_generation())
 		refresh_policy(s);
 	size_t n = relay_client_messages(s, &terminate);

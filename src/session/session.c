@@ -14,7 +14,12 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "auth/apikey.h"
+#include "auth/jwt.h"
+#include "auth/oidc.h"
 #include "session/cancel.h"
+#include <openssl/crypto.h>
+#include <time.h>
 #include "session/session_internal.h"
 
 #define FACTS_CACHE_ENTRIES 4096
@@ -37,6 +42,8 @@ int session_active_count(void) { return __atomic_load_n(&active_clients, __ATOMI
 
 static void client_on_event(Sock *sock, short what, void *arg);
 static void process_client(Session *s);
+static void authenticated(Session *s);
+static void set_identity(Session *s, char *const *groups, int ngroups, const char *method, int64_t expires);
 
 /* ---- sending to the client ---- */
 
@@ -75,9 +82,13 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 		if (s->timer)
 			event_free(s->timer);
 		if (s->auth) {
+			util_wipe_free(s->auth->password);
 			free(s->auth->startup_body);
 			free(s->auth);
 		}
+		for (int i = 0; i < s->ngroups; i++)
+			free(s->groups[i]);
+		free(s->groups);
 		pipeline_free(&s->pipeline);
 		session__free_prepared(s);
 		policy_free(s->policy);
@@ -361,6 +372,18 @@ static void begin_authentication(Session *s)
 		return;
 	}
 	s->user = config_find_user(c, sp->user);
+	if (!s->user && (c->noidc > 0 || c->napi_keys > 0)) {
+		/* Tokens and API keys are checked by value: ask for the password itself (the
+		 * connection is TLS or loopback, checked above). */
+		MsgBuilder b;
+		msgb_init(&b);
+		proto_build_auth(&b, 3, NULL, 0);
+		send_built(s, &b);
+		flush_client(s);
+		if (s->state != SESS_CLOSED)
+			s->state = SESS_AUTH_PASSWORD;
+		return;
+	}
 	ScramVerifier v;
 	a->user_known = s->user && scram_parse_verifier(s->user->verifier, &v);
 	if (!a->user_known)
@@ -377,22 +400,25 @@ static void begin_authentication(Session *s)
 		s->state = SESS_AUTH_INIT;
 }
 
-static void auth_failed(Session *s, const char *why)
+/* Refuses the login; client_detail (safe to show: never the secret) is appended when given. */
+static void auth_failed(Session *s, const char *method, const char *why, const char *client_detail)
 {
-	char q[200], qu[80];
-	log_event(LOG_WARN, "auth_failed", "session=%llu peer=%s user=%s method=scram reason=%s",
-		  (unsigned long long)s->id, s->peer, log_quote(qu, sizeof qu, s->user_name),
+	char q[300], qu[80];
+	log_event(LOG_WARN, "auth_failed", "session=%llu peer=%s user=%s method=%s reason=%s",
+		  (unsigned long long)s->id, s->peer, log_quote(qu, sizeof qu, s->user_name), method,
 		  log_quote(q, sizeof q, why));
-	char msg[200];
-	snprintf(msg, sizeof msg, "password authentication failed for user \"%.63s\"", s->user_name);
+	char msg[400];
+	snprintf(msg, sizeof msg, "password authentication failed for user \"%.63s\"%s%.250s", s->user_name,
+		 client_detail ? ": " : "", client_detail ? client_detail : "");
 	session_close(s, why, "28P01", msg);
 }
 
 /* Works out what the identity may do; refuses the connection when nothing at all. */
 static bool apply_policy(Session *s)
 {
-	const UserConfig *u = s->user;
-	s->policy = policy_effective(s->config, s->user_name, u->groups, u->ngroups, s->database_name);
+	s->policy = policy_effective(s->config, s->user_name, s->groups, s->ngroups, s->database_name);
+	s->role = policy_role_for(s->config, s->groups, s->ngroups);
+	policy_set_role(s->policy, s->role);
 	s->policy_config = config_ref(s->config);
 	s->policy_generation = s->config->generation;
 	s->inspecting = !s->policy->allow_all && !s->policy->unrestricted;
@@ -407,12 +433,86 @@ static bool apply_policy(Session *s)
 		close_fatal(s, "42501", msg);
 		return false;
 	}
+	if (s->config->nroles > 0 && !s->role && !s->policy->matched) {
+		snprintf(msg, sizeof msg, "pgcordon: the groups of \"%.63s\" map to no database role and no policy",
+			 s->user_name);
+		close_fatal(s, "42501", msg);
+		return false;
+	}
 	const StartupPacket *sp = &s->auth->startup;
 	if (!policy_check_startup(s->policy, sp->names, sp->values, sp->nparams, msg, sizeof msg)) {
 		close_fatal(s, "42501", msg);
 		return false;
 	}
 	return true;
+}
+
+static void set_identity(Session *s, char *const *groups, int ngroups, const char *method, int64_t expires)
+{
+	s->groups = xcalloc(ngroups ? (size_t)ngroups : 1, sizeof(char *));
+	for (int i = 0; i < ngroups; i++)
+		s->groups[s->ngroups++] = xstrdup(groups[i]);
+	s->auth_method = method;
+	s->expires_at = expires;
+}
+
+/* A token whose keys just arrived, or a first try: verify and go on, wait, or refuse. */
+static void try_token(Session *s, bool retry)
+{
+	AuthState *a = s->auth;
+	OidcIdentity id;
+	char err[300];
+	OidcOutcome r = oidc_verify(s->config, a->password, s->user_name, retry, &id, err, sizeof err);
+	if (r == OIDC_PENDING) {
+		s->state = SESS_AUTH_WAIT_KEYS; /* the key fetch wakes us through on_notify */
+		return;
+	}
+	util_wipe_free(a->password);
+	a->password = NULL;
+	if (r == OIDC_REFUSED) {
+		char detail[340];
+		snprintf(detail, sizeof detail, "token refused: %s", err);
+		auth_failed(s, "oidc", err, detail);
+		return;
+	}
+	set_identity(s, id.groups, id.ngroups, "oidc", id.expires);
+	oidc_identity_free(&id);
+	s->state = SESS_AUTH_PASSWORD;
+	authenticated(s);
+}
+
+/* A PasswordMessage carrying an API key or an OIDC token. */
+static void handle_password(Session *s, const uint8_t *body, size_t len)
+{
+	if (len == 0 || body[len - 1] != 0 || memchr(body, 0, len) != body + len - 1) {
+		close_fatal(s, "08P01", "invalid password message");
+		return;
+	}
+	const char *password = (const char *)body;
+	if (apikey_looks_like(password)) {
+		const ApiKeyConfig *k = config_find_api_key(s->config, s->user_name);
+		if (!k || !apikey_matches(password, k->hash)) {
+			auth_failed(s, "apikey", k ? "wrong API key" : "no API key with this name", NULL);
+			return;
+		}
+		if (k->expires && (int64_t)time(NULL) >= k->expires) {
+			auth_failed(s, "apikey", "API key expired", "the API key has expired");
+			return;
+		}
+		set_identity(s, k->groups, k->ngroups, "apikey", k->expires);
+		authenticated(s);
+		return;
+	}
+	if (jwt_looks_like(password) && s->config->noidc > 0) {
+		s->auth->password = xstrdup(password);
+		try_token(s, false);
+		return;
+	}
+	if (strlen(password) > JWT_MAX_TOKEN) {
+		auth_failed(s, "oidc", "token too large", "token too large");
+		return;
+	}
+	auth_failed(s, "password", "neither a valid token nor an API key", NULL);
 }
 
 /* One SASL message from the client; returns false when the session was closed. */
@@ -457,12 +557,22 @@ static void handle_sasl(Session *s, const uint8_t *body, size_t len)
 		return;
 	}
 	if (!ok || !a->user_known) {
-		auth_failed(s, a->user_known ? "wrong password" : "unknown user");
+		auth_failed(s, "scram", a->user_known ? "wrong password" : "unknown user", NULL);
 		return;
 	}
 	MsgBuilder b;
 	msgb_init(&b);
 	proto_build_auth(&b, 12, out, strlen(out));
+	send_built(s, &b);
+	set_identity(s, s->user->groups, s->user->ngroups, "scram", 0);
+	authenticated(s);
+}
+
+/* The identity is proven: AuthenticationOk, then policy, role, and the upstream login. */
+static void authenticated(Session *s)
+{
+	MsgBuilder b;
+	msgb_init(&b);
 	proto_build_auth(&b, 0, NULL, 0);
 	send_built(s, &b);
 
@@ -475,10 +585,11 @@ static void handle_sasl(Session *s, const uint8_t *body, size_t len)
 	}
 	if (!apply_policy(s))
 		return;
-	char qu[80], qd[80];
-	log_event(LOG_INFO, "auth_ok", "session=%llu peer=%s user=%s database=%s method=scram tls=%s",
+	char qu[80], qd[80], qr[80];
+	log_event(LOG_INFO, "auth_ok", "session=%llu peer=%s user=%s database=%s method=%s groups=%d role=%s tls=%s",
 		  (unsigned long long)s->id, s->peer, log_quote(qu, sizeof qu, s->user_name),
-		  log_quote(qd, sizeof qd, s->database_name), s->client_tls ? "yes" : "no");
+		  log_quote(qd, sizeof qd, s->database_name), s->auth_method, s->ngroups,
+		  log_quote(qr, sizeof qr, s->role ? s->role : "-"), s->client_tls ? "yes" : "no");
 	flush_client(s);
 	if (s->state == SESS_CLOSED)
 		return;
@@ -591,7 +702,8 @@ static bool process_auth_message(Session *s)
 	if (avail < 5)
 		return false;
 	evbuffer_copyout(in, hdr, 5);
-	HeaderCheck hc = proto_check_header(hdr, 5, PROTO_PREAUTH_MAX, &type, &len);
+	uint32_t limit = s->state == SESS_AUTH_PASSWORD ? PROTO_PREAUTH_MAX + JWT_MAX_TOKEN : PROTO_PREAUTH_MAX;
+	HeaderCheck hc = proto_check_header(hdr, 5, limit, &type, &len);
 	if (hc == HDR_TOO_SHORT) {
 		close_fatal(s, "08P01", "invalid message length");
 		return false;
@@ -607,12 +719,16 @@ static bool process_auth_message(Session *s)
 			session_close(s, "client terminated during authentication", NULL, NULL);
 			return false;
 		}
-		close_fatal(s, "08P01", "invalid message during authentication: expected SASL response");
+		close_fatal(s, "08P01", "invalid message during authentication: expected a password or SASL response");
 		return false;
 	}
 	uint8_t *msg = xmalloc(len + 1);
 	evbuffer_remove(in, msg, 1 + len);
-	handle_sasl(s, msg + 5, len - 4);
+	if (s->state == SESS_AUTH_PASSWORD)
+		handle_password(s, msg + 5, len - 4);
+	else
+		handle_sasl(s, msg + 5, len - 4);
+	OPENSSL_cleanse(msg, len + 1);
 	free(msg);
 	return s->state == SESS_AUTH_CONT;
 }
@@ -627,6 +743,7 @@ static void process_client(Session *s)
 			break;
 		case SESS_AUTH_INIT:
 		case SESS_AUTH_CONT:
+		case SESS_AUTH_PASSWORD:
 			if (!process_auth_message(s))
 				return;
 			break;
@@ -721,9 +838,15 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 
 static void on_notify(Worker *w)
 {
+	SessionWorker *sw = session_worker(w);
+	Session *after;
+	for (Session *s = sw->head; s; s = after) {
+		after = s->next;
+		if (s->state == SESS_AUTH_WAIT_KEYS)
+			try_token(s, true); /* with retry it verifies or refuses: never waits twice */
+	}
 	if (!__atomic_load_n(&shutting_down, __ATOMIC_ACQUIRE))
 		return;
-	SessionWorker *sw = session_worker(w);
 	if (!sw->shutdown_seen) {
 		sw->shutdown_seen = true;
 		Config *c = config_current();

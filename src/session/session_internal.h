@@ -20,6 +20,8 @@ typedef enum {
 	SESS_TLS,        /* client TLS handshake */
 	SESS_AUTH_INIT,  /* AuthenticationSASL sent; waiting for SASLInitialResponse */
 	SESS_AUTH_CONT,  /* SASLContinue sent; waiting for SASLResponse */
+	SESS_AUTH_PASSWORD,  /* AuthenticationCleartextPassword sent: a token or API key is coming */
+	SESS_AUTH_WAIT_KEYS, /* a token's signing keys are being fetched */
 	SESS_CONNECTING, /* client authenticated; upstream login in progress */
 	SESS_READY,      /* relaying */
 	SESS_CLOSED,     /* waiting to be freed at the end of the loop iteration */
@@ -43,6 +45,7 @@ typedef struct {
 	uint8_t *startup_body;
 	StartupPacket startup;
 	bool user_known;
+	char *password; /* a token kept while its keys are fetched; wiped after */
 } AuthState;
 
 typedef struct SessionWorker SessionWorker;
@@ -56,6 +59,11 @@ struct Session {
 	const UserConfig *user;
 	char *user_name;
 	char *database_name;
+	char **groups;          /* the identity's groups (from config, token or API key) */
+	int ngroups;
+	const char *auth_method; /* "scram", "oidc", "apikey" */
+	int64_t expires_at;     /* unix seconds the credential stops being valid, 0: never */
+	const char *role;       /* mapped database role (points into config), NULL: none */
 	SessState state;
 	UpState up_state;
 	Sock client;

@@ -67,12 +67,19 @@ static void send_startup(Session *s)
 			continue;
 		if (ep->read_only_by && strcmp(sp->names[i], "default_transaction_read_only") == 0)
 			continue;
+		if (s->role && strcmp(sp->names[i], "role") == 0)
+			continue;
 		msgb_str(&b, sp->names[i]);
 		msgb_str(&b, sp->values[i]);
 	}
 	if (ep->timeout_ms) {
 		msgb_str(&b, "statement_timeout");
 		msgb_str(&b, timeout);
+	}
+	if (s->role) {
+		/* The mapped role, as a startup setting: RESET ROLE comes back to it, not to the login role. */
+		msgb_str(&b, "role");
+		msgb_str(&b, s->role);
 	}
 	if (ep->read_only_by) {
 		/* Defence in depth: the server itself refuses writes the inspector did not foresee. */
