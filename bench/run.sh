@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # pgcordon throughput / memory benchmark.
 #
-# Starts a throwaway PostgreSQL, PgBouncer (session mode) and pgcordon, runs
-# read-only pgbench (-S) against all three in alternation, then measures the
-# gateways' RSS growth with idle authenticated client connections.
+# Starts a throwaway PostgreSQL, PgBouncer (session mode) and two pgcordon
+# instances of the same binary -- one without policies, one enforcing a policy
+# of 20+ rules that applies to the bench user -- runs read-only pgbench (-S)
+# against all four in alternation, measures the policy layer's per-statement
+# cost (bench/inspect_cost.c), then the gateways' RSS growth with idle
+# authenticated client connections.
 # See bench/README.md. Everything is torn down on exit, also on failure.
 set -Eeuo pipefail
 
@@ -15,12 +18,16 @@ THREADS=${THREADS:-2}             # pgbench -j
 SCALE=${SCALE:-10}                # pgbench -i -s
 WORKERS=${WORKERS:-2}             # pgcordon listen.workers
 IDLE_CONNS=${IDLE_CONNS:-500}     # idle connections for the RSS measurement (0 = skip)
-TARGETS=${TARGETS:-"direct pgbouncer pgcordon"}
+TARGETS=${TARGETS:-"direct pgbouncer pgcordon pgcordon-policies"}
 MODES=${MODES:-"simple prepared"}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PGBOUNCER=${PGBOUNCER:-/usr/sbin/pgbouncer}
 PY=${PY:-/usr/bin/python3}        # Debian's python3-psycopg lives here
 KEEP_TMP=${KEEP_TMP:-0}           # 1 = keep the temp dir (logs, configs) after exit
+INSPECT_COST=${INSPECT_COST:-1}   # 1 = build and run bench/inspect_cost.c (needs cc, libpg_query)
+INSPECT_MS=${INSPECT_MS:-100}     # inspect_cost: ms per timed repetition
+MIN_RULES=20                      # the policy instance must enforce at least this many rules
+CC=${CC:-cc}
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
@@ -37,7 +44,7 @@ log() { echo "# $*"; }
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- preflight
-if has_target pgcordon || has_target pgcordon_rss; then
+if has_target pgcordon || has_target pgcordon-policies; then
   if [[ ! -x "$PGCORDON" ]]; then
     echo "bench: ERROR: pgcordon binary not found or not executable: $PGCORDON" >&2
     echo "bench: build it first:  make -C $REPO" >&2
@@ -52,7 +59,7 @@ has_target pgbouncer && { [[ -x "$PGBOUNCER" ]] || die "required program missing
 "$PY" -c 'import psycopg' 2>/dev/null || (( IDLE_CONNS == 0 )) \
   || die "$PY cannot import psycopg (apt-get install python3-psycopg)"
 for t in $TARGETS; do
-  case $t in direct|pgbouncer|pgcordon) ;; *) die "unknown target '$t' in TARGETS";; esac
+  case $t in direct|pgbouncer|pgcordon|pgcordon-policies) ;; *) die "unknown target '$t' in TARGETS";; esac
 done
 for m in $MODES; do
   case $m in simple|extended|prepared) ;; *) die "unknown mode '$m' in MODES";; esac
@@ -77,6 +84,7 @@ TMP=""
 PG_STARTED=0
 BOUNCER_PID=""
 CORDON_PID=""
+POLICY_PID=""
 
 CHILD_PID=""   # foreground benchmark client (pgbench / idle_conns.py), killed on exit
 
@@ -111,7 +119,7 @@ cleanup() {
   set +e
   trap - EXIT INT TERM
   if (( rc != 0 )) && [[ -n "$TMP" && -d "$TMP" ]]; then
-    for f in pgcordon.log pgbouncer.log postgres.log; do
+    for f in pgcordon.log pgcordon-policies.log pgbouncer.log postgres.log; do
       [[ -s "$TMP/$f" ]] || continue
       echo "---- last 30 lines of $f ----" >&2
       tail -n 30 "$TMP/$f" >&2
@@ -119,6 +127,7 @@ cleanup() {
   fi
   if pid_alive "$CHILD_PID"; then kill -TERM "$CHILD_PID" 2>/dev/null; wait "$CHILD_PID" 2>/dev/null; fi
   stop_pid pgcordon "$CORDON_PID" TERM
+  stop_pid pgcordon-policies "$POLICY_PID" TERM
   stop_pid pgbouncer "$BOUNCER_PID" INT
   if (( PG_STARTED )); then
     "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$TMP/data" -m immediate -w -t 30 stop >/dev/null 2>&1
@@ -174,14 +183,14 @@ rand_pw() { head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 echo "=== pgcordon benchmark ==="
 printf '# command: '; printf '%q ' env DURATION="$DURATION" ROUNDS="$ROUNDS" CLIENTS="$CLIENTS" \
   THREADS="$THREADS" SCALE="$SCALE" WORKERS="$WORKERS" IDLE_CONNS="$IDLE_CONNS" \
-  TARGETS="$TARGETS" MODES="$MODES" "$0" "$@"; echo
+  TARGETS="$TARGETS" MODES="$MODES" INSPECT_MS="$INSPECT_MS" "$0" "$@"; echo
 log "date: $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
 log "machine: $(uname -srm), nproc=$(nproc), cpu: $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)," \
     "mem: $(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 log "postgres: $("$PGBIN/postgres" --version)"
 log "pgbench: $(pgbench --version)"
 has_target pgbouncer && log "pgbouncer: $("$PGBOUNCER" --version 2>&1 | head -n1)"
-if has_target pgcordon; then
+if has_target pgcordon || has_target pgcordon-policies; then
   rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
   dirty=$(git -C "$REPO" status --porcelain -- src Makefile 2>/dev/null | head -c1)
   log "pgcordon: $PGCORDON (repo rev $rev${dirty:+, src/ has uncommitted changes}," \
@@ -195,16 +204,50 @@ TMP=$(mktemp -d /tmp/pgcordon-bench.XXXXXX)
 chmod 755 "$TMP"
 [[ $(id -u) -eq 0 ]] && chown postgres: "$TMP"
 
+# Both pgcordon instances run a private copy of the binary, so a rebuild during the
+# run (make in another shell) can neither swap nor break it between instances.
+if has_target pgcordon || has_target pgcordon-policies; then
+  for ((i = 0; i < 60; i++)); do
+    if cp "$PGCORDON" "$TMP/pgcordon.bin" 2>/dev/null && "$TMP/pgcordon.bin" passwd --password x >/dev/null 2>&1; then
+      break
+    fi
+    (( i == 59 )) && die "cannot copy a working $PGCORDON (is a build running?)"
+    sleep 1   # a link in progress: wait for make to finish
+  done
+  log "pgcordon binary under test: copy of $PGCORDON, sha256 $(sha256sum "$TMP/pgcordon.bin" | cut -c1-16)"
+  PGCORDON=$TMP/pgcordon.bin
+fi
+
 PG_PORT=$(free_port)
 BOUNCER_PORT=$(free_port)
 CORDON_PORT=$(free_port)
+POLICY_PORT=$(free_port)
 while [[ $BOUNCER_PORT == "$PG_PORT" ]]; do BOUNCER_PORT=$(free_port); done
 while [[ $CORDON_PORT == "$PG_PORT" || $CORDON_PORT == "$BOUNCER_PORT" ]]; do CORDON_PORT=$(free_port); done
+while [[ $POLICY_PORT == "$PG_PORT" || $POLICY_PORT == "$BOUNCER_PORT" || $POLICY_PORT == "$CORDON_PORT" ]]; do
+  POLICY_PORT=$(free_port)
+done
 
 PG_PASSWORD=$(rand_pw)      # password of role bench in PostgreSQL (and PgBouncer)
 GW_PASSWORD=$(rand_pw)      # password of pgcordon's local user bench
 
-log "temp dir: $TMP; ports: postgres=$PG_PORT pgbouncer=$BOUNCER_PORT pgcordon=$CORDON_PORT"
+log "temp dir: $TMP; ports: postgres=$PG_PORT pgbouncer=$BOUNCER_PORT pgcordon=$CORDON_PORT" \
+    "pgcordon-policies=$POLICY_PORT"
+
+# ---------------------------------------------------------------- inspect_cost
+# Built from the same sources as the gateway's policy layer (the Makefile's
+# LIB_OBJS subset it needs), with the Makefile's default optimisation.
+INSPECT_BIN=$TMP/inspect_cost
+if (( INSPECT_COST )) && has_target pgcordon-policies; then
+  log "building bench/inspect_cost.c against src/policy, src/config, src/core ($CC -O2) ..."
+  # shellcheck disable=SC2046
+  "$CC" -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Wno-unused-parameter -I"$REPO/src" \
+    $(pkg-config --cflags openssl yaml-0.1 jansson 2>/dev/null) -pthread -o "$INSPECT_BIN" \
+    "$BENCH_DIR/inspect_cost.c" "$REPO"/src/policy/*.c "$REPO/src/config/config.c" "$REPO"/src/core/*.c \
+    -lpg_query $(pkg-config --libs openssl yaml-0.1 jansson 2>/dev/null || echo -lssl -lcrypto -lyaml -ljansson) \
+    -pthread >"$TMP/inspect_cost.build.log" 2>&1 \
+    || { cat "$TMP/inspect_cost.build.log" >&2; die "building bench/inspect_cost.c failed"; }
+fi
 log "starting PostgreSQL (max_connections=$PG_MAX_CONNECTIONS, fsync=off) ..."
 "${AS_PG[@]}" "$PGBIN/initdb" -D "$TMP/data" -U postgres -E UTF8 --no-sync \
   --auth-local=trust --auth-host=scram-sha-256 >"$TMP/initdb.log" 2>&1 \
@@ -271,11 +314,14 @@ EOF
 fi
 
 # ---------------------------------------------------------------- pgcordon
-if has_target pgcordon; then
-  gw_verifier=$("$PGCORDON" passwd --password "$GW_PASSWORD") || die "pgcordon passwd failed"
-  [[ $gw_verifier == SCRAM-SHA-256\$* ]] || die "pgcordon passwd printed unexpected output: $gw_verifier"
-  cat >"$TMP/pgcordon.yaml" <<EOF
-listen: {address: 127.0.0.1, port: $CORDON_PORT, workers: $WORKERS}
+# Two instances of the same binary with the same workers and upstream, on two
+# ports: "pgcordon" has no policies (a plain authenticating proxy, nothing is
+# inspected), "pgcordon-policies" enforces the policy below on the bench user.
+
+# cordon_config FILE PORT : the common part of both configs
+cordon_config() {
+  cat >"$1" <<EOF
+listen: {address: 127.0.0.1, port: $2, workers: $WORKERS}
 log: {level: warn}
 databases:
   bench:
@@ -286,25 +332,125 @@ databases:
     password_env: PGCORDON_BENCH_DB_PASSWORD
     sslmode: disable
 users:
-  bench: {password: "$gw_verifier"}
+  bench: {password: "$gw_verifier", groups: [bench-agents]}
 EOF
-  PGCORDON_BENCH_DB_PASSWORD=$PG_PASSWORD "$PGCORDON" check-config --config "$TMP/pgcordon.yaml" >"$TMP/check-config.log" 2>&1 \
-    || { cat "$TMP/check-config.log" >&2; die "pgcordon check-config rejected the bench config"; }
-  log "starting pgcordon (workers=$WORKERS) ..."
+}
+
+# The policy: every rule kind, 20+ rules, all matching the bench user. pgbench -S
+# needs only SELECT on pgbench_accounts with WHERE aid = ... (and, at start-up,
+# "select count(*) from pgbench_branches", so select_without_where must not list
+# pgbench_branches). inspect_cost counts the rules of the merged policy.
+policy_section() {
+  cat <<'EOF'
+default: deny
+policies:
+  - name: bench-agents
+    match: {groups: [bench-agents], databases: [bench]}
+    access:
+      tables: [public.pgbench_accounts, public.pgbench_branches, public.pgbench_tellers,
+               public.pgbench_history, public.orders, "reporting.*"]
+    block:
+      - statements: [drop_table, drop_database, truncate, alter_system, copy_to_program,
+                     copy_from_program, create_function, do_block, set_role,
+                     set_session_authorization, alter_table, create_role]
+      - functions: [pg_read_file, pg_read_binary_file, pg_ls_dir, lo_export, lo_import,
+                    dblink, pg_sleep, pg_terminate_backend]
+      - delete_without_where: true
+      - update_without_where: true
+      - select_without_where: [public.pgbench_history, public.customers]
+    limits:
+      max_rows: 100000
+      statement_timeout: 30s
+EOF
+}
+
+# start_cordon NAME CONFIG PORT : check-config, serve, wait until ready
+start_cordon() {
+  local name=$1 cfg=$2 port=$3 pid
+  PGCORDON_BENCH_DB_PASSWORD=$PG_PASSWORD "$PGCORDON" check-config --config "$cfg" >"$TMP/check-config-$name.log" 2>&1 \
+    || { cat "$TMP/check-config-$name.log" >&2; die "pgcordon check-config rejected $cfg"; }
+  log "starting $name (workers=$WORKERS, port $port) ..."
   PGCORDON_BENCH_DB_PASSWORD=$PG_PASSWORD \
-    "$PGCORDON" serve --config "$TMP/pgcordon.yaml" >"$TMP/pgcordon.stdout" 2>"$TMP/pgcordon.log" &
-  CORDON_PID=$!
-  wait_ready pgcordon "$CORDON_PID" "$CORDON_PORT" "$GW_PASSWORD"
+    "$PGCORDON" serve --config "$cfg" >"$TMP/$name.stdout" 2>"$TMP/$name.log" &
+  pid=$!
+  if [[ $name == pgcordon ]]; then CORDON_PID=$pid; else POLICY_PID=$pid; fi
+  wait_ready "$name" "$pid" "$port" "$GW_PASSWORD"
+}
+
+if has_target pgcordon || has_target pgcordon-policies; then
+  gw_verifier=$("$PGCORDON" passwd --password "$GW_PASSWORD") || die "pgcordon passwd failed"
+  [[ $gw_verifier == SCRAM-SHA-256\$* ]] || die "pgcordon passwd printed unexpected output: $gw_verifier"
+fi
+if has_target pgcordon; then
+  cordon_config "$TMP/pgcordon.yaml" "$CORDON_PORT"
+  start_cordon pgcordon "$TMP/pgcordon.yaml" "$CORDON_PORT"
+fi
+
+RULES=""
+if has_target pgcordon-policies; then
+  cordon_config "$TMP/pgcordon-policies.yaml" "$POLICY_PORT"
+  policy_section >>"$TMP/pgcordon-policies.yaml"
+  if (( INSPECT_COST )); then
+    # the rule count of the merged policy the gateway computes for bench on bench,
+    # plus an offline check of the decisions the benchmark relies on
+    PGCORDON_BENCH_DB_PASSWORD=$PG_PASSWORD "$INSPECT_BIN" --rules-only "$TMP/pgcordon-policies.yaml" bench bench \
+      >"$TMP/rules.out" 2>&1 || { cat "$TMP/rules.out" >&2; die "inspect_cost --rules-only failed"; }
+    RULES=$(sed -n 's/^RULES=//p' "$TMP/rules.out")
+    grep -v '^RULES=' "$TMP/rules.out" | sed 's/^/# policy: /'
+    if [[ -z $RULES ]] || (( RULES < MIN_RULES )); then
+      die "the bench policy has ${RULES:-?} rules, fewer than $MIN_RULES"
+    fi
+  fi
+  start_cordon pgcordon-policies "$TMP/pgcordon-policies.yaml" "$POLICY_PORT"
+
+  # Live checks: the instance really enforces, and really allows the bench statement.
+  pol_psql() {  # pol_psql -c SQL [-c SQL ...] : through pgcordon-policies, stdout+stderr
+    PGPASSWORD=$GW_PASSWORD PGCONNECT_TIMEOUT=5 psql -X -q -At -v VERBOSITY=verbose -h 127.0.0.1 \
+      -p "$POLICY_PORT" -U bench -d bench "$@" 2>&1
+  }
+  expect_refused() {  # expect_refused LABEL SQL : SQL runs inside BEGIN ... ROLLBACK
+    local out
+    out=$(pol_psql -c 'BEGIN' -c "$2" -c 'ROLLBACK')
+    if [[ $out != *42501*"pgcordon: blocked by policy bench-agents"* ]]; then
+      echo "$out" | sed 's/^/    | /' >&2
+      die "pgcordon-policies did not refuse $1: $2"
+    fi
+    log "policy check: refused ($1): $2 -> $(grep -o 'pgcordon: blocked.*' <<<"$out" | head -n1)"
+  }
+  expect_refused "block.statements" "DROP TABLE pgbench_history"
+  expect_refused "block.functions" "SELECT pg_sleep(0)"
+  expect_refused "delete_without_where" "DELETE FROM pgbench_history"
+  expect_refused "access.tables" "SELECT count(*) FROM public.secrets WHERE id = 1"
+  exists=$("${AS_PG[@]}" psql -X -Atq -h "$TMP" -p "$PG_PORT" -U postgres -d bench \
+    -c "select to_regclass('public.pgbench_history') is not null")
+  [[ $exists == t ]] || die "pgbench_history is gone: the policy instance did not stop DROP TABLE"
+  out=$(pol_psql -c 'SELECT abalance FROM pgbench_accounts WHERE aid = 1')
+  [[ $out =~ ^-?[0-9]+$ ]] || { echo "$out" >&2; die "pgcordon-policies refused the pgbench -S statement"; }
+  log "policy check: allowed: SELECT abalance FROM pgbench_accounts WHERE aid = 1 -> $out"
+  out=$(pol_psql -c 'SHOW statement_timeout')
+  [[ $out == 30s ]] || die "pgcordon-policies: upstream statement_timeout is '$out', expected 30s"
+  log "policy check: upstream statement_timeout = $out (limits.statement_timeout)"
 fi
 
 target_port() {
-  case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; pgcordon) echo "$CORDON_PORT";; esac
+  case $1 in
+    direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";;
+    pgcordon) echo "$CORDON_PORT";; pgcordon-policies) echo "$POLICY_PORT";;
+  esac
 }
 target_password() {
-  case $1 in pgcordon) echo "$GW_PASSWORD";; *) echo "$PG_PASSWORD";; esac
+  case $1 in pgcordon|pgcordon-policies) echo "$GW_PASSWORD";; *) echo "$PG_PASSWORD";; esac
+}
+target_pid() {
+  case $1 in pgcordon) echo "$CORDON_PID";; pgcordon-policies) echo "$POLICY_PID";; pgbouncer) echo "$BOUNCER_PID";; esac
 }
 
 # ---------------------------------------------------------------- throughput
+CLK_TCK=$(getconf CLK_TCK)
+NCPU=$(nproc)
+PM_PID=$(head -n1 "$TMP/data/postmaster.pid")
+# "TOTAL OURS" CPU ticks; other_cpu = CPU used by anything but this benchmark during a run
+cpu_ticks() { "$PY" "$BENCH_DIR/cpu_ticks.py" "$PM_PID" "$$" "$CORDON_PID" "$POLICY_PID" "$BOUNCER_PID"; }
 read -r -a TARGET_LIST <<<"$TARGETS"
 read -r -a MODE_LIST <<<"$MODES"
 NT=${#TARGET_LIST[@]}
@@ -314,7 +460,7 @@ FAILED_RUNS=0
 
 echo
 echo "=== throughput: pgbench -S, $CLIENTS clients, $THREADS threads, ${DURATION}s per run, $ROUNDS rounds (round-robin) ==="
-printf '%-5s %-9s %-10s %12s %12s\n' round mode target tps "lat_avg_ms"
+printf '%-5s %-9s %-18s %12s %12s %10s\n' round mode target tps "lat_avg_ms" "other_cpu"
 for ((r = 1; r <= ROUNDS; r++)); do
   for mode in "${MODE_LIST[@]}"; do
     # rotate the target order every round so no target always runs first
@@ -322,21 +468,27 @@ for ((r = 1; r <= ROUNDS; r++)); do
       t=${TARGET_LIST[$(( (k + r - 1) % NT ))]}
       out=$TMP/run-$r-$mode-$t.log
       rc=0
+      read -r c0_total c0_ours < <(cpu_ticks)
+      w0=$(date +%s.%N)
       run_child env PGPASSWORD="$(target_password "$t")" pgbench -S -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" \
         -M "$mode" -h 127.0.0.1 -p "$(target_port "$t")" -U bench bench >"$out" 2>&1 || rc=$?
+      read -r c1_total c1_ours < <(cpu_ticks)
+      other=$(awk -v a="$c0_total" -v b="$c1_total" -v c="$c0_ours" -v d="$c1_ours" -v w0="$w0" \
+        -v w1="$(date +%s.%N)" -v hz="$CLK_TCK" -v n="$NCPU" \
+        'BEGIN {o = ((b - a) - (d - c)) / hz / ((w1 - w0) * n) * 100; if (o < 0) o = 0; printf "%.1f%%", o}')
       tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$out")
       lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$out")
       failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out")
       if (( rc != 0 )) || [[ -z "$tps" ]] || [[ -n "$failed" && "$failed" != 0 ]]; then
         FAILED_RUNS=$((FAILED_RUNS + 1))
-        printf '%-5s %-9s %-10s %12s   (pgbench exit %s; output below)\n' "$r" "$mode" "$t" FAILED "$rc"
+        printf '%-5s %-9s %-18s %12s   (pgbench exit %s; output below)\n' "$r" "$mode" "$t" FAILED "$rc"
         sed 's/^/    | /' "$out" | tail -n 20
-        if [[ $t == pgcordon ]] && ! pid_alive "$CORDON_PID"; then
-          die "pgcordon is no longer running"
+        if [[ $t == pgcordon* ]] && ! pid_alive "$(target_pid "$t")"; then
+          die "$t is no longer running"
         fi
         continue
       fi
-      printf '%-5s %-9s %-10s %12.1f %12s\n' "$r" "$mode" "$t" "$tps" "${lat:--}"
+      printf '%-5s %-9s %-18s %12.1f %12s %10s\n' "$r" "$mode" "$t" "$tps" "${lat:--}" "$other"
       printf '%s\t%s\t%s\t%s\n' "$t" "$mode" "$r" "$tps" >>"$RESULTS"
       sleep 1
     done
@@ -350,32 +502,100 @@ median() {  # median of the tps values for target $1 mode $2
 }
 ratio() { [[ -n "$1" && -n "$2" ]] && awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}' || echo "-"; }
 
+round_tps() {  # round_tps TARGET MODE ROUND
+  awk -F'\t' -v t="$1" -v m="$2" -v r="$3" '$1 == t && $2 == m && $3 == r {print $4}' "$RESULTS"
+}
+
 echo
 echo "=== median TPS over $ROUNDS rounds ==="
 printf '%-9s' mode
-for t in "${TARGET_LIST[@]}"; do printf ' %12s' "$t"; done
-has_target pgcordon && has_target pgbouncer && printf ' %18s' "pgcordon/pgbouncer"
-has_target pgcordon && has_target direct && printf ' %16s' "pgcordon/direct"
+for t in "${TARGET_LIST[@]}"; do printf ' %18s' "$t"; done
 echo
+declare -A MED=()
 for mode in "${MODE_LIST[@]}"; do
   printf '%-9s' "$mode"
-  declare -A med=()
-  for t in "${TARGET_LIST[@]}"; do med[$t]=$(median "$t" "$mode"); printf ' %12s' "${med[$t]:--}"; done
-  has_target pgcordon && has_target pgbouncer && printf ' %18s' "$(ratio "${med[pgcordon]}" "${med[pgbouncer]}")"
-  has_target pgcordon && has_target direct && printf ' %16s' "$(ratio "${med[pgcordon]}" "${med[direct]}")"
+  for t in "${TARGET_LIST[@]}"; do MED[$t,$mode]=$(median "$t" "$mode"); printf ' %18s' "${MED[$t,$mode]:--}"; done
   echo
-  unset med
 done
+
+# ratio rows: NUMERATOR/DENOMINATOR, with the acceptance threshold where the issue sets one
+RATIOS=()
+has_target pgcordon-policies && has_target pgcordon && RATIOS+=("pgcordon-policies/pgcordon")
+has_target pgcordon-policies && has_target pgbouncer && RATIOS+=("pgcordon-policies/pgbouncer")
+has_target pgcordon && has_target pgbouncer && RATIOS+=("pgcordon/pgbouncer")
+has_target pgcordon && has_target direct && RATIOS+=("pgcordon/direct")
+has_target pgcordon-policies && has_target direct && RATIOS+=("pgcordon-policies/direct")
+ACCEPT_FAIL=0
+if (( ${#RATIOS[@]} )); then
+  echo
+  echo "=== ratios: ratio of the medians, and the same ratio within each round ==="
+  printf '%-28s %-9s %8s  %-8s %s\n' ratio mode medians target "per round"
+  for rr in "${RATIOS[@]}"; do
+    num=${rr%/*} den=${rr#*/}
+    for mode in "${MODE_LIST[@]}"; do
+      v=$(ratio "${MED[$num,$mode]}" "${MED[$den,$mode]}")
+      goal="" verdict=""
+      if [[ $num == pgcordon-policies && ( $den == pgcordon || $den == pgbouncer ) ]]; then
+        goal=">=0.95"
+        if [[ $v == - ]] || awk -v x="$v" 'BEGIN {exit !(x < 0.95)}'; then verdict=" BELOW"; ACCEPT_FAIL=1; fi
+      fi
+      per=""
+      for ((r = 1; r <= ROUNDS; r++)); do
+        per+=" $(ratio "$(round_tps "$num" "$mode" "$r")" "$(round_tps "$den" "$mode" "$r")")"
+      done
+      printf '%-28s %-9s %8s  %-8s%s%s\n' "$rr" "$mode" "$v" "${goal:--}" "$per" "$verdict"
+    done
+  done
+  if has_target pgcordon-policies && { has_target pgcordon || has_target pgbouncer; }; then
+    if (( ACCEPT_FAIL )); then
+      echo "# acceptance (pgcordon-policies >= 0.95x pgcordon and >= 0.95x pgbouncer, simple and prepared): NOT MET in this run"
+    else
+      echo "# acceptance (pgcordon-policies >= 0.95x pgcordon and >= 0.95x pgbouncer, simple and prepared): met in this run"
+    fi
+    echo "# policy instance: ${RULES:-?} rules active (see '# policy:' lines above)"
+  fi
+fi
+
+# ---------------------------------------------------------------- inspection cost
+if (( INSPECT_COST )) && has_target pgcordon-policies; then
+  echo
+  echo "=== policy inspection cost per statement (bench/inspect_cost.c, same policy as pgcordon-policies) ==="
+  log "load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
+  rc=0
+  run_child env PGCORDON_BENCH_DB_PASSWORD="$PG_PASSWORD" "$INSPECT_BIN" --ms "$INSPECT_MS" \
+    "$TMP/pgcordon-policies.yaml" bench bench >"$TMP/inspect_cost.out" 2>&1 || rc=$?
+  if (( rc != 0 )); then
+    cat "$TMP/inspect_cost.out"
+    echo "inspect_cost FAILED (exit $rc)"
+    FAILED_RUNS=$((FAILED_RUNS + 1))
+  else
+    sed -n '/^per-statement/,$p' "$TMP/inspect_cost.out" | grep -v '^SUMMARY'
+    summary=$(sed -n 's/^SUMMARY //p' "$TMP/inspect_cost.out")
+    declare -A ic=()
+    for pair in $summary; do ic[${pair%%=*}]=${pair#*=}; done
+    for mode in "${MODE_LIST[@]}"; do
+      tps=${MED[pgcordon-policies,$mode]:-}
+      case $mode in simple) us=${ic[simple_folded_hit_us]:-}; what="folded hit per Query";;
+                    *) us=${ic[prepared_bind_us]:-}; what="memoized decision per Bind";;
+      esac
+      [[ -n $tps && -n $us ]] || continue
+      awk -v us="$us" -v tps="$tps" -v m="$mode" -v w="$what" 'BEGIN {
+        printf "# %s: %.3f us (%s) x %.0f tps = %.2f ms CPU per second (%.2f%% of one core)\n",
+               m, us, w, tps, us * tps / 1000, us * tps / 10000 }'
+    done
+    unset ic
+  fi
+fi
 
 # ---------------------------------------------------------------- idle-connection memory
 if (( IDLE_CONNS > 0 )); then
   echo
   echo "=== gateway memory: $IDLE_CONNS idle authenticated connections (VmRSS of the gateway process tree) ==="
-  printf '%-10s %14s %14s %12s %12s %6s %8s %15s %14s\n' gateway rss_before_kib rss_after_kib delta_kib kib_per_conn \
+  printf '%-18s %14s %14s %12s %12s %6s %8s %15s %14s\n' gateway rss_before_kib rss_after_kib delta_kib kib_per_conn \
     procs open_s upstream_added upstream_left
-  for t in pgcordon pgbouncer; do
+  for t in pgcordon pgcordon-policies pgbouncer; do
     has_target "$t" || continue
-    pid=$CORDON_PID; [[ $t == pgbouncer ]] && pid=$BOUNCER_PID
+    pid=$(target_pid "$t")
     rc=0
     run_child env PGHOST=127.0.0.1 PGPORT="$(target_port "$t")" PGUSER=bench PGDATABASE=bench \
       BENCH_ADMIN_DSN="host=$TMP port=$PG_PORT user=postgres dbname=postgres" \
@@ -383,13 +603,13 @@ if (( IDLE_CONNS > 0 )); then
       >"$TMP/idle-$t.out" 2>"$TMP/idle-$t.err" || rc=$?
     line=$(cat "$TMP/idle-$t.out")
     if (( rc != 0 )); then
-      printf '%-10s FAILED: %s\n' "$t" "$(tail -n 3 "$TMP/idle-$t.err" | tr '\n' ' ')"
+      printf '%-18s FAILED: %s\n' "$t" "$(tail -n 3 "$TMP/idle-$t.err" | tr '\n' ' ')"
       FAILED_RUNS=$((FAILED_RUNS + 1))
       continue
     fi
     declare -A kv=()
     for pair in $line; do kv[${pair%%=*}]=${pair#*=}; done
-    printf '%-10s %14s %14s %12s %12s %6s %8s %15s %14s\n' "$t" "${kv[rss_before_kib]}" "${kv[rss_after_kib]}" \
+    printf '%-18s %14s %14s %12s %12s %6s %8s %15s %14s\n' "$t" "${kv[rss_before_kib]}" "${kv[rss_after_kib]}" \
       "${kv[delta_kib]}" "${kv[kib_per_conn]}" "${kv[procs]}" "${kv[open_seconds]}" "${kv[upstream_backends_added]}" \
       "${kv[upstream_left_after_close]}"
     unset kv
