@@ -351,19 +351,21 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 		if (wants_whole(s, type)) {
 			if (avail - fwd < total)
 				break; /* wait for the whole message */
-			const uint8_t *body = copy_out(s, in, fwd + 5, len - 4);
+			/* Everything before it goes upstream first: a poison must not overtake it. */
+			if (fwd) {
+				evbuffer_remove_buffer(in, s->server.out, fwd);
+				avail -= fwd;
+				fwd = 0;
+			}
+			const uint8_t *body = copy_out(s, in, 5, len - 4);
 			if (s->policy_generation != config_live_generation())
 				refresh_policy(s);
 			Action a = inspect_client_message(s, type, body, len - 4);
 			if (a == ACT_CLOSED)
 				return 0;
 			if (a == ACT_REPLACED) {
-				/* Everything before goes first; the refused message itself is dropped. */
-				if (fwd)
-					evbuffer_remove_buffer(in, s->server.out, fwd);
-				evbuffer_drain(in, total);
-				avail -= fwd + total;
-				fwd = 0;
+				evbuffer_drain(in, total); /* the refused message itself is dropped */
+				avail -= total;
 				continue;
 			}
 			Expectation *e;
@@ -569,7 +571,8 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 		pipeline_on_backend(&s->pipeline, type, (char)first);
 		return OUT_DROP;
 	}
-	if (type == 'D' && f && f->max_rows > 0 && (f->kind == EXP_QUERY || f->kind == EXP_EXECUTE)) {
+	/* Rows leave as DataRow, or as CopyData in COPY ... TO STDOUT: both count. */
+	if ((type == 'D' || type == 'd') && f && f->max_rows > 0 && (f->kind == EXP_QUERY || f->kind == EXP_EXECUTE)) {
 		if (++s->rows > f->max_rows) {
 			cut_off(s, f, extra, offset);
 			return OUT_DROP;
