@@ -883,6 +883,27 @@ def test_max_rows_psycopg(pgw):
         assert c.execute("SELECT %s::int * 2", (21,)).fetchone() == (42,)
 
 
+def test_max_rows_copy_to_stdout(pgw):
+    """COPY ... TO STDOUT sends rows as CopyData: they count against max_rows too."""
+    with connect(pgw, "capped") as c:
+        with c.cursor() as cur:
+            out = []
+            with cur.copy(f"COPY (SELECT g FROM generate_series(1, {MAX_ROWS}) g) TO STDOUT") as cp:
+                for row in cp.rows():
+                    out.append(row)
+            assert len(out) == MAX_ROWS
+        got = 0
+        with pytest.raises(psycopg.Error) as ei:
+            with c.cursor() as cur:
+                with cur.copy("COPY (SELECT g FROM generate_series(1, 1000) g) TO STDOUT") as cp:
+                    for _ in cp.rows():
+                        got += 1
+        assert ei.value.sqlstate == "42501", ei.value
+        assert "exceeds max_rows" in str(ei.value)
+        assert got <= MAX_ROWS
+        assert c.execute("SELECT 7").fetchone() == (7,)
+
+
 def test_max_rows_next_statement_not_cancelled(pgw):
     """After a cut-off, a slower next statement must not be hit by the gateway's cancel."""
     with connect(pgw, "capped") as c:
