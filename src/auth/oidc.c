@@ -166,8 +166,13 @@ static bool due(const Issuer *is, uint64_t now)
 {
 	if (!is->configured)
 		return false;
+	if (is->last_attempt_ms == 0)
+		return true;
+	/* Never more often than min_refresh, whatever asks: failures must not become a flood. */
+	if (now - is->last_attempt_ms < (uint64_t)is->min_refresh_s * 1000)
+		return false;
 	if (!is->keys || is->wanted)
-		return now - is->last_attempt_ms >= (uint64_t)is->min_refresh_s * 1000 || is->last_attempt_ms == 0;
+		return true;
 	return now - is->last_success_ms >= (uint64_t)is->refresh_s * 1000;
 }
 

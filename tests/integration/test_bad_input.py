@@ -769,6 +769,7 @@ def test_sighup_removes_database_and_user(gateway_factory):
     del cfg["databases"]["app_md5"]
     del cfg["users"]["bob"]
     g.reload(cfg)
+    assert g.wait_log("event=config_reloaded")  # SIGHUP is asynchronous
     deadline = time.monotonic() + 10
     while True:
         fields = startup_error(g, "alice", "app_md5", ALICE)
