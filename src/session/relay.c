@@ -197,9 +197,7 @@ static void send_poison(Session *s, char type)
 		msgb_str(&b, POISON_SQL);
 		msgb_end(&b);
 	}
-	if (!b.failed)
-		evbuffer_add(s->server.out, b.data, b.len);
-	msgb_free(&b);
+	session__queue(s->server.out, &b);
 }
 
 /* ---- client → server ---- */
@@ -486,9 +484,7 @@ static void send_internal(Session *s, const char *sql, char release_ready)
 	msgb_begin(&b, 'Q');
 	msgb_str(&b, sql);
 	msgb_end(&b);
-	if (!b.failed)
-		evbuffer_add(s->server.out, b.data, b.len);
-	msgb_free(&b);
+	session__queue(s->server.out, &b);
 }
 
 /*
@@ -632,10 +628,8 @@ void session__relay_from_server(Session *s)
 				evbuffer_remove_buffer(in, s->client.out, fwd);
 			avail -= fwd;
 			fwd = 0;
-			if (extra.len && !extra.failed)
-				evbuffer_add(s->client.out, extra.data, extra.len);
 		}
-		msgb_free(&extra);
+		session__queue(s->client.out, &extra); /* empty unless the message was replaced */
 	}
 	if (fwd)
 		evbuffer_remove_buffer(in, s->client.out, fwd);

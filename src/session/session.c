@@ -52,12 +52,14 @@ void session__send_client(Session *s, const uint8_t *data, size_t len)
 	evbuffer_add(s->client.out, data, len);
 }
 
-static void send_built(Session *s, MsgBuilder *b)
+void session__queue(struct evbuffer *out, MsgBuilder *b)
 {
-	if (!b->failed)
-		session__send_client(s, b->data, b->len);
+	if (!b->failed && b->len)
+		evbuffer_add(out, b->data, b->len);
 	msgb_free(b);
 }
+
+static void send_built(Session *s, MsgBuilder *b) { session__queue(s->client.out, b); }
 
 static void flush_client(Session *s)
 {

@@ -118,6 +118,8 @@ void session__maybe_close_for_shutdown(Session *s);
 
 /* Ends a session once: logs with its identity, optionally sends FATAL first. */
 void session_close(Session *s, const char *reason, const char *sqlstate, const char *message);
+/* Appends what b holds (unless building failed: never half a message) and frees b. */
+void session__queue(struct evbuffer *out, MsgBuilder *b);
 /* Queues a whole built message for the client. */
 void session__send_client(Session *s, const uint8_t *data, size_t len);
 

@@ -37,9 +37,7 @@ static void connect_failed(Session *s, const char *detail)
 
 static void send_server(Session *s, MsgBuilder *b)
 {
-	if (!b->failed)
-		evbuffer_add(s->server.out, b->data, b->len);
-	msgb_free(b);
+	session__queue(s->server.out, b);
 	if (sock_flush(&s->server) == IO_ERROR)
 		connect_failed(s, s->server.err);
 }
@@ -287,9 +285,7 @@ static void upstream_ready(Session *s, char status)
 	msgb_init(&b);
 	proto_build_backend_key(&b, s->pid, s->key);
 	proto_build_ready(&b, status);
-	if (!b.failed)
-		session__send_client(s, b.data, b.len);
-	msgb_free(&b);
+	session__queue(s->client.out, &b);
 	s->pipeline.txn_status = status;
 	s->up_state = UP_READY;
 	char qu[80], qd[80];
