@@ -206,22 +206,30 @@ bool jwks_has_kid(const JwtKeySet *ks, const char *kid)
 
 bool jwt_looks_like(const char *token)
 {
+	/* Shape only (a JSON header always encodes to "ey...", and three dot-separated parts):
+	 * anything token-shaped goes to verification and gets a precise refusal. */
 	int dots = 0;
-	size_t n = 0;
-	for (const char *p = token; *p; p++, n++) {
-		if (*p == '.')
-			dots++;
-		else if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-			   *p == '-' || *p == '_' || *p == '='))
-			return false;
+	for (const char *p = token; *p; p++) {
+		if (*p <= ' ' || *p > '~')
+			return false; /* spaces, controls, non-ASCII: a password, not a token */
+		dots += *p == '.';
 	}
-	return dots == 2 && n > 10 && token[0] == 'e'; /* a JSON header always starts "ey" */
+	return dots == 2 && token[0] == 'e' && token[1] == 'y';
 }
 
 typedef struct {
 	const char *parts[3];
 	size_t lens[3];
 } Split;
+
+static bool b64url_chars(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!((p[i] >= 'A' && p[i] <= 'Z') || (p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9') ||
+		      p[i] == '-' || p[i] == '_'))
+			return false;
+	return true;
+}
 
 static bool split_token(const char *token, Split *s)
 {
@@ -234,7 +242,12 @@ static bool split_token(const char *token, Split *s)
 		s->lens[i] = (size_t)(dot - p);
 		p = dot + 1;
 	}
-	return s->lens[0] && s->lens[1] && !strchr(s->parts[2], '.');
+	if (!s->lens[0] || !s->lens[1] || strchr(s->parts[2], '.'))
+		return false;
+	for (int i = 0; i < 3; i++)
+		if (!b64url_chars(s->parts[i], s->lens[i]))
+			return false; /* standard base64 (+ /), padding, spaces: not a compact JWS */
+	return true;
 }
 
 static json_t *decode_json_part(const char *part, size_t len)
@@ -358,13 +371,21 @@ static bool audience_ok(json_t *aud, const char *want)
 	return false;
 }
 
+/* A NumericDate claim, clamped to ±2^62 so arithmetic with leeways and clocks cannot overflow. */
 static bool numeric_claim(json_t *claims, const char *name, int64_t *out)
 {
+	const int64_t limit = (int64_t)1 << 62;
 	json_t *v = json_object_get(claims, name);
-	if (!v)
+	if (!json_is_number(v))
 		return false;
-	*out = json_is_integer(v) ? (int64_t)json_integer_value(v) : (int64_t)json_number_value(v);
-	return json_is_number(v);
+	if (json_is_integer(v)) {
+		json_int_t i = json_integer_value(v);
+		*out = i > limit ? limit : i < -limit ? -limit : (int64_t)i;
+	} else {
+		double d = json_real_value(v);
+		*out = !(d == d) ? -limit : d > (double)limit ? limit : d < (double)-limit ? -limit : (int64_t)d;
+	}
+	return true;
 }
 
 JwtResult jwt_verify(const char *token, const JwtKeySet *keys, const JwtRules *rules, int64_t now,
@@ -376,6 +397,7 @@ JwtResult jwt_verify(const char *token, const JwtKeySet *keys, const JwtRules *r
 	Split sp;
 	if (!split_token(token, &sp))
 		return fail(JWT_MALFORMED, err, errlen, "malformed token: not three base64url parts");
+	/* (checked before anything is decoded: no parser sees a part that is not base64url) */
 	json_t *header = decode_json_part(sp.parts[0], sp.lens[0]);
 	json_t *claims = decode_json_part(sp.parts[1], sp.lens[1]);
 	JwtResult r = JWT_OK;
@@ -430,15 +452,15 @@ JwtResult jwt_verify(const char *token, const JwtKeySet *keys, const JwtRules *r
 		goto out;
 	}
 	if (now > exp + rules->leeway_s) {
-		r = fail(JWT_EXPIRED, err, errlen, "token expired %lld s ago", (long long)(now - exp));
+		r = fail(JWT_EXPIRED, err, errlen, "token expired %.0f s ago", (double)now - (double)exp);
 		goto out;
 	}
 	if (numeric_claim(claims, "nbf", &nbf) && nbf > now + rules->leeway_s) {
-		r = fail(JWT_NOT_YET_VALID, err, errlen, "token not valid for another %lld s", (long long)(nbf - now));
+		r = fail(JWT_NOT_YET_VALID, err, errlen, "token not valid for another %.0f s", (double)nbf - (double)now);
 		goto out;
 	}
 	if (numeric_claim(claims, "iat", &iat) && iat > now + rules->leeway_s) {
-		r = fail(JWT_NOT_YET_VALID, err, errlen, "token issued %lld s in the future", (long long)(iat - now));
+		r = fail(JWT_NOT_YET_VALID, err, errlen, "token issued %.0f s in the future", (double)iat - (double)now);
 		goto out;
 	}
 	out->exp = exp;

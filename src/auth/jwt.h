@@ -76,7 +76,8 @@ typedef enum {
 	JWT_MISSING_CLAIM,
 } JwtResult;
 
-/* Does the text look like a compact JWS (three base64url parts)? Cheap; verifies nothing. */
+/* Is the text shaped like a compact JWS ("ey...", three dot-separated parts, printable
+ * ASCII)? Cheap; verifies nothing: a token-shaped password is verified and refused precisely. */
 bool jwt_looks_like(const char *token);
 
 /* Reads the unverified issuer and kid, to choose the issuer whose keys verify the token. */

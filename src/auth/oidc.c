@@ -29,7 +29,9 @@ typedef struct {
 	KeySnapshot *keys;   /* NULL until the first successful fetch */
 	uint64_t last_attempt_ms;
 	uint64_t last_success_ms;
-	bool wanted;         /* an unknown kid asked for a fetch */
+	bool wanted;         /* an unknown kid asked for a fetch; cleared when one answering it is done */
+	bool in_flight;      /* the fetch thread is fetching it now */
+	unsigned want_seq;   /* counts requests, to tell one that came during a fetch */
 	bool configured;     /* still in the live config */
 } Issuer;
 
@@ -184,7 +186,7 @@ static void *fetch_thread(void *arg)
 		uint64_t now = util_now_ms();
 		int pick = -1;
 		for (int i = 0; i < nissuers && pick < 0; i++)
-			if (due(&issuers[i], now))
+			if (!issuers[i].in_flight && due(&issuers[i], now))
 				pick = i;
 		if (pick < 0) {
 			/* Sleep until asked, or one second to re-check schedules. */
@@ -196,7 +198,8 @@ static void *fetch_thread(void *arg)
 		}
 		Issuer *is = &issuers[pick];
 		is->last_attempt_ms = now;
-		is->wanted = false;
+		is->in_flight = true;
+		unsigned seq = is->want_seq;
 		char *issuer = xstrdup(is->issuer);
 		char *uri = is->jwks_uri ? xstrdup(is->jwks_uri) : NULL;
 		pthread_mutex_unlock(&lock);
@@ -215,6 +218,9 @@ static void *fetch_thread(void *arg)
 		for (int i = 0; i < nissuers; i++) {
 			if (strcmp(issuers[i].issuer, issuer) != 0)
 				continue;
+			issuers[i].in_flight = false;
+			if (issuers[i].want_seq == seq)
+				issuers[i].wanted = false; /* nobody asked again while we fetched */
 			if (k) {
 				snapshot_release(issuers[i].keys);
 				issuers[i].keys = k;
@@ -346,9 +352,13 @@ OidcOutcome oidc_verify(const Config *c, const char *token, const char *user, bo
 	/* Rate limit: a token with a made-up kid must not make us hammer the issuer. */
 	bool fetch_possible = is && (is->last_attempt_ms == 0 ||
 				     util_now_ms() - is->last_attempt_ms >= (uint64_t)is->min_refresh_s * 1000);
-	if (!have_kid && !retry && fetch_possible) {
+	/* A retry woken by another issuer's fetch, or before ours finished, keeps waiting. */
+	if (!have_kid && ((!retry && fetch_possible) || (retry && is && (is->wanted || is->in_flight)))) {
 		/* Unknown kid or no keys yet: ask for a fetch and let the caller wait for it. */
-		is->wanted = true;
+		if (!retry) {
+			is->wanted = true;
+			is->want_seq++;
+		}
 		pthread_cond_signal(&wake);
 		pthread_mutex_unlock(&lock);
 		snapshot_release(keys);
@@ -377,7 +387,7 @@ OidcOutcome oidc_verify(const Config *c, const char *token, const char *user, bo
 	for (int i = 0; i < id.ngroups; i++)
 		out->groups[out->ngroups++] = id.groups[i]; /* ownership moves */
 	id.ngroups = 0;
-	out->expires = id.exp;
+	out->expires = id.exp + o->leeway_s; /* accepted within the leeway: usable within it too */
 	out->issuer = o;
 	return OIDC_OK;
 }

@@ -660,8 +660,10 @@ static bool on_oidc(Loader *ld, Config *c, void *obj, const char *key, yaml_node
 		if (get_duration(ld, v, key, &ms)) {
 			if (key[0] == 'l')
 				o->leeway_s = ms / 1000;
+			else if (ms < 1000)
+				fail_at(ld, v, "%s must be at least 1s (it rate-limits requests to the issuer)", key);
 			else if (key[0] == 'r')
-				o->refresh_s = ms / 1000 > 0 ? ms / 1000 : 1;
+				o->refresh_s = ms / 1000;
 			else
 				o->min_refresh_s = ms / 1000;
 		}

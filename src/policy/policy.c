@@ -272,7 +272,17 @@ static void decide_statement(const EffectivePolicy *ep, const StatementFacts *f,
 {
 	char words[96];
 	if (ep->role) {
-		static const char *const escapes[] = {"reset_role", "set_role", "set_session_authorization", NULL};
+		/*
+		 * The upstream session_user is the gateway's login role, and PostgreSQL lets a
+		 * session SET ROLE to any role its session_user belongs to. So everything that can
+		 * run SQL the inspector cannot see (DO, new functions and their SET clauses,
+		 * triggers, rules) is refused too, not only SET ROLE itself.
+		 */
+		static const char *const escapes[] = {
+			"reset_role", "set_role", "set_session_authorization", "do_block", "create_function",
+			"create_procedure", "alter_function", "alter_role", "alter_role_set", "alter_database_set",
+			"create_trig", "rule", "create_event_trig", "create_p_lang", "load", NULL,
+		};
 		for (const char *const *k = escapes; *k; k++) {
 			if (strset_has(&f->kinds, *k)) {
 				upper_words(*k, words, sizeof words);

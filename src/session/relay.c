@@ -121,6 +121,18 @@ static void refresh_policy(Session *s)
 	Config *c = config_current();
 	if (!c)
 		return;
+	if (s->apikey_hash) {
+		/* A key removed or replaced in the config is revoked for open sessions too. */
+		const ApiKeyConfig *k = config_find_api_key(c, s->user_name);
+		if (!k || strcmp(k->hash, s->apikey_hash) != 0) {
+			config_release(c);
+			char qu[80];
+			log_event(LOG_INFO, "credential_revoked", "session=%llu user=%s method=apikey",
+				  (unsigned long long)s->id, log_quote(qu, sizeof qu, s->user_name));
+			session_close(s, "API key revoked", "28000", "pgcordon: the API key of this session was revoked");
+			return;
+		}
+	}
 	/* A local user's groups come from the new config; one removed from it keeps the groups it
 	 * logged in with (removing a user stops new logins; policies decide what open sessions
 	 * may do). Token and API key identities keep the groups they proved. */
@@ -356,8 +368,11 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				fwd = 0;
 			}
 			const uint8_t *body = copy_out(s, in, 5, len - 4);
-			if (s->policy_generation != config_live_generation())
+			if (s->policy_generation != config_live_generation()) {
 				refresh_policy(s);
+				if (s->state != SESS_READY)
+					return 0;
+			}
 			Action a = inspect_client_message(s, type, body, len - 4);
 			if (a == ACT_CLOSED)
 				return 0;
@@ -409,8 +424,11 @@ void session__relay_from_client(Session *s)
 			      "pgcordon: the credential of this session has expired; reconnect with a new one");
 		return;
 	}
-	if (s->policy_generation != config_live_generation())
+	if (s->policy_generation != config_live_generation()) {
 		refresh_policy(s);
+		if (s->state != SESS_READY)
+			return;
+	}
 	size_t n = relay_client_messages(s, &terminate);
 	if (s->state == SESS_CLOSED)
 		return;

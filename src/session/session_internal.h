@@ -64,6 +64,7 @@ struct Session {
 	const char *auth_method; /* "scram", "oidc", "apikey" */
 	int64_t expires_at;     /* unix seconds the credential stops being valid, 0: never */
 	const char *role;       /* mapped database role (points into config), NULL: none */
+	char *apikey_hash;      /* the API key this session proved: a reload that drops it ends the session */
 	SessState state;
 	UpState up_state;
 	Sock client;
