@@ -927,6 +927,36 @@ def test_apikey_removed_by_reload(gateway_factory):
     gw.assert_serves()
 
 
+def test_apikey_removed_by_reload_ends_open_sessions(gateway_factory):
+    """Revoking a key (removing it from the config) also ends the sessions it opened, at
+    their next statement; sessions of other keys go on."""
+    k1, e1 = apikey_create("stay-bot", ["agents"])
+    k2, e2 = apikey_create("revoked-bot", ["agents"])
+    gw = start_gateway(gateway_factory,
+                       lambda cfg: cfg.update(api_keys={"stay-bot": e1, "revoked-bot": e2}))
+    remember(k1)
+    remember(k2)
+    stay = pgwire.RawConn(gw.host, gw.port, timeout=20)
+    gone = pgwire.RawConn(gw.host, gw.port, timeout=20)
+    try:
+        stay.startup("stay-bot", "app", k1)
+        gone.startup("revoked-bot", "app", k2)
+        assert gone.query("SELECT 1")[0] == [["1"]]
+        cfg = dict(gw.config)
+        cfg["api_keys"] = {"stay-bot": e1}
+        gw.reload_and_wait(cfg)
+        gone.send(pgwire.msg(b"Q", pgwire.cstr("SELECT 2")))
+        err = gone.read_error()
+        assert (err.get("S"), err.get("C")) == ("FATAL", "28000"), err
+        assert "API key of this session was revoked" in err.get("M", ""), err
+        assert gone.expect_closed(10)
+        assert stay.query("SELECT 3")[0] == [["3"]]
+    finally:
+        stay.close()
+        gone.close()
+    gw.assert_serves()
+
+
 def test_apikey_cli_rejects_bad_names():
     for bad in ("has space", "semi;colon", "x" * 64, ""):
         r = subprocess.run([str(BIN), "apikey", "create", bad], capture_output=True, text=True,
