@@ -235,17 +235,29 @@ log "temp dir: $TMP; ports: postgres=$PG_PORT pgbouncer=$BOUNCER_PORT pgcordon=$
     "pgcordon-policies=$POLICY_PORT"
 
 # ---------------------------------------------------------------- inspect_cost
-# Built from the same sources as the gateway's policy layer (the Makefile's
-# LIB_OBJS subset it needs), with the Makefile's default optimisation.
+# Linked against the gateway's own library code: the Makefile's LIB_SRCS (everything
+# but src/cli), compiled here with the Makefile's CFLAGS into an archive, so only what
+# the policy layer needs is linked, and with the Makefile's LDLIBS. The variables are
+# read from the Makefile, so new sources or libraries there are picked up.
 INSPECT_BIN=$TMP/inspect_cost
 if (( INSPECT_COST )) && has_target pgcordon-policies; then
-  log "building bench/inspect_cost.c against src/policy, src/config, src/core ($CC -O2) ..."
-  # shellcheck disable=SC2046
-  "$CC" -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Wno-unused-parameter -I"$REPO/src" \
-    $(pkg-config --cflags openssl yaml-0.1 jansson 2>/dev/null) -pthread -o "$INSPECT_BIN" \
-    "$BENCH_DIR/inspect_cost.c" "$REPO"/src/policy/*.c "$REPO/src/config/config.c" "$REPO"/src/core/*.c \
-    -lpg_query $(pkg-config --libs openssl yaml-0.1 jansson 2>/dev/null || echo -lssl -lcrypto -lyaml -ljansson) \
-    -pthread >"$TMP/inspect_cost.build.log" 2>&1 \
+  mkvar() { make --no-print-directory -s -C "$REPO" --eval='bench-print-%: ; @echo $($*)' "bench-print-$1"; }
+  read -r -a lib_srcs <<<"$(mkvar LIB_SRCS)"
+  read -r -a mk_cflags <<<"$(mkvar CFLAGS)"
+  read -r -a mk_ldlibs <<<"$(mkvar LDLIBS)"
+  (( ${#lib_srcs[@]} )) || die "could not read LIB_SRCS from $REPO/Makefile"
+  log "building bench/inspect_cost.c against the Makefile's LIB_SRCS (${#lib_srcs[@]} files) with its CFLAGS ..."
+  mkdir -p "$TMP/obj"
+  (
+    cd "$REPO"
+    printf '%s\n' "${lib_srcs[@]}" | xargs -P "$(nproc)" -I{} sh -c \
+      'tmp=$1 src=$2 cc=$3; shift 4; exec "$cc" "$@" -c -o "$tmp/obj/$(echo "$src" | tr / _).o" "$src"' \
+      _ "$TMP" {} "$CC" -- "${mk_cflags[@]}"
+  ) >"$TMP/inspect_cost.build.log" 2>&1 \
+    || { cat "$TMP/inspect_cost.build.log" >&2; die "compiling the gateway sources for inspect_cost failed"; }
+  ar rcs "$TMP/libpgcordon.a" "$TMP"/obj/*.o
+  (cd "$REPO" && "$CC" "${mk_cflags[@]}" -o "$INSPECT_BIN" "$BENCH_DIR/inspect_cost.c" "$TMP/libpgcordon.a" \
+      "${mk_ldlibs[@]}") >>"$TMP/inspect_cost.build.log" 2>&1 \
     || { cat "$TMP/inspect_cost.build.log" >&2; die "building bench/inspect_cost.c failed"; }
 fi
 log "starting PostgreSQL (max_connections=$PG_MAX_CONNECTIONS, fsync=off) ..."
@@ -449,8 +461,16 @@ target_pid() {
 CLK_TCK=$(getconf CLK_TCK)
 NCPU=$(nproc)
 PM_PID=$(head -n1 "$TMP/data/postmaster.pid")
-# "TOTAL OURS" CPU ticks; other_cpu = CPU used by anything but this benchmark during a run
+# "TOTAL OURS PG" CPU ticks; other_cpu = CPU used by anything but this benchmark during a run
 cpu_ticks() { "$PY" "$BENCH_DIR/cpu_ticks.py" "$PM_PID" "$$" "$CORDON_PID" "$POLICY_PID" "$BOUNCER_PID"; }
+proc_ns() {  # proc_ns PID : CPU time of all threads of PID in ns (scheduler run time, not tick samples)
+  [[ -n $1 && -d /proc/$1/task ]] || return 0
+  cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'
+}
+other_cpu() {  # other_cpu TOTAL0 OURS0 WALL0 TOTAL1 OURS1 WALL1 : % of all CPUs used by others in between
+  awk -v a="$1" -v c="$2" -v w0="$3" -v b="$4" -v d="$5" -v w1="$6" -v hz="$CLK_TCK" -v n="$NCPU" \
+    'BEGIN {o = ((b - a) - (d - c)) / hz / ((w1 - w0) * n) * 100; if (o < 0) o = 0; printf "%.1f%%", o}'
+}
 read -r -a TARGET_LIST <<<"$TARGETS"
 read -r -a MODE_LIST <<<"$MODES"
 NT=${#TARGET_LIST[@]}
@@ -460,7 +480,8 @@ FAILED_RUNS=0
 
 echo
 echo "=== throughput: pgbench -S, $CLIENTS clients, $THREADS threads, ${DURATION}s per run, $ROUNDS rounds (round-robin) ==="
-printf '%-5s %-9s %-18s %12s %12s %10s\n' round mode target tps "lat_avg_ms" "other_cpu"
+printf '%-5s %-9s %-18s %12s %12s %10s %14s %14s\n' round mode target tps "lat_avg_ms" "other_cpu" "gw_cpu_us/tx" \
+  "pg_cpu_us/tx"
 for ((r = 1; r <= ROUNDS; r++)); do
   for mode in "${MODE_LIST[@]}"; do
     # rotate the target order every round so no target always runs first
@@ -468,14 +489,23 @@ for ((r = 1; r <= ROUNDS; r++)); do
       t=${TARGET_LIST[$(( (k + r - 1) % NT ))]}
       out=$TMP/run-$r-$mode-$t.log
       rc=0
-      read -r c0_total c0_ours < <(cpu_ticks)
+      gpid=$(target_pid "$t")
+      g0=$(proc_ns "$gpid")
+      read -r c0_total c0_ours c0_pg < <(cpu_ticks)
       w0=$(date +%s.%N)
       run_child env PGPASSWORD="$(target_password "$t")" pgbench -S -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" \
         -M "$mode" -h 127.0.0.1 -p "$(target_port "$t")" -U bench bench >"$out" 2>&1 || rc=$?
-      read -r c1_total c1_ours < <(cpu_ticks)
-      other=$(awk -v a="$c0_total" -v b="$c1_total" -v c="$c0_ours" -v d="$c1_ours" -v w0="$w0" \
-        -v w1="$(date +%s.%N)" -v hz="$CLK_TCK" -v n="$NCPU" \
-        'BEGIN {o = ((b - a) - (d - c)) / hz / ((w1 - w0) * n) * 100; if (o < 0) o = 0; printf "%.1f%%", o}')
+      read -r c1_total c1_ours c1_pg < <(cpu_ticks)
+      other=$(other_cpu "$c0_total" "$c0_ours" "$w0" "$c1_total" "$c1_ours" "$(date +%s.%N)")
+      g1=$(proc_ns "$gpid")
+      ntx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")
+      gwus=- pgus=-
+      if [[ -n $gpid && -n $ntx && $ntx -gt 0 ]]; then
+        gwus=$(awk -v a="$g0" -v b="$g1" -v n="$ntx" 'BEGIN {printf "%.2f", (b - a) / 1000 / n}')
+      fi
+      if [[ -n $ntx && $ntx -gt 0 ]]; then
+        pgus=$(awk -v a="$c0_pg" -v b="$c1_pg" -v hz="$CLK_TCK" -v n="$ntx" 'BEGIN {printf "%.2f", (b - a) / hz * 1e6 / n}')
+      fi
       tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$out")
       lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$out")
       failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out")
@@ -488,17 +518,17 @@ for ((r = 1; r <= ROUNDS; r++)); do
         fi
         continue
       fi
-      printf '%-5s %-9s %-18s %12.1f %12s %10s\n' "$r" "$mode" "$t" "$tps" "${lat:--}" "$other"
-      printf '%s\t%s\t%s\t%s\n' "$t" "$mode" "$r" "$tps" >>"$RESULTS"
+      printf '%-5s %-9s %-18s %12.1f %12s %10s %14s %14s\n' "$r" "$mode" "$t" "$tps" "${lat:--}" "$other" "$gwus" "$pgus"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$mode" "$r" "$tps" "$gwus" "$pgus" >>"$RESULTS"
       sleep 1
     done
   done
 done
 
-median() {  # median of the tps values for target $1 mode $2
-  awk -F'\t' -v t="$1" -v m="$2" '$1 == t && $2 == m {print $4}' "$RESULTS" | sort -g |
-    awk '{v[NR] = $1} END {if (NR == 0) print ""; else if (NR % 2) printf "%.1f\n", v[(NR+1)/2];
-         else printf "%.1f\n", (v[NR/2] + v[NR/2+1]) / 2}'
+median() {  # median of column ${3:-4} (4 = tps, 5 = gateway CPU us/tx, 6 = postgres CPU us/tx) for target $1 mode $2
+  awk -F'\t' -v t="$1" -v m="$2" -v c="${3:-4}" '$1 == t && $2 == m && $c != "-" {print $c}' "$RESULTS" | sort -g |
+    awk -v f="${4:-%.1f}" '{v[NR] = $1} END {if (NR == 0) print ""; else if (NR % 2) printf f "\n", v[(NR+1)/2];
+         else printf f "\n", (v[NR/2] + v[NR/2+1]) / 2}'
 }
 ratio() { [[ -n "$1" && -n "$2" ]] && awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}' || echo "-"; }
 
@@ -516,6 +546,54 @@ for mode in "${MODE_LIST[@]}"; do
   printf '%-9s' "$mode"
   for t in "${TARGET_LIST[@]}"; do MED[$t,$mode]=$(median "$t" "$mode"); printf ' %18s' "${MED[$t,$mode]:--}"; done
   echo
+done
+
+GW_LIST=()
+for t in "${TARGET_LIST[@]}"; do [[ $t == direct ]] || GW_LIST+=("$t"); done
+if (( ${#GW_LIST[@]} )); then
+  echo
+  echo "=== gateway CPU per transaction, us (median; CPU time of all gateway threads during the run / transactions) ==="
+  printf '%-9s' mode
+  for t in "${GW_LIST[@]}"; do printf ' %18s' "$t"; done
+  has_target pgcordon && has_target pgcordon-policies && printf ' %28s' "pgcordon-policies - pgcordon"
+  echo
+  for mode in "${MODE_LIST[@]}"; do
+    printf '%-9s' "$mode"
+    declare -A gw=()
+    for t in "${GW_LIST[@]}"; do gw[$t]=$(median "$t" "$mode" 5 "%.2f"); printf ' %18s' "${gw[$t]:--}"; done
+    if has_target pgcordon && has_target pgcordon-policies; then
+      if [[ -n ${gw[pgcordon]} && -n ${gw[pgcordon-policies]} ]]; then
+        printf ' %28s' "$(awk -v a="${gw[pgcordon-policies]}" -v b="${gw[pgcordon]}" \
+          'BEGIN {printf "%+.2f (%+.1f%%)", a - b, (a - b) / b * 100}')"
+      else
+        printf ' %28s' -
+      fi
+    fi
+    echo
+    unset gw
+  done
+fi
+
+echo
+echo "=== PostgreSQL CPU per transaction, us (median; postmaster and its backends during the run / transactions) ==="
+printf '%-9s' mode
+for t in "${TARGET_LIST[@]}"; do printf ' %18s' "$t"; done
+has_target pgcordon && has_target pgcordon-policies && printf ' %28s' "pgcordon-policies - pgcordon"
+echo
+for mode in "${MODE_LIST[@]}"; do
+  printf '%-9s' "$mode"
+  declare -A pgc=()
+  for t in "${TARGET_LIST[@]}"; do pgc[$t]=$(median "$t" "$mode" 6 "%.2f"); printf ' %18s' "${pgc[$t]:--}"; done
+  if has_target pgcordon && has_target pgcordon-policies; then
+    if [[ -n ${pgc[pgcordon]} && -n ${pgc[pgcordon-policies]} ]]; then
+      printf ' %28s' "$(awk -v a="${pgc[pgcordon-policies]}" -v b="${pgc[pgcordon]}" \
+        'BEGIN {printf "%+.2f (%+.1f%%)", a - b, (a - b) / b * 100}')"
+    else
+      printf ' %28s' -
+    fi
+  fi
+  echo
+  unset pgc
 done
 
 # ratio rows: NUMERATOR/DENOMINATOR, with the acceptance threshold where the issue sets one
@@ -547,11 +625,11 @@ if (( ${#RATIOS[@]} )); then
     done
   done
   if has_target pgcordon-policies && { has_target pgcordon || has_target pgbouncer; }; then
-    if (( ACCEPT_FAIL )); then
-      echo "# acceptance (pgcordon-policies >= 0.95x pgcordon and >= 0.95x pgbouncer, simple and prepared): NOT MET in this run"
-    else
-      echo "# acceptance (pgcordon-policies >= 0.95x pgcordon and >= 0.95x pgbouncer, simple and prepared): met in this run"
-    fi
+    goal=""
+    has_target pgcordon && goal="0.95x pgcordon"
+    has_target pgbouncer && goal="${goal:+$goal and }0.95x pgbouncer"
+    echo "# acceptance (pgcordon-policies >= $goal, modes: ${MODE_LIST[*]}):" \
+      "$( (( ACCEPT_FAIL )) && echo "NOT MET in this run" || echo "met in this run")"
     echo "# policy instance: ${RULES:-?} rules active (see '# policy:' lines above)"
   fi
 fi
@@ -560,10 +638,17 @@ fi
 if (( INSPECT_COST )) && has_target pgcordon-policies; then
   echo
   echo "=== policy inspection cost per statement (bench/inspect_cost.c, same policy as pgcordon-policies) ==="
-  log "load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
   rc=0
+  read -r c0_total c0_ours _ < <(cpu_ticks)
+  w0=$(date +%s.%N)
+  # sessions per worker during the pgbench runs: they share the worker's cache
+  SESS_PER_WORKER=$(( (CLIENTS + WORKERS - 1) / WORKERS ))
   run_child env PGCORDON_BENCH_DB_PASSWORD="$PG_PASSWORD" "$INSPECT_BIN" --ms "$INSPECT_MS" \
-    "$TMP/pgcordon-policies.yaml" bench bench >"$TMP/inspect_cost.out" 2>&1 || rc=$?
+    --sessions "$SESS_PER_WORKER" "$TMP/pgcordon-policies.yaml" bench bench >"$TMP/inspect_cost.out" 2>&1 || rc=$?
+  read -r c1_total c1_ours _ < <(cpu_ticks)
+  log "other_cpu during inspect_cost: $(other_cpu "$c0_total" "$c0_ours" "$w0" "$c1_total" "$c1_ours" "$(date +%s.%N)")" \
+      "of $NCPU CPUs" \
+      "(CPU used by anything but the benchmark; 0% = quiet)"
   if (( rc != 0 )); then
     cat "$TMP/inspect_cost.out"
     echo "inspect_cost FAILED (exit $rc)"
@@ -575,12 +660,13 @@ if (( INSPECT_COST )) && has_target pgcordon-policies; then
     for pair in $summary; do ic[${pair%%=*}]=${pair#*=}; done
     for mode in "${MODE_LIST[@]}"; do
       tps=${MED[pgcordon-policies,$mode]:-}
-      case $mode in simple) us=${ic[simple_folded_hit_us]:-}; what="folded hit per Query";;
-                    *) us=${ic[prepared_bind_us]:-}; what="memoized decision per Bind";;
+      case $mode in
+        simple) us=${ic[simple_folded_hit_sessions_us]:-}; what="folded@${SESS_PER_WORKER}s per Query";;
+        *) us=${ic[prepared_bind_sessions_us]:-}; what="bind@${SESS_PER_WORKER}s per Bind";;
       esac
       [[ -n $tps && -n $us ]] || continue
       awk -v us="$us" -v tps="$tps" -v m="$mode" -v w="$what" 'BEGIN {
-        printf "# %s: %.3f us (%s) x %.0f tps = %.2f ms CPU per second (%.2f%% of one core)\n",
+        printf "# %s: %.3f us (%s) x %.0f tps = %.2f ms CPU per second (%.2f%% of one core), in a hot loop\n",
                m, us, w, tps, us * tps / 1000, us * tps / 10000 }'
     done
     unset ic

@@ -22,7 +22,7 @@ struct CachedFacts {
 };
 
 typedef struct Entry {
-	char *key; /* first byte: 'E' exact or 'F' folded */
+	char *key; /* first byte: 'E' exact or 'F' folded, then the text */
 	size_t keylen;
 	uint64_t hash;
 	CachedFacts *value;
@@ -246,19 +246,17 @@ static bool foldable(const QueryFacts *q)
 
 CachedFacts *facts_cache_get(FactsCache *c, const char *sql, size_t len)
 {
-	char *exact = NULL;
+	bool cacheable = len <= MAX_CACHED_TEXT;
+	char exact[MAX_CACHED_TEXT + 2];
 	size_t exact_len = len + 1;
 	uint64_t he = 0;
-	bool cacheable = len <= MAX_CACHED_TEXT;
 	if (cacheable) {
-		exact = xmalloc(exact_len);
 		exact[0] = 'E';
 		memcpy(exact + 1, sql, len);
 		he = hash_bytes(exact, exact_len);
 		Entry *e = cache_lookup(c, exact, exact_len, he);
 		if (e) {
 			c->stats.hits_exact++;
-			free(exact);
 			cached_facts_ref(e->value);
 			return e->value;
 		}
@@ -271,9 +269,8 @@ CachedFacts *facts_cache_get(FactsCache *c, const char *sql, size_t len)
 		Entry *e = cache_lookup(c, folded, folded_len, hf);
 		if (e) {
 			c->stats.hits_folded++;
-			/* Remember the exact text too: the next identical statement skips folding. */
-			insert(c, exact, exact_len, he, e->value);
-			free(exact);
+			/* Not remembered under the exact text: texts that differ only in literals would
+			 * churn the cache (evicting other statements) for nothing. */
 			cached_facts_ref(e->value);
 			return e->value;
 		}
@@ -299,7 +296,6 @@ CachedFacts *facts_cache_get(FactsCache *c, const char *sql, size_t len)
 		if (can_fold && foldable(v->facts))
 			insert(c, folded, folded_len, hf, v);
 	}
-	free(exact);
 	return v;
 }
 

@@ -137,15 +137,11 @@ static void refresh_policy(Session *s)
 	 * logged in with (removing a user stops new logins; policies decide what open sessions
 	 * may do). Token and API key identities keep the groups they proved. */
 	const UserConfig *u = s->user ? config_find_user(c, s->user_name) : NULL;
-	EffectivePolicy *ep = u ? policy_effective(c, s->user_name, u->groups, u->ngroups, s->database_name)
-				: policy_effective(c, s->user_name, s->groups, s->ngroups, s->database_name);
-	policy_set_role(ep, s->role); /* the upstream session keeps the role it started with */
-	policy_free(s->policy);
-	config_release(s->policy_config);
-	s->policy = ep;
-	s->policy_config = c;
-	s->policy_generation = c->generation;
-	s->inspecting = !ep->allow_all && !ep->unrestricted;
+	session__policy_release(s);
+	/* The role stays the one the upstream session started with. */
+	EffectivePolicy *ep = u ? session__policy_acquire(s, c, u->groups, u->ngroups)
+				: session__policy_acquire(s, c, s->groups, s->ngroups);
+	config_release(c);
 	char q[300];
 	log_event(LOG_INFO, "policy_refreshed", "session=%llu policies=%s", (unsigned long long)s->id,
 		  log_quote(q, sizeof q, ep->names));

@@ -24,6 +24,15 @@
 
 #define FACTS_CACHE_ENTRIES 4096
 
+/* Effective policies shared by the worker's sessions of one identity, so decision memos hit. */
+typedef struct SharedPolicy {
+	char *key;
+	EffectivePolicy *ep;
+	Config *config; /* the ep points into it */
+	int refs;
+	struct SharedPolicy *next;
+} SharedPolicy;
+
 struct SessionWorker {
 	Session *head;
 	int count;
@@ -32,6 +41,7 @@ struct SessionWorker {
 	struct event *deadline_ev;
 	bool shutdown_seen;
 	FactsCache *cache;
+	SharedPolicy *policies;
 };
 
 static int active_clients;    /* atomic: every accepted client connection */
@@ -94,8 +104,7 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 		free(s->apikey_hash);
 		pipeline_free(&s->pipeline);
 		session__free_prepared(s);
-		policy_free(s->policy);
-		config_release(s->policy_config);
+		session__policy_release(s);
 		free(s->scratch);
 		config_release(s->config);
 		free(s->user_name);
@@ -105,6 +114,56 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (__atomic_load_n(&shutting_down, __ATOMIC_ACQUIRE) && sw->count == 0)
 		event_base_loopexit(event_get_base(sw->reap_ev), NULL);
+}
+
+EffectivePolicy *session__policy_acquire(Session *s, Config *c, char *const *groups, int ngroups)
+{
+	char key[2048];
+	int o = snprintf(key, sizeof key, "%llu\x1f%s\x1f%s\x1f%s", (unsigned long long)c->generation,
+			 s->database_name, s->user_name, s->role ? s->role : "");
+	for (int i = 0; i < ngroups && o > 0 && (size_t)o < sizeof key; i++)
+		o += snprintf(key + o, sizeof key - (size_t)o, "\x1f%s", groups[i]);
+	SessionWorker *sw = s->sw;
+	SharedPolicy *sp = NULL;
+	if (o > 0 && (size_t)o < sizeof key)
+		for (sp = sw->policies; sp && strcmp(sp->key, key) != 0; sp = sp->next) {
+		}
+	if (!sp) {
+		sp = xcalloc(1, sizeof *sp);
+		sp->key = xstrdup(o > 0 && (size_t)o < sizeof key ? key : "");
+		sp->ep = policy_effective(c, s->user_name, groups, ngroups, s->database_name);
+		policy_set_role(sp->ep, s->role);
+		sp->config = config_ref(c);
+		if (sp->key[0]) { /* an identity too long for a key is simply not shared */
+			sp->next = sw->policies;
+			sw->policies = sp;
+		}
+	}
+	sp->refs++;
+	s->shared_policy = sp;
+	s->policy = sp->ep;
+	s->policy_generation = c->generation;
+	s->inspecting = !sp->ep->allow_all && !sp->ep->unrestricted;
+	return sp->ep;
+}
+
+void session__policy_release(Session *s)
+{
+	SharedPolicy *sp = s->shared_policy;
+	s->shared_policy = NULL;
+	s->policy = NULL;
+	if (!sp || --sp->refs > 0)
+		return;
+	for (SharedPolicy **pp = &s->sw->policies; *pp; pp = &(*pp)->next) {
+		if (*pp == sp) {
+			*pp = sp->next;
+			break;
+		}
+	}
+	policy_free(sp->ep);
+	config_release(sp->config);
+	free(sp->key);
+	free(sp);
 }
 
 static void on_exit_worker(Worker *w)
@@ -419,12 +478,8 @@ static void auth_failed(Session *s, const char *method, const char *why, const c
 /* Works out what the identity may do; refuses the connection when nothing at all. */
 static bool apply_policy(Session *s)
 {
-	s->policy = policy_effective(s->config, s->user_name, s->groups, s->ngroups, s->database_name);
 	s->role = policy_role_for(s->config, s->groups, s->ngroups);
-	policy_set_role(s->policy, s->role);
-	s->policy_config = config_ref(s->config);
-	s->policy_generation = s->config->generation;
-	s->inspecting = !s->policy->allow_all && !s->policy->unrestricted;
+	session__policy_acquire(s, s->config, s->groups, s->ngroups);
 	s->sw_cache = s->sw->cache;
 	char msg[300];
 	if (s->policy->deny_all) {

@@ -91,9 +91,9 @@ struct Session {
 	bool last_server_fatal;
 	bool close_when_idle;
 
-	/* Policy: the effective policy and the config snapshot it points into. */
+	/* Policy: the effective policy, shared with the worker's sessions of the same identity. */
 	EffectivePolicy *policy;
-	Config *policy_config;
+	struct SharedPolicy *shared_policy;
 	uint64_t policy_generation;
 	bool inspecting;           /* statements must be judged (the policy restricts something) */
 	FactsCache *sw_cache;      /* the worker's facts cache */
@@ -114,6 +114,9 @@ struct Session {
 #define SESSION_PREPARED_MAX 10000
 
 void session__free_prepared(Session *s);
+/* Takes (and shares) the effective policy of the session's identity under config c. */
+EffectivePolicy *session__policy_acquire(Session *s, Config *c, char *const *groups, int ngroups);
+void session__policy_release(Session *s);
 void session__send_cancel(struct event_base *base, const CancelTarget *t);
 void session__maybe_close_for_shutdown(Session *s);
 
