@@ -149,6 +149,22 @@ static void refresh_policy(Session *s)
 
 /* ---- helpers ---- */
 
+/* Copies n bytes at offset off of buf (which holds at least off + n) without consuming them. */
+static void peek_at(struct evbuffer *buf, size_t off, void *dst, size_t n)
+{
+	struct evbuffer_ptr p;
+	evbuffer_ptr_set(buf, &p, off, EVBUFFER_PTR_SET);
+	evbuffer_copyout_from(buf, &p, dst, n);
+}
+
+/* A message header and, when there is one, the first body byte: returns how many (5 or 6). */
+static size_t peek_header(struct evbuffer *buf, size_t off, size_t avail, uint8_t hdr[6])
+{
+	size_t n = avail - off >= 6 ? 6 : 5;
+	peek_at(buf, off, hdr, n);
+	return n;
+}
+
 /* Copies bytes [off, off+n) of buf into the session's scratch space (NUL-terminated). */
 static uint8_t *copy_out(Session *s, struct evbuffer *buf, size_t off, size_t n)
 {
@@ -157,9 +173,7 @@ static uint8_t *copy_out(Session *s, struct evbuffer *buf, size_t off, size_t n)
 		s->scratch_cap = n + 1 < 4096 ? 4096 : n + 1;
 		s->scratch = xmalloc(s->scratch_cap);
 	}
-	struct evbuffer_ptr p;
-	evbuffer_ptr_set(buf, &p, off, EVBUFFER_PTR_SET);
-	evbuffer_copyout_from(buf, &p, s->scratch, n);
+	peek_at(buf, off, s->scratch, n);
 	s->scratch[n] = 0;
 	return (uint8_t *)s->scratch;
 }
@@ -334,10 +348,7 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 	}
 	while (s->client_remaining == 0 && avail - fwd >= 5 && s->state == SESS_READY) {
 		uint8_t hdr[6];
-		size_t n = avail - fwd >= 6 ? 6 : 5;
-		struct evbuffer_ptr p;
-		evbuffer_ptr_set(in, &p, fwd, EVBUFFER_PTR_SET);
-		evbuffer_copyout_from(in, &p, hdr, n);
+		size_t n = peek_header(in, fwd, avail, hdr);
 		char type;
 		uint32_t len;
 		HeaderCheck hc = proto_check_header(hdr, n, max, &type, &len);
@@ -455,9 +466,7 @@ static bool statement_end_buffered(Session *s, size_t offset)
 	size_t pos = offset; /* the DataRow being cut starts here */
 	for (int i = 0; i < 100000 && pos + 5 <= avail; i++) {
 		uint8_t hdr[5];
-		struct evbuffer_ptr p;
-		evbuffer_ptr_set(in, &p, pos, EVBUFFER_PTR_SET);
-		evbuffer_copyout_from(in, &p, hdr, 5);
+		peek_at(in, pos, hdr, 5);
 		if (hdr[0] == 'C' || hdr[0] == 'E' || hdr[0] == 'I' || hdr[0] == 's' || hdr[0] == 'Z')
 			return true;
 		pos += 1 + (size_t)proto_get_u32(hdr + 1);
@@ -531,9 +540,7 @@ static bool error_is(Session *s, size_t offset, size_t avail, const char *sqlsta
 {
 	uint8_t buf[256];
 	size_t n = avail - 5 < sizeof buf ? avail - 5 : sizeof buf;
-	struct evbuffer_ptr p;
-	evbuffer_ptr_set(s->server.in, &p, offset + 5, EVBUFFER_PTR_SET);
-	evbuffer_copyout_from(s->server.in, &p, buf, n);
+	peek_at(s->server.in, offset + 5, buf, n);
 	for (size_t i = 0; i + 6 <= n; i++)
 		if (buf[i] == 'C' && (i == 0 || buf[i - 1] == 0) && memcmp(buf + i + 1, sqlstate, 5) == 0)
 			return true;
@@ -552,9 +559,7 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 	if (type == 'E') {
 		uint8_t buf[8] = {0};
 		size_t n = avail - 5 < sizeof buf ? avail - 5 : sizeof buf;
-		struct evbuffer_ptr p;
-		evbuffer_ptr_set(s->server.in, &p, offset + 5, EVBUFFER_PTR_SET);
-		evbuffer_copyout_from(s->server.in, &p, buf, n);
+		peek_at(s->server.in, offset + 5, buf, n);
 		s->last_server_fatal = buf[0] == 'S' && (memcmp(buf + 1, "FATAL", 5) == 0 || memcmp(buf + 1, "PANIC", 5) == 0);
 	}
 	if (f && f->internal) {
@@ -619,10 +624,7 @@ void session__relay_from_server(Session *s)
 		if (avail - fwd < 5 || s->state != SESS_READY)
 			break;
 		uint8_t hdr[6];
-		size_t n = avail - fwd >= 6 ? 6 : 5;
-		struct evbuffer_ptr p;
-		evbuffer_ptr_set(in, &p, fwd, EVBUFFER_PTR_SET);
-		evbuffer_copyout_from(in, &p, hdr, n);
+		size_t n = peek_header(in, fwd, avail, hdr);
 		char type;
 		uint32_t len;
 		if (proto_check_header(hdr, n, 0x7fffffff, &type, &len) != HDR_OK) {
