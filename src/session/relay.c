@@ -450,9 +450,33 @@ void session__relay_from_client(Session *s)
 		session_close(s, "client terminated", NULL, NULL);
 		return;
 	}
-	if (evbuffer_get_length(s->server.out) > RELAY_HIGH_WATER) {
+	session__balance(s);
+}
+
+/*
+ * Back-pressure, decided in one place after every flush: a side stops being read while the
+ * other side has more than RELAY_HIGH_WATER waiting, and is read again below
+ * RELAY_LOW_WATER — whichever flush (the write event, or a relay in the other direction)
+ * drained it.
+ */
+void session__balance(Session *s)
+{
+	if (s->state != SESS_READY)
+		return;
+	size_t up = evbuffer_get_length(s->server.out), down = evbuffer_get_length(s->client.out);
+	if (!s->client_paused && up > RELAY_HIGH_WATER) {
 		sock_pause_read(&s->client);
 		s->client_paused = true;
+	} else if (s->client_paused && up < RELAY_LOW_WATER) {
+		s->client_paused = false;
+		sock_resume_read(&s->client);
+	}
+	if (!s->server_paused && down > RELAY_HIGH_WATER) {
+		sock_pause_read(&s->server);
+		s->server_paused = true;
+	} else if (s->server_paused && down < RELAY_LOW_WATER) {
+		s->server_paused = false;
+		sock_resume_read(&s->server);
 	}
 }
 
@@ -659,9 +683,6 @@ void session__relay_from_server(Session *s)
 			return;
 		}
 	}
-	if (evbuffer_get_length(s->client.out) > RELAY_HIGH_WATER) {
-		sock_pause_read(&s->server);
-		s->server_paused = true;
-	}
+	session__balance(s);
 	session__maybe_close_for_shutdown(s);
 }

@@ -841,10 +841,7 @@ static void client_on_event(Sock *sock, short what, void *arg)
 		flush_client(s);
 		if (s->state == SESS_CLOSED)
 			return;
-		if (s->server_paused && evbuffer_get_length(s->client.out) < RELAY_LOW_WATER) {
-			s->server_paused = false;
-			sock_resume_read(&s->server);
-		}
+		session__balance(s);
 	}
 	if (!(what & EV_READ))
 		return;

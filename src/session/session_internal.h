@@ -133,6 +133,8 @@ void session__upstream_ready(Session *s);
 /* The relay of upstream bytes to the client, once the upstream is ready. */
 void session__relay_from_server(Session *s);
 void session__relay_from_client(Session *s);
+/* Pauses or resumes reading each side from how much the other side has waiting. */
+void session__balance(Session *s);
 
 #define RELAY_READ_MAX (64 * 1024)
 #define RELAY_HIGH_WATER (512 * 1024) /* pause the other side above this much pending output */

@@ -484,10 +484,7 @@ void upstream_on_event(Sock *sock, short what, void *arg)
 				upstream_lost(s, s->server.err);
 				return;
 			}
-			if (s->client_paused && evbuffer_get_length(s->server.out) < RELAY_LOW_WATER) {
-				s->client_paused = false;
-				sock_resume_read(&s->client);
-			}
+			session__balance(s);
 		}
 		if (!(what & EV_READ))
 			return;
