@@ -976,6 +976,7 @@ Config *config_load(const char *path, char *err, size_t errlen)
 	c->startup_timeout_ms = 15000;
 	c->shutdown_timeout_ms = 30000;
 	c->log_level = LOG_INFO;
+	c->log_all_decisions = true;
 	c->audit_rows = 100;
 
 	yaml_parser_initialize(&parser);

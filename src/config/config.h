@@ -113,7 +113,7 @@ typedef struct Config {
 	char *audit_store;
 	int audit_rows;
 
-	bool log_all_decisions; /* log.decisions: all (default: only refusals) */
+	bool log_all_decisions; /* log.decisions: all (default) or blocked */
 
 	Policy *policies;
 	int npolicies;
