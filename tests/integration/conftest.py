@@ -83,19 +83,28 @@ def _scalar(v):
 
 
 def to_yaml(obj, indent=0):
+    """Block YAML: mappings nest, lists of mappings (policies:, oidc:) become block
+    sequences, lists of scalars flow. Line numbers stay meaningful for check-config."""
     pad = "  " * indent
     out = []
     for k, v in obj.items():
+        key = _scalar(k)
         if isinstance(v, dict):
             if not v:
-                out.append(f"{pad}{k}: {{}}")
+                out.append(f"{pad}{key}: {{}}")
             else:
-                out.append(f"{pad}{k}:")
+                out.append(f"{pad}{key}:")
                 out.append(to_yaml(v, indent + 1))
+        elif isinstance(v, (list, tuple)) and any(isinstance(x, dict) for x in v):
+            out.append(f"{pad}{key}:")
+            for item in v:
+                lines = to_yaml(item, indent + 2).splitlines()
+                out.append(f"{pad}  - {lines[0].lstrip()}")
+                out.extend(lines[1:])
         elif isinstance(v, (list, tuple)):
-            out.append(f"{pad}{k}: [{', '.join(_scalar(x) for x in v)}]")
+            out.append(f"{pad}{key}: [{', '.join(_scalar(x) for x in v)}]")
         else:
-            out.append(f"{pad}{k}: {_scalar(v)}")
+            out.append(f"{pad}{key}: {_scalar(v)}")
     return "\n".join(out)
 
 
@@ -381,6 +390,21 @@ class Gateway:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def count_log(self, pattern):
+        return len(re.findall(pattern, self.log_text()))
+
+    def reload_and_wait(self, config, event="config_reloaded", timeout=15):
+        """Writes config, sends SIGHUP and waits for one more event= line (reload or failure)."""
+        before = self.count_log(rf"event={event}\b")
+        self.reload(config)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.count_log(rf"event={event}\b") > before:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"no event={event} within {timeout}s after SIGHUP; log tail:\n"
+                             f"{self.log_text()[-3000:]}")
 
     def wait_log(self, pattern, timeout=10):
         deadline = time.monotonic() + timeout

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 import pgwire
-from conftest import (BIN, ROLE_PW, SCRAM_PW_ENV, Gateway, GatewayDied, GatewayFactory, _scalar,
+from conftest import (BIN, ROLE_PW, SCRAM_PW_ENV, Gateway, GatewayDied, GatewayFactory,
                       closed_port, require_binary)
 from oidc_issuer import (Issuer, b64url, b64url_json, forge_hs256, tamper_payload, unsigned)
 
@@ -33,66 +33,16 @@ AUTH_FAILED = 'password authentication failed for user "{}"'
 EXPIRED_SESSION = "pgcordon: the credential of this session has expired; reconnect with a new one"
 
 
-# ---------------------------------------------------------------------------- YAML
-
-def to_yaml(obj, indent=0):
-    """conftest's writer plus lists of mappings (oidc:, policies:) as block sequences."""
-    pad = "  " * indent
-    out = []
-    for k, v in obj.items():
-        key = _scalar(k)
-        if isinstance(v, dict):
-            if not v:
-                out.append(f"{pad}{key}: {{}}")
-            else:
-                out.append(f"{pad}{key}:")
-                out.append(to_yaml(v, indent + 1))
-        elif isinstance(v, (list, tuple)) and any(isinstance(x, dict) for x in v):
-            out.append(f"{pad}{key}:")
-            for item in v:
-                lines = to_yaml(item, indent + 2).splitlines()
-                out.append(f"{pad}  - {lines[0].lstrip()}")
-                out.extend(lines[1:])
-        elif isinstance(v, (list, tuple)):
-            out.append(f"{pad}{key}: [{', '.join(_scalar(x) for x in v)}]")
-        else:
-            out.append(f"{pad}{key}: {_scalar(v)}")
-    return "\n".join(out)
-
-
-class IdGateway(Gateway):
-    def write_config(self, config=None):
-        if config is not None:
-            self.config = config
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(to_yaml(self.config) + "\n")
-        os.replace(tmp, self.config_path)
-
-    def count_log(self, pattern):
-        return len(re.findall(pattern, self.log_text()))
-
-    def reload_and_wait(self, config, timeout=15):
-        before = self.count_log(r"event=config_reloaded\b")
-        self.reload(config)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.count_log(r"event=config_reloaded\b") > before:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"no event=config_reloaded within {timeout}s; log tail:\n"
-                             f"{self.log_text()[-3000:]}")
-
-
 ALL_GATEWAYS = []
 
 
 def start_gateway(factory, mutate):
-    """Like factory.start, with IdGateway (lists of mappings in the YAML); the factory
+    """Like factory.start (token_grace 0s), also remembered for the log checks; the factory
     stops it and checks its log at teardown."""
     cfg = factory.config()
     cfg["limits"]["token_grace"] = "0s"
     mutate(cfg)
-    gw = IdGateway(factory.root / f"idgw{len(factory.gateways)}-{cfg['listen']['port']}", cfg,
+    gw = Gateway(factory.root / f"idgw{len(factory.gateways)}-{cfg['listen']['port']}", cfg,
                    {SCRAM_PW_ENV: ROLE_PW["gw_scram"]})
     factory.gateways.append(gw)
     ALL_GATEWAYS.append(gw)

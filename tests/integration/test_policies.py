@@ -22,8 +22,8 @@ from psycopg import errors as pgerrors
 from psycopg.pq import TransactionStatus
 
 import pgwire
-from conftest import (BIN, DBNAME, LOCAL_USERS, REPO, ROLE_PW, SCRAM_PW_ENV, Gateway,
-                      GatewayFactory, _scalar, require_binary, scram_verifier)
+from conftest import (BIN, DBNAME, LOCAL_USERS, REPO, ROLE_PW, SCRAM_PW_ENV, GatewayFactory,
+                      require_binary, scram_verifier)
 
 SFX = secrets.token_hex(3)
 NODE_DIR = REPO / "tests" / "node"
@@ -56,68 +56,6 @@ MAX_ROWS = 5
 GUARD_KINDS = ["drop_table", "truncate", "drop_database", "alter_system", "copy_to_program",
                "do_block", "create_function", "set_role", "reset_role",
                "set_session_authorization"]
-
-
-# ---------------------------------------------------------------------------- YAML with lists
-# conftest's to_yaml renders lists of scalars only; policies are lists of mappings. This
-# renders those as block sequences (so check-config line numbers are meaningful).
-
-def to_yaml(obj, indent=0):
-    pad = "  " * indent
-    out = []
-    for k, v in obj.items():
-        if isinstance(v, dict):
-            if not v:
-                out.append(f"{pad}{k}: {{}}")
-            else:
-                out.append(f"{pad}{k}:")
-                out.append(to_yaml(v, indent + 1))
-        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, dict) for x in v):
-            out.append(f"{pad}{k}:")
-            for item in v:
-                lines = to_yaml(item, indent + 2).splitlines()
-                out.append(f"{pad}  - {lines[0].lstrip()}")
-                out.extend(lines[1:])
-        elif isinstance(v, (list, tuple)):
-            out.append(f"{pad}{k}: [{', '.join(_scalar(x) for x in v)}]")
-        else:
-            out.append(f"{pad}{k}: {_scalar(v)}")
-    return "\n".join(out)
-
-
-class PolicyGateway(Gateway):
-    def write_config(self, config=None):
-        if config is not None:
-            self.config = config
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(to_yaml(self.config) + "\n")
-        os.replace(tmp, self.config_path)
-
-    def count_log(self, pattern):
-        return len(re.findall(pattern, self.log_text()))
-
-    def reload_and_wait(self, config, event="config_reloaded", timeout=15):
-        before = self.count_log(rf"event={event}\b")
-        self.reload(config)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.count_log(rf"event={event}\b") > before:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"no event={event} within {timeout}s after SIGHUP; log tail:\n"
-                             f"{self.log_text()[-3000:]}")
-
-
-class PolicyGatewayFactory(GatewayFactory):
-    def start(self, mutate=None, config=None, env=None):
-        cfg = config if config is not None else self.config()
-        if mutate:
-            mutate(cfg)
-        e = {SCRAM_PW_ENV: ROLE_PW["gw_scram"]}
-        e.update(env or {})
-        gw = PolicyGateway(self.root / f"gw{len(self.gateways)}-{cfg['listen']['port']}", cfg, e)
-        self.gateways.append(gw)
-        return gw.start()
 
 
 def add_users(cfg, users):
@@ -341,7 +279,7 @@ def module_policies():
 def pgw(pg, certs, objects, tmp_path_factory):
     """One gateway for the module: one identity per policy, default deny."""
     require_binary()
-    f = PolicyGatewayFactory(pg, certs, tmp_path_factory.mktemp("polgw"))
+    f = GatewayFactory(pg, certs, tmp_path_factory.mktemp("polgw"))
 
     def mutate(cfg):
         add_users(cfg, {"blocker": ["agents"], "reader": ["readers"], "scoped": ["scoped"],
@@ -1603,6 +1541,6 @@ def test_sessions_survive_other_sessions_refusals(pgw, mktable):
 def gateway_factory_pol(pg, certs, tmp_path):
     """Like conftest's gateway_factory, but renders `policies:` (lists of mappings)."""
     require_binary()
-    f = PolicyGatewayFactory(pg, certs, tmp_path)
+    f = GatewayFactory(pg, certs, tmp_path)
     yield f
     f.cleanup()
