@@ -139,6 +139,62 @@ static void test_errors_name_the_line(void **state)
 	expect_error("- just\n- a list\n", 1, "must be a mapping");
 }
 
+static void test_identity_sections(void **state)
+{
+	(void)state;
+	char err[512];
+	const char *db = "databases:\n  app: {host: h, user: u, password: p}\n";
+	char text[2048];
+	snprintf(text, sizeof text,
+		 "%soidc:\n  - issuer: https://idp.example.com\n    audience: pgcordon\n"
+		 "    username_claim: realm.user\n    leeway: 10s\n    algorithms: [ES256, EdDSA]\n"
+		 "    aliases: {bob: bob@example.com}\n"
+		 "api_keys:\n  ci-bot: {hash: \"sha256:%064d\", groups: [agents], expires: 2027-01-01}\n"
+		 "roles:\n  analysts: app_readonly\n  agents: app_agent\n"
+		 "limits: {token_grace: 30s}\n",
+		 db, 0);
+	Config *c = load_text(text, err, sizeof err);
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->noidc, 1);
+	assert_string_equal(c->oidc[0].username_claim, "realm.user");
+	assert_string_equal(c->oidc[0].groups_claim, "groups");
+	assert_int_equal(c->oidc[0].leeway_s, 10);
+	assert_int_equal(c->oidc[0].min_refresh_s, 30);
+	assert_int_equal(c->oidc[0].alias_from.n, 1);
+	const ApiKeyConfig *k = config_find_api_key(c, "ci-bot");
+	assert_non_null(k);
+	assert_int_equal(k->expires, 1798761600); /* 2027-01-01T00:00:00Z */
+	assert_int_equal(c->nroles, 2);
+	assert_string_equal(c->roles[1].role, "app_agent");
+	assert_int_equal(c->token_grace_s, 30);
+	config_release(c);
+
+	const char *o = "oidc:\n  - issuer: https://i\n    audience: a\n";
+	snprintf(text, sizeof text, "%soidc:\n  - issuer: http://idp.example.com\n    audience: a\n", db);
+	expect_error(text, 4, "https://");
+	snprintf(text, sizeof text, "%soidc:\n  - issuer: https://i\n", db);
+	expect_error(text, 4, "needs issuer and audience");
+	snprintf(text, sizeof text, "%s%s    algorithms: [HS256]\n", db, o);
+	expect_error(text, 6, "HS256");
+	snprintf(text, sizeof text, "%s%s    min_refresh: 500ms\n", db, o);
+	expect_error(text, 6, "at least 1s");
+	snprintf(text, sizeof text, "%s%s    username_claim: \"a..b\"\n", db, o);
+	expect_error(text, 6, "dotted path");
+	snprintf(text, sizeof text, "%s%s  - issuer: https://i\n    audience: b\n", db, o);
+	expect_error(text, 6, "configured twice");
+	snprintf(text, sizeof text, "%sapi_keys:\n  bot: {hash: \"md5:abc\"}\n", db);
+	expect_error(text, 4, "sha256:");
+	snprintf(text, sizeof text, "%sapi_keys:\n  bot: {groups: [a]}\n", db);
+	expect_error(text, 4, "hash is required");
+	snprintf(text, sizeof text, "%sapi_keys:\n  bot: {hash: \"sha256:%064d\", expires: someday}\n", db, 0);
+	expect_error(text, 4, "expires must be a date");
+	snprintf(text, sizeof text, "%sroles:\n  analysts: [a, b]\n", db);
+	expect_error(text, 4, "database role names");
+	snprintf(text, sizeof text, "%sroles:\n  \"bad group!\": r\n", db);
+	expect_error(text, 4, "group names");
+}
+
 static void test_duration_and_size(void **state)
 {
 	(void)state;
@@ -169,6 +225,7 @@ int main(void)
 		cmocka_unit_test(test_full_contract),
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_errors_name_the_line),
+		cmocka_unit_test(test_identity_sections),
 		cmocka_unit_test(test_duration_and_size),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
