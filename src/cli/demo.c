@@ -142,7 +142,23 @@ int demo_run(const char *self, int port)
 		"  app: {host: 127.0.0.1, port: %d, dbname: app, user: pgcordon_gateway, password: \"%s\"}\n"
 		"users:\n"
 		"  alice: {password: \"%s\", groups: [analysts]}\n"
-		"  agent: {password: \"%s\", groups: [agents]}\n",
+		"  agent: {password: \"%s\", groups: [agents]}\n"
+		"policies:\n"
+		"  - name: everyone\n"
+		"    block:\n"
+		"      - statements: [drop_database, alter_system, copy_to_program, copy_from_program]\n"
+		"  - name: analysts\n"
+		"    match: {groups: [analysts]}\n"
+		"    block:\n"
+		"      - delete_without_where: true\n"
+		"      - update_without_where: true\n"
+		"  - name: agents\n"
+		"    match: {groups: [agents]}\n"
+		"    access: {read_only: true, tables: [public.orders, public.customers]}\n"
+		"    block:\n"
+		"      - functions: [pg_read_file, pg_sleep]\n"
+		"      - select_without_where: [public.customers]\n"
+		"    limits: {max_rows: 100, statement_timeout: 30s}\n",
 		port, pgport, secret, alice, agent);
 	fclose(f);
 	chmod(path, 0600);
@@ -151,8 +167,13 @@ int demo_run(const char *self, int port)
 
 	printf("\npgcordon demo is up. The database password stays inside the gateway.\n\n"
 	       "  as a human:  psql \"host=127.0.0.1 port=%d dbname=app user=alice password=alice-demo-password\"\n"
-	       "  as an agent: PGPASSWORD=agent-demo-password psql -h 127.0.0.1 -p %d -U agent app\n"
-	       "               -c \"SELECT name, email FROM customers\"\n\n"
+	       "  as an agent: PGPASSWORD=agent-demo-password psql -h 127.0.0.1 -p %d -U agent app\n\n"
+	       "The agent is read-only, limited to orders and customers, 100 rows a statement:\n"
+	       "  SELECT count(*) FROM orders;              -- allowed\n"
+	       "  SELECT name FROM customers WHERE id = 1;  -- allowed\n"
+	       "  SELECT * FROM customers;                  -- refused: no WHERE\n"
+	       "  SELECT * FROM orders;                     -- cut off after 100 rows\n"
+	       "  DELETE FROM orders WHERE id = 1;          -- refused: read-only\n\n"
 	       "config: %s   (Ctrl-C stops the gateway and removes the throwaway database)\n\n",
 	       port, port, path);
 	fflush(stdout);
