@@ -160,3 +160,37 @@ def test_serve_logs_ready_line(gateway_factory):
     assert f"port={g.port}" in ready[0]
     assert all(re.match(r"ts=\S+ level=(debug|info|warn|error) event=\S+", line)
                for line in log.splitlines() if line.strip()), log
+
+
+def test_demo_runs_enforces_and_cleans_up():
+    """`pgcordon demo` starts a throwaway PostgreSQL behind the gateway with example
+    policies; Ctrl-C stops both and removes the scratch directory."""
+    import signal
+    import time
+
+    import psycopg
+
+    port = free_port()
+    proc = subprocess.Popen([str(BIN), "demo", "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    out = b""
+    scratch = None
+    try:
+        deadline = time.monotonic() + 60
+        while b"event=ready" not in out:
+            assert proc.poll() is None, out.decode(errors="replace")
+            assert time.monotonic() < deadline, out.decode(errors="replace")
+            out += os.read(proc.stdout.fileno(), 65536)
+        scratch = re.search(rb"PostgreSQL in (\S+) on port", out).group(1).decode()
+        agent = f"host=127.0.0.1 port={port} dbname=app user=agent password=agent-demo-password"
+        with psycopg.connect(agent, autocommit=True) as c:
+            assert c.execute("SELECT count(*) FROM orders").fetchone() == (1000,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="without WHERE"):
+                c.execute("SELECT * FROM customers")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="read-only"):
+                c.execute("DELETE FROM orders WHERE id = 1")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(60)
+    assert rc == 0
+    assert scratch and not os.path.exists(scratch), f"{scratch} left behind"
