@@ -1244,7 +1244,7 @@ def test_no_policy_refused_at_login(pgw):
     assert pgw.wait_log(r"event=connection_refused .*user=\"?nobody\"?.*rule=no_policy")
 
 
-def test_default_allow_lets_unmatched_in(gateway_factory_pol, pg, mktable):
+def test_default_allow_lets_unmatched_in(gateway_factory, pg, mktable):
     t = mktable()
 
     def mutate(cfg):
@@ -1253,7 +1253,7 @@ def test_default_allow_lets_unmatched_in(gateway_factory_pol, pg, mktable):
         cfg["policies"] = [{"name": GUARD, "match": {"groups": ["agents"]},
                             "block": [{"statements": ["drop_table"]}]}]
 
-    g = gateway_factory_pol.start(mutate)
+    g = gateway_factory.start(mutate)
     with connect(g, "nobody") as c:
         assert c.execute("SELECT current_user").fetchone() == ("gw_scram",)
         c.execute(f"DELETE FROM {t} WHERE id = 1")
@@ -1265,12 +1265,12 @@ def test_default_allow_lets_unmatched_in(gateway_factory_pol, pg, mktable):
     g.assert_serves()
 
 
-def test_default_deny_is_implied_by_policies(gateway_factory_pol):
+def test_default_deny_is_implied_by_policies(gateway_factory):
     def mutate(cfg):
         add_users(cfg, {"nobody": ["nogroup"]})
         cfg["policies"] = [{"name": OPEN, "match": {"users": ["alice", "bob"]}}]
 
-    g = gateway_factory_pol.start(mutate)
+    g = gateway_factory.start(mutate)
     f = raw_login_error(g.host, g.port, "nobody", POLICY_PW)
     assert (f["S"], f["C"], f["M"]) == ("FATAL", "42501", NO_POLICY)
     g.assert_serves()
@@ -1319,7 +1319,7 @@ def test_startup_parameter_escapes_refused(pgw):
 
 # ---------------------------------------------------------------------------- merging
 
-def test_policies_merge(gateway_factory_pol, pg):
+def test_policies_merge(gateway_factory, pg):
     m1, m2, m3 = name("m1"), name("m2"), name("m3")
     su_exec(pg, *[s for t in (m1, m2, m3) for s in (
         f"CREATE TABLE {t} (id int)", f"INSERT INTO {t} VALUES (1), (2)",
@@ -1338,7 +1338,7 @@ def test_policies_merge(gateway_factory_pol, pg):
                  "limits": {"max_rows": 3, "statement_timeout": "2s"}},
             ]
 
-        g = gateway_factory_pol.start(mutate)
+        g = gateway_factory.start(mutate)
         with connect(g, "merger") as c:
             # Blocks add up.
             refused(c, "SELECT pg_sleep(0)", "everyone", "function pg_sleep is not allowed")
@@ -1383,7 +1383,7 @@ def reload_config(g, policies):
     return cfg
 
 
-def test_reload_applies_to_open_sessions(gateway_factory_pol, pg, mktable, tmp_path):
+def test_reload_applies_to_open_sessions(gateway_factory, pg, mktable, tmp_path):
     t, t2 = mktable(), mktable()
     open_policy = {"name": OPEN, "match": {"users": ["alice", "bob"]}}
     v1 = [open_policy, {"name": "rl", "match": {"users": ["rel"]},
@@ -1396,7 +1396,7 @@ def test_reload_applies_to_open_sessions(gateway_factory_pol, pg, mktable, tmp_p
         add_users(cfg, {"rel": ["relgroup"]})
         cfg["policies"] = v1
 
-    g = gateway_factory_pol.start(mutate)
+    g = gateway_factory.start(mutate)
     with connect(g, "rel") as c, connect(g, "rel") as c_ext:
         refused(c, f"TRUNCATE {t}", "rl", "TRUNCATE is not allowed")
         refused(c_ext, f"TRUNCATE {t}", "rl", "TRUNCATE is not allowed", binary=True)
@@ -1445,7 +1445,7 @@ def test_reload_applies_to_open_sessions(gateway_factory_pol, pg, mktable, tmp_p
                      r.stderr), r.stderr
 
 
-def test_reload_changes_group_membership(gateway_factory_pol):
+def test_reload_changes_group_membership(gateway_factory):
     """The session's groups come from the reloaded config."""
     def cfg_with(groups):
         def mutate(cfg):
@@ -1457,7 +1457,7 @@ def test_reload_changes_group_membership(gateway_factory_pol):
             ]
         return mutate
 
-    g = gateway_factory_pol.start(cfg_with(["free"]))
+    g = gateway_factory.start(cfg_with(["free"]))
     with connect(g, "member") as c:
         c.execute("CREATE TEMP TABLE tt (a int)")
         c.execute("INSERT INTO tt VALUES (1)")
@@ -1537,10 +1537,3 @@ def test_sessions_survive_other_sessions_refusals(pgw, mktable):
             k.close()
 
 
-@pytest.fixture
-def gateway_factory_pol(pg, certs, tmp_path):
-    """Like conftest's gateway_factory, but renders `policies:` (lists of mappings)."""
-    require_binary()
-    f = GatewayFactory(pg, certs, tmp_path)
-    yield f
-    f.cleanup()
