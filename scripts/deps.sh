@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(
   build-essential pkg-config
   libevent-dev libssl-dev libyaml-dev libjansson-dev libcmocka-dev
-  libpg-query-dev libprotobuf-c-dev libcurl4-openssl-dev
+  libpg-query-dev libprotobuf-c-dev libcurl4-openssl-dev libsqlite3-dev libpq-dev libmicrohttpd-dev sqlite3
   postgresql postgresql-client pgbouncer
   python3-pytest python3-psycopg python3-jwt python3-cryptography
   default-jdk-headless libpostgresql-jdbc-java

@@ -2,6 +2,7 @@
 #include "cli/serve.h"
 
 #include <event2/event.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 
 #include "config/config.h"
 #include "auth/oidc.h"
+#include "audit/audit.h"
 #include "core/log.h"
 #include "net/tls.h"
 #include "net/worker.h"
@@ -19,7 +21,19 @@ typedef struct {
 	Worker *workers;
 	int nworkers;
 	const char *path;
+	pthread_mutex_t notify_mu; /* the audit writer notifies workers until they are gone */
+	bool workers_gone;
 } Server;
+
+/* Strict durability: records were committed; sessions holding results may go on. */
+static void on_audit_durable(void *arg)
+{
+	Server *srv = arg;
+	pthread_mutex_lock(&srv->notify_mu);
+	if (srv->workers && !srv->workers_gone)
+		workers_notify_all(srv->workers, srv->nworkers);
+	pthread_mutex_unlock(&srv->notify_mu);
+}
 
 static void on_oidc_keys(void *arg);
 
@@ -119,10 +133,20 @@ int serve_run(const char *path)
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
 	pthread_sigmask(SIG_BLOCK, &set, &old);
-	Server srv = {.path = path, .nworkers = n};
+	Server srv = {.path = path, .nworkers = n, .notify_mu = PTHREAD_MUTEX_INITIALIZER};
+	if (!audit_start(c, n + 1, on_audit_durable, &srv, err, sizeof err)) {
+		char q[600];
+		log_event(LOG_ERROR, "start_failed", "error=%s", log_quote(q, sizeof q, err));
+		return 1;
+	}
+	if (!c->audit_store)
+		log_event(LOG_WARN, "audit_disabled", "reason=\"no audit.store in the config: nothing is recorded\"");
+	pthread_mutex_lock(&srv.notify_mu);
 	srv.workers = workers_start(n, fds, &session_worker_hooks, err, sizeof err);
+	pthread_mutex_unlock(&srv.notify_mu);
 	if (!srv.workers) {
 		log_event(LOG_ERROR, "start_failed", "error=\"%s\"", err);
+		audit_stop();
 		return 1;
 	}
 	oidc_configure(c, on_oidc_keys, &srv);
@@ -139,7 +163,12 @@ int serve_run(const char *path)
 	event_base_dispatch(srv.base);
 
 	oidc_stop(); /* first: its callback notifies the workers */
-	workers_join(srv.workers, n);
+	workers_wait(srv.workers, n);
+	pthread_mutex_lock(&srv.notify_mu);
+	srv.workers_gone = true;
+	pthread_mutex_unlock(&srv.notify_mu);
+	workers_free(srv.workers, n);
+	audit_stop(); /* after the sessions: their last records are written */
 	log_event(LOG_INFO, "stopped", NULL);
 	event_free(hup);
 	event_free(term);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #include "core/log.h"
@@ -153,9 +154,19 @@ static bool on_tls(Loader *ld, Config *c, void *obj, const char *key, yaml_node_
 	return false;
 }
 
+static bool load_groups(Loader *ld, UserConfig *u, yaml_node_t *v);
+static bool valid_name(const char *s);
+
 static bool on_admin(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
 {
 	(void)obj;
+	if (strcmp(key, "auditors") == 0) {
+		UserConfig tmp = {0};
+		load_groups(ld, &tmp, v);
+		c->admin_auditors = tmp.groups;
+		c->nadmin_auditors = tmp.ngroups;
+		return true;
+	}
 	if (strcmp(key, "address") == 0)
 		return get_string(ld, v, "admin.address", &c->admin_address) || true;
 	if (strcmp(key, "port") == 0)
@@ -220,13 +231,63 @@ static bool on_audit_results(Loader *ld, Config *c, void *obj, const char *key, 
 	(void)obj;
 	if (strcmp(key, "rows") == 0)
 		return get_int(ld, v, "audit.results.rows", 0, 1000000, &c->audit_rows) || true;
+	if (strcmp(key, "bytes") == 0) {
+		uint64_t size;
+		const char *s = scalar(v);
+		if (!s || !config_parse_size(s, &size) || size > 64 * 1024 * 1024)
+			fail_at(ld, v, "audit.results.bytes must be a size up to 64MiB");
+		else
+			c->audit_bytes = (int)size;
+		return true;
+	}
 	return false;
+}
+
+/* Picks one of two words for a flag; anything else is an error naming both. */
+static void get_choice(Loader *ld, yaml_node_t *v, const char *key, const char *yes, const char *no, bool *out)
+{
+	const char *s = scalar(v);
+	if (s && strcmp(s, yes) == 0)
+		*out = true;
+	else if (s && strcmp(s, no) == 0)
+		*out = false;
+	else
+		fail_at(ld, v, "%s must be %s or %s", key, no, yes);
 }
 
 static bool on_audit(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
 {
-	if (strcmp(key, "store") == 0)
-		return get_string(ld, v, "audit.store", &c->audit_store) || true;
+	if (strcmp(key, "store") == 0) {
+		if (!get_string(ld, v, "audit.store", &c->audit_store))
+			return true;
+		if (strncmp(c->audit_store, "sqlite:", 7) != 0 && strncmp(c->audit_store, "postgresql://", 13) != 0 &&
+		    strncmp(c->audit_store, "postgres://", 11) != 0)
+			fail_at(ld, v, "audit.store must be sqlite:PATH or postgresql://...");
+		else if (strcmp(c->audit_store, "sqlite:") == 0)
+			fail_at(ld, v, "audit.store sqlite: needs a file path");
+		return true;
+	}
+	if (strcmp(key, "key_file") == 0)
+		return get_string(ld, v, "audit.key_file", &c->audit_key_file) || true;
+	if (strcmp(key, "node") == 0) {
+		if (get_string(ld, v, "audit.node", &c->audit_node) && !valid_name(c->audit_node))
+			fail_at(ld, v, "audit.node must be 1-63 letters, digits, _ - . @");
+		return true;
+	}
+	if (strcmp(key, "durability") == 0) {
+		get_choice(ld, v, "audit.durability", "strict", "default", &c->audit_strict);
+		return true;
+	}
+	if (strcmp(key, "on_failure") == 0) {
+		get_choice(ld, v, "audit.on_failure", "continue", "refuse", &c->audit_continue);
+		return true;
+	}
+	if (strcmp(key, "retention") == 0) {
+		const char *s = scalar(v);
+		if (!s || !config_parse_period_s(s, &c->audit_retention_s) || c->audit_retention_s < 1)
+			fail_at(ld, v, "audit.retention must be a period like 90d, 12h, 30m or 45s");
+		return true;
+	}
 	if (strcmp(key, "results") == 0)
 		return walk_mapping(ld, c, obj, v, "audit.results", on_audit_results) || true;
 	return false;
@@ -877,8 +938,10 @@ static bool on_top(Loader *ld, Config *c, void *obj, const char *key, yaml_node_
 		return walk_mapping(ld, c, NULL, v, "listen", on_listen) || true;
 	if (strcmp(key, "tls") == 0)
 		return walk_mapping(ld, c, NULL, v, "tls", on_tls) || true;
-	if (strcmp(key, "admin") == 0)
+	if (strcmp(key, "admin") == 0) {
+		c->admin_enabled = true;
 		return walk_mapping(ld, c, NULL, v, "admin", on_admin) || true;
+	}
 	if (strcmp(key, "limits") == 0)
 		return walk_mapping(ld, c, NULL, v, "limits", on_limits) || true;
 	if (strcmp(key, "log") == 0)
@@ -946,7 +1009,12 @@ static void config_free(Config *c)
 	free(c->tls_cert);
 	free(c->tls_key);
 	free(c->admin_address);
+	for (int i = 0; i < c->nadmin_auditors; i++)
+		free(c->admin_auditors[i]);
+	free(c->admin_auditors);
 	free(c->audit_store);
+	free(c->audit_key_file);
+	free(c->audit_node);
 	free(c);
 }
 
@@ -978,6 +1046,7 @@ Config *config_load(const char *path, char *err, size_t errlen)
 	c->log_level = LOG_INFO;
 	c->log_all_decisions = true;
 	c->audit_rows = 100;
+	c->audit_bytes = 64 * 1024;
 
 	yaml_parser_initialize(&parser);
 	yaml_parser_set_input_file(&parser, f);
@@ -1004,6 +1073,21 @@ Config *config_load(const char *path, char *err, size_t errlen)
 		c->default_allow = !c->has_policies;
 	if (!ld.failed && c->ndatabases == 0)
 		fail_at(&ld, root, "no databases are configured");
+	if (!ld.failed && c->audit_store && !c->audit_key_file) {
+		if (strncmp(c->audit_store, "sqlite:", 7) == 0) {
+			size_t n = strlen(c->audit_store + 7) + 5;
+			c->audit_key_file = xmalloc(n);
+			snprintf(c->audit_key_file, n, "%s.key", c->audit_store + 7);
+		} else {
+			fail_at(&ld, root, "audit.store on PostgreSQL needs audit.key_file (the chain key stays outside the store)");
+		}
+	}
+	if (!ld.failed && !c->audit_node) {
+		char host[256] = "pgcordon";
+		gethostname(host, sizeof host - 1);
+		host[63] = 0;
+		c->audit_node = xstrdup(valid_name(host) ? host : "pgcordon");
+	}
 
 	yaml_document_delete(&doc);
 	yaml_parser_delete(&parser);
@@ -1091,6 +1175,32 @@ bool config_parse_duration_ms(const char *s, int *out_ms)
 	if (ms > INT_MAX)
 		return false;
 	*out_ms = (int)ms;
+	return true;
+}
+
+bool config_parse_period_s(const char *s, int64_t *out)
+{
+	char *end;
+	if (!isdigit((unsigned char)*s))
+		return false;
+	errno = 0;
+	long long v = strtoll(s, &end, 10);
+	int64_t mult;
+	if (errno || v < 0)
+		return false;
+	if (*end == 0 || strcmp(end, "s") == 0)
+		mult = 1;
+	else if (strcmp(end, "m") == 0)
+		mult = 60;
+	else if (strcmp(end, "h") == 0)
+		mult = 3600;
+	else if (strcmp(end, "d") == 0)
+		mult = 86400;
+	else
+		return false;
+	if (v > INT64_MAX / mult / 1000)
+		return false;
+	*out = v * mult;
 	return true;
 }
 

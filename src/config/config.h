@@ -101,8 +101,11 @@ typedef struct Config {
 	char *tls_key;
 	SSL_CTX *tls_ctx; /* server context when tls_mode != TLS_DISABLE */
 
+	bool admin_enabled;     /* an admin: section exists: the HTTP API listens */
 	char *admin_address;
 	int admin_port;
+	char **admin_auditors;  /* admin.auditors: groups that may read the audit trail over HTTP */
+	int nadmin_auditors;
 
 	int max_client_conn;
 	uint32_t max_message_size;
@@ -110,8 +113,14 @@ typedef struct Config {
 	int shutdown_timeout_ms;
 	int log_level; /* LogLevel */
 
-	char *audit_store;
-	int audit_rows;
+	char *audit_store;      /* "sqlite:PATH" or "postgresql://..."; NULL: nothing is recorded */
+	char *audit_key_file;   /* the chain's first key; default PATH.key for SQLite */
+	char *audit_node;       /* this gateway's name in a shared store; default the host name */
+	bool audit_strict;      /* audit.durability: strict holds CommandComplete until durable */
+	bool audit_continue;    /* audit.on_failure: continue (default refuse) */
+	int64_t audit_retention_s; /* audit.retention; 0 keeps everything */
+	int audit_rows;         /* audit.results.rows: result rows kept per statement */
+	int audit_bytes;        /* audit.results.bytes */
 
 	bool log_all_decisions; /* log.decisions: all (default) or blocked */
 
@@ -154,6 +163,8 @@ uint64_t config_live_generation(void);
 
 /* "30s", "500ms", "5m", "1h" or a bare number of seconds. */
 bool config_parse_duration_ms(const char *s, int *out_ms);
+/* "90d", "12h", "30m", "45s": whole seconds. */
+bool config_parse_period_s(const char *s, int64_t *out);
 /* "67108864", "64MiB", "512KiB", "1GiB". */
 bool config_parse_size(const char *s, uint64_t *out);
 

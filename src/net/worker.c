@@ -173,10 +173,20 @@ void workers_stop_accepting(Worker *ws, int n)
 
 void worker_exit_loop(Worker *w) { event_base_loopexit(w->base, NULL); }
 
-void workers_join(Worker *ws, int n)
+void workers_wait(Worker *ws, int n)
 {
 	for (int i = 0; i < n; i++)
 		pthread_join(ws[i].thread, NULL);
+}
+
+void workers_join(Worker *ws, int n)
+{
+	workers_wait(ws, n);
+	workers_free(ws, n);
+}
+
+void workers_free(Worker *ws, int n)
+{
 	for (int i = 0; i < n; i++) {
 		if (ws[i].hooks->on_exit)
 			ws[i].hooks->on_exit(&ws[i]);

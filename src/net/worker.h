@@ -52,6 +52,10 @@ void workers_notify_all(Worker *ws, int n);
 void workers_stop_accepting(Worker *ws, int n);
 /* Waits for every worker loop to end (each ends when it has no more events) and frees them. */
 void workers_join(Worker *ws, int n);
+/* workers_join in two steps: wait for the loops to end, then free (for callers that must
+ * stop other threads from notifying in between). */
+void workers_wait(Worker *ws, int n);
+void workers_free(Worker *ws, int n);
 /* Makes a worker's loop exit once the current iteration is done; call on that worker. */
 void worker_exit_loop(Worker *w);
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/util.h"
+#include "session/audit_trail.h"
 
 void pipeline_init(Pipeline *p)
 {
@@ -14,8 +15,10 @@ void pipeline_init(Pipeline *p)
 
 void pipeline_free(Pipeline *p)
 {
-	for (size_t i = 0; i < p->count; i++)
+	for (size_t i = 0; i < p->count; i++) {
 		free(p->items[(p->head + i) % p->cap].refusal);
+		audit_stmt_free(p->items[(p->head + i) % p->cap].audit);
+	}
 	free(p->items);
 	p->items = NULL;
 	p->cap = p->count = p->head = 0;
@@ -53,9 +56,13 @@ static void pop(Pipeline *p)
 	}
 	free(p->items[p->head].refusal);
 	p->items[p->head].refusal = NULL;
+	audit_stmt_free(p->items[p->head].audit);
+	p->items[p->head].audit = NULL;
 	p->head = (p->head + 1) % p->cap;
 	p->count--;
 }
+
+Expectation *pipeline_front_mut(Pipeline *p) { return p->count ? &p->items[p->head] : NULL; }
 
 const Expectation *pipeline_front(const Pipeline *p)
 {

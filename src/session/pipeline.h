@@ -31,6 +31,7 @@ typedef struct {
 	int64_t max_rows;      /* row limit for the result, 0: none */
 	char *refusal;         /* the gateway refused it: the upstream error is replaced by this */
 	const char *refusal_sqlstate;
+	struct AuditStmt *audit; /* the statement's audit record in the making (owned) */
 } Expectation;
 
 typedef struct {
@@ -60,5 +61,6 @@ bool pipeline_on_frontend(Pipeline *p, char type, char describe_kind, Expectatio
 void pipeline_on_backend(Pipeline *p, char type, char status);
 static inline bool pipeline_idle(const Pipeline *p) { return p->count == 0; }
 const Expectation *pipeline_front(const Pipeline *p);
+Expectation *pipeline_front_mut(Pipeline *p);
 
 #endif

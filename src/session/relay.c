@@ -20,6 +20,8 @@
 #include "policy/cache.h"
 #include "session/cancel.h"
 #include "session/session_internal.h"
+#include "session/audit_trail.h"
+#include "audit/audit.h"
 
 #define POISON_SQL "pgcordon_refused"
 
@@ -234,10 +236,25 @@ static Action refuse(Session *s, char type, const Decision *d)
 		session_close(s, "pipeline full", "54000", "too many pipelined messages without reading results");
 		return ACT_CLOSED;
 	}
+	e->audit = s->audit_pending;
+	s->audit_pending = NULL;
 	e->refusal = xstrdup(d->message);
 	e->refusal_sqlstate = d->sqlstate;
 	send_poison(s, type);
 	return ACT_REPLACED;
+}
+
+/* The audit record of the message being decided, created from its decision. */
+static void audit_decided(Session *s, char type, const char *sql, const uint8_t *body, size_t blen, const Decision *d)
+{
+	if (!s->auditing)
+		return;
+	if (type == 'Q' || (type == 'P' && d && d->kind == DEC_BLOCK))
+		s->audit_pending = session__audit_stmt(s, sql, d);
+	else if (type == 'B')
+		s->audit_pending = session__audit_bind(s, body, blen, d);
+	else if (type == 'F')
+		s->audit_pending = session__audit_stmt(s, "(FunctionCall)", d);
 }
 
 static Action inspect_query(Session *s, const char *sql, size_t len, char type, const char *stmt_name)
@@ -247,6 +264,7 @@ static Action inspect_query(Session *s, const char *sql, size_t len, char type, 
 	const Decision *d = cached_decide(cf, s->policy, lookup_sql_prepared, s, &scratch);
 	const QueryFacts *q = cached_facts(cf);
 	log_decision(s, q, d);
+	audit_decided(s, type, sql, NULL, 0, d);
 	if (d->kind == DEC_BLOCK) {
 		cached_facts_release(cf);
 		return refuse(s, type, d);
@@ -302,10 +320,12 @@ static Action inspect_client_message(Session *s, char type, const uint8_t *body,
 			snprintf(scratch.message, sizeof scratch.message,
 				 "pgcordon: prepared statement \"%.63s\" was not inspected by this session",
 				 stmt ? stmt : "?");
+			audit_decided(s, 'B', NULL, body, blen, &scratch);
 			return refuse(s, 'B', &scratch);
 		}
 		/* Judged again at every Bind: cheap (memoized), and a reload applies at once. */
 		const Decision *d = cached_decide(p->facts, s->policy, lookup_sql_prepared, s, &scratch);
+		audit_decided(s, 'B', NULL, body, blen, d);
 		if (d->kind == DEC_BLOCK) {
 			log_decision(s, cached_facts(p->facts), d);
 			return refuse(s, 'B', d);
@@ -318,6 +338,7 @@ static Action inspect_client_message(Session *s, char type, const uint8_t *body,
 		snprintf(d.message, sizeof d.message,
 			 "pgcordon: blocked by policy %.100s: the FunctionCall protocol message is not allowed",
 			 s->policy->names);
+		audit_decided(s, 'F', NULL, NULL, 0, &d);
 		return refuse(s, 'F', &d);
 	}
 	default:
@@ -327,7 +348,39 @@ static Action inspect_client_message(Session *s, char type, const uint8_t *body,
 
 static bool wants_whole(const Session *s, char type)
 {
-	return s->inspecting && (type == 'Q' || type == 'P' || type == 'B' || type == 'F');
+	return (s->inspecting && (type == 'Q' || type == 'P' || type == 'B' || type == 'F')) ||
+	       (s->auditing && (type == 'Q' || type == 'P' || type == 'B' || type == 'E' || type == 'F'));
+}
+
+/* With the audit store down (on_failure: refuse) nothing new may run unrecorded. */
+static bool audit_refuses(const Session *s, char type)
+{
+	return s->auditing && (type == 'Q' || type == 'B' || type == 'F') && !audit_store_healthy() &&
+	       !s->config->audit_continue;
+}
+
+/* What the audit needs of a message the policy let through (or did not look at). */
+static void audit_forwarded(Session *s, char type, const uint8_t *body, size_t blen)
+{
+	if (!s->auditing || s->audit_pending)
+		return;
+	MsgReader r;
+	msgr_init(&r, body, blen);
+	const char *a = msgr_str(&r);
+	/* Inspected Query and Bind messages got their record from their decision. */
+	if (type == 'Q' && !s->inspecting) {
+		s->audit_pending = session__audit_stmt(s, a, NULL);
+	} else if (type == 'F') {
+		s->audit_pending = session__audit_stmt(s, "(FunctionCall)", NULL);
+	} else if (type == 'P') {
+		const char *sql = msgr_str(&r);
+		if (a && sql)
+			session__audit_parse(s, a, sql);
+	} else if (type == 'B' && !s->inspecting) {
+		s->audit_pending = session__audit_bind(s, body, blen, NULL);
+	} else if (type == 'E' && a) {
+		s->audit_pending = session__audit_execute(s, a);
+	}
 }
 
 /*
@@ -380,7 +433,18 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				if (s->state != SESS_READY)
 					return 0;
 			}
-			Action a = inspect_client_message(s, type, body, len - 4);
+			Action a;
+			if (audit_refuses(s, type)) {
+				Decision d = {.kind = DEC_BLOCK, .sqlstate = "58030", .policy = "", .rule = "audit_store_unavailable"};
+				snprintf(d.message, sizeof d.message,
+					 "pgcordon: the audit store cannot be written; statements are refused until it recovers");
+				audit_decided(s, type, type == 'Q' ? (const char *)body : NULL, body, len - 4, &d);
+				a = refuse(s, type, &d);
+			} else if (s->inspecting) {
+				a = inspect_client_message(s, type, body, len - 4);
+			} else {
+				a = ACT_FORWARD;
+			}
 			if (a == ACT_CLOSED)
 				return 0;
 			if (a == ACT_REPLACED) {
@@ -388,13 +452,19 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				avail -= total;
 				continue;
 			}
+			audit_forwarded(s, type, body, len - 4);
 			Expectation *e;
 			if (!pipeline_on_frontend(&s->pipeline, type, 0, &e)) {
 				session_close(s, "pipeline full", "54000", "too many pipelined messages without reading results");
 				return 0;
 			}
-			if (e && type == 'Q')
+			if (e && (type == 'Q' || type == 'E'))
 				e->max_rows = s->policy->max_rows;
+			if (e)
+				e->audit = s->audit_pending;
+			else
+				audit_stmt_free(s->audit_pending);
+			s->audit_pending = NULL;
 			fwd += total;
 			continue;
 		}
@@ -474,7 +544,7 @@ void session__balance(Session *s)
 	if (!s->server_paused && down > RELAY_HIGH_WATER) {
 		sock_pause_read(&s->server);
 		s->server_paused = true;
-	} else if (s->server_paused && down < RELAY_LOW_WATER) {
+	} else if (s->server_paused && down < RELAY_LOW_WATER && !s->audit_holding) {
 		s->server_paused = false;
 		sock_resume_read(&s->server);
 	}
@@ -505,6 +575,12 @@ static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra, size_t 
 	snprintf(msg, sizeof msg, "pgcordon: blocked by policy %.100s: the result exceeds max_rows %lld",
 		 s->policy->max_rows_by ? s->policy->max_rows_by : s->policy->names, (long long)e->max_rows);
 	proto_build_error(extra, false, "42501", msg, NULL, NULL);
+	Expectation *fm = pipeline_front_mut(&s->pipeline);
+	if (fm && fm->audit) {
+		session__audit_cut_off(s, fm->audit, msg);
+		audit_stmt_free(fm->audit);
+		fm->audit = NULL;
+	}
 	char qu[80];
 	log_event(LOG_INFO, "statement_cut_off", "session=%llu user=%s policy=%s rule=max_rows max_rows=%lld",
 		  (unsigned long long)s->id, log_quote(qu, sizeof qu, s->user_name),
@@ -623,8 +699,63 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 	return OUT_FORWARD;
 }
 
+typedef enum { STEP_GO, STEP_WAIT, STEP_HOLD } AuditStep;
+
+/*
+ * Feeds an upstream message to the audit record of the statement it answers. STEP_WAIT:
+ * the audit needs the whole message and it is not all here yet. STEP_HOLD: strict
+ * durability, the message waits until its record is committed (on_notify releases it).
+ */
+static AuditStep audit_server_message(Session *s, char type, uint32_t len, size_t offset, size_t avail)
+{
+	if (s->audit_released) {
+		s->audit_released = false; /* recorded before it was held */
+		return STEP_GO;
+	}
+	Expectation *f = pipeline_front_mut(&s->pipeline);
+	if (type == 'T' && f && (f->kind == EXP_DESCRIBE_PORTAL || f->kind == EXP_DESCRIBE_STMT) && len <= 1024 * 1024) {
+		if (avail - offset < 1 + (size_t)len)
+			return STEP_WAIT;
+		session__audit_described(s, copy_out(s, s->server.in, offset + 5, len - 4), len - 4);
+		return STEP_GO;
+	}
+	if (!f || !f->audit || f->internal || s->discarding)
+		return STEP_GO;
+	uint64_t ticket = 0;
+	AuditOutcome o;
+	if (type == 'E' && f->refusal) {
+		/* The client gets the refusal, not the poison's syntax error: so does the record. */
+		MsgBuilder b;
+		msgb_init(&b);
+		proto_build_error(&b, false, f->refusal_sqlstate, f->refusal, NULL, NULL);
+		o = session__audit_on_server(s, f->audit, true, 'E', b.data + 5, b.len - 5, &ticket);
+		msgb_free(&b);
+	} else {
+		bool whole = session__audit_wants(f->audit, type, len);
+		if (whole && avail - offset < 1 + (size_t)len)
+			return STEP_WAIT;
+		const uint8_t *body = whole ? copy_out(s, s->server.in, offset + 5, len - 4) : NULL;
+		o = session__audit_on_server(s, f->audit, whole, type, body, whole ? len - 4 : 0, &ticket);
+	}
+	if (f->kind == EXP_EXECUTE && (type == 'C' || type == 'E' || type == 'I' || type == 's')) {
+		audit_stmt_free(f->audit); /* recorded: the Execute is over */
+		f->audit = NULL;
+	} else if (f->kind != EXP_QUERY && type == 'E') {
+		audit_stmt_free(f->audit);
+		f->audit = NULL;
+	}
+	if (o == AUDIT_HOLD) {
+		s->audit_holding = true;
+		s->audit_ticket = ticket;
+		return STEP_HOLD;
+	}
+	return STEP_GO;
+}
+
 void session__relay_from_server(Session *s)
 {
+	if (s->audit_holding)
+		return; /* the upstream's answer waits for its audit record */
 	struct evbuffer *in = s->server.in;
 	size_t avail = evbuffer_get_length(in);
 	size_t fwd = 0;
@@ -657,6 +788,18 @@ void session__relay_from_server(Session *s)
 		}
 		if (len > 4 && n < 6)
 			break;
+		if (s->auditing) {
+			AuditStep st = audit_server_message(s, type, len, fwd, avail);
+			if (st == STEP_WAIT)
+				break;
+			if (st == STEP_HOLD) {
+				if (!s->server_paused) {
+					sock_pause_read(&s->server);
+					s->server_paused = true;
+				}
+				break;
+			}
+		}
 		MsgBuilder extra;
 		msgb_init(&extra);
 		OutAction a = judge_server_message(s, type, len > 4 ? hdr[5] : 0, fwd, avail - fwd, &extra);

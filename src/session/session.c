@@ -21,6 +21,8 @@
 #include <openssl/crypto.h>
 #include <time.h>
 #include "session/session_internal.h"
+#include "session/audit_trail.h"
+#include "audit/audit.h"
 
 #define FACTS_CACHE_ENTRIES 4096
 
@@ -103,6 +105,7 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 		free(s->groups);
 		free(s->apikey_hash);
 		pipeline_free(&s->pipeline);
+		session__audit_free(s);
 		session__free_prepared(s);
 		session__policy_release(s);
 		free(s->scratch);
@@ -194,6 +197,7 @@ void session_close(Session *s, const char *reason, const char *sqlstate, const c
 	if (s->client.out && evbuffer_get_length(s->client.out) > 0 && !s->client.handshaking)
 		sock_flush(&s->client);
 	s->state = SESS_CLOSED;
+	session__audit_session_end(s, reason);
 
 	char qreason[200], quser[80], qdb[80];
 	log_event(LOG_INFO, "session_end",
@@ -469,6 +473,7 @@ static void auth_failed(Session *s, const char *method, const char *why, const c
 	log_event(LOG_WARN, "auth_failed", "session=%llu peer=%s user=%s method=%s reason=%s",
 		  (unsigned long long)s->id, s->peer, log_quote(qu, sizeof qu, s->user_name), method,
 		  log_quote(q, sizeof q, why));
+	session__audit_login_failed(s, method, why);
 	char msg[400];
 	snprintf(msg, sizeof msg, "password authentication failed for user \"%.63s\"%s%.250s", s->user_name,
 		 client_detail ? ": " : "", client_detail ? client_detail : "");
@@ -866,6 +871,11 @@ void session__upstream_ready(Session *s)
 {
 	s->state = SESS_READY;
 	event_del(s->timer);
+	const char *app = NULL;
+	for (int i = 0; i < s->auth->startup.nparams; i++)
+		if (strcmp(s->auth->startup.names[i], "application_name") == 0)
+			app = s->auth->startup.values[i];
+	session__audit_session_start(s, app);
 	free(s->auth->startup_body);
 	free(s->auth);
 	s->auth = NULL;
@@ -897,6 +907,11 @@ static void on_notify(Worker *w)
 		after = s->next;
 		if (s->state == SESS_AUTH_WAIT_KEYS)
 			try_token(s, true); /* with retry it verifies or refuses: never waits twice */
+		else if (s->audit_holding && audit_durable(w->index) >= s->audit_ticket) {
+			s->audit_holding = false;
+			s->audit_released = true;
+			session__relay_from_server(s);
+		}
 	}
 	if (!__atomic_load_n(&shutting_down, __ATOMIC_ACQUIRE))
 		return;

@@ -107,6 +107,19 @@ struct Session {
 	bool cancel_pending;       /* a cancel for a cut-off statement may still be on its way */
 	bool has_cancel_target;
 	CancelTarget cancel_target;
+
+	/* Audit (session/audit_trail.c) */
+	bool auditing;             /* the session_start record was submitted */
+	bool audit_holding;        /* strict durability: the upstream message at the front waits */
+	bool audit_released;       /* ... and is now durable: pass it without recording it again */
+	char audit_id[20];
+	uint64_t audit_n;          /* statements recorded */
+	uint64_t audit_ticket;     /* what audit_holding waits for */
+	struct AuditNames *audit_names;
+	struct AuditStmt *audit_pending; /* the record of the client message being handled */
+	struct json_t *audit_columns; /* the last Describe's RowDescription, for an Execute's rows */
+	uint8_t audit_formats[1600];
+	int audit_ncols;
 	Session *prev, *next;
 };
 

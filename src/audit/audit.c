@@ -1,0 +1,403 @@
+/* The audit writer: per-worker queues, one thread, batched chained commits, retention. */
+#include "audit/audit.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "audit/chain.h"
+#include "audit/store.h"
+#include "core/log.h"
+#include "core/util.h"
+
+#define FLUSH_INTERVAL_MS 20      /* default mode: how long an event may wait to be written */
+#define RETRY_INTERVAL_MS 500     /* after a failed commit */
+#define PENDING_MAX 200000        /* events held while the store is down; older ones are dropped */
+#define HEAD_LOG_INTERVAL_S 60
+
+typedef struct Event {
+	char kind[24];
+	char *session_id, *user, *database;
+	int64_t time_us;
+	json_t *body;
+	int q;
+	uint64_t ticket;
+	struct Event *next;
+} Event;
+
+typedef struct {
+	pthread_mutex_t mu;
+	Event *head, *tail;
+	uint64_t submitted;
+	uint64_t durable; /* atomic */
+} Queue;
+
+static struct {
+	bool started;
+	bool strict;
+	pthread_t thread;
+	pthread_mutex_t mu; /* guards stopping and wake with cond */
+	pthread_cond_t cond;
+	bool stopping;
+	bool wake;
+	Queue *queues;
+	int nqueues;
+	AuditStore *st;
+	char *node;
+	uint8_t first_key[AUDIT_KEY_LEN];
+	uint8_t key[AUDIT_KEY_LEN]; /* key of the next record */
+	int64_t seq;                /* last record written */
+	char tag[AUDIT_TAG_HEX];
+	int64_t retention_s;
+	int healthy; /* atomic */
+	uint64_t dropped;
+	AuditDurableFn cb;
+	void *cb_arg;
+} W = {.healthy = 1};
+
+bool audit_enabled(void) { return W.started; }
+bool audit_is_strict(void) { return W.strict; }
+bool audit_store_healthy(void) { return __atomic_load_n(&W.healthy, __ATOMIC_ACQUIRE) != 0; }
+uint64_t audit_durable(int q) { return __atomic_load_n(&W.queues[q].durable, __ATOMIC_ACQUIRE); }
+
+int64_t audit_now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void audit_format_time(int64_t us, char out[AUDIT_TIME_LEN])
+{
+	time_t t = (time_t)(us / 1000000);
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	snprintf(out, AUDIT_TIME_LEN, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+		 tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(us % 1000000));
+}
+
+uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
+		      json_t *body)
+{
+	if (!W.started) {
+		json_decref(body);
+		return 0;
+	}
+	Event *e = xmalloc(sizeof *e);
+	snprintf(e->kind, sizeof e->kind, "%s", kind);
+	e->session_id = session_id ? xstrdup(session_id) : NULL;
+	e->user = user ? xstrdup(user) : NULL;
+	e->database = database ? xstrdup(database) : NULL;
+	e->time_us = audit_now_us();
+	e->body = body;
+	e->q = q;
+	e->next = NULL;
+	Queue *qu = &W.queues[q];
+	pthread_mutex_lock(&qu->mu);
+	e->ticket = ++qu->submitted;
+	if (qu->tail)
+		qu->tail->next = e;
+	else
+		qu->head = e;
+	qu->tail = e;
+	pthread_mutex_unlock(&qu->mu);
+	if (W.strict) {
+		/* Group commit: the writer starts the next batch as soon as it is free. */
+		pthread_mutex_lock(&W.mu);
+		W.wake = true;
+		pthread_cond_signal(&W.cond);
+		pthread_mutex_unlock(&W.mu);
+	}
+	return e->ticket;
+}
+
+static void event_free(Event *e)
+{
+	json_decref(e->body);
+	free(e->session_id);
+	free(e->user);
+	free(e->database);
+	free(e);
+}
+
+/* Appends one chained record inside the open transaction; advances the chain copy. */
+static bool write_record(int64_t *seq, uint8_t key[AUDIT_KEY_LEN], char tag[AUDIT_TAG_HEX], const char *kind,
+			 const char *session_id, const char *user, const char *database, int64_t time_us,
+			 const char *body, char *err, size_t errlen)
+{
+	char time[AUDIT_TIME_LEN], newtag[AUDIT_TAG_HEX];
+	audit_format_time(time_us, time);
+	StoredRecord r = {
+		.node = W.node, .seq = *seq + 1, .time = time, .kind = kind,
+		.session_id = session_id ? session_id : "", .user_name = user ? user : "",
+		.database = database ? database : "", .body = body, .prev_tag = tag,
+	};
+	chain_tag(key, &r, newtag);
+	r.tag = newtag;
+	if (!store_insert(W.st, &r, err, errlen))
+		return false;
+	*seq += 1;
+	chain_next_key(key);
+	memcpy(tag, newtag, AUDIT_TAG_HEX);
+	return true;
+}
+
+/* Writes the batch in one transaction. On failure nothing of it counts. */
+static bool write_batch(Event *batch, char *err, size_t errlen)
+{
+	int64_t seq = W.seq;
+	uint8_t key[AUDIT_KEY_LEN];
+	char tag[AUDIT_TAG_HEX];
+	memcpy(key, W.key, sizeof key);
+	memcpy(tag, W.tag, sizeof tag);
+	if (!store_begin(W.st, err, errlen))
+		return false;
+	for (Event *e = batch; e; e = e->next) {
+		char *body = json_dumps(e->body, JSON_COMPACT);
+		bool ok = body && write_record(&seq, key, tag, e->kind, e->session_id, e->user, e->database, e->time_us,
+						body, err, errlen);
+		free(body);
+		if (!ok) {
+			store_rollback(W.st);
+			return false;
+		}
+	}
+	if (!store_commit(W.st, err, errlen)) {
+		store_rollback(W.st);
+		return false;
+	}
+	W.seq = seq;
+	memcpy(W.key, key, sizeof key);
+	memcpy(W.tag, tag, sizeof tag);
+	return true;
+}
+
+/* Deletes records older than the retention and chains a "prune" record saying so. */
+static void prune(void)
+{
+	char err[300], cutoff[AUDIT_TIME_LEN], q[300];
+	int64_t through;
+	char through_tag[AUDIT_TAG_HEX];
+	audit_format_time(audit_now_us() - W.retention_s * 1000000, cutoff);
+	if (!store_last_before(W.st, W.node, cutoff, &through, through_tag, err, sizeof err)) {
+		log_event(LOG_ERROR, "audit_prune_failed", "error=%s", log_quote(q, sizeof q, err));
+		return;
+	}
+	if (through == 0 || through >= W.seq)
+		return; /* nothing old enough, or it would remove the head itself */
+	json_t *body = json_pack("{sI sI ss ss}", "through_seq", (json_int_t)through, "first_seq", (json_int_t)through + 1,
+				 "through_tag", through_tag, "cutoff", cutoff);
+	char *text = json_dumps(body, JSON_COMPACT);
+	json_decref(body);
+	int64_t seq = W.seq;
+	uint8_t key[AUDIT_KEY_LEN];
+	char tag[AUDIT_TAG_HEX];
+	memcpy(key, W.key, sizeof key);
+	memcpy(tag, W.tag, sizeof tag);
+	bool ok = store_begin(W.st, err, sizeof err);
+	if (ok) {
+		ok = store_delete_through(W.st, W.node, through, err, sizeof err) &&
+		     write_record(&seq, key, tag, "prune", NULL, NULL, NULL, audit_now_us(), text, err, sizeof err) &&
+		     store_commit(W.st, err, sizeof err);
+		if (!ok)
+			store_rollback(W.st);
+	}
+	free(text);
+	if (!ok) {
+		log_event(LOG_ERROR, "audit_prune_failed", "error=%s", log_quote(q, sizeof q, err));
+		return;
+	}
+	W.seq = seq;
+	memcpy(W.key, key, sizeof key);
+	memcpy(W.tag, tag, sizeof tag);
+	log_event(LOG_INFO, "audit_pruned", "node=%s through_seq=%lld cutoff=%s", W.node, (long long)through, cutoff);
+}
+
+/* Takes everything queued, queue by queue (each queue keeps its order). */
+static Event *drain(Event **tail, size_t *count)
+{
+	Event *head = NULL;
+	for (int i = 0; i < W.nqueues; i++) {
+		Queue *qu = &W.queues[i];
+		pthread_mutex_lock(&qu->mu);
+		Event *h = qu->head, *t = qu->tail;
+		qu->head = qu->tail = NULL;
+		pthread_mutex_unlock(&qu->mu);
+		if (!h)
+			continue;
+		if (*tail)
+			(*tail)->next = h;
+		else
+			head = h;
+		*tail = t;
+		for (Event *e = h; e; e = e->next)
+			(*count)++;
+	}
+	return head;
+}
+
+static void log_head(const char *why)
+{
+	log_event(LOG_INFO, "audit_head", "node=%s seq=%lld tag=%s reason=%s", W.node, (long long)W.seq,
+		  W.tag[0] ? W.tag : "-", why);
+}
+
+static void *writer_main(void *arg)
+{
+	(void)arg;
+	Event *pending = NULL, *pending_tail = NULL;
+	size_t npending = 0;
+	bool failing = false;
+	int stop_tries = 0;
+	int64_t next_prune = 0, last_head_log = audit_now_us(), logged_seq = W.seq;
+	for (;;) {
+		pthread_mutex_lock(&W.mu);
+		if (!W.wake && !W.stopping) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			long ms = failing ? RETRY_INTERVAL_MS : FLUSH_INTERVAL_MS;
+			ts.tv_nsec += ms * 1000000L;
+			ts.tv_sec += ts.tv_nsec / 1000000000L;
+			ts.tv_nsec %= 1000000000L;
+			pthread_cond_timedwait(&W.cond, &W.mu, &ts);
+		}
+		bool stopping = W.stopping;
+		W.wake = false;
+		pthread_mutex_unlock(&W.mu);
+
+		Event *more = drain(&pending_tail, &npending);
+		if (!pending)
+			pending = more;
+		while (npending > PENDING_MAX) {
+			/* The store has been down long enough that memory must win: say so loudly. */
+			Event *e = pending;
+			pending = e->next;
+			if (!pending)
+				pending_tail = NULL;
+			__atomic_store_n(&W.queues[e->q].durable, e->ticket, __ATOMIC_RELEASE);
+			event_free(e);
+			npending--;
+			if (W.dropped++ % 10000 == 0)
+				log_event(LOG_ERROR, "audit_events_dropped", "dropped=%llu reason=\"store unavailable\"",
+					  (unsigned long long)W.dropped);
+		}
+		if (pending) {
+			char err[300], q[400];
+			if (write_batch(pending, err, sizeof err)) {
+				for (Event *e = pending, *next; e; e = next) {
+					next = e->next;
+					__atomic_store_n(&W.queues[e->q].durable, e->ticket, __ATOMIC_RELEASE);
+					event_free(e);
+				}
+				pending = pending_tail = NULL;
+				npending = 0;
+				if (failing)
+					log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.seq);
+				failing = false;
+				__atomic_store_n(&W.healthy, 1, __ATOMIC_RELEASE);
+				if (W.cb)
+					W.cb(W.cb_arg);
+			} else {
+				if (!failing)
+					log_event(LOG_ERROR, "audit_store_failed", "node=%s pending=%zu error=%s", W.node, npending,
+						  log_quote(q, sizeof q, err));
+				failing = true;
+				__atomic_store_n(&W.healthy, 0, __ATOMIC_RELEASE);
+			}
+		}
+		int64_t now = audit_now_us();
+		if (W.retention_s && !failing && now >= next_prune) {
+			prune();
+			int64_t every = W.retention_s / 4 < 1 ? 1 : W.retention_s / 4 > 3600 ? 3600 : W.retention_s / 4;
+			next_prune = now + every * 1000000;
+		}
+		if (now - last_head_log > HEAD_LOG_INTERVAL_S * 1000000LL && W.seq != logged_seq) {
+			log_head("periodic");
+			last_head_log = now;
+			logged_seq = W.seq;
+		}
+		if (stopping) {
+			if (!pending)
+				break;
+			/* The store is down at shutdown: give it a few more tries, then report the loss. */
+			if (++stop_tries > 6) {
+				log_event(LOG_ERROR, "audit_events_lost", "count=%zu reason=\"store unavailable at shutdown\"",
+					  npending);
+				break;
+			}
+			struct timespec pause = {0, RETRY_INTERVAL_MS * 1000000L};
+			nanosleep(&pause, NULL);
+		}
+	}
+	while (pending) {
+		Event *next = pending->next;
+		event_free(pending);
+		pending = next;
+	}
+	log_head("stop");
+	return NULL;
+}
+
+bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, char *err, size_t errlen)
+{
+	if (!c->audit_store || W.started)
+		return true;
+	bool created;
+	if (!chain_load_key(c->audit_key_file, true, W.first_key, &created, err, errlen))
+		return false;
+	W.st = store_open(c->audit_store, c->audit_strict, err, errlen);
+	if (!W.st)
+		return false;
+	W.node = xstrdup(c->audit_node);
+	if (!store_head(W.st, W.node, &W.seq, W.tag, err, errlen)) {
+		store_close(W.st);
+		return false;
+	}
+	if (W.seq > 0 && created) {
+		snprintf(err, errlen, "audit key file %s was missing but the store already holds %lld records of node %s;"
+			 " restore the key file (a new key would break the chain)", c->audit_key_file, (long long)W.seq, W.node);
+		store_close(W.st);
+		return false;
+	}
+	chain_key_at(W.first_key, W.seq + 1, W.key);
+	if (created)
+		log_event(LOG_WARN, "audit_key_created", "path=%s note=\"keep a copy elsewhere: verification needs it\"",
+			  c->audit_key_file);
+	W.strict = c->audit_strict;
+	W.retention_s = c->audit_retention_s;
+	W.cb = cb;
+	W.cb_arg = arg;
+	W.nqueues = nqueues;
+	W.queues = xcalloc(nqueues, sizeof *W.queues);
+	for (int i = 0; i < nqueues; i++)
+		pthread_mutex_init(&W.queues[i].mu, NULL);
+	pthread_mutex_init(&W.mu, NULL);
+	pthread_cond_init(&W.cond, NULL);
+	W.started = true;
+	if (pthread_create(&W.thread, NULL, writer_main, NULL) != 0) {
+		W.started = false;
+		snprintf(err, errlen, "cannot start the audit writer thread");
+		store_close(W.st);
+		return false;
+	}
+	const char *safe_url = strncmp(c->audit_store, "sqlite:", 7) == 0 ? c->audit_store : "postgresql";
+	log_event(LOG_INFO, "audit_started", "store=%s node=%s durability=%s head_seq=%lld", safe_url, W.node,
+		  W.strict ? "strict" : "default", (long long)W.seq);
+	return true;
+}
+
+void audit_stop(void)
+{
+	if (!W.started)
+		return;
+	pthread_mutex_lock(&W.mu);
+	W.stopping = true;
+	pthread_cond_signal(&W.cond);
+	pthread_mutex_unlock(&W.mu);
+	pthread_join(W.thread, NULL);
+	store_close(W.st);
+	W.st = NULL;
+	W.started = false;
+}

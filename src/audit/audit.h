@@ -1,0 +1,48 @@
+/*
+ * The audit trail. Sessions build events (a JSON body plus a few indexed fields) and hand
+ * them to their worker's queue; one writer thread drains every queue, chains the records
+ * (audit/chain.h) and commits them in batches to the store (audit/store.h). The data path
+ * never waits on disk: in strict mode the session itself holds back its CommandComplete
+ * until audit_durable says its ticket is committed.
+ */
+#ifndef PGC_AUDIT_H
+#define PGC_AUDIT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config/config.h"
+
+/* Called on the writer thread after a commit in strict mode (wake the waiting sessions). */
+typedef void (*AuditDurableFn)(void *arg);
+
+/*
+ * Opens the store and the key, and starts the writer with nqueues queues (one per worker;
+ * queue nqueues-1 is for other threads). Does nothing when c has no audit.store.
+ */
+bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+/* Commits what is queued (trying for at most a few seconds) and stops the writer. */
+void audit_stop(void);
+
+bool audit_enabled(void);
+bool audit_is_strict(void);
+/* False while the store cannot be written (sessions refuse statements unless on_failure is continue). */
+bool audit_store_healthy(void);
+
+/*
+ * Queues an event; takes the reference to body. user, database and session_id may be NULL.
+ * Returns the event's ticket in queue q: audit_durable(q) >= ticket once it is committed.
+ */
+uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
+		      json_t *body);
+uint64_t audit_durable(int q);
+
+#define AUDIT_TIME_LEN 48
+/* Formats unix microseconds as the store's time text (ISO 8601 UTC). */
+void audit_format_time(int64_t us, char out[AUDIT_TIME_LEN]);
+int64_t audit_now_us(void);
+
+#endif

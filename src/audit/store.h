@@ -1,0 +1,85 @@
+/*
+ * The audit store: one append-only table of chained records, in SQLite (WAL) or in a
+ * PostgreSQL database of its own. One AuditStore is one connection; use it from one
+ * thread at a time. Errors come back in err; nothing here logs.
+ */
+#ifndef PGC_AUDIT_STORE_H
+#define PGC_AUDIT_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define AUDIT_TAG_HEX 65 /* 64 hex digits and a NUL */
+
+typedef struct {
+	const char *node;
+	int64_t seq;
+	const char *time;       /* ISO 8601 UTC with microseconds: sorts as text */
+	const char *kind;       /* session_start, statement, session_end, login_failed, prune, ... */
+	const char *session_id; /* "" when none */
+	const char *user_name;  /* "" when none; a copy of the body's, for filtering */
+	const char *database;   /* "" when none; likewise */
+	const char *body;       /* the record as JSON text, exactly as hashed */
+	const char *prev_tag;
+	const char *tag;
+} StoredRecord;
+
+typedef struct {
+	const char *node;       /* NULL: every node */
+	const char *kind;       /* NULL: every kind */
+	const char *session_id; /* NULL: every session */
+	const char *user_name;
+	const char *database;
+	const char *since;      /* time >= since */
+	int64_t from_seq;       /* seq >= from_seq */
+	int64_t limit;          /* 0: no limit */
+	bool newest_first;
+} StoreFilter;
+
+typedef struct AuditStore AuditStore;
+
+/* url: "sqlite:PATH" or "postgresql://..."; strict: every commit reaches the disk. */
+AuditStore *store_open(const char *url, bool strict, char *err, size_t errlen) __attribute__((warn_unused_result));
+void store_close(AuditStore *st);
+
+bool store_begin(AuditStore *st, char *err, size_t errlen) __attribute__((warn_unused_result));
+bool store_commit(AuditStore *st, char *err, size_t errlen) __attribute__((warn_unused_result));
+void store_rollback(AuditStore *st);
+bool store_insert(AuditStore *st, const StoredRecord *r, char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* The last record of node: *seq 0 and tag "" when there is none. */
+bool store_head(AuditStore *st, const char *node, int64_t *seq, char tag[AUDIT_TAG_HEX], char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+/* The last record of node older than time (*seq 0 when none). */
+bool store_last_before(AuditStore *st, const char *node, const char *time, int64_t *seq, char tag[AUDIT_TAG_HEX],
+		       char *err, size_t errlen) __attribute__((warn_unused_result));
+/* Deletes node's records up to and including seq. */
+bool store_delete_through(AuditStore *st, const char *node, int64_t seq, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+
+/* Calls cb for each matching record, by seq (node, then seq); cb returns false to stop. */
+typedef bool (*StoreVisit)(const StoredRecord *r, void *arg);
+bool store_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+
+/* ---- the two implementations, behind store_open ---- */
+typedef struct {
+	void (*close)(AuditStore *st);
+	bool (*exec)(AuditStore *st, const char *sql, char *err, size_t errlen);
+	bool (*insert)(AuditStore *st, const StoredRecord *r, char *err, size_t errlen);
+	bool (*head)(AuditStore *st, const char *node, const char *before, int64_t *seq, char *tag, char *err,
+		     size_t errlen);
+	bool (*delete_through)(AuditStore *st, const char *node, int64_t seq, char *err, size_t errlen);
+	bool (*scan)(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, char *err, size_t errlen);
+} StoreOps;
+
+struct AuditStore {
+	const StoreOps *ops;
+	void *db;
+};
+
+AuditStore *audit__sqlite_open(const char *path, bool strict, char *err, size_t errlen);
+AuditStore *audit__pg_open(const char *url, bool strict, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,170 @@
+/*
+ * The audit store in a PostgreSQL database of its own, for several gateways sharing one
+ * trail. Same table as SQLite; each gateway (node) keeps its own chain in it.
+ */
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "audit/store.h"
+#include "core/util.h"
+
+static const char *const SCHEMA =
+	"SET client_min_messages = warning;"
+	"CREATE TABLE IF NOT EXISTS audit_records ("
+	" node text NOT NULL, seq bigint NOT NULL, time text NOT NULL, kind text NOT NULL,"
+	" session_id text NOT NULL, user_name text NOT NULL, database text NOT NULL,"
+	" body text NOT NULL, prev_tag text NOT NULL, tag text NOT NULL, PRIMARY KEY (node, seq));"
+	"CREATE INDEX IF NOT EXISTS audit_records_session ON audit_records (session_id);"
+	"CREATE INDEX IF NOT EXISTS audit_records_kind_time ON audit_records (kind, time);";
+
+static bool fail(PGconn *c, const char *what, char *err, size_t errlen)
+{
+	char msg[300];
+	snprintf(msg, sizeof msg, "%s", c ? PQerrorMessage(c) : "out of memory");
+	size_t n = strlen(msg);
+	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+		msg[--n] = 0;
+	snprintf(err, errlen, "audit store: %s: %s", what, msg);
+	return false;
+}
+
+/* Runs a command; result rows (if any) go to *out when out is not NULL. */
+static bool run(PGconn *c, const char *sql, int n, const char *const *params, PGresult **out, const char *what,
+		char *err, size_t errlen)
+{
+	PGresult *r = n ? PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0) : PQexec(c, sql);
+	ExecStatusType s = PQresultStatus(r);
+	if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
+		PQclear(r);
+		return fail(c, what, err, errlen);
+	}
+	if (out)
+		*out = r;
+	else
+		PQclear(r);
+	return true;
+}
+
+static void pg_close(AuditStore *st)
+{
+	PQfinish(st->db);
+	free(st);
+}
+
+static bool pg_exec(AuditStore *st, const char *sql, char *err, size_t errlen)
+{
+	if (PQstatus(st->db) == CONNECTION_BAD)
+		PQreset(st->db); /* the writer reconnects at its next batch */
+	return run(st->db, sql, 0, NULL, NULL, sql, err, errlen);
+}
+
+static bool pg_insert(AuditStore *st, const StoredRecord *r, char *err, size_t errlen)
+{
+	char seq[24];
+	snprintf(seq, sizeof seq, "%lld", (long long)r->seq);
+	const char *p[10] = {r->node, seq, r->time, r->kind, r->session_id, r->user_name, r->database,
+			     r->body, r->prev_tag, r->tag};
+	return run(st->db,
+		   "INSERT INTO audit_records (node, seq, time, kind, session_id, user_name, database, body, prev_tag, tag)"
+		   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+		   10, p, NULL, "insert", err, errlen);
+}
+
+static bool pg_head(AuditStore *st, const char *node, const char *before, int64_t *seq, char *tag, char *err,
+		    size_t errlen)
+{
+	const char *p[2] = {node, before};
+	PGresult *r;
+	if (!run(st->db,
+		 before ? "SELECT seq, tag FROM audit_records WHERE node = $1 AND time < $2 ORDER BY seq DESC LIMIT 1"
+			: "SELECT seq, tag FROM audit_records WHERE node = $1 ORDER BY seq DESC LIMIT 1",
+		 before ? 2 : 1, p, &r, "head", err, errlen))
+		return false;
+	*seq = 0;
+	tag[0] = 0;
+	if (PQntuples(r) == 1) {
+		*seq = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+		snprintf(tag, AUDIT_TAG_HEX, "%s", PQgetvalue(r, 0, 1));
+	}
+	PQclear(r);
+	return true;
+}
+
+static bool pg_delete_through(AuditStore *st, const char *node, int64_t seq, char *err, size_t errlen)
+{
+	char s[24];
+	snprintf(s, sizeof s, "%lld", (long long)seq);
+	const char *p[2] = {node, s};
+	return run(st->db, "DELETE FROM audit_records WHERE node = $1 AND seq <= $2", 2, p, NULL, "prune", err, errlen);
+}
+
+static bool pg_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, char *err, size_t errlen)
+{
+	char sql[1024];
+	const char *binds[8];
+	int nb = 0;
+	int n = snprintf(sql, sizeof sql, "SELECT node, seq, time, kind, session_id, user_name, database, body, prev_tag, tag"
+					  " FROM audit_records WHERE seq >= %lld", (long long)f->from_seq);
+#define WHERE(field, value)                                                                              \
+	if (value) {                                                                                     \
+		n += snprintf(sql + n, sizeof sql - n, " AND " field " $%d", nb + 1);                   \
+		binds[nb++] = value;                                                                     \
+	}
+	WHERE("node =", f->node)
+	WHERE("kind =", f->kind)
+	WHERE("session_id =", f->session_id)
+	WHERE("user_name =", f->user_name)
+	WHERE("database =", f->database)
+	WHERE("time >=", f->since)
+#undef WHERE
+	n += snprintf(sql + n, sizeof sql - n, f->newest_first ? " ORDER BY time DESC, node, seq DESC" : " ORDER BY node, seq");
+	if (f->limit > 0)
+		snprintf(sql + n, sizeof sql - n, " LIMIT %lld", (long long)f->limit);
+	PGresult *r;
+	if (!run(st->db, sql, nb, binds, &r, "read", err, errlen))
+		return false;
+	for (int i = 0; i < PQntuples(r); i++) {
+		StoredRecord rec = {
+			.node = PQgetvalue(r, i, 0), .seq = strtoll(PQgetvalue(r, i, 1), NULL, 10), .time = PQgetvalue(r, i, 2),
+			.kind = PQgetvalue(r, i, 3), .session_id = PQgetvalue(r, i, 4), .user_name = PQgetvalue(r, i, 5),
+			.database = PQgetvalue(r, i, 6), .body = PQgetvalue(r, i, 7), .prev_tag = PQgetvalue(r, i, 8),
+			.tag = PQgetvalue(r, i, 9),
+		};
+		if (!cb(&rec, arg))
+			break;
+	}
+	PQclear(r);
+	return true;
+}
+
+static const StoreOps pg_ops = {
+	.close = pg_close,
+	.exec = pg_exec,
+	.insert = pg_insert,
+	.head = pg_head,
+	.delete_through = pg_delete_through,
+	.scan = pg_scan,
+};
+
+AuditStore *audit__pg_open(const char *url, bool strict, char *err, size_t errlen)
+{
+	PGconn *c = PQconnectdb(url);
+	if (PQstatus(c) != CONNECTION_OK) {
+		fail(c, "connect", err, errlen);
+		PQfinish(c);
+		return NULL;
+	}
+	/* Default mode may lose the last commits if the store's host crashes; strict may not. */
+	if (!run(c, SCHEMA, 0, NULL, NULL, "schema", err, errlen) ||
+	    !run(c, strict ? "SET synchronous_commit = on" : "SET synchronous_commit = off", 0, NULL, NULL, "settings",
+		 err, errlen)) {
+		PQfinish(c);
+		return NULL;
+	}
+	AuditStore *st = xcalloc(1, sizeof *st);
+	st->ops = &pg_ops;
+	st->db = c;
+	return st;
+}

@@ -1,0 +1,49 @@
+/*
+ * What a session tells the audit trail: its start and end, failed logins, and one record
+ * per statement (per part of a multi-statement Query) with its SQL, parameters, decision,
+ * result head and outcome. Session-layer internals; the trail itself is audit/audit.h.
+ */
+#ifndef PGC_AUDIT_TRAIL_H
+#define PGC_AUDIT_TRAIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "policy/policy.h"
+
+typedef struct Session Session;
+typedef struct AuditStmt AuditStmt;
+struct Expectation;
+
+void audit_stmt_free(AuditStmt *a);
+
+void session__audit_session_start(Session *s, const char *application_name);
+void session__audit_session_end(Session *s, const char *reason);
+void session__audit_login_failed(Session *s, const char *method, const char *why);
+void session__audit_free(Session *s);
+
+/* A decision as recorded: d NULL means allowed without a rule being consulted. */
+AuditStmt *session__audit_stmt(Session *s, const char *sql, const Decision *d);
+/* Extended protocol: remembers a statement's text, a portal's statement and parameters. */
+void session__audit_parse(Session *s, const char *name, const char *sql);
+/* Returns the record of a refused Bind (NULL when allowed: the Execute gets the record). */
+AuditStmt *session__audit_bind(Session *s, const uint8_t *body, size_t len, const Decision *d);
+AuditStmt *session__audit_execute(Session *s, const char *portal);
+
+typedef enum { AUDIT_PASS, AUDIT_HOLD } AuditOutcome;
+/*
+ * A whole upstream message answering the statement a: captures result rows, and at the
+ * message ending it submits the record. Returns AUDIT_HOLD (strict durability) when the
+ * message must wait until audit_durable(queue) reaches *ticket.
+ */
+AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool ends_query_part, char type, const uint8_t *body,
+				      size_t len, uint64_t *ticket);
+/* A RowDescription answering a Describe: the columns of the Execute that follows. */
+void session__audit_described(Session *s, const uint8_t *body, size_t len);
+/* The gateway ended the statement itself (max_rows): record it with this error. */
+void session__audit_cut_off(Session *s, AuditStmt *a, const char *message);
+/* Messages the audit needs whole (bounded); others stream past it. */
+bool session__audit_wants(const AuditStmt *a, char type, uint32_t len);
+
+#endif
