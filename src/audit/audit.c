@@ -155,7 +155,7 @@ static bool write_batch(Event *batch, char *err, size_t errlen)
 	if (!store_begin(W.st, err, errlen))
 		return false;
 	for (Event *e = batch; e; e = e->next) {
-		char *body = json_dumps(e->body, JSON_COMPACT);
+		char *body = json_dumps(e->body, JSON_COMPACT | JSON_REAL_PRECISION(6));
 		bool ok = body && write_record(&seq, key, tag, e->kind, e->session_id, e->user, e->database, e->time_us,
 						body, err, errlen);
 		free(body);

@@ -10,6 +10,7 @@
 #include "auth/apikey.h"
 #include "auth/scram.h"
 #include "cli/demo.h"
+#include "cli/audit_cmd.h"
 #include "cli/serve.h"
 #include "core/util.h"
 
@@ -23,7 +24,9 @@ static void usage(FILE *f)
 		   "                                        password from stdin when --password is absent)\n"
 		   "  pgcordon apikey create NAME [--groups G1,G2] [--expires YYYY-MM-DD]\n"
 		   "                                        make an API key: prints it once, and the config line\n"
-		   "  pgcordon demo [--port N]              throwaway PostgreSQL with the gateway in front\n");
+		   "  pgcordon demo [--port N]              throwaway PostgreSQL with the gateway in front\n"
+		   "  pgcordon sessions list|replay ...     read recorded sessions (pgcordon sessions --help)\n"
+		   "  pgcordon audit verify|export ...      check the audit chain, export JSON Lines\n");
 }
 
 static const char *option(int argc, char **argv, const char *name)
@@ -160,6 +163,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "passwd") == 0)
 		return cmd_passwd(argc, argv);
+	if (strcmp(cmd, "sessions") == 0 || strcmp(cmd, "audit") == 0)
+		return audit_cmd_main(argc, argv);
 	if (strcmp(cmd, "apikey") == 0)
 		return cmd_apikey(argc, argv);
 	if (strcmp(cmd, "demo") == 0) {

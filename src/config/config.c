@@ -25,6 +25,7 @@ typedef struct {
 	char *err;
 	size_t errlen;
 	bool failed;
+	bool skip_secrets; /* tools that only read the audit trail need no database password */
 } Loader;
 
 static bool fail_at(Loader *ld, const yaml_node_t *node, const char *fmt, ...)
@@ -314,8 +315,8 @@ static bool on_database(Loader *ld, Config *c, void *obj, const char *key, yaml_
 			return fail_at(ld, v, "%s must be a string", key) || true;
 		if (d->password)
 			return fail_at(ld, v, "only one of password, password_env, password_file may be set") || true;
-		if (strcmp(key, "password") == 0) {
-			d->password = xstrdup(s);
+		if (strcmp(key, "password") == 0 || ld->skip_secrets) {
+			d->password = xstrdup(ld->skip_secrets ? "" : s);
 		} else if (strcmp(key, "password_env") == 0) {
 			const char *e = getenv(s);
 			if (!e)
@@ -1018,7 +1019,12 @@ static void config_free(Config *c)
 	free(c);
 }
 
-Config *config_load(const char *path, char *err, size_t errlen)
+static Config *load(const char *path, bool skip_secrets, char *err, size_t errlen);
+
+Config *config_load(const char *path, char *err, size_t errlen) { return load(path, false, err, errlen); }
+Config *config_load_without_secrets(const char *path, char *err, size_t errlen) { return load(path, true, err, errlen); }
+
+static Config *load(const char *path, bool skip_secrets, char *err, size_t errlen)
 {
 	static uint64_t next_generation = 1;
 	FILE *f = fopen(path, "rb");
@@ -1029,7 +1035,7 @@ Config *config_load(const char *path, char *err, size_t errlen)
 	yaml_parser_t parser;
 	yaml_document_t doc;
 	Config *c = xcalloc(1, sizeof *c);
-	Loader ld = {.doc = &doc, .path = path, .err = err, .errlen = errlen};
+	Loader ld = {.doc = &doc, .path = path, .err = err, .errlen = errlen, .skip_secrets = skip_secrets};
 
 	c->refcount = 1;
 	c->path = xstrdup(path);

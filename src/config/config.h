@@ -148,6 +148,8 @@ const ApiKeyConfig *config_find_api_key(const Config *c, const char *name);
 
 /* Loads and validates FILE; on error returns NULL with "FILE:LINE: message" in err. */
 Config *config_load(const char *path, char *err, size_t errlen) __attribute__((warn_unused_result));
+/* The same, leaving database passwords empty: for tools that never connect upstream. */
+Config *config_load_without_secrets(const char *path, char *err, size_t errlen) __attribute__((warn_unused_result));
 
 const DatabaseConfig *config_find_database(const Config *c, const char *name);
 const UserConfig *config_find_user(const Config *c, const char *name);

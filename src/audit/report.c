@@ -1,0 +1,414 @@
+/* Reading the audit trail back: sessions, statements, replay transcripts, verification. */
+#include "audit/report.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "core/util.h"
+
+bool audit_parse_since(const char *arg, char out[AUDIT_TIME_LEN])
+{
+	int64_t period;
+	if (config_parse_period_s(arg, &period) && !(strlen(arg) >= 4 && isdigit((unsigned char)arg[3]))) {
+		audit_format_time(audit_now_us() - period * 1000000, out);
+		return true;
+	}
+	/* YYYY-MM-DD[THH:MM[:SS[.ffffff]]][Z]: compared as text with the stored times. */
+	size_t n = strlen(arg);
+	if (n < 10 || n >= AUDIT_TIME_LEN || !isdigit((unsigned char)arg[0]) || arg[4] != '-' || arg[7] != '-')
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!isdigit((unsigned char)arg[i]) && !strchr("-T:.Z ", arg[i]))
+			return false;
+	snprintf(out, AUDIT_TIME_LEN, "%s", arg);
+	if (n > 10 && out[10] == ' ')
+		out[10] = 'T';
+	if (out[n - 1] == 'Z')
+		out[n - 1] = 0;
+	return true;
+}
+
+json_t *audit_record_json(const StoredRecord *r)
+{
+	json_t *body = json_loads(r->body, 0, NULL);
+	json_t *j = json_pack("{ss sI ss ss ss ss ss so ss ss}", "node", r->node, "seq", (json_int_t)r->seq, "time", r->time,
+			      "kind", r->kind, "session_id", r->session_id, "user", r->user_name, "database", r->database,
+			      "record", body ? body : json_string(r->body), "prev_tag", r->prev_tag, "tag", r->tag);
+	return j;
+}
+
+/* ---- sessions ---- */
+
+typedef struct {
+	json_t *list;
+} Collect;
+
+static bool collect(const StoredRecord *r, void *arg)
+{
+	Collect *c = arg;
+	json_t *body = json_loads(r->body, 0, NULL);
+	if (!body)
+		return true;
+	json_object_set_new(body, "kind", json_string(r->kind));
+	json_object_set_new(body, "time", json_string(r->time));
+	json_object_set_new(body, "node", json_string(r->node));
+	json_object_set_new(body, "seq", json_integer(r->seq));
+	json_array_append_new(c->list, body);
+	return true;
+}
+
+/* The session's start record with its end folded in. */
+static json_t *session_summary(AuditStore *st, json_t *start, char *err, size_t errlen)
+{
+	const char *id = json_string_value(json_object_get(start, "session_id"));
+	Collect c = {json_array()};
+	StoreFilter f = {.session_id = id, .kind = "session_end"};
+	if (!id || !store_scan(st, &f, collect, &c, err, errlen)) {
+		json_decref(c.list);
+		return NULL;
+	}
+	json_t *s = json_deep_copy(start);
+	json_object_set(s, "start", json_object_get(start, "time"));
+	json_object_del(s, "time");
+	json_object_del(s, "kind");
+	json_t *end = json_array_get(c.list, 0);
+	json_object_set_new(s, "end", end ? json_incref(json_object_get(end, "time")) : json_null());
+	json_object_set_new(s, "end_reason", end ? json_incref(json_object_get(end, "reason")) : json_null());
+	if (end) {
+		json_object_set(s, "statements", json_object_get(end, "statements"));
+		json_object_set(s, "bytes_from_client", json_object_get(end, "bytes_from_client"));
+		json_object_set(s, "bytes_from_server", json_object_get(end, "bytes_from_server"));
+		json_object_set(s, "duration_ms", json_object_get(end, "duration_ms"));
+	}
+	json_decref(c.list);
+	return s;
+}
+
+json_t *audit_list_sessions(AuditStore *st, const SessionQuery *q, char *err, size_t errlen)
+{
+	Collect c = {json_array()};
+	StoreFilter f = {.kind = "session_start", .user_name = q->user, .database = q->database, .since = q->since,
+			 .limit = q->limit > 0 ? q->limit : 100, .newest_first = true};
+	if (!store_scan(st, &f, collect, &c, err, errlen)) {
+		json_decref(c.list);
+		return NULL;
+	}
+	json_t *out = json_array();
+	size_t i;
+	json_t *start;
+	json_array_foreach(c.list, i, start) {
+		json_t *s = session_summary(st, start, err, errlen);
+		if (!s) {
+			json_decref(out);
+			out = NULL;
+			break;
+		}
+		json_array_append_new(out, s);
+	}
+	json_decref(c.list);
+	return out;
+}
+
+json_t *audit_session_detail(AuditStore *st, const char *session_id, char *err, size_t errlen)
+{
+	Collect c = {json_array()};
+	StoreFilter f = {.session_id = session_id};
+	if (!store_scan(st, &f, collect, &c, err, errlen)) {
+		json_decref(c.list);
+		return NULL;
+	}
+	json_t *session = NULL, *statements = json_array();
+	size_t i;
+	json_t *r;
+	json_array_foreach(c.list, i, r) {
+		const char *kind = json_string_value(json_object_get(r, "kind"));
+		if (strcmp(kind, "session_start") == 0 && !session)
+			session = session_summary(st, r, err, errlen);
+		else if (strcmp(kind, "statement") == 0)
+			json_array_append(statements, r);
+	}
+	json_decref(c.list);
+	if (!session) {
+		json_decref(statements);
+		return json_null();
+	}
+	return json_pack("{so so}", "session", session, "statements", statements);
+}
+
+/* ---- replay ---- */
+
+typedef struct {
+	char *data;
+	size_t len, cap;
+} Text;
+
+static void add(Text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add(Text *t, const char *fmt, ...)
+{
+	va_list ap;
+	for (;;) {
+		size_t room = t->cap - t->len;
+		va_start(ap, fmt);
+		int n = vsnprintf(t->data ? t->data + t->len : NULL, room, fmt, ap);
+		va_end(ap);
+		if (n < 0)
+			return;
+		if ((size_t)n < room) {
+			t->len += (size_t)n;
+			return;
+		}
+		t->cap = (t->cap + (size_t)n + 1) * 2;
+		t->data = realloc(t->data, t->cap);
+		if (!t->data)
+			abort();
+	}
+}
+
+/* A captured value as psql shows it: text as is, NULL empty, bytes as \x... */
+static const char *cell(json_t *v, char *buf, size_t len)
+{
+	if (json_is_string(v))
+		return json_string_value(v);
+	if (json_is_object(v) && json_is_string(json_object_get(v, "hex"))) {
+		snprintf(buf, len, "\\x%s", json_string_value(json_object_get(v, "hex")));
+		return buf;
+	}
+	return "";
+}
+
+/* Display width of UTF-8 text: one column per code point. */
+static size_t width(const char *s)
+{
+	size_t w = 0;
+	for (; *s; s++)
+		w += ((unsigned char)*s & 0xc0) != 0x80;
+	return w;
+}
+
+static void pad(Text *t, const char *s, size_t w)
+{
+	add(t, "%s", s);
+	for (size_t i = width(s); i < w; i++)
+		add(t, " ");
+}
+
+static void add_table(Text *t, json_t *result)
+{
+	json_t *cols = json_object_get(result, "columns"), *rows = json_object_get(result, "rows");
+	size_t nc = json_array_size(cols), nr = json_array_size(rows);
+	if (nc == 0)
+		return;
+	size_t *w = xcalloc(nc, sizeof *w);
+	char buf[512];
+	for (size_t c = 0; c < nc; c++) {
+		const char *name = json_string_value(json_object_get(json_array_get(cols, c), "name"));
+		w[c] = width(name ? name : "");
+		for (size_t r = 0; r < nr; r++) {
+			size_t cw = width(cell(json_array_get(json_array_get(rows, r), c), buf, sizeof buf));
+			w[c] = cw > w[c] ? cw : w[c];
+		}
+	}
+	for (size_t c = 0; c < nc; c++) {
+		const char *name = json_string_value(json_object_get(json_array_get(cols, c), "name"));
+		add(t, "%s", c ? " | " : " ");
+		pad(t, name ? name : "", w[c]);
+	}
+	add(t, "\n");
+	for (size_t c = 0; c < nc; c++) {
+		add(t, "%s", c ? "-+-" : "-");
+		for (size_t i = 0; i < w[c]; i++)
+			add(t, "-");
+	}
+	add(t, "-\n");
+	for (size_t r = 0; r < nr; r++) {
+		for (size_t c = 0; c < nc; c++) {
+			add(t, "%s", c ? " | " : " ");
+			pad(t, cell(json_array_get(json_array_get(rows, r), c), buf, sizeof buf), w[c]);
+		}
+		add(t, "\n");
+	}
+	add(t, "(%zu row%s%s)\n", nr, nr == 1 ? "" : "s",
+	    json_is_true(json_object_get(result, "truncated")) ? "; more were sent, not recorded" : "");
+	free(w);
+}
+
+static const char *str(json_t *o, const char *key)
+{
+	const char *s = json_string_value(json_object_get(o, key));
+	return s ? s : "";
+}
+
+char *audit_replay_text(AuditStore *st, const char *session_id, char *err, size_t errlen)
+{
+	json_t *d = audit_session_detail(st, session_id, err, errlen);
+	if (!d)
+		return NULL;
+	if (json_is_null(d)) {
+		snprintf(err, errlen, "no session %s in the audit trail", session_id);
+		return NULL;
+	}
+	Text t = {0};
+	json_t *s = json_object_get(d, "session");
+	add(&t, "Session %s: user %s (%s", session_id, str(s, "user"), str(s, "auth_method"));
+	size_t i;
+	json_t *v;
+	json_array_foreach(json_object_get(s, "groups"), i, v) add(&t, "%s%s", i ? ", " : "; groups ", json_string_value(v));
+	add(&t, "), database %s, from %s", str(s, "database"), str(s, "client_address"));
+	if (*str(s, "application_name"))
+		add(&t, ", application \"%s\"", str(s, "application_name"));
+	if (*str(s, "role"))
+		add(&t, ", role %s", str(s, "role"));
+	add(&t, "\nStarted %s; ", str(s, "start"));
+	if (json_is_string(json_object_get(s, "end")))
+		add(&t, "ended %s (%s), %lld bytes from the client, %lld to it\n", str(s, "end"), str(s, "end_reason"),
+		    (long long)json_integer_value(json_object_get(s, "bytes_from_client")),
+		    (long long)json_integer_value(json_object_get(s, "bytes_from_server")));
+	else
+		add(&t, "no end recorded (still open, or the gateway stopped abruptly)\n");
+	json_t *stmt;
+	json_array_foreach(json_object_get(d, "statements"), i, stmt) {
+		json_t *dec = json_object_get(stmt, "decision");
+		add(&t, "\n[%s] #%lld", str(stmt, "time"), (long long)json_integer_value(json_object_get(stmt, "n")));
+		if (json_object_get(stmt, "part"))
+			add(&t, " part %lld", (long long)json_integer_value(json_object_get(stmt, "part")));
+		add(&t, "  %s", str(dec, "action"));
+		if (*str(dec, "policy"))
+			add(&t, " (policy %s%s%s)", str(dec, "policy"), *str(dec, "rule") ? ", rule " : "", str(dec, "rule"));
+		add(&t, "  %.3f ms\n%s\n", json_number_value(json_object_get(stmt, "duration_ms")), str(stmt, "sql"));
+		json_t *params = json_object_get(stmt, "params");
+		if (json_array_size(params)) {
+			char buf[512];
+			add(&t, "parameters:");
+			json_array_foreach(params, i, v) add(&t, " $%zu=%s", i + 1, json_is_null(v) ? "NULL" : cell(v, buf, sizeof buf));
+			add(&t, "\n");
+		}
+		if (json_object_get(stmt, "result"))
+			add_table(&t, json_object_get(stmt, "result"));
+		json_t *e = json_object_get(stmt, "error");
+		if (e) {
+			add(&t, "ERROR:  %s", str(e, "message"));
+			if (*str(e, "sqlstate"))
+				add(&t, " (SQLSTATE %s)", str(e, "sqlstate"));
+			add(&t, "\n");
+			if (*str(e, "detail"))
+				add(&t, "DETAIL:  %s\n", str(e, "detail"));
+		} else if (*str(stmt, "tag")) {
+			add(&t, "%s\n", str(stmt, "tag"));
+		}
+	}
+	json_decref(d);
+	if (!t.data)
+		add(&t, "%s", "");
+	return t.data;
+}
+
+/* ---- verification ---- */
+
+typedef struct {
+	const uint8_t *first_key;
+	uint8_t key[AUDIT_KEY_LEN];
+	VerifyResult *out;
+	int64_t expect;
+	char prev[AUDIT_TAG_HEX];
+	char first_prev[AUDIT_TAG_HEX];
+	int64_t prune_through;
+	char prune_tag[AUDIT_TAG_HEX];
+	bool bad;
+} Verify;
+
+static bool verify_one(const StoredRecord *r, void *arg)
+{
+	Verify *v = arg;
+	VerifyResult *o = v->out;
+	if (o->records == 0) {
+		o->first_seq = r->seq;
+		v->expect = r->seq;
+		chain_key_at(v->first_key, r->seq < 1 ? 1 : r->seq, v->key);
+		snprintf(v->prev, sizeof v->prev, "%s", r->seq == 1 ? "" : r->prev_tag);
+		snprintf(v->first_prev, sizeof v->first_prev, "%s", r->prev_tag);
+		if (r->seq < 1) {
+			snprintf(o->problem, sizeof o->problem, "record seq=%lld: inserted (sequence numbers start at 1)",
+				 (long long)r->seq);
+			v->bad = true;
+			return false;
+		}
+	}
+	if (r->seq != v->expect) {
+		snprintf(o->problem, sizeof o->problem, "record seq=%lld: deleted (missing between seq=%lld and seq=%lld)",
+			 (long long)v->expect, (long long)v->expect - 1, (long long)r->seq);
+		v->bad = true;
+		return false;
+	}
+	char tag[AUDIT_TAG_HEX];
+	chain_tag(v->key, r, tag);
+	if (strcmp(r->prev_tag, v->prev) != 0 && strcmp(tag, r->tag) == 0) {
+		/* Signed with the right key but linked to another predecessor: moved here. */
+		snprintf(o->problem, sizeof o->problem, "record seq=%lld: inserted or reordered (it does not follow seq=%lld)",
+			 (long long)r->seq, (long long)r->seq - 1);
+		v->bad = true;
+		return false;
+	}
+	if (strcmp(tag, r->tag) != 0 || strcmp(r->prev_tag, v->prev) != 0) {
+		snprintf(o->problem, sizeof o->problem, "record seq=%lld (%s, %s): altered or inserted: its tag does not verify",
+			 (long long)r->seq, r->kind, r->time);
+		v->bad = true;
+		return false;
+	}
+	if (strcmp(r->kind, "prune") == 0) {
+		json_t *b = json_loads(r->body, 0, NULL);
+		v->prune_through = (int64_t)json_integer_value(json_object_get(b, "through_seq"));
+		snprintf(v->prune_tag, sizeof v->prune_tag, "%s", json_string_value(json_object_get(b, "through_tag")) ?: "");
+		json_decref(b);
+	}
+	o->records++;
+	o->last_seq = r->seq;
+	snprintf(o->head_tag, sizeof o->head_tag, "%s", r->tag);
+	snprintf(v->prev, sizeof v->prev, "%s", r->tag);
+	chain_next_key(v->key);
+	v->expect++;
+	return true;
+}
+
+int audit_verify(AuditStore *st, const uint8_t first_key[AUDIT_KEY_LEN], const char *node, VerifyResult *out,
+		 char *err, size_t errlen)
+{
+	memset(out, 0, sizeof *out);
+	Verify v = {.first_key = first_key, .out = out};
+	StoreFilter f = {.node = node};
+	if (!store_scan(st, &f, verify_one, &v, err, errlen))
+		return -1;
+	if (v.bad)
+		return 0;
+	/* Records missing at the start are fine only when a (verified) prune record says so. */
+	if (out->records && out->first_seq > 1 &&
+	    (v.prune_through != out->first_seq - 1 || strcmp(v.prune_tag, v.first_prev) != 0)) {
+		snprintf(out->problem, sizeof out->problem,
+			 "record seq=%lld: deleted (records before seq=%lld are missing and no prune record accounts for them)",
+			 (long long)out->first_seq - 1, (long long)out->first_seq);
+		return 0;
+	}
+	return 1;
+}
+
+static bool collect_node(const StoredRecord *r, void *arg)
+{
+	json_t *nodes = arg;
+	size_t n = json_array_size(nodes);
+	if (n == 0 || strcmp(json_string_value(json_array_get(nodes, n - 1)), r->node) != 0)
+		json_array_append_new(nodes, json_string(r->node));
+	return true;
+}
+
+json_t *audit_nodes(AuditStore *st, char *err, size_t errlen)
+{
+	json_t *nodes = json_array();
+	StoreFilter f = {0};
+	if (!store_scan(st, &f, collect_node, nodes, err, errlen)) {
+		json_decref(nodes);
+		return NULL;
+	}
+	return nodes;
+}
