@@ -376,8 +376,8 @@ OidcOutcome oidc_verify(const Config *c, const char *token, const char *user, bo
 	snapshot_release(keys);
 	if (r != JWT_OK)
 		return OIDC_REFUSED;
-	const char *target = alias_target(o, user);
-	if (strcmp(id.username, user) != 0 && !(target && strcmp(target, id.username) == 0)) {
+	const char *target = user ? alias_target(o, user) : NULL;
+	if (user && strcmp(id.username, user) != 0 && !(target && strcmp(target, id.username) == 0)) {
 		snprintf(err, errlen, "token is for \"%.100s\", not for \"%.63s\"", id.username, user);
 		jwt_identity_free(&id);
 		return OIDC_REFUSED;

@@ -39,6 +39,7 @@ typedef struct {
 /*
  * Verifies token for startup user `user` against the issuers of c. A token whose kid is
  * unknown asks for a refresh (at most every min_refresh) and answers PENDING once.
+ * user NULL accepts any subject (the HTTP API, where no startup user names one).
  */
 OidcOutcome oidc_verify(const Config *c, const char *token, const char *user, bool retry, OidcIdentity *out,
 			char *err, size_t errlen);

@@ -11,6 +11,7 @@
 #include "config/config.h"
 #include "auth/oidc.h"
 #include "audit/audit.h"
+#include "http/api.h"
 #include "core/log.h"
 #include "net/tls.h"
 #include "net/worker.h"
@@ -139,6 +140,12 @@ int serve_run(const char *path)
 		log_event(LOG_ERROR, "start_failed", "error=%s", log_quote(q, sizeof q, err));
 		return 1;
 	}
+	if (!http_start(c, err, sizeof err)) {
+		char q[600];
+		log_event(LOG_ERROR, "start_failed", "error=%s", log_quote(q, sizeof q, err));
+		audit_stop();
+		return 1;
+	}
 	if (!c->audit_store)
 		log_event(LOG_WARN, "audit_disabled", "reason=\"no audit.store in the config: nothing is recorded\"");
 	pthread_mutex_lock(&srv.notify_mu);
@@ -162,6 +169,7 @@ int serve_run(const char *path)
 	log_event(LOG_INFO, "ready", "address=%s port=%d workers=%d config=%s", c->listen_address, port, n, path);
 	event_base_dispatch(srv.base);
 
+	http_stop();
 	oidc_stop(); /* first: its callback notifies the workers */
 	workers_wait(srv.workers, n);
 	pthread_mutex_lock(&srv.notify_mu);

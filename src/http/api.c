@@ -1,0 +1,260 @@
+/* The admin HTTP API: health, and the audit trail (sessions, statements, replays) as JSON. */
+#include "http/api.h"
+
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "audit/audit.h"
+#include "audit/report.h"
+#include "auth/apikey.h"
+#include "auth/oidc.h"
+#include "core/log.h"
+#include "core/util.h"
+
+static struct MHD_Daemon *daemon_;
+
+typedef struct {
+	char name[256];
+	char **groups;
+	int ngroups;
+	bool owned; /* groups were allocated for this request */
+} Caller;
+
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, json_t *body)
+{
+	char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(9));
+	json_decref(body);
+	if (!text)
+		text = xstrdup("{\"error\":\"out of memory\"}");
+	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	MHD_add_response_header(r, "Content-Type", "application/json");
+	MHD_add_response_header(r, "Cache-Control", "no-store");
+	if (status == MHD_HTTP_UNAUTHORIZED)
+		MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
+	enum MHD_Result ok = MHD_queue_response(conn, status, r);
+	MHD_destroy_response(r);
+	return ok;
+}
+
+static enum MHD_Result error(struct MHD_Connection *conn, unsigned status, const char *msg)
+{
+	return reply(conn, status, json_pack("{ss}", "error", msg));
+}
+
+/* Who sent the request: an API key or an OIDC token as a Bearer credential. */
+static bool authenticate(const Config *c, const char *header, Caller *who, char *why, size_t whylen)
+{
+	memset(who, 0, sizeof *who);
+	if (!header || strncmp(header, "Bearer ", 7) != 0) {
+		snprintf(why, whylen, "an Authorization: Bearer header with an API key or an OIDC token is required");
+		return false;
+	}
+	const char *token = header + 7;
+	if (apikey_looks_like(token)) {
+		for (int i = 0; i < c->napi_keys; i++) {
+			const ApiKeyConfig *k = &c->api_keys[i];
+			if (!apikey_matches(token, k->hash))
+				continue;
+			if (k->expires && (int64_t)time(NULL) > k->expires) {
+				snprintf(why, whylen, "the API key has expired");
+				return false;
+			}
+			snprintf(who->name, sizeof who->name, "%s", k->name);
+			who->groups = k->groups;
+			who->ngroups = k->ngroups;
+			return true;
+		}
+		snprintf(why, whylen, "unknown API key");
+		return false;
+	}
+	OidcIdentity id;
+	OidcOutcome o = oidc_verify(c, token, NULL, false, &id, why, whylen);
+	for (int i = 0; i < 30 && o == OIDC_PENDING; i++) {
+		/* The issuer's keys are being fetched: this thread may wait, unlike a worker. */
+		struct timespec pause = {0, 100 * 1000000L};
+		nanosleep(&pause, NULL);
+		o = oidc_verify(c, token, NULL, true, &id, why, whylen);
+	}
+	if (o != OIDC_OK) {
+		if (o == OIDC_PENDING)
+			snprintf(why, whylen, "the token's signing keys could not be fetched in time");
+		return false;
+	}
+	snprintf(who->name, sizeof who->name, "%s", id.username);
+	who->groups = id.groups;
+	who->ngroups = id.ngroups;
+	who->owned = true;
+	return true;
+}
+
+static void caller_free(Caller *who)
+{
+	if (!who->owned)
+		return;
+	for (int i = 0; i < who->ngroups; i++)
+		free(who->groups[i]);
+	free(who->groups);
+}
+
+static bool is_auditor(const Config *c, const Caller *who)
+{
+	for (int i = 0; i < who->ngroups; i++)
+		for (int j = 0; j < c->nadmin_auditors; j++)
+			if (strcmp(who->groups[i], c->admin_auditors[j]) == 0)
+				return true;
+	return false;
+}
+
+static const char *arg(struct MHD_Connection *conn, const char *name)
+{
+	return MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+/* GET /api/sessions, /api/sessions/ID, /api/sessions/ID/replay */
+static enum MHD_Result audit_request(struct MHD_Connection *conn, const Config *c, const char *url)
+{
+	if (!c->audit_store)
+		return error(conn, MHD_HTTP_NOT_FOUND, "no audit.store is configured");
+	char err[512];
+	AuditStore *st = store_open(c->audit_store, false, err, sizeof err);
+	if (!st)
+		return error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, err);
+	json_t *out = NULL;
+	unsigned status = MHD_HTTP_OK;
+	const char *rest = url + strlen("/api/sessions");
+	if (*rest == 0 || strcmp(rest, "/") == 0) {
+		char since[AUDIT_TIME_LEN];
+		const char *s = arg(conn, "since"), *limit = arg(conn, "limit");
+		if (s && !audit_parse_since(s, since)) {
+			store_close(st);
+			return error(conn, MHD_HTTP_BAD_REQUEST, "since must be an ISO date/time or a period like 30m, 12h, 7d");
+		}
+		SessionQuery q = {.user = arg(conn, "user"), .database = arg(conn, "database"), .since = s ? since : NULL,
+				  .limit = limit ? atol(limit) : 100};
+		json_t *list = audit_list_sessions(st, &q, err, sizeof err);
+		if (list)
+			out = json_pack("{so}", "sessions", list);
+	} else if (rest[0] == '/') {
+		char id[64];
+		const char *slash = strchr(rest + 1, '/');
+		size_t n = slash ? (size_t)(slash - rest - 1) : strlen(rest + 1);
+		if (n == 0 || n >= sizeof id) {
+			store_close(st);
+			return error(conn, MHD_HTTP_NOT_FOUND, "no such session");
+		}
+		memcpy(id, rest + 1, n);
+		id[n] = 0;
+		if (!slash) {
+			out = audit_session_detail(st, id, err, sizeof err);
+			if (out && json_is_null(out)) {
+				json_decref(out);
+				store_close(st);
+				return error(conn, MHD_HTTP_NOT_FOUND, "no such session");
+			}
+		} else if (strcmp(slash, "/replay") == 0) {
+			char *text = audit_replay_text(st, id, err, sizeof err);
+			if (text) {
+				out = json_pack("{ss ss}", "session_id", id, "transcript", text);
+				free(text);
+			} else if (strncmp(err, "no session", 10) == 0) {
+				store_close(st);
+				return error(conn, MHD_HTTP_NOT_FOUND, "no such session");
+			}
+		} else {
+			store_close(st);
+			return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
+		}
+	}
+	store_close(st);
+	if (!out)
+		return error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, err);
+	return reply(conn, status, out);
+}
+
+static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+			      const char *version, const char *upload_data, size_t *upload_data_size, void **state)
+{
+	(void)cls;
+	(void)version;
+	(void)upload_data;
+	(void)upload_data_size;
+	(void)state;
+	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+		return error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET is served here");
+	if (strcmp(url, "/healthz") == 0)
+		return reply(conn, MHD_HTTP_OK,
+			     json_pack("{ss ss}", "status", "ok", "audit",
+				       !audit_enabled() ? "off" : audit_store_healthy() ? "ok" : "failing"));
+	if (strncmp(url, "/api/", 5) != 0)
+		return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
+	Config *c = config_current();
+	if (!c)
+		return error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready");
+	Caller who;
+	char why[300], q[400], qu[300];
+	const char *peer = "?";
+	char peerbuf[64];
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET) {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ci->client_addr)->sin_addr, peerbuf, sizeof peerbuf);
+		peer = peerbuf;
+	}
+	enum MHD_Result r;
+	if (!authenticate(c, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION), &who,
+			  why, sizeof why)) {
+		log_event(LOG_WARN, "admin_auth_failed", "peer=%s path=%s reason=%s", peer, log_quote(qu, sizeof qu, url),
+			  log_quote(q, sizeof q, why));
+		r = error(conn, MHD_HTTP_UNAUTHORIZED, why);
+	} else if (!is_auditor(c, &who)) {
+		log_event(LOG_WARN, "admin_forbidden", "peer=%s user=%s path=%s", peer, log_quote(q, sizeof q, who.name),
+			  log_quote(qu, sizeof qu, url));
+		r = error(conn, MHD_HTTP_FORBIDDEN, "this identity is in none of the admin.auditors groups");
+	} else if (strncmp(url, "/api/sessions", 13) == 0) {
+		log_event(LOG_INFO, "admin_request", "peer=%s user=%s path=%s", peer, log_quote(q, sizeof q, who.name),
+			  log_quote(qu, sizeof qu, url));
+		r = audit_request(conn, c, url);
+	} else {
+		r = error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
+	}
+	if (who.ngroups || who.owned)
+		caller_free(&who);
+	config_release(c);
+	return r;
+}
+
+bool http_start(const Config *c, char *err, size_t errlen)
+{
+	if (!c->admin_enabled)
+		return true;
+	struct sockaddr_in sin;
+	memset(&sin, 0, sizeof sin);
+	sin.sin_family = AF_INET;
+	sin.sin_port = htons((uint16_t)c->admin_port);
+	if (inet_pton(AF_INET, c->admin_address, &sin.sin_addr) != 1) {
+		snprintf(err, errlen, "admin.address %s is not an IPv4 address", c->admin_address);
+		return false;
+	}
+	daemon_ = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG,
+				   (uint16_t)c->admin_port, NULL, NULL, handle, NULL, MHD_OPTION_SOCK_ADDR, &sin,
+				   MHD_OPTION_THREAD_POOL_SIZE, 2U, MHD_OPTION_CONNECTION_LIMIT, 64U,
+				   MHD_OPTION_CONNECTION_TIMEOUT, 30U, MHD_OPTION_END);
+	if (!daemon_) {
+		snprintf(err, errlen, "cannot listen on admin %s:%d (in use?)", c->admin_address, c->admin_port);
+		return false;
+	}
+	log_event(LOG_INFO, "admin_ready", "address=%s port=%d", c->admin_address, c->admin_port);
+	return true;
+}
+
+void http_stop(void)
+{
+	if (daemon_)
+		MHD_stop_daemon(daemon_);
+	daemon_ = NULL;
+}
