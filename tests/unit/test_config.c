@@ -139,6 +139,55 @@ static void test_errors_name_the_line(void **state)
 	expect_error("- just\n- a list\n", 1, "must be a mapping");
 }
 
+static void test_audit_and_admin_sections(void **state)
+{
+	(void)state;
+	char err[512];
+	const char *db = "databases:\n  app: {host: h, user: u, password: p}\n";
+	char text[2048];
+	snprintf(text, sizeof text,
+		 "%saudit:\n  store: sqlite:/var/lib/pgcordon/audit.db\n  durability: strict\n  on_failure: continue\n"
+		 "  retention: 90d\n  node: gw-1\n  results: {rows: 10, bytes: 1KiB}\n"
+		 "admin: {address: 127.0.0.1, port: 9000, auditors: [security, sre]}\n", db);
+	Config *c = load_text(text, err, sizeof err);
+	if (!c)
+		fail_msg("%s", err);
+	assert_string_equal(c->audit_key_file, "/var/lib/pgcordon/audit.db.key");
+	assert_true(c->audit_strict);
+	assert_true(c->audit_continue);
+	assert_int_equal(c->audit_retention_s, 90 * 86400);
+	assert_string_equal(c->audit_node, "gw-1");
+	assert_int_equal(c->audit_rows, 10);
+	assert_int_equal(c->audit_bytes, 1024);
+	assert_true(c->admin_enabled);
+	assert_int_equal(c->admin_port, 9000);
+	assert_int_equal(c->nadmin_auditors, 2);
+	assert_string_equal(c->admin_auditors[1], "sre");
+	config_release(c);
+
+	/* Without the sections: nothing recorded, no HTTP listener, defaults for the rest. */
+	c = load_text(db, err, sizeof err);
+	assert_non_null(c);
+	assert_null(c->audit_store);
+	assert_false(c->admin_enabled);
+	assert_false(c->audit_strict);
+	assert_false(c->audit_continue);
+	config_release(c);
+
+	snprintf(text, sizeof text, "%saudit:\n  store: mysql://x\n", db);
+	expect_error(text, 4, "sqlite:PATH or postgresql://");
+	snprintf(text, sizeof text, "%saudit:\n  store: postgresql://u@h/audit\n", db);
+	expect_error(text, 1, "needs audit.key_file");
+	snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  durability: maybe\n", db);
+	expect_error(text, 5, "default or strict");
+	snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  on_failure: ignore\n", db);
+	expect_error(text, 5, "refuse or continue");
+	snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  retention: forever\n", db);
+	expect_error(text, 5, "audit.retention");
+	snprintf(text, sizeof text, "%sadmin: {auditors: [\"bad group\"]}\n", db);
+	expect_error(text, 3, "group names");
+}
+
 static void test_identity_sections(void **state)
 {
 	(void)state;
@@ -226,6 +275,7 @@ int main(void)
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_errors_name_the_line),
 		cmocka_unit_test(test_identity_sections),
+		cmocka_unit_test(test_audit_and_admin_sections),
 		cmocka_unit_test(test_duration_and_size),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,212 @@
+/* The audit chain, the SQLite store and verification: tags, key evolution, tamper findings. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "audit/chain.h"
+#include "audit/report.h"
+#include "audit/store.h"
+#include "config/config.h"
+
+static const uint8_t KEY[AUDIT_KEY_LEN] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+					   17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
+
+static StoredRecord rec(int64_t seq, const char *body, const char *prev)
+{
+	StoredRecord r = {.node = "n1", .seq = seq, .time = "2026-11-22T10:00:00.000000Z", .kind = "statement",
+			  .session_id = "s1", .user_name = "alice", .database = "app", .body = body, .prev_tag = prev};
+	return r;
+}
+
+static void test_tag_covers_every_field(void **state)
+{
+	(void)state;
+	char a[AUDIT_TAG_HEX], b[AUDIT_TAG_HEX];
+	StoredRecord r = rec(1, "{\"sql\":\"select 1\"}", "");
+	chain_tag(KEY, &r, a);
+	chain_tag(KEY, &r, b);
+	assert_string_equal(a, b);
+	assert_int_equal(strlen(a), 64);
+	const char **fields[] = {&r.node, &r.time, &r.kind, &r.session_id, &r.user_name, &r.database, &r.body, &r.prev_tag};
+	for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
+		const char *saved = *fields[i];
+		*fields[i] = "x";
+		chain_tag(KEY, &r, b);
+		assert_string_not_equal(a, b);
+		*fields[i] = saved;
+	}
+	r.seq = 2;
+	chain_tag(KEY, &r, b);
+	assert_string_not_equal(a, b);
+	/* Length prefixes: moving a byte between fields changes the tag. */
+	StoredRecord r2 = r, r3 = r;
+	r2.user_name = "alicea";
+	r2.database = "pp";
+	r3.user_name = "alice";
+	r3.database = "app";
+	chain_tag(KEY, &r2, a);
+	chain_tag(KEY, &r3, b);
+	assert_string_not_equal(a, b);
+}
+
+static void test_key_evolves_one_way(void **state)
+{
+	(void)state;
+	uint8_t k1[AUDIT_KEY_LEN], k3[AUDIT_KEY_LEN], step[AUDIT_KEY_LEN];
+	chain_key_at(KEY, 1, k1);
+	assert_memory_equal(k1, KEY, AUDIT_KEY_LEN);
+	chain_key_at(KEY, 3, k3);
+	memcpy(step, KEY, sizeof step);
+	chain_next_key(step);
+	assert_memory_not_equal(step, KEY, AUDIT_KEY_LEN);
+	chain_next_key(step);
+	assert_memory_equal(step, k3, AUDIT_KEY_LEN);
+}
+
+static char dbpath[64];
+
+/* A store with n chained records of node n1, written as the gateway writes them. */
+static AuditStore *make_store(int n)
+{
+	snprintf(dbpath, sizeof dbpath, "/tmp/pgcordon-unit-audit-XXXXXX");
+	int fd = mkstemp(dbpath);
+	assert_true(fd >= 0);
+	close(fd);
+	char url[80], err[300];
+	snprintf(url, sizeof url, "sqlite:%s", dbpath);
+	AuditStore *st = store_open(url, false, err, sizeof err);
+	assert_non_null(st);
+	uint8_t key[AUDIT_KEY_LEN];
+	memcpy(key, KEY, sizeof key);
+	char prev[AUDIT_TAG_HEX] = "", tag[AUDIT_TAG_HEX], body[64];
+	assert_true(store_begin(st, err, sizeof err));
+	for (int i = 1; i <= n; i++) {
+		snprintf(body, sizeof body, "{\"n\":%d}", i);
+		StoredRecord r = rec(i, body, prev);
+		chain_tag(key, &r, tag);
+		r.tag = tag;
+		assert_true(store_insert(st, &r, err, sizeof err));
+		chain_next_key(key);
+		memcpy(prev, tag, sizeof prev);
+	}
+	assert_true(store_commit(st, err, sizeof err));
+	return st;
+}
+
+static void sql(const char *q)
+{
+	sqlite3 *db;
+	assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, q, NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+}
+
+static int verify(AuditStore *st, VerifyResult *v)
+{
+	char err[300];
+	return audit_verify(st, KEY, "n1", v, err, sizeof err);
+}
+
+static void drop_store(AuditStore *st)
+{
+	store_close(st);
+	unlink(dbpath);
+	char side[80];
+	snprintf(side, sizeof side, "%s-wal", dbpath);
+	unlink(side);
+	snprintf(side, sizeof side, "%s-shm", dbpath);
+	unlink(side);
+}
+
+static void test_verify_intact_chain(void **state)
+{
+	(void)state;
+	AuditStore *st = make_store(10);
+	VerifyResult v;
+	assert_int_equal(verify(st, &v), 1);
+	assert_int_equal(v.records, 10);
+	assert_int_equal(v.first_seq, 1);
+	assert_int_equal(v.last_seq, 10);
+	uint8_t wrong[AUDIT_KEY_LEN] = {0};
+	char err[300];
+	assert_int_equal(audit_verify(st, wrong, "n1", &v, err, sizeof err), 0); /* another key: nothing verifies */
+	drop_store(st);
+}
+
+static void test_verify_names_altered_deleted_inserted(void **state)
+{
+	(void)state;
+	VerifyResult v;
+	AuditStore *st = make_store(10);
+	sql("UPDATE audit_records SET body = '{\"n\":99}' WHERE seq = 4");
+	assert_int_equal(verify(st, &v), 0);
+	assert_non_null(strstr(v.problem, "seq=4"));
+	assert_non_null(strstr(v.problem, "altered"));
+	drop_store(st);
+
+	st = make_store(10);
+	sql("UPDATE audit_records SET user_name = 'mallory' WHERE seq = 6");
+	assert_int_equal(verify(st, &v), 0);
+	assert_non_null(strstr(v.problem, "seq=6"));
+	drop_store(st);
+
+	st = make_store(10);
+	sql("DELETE FROM audit_records WHERE seq = 5");
+	assert_int_equal(verify(st, &v), 0);
+	assert_non_null(strstr(v.problem, "seq=5"));
+	assert_non_null(strstr(v.problem, "deleted"));
+	drop_store(st);
+
+	st = make_store(10);
+	sql("DELETE FROM audit_records WHERE seq <= 3"); /* a "prune" without its prune record */
+	assert_int_equal(verify(st, &v), 0);
+	assert_non_null(strstr(v.problem, "seq=3"));
+	assert_non_null(strstr(v.problem, "deleted"));
+	drop_store(st);
+
+	st = make_store(10);
+	sql("INSERT INTO audit_records SELECT node, 11, time, kind, session_id, user_name, database, '{\"n\":11}', tag,"
+	    " tag FROM audit_records WHERE seq = 10");
+	assert_int_equal(verify(st, &v), 0);
+	assert_non_null(strstr(v.problem, "seq=11"));
+	assert_non_null(strstr(v.problem, "inserted"));
+	drop_store(st);
+}
+
+static void test_since(void **state)
+{
+	(void)state;
+	char out[AUDIT_TIME_LEN];
+	assert_true(audit_parse_since("2026-11-01", out));
+	assert_string_equal(out, "2026-11-01");
+	assert_true(audit_parse_since("2026-11-01 08:00:00Z", out));
+	assert_string_equal(out, "2026-11-01T08:00:00");
+	assert_true(audit_parse_since("30m", out));
+	assert_int_equal(strlen(out), 27);
+	assert_false(audit_parse_since("yesterday", out));
+	assert_false(audit_parse_since("2026-11-01'; DROP", out));
+	int64_t s;
+	assert_true(config_parse_period_s("90d", &s));
+	assert_int_equal(s, 90 * 86400);
+	assert_false(config_parse_period_s("5w", &s));
+	assert_false(config_parse_period_s("-1d", &s));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_tag_covers_every_field),
+		cmocka_unit_test(test_key_evolves_one_way),
+		cmocka_unit_test(test_verify_intact_chain),
+		cmocka_unit_test(test_verify_names_altered_deleted_inserted),
+		cmocka_unit_test(test_since),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
