@@ -138,6 +138,7 @@ int demo_run(const char *self, int port)
 	fprintf(f,
 		"# Written by pgcordon demo.\n"
 		"listen: {address: 127.0.0.1, port: %d, workers: 2}\n"
+		"audit: {store: \"sqlite:%s/audit.db\"}\n"
 		"databases:\n"
 		"  app: {host: 127.0.0.1, port: %d, dbname: app, user: pgcordon_gateway, password: \"%s\"}\n"
 		"users:\n"
@@ -159,7 +160,7 @@ int demo_run(const char *self, int port)
 		"      - functions: [pg_read_file, pg_sleep]\n"
 		"      - select_without_where: [public.customers]\n"
 		"    limits: {max_rows: 100, statement_timeout: 30s}\n",
-		port, pgport, secret, alice, agent);
+		port, dir, pgport, secret, alice, agent);
 	fclose(f);
 	chmod(path, 0600);
 	free(alice);
@@ -174,8 +175,12 @@ int demo_run(const char *self, int port)
 	       "  SELECT * FROM customers;                  -- refused: no WHERE\n"
 	       "  SELECT * FROM orders;                     -- cut off after 100 rows\n"
 	       "  DELETE FROM orders WHERE id = 1;          -- refused: read-only\n\n"
+	       "Everything is recorded, outside the database:\n"
+	       "  pgcordon sessions list --config %s\n"
+	       "  pgcordon sessions replay SESSION_ID --config %s\n"
+	       "  pgcordon audit verify --config %s\n\n"
 	       "config: %s   (Ctrl-C stops the gateway and removes the throwaway database)\n\n",
-	       port, port, path);
+	       port, port, path, path, path, path);
 	fflush(stdout);
 	rc = serve_run(path);
 	run("%s%s/pg_ctl -D %s/data -m fast stop >/dev/null 2>&1", as, bindir, dir);

@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import hmac
+import json
 import os
 import re
 import subprocess
@@ -189,6 +190,24 @@ def test_demo_runs_enforces_and_cleans_up():
                 c.execute("SELECT * FROM customers")
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="read-only"):
                 c.execute("DELETE FROM orders WHERE id = 1")
+        # The demo records to an audit trail the CLI can read back.
+        cfg = os.path.join(scratch, "pgcordon.yaml")
+        deadline = time.monotonic() + 10
+        while True:
+            r = subprocess.run([str(BIN), "sessions", "list", "--config", cfg, "--user", "agent", "--json"],
+                               capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            sessions = json.loads(r.stdout)
+            if sessions and sessions[0]["statements"] == 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert sessions and sessions[0]["user"] == "agent", r.stdout
+        replay = subprocess.run([str(BIN), "sessions", "replay", sessions[0]["session_id"], "--config", cfg],
+                                capture_output=True, text=True)
+        assert replay.returncode == 0, replay.stderr
+        assert "DELETE FROM orders WHERE id = 1" in replay.stdout and "block" in replay.stdout, replay.stdout
+        v = subprocess.run([str(BIN), "audit", "verify", "--config", cfg], capture_output=True, text=True)
+        assert v.returncode == 0 and v.stdout.startswith("ok:"), v.stdout + v.stderr
     finally:
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(60)
