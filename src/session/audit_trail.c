@@ -110,6 +110,8 @@ void session__audit_free(Session *s)
 	}
 	json_decref(s->audit_columns);
 	s->audit_columns = NULL;
+	audit_stmt_free(s->audit_pending);
+	s->audit_pending = NULL;
 }
 
 void audit_stmt_free(AuditStmt *a)
