@@ -195,7 +195,6 @@ static AuditStmt *stmt_new(Session *s, const char *sql, json_t *params, json_t *
 {
 	AuditStmt *a = xcalloc(1, sizeof *a);
 	a->start_us = audit_now_us();
-	a->n = ++s->audit_n;
 	a->sql = xstrdup(sql ? sql : "");
 	a->params = params;
 	a->decision = decision;
@@ -399,6 +398,8 @@ static json_t *error_json(const uint8_t *body, size_t len)
 static uint64_t submit(Session *s, AuditStmt *a, const char *tag, json_t *error)
 {
 	int64_t now = audit_now_us();
+	if (a->part == 0)
+		a->n = ++s->audit_n; /* numbered when recorded: statements the server skipped get none */
 	json_t *body = json_pack("{ss sI ss sO}", "session_id", s->audit_id, "n", (json_int_t)a->n, "sql", a->sql,
 				 "decision", a->decision);
 	if (a->part)

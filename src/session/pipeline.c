@@ -64,6 +64,8 @@ static void pop(Pipeline *p)
 
 Expectation *pipeline_front_mut(Pipeline *p) { return p->count ? &p->items[p->head] : NULL; }
 
+Expectation *pipeline_at(Pipeline *p, size_t i) { return i < p->count ? &p->items[(p->head + i) % p->cap] : NULL; }
+
 const Expectation *pipeline_front(const Pipeline *p)
 {
 	return p->count ? &p->items[p->head] : NULL;

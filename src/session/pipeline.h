@@ -62,5 +62,7 @@ void pipeline_on_backend(Pipeline *p, char type, char status);
 static inline bool pipeline_idle(const Pipeline *p) { return p->count == 0; }
 const Expectation *pipeline_front(const Pipeline *p);
 Expectation *pipeline_front_mut(Pipeline *p);
+/* The i-th entry from the front (0 is the front), or NULL. */
+Expectation *pipeline_at(Pipeline *p, size_t i);
 
 #endif

@@ -719,6 +719,29 @@ static AuditStep audit_server_message(Session *s, char type, uint32_t len, size_
 		session__audit_described(s, copy_out(s, s->server.in, offset + 5, len - 4), len - 4);
 		return STEP_GO;
 	}
+	if (f && !f->audit && type == 'E' && !f->internal && !s->discarding &&
+	    (f->kind == EXP_PARSE || f->kind == EXP_BIND || f->kind == EXP_DESCRIBE_STMT || f->kind == EXP_DESCRIBE_PORTAL)) {
+		/* The server rejected a Parse or Bind and will skip the Execute behind it: the
+		 * statement failed, so its record (on that Execute) gets this error. */
+		for (size_t i = 1; (f = pipeline_at(&s->pipeline, i)) && f->kind != EXP_SYNC; i++)
+			if (f->audit)
+				break;
+		if (!f || f->kind == EXP_SYNC)
+			return STEP_GO;
+		if (avail - offset < 1 + (size_t)len)
+			return STEP_WAIT;
+		uint64_t ticket = 0;
+		AuditOutcome o = session__audit_on_server(s, f->audit, true, 'E', copy_out(s, s->server.in, offset + 5, len - 4),
+							  len - 4, &ticket);
+		audit_stmt_free(f->audit);
+		f->audit = NULL;
+		if (o == AUDIT_HOLD) {
+			s->audit_holding = true;
+			s->audit_ticket = ticket;
+			return STEP_HOLD;
+		}
+		return STEP_GO;
+	}
 	if (!f || !f->audit || f->internal || s->discarding)
 		return STEP_GO;
 	uint64_t ticket = 0;

@@ -1,0 +1,1559 @@
+"""The audit trail (issue #6) through real clients: what each record holds (sessions,
+statements with SQL, parameters, decision, outcome and result head, failed logins), the
+keyed hash chain and `pgcordon audit verify` against tampering, retention, strict
+durability under SIGKILL, a store that cannot be written, a PostgreSQL store shared by
+two gateways, and the CLI (`sessions list/replay`, `audit export`) and HTTP API that read
+the trail.
+
+Records are read straight from the store (SQLite file or PostgreSQL database) by the test.
+A session is found by the unique application_name each test gives its connection."""
+
+import json
+import os
+import re
+import secrets
+import socket
+import sqlite3
+import struct
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import pgwire
+
+from conftest import (BIN, LOCAL_USERS, ROLE_PW, SUPERUSER_PW, GatewayFactory, free_port,
+                      require_binary)
+
+SFX = secrets.token_hex(3)
+REFUSED_MSG = ("pgcordon: the audit store cannot be written; statements are refused until "
+               "it recovers")
+GUARD = "guard"  # the module gateway's policy for alice: DELETE is blocked
+
+
+def tname(base):
+    return f"aud_{base}_{SFX}"
+
+
+_app_no = [0]
+
+
+def app_name(base="t"):
+    _app_no[0] += 1
+    return f"aud-{base}-{SFX}-{_app_no[0]}"
+
+
+def su_exec(pg, *stmts, dbname=None):
+    with (pg.super_connect(dbname) if dbname else pg.super_connect()) as c:
+        for s in stmts:
+            c.execute(s)
+
+
+def make_table(pg, t, cols="id int PRIMARY KEY, v text, n int", fill=None):
+    stmts = [f"CREATE TABLE {t} ({cols})"]
+    if fill:
+        stmts.append(fill)
+    stmts.append(f"ALTER TABLE {t} OWNER TO gw_scram")
+    su_exec(pg, *stmts)
+    return t
+
+
+def wait_for(fn, timeout=5.0, interval=0.05, what="condition"):
+    """Polls fn until it returns something truthy; returns it, or fails after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------------------- the store
+
+COLS = ("node", "seq", "time", "kind", "session_id", "user_name", "database", "body",
+        "prev_tag", "tag")
+
+
+def _record(row):
+    r = dict(zip(COLS, row))
+    b = r["body"]
+    r["raw_body"] = b if isinstance(b, str) else json.dumps(b)
+    r["body"] = json.loads(b) if isinstance(b, str) else b
+    return r
+
+
+class SqliteTrail:
+    def __init__(self, db):
+        self.db = Path(db)
+
+    def rows(self, where="", args=()):
+        if not self.db.exists():
+            return []
+        c = sqlite3.connect(str(self.db), timeout=10)
+        try:
+            cur = c.execute(f"SELECT {', '.join(COLS)} FROM audit_records "
+                            f"{'WHERE ' + where if where else ''} ORDER BY node, seq", args)
+            return [_record(r) for r in cur.fetchall()]
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return []
+            raise
+        finally:
+            c.close()
+
+    def execute(self, sql, args=()):
+        c = sqlite3.connect(str(self.db), timeout=10, isolation_level=None)
+        try:
+            c.execute(sql, args)
+        finally:
+            c.close()
+
+
+class PgTrail:
+    def __init__(self, pg, dbname):
+        self.pg, self.dbname = pg, dbname
+
+    def rows(self, where="", args=()):
+        with self.pg.super_connect(self.dbname) as c:
+            if c.execute("SELECT to_regclass('audit_records')").fetchone()[0] is None:
+                return []
+            sql = (f"SELECT {', '.join(COLS)} FROM audit_records "
+                   f"{'WHERE ' + where if where else ''} ORDER BY node, seq")
+            return [_record(r) for r in c.execute(sql, args).fetchall()]
+
+
+def session_id_of(trail, app, timeout=5):
+    def find():
+        for r in trail.rows("kind = 'session_start'"):
+            if r["body"].get("application_name") == app:
+                return r["session_id"]
+        return None
+    return wait_for(find, timeout, what=f"the session_start record of application {app}")
+
+
+def session_records(trail, sid, timeout=5):
+    """All records of a finished session, once its session_end is in the store:
+    (session_start, [statement records by seq], session_end)."""
+    def find():
+        rs = [r for r in trail.rows() if r["session_id"] == sid]
+        if any(r["kind"] == "session_end" for r in rs):
+            return rs
+        return None
+    rs = wait_for(find, timeout, what=f"the session_end record of session {sid}")
+    start = [r for r in rs if r["kind"] == "session_start"]
+    end = [r for r in rs if r["kind"] == "session_end"]
+    assert len(start) == 1 and len(end) == 1, [r["kind"] for r in rs]
+    stmts = [r for r in rs if r["kind"] == "statement"]
+    return start[0], stmts, end[0]
+
+
+def record_with(trail, needle, kind="statement", timeout=5):
+    """The first record of kind whose body text contains needle."""
+    def find():
+        for r in trail.rows("kind = ?" if isinstance(trail, SqliteTrail) else "kind = %s",
+                            (kind,)):
+            if needle in r["raw_body"]:
+                return r
+        return None
+    return wait_for(find, timeout, what=f"a {kind} record containing {needle!r}")
+
+
+def check_chain_links(rows):
+    """Within each node: seq 1.. without gaps, every prev_tag is the previous tag."""
+    by_node = {}
+    for r in rows:
+        by_node.setdefault(r["node"], []).append(r)
+    for node, rs in by_node.items():
+        rs.sort(key=lambda r: r["seq"])
+        for a, b in zip(rs, rs[1:]):
+            assert b["seq"] == a["seq"] + 1, f"node {node}: seq {a['seq']} then {b['seq']}"
+            assert b["prev_tag"] == a["tag"], f"node {node}: seq {b['seq']} prev_tag mismatch"
+        for r in rs:
+            assert re.fullmatch(r"[0-9a-f]{64}", r["tag"]), r
+
+
+# ---------------------------------------------------------------------------- CLI / HTTP helpers
+
+def cli(*args, timeout=60):
+    require_binary()
+    return subprocess.run([str(BIN)] + [str(a) for a in args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def verify(config_path, *extra):
+    return cli("audit", "verify", "--config", config_path, *extra)
+
+
+def assert_verify_ok(config_path, *extra):
+    r = verify(config_path, *extra)
+    assert r.returncode == 0 and re.search(r"^ok:", r.stdout, re.M), \
+        f"audit verify: exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    return r
+
+
+def assert_verify_fails(config_path, seq, words):
+    r = verify(config_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, f"audit verify: expected exit 1, got {r.returncode}\n{out}"
+    lines = [ln for ln in out.splitlines()
+             if re.search(rf"\bseq={seq}\b", ln) and any(w in ln for w in words)]
+    assert lines, f"no line naming seq={seq} with one of {words} in:\n{out}"
+    return r
+
+
+def psql(gw, sql, user="alice", app=None, extra=()):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGPASSWORD=LOCAL_USERS[user], PGCONNECT_TIMEOUT="10", LC_ALL="C")
+    if app:
+        env["PGAPPNAME"] = app
+    conn = f"host={gw.host} port={gw.port} user={user} dbname=app sslmode=disable"
+    return subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", conn, "-c", sql,
+                           *extra], env=env, capture_output=True, text=True, timeout=60)
+
+
+def audit_cfg(store, **kw):
+    a = {"store": store}
+    a.update(kw)
+    return a
+
+
+def start_audited(factory, store, audit=None, more=None):
+    """A gateway with audit.store = store (plus audit keys) and more(cfg) applied."""
+    def mutate(cfg):
+        cfg["audit"] = audit_cfg(store, **(audit or {}))
+        if more:
+            more(cfg)
+    return factory.start(mutate)
+
+
+def run_session(gw, trail, fn, user="alice", **kw):
+    """Opens a psycopg session with a unique application_name, runs fn(conn), closes it and
+    returns (session_id, session_start, [statements], session_end, fn's result)."""
+    app = app_name(user)
+    with gw.connect(user=user, application_name=app, **kw) as c:
+        res = fn(c)
+    sid = session_id_of(trail, app)
+    start, stmts, end = session_records(trail, sid)
+    return sid, start, stmts, end, res
+
+
+# ---------------------------------------------------------------------------- 1. records
+
+@pytest.fixture(scope="module")
+def agw_state(pg, certs, tmp_path_factory):
+    """The module gateway: SQLite store, results capped at 5 rows / 2KiB, and a policy for
+    alice that blocks DELETE (default allow, so bob is unrestricted)."""
+    require_binary()
+    root = tmp_path_factory.mktemp("auditgw")
+    db = root / "audit.db"
+    f = GatewayFactory(pg, certs, root)
+
+    def mutate(cfg):
+        cfg["audit"] = {"store": f"sqlite:{db}", "node": "gwrec",
+                        "results": {"rows": 5, "bytes": "2KiB"}}
+        cfg["default"] = "allow"
+        cfg["policies"] = [{"name": GUARD, "match": {"users": ["alice"]},
+                            "block": [{"statements": ["delete"]}]}]
+    g = f.start(mutate)
+    yield g, SqliteTrail(db), db
+    f.cleanup()
+
+
+@pytest.fixture
+def agw(agw_state):
+    return agw_state[0]
+
+
+@pytest.fixture
+def trail(agw_state):
+    return agw_state[1]
+
+
+@pytest.fixture
+def table(pg):
+    made = []
+
+    def make(rows=3, cols="id int PRIMARY KEY, v text, n int"):
+        t = tname(f"t{len(made)}_{secrets.token_hex(2)}")
+        fill = None
+        if rows:
+            fill = (f"INSERT INTO {t} (id, v, n) SELECT g, 'row ' || g, "
+                    f"CASE WHEN g % 2 = 0 THEN NULL ELSE g * 10 END "
+                    f"FROM generate_series(1, {rows}) g")
+        made.append(make_table(pg, t, cols, fill))
+        return t
+    yield make
+    su_exec(pg, *[f"DROP TABLE IF EXISTS {t}" for t in made])
+
+
+def test_key_file_created_private(agw_state):
+    gw, trail, db = agw_state
+    key = Path(str(db) + ".key")
+    assert key.exists(), "the default key file <db>.key was not created"
+    assert key.stat().st_mode & 0o777 == 0o600, oct(key.stat().st_mode)
+    assert re.fullmatch(r"[0-9a-f]{64}\n?", key.read_text())
+
+
+def test_simple_query_result_captured(agw, trail, table):
+    t = table(3)
+    sql = f"SELECT id, v, n AS tens FROM {t} ORDER BY id"
+    sid, start, stmts, end, rows = run_session(agw, trail, lambda c: c.execute(sql).fetchall())
+    assert rows == [(1, "row 1", 10), (2, "row 2", None), (3, "row 3", 30)]
+    assert len(stmts) == 1, [s["body"] for s in stmts]
+    r = stmts[0]
+    b = r["body"]
+    assert r["user_name"] == "alice" and r["database"] == "app" and r["node"] == "gwrec"
+    assert b["session_id"] == sid and b["n"] == 1
+    assert b["sql"] == sql
+    assert b["decision"]["action"] == "allow"
+    assert b["tag"] == "SELECT 3" and b["rows"] == 3 and b["rows_sent"] == 3
+    assert "error" not in b or b["error"] is None
+    assert isinstance(b["duration_ms"], (int, float)) and b["duration_ms"] >= 0
+    res = b["result"]
+    assert [c["name"] for c in res["columns"]] == ["id", "v", "tens"]
+    assert [c["type_oid"] for c in res["columns"]] == [23, 25, 23]
+    assert res["rows"] == [["1", "row 1", "10"], ["2", "row 2", None], ["3", "row 3", "30"]]
+    assert res["truncated"] is False
+
+
+def test_result_rows_truncated(agw, trail):
+    sql = "SELECT g AS num, 'v' || g AS label FROM generate_series(1, 20) g"
+    _, _, stmts, _, rows = run_session(agw, trail, lambda c: c.execute(sql).fetchall())
+    assert len(rows) == 20
+    b = stmts[0]["body"]
+    assert b["tag"] == "SELECT 20" and b["rows"] == 20 and b["rows_sent"] == 20
+    res = b["result"]
+    assert res["truncated"] is True
+    assert res["rows"] == [[str(i), f"v{i}"] for i in range(1, 6)], res["rows"]
+    assert [c["name"] for c in res["columns"]] == ["num", "label"]
+
+
+def test_result_bytes_truncated(agw, trail):
+    # three rows of 1500 characters against results.bytes 2KiB
+    sql = "SELECT g, repeat(chr(64 + g), 1500) AS big FROM generate_series(1, 3) g"
+    _, _, stmts, _, rows = run_session(agw, trail, lambda c: c.execute(sql).fetchall())
+    assert len(rows) == 3 and len(rows[2][1]) == 1500
+    b = stmts[0]["body"]
+    assert b["tag"] == "SELECT 3" and b["rows_sent"] == 3
+    res = b["result"]
+    assert res["truncated"] is True, res
+    kept = len(json.dumps(res["rows"]))
+    assert kept <= 2 * 2048, f"result head of {kept} bytes kept with results.bytes 2KiB"
+    assert len(res["rows"]) < 3
+
+
+def test_extended_text_params(agw, trail):
+    sql = "SELECT %t::int + %t::int AS s, %t::text AS t"
+
+    def fn(c):
+        a = c.execute(sql, (40, 2, "héllo wörld"), prepare=True).fetchall()
+        b = c.execute(sql, (1, 2, "second"), prepare=True).fetchall()
+        return a, b
+    _, _, stmts, _, (a, b) = run_session(agw, trail, fn)
+    assert a == [(42, "héllo wörld")] and b == [(3, "second")]
+    assert len(stmts) == 2, [s["body"] for s in stmts]
+    s1, s2 = stmts[0]["body"], stmts[1]["body"]
+    want_sql = "SELECT $1::int + $2::int AS s, $3::text AS t"
+    assert s1["sql"] == want_sql and s2["sql"] == want_sql
+    assert s1["params"] == ["40", "2", "héllo wörld"]
+    assert s2["params"] == ["1", "2", "second"]
+    assert s1["result"]["rows"] == [["42", "héllo wörld"]]
+    assert s2["result"]["rows"] == [["3", "second"]]
+    assert [c["name"] for c in s1["result"]["columns"]] == ["s", "t"]
+    assert s1["tag"] == "SELECT 1" and s2["tag"] == "SELECT 1"
+    assert s2["n"] == s1["n"] + 1
+
+
+def test_extended_binary_params(agw, trail):
+    # b"abc" is valid text, but was sent in binary format: it is still recorded as hex.
+    sql = "SELECT length(%b::bytea) AS l1, length(%b::bytea) AS l2"
+    _, _, stmts, _, rows = run_session(
+        agw, trail, lambda c: c.execute(sql, (b"\x00\x01\xfe", b"abc")).fetchall())
+    assert rows == [(3, 3)]
+    b = stmts[0]["body"]
+    assert b["sql"] == "SELECT length($1::bytea) AS l1, length($2::bytea) AS l2"
+    assert b["params"] == [{"hex": "0001fe"}, {"hex": "616263"}]
+    assert b["result"]["rows"] == [["3", "3"]]
+
+
+def test_binary_results_recorded_as_hex(agw, trail):
+    def fn(c):
+        with c.cursor(binary=True) as cur:
+            return cur.execute("SELECT 1::int4 AS one, NULL::int4 AS nothing").fetchall()
+    _, _, stmts, _, rows = run_session(agw, trail, fn)
+    assert rows == [(1, None)]
+    res = stmts[0]["body"]["result"]
+    assert res["rows"] == [[{"hex": "00000001"}, None]], res
+
+
+def test_null_param(agw, trail):
+    sql = "SELECT %s::text IS NULL AS isnull, %s::text AS t"
+    _, _, stmts, _, rows = run_session(
+        agw, trail, lambda c: c.execute(sql, (None, "x")).fetchall())
+    assert rows == [(True, "x")]
+    b = stmts[0]["body"]
+    assert b["params"] == [None, "x"], b["params"]
+    assert b["result"]["rows"] == [["t", "x"]]
+
+
+def test_error_statements(agw, trail, table):
+    t = table(1)
+
+    def fn(c):
+        errs = []
+        for sql, params in (("SELECT 1/0", None),
+                            (f"INSERT INTO {t} (id, v) VALUES (%s, %s)", (1, "dup"))):
+            try:
+                c.execute(sql, params)
+            except psycopg.Error as e:
+                errs.append(e)
+        return errs
+    _, _, stmts, _, errs = run_session(agw, trail, fn)
+    assert [e.sqlstate for e in errs] == ["22012", "23505"]
+    assert len(stmts) == 2
+    d0, d1 = stmts[0]["body"], stmts[1]["body"]
+    assert d0["sql"] == "SELECT 1/0"
+    assert d0["error"]["sqlstate"] == "22012"
+    assert d0["error"]["severity"] == "ERROR"
+    assert d0["error"]["message"] == "division by zero"
+    assert d0.get("tag") is None
+    assert d0["decision"]["action"] == "allow"
+    assert d1["error"]["sqlstate"] == "23505"
+    assert d1["error"]["message"] == errs[1].diag.message_primary
+    assert d1["error"]["detail"] == errs[1].diag.message_detail == "Key (id)=(1) already exists."
+    assert d1["params"] == ["1", "dup"] or d1["params"][1] == "dup", d1["params"]
+
+
+def test_blocked_statement(agw, trail, table, pg):
+    t = table(3)
+
+    def fn(c):
+        errs = []
+        for sql, params in ((f"DELETE FROM {t} WHERE id = 1", None),
+                            (f"DELETE FROM {t} WHERE id = %t", (2,))):
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute(sql, params)
+            errs.append(ei.value)
+        return errs
+    _, _, stmts, _, errs = run_session(agw, trail, fn)
+    for e in errs:
+        assert e.sqlstate == "42501", e
+        assert e.diag.message_primary.startswith(f"pgcordon: blocked by policy {GUARD}: ")
+    with pg.super_connect() as c:
+        assert c.execute(f"SELECT count(*) FROM {t}").fetchone() == (3,)
+    assert len(stmts) == 2, [s["body"] for s in stmts]
+    for s, e, want_sql in zip(stmts, errs, (f"DELETE FROM {t} WHERE id = 1",
+                                            f"DELETE FROM {t} WHERE id = $1")):
+        b = s["body"]
+        assert b["sql"] == want_sql
+        d = b["decision"]
+        assert d["action"] == "block", d
+        assert d["policy"] == GUARD, d
+        assert d["rule"] == "statements", d
+        assert d.get("reason"), d
+        assert b["error"]["message"] == e.diag.message_primary, (b["error"], str(e))
+        assert b["error"]["sqlstate"] == "42501"
+        assert not b.get("tag")
+
+
+def test_blocked_extended_statement_record(agw, trail, table):
+    """A statement refused at Parse is recorded at once, with its text and decision. Its
+    parameters arrive later, in a Bind the server skips; they are not part of the record
+    (docs/audit.md)."""
+    t = table(2)
+
+    def fn(c):
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute(f"DELETE FROM {t} WHERE id = %t AND v = %t", (2, "row 2"))
+        return ei.value
+    _, _, stmts, _, e = run_session(agw, trail, fn)
+    assert e.sqlstate == "42501"
+    assert len(stmts) == 1, [x["body"] for x in stmts]
+    b = stmts[0]["body"]
+    assert b["decision"]["action"] == "block"
+    assert b["sql"] == f"DELETE FROM {t} WHERE id = $1 AND v = $2"
+    assert b["error"]["sqlstate"] == "42501" and b["error"]["message"] == str(e).strip()
+    assert "params" not in b, json.dumps(b)
+
+
+def test_multi_statement_parts(agw, trail, table):
+    t = table(0)
+    app = app_name("multi")
+    sql = (f"SELECT 1 AS a; SELECT 'two' AS b; INSERT INTO {t} (id, v) VALUES (7, 'x'), "
+           f"(8, 'y'); SELECT count(*) AS c FROM {t}")
+    r = psql(agw, sql, app=app)
+    assert r.returncode == 0, r.stderr
+    sid = session_id_of(trail, app)
+    _, stmts, _ = session_records(trail, sid)
+    assert len(stmts) == 4, [s["body"] for s in stmts]
+    bodies = [s["body"] for s in stmts]
+    assert "part" not in bodies[0] or bodies[0]["part"] in (None, 1)
+    assert [b.get("part") for b in bodies[1:]] == [2, 3, 4]
+    assert len({b["n"] for b in bodies}) == 1, "the parts of one Query share its number"
+    parts = ["SELECT 1 AS a", "SELECT 'two' AS b", f"INSERT INTO {t}", "SELECT count(*) AS c"]
+    for b, p in zip(bodies, parts):
+        assert p in b["sql"], (p, b["sql"])
+    assert bodies[0]["result"]["rows"] == [["1"]]
+    assert bodies[0]["result"]["columns"][0]["name"] == "a"
+    assert bodies[1]["result"]["rows"] == [["two"]]
+    assert bodies[1]["result"]["columns"][0]["name"] == "b"
+    assert bodies[2]["tag"] == "INSERT 0 2" and bodies[2]["rows"] == 2
+    assert bodies[3]["result"]["rows"] == [["2"]] and bodies[3]["tag"] == "SELECT 1"
+
+
+def test_copy_to_stdout(agw, trail, table):
+    t = table(3)
+
+    def fn(c):
+        with c.cursor() as cur:
+            with cur.copy(f"COPY (SELECT id, v FROM {t} ORDER BY id) TO STDOUT") as cp:
+                return b"".join(bytes(d) for d in cp)
+    _, _, stmts, _, data = run_session(agw, trail, fn)
+    assert data == b"1\trow 1\n2\trow 2\n3\trow 3\n"
+    b = stmts[0]["body"]
+    assert b["tag"] == "COPY 3" and b["rows"] == 3
+    res = b["result"]
+    assert res["columns"] == [{"name": "COPY"}] or [c["name"] for c in res["columns"]] == ["COPY"]
+    lines = [row[0].rstrip("\n") if isinstance(row[0], str) else row[0] for row in res["rows"]]
+    assert all(len(row) == 1 for row in res["rows"]), res["rows"]
+    assert lines == ["1\trow 1", "2\trow 2", "3\trow 3"], res["rows"]
+
+
+def test_copy_from_stdin(agw, trail, table, pg):
+    t = table(0)
+
+    def fn(c):
+        with c.cursor() as cur:
+            with cur.copy(f"COPY {t} (id, v) FROM STDIN") as cp:
+                for i in range(1, 5):
+                    cp.write_row((i, f"copied {i}"))
+    _, _, stmts, _, _ = run_session(agw, trail, fn)
+    with pg.super_connect() as c:
+        assert c.execute(f"SELECT count(*) FROM {t}").fetchone() == (4,)
+    b = stmts[0]["body"]
+    assert b["sql"] == f"COPY {t} (id, v) FROM STDIN"
+    assert b["tag"] == "COPY 4" and b["rows"] == 4
+    assert b["decision"]["action"] == "allow"
+
+
+def test_write_tags_and_numbering(agw, trail, table):
+    t = table(0)
+    sqls = [f"INSERT INTO {t} (id, v) VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+            f"UPDATE {t} SET v = 'z' WHERE id >= 2",
+            f"INSERT INTO {t} (id, v) VALUES (10, 'p') RETURNING id",
+            "SELECT 1"]
+
+    def fn(c):
+        for s in sqls:
+            c.execute(s)
+    _, _, stmts, end, _ = run_session(agw, trail, fn)
+    bodies = [s["body"] for s in stmts]
+    assert [b["sql"] for b in bodies] == sqls
+    assert [b["tag"] for b in bodies] == ["INSERT 0 3", "UPDATE 2", "INSERT 0 1", "SELECT 1"]
+    assert [b["rows"] for b in bodies] == [3, 2, 1, 1]
+    assert bodies[2]["result"]["rows"] == [["10"]]
+    assert [b["n"] for b in bodies] == [1, 2, 3, 4]
+    assert end["body"]["statements"] == 4
+    seqs = [s["seq"] for s in stmts]
+    assert seqs == sorted(seqs)
+
+
+def test_pipeline_statements(agw, trail):
+    def fn(c):
+        with c.pipeline():
+            curs = [c.execute("SELECT %s::int * 2 AS dbl", (i,)) for i in (1, 2, 3)]
+        return [cur.fetchone()[0] for cur in curs]
+    _, _, stmts, _, res = run_session(agw, trail, fn)
+    assert res == [2, 4, 6]
+    bodies = [s["body"] for s in stmts]
+    assert len(bodies) == 3
+    assert [b["result"]["rows"] for b in bodies] == [[["2"]], [["4"]], [["6"]]]
+    assert [b["n"] for b in bodies] == sorted(b["n"] for b in bodies)
+    assert len({b["n"] for b in bodies}) == 3
+
+
+def test_session_start_and_end(agw, trail):
+    def fn(c):
+        c.execute("SELECT 1")
+        c.execute("SELECT repeat('x', 1000)")
+        c.execute("SELECT 3")
+    sid, start, stmts, end, _ = run_session(agw, trail, fn)
+    s = start["body"]
+    assert start["user_name"] == "alice" and start["database"] == "app"
+    assert start["session_id"] == sid == s["session_id"]
+    assert s["user"] == "alice"
+    assert s["auth_method"] == "scram"
+    assert s["subject"] == "alice"
+    assert s["groups"] == ["testers"]
+    assert re.fullmatch(r"127\.0\.0\.1(:\d+)?", s["client_address"]), s["client_address"]
+    assert s["application_name"].startswith("aud-alice-")
+    assert s["database"] == "app"
+    assert s.get("role") in (None, "")
+    pol = s["policies"]
+    assert (GUARD in pol) if isinstance(pol, list) else (GUARD in str(pol).split(",")), pol
+    assert s["client_tls"] is False
+    assert isinstance(s["gateway_session"], int)
+    e = end["body"]
+    assert e["session_id"] == sid and e["user"] == "alice"
+    assert e["reason"]
+    assert e["bytes_from_client"] > 0 and e["bytes_from_server"] > 1000
+    assert e["statements"] == 3
+    assert e["duration_ms"] >= 0
+    assert start["seq"] < stmts[0]["seq"] < end["seq"]
+
+
+def test_unrestricted_user_session(agw, trail):
+    sid, start, stmts, end, _ = run_session(agw, trail, lambda c: c.execute("SELECT 5"),
+                                            user="bob")
+    assert start["body"]["user"] == "bob"
+    pol = start["body"]["policies"]
+    assert not pol, pol
+    assert stmts[0]["body"]["decision"]["action"] == "allow"
+    assert stmts[0]["body"]["result"]["rows"] == [["5"]]
+
+
+def test_login_failed(agw, trail):
+    app = app_name("badpw")
+    with pytest.raises(psycopg.OperationalError):
+        agw.connect(user="alice", password="wrong-password-" + SFX, application_name=app)
+    with pytest.raises(psycopg.OperationalError):
+        agw.connect(user=f"ghost{SFX}", password="whatever", application_name=app)
+
+    def find():
+        rs = [r for r in trail.rows("kind = 'login_failed'")]
+        got_alice = [r for r in rs if r["body"].get("user") == "alice"]
+        got_ghost = [r for r in rs if r["body"].get("user") == f"ghost{SFX}"]
+        return (got_alice, got_ghost) if got_alice and got_ghost else None
+    alice, ghost = wait_for(find, what="login_failed records")
+    b = alice[-1]["body"]
+    assert b["database"] == "app"
+    assert b["method"] == "scram"
+    assert b["reason"]
+    assert b["client_address"].startswith("127.0.0.1")
+    assert "wrong-password" not in alice[-1]["raw_body"]
+    assert ghost[-1]["body"]["reason"]
+
+
+def test_multi_statement_error_stops_parts(agw, trail):
+    app = app_name("multierr")
+    r = psql(agw, "SELECT 'first' AS f; SELECT 1/0; SELECT 'never' AS n", app=app)
+    assert r.returncode != 0 and "division by zero" in r.stderr, r.stderr
+    sid = session_id_of(trail, app)
+    _, stmts, _ = session_records(trail, sid)
+    bodies = [s["body"] for s in stmts]
+    assert bodies[0]["result"]["rows"] == [["first"]]
+    assert bodies[1]["part"] == 2 and bodies[1]["error"]["sqlstate"] == "22012"
+    # the third part never ran: no record claims it completed
+    assert not any(b.get("tag") and "never" in json.dumps(b.get("result")) for b in bodies[2:])
+
+
+def test_transaction_block_statements(agw, trail, table):
+    t = table(1)
+
+    def fn(c):
+        c.execute("BEGIN")
+        c.execute(f"UPDATE {t} SET v = 'in tx' WHERE id = 1")
+        with pytest.raises(psycopg.Error):
+            c.execute("SELECT nosuchcolumn FROM " + t)
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT 1")
+        c.execute("ROLLBACK")
+        return ei.value
+    _, _, stmts, end, e = run_session(agw, trail, fn)
+    assert e.sqlstate == "25P02"
+    bodies = [s["body"] for s in stmts]
+    assert [b.get("tag") for b in bodies] == ["BEGIN", "UPDATE 1", None, None, "ROLLBACK"]
+    assert bodies[2]["error"]["sqlstate"] == "42703"
+    assert bodies[3]["error"]["sqlstate"] == "25P02"
+    assert end["body"]["statements"] == 5
+
+
+def test_bind_error_recorded(agw, trail):
+    def fn(c):
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT %t::int AS x", ("not a number",))
+        return ei.value
+    _, _, stmts, end, e = run_session(agw, trail, fn)
+    assert e.sqlstate == "22P02"
+    assert len(stmts) == 1, ("no statement record for a statement that failed at Bind; "
+                             f"session_end says statements={end['body']['statements']}")
+    b = stmts[0]["body"]
+    assert b["sql"] == "SELECT $1::int AS x"
+    assert b["params"] == ["not a number"]
+    assert b["error"]["sqlstate"] == "22P02"
+    assert b["error"]["message"] == e.diag.message_primary
+
+
+def test_syntax_errors_recorded(agw, trail):
+    """bob is unrestricted, so the server itself rejects these: at Parse for the extended
+    protocol, in answer to the Query for the simple one."""
+    def fn(c):
+        errs = []
+        for sql, params in ((f"SELEC 'simple-{SFX}'", None), (f"SELEC 'ext-{SFX}', %s", (1,))):
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute(sql, params)
+            errs.append(ei.value)
+        c.execute("SELECT 'after'")
+        return errs
+    _, _, stmts, end, errs = run_session(agw, trail, fn, user="bob")
+    assert [e.sqlstate for e in errs] == ["42601", "42601"]
+    bodies = [s["body"] for s in stmts]
+    assert len(bodies) == 3, bodies
+    assert bodies[0]["sql"] == f"SELEC 'simple-{SFX}'"
+    assert bodies[1]["sql"] == f"SELEC 'ext-{SFX}', $1"
+    for b in bodies[:2]:
+        assert b["error"]["sqlstate"] == "42601", b
+    assert [b["n"] for b in bodies] == [1, 2, 3]
+    assert end["body"]["statements"] == 3
+
+
+def test_large_sql_and_param_recorded_whole(agw, trail):
+    big = "x" * 200_000
+    sql_simple = f"SELECT length('{big}') AS l"
+
+    def fn(c):
+        a = c.execute(sql_simple).fetchone()[0]
+        b = c.execute("SELECT length(%t) AS l", (big,)).fetchone()[0]
+        return a, b
+    _, _, stmts, _, (a, b) = run_session(agw, trail, fn)
+    assert a == b == 200_000
+    assert stmts[0]["body"]["sql"] == sql_simple
+    assert stmts[1]["body"]["params"] == [big]
+    assert stmts[1]["body"]["result"]["rows"] == [["200000"]]
+
+
+def _ext_msgs(sql, params=(), max_rows=0, name=""):
+    m = pgwire.msg
+    out = m(b"P", pgwire.cstr(name) + pgwire.cstr(sql) + struct.pack("!H", 0))
+    b = pgwire.cstr("") + pgwire.cstr(name) + struct.pack("!H", 0) + struct.pack("!H", len(params))
+    for p in params:
+        v = str(p).encode()
+        b += struct.pack("!i", len(v)) + v
+    b += struct.pack("!H", 0)
+    out += m(b"B", b)
+    out += m(b"D", b"P" + pgwire.cstr(""))
+    out += m(b"E", pgwire.cstr("") + struct.pack("!I", max_rows))
+    return out
+
+
+def _read_until_ready(conn):
+    types = []
+    while True:
+        typ, body = conn.read_msg()
+        types.append(typ.decode())
+        if typ == b"Z":
+            return types
+
+
+def test_portal_suspended_execute(agw, trail):
+    """Execute with a row limit, then the rest of the portal (as JDBC does with a fetch
+    size): the statement is recorded, with every row the client received counted."""
+    app = app_name("portal")
+    conn = pgwire.RawConn(agw.host, agw.port, timeout=30)
+    conn.startup("alice", "app", LOCAL_USERS["alice"], extra={"application_name": app})
+    try:
+        conn.send(pgwire.msg(b"Q", pgwire.cstr("BEGIN")))
+        _read_until_ready(conn)
+        sql = f"SELECT g AS portal_{SFX} FROM generate_series(1, $1::int) g"
+        conn.send(_ext_msgs(sql, (7,), max_rows=3)
+                  + pgwire.msg(b"E", pgwire.cstr("") + struct.pack("!I", 0))
+                  + pgwire.msg(b"S"))
+        types = _read_until_ready(conn)
+        assert types.count("D") == 7 and "s" in types and "C" in types, types
+        conn.send(pgwire.msg(b"Q", pgwire.cstr("COMMIT")))
+        _read_until_ready(conn)
+        conn.terminate()
+    finally:
+        conn.close()
+    sid = session_id_of(trail, app)
+    _, stmts, _ = session_records(trail, sid)
+    mine = [s["body"] for s in stmts if s["body"]["sql"] == sql]
+    assert mine, [s["body"]["sql"] for s in stmts]
+    assert sum(b["rows_sent"] for b in mine) == 7, mine
+    assert not any(b.get("error") for b in mine), mine
+    assert any(b.get("tag") == "SELECT 4" for b in mine), mine
+    assert all(b["params"] == ["7"] for b in mine), mine
+
+
+def test_copy_to_stdout_truncated(agw, trail):
+    def fn(c):
+        with c.cursor() as cur:
+            with cur.copy("COPY (SELECT g FROM generate_series(1, 50) g) TO STDOUT") as cp:
+                return b"".join(bytes(d) for d in cp)
+    _, _, stmts, _, data = run_session(agw, trail, fn)
+    assert data.count(b"\n") == 50
+    b = stmts[0]["body"]
+    assert b["tag"] == "COPY 50" and b["rows"] == 50
+    assert b["result"]["truncated"] is True
+    assert [r[0].rstrip("\n") for r in b["result"]["rows"]] == ["1", "2", "3", "4", "5"]
+
+
+def test_session_end_when_client_vanishes(agw, trail):
+    app = app_name("vanish")
+    c = agw.connect(application_name=app)
+    c.execute("SELECT 'about to vanish'")
+    sid = session_id_of(trail, app)
+    # drop the connection without a Terminate message
+    sock = socket.socket(fileno=os.dup(c.pgconn.socket))
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+    _, stmts, end = session_records(trail, sid)
+    assert end["body"]["reason"], end["body"]
+    assert end["body"]["statements"] == 1
+    try:
+        c.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def test_session_end_log_agrees(agw, trail):
+    sid, start, _, end, _ = run_session(agw, trail, lambda c: c.execute("SELECT 'log'"))
+    gs = start["body"]["gateway_session"]
+    pat = rf"event=session_end session={gs} .*bytes_in=(\d+) bytes_out=(\d+)"
+    assert agw.wait_log(pat), f"no session_end log line for session {gs}"
+    m = re.search(pat, agw.log_text())
+    assert (int(m[1]), int(m[2])) == (end["body"]["bytes_from_client"],
+                                      end["body"]["bytes_from_server"])
+
+
+def test_module_trail_chain_links(agw_state):
+    gw, trail, _ = agw_state
+    run_session(gw, trail, lambda c: c.execute("SELECT 'one more'"))
+    rows = trail.rows()
+    assert rows
+    text = json.dumps([r["raw_body"] for r in rows])
+    for secret in list(LOCAL_USERS.values()) + list(ROLE_PW.values()):
+        assert secret not in text, "a password is in the audit trail"
+    check_chain_links(rows)
+    assert rows[0]["seq"] == 1 and rows[0]["prev_tag"] in ("", None)
+
+
+# ---------------------------------------------------------------------------- 2. chain
+
+def make_trail(factory, tmp_path, sessions=2, audit=None):
+    """A stopped gateway with a few sessions in a fresh SQLite trail."""
+    db = tmp_path / "chain.db"
+    gw = start_audited(factory, f"sqlite:{db}", dict(node="chainer", **(audit or {})))
+    for i in range(sessions):
+        with gw.connect(application_name=app_name("chain")) as c:
+            c.execute("SELECT %s::int AS i, 'chain' AS what", (i,))
+            c.execute(f"SELECT {i} + 1")
+    assert gw.stop() == 0
+    trail = SqliteTrail(db)
+    rows = trail.rows()
+    assert len(rows) == sessions * 4, [(r["seq"], r["kind"]) for r in rows]
+    return gw, trail
+
+
+def test_verify_ok_on_fresh_trail(gateway_factory, tmp_path):
+    gw, trail = make_trail(gateway_factory, tmp_path)
+    check_chain_links(trail.rows())
+    assert_verify_ok(gw.config_path)
+    assert_verify_ok(gw.config_path, "--node", "chainer")
+    assert_verify_ok(gw.config_path, "--key", str(trail.db) + ".key")
+
+
+def test_verify_wrong_key_fails(gateway_factory, tmp_path):
+    gw, trail = make_trail(gateway_factory, tmp_path, sessions=1)
+    other = tmp_path / "other.key"
+    other.write_text(secrets.token_hex(32) + "\n")
+    os.chmod(other, 0o600)
+    r = verify(gw.config_path, "--key", other)
+    assert r.returncode == 1 and "seq=1" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_verify_without_the_key_fails(gateway_factory, tmp_path):
+    gw, trail = make_trail(gateway_factory, tmp_path, sessions=1)
+    r = verify(gw.config_path, "--key", tmp_path / "no-such.key")
+    assert r.returncode not in (0, None) and not re.search(r"^ok:", r.stdout, re.M), r.stdout
+
+
+def test_verify_detects_altered_body(gateway_factory, tmp_path):
+    gw, trail = make_trail(gateway_factory, tmp_path)
+    victim = [r for r in trail.rows() if r["kind"] == "statement"][1]
+    body = victim["body"]
+    body["sql"] = "SELECT 'nothing to see here'"
+    trail.execute("UPDATE audit_records SET body = ? WHERE node = ? AND seq = ?",
+                  (json.dumps(body), victim["node"], victim["seq"]))
+    assert_verify_fails(gw.config_path, victim["seq"], ["altered"])
+
+
+def test_verify_detects_altered_indexed_column(gateway_factory, tmp_path):
+    gw, trail = make_trail(gateway_factory, tmp_path)
+    victim = [r for r in trail.rows() if r["kind"] == "session_start"][1]
+    trail.execute("UPDATE audit_records SET user_name = 'bob' WHERE node = ? AND seq = ?",
+                  (victim["node"], victim["seq"]))
+    assert_verify_fails(gw.config_path, victim["seq"], ["altered"])
+
+
+def test_verify_detects_deleted_row(gateway_factory, tmp_path):
+    gw, trail = make_trail(gateway_factory, tmp_path)
+    rows = trail.rows()
+    victim = rows[len(rows) // 2]
+    trail.execute("DELETE FROM audit_records WHERE node = ? AND seq = ?",
+                  (victim["node"], victim["seq"]))
+    assert_verify_fails(gw.config_path, victim["seq"], ["deleted"])
+
+
+def test_verify_detects_inserted_row(gateway_factory, tmp_path):
+    gw, trail = make_trail(gateway_factory, tmp_path)
+    rows = trail.rows()
+    last = rows[-1]
+    stmt = [r for r in rows if r["kind"] == "statement"][-1]
+    body = dict(stmt["body"], sql="DROP TABLE evidence", n=99)
+    seq = last["seq"] + 1
+    trail.execute(f"INSERT INTO audit_records ({', '.join(COLS)}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                  (last["node"], seq, last["time"], "statement", stmt["session_id"],
+                   stmt["user_name"], stmt["database"], json.dumps(body), last["tag"],
+                   secrets.token_hex(32)))
+    assert_verify_fails(gw.config_path, seq, ["inserted", "altered"])
+
+
+def test_verify_detects_deleted_first_row(gateway_factory, tmp_path):
+    gw, trail = make_trail(gateway_factory, tmp_path, sessions=1)
+    trail.execute("DELETE FROM audit_records WHERE seq = 1")
+    assert_verify_fails(gw.config_path, 1, ["deleted"])
+
+
+def test_verify_detects_swapped_bodies(gateway_factory, tmp_path):
+    gw, trail = make_trail(gateway_factory, tmp_path)
+    a, b = [r for r in trail.rows() if r["kind"] == "statement"][:2]
+    trail.execute("UPDATE audit_records SET body = ? WHERE seq = ?", (b["raw_body"], a["seq"]))
+    trail.execute("UPDATE audit_records SET body = ? WHERE seq = ?", (a["raw_body"], b["seq"]))
+    assert_verify_fails(gw.config_path, a["seq"], ["altered"])
+
+
+def restart(gw):
+    """Starts a stopped Gateway again and waits for its new ready line."""
+    n = gw.count_log(r"event=ready\b")
+    gw.stopped_on_purpose = False
+    gw.start()
+    wait_for(lambda: gw.count_log(r"event=ready\b") > n, timeout=20,
+             what="the restarted gateway's ready line")
+
+
+def test_chain_continues_after_restart(gateway_factory, tmp_path):
+    gw, trail = make_trail(gateway_factory, tmp_path, sessions=1)
+    before = trail.rows()
+    restart(gw)
+    with gw.connect(application_name=app_name("again")) as c:
+        c.execute("SELECT 'after restart'")
+    assert gw.stop() == 0
+    rows = trail.rows()
+    assert len(rows) == len(before) + 3
+    assert rows[:len(before)] == before
+    check_chain_links(rows)
+    assert rows[len(before)]["prev_tag"] == before[-1]["tag"]
+    assert_verify_ok(gw.config_path)
+
+
+# ---------------------------------------------------------------------------- 3. retention
+
+def test_retention_prunes_and_chains(gateway_factory, tmp_path):
+    db = tmp_path / "ret.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"retention": "2s", "node": "ret"})
+    trail = SqliteTrail(db)
+    with gw.connect(application_name=app_name("old")) as c:
+        c.execute("SELECT 'old record'")
+    old = wait_for(lambda: [r for r in trail.rows() if r["kind"] == "session_end"],
+                   what="the first session's records")
+    old_seqs = {r["seq"] for r in trail.rows() if r["kind"] != "prune"}
+    time.sleep(4.5)
+    with gw.connect(application_name=app_name("new")) as c:
+        c.execute("SELECT 'new record'")
+
+    def pruned():
+        rows = trail.rows()
+        seqs = {r["seq"] for r in rows}
+        prunes = [r for r in rows if r["kind"] == "prune"]
+        if prunes and not (old_seqs & seqs) and any("new record" in r["raw_body"] for r in rows):
+            return rows
+        return None
+    rows = wait_for(pruned, timeout=8, what="old records pruned and a prune record")
+    assert old
+    prune = [r for r in rows if r["kind"] == "prune"][-1]
+    assert prune["node"] == "ret"
+    # the remaining records still link up (seq gaps only below the first kept record)
+    kept = sorted(rows, key=lambda r: r["seq"])
+    for a, b in zip(kept, kept[1:]):
+        assert b["seq"] == a["seq"] + 1 and b["prev_tag"] == a["tag"], (a["seq"], b["seq"])
+    assert gw.stop() == 0
+    assert_verify_ok(gw.config_path)
+
+
+# ---------------------------------------------------------------------------- 4. strict durability
+
+MARK = re.compile(r"sd-[0-9a-f]+-\d+-\d+")
+
+
+def _load_then_kill(factory, tmp_path, pg, durability, threads=4, seconds=1.5):
+    db = tmp_path / f"dur-{durability}.db"
+    t = tname(f"dur_{durability}")
+    make_table(pg, t, "id serial PRIMARY KEY, marker text NOT NULL")
+    try:
+        gw = start_audited(factory, f"sqlite:{db}", {"durability": durability})
+        acked = []
+        lock = threading.Lock()
+        stop = threading.Event()
+        tag = secrets.token_hex(3)
+        errors = []
+
+        def worker(k):
+            try:
+                c = gw.connect(application_name=app_name("dur"))
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+                return
+            i = 0
+            try:
+                while not stop.is_set():
+                    m = f"sd-{tag}-{k}-{i}"
+                    c.execute(f"INSERT INTO {t} (marker) VALUES ('{m}')")
+                    with lock:
+                        acked.append(m)
+                    i += 1
+            except psycopg.Error:
+                pass
+            finally:
+                try:
+                    c.close()
+                except Exception:  # noqa: BLE001
+                    pass
+        ths = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+        for th in ths:
+            th.start()
+        time.sleep(seconds)
+        gw.kill()
+        stop.set()
+        for th in ths:
+            th.join(30)
+        assert not errors, errors
+        with pg.super_connect() as c:
+            upstream = {r[0] for r in c.execute(f"SELECT marker FROM {t}").fetchall()}
+        recorded = set()
+        for r in SqliteTrail(db).rows("kind = 'statement'"):
+            if r["body"].get("tag") == "INSERT 0 1":
+                recorded.update(MARK.findall(r["body"].get("sql", "")))
+        acked = set(acked)
+        assert acked <= upstream
+        return acked, recorded
+    finally:
+        su_exec(pg, f"DROP TABLE IF EXISTS {t}")
+
+
+def test_strict_durability_survives_sigkill(gateway_factory, tmp_path, pg):
+    acked, recorded = _load_then_kill(gateway_factory, tmp_path, pg, "strict")
+    assert len(acked) > 20, f"only {len(acked)} statements acknowledged under load"
+    lost = acked - recorded
+    assert not lost, (f"{len(lost)} of {len(acked)} acknowledged statements are missing from "
+                      f"the strict trail after SIGKILL, e.g. {sorted(lost)[:5]}")
+
+
+def test_default_durability_sigkill_report(gateway_factory, tmp_path, pg):
+    acked, recorded = _load_then_kill(gateway_factory, tmp_path, pg, "default")
+    assert len(acked) > 20
+    lost = acked - recorded
+    print(f"\ndefault durability: {len(lost)} of {len(acked)} acknowledged statements "
+          f"not in the trail after SIGKILL")
+
+
+def test_strict_record_committed_before_result(gateway_factory, tmp_path):
+    db = tmp_path / "strict.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"durability": "strict"})
+    trail = SqliteTrail(db)
+    with gw.connect(application_name=app_name("strict")) as c:
+        for i in range(5):
+            m = f"strict-{SFX}-{i}"
+            assert c.execute(f"SELECT '{m}'").fetchone() == (m,)
+            # no polling: the record must already be committed
+            assert any(m in r["raw_body"] for r in trail.rows("kind = 'statement'")), \
+                f"statement {m} answered before its record was committed"
+        with pytest.raises(psycopg.Error):
+            c.execute(f"SELECT 1/0 AS strict_err_{SFX}")
+        assert any(f"strict_err_{SFX}" in r["raw_body"] for r in trail.rows("kind = 'statement'"))
+
+
+def test_strict_pipeline_and_copy(gateway_factory, tmp_path, pg):
+    """Held replies keep their order: a pipeline of extended statements, an error in the
+    middle of it, and COPY, under strict durability."""
+    db = tmp_path / "strictp.db"
+    t = make_table(pg, tname("strictp"), "id int PRIMARY KEY, v text")
+    try:
+        gw = start_audited(gateway_factory, f"sqlite:{db}", {"durability": "strict"})
+        trail = SqliteTrail(db)
+        with gw.connect(application_name=app_name("strictp")) as c:
+            with c.pipeline():
+                curs = [c.execute(f"INSERT INTO {t} VALUES (%s, %s) RETURNING id", (i, f"p{i}"))
+                        for i in range(1, 6)]
+            assert [cur.fetchone()[0] for cur in curs] == [1, 2, 3, 4, 5]
+            with pytest.raises(psycopg.Error):
+                with c.pipeline():
+                    c.execute("SELECT %s::int AS a", (1,))
+                    c.execute(f"INSERT INTO {t} VALUES (%s, 'dup')", (1,))
+                    c.execute("SELECT %s::int AS c", (3,))
+            with c.cursor() as cur:
+                with cur.copy(f"COPY {t} (id, v) FROM STDIN") as cp:
+                    for i in range(10, 13):
+                        cp.write_row((i, "copied"))
+                with cur.copy(f"COPY {t} TO STDOUT") as cp:
+                    assert sum(bytes(d).count(b"\n") for d in cp) == 8
+            rows = trail.rows("kind = 'statement'")
+            tags = [r["body"].get("tag") for r in rows]
+            assert tags.count("INSERT 0 1") == 5 and "COPY 3" in tags and "COPY 8" in tags, tags
+            assert any((r["body"].get("error") or {}).get("sqlstate") == "23505" for r in rows)
+    finally:
+        su_exec(pg, f"DROP TABLE IF EXISTS {t}")
+
+
+def test_strict_statement_waits_out_a_locked_store(gateway_factory, tmp_path):
+    """Strict durability and a store locked for longer than the busy timeout: the statement
+    in flight is not lost or hung for good; once the lock goes, the session works."""
+    db = tmp_path / "strictlock.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"durability": "strict"})
+    conn = gw.connect(application_name=app_name("strictlock"))
+    assert _probe(conn, f"sl-before-{SFX}") is None
+    lk = sqlite3.connect(str(db), isolation_level=None, timeout=10)
+    lk.execute("BEGIN EXCLUSIVE")
+    result = {}
+
+    def run():
+        t0 = time.monotonic()
+        result["err"] = _probe(conn, f"sl-held-{SFX}")
+        result["took"] = time.monotonic() - t0
+    th = threading.Thread(target=run)
+    th.start()
+    time.sleep(4)
+    lk.execute("ROLLBACK")
+    lk.close()
+    th.join(15)
+    assert not th.is_alive(), "a statement was still waiting 15 s after the store was unlocked"
+    e = result["err"]
+    print(f"\nstrict, store locked 4 s: the statement took {result['took']:.1f} s and got "
+          f"{'its result' if e is None else e.sqlstate}")
+    assert e is None or e.sqlstate == "58030", e
+    if e is None:
+        # its result was held until the record was committed
+        record_with(SqliteTrail(db), f"sl-held-{SFX}", timeout=0.5)
+    deadline = time.monotonic() + 10
+    while _probe(conn, f"sl-after-{SFX}") is not None:
+        assert time.monotonic() < deadline, "statements still refused 10 s after unlocking"
+        time.sleep(0.2)
+    conn.close()
+    assert gw.stop() == 0
+    check_chain_links(SqliteTrail(db).rows())
+
+
+def test_stop_flushes_open_sessions(gateway_factory, tmp_path):
+    db = tmp_path / "flush.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}")
+    app = app_name("open")
+    c = gw.connect(application_name=app)
+    c.execute(f"SELECT 'open-{SFX}'")
+    assert gw.stop() == 0
+    trail = SqliteTrail(db)
+    sid = session_id_of(trail, app, timeout=1)
+    kinds = [r["kind"] for r in trail.rows() if r["session_id"] == sid]
+    assert kinds == ["session_start", "statement", "session_end"], kinds
+    try:
+        c.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+# ---------------------------------------------------------------------------- 5. store failure
+
+def _probe(conn, marker):
+    """Runs one marked statement: None on success, else the error."""
+    try:
+        conn.execute(f"SELECT '{marker}' AS probe").fetchall()
+        return None
+    except psycopg.Error as e:
+        return e
+
+
+def test_store_failure_refuses_then_recovers(gateway_factory, tmp_path):
+    db = tmp_path / "fail.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"node": "failer"})
+    trail = SqliteTrail(db)
+    conn = gw.connect(application_name=app_name("fail"))
+    assert _probe(conn, f"before-{SFX}") is None
+    record_with(trail, f"before-{SFX}")
+    lk = sqlite3.connect(str(db), isolation_level=None, timeout=10)
+    lk.execute("BEGIN EXCLUSIVE")
+    refused = None
+    tries = []
+    try:
+        deadline = time.monotonic() + 15
+        i = 0
+        while time.monotonic() < deadline:
+            marker = f"locked-{SFX}-{i}"
+            e = _probe(conn, marker)
+            tries.append((marker, None if e is None else (e.sqlstate, str(e))))
+            if e is not None:
+                refused = (marker, e)
+                break
+            i += 1
+            time.sleep(0.1)
+        assert refused is not None, \
+            f"no statement was refused within 15 s of locking the store; tries: {tries[-5:]}"
+        marker, e = refused
+        assert e.sqlstate == "58030", (e.sqlstate, str(e))
+        assert e.diag.message_primary == REFUSED_MSG
+        # the session survives a refusal, and stays refused while the lock is held
+        e2 = _probe(conn, f"still-locked-{SFX}")
+        assert e2 is not None and e2.sqlstate == "58030", e2
+    finally:
+        lk.execute("ROLLBACK")
+        lk.close()
+    deadline = time.monotonic() + 10
+    back = None
+    while time.monotonic() < deadline:
+        if _probe(conn, f"after-{SFX}") is None:
+            back = time.monotonic()
+            break
+        time.sleep(0.2)
+    assert back is not None, "statements still refused 10 s after the store was unlocked"
+    conn.close()
+    rec = record_with(trail, refused[0], timeout=10)
+    assert rec["body"]["error"]["sqlstate"] == "58030", rec["body"]
+    record_with(trail, f"after-{SFX}", timeout=10)
+    assert gw.stop() == 0
+    check_chain_links(trail.rows())
+    assert_verify_ok(gw.config_path)
+
+
+def test_store_failure_continue_keeps_serving(gateway_factory, tmp_path):
+    db = tmp_path / "cont.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"on_failure": "continue"})
+    conn = gw.connect(application_name=app_name("cont"))
+    assert _probe(conn, f"cbefore-{SFX}") is None
+    lk = sqlite3.connect(str(db), isolation_level=None, timeout=10)
+    lk.execute("BEGIN EXCLUSIVE")
+    try:
+        end = time.monotonic() + 4.5  # past the 2 s busy timeout, at least once
+        i = 0
+        while time.monotonic() < end:
+            e = _probe(conn, f"clocked-{SFX}-{i}")
+            assert e is None, f"statement {i} refused under on_failure: continue: {e}"
+            i += 1
+            time.sleep(0.05)
+    finally:
+        lk.execute("ROLLBACK")
+        lk.close()
+    assert _probe(conn, f"cafter-{SFX}") is None
+    conn.close()
+    with gw.connect() as c2:
+        assert c2.execute("SELECT 1").fetchone() == (1,)
+    record_with(SqliteTrail(db), f"cafter-{SFX}", timeout=10)
+    assert gw.stop() == 0
+    check_chain_links(SqliteTrail(db).rows())
+
+
+# ---------------------------------------------------------------------------- 6. PostgreSQL store
+
+@pytest.fixture
+def pg_store(pg):
+    dbname = f"aud_store_{SFX}_{secrets.token_hex(2)}"
+    su_exec(pg, f"CREATE DATABASE {dbname}", dbname="postgres")
+    url = (f"postgresql://postgres:{SUPERUSER_PW}@{pg.host}:{pg.port}/{dbname}"
+           f"?sslmode=disable")
+    yield url, PgTrail(pg, dbname)
+    su_exec(pg, f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)", dbname="postgres")
+
+
+def test_postgresql_store_two_nodes(gateway_factory, tmp_path, pg_store):
+    url, trail = pg_store
+    gws = {}
+    for node in ("gw1", "gw2"):
+        gws[node] = start_audited(gateway_factory, url,
+                                  {"node": node, "key_file": str(tmp_path / f"{node}.key")})
+    for node, gw in gws.items():
+        for i in range(2):
+            with gw.connect(application_name=app_name(node)) as c:
+                c.execute(f"SELECT 'via-{node}-{SFX}-{i}' AS m, %s::int AS i", (i,))
+    for node in gws:
+        rec = record_with(trail, f"via-{node}-{SFX}-1", timeout=10)
+        assert rec["node"] == node
+        assert rec["body"]["result"]["rows"][0][0] == f"via-{node}-{SFX}-1"
+    for gw in gws.values():
+        assert gw.stop() == 0
+    for node in gws:
+        assert (tmp_path / f"{node}.key").stat().st_mode & 0o777 == 0o600
+    rows = trail.rows()
+    for node in gws:
+        mine = [r for r in rows if r["node"] == node]
+        assert [r["seq"] for r in mine] == list(range(1, 7)), [(r["seq"], r["kind"]) for r in mine]
+        assert not any(f"via-{other}" in r["raw_body"] for r in mine for other in gws
+                       if other != node)
+    check_chain_links(rows)
+    for node, gw in gws.items():
+        assert_verify_ok(gw.config_path, "--node", node)
+    # gw1's key does not verify gw2's chain
+    r = verify(gws["gw1"].config_path, "--node", "gw2")
+    assert r.returncode == 1, r.stdout + r.stderr
+    # tampering with gw2's trail in PostgreSQL is seen; gw1's trail is unaffected
+    with trail.pg.super_connect(trail.dbname) as c:
+        n = c.execute("UPDATE audit_records SET body = replace(body, 'via-', 'VIA-') "
+                      "WHERE node = 'gw2' AND seq = 5").rowcount
+        assert n == 1
+    r = verify(gws["gw2"].config_path, "--node", "gw2")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and re.search(r"seq=5\b.*altered|altered.*seq=5\b", out), out
+    assert_verify_ok(gws["gw1"].config_path, "--node", "gw1")
+
+
+# ---------------------------------------------------------------------------- 7. CLI
+
+@pytest.fixture(scope="module")
+def cli_trail(pg, certs, tmp_path_factory):
+    """A stopped gateway whose trail holds one session of alice on app and one of bob on
+    app_md5."""
+    require_binary()
+    root = tmp_path_factory.mktemp("auditcli")
+    db = root / "cli.db"
+    f = GatewayFactory(pg, certs, root)
+    g = f.start(lambda cfg: cfg.update(audit={"store": f"sqlite:{db}", "node": "clinode"}))
+    a_app, b_app = app_name("clia"), app_name("clib")
+    with g.connect(user="alice", application_name=a_app) as c:
+        c.execute(f"SELECT 'replay-{SFX}' AS cli_marker, 42 AS answer")
+        c.execute("SELECT id, name FROM items WHERE id <= 2 ORDER BY id")
+    with g.connect(user="bob", dbname="app_md5", application_name=b_app) as c:
+        c.execute("SELECT 'bob was here' AS note")
+    trail = SqliteTrail(db)
+    sa, sb = session_id_of(trail, a_app), session_id_of(trail, b_app)
+    session_records(trail, sa)
+    session_records(trail, sb)
+    assert g.stop() == 0
+    yield g.config_path, trail, sa, sb
+    f.cleanup()
+
+
+def sessions_json(cfg, *args):
+    r = cli("sessions", "list", "--config", cfg, "--json", *args)
+    assert r.returncode == 0, f"sessions list {args}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    data = json.loads(r.stdout)
+    assert isinstance(data, list), data
+    return data
+
+
+def test_cli_verify_ok(cli_trail):
+    cfg, _, _, _ = cli_trail
+    assert_verify_ok(cfg)
+
+
+def test_cli_sessions_list(cli_trail):
+    cfg, trail, sa, sb = cli_trail
+    all_ = sessions_json(cfg)
+    by_id = {s["session_id"]: s for s in all_}
+    assert sa in by_id and sb in by_id, all_
+    a = by_id[sa]
+    for k in ("session_id", "user", "database", "client_address", "application_name",
+              "auth_method", "start", "end", "end_reason", "statements"):
+        assert k in a, (k, a)
+    assert a["user"] == "alice" and a["database"] == "app" and a["auth_method"] == "scram"
+    assert a["statements"] == 2 and a["application_name"].startswith("aud-clia-")
+    assert a["end"] and a["end_reason"] and a["start"] <= a["end"]
+    assert by_id[sb]["user"] == "bob" and by_id[sb]["database"] == "app_md5"
+    assert by_id[sb]["statements"] == 1
+    r = cli("sessions", "list", "--config", cfg)
+    assert r.returncode == 0 and sa in r.stdout and sb in r.stdout, r.stdout + r.stderr
+
+
+def test_cli_sessions_list_filters(cli_trail):
+    cfg, trail, sa, sb = cli_trail
+    assert [s["session_id"] for s in sessions_json(cfg, "--user", "alice")] == [sa]
+    assert [s["session_id"] for s in sessions_json(cfg, "--user", "bob")] == [sb]
+    assert [s["session_id"] for s in sessions_json(cfg, "--database", "app_md5")] == [sb]
+    assert sessions_json(cfg, "--user", "nobody") == []
+    assert {s["session_id"] for s in sessions_json(cfg, "--since", "1h")} == {sa, sb}
+    assert sessions_json(cfg, "--since", "2099-01-01T00:00:00Z") == []
+    assert {s["session_id"] for s in sessions_json(cfg, "--since", "2000-01-01")} == {sa, sb}
+    assert len(sessions_json(cfg, "--limit", "1")) == 1
+
+
+def test_cli_sessions_replay(cli_trail):
+    cfg, trail, sa, sb = cli_trail
+    r = cli("sessions", "replay", sa, "--config", cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    for s in (f"SELECT 'replay-{SFX}' AS cli_marker, 42 AS answer", "cli_marker", "answer",
+              f"replay-{SFX}", "42", "SELECT id, name FROM items", "item 1", "item 2", "allow"):
+        assert s in out, f"{s!r} not in the replay:\n{out}"
+    assert re.search(r"\d{2}:\d{2}:\d{2}", out), out
+    r = cli("sessions", "replay", "nosuchsession", "--config", cfg)
+    assert r.returncode != 0
+
+
+def test_cli_audit_export(cli_trail):
+    cfg, trail, sa, sb = cli_trail
+    r = cli("audit", "export", "--config", cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    rows = trail.rows()
+    assert len(lines) == len(rows)
+    objs = [json.loads(ln) for ln in lines]
+    for o, row in zip(sorted(objs, key=lambda o: (o["node"], o["seq"])), rows):
+        assert set(o) >= {"node", "seq", "time", "kind", "session_id", "user", "database",
+                          "record", "prev_tag", "tag"}, o
+        assert (o["node"], o["seq"], o["kind"], o["tag"]) == \
+            (row["node"], row["seq"], row["kind"], row["tag"])
+        assert o["record"] == row["body"]
+    r = cli("audit", "export", "--config", cfg, "--since", "2099-01-01T00:00:00Z")
+    assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------------------- 8. HTTP API
+
+def apikey_create(name, groups):
+    r = cli("apikey", "create", name, "--groups", ",".join(groups))
+    assert r.returncode == 0, r.stderr
+    key = re.findall(r"^  (pgc_[A-Za-z0-9_-]{43})$", r.stdout, re.M)
+    m = re.search(r"^  " + re.escape(name) + r': \{hash: "(sha256:[0-9a-f]{64})"', r.stdout, re.M)
+    assert len(key) == 1 and m, r.stdout
+    return key[0], {"hash": m[1], "groups": list(groups)}
+
+
+def http(port, path, token=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.fixture(scope="module")
+def http_gw(pg, certs, tmp_path_factory):
+    require_binary()
+    root = tmp_path_factory.mktemp("audithttp")
+    db = root / "http.db"
+    aud_key, aud_entry = apikey_create(f"auditor-{SFX}", ["security"])
+    ag_key, ag_entry = apikey_create(f"agent-{SFX}", ["agents"])
+    port = free_port()
+    f = GatewayFactory(pg, certs, root)
+
+    def mutate(cfg):
+        cfg["audit"] = {"store": f"sqlite:{db}", "node": "httpnode"}
+        cfg["admin"] = {"address": "127.0.0.1", "port": port, "auditors": ["security"]}
+        cfg["api_keys"] = {f"auditor-{SFX}": aud_entry, f"agent-{SFX}": ag_entry}
+    g = f.start(mutate)
+    app = app_name("http")
+    with g.connect(application_name=app) as c:
+        c.execute(f"SELECT 'http-{SFX}' AS http_marker, 7 AS seven")
+    trail = SqliteTrail(db)
+    sid = session_id_of(trail, app)
+    session_records(trail, sid)
+
+    def up():
+        try:
+            return http(port, "/healthz")[0] == 200
+        except OSError:
+            return False
+    ready = True
+    try:
+        wait_for(up, timeout=5, what="the admin HTTP API")
+    except AssertionError:
+        ready = False
+    yield dict(gw=g, port=port, auditor=aud_key, agent=ag_key, sid=sid, ready=ready,
+               trail=trail)
+    f.cleanup()
+
+
+def need_http(h):
+    assert h["ready"], f"the admin HTTP API on port {h['port']} never answered /healthz"
+
+
+def test_http_healthz(http_gw):
+    need_http(http_gw)
+    status, _ = http(http_gw["port"], "/healthz")
+    assert status == 200
+
+
+def test_http_auth_required(http_gw):
+    need_http(http_gw)
+    p = http_gw["port"]
+    assert http(p, "/api/sessions")[0] == 401
+    assert http(p, "/api/sessions", token="pgc_" + "x" * 43)[0] == 401
+    assert http(p, "/api/sessions", token="not a token")[0] == 401
+    assert http(p, f"/api/sessions/{http_gw['sid']}")[0] == 401
+    assert http(p, "/api/sessions", token=http_gw["agent"])[0] == 403
+    assert http(p, f"/api/sessions/{http_gw['sid']}/replay", token=http_gw["agent"])[0] == 403
+
+
+def test_http_sessions(http_gw):
+    need_http(http_gw)
+    p, tok, sid = http_gw["port"], http_gw["auditor"], http_gw["sid"]
+    status, body = http(p, "/api/sessions", token=tok)
+    assert status == 200, body
+    sessions = json.loads(body)["sessions"]
+    mine = [s for s in sessions if s["session_id"] == sid]
+    assert len(mine) == 1 and mine[0]["user"] == "alice", sessions
+    status, body = http(p, "/api/sessions?user=alice&limit=50", token=tok)
+    assert status == 200 and sid in {s["session_id"] for s in json.loads(body)["sessions"]}
+    status, body = http(p, "/api/sessions?user=nobody", token=tok)
+    assert status == 200 and json.loads(body)["sessions"] == []
+    status, body = http(p, "/api/sessions?database=app&since=1h", token=tok)
+    assert status == 200 and sid in {s["session_id"] for s in json.loads(body)["sessions"]}
+
+    status, body = http(p, f"/api/sessions/{sid}", token=tok)
+    assert status == 200, body
+    d = json.loads(body)
+    assert d["session"]["session_id"] == sid
+    sqls = [s.get("sql") or s.get("record", {}).get("sql") for s in d["statements"]]
+    assert f"SELECT 'http-{SFX}' AS http_marker, 7 AS seven" in sqls, d["statements"]
+
+    status, body = http(p, f"/api/sessions/{sid}/replay", token=tok)
+    assert status == 200, body
+    d = json.loads(body)
+    assert d["session_id"] == sid
+    for s in ("http_marker", f"http-{SFX}", "seven"):
+        assert s in d["transcript"], d["transcript"]
+
+    assert http(p, "/api/sessions/nosuchsession", token=tok)[0] == 404
+
+
+def test_apikey_session_and_failed_login_recorded(http_gw):
+    gw, trail = http_gw["gw"], http_gw["trail"]
+    name = f"agent-{SFX}"
+    app = app_name("key")
+    with gw.connect(user=name, password=http_gw["agent"], application_name=app) as c:
+        c.execute("SELECT 'by key'")
+    sid = session_id_of(trail, app)
+    start, stmts, end = session_records(trail, sid)
+    b = start["body"]
+    assert b["user"] == name and b["auth_method"] == "apikey"
+    assert b["groups"] == ["agents"]
+    assert http_gw["agent"] not in json.dumps([r["raw_body"] for r in trail.rows()])
+    with pytest.raises(psycopg.OperationalError):
+        gw.connect(user=name, password="pgc_" + "A" * 43)
+    rec = wait_for(lambda: [r for r in trail.rows("kind = 'login_failed'")
+                            if r["body"].get("user") == name], what="login_failed for the key")
+    assert rec[-1]["body"]["method"] == "apikey" and rec[-1]["body"]["reason"]
+
+
+def test_http_other_credentials_refused(http_gw):
+    need_http(http_gw)
+    p = http_gw["port"]
+    req = urllib.request.Request(f"http://127.0.0.1:{p}/api/sessions")
+    req.add_header("Authorization", f"Basic {http_gw['auditor']}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    assert status == 401
+    # the auditor key with one character changed
+    k = http_gw["auditor"]
+    bad = k[:-1] + ("A" if k[-1] != "A" else "B")
+    assert http(p, "/api/sessions", token=bad)[0] == 401
+    # a SCRAM user's password is not a bearer credential
+    assert http(p, "/api/sessions", token=LOCAL_USERS["alice"])[0] == 401
