@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # pgcordon throughput / memory benchmark.
 #
-# Starts a throwaway PostgreSQL, PgBouncer (session mode) and two pgcordon
+# Starts a throwaway PostgreSQL, PgBouncer (session mode) and four pgcordon
 # instances of the same binary -- one without policies, one enforcing a policy
-# of 20+ rules that applies to the bench user -- runs read-only pgbench (-S)
-# against all four in alternation, measures the policy layer's per-statement
-# cost (bench/inspect_cost.c), then the gateways' RSS growth with idle
-# authenticated client connections.
+# of 20+ rules that applies to the bench user, and two that write an audit
+# trail to SQLite (durability default and strict) -- runs read-only pgbench (-S)
+# against all of them in alternation, reports the audit trail's size, measures
+# the policy layer's per-statement cost (bench/inspect_cost.c), then the
+# gateways' RSS growth with idle authenticated client connections.
 # See bench/README.md. Everything is torn down on exit, also on failure.
 set -Eeuo pipefail
 
@@ -18,7 +19,7 @@ THREADS=${THREADS:-2}             # pgbench -j
 SCALE=${SCALE:-10}                # pgbench -i -s
 WORKERS=${WORKERS:-2}             # pgcordon listen.workers
 IDLE_CONNS=${IDLE_CONNS:-500}     # idle connections for the RSS measurement (0 = skip)
-TARGETS=${TARGETS:-"direct pgbouncer pgcordon pgcordon-policies"}
+TARGETS=${TARGETS:-"direct pgbouncer pgcordon pgcordon-policies pgcordon-audit pgcordon-audit-strict"}
 MODES=${MODES:-"simple prepared"}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PGBOUNCER=${PGBOUNCER:-/usr/sbin/pgbouncer}
@@ -27,6 +28,8 @@ KEEP_TMP=${KEEP_TMP:-0}           # 1 = keep the temp dir (logs, configs) after 
 INSPECT_COST=${INSPECT_COST:-1}   # 1 = build and run bench/inspect_cost.c (needs cc, libpg_query)
 INSPECT_MS=${INSPECT_MS:-100}     # inspect_cost: ms per timed repetition
 MIN_RULES=20                      # the policy instance must enforce at least this many rules
+AUDIT_VERIFY=${AUDIT_VERIFY:-1}   # 1 = check each audit trail's chain (pgcordon audit verify) after the runs
+SQLITE3=${SQLITE3:-sqlite3}       # CLI used to count the audit records
 CC=${CC:-cc}
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -42,9 +45,11 @@ die() { echo "bench: ERROR: $*" >&2; exit 1; }
 log() { echo "# $*"; }
 
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
+has_cordon() { [[ " $TARGETS " == *" pgcordon"* ]]; }   # any pgcordon instance
+has_audit() { [[ " $TARGETS " == *" pgcordon-audit"* ]]; } # any audit instance
 
 # ---------------------------------------------------------------- preflight
-if has_target pgcordon || has_target pgcordon-policies; then
+if has_cordon; then
   if [[ ! -x "$PGCORDON" ]]; then
     echo "bench: ERROR: pgcordon binary not found or not executable: $PGCORDON" >&2
     echo "bench: build it first:  make -C $REPO" >&2
@@ -56,10 +61,12 @@ for b in "$PGBIN/initdb" "$PGBIN/pg_ctl" "$PGBIN/postgres" "$PY"; do
 done
 for b in pgbench psql; do command -v "$b" >/dev/null || die "required program missing: $b"; done
 has_target pgbouncer && { [[ -x "$PGBOUNCER" ]] || die "required program missing: $PGBOUNCER"; }
+has_audit && { command -v "$SQLITE3" >/dev/null || die "required program missing: $SQLITE3 (apt-get install sqlite3)"; }
 "$PY" -c 'import psycopg' 2>/dev/null || (( IDLE_CONNS == 0 )) \
   || die "$PY cannot import psycopg (apt-get install python3-psycopg)"
 for t in $TARGETS; do
-  case $t in direct|pgbouncer|pgcordon|pgcordon-policies) ;; *) die "unknown target '$t' in TARGETS";; esac
+  case $t in direct|pgbouncer|pgcordon|pgcordon-policies|pgcordon-audit|pgcordon-audit-strict) ;;
+    *) die "unknown target '$t' in TARGETS";; esac
 done
 for m in $MODES; do
   case $m in simple|extended|prepared) ;; *) die "unknown mode '$m' in MODES";; esac
@@ -85,6 +92,8 @@ PG_STARTED=0
 BOUNCER_PID=""
 CORDON_PID=""
 POLICY_PID=""
+AUDIT_PID=""    # pgcordon-audit
+STRICT_PID=""   # pgcordon-audit-strict
 
 CHILD_PID=""   # foreground benchmark client (pgbench / idle_conns.py), killed on exit
 
@@ -101,25 +110,32 @@ run_child() {
   return "$rc"
 }
 
-stop_pid() {  # stop_pid NAME PID SIGNAL : signal, wait up to 15 s, then SIGKILL
-  local name=$1 pid=$2 sig=$3 i rc
+stop_pid() {  # stop_pid NAME PID SIGNAL [WHAT] : signal, wait up to 15 s, then SIGKILL
+  local name=$1 pid=$2 sig=$3 what=${4:-cleanup} i rc
   pid_alive "$pid" || return 0
   kill "-$sig" "$pid" 2>/dev/null || true
   for ((i = 0; i < 150; i++)); do pid_alive "$pid" || break; sleep 0.1; done
   if pid_alive "$pid"; then
-    echo "# cleanup: $name (pid $pid) still running 15 s after SIG$sig, sending SIGKILL" >&2
+    echo "# $what: $name (pid $pid) still running 15 s after SIG$sig, sending SIGKILL" >&2
     kill -KILL "$pid" 2>/dev/null || true
   fi
   rc=0; wait "$pid" 2>/dev/null || rc=$?
-  echo "# cleanup: $name exited with status $rc after SIG$sig" >&2
+  echo "# $what: $name exited with status $rc after SIG$sig" >&2
 }
+
+# The script's own stdout/stderr. A signal that arrives while run_child waits runs the
+# trap inside "run_child ... >LOG 2>&1", i.e. with that redirection in force; cleanup
+# restores these so its messages are not written into a log it is about to delete.
+exec {OUT_FD}>&1 {ERR_FD}>&2
 
 cleanup() {
   local rc=$?
   set +e
   trap - EXIT INT TERM
+  exec 1>&"$OUT_FD" 2>&"$ERR_FD"
   if (( rc != 0 )) && [[ -n "$TMP" && -d "$TMP" ]]; then
-    for f in pgcordon.log pgcordon-policies.log pgbouncer.log postgres.log; do
+    for f in pgcordon.log pgcordon-policies.log pgcordon-audit.log pgcordon-audit-strict.log pgbouncer.log \
+             postgres.log; do
       [[ -s "$TMP/$f" ]] || continue
       echo "---- last 30 lines of $f ----" >&2
       tail -n 30 "$TMP/$f" >&2
@@ -128,6 +144,8 @@ cleanup() {
   if pid_alive "$CHILD_PID"; then kill -TERM "$CHILD_PID" 2>/dev/null; wait "$CHILD_PID" 2>/dev/null; fi
   stop_pid pgcordon "$CORDON_PID" TERM
   stop_pid pgcordon-policies "$POLICY_PID" TERM
+  stop_pid pgcordon-audit "$AUDIT_PID" TERM
+  stop_pid pgcordon-audit-strict "$STRICT_PID" TERM
   stop_pid pgbouncer "$BOUNCER_PID" INT
   if (( PG_STARTED )); then
     "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$TMP/data" -m immediate -w -t 30 stop >/dev/null 2>&1
@@ -190,7 +208,7 @@ log "machine: $(uname -srm), nproc=$(nproc), cpu: $(awk -F': ' '/^model name/{pr
 log "postgres: $("$PGBIN/postgres" --version)"
 log "pgbench: $(pgbench --version)"
 has_target pgbouncer && log "pgbouncer: $("$PGBOUNCER" --version 2>&1 | head -n1)"
-if has_target pgcordon || has_target pgcordon-policies; then
+if has_cordon; then
   rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
   dirty=$(git -C "$REPO" status --porcelain -- src Makefile 2>/dev/null | head -c1)
   log "pgcordon: $PGCORDON (repo rev $rev${dirty:+, src/ has uncommitted changes}," \
@@ -204,9 +222,9 @@ TMP=$(mktemp -d /tmp/pgcordon-bench.XXXXXX)
 chmod 755 "$TMP"
 [[ $(id -u) -eq 0 ]] && chown postgres: "$TMP"
 
-# Both pgcordon instances run a private copy of the binary, so a rebuild during the
+# All pgcordon instances run a private copy of the binary, so a rebuild during the
 # run (make in another shell) can neither swap nor break it between instances.
-if has_target pgcordon || has_target pgcordon-policies; then
+if has_cordon; then
   for ((i = 0; i < 60; i++)); do
     if cp "$PGCORDON" "$TMP/pgcordon.bin" 2>/dev/null && "$TMP/pgcordon.bin" passwd --password x >/dev/null 2>&1; then
       break
@@ -218,21 +236,25 @@ if has_target pgcordon || has_target pgcordon-policies; then
   PGCORDON=$TMP/pgcordon.bin
 fi
 
-PG_PORT=$(free_port)
-BOUNCER_PORT=$(free_port)
-CORDON_PORT=$(free_port)
-POLICY_PORT=$(free_port)
-while [[ $BOUNCER_PORT == "$PG_PORT" ]]; do BOUNCER_PORT=$(free_port); done
-while [[ $CORDON_PORT == "$PG_PORT" || $CORDON_PORT == "$BOUNCER_PORT" ]]; do CORDON_PORT=$(free_port); done
-while [[ $POLICY_PORT == "$PG_PORT" || $POLICY_PORT == "$BOUNCER_PORT" || $POLICY_PORT == "$CORDON_PORT" ]]; do
-  POLICY_PORT=$(free_port)
-done
+USED_PORTS=" "
+alloc_port() {  # alloc_port VAR : a free port not handed out before in this run
+  local p
+  while :; do p=$(free_port); [[ $USED_PORTS == *" $p "* ]] || break; done
+  USED_PORTS+="$p "
+  printf -v "$1" '%s' "$p"
+}
+alloc_port PG_PORT
+alloc_port BOUNCER_PORT
+alloc_port CORDON_PORT
+alloc_port POLICY_PORT
+alloc_port AUDIT_PORT
+alloc_port STRICT_PORT
 
 PG_PASSWORD=$(rand_pw)      # password of role bench in PostgreSQL (and PgBouncer)
 GW_PASSWORD=$(rand_pw)      # password of pgcordon's local user bench
 
 log "temp dir: $TMP; ports: postgres=$PG_PORT pgbouncer=$BOUNCER_PORT pgcordon=$CORDON_PORT" \
-    "pgcordon-policies=$POLICY_PORT"
+    "pgcordon-policies=$POLICY_PORT pgcordon-audit=$AUDIT_PORT pgcordon-audit-strict=$STRICT_PORT"
 
 # ---------------------------------------------------------------- inspect_cost
 # Linked against the gateway's own library code: the Makefile's LIB_SRCS (everything
@@ -385,11 +407,14 @@ start_cordon() {
   PGCORDON_BENCH_DB_PASSWORD=$PG_PASSWORD \
     "$PGCORDON" serve --config "$cfg" >"$TMP/$name.stdout" 2>"$TMP/$name.log" &
   pid=$!
-  if [[ $name == pgcordon ]]; then CORDON_PID=$pid; else POLICY_PID=$pid; fi
+  case $name in
+    pgcordon) CORDON_PID=$pid;; pgcordon-policies) POLICY_PID=$pid;;
+    pgcordon-audit) AUDIT_PID=$pid;; pgcordon-audit-strict) STRICT_PID=$pid;;
+  esac
   wait_ready "$name" "$pid" "$port" "$GW_PASSWORD"
 }
 
-if has_target pgcordon || has_target pgcordon-policies; then
+if has_cordon; then
   gw_verifier=$("$PGCORDON" passwd --password "$GW_PASSWORD") || die "pgcordon passwd failed"
   [[ $gw_verifier == SCRAM-SHA-256\$* ]] || die "pgcordon passwd printed unexpected output: $gw_verifier"
 fi
@@ -444,17 +469,65 @@ if has_target pgcordon-policies; then
   log "policy check: upstream statement_timeout = $out (limits.statement_timeout)"
 fi
 
+# ---------------------------------------------------------------- pgcordon with audit
+# "pgcordon-audit" and "pgcordon-audit-strict" have the plain "pgcordon" config plus an
+# audit section, each with its own SQLite store in the temp dir; the chain key file
+# (STORE.key) is created at first start.
+audit_db() { case $1 in pgcordon-audit) echo "$TMP/audit.db";; pgcordon-audit-strict) echo "$TMP/audit-strict.db";; esac; }
+audit_durability() { case $1 in pgcordon-audit) echo default;; pgcordon-audit-strict) echo strict;; esac; }
+audit_sql() {  # audit_sql DB SQL : query a store (WAL mode, so it is readable while the gateway writes)
+  "$SQLITE3" -batch -noheader -cmd '.timeout 5000' "$1" "$2"
+}
+audit_stmt_count() { audit_sql "$1" "select count(*) from audit_records where kind = 'statement'"; }
+AUDIT_CHECK_SQL='SELECT abalance FROM pgbench_accounts WHERE aid = 1'
+audit_check_count() {  # statement records of AUDIT_CHECK_SQL in store $1
+  audit_sql "$1" "select count(*) from audit_records where kind = 'statement' and json_extract(body, '\$.sql') = '$AUDIT_CHECK_SQL'"
+}
+
+for t in pgcordon-audit pgcordon-audit-strict; do
+  has_target "$t" || continue
+  if [[ $t == pgcordon-audit ]]; then port=$AUDIT_PORT; else port=$STRICT_PORT; fi
+  db=$(audit_db "$t")
+  cordon_config "$TMP/$t.yaml" "$port"
+  cat >>"$TMP/$t.yaml" <<EOF
+audit:
+  store: "sqlite:$db"
+  durability: $(audit_durability "$t")
+EOF
+  start_cordon "$t" "$TMP/$t.yaml" "$port"
+  # Live check: the bench statement goes through and leaves a statement record. In strict
+  # mode the record must be committed by the time the client has the statement's result.
+  before=$(audit_check_count "$db")
+  out=$(PGPASSWORD=$GW_PASSWORD PGCONNECT_TIMEOUT=5 psql -X -q -At -h 127.0.0.1 -p "$port" -U bench -d bench \
+    -c "$AUDIT_CHECK_SQL" 2>&1) || true
+  [[ $out =~ ^-?[0-9]+$ ]] || { echo "$out" >&2; die "$t refused the pgbench -S statement"; }
+  now=$(audit_check_count "$db")
+  if [[ $t == pgcordon-audit-strict ]]; then
+    (( now > before )) || die "$t: no statement record committed when the statement's result arrived (strict)"
+  else
+    for ((i = 0; i < 50 && now <= before; i++)); do sleep 0.1; now=$(audit_check_count "$db"); done
+    (( now > before )) || die "$t: no statement record in $db 5 s after the statement"
+  fi
+  body=$(audit_sql "$db" "select body from audit_records where kind = 'statement' and
+    json_extract(body, '\$.sql') = '$AUDIT_CHECK_SQL' order by seq desc limit 1")
+  log "audit check: $t (durability $(audit_durability "$t")) recorded a statement record: ${body:0:300}"
+done
+
 target_port() {
   case $1 in
     direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";;
     pgcordon) echo "$CORDON_PORT";; pgcordon-policies) echo "$POLICY_PORT";;
+    pgcordon-audit) echo "$AUDIT_PORT";; pgcordon-audit-strict) echo "$STRICT_PORT";;
   esac
 }
 target_password() {
-  case $1 in pgcordon|pgcordon-policies) echo "$GW_PASSWORD";; *) echo "$PG_PASSWORD";; esac
+  case $1 in pgcordon*) echo "$GW_PASSWORD";; *) echo "$PG_PASSWORD";; esac
 }
 target_pid() {
-  case $1 in pgcordon) echo "$CORDON_PID";; pgcordon-policies) echo "$POLICY_PID";; pgbouncer) echo "$BOUNCER_PID";; esac
+  case $1 in
+    pgcordon) echo "$CORDON_PID";; pgcordon-policies) echo "$POLICY_PID";; pgbouncer) echo "$BOUNCER_PID";;
+    pgcordon-audit) echo "$AUDIT_PID";; pgcordon-audit-strict) echo "$STRICT_PID";;
+  esac
 }
 
 # ---------------------------------------------------------------- throughput
@@ -462,7 +535,9 @@ CLK_TCK=$(getconf CLK_TCK)
 NCPU=$(nproc)
 PM_PID=$(head -n1 "$TMP/data/postmaster.pid")
 # "TOTAL OURS PG" CPU ticks; other_cpu = CPU used by anything but this benchmark during a run
-cpu_ticks() { "$PY" "$BENCH_DIR/cpu_ticks.py" "$PM_PID" "$$" "$CORDON_PID" "$POLICY_PID" "$BOUNCER_PID"; }
+cpu_ticks() {
+  "$PY" "$BENCH_DIR/cpu_ticks.py" "$PM_PID" "$$" "$CORDON_PID" "$POLICY_PID" "$AUDIT_PID" "$STRICT_PID" "$BOUNCER_PID"
+}
 proc_ns() {  # proc_ns PID : CPU time of all threads of PID in ns (scheduler run time, not tick samples)
   [[ -n $1 && -d /proc/$1/task ]] || return 0
   cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'
@@ -477,10 +552,12 @@ NT=${#TARGET_LIST[@]}
 RESULTS=$TMP/results.tsv
 : >"$RESULTS"
 FAILED_RUNS=0
+declare -A AUDIT_BASE=()   # statement records in each audit store before the pgbench runs
+for t in pgcordon-audit pgcordon-audit-strict; do has_target "$t" && AUDIT_BASE[$t]=$(audit_stmt_count "$(audit_db "$t")"); done
 
 echo
 echo "=== throughput: pgbench -S, $CLIENTS clients, $THREADS threads, ${DURATION}s per run, $ROUNDS rounds (round-robin) ==="
-printf '%-5s %-9s %-18s %12s %12s %10s %14s %14s\n' round mode target tps "lat_avg_ms" "other_cpu" "gw_cpu_us/tx" \
+printf '%-5s %-9s %-22s %12s %12s %10s %14s %14s\n' round mode target tps "lat_avg_ms" "other_cpu" "gw_cpu_us/tx" \
   "pg_cpu_us/tx"
 for ((r = 1; r <= ROUNDS; r++)); do
   for mode in "${MODE_LIST[@]}"; do
@@ -511,15 +588,15 @@ for ((r = 1; r <= ROUNDS; r++)); do
       failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out")
       if (( rc != 0 )) || [[ -z "$tps" ]] || [[ -n "$failed" && "$failed" != 0 ]]; then
         FAILED_RUNS=$((FAILED_RUNS + 1))
-        printf '%-5s %-9s %-18s %12s   (pgbench exit %s; output below)\n' "$r" "$mode" "$t" FAILED "$rc"
+        printf '%-5s %-9s %-22s %12s   (pgbench exit %s; output below)\n' "$r" "$mode" "$t" FAILED "$rc"
         sed 's/^/    | /' "$out" | tail -n 20
         if [[ $t == pgcordon* ]] && ! pid_alive "$(target_pid "$t")"; then
           die "$t is no longer running"
         fi
         continue
       fi
-      printf '%-5s %-9s %-18s %12.1f %12s %10s %14s %14s\n' "$r" "$mode" "$t" "$tps" "${lat:--}" "$other" "$gwus" "$pgus"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$mode" "$r" "$tps" "$gwus" "$pgus" >>"$RESULTS"
+      printf '%-5s %-9s %-22s %12.1f %12s %10s %14s %14s\n' "$r" "$mode" "$t" "$tps" "${lat:--}" "$other" "$gwus" "$pgus"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$mode" "$r" "$tps" "$gwus" "$pgus" "$ntx" >>"$RESULTS"
       sleep 1
     done
   done
@@ -539,12 +616,12 @@ round_tps() {  # round_tps TARGET MODE ROUND
 echo
 echo "=== median TPS over $ROUNDS rounds ==="
 printf '%-9s' mode
-for t in "${TARGET_LIST[@]}"; do printf ' %18s' "$t"; done
+for t in "${TARGET_LIST[@]}"; do printf ' %22s' "$t"; done
 echo
 declare -A MED=()
 for mode in "${MODE_LIST[@]}"; do
   printf '%-9s' "$mode"
-  for t in "${TARGET_LIST[@]}"; do MED[$t,$mode]=$(median "$t" "$mode"); printf ' %18s' "${MED[$t,$mode]:--}"; done
+  for t in "${TARGET_LIST[@]}"; do MED[$t,$mode]=$(median "$t" "$mode"); printf ' %22s' "${MED[$t,$mode]:--}"; done
   echo
 done
 
@@ -554,13 +631,13 @@ if (( ${#GW_LIST[@]} )); then
   echo
   echo "=== gateway CPU per transaction, us (median; CPU time of all gateway threads during the run / transactions) ==="
   printf '%-9s' mode
-  for t in "${GW_LIST[@]}"; do printf ' %18s' "$t"; done
+  for t in "${GW_LIST[@]}"; do printf ' %22s' "$t"; done
   has_target pgcordon && has_target pgcordon-policies && printf ' %28s' "pgcordon-policies - pgcordon"
   echo
   for mode in "${MODE_LIST[@]}"; do
     printf '%-9s' "$mode"
     declare -A gw=()
-    for t in "${GW_LIST[@]}"; do gw[$t]=$(median "$t" "$mode" 5 "%.2f"); printf ' %18s' "${gw[$t]:--}"; done
+    for t in "${GW_LIST[@]}"; do gw[$t]=$(median "$t" "$mode" 5 "%.2f"); printf ' %22s' "${gw[$t]:--}"; done
     if has_target pgcordon && has_target pgcordon-policies; then
       if [[ -n ${gw[pgcordon]} && -n ${gw[pgcordon-policies]} ]]; then
         printf ' %28s' "$(awk -v a="${gw[pgcordon-policies]}" -v b="${gw[pgcordon]}" \
@@ -577,13 +654,13 @@ fi
 echo
 echo "=== PostgreSQL CPU per transaction, us (median; postmaster and its backends during the run / transactions) ==="
 printf '%-9s' mode
-for t in "${TARGET_LIST[@]}"; do printf ' %18s' "$t"; done
+for t in "${TARGET_LIST[@]}"; do printf ' %22s' "$t"; done
 has_target pgcordon && has_target pgcordon-policies && printf ' %28s' "pgcordon-policies - pgcordon"
 echo
 for mode in "${MODE_LIST[@]}"; do
   printf '%-9s' "$mode"
   declare -A pgc=()
-  for t in "${TARGET_LIST[@]}"; do pgc[$t]=$(median "$t" "$mode" 6 "%.2f"); printf ' %18s' "${pgc[$t]:--}"; done
+  for t in "${TARGET_LIST[@]}"; do pgc[$t]=$(median "$t" "$mode" 6 "%.2f"); printf ' %22s' "${pgc[$t]:--}"; done
   if has_target pgcordon && has_target pgcordon-policies; then
     if [[ -n ${pgc[pgcordon]} && -n ${pgc[pgcordon-policies]} ]]; then
       printf ' %28s' "$(awk -v a="${pgc[pgcordon-policies]}" -v b="${pgc[pgcordon]}" \
@@ -600,14 +677,17 @@ done
 RATIOS=()
 has_target pgcordon-policies && has_target pgcordon && RATIOS+=("pgcordon-policies/pgcordon")
 has_target pgcordon-policies && has_target pgbouncer && RATIOS+=("pgcordon-policies/pgbouncer")
+has_target pgcordon-audit && has_target pgcordon && RATIOS+=("pgcordon-audit/pgcordon")
+has_target pgcordon-audit-strict && has_target pgcordon && RATIOS+=("pgcordon-audit-strict/pgcordon")
 has_target pgcordon && has_target pgbouncer && RATIOS+=("pgcordon/pgbouncer")
 has_target pgcordon && has_target direct && RATIOS+=("pgcordon/direct")
 has_target pgcordon-policies && has_target direct && RATIOS+=("pgcordon-policies/direct")
-ACCEPT_FAIL=0
+ACCEPT_FAIL=0         # pgcordon-policies below 0.95x somewhere
+AUDIT_ACCEPT_FAIL=0   # pgcordon-audit below 0.95x pgcordon somewhere
 if (( ${#RATIOS[@]} )); then
   echo
   echo "=== ratios: ratio of the medians, and the same ratio within each round ==="
-  printf '%-28s %-9s %8s  %-8s %s\n' ratio mode medians target "per round"
+  printf '%-31s %-9s %8s  %-8s %s\n' ratio mode medians target "per round"
   for rr in "${RATIOS[@]}"; do
     num=${rr%/*} den=${rr#*/}
     for mode in "${MODE_LIST[@]}"; do
@@ -616,12 +696,15 @@ if (( ${#RATIOS[@]} )); then
       if [[ $num == pgcordon-policies && ( $den == pgcordon || $den == pgbouncer ) ]]; then
         goal=">=0.95"
         if [[ $v == - ]] || awk -v x="$v" 'BEGIN {exit !(x < 0.95)}'; then verdict=" BELOW"; ACCEPT_FAIL=1; fi
+      elif [[ $rr == pgcordon-audit/pgcordon ]]; then
+        goal=">=0.95"
+        if [[ $v == - ]] || awk -v x="$v" 'BEGIN {exit !(x < 0.95)}'; then verdict=" BELOW"; AUDIT_ACCEPT_FAIL=1; fi
       fi
       per=""
       for ((r = 1; r <= ROUNDS; r++)); do
         per+=" $(ratio "$(round_tps "$num" "$mode" "$r")" "$(round_tps "$den" "$mode" "$r")")"
       done
-      printf '%-28s %-9s %8s  %-8s%s%s\n' "$rr" "$mode" "$v" "${goal:--}" "$per" "$verdict"
+      printf '%-31s %-9s %8s  %-8s%s%s\n' "$rr" "$mode" "$v" "${goal:--}" "$per" "$verdict"
     done
   done
   if has_target pgcordon-policies && { has_target pgcordon || has_target pgbouncer; }; then
@@ -631,6 +714,78 @@ if (( ${#RATIOS[@]} )); then
     echo "# acceptance (pgcordon-policies >= $goal, modes: ${MODE_LIST[*]}):" \
       "$( (( ACCEPT_FAIL )) && echo "NOT MET in this run" || echo "met in this run")"
     echo "# policy instance: ${RULES:-?} rules active (see '# policy:' lines above)"
+  fi
+  if has_target pgcordon-audit && has_target pgcordon; then
+    echo "# acceptance (pgcordon-audit, durability default, >= 0.95x pgcordon, modes: ${MODE_LIST[*]}):" \
+      "$( (( AUDIT_ACCEPT_FAIL )) && echo "NOT MET in this run" || echo "met in this run")"
+  fi
+  has_target pgcordon-audit-strict && has_target pgcordon &&
+    echo "# pgcordon-audit-strict/pgcordon: reported only, no threshold"
+fi
+
+# ---------------------------------------------------------------- audit trail
+# Each audit instance is stopped first (SIGTERM: the writer commits what is queued and
+# SQLite checkpoints the WAL into the main file on close), so the counts are final and
+# the file size is the whole trail. The instances are not used after this point.
+AUDIT_LIST=()
+for t in pgcordon-audit pgcordon-audit-strict; do has_target "$t" && AUDIT_LIST+=("$t"); done
+if (( ${#AUDIT_LIST[@]} )); then
+  echo
+  echo "=== audit trail: SQLite store of each audit instance, after the pgbench runs ==="
+  for t in "${AUDIT_LIST[@]}"; do
+    pid=$(target_pid "$t")
+    pid_alive "$pid" || { echo "# $t is no longer running"; FAILED_RUNS=$((FAILED_RUNS + 1)); }
+    stop_pid "$t" "$pid" TERM stop 2>&1
+    case $t in pgcordon-audit) AUDIT_PID="";; pgcordon-audit-strict) STRICT_PID="";; esac
+  done
+  printf '%-22s %-8s %12s %12s %12s %9s %10s %12s %10s %14s %10s\n' target durability stmt_records \
+    during_runs pgbench_tx rec/tx other_rec db_bytes bytes/stmt "MB/1000_stmt" body_b/stmt
+  for t in "${AUDIT_LIST[@]}"; do
+    db=$(audit_db "$t")
+    stmts=$(audit_stmt_count "$db")
+    other=$(audit_sql "$db" "select count(*) from audit_records where kind <> 'statement'")
+    body=$(audit_sql "$db" "select coalesce(avg(length(body)), 0) from audit_records where kind = 'statement'")
+    # main file plus whatever WAL is left (none after a clean close)
+    bytes=$(( $(stat -c %s "$db") + $( [[ -f $db-wal ]] && stat -c %s "$db-wal" || echo 0) ))
+    ntx=$(awk -F'\t' -v t="$t" '$1 == t {n += $7} END {printf "%d", n}' "$RESULTS")
+    during=$(( stmts - ${AUDIT_BASE[$t]:-0} ))
+    awk -v t="$t" -v d="$(audit_durability "$t")" -v s="$stmts" -v dr="$during" -v n="$ntx" -v o="$other" \
+        -v b="$bytes" -v bl="$body" 'BEGIN {
+      rt = (n > 0) ? sprintf("%.4f", dr / n) : "-"
+      bs = (s > 0) ? sprintf("%.1f", b / s) : "-"
+      mb = (s > 0) ? sprintf("%.3f", b / s * 1000 / 1e6) : "-"
+      printf "%-22s %-8s %12d %12d %12d %9s %10d %12d %10s %14s %10.1f\n", t, d, s, dr, n, rt, o, b, bs, mb, bl }'
+    kinds=$(audit_sql "$db" "select kind || '=' || count(*) from audit_records group by kind order by kind" | tr '\n' ' ')
+    log "$t: records by kind: ${kinds% }; db $db ($(du -k "$db" | cut -f1) KiB on disk)"
+  done
+  echo "# stmt_records: statement records in the store; during_runs: those written during the pgbench runs;"
+  echo "# pgbench_tx: transactions pgbench reported for the target's successful runs (one statement each);"
+  echo "# bytes/stmt and MB/1000_stmt: db_bytes (the whole file, indexes and the few non-statement"
+  echo "# records included) / stmt_records, MB = 10^6 bytes; body_b/stmt: mean length of a statement record's body"
+  for t in "${AUDIT_LIST[@]}"; do
+    line=""
+    for mode in "${MODE_LIST[@]}"; do
+      g=$(median "$t" "$mode" 5 "%.2f") g0=$(median pgcordon "$mode" 5 "%.2f")
+      p=$(median "$t" "$mode" 6 "%.2f") p0=$(median pgcordon "$mode" 6 "%.2f")
+      [[ -n $g && -n $g0 && -n $p && -n $p0 ]] || continue
+      line+=$(awk -v m="$mode" -v g="$g" -v g0="$g0" -v p="$p" -v p0="$p0" \
+        'BEGIN {printf " %s: gateway %+.2f us/tx (%+.1f%%), postgres %+.2f us/tx;", m, g - g0, (g - g0) / g0 * 100, p - p0}')
+    done
+    has_target pgcordon && [[ -n $line ]] && log "$t minus pgcordon, median CPU per transaction:${line%;}"
+  done
+  if (( AUDIT_VERIFY )); then
+    for t in "${AUDIT_LIST[@]}"; do
+      rc=0 s0=$(date +%s.%N)
+      run_child "$PGCORDON" audit verify --config "$TMP/$t.yaml" >"$TMP/verify-$t.out" 2>&1 || rc=$?
+      secs=$(awk -v a="$s0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+      if (( rc != 0 )); then
+        echo "# $t: pgcordon audit verify FAILED (exit $rc, ${secs} s):"
+        tail -n 5 "$TMP/verify-$t.out" | sed 's/^/    | /'
+        FAILED_RUNS=$((FAILED_RUNS + 1))
+      else
+        log "$t: pgcordon audit verify: $(tail -n 1 "$TMP/verify-$t.out") (${secs} s)"
+      fi
+    done
   fi
 fi
 
@@ -701,6 +856,25 @@ if (( IDLE_CONNS > 0 )); then
     unset kv
     pid_alive "$pid" || die "$t died during the idle-connection test"
   done
+fi
+
+# ---------------------------------------------------------------- logs
+# What the gateways and PostgreSQL logged (log.level warn): an audit_store_failed,
+# audit_events_dropped or any error here means the figures above need a second look.
+echo
+echo "=== logs: events per gateway log (level event), ERROR lines in postgres.log ==="
+for t in "${TARGET_LIST[@]}"; do
+  [[ $t == pgcordon* && -f $TMP/$t.log ]] || continue
+  ev=$(sed -n 's/^ts=[^ ]* level=\([a-z]*\) event=\([A-Za-z0-9_]*\).*/\1 \2/p' "$TMP/$t.log" | sort | uniq -c |
+       awk '{printf "%s%dx %s %s", sep, $1, $2, $3; sep = ", "}')
+  other=$(grep -cv '^ts=[^ ]* level=[a-z]* event=' "$TMP/$t.log" || true)
+  log "$t.log: ${ev:-no events}$( (( other > 0 )) && echo "; $other other line(s)")"
+done
+if [[ -f $TMP/postgres.log ]]; then
+  pg_err=$(grep -c ' ERROR: ' "$TMP/postgres.log" || true)
+  log "postgres.log: $pg_err ERROR line(s)$( (( pg_err > 0 )) && printf '; most frequent: %s' \
+    "$(sed -n 's/.* ERROR:  *//p' "$TMP/postgres.log" | sort | uniq -c | sort -rn | head -n 3 |
+       awk '{c = $1; $1 = ""; printf "%s%dx%s", sep, c, $0; sep = " |"}')")"
 fi
 
 echo
