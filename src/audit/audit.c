@@ -21,7 +21,7 @@ typedef struct Event {
 	char kind[24];
 	char *session_id, *user, *database;
 	int64_t time_us;
-	json_t *body;
+	char *body; /* JSON text */
 	int q;
 	uint64_t ticket;
 	struct Event *next;
@@ -79,10 +79,10 @@ void audit_format_time(int64_t us, char out[AUDIT_TIME_LEN])
 }
 
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
-		      json_t *body)
+		      char *body)
 {
 	if (!W.started) {
-		json_decref(body);
+		free(body);
 		return 0;
 	}
 	Event *e = xmalloc(sizeof *e);
@@ -115,7 +115,7 @@ uint64_t audit_submit(int q, const char *kind, const char *session_id, const cha
 
 static void event_free(Event *e)
 {
-	json_decref(e->body);
+	free(e->body);
 	free(e->session_id);
 	free(e->user);
 	free(e->database);
@@ -155,11 +155,8 @@ static bool write_batch(Event *batch, char *err, size_t errlen)
 	if (!store_begin(W.st, err, errlen))
 		return false;
 	for (Event *e = batch; e; e = e->next) {
-		char *body = json_dumps(e->body, JSON_COMPACT | JSON_REAL_PRECISION(6));
-		bool ok = body && write_record(&seq, key, tag, e->kind, e->session_id, e->user, e->database, e->time_us,
-						body, err, errlen);
-		free(body);
-		if (!ok) {
+		if (!write_record(&seq, key, tag, e->kind, e->session_id, e->user, e->database, e->time_us, e->body, err,
+				  errlen)) {
 			store_rollback(W.st);
 			return false;
 		}

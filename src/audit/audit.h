@@ -33,11 +33,12 @@ bool audit_is_strict(void);
 bool audit_store_healthy(void);
 
 /*
- * Queues an event; takes the reference to body. user, database and session_id may be NULL.
+ * Queues an event; takes body, malloc'd JSON object text. user, database and session_id
+ * may be NULL.
  * Returns the event's ticket in queue q: audit_durable(q) >= ticket once it is committed.
  */
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
-		      json_t *body);
+		      char *body);
 uint64_t audit_durable(int q);
 
 #define AUDIT_TIME_LEN 48

@@ -1,12 +1,12 @@
 /* What a session tells the audit trail: sessions, failed logins and statements. */
 #include "session/audit_trail.h"
 
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "audit/audit.h"
+#include "core/jsonw.h"
 #include "core/util.h"
 #include "session/session_internal.h"
 
@@ -18,10 +18,11 @@ struct AuditStmt {
 	uint64_t n;
 	int part;
 	char *sql;
-	json_t *params;
-	json_t *decision;
-	json_t *columns;
-	json_t *rows;
+	char *params;   /* JSON array text, NULL: none */
+	char *decision; /* JSON object text */
+	char *columns;  /* JSON array text, NULL: no RowDescription yet */
+	JsonW rows;     /* the captured rows, as the inside of a JSON array */
+	size_t nrows;
 	uint8_t formats[1600]; /* per result column: 1 for binary */
 	int ncols;
 	size_t bytes;
@@ -34,8 +35,8 @@ struct AuditStmt {
 typedef struct Named {
 	char *name;
 	char *sql;
-	json_t *params;
-	json_t *decision;
+	char *params;
+	char *decision;
 	struct Named *next;
 } Named;
 
@@ -64,10 +65,9 @@ static Named *named_find(Named **table, const char *name)
 static void named_clear(Named *n)
 {
 	free(n->sql);
-	json_decref(n->params);
-	json_decref(n->decision);
-	n->sql = NULL;
-	n->params = n->decision = NULL;
+	free(n->params);
+	free(n->decision);
+	n->sql = n->params = n->decision = NULL;
 }
 
 /* The entry for name, emptied; NULL when the session already tracks too many. */
@@ -89,26 +89,29 @@ static Named *named_put(Session *s, Named **table, const char *name)
 	return n;
 }
 
+static void named_free_list(Named *n)
+{
+	while (n) {
+		Named *next = n->next;
+		named_clear(n);
+		free(n->name);
+		free(n);
+		n = next;
+	}
+}
+
 void session__audit_free(Session *s)
 {
 	struct AuditNames *an = s->audit_names;
 	if (an) {
 		for (int b = 0; b < NAME_BUCKETS; b++) {
-			for (Named **t = (Named *[]){an->statements[b], an->portals[b]}, **end = t + 2; t < end; t++) {
-				Named *n = *t;
-				while (n) {
-					Named *next = n->next;
-					named_clear(n);
-					free(n->name);
-					free(n);
-					n = next;
-				}
-			}
+			named_free_list(an->statements[b]);
+			named_free_list(an->portals[b]);
 		}
 		free(an);
 		s->audit_names = NULL;
 	}
-	json_decref(s->audit_columns);
+	free(s->audit_columns);
 	s->audit_columns = NULL;
 	audit_stmt_free(s->audit_pending);
 	s->audit_pending = NULL;
@@ -119,21 +122,27 @@ void audit_stmt_free(AuditStmt *a)
 	if (!a)
 		return;
 	free(a->sql);
-	json_decref(a->params);
-	json_decref(a->decision);
-	json_decref(a->columns);
-	json_decref(a->rows);
+	free(a->params);
+	free(a->decision);
+	free(a->columns);
+	jw_free(&a->rows);
 	free(a);
 }
 
+static char *dup_or_null(const char *s) { return s ? xstrdup(s) : NULL; }
+
 /* ---- sessions ---- */
 
-static json_t *groups_json(Session *s)
+static void key_string(JsonW *w, const char *key, const char *value)
 {
-	json_t *g = json_array();
-	for (int i = 0; i < s->ngroups; i++)
-		json_array_append_new(g, json_string(s->groups[i]));
-	return g;
+	jw_key(w, key);
+	jw_string(w, value);
+}
+
+static void key_int(JsonW *w, const char *key, int64_t value)
+{
+	jw_key(w, key);
+	jw_int(w, value);
 }
 
 void session__audit_session_start(Session *s, const char *application_name)
@@ -146,26 +155,48 @@ void session__audit_session_start(Session *s, const char *application_name)
 	snprintf(s->audit_id, sizeof s->audit_id, "%02x%02x%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5],
 		 r[6], r[7]);
 	s->audit_names = xcalloc(1, sizeof *s->audit_names);
-	json_t *body = json_pack("{ss ss ss ss* so ss ss ss ss* ss sb sI}", "session_id", s->audit_id, "user",
-				 s->user_name, "auth_method", s->auth_method, "subject", s->user_name, "groups",
-				 groups_json(s), "client_address", s->peer, "application_name",
-				 application_name ? application_name : "", "database", s->database_name, "role",
-				 s->role, "policies", s->policy ? s->policy->names : "", "client_tls", s->client_tls,
-				 "gateway_session", (json_int_t)s->id);
+	JsonW w;
+	jw_init(&w);
+	jw_begin_object(&w);
+	key_string(&w, "session_id", s->audit_id);
+	key_string(&w, "user", s->user_name);
+	key_string(&w, "auth_method", s->auth_method);
+	key_string(&w, "subject", s->user_name);
+	jw_key(&w, "groups");
+	jw_begin_array(&w);
+	for (int i = 0; i < s->ngroups; i++)
+		jw_string(&w, s->groups[i]);
+	jw_end_array(&w);
+	key_string(&w, "client_address", s->peer);
+	key_string(&w, "application_name", application_name ? application_name : "");
+	key_string(&w, "database", s->database_name);
+	key_string(&w, "role", s->role);
+	key_string(&w, "policies", s->policy ? s->policy->names : "");
+	jw_key(&w, "client_tls");
+	jw_bool(&w, s->client_tls);
+	key_int(&w, "gateway_session", (int64_t)s->id);
 	if (s->expires_at)
-		json_object_set_new(body, "credential_expires", json_integer(s->expires_at));
-	audit_submit(s->worker->index, "session_start", s->audit_id, s->user_name, s->database_name, body);
+		key_int(&w, "credential_expires", s->expires_at);
+	jw_end_object(&w);
+	audit_submit(s->worker->index, "session_start", s->audit_id, s->user_name, s->database_name, jw_take(&w));
 }
 
 void session__audit_session_end(Session *s, const char *reason)
 {
 	if (!s->auditing)
 		return;
-	json_t *body = json_pack("{ss ss ss sI sI sI sI}", "session_id", s->audit_id, "user", s->user_name, "reason",
-				 reason ? reason : "", "bytes_from_client", (json_int_t)s->bytes_from_client,
-				 "bytes_from_server", (json_int_t)s->bytes_from_server, "statements",
-				 (json_int_t)s->audit_n, "duration_ms", (json_int_t)(util_now_ms() - s->started_ms));
-	audit_submit(s->worker->index, "session_end", s->audit_id, s->user_name, s->database_name, body);
+	JsonW w;
+	jw_init(&w);
+	jw_begin_object(&w);
+	key_string(&w, "session_id", s->audit_id);
+	key_string(&w, "user", s->user_name);
+	key_string(&w, "reason", reason ? reason : "");
+	key_int(&w, "bytes_from_client", (int64_t)s->bytes_from_client);
+	key_int(&w, "bytes_from_server", (int64_t)s->bytes_from_server);
+	key_int(&w, "statements", (int64_t)s->audit_n);
+	key_int(&w, "duration_ms", (int64_t)(util_now_ms() - s->started_ms));
+	jw_end_object(&w);
+	audit_submit(s->worker->index, "session_end", s->audit_id, s->user_name, s->database_name, jw_take(&w));
 	s->auditing = false;
 }
 
@@ -173,25 +204,35 @@ void session__audit_login_failed(Session *s, const char *method, const char *why
 {
 	if (!audit_enabled())
 		return;
-	json_t *body = json_pack("{ss* ss* ss ss ss}", "user", s->user_name, "database", s->database_name, "method",
-				 method, "reason", why, "client_address", s->peer);
-	audit_submit(s->worker->index, "login_failed", NULL, s->user_name, s->database_name, body);
+	JsonW w;
+	jw_init(&w);
+	jw_begin_object(&w);
+	key_string(&w, "user", s->user_name);
+	key_string(&w, "database", s->database_name);
+	key_string(&w, "method", method);
+	key_string(&w, "reason", why);
+	key_string(&w, "client_address", s->peer);
+	jw_end_object(&w);
+	audit_submit(s->worker->index, "login_failed", NULL, s->user_name, s->database_name, jw_take(&w));
 }
 
 /* ---- statements: the client side ---- */
 
-static json_t *decision_json(Session *s, const Decision *d)
+static char *decision_json(Session *s, const Decision *d)
 {
-	if (!d)
-		return json_pack("{ss ss ss}", "action", "allow", "policy", s->policy ? s->policy->names : "", "rule", "");
-	json_t *j = json_pack("{ss ss ss}", "action", d->kind == DEC_BLOCK ? "block" : "allow", "policy",
-			      d->policy ? d->policy : "", "rule", d->rule ? d->rule : "");
-	if (d->kind == DEC_BLOCK)
-		json_object_set_new(j, "reason", json_string(d->message));
-	return j;
+	JsonW w;
+	jw_init(&w);
+	jw_begin_object(&w);
+	key_string(&w, "action", d && d->kind == DEC_BLOCK ? "block" : "allow");
+	key_string(&w, "policy", d ? (d->policy ? d->policy : "") : s->policy ? s->policy->names : "");
+	key_string(&w, "rule", d && d->rule ? d->rule : "");
+	if (d && d->kind == DEC_BLOCK)
+		key_string(&w, "reason", d->message);
+	jw_end_object(&w);
+	return jw_take(&w);
 }
 
-static AuditStmt *stmt_new(Session *s, const char *sql, json_t *params, json_t *decision)
+static AuditStmt *stmt_new(const char *sql, char *params, char *decision)
 {
 	AuditStmt *a = xcalloc(1, sizeof *a);
 	a->start_us = audit_now_us();
@@ -203,7 +244,7 @@ static AuditStmt *stmt_new(Session *s, const char *sql, json_t *params, json_t *
 
 AuditStmt *session__audit_stmt(Session *s, const char *sql, const Decision *d)
 {
-	return stmt_new(s, sql, NULL, decision_json(s, d));
+	return stmt_new(sql, NULL, decision_json(s, d));
 }
 
 void session__audit_parse(Session *s, const char *name, const char *sql)
@@ -211,22 +252,6 @@ void session__audit_parse(Session *s, const char *name, const char *sql)
 	Named *n = named_put(s, s->audit_names->statements, name);
 	if (n)
 		n->sql = xstrdup(sql);
-}
-
-/* A value as text when it is valid UTF-8 text, else as {"hex": ...}. */
-static json_t *value_json(const uint8_t *v, size_t len, bool binary)
-{
-	if (!binary) {
-		json_t *t = json_stringn((const char *)v, len);
-		if (t)
-			return t;
-	}
-	char *hex = xmalloc(2 * len + 1);
-	for (size_t i = 0; i < len; i++)
-		snprintf(hex + 2 * i, 3, "%02x", v[i]);
-	json_t *j = json_pack("{ss}", "hex", hex);
-	free(hex);
-	return j;
 }
 
 AuditStmt *session__audit_bind(Session *s, const uint8_t *body, size_t len, const Decision *d)
@@ -238,26 +263,30 @@ AuditStmt *session__audit_bind(Session *s, const uint8_t *body, size_t len, cons
 	uint16_t nformats = msgr_u16(&r);
 	const uint8_t *formats = msgr_bytes(&r, 2 * (size_t)nformats);
 	uint16_t nparams = msgr_u16(&r);
-	json_t *params = json_array();
+	JsonW w;
+	jw_init(&w);
+	jw_begin_array(&w);
 	for (uint16_t i = 0; i < nparams && !r.failed; i++) {
 		uint32_t plen = msgr_u32(&r);
 		if (plen == 0xffffffffu) {
-			json_array_append_new(params, json_null());
+			jw_null(&w);
 			continue;
 		}
 		const uint8_t *v = msgr_bytes(&r, plen);
 		if (!v)
 			break;
 		bool binary = formats && nformats && (nformats == 1 ? formats[1] : i < nformats ? formats[2 * i + 1] : 0);
-		json_array_append_new(params, value_json(v, plen, binary));
+		jw_text(&w, v, plen, binary);
 	}
+	jw_end_array(&w);
+	char *params = jw_take(&w);
 	Named *st = stmt ? named_find(s->audit_names->statements, stmt) : NULL;
 	const char *sql = st ? st->sql : NULL;
 	if (d && d->kind == DEC_BLOCK)
-		return stmt_new(s, sql, params, decision_json(s, d));
+		return stmt_new(sql, params, decision_json(s, d));
 	Named *p = portal ? named_put(s, s->audit_names->portals, portal) : NULL;
 	if (!p) {
-		json_decref(params);
+		free(params);
 		return NULL;
 	}
 	p->sql = xstrdup(sql ? sql : "");
@@ -270,18 +299,20 @@ AuditStmt *session__audit_execute(Session *s, const char *portal)
 {
 	Named *p = named_find(s->audit_names->portals, portal);
 	if (!p)
-		return stmt_new(s, NULL, NULL, decision_json(s, NULL));
-	return stmt_new(s, p->sql, json_incref(p->params), json_incref(p->decision));
+		return stmt_new(NULL, NULL, decision_json(s, NULL));
+	return stmt_new(p->sql, dup_or_null(p->params), xstrdup(p->decision));
 }
 
 /* ---- statements: the server side ---- */
 
-static json_t *parse_columns(const uint8_t *body, size_t len, uint8_t *formats, int *ncols)
+static char *parse_columns(const uint8_t *body, size_t len, uint8_t *formats, int *ncols)
 {
 	MsgReader r;
 	msgr_init(&r, body, len);
 	int n = msgr_u16(&r);
-	json_t *cols = json_array();
+	JsonW w;
+	jw_init(&w);
+	jw_begin_array(&w);
 	*ncols = 0;
 	for (int i = 0; i < n && !r.failed; i++) {
 		const char *name = msgr_str(&r);
@@ -293,16 +324,20 @@ static json_t *parse_columns(const uint8_t *body, size_t len, uint8_t *formats, 
 		uint16_t format = msgr_u16(&r);
 		if (r.failed)
 			break;
-		json_array_append_new(cols, json_pack("{ss sI}", "name", name, "type_oid", (json_int_t)type));
+		jw_begin_object(&w);
+		key_string(&w, "name", name);
+		key_int(&w, "type_oid", type);
+		jw_end_object(&w);
 		if (i < 1600)
 			formats[(*ncols)++] = format == 1;
 	}
-	return cols;
+	jw_end_array(&w);
+	return jw_take(&w);
 }
 
 void session__audit_described(Session *s, const uint8_t *body, size_t len)
 {
-	json_decref(s->audit_columns);
+	free(s->audit_columns);
 	s->audit_columns = parse_columns(body, len, s->audit_formats, &s->audit_ncols);
 }
 
@@ -322,7 +357,7 @@ bool session__audit_wants(const AuditStmt *a, char type, uint32_t len)
 
 static bool capture_full(Session *s, AuditStmt *a, size_t more)
 {
-	if (json_array_size(a->rows) >= (size_t)s->config->audit_rows || a->bytes + more > (size_t)s->config->audit_bytes) {
+	if (a->nrows >= (size_t)s->config->audit_rows || a->bytes + more > (size_t)s->config->audit_bytes) {
 		a->truncated = true;
 		return true;
 	}
@@ -333,24 +368,23 @@ static void capture_row(Session *s, AuditStmt *a, const uint8_t *body, size_t le
 {
 	if (capture_full(s, a, len))
 		return;
-	if (!a->rows)
-		a->rows = json_array();
 	MsgReader r;
 	msgr_init(&r, body, len);
 	int n = msgr_u16(&r);
-	json_t *row = json_array();
+	jw_begin_array(&a->rows);
 	for (int i = 0; i < n && !r.failed; i++) {
 		uint32_t vlen = msgr_u32(&r);
 		if (vlen == 0xffffffffu) {
-			json_array_append_new(row, json_null());
+			jw_null(&a->rows);
 			continue;
 		}
 		const uint8_t *v = msgr_bytes(&r, vlen);
 		if (!v)
 			break;
-		json_array_append_new(row, value_json(v, vlen, i < a->ncols && a->formats[i]));
+		jw_text(&a->rows, v, vlen, i < a->ncols && a->formats[i]);
 	}
-	json_array_append_new(a->rows, row);
+	jw_end_array(&a->rows);
+	a->nrows++;
 	a->bytes += len;
 }
 
@@ -358,10 +392,11 @@ static void capture_copy(Session *s, AuditStmt *a, const uint8_t *body, size_t l
 {
 	if (capture_full(s, a, len))
 		return;
-	if (!a->rows)
-		a->rows = json_array();
 	size_t n = len && body[len - 1] == '\n' ? len - 1 : len;
-	json_array_append_new(a->rows, json_pack("[o]", value_json(body, n, false)));
+	jw_begin_array(&a->rows);
+	jw_text(&a->rows, body, n, false);
+	jw_end_array(&a->rows);
+	a->nrows++;
 	a->bytes += len;
 }
 
@@ -374,9 +409,10 @@ static int64_t tag_rows(const char *tag)
 	return strtoll(sp + 1, NULL, 10);
 }
 
-static json_t *error_json(const uint8_t *body, size_t len)
+/* The fields of an ErrorResponse that say what failed, as a JSON object. */
+static void error_json(JsonW *w, const uint8_t *body, size_t len)
 {
-	json_t *e = json_object();
+	jw_begin_object(w);
 	MsgReader r;
 	msgr_init(&r, body, len);
 	for (;;) {
@@ -388,49 +424,81 @@ static json_t *error_json(const uint8_t *body, size_t len)
 			break;
 		const char *key = code == 'S' ? "severity" : code == 'C' ? "sqlstate" : code == 'M' ? "message"
 				: code == 'D' ? "detail" : code == 'H' ? "hint" : code == 'W' ? "where" : NULL;
-		if (key)
-			json_object_set_new(e, key, value_json((const uint8_t *)v, strlen(v), false));
+		if (key) {
+			jw_key(w, key);
+			jw_text(w, (const uint8_t *)v, strlen(v), false);
+		}
 	}
-	return e;
+	jw_end_object(w);
 }
 
 /* Submits the record of a (part of a) statement; resets it for the next part. */
-static uint64_t submit(Session *s, AuditStmt *a, const char *tag, json_t *error)
+static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t *error, size_t error_len,
+		       const char *error_message)
 {
 	int64_t now = audit_now_us();
 	if (a->part == 0)
 		a->n = ++s->audit_n; /* numbered when recorded: statements the server skipped get none */
-	json_t *body = json_pack("{ss sI ss sO}", "session_id", s->audit_id, "n", (json_int_t)a->n, "sql", a->sql,
-				 "decision", a->decision);
+	JsonW w;
+	jw_init(&w);
+	jw_begin_object(&w);
+	key_string(&w, "session_id", s->audit_id);
+	key_int(&w, "n", (int64_t)a->n);
 	if (a->part)
-		json_object_set_new(body, "part", json_integer(a->part + 1));
-	if (a->params)
-		json_object_set(body, "params", a->params);
-	json_object_set_new(body, "duration_ms", json_real((double)(now - a->start_us) / 1000.0));
-	json_object_set_new(body, "rows_sent", json_integer(a->rows_sent));
+		key_int(&w, "part", a->part + 1);
+	jw_key(&w, "sql");
+	jw_text(&w, (const uint8_t *)a->sql, strlen(a->sql), false);
+	jw_key(&w, "decision");
+	jw_raw(&w, a->decision, strlen(a->decision));
+	if (a->params) {
+		jw_key(&w, "params");
+		jw_raw(&w, a->params, strlen(a->params));
+	}
+	jw_key(&w, "duration_ms");
+	jw_double(&w, (double)(now - a->start_us) / 1000.0);
+	key_int(&w, "rows_sent", a->rows_sent);
 	if (tag) {
-		json_object_set_new(body, "tag", value_json((const uint8_t *)tag, strlen(tag), false));
+		jw_key(&w, "tag");
+		jw_text(&w, (const uint8_t *)tag, strlen(tag), false);
 		int64_t n = tag_rows(tag);
-		json_object_set_new(body, "rows", json_integer(n >= 0 ? n : a->rows_sent));
+		key_int(&w, "rows", n >= 0 ? n : a->rows_sent);
 	}
-	if (error)
-		json_object_set_new(body, "error", error);
-	json_t *cols = a->columns ? a->columns : NULL;
-	if (cols || a->rows) {
-		json_t *res = json_object();
-		if (cols)
-			json_object_set(res, "columns", cols);
-		json_object_set_new(res, "rows", a->rows ? a->rows : json_array());
-		json_object_set_new(res, "truncated", json_boolean(a->truncated));
-		json_object_set_new(body, "result", res);
-		a->rows = NULL;
+	if (error) {
+		jw_key(&w, "error");
+		error_json(&w, error, error_len);
+	} else if (error_message) {
+		jw_key(&w, "error");
+		jw_begin_object(&w);
+		key_string(&w, "sqlstate", "42501");
+		key_string(&w, "message", error_message);
+		jw_end_object(&w);
 	}
-	uint64_t ticket = audit_submit(s->worker->index, "statement", s->audit_id, s->user_name, s->database_name, body);
+	if (a->columns || a->nrows) {
+		jw_key(&w, "result");
+		jw_begin_object(&w);
+		if (a->columns) {
+			jw_key(&w, "columns");
+			jw_raw(&w, a->columns, strlen(a->columns));
+		}
+		jw_key(&w, "rows");
+		jw_begin_array(&w);
+		if (a->rows.len)
+			jw_raw(&w, a->rows.buf, a->rows.len);
+		jw_end_array(&w);
+		jw_key(&w, "truncated");
+		jw_bool(&w, a->truncated);
+		jw_end_object(&w);
+	}
+	jw_end_object(&w);
+	uint64_t ticket = audit_submit(s->worker->index, "statement", s->audit_id, s->user_name, s->database_name,
+				       jw_take(&w));
 	/* The next statement of the same Query starts here. */
 	a->part++;
 	a->start_us = now;
-	json_decref(a->columns);
+	free(a->columns);
 	a->columns = NULL;
+	jw_free(&a->rows);
+	a->nrows = 0;
 	a->ncols = 0;
 	a->bytes = 0;
 	a->rows_sent = 0;
@@ -445,13 +513,13 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 	uint64_t t = 0;
 	switch (type) {
 	case 'T':
-		json_decref(a->columns);
-		a->columns = whole ? parse_columns(body, len, a->formats, &a->ncols) : json_array();
+		free(a->columns);
+		a->columns = whole ? parse_columns(body, len, a->formats, &a->ncols) : xstrdup("[]");
 		return AUDIT_PASS;
 	case 'H':
 		a->copy_out = true;
-		json_decref(a->columns);
-		a->columns = json_pack("[{ss}]", "name", "COPY");
+		free(a->columns);
+		a->columns = xstrdup("[{\"name\":\"COPY\"}]");
 		return AUDIT_PASS;
 	case 'D':
 	case 'd':
@@ -459,7 +527,7 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 			return AUDIT_PASS; /* COPY FROM data goes the other way */
 		a->rows_sent++;
 		if (!a->columns && s->audit_columns) {
-			a->columns = json_incref(s->audit_columns);
+			a->columns = xstrdup(s->audit_columns);
 			a->ncols = s->audit_ncols;
 			memcpy(a->formats, s->audit_formats, (size_t)s->audit_ncols);
 		}
@@ -474,23 +542,21 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 		char tag[128] = "?";
 		if (whole && len)
 			snprintf(tag, sizeof tag, "%.*s", (int)strnlen((const char *)body, len), (const char *)body);
-		t = submit(s, a, tag, NULL);
+		t = submit(s, a, tag, NULL, 0, NULL);
 		break;
 	}
 	case 'I':
-		t = submit(s, a, "EMPTY", NULL);
+		t = submit(s, a, "EMPTY", NULL, 0, NULL);
 		break;
 	case 'V':
-		t = submit(s, a, "FUNCTION CALL", NULL);
+		t = submit(s, a, "FUNCTION CALL", NULL, 0, NULL);
 		break;
 	case 's':
-		t = submit(s, a, "SUSPENDED", NULL);
+		t = submit(s, a, "SUSPENDED", NULL, 0, NULL);
 		break;
-	case 'E': {
-		json_t *err = whole ? error_json(body, len) : json_pack("{ss}", "message", "(too large to record)");
-		t = submit(s, a, NULL, err);
+	case 'E':
+		t = whole ? submit(s, a, NULL, body, len, NULL) : submit(s, a, NULL, NULL, 0, "(error too large to record)");
 		break;
-	}
 	default:
 		return AUDIT_PASS;
 	}
@@ -500,5 +566,5 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 
 void session__audit_cut_off(Session *s, AuditStmt *a, const char *message)
 {
-	submit(s, a, NULL, json_pack("{ss ss}", "sqlstate", "42501", "message", message));
+	submit(s, a, NULL, NULL, 0, message);
 }

@@ -1,0 +1,43 @@
+/*
+ * A JSON text writer into a growing buffer: what the audit records are built with on the
+ * data path, where a tree of jansson objects (one allocation per value) cost too much.
+ * Strings that are not valid UTF-8 cannot be JSON strings: jw_text writes them as
+ * {"hex": "..."} instead. The caller owns the buffer (jw_take) or frees it (jw_free).
+ */
+#ifndef PGC_JSONW_H
+#define PGC_JSONW_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+	char *buf;
+	size_t len, cap;
+	bool comma; /* the next key or value needs a separator */
+} JsonW;
+
+void jw_init(JsonW *w);
+void jw_free(JsonW *w);
+/* The NUL-terminated text; w is empty afterwards. */
+char *jw_take(JsonW *w);
+
+void jw_begin_object(JsonW *w);
+void jw_end_object(JsonW *w);
+void jw_begin_array(JsonW *w);
+void jw_end_array(JsonW *w);
+void jw_key(JsonW *w, const char *key);
+
+void jw_string(JsonW *w, const char *s); /* NULL writes null */
+/* Bytes as a string when they are valid UTF-8 (and not binary), else as {"hex": ...}. */
+void jw_text(JsonW *w, const uint8_t *s, size_t n, bool binary);
+void jw_int(JsonW *w, int64_t v);
+void jw_double(JsonW *w, double v);
+void jw_bool(JsonW *w, bool v);
+void jw_null(JsonW *w);
+/* A value that is already JSON text. */
+void jw_raw(JsonW *w, const char *json, size_t n);
+
+bool jw_valid_utf8(const uint8_t *s, size_t n);
+
+#endif
