@@ -54,3 +54,12 @@ bool store_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, 
 {
 	return st->ops->scan(st, f, cb, arg, err, errlen);
 }
+
+const char *audit__kind_literal(const char *kind)
+{
+	static const char *const kinds[] = {"session_start", "statement", "session_end", "login_failed", "prune"};
+	for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
+		if (strcmp(kind, kinds[i]) == 0)
+			return kinds[i];
+	return "-";
+}

@@ -79,6 +79,8 @@ struct AuditStore {
 	void *db;
 };
 
+/* kind if it is one of the record kinds (safe to put in SQL as a literal), else "-". */
+const char *audit__kind_literal(const char *kind);
 AuditStore *audit__sqlite_open(const char *path, bool strict, char *err, size_t errlen);
 AuditStore *audit__pg_open(const char *url, bool strict, char *err, size_t errlen);
 

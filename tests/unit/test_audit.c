@@ -14,6 +14,8 @@
 #include "audit/report.h"
 #include "audit/store.h"
 #include "config/config.h"
+#include "core/jsonw.h"
+#include <jansson.h>
 
 static const uint8_t KEY[AUDIT_KEY_LEN] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
 					   17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
@@ -199,6 +201,51 @@ static void test_since(void **state)
 	assert_false(config_parse_period_s("-1d", &s));
 }
 
+static void test_json_writer(void **state)
+{
+	(void)state;
+	JsonW w;
+	jw_init(&w);
+	jw_begin_object(&w);
+	jw_key(&w, "s");
+	jw_string(&w, "quote \" backslash \\ newline \n tab \t bell \a Ã©");
+	jw_key(&w, "bad");
+	jw_text(&w, (const uint8_t *)"\xff" "\0" "a", 3, false);
+	jw_key(&w, "bin");
+	jw_text(&w, (const uint8_t *)"ok", 2, true);
+	jw_key(&w, "list");
+	jw_begin_array(&w);
+	jw_int(&w, -5);
+	jw_null(&w);
+	jw_bool(&w, true);
+	jw_double(&w, 1.5);
+	jw_begin_array(&w);
+	jw_end_array(&w);
+	jw_raw(&w, "{\"x\":1}", 7);
+	jw_end_array(&w);
+	jw_key(&w, "none");
+	jw_string(&w, NULL);
+	jw_end_object(&w);
+	char *text = jw_take(&w);
+	json_error_t e;
+	json_t *j = json_loads(text, 0, &e);
+	if (!j)
+		fail_msg("invalid JSON %s: %s", text, e.text);
+	assert_string_equal(json_string_value(json_object_get(j, "s")),
+			    "quote \" backslash \\ newline \n tab \t bell \a Ã©");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(j, "bad"), "hex")), "ff0061");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(j, "bin"), "hex")), "6f6b");
+	assert_int_equal(json_array_size(json_object_get(j, "list")), 6);
+	assert_true(json_is_null(json_object_get(j, "none")));
+	json_decref(j);
+	free(text);
+	/* Overlong forms and surrogates are not UTF-8. */
+	assert_false(jw_valid_utf8((const uint8_t *)"\xc0\xaf", 2));
+	assert_false(jw_valid_utf8((const uint8_t *)"\xed\xa0\x80", 3));
+	assert_false(jw_valid_utf8((const uint8_t *)"\xe2\x82", 2));
+	assert_true(jw_valid_utf8((const uint8_t *)"\xf0\x9f\x98\x80", 4));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -207,6 +254,7 @@ int main(void)
 		cmocka_unit_test(test_verify_intact_chain),
 		cmocka_unit_test(test_verify_names_altered_deleted_inserted),
 		cmocka_unit_test(test_since),
+		cmocka_unit_test(test_json_writer),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
