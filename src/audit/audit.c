@@ -96,7 +96,7 @@ uint64_t audit_submit(int q, const char *kind, const char *session_id, const cha
 	e->next = NULL;
 	Queue *qu = &W.queues[q];
 	pthread_mutex_lock(&qu->mu);
-	e->ticket = ++qu->submitted;
+	uint64_t ticket = e->ticket = ++qu->submitted; /* e belongs to the writer once unlocked */
 	if (qu->tail)
 		qu->tail->next = e;
 	else
@@ -110,7 +110,7 @@ uint64_t audit_submit(int q, const char *kind, const char *session_id, const cha
 		pthread_cond_signal(&W.cond);
 		pthread_mutex_unlock(&W.mu);
 	}
-	return e->ticket;
+	return ticket;
 }
 
 static void event_free(Event *e)
@@ -334,6 +334,7 @@ static void *writer_main(void *arg)
 		pending = next;
 	}
 	log_head("stop");
+	chain_release_thread();
 	return NULL;
 }
 

@@ -100,17 +100,26 @@ static void field(EVP_MAC_CTX *m, const char *s)
 static pthread_once_t hmac_once = PTHREAD_ONCE_INIT;
 static EVP_MAC *hmac; /* fetched once: the lookup is costly, the object is shareable */
 
+/* One context per thread, re-keyed for each record: creating one costs more than the MAC. */
+static __thread EVP_MAC_CTX *thread_mac;
+
 static void fetch_hmac(void) { hmac = EVP_MAC_fetch(NULL, "HMAC", NULL); }
+
+void chain_release_thread(void)
+{
+	EVP_MAC_CTX_free(thread_mac);
+	thread_mac = NULL;
+}
 
 void chain_tag(const uint8_t key[AUDIT_KEY_LEN], const StoredRecord *r, char out[AUDIT_TAG_HEX])
 {
-	/* One context per thread, re-keyed for each record: creating one costs more than the MAC. */
-	static __thread EVP_MAC_CTX *m;
+	EVP_MAC_CTX *m = thread_mac;
 	pthread_once(&hmac_once, fetch_hmac);
 	if (!m) {
 		m = EVP_MAC_CTX_new(hmac);
 		OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0), OSSL_PARAM_construct_end()};
 		EVP_MAC_CTX_set_params(m, params);
+		thread_mac = m;
 	}
 	EVP_MAC_init(m, key, AUDIT_KEY_LEN, NULL);
 	char seq[24];

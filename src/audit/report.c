@@ -378,7 +378,9 @@ int audit_verify(AuditStore *st, const uint8_t first_key[AUDIT_KEY_LEN], const c
 	memset(out, 0, sizeof *out);
 	Verify v = {.first_key = first_key, .out = out};
 	StoreFilter f = {.node = node};
-	if (!store_scan(st, &f, verify_one, &v, err, errlen))
+	bool ok = store_scan(st, &f, verify_one, &v, err, errlen);
+	chain_release_thread();
+	if (!ok)
 		return -1;
 	if (v.bad)
 		return 0;

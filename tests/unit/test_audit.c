@@ -256,5 +256,7 @@ int main(void)
 		cmocka_unit_test(test_since),
 		cmocka_unit_test(test_json_writer),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	int failed = cmocka_run_group_tests(tests, NULL, NULL);
+	chain_release_thread();
+	return failed;
 }
