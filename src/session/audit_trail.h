@@ -14,7 +14,6 @@
 
 typedef struct Session Session;
 typedef struct AuditStmt AuditStmt;
-struct Expectation;
 
 void audit_stmt_free(AuditStmt *a);
 
@@ -33,11 +32,11 @@ AuditStmt *session__audit_execute(Session *s, const char *portal);
 
 typedef enum { AUDIT_PASS, AUDIT_HOLD } AuditOutcome;
 /*
- * A whole upstream message answering the statement a: captures result rows, and at the
- * message ending it submits the record. Returns AUDIT_HOLD (strict durability) when the
+ * An upstream message answering the statement a (body NULL unless whole): captures result
+ * rows, and at the message ending it submits the record. Returns AUDIT_HOLD (strict durability) when the
  * message must wait until audit_durable(queue) reaches *ticket.
  */
-AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool ends_query_part, char type, const uint8_t *body,
+AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char type, const uint8_t *body,
 				      size_t len, uint64_t *ticket);
 /* A RowDescription answering a Describe: the columns of the Execute that follows. */
 void session__audit_described(Session *s, const uint8_t *body, size_t len);
