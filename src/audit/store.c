@@ -63,3 +63,27 @@ const char *audit__kind_literal(const char *kind)
 			return kinds[i];
 	return "-";
 }
+
+int audit__scan_sql(const StoreFilter *f, char prefix, char *sql, size_t len, const char **binds)
+{
+	int nb = 0;
+	size_t n = (size_t)snprintf(sql, len, "SELECT node, seq, time, kind, session_id, user_name, database, body,"
+					      " prev_tag, tag FROM audit_records WHERE seq >= %lld", (long long)f->from_seq);
+	const struct {
+		const char *condition;
+		const char *value;
+	} wheres[] = {{"node =", f->node},         {"session_id =", f->session_id}, {"user_name =", f->user_name},
+		      {"database =", f->database}, {"time >=", f->since}};
+	for (size_t i = 0; i < sizeof wheres / sizeof *wheres; i++) {
+		if (!wheres[i].value)
+			continue;
+		n += (size_t)snprintf(sql + n, len - n, " AND %s %c%d", wheres[i].condition, prefix, nb + 1);
+		binds[nb++] = wheres[i].value;
+	}
+	if (f->kind) /* a literal, so the partial index on session starts applies (kinds are ours, never input) */
+		n += (size_t)snprintf(sql + n, len - n, " AND kind = '%s'", audit__kind_literal(f->kind));
+	n += (size_t)snprintf(sql + n, len - n, f->newest_first ? " ORDER BY time DESC, node, seq DESC" : " ORDER BY node, seq");
+	if (f->limit > 0)
+		snprintf(sql + n, len - n, " LIMIT %lld", (long long)f->limit);
+	return nb;
+}

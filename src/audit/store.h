@@ -81,6 +81,12 @@ struct AuditStore {
 
 /* kind if it is one of the record kinds (safe to put in SQL as a literal), else "-". */
 const char *audit__kind_literal(const char *kind);
+#define STORE_SCAN_BINDS 8
+/*
+ * The SELECT of store_scan for f, with placeholders written as prefix and a number ('?' for
+ * SQLite, '$' for PostgreSQL). The values to bind go to binds, in order; returns how many.
+ */
+int audit__scan_sql(const StoreFilter *f, char prefix, char *sql, size_t len, const char **binds);
 AuditStore *audit__sqlite_open(const char *path, bool strict, char *err, size_t errlen);
 AuditStore *audit__pg_open(const char *url, bool strict, char *err, size_t errlen);
 

@@ -118,26 +118,8 @@ static bool lite_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void 
 {
 	Lite *l = st->db;
 	char sql[1024];
-	const char *binds[8];
-	int nb = 0;
-	int n = snprintf(sql, sizeof sql, "SELECT node, seq, time, kind, session_id, user_name, database, body, prev_tag, tag"
-					  " FROM audit_records WHERE seq >= %lld", (long long)f->from_seq);
-#define WHERE(field, value)                                                                              \
-	if (value) {                                                                                     \
-		n += snprintf(sql + n, sizeof sql - n, " AND " field " ?%d", nb + 1);                   \
-		binds[nb++] = value;                                                                     \
-	}
-	WHERE("node =", f->node)
-	if (f->kind) /* a literal, so the partial index on session starts applies (kinds are ours, never input) */
-		n += snprintf(sql + n, sizeof sql - n, " AND kind = '%s'", audit__kind_literal(f->kind));
-	WHERE("session_id =", f->session_id)
-	WHERE("user_name =", f->user_name)
-	WHERE("database =", f->database)
-	WHERE("time >=", f->since)
-#undef WHERE
-	n += snprintf(sql + n, sizeof sql - n, f->newest_first ? " ORDER BY time DESC, node, seq DESC" : " ORDER BY node, seq");
-	if (f->limit > 0)
-		snprintf(sql + n, sizeof sql - n, " LIMIT %lld", (long long)f->limit);
+	const char *binds[STORE_SCAN_BINDS];
+	int nb = audit__scan_sql(f, '?', sql, sizeof sql, binds);
 	sqlite3_stmt *q;
 	if (sqlite3_prepare_v2(l->db, sql, -1, &q, NULL) != SQLITE_OK)
 		return fail(l->db, "read", err, errlen);

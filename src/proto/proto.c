@@ -89,6 +89,15 @@ const uint8_t *msgr_bytes(MsgReader *r, size_t n)
 
 size_t msgr_remaining(const MsgReader *r) { return r->failed ? 0 : r->len - r->pos; }
 
+bool msgr_error_field(MsgReader *r, uint8_t *code, const char **value)
+{
+	*code = msgr_u8(r);
+	if (r->failed || *code == 0)
+		return false;
+	*value = msgr_str(r);
+	return *value != NULL;
+}
+
 void msgb_init(MsgBuilder *b)
 {
 	b->data = b->inline_buf;

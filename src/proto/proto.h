@@ -57,6 +57,8 @@ uint8_t msgr_u8(MsgReader *r);
 const char *msgr_str(MsgReader *r);
 const uint8_t *msgr_bytes(MsgReader *r, size_t n);
 size_t msgr_remaining(const MsgReader *r);
+/* The next field of an ErrorResponse/NoticeResponse body; false at its end or when malformed. */
+bool msgr_error_field(MsgReader *r, uint8_t *code, const char **value);
 
 /* Builder: append messages; check failed once before sending. */
 typedef struct {

@@ -415,13 +415,9 @@ static void error_json(JsonW *w, const uint8_t *body, size_t len)
 	jw_begin_object(w);
 	MsgReader r;
 	msgr_init(&r, body, len);
-	for (;;) {
-		uint8_t code = msgr_u8(&r);
-		if (r.failed || code == 0)
-			break;
-		const char *v = msgr_str(&r);
-		if (!v)
-			break;
+	uint8_t code;
+	const char *v;
+	while (msgr_error_field(&r, &code, &v)) {
 		const char *key = code == 'S' ? "severity" : code == 'C' ? "sqlstate" : code == 'M' ? "message"
 				: code == 'D' ? "detail" : code == 'H' ? "hint" : code == 'W' ? "where" : NULL;
 		if (key) {

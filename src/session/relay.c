@@ -701,6 +701,16 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 
 typedef enum { STEP_GO, STEP_WAIT, STEP_HOLD } AuditStep;
 
+/* Strict durability: the message waits (upstream reads pause) until ticket is committed. */
+static AuditStep hold_if(Session *s, AuditOutcome o, uint64_t ticket)
+{
+	if (o != AUDIT_HOLD)
+		return STEP_GO;
+	s->audit_holding = true;
+	s->audit_ticket = ticket;
+	return STEP_HOLD;
+}
+
 /*
  * Feeds an upstream message to the audit record of the statement it answers. STEP_WAIT:
  * the audit needs the whole message and it is not all here yet. STEP_HOLD: strict
@@ -735,12 +745,7 @@ static AuditStep audit_server_message(Session *s, char type, uint32_t len, size_
 							  len - 4, &ticket);
 		audit_stmt_free(f->audit);
 		f->audit = NULL;
-		if (o == AUDIT_HOLD) {
-			s->audit_holding = true;
-			s->audit_ticket = ticket;
-			return STEP_HOLD;
-		}
-		return STEP_GO;
+		return hold_if(s, o, ticket);
 	}
 	if (!f || !f->audit || f->internal || s->discarding)
 		return STEP_GO;
@@ -767,12 +772,7 @@ static AuditStep audit_server_message(Session *s, char type, uint32_t len, size_
 		audit_stmt_free(f->audit);
 		f->audit = NULL;
 	}
-	if (o == AUDIT_HOLD) {
-		s->audit_holding = true;
-		s->audit_ticket = ticket;
-		return STEP_HOLD;
-	}
-	return STEP_GO;
+	return hold_if(s, o, ticket);
 }
 
 void session__relay_from_server(Session *s)

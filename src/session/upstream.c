@@ -176,13 +176,9 @@ static void error_fields(const uint8_t *body, size_t len, const char **sqlstate,
 	msgr_init(&r, body, len);
 	*sqlstate = "08006";
 	*message = "unknown error";
-	for (;;) {
-		uint8_t code = msgr_u8(&r);
-		if (r.failed || code == 0)
-			break;
-		const char *v = msgr_str(&r);
-		if (!v)
-			break;
+	uint8_t code;
+	const char *v;
+	while (msgr_error_field(&r, &code, &v)) {
 		if (code == 'C' && strlen(v) == 5)
 			*sqlstate = v;
 		else if (code == 'M')
