@@ -27,6 +27,13 @@ typedef struct Event {
 	struct Event *next;
 } Event;
 
+/* Where the chain stands: the last record written and the key of the next. */
+typedef struct {
+	int64_t seq;
+	char tag[AUDIT_TAG_HEX];
+	uint8_t key[AUDIT_KEY_LEN];
+} ChainState;
+
 typedef struct {
 	pthread_mutex_t mu;
 	Event *head, *tail;
@@ -47,9 +54,7 @@ static struct {
 	AuditStore *st;
 	char *node;
 	uint8_t first_key[AUDIT_KEY_LEN];
-	uint8_t key[AUDIT_KEY_LEN]; /* key of the next record */
-	int64_t seq;                /* last record written */
-	char tag[AUDIT_TAG_HEX];
+	ChainState chain; /* advanced only by committed transactions */
 	int64_t retention_s;
 	int healthy; /* atomic */
 	uint64_t dropped;
@@ -122,40 +127,35 @@ static void event_free(Event *e)
 	free(e);
 }
 
-/* Appends one chained record inside the open transaction; advances the chain copy. */
-static bool write_record(int64_t *seq, uint8_t key[AUDIT_KEY_LEN], char tag[AUDIT_TAG_HEX], const char *kind,
-			 const char *session_id, const char *user, const char *database, int64_t time_us,
-			 const char *body, char *err, size_t errlen)
+/* Appends one chained record inside the open transaction; advances the chain copy c. */
+static bool write_record(ChainState *c, const char *kind, const char *session_id, const char *user,
+			 const char *database, int64_t time_us, const char *body, char *err, size_t errlen)
 {
 	char time[AUDIT_TIME_LEN], newtag[AUDIT_TAG_HEX];
 	audit_format_time(time_us, time);
 	StoredRecord r = {
-		.node = W.node, .seq = *seq + 1, .time = time, .kind = kind,
+		.node = W.node, .seq = c->seq + 1, .time = time, .kind = kind,
 		.session_id = session_id ? session_id : "", .user_name = user ? user : "",
-		.database = database ? database : "", .body = body, .prev_tag = tag,
+		.database = database ? database : "", .body = body, .prev_tag = c->tag,
 	};
-	chain_tag(key, &r, newtag);
+	chain_tag(c->key, &r, newtag);
 	r.tag = newtag;
 	if (!store_insert(W.st, &r, err, errlen))
 		return false;
-	*seq += 1;
-	chain_next_key(key);
-	memcpy(tag, newtag, AUDIT_TAG_HEX);
+	c->seq++;
+	chain_next_key(c->key);
+	memcpy(c->tag, newtag, AUDIT_TAG_HEX);
 	return true;
 }
 
 /* Writes the batch in one transaction. On failure nothing of it counts. */
 static bool write_batch(Event *batch, char *err, size_t errlen)
 {
-	int64_t seq = W.seq;
-	uint8_t key[AUDIT_KEY_LEN];
-	char tag[AUDIT_TAG_HEX];
-	memcpy(key, W.key, sizeof key);
-	memcpy(tag, W.tag, sizeof tag);
+	ChainState c = W.chain;
 	if (!store_begin(W.st, err, errlen))
 		return false;
 	for (Event *e = batch; e; e = e->next) {
-		if (!write_record(&seq, key, tag, e->kind, e->session_id, e->user, e->database, e->time_us, e->body, err,
+		if (!write_record(&c, e->kind, e->session_id, e->user, e->database, e->time_us, e->body, err,
 				  errlen)) {
 			store_rollback(W.st);
 			return false;
@@ -165,9 +165,7 @@ static bool write_batch(Event *batch, char *err, size_t errlen)
 		store_rollback(W.st);
 		return false;
 	}
-	W.seq = seq;
-	memcpy(W.key, key, sizeof key);
-	memcpy(W.tag, tag, sizeof tag);
+	W.chain = c;
 	return true;
 }
 
@@ -182,21 +180,17 @@ static void prune(void)
 		log_event(LOG_ERROR, "audit_prune_failed", "error=%s", log_quote(q, sizeof q, err));
 		return;
 	}
-	if (through == 0 || through >= W.seq)
+	if (through == 0 || through >= W.chain.seq)
 		return; /* nothing old enough, or it would remove the head itself */
 	json_t *body = json_pack("{sI sI ss ss}", "through_seq", (json_int_t)through, "first_seq", (json_int_t)through + 1,
 				 "through_tag", through_tag, "cutoff", cutoff);
 	char *text = json_dumps(body, JSON_COMPACT);
 	json_decref(body);
-	int64_t seq = W.seq;
-	uint8_t key[AUDIT_KEY_LEN];
-	char tag[AUDIT_TAG_HEX];
-	memcpy(key, W.key, sizeof key);
-	memcpy(tag, W.tag, sizeof tag);
+	ChainState c = W.chain;
 	bool ok = store_begin(W.st, err, sizeof err);
 	if (ok) {
 		ok = store_delete_through(W.st, W.node, through, err, sizeof err) &&
-		     write_record(&seq, key, tag, "prune", NULL, NULL, NULL, audit_now_us(), text, err, sizeof err) &&
+		     write_record(&c, "prune", NULL, NULL, NULL, audit_now_us(), text, err, sizeof err) &&
 		     store_commit(W.st, err, sizeof err);
 		if (!ok)
 			store_rollback(W.st);
@@ -206,9 +200,7 @@ static void prune(void)
 		log_event(LOG_ERROR, "audit_prune_failed", "error=%s", log_quote(q, sizeof q, err));
 		return;
 	}
-	W.seq = seq;
-	memcpy(W.key, key, sizeof key);
-	memcpy(W.tag, tag, sizeof tag);
+	W.chain = c;
 	log_event(LOG_INFO, "audit_pruned", "node=%s through_seq=%lld cutoff=%s", W.node, (long long)through, cutoff);
 }
 
@@ -237,8 +229,8 @@ static Event *drain(Event **tail, size_t *count)
 
 static void log_head(const char *why)
 {
-	log_event(LOG_INFO, "audit_head", "node=%s seq=%lld tag=%s reason=%s", W.node, (long long)W.seq,
-		  W.tag[0] ? W.tag : "-", why);
+	log_event(LOG_INFO, "audit_head", "node=%s seq=%lld tag=%s reason=%s", W.node, (long long)W.chain.seq,
+		  W.chain.tag[0] ? W.chain.tag : "-", why);
 }
 
 static void *writer_main(void *arg)
@@ -248,7 +240,7 @@ static void *writer_main(void *arg)
 	size_t npending = 0;
 	bool failing = false;
 	int stop_tries = 0;
-	int64_t next_prune = 0, last_head_log = audit_now_us(), logged_seq = W.seq;
+	int64_t next_prune = 0, last_head_log = audit_now_us(), logged_seq = W.chain.seq;
 	for (;;) {
 		pthread_mutex_lock(&W.mu);
 		if (!W.wake && !W.stopping) {
@@ -291,7 +283,7 @@ static void *writer_main(void *arg)
 				pending = pending_tail = NULL;
 				npending = 0;
 				if (failing)
-					log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.seq);
+					log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
 				failing = false;
 				__atomic_store_n(&W.healthy, 1, __ATOMIC_RELEASE);
 				if (W.cb)
@@ -310,10 +302,10 @@ static void *writer_main(void *arg)
 			int64_t every = W.retention_s / 4 < 1 ? 1 : W.retention_s / 4 > 3600 ? 3600 : W.retention_s / 4;
 			next_prune = now + every * 1000000;
 		}
-		if (now - last_head_log > HEAD_LOG_INTERVAL_S * 1000000LL && W.seq != logged_seq) {
+		if (now - last_head_log > HEAD_LOG_INTERVAL_S * 1000000LL && W.chain.seq != logged_seq) {
 			log_head("periodic");
 			last_head_log = now;
-			logged_seq = W.seq;
+			logged_seq = W.chain.seq;
 		}
 		if (stopping) {
 			if (!pending)
@@ -349,17 +341,17 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 	if (!W.st)
 		return false;
 	W.node = xstrdup(c->audit_node);
-	if (!store_head(W.st, W.node, &W.seq, W.tag, err, errlen)) {
+	if (!store_head(W.st, W.node, &W.chain.seq, W.chain.tag, err, errlen)) {
 		store_close(W.st);
 		return false;
 	}
-	if (W.seq > 0 && created) {
+	if (W.chain.seq > 0 && created) {
 		snprintf(err, errlen, "audit key file %s was missing but the store already holds %lld records of node %s;"
-			 " restore the key file (a new key would break the chain)", c->audit_key_file, (long long)W.seq, W.node);
+			 " restore the key file (a new key would break the chain)", c->audit_key_file, (long long)W.chain.seq, W.node);
 		store_close(W.st);
 		return false;
 	}
-	chain_key_at(W.first_key, W.seq + 1, W.key);
+	chain_key_at(W.first_key, W.chain.seq + 1, W.chain.key);
 	if (created)
 		log_event(LOG_WARN, "audit_key_created", "path=%s note=\"keep a copy elsewhere: verification needs it\"",
 			  c->audit_key_file);
@@ -382,7 +374,7 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 	}
 	const char *safe_url = strncmp(c->audit_store, "sqlite:", 7) == 0 ? c->audit_store : "postgresql";
 	log_event(LOG_INFO, "audit_started", "store=%s node=%s durability=%s head_seq=%lld", safe_url, W.node,
-		  W.strict ? "strict" : "default", (long long)W.seq);
+		  W.strict ? "strict" : "default", (long long)W.chain.seq);
 	return true;
 }
 

@@ -222,8 +222,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 	} else {
 		r = error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
 	}
-	if (who.ngroups || who.owned)
-		caller_free(&who);
+	caller_free(&who);
 	config_release(c);
 	return r;
 }
