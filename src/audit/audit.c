@@ -334,9 +334,6 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 {
 	if (!c->audit_store || W.started)
 		return true;
-	bool created;
-	if (!chain_load_key(c->audit_key_file, true, W.first_key, &created, err, errlen))
-		return false;
 	W.st = store_open(c->audit_store, c->audit_strict, err, errlen);
 	if (!W.st)
 		return false;
@@ -345,9 +342,13 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 		store_close(W.st);
 		return false;
 	}
-	if (W.chain.seq > 0 && created) {
-		snprintf(err, errlen, "audit key file %s was missing but the store already holds %lld records of node %s;"
-			 " restore the key file (a new key would break the chain)", c->audit_key_file, (long long)W.chain.seq, W.node);
+	/* A key is made only for an empty chain: a new key would silently break an existing one. */
+	bool created;
+	if (!chain_load_key(c->audit_key_file, W.chain.seq == 0, W.first_key, &created, err, errlen)) {
+		if (W.chain.seq > 0)
+			snprintf(err + strlen(err), errlen - strlen(err),
+				 "; the store already holds %lld records of node %s: restore the key file"
+				 " (a new key would break the chain)", (long long)W.chain.seq, W.node);
 		store_close(W.st);
 		return false;
 	}

@@ -1557,3 +1557,77 @@ def test_http_other_credentials_refused(http_gw):
     assert http(p, "/api/sessions", token=bad)[0] == 401
     # a SCRAM user's password is not a bearer credential
     assert http(p, "/api/sessions", token=LOCAL_USERS["alice"])[0] == 401
+
+
+# ---------------------------------------------------------------------------- hostile input
+
+def test_cli_rejects_bad_arguments(gateway_factory, tmp_path):
+    """Bad --since, unknown options, a missing replay id, an unknown session and a
+    malformed key file each get a clear message and a non-zero exit; nothing is read."""
+    gw, trail = make_trail(gateway_factory, tmp_path, sessions=1)
+    cfg = gw.config_path
+    r = cli("sessions", "list", "--config", cfg, "--since", "yesterday'; DROP TABLE audit_records")
+    assert r.returncode == 2 and "--since" in r.stderr, r.stderr
+    r = cli("audit", "export", "--config", cfg, "--since", "2026-13")
+    assert r.returncode == 2 and "--since" in r.stderr, r.stderr
+    r = cli("sessions", "list", "--config", cfg, "--colour", "red")
+    assert r.returncode == 2 and "unknown option --colour" in r.stderr, r.stderr
+    r = cli("sessions", "replay", "--config", cfg)
+    assert r.returncode == 2 and "usage" in r.stderr, r.stderr
+    r = cli("sessions", "replay", "0123456789abcdef", "--config", cfg)
+    assert r.returncode == 1 and "no session 0123456789abcdef" in r.stderr, r.stderr
+    r = cli("audit", "frobnicate", "--config", cfg)
+    assert r.returncode == 2 and "usage" in r.stderr, r.stderr
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key\n")
+    r = verify(cfg, "--key", bad)
+    assert r.returncode == 2 and "expected 64 hex digits" in r.stderr, r.stderr
+    assert len(trail.rows()) == 4, "the trail was changed by a read-only tool"
+    assert_verify_ok(cfg)
+
+
+def test_cli_without_audit_store(gateway_factory):
+    gw = gateway_factory.start()
+    r = cli("sessions", "list", "--config", gw.config_path)
+    assert r.returncode == 2 and "no audit.store is configured" in r.stderr, r.stderr
+
+
+def test_missing_key_file_with_existing_chain_refuses_start(gateway_factory, tmp_path):
+    """A new key would silently start a chain nobody can verify against the old records."""
+    gw, trail = make_trail(gateway_factory, tmp_path, sessions=1)
+    key = Path(str(trail.db) + ".key")
+    key.unlink()
+    r = subprocess.run([str(BIN), "serve", "--config", str(gw.config_path)], capture_output=True, text=True,
+                       timeout=30, env=dict(os.environ, **gw.env))
+    assert r.returncode == 1, r.stderr
+    assert "restore the key file" in r.stderr, r.stderr
+    assert not key.exists(), "a fresh key file was left behind"
+
+
+def test_http_rejects_hostile_requests(http_gw):
+    need_http(http_gw)
+    p, tok = http_gw["port"], http_gw["auditor"]
+    status, body = http(p, "/api/sessions?since=last%20tuesday", token=tok)
+    assert status == 400 and b"since" in body, body
+    status, body = http(p, "/api/sessions/" + "a" * 500, token=tok)
+    assert status == 404, body
+    status, body = http(p, "/api/sessions/x'%20OR%20'1'='1", token=tok)
+    assert status == 404 and json.loads(body)["error"] == "no such session", body
+    status, body = http(p, f"/api/sessions/{http_gw['sid']}/../../etc/passwd", token=tok)
+    assert status == 404, body
+    status, body = http(p, "/api/unknown", token=tok)
+    assert status == 404, body
+    status, body = http(p, "/api/sessions?limit=-5", token=tok)
+    assert status == 200 and json.loads(body)["sessions"], body
+    req = urllib.request.Request(f"http://127.0.0.1:{p}/api/sessions", data=b"{}", method="POST")
+    req.add_header("Authorization", f"Bearer {tok}")
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        raise AssertionError("POST was accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 405, e.code
+    status, body = http(p, "/api/sessions", token="x" * 20000)
+    assert status in (401, 413, 431), (status, body[:200])
+    # The gateway still serves clients and the API after all of that.
+    assert http(p, "/healthz")[0] == 200
+    http_gw["gw"].assert_serves()
