@@ -19,12 +19,13 @@
 
 typedef struct Event {
 	char kind[24];
-	char *session_id, *user, *database;
+	const char *session_id, *user, *database; /* in strings, or NULL */
 	int64_t time_us;
 	char *body; /* JSON text */
 	int q;
 	uint64_t ticket;
 	struct Event *next;
+	char strings[]; /* one allocation per event */
 } Event;
 
 /* Where the chain stands: the last record written and the key of the next. */
@@ -76,11 +77,32 @@ int64_t audit_now_us(void)
 
 void audit_format_time(int64_t us, char out[AUDIT_TIME_LEN])
 {
-	time_t t = (time_t)(us / 1000000);
-	struct tm tm;
-	gmtime_r(&t, &tm);
-	snprintf(out, AUDIT_TIME_LEN, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-		 tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(us % 1000000));
+	/* The writer formats one time per record: keep the date of the last second. */
+	static __thread int64_t cached_s = INT64_MIN;
+	static __thread char cached[64];
+	int64_t sec = us / 1000000, frac = us % 1000000;
+	if (frac < 0) {
+		sec--;
+		frac += 1000000;
+	}
+	if (sec != cached_s) {
+		time_t t = (time_t)sec;
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		snprintf(cached, sizeof cached, "%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900, tm.tm_mon + 1,
+			 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+		cached_s = sec;
+	}
+	size_t n = strlen(cached);
+	if (n > AUDIT_TIME_LEN - 8)
+		n = AUDIT_TIME_LEN - 8; /* a year no clock will show; never overflow out */
+	memcpy(out, cached, n);
+	for (int i = 5; i >= 0; i--) {
+		out[n + (size_t)i] = (char)('0' + frac % 10);
+		frac /= 10;
+	}
+	out[n + 6] = 'Z';
+	out[n + 7] = 0;
 }
 
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
@@ -90,11 +112,16 @@ uint64_t audit_submit(int q, const char *kind, const char *session_id, const cha
 		free(body);
 		return 0;
 	}
-	Event *e = xmalloc(sizeof *e);
+	size_t ls = session_id ? strlen(session_id) + 1 : 0, lu = user ? strlen(user) + 1 : 0,
+	       ld = database ? strlen(database) + 1 : 0;
+	Event *e = xmalloc(sizeof *e + ls + lu + ld);
 	snprintf(e->kind, sizeof e->kind, "%s", kind);
-	e->session_id = session_id ? xstrdup(session_id) : NULL;
-	e->user = user ? xstrdup(user) : NULL;
-	e->database = database ? xstrdup(database) : NULL;
+	char *p = e->strings;
+	e->session_id = session_id ? memcpy(p, session_id, ls) : NULL;
+	p += ls;
+	e->user = user ? memcpy(p, user, lu) : NULL;
+	p += lu;
+	e->database = database ? memcpy(p, database, ld) : NULL;
 	e->time_us = audit_now_us();
 	e->body = body;
 	e->q = q;
@@ -121,9 +148,6 @@ uint64_t audit_submit(int q, const char *kind, const char *session_id, const cha
 static void event_free(Event *e)
 {
 	free(e->body);
-	free(e->session_id);
-	free(e->user);
-	free(e->database);
 	free(e);
 }
 

@@ -8,6 +8,7 @@
 #include <openssl/sha.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -74,13 +75,6 @@ bool chain_load_key(const char *path, bool create, uint8_t key[AUDIT_KEY_LEN], b
 	return true;
 }
 
-void chain_next_key(uint8_t key[AUDIT_KEY_LEN])
-{
-	uint8_t next[SHA256_DIGEST_LENGTH];
-	SHA256(key, AUDIT_KEY_LEN, next);
-	memcpy(key, next, AUDIT_KEY_LEN);
-}
-
 void chain_key_at(const uint8_t first[AUDIT_KEY_LEN], int64_t n, uint8_t out[AUDIT_KEY_LEN])
 {
 	memcpy(out, first, AUDIT_KEY_LEN);
@@ -89,43 +83,73 @@ void chain_key_at(const uint8_t first[AUDIT_KEY_LEN], int64_t n, uint8_t out[AUD
 }
 
 /* Each field is length-prefixed, so no two different records hash the same bytes. */
-static void field(EVP_MAC_CTX *m, const char *s)
+static void field_n(EVP_MAC_CTX *m, const char *s, size_t len)
 {
-	size_t len = strlen(s);
 	uint8_t n[4] = {(uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8), (uint8_t)len};
 	EVP_MAC_update(m, n, 4);
 	EVP_MAC_update(m, (const uint8_t *)s, len);
 }
 
-static pthread_once_t hmac_once = PTHREAD_ONCE_INIT;
-static EVP_MAC *hmac; /* fetched once: the lookup is costly, the object is shareable */
+static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
+static EVP_MAC *hmac;    /* fetched once: the lookup costs more than hashing a record */
+static EVP_MD *sha256;
 
-/* One context per thread, re-keyed for each record: creating one costs more than the MAC. */
+/* One context each per thread, reused for every record: creating one costs more than the hash. */
 static __thread EVP_MAC_CTX *thread_mac;
+static __thread EVP_MD_CTX *thread_md;
 
-static void fetch_hmac(void) { hmac = EVP_MAC_fetch(NULL, "HMAC", NULL); }
+static void fetch_algorithms(void)
+{
+	hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	if (!hmac || !sha256)
+		abort(); /* no SHA-256 in libcrypto: nothing can be chained */
+}
 
 void chain_release_thread(void)
 {
 	EVP_MAC_CTX_free(thread_mac);
 	thread_mac = NULL;
+	EVP_MD_CTX_free(thread_md);
+	thread_md = NULL;
 }
+
+void chain_next_key(uint8_t key[AUDIT_KEY_LEN])
+{
+	pthread_once(&fetch_once, fetch_algorithms);
+	if (!thread_md)
+		thread_md = EVP_MD_CTX_new();
+	unsigned int n = 0;
+	if (!thread_md || !EVP_DigestInit_ex2(thread_md, sha256, NULL) ||
+	    !EVP_DigestUpdate(thread_md, key, AUDIT_KEY_LEN) || !EVP_DigestFinal_ex(thread_md, key, &n))
+		abort();
+}
+
+static void field(EVP_MAC_CTX *m, const char *s) { field_n(m, s, strlen(s)); }
 
 void chain_tag(const uint8_t key[AUDIT_KEY_LEN], const StoredRecord *r, char out[AUDIT_TAG_HEX])
 {
+	pthread_once(&fetch_once, fetch_algorithms);
 	EVP_MAC_CTX *m = thread_mac;
-	pthread_once(&hmac_once, fetch_hmac);
 	if (!m) {
 		m = EVP_MAC_CTX_new(hmac);
 		OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0), OSSL_PARAM_construct_end()};
-		EVP_MAC_CTX_set_params(m, params);
+		if (!m || !EVP_MAC_CTX_set_params(m, params))
+			abort();
 		thread_mac = m;
 	}
 	EVP_MAC_init(m, key, AUDIT_KEY_LEN, NULL);
-	char seq[24];
-	snprintf(seq, sizeof seq, "%lld", (long long)r->seq);
+	/* seq in decimal, as the record shows it */
+	char seq[24], *end = seq + sizeof seq, *p = end;
+	uint64_t v = r->seq < 0 ? 0 - (uint64_t)r->seq : (uint64_t)r->seq;
+	do {
+		*--p = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	if (r->seq < 0)
+		*--p = '-';
 	field(m, r->node);
-	field(m, seq);
+	field_n(m, p, (size_t)(end - p));
 	field(m, r->time);
 	field(m, r->kind);
 	field(m, r->session_id);
@@ -136,6 +160,10 @@ void chain_tag(const uint8_t key[AUDIT_KEY_LEN], const StoredRecord *r, char out
 	uint8_t d[EVP_MAX_MD_SIZE];
 	size_t dlen = 0;
 	EVP_MAC_final(m, d, &dlen, sizeof d);
-	for (size_t i = 0; i < 32; i++)
-		snprintf(out + 2 * i, 3, "%02x", d[i]);
+	static const char hex[] = "0123456789abcdef";
+	for (size_t i = 0; i < 32; i++) {
+		out[2 * i] = hex[d[i] >> 4];
+		out[2 * i + 1] = hex[d[i] & 15];
+	}
+	out[64] = 0;
 }

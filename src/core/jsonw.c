@@ -193,20 +193,42 @@ void jw_text(JsonW *w, const uint8_t *s, size_t n, bool binary)
 	jw_end_object(w);
 }
 
-void jw_int(JsonW *w, int64_t v)
+/* Decimal digits of v, right-aligned to end; returns the first. On the hot path: no printf. */
+static char *digits(uint64_t v, char *end)
 {
-	char b[24];
-	int n = snprintf(b, sizeof b, "%lld", (long long)v);
-	sep(w);
-	put(w, b, (size_t)n);
+	do {
+		*--end = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	return end;
 }
 
-void jw_double(JsonW *w, double v)
+void jw_int(JsonW *w, int64_t v)
 {
-	char b[32];
-	int n = snprintf(b, sizeof b, "%.3f", v);
+	char b[24], *end = b + sizeof b;
+	uint64_t mag = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+	char *p = digits(mag, end);
+	if (v < 0)
+		*--p = '-';
 	sep(w);
-	put(w, b, (size_t)n);
+	put(w, p, (size_t)(end - p));
+}
+
+void jw_fixed3(JsonW *w, int64_t thousandths)
+{
+	char b[32], *end = b + sizeof b;
+	uint64_t mag = thousandths < 0 ? 0 - (uint64_t)thousandths : (uint64_t)thousandths;
+	char *p = end;
+	for (int i = 0; i < 3; i++) {
+		*--p = (char)('0' + mag % 10);
+		mag /= 10;
+	}
+	*--p = '.';
+	p = digits(mag, p);
+	if (thousandths < 0)
+		*--p = '-';
+	sep(w);
+	put(w, p, (size_t)(end - p));
 }
 
 void jw_bool(JsonW *w, bool v)

@@ -32,7 +32,8 @@ void jw_string(JsonW *w, const char *s); /* NULL writes null */
 /* Bytes as a string when they are valid UTF-8 (and not binary), else as {"hex": ...}. */
 void jw_text(JsonW *w, const uint8_t *s, size_t n, bool binary);
 void jw_int(JsonW *w, int64_t v);
-void jw_double(JsonW *w, double v);
+/* thousandths / 1000 with exactly three decimals (durations in ms from microseconds). */
+void jw_fixed3(JsonW *w, int64_t thousandths);
 void jw_bool(JsonW *w, bool v);
 void jw_null(JsonW *w);
 /* A value that is already JSON text. */

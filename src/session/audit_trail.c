@@ -451,7 +451,7 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 		jw_raw(&w, a->params, strlen(a->params));
 	}
 	jw_key(&w, "duration_ms");
-	jw_double(&w, (double)(now - a->start_us) / 1000.0);
+	jw_fixed3(&w, now - a->start_us);
 	key_int(&w, "rows_sent", a->rows_sent);
 	if (tag) {
 		jw_key(&w, "tag");

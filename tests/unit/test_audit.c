@@ -218,7 +218,7 @@ static void test_json_writer(void **state)
 	jw_int(&w, -5);
 	jw_null(&w);
 	jw_bool(&w, true);
-	jw_double(&w, 1.5);
+	jw_fixed3(&w, 1500);
 	jw_begin_array(&w);
 	jw_end_array(&w);
 	jw_raw(&w, "{\"x\":1}", 7);
@@ -236,6 +236,8 @@ static void test_json_writer(void **state)
 	assert_string_equal(json_string_value(json_object_get(json_object_get(j, "bad"), "hex")), "ff0061");
 	assert_string_equal(json_string_value(json_object_get(json_object_get(j, "bin"), "hex")), "6f6b");
 	assert_int_equal(json_array_size(json_object_get(j, "list")), 6);
+	assert_int_equal(json_integer_value(json_array_get(json_object_get(j, "list"), 0)), -5);
+	assert_true(json_real_value(json_array_get(json_object_get(j, "list"), 3)) == 1.5);
 	assert_true(json_is_null(json_object_get(j, "none")));
 	json_decref(j);
 	free(text);
@@ -244,6 +246,18 @@ static void test_json_writer(void **state)
 	assert_false(jw_valid_utf8((const uint8_t *)"\xed\xa0\x80", 3));
 	assert_false(jw_valid_utf8((const uint8_t *)"\xe2\x82", 2));
 	assert_true(jw_valid_utf8((const uint8_t *)"\xf0\x9f\x98\x80", 4));
+	/* Numbers are written by hand (no printf on the hot path). */
+	jw_init(&w);
+	jw_begin_array(&w);
+	jw_int(&w, INT64_MIN);
+	jw_int(&w, 0);
+	jw_fixed3(&w, 7);
+	jw_fixed3(&w, -1234567);
+	jw_fixed3(&w, 0);
+	jw_end_array(&w);
+	text = jw_take(&w);
+	assert_string_equal(text, "[-9223372036854775808,0,0.007,-1234.567,0.000]");
+	free(text);
 }
 
 int main(void)
