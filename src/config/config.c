@@ -603,6 +603,103 @@ static bool load_block_rule(Loader *ld, Policy *p, yaml_node_t *rule)
 	return true;
 }
 
+static bool valid_column_pattern(const char *p)
+{
+	/* schema.table.column or table.column (any schema); '*' matches any run of characters */
+	int dots = 0;
+	for (const char *q = p; *q; q++)
+		if (*q == '.')
+			dots++;
+	return (dots == 1 || dots == 2) && p[0] != '.' && p[strlen(p) - 1] != '.' && !strstr(p, "..");
+}
+
+static bool valid_type_name(const char *p)
+{
+	for (const char *q = p; *q; q++)
+		if (!isalnum((unsigned char)*q) && *q != '_' && *q != ' ' && *q != '"' && *q != '.')
+			return false;
+	return true;
+}
+
+static bool valid_detector(const char *p) { return mask_detector_from_name(p) != 0; }
+
+static bool load_mask_rule(Loader *ld, MaskRule *r, yaml_node_t *rule)
+{
+	if (rule->type != YAML_MAPPING_NODE)
+		return fail_at(ld, rule, "each mask rule must be a mapping such as {columns: [...], method: redact}");
+	bool has_method = false;
+	int kinds = 0;
+	for (yaml_node_pair_t *pr = rule->data.mapping.pairs.start; pr < rule->data.mapping.pairs.top; pr++) {
+		yaml_node_t *k = node_at(ld, pr->key), *v = node_at(ld, pr->value);
+		const char *key = scalar(k);
+		if (!key)
+			return fail_at(ld, k, "mask rule keys must be strings");
+		NameList l = {0};
+		if (strcmp(key, "columns") == 0) {
+			kinds++;
+			if (!load_name_list(ld, v, "mask.columns (schema.table.column, * as a wildcard)", &l, valid_column_pattern))
+				return false;
+			r->columns = l.items;
+			r->ncolumns = l.n;
+		} else if (strcmp(key, "types") == 0) {
+			kinds++;
+			if (!load_name_list(ld, v, "mask.types", &l, valid_type_name))
+				return false;
+			r->types = l.items;
+			r->ntypes = l.n;
+		} else if (strcmp(key, "detect") == 0) {
+			kinds++;
+			if (!load_name_list(ld, v,
+					    "mask.detect (credit_card, us_ssn, email, iban, aws_access_key, jwt, private_key)",
+					    &l, valid_detector))
+				return false;
+			for (int i = 0; i < l.n; i++)
+				r->detect |= mask_detector_from_name(l.items[i]);
+			free_name_list(&l);
+		} else if (strcmp(key, "method") == 0) {
+			const char *m = scalar(v);
+			if (!m || !mask_method_from_name(m, &r->method))
+				return fail_at(ld, v, "mask.method must be redact, partial, hash, null, email or fixed");
+			has_method = true;
+		} else if (strcmp(key, "keep_first") == 0) {
+			if (!get_int(ld, v, "mask.keep_first", 0, 64, &r->keep_first))
+				return false;
+		} else if (strcmp(key, "keep_last") == 0) {
+			if (!get_int(ld, v, "mask.keep_last", 0, 64, &r->keep_last))
+				return false;
+		} else if (strcmp(key, "value") == 0) {
+			if (!get_string(ld, v, "mask.value", &r->value))
+				return false;
+		} else {
+			return fail_at(ld, k, "unknown mask rule key \"%s\" (columns, types, detect, method, keep_first, "
+					      "keep_last, value)", key);
+		}
+	}
+	if (kinds != 1)
+		return fail_at(ld, rule, "a mask rule names exactly one of columns, types or detect");
+	if (!has_method)
+		return fail_at(ld, rule, "a mask rule needs a method");
+	if (r->detect && r->method != MASK_REDACT)
+		return fail_at(ld, rule, "detected values can only be redacted (method: redact)");
+	if (r->method == MASK_FIXED && !r->value)
+		return fail_at(ld, rule, "method fixed needs a value");
+	if (r->method == MASK_PARTIAL && r->keep_first + r->keep_last == 0)
+		return fail_at(ld, rule, "method partial needs keep_first or keep_last");
+	return true;
+}
+
+static void free_mask_rules(Policy *p)
+{
+	for (int i = 0; i < p->nmask; i++) {
+		MaskRule *r = &p->mask[i];
+		NameList cols = {r->columns, r->ncolumns}, types = {r->types, r->ntypes};
+		free_name_list(&cols);
+		free_name_list(&types);
+		free(r->value);
+	}
+	free(p->mask);
+}
+
 static bool on_policy(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
 {
 	Policy *p = obj;
@@ -622,6 +719,28 @@ static bool on_policy(Loader *ld, Config *c, void *obj, const char *key, yaml_no
 		return walk_mapping(ld, c, p, v, "access", on_access) || true;
 	if (strcmp(key, "limits") == 0)
 		return walk_mapping(ld, c, p, v, "a policy's limits", on_limits_policy) || true;
+	if (strcmp(key, "mask") == 0) {
+		if (v->type != YAML_SEQUENCE_NODE) {
+			fail_at(ld, v, "mask must be a list of rules");
+			return true;
+		}
+		int n = (int)(v->data.sequence.items.top - v->data.sequence.items.start);
+		p->mask = xcalloc(n ? n : 1, sizeof *p->mask);
+		for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++)
+			if (!load_mask_rule(ld, &p->mask[p->nmask++], node_at(ld, *it)))
+				return true;
+		return true;
+	}
+	if (strcmp(key, "on_masked_predicate") == 0) {
+		const char *m = scalar(v);
+		if (m && strcmp(m, "block") == 0)
+			p->masked_predicate = 1;
+		else if (m && strcmp(m, "allow") == 0)
+			p->masked_predicate = 2;
+		else
+			fail_at(ld, v, "on_masked_predicate must be block or allow");
+		return true;
+	}
 	if (strcmp(key, "block") == 0) {
 		if (v->type != YAML_SEQUENCE_NODE) {
 			fail_at(ld, v, "block must be a list of rules");
@@ -669,6 +788,7 @@ static void free_policies(Config *c)
 		free_name_list(&p->block_statements);
 		free_name_list(&p->block_functions);
 		free_name_list(&p->select_without_where);
+		free_mask_rules(p);
 	}
 	free(c->policies);
 }
@@ -932,6 +1052,14 @@ const ApiKeyConfig *config_find_api_key(const Config *c, const char *name)
 	return NULL;
 }
 
+static bool on_masking(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)obj;
+	if (strcmp(key, "hash_key_file") == 0)
+		return get_string(ld, v, "masking.hash_key_file", &c->masking_key_file) || true;
+	return false;
+}
+
 static bool on_top(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
 {
 	(void)obj;
@@ -949,6 +1077,8 @@ static bool on_top(Loader *ld, Config *c, void *obj, const char *key, yaml_node_
 		return walk_mapping(ld, c, NULL, v, "log", on_log) || true;
 	if (strcmp(key, "audit") == 0)
 		return walk_mapping(ld, c, NULL, v, "audit", on_audit) || true;
+	if (strcmp(key, "masking") == 0)
+		return walk_mapping(ld, c, NULL, v, "masking", on_masking) || true;
 	if (strcmp(key, "databases") == 0)
 		return load_databases(ld, c, v) || true;
 	if (strcmp(key, "users") == 0)
@@ -1015,6 +1145,8 @@ static void config_free(Config *c)
 	free(c->admin_auditors);
 	free(c->audit_store);
 	free(c->audit_key_file);
+	free(c->masking_key_file);
+	util_wipe_free((char *)c->masking_key);
 	free(c->audit_node);
 	free(c);
 }
@@ -1086,6 +1218,23 @@ static Config *load(const char *path, bool skip_secrets, char *err, size_t errle
 			snprintf(c->audit_key_file, n, "%s.key", c->audit_store + 7);
 		} else {
 			fail_at(&ld, root, "audit.store on PostgreSQL needs audit.key_file (the chain key stays outside the store)");
+		}
+	}
+	bool uses_hash = false;
+	for (int i = 0; i < c->npolicies; i++)
+		for (int k = 0; k < c->policies[i].nmask; k++)
+			uses_hash |= c->policies[i].mask[k].method == MASK_HASH;
+	if (!ld.failed && uses_hash && !c->masking_key_file)
+		fail_at(&ld, root, "mask method hash needs masking.hash_key_file (the key of the keyed hash)");
+	if (!ld.failed && c->masking_key_file && !skip_secrets) {
+		char kerr[300];
+		char *key = util_read_file(c->masking_key_file, 4096, kerr, sizeof kerr);
+		if (!key || strlen(key) < 16) {
+			fail_at(&ld, root, "masking.hash_key_file: %s", key ? "the key must be at least 16 bytes" : kerr);
+			free(key);
+		} else {
+			c->masking_key = (uint8_t *)key;
+			c->masking_key_len = strlen(key);
 		}
 	}
 	if (!ld.failed && !c->audit_node) {

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "mask/mask.h"
+
 typedef struct ssl_ctx_st SSL_CTX;
 
 typedef enum { TLS_DISABLE, TLS_PREFER, TLS_REQUIRE } TlsMode;
@@ -58,6 +60,9 @@ typedef struct {
 	NameList select_without_where;
 	int64_t max_rows;          /* 0: no limit */
 	int statement_timeout_ms;  /* 0: no limit */
+	MaskRule *mask;            /* mask: rules, in order (the first naming a column wins) */
+	int nmask;
+	int masked_predicate;      /* on_masked_predicate: 0 unset, 1 block, 2 allow */
 } Policy;
 
 typedef struct {
@@ -121,6 +126,10 @@ typedef struct Config {
 	int64_t audit_retention_s; /* audit.retention; 0 keeps everything */
 	int audit_rows;         /* audit.results.rows: result rows kept per statement */
 	int audit_bytes;        /* audit.results.bytes */
+
+	char *masking_key_file;  /* masking.hash_key_file: the key of method hash */
+	uint8_t *masking_key;    /* its contents */
+	size_t masking_key_len;
 
 	bool log_all_decisions; /* log.decisions: all (default) or blocked */
 

@@ -10,6 +10,8 @@ void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
+/* printf into a new string. */
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Reads a whole file of at most max bytes as a NUL-terminated string; NULL + err on failure. */
 char *util_read_file(const char *path, size_t max, char *err, size_t errlen);

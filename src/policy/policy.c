@@ -101,6 +101,19 @@ EffectivePolicy *policy_effective(const Config *c, const char *user, char *const
 			ep->timeout_ms = p->statement_timeout_ms;
 			ep->timeout_by = p->name;
 		}
+		if (p->nmask) {
+			ep->mask = xrealloc(ep->mask, (size_t)(ep->nmask + p->nmask) * sizeof *ep->mask);
+			for (int k = 0; k < p->nmask; k++) {
+				const MaskRule *r = &p->mask[k];
+				ep->mask[ep->nmask++] = r;
+				ep->detect |= r->detect;
+				ep->masks_columns |= r->ncolumns > 0 || r->ntypes > 0;
+			}
+			append_name(ep->mask_by, sizeof ep->mask_by, p->name);
+			/* block unless every masking policy says allow */
+			if (p->masked_predicate != 2)
+				ep->mask_predicate_block = true;
+		}
 	}
 	ep->matched = matched;
 	if (!matched) {
@@ -110,7 +123,7 @@ EffectivePolicy *policy_effective(const Config *c, const char *user, char *const
 	ep->unrestricted = ep->allow_all ||
 			   (matched && !ep->read_only_by && !ep->block_kinds.n && !ep->block_functions.n &&
 			    !ep->delete_without_where_by && !ep->update_without_where_by &&
-			    !ep->select_without_where.n && !ep->scoped && !ep->timeout_ms);
+			    !ep->select_without_where.n && !ep->scoped && !ep->timeout_ms && !ep->nmask);
 	return ep;
 }
 
@@ -139,6 +152,7 @@ void policy_free(EffectivePolicy *ep)
 	free(ep->block_kinds.items);
 	free(ep->block_functions.items);
 	free(ep->select_without_where.items);
+	free(ep->mask);
 	free(ep->scope.items);
 	free(ep);
 }
@@ -366,6 +380,11 @@ static void decide_statement(const EffectivePolicy *ep, const StatementFacts *f,
 			return;
 		}
 	}
+	/* Masked relations are found by name: names must keep resolving where they did. */
+	if (ep->masks_columns && strset_has(&f->kinds, "set_search_path")) {
+		block(d, "42501", ep->mask_by, "mask", "changing search_path is not allowed with masking");
+		return;
+	}
 	if (ep->timeout_ms && strset_has(&f->kinds, "set_statement_timeout") && f->timeout_ms != TIMEOUT_NOT_SET &&
 	    (f->timeout_ms <= 0 || f->timeout_ms > ep->timeout_ms)) {
 		block(d, "42501", ep->timeout_by, "statement_timeout", "statement_timeout may not exceed %d ms",
@@ -437,7 +456,7 @@ bool policy_check_startup(const EffectivePolicy *ep, const char *const *names, c
 	int ng = 0;
 	guarded[ng++] = "role";
 	guarded[ng++] = "session_authorization";
-	if (ep->scoped)
+	if (ep->scoped || ep->masks_columns)
 		guarded[ng++] = "search_path";
 	if (ep->read_only_by)
 		guarded[ng++] = "transaction_read_only"; /* also matches default_transaction_read_only */

@@ -45,6 +45,13 @@ typedef struct EffectivePolicy {
 	const char *max_rows_by;
 	int timeout_ms;
 	const char *timeout_by;
+	/* Masking: the rules of every matched policy, in config order (they point into the config). */
+	const MaskRule **mask;
+	int nmask;
+	bool masks_columns;   /* some rule names columns or types: statements are rewritten */
+	unsigned detect;      /* DETECT_* of every detect rule */
+	bool mask_predicate_block; /* on_masked_predicate: block (the default) */
+	char mask_by[128];
 } EffectivePolicy;
 
 /* Merges every policy of c matching the identity and database. Caller frees. */

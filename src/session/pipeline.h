@@ -27,6 +27,7 @@ typedef struct {
 	ExpKind kind;
 	uint64_t seq;          /* statement sequence number in the session */
 	bool internal;         /* injected by the gateway: every response is swallowed */
+	bool catalog;          /* internal: the masking catalog query (its rows are read) */
 	char release_ready;    /* internal: its ReadyForQuery releases the client's, with this status */
 	int64_t max_rows;      /* row limit for the result, 0: none */
 	char *refusal;         /* the gateway refused it: the upstream error is replaced by this */

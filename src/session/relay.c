@@ -22,6 +22,7 @@
 #include "session/session_internal.h"
 #include "session/audit_trail.h"
 #include "audit/audit.h"
+#include "mask/mask.h"
 
 #define POISON_SQL "pgcordon_refused"
 
@@ -144,6 +145,9 @@ static void refresh_policy(Session *s)
 	EffectivePolicy *ep = u ? session__policy_acquire(s, c, u->groups, u->ngroups)
 				: session__policy_acquire(s, c, s->groups, s->ngroups);
 	config_release(c);
+	/* The catalog was loaded for the old rules: the next statement waits for a new one. */
+	mask_catalog_free(s->mask_cat);
+	s->mask_cat = NULL;
 	char q[300];
 	log_event(LOG_INFO, "policy_refreshed", "session=%llu policies=%s", (unsigned long long)s->id,
 		  log_quote(q, sizeof q, ep->names));
@@ -226,7 +230,13 @@ static void send_poison(Session *s, char type)
 
 /* ---- client → server ---- */
 
-typedef enum { ACT_FORWARD, ACT_REPLACED, ACT_WAIT, ACT_CLOSED } Action;
+typedef enum {
+	ACT_FORWARD,
+	ACT_REPLACED,  /* refused: dropped, the refusal is queued */
+	ACT_REWRITTEN, /* masked: dropped, the rewritten message is already queued upstream */
+	ACT_WAIT,
+	ACT_CLOSED
+} Action;
 
 /* Records the refusal on the message's pipeline entry and poisons the upstream. */
 static Action refuse(Session *s, char type, const Decision *d)
@@ -257,17 +267,84 @@ static void audit_decided(Session *s, char type, const char *sql, const uint8_t 
 		s->audit_pending = session__audit_stmt(s, "(FunctionCall)", d);
 }
 
-static Action inspect_query(Session *s, const char *sql, size_t len, char type, const char *stmt_name)
+/* A refusal by masking (rule "mask"), as a decision. */
+static Action refuse_mask(Session *s, char type, const char *sql, const char *why)
+{
+	Decision d = {.kind = DEC_BLOCK, .sqlstate = "42501", .policy = s->policy->mask_by, .rule = "mask"};
+	snprintf(d.message, sizeof d.message, "pgcordon: blocked by policy %.100s: %s", s->policy->mask_by, why);
+	const QueryFacts none = {0};
+	log_decision(s, &none, &d);
+	audit_decided(s, type, sql, NULL, 0, &d);
+	return refuse(s, type, &d);
+}
+
+/*
+ * Masking: the statement goes upstream rewritten so that it reads masked relations through
+ * their masking subqueries (mask/rewrite.c), or is refused when that cannot be made sound.
+ */
+static Action mask_statement(Session *s, char type, const char *sql, const char *stmt_name, const uint8_t *rest,
+			     size_t restlen, const QueryFacts *q)
+{
+	if (!s->mask_cat) {
+		/* Without a catalog only transaction control may pass: it reads nothing (and ends an
+		 * aborted transaction, in which the catalog cannot be loaded). */
+		bool control = q->nstmts > 0 && !q->error;
+		for (int i = 0; control && i < q->nstmts; i++)
+			control = q->stmts[i].kinds.n == 1 && strcmp(q->stmts[i].kinds.items[0], "transaction") == 0;
+		if (control)
+			return ACT_FORWARD;
+		s->mask_gen = 0; /* load it again before the next statement */
+		return refuse_mask(s, type, sql, s->mask_error ? s->mask_error : "the masking catalog is not loaded");
+	}
+	char reason[256], *out = NULL;
+	RewriteOptions o = {.predicate_block = s->policy->mask_predicate_block};
+	RewriteResult r = mask_rewrite(s->mask_cat, &o, sql, &out, reason, sizeof reason);
+	if (r == REWRITE_REFUSE)
+		return refuse_mask(s, type, sql, reason);
+	if (r == REWRITE_PASS)
+		return ACT_FORWARD;
+	MsgBuilder b;
+	msgb_init(&b);
+	msgb_begin(&b, type);
+	if (type == 'P')
+		msgb_str(&b, stmt_name);
+	msgb_str(&b, out);
+	if (type == 'P')
+		msgb_bytes(&b, rest, restlen);
+	msgb_end(&b);
+	free(out);
+	if (b.failed) {
+		msgb_free(&b);
+		return refuse_mask(s, type, sql, "the masked statement is too large");
+	}
+	session__queue(s->server.out, &b);
+	return ACT_REWRITTEN;
+}
+
+static Action inspect_query(Session *s, const char *sql, size_t len, char type, const char *stmt_name,
+			    const uint8_t *rest, size_t restlen)
 {
 	CachedFacts *cf = facts_cache_get(s->sw_cache, sql, len);
 	Decision scratch;
 	const Decision *d = cached_decide(cf, s->policy, lookup_sql_prepared, s, &scratch);
 	const QueryFacts *q = cached_facts(cf);
-	log_decision(s, q, d);
-	audit_decided(s, type, sql, NULL, 0, d);
+	if (d->kind == DEC_BLOCK || !s->policy->masks_columns) {
+		log_decision(s, q, d);
+		audit_decided(s, type, sql, NULL, 0, d);
+	}
 	if (d->kind == DEC_BLOCK) {
 		cached_facts_release(cf);
 		return refuse(s, type, d);
+	}
+	Action a = ACT_FORWARD;
+	if (s->policy->masks_columns) {
+		a = mask_statement(s, type, sql, stmt_name, rest, restlen, q);
+		if (a == ACT_REPLACED) {
+			cached_facts_release(cf);
+			return a;
+		}
+		log_decision(s, q, d);
+		audit_decided(s, type, sql, NULL, 0, d);
 	}
 	if (type == 'P')
 		prepared_put(s, 'P', stmt_name, cf);
@@ -275,7 +352,7 @@ static Action inspect_query(Session *s, const char *sql, size_t len, char type, 
 		if (q->stmts[i].prepare_name)
 			prepared_put(s, 'S', q->stmts[i].prepare_name, cf);
 	cached_facts_release(cf);
-	return ACT_FORWARD;
+	return a;
 }
 
 /* Decides one whole client message that may need inspection. */
@@ -290,7 +367,7 @@ static Action inspect_client_message(Session *s, char type, const uint8_t *body,
 			session_close(s, "invalid Query message", "08P01", "invalid Query message");
 			return ACT_CLOSED;
 		}
-		return inspect_query(s, sql, strlen(sql), 'Q', NULL);
+		return inspect_query(s, sql, strlen(sql), 'Q', NULL, NULL, 0);
 	}
 	case 'P': {
 		const char *name = msgr_str(&r);
@@ -299,7 +376,7 @@ static Action inspect_client_message(Session *s, char type, const uint8_t *body,
 			session_close(s, "invalid Parse message", "08P01", "invalid Parse message");
 			return ACT_CLOSED;
 		}
-		return inspect_query(s, sql, strlen(sql), 'P', name);
+		return inspect_query(s, sql, strlen(sql), 'P', name, body + r.pos, msgr_remaining(&r));
 	}
 	case 'B': {
 		msgr_str(&r); /* portal */
@@ -433,6 +510,19 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				if (s->state != SESS_READY)
 					return 0;
 			}
+			if (s->policy->masks_columns && (type == 'Q' || type == 'P')) {
+				/* Statements wait for a current catalog: loaded at start, again after DDL or a reload. */
+				if (s->mask_loading)
+					break;
+				/* In a failed transaction the catalog query would fail too: keep the one there is. */
+				if (session__mask_catalog_stale(s) && s->pipeline.txn_status != 'E') {
+					if (pipeline_idle(&s->pipeline))
+						session__mask_start_load(s);
+					else
+						s->mask_waiting = true;
+					break;
+				}
+			}
 			Action a;
 			if (audit_refuses(s, type)) {
 				Decision d = {.kind = DEC_BLOCK, .sqlstate = "58030", .policy = "", .rule = "audit_store_unavailable"};
@@ -452,6 +542,11 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				avail -= total;
 				continue;
 			}
+			bool rewritten = a == ACT_REWRITTEN;
+			if (rewritten) {
+				evbuffer_drain(in, total); /* its rewritten form is queued upstream */
+				avail -= total;
+			}
 			audit_forwarded(s, type, body, len - 4);
 			Expectation *e;
 			if (!pipeline_on_frontend(&s->pipeline, type, 0, &e)) {
@@ -465,7 +560,8 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 			else
 				audit_stmt_free(s->audit_pending);
 			s->audit_pending = NULL;
-			fwd += total;
+			if (!rewritten)
+				fwd += total;
 			continue;
 		}
 		Expectation *e;
@@ -594,13 +690,13 @@ static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra, size_t 
 	}
 }
 
-/* An internal statement for the upstream, whose answers the client never sees. */
-static void send_internal(Session *s, const char *sql, char release_ready)
+void session__send_internal(Session *s, const char *sql, char release_ready, bool catalog)
 {
 	Expectation *e;
 	if (!pipeline_on_frontend(&s->pipeline, 'Q', 0, &e) || !e)
 		return;
 	e->internal = true;
+	e->catalog = catalog;
 	e->release_ready = release_ready;
 	MsgBuilder b;
 	msgb_init(&b);
@@ -621,15 +717,15 @@ static void end_discard(Session *s, char status, MsgBuilder *extra)
 	s->discarding = false;
 	if (s->cancel_pending && status != 'E') {
 		/* Wait out the cancel (or absorb it) before the client may send anything else. */
-		send_internal(s, status == 'T' ? "DO $$BEGIN PERFORM pg_sleep(0.2); RAISE EXCEPTION 'pgcordon: max_rows'; END$$"
-					       : "SELECT pg_sleep(0.2)",
-			      told);
+		session__send_internal(s, status == 'T' ? "DO $$BEGIN PERFORM pg_sleep(0.2); RAISE EXCEPTION 'pgcordon: max_rows'; END$$"
+							: "SELECT pg_sleep(0.2)",
+				       told, false);
 		s->cancel_pending = false;
 		return;
 	}
 	s->cancel_pending = false;
 	if (status == 'T')
-		send_internal(s, POISON_SQL, 0);
+		session__send_internal(s, POISON_SQL, 0, false);
 	proto_build_ready(extra, told);
 }
 
@@ -811,6 +907,31 @@ void session__relay_from_server(Session *s)
 		}
 		if (len > 4 && n < 6)
 			break;
+		if (s->masked_front) {
+			s->masked_front = false; /* the replacement put in place below */
+		} else if (session__mask_wants(s, pipeline_front(&s->pipeline), type)) {
+			if (avail - fwd < 1 + (size_t)len)
+				break; /* masking needs the whole message */
+			size_t newlen = 0;
+			uint8_t *repl = session__mask_server_message(s, pipeline_front(&s->pipeline), type,
+								     copy_out(s, in, fwd + 5, len - 4), len - 4, &newlen);
+			if (s->state != SESS_READY) {
+				free(repl);
+				return;
+			}
+			if (repl) {
+				/* Put the replacement where the message was: audit and relay see only it. */
+				if (fwd)
+					evbuffer_remove_buffer(in, s->client.out, fwd);
+				evbuffer_drain(in, 1 + (size_t)len);
+				evbuffer_prepend(in, repl, newlen);
+				free(repl);
+				avail = evbuffer_get_length(in);
+				fwd = 0;
+				s->masked_front = true;
+				continue;
+			}
+		}
 		if (s->auditing) {
 			AuditStep st = audit_server_message(s, type, len, fwd, avail);
 			if (st == STEP_WAIT)
@@ -851,4 +972,9 @@ void session__relay_from_server(Session *s)
 	}
 	session__balance(s);
 	session__maybe_close_for_shutdown(s);
+	if (s->state == SESS_READY && (s->mask_resume || (s->mask_waiting && pipeline_idle(&s->pipeline)))) {
+		s->mask_resume = s->mask_waiting = false;
+		if (evbuffer_get_length(s->client.in))
+			session__relay_from_client(s);
+	}
 }

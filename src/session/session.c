@@ -107,6 +107,7 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 		pipeline_free(&s->pipeline);
 		session__audit_free(s);
 		session__free_prepared(s);
+		session__mask_free(s);
 		session__policy_release(s);
 		free(s->scratch);
 		config_release(s->config);
@@ -879,6 +880,11 @@ void session__upstream_ready(Session *s)
 	free(s->auth->startup_body);
 	free(s->auth);
 	s->auth = NULL;
+	if (s->policy->masks_columns) {
+		session__mask_start_load(s); /* before the client's first statement */
+		if (s->state != SESS_READY)
+			return;
+	}
 	sock_resume_read(&s->client);
 	if (evbuffer_get_length(s->client.in) > 0)
 		session__relay_from_client(s);

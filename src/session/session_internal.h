@@ -120,6 +120,16 @@ struct Session {
 	char *audit_columns;       /* the last Describe's RowDescription (JSON), for an Execute's rows */
 	uint8_t audit_formats[1600];
 	int audit_ncols;
+	/* Masking (session/masking.c) */
+	struct MaskCatalog *mask_cat;  /* the catalog statements are rewritten with; NULL: none loaded */
+	struct MaskCatalog *mask_next; /* the one being loaded */
+	char *mask_error;          /* why the last load failed: statements are refused */
+	bool mask_loading;         /* the catalog query is out: client statements wait */
+	bool mask_resume;          /* ... and has just finished */
+	bool mask_waiting;         /* a statement waits for the pipeline to drain before a reload */
+	bool masked_front;         /* the upstream message at the front is masking's replacement */
+	uint64_t mask_gen;         /* the DDL generation the catalog was loaded at */
+	uint64_t mask_policy_id;   /* the effective policy it was loaded for */
 	Session *prev, *next;
 };
 
@@ -148,6 +158,17 @@ void session__relay_from_server(Session *s);
 void session__relay_from_client(Session *s);
 /* Pauses or resumes reading each side from how much the other side has waiting. */
 void session__balance(Session *s);
+
+/* An internal statement for the upstream, whose answers the client never sees. */
+void session__send_internal(Session *s, const char *sql, char release_ready, bool catalog);
+void session__mask_start_load(Session *s);
+bool session__mask_catalog_stale(Session *s);
+/* Whether the upstream message (answering f) must be seen whole by masking. */
+bool session__mask_wants(const Session *s, const Expectation *f, char type);
+/* Feeds it; returns a replacement message (header included) or NULL to pass it unchanged. */
+uint8_t *session__mask_server_message(Session *s, const Expectation *f, char type, const uint8_t *body, size_t blen,
+				      size_t *outlen);
+void session__mask_free(Session *s);
 
 #define RELAY_READ_MAX (64 * 1024)
 #define RELAY_HIGH_WATER (512 * 1024) /* pause the other side above this much pending output */

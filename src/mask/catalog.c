@@ -1,0 +1,238 @@
+/*
+ * The sensitive-column catalog: which relations of a database hold a column some rule
+ * masks (with all their columns, for the masking subquery), which views are built on
+ * them, and which functions live outside pg_catalog. Loaded with one query per session
+ * (and after DDL); no per-row lookups.
+ */
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/util.h"
+#include "mask/mask.h"
+
+typedef struct {
+	char *buf;
+	size_t len, cap;
+} Str;
+
+static void add(Str *s, const char *t)
+{
+	size_t n = strlen(t);
+	if (s->len + n + 1 > s->cap) {
+		s->cap = (s->len + n + 1) * 2;
+		s->buf = xrealloc(s->buf, s->cap);
+	}
+	memcpy(s->buf + s->len, t, n + 1);
+	s->len += n;
+}
+
+/* A LIKE pattern ('!' escapes) for a rule pattern, as a hex-encoded literal: nothing to inject. */
+static void add_like(Str *s, const char *pattern)
+{
+	static const char hex[] = "0123456789abcdef";
+	char lit[1024];
+	size_t n = 0;
+	int dots = 0;
+	for (const char *p = pattern; *p; p++)
+		dots += *p == '.';
+	if (dots == 1) {
+		/* table.column: in any schema */
+		lit[n++] = '%';
+		lit[n++] = '.';
+	}
+	for (const char *p = pattern; *p && n < sizeof lit - 3; p++) {
+		if (*p == '*') {
+			lit[n++] = '%';
+			continue;
+		}
+		if (*p == '%' || *p == '_' || *p == '!')
+			lit[n++] = '!';
+		lit[n++] = *p;
+	}
+	add(s, "convert_from(decode('");
+	char h[3] = {0};
+	for (size_t i = 0; i < n; i++) {
+		h[0] = hex[(uint8_t)lit[i] >> 4];
+		h[1] = hex[(uint8_t)lit[i] & 15];
+		add(s, h);
+	}
+	add(s, "', 'hex'), 'UTF8')");
+}
+
+static void add_hex_literal(Str *s, const char *text)
+{
+	static const char hex[] = "0123456789abcdef";
+	add(s, "convert_from(decode('");
+	char h[3] = {0};
+	for (const char *p = text; *p; p++) {
+		h[0] = hex[(uint8_t)*p >> 4];
+		h[1] = hex[(uint8_t)*p & 15];
+		add(s, h);
+	}
+	add(s, "', 'hex'), 'UTF8')");
+}
+
+char *mask_catalog_sql(const MaskRule *const *rules, int nrules)
+{
+	Str rule = {0};
+	add(&rule, "CASE");
+	int used = 0;
+	for (int i = 0; i < nrules; i++) {
+		const MaskRule *r = rules[i];
+		if (!r->ncolumns && !r->ntypes)
+			continue; /* detect-only */
+		char num[16];
+		snprintf(num, sizeof num, "%d", i);
+		add(&rule, " WHEN false");
+		for (int k = 0; k < r->ncolumns; k++) {
+			add(&rule, " OR n.nspname || '.' || c.relname || '.' || a.attname LIKE ");
+			add_like(&rule, r->columns[k]);
+			add(&rule, " ESCAPE '!'");
+		}
+		for (int k = 0; k < r->ntypes; k++) {
+			add(&rule, " OR format_type(a.atttypid, NULL) = ");
+			add_hex_literal(&rule, r->types[k]);
+			add(&rule, " OR t.typname = ");
+			add_hex_literal(&rule, r->types[k]);
+		}
+		add(&rule, " THEN ");
+		add(&rule, num);
+		used++;
+	}
+	add(&rule, " END");
+	if (!used) {
+		free(rule.buf);
+		rule.buf = xstrdup("NULL::int");
+	}
+	char *sql = xasprintf(
+		"WITH RECURSIVE m AS ("
+		" SELECT a.attrelid AS rel, a.attnum, (%s) AS rule"
+		" FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+		" JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_type t ON t.oid = a.atttypid"
+		" WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+		" AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg!_toast%%' ESCAPE '!'),"
+		" mm AS (SELECT * FROM m WHERE rule IS NOT NULL),"
+		/* partitions and inheritance children hold the same values under the same names */
+		" kids(rel, parent) AS (SELECT i.inhrelid, i.inhparent FROM pg_catalog.pg_inherits i"
+		"  WHERE i.inhparent IN (SELECT rel FROM mm)"
+		"  UNION SELECT i.inhrelid, k.parent FROM pg_catalog.pg_inherits i JOIN kids k ON i.inhparent = k.rel),"
+		" masked AS (SELECT rel, attnum, rule FROM mm UNION"
+		"  SELECT k.rel, ca.attnum, mm.rule FROM kids k JOIN mm ON mm.rel = k.parent"
+		"  JOIN pg_catalog.pg_attribute pa ON pa.attrelid = mm.rel AND pa.attnum = mm.attnum"
+		"  JOIN pg_catalog.pg_attribute ca ON ca.attrelid = k.rel AND ca.attname = pa.attname),"
+		/* views and materialized views built on a masked relation, directly or not */
+		" views(rel) AS (SELECT r.ev_class FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d"
+		"  ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid"
+		"  WHERE d.refobjid IN (SELECT rel FROM masked) AND r.ev_class <> d.refobjid"
+		"  UNION SELECT r.ev_class FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d"
+		"  ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid JOIN views v ON d.refobjid = v.rel"
+		"  WHERE r.ev_class <> d.refobjid)"
+		" SELECT 'c', n.nspname::text, c.relname::text, lpad(a.attnum::text, 5, '0'), a.attname::text,"
+		" format_type(a.atttypid, a.atttypmod), t.typcategory::text, coalesce(mk.rule, -1)::text,"
+		" (NOT EXISTS (SELECT 1 FROM masked x WHERE x.rel = c.oid))::text"
+		" FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+		" JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+		" JOIN pg_catalog.pg_type t ON t.oid = a.atttypid"
+		" LEFT JOIN masked mk ON mk.rel = c.oid AND mk.attnum = a.attnum"
+		" WHERE c.oid IN (SELECT rel FROM masked UNION SELECT rel FROM views)"
+		" UNION ALL"
+		" SELECT DISTINCT 'f', NULL, p.proname::text, NULL, NULL, NULL, NULL, NULL, NULL"
+		" FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+		" WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
+		" ORDER BY 1, 2, 3, 4",
+		rule.buf);
+	free(rule.buf);
+	return sql;
+}
+
+MaskCatalog *mask_catalog_new(const MaskRule *const *rules, int nrules, const uint8_t *key, size_t keylen)
+{
+	MaskCatalog *c = xcalloc(1, sizeof *c);
+	c->rules = rules;
+	c->nrules = nrules;
+	if (key && keylen) {
+		uint8_t k[SHA256_DIGEST_LENGTH];
+		SHA256(key, keylen, k); /* HMAC keys longer than a block are hashed anyway; this fixes the length */
+		for (int i = 0; i < 64; i++) {
+			uint8_t b = i < (int)sizeof k ? k[i] : 0;
+			c->hash_ipad[i] = b ^ 0x36;
+			c->hash_opad[i] = b ^ 0x5c;
+		}
+		c->has_key = true;
+	}
+	return c;
+}
+
+bool mask_catalog_add_row(MaskCatalog *c, const char *const *v, int n)
+{
+	if (n != 9 || !v[0] || !v[2])
+		return false;
+	if (strcmp(v[0], "f") == 0) {
+		if (c->nfunctions % 64 == 0)
+			c->functions = xrealloc(c->functions, (size_t)(c->nfunctions + 64) * sizeof(char *));
+		c->functions[c->nfunctions++] = xstrdup(v[2]);
+		return true;
+	}
+	if (strcmp(v[0], "c") != 0 || !v[1] || !v[4] || !v[5] || !v[6] || !v[7] || !v[8])
+		return false;
+	char *end;
+	long rule = strtol(v[7], &end, 10);
+	if (*v[7] == 0 || *end || rule < -1 || rule >= c->nrules)
+		return false;
+	MaskRelation *r = c->nrels ? &c->rels[c->nrels - 1] : NULL;
+	if (!r || strcmp(r->schema, v[1]) != 0 || strcmp(r->name, v[2]) != 0) {
+		if (c->nrels % 16 == 0)
+			c->rels = xrealloc(c->rels, (size_t)(c->nrels + 16) * sizeof *c->rels);
+		r = &c->rels[c->nrels++];
+		memset(r, 0, sizeof *r);
+		r->schema = xstrdup(v[1]);
+		r->name = xstrdup(v[2]);
+		r->derived = strcmp(v[8], "true") == 0;
+	}
+	if (r->ncols % 16 == 0)
+		r->cols = xrealloc(r->cols, (size_t)(r->ncols + 16) * sizeof *r->cols);
+	MaskColumn *col = &r->cols[r->ncols++];
+	col->name = xstrdup(v[4]);
+	col->type = xstrdup(v[5]);
+	col->category = v[6][0];
+	col->rule = (int)rule;
+	return true;
+}
+
+void mask_catalog_free(MaskCatalog *c)
+{
+	if (!c)
+		return;
+	for (int i = 0; i < c->nrels; i++) {
+		for (int k = 0; k < c->rels[i].ncols; k++) {
+			free(c->rels[i].cols[k].name);
+			free(c->rels[i].cols[k].type);
+		}
+		free(c->rels[i].cols);
+		free(c->rels[i].schema);
+		free(c->rels[i].name);
+	}
+	free(c->rels);
+	for (int i = 0; i < c->nfunctions; i++)
+		free(c->functions[i]);
+	free(c->functions);
+	free(c);
+}
+
+const MaskRelation *mask_catalog_find(const MaskCatalog *c, const char *schema, const char *name)
+{
+	for (int i = 0; i < c->nrels; i++)
+		if (strcmp(c->rels[i].schema, schema) == 0 && strcmp(c->rels[i].name, name) == 0)
+			return &c->rels[i];
+	return NULL;
+}
+
+bool mask_catalog_has_function(const MaskCatalog *c, const char *name)
+{
+	for (int i = 0; i < c->nfunctions; i++)
+		if (strcmp(c->functions[i], name) == 0)
+			return true;
+	return false;
+}

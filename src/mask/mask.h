@@ -1,0 +1,120 @@
+/*
+ * Masking: the rules of a policy, the sensitive-column catalog of a database, and the
+ * methods that mask a value (in SQL, inside the statement) or a text (in the gateway).
+ *
+ * Masked relations are replaced in each statement by a subquery that masks their columns
+ * before anything else in the statement sees them (mask/rewrite.c), so expressions,
+ * predicates, aggregates, JSON and error messages only ever meet masked values. Content
+ * detection (mask/detect.c) is the backstop over every text value that leaves.
+ * Pure: no sockets, no logging.
+ */
+#ifndef PGC_MASK_H
+#define PGC_MASK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { MASK_REDACT, MASK_PARTIAL, MASK_HASH, MASK_NULL, MASK_EMAIL, MASK_FIXED } MaskMethod;
+
+/* Detectors, as bits. */
+enum {
+	DETECT_CREDIT_CARD = 1 << 0,
+	DETECT_US_SSN = 1 << 1,
+	DETECT_EMAIL = 1 << 2,
+	DETECT_IBAN = 1 << 3,
+	DETECT_AWS_ACCESS_KEY = 1 << 4,
+	DETECT_JWT = 1 << 5,
+	DETECT_PRIVATE_KEY = 1 << 6,
+};
+
+/* One entry of a policy's mask: list (config). Exactly one of columns, types, detect. */
+typedef struct {
+	char **columns; /* "schema.table.column" patterns, '*' matches any run of characters */
+	int ncolumns;
+	char **types;   /* type names as format_type() writes them: "inet", "character varying" */
+	int ntypes;
+	unsigned detect; /* DETECT_* bits */
+	MaskMethod method;
+	int keep_first, keep_last; /* partial */
+	char *value;               /* fixed */
+} MaskRule;
+
+bool mask_method_from_name(const char *name, MaskMethod *out);
+const char *mask_method_name(MaskMethod m);
+/* The DETECT_* bit of a detector name, 0 if unknown. */
+unsigned mask_detector_from_name(const char *name);
+
+/* ---- the sensitive-column catalog of one database, for one set of rules ---- */
+
+typedef struct {
+	char *name;
+	char *type;      /* format_type(atttypid, atttypmod) */
+	char category;   /* pg_type.typcategory */
+	int rule;        /* index into the rule list, -1: not masked */
+} MaskColumn;
+
+typedef struct {
+	char *schema, *name;
+	bool derived;    /* a view built on a masked relation that no rule names: refused */
+	MaskColumn *cols; /* in attnum order */
+	int ncols;
+} MaskRelation;
+
+typedef struct MaskCatalog {
+	MaskRelation *rels;
+	int nrels;
+	char **functions; /* names of functions outside pg_catalog: what they read is unknown */
+	int nfunctions;
+	const MaskRule *const *rules; /* the rules the catalog was loaded for (not owned) */
+	int nrules;
+	uint8_t hash_ipad[64], hash_opad[64]; /* HMAC-SHA-256 pads of the hash key */
+	bool has_key;
+} MaskCatalog;
+
+/*
+ * The catalog query for rules: one result set, rows ('c', schema, relation, attnum, column,
+ * type, category, rule, derived) for every column of every masked relation and of every
+ * view built on one, then ('f', NULL, function, ...) for functions outside pg_catalog.
+ * Caller frees.
+ */
+char *mask_catalog_sql(const MaskRule *const *rules, int nrules);
+MaskCatalog *mask_catalog_new(const MaskRule *const *rules, int nrules, const uint8_t *key, size_t keylen);
+/* Adds one row of the catalog query (text values; NULL for SQL NULL). False: malformed. */
+bool mask_catalog_add_row(MaskCatalog *c, const char *const *values, int nvalues);
+void mask_catalog_free(MaskCatalog *c);
+const MaskRelation *mask_catalog_find(const MaskCatalog *c, const char *schema, const char *name);
+bool mask_catalog_has_function(const MaskCatalog *c, const char *name);
+
+/* The SQL expression that masks column (an already quoted reference) of column type col. Caller frees. */
+char *mask_sql_expr(const MaskCatalog *c, const MaskColumn *col, const char *ref);
+
+/* ---- statement rewriting (mask/rewrite.c) ---- */
+
+typedef enum { REWRITE_PASS, REWRITE_DONE, REWRITE_REFUSE } RewriteResult;
+
+typedef struct {
+	bool predicate_block; /* on_masked_predicate: block */
+} RewriteOptions;
+
+/*
+ * Rewrites sql so that every masked relation it reads is read through its masking
+ * subquery. PASS: nothing masked is touched (out NULL). DONE: *out is the new text
+ * (caller frees). REFUSE: reason says why masking cannot be made sound.
+ */
+RewriteResult mask_rewrite(const MaskCatalog *c, const RewriteOptions *o, const char *sql, char **out, char *reason,
+			   size_t reasonlen);
+
+/* ---- content detection (mask/detect.c) ---- */
+
+#define MASK_REDACTED "[REDACTED]"
+
+/*
+ * Replaces every detected value in s[0..n) by MASK_REDACTED. Returns a new buffer (length
+ * in *outlen) when something was found, NULL when s is clean.
+ */
+uint8_t *mask_detect_scrub(unsigned detectors, const uint8_t *s, size_t n, size_t *outlen);
+bool mask_luhn_ok(const char *digits, size_t n);
+bool mask_iban_ok(const char *s, size_t n);
+
+#endif

@@ -1,0 +1,727 @@
+/*
+ * Statement rewriting for masking. Every relation a statement reads in a FROM position
+ * that holds a masked column is replaced, in the text, by a subquery that masks those
+ * columns first:  customers c  ->  (SELECT "id", <mask>("ssn") AS "ssn", ... FROM
+ * "public"."customers") c. Whatever the statement then does with the values (functions,
+ * casts, aggregates, JSON of the whole row, predicates, set operations, errors) it does
+ * with masked ones. What cannot be rewritten that way is refused: masked columns of a
+ * DML target in SET/WHERE/RETURNING, views built on masked tables, functions whose body
+ * is unknown, statistics views, DO blocks, EXPLAIN of a masked relation.
+ */
+#include <ctype.h>
+#include <jansson.h>
+#include <pg_query.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/util.h"
+#include "mask/mask.h"
+
+typedef struct {
+	size_t start, end; /* the span of sql replaced */
+	char *text;
+} Edit;
+
+typedef struct {
+	const MaskCatalog *c;
+	const RewriteOptions *o;
+	const char *sql;
+	size_t sqllen;
+	Edit *edits;
+	int nedits;
+	char **ctes; /* every CTE name in the statement */
+	int nctes;
+	bool refused;
+	char *reason;
+	size_t reasonlen;
+	bool masked_seen; /* some masked relation is read */
+} Rw;
+
+typedef enum { CTX_OTHER, CTX_FROM } Ctx;
+
+static void walk(Rw *w, json_t *node, Ctx ctx);
+
+static void refuse(Rw *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void refuse(Rw *w, const char *fmt, ...)
+{
+	if (w->refused)
+		return;
+	w->refused = true;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(w->reason, w->reasonlen, fmt, ap);
+	va_end(ap);
+}
+
+static const char *str_of(json_t *o, const char *key)
+{
+	json_t *v = json_object_get(o, key);
+	return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+static const char *string_node(json_t *n)
+{
+	json_t *s = json_object_get(n, "String");
+	if (!s)
+		return NULL;
+	const char *v = str_of(s, "sval");
+	return v ? v : str_of(s, "str");
+}
+
+/* The single "Type": {...} of a node, or NULL. */
+static const char *node_type(json_t *n, json_t **body)
+{
+	if (!json_is_object(n) || json_object_size(n) != 1)
+		return NULL;
+	const char *k = json_object_iter_key(json_object_iter(n));
+	json_t *v = json_object_iter_value(json_object_iter(n));
+	if (!json_is_object(v) || !isupper((unsigned char)k[0]))
+		return NULL;
+	*body = v;
+	return k;
+}
+
+static bool is_cte_name(const Rw *w, const char *name)
+{
+	for (int i = 0; i < w->nctes; i++)
+		if (strcmp(w->ctes[i], name) == 0)
+			return true;
+	return false;
+}
+
+/* Relations whose contents repeat other tables' values or statements' text. */
+static bool denied_relation(const char *schema, const char *name)
+{
+	static const char *const names[] = {
+		"pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data",
+		"pg_stat_activity", "pg_stat_statements", "pg_prepared_statements", "pg_cursors", "pg_largeobject",
+	};
+	if (schema && strcmp(schema, "pg_catalog") != 0 && strcmp(schema, "public") != 0)
+		return false;
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+		if (strcmp(name, names[i]) == 0)
+			return true;
+	return false;
+}
+
+/* Built-in functions that run SQL given as text, read files or other sessions' statements. */
+static bool denied_function(const char *name)
+{
+	static const char *const names[] = {
+		"query_to_xml", "query_to_xml_and_xmlschema", "query_to_xmlschema", "cursor_to_xml", "cursor_to_xmlschema",
+		"table_to_xml", "table_to_xml_and_xmlschema", "table_to_xmlschema", "schema_to_xml",
+		"schema_to_xml_and_xmlschema", "database_to_xml", "database_to_xml_and_xmlschema", "current_query",
+		"pg_stat_get_activity", "lo_get", "lo_export", "lo_import", "lo_from_bytea", "lo_put", "loread",
+		"pg_read_file", "pg_read_binary_file", "pg_stat_statements", "dblink", "dblink_exec",
+	};
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+		if (strcmp(name, names[i]) == 0)
+			return true;
+	return false;
+}
+
+/* ---- the name as written: where it ends in the text ---- */
+
+static size_t skip_space(const char *s, size_t n, size_t i)
+{
+	while (i < n && isspace((unsigned char)s[i]))
+		i++;
+	return i;
+}
+
+/* One identifier at i: returns its end, or 0 when there is none we can read. */
+static size_t ident_end(const char *s, size_t n, size_t i)
+{
+	if (i >= n)
+		return 0;
+	if (s[i] == '"') {
+		for (size_t k = i + 1; k < n; k++) {
+			if (s[k] == '"') {
+				if (k + 1 < n && s[k + 1] == '"') {
+					k++;
+					continue;
+				}
+				return k + 1;
+			}
+		}
+		return 0;
+	}
+	unsigned char c = (unsigned char)s[i];
+	if (!(isalpha(c) || c == '_' || c >= 0x80) || ((c == 'u' || c == 'U') && i + 1 < n && s[i + 1] == '&'))
+		return 0;
+	size_t k = i + 1;
+	while (k < n && (isalnum((unsigned char)s[k]) || s[k] == '_' || s[k] == '$' || (unsigned char)s[k] >= 0x80))
+		k++;
+	return k;
+}
+
+/* The end of a dotted name of parts identifiers starting at i, or 0. */
+static size_t name_end(const char *s, size_t n, size_t i, int parts)
+{
+	size_t e = ident_end(s, n, i);
+	for (int p = 1; e && p < parts; p++) {
+		size_t d = skip_space(s, n, e);
+		if (d >= n || s[d] != '.')
+			return 0;
+		e = ident_end(s, n, skip_space(s, n, d + 1));
+	}
+	return e;
+}
+
+static void quote_ident(char *out, size_t outlen, const char *id)
+{
+	size_t o = 0;
+	if (outlen < 3)
+		return;
+	out[o++] = '"';
+	for (const char *p = id; *p && o + 3 < outlen; p++) {
+		if (*p == '"')
+			out[o++] = '"';
+		out[o++] = *p;
+	}
+	out[o++] = '"';
+	out[o] = 0;
+}
+
+/* (SELECT <masked columns> FROM "schema"."name") */
+static char *masking_subquery(const Rw *w, const MaskRelation *r)
+{
+	size_t cap = 256, len = 0;
+	char *q = xmalloc(cap);
+	len = (size_t)snprintf(q, cap, "(SELECT ");
+	for (int i = 0; i < r->ncols; i++) {
+		char id[300];
+		quote_ident(id, sizeof id, r->cols[i].name);
+		char *item = r->cols[i].rule >= 0 ? mask_sql_expr(w->c, &r->cols[i], id) : NULL;
+		char *piece = item ? xasprintf("%s%s AS %s", i ? ", " : "", item, id) : xasprintf("%s%s", i ? ", " : "", id);
+		free(item);
+		size_t pl = strlen(piece);
+		if (len + pl + 1 > cap) {
+			cap = (len + pl + 1) * 2;
+			q = xrealloc(q, cap);
+		}
+		memcpy(q + len, piece, pl + 1);
+		len += pl;
+		free(piece);
+	}
+	char sch[300], nm[300];
+	quote_ident(sch, sizeof sch, r->schema);
+	quote_ident(nm, sizeof nm, r->name);
+	char *out = xasprintf("%s FROM %s.%s)", q, sch, nm);
+	free(q);
+	return out;
+}
+
+static void add_edit(Rw *w, size_t start, size_t end, char *text)
+{
+	w->edits = xrealloc(w->edits, (size_t)(w->nedits + 1) * sizeof *w->edits);
+	w->edits[w->nedits++] = (Edit){start, end, text};
+}
+
+/* The masked (or derived) relation a RangeVar names, NULL when none; refuses denied ones. */
+static const MaskRelation *relation_of(Rw *w, json_t *rv)
+{
+	const char *schema = str_of(rv, "schemaname"), *name = str_of(rv, "relname");
+	if (!name)
+		return NULL;
+	if (str_of(rv, "catalogname")) {
+		refuse(w, "a database-qualified name (%s) cannot be masked", name);
+		return NULL;
+	}
+	if (!schema && is_cte_name(w, name))
+		return NULL; /* a CTE of the statement: its own body is rewritten */
+	if (denied_relation(schema, name)) {
+		refuse(w, "%s repeats values or statements of other relations and is not readable under masking", name);
+		return NULL;
+	}
+	/* Unqualified names resolve to public: masked identities cannot change search_path. */
+	return mask_catalog_find(w->c, schema ? schema : "public", name);
+}
+
+/* A masked relation read in a FROM position: replace its name by the masking subquery. */
+static void on_from_relation(Rw *w, json_t *rv, const MaskRelation *r)
+{
+	if (r->derived) {
+		refuse(w, "%s.%s is a view over masked columns that no masking rule names", r->schema, r->name);
+		return;
+	}
+	if (!json_is_true(json_object_get(rv, "inh"))) {
+		refuse(w, "ONLY on a masked relation (%s.%s) is not supported", r->schema, r->name);
+		return;
+	}
+	json_t *loc = json_object_get(rv, "location");
+	int parts = 1 + (str_of(rv, "schemaname") ? 1 : 0);
+	size_t start = json_is_integer(loc) ? (size_t)json_integer_value(loc) : (size_t)-1;
+	size_t end = start < w->sqllen ? name_end(w->sql, w->sqllen, start, parts) : 0;
+	if (!end) {
+		refuse(w, "cannot locate the name of %s.%s in the statement", r->schema, r->name);
+		return;
+	}
+	w->masked_seen = true;
+	char *sub = masking_subquery(w, r);
+	if (!json_object_get(rv, "alias")) {
+		char id[300];
+		quote_ident(id, sizeof id, r->name);
+		char *t = xasprintf("%s AS %s", sub, id);
+		free(sub);
+		sub = t;
+	}
+	add_edit(w, start, end, sub);
+}
+
+/* ---- references to a DML target's columns (which is not rewritten) ---- */
+
+typedef struct {
+	const MaskRelation *r;
+	const char *alias; /* how the statement names the target */
+	bool hit;
+} TargetRefs;
+
+static bool masked_column_named(const MaskRelation *r, const char *name)
+{
+	for (int i = 0; i < r->ncols; i++)
+		if (r->cols[i].rule >= 0 && strcmp(r->cols[i].name, name) == 0)
+			return true;
+	return false;
+}
+
+/* Any ColumnRef in n naming a masked column of the target, its whole row, or a star. */
+static void find_target_refs(json_t *n, TargetRefs *t)
+{
+	if (t->hit)
+		return;
+	if (json_is_array(n)) {
+		size_t i;
+		json_t *v;
+		json_array_foreach(n, i, v) find_target_refs(v, t);
+		return;
+	}
+	if (!json_is_object(n))
+		return;
+	json_t *cr = json_object_get(n, "ColumnRef");
+	if (cr) {
+		json_t *fields = json_object_get(cr, "fields");
+		size_t nf = json_array_size(fields);
+		json_t *last = json_array_get(fields, nf - 1);
+		const char *lname = string_node(last);
+		if (!lname)
+			t->hit = true; /* a star */
+		else if (masked_column_named(t->r, lname))
+			t->hit = true;
+		else if (nf == 1 && strcmp(lname, t->alias) == 0)
+			t->hit = true; /* the whole row */
+		return;
+	}
+	const char *k;
+	json_t *v;
+	json_object_foreach(n, k, v) find_target_refs(v, t);
+}
+
+static bool refs_target(json_t *n, const MaskRelation *r, json_t *rv)
+{
+	json_t *alias = json_object_get(rv, "alias");
+	const char *a = alias ? str_of(alias, "aliasname") : NULL;
+	TargetRefs t = {r, a ? a : r->name, false};
+	find_target_refs(n, &t);
+	return t.hit;
+}
+
+/*
+ * A RangeVar field: libpg_query writes fields typed RangeVar* without the {"RangeVar": ...}
+ * wrapper (only Node* fields carry their type), so accept both forms.
+ */
+static json_t *range_var(json_t *field)
+{
+	json_t *rv = json_object_get(field, "RangeVar");
+	if (rv)
+		return rv;
+	return json_object_get(field, "relname") ? field : NULL;
+}
+
+/* INSERT, UPDATE, DELETE, MERGE on a relation with masked columns. */
+static void on_dml_target(Rw *w, const char *type, json_t *stmt)
+{
+	json_t *rv = range_var(json_object_get(stmt, "relation"));
+	const MaskRelation *r = rv ? relation_of(w, rv) : NULL;
+	if (!r)
+		return;
+	if (r->derived) {
+		refuse(w, "%s.%s is a view over masked columns that no masking rule names", r->schema, r->name);
+		return;
+	}
+	if (strcmp(type, "MergeStmt") == 0) {
+		refuse(w, "MERGE into %s.%s, which has masked columns, is not supported", r->schema, r->name);
+		return;
+	}
+	if (json_array_size(json_object_get(stmt, "returningList")) && refs_target(json_object_get(stmt, "returningList"), r, rv)) {
+		refuse(w, "RETURNING would return masked columns of %s.%s", r->schema, r->name);
+		return;
+	}
+	if (json_object_get(stmt, "onConflictClause")) {
+		refuse(w, "INSERT ... ON CONFLICT on %s.%s, which has masked columns, is not supported", r->schema, r->name);
+		return;
+	}
+	if (strcmp(type, "UpdateStmt") == 0 && refs_target(json_object_get(stmt, "targetList"), r, rv)) {
+		refuse(w, "UPDATE would copy masked columns of %s.%s", r->schema, r->name);
+		return;
+	}
+	json_t *where = json_object_get(stmt, "whereClause");
+	if (where && w->o->predicate_block && refs_target(where, r, rv)) {
+		refuse(w, "a condition on masked columns of %s.%s (on_masked_predicate: block)", r->schema, r->name);
+		return;
+	}
+}
+
+/* COPY table TO: becomes COPY (SELECT ... FROM <masking subquery>) TO. */
+static void on_copy(Rw *w, json_t *stmt)
+{
+	json_t *rv = range_var(json_object_get(stmt, "relation"));
+	const MaskRelation *r = rv ? relation_of(w, rv) : NULL;
+	if (!r)
+		return;
+	if (json_is_true(json_object_get(stmt, "is_from")))
+		return; /* writing into it shows nothing */
+	if (r->derived) {
+		refuse(w, "%s.%s is a view over masked columns that no masking rule names", r->schema, r->name);
+		return;
+	}
+	size_t i;
+	json_t *opt;
+	json_array_foreach(json_object_get(stmt, "options"), i, opt)
+	{
+		json_t *d = json_object_get(opt, "DefElem");
+		const char *dn = d ? str_of(d, "defname") : NULL;
+		const char *val = d ? string_node(json_object_get(d, "arg")) : NULL;
+		if (dn && strcmp(dn, "format") == 0 && val && strcmp(val, "binary") == 0) {
+			refuse(w, "COPY of %s.%s in binary format cannot be masked; use text or csv", r->schema, r->name);
+			return;
+		}
+	}
+	json_t *loc = json_object_get(rv, "location");
+	int parts = 1 + (str_of(rv, "schemaname") ? 1 : 0);
+	size_t start = json_is_integer(loc) ? (size_t)json_integer_value(loc) : (size_t)-1;
+	size_t end = start < w->sqllen ? name_end(w->sql, w->sqllen, start, parts) : 0;
+	if (!end) {
+		refuse(w, "cannot locate the name of %s.%s in the statement", r->schema, r->name);
+		return;
+	}
+	/* An optional column list follows the name. */
+	char cols[2048] = "*";
+	size_t after = skip_space(w->sql, w->sqllen, end);
+	if (after < w->sqllen && w->sql[after] == '(') {
+		size_t close = after;
+		while (close < w->sqllen && w->sql[close] != ')')
+			close++;
+		if (close >= w->sqllen || close - after - 1 >= sizeof cols) {
+			refuse(w, "cannot read the column list of COPY %s.%s", r->schema, r->name);
+			return;
+		}
+		memcpy(cols, w->sql + after + 1, close - after - 1);
+		cols[close - after - 1] = 0;
+		end = close + 1;
+	}
+	w->masked_seen = true;
+	char *sub = masking_subquery(w, r), id[300];
+	quote_ident(id, sizeof id, r->name);
+	add_edit(w, start, end, xasprintf("(SELECT %s FROM %s AS %s)", cols, sub, id));
+	free(sub);
+}
+
+/* Names of every CTE in the tree (a CTE shadows a table of the same name). */
+static void collect_ctes(Rw *w, json_t *n)
+{
+	if (json_is_array(n)) {
+		size_t i;
+		json_t *v;
+		json_array_foreach(n, i, v) collect_ctes(w, v);
+		return;
+	}
+	if (!json_is_object(n))
+		return;
+	json_t *cte = json_object_get(n, "CommonTableExpr");
+	const char *name = cte ? str_of(cte, "ctename") : NULL;
+	if (name) {
+		w->ctes = xrealloc(w->ctes, (size_t)(w->nctes + 1) * sizeof(char *));
+		w->ctes[w->nctes++] = xstrdup(name);
+	}
+	const char *k;
+	json_t *v;
+	json_object_foreach(n, k, v) collect_ctes(w, v);
+}
+
+static void on_func_call(Rw *w, json_t *fc)
+{
+	json_t *names = json_object_get(fc, "funcname");
+	size_t n = json_array_size(names);
+	const char *last = string_node(json_array_get(names, n - 1));
+	const char *schema = n >= 2 ? string_node(json_array_get(names, n - 2)) : NULL;
+	if (!last)
+		return;
+	if (denied_function(last)) {
+		refuse(w, "%s() can read data around masking", last);
+		return;
+	}
+	if ((schema && strcmp(schema, "pg_catalog") != 0) || (!schema && mask_catalog_has_function(w->c, last)))
+		refuse(w, "%s() is not a built-in function: what it reads cannot be masked", last);
+}
+
+/* Predicates and orderings on masked columns (on_masked_predicate: block). */
+static void find_masked_names(const Rw *w, json_t *n, bool *hit)
+{
+	if (*hit)
+		return;
+	if (json_is_array(n)) {
+		size_t i;
+		json_t *v;
+		json_array_foreach(n, i, v) find_masked_names(w, v, hit);
+		return;
+	}
+	if (!json_is_object(n))
+		return;
+	json_t *cr = json_object_get(n, "ColumnRef");
+	if (cr) {
+		json_t *fields = json_object_get(cr, "fields");
+		const char *lname = string_node(json_array_get(fields, json_array_size(fields) - 1));
+		for (int i = 0; lname && i < w->c->nrels; i++)
+			if (masked_column_named(&w->c->rels[i], lname))
+				*hit = true;
+		return;
+	}
+	if (json_object_get(n, "SelectStmt") || json_object_get(n, "SubLink"))
+		return; /* a subquery's own clauses are checked when it is walked */
+	const char *k;
+	json_t *v;
+	json_object_foreach(n, k, v) find_masked_names(w, v, hit);
+}
+
+static void check_predicate(Rw *w, json_t *clause, const char *what)
+{
+	if (!clause || !w->o->predicate_block || w->refused)
+		return;
+	bool hit = false;
+	find_masked_names(w, clause, &hit);
+	if (hit)
+		refuse(w, "%s on a masked column (on_masked_predicate: block)", what);
+}
+
+static void walk_list(Rw *w, json_t *list, Ctx ctx)
+{
+	size_t i;
+	json_t *v;
+	json_array_foreach(list, i, v) walk(w, v, ctx);
+}
+
+static bool statement_touches_masked(Rw *w, json_t *n);
+
+static void walk_typed(Rw *w, const char *type, json_t *b, Ctx ctx);
+
+/* The fields of a node: FROM lists put their items in FROM position. */
+static void walk_fields(Rw *w, json_t *b)
+{
+	const char *k;
+	json_t *v;
+	json_object_foreach(b, k, v)
+	{
+		if (strcmp(k, "fromClause") == 0 || strcmp(k, "usingClause") == 0)
+			walk(w, v, CTX_FROM);
+		else
+			walk(w, v, CTX_OTHER);
+	}
+}
+
+/* The type of a node written without its wrapper (a field typed as a struct, not Node*). */
+static const char *implied_type(json_t *o)
+{
+	if (json_object_get(o, "relname") && json_object_get(o, "relpersistence"))
+		return "RangeVar";
+	if (json_object_get(o, "limitOption") && json_object_get(o, "op"))
+		return "SelectStmt";
+	return NULL;
+}
+
+static void walk_typed(Rw *w, const char *type, json_t *b, Ctx ctx)
+{
+	if (strcmp(type, "RangeVar") == 0) {
+		const MaskRelation *r = relation_of(w, b);
+		if (!r)
+			return;
+		if (ctx == CTX_FROM)
+			on_from_relation(w, b, r);
+		else
+			refuse(w, "%s.%s has masked columns and cannot be used this way under masking", r->schema, r->name);
+		return;
+	}
+	if (strcmp(type, "FuncCall") == 0)
+		on_func_call(w, b);
+	if (strcmp(type, "DoStmt") == 0 || strcmp(type, "CreateFunctionStmt") == 0 || strcmp(type, "RuleStmt") == 0 ||
+	    strcmp(type, "CreateTrigStmt") == 0) {
+		if (w->c->nrels)
+			refuse(w, "code run by the server (DO, functions, rules, triggers) can read around masking");
+		return;
+	}
+	if (strcmp(type, "ExplainStmt") == 0 && statement_touches_masked(w, json_object_get(b, "query"))) {
+		refuse(w, "EXPLAIN of a statement on masked columns would show the masking itself");
+		return;
+	}
+	if (strcmp(type, "InsertStmt") == 0 || strcmp(type, "UpdateStmt") == 0 || strcmp(type, "DeleteStmt") == 0 ||
+	    strcmp(type, "MergeStmt") == 0) {
+		on_dml_target(w, type, b);
+		const char *k;
+		json_t *v;
+		json_object_foreach(b, k, v)
+		{
+			if (strcmp(k, "relation") == 0)
+				continue;
+			bool from = strcmp(k, "fromClause") == 0 || strcmp(k, "usingClause") == 0 || strcmp(k, "sourceRelation") == 0;
+			if (from)
+				walk(w, v, CTX_FROM);
+			else
+				walk(w, v, CTX_OTHER);
+		}
+		return;
+	}
+	if (strcmp(type, "CopyStmt") == 0) {
+		on_copy(w, b);
+		walk(w, json_object_get(b, "query"), CTX_OTHER);
+		return;
+	}
+	if (strcmp(type, "TruncateStmt") == 0 || strcmp(type, "LockStmt") == 0 || strcmp(type, "VacuumStmt") == 0)
+		return; /* name the relation, return none of its values */
+	if (strcmp(type, "SelectStmt") == 0) {
+		check_predicate(w, json_object_get(b, "whereClause"), "WHERE");
+		check_predicate(w, json_object_get(b, "havingClause"), "HAVING");
+		check_predicate(w, json_object_get(b, "groupClause"), "GROUP BY");
+		check_predicate(w, json_object_get(b, "sortClause"), "ORDER BY");
+		check_predicate(w, json_object_get(b, "distinctClause"), "DISTINCT ON");
+		check_predicate(w, json_object_get(b, "windowClause"), "a window");
+	}
+	if (strcmp(type, "JoinExpr") == 0) {
+		check_predicate(w, json_object_get(b, "quals"), "a join condition");
+		walk(w, json_object_get(b, "larg"), CTX_FROM);
+		walk(w, json_object_get(b, "rarg"), CTX_FROM);
+		walk(w, json_object_get(b, "quals"), CTX_OTHER);
+		return;
+	}
+	if (strcmp(type, "WindowDef") == 0) {
+		check_predicate(w, json_object_get(b, "partitionClause"), "PARTITION BY");
+		check_predicate(w, json_object_get(b, "orderClause"), "a window's ORDER BY");
+	}
+	walk_fields(w, b);
+}
+
+static void walk(Rw *w, json_t *node, Ctx ctx)
+{
+	if (!node || w->refused)
+		return;
+	if (json_is_array(node)) {
+		walk_list(w, node, ctx);
+		return;
+	}
+	json_t *b;
+	const char *type = node_type(node, &b);
+	if (type) {
+		walk_typed(w, type, b, ctx);
+		return;
+	}
+	if (json_is_object(node)) {
+		const char *implied = implied_type(node);
+		if (implied)
+			walk_typed(w, implied, node, ctx);
+		else
+			walk_fields(w, node);
+	}
+}
+
+/* Whether n reads a masked relation anywhere (for EXPLAIN). */
+static bool statement_touches_masked(Rw *w, json_t *n)
+{
+	if (json_is_array(n)) {
+		size_t i;
+		json_t *v;
+		json_array_foreach(n, i, v) if (statement_touches_masked(w, v)) return true;
+		return false;
+	}
+	if (!json_is_object(n))
+		return false;
+	json_t *rv = range_var(n);
+	if (rv) {
+		const char *schema = str_of(rv, "schemaname"), *name = str_of(rv, "relname");
+		return name && (schema || !is_cte_name(w, name)) && mask_catalog_find(w->c, schema ? schema : "public", name);
+	}
+	const char *k;
+	json_t *v;
+	json_object_foreach(n, k, v) if (statement_touches_masked(w, v)) return true;
+	return false;
+}
+
+static int edit_cmp(const void *a, const void *b)
+{
+	const Edit *x = a, *y = b;
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+RewriteResult mask_rewrite(const MaskCatalog *c, const RewriteOptions *o, const char *sql, char **out, char *reason,
+			   size_t reasonlen)
+{
+	*out = NULL;
+	Rw w = {.c = c, .o = o, .sql = sql, .sqllen = strlen(sql), .reason = reason, .reasonlen = reasonlen};
+	reason[0] = 0;
+	PgQueryParseResult pr = pg_query_parse(sql);
+	if (pr.error) {
+		pg_query_free_parse_result(pr);
+		return REWRITE_PASS; /* the server rejects it too, without reading anything */
+	}
+	json_t *root = json_loads(pr.parse_tree, 0, NULL);
+	pg_query_free_parse_result(pr);
+	if (!root) {
+		snprintf(reason, reasonlen, "the statement could not be analysed for masking");
+		return REWRITE_REFUSE;
+	}
+	collect_ctes(&w, root);
+	for (int i = 0; i < w.nctes && !w.refused; i++) {
+		for (int k = 0; k < c->nrels; k++)
+			if (strcmp(c->rels[k].name, w.ctes[i]) == 0)
+				refuse(&w, "a CTE may not be named like the masked relation %s", w.ctes[i]);
+	}
+	walk(&w, json_object_get(root, "stmts"), CTX_OTHER);
+	json_decref(root);
+	RewriteResult res = REWRITE_PASS;
+	if (w.refused) {
+		res = REWRITE_REFUSE;
+	} else if (w.nedits) {
+		qsort(w.edits, (size_t)w.nedits, sizeof *w.edits, edit_cmp);
+		size_t cap = w.sqllen + 1, len = 0, at = 0;
+		for (int i = 0; i < w.nedits; i++)
+			cap += strlen(w.edits[i].text);
+		char *t = xmalloc(cap);
+		for (int i = 0; i < w.nedits; i++) {
+			if (w.edits[i].start < at) {
+				free(t);
+				snprintf(reason, reasonlen, "overlapping relation names; cannot mask");
+				res = REWRITE_REFUSE;
+				goto done;
+			}
+			memcpy(t + len, sql + at, w.edits[i].start - at);
+			len += w.edits[i].start - at;
+			size_t el = strlen(w.edits[i].text);
+			memcpy(t + len, w.edits[i].text, el);
+			len += el;
+			at = w.edits[i].end;
+		}
+		memcpy(t + len, sql + at, w.sqllen - at);
+		len += w.sqllen - at;
+		t[len] = 0;
+		*out = t;
+		res = REWRITE_DONE;
+	}
+done:
+	for (int i = 0; i < w.nedits; i++)
+		free(w.edits[i].text);
+	free(w.edits);
+	for (int i = 0; i < w.nctes; i++)
+		free(w.ctes[i]);
+	free(w.ctes);
+	return res;
+}
