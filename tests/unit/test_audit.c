@@ -174,7 +174,8 @@ static void test_verify_names_altered_deleted_inserted(void **state)
 	drop_store(st);
 
 	st = make_store(10);
-	sql("INSERT INTO audit_records SELECT node, 11, time, kind, session_id, user_name, database, '{\"n\":11}', tag,"
+	sql("INSERT INTO audit_records (node, seq, time, kind, session_id, user_name, database, body, prev_tag, tag)"
+	    " SELECT node, 11, time, kind, session_id, user_name, database, '{\"n\":11}', tag,"
 	    " tag FROM audit_records WHERE seq = 10");
 	assert_int_equal(verify(st, &v), 0);
 	assert_non_null(strstr(v.problem, "seq=11"));
