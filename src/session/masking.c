@@ -111,7 +111,9 @@ bool session__mask_catalog_stale(Session *s)
 /* A statement whose tag says it changed the schema. */
 static void maybe_ddl(const uint8_t *body, size_t blen)
 {
-	static const char *const tags[] = {"CREATE ", "ALTER ", "DROP ", "COMMENT", "GRANT", "REVOKE", "SELECT INTO"};
+	/* ROLLBACK too: DDL undone must be seen again (a catalog loaded inside the transaction is wrong). */
+	static const char *const tags[] = {"CREATE ", "ALTER ", "DROP ", "COMMENT", "GRANT", "REVOKE", "ROLLBACK",
+					   "IMPORT"};
 	for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++) {
 		size_t n = strlen(tags[i]);
 		if (blen >= n && memcmp(body, tags[i], n) == 0) {
@@ -206,11 +208,17 @@ static uint8_t *scrub_error(char type, const uint8_t *body, size_t blen, size_t 
 	return take(&b, outlen);
 }
 
-bool session__mask_wants(const Session *s, const Expectation *f, char type)
+bool session__mask_wants(const Session *s, const Expectation *f, char type, uint8_t first)
 {
 	if (f && f->catalog)
 		return type == 'D' || type == 'E' || type == 'Z';
-	if (!s->policy->nmask || (f && f->internal))
+	if (f && f->internal)
+		return false;
+	/* Every session's DDL makes masked sessions reload (first letters of CREATE, ALTER,
+	 * DROP, COMMENT, GRANT, REVOKE/ROLLBACK, IMPORT; not SELECT, which every query ends with). */
+	if (type == 'C' && first && strchr("CADGRI", first))
+		return true;
+	if (!s->policy->nmask)
 		return false;
 	if (type == 'E' || type == 'N' || type == 'C')
 		return true;
@@ -235,7 +243,7 @@ uint8_t *session__mask_server_message(Session *s, const Expectation *f, char typ
 		return NULL;
 	case 'E':
 	case 'N':
-		return scrub_error(type, body, blen, outlen);
+		return s->policy->nmask ? scrub_error(type, body, blen, outlen) : NULL;
 	case 'D':
 		return scrub_datarow(s->policy->detect, body, blen, outlen);
 	case 'd': {

@@ -909,7 +909,7 @@ void session__relay_from_server(Session *s)
 			break;
 		if (s->masked_front) {
 			s->masked_front = false; /* the replacement put in place below */
-		} else if (session__mask_wants(s, pipeline_front(&s->pipeline), type)) {
+		} else if (session__mask_wants(s, pipeline_front(&s->pipeline), type, len > 4 ? hdr[5] : 0)) {
 			if (avail - fwd < 1 + (size_t)len)
 				break; /* masking needs the whole message */
 			size_t newlen = 0;

@@ -164,7 +164,7 @@ void session__send_internal(Session *s, const char *sql, char release_ready, boo
 void session__mask_start_load(Session *s);
 bool session__mask_catalog_stale(Session *s);
 /* Whether the upstream message (answering f) must be seen whole by masking. */
-bool session__mask_wants(const Session *s, const Expectation *f, char type);
+bool session__mask_wants(const Session *s, const Expectation *f, char type, uint8_t first);
 /* Feeds it; returns a replacement message (header included) or NULL to pass it unchanged. */
 uint8_t *session__mask_server_message(Session *s, const Expectation *f, char type, const uint8_t *body, size_t blen,
 				      size_t *outlen);
