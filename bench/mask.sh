@@ -463,12 +463,12 @@ for t in pgbouncer pgcordon pgcordon-masked; do
         || { echo "$out" >&2; die "$t: $CHECK_SQL failed with psycopg"; }
     fi
     printf '%-16s %-8s %s\n' "$t" "$c" "$out"
-    IFS='|' read -r -a v <<<"$out"
-    (( ${#v[@]} == 3 )) || die "$t ($c): unexpected row: $out"
+    IFS="|" read -r -a vals <<<"$out"
+    (( ${#vals[@]} == 3 )) || die "$t ($c): unexpected row: $out"
     if [[ $t == pgcordon-masked ]]; then
       for i in 0 1 2; do
         col=$(cut -d' ' -f$((i + 1)) <<<"ssn card email")
-        [[ ${v[$i]} != "${ref_v[$i]}" ]] || die "pgcordon-masked ($c) did NOT mask $col: '${v[$i]}' is the direct value"
+        [[ ${vals[$i]} != "${ref_v[$i]}" ]] || die "pgcordon-masked ($c) did NOT mask $col: '${vals[$i]}' is the direct value"
       done
     else
       [[ $out == "$ref" ]] || die "$t ($c) returned '$out', direct returned '$ref' (no masking expected)"
