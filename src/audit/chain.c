@@ -38,8 +38,7 @@ bool chain_load_key(const char *path, bool create, uint8_t key[AUDIT_KEY_LEN], b
 		}
 		char hex[2 * AUDIT_KEY_LEN + 2];
 		util_random(key, AUDIT_KEY_LEN);
-		for (int i = 0; i < AUDIT_KEY_LEN; i++)
-			snprintf(hex + 2 * i, 3, "%02x", key[i]);
+		util_hex_encode(key, AUDIT_KEY_LEN, hex);
 		hex[2 * AUDIT_KEY_LEN] = '\n';
 		bool ok = write(fd, hex, 2 * AUDIT_KEY_LEN + 1) == 2 * AUDIT_KEY_LEN + 1 && fsync(fd) == 0;
 		close(fd);
@@ -160,10 +159,5 @@ void chain_tag(const uint8_t key[AUDIT_KEY_LEN], const StoredRecord *r, char out
 	uint8_t d[EVP_MAX_MD_SIZE];
 	size_t dlen = 0;
 	EVP_MAC_final(m, d, &dlen, sizeof d);
-	static const char hex[] = "0123456789abcdef";
-	for (size_t i = 0; i < 32; i++) {
-		out[2 * i] = hex[d[i] >> 4];
-		out[2 * i + 1] = hex[d[i] & 15];
-	}
-	out[64] = 0;
+	util_hex_encode(d, 32, out);
 }

@@ -9,15 +9,10 @@
 
 void apikey_hash(const char *key, char *hash, size_t hashlen)
 {
-	static const char hex[] = "0123456789abcdef";
 	unsigned char d[SHA256_DIGEST_LENGTH];
 	SHA256((const unsigned char *)key, strlen(key), d);
 	char buf[7 + 64 + 1] = "sha256:";
-	for (int i = 0; i < SHA256_DIGEST_LENGTH; i++) {
-		buf[7 + 2 * i] = hex[d[i] >> 4];
-		buf[7 + 2 * i + 1] = hex[d[i] & 15];
-	}
-	buf[71] = 0;
+	util_hex_encode(d, sizeof d, buf + 7);
 	snprintf(hash, hashlen, "%s", buf);
 }
 

@@ -393,7 +393,6 @@ bool scram_client_verify(ScramClient *c, const char *msg, size_t len, char *err,
 
 void auth_md5_response(const char *user, const char *password, const uint8_t salt[4], char out[36])
 {
-	static const char hex[] = "0123456789abcdef";
 	uint8_t digest[16];
 	char inner[33];
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -403,19 +402,12 @@ void auth_md5_response(const char *user, const char *password, const uint8_t sal
 	EVP_DigestUpdate(ctx, password, strlen(password));
 	EVP_DigestUpdate(ctx, user, strlen(user));
 	EVP_DigestFinal_ex(ctx, digest, &dl);
-	for (int i = 0; i < 16; i++) {
-		inner[2 * i] = hex[digest[i] >> 4];
-		inner[2 * i + 1] = hex[digest[i] & 15];
-	}
+	util_hex_encode(digest, 16, inner);
 	EVP_DigestInit_ex(ctx, EVP_md5(), NULL);
 	EVP_DigestUpdate(ctx, inner, 32);
 	EVP_DigestUpdate(ctx, salt, 4);
 	EVP_DigestFinal_ex(ctx, digest, &dl);
 	EVP_MD_CTX_free(ctx);
 	memcpy(out, "md5", 3);
-	for (int i = 0; i < 16; i++) {
-		out[3 + 2 * i] = hex[digest[i] >> 4];
-		out[3 + 2 * i + 1] = hex[digest[i] & 15];
-	}
-	out[35] = 0;
+	util_hex_encode(digest, 16, out + 3);
 }

@@ -178,16 +178,12 @@ void jw_text(JsonW *w, const uint8_t *s, size_t n, bool binary)
 		quoted(w, s, n);
 		return;
 	}
-	static const char hex[] = "0123456789abcdef";
 	jw_begin_object(w);
 	jw_key(w, "hex");
 	reserve(w, 2 * n + 2);
 	putc_(w, '"');
-	for (size_t i = 0; i < n; i++) {
-		w->buf[w->len++] = hex[s[i] >> 4];
-		w->buf[w->len++] = hex[s[i] & 15];
-	}
-	w->buf[w->len] = 0;
+	util_hex_encode(s, n, w->buf + w->len);
+	w->len += 2 * n;
 	putc_(w, '"');
 	w->comma = true;
 	jw_end_object(w);

@@ -65,6 +65,17 @@ char *xasprintf(const char *fmt, ...)
 	return p;
 }
 
+void util_hex_encode(const void *in, size_t n, char *out)
+{
+	static const char hex[] = "0123456789abcdef";
+	const uint8_t *p = in;
+	for (size_t i = 0; i < n; i++) {
+		out[2 * i] = hex[p[i] >> 4];
+		out[2 * i + 1] = hex[p[i] & 15];
+	}
+	out[2 * n] = 0;
+}
+
 char *util_read_file(const char *path, size_t max, char *err, size_t errlen)
 {
 	FILE *f = fopen(path, "rb");

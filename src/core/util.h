@@ -24,6 +24,9 @@ int util_cpu_count(void);
 /* Cryptographically strong random bytes (OpenSSL); aborts if the RNG fails. */
 void util_random(void *buf, size_t n);
 
+/* Lower-case hex of n bytes into out (2n characters and a NUL). */
+void util_hex_encode(const void *in, size_t n, char *out);
+
 /* Standard base64 with padding. encode writes a NUL-terminated string of 4*ceil(n/3) chars. */
 size_t util_b64_encoded_len(size_t n);
 void util_b64_encode(const unsigned char *in, size_t n, char *out);

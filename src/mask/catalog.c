@@ -28,10 +28,9 @@ static void add(Str *s, const char *t)
 	s->len += n;
 }
 
-/* A LIKE pattern ('!' escapes) for a rule pattern, as a hex-encoded literal: nothing to inject. */
+/* A rule pattern as a LIKE pattern ('!' escapes), as a literal: nothing to inject. */
 static void add_like(Str *s, const char *pattern)
 {
-	static const char hex[] = "0123456789abcdef";
 	char lit[1024];
 	size_t n = 0;
 	int dots = 0;
@@ -51,27 +50,17 @@ static void add_like(Str *s, const char *pattern)
 			lit[n++] = '!';
 		lit[n++] = *p;
 	}
-	add(s, "convert_from(decode('");
-	char h[3] = {0};
-	for (size_t i = 0; i < n; i++) {
-		h[0] = hex[(uint8_t)lit[i] >> 4];
-		h[1] = hex[(uint8_t)lit[i] & 15];
-		add(s, h);
-	}
-	add(s, "', 'hex'), 'UTF8')");
+	lit[n] = 0;
+	char *t = mask__sql_text(lit);
+	add(s, t);
+	free(t);
 }
 
-static void add_hex_literal(Str *s, const char *text)
+static void add_literal(Str *s, const char *text)
 {
-	static const char hex[] = "0123456789abcdef";
-	add(s, "convert_from(decode('");
-	char h[3] = {0};
-	for (const char *p = text; *p; p++) {
-		h[0] = hex[(uint8_t)*p >> 4];
-		h[1] = hex[(uint8_t)*p & 15];
-		add(s, h);
-	}
-	add(s, "', 'hex'), 'UTF8')");
+	char *t = mask__sql_text(text);
+	add(s, t);
+	free(t);
 }
 
 char *mask_catalog_sql(const MaskRule *const *rules, int nrules)
@@ -93,9 +82,9 @@ char *mask_catalog_sql(const MaskRule *const *rules, int nrules)
 		}
 		for (int k = 0; k < r->ntypes; k++) {
 			add(&rule, " OR format_type(a.atttypid, NULL) = ");
-			add_hex_literal(&rule, r->types[k]);
+			add_literal(&rule, r->types[k]);
 			add(&rule, " OR t.typname = ");
-			add_hex_literal(&rule, r->types[k]);
+			add_literal(&rule, r->types[k]);
 		}
 		add(&rule, " THEN ");
 		add(&rule, num);

@@ -86,6 +86,9 @@ void mask_catalog_free(MaskCatalog *c);
 const MaskRelation *mask_catalog_find(const MaskCatalog *c, const char *schema, const char *name);
 bool mask_catalog_has_function(const MaskCatalog *c, const char *name);
 
+/* A SQL text literal that cannot break out of a statement: convert_from(decode('<hex>', 'hex'), 'UTF8'). Caller frees. */
+char *mask__sql_text(const char *s);
+
 /* The SQL expression that masks column (an already quoted reference) of column type col. Caller frees. */
 char *mask_sql_expr(const MaskCatalog *c, const MaskColumn *col, const char *ref);
 

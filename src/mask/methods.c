@@ -28,17 +28,11 @@ bool mask_method_from_name(const char *name, MaskMethod *out)
 
 const char *mask_method_name(MaskMethod m) { return method_names[m]; }
 
-/* A text literal that cannot break out of the statement: convert_from(decode('hex'), 'UTF8'). */
-static char *text_literal(const char *s)
+char *mask__sql_text(const char *s)
 {
-	static const char hex[] = "0123456789abcdef";
 	size_t n = strlen(s);
 	char *h = xmalloc(2 * n + 1);
-	for (size_t i = 0; i < n; i++) {
-		h[2 * i] = hex[(uint8_t)s[i] >> 4];
-		h[2 * i + 1] = hex[(uint8_t)s[i] & 15];
-	}
-	h[2 * n] = 0;
+	util_hex_encode(s, n, h);
 	char *out = xasprintf("convert_from(decode('%s', 'hex'), 'UTF8')", h);
 	free(h);
 	return out;
@@ -76,15 +70,9 @@ static const char *placeholder(const MaskColumn *col)
 /* HMAC-SHA-256 of the value's text under the configured key, in hex (64 digits). */
 static char *hmac_hex(const MaskCatalog *c, const char *ref)
 {
-	static const char hex[] = "0123456789abcdef";
 	char ipad[129], opad[129];
-	for (int i = 0; i < 64; i++) {
-		ipad[2 * i] = hex[c->hash_ipad[i] >> 4];
-		ipad[2 * i + 1] = hex[c->hash_ipad[i] & 15];
-		opad[2 * i] = hex[c->hash_opad[i] >> 4];
-		opad[2 * i + 1] = hex[c->hash_opad[i] & 15];
-	}
-	ipad[128] = opad[128] = 0;
+	util_hex_encode(c->hash_ipad, 64, ipad);
+	util_hex_encode(c->hash_opad, 64, opad);
 	return xasprintf("encode(sha256(decode('%s', 'hex') || sha256(decode('%s', 'hex') || convert_to(%s::text, 'UTF8'))),"
 			 " 'hex')",
 			 opad, ipad, ref);
@@ -133,7 +121,7 @@ char *mask_sql_expr(const MaskCatalog *c, const MaskColumn *col, const char *ref
 		m = MASK_REDACT; /* config validation requires a key; never pass a value unmasked */
 	switch (m) {
 	case MASK_NULL: return xasprintf("CAST(NULL AS %s)", col->type);
-	case MASK_FIXED: value = text_literal(r->value ? r->value : ""); break;
+	case MASK_FIXED: value = mask__sql_text(r->value ? r->value : ""); break;
 	case MASK_HASH: value = hash_value(c, col, ref); break;
 	case MASK_PARTIAL:
 		if (texty) {

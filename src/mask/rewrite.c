@@ -36,7 +36,6 @@ typedef struct {
 	bool refused;
 	char *reason;
 	size_t reasonlen;
-	bool masked_seen; /* some masked relation is read */
 } Rw;
 
 typedef enum { CTX_OTHER, CTX_FROM } Ctx;
@@ -245,26 +244,38 @@ static const MaskRelation *relation_of(Rw *w, json_t *rv)
 	return mask_catalog_find(w->c, schema ? schema : "public", name);
 }
 
+/* A view built on masked columns that no rule names cannot be masked: refuses it. */
+static bool refused_derived(Rw *w, const MaskRelation *r)
+{
+	if (r->derived)
+		refuse(w, "%s.%s is a view over masked columns that no masking rule names", r->schema, r->name);
+	return r->derived;
+}
+
+/* Where the RangeVar's name is written in the statement; refuses when it cannot be found. */
+static bool name_span(Rw *w, json_t *rv, const MaskRelation *r, size_t *start, size_t *end)
+{
+	json_t *loc = json_object_get(rv, "location");
+	int parts = 1 + (str_of(rv, "schemaname") ? 1 : 0);
+	*start = json_is_integer(loc) ? (size_t)json_integer_value(loc) : (size_t)-1;
+	*end = *start < w->sqllen ? name_end(w->sql, w->sqllen, *start, parts) : 0;
+	if (!*end)
+		refuse(w, "cannot locate the name of %s.%s in the statement", r->schema, r->name);
+	return *end != 0;
+}
+
 /* A masked relation read in a FROM position: replace its name by the masking subquery. */
 static void on_from_relation(Rw *w, json_t *rv, const MaskRelation *r)
 {
-	if (r->derived) {
-		refuse(w, "%s.%s is a view over masked columns that no masking rule names", r->schema, r->name);
+	if (refused_derived(w, r))
 		return;
-	}
 	if (!json_is_true(json_object_get(rv, "inh"))) {
 		refuse(w, "ONLY on a masked relation (%s.%s) is not supported", r->schema, r->name);
 		return;
 	}
-	json_t *loc = json_object_get(rv, "location");
-	int parts = 1 + (str_of(rv, "schemaname") ? 1 : 0);
-	size_t start = json_is_integer(loc) ? (size_t)json_integer_value(loc) : (size_t)-1;
-	size_t end = start < w->sqllen ? name_end(w->sql, w->sqllen, start, parts) : 0;
-	if (!end) {
-		refuse(w, "cannot locate the name of %s.%s in the statement", r->schema, r->name);
+	size_t start, end;
+	if (!name_span(w, rv, r, &start, &end))
 		return;
-	}
-	w->masked_seen = true;
 	char *sub = masking_subquery(w, r);
 	if (!json_object_get(rv, "alias")) {
 		char id[300];
@@ -352,10 +363,8 @@ static void on_dml_target(Rw *w, const char *type, json_t *stmt)
 	const MaskRelation *r = rv ? relation_of(w, rv) : NULL;
 	if (!r)
 		return;
-	if (r->derived) {
-		refuse(w, "%s.%s is a view over masked columns that no masking rule names", r->schema, r->name);
+	if (refused_derived(w, r))
 		return;
-	}
 	if (strcmp(type, "MergeStmt") == 0) {
 		refuse(w, "MERGE into %s.%s, which has masked columns, is not supported", r->schema, r->name);
 		return;
@@ -390,10 +399,8 @@ static void on_copy(Rw *w, json_t *stmt)
 		return;
 	if (json_is_true(json_object_get(stmt, "is_from")))
 		return; /* writing into it shows nothing */
-	if (r->derived) {
-		refuse(w, "%s.%s is a view over masked columns that no masking rule names", r->schema, r->name);
+	if (refused_derived(w, r))
 		return;
-	}
 	size_t i;
 	json_t *opt;
 	json_array_foreach(json_object_get(stmt, "options"), i, opt)
@@ -406,14 +413,9 @@ static void on_copy(Rw *w, json_t *stmt)
 			return;
 		}
 	}
-	json_t *loc = json_object_get(rv, "location");
-	int parts = 1 + (str_of(rv, "schemaname") ? 1 : 0);
-	size_t start = json_is_integer(loc) ? (size_t)json_integer_value(loc) : (size_t)-1;
-	size_t end = start < w->sqllen ? name_end(w->sql, w->sqllen, start, parts) : 0;
-	if (!end) {
-		refuse(w, "cannot locate the name of %s.%s in the statement", r->schema, r->name);
+	size_t start, end;
+	if (!name_span(w, rv, r, &start, &end))
 		return;
-	}
 	/* An optional column list follows the name. */
 	char cols[2048] = "*";
 	size_t after = skip_space(w->sql, w->sqllen, end);
@@ -429,7 +431,6 @@ static void on_copy(Rw *w, json_t *stmt)
 		cols[close - after - 1] = 0;
 		end = close + 1;
 	}
-	w->masked_seen = true;
 	char *sub = masking_subquery(w, r), id[300];
 	quote_ident(id, sizeof id, r->name);
 	add_edit(w, start, end, xasprintf("(SELECT %s FROM %s AS %s)", cols, sub, id));

@@ -328,23 +328,18 @@ static Action inspect_query(Session *s, const char *sql, size_t len, char type, 
 	Decision scratch;
 	const Decision *d = cached_decide(cf, s->policy, lookup_sql_prepared, s, &scratch);
 	const QueryFacts *q = cached_facts(cf);
-	if (d->kind == DEC_BLOCK || !s->policy->masks_columns) {
-		log_decision(s, q, d);
-		audit_decided(s, type, sql, NULL, 0, d);
+	Action a = ACT_FORWARD;
+	/* A refusal by masking logs and records its own decision instead of the policy's. */
+	if (d->kind == DEC_ALLOW && s->policy->masks_columns &&
+	    (a = mask_statement(s, type, sql, stmt_name, rest, restlen, q)) == ACT_REPLACED) {
+		cached_facts_release(cf);
+		return a;
 	}
+	log_decision(s, q, d);
+	audit_decided(s, type, sql, NULL, 0, d);
 	if (d->kind == DEC_BLOCK) {
 		cached_facts_release(cf);
 		return refuse(s, type, d);
-	}
-	Action a = ACT_FORWARD;
-	if (s->policy->masks_columns) {
-		a = mask_statement(s, type, sql, stmt_name, rest, restlen, q);
-		if (a == ACT_REPLACED) {
-			cached_facts_release(cf);
-			return a;
-		}
-		log_decision(s, q, d);
-		audit_decided(s, type, sql, NULL, 0, d);
 	}
 	if (type == 'P')
 		prepared_put(s, 'P', stmt_name, cf);
