@@ -1,4 +1,5 @@
 /* Config loading: the contract keys, defaults, and "FILE:LINE: message" for bad input. */
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -188,6 +189,76 @@ static void test_audit_and_admin_sections(void **state)
 	expect_error(text, 3, "group names");
 }
 
+/* Mask rules and masking.hash_key_file: every malformed rule names its line. */
+static void test_masking_sections(void **state)
+{
+	(void)state;
+	char err[512], text[2048];
+	const char *db = "databases:\n  app: {host: h, user: u, password: p}\npolicies:\n  - name: m\n";
+	char keyfile[] = "/tmp/pgcordon-unit-key-XXXXXX";
+	int fd = mkstemp(keyfile);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "0123456789abcdef0123", 20), 20);
+	close(fd);
+	snprintf(text, sizeof text,
+		 "%s    on_masked_predicate: allow\n    mask:\n"
+		 "      - {columns: [public.t.ssn, \"*.card\"], method: partial, keep_last: 4}\n"
+		 "      - {types: [inet], method: hash}\n"
+		 "      - {detect: [credit_card, us_ssn], method: redact}\n"
+		 "masking: {hash_key_file: %s}\n",
+		 db, keyfile);
+	Config *c = load_text(text, err, sizeof err);
+	if (!c)
+		fail_msg("%s", err);
+	assert_int_equal(c->policies[0].nmask, 3);
+	assert_int_equal(c->policies[0].masked_predicate, 2);
+	assert_int_equal(c->policies[0].mask[0].ncolumns, 2);
+	assert_int_equal(c->policies[0].mask[0].keep_last, 4);
+	assert_int_equal(c->policies[0].mask[1].method, MASK_HASH);
+	assert_int_equal(c->policies[0].mask[2].detect, DETECT_CREDIT_CARD | DETECT_US_SSN);
+	assert_int_equal(c->masking_key_len, 20);
+	config_release(c);
+
+	static const struct {
+		const char *rule;
+		const char *needle;
+	} bad[] = {
+		{"{columns: [ssn], method: redact}", "is not valid here"},
+		{"{columns: [a.b.c.d], method: redact}", "is not valid here"},
+		{"{columns: [t.ssn], method: scramble}", "mask.method must be"},
+		{"{columns: [t.ssn]}", "needs a method"},
+		{"{columns: [t.ssn], types: [inet], method: redact}", "exactly one of"},
+		{"{detect: [ssn_like], method: redact}", "is not valid here"},
+		{"{detect: [email], method: partial, keep_last: 2}", "can only be redacted"},
+		{"{columns: [t.ssn], method: fixed}", "needs a value"},
+		{"{columns: [t.ssn], method: partial}", "keep_first or keep_last"},
+		{"{columns: [t.ssn], method: partial, keep_last: 1000}", "keep_last"},
+		{"{columns: [t.ssn], method: redact, bogus: 1}", "unknown mask rule key"},
+		{"{types: [\"inet; drop\"], method: redact}", "is not valid here"},
+		{"just-a-string", "must be a mapping"},
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		snprintf(text, sizeof text, "%s    mask:\n      - %s\n", db, bad[i].rule);
+		expect_error(text, 6, bad[i].needle);
+	}
+	snprintf(text, sizeof text, "%s    on_masked_predicate: sometimes\n", db);
+	expect_error(text, 5, "block or allow");
+	snprintf(text, sizeof text, "%s    mask: {columns: [t.ssn]}\n", db);
+	expect_error(text, 5, "must be a list");
+	snprintf(text, sizeof text, "%s    mask:\n      - {columns: [t.ssn], method: hash}\n", db);
+	expect_error(text, 1, "needs masking.hash_key_file");
+	snprintf(text, sizeof text,
+		 "%s    mask:\n      - {columns: [t.ssn], method: hash}\nmasking: {hash_key_file: /nonexistent/key}\n", db);
+	expect_error(text, 1, "masking.hash_key_file");
+	fd = open(keyfile, O_WRONLY | O_TRUNC);
+	assert_int_equal(write(fd, "short", 5), 5);
+	close(fd);
+	snprintf(text, sizeof text, "%s    mask:\n      - {columns: [t.ssn], method: hash}\nmasking: {hash_key_file: %s}\n",
+		 db, keyfile);
+	expect_error(text, 1, "at least 16 bytes");
+	unlink(keyfile);
+}
+
 static void test_identity_sections(void **state)
 {
 	(void)state;
@@ -274,6 +345,7 @@ int main(void)
 		cmocka_unit_test(test_full_contract),
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_errors_name_the_line),
+		cmocka_unit_test(test_masking_sections),
 		cmocka_unit_test(test_identity_sections),
 		cmocka_unit_test(test_audit_and_admin_sections),
 		cmocka_unit_test(test_duration_and_size),
