@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/util.h"
 #include "mask/mask.h"
@@ -264,6 +265,23 @@ static bool name_span(Rw *w, json_t *rv, const MaskRelation *r, size_t *start, s
 	return *end != 0;
 }
 
+/* TABLE name (short for SELECT * FROM name): where the keyword starts, else start itself. */
+static size_t table_keyword(const Rw *w, size_t start)
+{
+	size_t i = start;
+	while (i > 0 && isspace((unsigned char)w->sql[i - 1]))
+		i--;
+	if (i < 5 || strncasecmp(w->sql + i - 5, "table", 5) != 0)
+		return start;
+	size_t kw = i - 5;
+	if (kw > 0) {
+		unsigned char c = (unsigned char)w->sql[kw - 1];
+		if (isalnum(c) || c == '_' || c == '$' || c == '"' || c >= 0x80)
+			return start;
+	}
+	return kw;
+}
+
 /* A masked relation read in a FROM position: replace its name by the masking subquery. */
 static void on_from_relation(Rw *w, json_t *rv, const MaskRelation *r)
 {
@@ -280,9 +298,11 @@ static void on_from_relation(Rw *w, json_t *rv, const MaskRelation *r)
 	if (!json_object_get(rv, "alias")) {
 		char id[300];
 		quote_ident(id, sizeof id, r->name);
-		char *t = xasprintf("%s AS %s", sub, id);
+		size_t kw = table_keyword(w, start);
+		char *t = xasprintf("%s%s AS %s", kw < start ? "SELECT * FROM " : "", sub, id);
 		free(sub);
 		sub = t;
+		start = kw;
 	}
 	add_edit(w, start, end, sub);
 }
@@ -673,6 +693,159 @@ static bool statement_touches_masked(Rw *w, json_t *n)
 	return false;
 }
 
+/* ---- results masked in the gateway: one masked relation read plainly ---- */
+
+/* What a SELECT on one masked relation names it by, for its column references. */
+typedef struct {
+	const Rw *w;
+	const MaskRelation *r;
+	const char *alias;
+	json_t *targets;
+} Plain;
+
+/* Whether n refers to a masked column, the whole row, or a star, or holds a subquery. */
+static bool mentions_masked(const Plain *p, json_t *n)
+{
+	if (json_is_array(n)) {
+		size_t i;
+		json_t *v;
+		json_array_foreach(n, i, v) if (mentions_masked(p, v)) return true;
+		return false;
+	}
+	if (!json_is_object(n))
+		return false;
+	if (json_object_get(n, "SubLink") || json_object_get(n, "SelectStmt") || json_object_get(n, "RangeSubselect"))
+		return true;
+	json_t *cr = json_object_get(n, "ColumnRef");
+	if (cr) {
+		json_t *fields = json_object_get(cr, "fields");
+		size_t nf = json_array_size(fields);
+		const char *last = string_node(json_array_get(fields, nf - 1));
+		return !last || masked_column_named(p->r, last) || (nf == 1 && strcmp(last, p->alias) == 0);
+	}
+	const char *k;
+	json_t *v;
+	json_object_foreach(n, k, v) if (mentions_masked(p, v)) return true;
+	return false;
+}
+
+/* A target that is a column of the relation as it is (name, alias.name, *, alias.*). */
+static bool bare_column(const Plain *p, json_t *val)
+{
+	json_t *cr = json_object_get(val, "ColumnRef");
+	json_t *fields = cr ? json_object_get(cr, "fields") : NULL;
+	size_t nf = json_array_size(fields);
+	if (nf < 1 || nf > 2 || json_object_size(val) != 1)
+		return false;
+	if (nf == 2 && (!string_node(json_array_get(fields, 0)) || strcmp(string_node(json_array_get(fields, 0)), p->alias) != 0))
+		return false;
+	json_t *last = json_array_get(fields, nf - 1);
+	if (json_object_get(last, "A_Star"))
+		return true;
+	const char *name = string_node(last);
+	return name && !(nf == 1 && strcmp(name, p->alias) == 0); /* alias alone: the whole row */
+}
+
+/* ORDER BY 2 or ORDER BY an output name orders by a target, which may be a masked column. */
+static bool sorts_by_target(const Plain *p, json_t *sort)
+{
+	size_t i;
+	json_t *item;
+	json_array_foreach(sort, i, item)
+	{
+		json_t *node = json_object_get(json_object_get(item, "SortBy"), "node");
+		if (!node || json_object_get(node, "A_Const"))
+			return true;
+		json_t *fields = json_object_get(json_object_get(node, "ColumnRef"), "fields");
+		const char *name = json_array_size(fields) == 1 ? string_node(json_array_get(fields, 0)) : NULL;
+		size_t k;
+		json_t *t;
+		json_array_foreach(p->targets, k, t)
+		{
+			const char *out = str_of(json_object_get(t, "ResTarget"), "name");
+			if (name && out && strcmp(name, out) == 0)
+				return true;
+		}
+	}
+	return false;
+}
+
+static bool text_type(const char *type)
+{
+	return strcmp(type, "text") == 0 || strcmp(type, "character varying") == 0 ||
+	       strncmp(type, "character varying(", 18) == 0;
+}
+
+/* Masked columns a target outputs are all text (the gateway masks text only). */
+static bool text_output(const Plain *p, json_t *val)
+{
+	json_t *fields = json_object_get(json_object_get(val, "ColumnRef"), "fields");
+	json_t *last = json_array_get(fields, json_array_size(fields) - 1);
+	if (!last)
+		return true; /* not a column: mentions no masked one */
+	const char *name = string_node(last);
+	for (int i = 0; i < p->r->ncols; i++) {
+		const MaskColumn *c = &p->r->cols[i];
+		if (c->rule >= 0 && (!name || strcmp(c->name, name) == 0) && !text_type(c->type))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Whether the statement can go as written, its results masked in the gateway by the origin
+ * of each field: a plain SELECT of one masked relation (text columns only) in which masked
+ * columns appear only as output columns by themselves: never inside an expression, a
+ * condition, an ordering, a subquery or a whole row. Values then leave only through fields
+ * whose RowDescription names their masked column. Anything else is rewritten.
+ */
+static bool plain_select(const Rw *w, json_t *root)
+{
+	json_t *stmts = json_object_get(root, "stmts");
+	if (json_array_size(stmts) != 1)
+		return false;
+	json_t *b = json_object_get(json_object_get(json_array_get(stmts, 0), "stmt"), "SelectStmt");
+	if (!b)
+		return false;
+	static const char *const allowed[] = {"targetList", "fromClause", "whereClause", "sortClause",
+					      "limitCount", "limitOffset", "limitOption", "op"};
+	const char *k;
+	json_t *v;
+	json_object_foreach(b, k, v)
+	{
+		bool ok = false;
+		for (size_t i = 0; i < sizeof allowed / sizeof allowed[0]; i++)
+			ok = ok || strcmp(k, allowed[i]) == 0;
+		if (!ok)
+			return false;
+	}
+	const char *op = str_of(b, "op");
+	json_t *from = json_object_get(b, "fromClause");
+	json_t *rv = json_object_get(json_array_get(from, 0), "RangeVar");
+	if (!op || strcmp(op, "SETOP_NONE") != 0 || json_array_size(from) != 1 || !rv)
+		return false;
+	const char *schema = str_of(rv, "schemaname"), *name = str_of(rv, "relname");
+	const MaskRelation *r = name ? mask_catalog_find(w->c, schema ? schema : "public", name) : NULL;
+	if (!r || r->derived || str_of(rv, "catalogname") || !json_is_true(json_object_get(rv, "inh")))
+		return false;
+	json_t *alias = json_object_get(rv, "alias");
+	Plain p = {w, r, alias ? str_of(alias, "aliasname") : name, json_object_get(b, "targetList")};
+	if (!p.alias)
+		return false;
+	size_t i;
+	json_t *t;
+	json_array_foreach(p.targets, i, t)
+	{
+		json_t *rt = json_object_get(t, "ResTarget");
+		json_t *val = rt ? json_object_get(rt, "val") : NULL;
+		if (!val || (!bare_column(&p, val) && mentions_masked(&p, val)) || !text_output(&p, val))
+			return false;
+	}
+	return !mentions_masked(&p, json_object_get(b, "whereClause")) &&
+	       !mentions_masked(&p, json_object_get(b, "sortClause")) && !sorts_by_target(&p, json_object_get(b, "sortClause")) &&
+	       !mentions_masked(&p, json_object_get(b, "limitCount")) && !mentions_masked(&p, json_object_get(b, "limitOffset"));
+}
+
 static int edit_cmp(const void *a, const void *b)
 {
 	const Edit *x = a, *y = b;
@@ -703,10 +876,13 @@ RewriteResult mask_rewrite(const MaskCatalog *c, const RewriteOptions *o, const 
 				refuse(&w, "a CTE may not be named like the masked relation %s", w.ctes[i]);
 	}
 	walk(&w, json_object_get(root, "stmts"), CTX_OTHER);
+	bool plain = !w.refused && w.nedits && o->rows_in_gateway && plain_select(&w, root);
 	json_decref(root);
 	RewriteResult res = REWRITE_PASS;
 	if (w.refused) {
 		res = REWRITE_REFUSE;
+	} else if (plain) {
+		res = REWRITE_ROWS;
 	} else if (w.nedits) {
 		qsort(w.edits, (size_t)w.nedits, sizeof *w.edits, edit_cmp);
 		size_t cap = w.sqllen + 1, len = 0, at = 0;

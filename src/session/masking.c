@@ -11,6 +11,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "mask/mask.h"
+#include "session/rowplan.h"
 #include "session/session.h"
 #include "session/session_internal.h"
 
@@ -40,9 +41,9 @@ static void catalog_row(Session *s, const uint8_t *body, size_t blen)
 	MsgReader r;
 	msgr_init(&r, body, blen);
 	int n = msgr_u16(&r);
-	const char *vals[9];
-	char *copies[9] = {0};
-	bool ok = n == 9;
+	const char *vals[MASK_CATALOG_COLUMNS];
+	char *copies[MASK_CATALOG_COLUMNS] = {0};
+	bool ok = n == MASK_CATALOG_COLUMNS;
 	for (int i = 0; ok && i < n; i++) {
 		uint32_t len = msgr_u32(&r);
 		if (len == 0xffffffffu) {
@@ -63,7 +64,7 @@ static void catalog_row(Session *s, const uint8_t *body, size_t blen)
 		if (!s->mask_error)
 			s->mask_error = xstrdup("the masking catalog query returned an unexpected row");
 	}
-	for (int i = 0; i < 9; i++)
+	for (int i = 0; i < MASK_CATALOG_COLUMNS; i++)
 		free(copies[i]);
 }
 
@@ -208,10 +209,144 @@ static uint8_t *scrub_error(char type, const uint8_t *body, size_t blen, size_t 
 	return take(&b, outlen);
 }
 
+/* ---- results masked in the gateway (row plans) ---- */
+
+typedef struct PortalPlan {
+	char *name;
+	RowPlan *plan;
+	struct PortalPlan *next;
+} PortalPlan;
+
+RowPlan *session__portal_plan(Session *s, const char *portal)
+{
+	for (PortalPlan *p = s->portals; p; p = p->next)
+		if (strcmp(p->name, portal) == 0)
+			return p->plan;
+	return NULL;
+}
+
+void session__portal_set_plan(Session *s, const char *portal, RowPlan *plan)
+{
+	for (PortalPlan **pp = &s->portals; *pp; pp = &(*pp)->next) {
+		PortalPlan *p = *pp;
+		if (strcmp(p->name, portal) != 0)
+			continue;
+		rowplan_release(p->plan);
+		if (plan) {
+			p->plan = rowplan_ref(plan);
+		} else {
+			*pp = p->next;
+			free(p->name);
+			free(p);
+		}
+		return;
+	}
+	if (!plan)
+		return;
+	PortalPlan *p = xcalloc(1, sizeof *p);
+	p->name = xstrdup(portal);
+	p->plan = rowplan_ref(plan);
+	p->next = s->portals;
+	s->portals = p;
+}
+
+void session__mask_parameter(Session *s, const uint8_t *body, size_t blen)
+{
+	MsgReader r;
+	msgr_init(&r, body, blen);
+	const char *name = msgr_str(&r), *value = msgr_str(&r);
+	if (name && value && strcmp(name, "client_encoding") == 0)
+		s->client_utf8 = strcmp(value, "UTF8") == 0;
+}
+
+/* A RowDescription answering a statement with a row plan: which fields come from masked columns. */
+static void plan_described(Session *s, RowPlan *plan, const uint8_t *body, size_t blen)
+{
+	MsgReader r;
+	msgr_init(&r, body, blen);
+	int n = msgr_u16(&r);
+	RowMask *m = s->mask_cat ? mask_rowmask_new(s->mask_cat, n) : NULL;
+	bool ok = m != NULL;
+	for (int i = 0; ok && i < n; i++) {
+		msgr_str(&r);
+		uint32_t relid = msgr_u32(&r);
+		int attnum = (int16_t)msgr_u16(&r);
+		uint32_t typoid = msgr_u32(&r);
+		msgr_u16(&r); /* typlen */
+		int32_t typmod = (int32_t)msgr_u32(&r);
+		msgr_u16(&r); /* format */
+		ok = !r.failed && mask_rowmask_field(m, s->mask_cat, i, relid, attnum, typoid, typmod);
+	}
+	mask_rowmask_free(plan->mask);
+	plan->mask = ok ? m : NULL;
+	plan->bad = !ok;
+	if (!ok)
+		mask_rowmask_free(m);
+}
+
+/* A DataRow under a row plan: masked fields masked, the rest scanned by the detectors. */
+static uint8_t *plan_datarow(Session *s, const RowPlan *plan, const uint8_t *body, size_t blen, size_t *outlen)
+{
+	const RowMask *m = plan->mask;
+	MsgReader r;
+	msgr_init(&r, body, blen);
+	int n = msgr_u16(&r);
+	if (!m || plan->bad || !s->client_utf8 || n != m->nfields) {
+		session_close(s, "result could not be masked", "XX000",
+			      "pgcordon: a result could not be masked; it was not sent");
+		return NULL;
+	}
+	unsigned det = s->policy->detect;
+	MsgBuilder b;
+	msgb_init(&b);
+	msgb_begin(&b, 'D');
+	msgb_u16(&b, (uint16_t)n);
+	for (int i = 0; i < n; i++) {
+		uint32_t len = msgr_u32(&r);
+		if (len == 0xffffffffu) {
+			msgb_u32(&b, len);
+			continue;
+		}
+		const uint8_t *p = msgr_bytes(&r, len);
+		if (!p)
+			break;
+		size_t sl = 0;
+		uint8_t *v = NULL;
+		if (m->fields[i].masked) {
+			v = mask_rowmask_value(m, i, p, len, &sl);
+			if (!v) {
+				msgb_u32(&b, 0xffffffffu);
+				continue;
+			}
+		} else if (det && !memchr(p, 0, len)) {
+			v = mask_detect_scrub(det, p, len, &sl);
+		}
+		if (v) {
+			msgb_u32(&b, (uint32_t)sl);
+			msgb_bytes(&b, v, sl);
+			free(v);
+		} else {
+			msgb_u32(&b, len);
+			msgb_bytes(&b, p, len);
+		}
+	}
+	msgb_end(&b);
+	if (r.failed) {
+		msgb_free(&b);
+		session_close(s, "malformed DataRow under masking", "08P01", "pgcordon: invalid message from upstream database");
+		return NULL;
+	}
+	return take(&b, outlen);
+}
+
 bool session__mask_wants(const Session *s, const Expectation *f, char type, uint8_t first)
 {
+	if (type == 'S')
+		return s->policy->masks_columns; /* client_encoding */
 	if (f && f->catalog)
 		return type == 'D' || type == 'E' || type == 'Z';
+	if (f && f->rowplan && (type == 'T' || type == 'D'))
+		return true;
 	if (f && f->internal)
 		return false;
 	/* Every session's DDL makes masked sessions reload (first letters of CREATE, ALTER,
@@ -228,6 +363,10 @@ bool session__mask_wants(const Session *s, const Expectation *f, char type, uint
 uint8_t *session__mask_server_message(Session *s, const Expectation *f, char type, const uint8_t *body, size_t blen,
 				      size_t *outlen)
 {
+	if (type == 'S') {
+		session__mask_parameter(s, body, blen);
+		return NULL;
+	}
 	if (f && f->catalog) {
 		if (type == 'D')
 			catalog_row(s, body, blen);
@@ -237,6 +376,12 @@ uint8_t *session__mask_server_message(Session *s, const Expectation *f, char typ
 			catalog_done(s);
 		return NULL;
 	}
+	if (f && f->rowplan && type == 'T') {
+		plan_described(s, f->rowplan, body, blen);
+		return NULL;
+	}
+	if (f && f->rowplan && type == 'D')
+		return plan_datarow(s, f->rowplan, body, blen, outlen);
 	switch (type) {
 	case 'C':
 		maybe_ddl(body, blen);
@@ -272,4 +417,8 @@ void session__mask_free(Session *s)
 	free(s->mask_error);
 	s->mask_cat = s->mask_next = NULL;
 	s->mask_error = NULL;
+	rowplan_release(s->rowplan_next);
+	s->rowplan_next = NULL;
+	while (s->portals)
+		session__portal_set_plan(s, s->portals->name, NULL);
 }

@@ -574,8 +574,14 @@ static void test_catalog_sql(void **state)
 static bool add_row(MaskCatalog *c, const char *a, const char *b, const char *rel, const char *attnum,
 		    const char *col, const char *type, const char *cat, const char *rule, const char *derived)
 {
-	const char *v[] = {a, b, rel, attnum, col, type, cat, rule, derived};
-	return mask_catalog_add_row(c, v, 9);
+	/* a relation's oid, made up from its name (NULL for function rows) */
+	char oid[16];
+	unsigned h = 16384;
+	for (const char *p = rel ? rel : ""; *p; p++)
+		h = h * 31 + (unsigned char)*p;
+	snprintf(oid, sizeof oid, "%u", h % 1000000 + 16384);
+	const char *v[] = {a, b, rel, attnum, col, type, cat, rule, derived, strcmp(a ? a : "", "c") == 0 ? oid : NULL};
+	return mask_catalog_add_row(c, v, MASK_CATALOG_COLUMNS);
 }
 
 static void test_catalog_rows(void **state)
@@ -625,8 +631,12 @@ static void test_catalog_rows(void **state)
 	/* malformed rows */
 	const char *short_row[] = {"c", "public", "customers", "00003", "email", "text", "S", "0"};
 	assert_false(mask_catalog_add_row(c, short_row, 8));
-	const char *long_row[] = {"c", "public", "customers", "00003", "email", "text", "S", "0", "false", "x"};
-	assert_false(mask_catalog_add_row(c, long_row, 10));
+	const char *long_row[] = {"c", "public", "customers", "00003", "email", "text", "S", "0", "false", "16384", "x"};
+	assert_false(mask_catalog_add_row(c, long_row, 11));
+	const char *bad_oid[] = {"c", "public", "customers", "00003", "email", "text", "S", "0", "false", "x"};
+	assert_false(mask_catalog_add_row(c, bad_oid, 10));
+	const char *bad_attnum[] = {"c", "public", "customers", "0", "email", "text", "S", "0", "false", "16384"};
+	assert_false(mask_catalog_add_row(c, bad_attnum, 10));
 	assert_false(add_row(c, "c", "public", "customers", "00003", "email", "text", "S", "1", "false"));
 	assert_false(add_row(c, "c", "public", "customers", "00003", "email", "text", "S", "-2", "false"));
 	assert_false(add_row(c, "x", "public", "customers", "00003", "email", "text", "S", "0", "false"));
