@@ -143,8 +143,17 @@ RowMask *mask_rowmask_new(const MaskCatalog *c, int nfields);
  */
 bool mask_rowmask_field(RowMask *m, const MaskCatalog *c, int i, uint32_t relid, int attnum, uint32_t typoid,
 			int32_t typmod);
-/* The masked value of field i (text, the same bytes in text and binary format); NULL: SQL NULL. */
-uint8_t *mask_rowmask_value(const RowMask *m, int i, const uint8_t *s, size_t n, size_t *outlen);
+/* A growing output buffer (free buf when done). */
+typedef struct {
+	uint8_t *buf;
+	size_t len, cap;
+} MaskBuf;
+
+/*
+ * The masked value of field i (text: the same bytes in text and binary format) in out
+ * (replacing what it held). False: the value is SQL NULL.
+ */
+bool mask_rowmask_value(const RowMask *m, int i, const uint8_t *s, size_t n, MaskBuf *out);
 void mask_rowmask_free(RowMask *m);
 
 /* ---- content detection (mask/detect.c) ---- */

@@ -82,10 +82,7 @@ static size_t char_offset(const uint8_t *s, size_t n, size_t k)
 	return n;
 }
 
-typedef struct {
-	uint8_t *buf;
-	size_t len, cap;
-} Out;
+typedef MaskBuf Out;
 
 static void put(Out *o, const void *p, size_t n)
 {
@@ -162,24 +159,19 @@ static void hash(Out *o, const RowMask *m, const uint8_t *s, size_t n)
 	put(o, hex, 16);
 }
 
-uint8_t *mask_rowmask_value(const RowMask *m, int i, const uint8_t *s, size_t n, size_t *outlen)
+bool mask_rowmask_value(const RowMask *m, int i, const uint8_t *s, size_t n, MaskBuf *o)
 {
 	const MaskField *f = &m->fields[i];
-	if (f->method == MASK_NULL)
-		return NULL;
-	Out o = {0};
+	o->len = 0;
 	switch (f->method) {
-	case MASK_PARTIAL: partial(&o, f, s, n); break;
-	case MASK_EMAIL: email(&o, s, n); break;
-	case MASK_HASH: hash(&o, m, s, n); break;
-	case MASK_FIXED: put(&o, f->value ? f->value : "", f->value ? strlen(f->value) : 0); break;
-	case MASK_REDACT:
-	case MASK_NULL: put(&o, MASK_REDACTED, strlen(MASK_REDACTED)); break;
+	case MASK_NULL: return false;
+	case MASK_PARTIAL: partial(o, f, s, n); break;
+	case MASK_EMAIL: email(o, s, n); break;
+	case MASK_HASH: hash(o, m, s, n); break;
+	case MASK_FIXED: put(o, f->value ? f->value : "", f->value ? strlen(f->value) : 0); break;
+	case MASK_REDACT: put(o, MASK_REDACTED, strlen(MASK_REDACTED)); break;
 	}
 	if (f->max_chars > 0)
-		o.len = char_offset(o.buf, o.len, (size_t)f->max_chars); /* CAST(... AS varchar(n)) */
-	if (!o.buf)
-		o.buf = xmalloc(1); /* an empty value, not NULL */
-	*outlen = o.len;
-	return o.buf;
+		o->len = char_offset(o->buf, o->len, (size_t)f->max_chars); /* CAST(... AS varchar(n)) */
+	return true;
 }

@@ -313,14 +313,16 @@ static uint8_t *plan_datarow(Session *s, const RowPlan *plan, const uint8_t *bod
 		size_t sl = 0;
 		uint8_t *v = NULL;
 		if (m->fields[i].masked) {
-			v = mask_rowmask_value(m, i, p, len, &sl);
-			if (!v) {
+			if (!mask_rowmask_value(m, i, p, len, &s->mask_buf)) {
 				msgb_u32(&b, 0xffffffffu);
 				continue;
 			}
-		} else if (det && !memchr(p, 0, len)) {
-			v = mask_detect_scrub(det, p, len, &sl);
+			msgb_u32(&b, (uint32_t)s->mask_buf.len);
+			msgb_bytes(&b, s->mask_buf.buf, s->mask_buf.len);
+			continue;
 		}
+		if (det && !memchr(p, 0, len))
+			v = mask_detect_scrub(det, p, len, &sl);
 		if (v) {
 			msgb_u32(&b, (uint32_t)sl);
 			msgb_bytes(&b, v, sl);
@@ -334,6 +336,41 @@ static uint8_t *plan_datarow(Session *s, const RowPlan *plan, const uint8_t *bod
 	if (r.failed) {
 		msgb_free(&b);
 		session_close(s, "malformed DataRow under masking", "08P01", "pgcordon: invalid message from upstream database");
+		return NULL;
+	}
+	return take(&b, outlen);
+}
+
+/* A notification's channel and payload, scrubbed by every detector (another session chose them). */
+static uint8_t *scrub_notification(const uint8_t *body, size_t blen, size_t *outlen)
+{
+	MsgReader r;
+	msgr_init(&r, body, blen);
+	uint32_t pid = msgr_u32(&r);
+	const char *parts[2] = {msgr_str(&r), msgr_str(&r)};
+	if (r.failed)
+		return NULL; /* malformed: the relay's own checks deal with it */
+	MsgBuilder b;
+	msgb_init(&b);
+	msgb_begin(&b, 'A');
+	msgb_u32(&b, pid);
+	bool changed = false;
+	for (int i = 0; i < 2; i++) {
+		size_t sl = 0;
+		uint8_t *t = mask_detect_scrub(~0u, (const uint8_t *)parts[i], strlen(parts[i]), &sl);
+		if (!t) {
+			msgb_str(&b, parts[i]);
+			continue;
+		}
+		changed = true;
+		t = xrealloc(t, sl + 1);
+		t[sl] = 0;
+		msgb_str(&b, (const char *)t);
+		free(t);
+	}
+	msgb_end(&b);
+	if (!changed) {
+		msgb_free(&b);
 		return NULL;
 	}
 	return take(&b, outlen);
@@ -355,7 +392,7 @@ bool session__mask_wants(const Session *s, const Expectation *f, char type, uint
 		return true;
 	if (!s->policy->nmask)
 		return false;
-	if (type == 'E' || type == 'N' || type == 'C')
+	if (type == 'E' || type == 'N' || type == 'C' || type == 'A')
 		return true;
 	return s->policy->detect && (type == 'D' || type == 'd');
 }
@@ -389,6 +426,8 @@ uint8_t *session__mask_server_message(Session *s, const Expectation *f, char typ
 	case 'E':
 	case 'N':
 		return s->policy->nmask ? scrub_error(type, body, blen, outlen) : NULL;
+	case 'A':
+		return s->policy->nmask ? scrub_notification(body, blen, outlen) : NULL;
 	case 'D':
 		return scrub_datarow(s->policy->detect, body, blen, outlen);
 	case 'd': {
@@ -419,6 +458,8 @@ void session__mask_free(Session *s)
 	s->mask_error = NULL;
 	rowplan_release(s->rowplan_next);
 	s->rowplan_next = NULL;
+	free(s->mask_buf.buf);
+	s->mask_buf = (MaskBuf){0};
 	while (s->portals)
 		session__portal_set_plan(s, s->portals->name, NULL);
 }

@@ -11,6 +11,7 @@
 #include "session/cancel.h"
 #include "config/config.h"
 #include "net/sock.h"
+#include "mask/mask.h"
 #include "net/worker.h"
 #include "proto/proto.h"
 #include "session/pipeline.h"
@@ -133,6 +134,7 @@ struct Session {
 	bool client_utf8;          /* client_encoding is UTF8: results may be masked in the gateway */
 	struct RowPlan *rowplan_next;  /* the row plan of the statement being decided */
 	struct PortalPlan *portals;    /* portals bound to statements with a row plan */
+	MaskBuf mask_buf;              /* a masked value being built */
 	Session *prev, *next;
 };
 

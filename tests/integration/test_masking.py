@@ -809,8 +809,6 @@ def test_other_sessions_statements(mgw):
     no_raw_deep(got)
 
 
-@pytest.mark.xfail(strict=True, reason="LEAK: NOTIFY payloads (NotificationResponse) reach masked"
-                                       " clients without content detection")
 def test_notification_payloads_are_scrubbed(mgw):
     got = []
     with connect(mgw) as c:
