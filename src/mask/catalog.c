@@ -137,6 +137,10 @@ char *mask_catalog_sql(const MaskRule *const *rules, int nrules)
 		" LEFT JOIN mcol mc ON mc.rel = c.oid AND mc.attnum = a.attnum LEFT JOIN mrel mr ON mr.rel = c.oid"
 		" WHERE c.oid IN (SELECT rel FROM masked UNION SELECT rel FROM views)"
 		" UNION ALL"
+		/* the schemas unqualified names resolve in, in order (pg_temp and pg_catalog included) */
+		" SELECT 's', NULL, p.name::text, lpad(p.ord::text, 5, '0'), NULL, NULL, NULL, NULL, NULL, NULL"
+		" FROM unnest(current_schemas(true)) WITH ORDINALITY AS p(name, ord)"
+		" UNION ALL"
 		" SELECT DISTINCT 'f', NULL, p.proname::text, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
 		" FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
 		" WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
@@ -168,6 +172,23 @@ bool mask_catalog_add_row(MaskCatalog *c, const char *const *v, int n)
 {
 	if (n != MASK_CATALOG_COLUMNS || !v[0] || !v[2])
 		return false;
+	if (strcmp(v[0], "s") == 0) {
+		char *end;
+		long ord = v[3] ? strtol(v[3], &end, 10) : 0;
+		if (!v[3] || *end || ord < 1 || ord > 1000 || c->npath >= 64)
+			return false;
+		/* kept in search order whatever order the rows come in */
+		int at = c->npath;
+		while (at > 0 && c->path_ord[at - 1] > ord) {
+			c->path[at] = c->path[at - 1];
+			c->path_ord[at] = c->path_ord[at - 1];
+			at--;
+		}
+		c->path[at] = xstrdup(v[2]);
+		c->path_ord[at] = (int)ord;
+		c->npath++;
+		return true;
+	}
 	if (strcmp(v[0], "f") == 0) {
 		if (c->nfunctions % 64 == 0)
 			c->functions = xrealloc(c->functions, (size_t)(c->nfunctions + 64) * sizeof(char *));
@@ -227,6 +248,8 @@ void mask_catalog_free(MaskCatalog *c)
 	for (int i = 0; i < c->nfunctions; i++)
 		free(c->functions[i]);
 	free(c->functions);
+	for (int i = 0; i < c->npath; i++)
+		free(c->path[i]);
 	free(c);
 }
 
@@ -235,6 +258,20 @@ const MaskRelation *mask_catalog_find(const MaskCatalog *c, const char *schema, 
 	for (int i = 0; i < c->nrels; i++)
 		if (strcmp(c->rels[i].schema, schema) == 0 && strcmp(c->rels[i].name, name) == 0)
 			return &c->rels[i];
+	return NULL;
+}
+
+const MaskRelation *mask_catalog_resolve(const MaskCatalog *c, const char *schema, const char *name)
+{
+	if (schema)
+		return mask_catalog_find(c, schema, name);
+	if (!c->npath)
+		return mask_catalog_find(c, "public", name);
+	for (int i = 0; i < c->npath; i++) {
+		const MaskRelation *r = mask_catalog_find(c, c->path[i], name);
+		if (r)
+			return r;
+	}
 	return NULL;
 }
 

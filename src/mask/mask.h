@@ -70,6 +70,9 @@ typedef struct MaskCatalog {
 	int nfunctions;
 	const MaskRule *const *rules; /* the rules the catalog was loaded for (not owned) */
 	int nrules;
+	char *path[64];   /* the session's search path (current_schemas(true)), in order */
+	int path_ord[64];
+	int npath;
 	uint8_t hash_ipad[64], hash_opad[64]; /* HMAC-SHA-256 pads of the hash key */
 	bool has_key;
 } MaskCatalog;
@@ -77,8 +80,8 @@ typedef struct MaskCatalog {
 /*
  * The catalog query for rules: one result set, rows ('c', schema, relation, attnum, column,
  * type, category, rule, derived, relation oid) for every column of every masked relation
- * and of every view built on one, then ('f', NULL, function, ...) for functions outside
- * pg_catalog. Caller frees.
+ * and of every view built on one, ('s', NULL, schema, position) for the session's search
+ * path, then ('f', NULL, function, ...) for functions outside pg_catalog. Caller frees.
  */
 #define MASK_CATALOG_COLUMNS 10
 char *mask_catalog_sql(const MaskRule *const *rules, int nrules);
@@ -88,6 +91,12 @@ bool mask_catalog_add_row(MaskCatalog *c, const char *const *values, int nvalues
 void mask_catalog_free(MaskCatalog *c);
 const MaskRelation *mask_catalog_find(const MaskCatalog *c, const char *schema, const char *name);
 bool mask_catalog_has_function(const MaskCatalog *c, const char *name);
+/*
+ * The masked relation an optionally qualified name reads: unqualified names are looked up
+ * along the session's search path (the first schema holding a masked relation of that name;
+ * "public" when the path is unknown). Masked identities cannot change search_path.
+ */
+const MaskRelation *mask_catalog_resolve(const MaskCatalog *c, const char *schema, const char *name);
 /* The column of relation relid at attnum, if the catalog holds that relation; else NULL. */
 const MaskColumn *mask_catalog_column(const MaskCatalog *c, uint32_t relid, int attnum);
 

@@ -241,8 +241,7 @@ static const MaskRelation *relation_of(Rw *w, json_t *rv)
 	}
 	if (!schema && is_cte_name(w, name))
 		return NULL; /* a CTE of the statement: its own body is rewritten */
-	/* Unqualified names resolve to public: masked identities cannot change search_path. */
-	return mask_catalog_find(w->c, schema ? schema : "public", name);
+	return mask_catalog_resolve(w->c, schema, name);
 }
 
 /* A view built on masked columns that no rule names cannot be masked: refuses it. */
@@ -685,7 +684,7 @@ static bool statement_touches_masked(Rw *w, json_t *n)
 	json_t *rv = range_var(n);
 	if (rv) {
 		const char *schema = str_of(rv, "schemaname"), *name = str_of(rv, "relname");
-		return name && (schema || !is_cte_name(w, name)) && mask_catalog_find(w->c, schema ? schema : "public", name);
+		return name && (schema || !is_cte_name(w, name)) && mask_catalog_resolve(w->c, schema, name);
 	}
 	const char *k;
 	json_t *v;
@@ -825,7 +824,7 @@ static bool plain_select(const Rw *w, json_t *root)
 	if (!op || strcmp(op, "SETOP_NONE") != 0 || json_array_size(from) != 1 || !rv)
 		return false;
 	const char *schema = str_of(rv, "schemaname"), *name = str_of(rv, "relname");
-	const MaskRelation *r = name ? mask_catalog_find(w->c, schema ? schema : "public", name) : NULL;
+	const MaskRelation *r = name ? mask_catalog_resolve(w->c, schema, name) : NULL;
 	if (!r || r->derived || str_of(rv, "catalogname") || !json_is_true(json_object_get(rv, "inh")))
 		return false;
 	json_t *alias = json_object_get(rv, "alias");

@@ -900,3 +900,31 @@ def test_allow_mode_dml_is_not_an_oracle(mgw_allow, sql):
             c.execute("ROLLBACK")
     no_raw_deep(got)
     assert err is not None or got[0].endswith(" 0"), f"{sql!r} -> {got[0]}: the guess is confirmed"
+
+
+# ---------------------------------------------------------------------------- search path
+
+def test_unqualified_names_follow_the_search_path(pg, mgw):
+    """A masked table in the upstream role's own schema ("$user", searched before public) is
+    what an unqualified name reads: it must be masked, not taken for a public table."""
+    s = pg.super_connect()
+    s.autocommit = True
+    table = f"msk_own_{SFX}"
+    s.execute("CREATE SCHEMA IF NOT EXISTS gw_scram AUTHORIZATION gw_scram")
+    s.execute(f"CREATE TABLE gw_scram.{table} (id int, card text)")
+    s.execute(f"INSERT INTO gw_scram.{table} VALUES (1, %s)", (CARD,))
+    s.execute(f"ALTER TABLE gw_scram.{table} OWNER TO gw_scram")
+    try:
+        with connect(mgw) as c:
+            err, got = attempt(c, f"SELECT id, card FROM {table}")
+            assert err is None, err
+            assert got[0] == [(1, "************1111")]
+            err, got = attempt(c, f"SELECT upper(card) FROM {table}")
+            assert err is None, err
+            assert got[0] == [("************1111",)]
+            err, got = attempt(c, f"SELECT id FROM {table} WHERE card LIKE '4111%'")
+            assert err is not None and "masked" in str(err)
+        no_raw_deep(got)
+    finally:
+        s.execute("DROP SCHEMA gw_scram CASCADE")
+        s.close()
