@@ -533,14 +533,77 @@ static void check_predicate(Rw *w, json_t *clause, const char *what)
 		refuse(w, "%s on a masked column (on_masked_predicate: block)", what);
 }
 
+/* ORDER BY 2, GROUP BY 2 or by an output name: the target they stand for. */
+static json_t *target_named(json_t *targets, json_t *item)
+{
+	json_t *sb = json_object_get(item, "SortBy");
+	json_t *node = sb ? json_object_get(sb, "node") : item;
+	json_t *c = json_object_get(node, "A_Const");
+	json_t *ival = c ? json_object_get(json_object_get(c, "ival"), "ival") : NULL;
+	if (c) {
+		json_int_t k = json_is_integer(ival) ? json_integer_value(ival) : 0;
+		json_t *t = k >= 1 ? json_array_get(targets, (size_t)k - 1) : NULL;
+		return t ? json_object_get(json_object_get(t, "ResTarget"), "val") : NULL;
+	}
+	json_t *fields = json_object_get(json_object_get(node, "ColumnRef"), "fields");
+	const char *name = json_array_size(fields) == 1 ? string_node(json_array_get(fields, 0)) : NULL;
+	size_t i;
+	json_t *t;
+	json_array_foreach(targets, i, t)
+	{
+		json_t *rt = json_object_get(t, "ResTarget");
+		const char *out = str_of(rt, "name");
+		if (name && out && strcmp(name, out) == 0)
+			return json_object_get(rt, "val");
+	}
+	return NULL;
+}
+
+static bool statement_touches_masked(Rw *w, json_t *n);
+
+/* Orderings and groupings by position or output name on a masked column (block). */
+static void check_by_target(Rw *w, json_t *select, const char *key, const char *what)
+{
+	size_t i;
+	json_t *item;
+	json_array_foreach(json_object_get(select, key), i, item)
+	{
+		json_t *val = target_named(json_object_get(select, "targetList"), item);
+		if (val)
+			check_predicate(w, val, what);
+	}
+}
+
+/* JOIN ... USING (col) and NATURAL JOIN compare columns by name (block). */
+static void check_join_names(Rw *w, json_t *join)
+{
+	if (!w->o->predicate_block || w->refused)
+		return;
+	if (json_is_true(json_object_get(join, "isNatural")) &&
+	    (statement_touches_masked(w, json_object_get(join, "larg")) ||
+	     statement_touches_masked(w, json_object_get(join, "rarg")))) {
+		refuse(w, "NATURAL JOIN of a relation with masked columns (on_masked_predicate: block)");
+		return;
+	}
+	size_t i;
+	json_t *n;
+	json_array_foreach(json_object_get(join, "usingClause"), i, n)
+	{
+		const char *name = string_node(n);
+		for (int k = 0; name && k < w->c->nrels; k++)
+			if (masked_column_named(&w->c->rels[k], name)) {
+				refuse(w, "a join condition on a masked column (on_masked_predicate: block)");
+				return;
+			}
+	}
+}
+
 static void walk_list(Rw *w, json_t *list, Ctx ctx)
 {
 	size_t i;
 	json_t *v;
 	json_array_foreach(list, i, v) walk(w, v, ctx);
 }
-
-static bool statement_touches_masked(Rw *w, json_t *n);
 
 static void walk_typed(Rw *w, const char *type, json_t *b, Ctx ctx);
 
@@ -580,8 +643,14 @@ static void walk_typed(Rw *w, const char *type, json_t *b, Ctx ctx)
 			refuse(w, "%s.%s has masked columns and cannot be used this way under masking", r->schema, r->name);
 		return;
 	}
-	if (strcmp(type, "FuncCall") == 0)
+	if (strcmp(type, "FuncCall") == 0) {
 		on_func_call(w, b);
+		check_predicate(w, json_object_get(b, "agg_filter"), "FILTER");
+		check_predicate(w, json_object_get(b, "agg_order"), "an aggregate's ORDER BY");
+		json_t *over = json_object_get(b, "over"); /* a WindowDef, written without its wrapper */
+		check_predicate(w, json_object_get(over, "partitionClause"), "PARTITION BY");
+		check_predicate(w, json_object_get(over, "orderClause"), "a window's ORDER BY");
+	}
 	if (strcmp(type, "DoStmt") == 0 || strcmp(type, "CreateFunctionStmt") == 0 || strcmp(type, "RuleStmt") == 0 ||
 	    strcmp(type, "CreateTrigStmt") == 0) {
 		if (w->c->nrels)
@@ -632,9 +701,12 @@ static void walk_typed(Rw *w, const char *type, json_t *b, Ctx ctx)
 		check_predicate(w, json_object_get(b, "sortClause"), "ORDER BY");
 		check_predicate(w, json_object_get(b, "distinctClause"), "DISTINCT ON");
 		check_predicate(w, json_object_get(b, "windowClause"), "a window");
+		check_by_target(w, b, "sortClause", "ORDER BY");
+		check_by_target(w, b, "groupClause", "GROUP BY");
 	}
 	if (strcmp(type, "JoinExpr") == 0) {
 		check_predicate(w, json_object_get(b, "quals"), "a join condition");
+		check_join_names(w, b);
 		walk(w, json_object_get(b, "larg"), CTX_FROM);
 		walk(w, json_object_get(b, "rarg"), CTX_FROM);
 		walk(w, json_object_get(b, "quals"), CTX_OTHER);

@@ -484,6 +484,16 @@ REFUSED_MORE = [
     "SELECT name, statement FROM pg_catalog.pg_cursors",
     f"SELECT most_common_vals::text FROM pg_catalog.pg_stats WHERE tablename = '{T}'",
     f"SELECT ssn FROM {DBNAME}.public.{T}",
+    # orderings and comparisons block promises even where they are not written as WHERE/ORDER BY ssn
+    f"SELECT ssn, id FROM {T} ORDER BY 1",
+    f"SELECT ssn AS s, id FROM {T} ORDER BY s",
+    f"SELECT card, count(*) FROM {T} GROUP BY 1",
+    f"SELECT count(*) FILTER (WHERE ssn LIKE '123%') FROM {T}",
+    f"SELECT string_agg(name, ',' ORDER BY ssn) FROM {T}",
+    f"SELECT name, row_number() OVER (ORDER BY card) FROM {T}",
+    f"SELECT name, rank() OVER (PARTITION BY ssn) FROM {T}",
+    f"SELECT a.id FROM {T} a JOIN {T} b USING (ssn)",
+    f"SELECT a.id FROM {T} a NATURAL JOIN (SELECT id, ssn FROM {T}) b",
 ]
 
 
