@@ -380,6 +380,8 @@ bool session__mask_wants(const Session *s, const Expectation *f, char type, uint
 {
 	if (type == 'S')
 		return s->policy->masks_columns; /* client_encoding */
+	if (type == 'A')
+		return s->policy->nmask != 0; /* asynchronous: whatever the front is */
 	if (f && f->catalog)
 		return type == 'D' || type == 'E' || type == 'Z';
 	if (f && f->rowplan && (type == 'T' || type == 'D'))
@@ -392,7 +394,7 @@ bool session__mask_wants(const Session *s, const Expectation *f, char type, uint
 		return true;
 	if (!s->policy->nmask)
 		return false;
-	if (type == 'E' || type == 'N' || type == 'C' || type == 'A')
+	if (type == 'E' || type == 'N' || type == 'C')
 		return true;
 	return s->policy->detect && (type == 'D' || type == 'd');
 }
@@ -404,6 +406,8 @@ uint8_t *session__mask_server_message(Session *s, const Expectation *f, char typ
 		session__mask_parameter(s, body, blen);
 		return NULL;
 	}
+	if (type == 'A')
+		return scrub_notification(body, blen, outlen);
 	if (f && f->catalog) {
 		if (type == 'D')
 			catalog_row(s, body, blen);
@@ -426,8 +430,6 @@ uint8_t *session__mask_server_message(Session *s, const Expectation *f, char typ
 	case 'E':
 	case 'N':
 		return s->policy->nmask ? scrub_error(type, body, blen, outlen) : NULL;
-	case 'A':
-		return s->policy->nmask ? scrub_notification(body, blen, outlen) : NULL;
 	case 'D':
 		return scrub_datarow(s->policy->detect, body, blen, outlen);
 	case 'd': {

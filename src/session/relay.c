@@ -850,7 +850,9 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 		if (type == 'Z' && f->release_ready)
 			proto_build_ready(extra, f->release_ready);
 		pipeline_on_backend(&s->pipeline, type, (char)first);
-		return OUT_DROP;
+		/* Notifications and setting changes are not part of its answer; the error of a
+		 * Describe the gateway added is the one the client's Execute would have met. */
+		return type == 'A' || type == 'S' || (type == 'E' && f->rowplan) ? OUT_FORWARD : OUT_DROP;
 	}
 	if (s->discarding) {
 		if (type == 'E' && error_is(s, offset, avail, "57014"))
