@@ -290,6 +290,11 @@ static void on_from_relation(Rw *w, json_t *rv, const MaskRelation *r)
 		refuse(w, "ONLY on a masked relation (%s.%s) is not supported", r->schema, r->name);
 		return;
 	}
+	if (w->o->predicate_block && json_object_get(json_object_get(rv, "alias"), "colnames")) {
+		refuse(w, "column aliases on a masked relation (%s.%s) hide masked columns from on_masked_predicate: block",
+		       r->schema, r->name);
+		return;
+	}
 	size_t start, end;
 	if (!name_span(w, rv, r, &start, &end))
 		return;
@@ -665,6 +670,11 @@ static void walk_typed(Rw *w, const char *type, json_t *b, Ctx ctx)
 		refuse(w, "this statement can move names or code around masking");
 		return;
 	}
+	if (strcmp(type, "CreateTableAsStmt") == 0 && w->c->nrels && json_object_get(json_object_get(b, "query"), "ExecuteStmt")) {
+		/* a statement prepared by the protocol may run as written, its rows masked on the way out */
+		refuse(w, "CREATE TABLE AS EXECUTE is not allowed under masking");
+		return;
+	}
 	if (strcmp(type, "ExplainStmt") == 0 && w->c->nrels &&
 	    (statement_touches_masked(w, json_object_get(b, "query")) || json_object_get(json_object_get(b, "query"), "ExecuteStmt"))) {
 		refuse(w, "EXPLAIN of a statement on masked columns would show the masking itself");
@@ -901,8 +911,8 @@ static bool plain_select(const Rw *w, json_t *root)
 		return false;
 	json_t *alias = json_object_get(rv, "alias");
 	Plain p = {w, r, alias ? str_of(alias, "aliasname") : name, json_object_get(b, "targetList")};
-	if (!p.alias)
-		return false;
+	if (!p.alias || json_object_get(alias, "colnames"))
+		return false; /* t AS x(a, b): columns under other names */
 	size_t i;
 	json_t *t;
 	json_array_foreach(p.targets, i, t)

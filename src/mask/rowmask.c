@@ -86,6 +86,8 @@ typedef MaskBuf Out;
 
 static void put(Out *o, const void *p, size_t n)
 {
+	if (!n)
+		return;
 	if (o->len + n > o->cap) {
 		o->cap = (o->len + n) * 2 + 16;
 		o->buf = xrealloc(o->buf, o->cap);

@@ -291,12 +291,15 @@ static uint8_t *plan_datarow(Session *s, const RowPlan *plan, const uint8_t *bod
 	MsgReader r;
 	msgr_init(&r, body, blen);
 	int n = msgr_u16(&r);
+	unsigned det = s->policy->detect;
+	if (m && !plan->bad && !m->nmasked)
+		return det ? scrub_datarow(det, body, blen, outlen) : NULL;
+	/* Masked fields are masked counting UTF-8 characters: any doubt ends the session. */
 	if (!m || plan->bad || !s->client_utf8 || n != m->nfields) {
 		session_close(s, "result could not be masked", "XX000",
 			      "pgcordon: a result could not be masked; it was not sent");
 		return NULL;
 	}
-	unsigned det = s->policy->detect;
 	MsgBuilder b;
 	msgb_init(&b);
 	msgb_begin(&b, 'D');
@@ -317,12 +320,16 @@ static uint8_t *plan_datarow(Session *s, const RowPlan *plan, const uint8_t *bod
 				msgb_u32(&b, 0xffffffffu);
 				continue;
 			}
-			msgb_u32(&b, (uint32_t)s->mask_buf.len);
-			msgb_bytes(&b, s->mask_buf.buf, s->mask_buf.len);
-			continue;
-		}
-		if (det && !memchr(p, 0, len))
+			/* what a method keeps (an email's domain and beyond) is scanned as well */
+			v = det ? mask_detect_scrub(det, s->mask_buf.buf, s->mask_buf.len, &sl) : NULL;
+			if (!v) {
+				msgb_u32(&b, (uint32_t)s->mask_buf.len);
+				msgb_bytes(&b, s->mask_buf.buf, s->mask_buf.len);
+				continue;
+			}
+		} else if (det && !memchr(p, 0, len)) {
 			v = mask_detect_scrub(det, p, len, &sl);
+		}
 		if (v) {
 			msgb_u32(&b, (uint32_t)sl);
 			msgb_bytes(&b, v, sl);
@@ -384,8 +391,13 @@ bool session__mask_wants(const Session *s, const Expectation *f, char type, uint
 		return s->policy->nmask != 0; /* asynchronous: whatever the front is */
 	if (f && f->catalog)
 		return type == 'D' || type == 'E' || type == 'Z';
-	if (f && f->rowplan && (type == 'T' || type == 'D'))
+	if (f && f->rowplan && type == 'T')
 		return true;
+	if (f && f->rowplan && type == 'D') {
+		const RowMask *m = f->rowplan->mask;
+		/* unknown shape: seen (to fail closed); nothing masked: only the detectors look */
+		return !m || f->rowplan->bad || m->nmasked || s->policy->detect;
+	}
 	if (f && f->internal)
 		return false;
 	/* Every session's DDL makes masked sessions reload (first letters of CREATE, ALTER,

@@ -314,13 +314,20 @@ static Action mask_statement(Session *s, char type, const char *sql, const char 
 	RewriteResult r = mask_rewrite(s->mask_cat, &o, sql, &out, reason, sizeof reason);
 	if (r == REWRITE_REFUSE)
 		return refuse_mask(s, type, sql, reason);
-	if (r == REWRITE_PASS)
+	/*
+	 * Every statement's rows are masked by their fields' origins, not only plain reads
+	 * (REWRITE_ROWS): EXECUTE and FETCH by SQL reach statements and portals prepared as
+	 * written, and a Parse the server rejects leaves the earlier statement of that name.
+	 * Rewritten columns carry no origin, so this never masks twice.
+	 */
+	/* The server reports a new client_encoding only at the next ReadyForQuery: from here on,
+	 * until a ParameterStatus says UTF8 again, characters are not counted as UTF-8. */
+	for (int i = 0; i < q->nstmts; i++)
+		if (strset_has(&q->stmts[i].kinds, "set_client_encoding"))
+			s->client_utf8 = false;
+	s->rowplan_next = rowplan_new();
+	if (r == REWRITE_PASS || r == REWRITE_ROWS)
 		return ACT_FORWARD;
-	if (r == REWRITE_ROWS) {
-		/* As written; its rows are masked on the way back (session/masking.c). */
-		s->rowplan_next = rowplan_new();
-		return ACT_FORWARD;
-	}
 	MsgBuilder b;
 	msgb_init(&b);
 	msgb_begin(&b, type);

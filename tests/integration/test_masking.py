@@ -383,7 +383,7 @@ MORE_DERIVED = [
     f"SELECT array_agg(ssn ORDER BY id), jsonb_agg(card), json_object_agg(id, email) FROM {T}",
     f"SELECT DISTINCT ssn, card FROM {T}",
     f"SELECT name, min(ssn), array_agg(card), count(*) FROM {T} GROUP BY GROUPING SETS ((name), ())",
-    f"SELECT string_agg(ssn, ',' ORDER BY ssn), string_agg(card, '' ORDER BY id DESC) FROM {T}",
+    f"SELECT string_agg(ssn, ',' ORDER BY id), string_agg(card, '' ORDER BY id DESC) FROM {T}",
     f"SELECT t.id, l.x FROM {T} t, LATERAL (SELECT t.ssn || '/' || t.card || '/' || t.email AS x) l",
     f"SELECT t.id, u FROM {T} t CROSS JOIN LATERAL unnest(ARRAY[t.ssn, t.card, t.email]) u",
     f"WITH RECURSIVE r(n, s) AS (SELECT 1, ''::text UNION ALL SELECT n + 1,"
@@ -443,7 +443,7 @@ GUESSES = [
     (f"SELECT '{SSN}' EXCEPT SELECT ssn FROM {T}", lambda rows: len(rows) == 1),
     (f"SELECT count(*) FROM items WHERE (SELECT ssn FROM {T} WHERE id = 1) = '{SSN}'",
      lambda rows: rows == [(0,)]),
-    (f"SELECT count(*) FILTER (WHERE ssn = '{SSN}') FROM {T}", lambda rows: rows == [(0,)]),
+    (f"SELECT count(NULLIF(ssn = '{SSN}', false)) FROM {T}", lambda rows: rows == [(0,)]),
     (f"SELECT id, ssn IN ('{SSN}', '987-65-4321') FROM {T} ORDER BY id",
      lambda rows: rows == [(1, False), (2, False)]),
     (f"SELECT sum(CASE WHEN left(card, 8) = '41111111' THEN 1 ELSE 0 END) FROM {T}",
@@ -494,6 +494,8 @@ REFUSED_MORE = [
     f"SELECT name, rank() OVER (PARTITION BY ssn) FROM {T}",
     f"SELECT a.id FROM {T} a JOIN {T} b USING (ssn)",
     f"SELECT a.id FROM {T} a NATURAL JOIN (SELECT id, ssn FROM {T}) b",
+    # a protocol statement may run as written (its rows masked on the way out): not into a table
+    "CREATE TEMP TABLE msk_ctas AS EXECUTE any_statement",
 ]
 
 
@@ -893,8 +895,13 @@ def test_allow_mode_predicates_see_masked_values(mgw_allow):
         no_raw_deep(got)
         assert err is None and got[0] == [], got
         err, got = attempt(c, f"SELECT id FROM {T} WHERE ssn LIKE '%6789' ORDER BY card")
+        no_raw_deep(got)
+        assert got[0] == [(1,)]
+        # FILTER and an aggregate's ORDER BY, refused under block, run on masked values here
+        err, got = attempt(c, f"SELECT count(*) FILTER (WHERE ssn = '{SSN}'),"
+                              f" string_agg(ssn, ',' ORDER BY ssn) FROM {T}")
     no_raw_deep(got)
-    assert got[0] == [(1,)]
+    assert err is None and got[0] == [(0, "***-**-4321,***-**-6789")], got
 
 
 @pytest.mark.parametrize("sql", [
