@@ -304,8 +304,10 @@ static Action mask_statement(Session *s, char type, const char *sql, const char 
 		bool control = q->nstmts > 0 && !q->error;
 		for (int i = 0; control && i < q->nstmts; i++)
 			control = q->stmts[i].kinds.n == 1 && strcmp(q->stmts[i].kinds.items[0], "transaction") == 0;
-		if (control)
+		if (control) {
+			s->rowplan_next = rowplan_new(); /* its (empty) results are masked by origin too */
 			return ACT_FORWARD;
+		}
 		s->mask_gen = 0; /* load it again before the next statement */
 		return refuse_mask(s, type, sql, s->mask_error ? s->mask_error : "the masking catalog is not loaded");
 	}
@@ -419,6 +421,20 @@ static Action inspect_client_message(Session *s, char type, const uint8_t *body,
 			snprintf(scratch.message, sizeof scratch.message,
 				 "pgcordon: prepared statement \"%.63s\" was not inspected by this session",
 				 stmt ? stmt : "?");
+			audit_decided(s, 'B', NULL, body, blen, &scratch);
+			return refuse(s, 'B', &scratch);
+		}
+		if (s->policy->masks_columns && !p->rowplan) {
+			/* Prepared before masking applied to this session (a reload): run as written. */
+			memset(&scratch, 0, sizeof scratch);
+			scratch.kind = DEC_BLOCK;
+			scratch.sqlstate = "42501";
+			scratch.policy = s->policy->mask_by;
+			scratch.rule = "mask";
+			snprintf(scratch.message, sizeof scratch.message,
+				 "pgcordon: prepared statement \"%.63s\" was prepared before masking applied to this session;"
+				 " prepare it again",
+				 stmt);
 			audit_decided(s, 'B', NULL, body, blen, &scratch);
 			return refuse(s, 'B', &scratch);
 		}

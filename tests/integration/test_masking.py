@@ -945,3 +945,36 @@ def test_unqualified_names_follow_the_search_path(pg, mgw):
     finally:
         s.execute("DROP SCHEMA gw_scram CASCADE")
         s.close()
+
+
+# ---------------------------------------------------------------------------- reload
+
+def test_statement_prepared_before_masking_applied_is_refused(pg, certs, tmp_path_factory, objects):
+    """A statement prepared while the identity was unmasked would run as written: after a
+    reload adds masking, its Bind is refused instead."""
+    require_binary()
+    root = tmp_path_factory.mktemp("mask_reload")
+    key = root / "hash.key"
+    key.write_text(secrets.token_hex(32))
+    f = GatewayFactory(pg, certs, root)
+    try:
+        def unmasked(cfg):
+            mask_config(cfg, key)
+            cfg["policies"][1].pop("mask")
+        g = f.start(unmasked)
+        sql = f"SELECT id, ssn FROM {T} WHERE id = %s"
+        with connect(g) as c:
+            assert c.execute(sql, (1,), prepare=True).fetchone() == (1, SSN)
+            masked = dict(g.config)
+            mask_config(masked, key)
+            g.reload_and_wait(masked)
+            with pytest.raises(psycopg.Error) as e:
+                c.execute(sql, (1,), prepare=True).fetchone()
+            assert e.value.sqlstate in ("42501", "26000"), e.value
+            no_raw(str(e.value))
+        with connect(g) as c:  # a new statement is masked
+            rows = c.execute(sql, (1,), prepare=True).fetchall()
+        no_raw(rows)
+        assert rows == [(1, "***-**-6789")]
+    finally:
+        f.cleanup()
