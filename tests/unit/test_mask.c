@@ -366,22 +366,22 @@ static void test_sql_expr_every_method_and_type(void **state)
 	(void)state;
 	init_expr_rules();
 	MaskColumn cols[] = {
-		{"c_text", "text", 'S', 0},
-		{"c_varchar", "character varying(40)", 'S', 0},
-		{"c_int", "integer", 'N', 0},
-		{"c_small", "smallint", 'N', 0},
-		{"c_big", "bigint", 'N', 0},
-		{"c_num", "numeric(10,2)", 'N', 0},
-		{"c_bool", "boolean", 'B', 0},
-		{"c_inet", "inet", 'I', 0},
-		{"c_arr", "text[]", 'A', 0},
-		{"c_date", "date", 'D', 0},
-		{"c_ts", "timestamp with time zone", 'D', 0},
-		{"c_time", "time without time zone", 'D', 0},
-		{"c_interval", "interval", 'D', 0},
-		{"c_uuid", "uuid", 'U', 0},
-		{"c_json", "jsonb", 'U', 0},
-		{"c_bytea", "bytea", 'U', 0},
+		{"c_text", "text", 'S', 0, 1},
+		{"c_varchar", "character varying(40)", 'S', 0, 1},
+		{"c_int", "integer", 'N', 0, 1},
+		{"c_small", "smallint", 'N', 0, 1},
+		{"c_big", "bigint", 'N', 0, 1},
+		{"c_num", "numeric(10,2)", 'N', 0, 1},
+		{"c_bool", "boolean", 'B', 0, 1},
+		{"c_inet", "inet", 'I', 0, 1},
+		{"c_arr", "text[]", 'A', 0, 1},
+		{"c_date", "date", 'D', 0, 1},
+		{"c_ts", "timestamp with time zone", 'D', 0, 1},
+		{"c_time", "time without time zone", 'D', 0, 1},
+		{"c_interval", "interval", 'D', 0, 1},
+		{"c_uuid", "uuid", 'U', 0, 1},
+		{"c_json", "jsonb", 'U', 0, 1},
+		{"c_bytea", "bytea", 'U', 0, 1},
 	};
 	for (int withkey = 0; withkey < 2; withkey++) {
 		MaskCatalog *c = mask_catalog_new(expr_rule_ptrs, 6, withkey ? HASH_KEY : NULL, withkey ? 32 : 0);
@@ -416,27 +416,27 @@ static void test_sql_expr_specifics(void **state)
 	char *e;
 
 	/* null */
-	MaskColumn col = {"v", "text", 'S', 3};
+	MaskColumn col = {"v", "text", 'S', 3, 1};
 	e = mask_sql_expr(c, &col, "\"v\"");
 	assert_string_equal(e, "CAST(NULL AS text)");
 	free(e);
 
 	/* redact: the placeholder of the type */
-	col = (MaskColumn){"v", "text", 'S', 0};
+	col = (MaskColumn){"v", "text", 'S', 0, 1};
 	e = mask_sql_expr(c, &col, "\"v\"");
 	assert_string_equal(e, "CASE WHEN \"v\" IS NULL THEN NULL ELSE CAST('[REDACTED]' AS text) END");
 	free(e);
-	col = (MaskColumn){"v", "integer", 'N', 0};
+	col = (MaskColumn){"v", "integer", 'N', 0, 1};
 	e = mask_sql_expr(c, &col, "\"v\"");
 	assert_string_equal(e, "CASE WHEN \"v\" IS NULL THEN NULL ELSE CAST('0' AS integer) END");
 	free(e);
-	col = (MaskColumn){"v", "bytea", 'U', 0};
+	col = (MaskColumn){"v", "bytea", 'U', 0, 1};
 	e = mask_sql_expr(c, &col, "\"v\"");
 	assert_string_equal(e, "CAST(NULL AS bytea)");
 	free(e);
 
 	/* fixed: hex-encoded */
-	col = (MaskColumn){"v", "text", 'S', 5};
+	col = (MaskColumn){"v", "text", 'S', 5, 1};
 	e = mask_sql_expr(c, &col, "\"v\"");
 	char *hex = to_hex(FIXED_VALUE);
 	char want[512];
@@ -450,20 +450,20 @@ static void test_sql_expr_specifics(void **state)
 	free(e);
 
 	/* hash with a key */
-	col = (MaskColumn){"v", "text", 'S', 2};
+	col = (MaskColumn){"v", "text", 'S', 2, 1};
 	e = mask_sql_expr(c, &col, "\"v\"");
 	assert_non_null(strstr(e, "sha256("));
 	assert_non_null(strstr(e, "'h:' || left("));
 	assert_true(ends_with(e, " AS text) END"));
 	free(e);
-	col = (MaskColumn){"v", "uuid", 'U', 2};
+	col = (MaskColumn){"v", "uuid", 'U', 2, 1};
 	e = mask_sql_expr(c, &col, "\"v\"");
 	assert_true(starts_with(e, "CASE WHEN \"v\" IS NULL THEN NULL ELSE CAST("));
 	assert_non_null(strstr(e, "sha256("));
 	assert_non_null(strstr(e, ", 32)"));
 	assert_true(ends_with(e, " AS uuid) END"));
 	free(e);
-	col = (MaskColumn){"v", "integer", 'N', 2};
+	col = (MaskColumn){"v", "integer", 'N', 2, 1};
 	e = mask_sql_expr(c, &col, "\"v\"");
 	assert_non_null(strstr(e, "sha256("));
 	assert_non_null(strstr(e, "::bit(28)::int"));
@@ -471,7 +471,7 @@ static void test_sql_expr_specifics(void **state)
 	/* A different key gives a different expression (the pads are in it). */
 	{
 		MaskCatalog *c2 = mask_catalog_new(expr_rule_ptrs, 6, (const uint8_t *)"another key", 11);
-		col = (MaskColumn){"v", "text", 'S', 2};
+		col = (MaskColumn){"v", "text", 'S', 2, 1};
 		char *e1 = mask_sql_expr(c, &col, "\"v\"");
 		char *e2 = mask_sql_expr(c2, &col, "\"v\"");
 		assert_string_not_equal(e1, e2);
@@ -482,7 +482,7 @@ static void test_sql_expr_specifics(void **state)
 	/* hash without a key: redacted, never the value */
 	{
 		MaskCatalog *nokey = mask_catalog_new(expr_rule_ptrs, 6, NULL, 0);
-		col = (MaskColumn){"v", "text", 'S', 2};
+		col = (MaskColumn){"v", "text", 'S', 2, 1};
 		e = mask_sql_expr(nokey, &col, "\"v\"");
 		assert_string_equal(e, "CASE WHEN \"v\" IS NULL THEN NULL ELSE CAST('[REDACTED]' AS text) END");
 		free(e);
@@ -490,7 +490,7 @@ static void test_sql_expr_specifics(void **state)
 	}
 
 	/* partial keeps the first and last characters */
-	col = (MaskColumn){"v", "text", 'S', 1};
+	col = (MaskColumn){"v", "text", 'S', 1, 1};
 	e = mask_sql_expr(c, &col, "\"v\"");
 	assert_non_null(strstr(e, "right(\"v\"::text, 4)"));
 	assert_non_null(strstr(e, "left(\"v\"::text, 2)"));
@@ -498,22 +498,22 @@ static void test_sql_expr_specifics(void **state)
 	assert_non_null(strstr(e, "regexp_replace("));
 	free(e);
 	/* partial on a number: the placeholder '0' */
-	col = (MaskColumn){"v", "integer", 'N', 1};
+	col = (MaskColumn){"v", "integer", 'N', 1, 1};
 	e = mask_sql_expr(c, &col, "\"v\"");
 	assert_string_equal(e, "CASE WHEN \"v\" IS NULL THEN NULL ELSE CAST('0' AS integer) END");
 	free(e);
-	col = (MaskColumn){"v", "numeric(10,2)", 'N', 1};
+	col = (MaskColumn){"v", "numeric(10,2)", 'N', 1, 1};
 	e = mask_sql_expr(c, &col, "\"v\"");
 	assert_string_equal(e, "CASE WHEN \"v\" IS NULL THEN NULL ELSE CAST('0' AS numeric(10,2)) END");
 	free(e);
 
 	/* email keeps the domain */
-	col = (MaskColumn){"v", "text", 'S', 4};
+	col = (MaskColumn){"v", "text", 'S', 4, 1};
 	e = mask_sql_expr(c, &col, "\"v\"");
 	assert_non_null(strstr(e, "strpos(\"v\"::text, '@')"));
 	assert_non_null(strstr(e, "'***'"));
 	free(e);
-	col = (MaskColumn){"v", "inet", 'I', 4};
+	col = (MaskColumn){"v", "inet", 'I', 4, 1};
 	e = mask_sql_expr(c, &col, "\"v\"");
 	assert_string_equal(e, "CASE WHEN \"v\" IS NULL THEN NULL ELSE CAST('0.0.0.0' AS inet) END");
 	free(e);
