@@ -83,6 +83,29 @@ static const char *node_type(json_t *n, json_t **body)
 	return k;
 }
 
+/* What a tree search does at one object node: found, look inside it, or not inside it. */
+typedef enum { SEEK_DESCEND, SEEK_FOUND, SEEK_SKIP } Seek;
+
+/* Whether the search at finds any object node in the tree n (arrays and fields are walked). */
+static bool tree_any(json_t *n, Seek (*at)(json_t *obj, const void *arg), const void *arg)
+{
+	if (json_is_array(n)) {
+		size_t i;
+		json_t *v;
+		json_array_foreach(n, i, v) if (tree_any(v, at, arg)) return true;
+		return false;
+	}
+	if (!json_is_object(n))
+		return false;
+	Seek s = at(n, arg);
+	if (s != SEEK_DESCEND)
+		return s == SEEK_FOUND;
+	const char *k;
+	json_t *v;
+	json_object_foreach(n, k, v) if (tree_any(v, at, arg)) return true;
+	return false;
+}
+
 static bool is_cte_name(const Rw *w, const char *name)
 {
 	for (int i = 0; i < w->nctes; i++)
@@ -313,11 +336,11 @@ static void on_from_relation(Rw *w, json_t *rv, const MaskRelation *r)
 
 /* ---- references to a DML target's columns (which is not rewritten) ---- */
 
+/* A relation and how a statement names it. */
 typedef struct {
 	const MaskRelation *r;
-	const char *alias; /* how the statement names the target */
-	bool hit;
-} TargetRefs;
+	const char *alias;
+} RelRef;
 
 static bool masked_column_named(const MaskRelation *r, const char *name)
 {
@@ -327,45 +350,30 @@ static bool masked_column_named(const MaskRelation *r, const char *name)
 	return false;
 }
 
-/* Any ColumnRef in n naming a masked column of the target, its whole row, or a star. */
-static void find_target_refs(json_t *n, TargetRefs *t)
+/* A ColumnRef that names a masked column of the relation, its whole row, or a star. */
+static bool column_ref_reaches_masked(const RelRef *t, json_t *cr)
 {
-	if (t->hit)
-		return;
-	if (json_is_array(n)) {
-		size_t i;
-		json_t *v;
-		json_array_foreach(n, i, v) find_target_refs(v, t);
-		return;
-	}
-	if (!json_is_object(n))
-		return;
-	json_t *cr = json_object_get(n, "ColumnRef");
-	if (cr) {
-		json_t *fields = json_object_get(cr, "fields");
-		size_t nf = json_array_size(fields);
-		json_t *last = json_array_get(fields, nf - 1);
-		const char *lname = string_node(last);
-		if (!lname)
-			t->hit = true; /* a star */
-		else if (masked_column_named(t->r, lname))
-			t->hit = true;
-		else if (nf == 1 && strcmp(lname, t->alias) == 0)
-			t->hit = true; /* the whole row */
-		return;
-	}
-	const char *k;
-	json_t *v;
-	json_object_foreach(n, k, v) find_target_refs(v, t);
+	json_t *fields = json_object_get(cr, "fields");
+	size_t nf = json_array_size(fields);
+	const char *last = string_node(json_array_get(fields, nf - 1));
+	return !last || masked_column_named(t->r, last) || (nf == 1 && strcmp(last, t->alias) == 0);
 }
 
+static Seek at_target_ref(json_t *n, const void *arg)
+{
+	json_t *cr = json_object_get(n, "ColumnRef");
+	if (!cr)
+		return SEEK_DESCEND;
+	return column_ref_reaches_masked(arg, cr) ? SEEK_FOUND : SEEK_SKIP;
+}
+
+/* Whether n refers to masked columns of a DML target (which is not rewritten). */
 static bool refs_target(json_t *n, const MaskRelation *r, json_t *rv)
 {
 	json_t *alias = json_object_get(rv, "alias");
 	const char *a = alias ? str_of(alias, "aliasname") : NULL;
-	TargetRefs t = {r, a ? a : r->name, false};
-	find_target_refs(n, &t);
-	return t.hit;
+	RelRef t = {r, a ? a : r->name};
+	return tree_any(n, at_target_ref, &t);
 }
 
 /*
@@ -500,41 +508,28 @@ static void on_func_call(Rw *w, json_t *fc)
 }
 
 /* Predicates and orderings on masked columns (on_masked_predicate: block). */
-static void find_masked_names(const Rw *w, json_t *n, bool *hit)
+static Seek at_masked_name(json_t *n, const void *arg)
 {
-	if (*hit)
-		return;
-	if (json_is_array(n)) {
-		size_t i;
-		json_t *v;
-		json_array_foreach(n, i, v) find_masked_names(w, v, hit);
-		return;
-	}
-	if (!json_is_object(n))
-		return;
+	const Rw *w = arg;
 	json_t *cr = json_object_get(n, "ColumnRef");
 	if (cr) {
 		json_t *fields = json_object_get(cr, "fields");
 		const char *lname = string_node(json_array_get(fields, json_array_size(fields) - 1));
 		for (int i = 0; lname && i < w->c->nrels; i++)
 			if (masked_column_named(&w->c->rels[i], lname))
-				*hit = true;
-		return;
+				return SEEK_FOUND;
+		return SEEK_SKIP;
 	}
 	if (json_object_get(n, "SelectStmt") || json_object_get(n, "SubLink"))
-		return; /* a subquery's own clauses are checked when it is walked */
-	const char *k;
-	json_t *v;
-	json_object_foreach(n, k, v) find_masked_names(w, v, hit);
+		return SEEK_SKIP; /* a subquery's own clauses are checked when it is walked */
+	return SEEK_DESCEND;
 }
 
 static void check_predicate(Rw *w, json_t *clause, const char *what)
 {
 	if (!clause || !w->o->predicate_block || w->refused)
 		return;
-	bool hit = false;
-	find_masked_names(w, clause, &hit);
-	if (hit)
+	if (tree_any(clause, at_masked_name, w))
 		refuse(w, "%s on a masked column (on_masked_predicate: block)", what);
 }
 
@@ -752,63 +747,38 @@ static void walk(Rw *w, json_t *node, Ctx ctx)
 	}
 }
 
-/* Whether n reads a masked relation anywhere (for EXPLAIN). */
-static bool statement_touches_masked(Rw *w, json_t *n)
+static Seek at_masked_relation(json_t *n, const void *arg)
 {
-	if (json_is_array(n)) {
-		size_t i;
-		json_t *v;
-		json_array_foreach(n, i, v) if (statement_touches_masked(w, v)) return true;
-		return false;
-	}
-	if (!json_is_object(n))
-		return false;
+	const Rw *w = arg;
 	json_t *rv = range_var(n);
-	if (rv) {
-		const char *schema = str_of(rv, "schemaname"), *name = str_of(rv, "relname");
-		return name && (schema || !is_cte_name(w, name)) && mask_catalog_resolve(w->c, schema, name);
-	}
-	const char *k;
-	json_t *v;
-	json_object_foreach(n, k, v) if (statement_touches_masked(w, v)) return true;
-	return false;
+	if (!rv)
+		return SEEK_DESCEND;
+	const char *schema = str_of(rv, "schemaname"), *name = str_of(rv, "relname");
+	return name && (schema || !is_cte_name(w, name)) && mask_catalog_resolve(w->c, schema, name) ? SEEK_FOUND
+												      : SEEK_SKIP;
 }
+
+/* Whether n reads a masked relation anywhere (for EXPLAIN and NATURAL JOIN). */
+static bool statement_touches_masked(Rw *w, json_t *n) { return tree_any(n, at_masked_relation, w); }
 
 /* ---- results masked in the gateway: one masked relation read plainly ---- */
 
 /* What a SELECT on one masked relation names it by, for its column references. */
 typedef struct {
 	const Rw *w;
-	const MaskRelation *r;
-	const char *alias;
+	RelRef rel;
 	json_t *targets;
 } Plain;
 
-/* Whether n refers to a masked column, the whole row, or a star, or holds a subquery. */
-static bool mentions_masked(const Plain *p, json_t *n)
+static Seek at_plain_mention(json_t *n, const void *arg)
 {
-	if (json_is_array(n)) {
-		size_t i;
-		json_t *v;
-		json_array_foreach(n, i, v) if (mentions_masked(p, v)) return true;
-		return false;
-	}
-	if (!json_is_object(n))
-		return false;
 	if (json_object_get(n, "SubLink") || json_object_get(n, "SelectStmt") || json_object_get(n, "RangeSubselect"))
-		return true;
-	json_t *cr = json_object_get(n, "ColumnRef");
-	if (cr) {
-		json_t *fields = json_object_get(cr, "fields");
-		size_t nf = json_array_size(fields);
-		const char *last = string_node(json_array_get(fields, nf - 1));
-		return !last || masked_column_named(p->r, last) || (nf == 1 && strcmp(last, p->alias) == 0);
-	}
-	const char *k;
-	json_t *v;
-	json_object_foreach(n, k, v) if (mentions_masked(p, v)) return true;
-	return false;
+		return SEEK_FOUND;
+	return at_target_ref(n, arg);
 }
+
+/* Whether n refers to a masked column, the whole row, or a star, or holds a subquery. */
+static bool mentions_masked(const Plain *p, json_t *n) { return tree_any(n, at_plain_mention, &p->rel); }
 
 /* A target that is a column of the relation as it is (name, alias.name, *, alias.*). */
 static bool bare_column(const Plain *p, json_t *val)
@@ -818,13 +788,13 @@ static bool bare_column(const Plain *p, json_t *val)
 	size_t nf = json_array_size(fields);
 	if (nf < 1 || nf > 2 || json_object_size(val) != 1)
 		return false;
-	if (nf == 2 && (!string_node(json_array_get(fields, 0)) || strcmp(string_node(json_array_get(fields, 0)), p->alias) != 0))
+	if (nf == 2 && (!string_node(json_array_get(fields, 0)) || strcmp(string_node(json_array_get(fields, 0)), p->rel.alias) != 0))
 		return false;
 	json_t *last = json_array_get(fields, nf - 1);
 	if (json_object_get(last, "A_Star"))
 		return true;
 	const char *name = string_node(last);
-	return name && !(nf == 1 && strcmp(name, p->alias) == 0); /* alias alone: the whole row */
+	return name && !(nf == 1 && strcmp(name, p->rel.alias) == 0); /* alias alone: the whole row */
 }
 
 /* ORDER BY 2 or ORDER BY an output name orders by a target, which may be a masked column. */
@@ -865,8 +835,8 @@ static bool text_output(const Plain *p, json_t *val)
 	if (!last)
 		return true; /* not a column: mentions no masked one */
 	const char *name = string_node(last);
-	for (int i = 0; i < p->r->ncols; i++) {
-		const MaskColumn *c = &p->r->cols[i];
+	for (int i = 0; i < p->rel.r->ncols; i++) {
+		const MaskColumn *c = &p->rel.r->cols[i];
 		if (c->rule >= 0 && (!name || strcmp(c->name, name) == 0) && !text_type(c->type))
 			return false;
 	}
@@ -910,8 +880,8 @@ static bool plain_select(const Rw *w, json_t *root)
 	if (!r || r->derived || str_of(rv, "catalogname") || !json_is_true(json_object_get(rv, "inh")))
 		return false;
 	json_t *alias = json_object_get(rv, "alias");
-	Plain p = {w, r, alias ? str_of(alias, "aliasname") : name, json_object_get(b, "targetList")};
-	if (!p.alias || json_object_get(alias, "colnames"))
+	Plain p = {w, {r, alias ? str_of(alias, "aliasname") : name}, json_object_get(b, "targetList")};
+	if (!p.rel.alias || json_object_get(alias, "colnames"))
 		return false; /* t AS x(a, b): columns under other names */
 	size_t i;
 	json_t *t;
