@@ -137,8 +137,13 @@ static uint8_t *take(MsgBuilder *b, size_t *outlen)
 	return out;
 }
 
-/* Rebuilds a DataRow with every text field scrubbed; NULL when nothing was found. */
-static uint8_t *scrub_datarow(unsigned det, const uint8_t *body, size_t blen, size_t *outlen)
+/*
+ * Rebuilds a DataRow: the fields m masks (m may be NULL) masked, every text value scanned
+ * by the detectors det. NULL when nothing changed, or when the row is malformed (then
+ * *malformed is set).
+ */
+static uint8_t *rebuild_datarow(const RowMask *m, unsigned det, MaskBuf *buf, const uint8_t *body, size_t blen,
+				size_t *outlen, bool *malformed)
 {
 	MsgReader r;
 	msgr_init(&r, body, blen);
@@ -148,6 +153,7 @@ static uint8_t *scrub_datarow(unsigned det, const uint8_t *body, size_t blen, si
 	msgb_begin(&b, 'D');
 	msgb_u16(&b, n);
 	bool changed = false;
+	*malformed = false;
 	for (int i = 0; i < n; i++) {
 		uint32_t len = msgr_u32(&r);
 		if (len == 0xffffffffu) {
@@ -157,15 +163,29 @@ static uint8_t *scrub_datarow(unsigned det, const uint8_t *body, size_t blen, si
 		const uint8_t *p = msgr_bytes(&r, len);
 		if (!p) {
 			msgb_free(&b);
-			return NULL; /* malformed: the relay passes it on as the server sent it */
+			*malformed = true;
+			return NULL;
+		}
+		bool scan = det != 0;
+		if (m && m->fields[i].masked) {
+			changed = true;
+			if (!mask_rowmask_value(m, i, p, len, buf)) {
+				msgb_u32(&b, 0xffffffffu);
+				continue;
+			}
+			/* what a method keeps (an email's domain and beyond) is scanned as well */
+			p = buf->buf;
+			len = (uint32_t)buf->len;
+		} else if (memchr(p, 0, len)) {
+			scan = false; /* binary: nothing textual to scan */
 		}
 		size_t sl = 0;
-		uint8_t *s = memchr(p, 0, len) ? NULL : mask_detect_scrub(det, p, len, &sl);
-		if (s) {
+		uint8_t *v = scan ? mask_detect_scrub(det, p, len, &sl) : NULL;
+		if (v) {
 			changed = true;
 			msgb_u32(&b, (uint32_t)sl);
-			msgb_bytes(&b, s, sl);
-			free(s);
+			msgb_bytes(&b, v, sl);
+			free(v);
 		} else {
 			msgb_u32(&b, len);
 			msgb_bytes(&b, p, len);
@@ -177,6 +197,22 @@ static uint8_t *scrub_datarow(unsigned det, const uint8_t *body, size_t blen, si
 		return NULL;
 	}
 	return take(&b, outlen);
+}
+
+/* Appends s as a string with whatever any detector finds redacted; true if it found something. */
+static bool put_scrubbed_str(MsgBuilder *b, const char *s)
+{
+	size_t sl = 0;
+	uint8_t *t = mask_detect_scrub(~0u, (const uint8_t *)s, strlen(s), &sl);
+	if (!t) {
+		msgb_str(b, s);
+		return false;
+	}
+	t = xrealloc(t, sl + 1);
+	t[sl] = 0;
+	msgb_str(b, (const char *)t);
+	free(t);
+	return true;
 }
 
 /* Error and notice fields that echo values (detail, where, internal query) are dropped; text is scrubbed. */
@@ -192,17 +228,8 @@ static uint8_t *scrub_error(char type, const uint8_t *body, size_t blen, size_t 
 	while (msgr_error_field(&r, &code, &v)) {
 		if (code == 'D' || code == 'W' || code == 'q' || code == 'P' || code == 'p')
 			continue;
-		size_t sl = 0;
-		uint8_t *s = mask_detect_scrub(~0u, (const uint8_t *)v, strlen(v), &sl);
 		msgb_u8(&b, code);
-		if (s) {
-			s = xrealloc(s, sl + 1);
-			s[sl] = 0;
-			msgb_str(&b, (const char *)s);
-			free(s);
-		} else {
-			msgb_str(&b, v);
-		}
+		put_scrubbed_str(&b, v);
 	}
 	msgb_u8(&b, 0);
 	msgb_end(&b);
@@ -288,64 +315,20 @@ static void plan_described(Session *s, RowPlan *plan, const uint8_t *body, size_
 static uint8_t *plan_datarow(Session *s, const RowPlan *plan, const uint8_t *body, size_t blen, size_t *outlen)
 {
 	const RowMask *m = plan->mask;
-	MsgReader r;
-	msgr_init(&r, body, blen);
-	int n = msgr_u16(&r);
 	unsigned det = s->policy->detect;
+	bool malformed;
 	if (m && !plan->bad && !m->nmasked)
-		return det ? scrub_datarow(det, body, blen, outlen) : NULL;
+		return det ? rebuild_datarow(NULL, det, NULL, body, blen, outlen, &malformed) : NULL;
 	/* Masked fields are masked counting UTF-8 characters: any doubt ends the session. */
-	if (!m || plan->bad || !s->client_utf8 || n != m->nfields) {
+	if (!m || plan->bad || !s->client_utf8 || blen < 2 || ((body[0] << 8) | body[1]) != m->nfields) {
 		session_close(s, "result could not be masked", "XX000",
 			      "pgcordon: a result could not be masked; it was not sent");
 		return NULL;
 	}
-	MsgBuilder b;
-	msgb_init(&b);
-	msgb_begin(&b, 'D');
-	msgb_u16(&b, (uint16_t)n);
-	for (int i = 0; i < n; i++) {
-		uint32_t len = msgr_u32(&r);
-		if (len == 0xffffffffu) {
-			msgb_u32(&b, len);
-			continue;
-		}
-		const uint8_t *p = msgr_bytes(&r, len);
-		if (!p)
-			break;
-		size_t sl = 0;
-		uint8_t *v = NULL;
-		if (m->fields[i].masked) {
-			if (!mask_rowmask_value(m, i, p, len, &s->mask_buf)) {
-				msgb_u32(&b, 0xffffffffu);
-				continue;
-			}
-			/* what a method keeps (an email's domain and beyond) is scanned as well */
-			v = det ? mask_detect_scrub(det, s->mask_buf.buf, s->mask_buf.len, &sl) : NULL;
-			if (!v) {
-				msgb_u32(&b, (uint32_t)s->mask_buf.len);
-				msgb_bytes(&b, s->mask_buf.buf, s->mask_buf.len);
-				continue;
-			}
-		} else if (det && !memchr(p, 0, len)) {
-			v = mask_detect_scrub(det, p, len, &sl);
-		}
-		if (v) {
-			msgb_u32(&b, (uint32_t)sl);
-			msgb_bytes(&b, v, sl);
-			free(v);
-		} else {
-			msgb_u32(&b, len);
-			msgb_bytes(&b, p, len);
-		}
-	}
-	msgb_end(&b);
-	if (r.failed) {
-		msgb_free(&b);
+	uint8_t *out = rebuild_datarow(m, det, &s->mask_buf, body, blen, outlen, &malformed);
+	if (malformed)
 		session_close(s, "malformed DataRow under masking", "08P01", "pgcordon: invalid message from upstream database");
-		return NULL;
-	}
-	return take(&b, outlen);
+	return out;
 }
 
 /* A notification's channel and payload, scrubbed by every detector (another session chose them). */
@@ -362,19 +345,8 @@ static uint8_t *scrub_notification(const uint8_t *body, size_t blen, size_t *out
 	msgb_begin(&b, 'A');
 	msgb_u32(&b, pid);
 	bool changed = false;
-	for (int i = 0; i < 2; i++) {
-		size_t sl = 0;
-		uint8_t *t = mask_detect_scrub(~0u, (const uint8_t *)parts[i], strlen(parts[i]), &sl);
-		if (!t) {
-			msgb_str(&b, parts[i]);
-			continue;
-		}
-		changed = true;
-		t = xrealloc(t, sl + 1);
-		t[sl] = 0;
-		msgb_str(&b, (const char *)t);
-		free(t);
-	}
+	for (int i = 0; i < 2; i++)
+		changed |= put_scrubbed_str(&b, parts[i]);
 	msgb_end(&b);
 	if (!changed) {
 		msgb_free(&b);
@@ -442,8 +414,10 @@ uint8_t *session__mask_server_message(Session *s, const Expectation *f, char typ
 	case 'E':
 	case 'N':
 		return s->policy->nmask ? scrub_error(type, body, blen, outlen) : NULL;
-	case 'D':
-		return scrub_datarow(s->policy->detect, body, blen, outlen);
+	case 'D': {
+		bool malformed; /* the relay passes a malformed row on as the server sent it */
+		return rebuild_datarow(NULL, s->policy->detect, NULL, body, blen, outlen, &malformed);
+	}
 	case 'd': {
 		if (memchr(body, 0, blen))
 			return NULL; /* binary COPY: masked relations refuse it; nothing textual to scan */
