@@ -931,3 +931,29 @@ def test_node_postgres(mgw):
     exp = [list(x) for x in expected_rows(mgw, [1], ["ssn", "card", "email", "secret"])]
     assert out["plain"] == exp and out["named"] == exp and out["again"] == exp
     assert out["binary"] == [[str(v) for v in exp[0][1:]]]
+
+
+# ---------------------------------------------------------------------------- hostile extended-protocol messages
+
+@pytest.mark.parametrize("bad", [
+    msg(b"D", b"P"),                       # Describe without the portal name's terminator
+    msg(b"D", b""),                        # Describe without a kind
+    msg(b"C", b"S"),                       # Close without a name
+    msg(b"E", b"p\x00"),                   # Execute without its row count
+    msg(b"B", b"\x00"),                    # Bind without a statement name
+], ids=["describe-no-nul", "describe-empty", "close-no-name", "execute-short", "bind-short"])
+def test_malformed_messages_under_masking(mgw, bad):
+    """Row plans read Bind/Describe/Execute/Close of masked sessions: a malformed one gets a
+    clear error (from the gateway or the server), nothing raw, and the gateway serves on."""
+    c = raw_connect(mgw)
+    try:
+        c.send(parse_m("", f"SELECT id, ssn FROM {R} WHERE id = 1") + bad + SYNC)
+        got = read_until(c)
+        no_raw(got)
+        assert "E" in types_in(got) or "closed" in types_in(got), got
+    finally:
+        c.close()
+    with connect(mgw) as c2:
+        rows = c2.execute(f"SELECT id, ssn FROM {R} WHERE id = 1").fetchall()
+    no_raw(rows)
+    assert rows == [(1, "***-**-6789")]
