@@ -1,0 +1,1761 @@
+"""Approvals and time-bound grants (docs/approvals.md) through real clients and the real
+admin HTTP API: review rules hold statements (wait and retry modes), humans decide over
+`POST /api/approvals/ID/approve|deny` (API keys made with `pgcordon apikey create`), grants
+widen a caller's table scope for a while, webhooks announce requests, every step is in the
+audit store, the `pgcordon approvals|grants` CLI, two gateways sharing a PostgreSQL store,
+and hostile input on the API.
+
+Clients are psycopg (simple, extended with parameters, pipeline, COPY, cancel), psql and
+the raw protocol client (pgwire). Tables carry a random suffix (the PostgreSQL instance is
+shared) and are owned by gw_scram, the upstream role behind database "app".
+
+Identities of the module gateway:
+
+- SCRAM users (password PW), each matched by one policy: waiter (agents: wait mode, holds
+  COPY TO and public.PAY), hurried (short: wait 2s), retrier / retrier2 (retry: retry mode,
+  valid_for 3s), counter (rows: returned_rows_over 5), planner (estimate:
+  estimated_rows_over 1000, retry mode), blocked (strict: copy_to and DELETE without WHERE
+  both blocked and reviewed), scoped / scoped2 (group scopers) and scopedx (group
+  other-scopers) with the table scope public.items, roscoped (read-only, same scope);
+  alice and bob are unrestricted (policy open).
+- API keys: carol and dave (security-oncall: the approvers), audra (security: admin
+  auditor, not an approver), outsider (contractors: neither), selfie (agents +
+  security-oncall: an approver who also connects as a client and is held by policy
+  agents)."""
+
+import http.client
+import json
+import os
+import re
+import secrets
+import signal
+import sqlite3
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import errors as pgerrors
+from psycopg.pq import TransactionStatus
+
+import pgwire
+from conftest import (BIN, LOCAL_USERS, SUPERUSER_PW, GatewayFactory, free_port,
+                      require_binary, scram_verifier)
+from webhook_receiver import Receiver
+
+SFX = secrets.token_hex(3)
+PW = "Approvals-Pw-3c4d5e6f"
+
+PAY = f"apv_pay_{SFX}"          # reviewed table (rule tables)
+BIG = f"apv_big_{SFX}"          # BIG_ROWS rows, analyzed, for estimated_rows_over
+PAY_ROWS = 10
+BIG_ROWS = 50000
+ROWS_OVER = 5
+EST_OVER = 1000
+APPROVERS = ["security-oncall"]
+
+SCRAM_USERS = {
+    "waiter": ["waiters"], "hurried": ["hurried"], "retrier": ["retriers"],
+    "retrier2": ["retriers"], "counter": ["counters"], "planner": ["planners"],
+    "blocked": ["blockers"], "scoped": ["scopers"], "scoped2": ["scopers"],
+    "scopedx": ["other-scopers"], "roscoped": ["roscopers"],
+}
+KEY_GROUPS = {
+    "carol": ["security-oncall"],
+    "dave": ["security-oncall"],
+    "audra": ["security"],
+    "outsider": ["contractors"],
+    "selfie": ["agents", "security-oncall"],
+}
+
+# "pgcordon: statement held for approval (policy P, rule R: W); request ID; ..."
+HELD = (r"pgcordon: statement held for approval \(policy (?P<policy>[^,()]+), "
+        r"rule (?P<rule>[a-z_]+): (?P<why>[^()]*)\); request (?P<id>[0-9A-Za-z_-]{6,64}); ")
+NOTICE_RE = re.compile(HELD + r"approve with: pgcordon approvals approve (?P=id)")
+RETRY_RE = re.compile(HELD + r"run it again once approved")
+ANY_ID = re.compile(r"request ([0-9A-Za-z_-]{6,64})\b")
+
+
+def name(base):
+    return f"apv_{base}_{SFX}"
+
+
+_mk = [0]
+
+
+def marker(base="mk"):
+    """A unique string literal to put into a statement, to find its request."""
+    _mk[0] += 1
+    return f"{base}-{SFX}-{_mk[0]}"
+
+
+def wait_for(fn, timeout=10.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def su_exec(pg, *stmts, dbname=None):
+    with (pg.super_connect(dbname) if dbname else pg.super_connect()) as c:
+        for s in stmts:
+            c.execute(s)
+
+
+def direct_rows(pg, sql, params=None):
+    with pg.connect() as c:
+        return c.execute(sql, params).fetchall()
+
+
+# ---------------------------------------------------------------------------- API keys / CLI
+
+def cli(*args, env=None, timeout=60):
+    require_binary()
+    e = {k: v for k, v in os.environ.items() if k != "PGCORDON_TOKEN"}
+    e.update(env or {})
+    return subprocess.run([str(BIN)] + [str(a) for a in args], capture_output=True, text=True,
+                          timeout=timeout, env=e)
+
+
+def apikey_create(key_name, groups):
+    r = cli("apikey", "create", key_name, "--groups", ",".join(groups))
+    assert r.returncode == 0, r.stderr
+    key = re.findall(r"^  (pgc_[A-Za-z0-9_-]{43})$", r.stdout, re.M)
+    m = re.search(r"^  " + re.escape(key_name) + r': \{hash: "(sha256:[0-9a-f]{64})"', r.stdout,
+                  re.M)
+    assert len(key) == 1 and m, r.stdout
+    return key[0], {"hash": m[1], "groups": list(groups)}
+
+
+@pytest.fixture(scope="module")
+def keys():
+    """{name: (key, api_keys entry)} for KEY_GROUPS."""
+    return {n: apikey_create(n, g) for n, g in KEY_GROUPS.items()}
+
+
+# ---------------------------------------------------------------------------- HTTP API
+
+class Api:
+    """The admin HTTP API of one gateway, over http.client (paths are sent as written)."""
+
+    def __init__(self, port, tokens):
+        self.port = port
+        self.tokens = tokens  # name -> key
+
+    def tok(self, who):
+        return self.tokens.get(who, who) if who else None
+
+    def call(self, method, path, who=None, body=None, raw=None, headers=None, timeout=20):
+        """(status, parsed JSON or None, raw bytes). `who` is a key name or a raw token."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            h = dict(headers or {})
+            if who is not None:
+                h["Authorization"] = f"Bearer {self.tok(who)}"
+            data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+            if data is not None:
+                h.setdefault("Content-Type", "application/json")
+            conn.request(method, path, body=data, headers=h)
+            resp = conn.getresponse()
+            payload = resp.read()
+            try:
+                j = json.loads(payload)
+            except ValueError:
+                j = None
+            return resp.status, j, payload
+        finally:
+            conn.close()
+
+    def get(self, rid, who="carol"):
+        st, j, raw = self.call("GET", f"/api/approvals/{rid}", who)
+        assert st == 200, (st, raw)
+        return j
+
+    def status_of(self, rid, who="carol"):
+        return self.get(rid, who)["status"]
+
+    def decide(self, rid, verb, who="carol", reason=None, body=None):
+        if body is None and reason is not None:
+            body = {"reason": reason}
+        st, j, raw = self.call("POST", f"/api/approvals/{rid}/{verb}", who, body=body)
+        return st, j
+
+    def approve(self, rid, who="carol", reason=None, body=None):
+        return self.decide(rid, "approve", who, reason, body)
+
+    def deny(self, rid, who="carol", reason=None, body=None):
+        return self.decide(rid, "deny", who, reason, body)
+
+    def approve_ok(self, rid, who="carol", reason=None):
+        st, j = self.approve(rid, who, reason)
+        assert st == 200, (st, j)
+        assert j["id"] == rid and j["status"] == "approved", j
+        return j
+
+    def list(self, who="carol", status=None):
+        path = "/api/approvals" + (f"?status={status}" if status else "")
+        st, j, raw = self.call("GET", path, who)
+        assert st == 200, (st, raw)
+        assert isinstance(j.get("approvals"), list), j
+        return j["approvals"]
+
+    def find(self, needle, who="carol", status="pending", timeout=15):
+        """The request whose statement contains needle (polls the list)."""
+        def look():
+            for r in self.list(who, status):
+                if needle in (r.get("statement") or ""):
+                    return r
+            return None
+        return wait_for(look, timeout, 0.1, f"a {status} request with {needle!r}")
+
+    def wait_status(self, rid, status, timeout=10):
+        return wait_for(lambda: self.status_of(rid) == status, timeout, 0.1,
+                        f"request {rid} to become {status} (is {self.status_of(rid)})")
+
+    def grant(self, who, body):
+        st, j, raw = self.call("POST", "/api/grants", who, body=body)
+        return st, j
+
+    def grants(self, who="carol", status=None):
+        path = "/api/grants" + (f"?status={status}" if status else "")
+        st, j, raw = self.call("GET", path, who)
+        assert st == 200, (st, raw)
+        assert isinstance(j.get("grants"), list), j
+        return j["grants"]
+
+    def healthy(self):
+        try:
+            return self.call("GET", "/healthz")[0] == 200
+        except OSError:
+            return False
+
+
+def assert_error_body(st, j, code):
+    assert st == code, (st, j)
+    assert isinstance(j, dict) and isinstance(j.get("error"), str) and j["error"], \
+        f"expected a JSON {{\"error\": ...}} body with {code}, got {j!r}"
+
+
+# ---------------------------------------------------------------------------- config
+
+def add_identities(cfg, keys):
+    for u, groups in SCRAM_USERS.items():
+        cfg["users"][u] = {"password": scram_verifier(PW), "groups": list(groups)}
+    cfg["api_keys"] = {n: entry for n, (_, entry) in keys.items()}
+
+
+def module_policies():
+    return [
+        {"name": "open", "match": {"users": ["alice", "bob"]}},
+        {"name": "agents", "match": {"users": ["waiter"], "groups": ["agents"]},
+         "review": [{"statements": ["copy_to"]}, {"tables": [f"public.{PAY}"]}]},
+        {"name": "short", "match": {"users": ["hurried"]},
+         "review": [{"tables": [f"public.{PAY}"]}], "approvals": {"wait": "2s"}},
+        {"name": "retry", "match": {"users": ["retrier", "retrier2"]},
+         "review": [{"tables": [f"public.{PAY}"]}],
+         "approvals": {"mode": "retry", "valid_for": "3s"}},
+        {"name": "rows", "match": {"users": ["counter"]},
+         "review": [{"returned_rows_over": ROWS_OVER}]},
+        {"name": "estimate", "match": {"users": ["planner"]},
+         "review": [{"estimated_rows_over": EST_OVER}], "approvals": {"mode": "retry"}},
+        {"name": "strict", "match": {"users": ["blocked"]},
+         "block": [{"statements": ["copy_to"]}, {"delete_without_where": True}],
+         "review": [{"statements": ["copy_to"]}, {"tables": [PAY]}]},
+        {"name": "scoped", "match": {"groups": ["scopers", "other-scopers"]},
+         "access": {"tables": ["public.items"]}},
+        {"name": "roscoped", "match": {"users": ["roscoped"]},
+         "access": {"read_only": True, "tables": ["public.items"]}},
+    ]
+
+
+def approvals_section(**kw):
+    a = {"approvers": list(APPROVERS), "mode": "wait", "wait": "60s", "valid_for": "15m"}
+    a.update(kw)
+    return a
+
+
+def setup_config(cfg, keys, admin_port, audit=None, approvals=None, policies=None):
+    add_identities(cfg, keys)
+    cfg["default"] = "deny"
+    cfg["admin"] = {"address": "127.0.0.1", "port": admin_port, "auditors": ["security"]}
+    cfg["approvals"] = approvals or approvals_section()
+    cfg["policies"] = policies if policies is not None else module_policies()
+    if audit:
+        cfg["audit"] = audit
+
+
+class Ctx:
+    def __init__(self, gw, api, keys, db=None):
+        self.gw, self.api, self.keys, self.db = gw, api, keys, db
+
+    def password(self, user):
+        if user in self.keys:
+            return self.keys[user][0]
+        return LOCAL_USERS.get(user, PW)
+
+    def connect(self, user, **kw):
+        return self.gw.connect(user=user, password=self.password(user), **kw)
+
+    def raw(self, user):
+        c = pgwire.RawConn(self.gw.host, self.gw.port, timeout=60)
+        c.startup(user, "app", self.password(user))
+        return c
+
+    def psql(self, user, args, wait=True, timeout=90):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(PGPASSWORD=self.password(user), PGCONNECT_TIMEOUT="10", LC_ALL="C")
+        conn = f"host={self.gw.host} port={self.gw.port} user={user} dbname=app sslmode=disable"
+        cmd = ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conn] + list(args)
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        if not wait:
+            return p
+        out, err = p.communicate(timeout=timeout)
+        return p.returncode, out, err
+
+
+def start_approvals_gateway(factory, keys, audit=None, approvals=None, policies=None):
+    port = free_port()
+    gw = factory.start(lambda cfg: setup_config(cfg, keys, port, audit, approvals, policies))
+    api = Api(port, {n: k for n, (k, _) in keys.items()})
+    wait_for(api.healthy, 10, 0.1, "the admin HTTP API (/healthz)")
+    return Ctx(gw, api, keys)
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def objects(pg):
+    su_exec(pg,
+            f"CREATE TABLE {PAY} (id int PRIMARY KEY, amount numeric(10,2), note text)",
+            f"INSERT INTO {PAY} SELECT g, g * 10.5, 'pay ' || g "
+            f"FROM generate_series(1, {PAY_ROWS}) g",
+            f"CREATE TABLE {BIG} (id int PRIMARY KEY, v text)",
+            f"INSERT INTO {BIG} SELECT g, 'big ' || g FROM generate_series(1, {BIG_ROWS}) g",
+            f"ANALYZE {BIG}", f"ANALYZE {PAY}",
+            f"ALTER TABLE {PAY} OWNER TO gw_scram", f"ALTER TABLE {BIG} OWNER TO gw_scram")
+    yield
+    su_exec(pg, f"DROP TABLE IF EXISTS {PAY}", f"DROP TABLE IF EXISTS {BIG}")
+
+
+@pytest.fixture(scope="module")
+def apv(pg, certs, objects, keys, tmp_path_factory):
+    """The module gateway: the identities and policies above, approvals in wait mode (60s)
+    by default, a SQLite audit store."""
+    require_binary()
+    root = tmp_path_factory.mktemp("apvgw")
+    db = root / "audit.db"
+    f = GatewayFactory(pg, certs, root)
+    ctx = start_approvals_gateway(f, keys, audit={"store": f"sqlite:{db}", "node": "apv"})
+    ctx.db = db
+    yield ctx
+    f.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def _gateway_keeps_serving(request):
+    """After every test that used the module gateway: it serves SQL and its API."""
+    yield
+    if "apv" in request.fixturenames:
+        ctx = request.getfixturevalue("apv")
+        ctx.gw.assert_serves(user="alice")
+        assert ctx.api.healthy(), "the admin API stopped answering /healthz"
+
+
+_tables = [0]
+
+
+@pytest.fixture
+def table(pg):
+    """table(rows=3) -> a fresh public table (id int primary key, v text) owned by gw_scram."""
+    made = []
+
+    def make(rows=3):
+        _tables[0] += 1
+        t = name(f"s{_tables[0]}")
+        su_exec(pg, f"CREATE TABLE {t} (id int PRIMARY KEY, v text)",
+                f"INSERT INTO {t} SELECT g, 'secret ' || g FROM generate_series(1, {rows}) g",
+                f"ALTER TABLE {t} OWNER TO gw_scram")
+        made.append(t)
+        return t
+    yield make
+    su_exec(pg, *[f"DROP TABLE IF EXISTS {t}" for t in made])
+
+
+# ---------------------------------------------------------------------------- client helpers
+
+def notice_id(message, rx=NOTICE_RE):
+    m = rx.fullmatch(message or "")
+    assert m, f"{message!r} is not a 'held for approval' message of the documented form"
+    return m
+
+
+class Held:
+    """Runs conn.execute(sql, params) in a thread (a client waiting in wait mode) and records
+    the NoticeResponses it gets; .wait_notice() returns the held notice's match."""
+
+    def __init__(self, conn, sql, params=None, fetch=True, **kw):
+        self.conn, self.sql, self.params, self.kw, self.fetch = conn, sql, params, kw, fetch
+        self.notices = []
+        self.noticed = threading.Event()
+        self.rows = self.error = None
+        self.started = self.finished = None
+        conn.add_notice_handler(self._on_notice)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _on_notice(self, d):
+        self.notices.append((d.severity, d.sqlstate, d.message_primary, time.monotonic()))
+        if "held for approval" in (d.message_primary or ""):
+            self.noticed.set()
+
+    def _run(self):
+        self.started = time.monotonic()
+        try:
+            cur = self.conn.execute(self.sql, self.params, **self.kw)
+            self.rows = cur.fetchall() if (self.fetch and cur.description) else cur.statusmessage
+        except Exception as e:  # noqa: BLE001 - the test looks at it
+            self.error = e
+        finally:
+            self.finished = time.monotonic()
+
+    def wait_notice(self, timeout=15):
+        assert self.noticed.wait(timeout), \
+            f"no 'held for approval' notice within {timeout}s; notices {self.notices}, " \
+            f"error {self.error!r}, rows {self.rows!r}"
+        held = [n for n in self.notices if "held for approval" in (n[2] or "")]
+        assert len(held) == 1, self.notices
+        sev, code, msg, _ = held[0]
+        assert sev == "NOTICE", held[0]
+        return notice_id(msg)
+
+    def waiting(self):
+        return self.thread.is_alive()
+
+    def join(self, timeout=30):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"the held statement did not finish within {timeout}s"
+        return self
+
+
+def held_error(conn, sql, params=None, **kw):
+    """Retry mode: the statement fails at once with 42501 and the documented message;
+    returns the match (id, policy, rule, why)."""
+    t0 = time.monotonic()
+    with pytest.raises(psycopg.Error) as ei:
+        conn.execute(sql, params, **kw)
+    took = time.monotonic() - t0
+    e = ei.value
+    assert e.sqlstate == "42501", f"expected 42501, got {e.sqlstate}: {e}"
+    assert took < 5, f"a retry-mode hold took {took:.1f}s to answer"
+    assert conn.info.transaction_status == TransactionStatus.IDLE
+    return notice_id(e.diag.message_primary, RETRY_RE)
+
+
+def blocked_error(conn, sql, policy, **kw):
+    with pytest.raises(psycopg.Error) as ei:
+        conn.execute(sql, **kw)
+    e = ei.value
+    assert e.sqlstate == "42501", f"expected 42501, got {e.sqlstate}: {e}"
+    msg = e.diag.message_primary or ""
+    assert msg.startswith(f"pgcordon: blocked by policy {policy}: "), msg
+    return msg
+
+
+def out_of_scope(conn, t, policy="scoped"):
+    msg = blocked_error(conn, f"SELECT id, v FROM {t} ORDER BY id", policy)
+    assert t in msg, msg
+
+
+def pay_rows(pg, where="true"):
+    return direct_rows(pg, f"SELECT id, amount, note FROM {PAY} WHERE {where} ORDER BY id")
+
+
+def read_until(conn, pred):
+    """Raw protocol: [(type, fields-or-body)] up to and including the first message for
+    which pred(type, out_so_far) is true."""
+    out = []
+    while True:
+        typ, body = conn.read_msg()
+        t = typ.decode()
+        out.append((t, pgwire.parse_fields(body) if t in ("E", "N") else body))
+        if pred(t, out):
+            return out
+
+
+def until_ready(n=1):
+    def pred(t, out):
+        return t == "Z" and sum(1 for x, _ in out if x == "Z") >= n
+    return pred
+
+
+def q(sql):
+    return pgwire.msg(b"Q", pgwire.cstr(sql))
+
+
+def ext(sql, params=()):
+    """Parse (unnamed) + Bind + Describe portal + Execute, text parameters."""
+    m = pgwire.msg
+    out = m(b"P", pgwire.cstr("") + pgwire.cstr(sql) + struct.pack("!H", 0))
+    b = pgwire.cstr("") + pgwire.cstr("") + struct.pack("!H", 0) + struct.pack("!H", len(params))
+    for p in params:
+        v = str(p).encode()
+        b += struct.pack("!i", len(v)) + v
+    b += struct.pack("!H", 0)
+    out += m(b"B", b)
+    out += m(b"D", b"P" + pgwire.cstr(""))
+    out += m(b"E", pgwire.cstr("") + struct.pack("!I", 0))
+    return out
+
+
+SYNC = pgwire.msg(b"S")
+
+
+def types(tr):
+    return [t for t, _ in tr]
+
+
+def datarow_values(body):
+    (n,) = struct.unpack("!H", body[:2])
+    pos, row = 2, []
+    for _ in range(n):
+        (ln,) = struct.unpack("!i", body[pos:pos + 4])
+        pos += 4
+        row.append(None if ln < 0 else body[pos:pos + ln].decode())
+        pos += max(ln, 0)
+    return row
+
+
+def check_request(r, **want):
+    """The documented request fields are all there, and the given ones have these values."""
+    for k in ("id", "kind", "status", "requester", "groups", "database", "node", "statement",
+              "parameters", "policy", "rule", "why", "mode", "approvers", "created", "deadline",
+              "decided_by", "decided_at", "decision_reason", "valid_until"):
+        assert k in r, f"request JSON lacks {k!r}: {r}"
+    for k, v in want.items():
+        assert r[k] == v, f"request {k} is {r[k]!r}, expected {v!r}: {r}"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", r["created"]), r["created"]
+
+
+# ============================================================================ wait mode
+
+def test_wait_approved_psycopg_other_thread(apv, pg):
+    """Held in wait mode: the NOTICE arrives at once and names the request; an approval
+    from another thread, while the client waits, lets the statement run and return rows."""
+    mk = marker()
+    sql = f"SELECT id, amount, note FROM {PAY} WHERE id <= 3 AND '{mk}' <> '' ORDER BY id"
+    notices, noticed, seen = [], threading.Event(), {}
+
+    def on_notice(d):
+        notices.append((d.severity, d.sqlstate, d.message_primary, time.monotonic()))
+        if "held for approval" in (d.message_primary or ""):
+            noticed.set()
+
+    def approver():
+        try:
+            assert noticed.wait(15), "no notice"
+            rid = notice_id(notices[-1][2])["id"]
+            time.sleep(0.7)  # the client is really waiting meanwhile
+            seen["pending"] = apv.api.get(rid)
+            seen["at"] = time.monotonic()
+            seen["approved"] = apv.api.approve(rid, "carol", reason="looks fine")
+        except BaseException as e:  # noqa: BLE001
+            seen["error"] = e
+
+    with apv.connect("waiter") as c:
+        c.add_notice_handler(on_notice)
+        th = threading.Thread(target=approver, daemon=True)
+        th.start()
+        t0 = time.monotonic()
+        rows = c.execute(sql).fetchall()
+        done = time.monotonic()
+        th.join(20)
+        assert "error" not in seen, seen.get("error")
+        assert rows == pay_rows(pg, "id <= 3")
+        held = [n for n in notices if "held for approval" in (n[2] or "")]
+        assert len(held) == 1, notices
+        sev, _, msg, at = held[0]
+        assert sev == "NOTICE"
+        m = notice_id(msg)
+        assert (m["policy"], m["rule"]) == ("agents", "tables") and PAY in m["why"], msg
+        assert at - t0 < 3, f"the notice came {at - t0:.1f}s after the statement was sent"
+        assert at < seen["at"] <= done, "the rows arrived before the approval"
+        rid = m["id"]
+        check_request(seen["pending"], id=rid, kind="statement", status="pending",
+                      requester="waiter", database="app", statement=sql, parameters=[],
+                      policy="agents", rule="tables", mode="wait", approvers=APPROVERS,
+                      decided_by=None, decided_at=None, decision_reason=None)
+        assert PAY in seen["pending"]["why"]
+        assert seen["pending"]["groups"] == ["waiters"]
+        st, j = seen["approved"]
+        assert st == 200, (st, j)
+        check_request(j, id=rid, status="approved", decided_by="carol",
+                      decision_reason="looks fine")
+        assert j["decided_at"]
+        assert apv.api.get(rid)["status"] == "approved"
+        # the session goes on
+        assert c.execute("SELECT 1 + %s::int", (1,)).fetchone() == (2,)
+
+
+def test_wait_approved_psql(apv, pg):
+    """psql waits while held, prints the NOTICE on stderr, and prints the rows once
+    approved."""
+    mk = marker()
+    sql = f"SELECT id, note FROM {PAY} WHERE id IN (4, 5) AND '{mk}' <> '' ORDER BY id"
+    p = apv.psql("waiter", ["-c", sql], wait=False)
+    try:
+        r = apv.api.find(mk)
+        time.sleep(0.5)
+        assert p.poll() is None, "psql finished before the approval"
+        apv.api.approve_ok(r["id"], "dave")
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert out.splitlines() == ["4|pay 4", "5|pay 5"], out
+    m = re.search(r"^NOTICE:  (.*)$", err, re.M)
+    assert m, err
+    assert notice_id(m[1])["id"] == r["id"], err
+    assert r["requester"] == "waiter" and r["statement"] == sql
+
+
+def test_wait_denied(apv):
+    """Deny needs a reason (400 without); the client gets 42501 naming the denier and the
+    reason; the session stays usable."""
+    mk = marker()
+    sql = f"SELECT note FROM {PAY} WHERE id = 6 AND '{mk}' <> ''"
+    with apv.connect("waiter") as c:
+        h = Held(c, sql)
+        rid = h.wait_notice()["id"]
+        for body in (None, {}, {"reason": ""}):
+            st, j = apv.api.deny(rid, "carol", body=body)
+            assert_error_body(st, j, 400)
+        assert apv.api.status_of(rid) == "pending"
+        time.sleep(0.3)
+        assert h.waiting(), "a deny without a reason released the statement"
+        reason = f"not during the freeze {mk}"
+        st, j = apv.api.deny(rid, "carol", reason=reason)
+        assert st == 200, (st, j)
+        check_request(j, id=rid, status="denied", decided_by="carol", decision_reason=reason)
+        h.join()
+        e = h.error
+        assert isinstance(e, psycopg.Error), (h.rows, e)
+        assert e.sqlstate == "42501", e
+        assert e.diag.message_primary == f"pgcordon: request {rid} was denied by carol: {reason}"
+        assert c.info.transaction_status == TransactionStatus.IDLE
+        assert c.execute("SELECT count(*) FROM items").fetchone() == (100,)
+        assert c.execute("SELECT %s::text", ("still here",)).fetchone() == ("still here",)
+
+
+def test_wait_denied_psql(apv):
+    mk = marker()
+    sql = f"SELECT note FROM {PAY} WHERE id = 7 AND '{mk}' <> ''"
+    p = apv.psql("waiter", ["-c", sql, "-c", "SELECT 'after'"], wait=False)
+    try:
+        r = apv.api.find(mk)
+        st, j = apv.api.deny(r["id"], "dave", reason="no")
+        assert st == 200, j
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode != 0
+    assert f"ERROR:  pgcordon: request {r['id']} was denied by dave: no" in err, err
+
+
+def test_wait_timeout_expires(apv):
+    """wait: 2s -> SQLSTATE 57014 'not decided within 2s'; the request is expired and can
+    no longer be decided; the session goes on."""
+    mk = marker()
+    sql = f"SELECT note FROM {PAY} WHERE id = 1 AND '{mk}' <> ''"
+    with apv.connect("hurried") as c:
+        notices = []
+        c.add_notice_handler(lambda d: notices.append(d.message_primary))
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute(sql)
+        took = time.monotonic() - t0
+        e = ei.value
+        assert e.sqlstate == "57014", e
+        rid = notice_id(notices[0])["id"]
+        assert e.diag.message_primary == f"pgcordon: request {rid} was not decided within 2s"
+        assert 1.8 <= took < 10, took
+        assert c.info.transaction_status == TransactionStatus.IDLE
+        assert c.execute("SELECT 5").fetchone() == (5,)
+    apv.api.wait_status(rid, "expired", timeout=5)
+    assert apv.api.get(rid)["mode"] == "wait"
+    st, j = apv.api.approve(rid, "carol")
+    assert_error_body(st, j, 409)
+    assert apv.api.status_of(rid) == "expired"
+
+
+# ============================================================================ retry mode
+
+def test_retry_same_text_runs_after_approval(apv, pg):
+    mk = marker()
+    sql = f"SELECT id, note FROM {PAY} WHERE id = 2 AND '{mk}' <> ''"
+    with apv.connect("retrier") as c:
+        m = held_error(c, sql)
+        rid = m["id"]
+        assert (m["policy"], m["rule"]) == ("retry", "tables") and PAY in m["why"]
+        # sent again while pending: the same request
+        assert held_error(c, sql)["id"] == rid
+        r = apv.api.get(rid)
+        check_request(r, status="pending", mode="retry", requester="retrier", statement=sql,
+                      policy="retry", rule="tables", kind="statement")
+        j = apv.api.approve_ok(rid, "carol")
+        approved_at = time.monotonic()
+        assert j["valid_until"], j
+        # as often as it is sent, for valid_for (3s)
+        want = direct_rows(pg, f"SELECT id, note FROM {PAY} WHERE id = 2")
+        for _ in range(3):
+            assert c.execute(sql).fetchall() == want
+        # a different text is another statement
+        other = sql.replace("id = 2", "id = 3")
+        m2 = held_error(c, other)
+        assert m2["id"] != rid
+        # another identity with the same text is another request
+        with apv.connect("retrier2") as c2:
+            m3 = held_error(c2, sql)
+            assert m3["id"] != rid
+            assert apv.api.get(m3["id"])["requester"] == "retrier2"
+        # a new session of the same identity may use it too
+        with apv.connect("retrier") as c3:
+            assert c3.execute(sql).fetchall() == want
+        # after valid_for it is held again
+        left = approved_at + 3.6 - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+        m4 = held_error(c, sql)
+        assert apv.api.status_of(m2["id"]) == "pending"
+        assert m4["rule"] == "tables"
+
+
+def test_retry_extended_parameters(apv, pg):
+    """In the extended protocol the approval covers the text and the parameters."""
+    mk = marker()
+    sql = f"SELECT id, note FROM {PAY} WHERE id = %t::int AND note <> %t"
+    with apv.connect("retrier") as c:
+        rid = held_error(c, sql, (4, mk))["id"]
+        assert held_error(c, sql, (4, mk))["id"] == rid
+        r = apv.api.get(rid)
+        assert r["parameters"] == ["4", mk], r
+        assert r["statement"] == f"SELECT id, note FROM {PAY} WHERE id = $1::int AND note <> $2"
+        apv.api.approve_ok(rid, "dave")
+        assert c.execute(sql, (4, mk)).fetchall() == [(4, "pay 4")]
+        assert c.execute(sql, (4, mk), prepare=True).fetchall() == [(4, "pay 4")]
+        # other parameters: another request
+        m = held_error(c, sql, (5, mk))
+        assert m["id"] != rid
+        assert apv.api.get(m["id"])["parameters"] == ["5", mk]
+        # the same values as a literal text are another text
+        lit = f"SELECT id, note FROM {PAY} WHERE id = 4::int AND note <> '{mk}'"
+        assert held_error(c, lit)["id"] != rid
+
+
+# ============================================================================ who may decide
+
+def test_self_approval_refused(apv, pg):
+    """selfie is an approver and the requester: 403 for its own request, 200 for carol."""
+    mk = marker()
+    sql = f"SELECT id FROM {PAY} WHERE id = 8 AND '{mk}' <> ''"
+    with apv.connect("selfie") as c:
+        h = Held(c, sql)
+        rid = h.wait_notice()["id"]
+        r = apv.api.get(rid)
+        assert r["requester"] == "selfie" and r["policy"] == "agents", r
+        st, j = apv.api.approve(rid, "selfie", reason="it is fine, I promise")
+        assert_error_body(st, j, 403)
+        st, j = apv.api.deny(rid, "selfie", reason="changed my mind")
+        assert_error_body(st, j, 403)
+        assert apv.api.status_of(rid) == "pending" and h.waiting()
+        apv.api.approve_ok(rid, "carol")
+        h.join()
+        assert h.error is None and h.rows == [(8,)], (h.error, h.rows)
+
+
+def test_non_approver_refused(apv):
+    mk = marker()
+    with apv.connect("retrier") as c:
+        rid = held_error(c, f"SELECT note FROM {PAY} WHERE id = 1 AND '{mk}' <> ''")["id"]
+    for who in ("outsider", "audra"):  # audra audits but does not decide
+        st, j = apv.api.approve(rid, who)
+        assert_error_body(st, j, 403)
+        st, j = apv.api.deny(rid, who, reason="x")
+        assert_error_body(st, j, 403)
+    assert apv.api.status_of(rid) == "pending"
+    # approvers and auditors list every request; others only their own
+    assert rid in {r["id"] for r in apv.api.list("audra")}
+    assert rid in {r["id"] for r in apv.api.list("dave")}
+    assert rid not in {r["id"] for r in apv.api.list("outsider", "all")}
+    st, j = apv.api.deny(rid, "carol", reason="cleanup")
+    assert st == 200, j
+
+
+def test_unauthenticated_refused(apv):
+    mk = marker()
+    with apv.connect("retrier") as c:
+        rid = held_error(c, f"SELECT note FROM {PAY} WHERE id = 2 AND '{mk}' <> ''")["id"]
+    k = apv.api.tokens["carol"]
+    bad_tokens = [None, "pgc_" + "x" * 43, k[:-1] + ("A" if k[-1] != "A" else "B"),
+                  "not a token", PW, LOCAL_USERS["alice"]]
+    for tok in bad_tokens:
+        for method, path, body in (("GET", "/api/approvals", None),
+                                   ("GET", f"/api/approvals/{rid}", None),
+                                   ("POST", f"/api/approvals/{rid}/approve", {"reason": "x"}),
+                                   ("POST", f"/api/approvals/{rid}/deny", {"reason": "x"}),
+                                   ("GET", "/api/grants", None),
+                                   ("POST", "/api/grants",
+                                    {"user": "scoped", "tables": ["public.items"],
+                                     "duration": "1m", "reason": "x"})):
+            st, j, raw = apv.api.call(method, path, tok, body=body)
+            assert_error_body(st, j, 401)
+    # a Basic credential is not a bearer credential
+    st, j, _ = apv.api.call("POST", f"/api/approvals/{rid}/approve", body={},
+                            headers={"Authorization": f"Basic {k}"})
+    assert_error_body(st, j, 401)
+    assert apv.api.status_of(rid) == "pending"
+    assert apv.gw.wait_log(r"event=admin_auth_failed")
+
+
+def test_unknown_id_404(apv):
+    for rid in ("0000000000000000", "ffffffffffffffff", "nosuchrequest"):
+        st, j, _ = apv.api.call("GET", f"/api/approvals/{rid}", "carol")
+        assert_error_body(st, j, 404)
+        st, j = apv.api.approve(rid, "carol")
+        assert_error_body(st, j, 404)
+        st, j = apv.api.deny(rid, "carol", reason="x")
+        assert_error_body(st, j, 404)
+
+
+def test_double_decision_409(apv):
+    mk = marker()
+    with apv.connect("retrier") as c:
+        a = held_error(c, f"SELECT note FROM {PAY} WHERE id = 3 AND '{mk}' <> ''")["id"]
+        b = held_error(c, f"SELECT note FROM {PAY} WHERE id = 4 AND '{mk}' <> ''")["id"]
+    apv.api.approve_ok(a, "carol", reason="first")
+    for verb, who in (("approve", "carol"), ("approve", "dave"), ("deny", "dave")):
+        st, j = apv.api.decide(a, verb, who, reason="second")
+        assert_error_body(st, j, 409)
+    r = apv.api.get(a)
+    assert (r["status"], r["decided_by"], r["decision_reason"]) == ("approved", "carol", "first")
+    st, j = apv.api.deny(b, "dave", reason="no")
+    assert st == 200, j
+    st, j = apv.api.approve(b, "carol")
+    assert_error_body(st, j, 409)
+    assert apv.api.status_of(b) == "denied"
+
+
+def test_list_filters_and_order(apv):
+    mk = marker()
+    with apv.connect("retrier") as c:
+        first = held_error(c, f"SELECT note FROM {PAY} WHERE id = 5 AND '{mk}' <> ''")["id"]
+        time.sleep(0.05)
+        second = held_error(c, f"SELECT note FROM {PAY} WHERE id = 6 AND '{mk}' <> ''")["id"]
+    pending = [r["id"] for r in apv.api.list("carol")]
+    assert pending == [r["id"] for r in apv.api.list("carol", "pending")]
+    assert pending.index(second) < pending.index(first), "not newest first"
+    for r in apv.api.list("carol"):
+        assert r["status"] == "pending", r
+    apv.api.approve_ok(first, "carol")
+    assert first in {r["id"] for r in apv.api.list("carol", "approved")}
+    assert first not in {r["id"] for r in apv.api.list("carol")}
+    every = [r["id"] for r in apv.api.list("carol", "all")]
+    assert first in every and second in every
+    st, j = apv.api.deny(second, "carol", reason="tidy")
+    assert st == 200
+    assert second in {r["id"] for r in apv.api.list("carol", "denied")}
+    st, j, _ = apv.api.call("GET", "/api/approvals?status=bogus", "carol")
+    assert_error_body(st, j, 400)
+
+
+# ============================================================================ review rules
+
+def test_review_copy_to_psql(apv, pg):
+    """psql \\copy ... to stdout is COPY TO STDOUT: held (rule statements: copy_to), and the
+    data arrives once approved."""
+    mk = marker()
+    p = apv.psql("waiter", ["-c", f"\\copy (SELECT id, name, '{mk}' FROM items WHERE id <= 3 "
+                                  f"ORDER BY id) to stdout"], wait=False)
+    try:
+        r = apv.api.find(mk)
+        assert (r["rule"], r["why"]) == ("statements", "copy_to"), r
+        assert p.poll() is None
+        apv.api.approve_ok(r["id"], "carol")
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert out.splitlines() == [f"{i}\titem {i}\t{mk}" for i in (1, 2, 3)], out
+    m = re.search(r"^NOTICE:  (.*)$", err, re.M)
+    assert m and notice_id(m[1])["id"] == r["id"], err
+    assert "rule statements: copy_to" in m[1]
+
+
+def test_review_copy_to_psycopg(apv):
+    mk = marker()
+    with apv.connect("waiter") as c:
+        got, err = [], []
+
+        def copy_out():
+            try:
+                with c.cursor() as cur:
+                    with cur.copy(f"COPY (SELECT id, '{mk}' FROM items WHERE id <= 4 "
+                                  f"ORDER BY id) TO STDOUT") as cp:
+                        for row in cp.rows():
+                            got.append(row)
+            except Exception as e:  # noqa: BLE001
+                err.append(e)
+        th = threading.Thread(target=copy_out, daemon=True)
+        th.start()
+        r = apv.api.find(mk)
+        assert r["rule"] == "statements" and r["why"] == "copy_to"
+        time.sleep(0.3)
+        assert not got and th.is_alive()
+        apv.api.approve_ok(r["id"], "carol")
+        th.join(30)
+        assert not th.is_alive() and not err, err
+        assert got == [(str(i), mk) for i in (1, 2, 3, 4)]
+        # COPY FROM and plain reads are not reviewed
+        c.execute("CREATE TEMP TABLE apv_tmp (a int)")
+        with c.cursor() as cur:
+            with cur.copy("COPY apv_tmp FROM STDIN") as cp:
+                cp.write_row((1,))
+                cp.write_row((2,))
+        assert c.execute("SELECT sum(a) FROM apv_tmp").fetchone() == (3,)
+        assert c.execute("SELECT count(*) FROM items").fetchone() == (100,)
+
+
+TABLE_CASES = [
+    ("select", "SELECT * FROM {pay} WHERE note <> '{mk}'"),
+    ("qualified", "SELECT id FROM public.{pay} WHERE note <> '{mk}'"),
+    ("join", "SELECT i.name FROM items i JOIN {pay} p ON p.id = i.id WHERE p.note <> '{mk}'"),
+    ("comma_join", "SELECT i.name FROM items i, {pay} p WHERE p.id = i.id AND '{mk}' <> ''"),
+    ("in_subquery", "SELECT name FROM items WHERE id IN (SELECT id FROM {pay}) AND '{mk}' <> ''"),
+    ("scalar_subquery", "SELECT (SELECT max(amount) FROM {pay}), '{mk}'"),
+    ("exists", "SELECT 1 WHERE EXISTS (SELECT 1 FROM {pay} WHERE note = '{mk}')"),
+    ("cte", "WITH x AS (SELECT * FROM {pay}) SELECT count(*), '{mk}' FROM x"),
+    ("union", "SELECT name FROM items UNION ALL SELECT note FROM {pay} WHERE note <> '{mk}'"),
+    ("insert", "INSERT INTO {pay} VALUES (1000, 1, '{mk}')"),
+    ("insert_select", "INSERT INTO {pay} SELECT id + 2000, 1, '{mk}' FROM items"),
+    ("update", "UPDATE {pay} SET note = '{mk}' WHERE id = 1"),
+    ("delete", "DELETE FROM {pay} WHERE note = '{mk}'"),
+    ("writable_cte", "WITH d AS (DELETE FROM {pay} WHERE id = 1 RETURNING id) "
+                     "SELECT count(*), '{mk}' FROM d"),
+    ("upper_case", "SELECT * FROM PUBLIC.{PAY} WHERE note <> '{mk}'"),
+]
+
+
+@pytest.mark.parametrize("case", TABLE_CASES, ids=[c[0] for c in TABLE_CASES])
+def test_review_tables(apv, pg, case):
+    """Reads and writes of public.PAY, joins and subqueries included, are held (retry mode:
+    an immediate error with the request); nothing was written."""
+    _, tmpl = case
+    mk = marker()
+    sql = tmpl.format(pay=PAY, PAY=PAY.upper(), mk=mk)
+    before = pay_rows(pg)
+    with apv.connect("retrier") as c:
+        for kw in ({}, {"prepare": True}):
+            m = held_error(c, sql, **kw)
+            assert (m["rule"], m["policy"]) == ("tables", "retry") and PAY in m["why"], m
+        r = apv.api.get(m["id"])
+        assert r["statement"] == sql and r["rule"] == "tables"
+        assert c.execute("SELECT count(*) FROM items WHERE name <> %s", (mk,)).fetchone() == (100,)
+    assert pay_rows(pg) == before
+
+
+def test_review_returned_rows_raw(apv):
+    """returned_rows_over 5: the client gets 5 rows, then an error naming a new request;
+    approved, the same statement returns every row."""
+    mk = marker()
+    sql = f"SELECT g, '{mk}' FROM generate_series(1, 12) g"
+    c = apv.raw("counter")
+    try:
+        c.send(q(f"SELECT g FROM generate_series(1, {ROWS_OVER}) g"))
+        tr = read_until(c, until_ready())
+        assert types(tr) == ["T"] + ["D"] * ROWS_OVER + ["C", "Z"], types(tr)
+        c.send(q(sql))
+        tr = read_until(c, until_ready())
+        assert types(tr) == ["T"] + ["D"] * ROWS_OVER + ["E", "Z"], types(tr)
+        assert [datarow_values(b)[0] for t, b in tr if t == "D"] == [str(i) for i in range(1, 6)]
+        err = tr[-2][1]
+        assert err["S"] == "ERROR", err
+        m = ANY_ID.search(err["M"])
+        assert m, err
+        rid = m[1]
+        r = apv.api.get(rid)
+        assert (r["status"], r["requester"], r["policy"], r["rule"], r["statement"]) == \
+            ("pending", "counter", "rows", "returned_rows_over", sql), r
+        # not approved yet: cut again
+        c.send(q(sql))
+        tr = read_until(c, until_ready())
+        assert types(tr) == ["T"] + ["D"] * ROWS_OVER + ["E", "Z"], types(tr)
+        apv.api.approve_ok(rid, "carol")
+        c.send(q(sql))
+        tr = read_until(c, until_ready())
+        assert types(tr) == ["T"] + ["D"] * 12 + ["C", "Z"], types(tr)
+        assert tr[-2][1] == b"SELECT 12\0"
+        # another statement is still cut
+        c.send(q(sql.replace("12", "13")))
+        tr = read_until(c, until_ready())
+        assert types(tr) == ["T"] + ["D"] * ROWS_OVER + ["E", "Z"], types(tr)
+    finally:
+        c.terminate()
+
+
+def test_review_returned_rows_psycopg(apv):
+    mk = marker()
+    sql = "SELECT g, %s::text FROM generate_series(1, 9) g"
+    with apv.connect("counter") as c:
+        got = []
+        with pytest.raises(psycopg.Error) as ei:
+            for row in c.cursor().stream(sql, (mk,)):
+                got.append(row)
+        assert got == [(i, mk) for i in range(1, ROWS_OVER + 1)], got
+        m = ANY_ID.search(ei.value.diag.message_primary or "")
+        assert m, ei.value
+        r = apv.api.get(m[1])
+        assert r["rule"] == "returned_rows_over" and r["parameters"] == [mk], r
+        apv.api.approve_ok(m[1], "dave")
+        assert c.execute(sql, (mk,)).fetchall() == [(i, mk) for i in range(1, 10)]
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_review_estimated_rows(apv):
+    """estimated_rows_over 1000 (retry mode): a SELECT of the whole 50000-row table is held,
+    selective ones and small results are not."""
+    mk = marker()
+    whole = f"SELECT id, v, '{mk}' FROM {BIG}"
+    with apv.connect("planner") as c:
+        m = held_error(c, whole)
+        assert (m["policy"], m["rule"]) == ("estimate", "estimated_rows_over"), m
+        r = apv.api.get(m["id"])
+        assert r["requester"] == "planner" and r["statement"] == whole
+        assert c.execute(f"SELECT id, v FROM {BIG} WHERE id = 7").fetchall() == [(7, "big 7")]
+        assert len(c.execute(f"SELECT id FROM {BIG} WHERE id <= 100").fetchall()) == 100
+        assert c.execute(f"SELECT count(*) FROM {BIG}").fetchone() == (BIG_ROWS,)
+        assert len(c.execute("SELECT * FROM items").fetchall()) == 100
+        assert len(c.execute(f"SELECT id FROM {BIG} WHERE id <= %s", (50,)).fetchall()) == 50
+        m2 = held_error(c, f"SELECT id FROM {BIG} WHERE v <> %s", (mk,))
+        assert m2["rule"] == "estimated_rows_over"
+        apv.api.approve_ok(m["id"], "carol")
+        assert len(c.execute(whole).fetchall()) == BIG_ROWS
+
+
+def test_block_wins_over_review(apv, pg):
+    """A statement both blocked and reviewed is refused at once, never held; a statement
+    only reviewed is still held."""
+    mk = marker()
+    before = pay_rows(pg)
+    with apv.connect("blocked") as c:
+        notices = []
+        c.add_notice_handler(lambda d: notices.append(d.message_primary))
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.Error) as ei:
+            with c.cursor().copy(f"COPY (SELECT '{mk}') TO STDOUT") as cp:
+                list(cp.rows())
+        assert time.monotonic() - t0 < 5
+        assert ei.value.sqlstate == "42501"
+        assert (ei.value.diag.message_primary or "").startswith("pgcordon: blocked by policy strict: ")
+        t0 = time.monotonic()
+        blocked_error(c, f"DELETE FROM {PAY}", "strict")
+        blocked_error(c, f"DELETE FROM {PAY} WHERE true", "strict")
+        assert time.monotonic() - t0 < 5
+        assert not any("held for approval" in (n or "") for n in notices), notices
+        assert not [r for r in apv.api.list("carol", "all")
+                    if r["requester"] == "blocked" and mk in (r["statement"] or "")]
+        assert c.execute("SELECT 3").fetchone() == (3,)
+        # reviewed but not blocked: held
+        h = Held(c, f"DELETE FROM {PAY} WHERE note = '{mk}'")
+        rid = h.wait_notice()["id"]
+        st, j = apv.api.deny(rid, "carol", reason="no deletes today")
+        assert st == 200, j
+        h.join()
+        assert h.error is not None and h.error.sqlstate == "42501", h.error
+    assert pay_rows(pg) == before
+
+
+# ============================================================================ cancellation
+
+def test_disconnect_while_waiting_cancels(apv):
+    mk = marker()
+    c = apv.raw("waiter")
+    c.send(q(f"SELECT note FROM {PAY} WHERE id = 9 AND '{mk}' <> ''"))
+    tr = read_until(c, lambda t, out: t in ("N", "E", "Z"))
+    assert tr[-1][0] == "N", tr
+    rid = notice_id(tr[-1][1]["M"])["id"]
+    assert tr[-1][1]["S"] == "NOTICE"
+    assert apv.api.status_of(rid) == "pending"
+    c.close()  # no Terminate: the client vanishes
+    apv.api.wait_status(rid, "cancelled", timeout=10)
+    st, j = apv.api.approve(rid, "carol")
+    assert_error_body(st, j, 409)
+
+
+def test_psycopg_cancel_while_waiting(apv):
+    mk = marker()
+    with apv.connect("waiter") as c:
+        h = Held(c, f"SELECT note FROM {PAY} WHERE id = 10 AND '{mk}' <> ''")
+        rid = h.wait_notice()["id"]
+        time.sleep(0.3)
+        c.cancel()
+        h.join(15)
+        assert isinstance(h.error, pgerrors.QueryCanceled), (h.error, h.rows)
+        assert h.error.sqlstate == "57014"
+        apv.api.wait_status(rid, "cancelled", timeout=10)
+        st, j = apv.api.approve(rid, "carol")
+        assert_error_body(st, j, 409)
+        assert c.info.transaction_status == TransactionStatus.IDLE
+        assert c.execute("SELECT 'usable'").fetchone() == ("usable",)
+
+
+def test_psql_sigint_while_waiting_cancels(apv):
+    """Ctrl-C in psql sends a CancelRequest: the request is cancelled."""
+    mk = marker()
+    p = apv.psql("waiter", ["-c", f"SELECT note FROM {PAY} WHERE id = 2 AND '{mk}' <> ''"],
+                 wait=False)
+    try:
+        r = apv.api.find(mk)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode != 0
+    assert "canceling statement" in err or "cancel" in err.lower(), err
+    apv.api.wait_status(r["id"], "cancelled", timeout=10)
+
+
+# ============================================================================ extended protocol
+
+def test_extended_parameters_in_request(apv):
+    mk = marker()
+    sql = f"SELECT id, note FROM {PAY} WHERE id = %t::int AND note <> %t"
+    with apv.connect("waiter") as c:
+        h = Held(c, sql, (3, mk))
+        rid = h.wait_notice()["id"]
+        r = apv.api.get(rid)
+        assert r["parameters"] == ["3", mk], r
+        assert r["statement"] == f"SELECT id, note FROM {PAY} WHERE id = $1::int AND note <> $2"
+        apv.api.approve_ok(rid, "carol")
+        h.join()
+        assert h.error is None and h.rows == [(3, "pay 3")], (h.error, h.rows)
+
+
+def test_extended_null_and_binary_parameters(apv):
+    """NULL is null and a binary parameter is recorded as the audit records it."""
+    mk = marker()
+    sql = f"SELECT id FROM {PAY} WHERE id = %b AND %t::text IS NULL AND note <> %t"
+    with apv.connect("waiter") as c:
+        h = Held(c, sql, (1, None, mk))
+        rid = h.wait_notice()["id"]
+        params = apv.api.get(rid)["parameters"]
+        assert len(params) == 3 and params[1] is None and params[2] == mk, params
+        assert isinstance(params[0], dict) and "hex" in params[0], params
+        apv.api.approve_ok(rid)
+        h.join()
+        assert h.rows == [(1,)], (h.error, h.rows)
+
+
+def test_pipelined_raw_held_then_approved(apv):
+    """Parse/Bind/Describe/Execute/Sync of a held statement and of another, in one write:
+    nothing of either arrives before the approval, then both, in order."""
+    mk = marker()
+    c = apv.raw("waiter")
+    try:
+        c.send(ext(f"SELECT id, note FROM {PAY} WHERE id = $1::int AND note <> $2", [2, mk])
+               + SYNC + ext("SELECT $1::int * 2", [21]) + SYNC)
+        first = read_until(c, lambda t, out: t == "N" and "held" in out[-1][1].get("M", ""))
+        rid = notice_id(first[-1][1]["M"])["id"]
+        assert "D" not in types(first) and "C" not in types(first), first
+        assert apv.api.get(rid)["parameters"] == ["2", mk]
+        time.sleep(0.5)
+        apv.api.approve_ok(rid, "carol")
+        rest = read_until(c, until_ready(2))
+        seq = [t for t in types(first + rest) if t != "N"]
+        assert seq == ["1", "2", "T", "D", "C", "Z", "1", "2", "T", "D", "C", "Z"], seq
+        rows = [datarow_values(b) for t, b in rest if t == "D"]
+        assert rows == [["2", "pay 2"], ["42"]], rows
+    finally:
+        c.terminate()
+
+
+def test_pipeline_psycopg_held_then_approved(apv):
+    mk = marker()
+    with apv.connect("waiter") as c:
+        notices, noticed = [], threading.Event()
+
+        def on_notice(d):
+            notices.append(d.message_primary)
+            if "held for approval" in (d.message_primary or ""):
+                noticed.set()
+        c.add_notice_handler(on_notice)
+
+        def approver():
+            if noticed.wait(15):
+                apv.api.approve(notice_id(notices[-1])["id"], "dave")
+        th = threading.Thread(target=approver, daemon=True)
+        th.start()
+        with c.pipeline():
+            c1 = c.cursor()
+            c1.execute(f"SELECT note FROM {PAY} WHERE id = %s::int AND note <> %s", ("5", mk))
+            c2 = c.cursor()
+            c2.execute("SELECT %s::int + 1", (41,))
+        th.join(20)
+        assert c1.fetchall() == [("pay 5",)]
+        assert c2.fetchall() == [(42,)]
+        assert noticed.is_set()
+
+
+# ============================================================================ grants
+
+def grant_body(t, duration="60s", access=None, user=None, group=None, reason=None):
+    b = {"tables": [f"public.{t}"], "duration": duration, "reason": reason or f"ticket {t}"}
+    if user:
+        b["user"] = user
+    if group:
+        b["group"] = group
+    if access:
+        b["access"] = access
+    return b
+
+
+def open_grant(apv, body, who="outsider"):
+    st, j = apv.api.grant(who, body)
+    assert st == 201, (st, j)
+    assert j["kind"] == "grant" and j["status"] == "pending" and j["requester"] == who, j
+    assert j["approvers"] == APPROVERS, j
+    return j
+
+
+def grants_for(apv, t, status=None):
+    return [g for g in apv.api.grants("carol", status) if t in json.dumps(g)]
+
+
+def test_grant_read_mid_session_and_expiry(apv, table):
+    t = table()
+    want = [(i, f"secret {i}") for i in (1, 2, 3)]
+    with apv.connect("scoped") as c, apv.connect("scoped2") as other:
+        out_of_scope(c, t)
+        req = open_grant(apv, grant_body(t, duration="3s", user="scoped"))
+        out_of_scope(c, t)  # not before the approval
+        assert not grants_for(apv, t)
+        assert req["id"] in {r["id"] for r in apv.api.list("carol")}
+        apv.api.approve_ok(req["id"], "carol", reason="ok for the incident")
+        approved = time.monotonic()
+        # the session opened before the approval sees the table now
+        assert c.execute(f"SELECT id, v FROM {t} ORDER BY id").fetchall() == want
+        # read, not write
+        blocked_error(c, f"INSERT INTO {t} VALUES (9, 'x')", "scoped")
+        # only the grantee
+        out_of_scope(other, t)
+        active = grants_for(apv, t)
+        assert len(active) == 1 and "scoped" in json.dumps(active[0]), active
+        assert time.monotonic() - approved < 2.5, "the checks took too long for a 3s grant"
+        # at expiry it ends, in this session too
+        time.sleep(max(0.0, approved + 3.5 - time.monotonic()))
+        out_of_scope(c, t)
+        assert not grants_for(apv, t)
+        assert grants_for(apv, t, "all")
+    with apv.connect("scoped") as c:
+        out_of_scope(c, t)
+
+
+def test_grant_write_access(apv, table, pg):
+    t = table()
+    with apv.connect("scoped") as c:
+        req = open_grant(apv, grant_body(t, access="write", user="scoped"))
+        blocked_error(c, f"INSERT INTO {t} VALUES (10, 'ten')", "scoped")
+        apv.api.approve_ok(req["id"], "dave")
+        assert c.execute(f"INSERT INTO {t} VALUES (10, 'ten')").statusmessage == "INSERT 0 1"
+        assert c.execute(f"UPDATE {t} SET v = 'one' WHERE id = 1").statusmessage == "UPDATE 1"
+        assert c.execute(f"SELECT count(*) FROM {t}").fetchone() == (4,)
+    assert direct_rows(pg, f"SELECT v FROM {t} WHERE id IN (1, 10) ORDER BY id") == \
+        [("one",), ("ten",)]
+
+
+def test_grant_does_not_lift_read_only(apv, table, pg):
+    t = table()
+    with apv.connect("roscoped") as c:
+        req = open_grant(apv, grant_body(t, access="write", user="roscoped"))
+        apv.api.approve_ok(req["id"], "carol")
+        assert c.execute(f"SELECT count(*) FROM {t}").fetchone() == (3,)
+        blocked_error(c, f"INSERT INTO {t} VALUES (11, 'x')", "roscoped")
+    assert direct_rows(pg, f"SELECT count(*) FROM {t}") == [(3,)]
+
+
+def test_grant_group(apv, table):
+    t = table()
+    with apv.connect("scoped") as a, apv.connect("scoped2") as b, apv.connect("scopedx") as x:
+        req = open_grant(apv, grant_body(t, group="scopers"))
+        apv.api.approve_ok(req["id"], "carol")
+        assert a.execute(f"SELECT count(*) FROM {t}").fetchone() == (3,)
+        assert b.execute(f"SELECT count(*) FROM {t}").fetchone() == (3,)
+        out_of_scope(x, t)  # other-scopers is not the granted group
+        g = grants_for(apv, t)
+        assert len(g) == 1 and "scopers" in json.dumps(g[0]), g
+
+
+def test_grant_self_approval_and_listing(apv, table):
+    """The grant's requester cannot approve it, even as an approver; GET /api/grants lists
+    active grants (default) or all."""
+    t = table()
+    req = open_grant(apv, grant_body(t, user="scoped"), who="selfie")
+    st, j = apv.api.approve(req["id"], "selfie")
+    assert_error_body(st, j, 403)
+    st, j = apv.api.approve(req["id"], "outsider")
+    assert_error_body(st, j, 403)
+    assert apv.api.status_of(req["id"]) == "pending"
+    assert not grants_for(apv, t)
+    st, j = apv.api.deny(req["id"], "carol", reason="not needed")
+    assert st == 200
+    assert not grants_for(apv, t) and not grants_for(apv, t, "active")
+    with apv.connect("scoped") as c:
+        out_of_scope(c, t)
+    st, j, _ = apv.api.call("GET", "/api/grants?status=bogus", "carol")
+    assert_error_body(st, j, 400)
+
+
+# ============================================================================ webhooks
+
+def webhook_gateway(factory, keys, receiver):
+    return start_approvals_gateway(
+        factory, keys, approvals=approvals_section(notify={"webhook": receiver.url}))
+
+
+def for_request(rid, status):
+    def pred(d):
+        return (d.status == 200 and isinstance(d.json, dict)
+                and (d.json.get("pgcordon") or {}).get("id") == rid
+                and d.json["pgcordon"].get("status") == status)
+    return pred
+
+
+def test_webhook_on_open_and_decision(gateway_factory, keys, objects):
+    rcv = Receiver()
+    try:
+        ctx = webhook_gateway(gateway_factory, keys, rcv)
+        mk = marker()
+        with ctx.connect("waiter") as c:
+            h = Held(c, f"SELECT note FROM {PAY} WHERE id = 1 AND '{mk}' <> ''")
+            rid = h.wait_notice()["id"]
+            d = rcv.wait_for(for_request(rid, "pending"), 15, "the 'opened' message")
+            assert isinstance(d.json["text"], str) and rid in d.json["text"], d.json
+            assert d.headers.get("content-type", "").startswith("application/json"), d.headers
+            assert d.path == "/services/T0/B0/hook"
+            check_request(d.json["pgcordon"], requester="waiter", kind="statement")
+            ctx.api.approve_ok(rid, "carol", reason=f"fine {mk}")
+            d = rcv.wait_for(for_request(rid, "approved"), 15, "the 'approved' message")
+            assert rid in d.json["text"] and d.json["pgcordon"]["decided_by"] == "carol"
+            h.join()
+            assert h.rows == [("pay 1",)]
+            # a denial, and a grant request, are announced too
+            h = Held(c, f"SELECT note FROM {PAY} WHERE id = 2 AND '{mk}' <> ''")
+            rid2 = h.wait_notice()["id"]
+            ctx.api.deny(rid2, "dave", reason=f"nope {mk}")
+            d = rcv.wait_for(for_request(rid2, "denied"), 15, "the 'denied' message")
+            assert f"nope {mk}" in json.dumps(d.json)
+            h.join()
+        st, g = ctx.api.grant("outsider", {"user": "scoped", "tables": ["public.items"],
+                                           "duration": "1m", "reason": "wh"})
+        assert st == 201, g
+        d = rcv.wait_for(for_request(g["id"], "pending"), 15, "the grant's message")
+        assert d.json["pgcordon"]["kind"] == "grant"
+    finally:
+        rcv.close()
+
+
+def test_webhook_retried_after_failures(gateway_factory, keys, objects):
+    """The receiver answers 500 twice, then 200: the message still arrives, and the held
+    client was not slowed down by it."""
+    rcv = Receiver(fail_first=2)
+    try:
+        ctx = webhook_gateway(gateway_factory, keys, rcv)
+        mk = marker()
+        with ctx.connect("waiter") as c:
+            h = Held(c, f"SELECT note FROM {PAY} WHERE id = 3 AND '{mk}' <> ''")
+            m = h.wait_notice(timeout=5)
+            rid = m["id"]
+            held_at = [n[3] for n in h.notices if "held" in (n[2] or "")][0]
+            assert held_at - h.started < 3
+            rcv.wait_for(for_request(rid, "pending"), 40, "the retried message")
+            tries = [x for x in rcv.snapshot()
+                     if isinstance(x.json, dict) and (x.json.get("pgcordon") or {}).get("id") == rid]
+            assert [x.status for x in tries[:3]] == [500, 500, 200], tries
+            assert tries[0].body == tries[2].body
+            ctx.api.approve_ok(rid, "carol")
+            h.join()
+            assert h.rows == [("pay 3",)]
+            rcv.wait_for(for_request(rid, "approved"), 40, "the decision message")
+    finally:
+        rcv.close()
+
+
+def test_webhook_gives_up_and_logs(gateway_factory, keys, objects):
+    rcv = Receiver(fail_first=10 ** 6)
+    try:
+        ctx = webhook_gateway(gateway_factory, keys, rcv)
+        mk = marker()
+        with ctx.connect("retrier") as c:
+            rid = held_error(c, f"SELECT note FROM {PAY} WHERE id = 4 AND '{mk}' <> ''")["id"]
+        assert ctx.gw.wait_log(r"event=webhook_failed", timeout=60), ctx.gw.log_text()[-3000:]
+        tries = [x for x in rcv.snapshot()
+                 if isinstance(x.json, dict) and (x.json.get("pgcordon") or {}).get("id") == rid]
+        assert len(tries) == 5, f"{len(tries)} attempts"
+        span = tries[-1].at - tries[0].at
+        assert 10 <= span <= 60, f"5 attempts over {span:.1f}s"
+        ctx.gw.assert_serves(user="alice")
+    finally:
+        rcv.close()
+
+
+# ============================================================================ audit
+
+AUDIT_COLS = ("node", "seq", "time", "kind", "session_id", "user_name", "database", "body")
+
+
+def audit_rows(db):
+    if not Path(db).exists():
+        return []
+    c = sqlite3.connect(str(db), timeout=10)
+    try:
+        rows = c.execute(f"SELECT {', '.join(AUDIT_COLS)} FROM audit_records ORDER BY seq").fetchall()
+    finally:
+        c.close()
+    out = []
+    for r in rows:
+        d = dict(zip(AUDIT_COLS, r))
+        d["raw"] = d["body"]
+        d["body"] = json.loads(d["body"])
+        out.append(d)
+    return out
+
+
+def audit_record(db, kind, *needles, timeout=10):
+    def find():
+        for r in audit_rows(db):
+            if r["kind"] == kind and all(n in r["raw"] for n in needles):
+                return r
+        return None
+    return wait_for(find, timeout, 0.1, f"an audit record {kind} with {needles}")
+
+
+def test_audit_records_decisions(apv, table):
+    mk = marker()
+    with apv.connect("retrier") as c:
+        sql = f"SELECT note FROM {PAY} WHERE id = 1 AND '{mk}' <> ''"
+        rid = held_error(c, sql)["id"]
+        apv.api.approve_ok(rid, "carol", reason=f"approved-because-{mk}")
+        assert c.execute(sql).fetchall() == [("pay 1",)]
+        rid2 = held_error(c, sql.replace("id = 1", "id = 2"))["id"]
+        st, j = apv.api.deny(rid2, "dave", reason=f"denied-because-{mk}")
+        assert st == 200
+    c = apv.raw("waiter")
+    c.send(q(f"SELECT note FROM {PAY} WHERE id = 3 AND '{mk}' <> ''"))
+    tr = read_until(c, lambda t, out: t in ("N", "E", "Z"))
+    rid3 = notice_id(tr[-1][1]["M"])["id"]
+    c.close()
+    apv.api.wait_status(rid3, "cancelled")
+    t = table()
+    g = open_grant(apv, grant_body(t, user="scoped", reason=f"grant-because-{mk}"))
+    apv.api.approve_ok(g["id"], "carol", reason=f"grant-ok-{mk}")
+    with apv.connect("scoped") as s:
+        assert s.execute(f"SELECT count(*) FROM {t} WHERE v <> '{mk}'").fetchone() == (3,)
+
+    db = apv.db
+    req = audit_record(db, "approval_request", rid)
+    assert "retrier" in req["raw"] and PAY in req["raw"]
+    dec = audit_record(db, "approval_decision", rid, "carol", f"approved-because-{mk}")
+    assert "approved" in dec["raw"]
+    dec2 = audit_record(db, "approval_decision", rid2, "dave", f"denied-because-{mk}")
+    assert "denied" in dec2["raw"]
+    assert audit_record(db, "approval_request", rid3)
+    assert [r for r in audit_rows(db) if rid3 in r["raw"] and "cancel" in r["raw"]
+            and r["kind"].startswith("approval")], "the cancellation is not in the audit store"
+    assert audit_record(db, "approval_request", g["id"], f"grant-because-{mk}")
+    assert audit_record(db, "approval_decision", g["id"], "carol", f"grant-ok-{mk}")
+    # the statement that used the approval, and the one that used the grant
+    audit_record(db, "statement", sql)
+    ran = [r for r in audit_rows(db) if r["kind"] == "statement"
+           and r["body"].get("sql") == sql and not r["body"].get("error")]
+    assert ran and rid in ran[-1]["raw"], \
+        f"the statement run under approval {rid} does not name it: {ran}"
+    gu = [r for r in audit_rows(db) if r["kind"] == "statement"
+          and f"WHERE v <> '{mk}'" in (r["body"].get("sql") or "")]
+    assert gu and "grant_used" in json.dumps(gu[-1]["body"]["decision"]), gu
+    # the same through `pgcordon audit export`
+    r = cli("audit", "export", "--config", apv.gw.config_path)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(ln) for ln in r.stdout.splitlines() if ln.strip()]
+    kinds = {o["kind"] for o in lines if rid in json.dumps(o)}
+    assert {"approval_request", "approval_decision"} <= kinds, kinds
+    assert any(f"approved-because-{mk}" in json.dumps(o) for o in lines)
+
+
+def test_expiry_in_audit(apv):
+    mk = marker()
+    with apv.connect("hurried") as c:
+        notices = []
+        c.add_notice_handler(lambda d: notices.append(d.message_primary))
+        with pytest.raises(psycopg.Error):
+            c.execute(f"SELECT note FROM {PAY} WHERE id = 5 AND '{mk}' <> ''")
+        rid = notice_id(notices[0])["id"]
+    wait_for(lambda: [r for r in audit_rows(apv.db) if rid in r["raw"] and "expired" in r["raw"]
+                      and r["kind"].startswith("approval")], 10, 0.1, "an expiry record")
+
+
+# ============================================================================ CLI
+
+def test_cli_approvals_and_grants(apv, table):
+    url = f"http://127.0.0.1:{apv.api.port}"
+    carol = apv.api.tokens["carol"]
+    outsider = apv.api.tokens["outsider"]
+    mk = marker()
+    with apv.connect("waiter") as c:
+        h = Held(c, f"SELECT note FROM {PAY} WHERE id = 6 AND '{mk}' <> ''")
+        rid = h.wait_notice()["id"]
+        r = cli("approvals", "list", "--url", url, "--token", carol)
+        assert r.returncode == 0, r.stderr
+        assert rid in r.stdout, r.stdout
+        r = cli("approvals", "list", "--status", "pending", "--url", url, env={"PGCORDON_TOKEN": carol})
+        assert r.returncode == 0 and rid in r.stdout, r.stdout + r.stderr
+        # usage errors: 2
+        r = cli("approvals", "deny", rid, "--url", url, "--token", carol)
+        assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+        r = cli("approvals", "frobnicate", "--url", url, "--token", carol)
+        assert r.returncode == 2, (r.returncode, r.stderr)
+        r = cli("approvals", "approve", "--url", url, "--token", carol)
+        assert r.returncode == 2, (r.returncode, r.stderr)
+        # API errors: 1, printed
+        r = cli("approvals", "approve", rid, "--url", url, "--token", outsider)
+        assert r.returncode == 1 and (r.stdout + r.stderr).strip(), (r.returncode, r.stderr)
+        r = cli("approvals", "approve", rid, "--url", url, "--token", "pgc_" + "z" * 43)
+        assert r.returncode == 1, (r.returncode, r.stderr)
+        r = cli("approvals", "approve", "0000000000000000", "--url", url, "--token", carol)
+        assert r.returncode == 1 and (r.stdout + r.stderr).strip(), (r.returncode, r.stderr)
+        assert apv.api.status_of(rid) == "pending" and h.waiting()
+        r = cli("approvals", "approve", rid, "--reason", "cli ok", "--url", url, "--token", carol)
+        assert r.returncode == 0, r.stderr
+        h.join()
+        assert h.rows == [("pay 6",)]
+        j = apv.api.get(rid)
+        assert (j["decided_by"], j["decision_reason"]) == ("carol", "cli ok")
+        r = cli("approvals", "approve", rid, "--url", url, "--token", carol)
+        assert r.returncode == 1, (r.returncode, r.stderr)  # 409
+
+        h = Held(c, f"SELECT note FROM {PAY} WHERE id = 7 AND '{mk}' <> ''")
+        rid2 = h.wait_notice()["id"]
+        r = cli("approvals", "deny", rid2, "--reason", "cli no", "--url", url, "--token", carol)
+        assert r.returncode == 0, r.stderr
+        h.join()
+        assert h.error is not None and "was denied by carol: cli no" in str(h.error)
+        r = cli("approvals", "list", "--status", "all", "--url", url, "--token", carol)
+        assert r.returncode == 0 and rid in r.stdout and rid2 in r.stdout
+
+    # grants
+    t = table()
+    r = cli("grants", "request", "--user", "scoped", "--tables", f"public.{t}", "--access", "read",
+            "--duration", "1m", "--reason", "cli grant", "--url", url, "--token", outsider)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    pend = [x for x in apv.api.list("carol") if x["kind"] == "grant" and t in json.dumps(x)]
+    assert len(pend) == 1, pend
+    r = cli("grants", "request", "--user", "scoped", "--tables", f"public.{t}",
+            "--reason", "no duration", "--url", url, "--token", outsider)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    r = cli("grants", "request", "--tables", f"public.{t}", "--duration", "1m",
+            "--reason", "nobody", "--url", url, "--token", outsider)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    r = cli("approvals", "approve", pend[0]["id"], "--url", url, "--token", carol)
+    assert r.returncode == 0, r.stderr
+    with apv.connect("scoped") as s:
+        assert s.execute(f"SELECT count(*) FROM {t}").fetchone() == (3,)
+    r = cli("grants", "list", "--url", url, "--token", carol)
+    assert r.returncode == 0 and t in r.stdout, r.stdout + r.stderr
+    r = cli("grants", "list", "--status", "all", "--url", url, env={"PGCORDON_TOKEN": carol})
+    assert r.returncode == 0 and t in r.stdout, r.stdout + r.stderr
+    r = cli("grants", "list", "--status", "sometimes", "--url", url, "--token", carol)
+    assert r.returncode in (1, 2), (r.returncode, r.stderr)
+
+
+# ============================================================================ two gateways
+
+@pytest.fixture
+def pg_store(pg):
+    dbname = f"apv_store_{SFX}_{secrets.token_hex(2)}"
+    su_exec(pg, f"CREATE DATABASE {dbname}", dbname="postgres")
+    url = (f"postgresql://postgres:{SUPERUSER_PW}@{pg.host}:{pg.port}/{dbname}"
+           f"?sslmode=disable")
+    yield url
+    su_exec(pg, f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)", dbname="postgres")
+
+
+def test_two_gateways_share_requests_and_grants(gateway_factory, keys, objects, pg_store,
+                                                tmp_path, table):
+    gws = {}
+    for node in ("gw1", "gw2"):
+        gws[node] = start_approvals_gateway(
+            gateway_factory, keys,
+            audit={"store": pg_store, "node": node, "key_file": str(tmp_path / f"{node}.key")})
+    gw1, gw2 = gws["gw1"], gws["gw2"]
+    mk = marker()
+    with gw1.connect("waiter") as c:
+        h = Held(c, f"SELECT note FROM {PAY} WHERE id = 8 AND '{mk}' <> ''")
+        rid = h.wait_notice()["id"]
+        r = gw2.api.find(mk)  # gw2 sees gw1's request
+        assert r["id"] == rid and r["node"] == "gw1", r
+        gw2.api.approve_ok(rid, "carol", reason="via gw2")
+        h.join(15)
+        assert h.error is None and h.rows == [("pay 8",)], (h.error, h.rows)
+        assert gw1.api.get(rid)["decided_by"] == "carol"
+        # and a denial
+        h = Held(c, f"SELECT note FROM {PAY} WHERE id = 9 AND '{mk}' <> ''")
+        rid2 = h.wait_notice()["id"]
+        st, j = gw2.api.deny(rid2, "dave", reason="via gw2 too")
+        assert st == 200, j
+        h.join(15)
+        assert h.error.diag.message_primary == \
+            f"pgcordon: request {rid2} was denied by dave: via gw2 too"
+    t = table()
+    with gw1.connect("scoped") as s:
+        out_of_scope(s, t)
+        st, g = gw2.api.grant("outsider", grant_body(t, user="scoped"))
+        assert st == 201, g
+        gw2.api.approve_ok(g["id"], "carol")
+
+        def readable():
+            try:
+                return s.execute(f"SELECT count(*) FROM {t}").fetchone() == (3,)
+            except psycopg.Error:
+                return False
+        wait_for(readable, 5, 0.1, "the grant approved on gw2 to apply on gw1")
+        assert [x for x in gw1.api.grants("carol") if t in json.dumps(x)]
+    for ctx in gws.values():
+        ctx.gw.assert_serves(user="alice")
+
+
+# ============================================================================ concurrency
+
+def test_held_sessions_do_not_block_others(apv):
+    """20 sessions held at once; another session on the same gateway runs promptly, new
+    sessions log in promptly, the API answers; then all 20 are approved and finish."""
+    mk = marker()
+    n = 20
+    conns, helds = [], []
+    try:
+        for i in range(n):
+            c = apv.connect("waiter")
+            conns.append(c)
+            helds.append(Held(c, f"SELECT id FROM {PAY} WHERE id = {i % PAY_ROWS + 1} "
+                                 f"AND '{mk}-{i}' <> ''"))
+        ids = [h.wait_notice(20)["id"] for h in helds]
+        assert len(set(ids)) == n
+        pend = {r["id"] for r in apv.api.list("carol")}
+        assert set(ids) <= pend
+        lat = []
+        with apv.connect("alice") as a:
+            for i in range(40):
+                t0 = time.monotonic()
+                assert a.execute("SELECT count(*) FROM items WHERE id > %s", (i,)).fetchone() \
+                    == (100 - i,)
+                lat.append(time.monotonic() - t0)
+        assert max(lat) < 1.0, f"slowest query {max(lat):.2f}s while {n} sessions were held"
+        t0 = time.monotonic()
+        with apv.connect("waiter") as w:  # the held policy's identity, not held statements
+            assert w.execute("SELECT count(*) FROM items").fetchone() == (100,)
+        assert time.monotonic() - t0 < 3
+        assert all(h.waiting() for h in helds)
+        for rid in ids:
+            t0 = time.monotonic()
+            apv.api.approve_ok(rid, "carol")
+            assert time.monotonic() - t0 < 2
+        for i, h in enumerate(helds):
+            h.join(20)
+            assert h.error is None and h.rows == [(i % PAY_ROWS + 1,)], (i, h.error, h.rows)
+    finally:
+        for c in conns:
+            c.close()
+
+
+# ============================================================================ hostile input
+
+def test_hostile_api_input(apv, table):
+    mk = marker()
+    with apv.connect("retrier") as c:
+        rid = held_error(c, f"SELECT note FROM {PAY} WHERE id = 1 AND '{mk}' <> ''")["id"]
+    A = f"/api/approvals/{rid}/approve"
+    D = f"/api/approvals/{rid}/deny"
+    bad_bodies = [
+        (A, b'{"reason": '), (A, b"not json at all"), (A, b"[1, 2, 3]"), (A, b'"a string"'),
+        (A, b'{"reason": 42}'), (A, b'{"reason": ["a"]}'), (A, b'{"reason": {"x": 1}}'),
+        (A, b'{"reason": "ok", "decided_by": "dave"}'), (A, b"\xff\xfe{}"),
+        (A, b'{"reason": "a\\u0000b"}'), (A, b"[" * 100000),
+        (D, b'{"reason": 7}'), (D, b'{"reason": null}'), (D, b'{"reasons": "typo"}'),
+        (D, b'{"reason": "x", "status": "approved"}'),
+    ]
+    for path, raw in bad_bodies:
+        st, j, payload = apv.api.call("POST", path, "carol", raw=raw)
+        assert_error_body(st, j, 400)
+        assert apv.api.status_of(rid) == "pending", (path, raw[:40])
+    # a huge body
+    big = b'{"reason": "' + b"x" * (16 * 1024 * 1024) + b'"}'
+    try:
+        st, j, payload = apv.api.call("POST", A, "carol", raw=big, timeout=60)
+        assert 400 <= st < 500, (st, payload[:200])
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused while we were still sending
+    assert apv.api.status_of(rid) == "pending"
+    # grants: wrong types, unknown fields, missing or contradictory fields
+    t = table()
+    good = {"user": "scoped", "tables": [f"public.{t}"], "access": "read", "duration": "1m",
+            "reason": "r"}
+    bad_grants = [
+        {**good, "tables": f"public.{t}"}, {**good, "tables": []}, {**good, "tables": [1]},
+        {**good, "duration": 30}, {**good, "duration": "forever"}, {**good, "duration": "-5m"},
+        {**good, "duration": ""}, {**good, "access": "admin"}, {**good, "user": ["scoped"]},
+        {**good, "group": "scopers"}, {k: v for k, v in good.items() if k != "user"},
+        {k: v for k, v in good.items() if k != "tables"},
+        {k: v for k, v in good.items() if k != "duration"},
+        {k: v for k, v in good.items() if k != "reason"},
+        {**good, "tabels": ["public.items"]}, {**good, "approved": True},
+        {**good, "reason": 5},
+    ]
+    for b in bad_grants:
+        st, j = apv.api.grant("outsider", b)
+        assert_error_body(st, j, 400)
+    for raw in (b"{", b"null", b"[]", b'{"user": "scoped", "tables": ["public.items"],'):
+        st, j, _ = apv.api.call("POST", "/api/grants", "outsider", raw=raw)
+        assert_error_body(st, j, 400)
+    assert not grants_for(apv, t, "all")
+    assert not [r for r in apv.api.list("carol", "all") if t in json.dumps(r)]
+    # path traversal and odd ids
+    for path in ("/api/approvals/../../etc/passwd", f"/api/approvals/{rid}/../../../etc/passwd",
+                 "/api/approvals/..%2F..%2Fetc%2Fpasswd", "/api/approvals/%2e%2e/approve",
+                 f"/api/approvals/{rid}%2F..%2F/approve", "/api/approvals/x'%20OR%20'1'='1",
+                 "/api/approvals/" + "a" * 3000,
+                 f"/api/approvals/{rid}/approve/..", f"/api/approvals/{rid}/explode",
+                 "/api/approvals//approve", "/api/approvals/%00/approve"):
+        for method in ("GET", "POST"):
+            st, j, payload = apv.api.call(method, path, "carol",
+                                          body={"reason": "x"} if method == "POST" else None)
+            assert 400 <= st < 500, (method, path, st, payload[:200])
+            if st not in (413, 414, 431):
+                assert isinstance(j, dict) and j.get("error"), (method, path, payload[:200])
+            assert apv.api.status_of(rid) == "pending", (method, path)
+    st, j, _ = apv.api.call("DELETE", f"/api/approvals/{rid}", "carol")
+    assert st in (404, 405), st
+    st, j, _ = apv.api.call("PUT", A, "carol", body={"reason": "x"})
+    assert st in (404, 405), st
+    assert apv.api.status_of(rid) == "pending"
+    # still serving, and the request can still be decided normally
+    assert apv.api.healthy()
+    apv.api.approve_ok(rid, "carol", reason="after the storm")
+    apv.gw.assert_serves(user="alice")
