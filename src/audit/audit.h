@@ -40,6 +40,8 @@ bool audit_store_healthy(void);
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
 		      char *body);
 uint64_t audit_durable(int q);
+/* The queue for threads other than the workers (admin API, approvals). */
+int audit_other_queue(void);
 
 #define AUDIT_TIME_LEN 48
 /* Formats unix microseconds as the store's time text (ISO 8601 UTC). */

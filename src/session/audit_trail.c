@@ -228,6 +228,10 @@ static char *decision_json(Session *s, const Decision *d)
 	key_string(&w, "rule", d && d->rule ? d->rule : "");
 	if (d && d->kind == DEC_BLOCK)
 		key_string(&w, "reason", d->message);
+	if (d && d->approval[0])
+		key_string(&w, "approval", d->approval);
+	if (d && d->grant)
+		key_string(&w, "grant", d->grant);
 	jw_end_object(&w);
 	return jw_take(&w);
 }

@@ -96,6 +96,7 @@ struct Session {
 	EffectivePolicy *policy;
 	struct SharedPolicy *shared_policy;
 	uint64_t policy_generation;
+	uint64_t grants_generation; /* approval_grants_generation() the policy was made at */
 	bool inspecting;           /* statements must be judged (the policy restricts something) */
 	FactsCache *sw_cache;      /* the worker's facts cache */
 	struct Prepared **prepared; /* prepared statements and their facts, by name */
@@ -135,6 +136,12 @@ struct Session {
 	struct RowPlan *rowplan_next;  /* the row plan of the statement being decided */
 	struct PortalPlan *portals;    /* portals bound to statements with a row plan */
 	MaskBuf mask_buf;              /* a masked value being built */
+	/* Approvals (session/hold.c) */
+	char held_id[17];              /* the request the message at the front of client.in waits for */
+	struct event *held_timer;      /* its wait deadline */
+	char *rows_portal;             /* returned_rows_over: the last Bind's portal, statement and */
+	char *rows_sql;                /* parameters, for the Execute that follows */
+	char *rows_params;
 	Session *prev, *next;
 };
 

@@ -1,0 +1,246 @@
+/*
+ * Statements held for approval (docs/approvals.md), the session's side. A held message stays
+ * at the front of the client's input, unread by the relay, while the worker serves everyone
+ * else; a decision (workers are notified), the wait's deadline (a timer) or a cancel makes
+ * the relay judge it again, and this time it passes or is refused.
+ */
+#include "session/hold.h"
+
+#include <event2/event.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "approval/approval.h"
+#include "core/jsonw.h"
+#include "core/log.h"
+#include "core/util.h"
+#include "session/session_internal.h"
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	Session *s = arg;
+	if (s->held_id[0] && s->state == SESS_READY) {
+		approval_expire(s->held_id);
+		session__relay_from_client(s);
+	}
+}
+
+void session__hold_end(Session *s)
+{
+	if (!s->held_id[0])
+		return;
+	s->held_id[0] = 0;
+	if (s->held_timer)
+		event_del(s->held_timer);
+	cancel_set_held(s->pid, NULL);
+}
+
+void session__hold_drop(Session *s, const char *why)
+{
+	if (s->held_id[0])
+		approval_cancel(s->held_id, why);
+	session__hold_end(s);
+}
+
+void session__hold_wake(Session *s)
+{
+	if (s->held_id[0] && approval_status(s->held_id, NULL, 0, NULL, 0) != APR_PENDING)
+		session__relay_from_client(s);
+}
+
+char *session__bind_params(const uint8_t *body, size_t len)
+{
+	MsgReader r;
+	msgr_init(&r, body, len);
+	msgr_str(&r); /* portal */
+	msgr_str(&r); /* statement */
+	uint16_t nformats = msgr_u16(&r);
+	const uint8_t *formats = msgr_bytes(&r, 2 * (size_t)nformats);
+	uint16_t nparams = msgr_u16(&r);
+	JsonW w;
+	jw_init(&w);
+	jw_begin_array(&w);
+	for (uint16_t i = 0; i < nparams && !r.failed; i++) {
+		uint32_t plen = msgr_u32(&r);
+		if (plen == 0xffffffffu) {
+			jw_null(&w);
+			continue;
+		}
+		const uint8_t *v = msgr_bytes(&r, plen);
+		if (!v)
+			break;
+		bool binary = formats && nformats && (nformats == 1 ? formats[1] : i < nformats ? formats[2 * i + 1] : 0);
+		jw_text(&w, v, plen, binary);
+	}
+	jw_end_array(&w);
+	return jw_take(&w);
+}
+
+static void refuse_with(Decision *out, const char *sqlstate, const char *policy, const char *rule, const char *msg)
+{
+	memset(out, 0, sizeof *out);
+	out->kind = DEC_BLOCK;
+	out->sqlstate = sqlstate;
+	out->policy = policy;
+	out->rule = rule;
+	size_t n = strlen(msg);
+	if (n >= sizeof out->message)
+		n = sizeof out->message - 1; /* a long message is cut, never overrun */
+	memcpy(out->message, msg, n);
+	out->message[n] = 0;
+}
+
+static void approved(Decision *out, const Decision *d, const char *id)
+{
+	*out = *d;
+	out->kind = DEC_ALLOW;
+	out->rule = "approval";
+	snprintf(out->approval, sizeof out->approval, "%s", id);
+}
+
+static void format_wait(int ms, char *buf, size_t len)
+{
+	if (ms % 60000 == 0)
+		snprintf(buf, len, "%dm", ms / 60000);
+	else if (ms % 1000 == 0)
+		snprintf(buf, len, "%ds", ms / 1000);
+	else
+		snprintf(buf, len, "%dms", ms);
+}
+
+/* Judges a held message again after its request changed. */
+static HoldOutcome held_outcome(Session *s, const Decision *d, const ApprovalSettings *a, Decision *out)
+{
+	char by[128], reason[256], msg[400], id[APPROVAL_ID_LEN];
+	snprintf(id, sizeof id, "%s", s->held_id);
+	ApprovalStatus st = approval_status(id, by, sizeof by, reason, sizeof reason);
+	if (st == APR_PENDING)
+		return HOLD_WAIT;
+	session__hold_end(s);
+	char qu[80];
+	log_event(LOG_INFO, "statement_released", "session=%llu user=%s request=%s status=%s", (unsigned long long)s->id,
+		  log_quote(qu, sizeof qu, s->user_name), id,
+		  st == APR_APPROVED ? "approved" : st == APR_DENIED ? "denied" : st == APR_EXPIRED ? "expired" : "cancelled");
+	switch (st) {
+	case APR_APPROVED:
+		approved(out, d, id);
+		return HOLD_PASS;
+	case APR_DENIED:
+		snprintf(msg, sizeof msg, "pgcordon: request %s was denied by %.100s%s%.200s", id, by, reason[0] ? ": " : "",
+			 reason);
+		refuse_with(out, "42501", d->policy, "approval_denied", msg);
+		return HOLD_REFUSE;
+	case APR_EXPIRED: {
+		char w[32];
+		format_wait(a->wait_ms, w, sizeof w);
+		snprintf(msg, sizeof msg, "pgcordon: request %s was not decided within %s", id, w);
+		refuse_with(out, "57014", d->policy, "approval_timeout", msg);
+		return HOLD_REFUSE;
+	}
+	default:
+		snprintf(msg, sizeof msg, "pgcordon: request %s was cancelled%s%.200s", id, reason[0] ? ": " : "", reason);
+		refuse_with(out, "57014", d->policy, "approval_cancelled", msg);
+		return HOLD_REFUSE;
+	}
+}
+
+static void send_notice(Session *s, const char *text)
+{
+	MsgBuilder b;
+	msgb_init(&b);
+	proto_build_notice(&b, text);
+	session__queue(s->client.out, &b);
+	sock_flush(&s->client);
+}
+
+HoldOutcome session__review(Session *s, const char *sql, const char *params, const Decision *d, Decision *out)
+{
+	ApprovalSettings a;
+	config_approval_settings(s->config, config_find_policy(s->config, d->policy), &a);
+	if (s->held_id[0])
+		return held_outcome(s, d, &a, out);
+	char digest[APPROVAL_DIGEST_LEN], id[APPROVAL_ID_LEN], msg[600];
+	approval_digest(sql, params, digest);
+	if (a.mode == APPROVAL_RETRY && approval_find_usable(s->user_name, s->database_name, digest, id)) {
+		approved(out, d, id);
+		return HOLD_PASS;
+	}
+	ApprovalAsk ask = {.requester = s->user_name,
+			   .groups = s->groups,
+			   .ngroups = s->ngroups,
+			   .database = s->database_name,
+			   .session_id = s->audit_id,
+			   .statement = sql,
+			   .parameters = params,
+			   .digest = digest,
+			   .why = d,
+			   .settings = &a};
+	bool created;
+	if (!approval_open(&ask, id, &created)) {
+		refuse_with(out, "53400", d->policy, "approval_limit",
+			    "pgcordon: too many approval requests are pending; try again later");
+		return HOLD_REFUSE;
+	}
+	char qu[80], qm[400];
+	if (created)
+		log_event(LOG_INFO, "statement_held", "session=%llu user=%s request=%s policy=%s rule=%s why=%s mode=%s",
+			  (unsigned long long)s->id, log_quote(qu, sizeof qu, s->user_name), id, d->policy, d->rule,
+			  log_quote(qm, sizeof qm, d->why), a.mode == APPROVAL_RETRY ? "retry" : "wait");
+	if (a.mode == APPROVAL_RETRY) {
+		snprintf(msg, sizeof msg, "pgcordon: %s; request %s; run it again once approved", d->message, id);
+		refuse_with(out, "42501", d->policy, "review", msg);
+		return HOLD_REFUSE;
+	}
+	snprintf(msg, sizeof msg, "pgcordon: %s; request %s; approve with: pgcordon approvals approve %s", d->message, id,
+		 id);
+	send_notice(s, msg);
+	snprintf(s->held_id, sizeof s->held_id, "%s", id);
+	cancel_set_held(s->pid, id);
+	if (!s->held_timer)
+		s->held_timer = evtimer_new(s->worker->base, deadline_cb, s);
+	struct timeval tv = {a.wait_ms / 1000, (a.wait_ms % 1000) * 1000};
+	evtimer_add(s->held_timer, &tv);
+	return HOLD_WAIT;
+}
+
+bool session__rows_approved(Session *s, const char *sql, const char *params)
+{
+	char digest[APPROVAL_DIGEST_LEN], id[APPROVAL_ID_LEN];
+	approval_digest(sql, params, digest);
+	return approval_find_usable(s->user_name, s->database_name, digest, id);
+}
+
+void session__rows_exceeded(Session *s, const char *sql, const char *params, char *msg, size_t len)
+{
+	const EffectivePolicy *ep = s->policy;
+	Decision d = {.kind = DEC_REVIEW, .policy = ep->returned_rows_by ? ep->returned_rows_by : "", .rule = "returned_rows"};
+	snprintf(d.why, sizeof d.why, "more than %lld rows", (long long)ep->returned_rows_over);
+	snprintf(d.message, sizeof d.message, "statement held for approval (policy %s, rule returned_rows: %s)", d.policy,
+		 d.why);
+	ApprovalSettings a;
+	config_approval_settings(s->config, config_find_policy(s->config, d.policy), &a);
+	a.mode = APPROVAL_RETRY; /* the rows already went: only a run again can be approved */
+	char digest[APPROVAL_DIGEST_LEN], id[APPROVAL_ID_LEN];
+	approval_digest(sql, params, digest);
+	ApprovalAsk ask = {.requester = s->user_name,
+			   .groups = s->groups,
+			   .ngroups = s->ngroups,
+			   .database = s->database_name,
+			   .session_id = s->audit_id,
+			   .statement = sql,
+			   .parameters = params,
+			   .digest = digest,
+			   .why = &d,
+			   .settings = &a};
+	bool created;
+	if (!approval_open(&ask, id, &created))
+		snprintf(msg, len, "pgcordon: the result exceeds %lld rows (policy %s, rule returned_rows_over), and too "
+				   "many approval requests are pending",
+			 (long long)ep->returned_rows_over, d.policy);
+	else
+		snprintf(msg, len, "pgcordon: the result exceeds %lld rows (policy %s, rule returned_rows_over); request %s "
+				   "to run it in full; run it again once approved",
+			 (long long)ep->returned_rows_over, d.policy, id);
+}

@@ -1,0 +1,206 @@
+"""Approvals, the core paths (docs/approvals.md): a statement held in wait mode and then
+approved or denied, retry mode, a grant that opens a table to an open session. The wider
+suite is test_approvals.py."""
+
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import psycopg
+import pytest
+
+from conftest import free_port, run, BIN
+
+SFX = str(int(time.time() * 1000) % 100000000)
+
+
+def apikey(name, groups):
+    r = run([str(BIN), "apikey", "create", name, "--groups", ",".join(groups)])
+    key = re.findall(r"^  (pgc_[A-Za-z0-9_-]{43})$", r.stdout, re.M)[0]
+    h = re.search(r'\{hash: "(sha256:[0-9a-f]{64})"', r.stdout)[1]
+    return key, {"hash": h, "groups": groups}
+
+
+def api(port, method, path, token, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def setup(pg):
+    with pg.super_connect() as c:
+        c.execute("DROP TABLE IF EXISTS payments, orders_core, secret_core")
+        c.execute("CREATE TABLE payments (id int, amount int)")
+        c.execute("INSERT INTO payments SELECT g, g * 10 FROM generate_series(1, 50) g")
+        c.execute("CREATE TABLE orders_core (id int)")
+        c.execute("INSERT INTO orders_core SELECT generate_series(1, 3)")
+        c.execute("CREATE TABLE secret_core (id int)")
+        c.execute("INSERT INTO secret_core VALUES (42)")
+        c.execute("GRANT SELECT, INSERT ON payments, orders_core, secret_core TO gw_scram")
+    return pg
+
+
+def start(gateway_factory, mode="wait", wait="20s", extra=None):
+    port = free_port()
+    oncall_key, oncall = apikey(f"oncall-{SFX}", ["security-oncall"])
+    other_key, other = apikey(f"other-{SFX}", ["agents"])
+
+    def mutate(cfg):
+        cfg["admin"] = {"address": "127.0.0.1", "port": port, "auditors": ["security"]}
+        cfg["api_keys"] = {f"oncall-{SFX}": oncall, f"other-{SFX}": other}
+        cfg["approvals"] = {"approvers": ["security-oncall"], "mode": mode, "wait": wait, "valid_for": "1h"}
+        cfg["policies"] = [{
+            "name": "testers", "match": {"groups": ["testers"]},
+            "access": {"tables": ["public.payments", "public.orders_core"]},
+            "review": [{"statements": ["copy_to"]}, {"tables": ["public.payments"]}],
+        }]
+        if extra:
+            extra(cfg)
+    g = gateway_factory.start(mutate)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.1)
+    return g, port, oncall_key, other_key
+
+
+def wait_request(port, token, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st, body = api(port, "GET", "/api/approvals", token)
+        assert st == 200, body
+        if body["approvals"]:
+            return body["approvals"][0]
+        time.sleep(0.05)
+    raise AssertionError("no approval request appeared")
+
+
+def test_wait_mode_approved_runs_and_returns_rows(setup, gateway_factory):
+    g, port, oncall, _ = start(gateway_factory)
+    notices = []
+    with g.connect() as c:
+        c.add_notice_handler(lambda d: notices.append(d.message_primary))
+        c.execute("SELECT 1")  # not held
+        result = {}
+
+        def client():
+            try:
+                result["rows"] = c.execute("SELECT sum(amount) FROM payments").fetchall()
+            except Exception as e:  # noqa: BLE001 - reported below
+                result["error"] = e
+        t = threading.Thread(target=client)
+        t.start()
+        req = wait_request(port, oncall)
+        assert req["statement"] == "SELECT sum(amount) FROM payments"
+        assert req["rule"] == "tables" and req["why"] == "payments" and req["requester"] == "alice"
+        time.sleep(0.3)
+        assert t.is_alive(), "the statement ran without an approval"
+        st, body = api(port, "POST", f"/api/approvals/{req['id']}/approve", oncall, {"reason": "ok"})
+        assert st == 200 and body["status"] == "approved" and body["decided_by"] == f"oncall-{SFX}", body
+        t.join(10)
+        assert result.get("rows") == [(12750,)], result
+        assert any(req["id"] in n for n in notices), notices
+        assert c.execute("SELECT count(*) FROM orders_core").fetchone() == (3,)
+
+
+def test_wait_mode_denied_fails_and_session_goes_on(setup, gateway_factory):
+    g, port, oncall, _ = start(gateway_factory)
+    with g.connect() as c:
+        result = {}
+
+        def client():
+            try:
+                c.execute("COPY orders_core TO STDOUT").fetchall()
+            except psycopg.Error as e:
+                result["error"] = e
+        t = threading.Thread(target=client)
+        t.start()
+        req = wait_request(port, oncall)
+        st, body = api(port, "POST", f"/api/approvals/{req['id']}/deny", oncall, {})
+        assert st == 400, body
+        st, body = api(port, "POST", f"/api/approvals/{req['id']}/deny", oncall, {"reason": "not today"})
+        assert st == 200 and body["status"] == "denied", body
+        t.join(10)
+        e = result["error"]
+        assert e.sqlstate == "42501" and "denied" in str(e) and "not today" in str(e), e
+        assert c.execute("SELECT count(*) FROM orders_core").fetchone() == (3,)
+
+
+def test_wait_mode_timeout(setup, gateway_factory):
+    g, port, oncall, _ = start(gateway_factory, wait="1s")
+    with g.connect() as c:
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT * FROM payments WHERE id = 1")
+        assert ei.value.sqlstate == "57014" and "not decided within 1s" in str(ei.value)
+        st, body = api(port, "GET", "/api/approvals?status=expired", oncall)
+        assert st == 200 and len(body["approvals"]) == 1, body
+
+
+def test_self_and_non_approver_refused(setup, gateway_factory):
+    g, port, oncall, other = start(gateway_factory, mode="retry")
+    with g.connect() as c:
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT id FROM payments WHERE id = 2")
+    rid = re.search(r"request ([0-9a-f]{16})", str(ei.value))[1]
+    st, body = api(port, "POST", f"/api/approvals/{rid}/approve", other, {})
+    assert st == 403, body
+    st, body = api(port, "POST", f"/api/approvals/{rid}/approve", "pgc_" + "x" * 43, {})
+    assert st == 401, body
+    st, body = api(port, "POST", "/api/approvals/0123456789abcdef/approve", oncall, {})
+    assert st == 404, body
+
+
+def test_retry_mode_same_statement_runs_once_approved(setup, gateway_factory):
+    g, port, oncall, _ = start(gateway_factory, mode="retry")
+    q = "SELECT amount FROM payments WHERE id = %t"  # text parameters
+    with g.connect() as c:
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute(q, (3,))
+        assert ei.value.sqlstate == "42501" and "run it again once approved" in str(ei.value)
+        rid = re.search(r"request ([0-9a-f]{16})", str(ei.value))[1]
+        with pytest.raises(psycopg.Error) as again:
+            c.execute(q, (3,))
+        assert rid in str(again.value), "a pending request is reused"
+        st, body = api(port, "GET", f"/api/approvals/{rid}", oncall)
+        assert st == 200 and body["parameters"] == ["3"], body
+        st, body = api(port, "POST", f"/api/approvals/{rid}/approve", oncall, {})
+        assert st == 200, body
+        assert c.execute(q, (3,)).fetchall() == [(30,)]
+        assert c.execute(q, (3,)).fetchall() == [(30,)]
+        with pytest.raises(psycopg.Error):
+            c.execute(q, (4,))  # other parameters: a new request
+    st, body = api(port, "POST", f"/api/approvals/{rid}/approve", oncall, {})
+    assert st == 409, body
+
+
+def test_grant_opens_a_table_until_expiry(setup, gateway_factory):
+    g, port, oncall, other = start(gateway_factory)
+    with g.connect() as c:
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT id FROM secret_core")
+        assert "outside the caller's scope" in str(ei.value)
+        st, req = api(port, "POST", "/api/grants", other,
+                      {"user": "alice", "tables": ["public.secret_core"], "duration": "3s", "reason": "ticket 7"})
+        assert st == 201 and req["kind"] == "grant", req
+        st, body = api(port, "POST", f"/api/approvals/{req['id']}/approve", oncall, {})
+        assert st == 200, body
+        assert c.execute("SELECT id FROM secret_core").fetchall() == [(42,)]
+        with pytest.raises(psycopg.Error) as ro:
+            c.execute("INSERT INTO secret_core VALUES (1)")
+        assert "outside the caller's scope" in str(ro.value)
+        time.sleep(3.2)
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT id FROM secret_core")
+        assert "outside the caller's scope" in str(ei.value)
