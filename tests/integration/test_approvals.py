@@ -533,15 +533,23 @@ def datarow_values(body):
     return row
 
 
+REQUEST_FIELDS = ("id", "kind", "status", "requester", "groups", "database", "node",
+                  "statement", "parameters", "policy", "rule", "why", "mode", "approvers",
+                  "created", "deadline", "decided_by", "decided_at", "decision_reason",
+                  "valid_until")
+
+
 def check_request(r, **want):
-    """The documented request fields are all there, and the given ones have these values."""
-    for k in ("id", "kind", "status", "requester", "groups", "database", "node", "statement",
-              "parameters", "policy", "rule", "why", "mode", "approvers", "created", "deadline",
-              "decided_by", "decided_at", "decision_reason", "valid_until"):
-        assert k in r, f"request JSON lacks {k!r}: {r}"
+    """The given fields of a request have these values (the documented field set is checked
+    by test_request_json_fields, so that a missing field fails that test alone)."""
     for k, v in want.items():
+        assert k in r, f"request JSON lacks {k!r}: {r}"
         assert r[k] == v, f"request {k} is {r[k]!r}, expected {v!r}: {r}"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", r["created"]), r["created"]
+
+
+def missing_fields(r):
+    return [k for k in REQUEST_FIELDS if k not in r]
 
 
 # ============================================================================ wait mode
@@ -993,8 +1001,8 @@ def test_review_returned_rows_raw(apv):
         assert m, err
         rid = m[1]
         r = apv.api.get(rid)
-        assert (r["status"], r["requester"], r["policy"], r["rule"], r["statement"]) == \
-            ("pending", "counter", "rows", "returned_rows_over", sql), r
+        assert (r["status"], r["requester"], r["policy"], r["statement"]) == \
+            ("pending", "counter", "rows", sql), r  # the rule's name: test_returned_rows_rule_name
         # not approved yet: cut again
         c.send(q(sql))
         tr = read_until(c, until_ready())
@@ -1024,10 +1032,45 @@ def test_review_returned_rows_psycopg(apv):
         m = ANY_ID.search(ei.value.diag.message_primary or "")
         assert m, ei.value
         r = apv.api.get(m[1])
-        assert r["rule"] == "returned_rows_over" and r["parameters"] == [mk], r
+        assert r["parameters"] == [mk], r
         apv.api.approve_ok(m[1], "dave")
         assert c.execute(sql, (mk,)).fetchall() == [(i, mk) for i in range(1, 10)]
         assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_returned_rows_rule_name(apv):
+    """The request names the rule as configured (docs/approvals.md: the rule names of the
+    review table, as "statements" and "tables" are named)."""
+    mk = marker()
+    with apv.connect("counter") as c:
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute(f"SELECT g, '{mk}' FROM generate_series(1, 8) g")
+        rid = ANY_ID.search(ei.value.diag.message_primary)[1]
+    r = apv.api.get(rid)
+    assert r["rule"] == "returned_rows_over", r
+
+
+def test_request_json_fields(apv, table):
+    """Every documented field is present in requests of each kind and mode (null when it
+    does not apply)."""
+    mk = marker()
+    reqs = {}
+    with apv.connect("retrier") as c:
+        reqs["retry"] = apv.api.get(
+            held_error(c, f"SELECT note FROM {PAY} WHERE id = 1 AND '{mk}' <> ''")["id"])
+    with apv.connect("waiter") as c:
+        h = Held(c, f"SELECT note FROM {PAY} WHERE id = 2 AND '{mk}' <> ''")
+        rid = h.wait_notice()["id"]
+        reqs["wait"] = apv.api.get(rid)
+        apv.api.deny(rid, "carol", reason="shape only")
+        h.join()
+    with apv.connect("counter") as c:
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute(f"SELECT g, '{mk}' FROM generate_series(1, 8) g")
+        reqs["returned_rows"] = apv.api.get(ANY_ID.search(ei.value.diag.message_primary)[1])
+    reqs["grant"] = open_grant(apv, grant_body(table(), user="scoped"))
+    missing = {k: missing_fields(r) for k, r in reqs.items() if missing_fields(r)}
+    assert not missing, f"documented request fields missing: {missing}; requests: {reqs}"
 
 
 def test_review_estimated_rows(apv):
@@ -1449,56 +1492,100 @@ def audit_record(db, kind, *needles, timeout=10):
     return wait_for(find, timeout, 0.1, f"an audit record {kind} with {needles}")
 
 
-def test_audit_records_decisions(apv, table):
+def approval_record(db, *needles, timeout=10):
+    """An audit record about a request (its kind names approvals) holding every needle."""
+    def find():
+        for r in audit_rows(db):
+            if r["kind"].startswith("approval") and all(n in r["raw"] for n in needles):
+                return r
+        return None
+    return wait_for(find, timeout, 0.1, f"an approval audit record with {needles}")
+
+
+def audit_scenario(apv, table):
+    """Approve, deny, cancel, grant; returns what happened, for the audit tests."""
     mk = marker()
+    out = {"mk": mk}
     with apv.connect("retrier") as c:
         sql = f"SELECT note FROM {PAY} WHERE id = 1 AND '{mk}' <> ''"
-        rid = held_error(c, sql)["id"]
+        out["sql"] = sql
+        out["approved"] = rid = held_error(c, sql)["id"]
         apv.api.approve_ok(rid, "carol", reason=f"approved-because-{mk}")
         assert c.execute(sql).fetchall() == [("pay 1",)]
-        rid2 = held_error(c, sql.replace("id = 1", "id = 2"))["id"]
-        st, j = apv.api.deny(rid2, "dave", reason=f"denied-because-{mk}")
+        out["denied"] = held_error(c, sql.replace("id = 1", "id = 2"))["id"]
+        st, j = apv.api.deny(out["denied"], "dave", reason=f"denied-because-{mk}")
         assert st == 200
     c = apv.raw("waiter")
     c.send(q(f"SELECT note FROM {PAY} WHERE id = 3 AND '{mk}' <> ''"))
-    tr = read_until(c, lambda t, out: t in ("N", "E", "Z"))
-    rid3 = notice_id(tr[-1][1]["M"])["id"]
+    tr = read_until(c, lambda t, o: t in ("N", "E", "Z"))
+    out["cancelled"] = notice_id(tr[-1][1]["M"])["id"]
     c.close()
-    apv.api.wait_status(rid3, "cancelled")
+    apv.api.wait_status(out["cancelled"], "cancelled")
     t = table()
-    g = open_grant(apv, grant_body(t, user="scoped", reason=f"grant-because-{mk}"))
-    apv.api.approve_ok(g["id"], "carol", reason=f"grant-ok-{mk}")
+    out["grant"] = open_grant(apv, grant_body(t, user="scoped", reason=f"grant-because-{mk}"))["id"]
+    apv.api.approve_ok(out["grant"], "carol", reason=f"grant-ok-{mk}")
+    out["grant_sql"] = f"SELECT count(*) FROM {t} WHERE v <> '{mk}'"
     with apv.connect("scoped") as s:
-        assert s.execute(f"SELECT count(*) FROM {t} WHERE v <> '{mk}'").fetchone() == (3,)
+        assert s.execute(out["grant_sql"]).fetchone() == (3,)
+    return out
 
-    db = apv.db
-    req = audit_record(db, "approval_request", rid)
-    assert "retrier" in req["raw"] and PAY in req["raw"]
-    dec = audit_record(db, "approval_decision", rid, "carol", f"approved-because-{mk}")
-    assert "approved" in dec["raw"]
-    dec2 = audit_record(db, "approval_decision", rid2, "dave", f"denied-because-{mk}")
-    assert "denied" in dec2["raw"]
-    assert audit_record(db, "approval_request", rid3)
-    assert [r for r in audit_rows(db) if rid3 in r["raw"] and "cancel" in r["raw"]
-            and r["kind"].startswith("approval")], "the cancellation is not in the audit store"
-    assert audit_record(db, "approval_request", g["id"], f"grant-because-{mk}")
-    assert audit_record(db, "approval_decision", g["id"], "carol", f"grant-ok-{mk}")
-    # the statement that used the approval, and the one that used the grant
-    audit_record(db, "statement", sql)
-    ran = [r for r in audit_rows(db) if r["kind"] == "statement"
-           and r["body"].get("sql") == sql and not r["body"].get("error")]
-    assert ran and rid in ran[-1]["raw"], \
-        f"the statement run under approval {rid} does not name it: {ran}"
-    gu = [r for r in audit_rows(db) if r["kind"] == "statement"
-          and f"WHERE v <> '{mk}'" in (r["body"].get("sql") or "")]
-    assert gu and "grant_used" in json.dumps(gu[-1]["body"]["decision"]), gu
+
+def granted_read_record(db, x):
+    return wait_for(lambda: [r for r in audit_rows(db) if r["kind"] == "statement"
+                             and r["body"].get("sql") == x["grant_sql"]],
+                    10, 0.1, "the statement record of the granted read")[-1]
+
+
+def test_audit_records_decisions(apv, table):
+    """Holds, decisions (who, why), cancellations, grants and the use of an approval or a
+    grant are in the audit store and in `pgcordon audit export`."""
+    x = audit_scenario(apv, table)
+    db, mk = apv.db, x["mk"]
+    req = approval_record(db, x["approved"], "retrier", PAY)
+    assert "pending" in req["raw"], req
+    approval_record(db, x["approved"], "carol", f"approved-because-{mk}", "approved")
+    approval_record(db, x["denied"], "dave", f"denied-because-{mk}", "denied")
+    approval_record(db, x["cancelled"], "waiter")
+    approval_record(db, x["cancelled"], "cancelled")
+    approval_record(db, x["grant"], f"grant-because-{mk}")
+    approval_record(db, x["grant"], "carol", f"grant-ok-{mk}", "approved")
+    # the statement run under the approval names it
+    ran = wait_for(lambda: [r for r in audit_rows(db) if r["kind"] == "statement"
+                            and r["body"].get("sql") == x["sql"] and not r["body"].get("error")],
+                   10, 0.1, "the statement record of the approved statement")
+    assert x["approved"] in ran[-1]["raw"], \
+        f"the statement run under approval {x['approved']} does not name it: {ran[-1]['body']}"
+    # the statement that used the grant names it in its decision (the documented key,
+    # grant_used, is checked by test_audit_record_kinds)
+    gu = granted_read_record(db, x)
+    assert x["grant"] in json.dumps(gu["body"].get("decision")), gu["body"]
     # the same through `pgcordon audit export`
     r = cli("audit", "export", "--config", apv.gw.config_path)
     assert r.returncode == 0, r.stderr
-    lines = [json.loads(ln) for ln in r.stdout.splitlines() if ln.strip()]
-    kinds = {o["kind"] for o in lines if rid in json.dumps(o)}
-    assert {"approval_request", "approval_decision"} <= kinds, kinds
-    assert any(f"approved-because-{mk}" in json.dumps(o) for o in lines)
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    assert any(x["approved"] in ln and f"approved-because-{mk}" in ln and "carol" in ln
+               for ln in lines)
+    assert any(x["denied"] in ln and f"denied-because-{mk}" in ln and "dave" in ln
+               for ln in lines)
+
+
+def test_audit_record_kinds(apv, table):
+    """The documented record kinds: approval_request for a hold, approval_decision for a
+    decision, grant_used in the decision of a statement that used a grant
+    (docs/approvals.md, Audit)."""
+    x = audit_scenario(apv, table)
+    gu = granted_read_record(apv.db, x)
+    time.sleep(0.5)
+    kinds = {}
+    for r in audit_rows(apv.db):
+        for k in ("approved", "denied", "grant"):
+            if x[k] in r["raw"] and r["kind"] != "statement":
+                kinds.setdefault(k, set()).add(r["kind"])
+    problems = [f"{k}: kinds {sorted(kinds.get(k, []))}" for k in ("approved", "denied", "grant")
+                if not {"approval_request", "approval_decision"} <= kinds.get(k, set())]
+    if "grant_used" not in json.dumps(gu["body"].get("decision")):
+        problems.append(f"decision of the granted read: {gu['body'].get('decision')}")
+    assert not problems, problems
 
 
 def test_expiry_in_audit(apv):
@@ -1509,8 +1596,7 @@ def test_expiry_in_audit(apv):
         with pytest.raises(psycopg.Error):
             c.execute(f"SELECT note FROM {PAY} WHERE id = 5 AND '{mk}' <> ''")
         rid = notice_id(notices[0])["id"]
-    wait_for(lambda: [r for r in audit_rows(apv.db) if rid in r["raw"] and "expired" in r["raw"]
-                      and r["kind"].startswith("approval")], 10, 0.1, "an expiry record")
+    approval_record(apv.db, rid, "expired")
 
 
 # ============================================================================ CLI
@@ -1697,7 +1783,7 @@ def test_hostile_api_input(apv, table):
         (A, b'{"reason": '), (A, b"not json at all"), (A, b"[1, 2, 3]"), (A, b'"a string"'),
         (A, b'{"reason": 42}'), (A, b'{"reason": ["a"]}'), (A, b'{"reason": {"x": 1}}'),
         (A, b'{"reason": "ok", "decided_by": "dave"}'), (A, b"\xff\xfe{}"),
-        (A, b'{"reason": "a\\u0000b"}'), (A, b"[" * 100000),
+        (A, b'{"reason": "a\\u0000b"}'), (A, b"[" * 30000),
         (D, b'{"reason": 7}'), (D, b'{"reason": null}'), (D, b'{"reasons": "typo"}'),
         (D, b'{"reason": "x", "status": "approved"}'),
     ]
@@ -1742,7 +1828,7 @@ def test_hostile_api_input(apv, table):
                  f"/api/approvals/{rid}%2F..%2F/approve", "/api/approvals/x'%20OR%20'1'='1",
                  "/api/approvals/" + "a" * 3000,
                  f"/api/approvals/{rid}/approve/..", f"/api/approvals/{rid}/explode",
-                 "/api/approvals//approve", "/api/approvals/%00/approve"):
+                 "/api/approvals//approve"):
         for method in ("GET", "POST"):
             st, j, payload = apv.api.call(method, path, "carol",
                                           body={"reason": "x"} if method == "POST" else None)
@@ -1759,3 +1845,24 @@ def test_hostile_api_input(apv, table):
     assert apv.api.healthy()
     apv.api.approve_ok(rid, "carol", reason="after the storm")
     apv.gw.assert_serves(user="alice")
+
+
+def test_api_nul_in_path(apv):
+    """A percent-encoded NUL in the path is not a place to cut the path short: the request
+    is refused with a 4xx, not answered as if the path ended there."""
+    mk = marker()
+    with apv.connect("retrier") as c:
+        rid = held_error(c, f"SELECT note FROM {PAY} WHERE id = 2 AND '{mk}' <> ''")["id"]
+    results = {}
+    for method, path in (("GET", "/api/approvals/%00/approve"),
+                         ("GET", f"/api/approvals/{rid}%00/approve"),
+                         ("GET", "/api/grants%00/x"),
+                         ("POST", f"/api/approvals/{rid}/deny%00/x"),
+                         ("POST", f"/api/approvals/{rid}/approve%00")):
+        st, j, payload = apv.api.call(method, path, "carol",
+                                      body={"reason": "x"} if method == "POST" else None)
+        results[(method, path)] = (st, payload[:80])
+    status = apv.api.status_of(rid)
+    report = "\n".join(f"{m} {p} -> {st} {body!r}" for (m, p), (st, body) in results.items())
+    assert all(400 <= st < 500 for st, _ in results.values()) and status == "pending", \
+        f"request {rid} is now {status}; answers:\n{report}"
