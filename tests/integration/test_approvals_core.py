@@ -307,3 +307,37 @@ def test_two_gateways_share_requests_and_grants(setup, gateway_factory, tmp_path
     finally:
         with pg.super_connect(dbname="postgres") as c:
             c.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+
+
+def test_estimated_rows_over(setup, gateway_factory):
+    with setup.super_connect() as c:
+        c.execute("DROP TABLE IF EXISTS big_core")
+        c.execute("CREATE TABLE big_core (id int PRIMARY KEY)")
+        c.execute("INSERT INTO big_core SELECT generate_series(1, 20000)")
+        c.execute("ANALYZE big_core")
+        c.execute("GRANT SELECT ON big_core TO gw_scram")
+
+    def est(cfg):
+        cfg["policies"][0]["access"]["tables"].append("public.big_core")
+        cfg["policies"][0]["review"] = [{"estimated_rows_over": 1000}]
+    g, port, oncall, _ = start(gateway_factory, mode="retry", extra=est)
+    with g.connect() as c:
+        assert c.execute("SELECT id FROM big_core WHERE id = 5").fetchall() == [(5,)]
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT id FROM big_core")
+        assert "estimated_rows_over" in str(ei.value) and "20000 rows" in str(ei.value), ei.value
+        # In a transaction block, the estimate leaves the transaction as it was.
+        c.execute("BEGIN")
+        assert c.execute("SELECT count(*) FROM big_core WHERE id < 10").fetchone() == (9,)
+        assert c.execute("SELECT count(*) FROM big_core WHERE id < 20").fetchone() == (19,)
+        c.execute("COMMIT")
+        with pytest.raises(psycopg.Error) as bad:
+            c.execute("SELECT no_such_column FROM big_core")
+        assert "no estimate" in str(bad.value), bad.value
+        rid = re.search(r"request ([0-9a-f]{16})", str(ei.value))[1]
+        assert api(port, "POST", f"/api/approvals/{rid}/approve", oncall, {})[0] == 200
+        assert len(c.execute("SELECT id FROM big_core").fetchall()) == 20000
+        # Parameters cannot be estimated here: held, never let through unestimated.
+        with pytest.raises(psycopg.Error) as pe:
+            c.execute("SELECT id FROM big_core WHERE id = %s", (7,))
+        assert "parameters" in str(pe.value)
