@@ -130,7 +130,10 @@ static void changed(json_t *r, const char *event)
 	if (hook[0] && text) {
 		char line[600];
 		const char *who = str(r, "decided_by");
-		if (strcmp(event, "opened") == 0)
+		if (strcmp(event, "opened") == 0 && strcmp(str(r, "kind"), "grant") == 0)
+			snprintf(line, sizeof line, "pgcordon: grant request %s by %s is waiting for approval: %s", str(r, "id"),
+				 str(r, "requester"), str(r, "why"));
+		else if (strcmp(event, "opened") == 0)
 			snprintf(line, sizeof line, "pgcordon: %s request %s by %s on %s is waiting for approval: %s (%.200s)",
 				 str(r, "kind"), str(r, "id"), str(r, "requester"), str(r, "database"), str(r, "why"),
 				 str(r, "statement"));
@@ -479,13 +482,21 @@ unsigned approval_decide(const ApprovalCaller *who, const char *id, bool approve
 		pthread_mutex_unlock(&T.mu);
 		return code;
 	}
-	int64_t now = now_us();
-	if (!approval_store_claim(r, approve ? "approved" : "denied")) {
-		/* Another gateway decided or ended it first: the shared store says so. */
+	/* With a shared store another gateway may decide it at the same moment: the store picks
+	 * one. That is a round trip, made without holding the table (workers use it). */
+	json_t *snapshot = json_incref(r);
+	pthread_mutex_unlock(&T.mu);
+	bool claimed = approval_store_claim(snapshot, approve ? "approved" : "denied");
+	json_decref(snapshot);
+	pthread_mutex_lock(&T.mu);
+	r = find_locked(id);
+	if (!claimed || !r || status_of(r) != APR_PENDING) {
+		/* Decided or ended elsewhere (or here, by its deadline) meanwhile. */
+		*out = api_error("the request %s is already %s", id, r ? str(r, "status") : "gone");
 		pthread_mutex_unlock(&T.mu);
-		*out = api_error("the request %s was decided elsewhere", id);
 		return 409;
 	}
+	int64_t now = now_us();
 	json_object_set_new(r, "status", json_string(approve ? "approved" : "denied"));
 	json_object_set_new(r, "decided_by", json_string(who->name));
 	set_time(r, "decided_at", now);

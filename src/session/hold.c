@@ -7,6 +7,7 @@
 #include "session/hold.h"
 
 #include <event2/event.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -193,8 +194,10 @@ HoldOutcome session__review(Session *s, const char *sql, const char *params, con
 		refuse_with(out, "42501", d->policy, "review", msg);
 		return HOLD_REFUSE;
 	}
-	snprintf(msg, sizeof msg, "pgcordon: %s; request %s; approve with: pgcordon approvals approve %s", d->message, id,
-		 id);
+	snprintf(msg, sizeof msg,
+		 "pgcordon: %s; request %s; approve with: pgcordon approvals approve %s (or POST "
+		 "http://%s:%d/api/approvals/%s/approve)",
+		 d->message, id, id, s->config->admin_address, s->config->admin_port, id);
 	send_notice(s, msg);
 	snprintf(s->held_id, sizeof s->held_id, "%s", id);
 	cancel_set_held(s->pid, id);
@@ -243,4 +246,102 @@ void session__rows_exceeded(Session *s, const char *sql, const char *params, cha
 		snprintf(msg, len, "pgcordon: the result exceeds %lld rows (policy %s, rule returned_rows_over); request %s "
 				   "to run it in full; run it again once approved",
 			 (long long)ep->returned_rows_over, d.policy, id);
+}
+
+/* ---- estimated_rows_over: the planner's estimate, asked on the session's own connection ---- */
+
+static void hold_for_estimate(Decision *review, const Decision *d, const char *why)
+{
+	*review = *d;
+	review->kind = DEC_REVIEW;
+	review->policy = d->estimate_by;
+	review->rule = "estimated_rows";
+	review->estimate_over = 0;
+	snprintf(review->why, sizeof review->why, "%s", why);
+	snprintf(review->message, sizeof review->message,
+		 "statement held for approval (policy %s, rule estimated_rows_over: %s)", review->policy, why);
+}
+
+EstimateOutcome session__estimate(Session *s, const char *sql, int nstmts, bool has_params, const Decision *d,
+				  Decision *review)
+{
+	char why[128];
+	switch (s->estimate_state) {
+	case ESTIMATE_RUNNING:
+		return EST_WAIT;
+	case ESTIMATE_DONE:
+		s->estimate_state = ESTIMATE_NONE;
+		if (s->estimate_failed) {
+			hold_for_estimate(review, d, "the planner gave no estimate");
+			return EST_OVER;
+		}
+		if (s->estimate_rows <= d->estimate_over)
+			return EST_UNDER;
+		snprintf(why, sizeof why, "the planner estimates %lld rows (over %lld)", (long long)s->estimate_rows,
+			 (long long)d->estimate_over);
+		hold_for_estimate(review, d, why);
+		return EST_OVER;
+	default:
+		break;
+	}
+	/* Only one plain statement is explained: never anything that could run as a side effect. */
+	if (nstmts != 1) {
+		hold_for_estimate(review, d, "several statements cannot be estimated");
+		return EST_OVER;
+	}
+	if (has_params) {
+		hold_for_estimate(review, d, "a statement with parameters cannot be estimated");
+		return EST_OVER;
+	}
+	if (s->pipeline.txn_status == 'E')
+		return EST_UNDER; /* a failed transaction runs nothing: the server refuses it */
+	if (!pipeline_idle(&s->pipeline)) {
+		s->mask_waiting = true; /* looked at again once the upstream is idle */
+		return EST_WAIT;
+	}
+	/* In a transaction block a failing EXPLAIN must not fail the client's transaction. */
+	char *q = s->pipeline.txn_status == 'T'
+			  ? xasprintf("SAVEPOINT pgcordon_estimate;\nEXPLAIN (FORMAT JSON) %s\n;\nRELEASE SAVEPOINT "
+				      "pgcordon_estimate",
+				      sql)
+			  : xasprintf("EXPLAIN (FORMAT JSON) %s\n", sql);
+	session__send_internal(s, q, 0, false);
+	free(q);
+	Expectation *e = session__last_internal(s);
+	if (!e) {
+		hold_for_estimate(review, d, "the planner could not be asked");
+		return EST_OVER;
+	}
+	e->estimate = true;
+	s->estimate_state = ESTIMATE_RUNNING;
+	s->estimate_failed = true; /* until a plan row says otherwise */
+	s->estimate_rows = 0;
+	return EST_WAIT;
+}
+
+void session__estimate_message(Session *s, char type, const uint8_t *body, size_t blen)
+{
+	if (type == 'D') {
+		MsgReader r;
+		msgr_init(&r, body, blen);
+		uint32_t len = msgr_u16(&r) == 1 ? msgr_u32(&r) : 0xffffffffu;
+		const uint8_t *text = len != 0xffffffffu ? msgr_bytes(&r, len) : NULL;
+		json_t *plan = text ? json_loadb((const char *)text, len, 0, NULL) : NULL;
+		json_t *rows = json_object_get(json_object_get(json_array_get(plan, 0), "Plan"), "Plan Rows");
+		if (json_is_number(rows)) {
+			s->estimate_rows = (int64_t)json_number_value(rows);
+			s->estimate_failed = false;
+		}
+		json_decref(plan);
+	} else if (type == 'E') {
+		s->estimate_failed = true;
+	} else if (type == 'Z') {
+		if (body && blen == 1 && body[0] == 'E' && s->estimate_failed) {
+			/* The EXPLAIN failed inside the client's transaction block: undo just that. */
+			session__send_internal(s, "ROLLBACK TO SAVEPOINT pgcordon_estimate;\nRELEASE SAVEPOINT pgcordon_estimate",
+					       0, false);
+		}
+		s->estimate_state = ESTIMATE_DONE;
+		s->mask_resume = true; /* the waiting message is judged again */
+	}
 }

@@ -35,4 +35,17 @@ bool session__rows_approved(Session *s, const char *sql, const char *params);
 /* ... and when a result grew past it: opens a request to run it again; msg for the client. */
 void session__rows_exceeded(Session *s, const char *sql, const char *params, char *msg, size_t len);
 
+/* estimated_rows_over (session->estimate_state) */
+enum { ESTIMATE_NONE, ESTIMATE_RUNNING, ESTIMATE_DONE };
+typedef enum {
+	EST_WAIT,  /* the estimate is being asked for: the message waits where it is */
+	EST_UNDER, /* allowed */
+	EST_OVER,  /* *review holds it (estimate over the limit, or none to be had) */
+} EstimateOutcome;
+/* d allows the statement unless the planner estimates more than d->estimate_over rows. */
+EstimateOutcome session__estimate(Session *s, const char *sql, int nstmts, bool has_params, const Decision *d,
+				  Decision *review);
+/* An upstream message answering the internal EXPLAIN (whole). */
+void session__estimate_message(Session *s, char type, const uint8_t *body, size_t blen);
+
 #endif

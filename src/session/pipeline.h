@@ -28,6 +28,7 @@ typedef struct {
 	uint64_t seq;          /* statement sequence number in the session */
 	bool internal;         /* injected by the gateway: every response is swallowed */
 	bool catalog;          /* internal: the masking catalog query (its rows are read) */
+	bool estimate;         /* internal: EXPLAIN for estimated_rows_over (its rows are read) */
 	char release_ready;    /* internal: its ReadyForQuery releases the client's, with this status */
 	int64_t max_rows;      /* row limit for the result, 0: none */
 	int64_t review_rows;   /* returned_rows_over: past this the result is cut off, 0: none */

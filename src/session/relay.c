@@ -359,6 +359,9 @@ static Action mask_statement(Session *s, char type, const char *sql, const char 
 	return ACT_REWRITTEN;
 }
 
+static Action estimate_gate(Session *s, const char *sql, int nstmts, bool has_params, const Decision **d,
+			    Decision *resolved);
+
 static Action inspect_query(Session *s, const char *sql, size_t len, char type, const char *stmt_name,
 			    const uint8_t *rest, size_t restlen)
 {
@@ -377,6 +380,11 @@ static Action inspect_query(Session *s, const char *sql, size_t len, char type, 
 			return ACT_HOLD;
 		}
 		d = &resolved;
+	}
+	if (d->kind == DEC_ALLOW && d->estimate_over && !d->approval[0] && type != 'P' &&
+	    estimate_gate(s, sql, q->nstmts, false, &d, &resolved) == ACT_HOLD) {
+		cached_facts_release(cf);
+		return ACT_HOLD;
 	}
 	/* A refusal by masking logs and records its own decision instead of the policy's. */
 	if (d->kind == DEC_ALLOW && s->policy->masks_columns &&
@@ -404,6 +412,44 @@ static Action inspect_query(Session *s, const char *sql, size_t len, char type, 
 			prepared_put(s, 'S', q->stmts[i].prepare_name, cf, NULL);
 	cached_facts_release(cf);
 	return a;
+}
+
+static bool bind_has_params(const uint8_t *body, size_t blen)
+{
+	MsgReader r;
+	msgr_init(&r, body, blen);
+	msgr_str(&r);
+	msgr_str(&r);
+	uint16_t nformats = msgr_u16(&r);
+	msgr_bytes(&r, 2 * (size_t)nformats);
+	return msgr_u16(&r) != 0 || r.failed;
+}
+
+/*
+ * estimated_rows_over: the statement waits for the planner's estimate, then passes or is held
+ * for review like any other (*d then points to resolved). Once held, its request decides.
+ */
+static Action estimate_gate(Session *s, const char *sql, int nstmts, bool has_params, const Decision **d,
+			    Decision *resolved)
+{
+	Decision held;
+	if (!s->held_id[0]) {
+		EstimateOutcome eo = session__estimate(s, sql, nstmts, has_params, *d, &held);
+		if (eo == EST_WAIT)
+			return ACT_HOLD;
+		if (eo == EST_UNDER)
+			return ACT_FORWARD;
+	} else {
+		held = **d; /* judged again after its request changed: only the request matters now */
+		held.kind = DEC_REVIEW;
+		held.policy = (*d)->estimate_by;
+		held.rule = "estimated_rows";
+	}
+	HoldOutcome h = session__review(s, sql, NULL, &held, resolved);
+	if (h == HOLD_WAIT)
+		return ACT_HOLD;
+	*d = resolved;
+	return ACT_FORWARD;
 }
 
 /* returned_rows_over: what the next Execute of this portal runs, for a request to run it again. */
@@ -507,6 +553,10 @@ static Action inspect_client_message(Session *s, char type, const uint8_t *body,
 				return ACT_HOLD;
 			d = &resolved;
 		}
+		if (d->kind == DEC_ALLOW && d->estimate_over && !d->approval[0] &&
+		    estimate_gate(s, p->sql ? p->sql : "", cached_facts(p->facts)->nstmts, bind_has_params(body, blen), &d,
+				  &resolved) == ACT_HOLD)
+			return ACT_HOLD;
 		if (d->kind == DEC_ALLOW && s->policy->returned_rows_over)
 			remember_bind(s, p->sql, body, blen);
 		audit_decided(s, 'B', NULL, body, blen, d);
@@ -890,6 +940,13 @@ static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra, size_t 
 	}
 }
 
+Expectation *session__last_internal(Session *s)
+{
+	Pipeline *p = &s->pipeline;
+	Expectation *e = p->count ? pipeline_at(p, p->count - 1) : NULL;
+	return e && e->internal ? e : NULL;
+}
+
 void session__send_internal(Session *s, const char *sql, char release_ready, bool catalog)
 {
 	Expectation *e;
@@ -1111,6 +1168,12 @@ void session__relay_from_server(Session *s)
 		}
 		if (len > 4 && n < 6)
 			break;
+		const Expectation *front = pipeline_front(&s->pipeline);
+		if (front && front->estimate && (type == 'D' || type == 'E' || type == 'Z') && !s->masked_front) {
+			if (avail - fwd < 1 + (size_t)len)
+				break; /* the estimate reads it whole */
+			session__estimate_message(s, type, copy_out(s, in, fwd + 5, len - 4), len - 4);
+		}
 		if (s->masked_front) {
 			s->masked_front = false; /* the replacement put in place below */
 		} else if (session__mask_wants(s, pipeline_front(&s->pipeline), type, len > 4 ? hdr[5] : 0)) {

@@ -139,6 +139,9 @@ struct Session {
 	/* Approvals (session/hold.c) */
 	char held_id[17];              /* the request the message at the front of client.in waits for */
 	struct event *held_timer;      /* its wait deadline */
+	int estimate_state;            /* ESTIMATE_* (session/hold.c) */
+	bool estimate_failed;
+	int64_t estimate_rows;
 	char *rows_portal;             /* returned_rows_over: the last Bind's portal, statement and */
 	char *rows_sql;                /* parameters, for the Execute that follows */
 	char *rows_params;
@@ -173,6 +176,8 @@ void session__balance(Session *s);
 
 /* An internal statement for the upstream, whose answers the client never sees. */
 void session__send_internal(Session *s, const char *sql, char release_ready, bool catalog);
+/* The internal expectation session__send_internal just queued (to mark it), or NULL. */
+Expectation *session__last_internal(Session *s);
 void session__mask_start_load(Session *s);
 bool session__mask_catalog_stale(Session *s);
 /* Whether the upstream message (answering f) must be seen whole by masking. */

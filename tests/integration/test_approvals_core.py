@@ -49,10 +49,16 @@ def setup(pg):
     return pg
 
 
+KEYS = {}
+
+
 def start(gateway_factory, mode="wait", wait="20s", extra=None):
     port = free_port()
-    oncall_key, oncall = apikey(f"oncall-{SFX}", ["security-oncall"])
-    other_key, other = apikey(f"other-{SFX}", ["agents"])
+    if not KEYS:  # the same keys on every gateway
+        KEYS["oncall"] = apikey(f"oncall-{SFX}", ["security-oncall"])
+        KEYS["other"] = apikey(f"other-{SFX}", ["agents"])
+    oncall_key, oncall = KEYS["oncall"]
+    other_key, other = KEYS["other"]
 
     def mutate(cfg):
         cfg["admin"] = {"address": "127.0.0.1", "port": port, "auditors": ["security"]}
@@ -204,3 +210,134 @@ def test_grant_opens_a_table_until_expiry(setup, gateway_factory):
         with pytest.raises(psycopg.Error) as ei:
             c.execute("SELECT id FROM secret_core")
         assert "outside the caller's scope" in str(ei.value)
+
+
+def test_requests_and_grants_survive_a_restart(setup, gateway_factory, tmp_path):
+    db = tmp_path / "audit.db"
+
+    def store(cfg):
+        cfg["audit"] = {"store": f"sqlite:{db}", "node": "core1"}
+    g, port, oncall, other = start(gateway_factory, mode="retry", extra=store)
+    q = "SELECT count(*) FROM payments WHERE id < 5"
+    with g.connect() as c:
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute(q)
+    rid = re.search(r"request ([0-9a-f]{16})", str(ei.value))[1]
+    assert api(port, "POST", f"/api/approvals/{rid}/approve", oncall, {})[0] == 200
+    st, grant = api(port, "POST", "/api/grants", other,
+                    {"group": "testers", "tables": ["public.secret_core"], "duration": "1h", "reason": "r"})
+    assert st == 201
+    assert api(port, "POST", f"/api/approvals/{grant['id']}/approve", oncall, {})[0] == 200
+    g.stop()
+    g.start()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.1)
+    st, body = api(port, "GET", f"/api/approvals/{rid}", oncall)
+    assert st == 200 and body["status"] == "approved", body
+    with g.connect() as c:
+        assert c.execute(q).fetchone() == (4,)
+        assert c.execute("SELECT id FROM secret_core").fetchall() == [(42,)]
+    # The decisions are in the audit trail, with who decided.
+    import sqlite3
+    rows = sqlite3.connect(db).execute("SELECT body FROM audit_records WHERE kind = 'approval'").fetchall()
+    events = [json.loads(r[0]) for r in rows]
+    assert any(e["event"] == "approved" and e["request"]["id"] == rid and
+               e["request"]["decided_by"] == f"oncall-{SFX}" for e in events), events
+
+
+def test_two_gateways_share_requests_and_grants(setup, gateway_factory, tmp_path):
+    import secrets
+    from conftest import SUPERUSER_PW
+    pg = setup
+    dbname = f"apr_store_{SFX}_{secrets.token_hex(2)}"
+    with pg.super_connect(dbname="postgres") as c:
+        c.execute(f"CREATE DATABASE {dbname}")
+    url = f"postgresql://postgres:{SUPERUSER_PW}@{pg.host}:{pg.port}/{dbname}?sslmode=disable"
+    try:
+        gws = []
+        for node in ("n1", "n2"):
+            def store(cfg, node=node):
+                cfg["audit"] = {"store": url, "node": node, "key_file": str(tmp_path / f"{node}.key")}
+            gws.append(start(gateway_factory, extra=store))
+        (g1, port1, oncall, other), (g2, port2, _, _) = gws
+        with g1.connect() as c:
+            result = {}
+
+            def client():
+                result["rows"] = c.execute("SELECT count(*) FROM payments").fetchall()
+            t = threading.Thread(target=client)
+            t.start()
+            req = wait_request(port2, oncall)  # seen through the other gateway
+            assert req["node"] == "n1"
+            st, body = api(port2, "POST", f"/api/approvals/{req['id']}/approve", oncall, {})
+            assert st == 200, body
+            t.join(10)
+            assert result.get("rows") == [(50,)], result
+            # A grant approved on n2 applies on n1.
+            st, g = api(port2, "POST", "/api/grants", other,
+                        {"user": "alice", "tables": ["public.secret_core"], "duration": "1h", "reason": "r"})
+            assert st == 201
+            assert api(port2, "POST", f"/api/approvals/{g['id']}/approve", oncall, {})[0] == 200
+            deadline = time.time() + 5
+            while True:
+                try:
+                    assert c.execute("SELECT id FROM secret_core").fetchall() == [(42,)]
+                    break
+                except psycopg.Error:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.1)
+        # Both gateways deciding the same request: one wins.
+        with g1.connect() as c:
+            t = threading.Thread(target=lambda: pytest.raises(psycopg.Error, c.execute,
+                                                              "SELECT * FROM payments WHERE id = 9"))
+            t.start()
+            req = wait_request(port1, oncall)
+            a = api(port1, "POST", f"/api/approvals/{req['id']}/deny", oncall, {"reason": "no"})
+            b = api(port2, "POST", f"/api/approvals/{req['id']}/approve", oncall, {})
+            assert sorted([a[0], b[0]]) == [200, 409], (a, b)
+            t.join(10)
+        for g, _, _, _ in gws:
+            g.stop()
+    finally:
+        with pg.super_connect(dbname="postgres") as c:
+            c.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+
+
+def test_estimated_rows_over(setup, gateway_factory):
+    with setup.super_connect() as c:
+        c.execute("DROP TABLE IF EXISTS big_core")
+        c.execute("CREATE TABLE big_core (id int PRIMARY KEY)")
+        c.execute("INSERT INTO big_core SELECT generate_series(1, 20000)")
+        c.execute("ANALYZE big_core")
+        c.execute("GRANT SELECT ON big_core TO gw_scram")
+
+    def est(cfg):
+        cfg["policies"][0]["access"]["tables"].append("public.big_core")
+        cfg["policies"][0]["review"] = [{"estimated_rows_over": 1000}]
+    g, port, oncall, _ = start(gateway_factory, mode="retry", extra=est)
+    with g.connect() as c:
+        assert c.execute("SELECT id FROM big_core WHERE id = 5").fetchall() == [(5,)]
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT id FROM big_core")
+        assert "estimated_rows_over" in str(ei.value) and "20000 rows" in str(ei.value), ei.value
+        # In a transaction block, the estimate leaves the transaction as it was.
+        c.execute("BEGIN")
+        assert c.execute("SELECT count(*) FROM big_core WHERE id < 10").fetchone() == (9,)
+        assert c.execute("SELECT count(*) FROM big_core WHERE id < 20").fetchone() == (19,)
+        c.execute("COMMIT")
+        with pytest.raises(psycopg.Error) as bad:
+            c.execute("SELECT no_such_column FROM big_core")
+        assert "no estimate" in str(bad.value), bad.value
+        rid = re.search(r"request ([0-9a-f]{16})", str(ei.value))[1]
+        assert api(port, "POST", f"/api/approvals/{rid}/approve", oncall, {})[0] == 200
+        assert len(c.execute("SELECT id FROM big_core").fetchall()) == 20000
+        # Parameters cannot be estimated here: held, never let through unestimated.
+        with pytest.raises(psycopg.Error) as pe:
+            c.execute("SELECT id FROM big_core WHERE id = %s", (7,))
+        assert "parameters" in str(pe.value)
