@@ -21,7 +21,8 @@ Identities of the module gateway:
 - API keys: carol and dave (security-oncall: the approvers), audra (security: admin
   auditor, not an approver), outsider (contractors: neither), selfie (agents +
   security-oncall: an approver who also connects as a client and is held by policy
-  agents)."""
+  agents), dbaa (dba: the approvers of policy dbapol only, which holds dbuser's reads of
+  public.PAY in retry mode)."""
 
 import http.client
 import json
@@ -61,7 +62,7 @@ SCRAM_USERS = {
     "waiter": ["waiters"], "hurried": ["hurried"], "retrier": ["retriers"],
     "retrier2": ["retriers"], "counter": ["counters"], "planner": ["planners"],
     "blocked": ["blockers"], "scoped": ["scopers"], "scoped2": ["scopers"],
-    "scopedx": ["other-scopers"], "roscoped": ["roscopers"],
+    "scopedx": ["other-scopers"], "roscoped": ["roscopers"], "dbuser": ["dbusers"],
 }
 KEY_GROUPS = {
     "carol": ["security-oncall"],
@@ -69,6 +70,7 @@ KEY_GROUPS = {
     "audra": ["security"],
     "outsider": ["contractors"],
     "selfie": ["agents", "security-oncall"],
+    "dbaa": ["dba"],
 }
 
 # "pgcordon: statement held for approval (policy P, rule R: W); request ID; ..."
@@ -272,9 +274,12 @@ def module_policies():
          "block": [{"statements": ["copy_to"]}, {"delete_without_where": True}],
          "review": [{"statements": ["copy_to"]}, {"tables": [PAY]}]},
         {"name": "scoped", "match": {"groups": ["scopers", "other-scopers"]},
-         "access": {"tables": ["public.items"]}},
+         "access": {"tables": ["public.items"]}, "block": [{"statements": ["truncate"]}]},
         {"name": "roscoped", "match": {"users": ["roscoped"]},
          "access": {"read_only": True, "tables": ["public.items"]}},
+        {"name": "dbapol", "match": {"users": ["dbuser"]},
+         "review": [{"tables": [f"public.{PAY}"]}],
+         "approvals": {"approvers": ["dba"], "mode": "retry"}},
     ]
 
 
@@ -1166,6 +1171,13 @@ def test_disconnect_while_waiting_cancels(apv):
     apv.api.wait_status(rid, "cancelled", timeout=10)
     st, j = apv.api.approve(rid, "carol")
     assert_error_body(st, j, 409)
+    # a Terminate while waiting
+    c = apv.raw("waiter")
+    c.send(q(f"SELECT note FROM {PAY} WHERE id = 8 AND '{mk}' <> ''"))
+    tr = read_until(c, lambda t, out: t in ("N", "E", "Z"))
+    rid = notice_id(tr[-1][1]["M"])["id"]
+    c.terminate()
+    apv.api.wait_status(rid, "cancelled", timeout=10)
 
 
 def test_psycopg_cancel_while_waiting(apv):
@@ -1346,8 +1358,10 @@ def test_grant_write_access(apv, table, pg):
         assert c.execute(f"INSERT INTO {t} VALUES (10, 'ten')").statusmessage == "INSERT 0 1"
         assert c.execute(f"UPDATE {t} SET v = 'one' WHERE id = 1").statusmessage == "UPDATE 1"
         assert c.execute(f"SELECT count(*) FROM {t}").fetchone() == (4,)
-    assert direct_rows(pg, f"SELECT v FROM {t} WHERE id IN (1, 10) ORDER BY id") == \
-        [("one",), ("ten",)]
+        assert c.execute(f"DELETE FROM {t} WHERE id = 10").statusmessage == "DELETE 1"
+        # a grant does not lift a block: rule
+        blocked_error(c, f"TRUNCATE {t}", "scoped")
+    assert direct_rows(pg, f"SELECT v FROM {t} WHERE id IN (1, 10) ORDER BY id") == [("one",)]
 
 
 def test_grant_does_not_lift_read_only(apv, table, pg):
@@ -1740,6 +1754,8 @@ def test_two_gateways_share_requests_and_grants(gateway_factory, keys, objects, 
         # and a denial
         h = Held(c, f"SELECT note FROM {PAY} WHERE id = 9 AND '{mk}' <> ''")
         rid2 = h.wait_notice()["id"]
+        wait_for(lambda: gw2.api.call("GET", f"/api/approvals/{rid2}", "carol")[0] == 200, 5,
+                 0.02, "gw2 to know the request")
         st, j = gw2.api.deny(rid2, "dave", reason="via gw2 too")
         assert st == 200, j
         h.join(15)
@@ -1901,3 +1917,330 @@ def test_api_nul_in_path(apv):
     report = "\n".join(f"{m} {p} -> {st} {body!r}" for (m, p), (st, body) in results.items())
     assert all(400 <= st < 500 for st, _ in results.values()) and status == "pending", \
         f"request {rid} is now {status}; answers:\n{report}"
+
+
+# ============================================================================ more
+
+def test_wait_in_transaction_block(apv, pg):
+    """Held inside BEGIN: approved, the statement runs in the transaction; denied, the
+    transaction is failed on both sides (COMMIT answers ROLLBACK)."""
+    mk = marker()
+    with apv.connect("waiter") as c:
+        c.execute("BEGIN")
+        c.execute("CREATE TEMP TABLE apv_tx (a int)")
+        c.execute("INSERT INTO apv_tx VALUES (1)")
+        h = Held(c, f"SELECT note FROM {PAY} WHERE id = 1 AND '{mk}' <> ''")
+        rid = h.wait_notice()["id"]
+        apv.api.approve_ok(rid, "carol")
+        h.join()
+        assert h.rows == [("pay 1",)], h.error
+        assert c.info.transaction_status == TransactionStatus.INTRANS
+        assert c.execute("SELECT count(*) FROM apv_tx").fetchone() == (1,)
+        assert c.execute("COMMIT").statusmessage == "COMMIT"
+        c.execute("BEGIN")
+        c.execute("INSERT INTO apv_tx VALUES (2)")
+        h = Held(c, f"SELECT note FROM {PAY} WHERE id = 2 AND '{mk}' <> ''")
+        rid = h.wait_notice()["id"]
+        st, j = apv.api.deny(rid, "carol", reason="not in a transaction")
+        assert st == 200
+        h.join()
+        assert h.error is not None and h.error.sqlstate == "42501", h.error
+        assert c.info.transaction_status == TransactionStatus.INERROR
+        with pytest.raises(pgerrors.InFailedSqlTransaction):
+            c.execute("SELECT 1")
+        assert c.execute("COMMIT").statusmessage == "ROLLBACK"
+        assert c.execute("SELECT count(*) FROM apv_tx").fetchone() == (1,)
+
+
+def test_policy_approvers_override(apv, table):
+    """A policy's approvals.approvers replaces the top-level ones for its requests; grants
+    are decided by the top-level approvers."""
+    mk = marker()
+    sql = f"SELECT note FROM {PAY} WHERE id = 3 AND '{mk}' <> ''"
+    with apv.connect("dbuser") as c:
+        m = held_error(c, sql)
+        r = apv.api.get(m["id"], "dbaa")
+        assert r["approvers"] == ["dba"] and r["policy"] == "dbapol", r
+        # carol approves other requests, not this one: she does not see it either
+        assert m["id"] not in {x["id"] for x in apv.api.list("carol", "all")}
+        st, j = apv.api.approve(m["id"], "carol")
+        assert_error_body(st, j, 403)
+        apv.api.approve_ok(m["id"], "dbaa")
+        assert c.execute(sql).fetchall() == [("pay 3",)]
+    g = open_grant(apv, grant_body(table(), user="scoped"))
+    st, j = apv.api.approve(g["id"], "dbaa")
+    assert_error_body(st, j, 403)
+    st, j = apv.api.deny(g["id"], "carol", reason="tidy")
+    assert st == 200
+
+
+def test_requester_sees_own_requests(apv, table):
+    """A caller who is neither approver nor auditor lists and reads their own requests only."""
+    t = table()
+    g = open_grant(apv, grant_body(t, user="scoped"))
+    mine = apv.api.list("outsider")
+    assert g["id"] in {r["id"] for r in mine}
+    assert all(r["requester"] == "outsider" for r in apv.api.list("outsider", "all")), \
+        "a non-approver sees requests of others"
+    st, j, _ = apv.api.call("GET", f"/api/approvals/{g['id']}", "outsider")
+    assert st == 200 and j["id"] == g["id"], (st, j)
+    mk = marker()
+    with apv.connect("retrier") as c:
+        rid = held_error(c, f"SELECT note FROM {PAY} WHERE id = 4 AND '{mk}' <> ''")["id"]
+    st, j, _ = apv.api.call("GET", f"/api/approvals/{rid}", "outsider")
+    assert st in (403, 404), (st, j)
+    assert rid not in json.dumps(j)
+    st, j = apv.api.deny(g["id"], "carol", reason="tidy")
+    assert st == 200
+
+
+def test_grant_schema_pattern(apv):
+    """A grant of schema.* opens every table of the schema."""
+    with apv.connect("scoped") as c:
+        blocked_error(c, "SELECT v FROM other.marker", "scoped")
+        g = open_grant(apv, {"user": "scoped", "tables": ["other.*"], "duration": "3s",
+                             "reason": "schema"})
+        apv.api.approve_ok(g["id"], "carol")
+        assert c.execute("SELECT v FROM other.marker").fetchall() == [("from schema other",)]
+        time.sleep(3.5)
+        blocked_error(c, "SELECT v FROM other.marker", "scoped")
+
+
+def test_grant_expiry_prepared_statement(apv, table):
+    """A statement prepared while a grant was active is judged again at each Bind: after
+    the expiry it is refused."""
+    t = table()
+    with apv.connect("scoped") as c:
+        g = open_grant(apv, grant_body(t, user="scoped", duration="3s"))
+        apv.api.approve_ok(g["id"], "carol")
+        approved = time.monotonic()
+        sql = f"SELECT count(*) FROM {t} WHERE id > %s"
+        assert c.execute(sql, (0,), prepare=True).fetchone() == (3,)
+        assert c.execute(sql, (1,), prepare=True).fetchone() == (2,)
+        c.execute(f"PREPARE apv_p AS SELECT count(*) FROM {t}")
+        assert c.execute("EXECUTE apv_p").fetchone() == (3,)
+        time.sleep(max(0.0, approved + 3.5 - time.monotonic()))
+        for stmt, params, kw in ((sql, (0,), {"prepare": True}), ("EXECUTE apv_p", None, {})):
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute(stmt, params, **kw)
+            assert ei.value.sqlstate == "42501", (stmt, ei.value)
+            assert "pgcordon: blocked by policy scoped" in str(ei.value), (stmt, ei.value)
+
+
+def test_estimated_rows_temp_tables_and_transactions(apv):
+    """The estimate sees the session's temporary tables and works inside a transaction
+    block (savepoint) without disturbing it; a statement the planner rejects is held."""
+    mk = marker()
+    with apv.connect("planner") as c:
+        c.execute("CREATE TEMP TABLE apv_est AS SELECT generate_series(1, 5000) AS g")
+        c.execute("ANALYZE apv_est")
+        m = held_error(c, f"SELECT g, '{mk}' FROM apv_est")
+        assert m["rule"] == "estimated_rows_over"
+        assert c.execute("SELECT g FROM apv_est WHERE g = 3").fetchall() == [(3,)]
+        c.execute("BEGIN")
+        c.execute("INSERT INTO apv_est VALUES (-1)")
+        assert c.execute("SELECT g FROM apv_est WHERE g = -1").fetchall() == [(-1,)]
+        assert c.execute("SELECT count(*) FROM apv_est").fetchone() == (5001,)
+        assert c.info.transaction_status == TransactionStatus.INTRANS
+        assert c.execute("COMMIT").statusmessage == "COMMIT"
+        assert c.execute("SELECT count(*) FROM apv_est WHERE g = -1").fetchone() == (1,)
+        c.execute("BEGIN")
+        assert c.execute("SELECT g FROM apv_est WHERE g = 4").fetchall() == [(4,)]
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute(f"SELECT g, '{mk}-tx' FROM apv_est")
+        assert ei.value.sqlstate == "42501" and RETRY_RE.fullmatch(ei.value.diag.message_primary)
+        assert c.info.transaction_status == TransactionStatus.INERROR
+        assert c.execute("ROLLBACK").statusmessage == "ROLLBACK"
+        # the planner rejects it: held, not let through
+        m = held_error(c, f"SELECT * FROM apv_no_such_table_{SFX} WHERE '{mk}' <> ''")
+        assert m["rule"] == "estimated_rows_over"
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_cli_list_is_terminal_safe(apv):
+    """Statements are the requester's text: `approvals list` does not pass control or bidi
+    characters from them to the approver's terminal."""
+    mk = marker()
+    evil = f"SELECT note FROM {PAY} WHERE note <> '\x1b]0;pwned\x07\x1b[2J\r' AND '{mk}\u202e' <> ''"
+    with apv.connect("retrier") as c:
+        held_error(c, evil)
+    r = cli("approvals", "list", "--url", f"http://127.0.0.1:{apv.api.port}", "--token",
+            apv.api.tokens["carol"])
+    assert r.returncode == 0, r.stderr
+    assert mk in r.stdout or PAY in r.stdout, r.stdout
+    bad = [ch for ch in r.stdout if (ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127
+           or 0x202a <= ord(ch) <= 0x202e or 0x2066 <= ord(ch) <= 0x2069]
+    assert not bad, f"control/bidi characters in the output: {bad!r}"
+
+
+def test_concurrent_decisions_on_two_gateways(gateway_factory, keys, objects, pg_store,
+                                              tmp_path):
+    """An approve on gw1 and a deny on gw2 at the same moment: exactly one wins (200), the
+    other gets 409, and both gateways and the client agree on the outcome."""
+    gws = [start_approvals_gateway(
+        gateway_factory, keys,
+        audit={"store": pg_store, "node": node, "key_file": str(tmp_path / f"{node}.key")})
+        for node in ("gw1", "gw2")]
+    for round_ in range(5):
+        mk = marker()
+        with gws[0].connect("waiter") as c:
+            h = Held(c, f"SELECT note FROM {PAY} WHERE id = 1 AND '{mk}' <> ''")
+            rid = h.wait_notice()["id"]
+            gws[1].api.find(mk)
+            go = threading.Barrier(2)
+            res = {}
+
+            def decide(i, verb, who):
+                go.wait()
+                res[verb] = gws[i].api.decide(rid, verb, who, reason="race")
+            ts = [threading.Thread(target=decide, args=(0, "approve", "carol")),
+                  threading.Thread(target=decide, args=(1, "deny", "dave"))]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(20)
+            codes = sorted(v[0] for v in res.values())
+            assert codes == [200, 409], (round_, res)
+            winner = "approve" if res["approve"][0] == 200 else "deny"
+            h.join(15)
+            final = {g.api.status_of(rid) for g in gws}
+            want = "approved" if winner == "approve" else "denied"
+            wait_for(lambda: {g.api.status_of(rid) for g in gws} == {want}, 5, 0.1,
+                     f"both gateways to say {want} (now {final})")
+            if winner == "approve":
+                assert h.rows == [("pay 1",)], (h.error, h.rows)
+            else:
+                assert h.error is not None and h.error.sqlstate == "42501", (h.error, h.rows)
+
+
+def test_restart_keeps_approvals_and_grants(gateway_factory, keys, objects, tmp_path, table):
+    """With an audit store, an approval (retry mode) and a grant outlive a restart."""
+    db = tmp_path / "restart.db"
+    pols = [{"name": "retry", "match": {"users": ["retrier"]},
+             "review": [{"tables": [f"public.{PAY}"]}], "approvals": {"mode": "retry"}},
+            {"name": "scoped", "match": {"groups": ["scopers"]},
+             "access": {"tables": ["public.items"]}}]
+    ctx = start_approvals_gateway(gateway_factory, keys, policies=pols,
+                                  audit={"store": f"sqlite:{db}", "node": "rs"})
+    mk = marker()
+    sql = f"SELECT note FROM {PAY} WHERE id = 2 AND '{mk}' <> ''"
+    t = table()
+    with ctx.connect("retrier") as c:
+        rid = held_error(c, sql)["id"]
+    with ctx.connect("retrier") as c:
+        pending = held_error(c, sql.replace("id = 2", "id = 3"))["id"]
+    ctx.api.approve_ok(rid, "carol")
+    g = open_grant(ctx, grant_body(t, user="scoped", duration="10m"))
+    ctx.api.approve_ok(g["id"], "carol")
+    assert ctx.gw.stop() == 0
+    cfg = dict(ctx.gw.config)
+    ctx2 = start_approvals_gateway(gateway_factory, keys, policies=pols,
+                                   audit={"store": f"sqlite:{db}", "node": "rs"})
+    assert cfg["audit"] == ctx2.gw.config["audit"]
+    with ctx2.connect("retrier") as c:
+        assert c.execute(sql).fetchall() == [("pay 2",)]
+    with ctx2.connect("scoped") as s:
+        assert s.execute(f"SELECT count(*) FROM {t}").fetchone() == (3,)
+    assert ctx2.api.get(rid)["status"] == "approved"
+    assert ctx2.api.get(pending)["status"] == "pending"
+    assert [x for x in ctx2.api.grants("carol") if t in json.dumps(x)]
+
+
+def test_sigterm_with_held_sessions(gateway_factory, keys, objects):
+    """SIGTERM while sessions are held: the gateway exits within shutdown_timeout (10s),
+    the held clients get an error, not a hang."""
+    ctx = start_approvals_gateway(gateway_factory, keys)
+    mk = marker()
+    conns, helds = [], []
+    try:
+        for i in range(3):
+            c = ctx.connect("waiter")
+            conns.append(c)
+            helds.append(Held(c, f"SELECT note FROM {PAY} WHERE id = {i + 1} AND '{mk}' <> ''"))
+        for h in helds:
+            h.wait_notice()
+        t0 = time.monotonic()
+        rc = ctx.gw.stop(timeout=30)
+        took = time.monotonic() - t0
+        assert rc == 0, f"exit {rc} after {took:.1f}s; log:\n{ctx.gw.log_text()[-2000:]}"
+        assert took < 15, f"the gateway took {took:.1f}s to stop with held sessions"
+        for h in helds:
+            h.join(10)
+            assert h.error is not None, h.rows
+    finally:
+        for c in conns:
+            c.close()
+
+
+def listener_pids(pg, dbname):
+    """Backends of the store database that are the gateways' LISTEN connections (their last
+    query: the LISTEN, or reading a request named by a notification)."""
+    with pg.super_connect(dbname) as c:
+        return [r[0] for r in c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND (query ILIKE 'LISTEN%' "
+            "OR query = 'SELECT body FROM approval_requests WHERE id = $1')").fetchall()]
+
+
+def test_two_gateways_decision_during_listener_outage(gateway_factory, keys, objects,
+                                                      pg_store, tmp_path, table, pg):
+    """The store's database drops gw1's LISTEN connection and refuses new connections for a
+    moment (a restart or failover looks like this); meanwhile a statement held on gw1 is
+    approved through gw2 (200) and a grant for a gw1 session is approved through gw2. Once
+    gw1 is connected again, both must take effect on gw1: "a decision given through any
+    gateway releases the statement held on another", "grants apply on every gateway"."""
+    store_db = pg_store.rsplit("/", 1)[1].split("?")[0]
+    gws = [start_approvals_gateway(
+        gateway_factory, keys, approvals=approvals_section(wait="12s"),
+        audit={"store": pg_store, "node": node, "key_file": str(tmp_path / f"{node}.key")})
+        for node in ("gw1", "gw2")]
+    gw1, gw2 = gws
+    t = table()
+    mk = marker()
+    # warm up gw2's connections (its claim connection is made at its first decision)
+    with gw1.connect("waiter") as c:
+        h = Held(c, f"SELECT note FROM {PAY} WHERE id = 1 AND '{mk}-warm' <> ''")
+        rid0 = h.wait_notice()["id"]
+        gw2.api.find(f"{mk}-warm")
+        gw2.api.approve_ok(rid0, "carol")
+        h.join(15)
+        assert h.rows == [("pay 1",)], h.error
+    with gw1.connect("waiter") as c, gw1.connect("scoped") as s:
+        out_of_scope(s, t)
+        h = Held(c, f"SELECT note FROM {PAY} WHERE id = 2 AND '{mk}' <> ''")
+        rid = h.wait_notice()["id"]
+        gw2.api.find(mk)
+        st, g = gw2.api.grant("outsider", grant_body(t, user="scoped"))
+        assert st == 201, g
+        wait_for(lambda: gw1.api.call("GET", f"/api/approvals/{g['id']}", "carol")[0] == 200,
+                 5, 0.05, "gw1 to know the grant request")
+        pids = listener_pids(pg, store_db)
+        assert len(pids) >= 2, pids
+        su_exec(pg, f"ALTER DATABASE {store_db} ALLOW_CONNECTIONS false", dbname="postgres")
+        try:
+            with pg.super_connect("postgres") as su:
+                for pid in pids:
+                    su.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            gw2.api.approve_ok(rid, "carol", reason="during the outage")
+            gw2.api.approve_ok(g["id"], "carol", reason="during the outage")
+            time.sleep(1.5)
+        finally:
+            su_exec(pg, f"ALTER DATABASE {store_db} ALLOW_CONNECTIONS true", dbname="postgres")
+        wait_for(lambda: len(listener_pids(pg, store_db)) >= 2, 10, 0.1,
+                 "the gateways to LISTEN again")
+        h.join(20)
+        outcome = (h.rows, h.error and h.error.diag.message_primary)
+        seen_gw1 = gw1.api.get(rid)["status"]
+
+        def granted():
+            try:
+                return s.execute(f"SELECT count(*) FROM {t}").fetchone() == (3,)
+            except psycopg.Error:
+                return False
+        deadline = time.monotonic() + 5
+        while not (grant_applied := granted()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert h.rows == [("pay 2",)] and seen_gw1 == "approved" and grant_applied, \
+            (f"approved through gw2 during gw1's LISTEN outage: client got {outcome}; gw1 says "
+             f"the request is {seen_gw1}, gw2 says {gw2.api.status_of(rid)}; grant applied on "
+             f"gw1: {grant_applied}")
