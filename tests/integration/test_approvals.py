@@ -643,6 +643,7 @@ def test_wait_approved_psql(apv, pg):
     assert r["requester"] == "waiter" and r["statement"] == sql
 
 
+@pytest.mark.xfail(strict=True, reason='GATEWAY BUG (since abf49fa): the NOTICE appends " (or POST http://ADDR:PORT/api/approvals/ID/approve)" after the documented "approve with: pgcordon approvals approve ID"')
 def test_notice_text_as_documented(apv):
     """The NOTICE is exactly the documented text (docs/approvals.md, What the client sees)."""
     mk = marker()
@@ -1060,6 +1061,7 @@ def test_review_returned_rows_psycopg(apv):
         assert c.execute("SELECT 1").fetchone() == (1,)
 
 
+@pytest.mark.xfail(strict=True, reason='GATEWAY BUG: requests opened by returned_rows_over name the rule "returned_rows", not the configured "returned_rows_over" (statements, tables and estimated_rows_over are named as configured)')
 def test_returned_rows_rule_name(apv):
     """The request names the rule as configured (docs/approvals.md: the rule names of the
     review table, as "statements" and "tables" are named)."""
@@ -1072,6 +1074,7 @@ def test_returned_rows_rule_name(apv):
     assert r["rule"] == "returned_rows_over", r
 
 
+@pytest.mark.xfail(strict=True, reason='GATEWAY BUG: documented request fields are missing: "deadline" in retry-mode, returned_rows and grant requests, "parameters" in grant requests (docs show them; null would do)')
 def test_request_json_fields(apv, table):
     """Every documented field is present in requests of each kind and mode (null when it
     does not apply)."""
@@ -1898,6 +1901,7 @@ def test_hostile_api_input(apv, table):
     apv.gw.assert_serves(user="alice")
 
 
+@pytest.mark.xfail(strict=True, reason='GATEWAY BUG: a percent-encoded NUL cuts the API path short: POST /api/approvals/ID/deny%00/x denies ID (200), GET /api/approvals/%00/approve lists every request')
 def test_api_nul_in_path(apv):
     """A percent-encoded NUL in the path is not a place to cut the path short: the request
     is refused with a 4xx, not answered as if the path ended there."""
@@ -2182,6 +2186,7 @@ def listener_pids(pg, dbname):
             "OR query = 'SELECT body FROM approval_requests WHERE id = $1')").fetchall()]
 
 
+@pytest.mark.xfail(strict=True, reason="GATEWAY BUG: decisions and grants notified while a gateway's LISTEN connection is down are lost for good: the listener reconnects but does not re-read the store, so gw2 answers 200 approved while gw1's client gets 57014 and gw1 reports expired; the grant never applies on gw1")
 def test_two_gateways_decision_during_listener_outage(gateway_factory, keys, objects,
                                                       pg_store, tmp_path, table, pg):
     """The store's database drops gw1's LISTEN connection and refuses new connections for a
@@ -2244,3 +2249,174 @@ def test_two_gateways_decision_during_listener_outage(gateway_factory, keys, obj
             (f"approved through gw2 during gw1's LISTEN outage: client got {outcome}; gw1 says "
              f"the request is {seen_gw1}, gw2 says {gw2.api.status_of(rid)}; grant applied on "
              f"gw1: {grant_applied}")
+
+
+def test_retry_approval_across_protocols_and_multi_statement(apv, pg):
+    """Approved through psql (simple Query), the same text runs through psycopg (extended,
+    no parameters); a string of several statements is approved as a whole."""
+    mk = marker()
+    sql = f"SELECT note FROM {PAY} WHERE id = 5 AND '{mk}' <> ''"
+    r = apv.psql("retrier", ["-c", sql])
+    assert r[0] != 0 and "run it again once approved" in r[2], r
+    rid = ANY_ID.search(r[2])[1]
+    apv.api.approve_ok(rid, "carol")
+    with apv.connect("retrier") as c:
+        assert c.execute(sql).fetchall() == [("pay 5",)]
+    multi = f"SELECT 1 AS one; SELECT note FROM {PAY} WHERE id = 6 AND '{mk}' <> ''"
+    c = apv.raw("retrier")
+    try:
+        rows, tag, err, _ = c.query(multi)
+        assert err and err["C"] == "42501" and RETRY_RE.fullmatch(err["M"]), err
+        assert rows == [], "part of a held string ran"
+        rid2 = RETRY_RE.fullmatch(err["M"])["id"]
+        assert apv.api.get(rid2)["statement"] == multi
+        apv.api.approve_ok(rid2, "dave")
+        rows, tag, err, _ = c.query(multi)
+        assert err is None and rows == [["1"], ["pay 6"]], (rows, err)
+    finally:
+        c.terminate()
+
+
+def test_cancel_with_wrong_key_does_not_cancel(apv):
+    """A CancelRequest needs the session's secret: a wrong one leaves the request pending."""
+    mk = marker()
+    c = apv.raw("waiter")
+    try:
+        pid, key = c.backend_key
+        c.send(q(f"SELECT note FROM {PAY} WHERE id = 4 AND '{mk}' <> ''"))
+        tr = read_until(c, lambda t, out: t in ("N", "E", "Z"))
+        rid = notice_id(tr[-1][1]["M"])["id"]
+        for p, k in ((pid, (key + 1) & 0xFFFFFFFF), ((pid + 1) & 0xFFFFFFFF, key), (0, 0)):
+            pgwire.send_cancel(apv.gw.host, apv.gw.port, p, k)
+        time.sleep(1)
+        assert apv.api.status_of(rid) == "pending"
+        pgwire.send_cancel(apv.gw.host, apv.gw.port, pid, key)
+        tr = read_until(c, until_ready())
+        assert [t for t, _ in tr] == ["E", "Z"], tr
+        assert tr[0][1]["C"] == "57014", tr
+        apv.api.wait_status(rid, "cancelled")
+    finally:
+        c.terminate()
+
+
+def test_simple_queries_queued_behind_a_held_one(apv):
+    """Queries the client sends while one is held wait behind it and run in order."""
+    mk = marker()
+    c = apv.raw("waiter")
+    try:
+        c.send(q(f"SELECT note FROM {PAY} WHERE id = 7 AND '{mk}' <> ''") + q("SELECT 2")
+               + q("SELECT 3"))
+        first = read_until(c, lambda t, out: t == "N")
+        rid = notice_id(first[-1][1]["M"])["id"]
+        time.sleep(0.5)
+        apv.api.approve_ok(rid, "carol")
+        rest = read_until(c, until_ready(3))
+        rows = [datarow_values(b) for t, b in rest if t == "D"]
+        assert rows == [["pay 7"], ["2"], ["3"]], rest
+    finally:
+        c.terminate()
+
+
+def test_denied_in_extended_pipeline_skips_to_sync(apv):
+    """Denied in the extended protocol: an ErrorResponse, then everything up to Sync is
+    skipped (as PostgreSQL does after an error), then ReadyForQuery; the next Sync's
+    statements run."""
+    mk = marker()
+    c = apv.raw("waiter")
+    try:
+        c.send(ext(f"SELECT note FROM {PAY} WHERE id = $1::int AND note <> $2", [3, mk])
+               + ext("SELECT $1::int + 100", [1]) + SYNC + ext("SELECT $1::int * 3", [7]) + SYNC)
+        first = read_until(c, lambda t, out: t == "N" and "held" in out[-1][1].get("M", ""))
+        rid = notice_id(first[-1][1]["M"])["id"]
+        st, j = apv.api.deny(rid, "carol", reason="pipeline")
+        assert st == 200
+        rest = read_until(c, until_ready(2))
+        seq = [t for t in types(first + rest) if t != "N"]
+        assert seq == ["1", "E", "Z", "1", "2", "T", "D", "C", "Z"], seq
+        err = [f for t, f in rest if t == "E"][0]
+        assert err["C"] == "42501" and "was denied by carol: pipeline" in err["M"], err
+        assert [datarow_values(b) for t, b in rest if t == "D"] == [["21"]]
+    finally:
+        c.terminate()
+
+
+def test_copy_from_stdin_held(apv, pg):
+    """COPY ... FROM STDIN into a reviewed table is held before the data is asked for;
+    approved, the data goes in."""
+    mk = marker()
+    with apv.connect("waiter") as c:
+        done, err = threading.Event(), []
+
+        def copy_in():
+            try:
+                with c.cursor().copy(f"COPY {PAY} (id, amount, note) FROM STDIN") as cp:
+                    cp.write_row((900, 1, mk))
+                    cp.write_row((901, 2, mk))
+            except Exception as e:  # noqa: BLE001
+                err.append(e)
+            finally:
+                done.set()
+        th = threading.Thread(target=copy_in, daemon=True)
+        th.start()
+        r = apv.api.find(f"COPY {PAY}")
+        assert r["rule"] == "tables", r
+        time.sleep(0.3)
+        assert not done.is_set()
+        apv.api.approve_ok(r["id"], "carol")
+        assert done.wait(20) and not err, err
+    try:
+        assert direct_rows(pg, f"SELECT id FROM {PAY} WHERE note = %s ORDER BY id", (mk,)) == \
+            [(900,), (901,)]
+    finally:
+        su_exec(pg, f"DELETE FROM {PAY} WHERE id >= 900")
+
+
+def test_log_lines_cannot_be_forged(apv, table):
+    """Reasons, statements and names that carry newlines do not start log lines."""
+    mk = marker()
+    forged = f"event=forged_{SFX}"
+    with apv.connect("retrier") as c:
+        rid = held_error(c, f"SELECT note FROM {PAY} WHERE id = 8 AND '{mk}\n{forged} x' <> ''")["id"]
+    st, j = apv.api.deny(rid, "carol", reason=f"no\n{forged} reason")
+    assert st == 200
+    st, g = apv.api.grant("outsider", {"user": f"scoped\n{forged}", "tables": ["public.items"],
+                                       "duration": "1m", "reason": f"r\n{forged}"})
+    time.sleep(0.5)
+    for line in apv.gw.log_text().splitlines():
+        assert not line.startswith(forged) and not re.match(r"\S*\s*" + forged, line), line
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+@pytest.mark.xfail(strict=True, reason="GATEWAY BUG: everything a client pipelines behind a held statement is buffered without limit (400 MiB sent -> gateway RSS +400 MiB): any reviewed identity can exhaust the gateway's memory")
+def test_pipelining_behind_a_held_statement_is_bounded(gateway_factory, keys, objects):
+    """A client that keeps sending behind a held statement must meet back-pressure (or be
+    disconnected), as it does when the upstream is slow, not make the gateway buffer
+    everything: 400 MiB of Query messages may not grow the gateway by 128 MiB or more."""
+    ctx = start_approvals_gateway(gateway_factory, keys)
+    before = rss_mib(ctx.gw.pid)
+    c = ctx.raw("waiter")
+    try:
+        c.send(q(f"SELECT note FROM {PAY} WHERE id = 1"))
+        read_until(c, lambda t, out: t == "N")
+        chunk = q("SELECT '" + "y" * (1024 * 1024) + "'")
+        c.sock.settimeout(5)
+        sent, t0 = 0, time.monotonic()
+        try:
+            while sent < 400 and time.monotonic() - t0 < 60:
+                c.sock.sendall(chunk)
+                sent += 1
+        except OSError:
+            pass  # back-pressure (timeout) or the gateway closed the session
+        time.sleep(1)
+        grown = rss_mib(ctx.gw.pid) - before
+        assert grown < 128, f"sent {sent} MiB behind a held statement; the gateway grew by {grown} MiB"
+    finally:
+        c.close()
+    ctx.gw.assert_serves(user="alice")
