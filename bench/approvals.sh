@@ -308,7 +308,7 @@ while len(pending()) < n:
     if time.monotonic() > deadline:
         sys.exit(f"holder: the API lists {len(pending())} of {n} held requests as pending")
     time.sleep(0.2)
-print(f"holder: {n} sessions held ({time.monotonic() - t0:.1f}s to hold them all)", flush=True)
+print(f"holder: {n} sessions held ({time.monotonic() - t0:.2f}s to hold them all)", flush=True)
 open(os.path.join(tmp, "held.ready"), "w").close()
 while not os.path.exists(os.path.join(tmp, "release")):
     time.sleep(0.1)
