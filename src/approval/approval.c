@@ -271,6 +271,8 @@ bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created
 	set_time(r, "created", now);
 	if (!retry)
 		set_time(r, "deadline", now + (int64_t)a->settings->wait_ms * 1000);
+	else
+		json_object_set_new(r, "deadline", json_null());
 	json_object_set_new(r, "valid_for_ms", json_integer(a->settings->valid_for_ms));
 	json_object_set_new(r, "decided_by", json_null());
 	json_object_set_new(r, "decided_at", json_null());
@@ -606,6 +608,8 @@ unsigned approval_request_grant(const Config *c, const ApprovalCaller *who, json
 			      string_array(a.approvers.items, a.approvers.n), "mode", "", "webhook",
 			      a.webhook ? a.webhook : "");
 	json_object_set(r, "request_reason", reason);
+	json_object_set_new(r, "parameters", json_array());
+	json_object_set_new(r, "deadline", json_null());
 	set_time(r, "created", now);
 	json_object_set_new(r, "decided_by", json_null());
 	json_object_set_new(r, "decided_at", json_null());

@@ -103,6 +103,24 @@ static json_t *pg_read(PGconn *c, const char *id)
 	return j;
 }
 
+/* After (re)connecting: what changed while no notification could arrive. */
+static void pg_merge_recent(PGconn *c)
+{
+	char since[AUDIT_TIME_LEN];
+	audit_format_time(audit_now_us() - 86400LL * 1000000, since);
+	const char *p[1] = {since};
+	PGresult *r = PQexecParams(c, "SELECT body FROM approval_requests WHERE status = 'pending' OR updated >= $1", 1,
+				   NULL, p, NULL, NULL, 0);
+	for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); i++) {
+		json_t *j = json_loads(PQgetvalue(r, i, 0), 0, NULL);
+		if (j) {
+			approval__merge(j);
+			json_decref(j);
+		}
+	}
+	PQclear(r);
+}
+
 /* Other gateways' changes: LISTEN, and read each request named by a notification. */
 static void *listen_main(void *arg)
 {
@@ -123,6 +141,7 @@ static void *listen_main(void *arg)
 				continue;
 			}
 			PQclear(r);
+			pg_merge_recent(c);
 		}
 		struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
 		if (poll(&pfd, 1, 200) < 0 || (pfd.revents && !PQconsumeInput(c))) {

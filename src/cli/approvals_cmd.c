@@ -10,7 +10,7 @@
 
 #include "core/util.h"
 
-#define DEFAULT_URL "http://127.0.0.1:8433"
+#define DEFAULT_URL "http://127.0.0.1:8432"
 #define ANSWER_MAX_BYTES (16 * 1024 * 1024)
 #define STATEMENT_CHARS 60
 #define CELL_CHARS 40

@@ -250,6 +250,8 @@ static enum MHD_Result approvals_request(struct MHD_Connection *conn, const Conf
 		json_decref(body);
 		return reply(conn, code, out);
 	}
+	if (strncmp(url, "/api/approvals", 14) != 0)
+		return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
 	const char *rest = url + strlen("/api/approvals");
 	if (*rest == 0 || strcmp(rest, "/") == 0) {
 		if (post)
@@ -383,6 +385,33 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 	return r;
 }
 
+static int hex_value(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/*
+ * Decodes %HH in paths and arguments, except %00: a NUL would end the C string early, so
+ * ".../deny%00/x" would act as ".../deny". Left encoded, such a path matches nothing.
+ */
+static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
+{
+	(void)cls;
+	(void)conn;
+	char *w = s;
+	for (const char *r = s; *r; r++) {
+		int hi, lo;
+		if (r[0] == '%' && (hi = hex_value(r[1])) >= 0 && (lo = hex_value(r[2])) >= 0 && (hi || lo)) {
+			*w++ = (char)(hi * 16 + lo);
+			r += 2;
+		} else {
+			*w++ = *r;
+		}
+	}
+	*w = 0;
+	return (size_t)(w - s);
+}
+
 bool http_start(const Config *c, char *err, size_t errlen)
 {
 	if (!c->admin_enabled)
@@ -399,7 +428,7 @@ bool http_start(const Config *c, char *err, size_t errlen)
 				   (uint16_t)c->admin_port, NULL, NULL, handle, NULL, MHD_OPTION_SOCK_ADDR, &sin,
 				   MHD_OPTION_THREAD_POOL_SIZE, 2U, MHD_OPTION_CONNECTION_LIMIT, 64U,
 				   MHD_OPTION_CONNECTION_TIMEOUT, 30U, MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL,
-				   MHD_OPTION_END);
+				   MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_END);
 	if (!daemon_) {
 		snprintf(err, errlen, "cannot listen on admin %s:%d (in use?)", c->admin_address, c->admin_port);
 		return false;

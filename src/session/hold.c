@@ -218,9 +218,9 @@ bool session__rows_approved(Session *s, const char *sql, const char *params)
 void session__rows_exceeded(Session *s, const char *sql, const char *params, char *msg, size_t len)
 {
 	const EffectivePolicy *ep = s->policy;
-	Decision d = {.kind = DEC_REVIEW, .policy = ep->returned_rows_by ? ep->returned_rows_by : "", .rule = "returned_rows"};
+	Decision d = {.kind = DEC_REVIEW, .policy = ep->returned_rows_by ? ep->returned_rows_by : "", .rule = "returned_rows_over"};
 	snprintf(d.why, sizeof d.why, "more than %lld rows", (long long)ep->returned_rows_over);
-	snprintf(d.message, sizeof d.message, "statement held for approval (policy %s, rule returned_rows: %s)", d.policy,
+	snprintf(d.message, sizeof d.message, "statement held for approval (policy %s, rule returned_rows_over: %s)", d.policy,
 		 d.why);
 	ApprovalSettings a;
 	config_approval_settings(s->config, config_find_policy(s->config, d.policy), &a);
@@ -255,7 +255,7 @@ static void hold_for_estimate(Decision *review, const Decision *d, const char *w
 	*review = *d;
 	review->kind = DEC_REVIEW;
 	review->policy = d->estimate_by;
-	review->rule = "estimated_rows";
+	review->rule = "estimated_rows_over";
 	review->estimate_over = 0;
 	snprintf(review->why, sizeof review->why, "%s", why);
 	snprintf(review->message, sizeof review->message,

@@ -443,7 +443,7 @@ static Action estimate_gate(Session *s, const char *sql, int nstmts, bool has_pa
 		held = **d; /* judged again after its request changed: only the request matters now */
 		held.kind = DEC_REVIEW;
 		held.policy = (*d)->estimate_by;
-		held.rule = "estimated_rows";
+		held.rule = "estimated_rows_over";
 	}
 	HoldOutcome h = session__review(s, sql, NULL, &held, resolved);
 	if (h == HOLD_WAIT)
@@ -874,10 +874,13 @@ void session__balance(Session *s)
 	if (s->state != SESS_READY)
 		return;
 	size_t up = evbuffer_get_length(s->server.out), down = evbuffer_get_length(s->client.out);
-	if (!s->client_paused && up > RELAY_HIGH_WATER) {
+	/* A held statement keeps what the client sends behind it in memory: bounded too. */
+	bool held_full = (s->held_id[0] || s->estimate_state == ESTIMATE_RUNNING) &&
+			 evbuffer_get_length(s->client.in) > RELAY_HIGH_WATER;
+	if (!s->client_paused && (up > RELAY_HIGH_WATER || held_full)) {
 		sock_pause_read(&s->client);
 		s->client_paused = true;
-	} else if (s->client_paused && up < RELAY_LOW_WATER) {
+	} else if (s->client_paused && up < RELAY_LOW_WATER && !held_full) {
 		s->client_paused = false;
 		sock_resume_read(&s->client);
 	}
