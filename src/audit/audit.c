@@ -151,41 +151,68 @@ static void event_free(Event *e)
 	free(e);
 }
 
-/* Appends one chained record inside the open transaction; advances the chain copy c. */
-static bool write_record(ChainState *c, const char *kind, const char *session_id, const char *user,
-			 const char *database, int64_t time_us, const char *body, char *err, size_t errlen)
+/* A batch's records as the store takes them; reused from batch to batch (writer thread only). */
+typedef struct {
+	StoredRecord *recs;
+	char (*times)[AUDIT_TIME_LEN];
+	char (*tags)[AUDIT_TAG_HEX];
+	size_t cap;
+	char prev[AUDIT_TAG_HEX]; /* the tag before the batch (the chain state moves on before the store sees it) */
+} Scratch;
+
+static Scratch S;
+
+static void scratch_reserve(size_t n)
 {
-	char time[AUDIT_TIME_LEN], newtag[AUDIT_TAG_HEX];
-	audit_format_time(time_us, time);
-	StoredRecord r = {
-		.node = W.node, .seq = c->seq + 1, .time = time, .kind = kind,
+	if (n <= S.cap)
+		return;
+	size_t cap = S.cap ? S.cap : 256;
+	while (cap < n)
+		cap *= 2;
+	S.recs = xrealloc(S.recs, cap * sizeof *S.recs);
+	S.times = xrealloc(S.times, cap * sizeof *S.times);
+	S.tags = xrealloc(S.tags, cap * sizeof *S.tags);
+	S.cap = cap;
+}
+
+/* Chains record i of the scratch after the chain copy c and advances c. */
+static void chain_record(ChainState *c, size_t i, const char *kind, const char *session_id, const char *user,
+			 const char *database, int64_t time_us, const char *body)
+{
+	audit_format_time(time_us, S.times[i]);
+	if (i == 0)
+		memcpy(S.prev, c->tag, AUDIT_TAG_HEX);
+	StoredRecord *r = &S.recs[i];
+	*r = (StoredRecord){
+		.node = W.node, .seq = c->seq + 1, .time = S.times[i], .kind = kind,
 		.session_id = session_id ? session_id : "", .user_name = user ? user : "",
-		.database = database ? database : "", .body = body, .prev_tag = c->tag,
+		.database = database ? database : "", .body = body,
+		.prev_tag = i ? S.tags[i - 1] : S.prev, .tag = S.tags[i],
 	};
-	chain_tag(c->key, &r, newtag);
-	r.tag = newtag;
-	if (!store_insert(W.st, &r, err, errlen))
-		return false;
+	chain_tag(c->key, r, S.tags[i]);
 	c->seq++;
 	chain_next_key(c->key);
-	memcpy(c->tag, newtag, AUDIT_TAG_HEX);
-	return true;
+}
+
+/* The chain after the last record chained into the scratch (its tag is in the scratch). */
+static void chain_settle(ChainState *c, size_t n)
+{
+	if (n)
+		memcpy(c->tag, S.tags[n - 1], AUDIT_TAG_HEX);
 }
 
 /* Writes the batch in one transaction. On failure nothing of it counts. */
-static bool write_batch(Event *batch, char *err, size_t errlen)
+static bool write_batch(Event *batch, size_t n, char *err, size_t errlen)
 {
 	ChainState c = W.chain;
+	scratch_reserve(n);
+	size_t i = 0;
+	for (Event *e = batch; e && i < n; e = e->next, i++)
+		chain_record(&c, i, e->kind, e->session_id, e->user, e->database, e->time_us, e->body);
+	chain_settle(&c, i);
 	if (!store_begin(W.st, err, errlen))
 		return false;
-	for (Event *e = batch; e; e = e->next) {
-		if (!write_record(&c, e->kind, e->session_id, e->user, e->database, e->time_us, e->body, err,
-				  errlen)) {
-			store_rollback(W.st);
-			return false;
-		}
-	}
-	if (!store_commit(W.st, err, errlen)) {
+	if (!store_append(W.st, S.recs, i, err, errlen) || !store_commit(W.st, err, errlen)) {
 		store_rollback(W.st);
 		return false;
 	}
@@ -211,11 +238,13 @@ static void prune(void)
 	char *text = json_dumps(body, JSON_COMPACT);
 	json_decref(body);
 	ChainState c = W.chain;
+	scratch_reserve(1);
+	chain_record(&c, 0, "prune", NULL, NULL, NULL, audit_now_us(), text);
+	chain_settle(&c, 1);
 	bool ok = store_begin(W.st, err, sizeof err);
 	if (ok) {
 		ok = store_delete_through(W.st, W.node, through, err, sizeof err) &&
-		     write_record(&c, "prune", NULL, NULL, NULL, audit_now_us(), text, err, sizeof err) &&
-		     store_commit(W.st, err, sizeof err);
+		     store_append(W.st, S.recs, 1, err, sizeof err) && store_commit(W.st, err, sizeof err);
 		if (!ok)
 			store_rollback(W.st);
 	}
@@ -298,7 +327,7 @@ static void *writer_main(void *arg)
 		}
 		if (pending) {
 			char err[300], q[400];
-			if (write_batch(pending, err, sizeof err)) {
+			if (write_batch(pending, npending, err, sizeof err)) {
 				for (Event *e = pending, *next; e; e = next) {
 					next = e->next;
 					__atomic_store_n(&W.queues[e->q].durable, e->ticket, __ATOMIC_RELEASE);
@@ -351,6 +380,10 @@ static void *writer_main(void *arg)
 	}
 	log_head("stop");
 	chain_release_thread();
+	free(S.recs);
+	free(S.times);
+	free(S.tags);
+	S = (Scratch){0};
 	return NULL;
 }
 
@@ -362,7 +395,7 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 	if (!W.st)
 		return false;
 	W.node = xstrdup(c->audit_node);
-	if (!store_head(W.st, W.node, &W.chain.seq, W.chain.tag, err, errlen)) {
+	if (!store_upgrade(W.st, err, errlen) || !store_head(W.st, W.node, &W.chain.seq, W.chain.tag, err, errlen)) {
 		store_close(W.st);
 		return false;
 	}

@@ -115,6 +115,48 @@ class SqliteTrail:
         finally:
             c.close()
 
+    # The store keeps one row per commit batch (audit_batches); its `records` text holds one
+    # record a line: {"seq":N,...,"tag":"...","record":BODY}. audit_records is a view of
+    # them for reading. Tampering edits the batch text byte for byte, as an attacker with
+    # the file would.
+    RECORD = re.compile(r'^\{"seq":(-?\d+),.*,"record":(.*)\}$')
+
+    def batches(self):
+        c = sqlite3.connect(str(self.db), timeout=10)
+        try:
+            return c.execute("SELECT first_seq, records FROM audit_batches ORDER BY first_seq").fetchall()
+        finally:
+            c.close()
+
+    @staticmethod
+    def lines(text):
+        assert text.startswith("[\n") and text.endswith("\n]"), text[:80]
+        return text[2:-2].split(",\n")
+
+    def rewrite(self, first_seq, lines):
+        text = "[\n" + ",\n".join(lines) + "\n]"
+        self.execute("UPDATE audit_batches SET records = ? WHERE first_seq = ?", (text, first_seq))
+
+    def edit_record(self, seq, fn):
+        """Replaces record seq's line with fn(line), or drops it when fn returns None."""
+        for first, text in self.batches():
+            ls = self.lines(text)
+            for i, ln in enumerate(ls):
+                if int(self.RECORD.match(ln)[1]) == seq:
+                    new = fn(ln)
+                    ls[i:i + 1] = [] if new is None else [new]
+                    return self.rewrite(first, ls)
+        raise AssertionError(f"no record seq={seq} in the batches")
+
+    def append_line(self, line):
+        first, text = self.batches()[-1]
+        self.rewrite(first, self.lines(text) + [line])
+
+    @classmethod
+    def body_span(cls, line):
+        m = cls.RECORD.match(line)
+        return m.start(2), m.end(2)
+
 
 class PgTrail:
     def __init__(self, pg, dbname):
@@ -837,14 +879,16 @@ def test_module_trail_chain_links(agw_state):
 
 # ---------------------------------------------------------------------------- 2. chain
 
-def make_trail(factory, tmp_path, sessions=2, audit=None):
-    """A stopped gateway with a few sessions in a fresh SQLite trail."""
+def make_trail(factory, tmp_path, sessions=2, audit=None, pause=0):
+    """A stopped gateway with a few sessions in a fresh SQLite trail (pause: seconds
+    between sessions, longer than a commit batch)."""
     db = tmp_path / "chain.db"
     gw = start_audited(factory, f"sqlite:{db}", dict(node="chainer", **(audit or {})))
     for i in range(sessions):
         with gw.connect(application_name=app_name("chain")) as c:
             c.execute("SELECT %s::int AS i, 'chain' AS what", (i,))
             c.execute(f"SELECT {i} + 1")
+        time.sleep(pause)
     assert gw.stop() == 0
     trail = SqliteTrail(db)
     rows = trail.rows()
@@ -878,18 +922,21 @@ def test_verify_without_the_key_fails(gateway_factory, tmp_path):
 def test_verify_detects_altered_body(gateway_factory, tmp_path):
     gw, trail = make_trail(gateway_factory, tmp_path)
     victim = [r for r in trail.rows() if r["kind"] == "statement"][1]
-    body = victim["body"]
-    body["sql"] = "SELECT 'nothing to see here'"
-    trail.execute("UPDATE audit_records SET body = ? WHERE node = ? AND seq = ?",
-                  (json.dumps(body), victim["node"], victim["seq"]))
+    body = dict(victim["body"], sql="SELECT 'nothing to see here'")
+
+    def alter(line):
+        a, b = SqliteTrail.body_span(line)
+        return line[:a] + json.dumps(body, separators=(",", ":")) + line[b:]
+    trail.edit_record(victim["seq"], alter)
+    assert trail.rows(f"seq = {victim['seq']}")[0]["body"]["sql"] == "SELECT 'nothing to see here'"
     assert_verify_fails(gw.config_path, victim["seq"], ["altered"])
 
 
 def test_verify_detects_altered_indexed_column(gateway_factory, tmp_path):
     gw, trail = make_trail(gateway_factory, tmp_path)
     victim = [r for r in trail.rows() if r["kind"] == "session_start"][1]
-    trail.execute("UPDATE audit_records SET user_name = 'bob' WHERE node = ? AND seq = ?",
-                  (victim["node"], victim["seq"]))
+    trail.edit_record(victim["seq"], lambda ln: ln.replace('"user":"alice"', '"user":"bob"', 1))
+    assert trail.rows(f"seq = {victim['seq']}")[0]["user_name"] == "bob"
     assert_verify_fails(gw.config_path, victim["seq"], ["altered"])
 
 
@@ -897,9 +944,18 @@ def test_verify_detects_deleted_row(gateway_factory, tmp_path):
     gw, trail = make_trail(gateway_factory, tmp_path)
     rows = trail.rows()
     victim = rows[len(rows) // 2]
-    trail.execute("DELETE FROM audit_records WHERE node = ? AND seq = ?",
-                  (victim["node"], victim["seq"]))
+    trail.edit_record(victim["seq"], lambda ln: None)
+    assert victim["seq"] not in {r["seq"] for r in trail.rows()}
     assert_verify_fails(gw.config_path, victim["seq"], ["deleted"])
+
+
+def test_verify_detects_deleted_batch(gateway_factory, tmp_path):
+    gw, trail = make_trail(gateway_factory, tmp_path, sessions=3, pause=0.2)
+    batches = trail.batches()
+    assert len(batches) >= 3, [b[0] for b in batches]
+    first, _ = batches[len(batches) // 2]
+    trail.execute("DELETE FROM audit_batches WHERE first_seq = ?", (first,))
+    assert_verify_fails(gw.config_path, first, ["deleted"])
 
 
 def test_verify_detects_inserted_row(gateway_factory, tmp_path):
@@ -909,24 +965,31 @@ def test_verify_detects_inserted_row(gateway_factory, tmp_path):
     stmt = [r for r in rows if r["kind"] == "statement"][-1]
     body = dict(stmt["body"], sql="DROP TABLE evidence", n=99)
     seq = last["seq"] + 1
-    trail.execute(f"INSERT INTO audit_records ({', '.join(COLS)}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                  (last["node"], seq, last["time"], "statement", stmt["session_id"],
-                   stmt["user_name"], stmt["database"], json.dumps(body), last["tag"],
-                   secrets.token_hex(32)))
+    trail.append_line(json.dumps({"seq": seq, "time": last["time"], "kind": "statement",
+                                  "session_id": stmt["session_id"], "user": stmt["user_name"],
+                                  "database": stmt["database"], "tag": secrets.token_hex(32),
+                                  "record": body}, separators=(",", ":")))
+    assert trail.rows()[-1]["seq"] == seq
     assert_verify_fails(gw.config_path, seq, ["inserted", "altered"])
 
 
 def test_verify_detects_deleted_first_row(gateway_factory, tmp_path):
     gw, trail = make_trail(gateway_factory, tmp_path, sessions=1)
-    trail.execute("DELETE FROM audit_records WHERE seq = 1")
+    trail.edit_record(1, lambda ln: None)
     assert_verify_fails(gw.config_path, 1, ["deleted"])
 
 
 def test_verify_detects_swapped_bodies(gateway_factory, tmp_path):
     gw, trail = make_trail(gateway_factory, tmp_path)
     a, b = [r for r in trail.rows() if r["kind"] == "statement"][:2]
-    trail.execute("UPDATE audit_records SET body = ? WHERE seq = ?", (b["raw_body"], a["seq"]))
-    trail.execute("UPDATE audit_records SET body = ? WHERE seq = ?", (a["raw_body"], b["seq"]))
+
+    def put(body):
+        def f(line):
+            x, y = SqliteTrail.body_span(line)
+            return line[:x] + body + line[y:]
+        return f
+    trail.edit_record(a["seq"], put(b["raw_body"]))
+    trail.edit_record(b["seq"], put(a["raw_body"]))
     assert_verify_fails(gw.config_path, a["seq"], ["altered"])
 
 
