@@ -108,6 +108,12 @@ void audit_format_time(int64_t us, char out[AUDIT_TIME_LEN])
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
 		      char *body)
 {
+	return audit_submit_at(q, audit_now_us(), kind, session_id, user, database, body);
+}
+
+uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
+			 const char *database, char *body)
+{
 	if (!W.started) {
 		free(body);
 		return 0;
@@ -122,7 +128,7 @@ uint64_t audit_submit(int q, const char *kind, const char *session_id, const cha
 	e->user = user ? memcpy(p, user, lu) : NULL;
 	p += lu;
 	e->database = database ? memcpy(p, database, ld) : NULL;
-	e->time_us = audit_now_us();
+	e->time_us = time_us;
 	e->body = body;
 	e->q = q;
 	e->next = NULL;

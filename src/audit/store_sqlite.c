@@ -908,8 +908,9 @@ AuditStore *audit__sqlite_open(const char *path, bool strict, char *err, size_t 
 	 * fsync: one every ~40 MB instead of every 4 MB, and pages rewritten by several batches
 	 * in between are copied once.
 	 */
-	if (sqlite3_exec(l->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) != SQLITE_OK ||
-	    sqlite3_exec(l->db, "PRAGMA wal_autocheckpoint=10000", NULL, NULL, NULL) != SQLITE_OK ||
+	if (sqlite3_exec(l->db, "PRAGMA page_size=65536", NULL, NULL, NULL) != SQLITE_OK ||
+	    sqlite3_exec(l->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) != SQLITE_OK ||
+	    sqlite3_exec(l->db, "PRAGMA wal_autocheckpoint=640", NULL, NULL, NULL) != SQLITE_OK ||
 	    sqlite3_exec(l->db, strict ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", NULL, NULL, NULL) != SQLITE_OK ||
 	    sqlite3_exec(l->db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK) {
 		fail(l->db, path, err, errlen);

@@ -44,7 +44,17 @@ struct AuditNames {
 	Named *statements[NAME_BUCKETS];
 	Named *portals[NAME_BUCKETS];
 	int count;
+	/* The last allowing decision as JSON: the same one repeats statement after statement. */
+	char *allow_policy, *allow_rule, *allow_json;
+	/* The last RowDescription and its columns as JSON, reused while the same one comes back. */
+	uint8_t *rowdesc;
+	size_t rowdesc_len;
+	char *rowdesc_json;
+	uint8_t *rowdesc_formats;
+	int rowdesc_ncols;
 };
+
+#define ROWDESC_CACHE_MAX 4096 /* bytes of RowDescription worth keeping for the comparison */
 
 static unsigned bucket(const char *name)
 {
@@ -108,6 +118,12 @@ void session__audit_free(Session *s)
 			named_free_list(an->statements[b]);
 			named_free_list(an->portals[b]);
 		}
+		free(an->allow_policy);
+		free(an->allow_rule);
+		free(an->allow_json);
+		free(an->rowdesc);
+		free(an->rowdesc_json);
+		free(an->rowdesc_formats);
 		free(an);
 		s->audit_names = NULL;
 	}
@@ -220,16 +236,31 @@ void session__audit_login_failed(Session *s, const char *method, const char *why
 
 static char *decision_json(Session *s, const Decision *d)
 {
+	struct AuditNames *an = s->audit_names;
+	bool block = d && d->kind == DEC_BLOCK;
+	const char *policy = d ? (d->policy ? d->policy : "") : s->policy ? s->policy->names : "";
+	const char *rule = d && d->rule ? d->rule : "";
+	if (!block && an && an->allow_json && strcmp(an->allow_policy, policy) == 0 && strcmp(an->allow_rule, rule) == 0)
+		return xstrdup(an->allow_json);
 	JsonW w;
 	jw_init(&w);
 	jw_begin_object(&w);
-	key_string(&w, "action", d && d->kind == DEC_BLOCK ? "block" : "allow");
-	key_string(&w, "policy", d ? (d->policy ? d->policy : "") : s->policy ? s->policy->names : "");
-	key_string(&w, "rule", d && d->rule ? d->rule : "");
-	if (d && d->kind == DEC_BLOCK)
+	key_string(&w, "action", block ? "block" : "allow");
+	key_string(&w, "policy", policy);
+	key_string(&w, "rule", rule);
+	if (block)
 		key_string(&w, "reason", d->message);
 	jw_end_object(&w);
-	return jw_take(&w);
+	char *json = jw_take(&w);
+	if (!block && an) {
+		free(an->allow_policy);
+		free(an->allow_rule);
+		free(an->allow_json);
+		an->allow_policy = xstrdup(policy);
+		an->allow_rule = xstrdup(rule);
+		an->allow_json = xstrdup(json);
+	}
+	return json;
 }
 
 static AuditStmt *stmt_new(const char *sql, char *params, char *decision)
@@ -335,10 +366,35 @@ static char *parse_columns(const uint8_t *body, size_t len, uint8_t *formats, in
 	return jw_take(&w);
 }
 
+/* parse_columns, remembering the last RowDescription: pgbench and most clients repeat it. */
+static char *columns_json(Session *s, const uint8_t *body, size_t len, uint8_t *formats, int *ncols)
+{
+	struct AuditNames *an = s->audit_names;
+	if (an && an->rowdesc_json && len == an->rowdesc_len && memcmp(body, an->rowdesc, len) == 0) {
+		memcpy(formats, an->rowdesc_formats, (size_t)an->rowdesc_ncols);
+		*ncols = an->rowdesc_ncols;
+		return xstrdup(an->rowdesc_json);
+	}
+	char *json = parse_columns(body, len, formats, ncols);
+	if (an && len <= ROWDESC_CACHE_MAX) {
+		free(an->rowdesc);
+		free(an->rowdesc_json);
+		free(an->rowdesc_formats);
+		an->rowdesc = xmalloc(len ? len : 1);
+		memcpy(an->rowdesc, body, len);
+		an->rowdesc_len = len;
+		an->rowdesc_json = xstrdup(json);
+		an->rowdesc_formats = xmalloc(*ncols ? (size_t)*ncols : 1);
+		memcpy(an->rowdesc_formats, formats, (size_t)*ncols);
+		an->rowdesc_ncols = *ncols;
+	}
+	return json;
+}
+
 void session__audit_described(Session *s, const uint8_t *body, size_t len)
 {
 	free(s->audit_columns);
-	s->audit_columns = parse_columns(body, len, s->audit_formats, &s->audit_ncols);
+	s->audit_columns = columns_json(s, body, len, s->audit_formats, &s->audit_ncols);
 }
 
 bool session__audit_wants(const AuditStmt *a, char type, uint32_t len)
@@ -437,6 +493,10 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 		a->n = ++s->audit_n; /* numbered when recorded: statements the server skipped get none */
 	JsonW w;
 	jw_init(&w);
+	/* Sized for the whole record at once: growing by doubling copied it two or three times. */
+	w.cap = 512 + 2 * strlen(a->sql) + a->rows.len + (a->params ? strlen(a->params) : 0) +
+		(a->columns ? strlen(a->columns) : 0) + error_len;
+	w.buf = xmalloc(w.cap);
 	jw_begin_object(&w);
 	key_string(&w, "session_id", s->audit_id);
 	key_int(&w, "n", (int64_t)a->n);
@@ -486,8 +546,8 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 		jw_end_object(&w);
 	}
 	jw_end_object(&w);
-	uint64_t ticket = audit_submit(s->worker->index, "statement", s->audit_id, s->user_name, s->database_name,
-				       jw_take(&w));
+	uint64_t ticket = audit_submit_at(s->worker->index, now, "statement", s->audit_id, s->user_name,
+					  s->database_name, jw_take(&w));
 	/* The next statement of the same Query starts here. */
 	a->part++;
 	a->start_us = now;
@@ -510,7 +570,7 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 	switch (type) {
 	case 'T':
 		free(a->columns);
-		a->columns = whole ? parse_columns(body, len, a->formats, &a->ncols) : xstrdup("[]");
+		a->columns = whole ? columns_json(s, body, len, a->formats, &a->ncols) : xstrdup("[]");
 		return AUDIT_PASS;
 	case 'H':
 		a->copy_out = true;
