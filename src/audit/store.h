@@ -22,6 +22,7 @@ typedef struct {
 	const char *user_name;  /* "" when none; a copy of the body's, for filtering */
 	const char *database;   /* "" when none; likewise */
 	const char *body;       /* the record as JSON text, exactly as hashed */
+	size_t body_len;        /* strlen(body) when known, else 0 */
 	const char *prev_tag;
 	const char *tag;
 } StoredRecord;

@@ -546,8 +546,9 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 		jw_end_object(&w);
 	}
 	jw_end_object(&w);
+	size_t body_len = w.len;
 	uint64_t ticket = audit_submit_at(s->worker->index, now, "statement", s->audit_id, s->user_name,
-					  s->database_name, jw_take(&w));
+					  s->database_name, jw_take(&w), body_len);
 	/* The next statement of the same Query starts here. */
 	a->part++;
 	a->start_us = now;

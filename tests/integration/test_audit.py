@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import zstandard
 
 import pgwire
 
@@ -90,23 +91,60 @@ def _record(row):
 
 
 class SqliteTrail:
+    """The SQLite store read and edited directly. It keeps one row per commit batch
+    (audit_batches); `records` is a zstd frame of the batch's text, one record a line:
+    {"seq":N,"time":...,"kind":...,"session_id":...,"user":...,"database":...,"tag":...,
+    "record":BODY}, and the row keeps the tag before its first record (prev_tag).
+    Tampering edits a record's line byte for byte, as an attacker with the file would."""
+
+    RECORD = re.compile(r'^\{"seq":(-?\d+),.*,"record":(.*)\}$')
+
     def __init__(self, db):
         self.db = Path(db)
 
-    def rows(self, where="", args=()):
+    def batches(self):
+        """[(first_seq, prev_tag, [record lines])] by first_seq."""
         if not self.db.exists():
             return []
         c = sqlite3.connect(str(self.db), timeout=10)
         try:
-            cur = c.execute(f"SELECT {', '.join(COLS)} FROM audit_records "
-                            f"{'WHERE ' + where if where else ''} ORDER BY node, seq", args)
-            return [_record(r) for r in cur.fetchall()]
+            rows = c.execute("SELECT first_seq, prev_tag, records FROM audit_batches "
+                             "ORDER BY first_seq").fetchall()
         except sqlite3.OperationalError as e:
             if "no such table" in str(e):
                 return []
             raise
         finally:
             c.close()
+        out = []
+        for first, prev, packed in rows:
+            text = zstandard.ZstdDecompressor().decompress(packed).decode()
+            assert text.startswith("[\n") and text.endswith("\n]"), text[:80]
+            out.append((first, prev, text[2:-2].split(",\n")))
+        return out
+
+    def rows(self, kind=None, seq=None):
+        out = []
+        for _, prev, lines in self.batches():
+            for ln in lines:
+                j = json.loads(ln)
+                a, b = self.body_span(ln)
+                r = {"node": None, "seq": j["seq"], "time": j["time"], "kind": j["kind"],
+                     "session_id": j["session_id"], "user_name": j["user"],
+                     "database": j["database"], "body": j["record"], "raw_body": ln[a:b],
+                     "prev_tag": prev, "tag": j["tag"]}
+                prev = r["tag"]
+                if (kind is None or r["kind"] == kind) and (seq is None or r["seq"] == seq):
+                    out.append(r)
+        if out:
+            c = sqlite3.connect(str(self.db), timeout=10)
+            try:
+                node = c.execute("SELECT node FROM audit_batches LIMIT 1").fetchone()[0]
+            finally:
+                c.close()
+            for r in out:
+                r["node"] = node
+        return sorted(out, key=lambda r: r["seq"])
 
     def execute(self, sql, args=()):
         c = sqlite3.connect(str(self.db), timeout=10, isolation_level=None)
@@ -115,32 +153,14 @@ class SqliteTrail:
         finally:
             c.close()
 
-    # The store keeps one row per commit batch (audit_batches); its `records` text holds one
-    # record a line: {"seq":N,...,"tag":"...","record":BODY}. audit_records is a view of
-    # them for reading. Tampering edits the batch text byte for byte, as an attacker with
-    # the file would.
-    RECORD = re.compile(r'^\{"seq":(-?\d+),.*,"record":(.*)\}$')
-
-    def batches(self):
-        c = sqlite3.connect(str(self.db), timeout=10)
-        try:
-            return c.execute("SELECT first_seq, records FROM audit_batches ORDER BY first_seq").fetchall()
-        finally:
-            c.close()
-
-    @staticmethod
-    def lines(text):
-        assert text.startswith("[\n") and text.endswith("\n]"), text[:80]
-        return text[2:-2].split(",\n")
-
     def rewrite(self, first_seq, lines):
-        text = "[\n" + ",\n".join(lines) + "\n]"
-        self.execute("UPDATE audit_batches SET records = ? WHERE first_seq = ?", (text, first_seq))
+        text = ("[\n" + ",\n".join(lines) + "\n]").encode()
+        self.execute("UPDATE audit_batches SET records = ? WHERE first_seq = ?",
+                     (zstandard.ZstdCompressor(level=1).compress(text), first_seq))
 
     def edit_record(self, seq, fn):
         """Replaces record seq's line with fn(line), or drops it when fn returns None."""
-        for first, text in self.batches():
-            ls = self.lines(text)
+        for first, _, ls in self.batches():
             for i, ln in enumerate(ls):
                 if int(self.RECORD.match(ln)[1]) == seq:
                     new = fn(ln)
@@ -149,8 +169,8 @@ class SqliteTrail:
         raise AssertionError(f"no record seq={seq} in the batches")
 
     def append_line(self, line):
-        first, text = self.batches()[-1]
-        self.rewrite(first, self.lines(text) + [line])
+        first, _, ls = self.batches()[-1]
+        self.rewrite(first, ls + [line])
 
     @classmethod
     def body_span(cls, line):
@@ -162,18 +182,23 @@ class PgTrail:
     def __init__(self, pg, dbname):
         self.pg, self.dbname = pg, dbname
 
-    def rows(self, where="", args=()):
+    def rows(self, kind=None, seq=None):
+        where, args = [], []
+        for col, v in (("kind", kind), ("seq", seq)):
+            if v is not None:
+                where.append(f"{col} = %s")
+                args.append(v)
         with self.pg.super_connect(self.dbname) as c:
             if c.execute("SELECT to_regclass('audit_records')").fetchone()[0] is None:
                 return []
             sql = (f"SELECT {', '.join(COLS)} FROM audit_records "
-                   f"{'WHERE ' + where if where else ''} ORDER BY node, seq")
+                   f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY node, seq")
             return [_record(r) for r in c.execute(sql, args).fetchall()]
 
 
 def session_id_of(trail, app, timeout=5):
     def find():
-        for r in trail.rows("kind = 'session_start'"):
+        for r in trail.rows(kind="session_start"):
             if r["body"].get("application_name") == app:
                 return r["session_id"]
         return None
@@ -199,8 +224,7 @@ def session_records(trail, sid, timeout=5):
 def record_with(trail, needle, kind="statement", timeout=5):
     """The first record of kind whose body text contains needle."""
     def find():
-        for r in trail.rows("kind = ?" if isinstance(trail, SqliteTrail) else "kind = %s",
-                            (kind,)):
+        for r in trail.rows(kind=kind):
             if needle in r["raw_body"]:
                 return r
         return None
@@ -669,7 +693,7 @@ def test_login_failed(agw, trail):
         agw.connect(user=f"ghost{SFX}", password="whatever", application_name=app)
 
     def find():
-        rs = [r for r in trail.rows("kind = 'login_failed'")]
+        rs = [r for r in trail.rows(kind="login_failed")]
         got_alice = [r for r in rs if r["body"].get("user") == "alice"]
         got_ghost = [r for r in rs if r["body"].get("user") == f"ghost{SFX}"]
         return (got_alice, got_ghost) if got_alice and got_ghost else None
@@ -928,7 +952,7 @@ def test_verify_detects_altered_body(gateway_factory, tmp_path):
         a, b = SqliteTrail.body_span(line)
         return line[:a] + json.dumps(body, separators=(",", ":")) + line[b:]
     trail.edit_record(victim["seq"], alter)
-    assert trail.rows(f"seq = {victim['seq']}")[0]["body"]["sql"] == "SELECT 'nothing to see here'"
+    assert trail.rows(seq=victim["seq"])[0]["body"]["sql"] == "SELECT 'nothing to see here'"
     assert_verify_fails(gw.config_path, victim["seq"], ["altered"])
 
 
@@ -936,7 +960,7 @@ def test_verify_detects_altered_indexed_column(gateway_factory, tmp_path):
     gw, trail = make_trail(gateway_factory, tmp_path)
     victim = [r for r in trail.rows() if r["kind"] == "session_start"][1]
     trail.edit_record(victim["seq"], lambda ln: ln.replace('"user":"alice"', '"user":"bob"', 1))
-    assert trail.rows(f"seq = {victim['seq']}")[0]["user_name"] == "bob"
+    assert trail.rows(seq=victim["seq"])[0]["user_name"] == "bob"
     assert_verify_fails(gw.config_path, victim["seq"], ["altered"])
 
 
@@ -953,7 +977,7 @@ def test_verify_detects_deleted_batch(gateway_factory, tmp_path):
     gw, trail = make_trail(gateway_factory, tmp_path, sessions=3, pause=0.2)
     batches = trail.batches()
     assert len(batches) >= 3, [b[0] for b in batches]
-    first, _ = batches[len(batches) // 2]
+    first = batches[len(batches) // 2][0]
     trail.execute("DELETE FROM audit_batches WHERE first_seq = ?", (first,))
     assert_verify_fails(gw.config_path, first, ["deleted"])
 
@@ -1101,7 +1125,7 @@ def _load_then_kill(factory, tmp_path, pg, durability, threads=4, seconds=1.5):
         with pg.super_connect() as c:
             upstream = {r[0] for r in c.execute(f"SELECT marker FROM {t}").fetchall()}
         recorded = set()
-        for r in SqliteTrail(db).rows("kind = 'statement'"):
+        for r in SqliteTrail(db).rows(kind="statement"):
             if r["body"].get("tag") == "INSERT 0 1":
                 recorded.update(MARK.findall(r["body"].get("sql", "")))
         acked = set(acked)
@@ -1136,11 +1160,11 @@ def test_strict_record_committed_before_result(gateway_factory, tmp_path):
             m = f"strict-{SFX}-{i}"
             assert c.execute(f"SELECT '{m}'").fetchone() == (m,)
             # no polling: the record must already be committed
-            assert any(m in r["raw_body"] for r in trail.rows("kind = 'statement'")), \
+            assert any(m in r["raw_body"] for r in trail.rows(kind="statement")), \
                 f"statement {m} answered before its record was committed"
         with pytest.raises(psycopg.Error):
             c.execute(f"SELECT 1/0 AS strict_err_{SFX}")
-        assert any(f"strict_err_{SFX}" in r["raw_body"] for r in trail.rows("kind = 'statement'"))
+        assert any(f"strict_err_{SFX}" in r["raw_body"] for r in trail.rows(kind="statement"))
 
 
 def test_strict_pipeline_and_copy(gateway_factory, tmp_path, pg):
@@ -1167,7 +1191,7 @@ def test_strict_pipeline_and_copy(gateway_factory, tmp_path, pg):
                         cp.write_row((i, "copied"))
                 with cur.copy(f"COPY {t} TO STDOUT") as cp:
                     assert sum(bytes(d).count(b"\n") for d in cp) == 8
-            rows = trail.rows("kind = 'statement'")
+            rows = trail.rows(kind="statement")
             tags = [r["body"].get("tag") for r in rows]
             assert tags.count("INSERT 0 1") == 5 and "COPY 3" in tags and "COPY 8" in tags, tags
             assert any((r["body"].get("error") or {}).get("sqlstate") == "23505" for r in rows)
@@ -1598,7 +1622,7 @@ def test_apikey_session_and_failed_login_recorded(http_gw):
     assert http_gw["agent"] not in json.dumps([r["raw_body"] for r in trail.rows()])
     with pytest.raises(psycopg.OperationalError):
         gw.connect(user=name, password="pgc_" + "A" * 43)
-    rec = wait_for(lambda: [r for r in trail.rows("kind = 'login_failed'")
+    rec = wait_for(lambda: [r for r in trail.rows(kind="login_failed")
                             if r["body"].get("user") == name], what="login_failed for the key")
     assert rec[-1]["body"]["method"] == "apikey" and rec[-1]["body"]["reason"]
 
