@@ -133,7 +133,12 @@ void chain_release_thread(void) {}
 
 void chain_next_key(uint8_t key[AUDIT_KEY_LEN])
 {
-	SHA256(key, AUDIT_KEY_LEN, key);
+	/* Not SHA256(): in OpenSSL 3 it fetches the algorithm (a lock) on every call. */
+	SHA256_CTX c;
+	SHA256_Init(&c);
+	SHA256_Update(&c, key, AUDIT_KEY_LEN);
+	SHA256_Final(key, &c);
+	OPENSSL_cleanse(&c, sizeof c);
 }
 
 void chain_tag(const uint8_t key[AUDIT_KEY_LEN], const StoredRecord *r, char out[AUDIT_TAG_HEX])

@@ -161,6 +161,10 @@ static void key_int(JsonW *w, const char *key, int64_t value)
 	jw_int(w, value);
 }
 
+/* The same for keys written as literals, which need no escaping. */
+#define key_string_plain(w, lit, value) (JW_KEY(w, lit), jw_string(w, value))
+#define key_int_plain(w, lit, value) (JW_KEY(w, lit), jw_int(w, value))
+
 void session__audit_session_start(Session *s, const char *application_name)
 {
 	if (!audit_enabled())
@@ -477,7 +481,7 @@ static void error_json(JsonW *w, const uint8_t *body, size_t len)
 		const char *key = code == 'S' ? "severity" : code == 'C' ? "sqlstate" : code == 'M' ? "message"
 				: code == 'D' ? "detail" : code == 'H' ? "hint" : code == 'W' ? "where" : NULL;
 		if (key) {
-			jw_key(w, key);
+			jw_key_plain(w, key, strlen(key));
 			jw_text(w, (const uint8_t *)v, strlen(v), false);
 		}
 	}
@@ -498,50 +502,50 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 		(a->columns ? strlen(a->columns) : 0) + error_len;
 	w.buf = xmalloc(w.cap);
 	jw_begin_object(&w);
-	key_string(&w, "session_id", s->audit_id);
-	key_int(&w, "n", (int64_t)a->n);
+	key_string_plain(&w, "session_id", s->audit_id);
+	key_int_plain(&w, "n", (int64_t)a->n);
 	if (a->part)
-		key_int(&w, "part", a->part + 1);
-	jw_key(&w, "sql");
+		key_int_plain(&w, "part", a->part + 1);
+	JW_KEY(&w, "sql");
 	jw_text(&w, (const uint8_t *)a->sql, strlen(a->sql), false);
-	jw_key(&w, "decision");
+	JW_KEY(&w, "decision");
 	jw_raw(&w, a->decision, strlen(a->decision));
 	if (a->params) {
-		jw_key(&w, "params");
+		JW_KEY(&w, "params");
 		jw_raw(&w, a->params, strlen(a->params));
 	}
-	jw_key(&w, "duration_ms");
+	JW_KEY(&w, "duration_ms");
 	jw_fixed3(&w, now - a->start_us);
-	key_int(&w, "rows_sent", a->rows_sent);
+	key_int_plain(&w, "rows_sent", a->rows_sent);
 	if (tag) {
-		jw_key(&w, "tag");
+		JW_KEY(&w, "tag");
 		jw_text(&w, (const uint8_t *)tag, strlen(tag), false);
 		int64_t n = tag_rows(tag);
-		key_int(&w, "rows", n >= 0 ? n : a->rows_sent);
+		key_int_plain(&w, "rows", n >= 0 ? n : a->rows_sent);
 	}
 	if (error) {
-		jw_key(&w, "error");
+		JW_KEY(&w, "error");
 		error_json(&w, error, error_len);
 	} else if (error_message) {
-		jw_key(&w, "error");
+		JW_KEY(&w, "error");
 		jw_begin_object(&w);
-		key_string(&w, "sqlstate", "42501");
-		key_string(&w, "message", error_message);
+		key_string_plain(&w, "sqlstate", "42501");
+		key_string_plain(&w, "message", error_message);
 		jw_end_object(&w);
 	}
 	if (a->columns || a->nrows) {
-		jw_key(&w, "result");
+		JW_KEY(&w, "result");
 		jw_begin_object(&w);
 		if (a->columns) {
-			jw_key(&w, "columns");
+			JW_KEY(&w, "columns");
 			jw_raw(&w, a->columns, strlen(a->columns));
 		}
-		jw_key(&w, "rows");
+		JW_KEY(&w, "rows");
 		jw_begin_array(&w);
 		if (a->rows.len)
 			jw_raw(&w, a->rows.buf, a->rows.len);
 		jw_end_array(&w);
-		jw_key(&w, "truncated");
+		JW_KEY(&w, "truncated");
 		jw_bool(&w, a->truncated);
 		jw_end_object(&w);
 	}

@@ -422,6 +422,8 @@ static void test_json_writer(void **state)
 	jw_end_array(&w);
 	jw_key(&w, "none");
 	jw_string(&w, NULL);
+	JW_KEY(&w, "plain");
+	jw_int(&w, 7);
 	jw_end_object(&w);
 	char *text = jw_take(&w);
 	json_error_t e;
@@ -436,6 +438,7 @@ static void test_json_writer(void **state)
 	assert_int_equal(json_integer_value(json_array_get(json_object_get(j, "list"), 0)), -5);
 	assert_true(json_real_value(json_array_get(json_object_get(j, "list"), 3)) == 1.5);
 	assert_true(json_is_null(json_object_get(j, "none")));
+	assert_int_equal(json_integer_value(json_object_get(j, "plain")), 7);
 	json_decref(j);
 	free(text);
 	/* Overlong forms and surrogates are not UTF-8. */
