@@ -8,6 +8,8 @@ the trail.
 Records are read straight from the store (SQLite file or PostgreSQL database) by the test.
 A session is found by the unique application_name each test gives its connection."""
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -29,7 +31,7 @@ import zstandard
 import pgwire
 
 from conftest import (BIN, LOCAL_USERS, ROLE_PW, SUPERUSER_PW, GatewayFactory, free_port,
-                      require_binary)
+                      require_binary, to_yaml)
 
 SFX = secrets.token_hex(3)
 REFUSED_MSG = ("pgcordon: the audit store cannot be written; statements are refused until "
@@ -1024,6 +1026,95 @@ def restart(gw):
     gw.start()
     wait_for(lambda: gw.count_log(r"event=ready\b") > n, timeout=20,
              what="the restarted gateway's ready line")
+
+
+def _v1_store(db, key, node, sessions):
+    """A store of the earlier layout (a row per record in a table audit_records), chained
+    here with Python's hmac, as a gateway before the batch layout wrote it."""
+    c = sqlite3.connect(str(db), isolation_level=None)
+    c.execute("CREATE TABLE audit_records (seq INTEGER PRIMARY KEY, node TEXT NOT NULL, "
+              "time TEXT NOT NULL, kind TEXT NOT NULL, session_id TEXT NOT NULL, "
+              "user_name TEXT NOT NULL, database TEXT NOT NULL, body TEXT NOT NULL, "
+              "prev_tag TEXT NOT NULL, tag TEXT NOT NULL)")
+    c.execute("CREATE INDEX audit_records_session ON audit_records (session_id)")
+    k, prev, seq = key, "", 0
+    for i in range(sessions):
+        sid = f"{i:016x}"
+        for kind, body in (("session_start", {"session_id": sid, "user": "alice", "database": "app",
+                                               "application_name": f"v1-{i}", "auth_method": "scram",
+                                               "groups": [], "client_address": "127.0.0.1:1"}),
+                           ("statement", {"session_id": sid, "n": 1, "sql": f"SELECT 'v1 {i}'",
+                                          "decision": {"action": "allow", "policy": "", "rule": ""},
+                                          "duration_ms": 0.5, "rows_sent": 1, "tag": "SELECT 1",
+                                          "rows": 1}),
+                           ("session_end", {"session_id": sid, "user": "alice", "reason": "done",
+                                            "statements": 1, "bytes_from_client": 1,
+                                            "bytes_from_server": 2, "duration_ms": 3})):
+            seq += 1
+            t = f"2026-01-01T00:00:{seq:02d}.000000Z"
+            b = json.dumps(body, separators=(",", ":"))
+            fields = [node, str(seq), t, kind, sid, "alice", "app", b, prev]
+            msg = b"".join(len(f.encode()).to_bytes(4, "big") + f.encode() for f in fields)
+            tag = hmac.new(k, msg, hashlib.sha256).hexdigest()
+            c.execute("INSERT INTO audit_records VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      (seq, node, t, kind, sid, "alice", "app", b, prev, tag))
+            prev, k = tag, hashlib.sha256(k).digest()
+    c.close()
+    return seq, prev
+
+
+def test_upgrade_from_row_per_record_layout(gateway_factory, tmp_path):
+    """A store written before the batch layout: readable as it is, converted when a gateway
+    starts on it, and its chain goes on unchanged."""
+    db = tmp_path / "v1.db"
+    key = secrets.token_bytes(32)
+    Path(str(db) + ".key").write_text(key.hex() + "\n")
+    os.chmod(str(db) + ".key", 0o600)
+    last_seq, last_tag = _v1_store(db, key, "old", sessions=3)
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"node": "old"})
+    assert gw.stop() == 0
+    # converted when the gateway started: the same records and tags, in batches
+    trail = SqliteTrail(db)
+    rows = trail.rows()
+    assert [r["seq"] for r in rows][:last_seq] == list(range(1, last_seq + 1))
+    assert rows[last_seq - 1]["tag"] == last_tag
+    c = sqlite3.connect(str(db))
+    assert c.execute("SELECT count(*) FROM sqlite_master WHERE name = 'audit_records'").fetchone()[0] == 0
+    c.close()
+    assert_verify_ok(gw.config_path)
+    restart(gw)
+    with gw.connect(application_name=app_name("after-v1")) as c:
+        c.execute("SELECT 'after the upgrade'")
+    assert gw.stop() == 0
+    rows = trail.rows()
+    check_chain_links(rows)
+    assert rows[last_seq]["prev_tag"] == last_tag
+    assert_verify_ok(gw.config_path)
+    listed = sessions_json(gw.config_path)
+    assert {"v1-0", "v1-2"} <= {s.get("application_name") for s in listed}, listed
+
+
+def test_reading_a_row_per_record_store(gateway_factory, tmp_path):
+    """The CLI reads a store of the earlier layout without converting it."""
+    db = tmp_path / "v1r.db"
+    key = secrets.token_bytes(32)
+    Path(str(db) + ".key").write_text(key.hex() + "\n")
+    last_seq, _ = _v1_store(db, key, "old", sessions=2)
+    c = gateway_factory.config()
+    c["audit"] = {"store": f"sqlite:{db}", "node": "old"}
+    cfg = tmp_path / "reader.yaml"
+    cfg.write_text(to_yaml(c) + "\n")
+    r = assert_verify_ok(cfg)
+    assert f"{last_seq} records" in r.stdout, r.stdout
+    assert {"v1-0", "v1-1"} == {s.get("application_name") for s in sessions_json(cfg)}
+    c = sqlite3.connect(str(db))
+    assert c.execute("SELECT type FROM sqlite_master WHERE name = 'audit_records'").fetchone()[0] == "table"
+    c.close()
+    # tampering with the old layout is still found
+    c = sqlite3.connect(str(db), isolation_level=None)
+    c.execute("UPDATE audit_records SET body = replace(body, 'v1 1', 'v1 X') WHERE seq = 5")
+    c.close()
+    assert_verify_fails(cfg, 5, ["altered"])
 
 
 def test_chain_continues_after_restart(gateway_factory, tmp_path):
