@@ -41,6 +41,12 @@ typedef struct {
 	Event *head, *tail;
 	uint64_t submitted;
 	size_t count; /* queued now */
+	/*
+	 * Events the writer is done with, handed back so that the thread that allocated them
+	 * frees them: glibc frees memory of another thread's arena under that arena's lock,
+	 * and the writer freeing every event contended with the workers' own mallocs.
+	 */
+	Event *garbage;
 	uint64_t durable; /* atomic */
 } Queue;
 
@@ -107,6 +113,21 @@ void audit_format_time(int64_t us, char out[AUDIT_TIME_LEN])
 	out[n + 7] = 0;
 }
 
+static void event_free(Event *e)
+{
+	free(e->body);
+	free(e);
+}
+
+static void free_events(Event *e)
+{
+	while (e) {
+		Event *next = e->next;
+		event_free(e);
+		e = next;
+	}
+}
+
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
 		      char *body)
 {
@@ -144,7 +165,10 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 		qu->head = e;
 	qu->tail = e;
 	qu->count++;
+	Event *garbage = qu->garbage;
+	qu->garbage = NULL;
 	pthread_mutex_unlock(&qu->mu);
+	free_events(garbage);
 	if (W.strict) {
 		/* Group commit: the writer starts the next batch as soon as it is free. */
 		pthread_mutex_lock(&W.mu);
@@ -155,11 +179,6 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 	return ticket;
 }
 
-static void event_free(Event *e)
-{
-	free(e->body);
-	free(e);
-}
 
 /* A batch's records as the store takes them; reused from batch to batch (writer thread only). */
 typedef struct {
@@ -297,6 +316,26 @@ static void log_head(const char *why)
 		  W.chain.tag[0] ? W.chain.tag : "-", why);
 }
 
+/*
+ * Marks a committed batch durable and hands its events back to their queues (the batch is
+ * queue after queue, so each run of one queue is handed back under one lock).
+ */
+static void give_back(Event *batch)
+{
+	while (batch) {
+		Event *first = batch, *last = batch;
+		while (last->next && last->next->q == first->q)
+			last = last->next;
+		batch = last->next;
+		__atomic_store_n(&W.queues[first->q].durable, last->ticket, __ATOMIC_RELEASE);
+		Queue *qu = &W.queues[first->q];
+		pthread_mutex_lock(&qu->mu);
+		last->next = qu->garbage;
+		qu->garbage = first;
+		pthread_mutex_unlock(&qu->mu);
+	}
+}
+
 static void *writer_main(void *arg)
 {
 	(void)arg;
@@ -339,18 +378,14 @@ static void *writer_main(void *arg)
 		if (pending) {
 			char err[300], q[400];
 			if (write_batch(pending, npending, err, sizeof err)) {
-				for (Event *e = pending, *next; e; e = next) {
-					next = e->next;
-					__atomic_store_n(&W.queues[e->q].durable, e->ticket, __ATOMIC_RELEASE);
-					event_free(e);
-				}
+				give_back(pending);
 				pending = pending_tail = NULL;
 				npending = 0;
 				if (failing)
 					log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
 				failing = false;
 				__atomic_store_n(&W.healthy, 1, __ATOMIC_RELEASE);
-				if (W.cb)
+				if (W.cb && W.strict) /* only strict mode holds sessions back until their ticket */
 					W.cb(W.cb_arg);
 			} else {
 				if (!failing)
@@ -456,6 +491,13 @@ void audit_stop(void)
 	pthread_cond_signal(&W.cond);
 	pthread_mutex_unlock(&W.mu);
 	pthread_join(W.thread, NULL);
+	for (int i = 0; i < W.nqueues; i++) {
+		pthread_mutex_lock(&W.queues[i].mu);
+		Event *g = W.queues[i].garbage;
+		W.queues[i].garbage = NULL;
+		pthread_mutex_unlock(&W.queues[i].mu);
+		free_events(g);
+	}
 	store_close(W.st);
 	W.st = NULL;
 	W.started = false;
