@@ -23,7 +23,8 @@ struct AuditStmt {
 	char *columns;  /* JSON array text, NULL: no RowDescription yet */
 	JsonW rows;     /* the captured rows, as the inside of a JSON array */
 	size_t nrows;
-	uint8_t formats[1600]; /* per result column: 1 for binary */
+	uint8_t *formats; /* per result column: 1 for binary; formats_inline or malloc'd */
+	uint8_t formats_inline[32];
 	int ncols;
 	size_t bytes;
 	int64_t rows_sent;
@@ -133,10 +134,22 @@ void session__audit_free(Session *s)
 	s->audit_pending = NULL;
 }
 
+/* Keeps n column formats: inline for the usual few columns, so a statement's record stays small. */
+static void set_formats(AuditStmt *a, const uint8_t *src, int n)
+{
+	if (a->formats && a->formats != a->formats_inline)
+		free(a->formats);
+	a->formats = n <= (int)sizeof a->formats_inline ? a->formats_inline : xmalloc((size_t)n);
+	memcpy(a->formats, src, (size_t)n);
+	a->ncols = n;
+}
+
 void audit_stmt_free(AuditStmt *a)
 {
 	if (!a)
 		return;
+	if (a->formats != a->formats_inline)
+		free(a->formats);
 	free(a->sql);
 	free(a->params);
 	free(a->decision);
@@ -575,7 +588,14 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 	switch (type) {
 	case 'T':
 		free(a->columns);
-		a->columns = whole ? columns_json(s, body, len, a->formats, &a->ncols) : xstrdup("[]");
+		if (whole) {
+			uint8_t formats[1600];
+			int n = 0;
+			a->columns = columns_json(s, body, len, formats, &n);
+			set_formats(a, formats, n);
+		} else {
+			a->columns = xstrdup("[]");
+		}
 		return AUDIT_PASS;
 	case 'H':
 		a->copy_out = true;
@@ -590,7 +610,7 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 		if (!a->columns && s->audit_columns) {
 			a->columns = xstrdup(s->audit_columns);
 			a->ncols = s->audit_ncols;
-			memcpy(a->formats, s->audit_formats, (size_t)s->audit_ncols);
+			set_formats(a, s->audit_formats, s->audit_ncols);
 		}
 		if (!whole)
 			a->truncated = true;
