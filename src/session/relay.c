@@ -493,13 +493,15 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 		if (wants_whole(s, type)) {
 			if (avail - fwd < total)
 				break; /* wait for the whole message */
-			/* Everything before it goes upstream first: a poison must not overtake it. */
-			if (fwd) {
+			/* Everything before it goes upstream first: a poison must not overtake it. An
+			 * Execute is never refused or rewritten (only read, for the audit): it is read
+			 * where it stands, so a Bind/Describe/Execute/Sync group leaves in one piece. */
+			if (fwd && type != 'E') {
 				evbuffer_remove_buffer(in, s->server.out, fwd);
 				avail -= fwd;
 				fwd = 0;
 			}
-			const uint8_t *body = copy_out(s, in, 5, len - 4);
+			const uint8_t *body = copy_out(s, in, fwd + 5, len - 4);
 			if (s->policy_generation != config_live_generation()) {
 				refresh_policy(s);
 				if (s->state != SESS_READY)
