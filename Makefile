@@ -18,7 +18,8 @@ CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) $(SAN) $(WARN) -Isrc $(PKG_CFLAGS) -pthr
 LDLIBS := $(PKG_LIBS) -lpg_query -pthread
 
 SRCS := $(wildcard src/core/*.c src/proto/*.c src/config/*.c src/auth/*.c src/net/*.c \
-                   src/session/*.c src/policy/*.c src/mask/*.c src/audit/*.c src/http/*.c src/cli/*.c)
+                   src/session/*.c src/policy/*.c src/mask/*.c src/audit/*.c src/approval/*.c src/http/*.c \
+                   src/cli/*.c)
 LIB_SRCS := $(filter-out src/cli/%,$(SRCS))
 OBJS := $(SRCS:%.c=$(BUILD)/%.o)
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
@@ -43,9 +44,9 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS)
+$(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) -o $@ $(filter-out %.h,$^) $(LDLIBS) -lcmocka
 
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done

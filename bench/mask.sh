@@ -25,6 +25,7 @@ PG_SHARED_BUFFERS=${PG_SHARED_BUFFERS:-1GB}  # > 4x the table, so the seq scan r
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PGBOUNCER=${PGBOUNCER:-/usr/sbin/pgbouncer}
 PY=${PY:-/usr/bin/python3}        # Debian's python3-psycopg lives here
+DETECT=${DETECT:-0}               # 1 = pgcordon-masked also runs every content detector over every value
 KEEP_TMP=${KEEP_TMP:-0}           # 1 = keep the temp dir (logs, configs) after exit
 
 MASKED_MAX=1.5                    # pgcordon-masked / direct must be <= this
@@ -48,6 +49,7 @@ has_cordon() { [[ " $TARGETS " == *" pgcordon"* ]]; }
 [[ $ROWS =~ ^[1-9][0-9]*$ ]] || die "ROWS must be a positive integer, not '$ROWS'"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, not '$ROUNDS'"
 [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "WORKERS must be a positive integer, not '$WORKERS'"
+[[ $DETECT == 0 || $DETECT == 1 ]] || die "DETECT must be 0 or 1, not '$DETECT'"
 for t in $TARGETS; do
   case $t in direct|pgbouncer|pgcordon|pgcordon-masked) ;; *) die "unknown target '$t' in TARGETS";; esac
 done
@@ -199,7 +201,7 @@ wait_ready() {
 # ---------------------------------------------------------------- header
 echo "=== pgcordon masking benchmark ==="
 printf '# command: '; printf '%q ' env ROWS="$ROWS" ROUNDS="$ROUNDS" WORKERS="$WORKERS" TARGETS="$TARGETS" \
-  CLIENTS="$CLIENTS" WARMUP="$WARMUP" "$0" "$@"; echo
+  CLIENTS="$CLIENTS" WARMUP="$WARMUP" DETECT="$DETECT" "$0" "$@"; echo
 log "date: $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
 log "machine: $(uname -srm), nproc=$(nproc), cpu: $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)," \
     "mem: $(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
@@ -397,6 +399,13 @@ policies:
       - columns: ["*.email"]
         method: email
 EOF
+  if [[ $DETECT == 1 ]]; then
+    # content detection over every text value returned (names too), on top of the masks
+    cat >>"$TMP/pgcordon-masked.yaml" <<EOF
+      - detect: [credit_card, us_ssn, email, iban, aws_access_key, jwt, private_key]
+        method: redact
+EOF
+  fi
   start_cordon pgcordon-masked "$TMP/pgcordon-masked.yaml"
 fi
 

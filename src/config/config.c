@@ -447,6 +447,13 @@ static bool load_users(Loader *ld, Config *c, yaml_node_t *map)
 
 /* ---- policies ---- */
 
+static void free_name_list(NameList *l)
+{
+	for (int i = 0; i < l->n; i++)
+		free(l->items[i]);
+	free(l->items);
+}
+
 static bool load_name_list(Loader *ld, yaml_node_t *v, const char *what, NameList *out,
 			   bool (*valid)(const char *))
 {
@@ -457,20 +464,19 @@ static bool load_name_list(Loader *ld, yaml_node_t *v, const char *what, NameLis
 	for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
 		yaml_node_t *item = node_at(ld, *it);
 		const char *text = scalar(item);
-		if (!text || !*text)
-			return fail_at(ld, item, "%s: entries must be non-empty strings", what);
-		if (valid && !valid(text))
-			return fail_at(ld, item, "%s: \"%s\" is not valid here", what, text);
+		bool ok = text && *text && (!valid || valid(text));
+		if (!ok) {
+			if (!text || !*text)
+				fail_at(ld, item, "%s: entries must be non-empty strings", what);
+			else
+				fail_at(ld, item, "%s: \"%s\" is not valid here", what, text);
+			free_name_list(out); /* nothing half-loaded is left behind */
+			*out = (NameList){0};
+			return false;
+		}
 		out->items[out->n++] = xstrdup(text);
 	}
 	return true;
-}
-
-static void free_name_list(NameList *l)
-{
-	for (int i = 0; i < l->n; i++)
-		free(l->items[i]);
-	free(l->items);
 }
 
 static bool valid_table_pattern(const char *p)
@@ -639,12 +645,16 @@ static bool load_mask_rule(Loader *ld, MaskRule *r, yaml_node_t *rule)
 			kinds++;
 			if (!load_name_list(ld, v, "mask.columns (schema.table.column, * as a wildcard)", &l, valid_column_pattern))
 				return false;
+			NameList old = {r->columns, r->ncolumns}; /* a key given twice: the last one counts */
+			free_name_list(&old);
 			r->columns = l.items;
 			r->ncolumns = l.n;
 		} else if (strcmp(key, "types") == 0) {
 			kinds++;
 			if (!load_name_list(ld, v, "mask.types", &l, valid_type_name))
 				return false;
+			NameList old = {r->types, r->ntypes};
+			free_name_list(&old);
 			r->types = l.items;
 			r->ntypes = l.n;
 		} else if (strcmp(key, "detect") == 0) {
@@ -724,6 +734,8 @@ static bool on_policy(Loader *ld, Config *c, void *obj, const char *key, yaml_no
 			fail_at(ld, v, "mask must be a list of rules");
 			return true;
 		}
+		free_mask_rules(p); /* mask given twice: the last one counts */
+		p->nmask = 0;
 		int n = (int)(v->data.sequence.items.top - v->data.sequence.items.start);
 		p->mask = xcalloc(n ? n : 1, sizeof *p->mask);
 		for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++)

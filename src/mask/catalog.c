@@ -107,27 +107,41 @@ char *mask_catalog_sql(const MaskRule *const *rules, int nrules)
 		" kids(rel, parent) AS (SELECT i.inhrelid, i.inhparent FROM pg_catalog.pg_inherits i"
 		"  WHERE i.inhparent IN (SELECT rel FROM mm)"
 		"  UNION SELECT i.inhrelid, k.parent FROM pg_catalog.pg_inherits i JOIN kids k ON i.inhparent = k.rel),"
+		/* and the parents of a masked partition or child return its rows: the same names are masked there */
+		" ups(rel, base) AS (SELECT i.inhparent, i.inhrelid FROM pg_catalog.pg_inherits i"
+		"  WHERE i.inhrelid IN (SELECT rel FROM mm)"
+		"  UNION SELECT i.inhparent, u.base FROM pg_catalog.pg_inherits i JOIN ups u ON i.inhrelid = u.rel),"
 		" masked AS (SELECT rel, attnum, rule FROM mm UNION"
 		"  SELECT k.rel, ca.attnum, mm.rule FROM kids k JOIN mm ON mm.rel = k.parent"
 		"  JOIN pg_catalog.pg_attribute pa ON pa.attrelid = mm.rel AND pa.attnum = mm.attnum"
-		"  JOIN pg_catalog.pg_attribute ca ON ca.attrelid = k.rel AND ca.attname = pa.attname),"
+		"  JOIN pg_catalog.pg_attribute ca ON ca.attrelid = k.rel AND ca.attname = pa.attname"
+		"  UNION SELECT u.rel, pa.attnum, mm.rule FROM ups u JOIN mm ON mm.rel = u.base"
+		"  JOIN pg_catalog.pg_attribute ca ON ca.attrelid = mm.rel AND ca.attnum = mm.attnum"
+		"  JOIN pg_catalog.pg_attribute pa ON pa.attrelid = u.rel AND pa.attname = ca.attname),"
 		/* views and materialized views built on a masked relation, directly or not */
 		" views(rel) AS (SELECT r.ev_class FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d"
 		"  ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid"
 		"  WHERE d.refobjid IN (SELECT rel FROM masked) AND r.ev_class <> d.refobjid"
 		"  UNION SELECT r.ev_class FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d"
 		"  ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid JOIN views v ON d.refobjid = v.rel"
-		"  WHERE r.ev_class <> d.refobjid)"
+		"  WHERE r.ev_class <> d.refobjid),"
+		/* joins, not correlated subqueries: a high cost estimate would make the server JIT-compile it */
+		" mcol AS (SELECT rel, attnum, min(rule) AS rule FROM masked GROUP BY rel, attnum),"
+		" mrel AS (SELECT DISTINCT rel FROM masked)"
 		" SELECT 'c', n.nspname::text, c.relname::text, lpad(a.attnum::text, 5, '0'), a.attname::text,"
-		" format_type(a.atttypid, a.atttypmod), t.typcategory::text, coalesce(mk.rule, -1)::text,"
-		" (NOT EXISTS (SELECT 1 FROM masked x WHERE x.rel = c.oid))::text"
+		" format_type(a.atttypid, a.atttypmod), t.typcategory::text, coalesce(mc.rule, -1)::text,"
+		" (mr.rel IS NULL)::text, c.oid::text"
 		" FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
 		" JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
 		" JOIN pg_catalog.pg_type t ON t.oid = a.atttypid"
-		" LEFT JOIN masked mk ON mk.rel = c.oid AND mk.attnum = a.attnum"
+		" LEFT JOIN mcol mc ON mc.rel = c.oid AND mc.attnum = a.attnum LEFT JOIN mrel mr ON mr.rel = c.oid"
 		" WHERE c.oid IN (SELECT rel FROM masked UNION SELECT rel FROM views)"
 		" UNION ALL"
-		" SELECT DISTINCT 'f', NULL, p.proname::text, NULL, NULL, NULL, NULL, NULL, NULL"
+		/* the schemas unqualified names resolve in, in order (pg_temp and pg_catalog included) */
+		" SELECT 's', NULL, p.name::text, lpad(p.ord::text, 5, '0'), NULL, NULL, NULL, NULL, NULL, NULL"
+		" FROM unnest(current_schemas(true)) WITH ORDINALITY AS p(name, ord)"
+		" UNION ALL"
+		" SELECT DISTINCT 'f', NULL, p.proname::text, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
 		" FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
 		" WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
 		" ORDER BY 1, 2, 3, 4",
@@ -156,19 +170,42 @@ MaskCatalog *mask_catalog_new(const MaskRule *const *rules, int nrules, const ui
 
 bool mask_catalog_add_row(MaskCatalog *c, const char *const *v, int n)
 {
-	if (n != 9 || !v[0] || !v[2])
+	if (n != MASK_CATALOG_COLUMNS || !v[0] || !v[2])
 		return false;
+	if (strcmp(v[0], "s") == 0) {
+		char *end;
+		long ord = v[3] ? strtol(v[3], &end, 10) : 0;
+		if (!v[3] || *end || ord < 1 || ord > 1000 || c->npath >= 64)
+			return false;
+		/* kept in search order whatever order the rows come in */
+		int at = c->npath;
+		while (at > 0 && c->path_ord[at - 1] > ord) {
+			c->path[at] = c->path[at - 1];
+			c->path_ord[at] = c->path_ord[at - 1];
+			at--;
+		}
+		c->path[at] = xstrdup(v[2]);
+		c->path_ord[at] = (int)ord;
+		c->npath++;
+		return true;
+	}
 	if (strcmp(v[0], "f") == 0) {
 		if (c->nfunctions % 64 == 0)
 			c->functions = xrealloc(c->functions, (size_t)(c->nfunctions + 64) * sizeof(char *));
 		c->functions[c->nfunctions++] = xstrdup(v[2]);
 		return true;
 	}
-	if (strcmp(v[0], "c") != 0 || !v[1] || !v[4] || !v[5] || !v[6] || !v[7] || !v[8])
+	if (strcmp(v[0], "c") != 0 || !v[1] || !v[3] || !v[4] || !v[5] || !v[6] || !v[7] || !v[8] || !v[9])
 		return false;
 	char *end;
 	long rule = strtol(v[7], &end, 10);
 	if (*v[7] == 0 || *end || rule < -1 || rule >= c->nrules)
+		return false;
+	long attnum = strtol(v[3], &end, 10);
+	if (*v[3] == 0 || *end || attnum < 1 || attnum > 32767)
+		return false;
+	unsigned long long oid = strtoull(v[9], &end, 10);
+	if (*v[9] == 0 || *end || oid == 0 || oid > 0xffffffffull)
 		return false;
 	MaskRelation *r = c->nrels ? &c->rels[c->nrels - 1] : NULL;
 	if (!r || strcmp(r->schema, v[1]) != 0 || strcmp(r->name, v[2]) != 0) {
@@ -179,6 +216,9 @@ bool mask_catalog_add_row(MaskCatalog *c, const char *const *v, int n)
 		r->schema = xstrdup(v[1]);
 		r->name = xstrdup(v[2]);
 		r->derived = strcmp(v[8], "true") == 0;
+		r->oid = (uint32_t)oid;
+	} else if (r->oid != (uint32_t)oid) {
+		return false;
 	}
 	if (r->ncols % 16 == 0)
 		r->cols = xrealloc(r->cols, (size_t)(r->ncols + 16) * sizeof *r->cols);
@@ -187,6 +227,7 @@ bool mask_catalog_add_row(MaskCatalog *c, const char *const *v, int n)
 	col->type = xstrdup(v[5]);
 	col->category = v[6][0];
 	col->rule = (int)rule;
+	col->attnum = (int)attnum;
 	return true;
 }
 
@@ -207,6 +248,8 @@ void mask_catalog_free(MaskCatalog *c)
 	for (int i = 0; i < c->nfunctions; i++)
 		free(c->functions[i]);
 	free(c->functions);
+	for (int i = 0; i < c->npath; i++)
+		free(c->path[i]);
 	free(c);
 }
 
@@ -218,10 +261,38 @@ const MaskRelation *mask_catalog_find(const MaskCatalog *c, const char *schema, 
 	return NULL;
 }
 
+const MaskRelation *mask_catalog_resolve(const MaskCatalog *c, const char *schema, const char *name)
+{
+	if (schema)
+		return mask_catalog_find(c, schema, name);
+	if (!c->npath)
+		return mask_catalog_find(c, "public", name);
+	for (int i = 0; i < c->npath; i++) {
+		const MaskRelation *r = mask_catalog_find(c, c->path[i], name);
+		if (r)
+			return r;
+	}
+	return NULL;
+}
+
 bool mask_catalog_has_function(const MaskCatalog *c, const char *name)
 {
 	for (int i = 0; i < c->nfunctions; i++)
 		if (strcmp(c->functions[i], name) == 0)
 			return true;
 	return false;
+}
+
+const MaskColumn *mask_catalog_column(const MaskCatalog *c, uint32_t relid, int attnum)
+{
+	for (int i = 0; i < c->nrels; i++) {
+		const MaskRelation *r = &c->rels[i];
+		if (r->oid != relid)
+			continue;
+		for (int k = 0; k < r->ncols; k++)
+			if (r->cols[k].attnum == attnum)
+				return &r->cols[k];
+		return NULL;
+	}
+	return NULL;
 }

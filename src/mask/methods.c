@@ -108,8 +108,15 @@ static char *hash_value(const MaskCatalog *c, const MaskColumn *col, const char 
 	return v;
 }
 
-/* Masks the text of a value character by character: letters and digits become '*'. */
-static char *stars(const char *text) { return xasprintf("regexp_replace(%s, '[[:alnum:]]', '*', 'g')", text); }
+/*
+ * Masks the text of a value character by character: ASCII letters and digits and every
+ * non-ASCII character become '*' (whatever the database's locale calls a letter; the
+ * gateway's own masking in rowmask.c does the same).
+ */
+static char *stars(const char *text)
+{
+	return xasprintf("regexp_replace(%s, '[[:alnum:]]|[^\x01-\x7f]', '*', 'g')", text);
+}
 
 char *mask_sql_expr(const MaskCatalog *c, const MaskColumn *col, const char *ref)
 {

@@ -242,6 +242,7 @@ static void setting_kinds(Walk *w, const char *name)
 		add_kind(w, "set_search_path");
 		add_kind(w, "set_read_only");
 		add_kind(w, "set_statement_timeout");
+		add_kind(w, "set_client_encoding");
 		return;
 	}
 	char lower[128];
@@ -259,6 +260,8 @@ static void setting_kinds(Walk *w, const char *name)
 		add_kind(w, "set_statement_timeout");
 	else if (strcmp(lower, "default_transaction_read_only") == 0 || strcmp(lower, "transaction_read_only") == 0)
 		add_kind(w, "set_read_only");
+	else if (strcmp(lower, "client_encoding") == 0 || strcmp(lower, "names") == 0)
+		add_kind(w, "set_client_encoding");
 }
 
 /* Reads an A_Const as milliseconds for statement_timeout (integer ms, or "5s", "100ms", "1min"). */
@@ -310,6 +313,7 @@ static void on_variable_set(Walk *w, json_t *n)
 		add_kind(w, "reset_all");
 		add_kind(w, "set_search_path");
 		add_kind(w, "set_read_only");
+		add_kind(w, "set_client_encoding");
 		return;
 	}
 	if (name && (strcmp(name, "TRANSACTION") == 0 || strcmp(name, "SESSION CHARACTERISTICS") == 0 ||
@@ -626,6 +630,7 @@ static void on_statement(Walk *w, const char *type, json_t *n, const char *paren
 			add_kind(w, "reset_all");
 			add_kind(w, "set_search_path");
 			add_kind(w, "set_read_only");
+			add_kind(w, "set_client_encoding");
 		}
 		return;
 	}
@@ -827,7 +832,7 @@ static const char *const known_kinds[] = {
 	"drop_type", "drop_extension", "drop_trigger", "drop_database", "copy_to", "copy_from",
 	"copy_to_program", "copy_from_program", "copy_to_file", "copy_from_file", "create_function",
 	"create_procedure", "do_block", "set", "set_role", "reset_role", "set_session_authorization",
-	"set_search_path", "set_statement_timeout", "set_read_only", "reset_all", "show", "transaction",
+	"set_search_path", "set_statement_timeout", "set_read_only", "set_client_encoding", "reset_all", "show", "transaction",
 	"explain", "explain_analyze", "prepare", "execute", "deallocate", "declare_cursor",
 	"close_cursor", "create_table_as", "create_materialized_view", "create_view", "discard", "call",
 	"create_index", "alter_table", "alter_domain", "grant", "grant_role", "alter_default_privileges",

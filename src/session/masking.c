@@ -11,6 +11,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "mask/mask.h"
+#include "session/rowplan.h"
 #include "session/session.h"
 #include "session/session_internal.h"
 
@@ -40,9 +41,9 @@ static void catalog_row(Session *s, const uint8_t *body, size_t blen)
 	MsgReader r;
 	msgr_init(&r, body, blen);
 	int n = msgr_u16(&r);
-	const char *vals[9];
-	char *copies[9] = {0};
-	bool ok = n == 9;
+	const char *vals[MASK_CATALOG_COLUMNS];
+	char *copies[MASK_CATALOG_COLUMNS] = {0};
+	bool ok = n == MASK_CATALOG_COLUMNS;
 	for (int i = 0; ok && i < n; i++) {
 		uint32_t len = msgr_u32(&r);
 		if (len == 0xffffffffu) {
@@ -63,7 +64,7 @@ static void catalog_row(Session *s, const uint8_t *body, size_t blen)
 		if (!s->mask_error)
 			s->mask_error = xstrdup("the masking catalog query returned an unexpected row");
 	}
-	for (int i = 0; i < 9; i++)
+	for (int i = 0; i < MASK_CATALOG_COLUMNS; i++)
 		free(copies[i]);
 }
 
@@ -136,8 +137,13 @@ static uint8_t *take(MsgBuilder *b, size_t *outlen)
 	return out;
 }
 
-/* Rebuilds a DataRow with every text field scrubbed; NULL when nothing was found. */
-static uint8_t *scrub_datarow(unsigned det, const uint8_t *body, size_t blen, size_t *outlen)
+/*
+ * Rebuilds a DataRow: the fields m masks (m may be NULL) masked, every text value scanned
+ * by the detectors det. NULL when nothing changed, or when the row is malformed (then
+ * *malformed is set).
+ */
+static uint8_t *rebuild_datarow(const RowMask *m, unsigned det, MaskBuf *buf, const uint8_t *body, size_t blen,
+				size_t *outlen, bool *malformed)
 {
 	MsgReader r;
 	msgr_init(&r, body, blen);
@@ -147,6 +153,7 @@ static uint8_t *scrub_datarow(unsigned det, const uint8_t *body, size_t blen, si
 	msgb_begin(&b, 'D');
 	msgb_u16(&b, n);
 	bool changed = false;
+	*malformed = false;
 	for (int i = 0; i < n; i++) {
 		uint32_t len = msgr_u32(&r);
 		if (len == 0xffffffffu) {
@@ -156,15 +163,29 @@ static uint8_t *scrub_datarow(unsigned det, const uint8_t *body, size_t blen, si
 		const uint8_t *p = msgr_bytes(&r, len);
 		if (!p) {
 			msgb_free(&b);
-			return NULL; /* malformed: the relay passes it on as the server sent it */
+			*malformed = true;
+			return NULL;
+		}
+		bool scan = det != 0;
+		if (m && m->fields[i].masked) {
+			changed = true;
+			if (!mask_rowmask_value(m, i, p, len, buf)) {
+				msgb_u32(&b, 0xffffffffu);
+				continue;
+			}
+			/* what a method keeps (an email's domain and beyond) is scanned as well */
+			p = buf->buf;
+			len = (uint32_t)buf->len;
+		} else if (memchr(p, 0, len)) {
+			scan = false; /* binary: nothing textual to scan */
 		}
 		size_t sl = 0;
-		uint8_t *s = memchr(p, 0, len) ? NULL : mask_detect_scrub(det, p, len, &sl);
-		if (s) {
+		uint8_t *v = scan ? mask_detect_scrub(det, p, len, &sl) : NULL;
+		if (v) {
 			changed = true;
 			msgb_u32(&b, (uint32_t)sl);
-			msgb_bytes(&b, s, sl);
-			free(s);
+			msgb_bytes(&b, v, sl);
+			free(v);
 		} else {
 			msgb_u32(&b, len);
 			msgb_bytes(&b, p, len);
@@ -176,6 +197,22 @@ static uint8_t *scrub_datarow(unsigned det, const uint8_t *body, size_t blen, si
 		return NULL;
 	}
 	return take(&b, outlen);
+}
+
+/* Appends s as a string with whatever any detector finds redacted; true if it found something. */
+static bool put_scrubbed_str(MsgBuilder *b, const char *s)
+{
+	size_t sl = 0;
+	uint8_t *t = mask_detect_scrub(~0u, (const uint8_t *)s, strlen(s), &sl);
+	if (!t) {
+		msgb_str(b, s);
+		return false;
+	}
+	t = xrealloc(t, sl + 1);
+	t[sl] = 0;
+	msgb_str(b, (const char *)t);
+	free(t);
+	return true;
 }
 
 /* Error and notice fields that echo values (detail, where, internal query) are dropped; text is scrubbed. */
@@ -191,27 +228,148 @@ static uint8_t *scrub_error(char type, const uint8_t *body, size_t blen, size_t 
 	while (msgr_error_field(&r, &code, &v)) {
 		if (code == 'D' || code == 'W' || code == 'q' || code == 'P' || code == 'p')
 			continue;
-		size_t sl = 0;
-		uint8_t *s = mask_detect_scrub(~0u, (const uint8_t *)v, strlen(v), &sl);
 		msgb_u8(&b, code);
-		if (s) {
-			s = xrealloc(s, sl + 1);
-			s[sl] = 0;
-			msgb_str(&b, (const char *)s);
-			free(s);
-		} else {
-			msgb_str(&b, v);
-		}
+		put_scrubbed_str(&b, v);
 	}
 	msgb_u8(&b, 0);
 	msgb_end(&b);
 	return take(&b, outlen);
 }
 
+/* ---- results masked in the gateway (row plans) ---- */
+
+typedef struct PortalPlan {
+	char *name;
+	RowPlan *plan;
+	struct PortalPlan *next;
+} PortalPlan;
+
+RowPlan *session__portal_plan(Session *s, const char *portal)
+{
+	for (PortalPlan *p = s->portals; p; p = p->next)
+		if (strcmp(p->name, portal) == 0)
+			return p->plan;
+	return NULL;
+}
+
+void session__portal_set_plan(Session *s, const char *portal, RowPlan *plan)
+{
+	for (PortalPlan **pp = &s->portals; *pp; pp = &(*pp)->next) {
+		PortalPlan *p = *pp;
+		if (strcmp(p->name, portal) != 0)
+			continue;
+		rowplan_release(p->plan);
+		if (plan) {
+			p->plan = rowplan_ref(plan);
+		} else {
+			*pp = p->next;
+			free(p->name);
+			free(p);
+		}
+		return;
+	}
+	if (!plan)
+		return;
+	PortalPlan *p = xcalloc(1, sizeof *p);
+	p->name = xstrdup(portal);
+	p->plan = rowplan_ref(plan);
+	p->next = s->portals;
+	s->portals = p;
+}
+
+void session__mask_parameter(Session *s, const uint8_t *body, size_t blen)
+{
+	MsgReader r;
+	msgr_init(&r, body, blen);
+	const char *name = msgr_str(&r), *value = msgr_str(&r);
+	if (name && value && strcmp(name, "client_encoding") == 0)
+		s->client_utf8 = strcmp(value, "UTF8") == 0;
+}
+
+/* A RowDescription answering a statement with a row plan: which fields come from masked columns. */
+static void plan_described(Session *s, RowPlan *plan, const uint8_t *body, size_t blen)
+{
+	MsgReader r;
+	msgr_init(&r, body, blen);
+	int n = msgr_u16(&r);
+	RowMask *m = s->mask_cat ? mask_rowmask_new(s->mask_cat, n) : NULL;
+	bool ok = m != NULL;
+	for (int i = 0; ok && i < n; i++) {
+		msgr_str(&r);
+		uint32_t relid = msgr_u32(&r);
+		int attnum = (int16_t)msgr_u16(&r);
+		uint32_t typoid = msgr_u32(&r);
+		msgr_u16(&r); /* typlen */
+		int32_t typmod = (int32_t)msgr_u32(&r);
+		msgr_u16(&r); /* format */
+		ok = !r.failed && mask_rowmask_field(m, s->mask_cat, i, relid, attnum, typoid, typmod);
+	}
+	mask_rowmask_free(plan->mask);
+	plan->mask = ok ? m : NULL;
+	plan->bad = !ok;
+	if (!ok)
+		mask_rowmask_free(m);
+}
+
+/* A DataRow under a row plan: masked fields masked, the rest scanned by the detectors. */
+static uint8_t *plan_datarow(Session *s, const RowPlan *plan, const uint8_t *body, size_t blen, size_t *outlen)
+{
+	const RowMask *m = plan->mask;
+	unsigned det = s->policy->detect;
+	bool malformed;
+	if (m && !plan->bad && !m->nmasked)
+		return det ? rebuild_datarow(NULL, det, NULL, body, blen, outlen, &malformed) : NULL;
+	/* Masked fields are masked counting UTF-8 characters: any doubt ends the session. */
+	if (!m || plan->bad || !s->client_utf8 || blen < 2 || ((body[0] << 8) | body[1]) != m->nfields) {
+		session_close(s, "result could not be masked", "XX000",
+			      "pgcordon: a result could not be masked; it was not sent");
+		return NULL;
+	}
+	uint8_t *out = rebuild_datarow(m, det, &s->mask_buf, body, blen, outlen, &malformed);
+	if (malformed)
+		session_close(s, "malformed DataRow under masking", "08P01", "pgcordon: invalid message from upstream database");
+	return out;
+}
+
+/* A notification's channel and payload, scrubbed by every detector (another session chose them). */
+static uint8_t *scrub_notification(const uint8_t *body, size_t blen, size_t *outlen)
+{
+	MsgReader r;
+	msgr_init(&r, body, blen);
+	uint32_t pid = msgr_u32(&r);
+	const char *parts[2] = {msgr_str(&r), msgr_str(&r)};
+	if (r.failed)
+		return NULL; /* malformed: the relay's own checks deal with it */
+	MsgBuilder b;
+	msgb_init(&b);
+	msgb_begin(&b, 'A');
+	msgb_u32(&b, pid);
+	bool changed = false;
+	for (int i = 0; i < 2; i++)
+		changed |= put_scrubbed_str(&b, parts[i]);
+	msgb_end(&b);
+	if (!changed) {
+		msgb_free(&b);
+		return NULL;
+	}
+	return take(&b, outlen);
+}
+
 bool session__mask_wants(const Session *s, const Expectation *f, char type, uint8_t first)
 {
+	if (type == 'S')
+		return s->policy->masks_columns; /* client_encoding */
+	if (type == 'A')
+		return s->policy->nmask != 0; /* asynchronous: whatever the front is */
 	if (f && f->catalog)
 		return type == 'D' || type == 'E' || type == 'Z';
+	if (f && f->rowplan && type == 'T')
+		return true;
+	if (f && f->rowplan && type == 'D') {
+		const RowMask *m = f->rowplan->mask;
+		/* unknown shape: seen (to fail closed); nothing masked: only the detectors look */
+		return !m || f->rowplan->bad || m->nmasked || s->policy->detect;
+	}
 	if (f && f->internal)
 		return false;
 	/* Every session's DDL makes masked sessions reload (first letters of CREATE, ALTER,
@@ -228,6 +386,12 @@ bool session__mask_wants(const Session *s, const Expectation *f, char type, uint
 uint8_t *session__mask_server_message(Session *s, const Expectation *f, char type, const uint8_t *body, size_t blen,
 				      size_t *outlen)
 {
+	if (type == 'S') {
+		session__mask_parameter(s, body, blen);
+		return NULL;
+	}
+	if (type == 'A')
+		return scrub_notification(body, blen, outlen);
 	if (f && f->catalog) {
 		if (type == 'D')
 			catalog_row(s, body, blen);
@@ -237,6 +401,12 @@ uint8_t *session__mask_server_message(Session *s, const Expectation *f, char typ
 			catalog_done(s);
 		return NULL;
 	}
+	if (f && f->rowplan && type == 'T') {
+		plan_described(s, f->rowplan, body, blen);
+		return NULL;
+	}
+	if (f && f->rowplan && type == 'D')
+		return plan_datarow(s, f->rowplan, body, blen, outlen);
 	switch (type) {
 	case 'C':
 		maybe_ddl(body, blen);
@@ -244,8 +414,10 @@ uint8_t *session__mask_server_message(Session *s, const Expectation *f, char typ
 	case 'E':
 	case 'N':
 		return s->policy->nmask ? scrub_error(type, body, blen, outlen) : NULL;
-	case 'D':
-		return scrub_datarow(s->policy->detect, body, blen, outlen);
+	case 'D': {
+		bool malformed; /* the relay passes a malformed row on as the server sent it */
+		return rebuild_datarow(NULL, s->policy->detect, NULL, body, blen, outlen, &malformed);
+	}
 	case 'd': {
 		if (memchr(body, 0, blen))
 			return NULL; /* binary COPY: masked relations refuse it; nothing textual to scan */
@@ -272,4 +444,10 @@ void session__mask_free(Session *s)
 	free(s->mask_error);
 	s->mask_cat = s->mask_next = NULL;
 	s->mask_error = NULL;
+	rowplan_release(s->rowplan_next);
+	s->rowplan_next = NULL;
+	free(s->mask_buf.buf);
+	s->mask_buf = (MaskBuf){0};
+	while (s->portals)
+		session__portal_set_plan(s, s->portals->name, NULL);
 }

@@ -6,6 +6,7 @@
 
 #include "core/util.h"
 #include "session/audit_trail.h"
+#include "session/rowplan.h"
 
 void pipeline_init(Pipeline *p)
 {
@@ -18,6 +19,7 @@ void pipeline_free(Pipeline *p)
 	for (size_t i = 0; i < p->count; i++) {
 		free(p->items[(p->head + i) % p->cap].refusal);
 		audit_stmt_free(p->items[(p->head + i) % p->cap].audit);
+		rowplan_release(p->items[(p->head + i) % p->cap].rowplan);
 	}
 	free(p->items);
 	p->items = NULL;
@@ -58,6 +60,11 @@ static void pop(Pipeline *p)
 	p->items[p->head].refusal = NULL;
 	audit_stmt_free(p->items[p->head].audit);
 	p->items[p->head].audit = NULL;
+	Expectation *e = &p->items[p->head];
+	if (e->rowplan && (e->kind == EXP_DESCRIBE_STMT || e->kind == EXP_DESCRIBE_PORTAL))
+		e->rowplan->describing--;
+	rowplan_release(e->rowplan);
+	e->rowplan = NULL;
 	p->head = (p->head + 1) % p->cap;
 	p->count--;
 }

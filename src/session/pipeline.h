@@ -33,6 +33,7 @@ typedef struct {
 	char *refusal;         /* the gateway refused it: the upstream error is replaced by this */
 	const char *refusal_sqlstate;
 	struct AuditStmt *audit; /* the statement's audit record in the making (owned) */
+	struct RowPlan *rowplan; /* its rows are masked in the gateway (a reference) */
 } Expectation;
 
 typedef struct {

@@ -23,6 +23,7 @@
 #include "session/audit_trail.h"
 #include "audit/audit.h"
 #include "mask/mask.h"
+#include "session/rowplan.h"
 
 #define POISON_SQL "pgcordon_refused"
 
@@ -44,6 +45,7 @@ static void init_poison_name(void)
 typedef struct Prepared {
 	char *name; /* 'P' + protocol name, or 'S' + SQL PREPARE name */
 	CachedFacts *facts;
+	RowPlan *rowplan; /* its rows are masked in the gateway (mask/rowmask.c) */
 	struct Prepared *next;
 } Prepared;
 
@@ -97,6 +99,7 @@ void session__free_prepared(Session *s)
 		while (p) {
 			Prepared *next = p->next;
 			cached_facts_release(p->facts);
+			rowplan_release(p->rowplan);
 			free(p->name);
 			free(p);
 			p = next;
@@ -104,6 +107,16 @@ void session__free_prepared(Session *s)
 	}
 	free(s->prepared);
 	s->prepared = NULL;
+}
+
+/* The protocol-level prepared statement of that name, or NULL. */
+static Prepared *protocol_prepared(Session *s, const char *name)
+{
+	char key[300];
+	if (!name || strlen(name) >= sizeof key - 2)
+		return NULL;
+	snprintf(key, sizeof key, "P%s", name);
+	return prepared_find(s, key);
 }
 
 static const QueryFacts *lookup_sql_prepared(void *arg, const char *name)
@@ -291,17 +304,31 @@ static Action mask_statement(Session *s, char type, const char *sql, const char 
 		bool control = q->nstmts > 0 && !q->error;
 		for (int i = 0; control && i < q->nstmts; i++)
 			control = q->stmts[i].kinds.n == 1 && strcmp(q->stmts[i].kinds.items[0], "transaction") == 0;
-		if (control)
+		if (control) {
+			s->rowplan_next = rowplan_new(); /* its (empty) results are masked by origin too */
 			return ACT_FORWARD;
+		}
 		s->mask_gen = 0; /* load it again before the next statement */
 		return refuse_mask(s, type, sql, s->mask_error ? s->mask_error : "the masking catalog is not loaded");
 	}
 	char reason[256], *out = NULL;
-	RewriteOptions o = {.predicate_block = s->policy->mask_predicate_block};
+	RewriteOptions o = {.predicate_block = s->policy->mask_predicate_block, .rows_in_gateway = s->client_utf8};
 	RewriteResult r = mask_rewrite(s->mask_cat, &o, sql, &out, reason, sizeof reason);
 	if (r == REWRITE_REFUSE)
 		return refuse_mask(s, type, sql, reason);
-	if (r == REWRITE_PASS)
+	/*
+	 * Every statement's rows are masked by their fields' origins, not only plain reads
+	 * (REWRITE_ROWS): EXECUTE and FETCH by SQL reach statements and portals prepared as
+	 * written, and a Parse the server rejects leaves the earlier statement of that name.
+	 * Rewritten columns carry no origin, so this never masks twice.
+	 */
+	/* The server reports a new client_encoding only at the next ReadyForQuery: from here on,
+	 * until a ParameterStatus says UTF8 again, characters are not counted as UTF-8. */
+	for (int i = 0; i < q->nstmts; i++)
+		if (strset_has(&q->stmts[i].kinds, "set_client_encoding"))
+			s->client_utf8 = false;
+	s->rowplan_next = rowplan_new();
+	if (r == REWRITE_PASS || r == REWRITE_ROWS)
 		return ACT_FORWARD;
 	MsgBuilder b;
 	msgb_init(&b);
@@ -341,8 +368,15 @@ static Action inspect_query(Session *s, const char *sql, size_t len, char type, 
 		cached_facts_release(cf);
 		return refuse(s, type, d);
 	}
-	if (type == 'P')
+	if (type == 'P') {
 		prepared_put(s, 'P', stmt_name, cf);
+		Prepared *p = protocol_prepared(s, stmt_name);
+		if (p) {
+			rowplan_release(p->rowplan);
+			p->rowplan = s->rowplan_next;
+			s->rowplan_next = NULL;
+		}
+	}
 	for (int i = 0; i < q->nstmts; i++)
 		if (q->stmts[i].prepare_name)
 			prepared_put(s, 'S', q->stmts[i].prepare_name, cf);
@@ -376,12 +410,7 @@ static Action inspect_client_message(Session *s, char type, const uint8_t *body,
 	case 'B': {
 		msgr_str(&r); /* portal */
 		const char *stmt = msgr_str(&r);
-		char key[300];
-		Prepared *p = NULL;
-		if (stmt && strlen(stmt) < sizeof key - 2) {
-			snprintf(key, sizeof key, "P%s", stmt);
-			p = prepared_find(s, key);
-		}
+		Prepared *p = protocol_prepared(s, stmt);
 		Decision scratch;
 		if (!p) {
 			memset(&scratch, 0, sizeof scratch);
@@ -392,6 +421,20 @@ static Action inspect_client_message(Session *s, char type, const uint8_t *body,
 			snprintf(scratch.message, sizeof scratch.message,
 				 "pgcordon: prepared statement \"%.63s\" was not inspected by this session",
 				 stmt ? stmt : "?");
+			audit_decided(s, 'B', NULL, body, blen, &scratch);
+			return refuse(s, 'B', &scratch);
+		}
+		if (s->policy->masks_columns && !p->rowplan) {
+			/* Prepared before masking applied to this session (a reload): run as written. */
+			memset(&scratch, 0, sizeof scratch);
+			scratch.kind = DEC_BLOCK;
+			scratch.sqlstate = "42501";
+			scratch.policy = s->policy->mask_by;
+			scratch.rule = "mask";
+			snprintf(scratch.message, sizeof scratch.message,
+				 "pgcordon: prepared statement \"%.63s\" was prepared before masking applied to this session;"
+				 " prepare it again",
+				 stmt);
 			audit_decided(s, 'B', NULL, body, blen, &scratch);
 			return refuse(s, 'B', &scratch);
 		}
@@ -421,7 +464,71 @@ static Action inspect_client_message(Session *s, char type, const uint8_t *body,
 static bool wants_whole(const Session *s, char type)
 {
 	return (s->inspecting && (type == 'Q' || type == 'P' || type == 'B' || type == 'F')) ||
-	       (s->auditing && (type == 'Q' || type == 'P' || type == 'B' || type == 'E' || type == 'F'));
+	       (s->auditing && (type == 'Q' || type == 'P' || type == 'B' || type == 'E' || type == 'F')) ||
+	       (s->policy->masks_columns && (type == 'B' || type == 'D' || type == 'E' || type == 'C'));
+}
+
+/* A Describe of a portal the gateway asks for itself: its RowDescription fills the row plan. */
+static void describe_for_plan(Session *s, const char *portal, RowPlan *plan)
+{
+	Expectation *e;
+	if (!pipeline_on_frontend(&s->pipeline, 'D', 'P', &e) || !e)
+		return;
+	e->internal = true;
+	e->rowplan = rowplan_ref(plan);
+	plan->describing++;
+	MsgBuilder b;
+	msgb_init(&b);
+	msgb_begin(&b, 'D');
+	msgb_u8(&b, 'P');
+	msgb_str(&b, portal);
+	msgb_end(&b);
+	session__queue(s->server.out, &b);
+}
+
+/*
+ * Row plans follow statements through the extended protocol: Bind gives a portal its
+ * statement's plan, Describe and Execute answers carry it, Close forgets it. An Execute
+ * whose plan has no RowDescription yet (and none coming) gets an internal Describe first.
+ * Returns the plan the message's own answer carries (not a reference), or NULL.
+ */
+static RowPlan *rowplan_client_message(Session *s, char type, const uint8_t *body, size_t blen)
+{
+	MsgReader r;
+	msgr_init(&r, body, blen);
+	if (type == 'Q') {
+		return s->rowplan_next;
+	} else if (type == 'B') {
+		const char *portal = msgr_str(&r), *stmt = msgr_str(&r);
+		Prepared *p = protocol_prepared(s, stmt);
+		if (portal)
+			session__portal_set_plan(s, portal, p ? p->rowplan : NULL);
+	} else if (type == 'D' || type == 'C') {
+		uint8_t kind = msgr_u8(&r);
+		const char *name = msgr_str(&r);
+		if (!name)
+			return NULL;
+		Prepared *p = kind == 'S' ? protocol_prepared(s, name) : NULL;
+		RowPlan *plan = kind == 'S' ? (p ? p->rowplan : NULL) : session__portal_plan(s, name);
+		if (type == 'D') {
+			if (plan)
+				plan->describing++; /* popped with its Expectation (pipeline.c) */
+			return plan;
+		}
+		if (kind == 'S' && p) {
+			rowplan_release(p->rowplan);
+			p->rowplan = NULL;
+		} else if (kind == 'P') {
+			session__portal_set_plan(s, name, NULL);
+		}
+	} else if (type == 'E') {
+		const char *portal = msgr_str(&r);
+		RowPlan *plan = portal ? session__portal_plan(s, portal) : NULL;
+		if (plan && !plan->mask && !plan->describing)
+			describe_for_plan(s, portal, plan);
+		return plan;
+	}
+	return NULL;
 }
 
 /* With the audit store down (on_failure: refuse) nothing new may run unrecorded. */
@@ -520,6 +627,8 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 					break;
 				}
 			}
+			rowplan_release(s->rowplan_next); /* a plan is only for the statement it was made for */
+			s->rowplan_next = NULL;
 			Action a;
 			if (audit_refuses(s, type)) {
 				Decision d = {.kind = DEC_BLOCK, .sqlstate = "58030", .policy = "", .rule = "audit_store_unavailable"};
@@ -545,13 +654,20 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				avail -= total;
 			}
 			audit_forwarded(s, type, body, len - 4);
+			RowPlan *plan = s->policy->masks_columns ? rowplan_client_message(s, type, body, len - 4) : NULL;
 			Expectation *e;
-			if (!pipeline_on_frontend(&s->pipeline, type, 0, &e)) {
+			if (!pipeline_on_frontend(&s->pipeline, type, type == 'D' ? (char)hdr[5] : 0, &e)) {
 				session_close(s, "pipeline full", "54000", "too many pipelined messages without reading results");
 				return 0;
 			}
 			if (e && (type == 'Q' || type == 'E'))
 				e->max_rows = s->policy->max_rows;
+			if (e && plan)
+				e->rowplan = rowplan_ref(plan);
+			if (type == 'Q') {
+				rowplan_release(s->rowplan_next);
+				s->rowplan_next = NULL;
+			}
 			if (e)
 				e->audit = s->audit_pending;
 			else
@@ -759,7 +875,9 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 		if (type == 'Z' && f->release_ready)
 			proto_build_ready(extra, f->release_ready);
 		pipeline_on_backend(&s->pipeline, type, (char)first);
-		return OUT_DROP;
+		/* Notifications and setting changes are not part of its answer; the error of a
+		 * Describe the gateway added is the one the client's Execute would have met. */
+		return type == 'A' || type == 'S' || (type == 'E' && f->rowplan) ? OUT_FORWARD : OUT_DROP;
 	}
 	if (s->discarding) {
 		if (type == 'E' && error_is(s, offset, avail, "57014"))

@@ -11,6 +11,7 @@
 #include "session/cancel.h"
 #include "config/config.h"
 #include "net/sock.h"
+#include "mask/mask.h"
 #include "net/worker.h"
 #include "proto/proto.h"
 #include "session/pipeline.h"
@@ -130,6 +131,10 @@ struct Session {
 	bool masked_front;         /* the upstream message at the front is masking's replacement */
 	uint64_t mask_gen;         /* the DDL generation the catalog was loaded at */
 	uint64_t mask_policy_id;   /* the effective policy it was loaded for */
+	bool client_utf8;          /* client_encoding is UTF8: results may be masked in the gateway */
+	struct RowPlan *rowplan_next;  /* the row plan of the statement being decided */
+	struct PortalPlan *portals;    /* portals bound to statements with a row plan */
+	MaskBuf mask_buf;              /* a masked value being built */
 	Session *prev, *next;
 };
 
@@ -169,6 +174,12 @@ bool session__mask_wants(const Session *s, const Expectation *f, char type, uint
 uint8_t *session__mask_server_message(Session *s, const Expectation *f, char type, const uint8_t *body, size_t blen,
 				      size_t *outlen);
 void session__mask_free(Session *s);
+/* The row plan of a portal (bound from a statement that has one), or NULL. */
+struct RowPlan *session__portal_plan(Session *s, const char *portal);
+/* Sets (plan shared) or, with NULL, forgets the row plan of a portal. */
+void session__portal_set_plan(Session *s, const char *portal, struct RowPlan *plan);
+/* A ParameterStatus from upstream (startup or later). */
+void session__mask_parameter(Session *s, const uint8_t *body, size_t blen);
 
 #define RELAY_READ_MAX (64 * 1024)
 #define RELAY_HIGH_WATER (512 * 1024) /* pause the other side above this much pending output */

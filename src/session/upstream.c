@@ -329,6 +329,8 @@ static void handle_login_message(Session *s, char type, const uint8_t *msg, size
 	case 'N':
 		if (s->up_state != UP_STARTUP && type == 'S')
 			break;
+		if (type == 'S')
+			session__mask_parameter(s, body, blen);
 		session__send_client(s, msg, len + 1);
 		return;
 	case 'K': {

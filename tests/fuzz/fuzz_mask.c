@@ -22,15 +22,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static MaskRule hash = {.method = MASK_HASH};
 	static const MaskRule *rules[] = {&partial, &hash};
 	MaskCatalog *c = mask_catalog_new(rules, 2, (const uint8_t *)"0123456789abcdef", 16);
-	const char *rows[][9] = {
-		{"c", "public", "customers", "00001", "id", "integer", "N", "-1", "false"},
-		{"c", "public", "customers", "00002", "ssn", "text", "S", "0", "false"},
-		{"c", "public", "customers", "00003", "uid", "uuid", "U", "1", "false"},
-		{"c", "public", "v", "00001", "ssn", "text", "S", "-1", "true"},
-		{"f", NULL, "leak", NULL, NULL, NULL, NULL, NULL, NULL},
+	const char *rows[][MASK_CATALOG_COLUMNS] = {
+		{"c", "public", "customers", "00001", "id", "integer", "N", "-1", "false", "16384"},
+		{"c", "public", "customers", "00002", "ssn", "text", "S", "0", "false", "16384"},
+		{"c", "public", "customers", "00003", "uid", "uuid", "U", "1", "false", "16384"},
+		{"c", "public", "v", "00001", "ssn", "text", "S", "-1", "true", "16390"},
+		{"f", NULL, "leak", NULL, NULL, NULL, NULL, NULL, NULL, NULL},
 	};
 	for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
-		mask_catalog_add_row(c, rows[i], 9);
+		mask_catalog_add_row(c, rows[i], MASK_CATALOG_COLUMNS);
 	char *out = NULL, reason[256];
 	RewriteOptions o = {.predicate_block = size % 2 == 0};
 	mask_rewrite(c, &o, sql, &out, reason, sizeof reason);

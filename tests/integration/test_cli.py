@@ -198,7 +198,7 @@ def test_demo_runs_enforces_and_cleans_up():
                                capture_output=True, text=True)
             assert r.returncode == 0, r.stderr
             sessions = json.loads(r.stdout)
-            if sessions and sessions[0]["statements"] == 3 or time.monotonic() > deadline:
+            if sessions and sessions[0].get("statements") == 3 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert sessions and sessions[0]["user"] == "agent", r.stdout
