@@ -31,7 +31,7 @@ import zstandard
 import pgwire
 
 from conftest import (BIN, LOCAL_USERS, ROLE_PW, SUPERUSER_PW, GatewayFactory, free_port,
-                      require_binary, to_yaml)
+                      require_binary, scram_verifier, to_yaml)
 
 SFX = secrets.token_hex(3)
 REFUSED_MSG = ("pgcordon: the audit store cannot be written; statements are refused until "
@@ -1491,6 +1491,54 @@ def test_postgresql_store_two_nodes(gateway_factory, tmp_path, pg_store):
     out = r.stdout + r.stderr
     assert r.returncode == 1 and re.search(rf"seq={seq}\b.*altered|altered.*seq={seq}\b", out), out
     assert_verify_ok(gws["gw1"].config_path, "--node", "gw1")
+
+
+def test_raw_execute_without_describe_masked_and_not(gateway_factory, tmp_path, pg):
+    """Parse/Bind/Execute/Sync in one send, no Describe, with the audit on. An unmasked
+    session's Execute is read where it stands (the group leaves in one piece); a masked
+    session's is taken whole after its Bind went upstream, because the gateway may put its
+    own Describe of the portal before it. Both answer with rows and are recorded."""
+    t = make_table(pg, f"aud_mask_{SFX}", "id int PRIMARY KEY, ssn text",
+                   f"INSERT INTO aud_mask_{SFX} VALUES (1, '123-45-6789')")
+    pw = "AuditMasked-3c4d5e6f"
+    db = tmp_path / "masked.db"
+
+    def more(cfg):
+        cfg["users"]["masked"] = {"password": scram_verifier(pw), "groups": ["support"]}
+        cfg["policies"] = [
+            {"name": "open", "match": {"users": ["alice", "bob"]}},
+            {"name": "support", "match": {"groups": ["support"]},
+             "mask": [{"columns": [f"public.{t}.ssn"], "method": "redact"}]},
+        ]
+    gw = start_audited(gateway_factory, f"sqlite:{db}", more=more)
+    trail = SqliteTrail(db)
+    sql = f"SELECT id, ssn FROM {t} ORDER BY id"
+    group = (pgwire.msg(b"P", pgwire.cstr("s1") + pgwire.cstr(sql) + struct.pack("!H", 0))
+             + pgwire.msg(b"B", pgwire.cstr("") + pgwire.cstr("s1") + struct.pack("!HHH", 0, 0, 0))
+             + pgwire.msg(b"E", pgwire.cstr("") + struct.pack("!I", 0)) + pgwire.msg(b"S"))
+    for user, password in (("alice", LOCAL_USERS["alice"]), ("masked", pw)):
+        app = app_name(user)
+        conn = pgwire.RawConn(gw.host, gw.port, timeout=30)
+        conn.startup(user, "app", password, extra={"application_name": app})
+        try:
+            conn.send(group)
+            msgs = []
+            while not msgs or msgs[-1][0] != b"Z":
+                msgs.append(conn.read_msg())
+            conn.terminate()
+        finally:
+            conn.close()
+        types = [m[0].decode() for m in msgs]
+        assert types == ["1", "2", "D", "C", "Z"], (user, types, msgs)
+        has_raw = b"123-45-6789" in msgs[2][1]
+        assert has_raw == (user == "alice"), (user, msgs[2][1])
+        _, stmts, _ = session_records(trail, session_id_of(trail, app))
+        mine = [s for s in stmts if s["body"]["sql"] == sql]
+        assert len(mine) == 1 and mine[0]["body"]["rows_sent"] == 1, [s["body"] for s in stmts]
+        if user == "masked":
+            assert "123-45-6789" not in mine[0]["raw_body"], mine[0]["raw_body"]
+    assert gw.stop() == 0
+    assert_verify_ok(gw.config_path)
 
 
 # ---------------------------------------------------------------------------- 7. CLI
