@@ -74,6 +74,7 @@ static struct {
 bool audit_enabled(void) { return W.started; }
 bool audit_is_strict(void) { return W.strict; }
 bool audit_store_healthy(void) { return __atomic_load_n(&W.healthy, __ATOMIC_ACQUIRE) != 0; }
+int audit_other_queue(void) { return W.nqueues - 1; }
 uint64_t audit_durable(int q) { return __atomic_load_n(&W.queues[q].durable, __ATOMIC_ACQUIRE); }
 
 int64_t audit_now_us(void)

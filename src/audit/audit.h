@@ -43,6 +43,8 @@ uint64_t audit_submit(int q, const char *kind, const char *session_id, const cha
 uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
 			 const char *database, char *body, size_t body_len);
 uint64_t audit_durable(int q);
+/* The queue for threads other than the workers (admin API, approvals). */
+int audit_other_queue(void);
 
 #define AUDIT_TIME_LEN 48
 /* Formats unix microseconds as the store's time text (ISO 8601 UTC). */

@@ -9,6 +9,7 @@
 
 #include "auth/apikey.h"
 #include "auth/scram.h"
+#include "cli/approvals_cmd.h"
 #include "cli/demo.h"
 #include "cli/audit_cmd.h"
 #include "cli/serve.h"
@@ -26,7 +27,10 @@ static void usage(FILE *f)
 		   "                                        make an API key: prints it once, and the config line\n"
 		   "  pgcordon demo [--port N]              throwaway PostgreSQL with the gateway in front\n"
 		   "  pgcordon sessions list|replay ...     read recorded sessions (pgcordon sessions --help)\n"
-		   "  pgcordon audit verify|export ...      check the audit chain, export JSON Lines\n");
+		   "  pgcordon audit verify|export ...      check the audit chain, export JSON Lines\n"
+		   "  pgcordon approvals list|approve|deny ...\n"
+		   "                                        decide held statements (pgcordon approvals --help)\n"
+		   "  pgcordon grants request|list ...      ask for time-bound table access, list grants\n");
 }
 
 static const char *option(int argc, char **argv, const char *name)
@@ -167,6 +171,8 @@ int main(int argc, char **argv)
 		return audit_cmd_main(argc, argv);
 	if (strcmp(cmd, "apikey") == 0)
 		return cmd_apikey(argc, argv);
+	if (strcmp(cmd, "approvals") == 0 || strcmp(cmd, "grants") == 0)
+		return approvals_main(argc, argv);
 	if (strcmp(cmd, "demo") == 0) {
 		static const char *const demo_opts[] = {"--port", NULL};
 		if (!only_options(argc, argv, demo_opts))

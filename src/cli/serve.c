@@ -10,6 +10,7 @@
 
 #include "config/config.h"
 #include "auth/oidc.h"
+#include "approval/approval.h"
 #include "audit/audit.h"
 #include "http/api.h"
 #include "core/log.h"
@@ -140,9 +141,17 @@ int serve_run(const char *path)
 		log_event(LOG_ERROR, "start_failed", "error=%s", log_quote(q, sizeof q, err));
 		return 1;
 	}
+	/* Decisions wake the workers the same way: held sessions look at their requests again. */
+	if (!approval_start(c, on_audit_durable, &srv, err, sizeof err)) {
+		char q[600];
+		log_event(LOG_ERROR, "start_failed", "error=%s", log_quote(q, sizeof q, err));
+		audit_stop();
+		return 1;
+	}
 	if (!http_start(c, err, sizeof err)) {
 		char q[600];
 		log_event(LOG_ERROR, "start_failed", "error=%s", log_quote(q, sizeof q, err));
+		approval_stop();
 		audit_stop();
 		return 1;
 	}
@@ -153,6 +162,8 @@ int serve_run(const char *path)
 	pthread_mutex_unlock(&srv.notify_mu);
 	if (!srv.workers) {
 		log_event(LOG_ERROR, "start_failed", "error=\"%s\"", err);
+		http_stop();
+		approval_stop();
 		audit_stop();
 		return 1;
 	}
@@ -176,6 +187,7 @@ int serve_run(const char *path)
 	srv.workers_gone = true;
 	pthread_mutex_unlock(&srv.notify_mu);
 	workers_free(srv.workers, n);
+	approval_stop();
 	audit_stop(); /* after the sessions: their last records are written */
 	log_event(LOG_INFO, "stopped", NULL);
 	event_free(hup);

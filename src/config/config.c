@@ -609,6 +609,149 @@ static bool load_block_rule(Loader *ld, Policy *p, yaml_node_t *rule)
 	return true;
 }
 
+/* ---- review: and approvals: (docs/approvals.md) ---- */
+
+static void append_names(NameList *to, NameList *from)
+{
+	for (int i = 0; i < from->n; i++) {
+		to->items = xrealloc(to->items, (size_t)(to->n + 1) * sizeof(char *));
+		to->items[to->n++] = from->items[i];
+	}
+	free(from->items);
+	*from = (NameList){0};
+}
+
+static bool get_row_count(Loader *ld, yaml_node_t *v, const char *key, int64_t *out)
+{
+	int n;
+	if (!get_int(ld, v, key, 1, INT_MAX, &n))
+		return false;
+	*out = n;
+	return true;
+}
+
+static bool load_review_rule(Loader *ld, Policy *p, yaml_node_t *rule)
+{
+	if (rule->type != YAML_MAPPING_NODE)
+		return fail_at(ld, rule, "each review rule must be a mapping such as {statements: [copy_to]}");
+	for (yaml_node_pair_t *pr = rule->data.mapping.pairs.start; pr < rule->data.mapping.pairs.top; pr++) {
+		yaml_node_t *k = node_at(ld, pr->key), *v = node_at(ld, pr->value);
+		const char *key = scalar(k);
+		if (!key)
+			return fail_at(ld, k, "review rule keys must be strings");
+		NameList l = {0};
+		if (strcmp(key, "statements") == 0) {
+			bool ok = load_name_list(ld, v, "review.statements", &l, known_kind);
+			append_names(&p->review_statements, &l);
+			if (!ok)
+				return false;
+		} else if (strcmp(key, "tables") == 0) {
+			bool ok = load_name_list(ld, v, "review.tables", &l, valid_table_pattern);
+			append_names(&p->review_tables, &l);
+			if (!ok)
+				return false;
+		} else if (strcmp(key, "estimated_rows_over") == 0) {
+			if (!get_row_count(ld, v, "review.estimated_rows_over", &p->review_estimated_rows))
+				return false;
+		} else if (strcmp(key, "returned_rows_over") == 0) {
+			if (!get_row_count(ld, v, "review.returned_rows_over", &p->review_returned_rows))
+				return false;
+		} else {
+			return fail_at(ld, k, "unknown review rule \"%s\" (statements, tables, estimated_rows_over, "
+					      "returned_rows_over)", key);
+		}
+	}
+	p->has_review = true;
+	return true;
+}
+
+static bool on_notify(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)c;
+	ApprovalSettings *a = obj;
+	if (strcmp(key, "webhook") == 0) {
+		if (get_string(ld, v, "approvals.notify.webhook", &a->webhook) && strncmp(a->webhook, "http://", 7) != 0 &&
+		    strncmp(a->webhook, "https://", 8) != 0)
+			fail_at(ld, v, "approvals.notify.webhook must be an http:// or https:// URL");
+		return true;
+	}
+	return false;
+}
+
+static bool on_approvals(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	ApprovalSettings *a = obj;
+	if (strcmp(key, "approvers") == 0) {
+		free_name_list(&a->approvers);
+		a->approvers = (NameList){0};
+		a->has_approvers = true;
+		if (load_name_list(ld, v, "approvals.approvers", &a->approvers, valid_name) && a->approvers.n == 0)
+			fail_at(ld, v, "approvals.approvers must name at least one group");
+		return true;
+	}
+	if (strcmp(key, "mode") == 0) {
+		const char *m = scalar(v);
+		if (m && strcmp(m, "wait") == 0)
+			a->mode = APPROVAL_WAIT;
+		else if (m && strcmp(m, "retry") == 0)
+			a->mode = APPROVAL_RETRY;
+		else
+			fail_at(ld, v, "approvals.mode must be wait or retry");
+		return true;
+	}
+	if (strcmp(key, "wait") == 0) {
+		if (get_duration(ld, v, "approvals.wait", &a->wait_ms) && a->wait_ms < 1000)
+			fail_at(ld, v, "approvals.wait must be at least 1s");
+		return true;
+	}
+	if (strcmp(key, "valid_for") == 0) {
+		if (get_duration(ld, v, "approvals.valid_for", &a->valid_for_ms) && a->valid_for_ms < 1000)
+			fail_at(ld, v, "approvals.valid_for must be at least 1s");
+		return true;
+	}
+	if (strcmp(key, "notify") == 0)
+		return walk_mapping(ld, c, a, v, "approvals.notify", on_notify) || true;
+	return false;
+}
+
+static void free_approval_settings(ApprovalSettings *a)
+{
+	free_name_list(&a->approvers);
+	free(a->webhook);
+}
+
+const Policy *config_find_policy(const Config *c, const char *name)
+{
+	for (int i = 0; i < c->npolicies; i++)
+		if (strcmp(c->policies[i].name, name) == 0)
+			return &c->policies[i];
+	return NULL;
+}
+
+void config_approval_settings(const Config *c, const Policy *policy, ApprovalSettings *out)
+{
+	const ApprovalSettings *top = &c->approvals, *own = policy ? &policy->approvals : top;
+	*out = *top;
+	if (own->has_approvers) {
+		out->has_approvers = true;
+		out->approvers = own->approvers;
+	}
+	if (own->mode)
+		out->mode = own->mode;
+	if (own->wait_ms)
+		out->wait_ms = own->wait_ms;
+	if (own->valid_for_ms)
+		out->valid_for_ms = own->valid_for_ms;
+	if (own->webhook)
+		out->webhook = own->webhook;
+	if (!out->mode)
+		out->mode = APPROVAL_WAIT;
+	if (!out->wait_ms)
+		out->wait_ms = 5 * 60 * 1000;
+	if (!out->valid_for_ms)
+		out->valid_for_ms = 15 * 60 * 1000;
+}
+
 static bool valid_column_pattern(const char *p)
 {
 	/* schema.table.column or table.column (any schema); '*' matches any run of characters */
@@ -753,6 +896,18 @@ static bool on_policy(Loader *ld, Config *c, void *obj, const char *key, yaml_no
 			fail_at(ld, v, "on_masked_predicate must be block or allow");
 		return true;
 	}
+	if (strcmp(key, "review") == 0) {
+		if (v->type != YAML_SEQUENCE_NODE) {
+			fail_at(ld, v, "review must be a list of rules");
+			return true;
+		}
+		for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++)
+			if (!load_review_rule(ld, p, node_at(ld, *it)))
+				return true;
+		return true;
+	}
+	if (strcmp(key, "approvals") == 0)
+		return walk_mapping(ld, c, &p->approvals, v, "a policy's approvals", on_approvals) || true;
 	if (strcmp(key, "block") == 0) {
 		if (v->type != YAML_SEQUENCE_NODE) {
 			fail_at(ld, v, "block must be a list of rules");
@@ -800,6 +955,9 @@ static void free_policies(Config *c)
 		free_name_list(&p->block_statements);
 		free_name_list(&p->block_functions);
 		free_name_list(&p->select_without_where);
+		free_name_list(&p->review_statements);
+		free_name_list(&p->review_tables);
+		free_approval_settings(&p->approvals);
 		free_mask_rules(p);
 	}
 	free(c->policies);
@@ -1091,6 +1249,8 @@ static bool on_top(Loader *ld, Config *c, void *obj, const char *key, yaml_node_
 		return walk_mapping(ld, c, NULL, v, "audit", on_audit) || true;
 	if (strcmp(key, "masking") == 0)
 		return walk_mapping(ld, c, NULL, v, "masking", on_masking) || true;
+	if (strcmp(key, "approvals") == 0)
+		return walk_mapping(ld, c, &c->approvals, v, "approvals", on_approvals) || true;
 	if (strcmp(key, "databases") == 0)
 		return load_databases(ld, c, v) || true;
 	if (strcmp(key, "users") == 0)
@@ -1144,6 +1304,7 @@ static void config_free(Config *c)
 	}
 	free(c->users);
 	free_policies(c);
+	free_approval_settings(&c->approvals);
 	free_identity(c);
 	if (c->tls_ctx)
 		SSL_CTX_free(c->tls_ctx);
@@ -1231,6 +1392,17 @@ static Config *load(const char *path, bool skip_secrets, char *err, size_t errle
 		} else {
 			fail_at(&ld, root, "audit.store on PostgreSQL needs audit.key_file (the chain key stays outside the store)");
 		}
+	}
+	for (int i = 0; i < c->npolicies && !ld.failed; i++) {
+		const Policy *p = &c->policies[i];
+		ApprovalSettings a;
+		config_approval_settings(c, p, &a);
+		if (p->has_review && !c->admin_enabled)
+			fail_at(&ld, root, "policy \"%s\" has review rules but there is no admin: section (approvals are "
+					   "decided over the admin HTTP API)", p->name);
+		else if (p->has_review && !a.approvers.n)
+			fail_at(&ld, root, "policy \"%s\" has review rules but no approvals.approvers (nobody could decide)",
+				p->name);
 	}
 	bool uses_hash = false;
 	for (int i = 0; i < c->npolicies; i++)

@@ -43,6 +43,18 @@ typedef struct {
 	int n;
 } NameList;
 
+typedef enum { APPROVAL_UNSET = 0, APPROVAL_WAIT, APPROVAL_RETRY } ApprovalMode;
+
+/* approvals: (docs/approvals.md). In a policy, unset fields fall back to the top level's. */
+typedef struct {
+	bool has_approvers;
+	NameList approvers;  /* groups whose members may decide */
+	ApprovalMode mode;
+	int wait_ms;         /* wait mode: how long the client waits; 0 unset */
+	int valid_for_ms;    /* retry mode: how long an approval stays usable; 0 unset */
+	char *webhook;       /* notify.webhook: Slack-compatible JSON is POSTed here */
+} ApprovalSettings;
+
 /* One entry of policies: (see docs/policies.md). Absent lists are empty. */
 typedef struct {
 	char *name;
@@ -63,6 +75,13 @@ typedef struct {
 	MaskRule *mask;            /* mask: rules, in order (the first naming a column wins) */
 	int nmask;
 	int masked_predicate;      /* on_masked_predicate: 0 unset, 1 block, 2 allow */
+	/* review: statements held for approval (docs/approvals.md) */
+	bool has_review;
+	NameList review_statements;
+	NameList review_tables;
+	int64_t review_estimated_rows; /* 0: no rule */
+	int64_t review_returned_rows;  /* 0: no rule */
+	ApprovalSettings approvals;
 } Policy;
 
 typedef struct {
@@ -133,6 +152,8 @@ typedef struct Config {
 
 	bool log_all_decisions; /* log.decisions: all (default) or blocked */
 
+	ApprovalSettings approvals; /* the top-level approvals: defaults, and the approvers of grants */
+
 	Policy *policies;
 	int npolicies;
 	bool has_policies;  /* a policies: section exists */
@@ -154,6 +175,10 @@ typedef struct Config {
 } Config;
 
 const ApiKeyConfig *config_find_api_key(const Config *c, const char *name);
+const Policy *config_find_policy(const Config *c, const char *name);
+/* The approvals settings in force for policy (NULL: the top level's), defaults filled in.
+ * The result points into c. */
+void config_approval_settings(const Config *c, const Policy *policy, ApprovalSettings *out);
 
 /* Loads and validates FILE; on error returns NULL with "FILE:LINE: message" in err. */
 Config *config_load(const char *path, char *err, size_t errlen) __attribute__((warn_unused_result));

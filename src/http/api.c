@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "approval/approval.h"
 #include "audit/audit.h"
 #include "audit/report.h"
 #include "auth/apikey.h"
@@ -177,16 +178,162 @@ static enum MHD_Result audit_request(struct MHD_Connection *conn, const Config *
 	return reply(conn, status, out);
 }
 
+/* A request body being received (POST): bounded, so a huge body cannot eat memory. */
+#define BODY_MAX (64 * 1024)
+typedef struct {
+	char *data;
+	size_t len;
+	bool too_large;
+} Upload;
+
+static void request_done(void *cls, struct MHD_Connection *conn, void **state, enum MHD_RequestTerminationCode tc)
+{
+	(void)cls;
+	(void)conn;
+	(void)tc;
+	Upload *u = *state;
+	if (u) {
+		free(u->data);
+		free(u);
+	}
+	*state = NULL;
+}
+
+static bool valid_request_id(const char *id, size_t n)
+{
+	if (n != APPROVAL_ID_LEN - 1)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+			return false;
+	return true;
+}
+
+/* The body as a JSON object; an empty body is an empty object. NULL with *status on error. */
+static json_t *body_object(const Upload *u, struct MHD_Connection *conn, enum MHD_Result *r)
+{
+	if (u && u->too_large) {
+		*r = error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "the request body is larger than 64 KiB");
+		return NULL;
+	}
+	if (!u || u->len == 0)
+		return json_object();
+	json_error_t je;
+	json_t *j = json_loadb(u->data, u->len, JSON_REJECT_DUPLICATES, &je);
+	if (!json_is_object(j)) {
+		json_decref(j);
+		*r = error(conn, MHD_HTTP_BAD_REQUEST, "the request body must be a JSON object");
+		return NULL;
+	}
+	return j;
+}
+
+/* /api/approvals..., /api/grants: any authenticated identity (each sees what it may). */
+static enum MHD_Result approvals_request(struct MHD_Connection *conn, const Config *c, const Caller *who,
+					 const char *url, bool post, const Upload *u)
+{
+	ApprovalCaller ac = {.name = who->name, .groups = who->groups, .ngroups = who->ngroups,
+			     .auditor = is_auditor(c, who)};
+	enum MHD_Result r;
+	json_t *out = NULL;
+	if (strcmp(url, "/api/grants") == 0 || strcmp(url, "/api/grants/") == 0) {
+		if (!post) {
+			const char *st = arg(conn, "status");
+			if (st && strcmp(st, "active") != 0 && strcmp(st, "all") != 0)
+				return error(conn, MHD_HTTP_BAD_REQUEST, "status must be active or all");
+			return reply(conn, MHD_HTTP_OK, approval_list_grants(&ac, st && strcmp(st, "all") == 0));
+		}
+		json_t *body = body_object(u, conn, &r);
+		if (!body)
+			return r;
+		unsigned code = approval_request_grant(c, &ac, body, &out);
+		json_decref(body);
+		return reply(conn, code, out);
+	}
+	const char *rest = url + strlen("/api/approvals");
+	if (*rest == 0 || strcmp(rest, "/") == 0) {
+		if (post)
+			return error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "POST /api/approvals/ID/approve or /deny");
+		out = approval_list(&ac, arg(conn, "status"));
+		if (!out)
+			return error(conn, MHD_HTTP_BAD_REQUEST,
+				     "status must be pending, approved, denied, expired, cancelled or all");
+		return reply(conn, MHD_HTTP_OK, out);
+	}
+	if (rest[0] != '/')
+		return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
+	const char *id = rest + 1, *slash = strchr(id, '/');
+	size_t n = slash ? (size_t)(slash - id) : strlen(id);
+	if (!valid_request_id(id, n))
+		return error(conn, MHD_HTTP_NOT_FOUND, "no such approval request");
+	char rid[APPROVAL_ID_LEN];
+	memcpy(rid, id, n);
+	rid[n] = 0;
+	if (!slash) {
+		if (post)
+			return error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "POST /api/approvals/ID/approve or /deny");
+		out = approval_get(&ac, rid);
+		return out ? reply(conn, MHD_HTTP_OK, out) : error(conn, MHD_HTTP_NOT_FOUND, "no such approval request");
+	}
+	bool approve = strcmp(slash, "/approve") == 0;
+	if (!approve && strcmp(slash, "/deny") != 0)
+		return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
+	if (!post)
+		return error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "approve and deny take POST");
+	json_t *body = body_object(u, conn, &r);
+	if (!body)
+		return r;
+	const char *k;
+	json_t *v;
+	json_object_foreach(body, k, v)
+	{
+		if (strcmp(k, "reason") != 0) {
+			json_decref(body);
+			return error(conn, MHD_HTTP_BAD_REQUEST, "the body takes only \"reason\"");
+		}
+	}
+	json_t *reason = json_object_get(body, "reason");
+	if ((reason && !json_is_string(reason)) || json_string_length(reason) > 1000) {
+		json_decref(body);
+		return error(conn, MHD_HTTP_BAD_REQUEST, "reason must be a string of at most 1000 characters");
+	}
+	if (!approve && json_string_length(reason) == 0) {
+		json_decref(body);
+		return error(conn, MHD_HTTP_BAD_REQUEST, "a denial needs a reason: {\"reason\": \"...\"}");
+	}
+	unsigned code = approval_decide(&ac, rid, approve, json_string_length(reason) ? json_string_value(reason) : NULL,
+					&out);
+	json_decref(body);
+	return reply(conn, code, out);
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
 			      const char *version, const char *upload_data, size_t *upload_data_size, void **state)
 {
 	(void)cls;
 	(void)version;
-	(void)upload_data;
-	(void)upload_data_size;
-	(void)state;
-	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
-		return error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET is served here");
+	bool post = strcmp(method, "POST") == 0;
+	if (post) {
+		/* The body arrives in pieces: collect it (bounded), answer after the last one. */
+		Upload *u = *state;
+		if (!u) {
+			*state = xcalloc(1, sizeof(Upload));
+			return MHD_YES;
+		}
+		if (*upload_data_size) {
+			if (!u->too_large && u->len + *upload_data_size <= BODY_MAX) {
+				u->data = xrealloc(u->data, u->len + *upload_data_size);
+				memcpy(u->data + u->len, upload_data, *upload_data_size);
+				u->len += *upload_data_size;
+			} else {
+				u->too_large = true;
+			}
+			*upload_data_size = 0;
+			return MHD_YES;
+		}
+	} else if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+		return error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and POST are served here");
+	}
 	if (strcmp(url, "/healthz") == 0)
 		return reply(conn, MHD_HTTP_OK,
 			     json_pack("{ss ss}", "status", "ok", "audit",
@@ -206,11 +353,20 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 		peer = peerbuf;
 	}
 	enum MHD_Result r;
+	bool approvals = strncmp(url, "/api/approvals", 14) == 0 || strncmp(url, "/api/grants", 11) == 0;
 	if (!authenticate(c, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION), &who,
 			  why, sizeof why)) {
 		log_event(LOG_WARN, "admin_auth_failed", "peer=%s path=%s reason=%s", peer, log_quote(qu, sizeof qu, url),
 			  log_quote(q, sizeof q, why));
-		r = error(conn, MHD_HTTP_UNAUTHORIZED, why);
+		config_release(c);
+		return error(conn, MHD_HTTP_UNAUTHORIZED, why);
+	}
+	if (approvals) {
+		log_event(LOG_INFO, "admin_request", "peer=%s user=%s method=%s path=%s", peer,
+			  log_quote(q, sizeof q, who.name), post ? "POST" : "GET", log_quote(qu, sizeof qu, url));
+		r = approvals_request(conn, c, &who, url, post, *state);
+	} else if (post) {
+		r = error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET is served here");
 	} else if (!is_auditor(c, &who)) {
 		log_event(LOG_WARN, "admin_forbidden", "peer=%s user=%s path=%s", peer, log_quote(q, sizeof q, who.name),
 			  log_quote(qu, sizeof qu, url));
@@ -242,7 +398,8 @@ bool http_start(const Config *c, char *err, size_t errlen)
 	daemon_ = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG,
 				   (uint16_t)c->admin_port, NULL, NULL, handle, NULL, MHD_OPTION_SOCK_ADDR, &sin,
 				   MHD_OPTION_THREAD_POOL_SIZE, 2U, MHD_OPTION_CONNECTION_LIMIT, 64U,
-				   MHD_OPTION_CONNECTION_TIMEOUT, 30U, MHD_OPTION_END);
+				   MHD_OPTION_CONNECTION_TIMEOUT, 30U, MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL,
+				   MHD_OPTION_END);
 	if (!daemon_) {
 		snprintf(err, errlen, "cannot listen on admin %s:%d (in use?)", c->admin_address, c->admin_port);
 		return false;

@@ -101,6 +101,18 @@ EffectivePolicy *policy_effective(const Config *c, const char *user, char *const
 			ep->timeout_ms = p->statement_timeout_ms;
 			ep->timeout_by = p->name;
 		}
+		add_rules(&ep->review_kinds, &p->review_statements, p->name);
+		add_rules(&ep->review_tables, &p->review_tables, p->name);
+		if (p->review_estimated_rows &&
+		    (!ep->estimated_rows_over || p->review_estimated_rows < ep->estimated_rows_over)) {
+			ep->estimated_rows_over = p->review_estimated_rows;
+			ep->estimated_rows_by = p->name;
+		}
+		if (p->review_returned_rows &&
+		    (!ep->returned_rows_over || p->review_returned_rows < ep->returned_rows_over)) {
+			ep->returned_rows_over = p->review_returned_rows;
+			ep->returned_rows_by = p->name;
+		}
 		if (p->nmask) {
 			ep->mask = xrealloc(ep->mask, (size_t)(ep->nmask + p->nmask) * sizeof *ep->mask);
 			for (int k = 0; k < p->nmask; k++) {
@@ -123,7 +135,9 @@ EffectivePolicy *policy_effective(const Config *c, const char *user, char *const
 	ep->unrestricted = ep->allow_all ||
 			   (matched && !ep->read_only_by && !ep->block_kinds.n && !ep->block_functions.n &&
 			    !ep->delete_without_where_by && !ep->update_without_where_by &&
-			    !ep->select_without_where.n && !ep->scoped && !ep->timeout_ms && !ep->nmask);
+			    !ep->select_without_where.n && !ep->scoped && !ep->timeout_ms && !ep->nmask &&
+			    !ep->review_kinds.n && !ep->review_tables.n && !ep->estimated_rows_over &&
+			    !ep->returned_rows_over);
 	return ep;
 }
 
@@ -154,7 +168,34 @@ void policy_free(EffectivePolicy *ep)
 	free(ep->select_without_where.items);
 	free(ep->mask);
 	free(ep->scope.items);
+	free(ep->review_kinds.items);
+	free(ep->review_tables.items);
+	free(ep->grant_reads.items);
+	free(ep->grant_writes.items);
+	for (int i = 0; i < ep->nowned; i++)
+		free(ep->owned[i]);
+	free(ep->owned);
 	free(ep);
+}
+
+static char *own(EffectivePolicy *ep, const char *text)
+{
+	ep->owned = xrealloc(ep->owned, (size_t)(ep->nowned + 1) * sizeof *ep->owned);
+	return ep->owned[ep->nowned++] = xstrdup(text);
+}
+
+static void add_rule(RuleList *l, const char *item, const char *policy)
+{
+	l->items = xrealloc(l->items, (size_t)(l->n + 1) * sizeof *l->items);
+	l->items[l->n++] = (PolicyRule){.item = item, .policy = policy};
+}
+
+void policy_add_grant(EffectivePolicy *ep, const char *grant_id, const char *pattern, bool write)
+{
+	const char *id = own(ep, grant_id), *pat = own(ep, pattern);
+	add_rule(&ep->grant_reads, pat, id);
+	if (write)
+		add_rule(&ep->grant_writes, pat, id);
 }
 
 /* ---- relation names and patterns ---- */
@@ -360,6 +401,13 @@ static void decide_statement(const EffectivePolicy *ep, const StatementFacts *f,
 		for (int s = 0; s < 2; s++) {
 			for (int i = 0; i < sets[s]->n; i++) {
 				if (!policy_in_scope(ep, sets[s]->items[i])) {
+					/* An active grant may cover it: every resolution of the name inside it. */
+					const char *g = rule_policy_for(s ? &ep->grant_writes : &ep->grant_reads,
+									sets[s]->items[i], true);
+					if (g) {
+						d->grant = g;
+						continue;
+					}
 					block(d, "42501", ep->scope_by, "scope", "table %s is outside the caller's scope",
 					      sets[s]->items[i]);
 					return;
@@ -390,6 +438,45 @@ static void decide_statement(const EffectivePolicy *ep, const StatementFacts *f,
 		block(d, "42501", ep->timeout_by, "statement_timeout", "statement_timeout may not exceed %d ms",
 		      ep->timeout_ms);
 		return;
+	}
+}
+
+static void review(Decision *d, const char *policy, const char *rule, const char *why)
+{
+	d->kind = DEC_REVIEW;
+	d->sqlstate = "42501";
+	d->policy = policy;
+	d->rule = rule;
+	snprintf(d->why, sizeof d->why, "%s", why);
+	snprintf(d->message, sizeof d->message, "statement held for approval (policy %s, rule %s: %s)", policy, rule,
+		 why);
+}
+
+/* The review: rules, for a statement every other rule allows. */
+static void review_statement(const EffectivePolicy *ep, const StatementFacts *f, Decision *d)
+{
+	/* PREPARE runs nothing: its EXECUTE is reviewed (and a protocol Parse at its Bind). */
+	if (f->kinds.n && strcmp(f->kinds.items[0], "prepare") == 0)
+		return;
+	for (int k = f->kinds.n - 1; k >= 0; k--)
+		for (int r = 0; r < ep->review_kinds.n; r++)
+			if (strcmp(f->kinds.items[k], ep->review_kinds.items[r].item) == 0) {
+				review(d, ep->review_kinds.items[r].policy, "statements", f->kinds.items[k]);
+				return;
+			}
+	const StrSet *sets[] = {&f->reads, &f->writes};
+	for (int s = 0; s < 2; s++)
+		for (int i = 0; i < sets[s]->n; i++) {
+			/* Any place the name may resolve to counts: holding is the safe side. */
+			const char *p = rule_policy_for(&ep->review_tables, sets[s]->items[i], false);
+			if (p) {
+				review(d, p, "tables", sets[s]->items[i]);
+				return;
+			}
+		}
+	if (ep->estimated_rows_over && f->kinds.n && strcmp(f->kinds.items[0], "select") == 0) {
+		d->estimate_over = ep->estimated_rows_over;
+		d->estimate_by = ep->estimated_rows_by;
 	}
 }
 
@@ -425,6 +512,8 @@ void policy_decide(const EffectivePolicy *ep, const QueryFacts *q, PreparedLooku
 				policy_decide(ep, prepared, NULL, NULL, out);
 		}
 	}
+	for (int i = 0; i < q->nstmts && out->kind == DEC_ALLOW; i++)
+		review_statement(ep, &q->stmts[i], out);
 }
 
 static bool mentions(const char *text, const char *setting)

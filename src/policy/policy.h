@@ -52,6 +52,18 @@ typedef struct EffectivePolicy {
 	unsigned detect;      /* DETECT_* of every detect rule */
 	bool mask_predicate_block; /* on_masked_predicate: block (the default) */
 	char mask_by[128];
+	/* Review (docs/approvals.md): what is held for a human's approval. */
+	RuleList review_kinds;
+	RuleList review_tables;
+	int64_t estimated_rows_over;
+	const char *estimated_rows_by;
+	int64_t returned_rows_over;
+	const char *returned_rows_by;
+	/* Active grants: tables they add to the scope; .policy is the grant's id. */
+	RuleList grant_reads;   /* read access (write grants are in both lists) */
+	RuleList grant_writes;
+	char **owned;           /* strings the grant rules point to */
+	int nowned;
 } EffectivePolicy;
 
 /* Merges every policy of c matching the identity and database. Caller frees. */
@@ -63,15 +75,24 @@ void policy_free(EffectivePolicy *ep);
 const char *policy_role_for(const Config *c, char *const *groups, int ngroups);
 /* Pins the session to role: SET ROLE, RESET ROLE, SET SESSION AUTHORIZATION are refused. */
 void policy_set_role(EffectivePolicy *ep, const char *role);
+/* Widens a table scope with an active grant's table pattern (copied), for reading or writing. */
+void policy_add_grant(EffectivePolicy *ep, const char *grant_id, const char *pattern, bool write);
 
-typedef enum { DEC_ALLOW, DEC_BLOCK } DecisionKind;
+/* DEC_REVIEW: allowed, but held until a human approves it (docs/approvals.md). */
+typedef enum { DEC_ALLOW, DEC_BLOCK, DEC_REVIEW } DecisionKind;
 
 typedef struct {
 	DecisionKind kind;
 	const char *sqlstate;
-	const char *policy;  /* policy behind a refusal, or "" */
+	const char *policy;  /* policy behind a refusal or a hold, or "" */
 	const char *rule;    /* short rule id for logs: "statements", "read_only", "scope", ... */
 	char message[320];
+	char why[128];       /* a hold's detail: the kind or table that triggered it */
+	const char *grant;   /* allowed only thanks to this grant (its id), or NULL */
+	char approval[17];   /* allowed by this approval request (its id), or "" */
+	/* Allowed, unless the planner estimates more rows than this (0: no such rule). */
+	int64_t estimate_over;
+	const char *estimate_by;
 } Decision;
 
 /* Looks up the facts of a prepared statement (SQL PREPARE) by name; NULL if unknown. */

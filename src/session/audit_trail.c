@@ -8,6 +8,7 @@
 #include "audit/audit.h"
 #include "core/jsonw.h"
 #include "core/util.h"
+#include "session/hold.h"
 #include "session/session_internal.h"
 
 #define NAME_BUCKETS 64
@@ -267,6 +268,10 @@ static char *decision_json(Session *s, const Decision *d)
 	key_string(&w, "rule", rule);
 	if (block)
 		key_string(&w, "reason", d->message);
+	if (d && d->approval[0])
+		key_string(&w, "approval", d->approval);
+	if (d && d->grant)
+		key_string(&w, "grant", d->grant);
 	jw_end_object(&w);
 	char *json = jw_take(&w);
 	if (!block && an) {
@@ -308,26 +313,7 @@ AuditStmt *session__audit_bind(Session *s, const uint8_t *body, size_t len, cons
 	msgr_init(&r, body, len);
 	const char *portal = msgr_str(&r);
 	const char *stmt = msgr_str(&r);
-	uint16_t nformats = msgr_u16(&r);
-	const uint8_t *formats = msgr_bytes(&r, 2 * (size_t)nformats);
-	uint16_t nparams = msgr_u16(&r);
-	JsonW w;
-	jw_init(&w);
-	jw_begin_array(&w);
-	for (uint16_t i = 0; i < nparams && !r.failed; i++) {
-		uint32_t plen = msgr_u32(&r);
-		if (plen == 0xffffffffu) {
-			jw_null(&w);
-			continue;
-		}
-		const uint8_t *v = msgr_bytes(&r, plen);
-		if (!v)
-			break;
-		bool binary = formats && nformats && (nformats == 1 ? formats[1] : i < nformats ? formats[2 * i + 1] : 0);
-		jw_text(&w, v, plen, binary);
-	}
-	jw_end_array(&w);
-	char *params = jw_take(&w);
+	char *params = session__bind_params(body, len);
 	Named *st = stmt ? named_find(s->audit_names->statements, stmt) : NULL;
 	const char *sql = st ? st->sql : NULL;
 	if (d && d->kind == DEC_BLOCK)

@@ -2,6 +2,7 @@
 #include "session/cancel.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,6 +13,7 @@ typedef struct CancelEntry {
 	uint32_t key;
 	bool has_target;
 	CancelTarget target;
+	char held[24]; /* the approval request the session waits for, "" none */
 	struct CancelEntry *next;
 } CancelEntry;
 
@@ -69,13 +71,24 @@ void cancel_unregister(uint32_t pid)
 	pthread_mutex_unlock(&lock);
 }
 
-bool cancel_lookup(uint32_t pid, uint32_t key, CancelTarget *out)
+void cancel_set_held(uint32_t pid, const char *request)
+{
+	pthread_mutex_lock(&lock);
+	CancelEntry *e = find(pid);
+	if (e)
+		snprintf(e->held, sizeof e->held, "%s", request ? request : "");
+	pthread_mutex_unlock(&lock);
+}
+
+bool cancel_lookup(uint32_t pid, uint32_t key, CancelTarget *out, char held[24])
 {
 	bool ok = false;
 	pthread_mutex_lock(&lock);
 	CancelEntry *e = find(pid);
+	held[0] = 0;
 	if (e && e->has_target && util_ct_equal(&e->key, &key, sizeof key)) {
 		*out = e->target;
+		memcpy(held, e->held, sizeof e->held);
 		ok = true;
 	}
 	pthread_mutex_unlock(&lock);

@@ -23,7 +23,10 @@ void cancel_register(uint32_t *pid, uint32_t *key);
 /* Fills in the upstream target once it is known. */
 void cancel_set_target(uint32_t pid, const CancelTarget *t);
 void cancel_unregister(uint32_t pid);
-/* Looks up a client's pair (key compared in constant time); copies the target out. */
-bool cancel_lookup(uint32_t pid, uint32_t key, CancelTarget *out);
+/* Marks the session as waiting for an approval request (NULL: no longer): a cancel ends it. */
+void cancel_set_held(uint32_t pid, const char *request);
+/* Looks up a client's pair (key compared in constant time); copies the target out, and the
+ * approval request the session waits for ("" none). */
+bool cancel_lookup(uint32_t pid, uint32_t key, CancelTarget *out, char held[24]);
 
 #endif

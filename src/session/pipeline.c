@@ -18,6 +18,8 @@ void pipeline_free(Pipeline *p)
 {
 	for (size_t i = 0; i < p->count; i++) {
 		free(p->items[(p->head + i) % p->cap].refusal);
+		free(p->items[(p->head + i) % p->cap].review_sql);
+		free(p->items[(p->head + i) % p->cap].review_params);
 		audit_stmt_free(p->items[(p->head + i) % p->cap].audit);
 		rowplan_release(p->items[(p->head + i) % p->cap].rowplan);
 	}
@@ -58,6 +60,9 @@ static void pop(Pipeline *p)
 	}
 	free(p->items[p->head].refusal);
 	p->items[p->head].refusal = NULL;
+	free(p->items[p->head].review_sql);
+	free(p->items[p->head].review_params);
+	p->items[p->head].review_sql = p->items[p->head].review_params = NULL;
 	audit_stmt_free(p->items[p->head].audit);
 	p->items[p->head].audit = NULL;
 	Expectation *e = &p->items[p->head];

@@ -28,8 +28,12 @@ typedef struct {
 	uint64_t seq;          /* statement sequence number in the session */
 	bool internal;         /* injected by the gateway: every response is swallowed */
 	bool catalog;          /* internal: the masking catalog query (its rows are read) */
+	bool estimate;         /* internal: EXPLAIN for estimated_rows_over (its rows are read) */
 	char release_ready;    /* internal: its ReadyForQuery releases the client's, with this status */
 	int64_t max_rows;      /* row limit for the result, 0: none */
+	int64_t review_rows;   /* returned_rows_over: past this the result is cut off, 0: none */
+	char *review_sql;      /* ... and the statement and parameters a request to run it again names */
+	char *review_params;
 	char *refusal;         /* the gateway refused it: the upstream error is replaced by this */
 	const char *refusal_sqlstate;
 	struct AuditStmt *audit; /* the statement's audit record in the making (owned) */

@@ -19,6 +19,8 @@
 #include "core/util.h"
 #include "policy/cache.h"
 #include "session/cancel.h"
+#include "session/hold.h"
+#include "approval/approval.h"
 #include "session/session_internal.h"
 #include "session/audit_trail.h"
 #include "audit/audit.h"
@@ -46,6 +48,7 @@ typedef struct Prepared {
 	char *name; /* 'P' + protocol name, or 'S' + SQL PREPARE name */
 	CachedFacts *facts;
 	RowPlan *rowplan; /* its rows are masked in the gateway (mask/rowmask.c) */
+	char *sql;        /* its text: a Bind held for approval names it */
 	struct Prepared *next;
 } Prepared;
 
@@ -67,7 +70,7 @@ static Prepared *prepared_find(Session *s, const char *name)
 	return NULL;
 }
 
-static void prepared_put(Session *s, char ns, const char *name, CachedFacts *facts)
+static void prepared_put(Session *s, char ns, const char *name, CachedFacts *facts, const char *sql)
 {
 	char key[300];
 	snprintf(key, sizeof key, "%c%s", ns, name);
@@ -88,6 +91,8 @@ static void prepared_put(Session *s, char ns, const char *name, CachedFacts *fac
 	}
 	cached_facts_ref(facts);
 	p->facts = facts;
+	free(p->sql);
+	p->sql = ns == 'P' ? xstrdup(sql) : NULL;
 }
 
 void session__free_prepared(Session *s)
@@ -100,6 +105,7 @@ void session__free_prepared(Session *s)
 			Prepared *next = p->next;
 			cached_facts_release(p->facts);
 			rowplan_release(p->rowplan);
+			free(p->sql);
 			free(p->name);
 			free(p);
 			p = next;
@@ -130,9 +136,14 @@ static const QueryFacts *lookup_sql_prepared(void *arg, const char *name)
 /* ---- policy refresh ---- */
 
 /* Picks up a reloaded config before the next statement (policies apply to open sessions). */
+static bool policy_stale(const Session *s)
+{
+	return s->policy_generation != config_live_generation() || s->grants_generation != approval_grants_generation();
+}
+
 static void refresh_policy(Session *s)
 {
-	if (config_live_generation() == s->policy_generation)
+	if (!policy_stale(s))
 		return;
 	Config *c = config_current();
 	if (!c)
@@ -247,7 +258,7 @@ typedef enum {
 	ACT_FORWARD,
 	ACT_REPLACED,  /* refused: dropped, the refusal is queued */
 	ACT_REWRITTEN, /* masked: dropped, the rewritten message is already queued upstream */
-	ACT_WAIT,
+	ACT_HOLD,      /* held for approval: it stays in client.in (session/hold.c) */
 	ACT_CLOSED
 } Action;
 
@@ -348,14 +359,33 @@ static Action mask_statement(Session *s, char type, const char *sql, const char 
 	return ACT_REWRITTEN;
 }
 
+static Action estimate_gate(Session *s, const char *sql, int nstmts, bool has_params, const Decision **d,
+			    Decision *resolved);
+
 static Action inspect_query(Session *s, const char *sql, size_t len, char type, const char *stmt_name,
 			    const uint8_t *rest, size_t restlen)
 {
 	CachedFacts *cf = facts_cache_get(s->sw_cache, sql, len);
-	Decision scratch;
+	Decision scratch, resolved;
 	const Decision *d = cached_decide(cf, s->policy, lookup_sql_prepared, s, &scratch);
 	const QueryFacts *q = cached_facts(cf);
 	Action a = ACT_FORWARD;
+	if (d->kind == DEC_REVIEW) {
+		if (type == 'P') {
+			/* A Parse runs nothing: its Bind is reviewed, with the parameters. */
+			resolved = *d;
+			resolved.kind = DEC_ALLOW;
+		} else if (session__review(s, sql, NULL, d, &resolved) == HOLD_WAIT) {
+			cached_facts_release(cf);
+			return ACT_HOLD;
+		}
+		d = &resolved;
+	}
+	if (d->kind == DEC_ALLOW && d->estimate_over && !d->approval[0] && type != 'P' &&
+	    estimate_gate(s, sql, q->nstmts, false, &d, &resolved) == ACT_HOLD) {
+		cached_facts_release(cf);
+		return ACT_HOLD;
+	}
 	/* A refusal by masking logs and records its own decision instead of the policy's. */
 	if (d->kind == DEC_ALLOW && s->policy->masks_columns &&
 	    (a = mask_statement(s, type, sql, stmt_name, rest, restlen, q)) == ACT_REPLACED) {
@@ -369,7 +399,7 @@ static Action inspect_query(Session *s, const char *sql, size_t len, char type, 
 		return refuse(s, type, d);
 	}
 	if (type == 'P') {
-		prepared_put(s, 'P', stmt_name, cf);
+		prepared_put(s, 'P', stmt_name, cf, sql);
 		Prepared *p = protocol_prepared(s, stmt_name);
 		if (p) {
 			rowplan_release(p->rowplan);
@@ -379,9 +409,83 @@ static Action inspect_query(Session *s, const char *sql, size_t len, char type, 
 	}
 	for (int i = 0; i < q->nstmts; i++)
 		if (q->stmts[i].prepare_name)
-			prepared_put(s, 'S', q->stmts[i].prepare_name, cf);
+			prepared_put(s, 'S', q->stmts[i].prepare_name, cf, NULL);
 	cached_facts_release(cf);
 	return a;
+}
+
+static bool bind_has_params(const uint8_t *body, size_t blen)
+{
+	MsgReader r;
+	msgr_init(&r, body, blen);
+	msgr_str(&r);
+	msgr_str(&r);
+	uint16_t nformats = msgr_u16(&r);
+	msgr_bytes(&r, 2 * (size_t)nformats);
+	return msgr_u16(&r) != 0 || r.failed;
+}
+
+/*
+ * estimated_rows_over: the statement waits for the planner's estimate, then passes or is held
+ * for review like any other (*d then points to resolved). Once held, its request decides.
+ */
+static Action estimate_gate(Session *s, const char *sql, int nstmts, bool has_params, const Decision **d,
+			    Decision *resolved)
+{
+	Decision held;
+	if (!s->held_id[0]) {
+		EstimateOutcome eo = session__estimate(s, sql, nstmts, has_params, *d, &held);
+		if (eo == EST_WAIT)
+			return ACT_HOLD;
+		if (eo == EST_UNDER)
+			return ACT_FORWARD;
+	} else {
+		held = **d; /* judged again after its request changed: only the request matters now */
+		held.kind = DEC_REVIEW;
+		held.policy = (*d)->estimate_by;
+		held.rule = "estimated_rows";
+	}
+	HoldOutcome h = session__review(s, sql, NULL, &held, resolved);
+	if (h == HOLD_WAIT)
+		return ACT_HOLD;
+	*d = resolved;
+	return ACT_FORWARD;
+}
+
+/* returned_rows_over: what the next Execute of this portal runs, for a request to run it again. */
+static void remember_bind(Session *s, const char *sql, const uint8_t *body, size_t blen)
+{
+	MsgReader r;
+	msgr_init(&r, body, blen);
+	const char *portal = msgr_str(&r);
+	free(s->rows_portal);
+	free(s->rows_sql);
+	free(s->rows_params);
+	s->rows_portal = xstrdup(portal ? portal : "");
+	s->rows_sql = xstrdup(sql ? sql : "");
+	s->rows_params = session__bind_params(body, blen);
+}
+
+/* Sets the returned_rows_over cut-off of a Query or Execute, unless an approval lifts it. */
+static void review_rows(Session *s, Expectation *e, char type, const uint8_t *body, size_t blen)
+{
+	const char *sql = NULL, *params = NULL;
+	if (type == 'Q') {
+		sql = (const char *)body;
+	} else {
+		MsgReader r;
+		msgr_init(&r, body, blen);
+		const char *portal = msgr_str(&r);
+		if (!portal || !s->rows_portal || strcmp(portal, s->rows_portal) != 0)
+			return; /* not a portal this session bound under the rule */
+		sql = s->rows_sql;
+		params = s->rows_params;
+	}
+	if (session__rows_approved(s, sql, params))
+		return;
+	e->review_rows = s->policy->returned_rows_over;
+	e->review_sql = xstrdup(sql);
+	e->review_params = params ? xstrdup(params) : NULL;
 }
 
 /* Decides one whole client message that may need inspection. */
@@ -440,6 +544,21 @@ static Action inspect_client_message(Session *s, char type, const uint8_t *body,
 		}
 		/* Judged again at every Bind: cheap (memoized), and a reload applies at once. */
 		const Decision *d = cached_decide(p->facts, s->policy, lookup_sql_prepared, s, &scratch);
+		Decision resolved;
+		if (d->kind == DEC_REVIEW) {
+			char *params = session__bind_params(body, blen);
+			HoldOutcome h = session__review(s, p->sql ? p->sql : "", params, d, &resolved);
+			free(params);
+			if (h == HOLD_WAIT)
+				return ACT_HOLD;
+			d = &resolved;
+		}
+		if (d->kind == DEC_ALLOW && d->estimate_over && !d->approval[0] &&
+		    estimate_gate(s, p->sql ? p->sql : "", cached_facts(p->facts)->nstmts, bind_has_params(body, blen), &d,
+				  &resolved) == ACT_HOLD)
+			return ACT_HOLD;
+		if (d->kind == DEC_ALLOW && s->policy->returned_rows_over)
+			remember_bind(s, p->sql, body, blen);
 		audit_decided(s, 'B', NULL, body, blen, d);
 		if (d->kind == DEC_BLOCK) {
 			log_decision(s, cached_facts(p->facts), d);
@@ -463,7 +582,8 @@ static Action inspect_client_message(Session *s, char type, const uint8_t *body,
 
 static bool wants_whole(const Session *s, char type)
 {
-	return (s->inspecting && (type == 'Q' || type == 'P' || type == 'B' || type == 'F')) ||
+	return (s->inspecting && (type == 'Q' || type == 'P' || type == 'B' || type == 'F' ||
+				  (type == 'E' && s->policy->returned_rows_over))) ||
 	       (s->auditing && (type == 'Q' || type == 'P' || type == 'B' || type == 'E' || type == 'F')) ||
 	       (s->policy->masks_columns && (type == 'B' || type == 'D' || type == 'E' || type == 'C'));
 }
@@ -532,8 +652,9 @@ static RowPlan *rowplan_client_message(Session *s, char type, const uint8_t *bod
 }
 
 /*
- * An Execute taken whole only for the audit is never refused or rewritten, so it is read
- * where it stands: a Bind/Describe/Execute/Sync group leaves in one piece. A masked
+ * An Execute is taken whole only to be read (for the audit, or a returned-rows review) and
+ * is never refused, held or rewritten, so it is read where it stands: a
+ * Bind/Describe/Execute/Sync group leaves in one piece. A masked
  * session's Execute may be preceded by an internal Describe (rowplan_client_message), which
  * must follow the Bind before it upstream: there the bytes before it go first, as for any
  * message taken whole.
@@ -613,7 +734,7 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 			if (avail - fwd < total)
 				break; /* wait for the whole message */
 			/* The policy that judges this message also decides how it is read (below). */
-			if (s->policy_generation != config_live_generation()) {
+			if (policy_stale(s)) {
 				refresh_policy(s);
 				if (s->state != SESS_READY)
 					return 0;
@@ -654,6 +775,16 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 			}
 			if (a == ACT_CLOSED)
 				return 0;
+			if (a == ACT_HOLD) {
+				/* Nothing of it went anywhere: it is judged again when its request changes. */
+				audit_stmt_free(s->audit_pending);
+				s->audit_pending = NULL;
+				rowplan_release(s->rowplan_next);
+				s->rowplan_next = NULL;
+				break;
+			}
+			if (s->held_id[0]) /* the policy no longer holds what was held */
+				session__hold_drop(s, "the policy no longer holds the statement");
 			if (a == ACT_REPLACED) {
 				evbuffer_drain(in, total); /* the refused message itself is dropped */
 				avail -= total;
@@ -673,6 +804,9 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 			}
 			if (e && (type == 'Q' || type == 'E'))
 				e->max_rows = s->policy->max_rows;
+			if (e && (type == 'Q' || type == 'E') && s->policy->returned_rows_over && s->inspecting &&
+			    (a == ACT_FORWARD || a == ACT_REWRITTEN))
+				review_rows(s, e, type, body, len - 4);
 			if (e && plan)
 				e->rowplan = rowplan_ref(plan);
 			if (type == 'Q') {
@@ -721,7 +855,7 @@ void session__relay_from_client(Session *s)
 			      "pgcordon: the credential of this session has expired; reconnect with a new one");
 		return;
 	}
-	if (s->policy_generation != config_live_generation()) {
+	if (policy_stale(s)) {
 		refresh_policy(s);
 		if (s->state != SESS_READY)
 			return;
@@ -788,12 +922,16 @@ static bool statement_end_buffered(Session *s, size_t offset)
 	return false;
 }
 
-/* The result passed max_rows: tell the client, stop the query, drop the rest. */
+/* The result passed max_rows or returned_rows_over: tell the client, stop the query, drop the rest. */
 static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra, size_t offset)
 {
-	char msg[200];
-	snprintf(msg, sizeof msg, "pgcordon: blocked by policy %.100s: the result exceeds max_rows %lld",
-		 s->policy->max_rows_by ? s->policy->max_rows_by : s->policy->names, (long long)e->max_rows);
+	char msg[400];
+	bool review = !(e->max_rows > 0 && s->rows > e->max_rows);
+	if (review)
+		session__rows_exceeded(s, e->review_sql, e->review_params, msg, sizeof msg);
+	else
+		snprintf(msg, sizeof msg, "pgcordon: blocked by policy %.100s: the result exceeds max_rows %lld",
+			 s->policy->max_rows_by ? s->policy->max_rows_by : s->policy->names, (long long)e->max_rows);
 	proto_build_error(extra, false, "42501", msg, NULL, NULL);
 	Expectation *fm = pipeline_front_mut(&s->pipeline);
 	if (fm && fm->audit) {
@@ -802,9 +940,11 @@ static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra, size_t 
 		fm->audit = NULL;
 	}
 	char qu[80];
-	log_event(LOG_INFO, "statement_cut_off", "session=%llu user=%s policy=%s rule=max_rows max_rows=%lld",
+	log_event(LOG_INFO, "statement_cut_off", "session=%llu user=%s policy=%s rule=%s rows=%lld",
 		  (unsigned long long)s->id, log_quote(qu, sizeof qu, s->user_name),
-		  s->policy->max_rows_by ? s->policy->max_rows_by : "-", (long long)e->max_rows);
+		  review ? (s->policy->returned_rows_by ? s->policy->returned_rows_by : "-")
+			 : (s->policy->max_rows_by ? s->policy->max_rows_by : "-"),
+		  review ? "returned_rows_over" : "max_rows", (long long)(review ? e->review_rows : e->max_rows));
 	s->discarding = true;
 	/* Cancel only a statement still running: if its end is already here, a cancel could only
 	 * hit whatever the session runs next. */
@@ -812,6 +952,13 @@ static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra, size_t 
 		session__send_cancel(s->worker->base, &s->cancel_target);
 		s->cancel_pending = true;
 	}
+}
+
+Expectation *session__last_internal(Session *s)
+{
+	Pipeline *p = &s->pipeline;
+	Expectation *e = p->count ? pipeline_at(p, p->count - 1) : NULL;
+	return e && e->internal ? e : NULL;
 }
 
 void session__send_internal(Session *s, const char *sql, char release_ready, bool catalog)
@@ -909,8 +1056,10 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 		return OUT_DROP;
 	}
 	/* Rows leave as DataRow, or as CopyData in COPY ... TO STDOUT: both count. */
-	if ((type == 'D' || type == 'd') && f && f->max_rows > 0 && (f->kind == EXP_QUERY || f->kind == EXP_EXECUTE)) {
-		if (++s->rows > f->max_rows) {
+	if ((type == 'D' || type == 'd') && f && (f->max_rows > 0 || f->review_rows > 0) &&
+	    (f->kind == EXP_QUERY || f->kind == EXP_EXECUTE)) {
+		++s->rows;
+		if ((f->max_rows > 0 && s->rows > f->max_rows) || (f->review_rows > 0 && s->rows > f->review_rows)) {
 			cut_off(s, f, extra, offset);
 			return OUT_DROP;
 		}
@@ -1033,6 +1182,12 @@ void session__relay_from_server(Session *s)
 		}
 		if (len > 4 && n < 6)
 			break;
+		const Expectation *front = pipeline_front(&s->pipeline);
+		if (front && front->estimate && (type == 'D' || type == 'E' || type == 'Z') && !s->masked_front) {
+			if (avail - fwd < 1 + (size_t)len)
+				break; /* the estimate reads it whole */
+			session__estimate_message(s, type, copy_out(s, in, fwd + 5, len - 4), len - 4);
+		}
 		if (s->masked_front) {
 			s->masked_front = false; /* the replacement put in place below */
 		} else if (session__mask_wants(s, pipeline_front(&s->pipeline), type, len > 4 ? hdr[5] : 0)) {

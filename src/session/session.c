@@ -18,6 +18,8 @@
 #include "auth/jwt.h"
 #include "auth/oidc.h"
 #include "session/cancel.h"
+#include "approval/approval.h"
+#include "session/hold.h"
 #include <openssl/crypto.h>
 #include <time.h>
 #include "session/session_internal.h"
@@ -95,6 +97,11 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 		sock_free(&s->server);
 		if (s->timer)
 			event_free(s->timer);
+		if (s->held_timer)
+			event_free(s->held_timer);
+		free(s->rows_portal);
+		free(s->rows_sql);
+		free(s->rows_params);
 		if (s->auth) {
 			util_wipe_free(s->auth->password);
 			free(s->auth->startup_body);
@@ -123,8 +130,9 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 EffectivePolicy *session__policy_acquire(Session *s, Config *c, char *const *groups, int ngroups)
 {
 	char key[2048];
-	int o = snprintf(key, sizeof key, "%llu\x1f%s\x1f%s\x1f%s", (unsigned long long)c->generation,
-			 s->database_name, s->user_name, s->role ? s->role : "");
+	uint64_t grants = approval_grants_generation();
+	int o = snprintf(key, sizeof key, "%llu.%llu\x1f%s\x1f%s\x1f%s", (unsigned long long)c->generation,
+			 (unsigned long long)grants, s->database_name, s->user_name, s->role ? s->role : "");
 	for (int i = 0; i < ngroups && o > 0 && (size_t)o < sizeof key; i++)
 		o += snprintf(key + o, sizeof key - (size_t)o, "\x1f%s", groups[i]);
 	SessionWorker *sw = s->sw;
@@ -137,6 +145,8 @@ EffectivePolicy *session__policy_acquire(Session *s, Config *c, char *const *gro
 		sp->key = xstrdup(o > 0 && (size_t)o < sizeof key ? key : "");
 		sp->ep = policy_effective(c, s->user_name, groups, ngroups, s->database_name);
 		policy_set_role(sp->ep, s->role);
+		if (sp->ep->scoped)
+			approval_apply_grants(sp->ep, s->user_name, groups, ngroups);
 		sp->config = config_ref(c);
 		if (sp->key[0]) { /* an identity too long for a key is simply not shared */
 			sp->next = sw->policies;
@@ -147,6 +157,7 @@ EffectivePolicy *session__policy_acquire(Session *s, Config *c, char *const *gro
 	s->shared_policy = sp;
 	s->policy = sp->ep;
 	s->policy_generation = c->generation;
+	s->grants_generation = grants;
 	s->inspecting = !sp->ep->allow_all && !sp->ep->unrestricted;
 	return sp->ep;
 }
@@ -198,6 +209,7 @@ void session_close(Session *s, const char *reason, const char *sqlstate, const c
 	if (s->client.out && evbuffer_get_length(s->client.out) > 0 && !s->client.handshaking)
 		sock_flush(&s->client);
 	s->state = SESS_CLOSED;
+	session__hold_drop(s, "the client's session ended");
 	session__audit_session_end(s, reason);
 
 	char qreason[200], quser[80], qdb[80];
@@ -380,9 +392,17 @@ void session__send_cancel(struct event_base *base, const CancelTarget *t)
 static void handle_cancel(Session *s, const StartupPacket *sp)
 {
 	CancelTarget t;
-	if (!cancel_lookup(sp->cancel_pid, sp->cancel_key, &t)) {
+	char held[24];
+	if (!cancel_lookup(sp->cancel_pid, sp->cancel_key, &t, held)) {
 		log_event(LOG_INFO, "cancel_ignored", "peer=%s reason=\"unknown key\"", s->peer);
 		session_close(s, "cancel request with unknown key", NULL, NULL);
+		return;
+	}
+	if (held[0]) {
+		/* The statement waits for an approval, not upstream: the request ends instead. */
+		approval_cancel(held, "cancelled by the client");
+		log_event(LOG_INFO, "approval_cancelled", "peer=%s request=%s", s->peer, held);
+		session_close(s, "cancel request", NULL, NULL);
 		return;
 	}
 	session__send_cancel(s->worker->base, &t);
@@ -913,6 +933,8 @@ static void on_notify(Worker *w)
 		after = s->next;
 		if (s->state == SESS_AUTH_WAIT_KEYS)
 			try_token(s, true); /* with retry it verifies or refuses: never waits twice */
+		else if (s->held_id[0] && s->state == SESS_READY)
+			session__hold_wake(s);
 		else if (s->audit_holding && audit_durable(w->index) >= s->audit_ticket) {
 			s->audit_holding = false;
 			s->audit_released = true;

@@ -96,6 +96,7 @@ struct Session {
 	EffectivePolicy *policy;
 	struct SharedPolicy *shared_policy;
 	uint64_t policy_generation;
+	uint64_t grants_generation; /* approval_grants_generation() the policy was made at */
 	bool inspecting;           /* statements must be judged (the policy restricts something) */
 	FactsCache *sw_cache;      /* the worker's facts cache */
 	struct Prepared **prepared; /* prepared statements and their facts, by name */
@@ -135,6 +136,15 @@ struct Session {
 	struct RowPlan *rowplan_next;  /* the row plan of the statement being decided */
 	struct PortalPlan *portals;    /* portals bound to statements with a row plan */
 	MaskBuf mask_buf;              /* a masked value being built */
+	/* Approvals (session/hold.c) */
+	char held_id[17];              /* the request the message at the front of client.in waits for */
+	struct event *held_timer;      /* its wait deadline */
+	int estimate_state;            /* ESTIMATE_* (session/hold.c) */
+	bool estimate_failed;
+	int64_t estimate_rows;
+	char *rows_portal;             /* returned_rows_over: the last Bind's portal, statement and */
+	char *rows_sql;                /* parameters, for the Execute that follows */
+	char *rows_params;
 	Session *prev, *next;
 };
 
@@ -166,6 +176,8 @@ void session__balance(Session *s);
 
 /* An internal statement for the upstream, whose answers the client never sees. */
 void session__send_internal(Session *s, const char *sql, char release_ready, bool catalog);
+/* The internal expectation session__send_internal just queued (to mark it), or NULL. */
+Expectation *session__last_internal(Session *s);
 void session__mask_start_load(Session *s);
 bool session__mask_catalog_stale(Session *s);
 /* Whether the upstream message (answering f) must be seen whole by masking. */

@@ -1,0 +1,640 @@
+/* Approval requests and grants: the in-memory table, its rules, and its audit records. */
+#include "approval/approval.h"
+
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "approval/store.h"
+#include "approval/webhook.h"
+#include "audit/audit.h"
+#include "core/log.h"
+#include "core/util.h"
+
+static const char *const status_names[] = {"pending", "approved", "denied", "expired", "cancelled"};
+
+/*
+ * Each request is its API representation plus what matching needs, kept in fields of the
+ * same object ("digest", "*_us" times). The table is small (pending requests are bounded;
+ * decided ones leave memory a day after their last use).
+ */
+static struct {
+	pthread_mutex_t mu;
+	json_t **reqs; /* oldest first */
+	size_t n, cap;
+	char *node;
+	ApprovalWakeFn wake;
+	void *wake_arg;
+	uint64_t grants_gen;   /* atomic */
+	int64_t next_grant_change_us; /* atomic: the next expiry of an active grant */
+	bool started;
+} T = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static int64_t now_us(void) { return audit_now_us(); }
+
+static const char *str(const json_t *r, const char *key)
+{
+	const char *s = json_string_value(json_object_get(r, key));
+	return s ? s : "";
+}
+
+static int64_t num(const json_t *r, const char *key) { return (int64_t)json_integer_value(json_object_get(r, key)); }
+
+static ApprovalStatus status_of(const json_t *r)
+{
+	const char *s = str(r, "status");
+	for (int i = 0; i < 5; i++)
+		if (strcmp(s, status_names[i]) == 0)
+			return (ApprovalStatus)i;
+	return APR_UNKNOWN;
+}
+
+static void set_time(json_t *r, const char *key, int64_t us)
+{
+	char t[AUDIT_TIME_LEN];
+	audit_format_time(us, t);
+	json_object_set_new(r, key, json_string(t));
+	char k[64];
+	snprintf(k, sizeof k, "%s_us", key);
+	json_object_set_new(r, k, json_integer(us));
+}
+
+static json_t *find_locked(const char *id)
+{
+	for (size_t i = T.n; i-- > 0;)
+		if (strcmp(str(T.reqs[i], "id"), id) == 0)
+			return T.reqs[i];
+	return NULL;
+}
+
+static void add_locked(json_t *r)
+{
+	if (T.n == T.cap) {
+		T.cap = T.cap ? T.cap * 2 : 64;
+		T.reqs = xrealloc(T.reqs, T.cap * sizeof *T.reqs);
+	}
+	T.reqs[T.n++] = r;
+}
+
+/* Drops requests decided more than a day ago (the store and the audit trail keep them). */
+static void forget_old_locked(int64_t now)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < T.n; i++) {
+		json_t *r = T.reqs[i];
+		int64_t last = num(r, "decided_at_us") > num(r, "valid_until_us") ? num(r, "decided_at_us")
+										    : num(r, "valid_until_us");
+		if (status_of(r) != APR_PENDING && last && now - last > 86400LL * 1000000)
+			json_decref(r);
+		else
+			T.reqs[o++] = r;
+	}
+	T.n = o;
+}
+
+static void wake(void)
+{
+	if (T.wake)
+		T.wake(T.wake_arg);
+}
+
+static void grants_changed_locked(void)
+{
+	int64_t now = now_us(), next = INT64_MAX;
+	for (size_t i = 0; i < T.n; i++) {
+		json_t *r = T.reqs[i];
+		int64_t until = num(r, "valid_until_us");
+		if (strcmp(str(r, "kind"), "grant") == 0 && status_of(r) == APR_APPROVED && until > now && until < next)
+			next = until;
+	}
+	__atomic_store_n(&T.next_grant_change_us, next, __ATOMIC_RELEASE);
+	__atomic_add_fetch(&T.grants_gen, 1, __ATOMIC_ACQ_REL);
+}
+
+/* A change: persisted (and announced to other gateways), audited, notified. */
+static void changed(json_t *r, const char *event)
+{
+	approval_store_put(r);
+	char *text = json_dumps(r, JSON_COMPACT);
+	if (text) {
+		/* The record is the request as it now stands, under its event name. */
+		size_t n = strlen(text);
+		char *body = xasprintf("{\"event\":\"%s\",\"request\":%.*s}", event, (int)n, text);
+		audit_submit(audit_other_queue(), "approval", str(r, "session_id")[0] ? str(r, "session_id") : NULL,
+			     str(r, "requester"), str(r, "database"), body);
+	}
+	const char *hook = str(r, "webhook");
+	if (hook[0] && text) {
+		char line[600];
+		const char *who = str(r, "decided_by");
+		if (strcmp(event, "opened") == 0 && strcmp(str(r, "kind"), "grant") == 0)
+			snprintf(line, sizeof line, "pgcordon: grant request %s by %s is waiting for approval: %s", str(r, "id"),
+				 str(r, "requester"), str(r, "why"));
+		else if (strcmp(event, "opened") == 0)
+			snprintf(line, sizeof line, "pgcordon: %s request %s by %s on %s is waiting for approval: %s (%.200s)",
+				 str(r, "kind"), str(r, "id"), str(r, "requester"), str(r, "database"), str(r, "why"),
+				 str(r, "statement"));
+		else
+			snprintf(line, sizeof line, "pgcordon: request %s by %s was %s%s%s", str(r, "id"), str(r, "requester"),
+				 str(r, "status"), who[0] ? " by " : "", who);
+		json_t *msg = json_pack("{ss sO}", "text", line, "pgcordon", r);
+		char *m = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+		json_decref(msg);
+		if (m)
+			webhook_send(hook, m);
+	}
+	free(text);
+}
+
+bool approval_start(const Config *c, ApprovalWakeFn wake_fn, void *arg, char *err, size_t errlen)
+{
+	T.wake = wake_fn;
+	T.wake_arg = arg;
+	free(T.node);
+	T.node = xstrdup(c->audit_node);
+	T.started = true;
+	if (!webhook_start(err, errlen))
+		return false;
+	json_t **loaded = NULL;
+	size_t nloaded = 0;
+	if (!approval_store_start(c, &loaded, &nloaded, err, errlen))
+		return false;
+	pthread_mutex_lock(&T.mu);
+	for (size_t i = 0; i < nloaded; i++)
+		add_locked(loaded[i]);
+	grants_changed_locked();
+	pthread_mutex_unlock(&T.mu);
+	free(loaded);
+	return true;
+}
+
+void approval_stop(void)
+{
+	approval_store_stop();
+	webhook_stop();
+	pthread_mutex_lock(&T.mu);
+	for (size_t i = 0; i < T.n; i++)
+		json_decref(T.reqs[i]);
+	free(T.reqs);
+	T.reqs = NULL;
+	T.n = T.cap = 0;
+	T.started = false;
+	pthread_mutex_unlock(&T.mu);
+}
+
+/* A change made by another gateway (through the shared store). */
+void approval__merge(json_t *r)
+{
+	pthread_mutex_lock(&T.mu);
+	json_t *mine = find_locked(str(r, "id"));
+	bool grant = strcmp(str(r, "kind"), "grant") == 0;
+	if (!mine) {
+		add_locked(json_incref(r));
+	} else if (status_of(mine) == APR_PENDING && status_of(r) != APR_PENDING) {
+		/* Decisions flow in; a request this gateway already ended stays ended here. */
+		json_object_update(mine, r);
+	} else {
+		grant = false;
+	}
+	if (grant)
+		grants_changed_locked();
+	pthread_mutex_unlock(&T.mu);
+	wake();
+}
+
+void approval_digest(const char *statement, const char *parameters, char out[APPROVAL_DIGEST_LEN])
+{
+	unsigned char md[32];
+	unsigned len = 0;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+	EVP_DigestUpdate(ctx, statement, strlen(statement) + 1);
+	if (parameters)
+		EVP_DigestUpdate(ctx, parameters, strlen(parameters));
+	EVP_DigestFinal_ex(ctx, md, &len);
+	EVP_MD_CTX_free(ctx);
+	util_hex_encode(md, 32, out);
+}
+
+static json_t *string_array(char *const *items, int n)
+{
+	json_t *a = json_array();
+	for (int i = 0; i < n; i++)
+		json_array_append_new(a, json_string(items[i]));
+	return a;
+}
+
+static void new_id(char id[APPROVAL_ID_LEN])
+{
+	unsigned char b[8];
+	util_random(b, sizeof b);
+	util_hex_encode(b, sizeof b, id);
+}
+
+bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created)
+{
+	*created = false;
+	int64_t now = now_us();
+	bool retry = a->settings->mode == APPROVAL_RETRY;
+	pthread_mutex_lock(&T.mu);
+	size_t pending = 0;
+	for (size_t i = 0; i < T.n; i++) {
+		json_t *r = T.reqs[i];
+		if (status_of(r) != APR_PENDING)
+			continue;
+		pending++;
+		if (retry && strcmp(str(r, "mode"), "retry") == 0 && strcmp(str(r, "digest"), a->digest) == 0 &&
+		    strcmp(str(r, "requester"), a->requester) == 0 && strcmp(str(r, "database"), a->database) == 0) {
+			snprintf(id, APPROVAL_ID_LEN, "%s", str(r, "id"));
+			pthread_mutex_unlock(&T.mu);
+			return true;
+		}
+	}
+	if (pending >= APPROVAL_PENDING_MAX) {
+		pthread_mutex_unlock(&T.mu);
+		return false;
+	}
+	forget_old_locked(now);
+	new_id(id);
+	json_t *params = a->parameters ? json_loads(a->parameters, 0, NULL) : NULL;
+	json_t *r = json_pack("{ss ss ss ss so ss ss ss ss so ss ss ss ss ss so ss}", "id", id, "kind", "statement",
+			      "status", "pending", "requester", a->requester, "groups", string_array(a->groups, a->ngroups),
+			      "database", a->database, "node", T.node, "session_id", a->session_id, "statement",
+			      a->statement, "parameters", params ? params : json_array(), "policy", a->why->policy,
+			      "rule", a->why->rule, "why", a->why->why, "mode", retry ? "retry" : "wait", "digest",
+			      a->digest, "approvers",
+			      string_array(a->settings->approvers.items, a->settings->approvers.n), "webhook",
+			      a->settings->webhook ? a->settings->webhook : "");
+	set_time(r, "created", now);
+	if (!retry)
+		set_time(r, "deadline", now + (int64_t)a->settings->wait_ms * 1000);
+	json_object_set_new(r, "valid_for_ms", json_integer(a->settings->valid_for_ms));
+	json_object_set_new(r, "decided_by", json_null());
+	json_object_set_new(r, "decided_at", json_null());
+	json_object_set_new(r, "decision_reason", json_null());
+	json_object_set_new(r, "valid_until", json_null());
+	add_locked(r);
+	changed(r, "opened");
+	pthread_mutex_unlock(&T.mu);
+	*created = true;
+	return true;
+}
+
+bool approval_find_usable(const char *requester, const char *database, const char *digest, char id[APPROVAL_ID_LEN])
+{
+	int64_t now = now_us();
+	bool found = false;
+	pthread_mutex_lock(&T.mu);
+	for (size_t i = T.n; i-- > 0 && !found;) {
+		json_t *r = T.reqs[i];
+		if (status_of(r) == APR_APPROVED && strcmp(str(r, "kind"), "statement") == 0 &&
+		    strcmp(str(r, "mode"), "retry") == 0 && num(r, "valid_until_us") > now &&
+		    strcmp(str(r, "digest"), digest) == 0 && strcmp(str(r, "requester"), requester) == 0 &&
+		    strcmp(str(r, "database"), database) == 0) {
+			snprintf(id, APPROVAL_ID_LEN, "%s", str(r, "id"));
+			found = true;
+		}
+	}
+	pthread_mutex_unlock(&T.mu);
+	return found;
+}
+
+ApprovalStatus approval_status(const char *id, char *by, size_t bylen, char *reason, size_t reasonlen)
+{
+	pthread_mutex_lock(&T.mu);
+	json_t *r = find_locked(id);
+	ApprovalStatus st = r ? status_of(r) : APR_UNKNOWN;
+	if (r && by)
+		snprintf(by, bylen, "%s", str(r, "decided_by"));
+	if (r && reason)
+		snprintf(reason, reasonlen, "%s", str(r, "decision_reason"));
+	pthread_mutex_unlock(&T.mu);
+	return st;
+}
+
+static ApprovalStatus end_pending(const char *id, ApprovalStatus to, const char *why)
+{
+	pthread_mutex_lock(&T.mu);
+	json_t *r = find_locked(id);
+	ApprovalStatus st = r ? status_of(r) : APR_UNKNOWN;
+	if (st == APR_PENDING) {
+		json_object_set_new(r, "status", json_string(status_names[to]));
+		set_time(r, "decided_at", now_us());
+		json_object_set_new(r, "decision_reason", json_string(why));
+		changed(r, status_names[to]);
+		st = to;
+	}
+	pthread_mutex_unlock(&T.mu);
+	return st;
+}
+
+ApprovalStatus approval_cancel(const char *id, const char *why) { return end_pending(id, APR_CANCELLED, why); }
+
+ApprovalStatus approval_expire(const char *id)
+{
+	return end_pending(id, APR_EXPIRED, "not decided in time");
+}
+
+/* ---- grants ---- */
+
+uint64_t approval_grants_generation(void)
+{
+	int64_t next = __atomic_load_n(&T.next_grant_change_us, __ATOMIC_ACQUIRE);
+	if (next != INT64_MAX && next != 0 && now_us() >= next) {
+		pthread_mutex_lock(&T.mu);
+		if (now_us() >= T.next_grant_change_us)
+			grants_changed_locked(); /* a grant expired */
+		pthread_mutex_unlock(&T.mu);
+	}
+	return __atomic_load_n(&T.grants_gen, __ATOMIC_ACQUIRE);
+}
+
+static bool has_group(char *const *groups, int n, const char *g)
+{
+	for (int i = 0; i < n; i++)
+		if (strcmp(groups[i], g) == 0)
+			return true;
+	return false;
+}
+
+void approval_apply_grants(EffectivePolicy *ep, const char *user, char *const *groups, int ngroups)
+{
+	int64_t now = now_us();
+	pthread_mutex_lock(&T.mu);
+	for (size_t i = 0; i < T.n; i++) {
+		json_t *r = T.reqs[i];
+		if (strcmp(str(r, "kind"), "grant") != 0 || status_of(r) != APR_APPROVED || num(r, "valid_until_us") <= now)
+			continue;
+		json_t *g = json_object_get(r, "grant");
+		const char *gu = str(g, "user"), *gg = str(g, "group");
+		if (!(gu[0] && strcmp(gu, user) == 0) && !(gg[0] && has_group(groups, ngroups, gg)))
+			continue;
+		bool write = strcmp(str(g, "access"), "write") == 0;
+		size_t k;
+		json_t *t;
+		json_array_foreach(json_object_get(g, "tables"), k, t)
+			if (json_is_string(t))
+				policy_add_grant(ep, str(r, "id"), json_string_value(t), write);
+	}
+	pthread_mutex_unlock(&T.mu);
+}
+
+/* ---- the admin API ---- */
+
+static bool in_groups(const ApprovalCaller *who, const json_t *groups)
+{
+	size_t i;
+	json_t *g;
+	json_array_foreach(groups, i, g)
+		if (json_is_string(g) && has_group(who->groups, who->ngroups, json_string_value(g)))
+			return true;
+	return false;
+}
+
+/* What the API shows: the request without the fields kept for matching. */
+static json_t *public_view(const json_t *r)
+{
+	json_t *v = json_deep_copy(r);
+	const char *k;
+	void *tmp;
+	json_t *x;
+	json_object_foreach_safe(v, tmp, k, x)
+	{
+		size_t n = strlen(k);
+		if (strcmp(k, "digest") == 0 || strcmp(k, "webhook") == 0 || (n > 3 && strcmp(k + n - 3, "_us") == 0))
+			json_object_del(v, k);
+	}
+	return v;
+}
+
+static bool may_see(const ApprovalCaller *who, const json_t *r)
+{
+	return who->auditor || in_groups(who, json_object_get(r, "approvers")) || strcmp(str(r, "requester"), who->name) == 0;
+}
+
+json_t *approval_list(const ApprovalCaller *who, const char *status)
+{
+	int want = -1;
+	if (status && strcmp(status, "all") != 0) {
+		for (int i = 0; i < 5; i++)
+			if (strcmp(status, status_names[i]) == 0)
+				want = i;
+		if (want < 0)
+			return NULL;
+	} else if (!status) {
+		want = APR_PENDING;
+	}
+	approval_grants_generation(); /* expiries first */
+	json_t *list = json_array();
+	pthread_mutex_lock(&T.mu);
+	for (size_t i = T.n; i-- > 0;) {
+		json_t *r = T.reqs[i];
+		if ((want < 0 || status_of(r) == (ApprovalStatus)want) && may_see(who, r))
+			json_array_append_new(list, public_view(r));
+	}
+	pthread_mutex_unlock(&T.mu);
+	return json_pack("{so}", "approvals", list);
+}
+
+json_t *approval_get(const ApprovalCaller *who, const char *id)
+{
+	pthread_mutex_lock(&T.mu);
+	json_t *r = find_locked(id);
+	json_t *v = r && may_see(who, r) ? public_view(r) : NULL;
+	pthread_mutex_unlock(&T.mu);
+	return v;
+}
+
+static json_t *api_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static json_t *api_error(const char *fmt, ...)
+{
+	char m[300];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(m, sizeof m, fmt, ap);
+	va_end(ap);
+	return json_pack("{ss}", "error", m);
+}
+
+unsigned approval_decide(const ApprovalCaller *who, const char *id, bool approve, const char *reason, json_t **out)
+{
+	pthread_mutex_lock(&T.mu);
+	json_t *r = find_locked(id);
+	unsigned code = 200;
+	if (!r) {
+		code = 404;
+		*out = api_error("no approval request %s", id);
+	} else if (!in_groups(who, json_object_get(r, "approvers"))) {
+		code = 403;
+		*out = api_error("%s is in none of this request's approver groups", who->name);
+	} else if (strcmp(str(r, "requester"), who->name) == 0) {
+		code = 403;
+		*out = api_error("%s cannot decide their own request", who->name);
+	} else if (status_of(r) != APR_PENDING) {
+		code = 409;
+		*out = api_error("the request is already %s", str(r, "status"));
+	}
+	if (code != 200) {
+		pthread_mutex_unlock(&T.mu);
+		return code;
+	}
+	/* With a shared store another gateway may decide it at the same moment: the store picks
+	 * one. That is a round trip, made without holding the table (workers use it). */
+	json_t *snapshot = json_incref(r);
+	pthread_mutex_unlock(&T.mu);
+	bool claimed = approval_store_claim(snapshot, approve ? "approved" : "denied");
+	json_decref(snapshot);
+	pthread_mutex_lock(&T.mu);
+	r = find_locked(id);
+	if (!claimed || !r || status_of(r) != APR_PENDING) {
+		/* Decided or ended elsewhere (or here, by its deadline) meanwhile. */
+		*out = api_error("the request %s is already %s", id, r ? str(r, "status") : "gone");
+		pthread_mutex_unlock(&T.mu);
+		return 409;
+	}
+	int64_t now = now_us();
+	json_object_set_new(r, "status", json_string(approve ? "approved" : "denied"));
+	json_object_set_new(r, "decided_by", json_string(who->name));
+	set_time(r, "decided_at", now);
+	json_object_set_new(r, "decision_reason", reason ? json_string(reason) : json_null());
+	bool grant = strcmp(str(r, "kind"), "grant") == 0;
+	if (approve) {
+		int64_t span = grant ? num(json_object_get(r, "grant"), "duration_s") * 1000000
+				     : num(r, "valid_for_ms") * 1000;
+		if (grant || strcmp(str(r, "mode"), "retry") == 0)
+			set_time(r, "valid_until", now + span);
+	}
+	changed(r, approve ? "approved" : "denied");
+	if (grant)
+		grants_changed_locked();
+	*out = public_view(r);
+	pthread_mutex_unlock(&T.mu);
+	char qu[80], qb[80];
+	log_event(LOG_INFO, approve ? "approval_approved" : "approval_denied", "id=%s requester=%s by=%s", id,
+		  log_quote(qu, sizeof qu, str(*out, "requester")), log_quote(qb, sizeof qb, who->name));
+	wake();
+	return 200;
+}
+
+static bool valid_table(const char *t)
+{
+	size_t n = strlen(t);
+	if (n == 0 || n > 127 || t[0] == '.' || t[n - 1] == '.' || strstr(t, ".."))
+		return false;
+	int dots = 0;
+	for (const char *p = t; *p; p++) {
+		if (*p == '.')
+			dots++;
+		else if (!(*p == '_' || *p == '*' || *p == '$' || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9')))
+			return false;
+	}
+	/* A star only as a whole table part: "schema.*". */
+	const char *star = strchr(t, '*');
+	return dots <= 1 && (!star || (dots == 1 && star == t + n - 1 && star[-1] == '.'));
+}
+
+unsigned approval_request_grant(const Config *c, const ApprovalCaller *who, json_t *body, json_t **out)
+{
+	static const char *const known[] = {"user", "group", "tables", "access", "duration", "reason", NULL};
+	const char *k;
+	json_t *v;
+	json_object_foreach(body, k, v)
+	{
+		bool ok = false;
+		for (const char *const *q = known; *q && !ok; q++)
+			ok = strcmp(*q, k) == 0;
+		if (!ok) {
+			*out = api_error("unknown field \"%.60s\" (user, group, tables, access, duration, reason)", k);
+			return 400;
+		}
+	}
+	json_t *u = json_object_get(body, "user"), *g = json_object_get(body, "group"),
+	       *tables = json_object_get(body, "tables"), *access = json_object_get(body, "access"),
+	       *duration = json_object_get(body, "duration"), *reason = json_object_get(body, "reason");
+	if ((u != NULL) == (g != NULL) || (u && !json_is_string(u)) || (g && !json_is_string(g)) ||
+	    json_string_length(u ? u : g) == 0 || json_string_length(u ? u : g) > 63) {
+		*out = api_error("%s", "give exactly one of \"user\" or \"group\", a name");
+		return 400;
+	}
+	if (!json_is_array(tables) || json_array_size(tables) == 0 || json_array_size(tables) > 100) {
+		*out = api_error("%s", "\"tables\" must be a list of 1 to 100 table patterns");
+		return 400;
+	}
+	size_t i;
+	json_array_foreach(tables, i, v)
+		if (!json_is_string(v) || !valid_table(json_string_value(v)) || strcmp(json_string_value(v), "*") == 0) {
+			*out = api_error("%s", "each table must be schema.table, schema.* or table (lower case)");
+			return 400;
+		}
+	const char *acc = access ? json_string_value(access) : "read";
+	if (!acc || (strcmp(acc, "read") != 0 && strcmp(acc, "write") != 0)) {
+		*out = api_error("%s", "\"access\" must be read or write");
+		return 400;
+	}
+	int64_t secs;
+	if (!json_is_string(duration) || !config_parse_period_s(json_string_value(duration), &secs) || secs < 1 ||
+	    secs > 7 * 86400) {
+		*out = api_error("%s", "\"duration\" must be a period like 30m, 2h (at most 7d)");
+		return 400;
+	}
+	if (!json_is_string(reason) || json_string_length(reason) == 0 || json_string_length(reason) > 1000) {
+		*out = api_error("%s", "\"reason\" is required (a string of at most 1000 characters)");
+		return 400;
+	}
+	ApprovalSettings a;
+	config_approval_settings(c, NULL, &a);
+	if (!a.approvers.n) {
+		*out = api_error("%s", "no approvals.approvers are configured: grants cannot be decided");
+		return 400;
+	}
+	char id[APPROVAL_ID_LEN];
+	new_id(id);
+	int64_t now = now_us();
+	char why[200];
+	snprintf(why, sizeof why, "%s access for %s %s for %s", acc, u ? "user" : "group",
+		 json_string_value(u ? u : g), json_string_value(duration));
+	json_t *grant = json_pack("{sO sO sO ss sI}", "user", u ? u : json_null(), "group", g ? g : json_null(), "tables",
+				  tables, "access", acc, "duration_s", (json_int_t)secs);
+	json_t *r = json_pack("{ss ss ss ss so ss ss ss ss so ss ss ss so ss ss}", "id", id, "kind", "grant", "status",
+			      "pending", "requester", who->name, "groups", string_array(who->groups, who->ngroups),
+			      "database", "", "node", T.node, "session_id", "", "statement", "", "grant", grant,
+			      "policy", "", "rule", "grant", "why", why, "approvers",
+			      string_array(a.approvers.items, a.approvers.n), "mode", "", "webhook",
+			      a.webhook ? a.webhook : "");
+	json_object_set(r, "request_reason", reason);
+	set_time(r, "created", now);
+	json_object_set_new(r, "decided_by", json_null());
+	json_object_set_new(r, "decided_at", json_null());
+	json_object_set_new(r, "decision_reason", json_null());
+	json_object_set_new(r, "valid_until", json_null());
+	pthread_mutex_lock(&T.mu);
+	add_locked(r);
+	changed(r, "opened");
+	*out = public_view(r);
+	pthread_mutex_unlock(&T.mu);
+	return 201;
+}
+
+json_t *approval_list_grants(const ApprovalCaller *who, bool all)
+{
+	int64_t now = now_us();
+	json_t *list = json_array();
+	pthread_mutex_lock(&T.mu);
+	for (size_t i = T.n; i-- > 0;) {
+		json_t *r = T.reqs[i];
+		if (strcmp(str(r, "kind"), "grant") != 0 || !may_see(who, r))
+			continue;
+		bool active = status_of(r) == APR_APPROVED && num(r, "valid_until_us") > now;
+		if (!all && !active)
+			continue;
+		json_t *v = public_view(r);
+		json_object_set_new(v, "active", json_boolean(active));
+		json_array_append_new(list, v);
+	}
+	pthread_mutex_unlock(&T.mu);
+	return json_pack("{so}", "grants", list);
+}

@@ -1,0 +1,96 @@
+/*
+ * Approval requests and time-bound grants (docs/approvals.md). One table of requests per
+ * gateway, each a JSON object (the API's representation), behind one mutex: sessions open,
+ * look up and cancel requests from worker threads (never blocking on I/O); the admin API
+ * decides them from its threads. A change wakes the workers through the callback given to
+ * approval_start, and held sessions look at their request again. With a store
+ * (approval/store.h) every change is written there by a background thread, and with a
+ * PostgreSQL store other gateways' changes arrive by LISTEN/NOTIFY.
+ */
+#ifndef PGC_APPROVAL_H
+#define PGC_APPROVAL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "policy/policy.h"
+
+#define APPROVAL_ID_LEN 17 /* 16 hex digits and a NUL */
+#define APPROVAL_DIGEST_LEN 65
+#define APPROVAL_PENDING_MAX 10000
+
+typedef enum { APR_PENDING, APR_APPROVED, APR_DENIED, APR_EXPIRED, APR_CANCELLED, APR_UNKNOWN } ApprovalStatus;
+
+/* Called (on any thread) after a request changed: held sessions look again. */
+typedef void (*ApprovalWakeFn)(void *arg);
+
+/* Starts with c's node name and store (audit.store; none: requests live in memory only). */
+bool approval_start(const Config *c, ApprovalWakeFn wake, void *arg, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+void approval_stop(void);
+
+/* ---- sessions (worker threads) ---- */
+
+typedef struct {
+	const char *requester;
+	char *const *groups;
+	int ngroups;
+	const char *database;
+	const char *session_id;  /* the audit session id, or "" */
+	const char *statement;   /* as sent */
+	const char *parameters;  /* a JSON array (text values, null), or NULL */
+	const char *digest;      /* SHA-256 hex of the statement and its parameters */
+	const Decision *why;     /* the hold: policy, rule, detail */
+	const ApprovalSettings *settings;
+} ApprovalAsk;
+
+/*
+ * Opens a request (in retry mode, the one still pending for the same statement by the same
+ * identity, if any). Returns false when too many requests are pending.
+ * created: true when it is new (notify the requester and the webhook).
+ */
+bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created);
+/* Retry mode: an approved request for this statement by this identity, usable now. */
+bool approval_find_usable(const char *requester, const char *database, const char *digest,
+			  char id[APPROVAL_ID_LEN]);
+/* The status of a request; who decided it and why, when decided. */
+ApprovalStatus approval_status(const char *id, char *by, size_t bylen, char *reason, size_t reasonlen);
+/* Ends a pending request as cancelled (the client left or cancelled) or expired (not decided
+ * in time). Returns the request's status afterwards: it may have been decided meanwhile. */
+ApprovalStatus approval_cancel(const char *id, const char *why);
+ApprovalStatus approval_expire(const char *id);
+
+/* The statement digest: SHA-256 hex of the text and each parameter. */
+void approval_digest(const char *statement, const char *parameters, char out[APPROVAL_DIGEST_LEN]);
+
+/* ---- grants ---- */
+
+/* Changes whenever the set of active grants changes (including by expiry). Cheap. */
+uint64_t approval_grants_generation(void);
+/* Adds the active grants of this identity to ep's scope. */
+void approval_apply_grants(EffectivePolicy *ep, const char *user, char *const *groups, int ngroups);
+
+/* ---- the admin API (its own threads) ---- */
+
+typedef struct {
+	const char *name;
+	char *const *groups;
+	int ngroups;
+	bool auditor; /* sees every request */
+} ApprovalCaller;
+
+/* {"approvals": [...]}, newest first; status "pending", ..., "all". NULL: bad status. */
+json_t *approval_list(const ApprovalCaller *who, const char *status);
+/* One request, or NULL (not found, or not the caller's to see). */
+json_t *approval_get(const ApprovalCaller *who, const char *id);
+/* Approves or denies; returns the HTTP status (200, 403, 404, 409) and the request or an error. */
+unsigned approval_decide(const ApprovalCaller *who, const char *id, bool approve, const char *reason, json_t **out);
+/* Opens a grant request from the API's JSON body; returns 201 or 400 with the request or an error. */
+unsigned approval_request_grant(const Config *c, const ApprovalCaller *who, json_t *body, json_t **out);
+/* {"grants": [...]}: approved grants; all: also expired and undecided ones. */
+json_t *approval_list_grants(const ApprovalCaller *who, bool all);
+
+#endif

@@ -1,0 +1,32 @@
+/*
+ * Where approval requests outlive the process and, with PostgreSQL, are shared between
+ * gateways: table approval_requests (id, node, status, body) next to the audit records of
+ * audit.store. Writes go through a background thread; with PostgreSQL each write is
+ * followed by NOTIFY pgcordon_approvals, and a listener thread hands other gateways'
+ * changes to approval__merge. Without audit.store requests live in memory only.
+ */
+#ifndef PGC_APPROVAL_STORE_H
+#define PGC_APPROVAL_STORE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config/config.h"
+
+/* Opens the store and loads the requests worth keeping (pending, and decided in the last day). */
+bool approval_store_start(const Config *c, json_t ***loaded, size_t *n, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+void approval_store_stop(void);
+/* Queues a write of r as it now stands (r is copied). */
+void approval_store_put(const json_t *r);
+/*
+ * Moves r from pending to status in a shared store, where another gateway may have decided
+ * it first: false then. Blocks (the admin API's threads only). True without a shared store.
+ */
+bool approval_store_claim(const json_t *r, const char *status);
+
+/* A request changed by another gateway (approval.c). */
+void approval__merge(json_t *r);
+
+#endif
