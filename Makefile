@@ -3,7 +3,7 @@
 
 CC ?= cc
 BUILD ?= build
-PKGS := libevent libevent_pthreads openssl yaml-0.1 jansson libcurl sqlite3 libpq libmicrohttpd
+PKGS := libevent libevent_pthreads openssl yaml-0.1 jansson libcurl sqlite3 libpq libmicrohttpd libzstd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

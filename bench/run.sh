@@ -29,7 +29,6 @@ INSPECT_COST=${INSPECT_COST:-1}   # 1 = build and run bench/inspect_cost.c (need
 INSPECT_MS=${INSPECT_MS:-100}     # inspect_cost: ms per timed repetition
 MIN_RULES=20                      # the policy instance must enforce at least this many rules
 AUDIT_VERIFY=${AUDIT_VERIFY:-1}   # 1 = check each audit trail's chain (pgcordon audit verify) after the runs
-SQLITE3=${SQLITE3:-sqlite3}       # CLI used to count the audit records
 CC=${CC:-cc}
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -61,7 +60,7 @@ for b in "$PGBIN/initdb" "$PGBIN/pg_ctl" "$PGBIN/postgres" "$PY"; do
 done
 for b in pgbench psql; do command -v "$b" >/dev/null || die "required program missing: $b"; done
 has_target pgbouncer && { [[ -x "$PGBOUNCER" ]] || die "required program missing: $PGBOUNCER"; }
-has_audit && { command -v "$SQLITE3" >/dev/null || die "required program missing: $SQLITE3 (apt-get install sqlite3)"; }
+has_audit && { "$PY" -c 'import zstandard' 2>/dev/null || die "$PY cannot import zstandard, needed to read the audit stores (apt-get install python3-zstandard)"; }
 "$PY" -c 'import psycopg' 2>/dev/null || (( IDLE_CONNS == 0 )) \
   || die "$PY cannot import psycopg (apt-get install python3-psycopg)"
 for t in $TARGETS; do
@@ -475,13 +474,13 @@ fi
 # (STORE.key) is created at first start.
 audit_db() { case $1 in pgcordon-audit) echo "$TMP/audit.db";; pgcordon-audit-strict) echo "$TMP/audit-strict.db";; esac; }
 audit_durability() { case $1 in pgcordon-audit) echo default;; pgcordon-audit-strict) echo strict;; esac; }
-audit_sql() {  # audit_sql DB SQL : query a store (WAL mode, so it is readable while the gateway writes)
-  "$SQLITE3" -batch -noheader -cmd '.timeout 5000' "$1" "$2"
+audit_stats() {  # audit_stats CMD DB [SQL] : read a store (bench/audit_stats.py; WAL mode, so readable while written)
+  "$PY" "$BENCH_DIR/audit_stats.py" "$@"
 }
-audit_stmt_count() { audit_sql "$1" "select count(*) from audit_records where kind = 'statement'"; }
+audit_stmt_count() { audit_stats count "$1"; }
 AUDIT_CHECK_SQL='SELECT abalance FROM pgbench_accounts WHERE aid = 1'
 audit_check_count() {  # statement records of AUDIT_CHECK_SQL in store $1
-  audit_sql "$1" "select count(*) from audit_records where kind = 'statement' and json_extract(body, '\$.sql') = '$AUDIT_CHECK_SQL'"
+  audit_stats check "$1" "$AUDIT_CHECK_SQL"
 }
 
 for t in pgcordon-audit pgcordon-audit-strict; do
@@ -508,8 +507,7 @@ EOF
     for ((i = 0; i < 50 && now <= before; i++)); do sleep 0.1; now=$(audit_check_count "$db"); done
     (( now > before )) || die "$t: no statement record in $db 5 s after the statement"
   fi
-  body=$(audit_sql "$db" "select body from audit_records where kind = 'statement' and
-    json_extract(body, '\$.sql') = '$AUDIT_CHECK_SQL' order by seq desc limit 1")
+  body=$(audit_stats last "$db" "$AUDIT_CHECK_SQL")
   log "audit check: $t (durability $(audit_durability "$t")) recorded a statement record: ${body:0:300}"
 done
 
@@ -742,9 +740,7 @@ if (( ${#AUDIT_LIST[@]} )); then
     during_runs pgbench_tx rec/tx other_rec db_bytes bytes/stmt "MB/1000_stmt" body_b/stmt
   for t in "${AUDIT_LIST[@]}"; do
     db=$(audit_db "$t")
-    stmts=$(audit_stmt_count "$db")
-    other=$(audit_sql "$db" "select count(*) from audit_records where kind <> 'statement'")
-    body=$(audit_sql "$db" "select coalesce(avg(length(body)), 0) from audit_records where kind = 'statement'")
+    read -r stmts other body kinds < <(audit_stats summary "$db")
     # main file plus whatever WAL is left (none after a clean close)
     bytes=$(( $(stat -c %s "$db") + $( [[ -f $db-wal ]] && stat -c %s "$db-wal" || echo 0) ))
     ntx=$(awk -F'\t' -v t="$t" '$1 == t {n += $7} END {printf "%d", n}' "$RESULTS")
@@ -755,13 +751,13 @@ if (( ${#AUDIT_LIST[@]} )); then
       bs = (s > 0) ? sprintf("%.1f", b / s) : "-"
       mb = (s > 0) ? sprintf("%.3f", b / s * 1000 / 1e6) : "-"
       printf "%-22s %-8s %12d %12d %12d %9s %10d %12d %10s %14s %10.1f\n", t, d, s, dr, n, rt, o, b, bs, mb, bl }'
-    kinds=$(audit_sql "$db" "select kind || '=' || count(*) from audit_records group by kind order by kind" | tr '\n' ' ')
-    log "$t: records by kind: ${kinds% }; db $db ($(du -k "$db" | cut -f1) KiB on disk)"
+    log "$t: records by kind: $kinds; db $db ($(du -k "$db" | cut -f1) KiB on disk)"
   done
   echo "# stmt_records: statement records in the store; during_runs: those written during the pgbench runs;"
   echo "# pgbench_tx: transactions pgbench reported for the target's successful runs (one statement each);"
-  echo "# bytes/stmt and MB/1000_stmt: db_bytes (the whole file, indexes and the few non-statement"
-  echo "# records included) / stmt_records, MB = 10^6 bytes; body_b/stmt: mean length of a statement record's body"
+  echo "# bytes/stmt and MB/1000_stmt: db_bytes (the whole file: zstd-compressed batches, the small session"
+  echo "# tables and the few non-statement records) / stmt_records, MB = 10^6 bytes;"
+  echo "# body_b/stmt: mean length of a statement record's JSON body, uncompressed"
   for t in "${AUDIT_LIST[@]}"; do
     line=""
     for mode in "${MODE_LIST[@]}"; do

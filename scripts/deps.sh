@@ -5,9 +5,9 @@ set -euo pipefail
 packages=(
   build-essential pkg-config
   libevent-dev libssl-dev libyaml-dev libjansson-dev libcmocka-dev
-  libpg-query-dev libprotobuf-c-dev libcurl4-openssl-dev libsqlite3-dev libpq-dev libmicrohttpd-dev sqlite3
+  libpg-query-dev libprotobuf-c-dev libcurl4-openssl-dev libsqlite3-dev libpq-dev libmicrohttpd-dev libzstd-dev sqlite3
   postgresql postgresql-client pgbouncer
-  python3-pytest python3-psycopg python3-jwt python3-cryptography
+  python3-pytest python3-psycopg python3-jwt python3-cryptography python3-zstandard
   default-jdk-headless libpostgresql-jdbc-java
   nodejs
 )

@@ -22,6 +22,7 @@ typedef struct Event {
 	const char *session_id, *user, *database; /* in strings, or NULL */
 	int64_t time_us;
 	char *body; /* JSON text */
+	size_t body_len;
 	int q;
 	uint64_t ticket;
 	struct Event *next;
@@ -39,6 +40,13 @@ typedef struct {
 	pthread_mutex_t mu;
 	Event *head, *tail;
 	uint64_t submitted;
+	size_t count; /* queued now */
+	/*
+	 * Events the writer is done with, handed back so that the thread that allocated them
+	 * frees them: glibc frees memory of another thread's arena under that arena's lock,
+	 * and the writer freeing every event contended with the workers' own mallocs.
+	 */
+	Event *garbage;
 	uint64_t durable; /* atomic */
 } Queue;
 
@@ -106,8 +114,29 @@ void audit_format_time(int64_t us, char out[AUDIT_TIME_LEN])
 	out[n + 7] = 0;
 }
 
+static void event_free(Event *e)
+{
+	free(e->body);
+	free(e);
+}
+
+static void free_events(Event *e)
+{
+	while (e) {
+		Event *next = e->next;
+		event_free(e);
+		e = next;
+	}
+}
+
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
 		      char *body)
+{
+	return audit_submit_at(q, audit_now_us(), kind, session_id, user, database, body, body ? strlen(body) : 0);
+}
+
+uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
+			 const char *database, char *body, size_t body_len)
 {
 	if (!W.started) {
 		free(body);
@@ -123,8 +152,9 @@ uint64_t audit_submit(int q, const char *kind, const char *session_id, const cha
 	e->user = user ? memcpy(p, user, lu) : NULL;
 	p += lu;
 	e->database = database ? memcpy(p, database, ld) : NULL;
-	e->time_us = audit_now_us();
+	e->time_us = time_us;
 	e->body = body;
+	e->body_len = body_len;
 	e->q = q;
 	e->next = NULL;
 	Queue *qu = &W.queues[q];
@@ -135,7 +165,11 @@ uint64_t audit_submit(int q, const char *kind, const char *session_id, const cha
 	else
 		qu->head = e;
 	qu->tail = e;
+	qu->count++;
+	Event *garbage = qu->garbage;
+	qu->garbage = NULL;
 	pthread_mutex_unlock(&qu->mu);
+	free_events(garbage);
 	if (W.strict) {
 		/* Group commit: the writer starts the next batch as soon as it is free. */
 		pthread_mutex_lock(&W.mu);
@@ -146,47 +180,69 @@ uint64_t audit_submit(int q, const char *kind, const char *session_id, const cha
 	return ticket;
 }
 
-static void event_free(Event *e)
+
+/* A batch's records as the store takes them; reused from batch to batch (writer thread only). */
+typedef struct {
+	StoredRecord *recs;
+	char (*times)[AUDIT_TIME_LEN];
+	char (*tags)[AUDIT_TAG_HEX];
+	size_t cap;
+	char prev[AUDIT_TAG_HEX]; /* the tag before the batch (the chain state moves on before the store sees it) */
+} Scratch;
+
+static Scratch S;
+
+static void scratch_reserve(size_t n)
 {
-	free(e->body);
-	free(e);
+	if (n <= S.cap)
+		return;
+	size_t cap = S.cap ? S.cap : 256;
+	while (cap < n)
+		cap *= 2;
+	S.recs = xrealloc(S.recs, cap * sizeof *S.recs);
+	S.times = xrealloc(S.times, cap * sizeof *S.times);
+	S.tags = xrealloc(S.tags, cap * sizeof *S.tags);
+	S.cap = cap;
 }
 
-/* Appends one chained record inside the open transaction; advances the chain copy c. */
-static bool write_record(ChainState *c, const char *kind, const char *session_id, const char *user,
-			 const char *database, int64_t time_us, const char *body, char *err, size_t errlen)
+/* Chains record i of the scratch after the chain copy c and advances c. */
+static void chain_record(ChainState *c, size_t i, const char *kind, const char *session_id, const char *user,
+			 const char *database, int64_t time_us, const char *body, size_t body_len)
 {
-	char time[AUDIT_TIME_LEN], newtag[AUDIT_TAG_HEX];
-	audit_format_time(time_us, time);
-	StoredRecord r = {
-		.node = W.node, .seq = c->seq + 1, .time = time, .kind = kind,
+	audit_format_time(time_us, S.times[i]);
+	if (i == 0)
+		memcpy(S.prev, c->tag, AUDIT_TAG_HEX);
+	StoredRecord *r = &S.recs[i];
+	*r = (StoredRecord){
+		.node = W.node, .seq = c->seq + 1, .time = S.times[i], .kind = kind,
 		.session_id = session_id ? session_id : "", .user_name = user ? user : "",
-		.database = database ? database : "", .body = body, .prev_tag = c->tag,
+		.database = database ? database : "", .body = body, .body_len = body_len,
+		.prev_tag = i ? S.tags[i - 1] : S.prev, .tag = S.tags[i],
 	};
-	chain_tag(c->key, &r, newtag);
-	r.tag = newtag;
-	if (!store_insert(W.st, &r, err, errlen))
-		return false;
+	chain_tag(c->key, r, S.tags[i]);
 	c->seq++;
 	chain_next_key(c->key);
-	memcpy(c->tag, newtag, AUDIT_TAG_HEX);
-	return true;
+}
+
+/* The chain after the last record chained into the scratch (its tag is in the scratch). */
+static void chain_settle(ChainState *c, size_t n)
+{
+	if (n)
+		memcpy(c->tag, S.tags[n - 1], AUDIT_TAG_HEX);
 }
 
 /* Writes the batch in one transaction. On failure nothing of it counts. */
-static bool write_batch(Event *batch, char *err, size_t errlen)
+static bool write_batch(Event *batch, size_t n, char *err, size_t errlen)
 {
 	ChainState c = W.chain;
+	scratch_reserve(n);
+	size_t i = 0;
+	for (Event *e = batch; e && i < n; e = e->next, i++)
+		chain_record(&c, i, e->kind, e->session_id, e->user, e->database, e->time_us, e->body, e->body_len);
+	chain_settle(&c, i);
 	if (!store_begin(W.st, err, errlen))
 		return false;
-	for (Event *e = batch; e; e = e->next) {
-		if (!write_record(&c, e->kind, e->session_id, e->user, e->database, e->time_us, e->body, err,
-				  errlen)) {
-			store_rollback(W.st);
-			return false;
-		}
-	}
-	if (!store_commit(W.st, err, errlen)) {
+	if (!store_append(W.st, S.recs, i, err, errlen) || !store_commit(W.st, err, errlen)) {
 		store_rollback(W.st);
 		return false;
 	}
@@ -212,11 +268,13 @@ static void prune(void)
 	char *text = json_dumps(body, JSON_COMPACT);
 	json_decref(body);
 	ChainState c = W.chain;
+	scratch_reserve(1);
+	chain_record(&c, 0, "prune", NULL, NULL, NULL, audit_now_us(), text, strlen(text));
+	chain_settle(&c, 1);
 	bool ok = store_begin(W.st, err, sizeof err);
 	if (ok) {
 		ok = store_delete_through(W.st, W.node, through, err, sizeof err) &&
-		     write_record(&c, "prune", NULL, NULL, NULL, audit_now_us(), text, err, sizeof err) &&
-		     store_commit(W.st, err, sizeof err);
+		     store_append(W.st, S.recs, 1, err, sizeof err) && store_commit(W.st, err, sizeof err);
 		if (!ok)
 			store_rollback(W.st);
 	}
@@ -237,7 +295,9 @@ static Event *drain(Event **tail, size_t *count)
 		Queue *qu = &W.queues[i];
 		pthread_mutex_lock(&qu->mu);
 		Event *h = qu->head, *t = qu->tail;
+		size_t n = qu->count;
 		qu->head = qu->tail = NULL;
+		qu->count = 0;
 		pthread_mutex_unlock(&qu->mu);
 		if (!h)
 			continue;
@@ -246,8 +306,7 @@ static Event *drain(Event **tail, size_t *count)
 		else
 			head = h;
 		*tail = t;
-		for (Event *e = h; e; e = e->next)
-			(*count)++;
+		*count += n; /* not by walking the list: its events are cold in this thread's cache */
 	}
 	return head;
 }
@@ -256,6 +315,26 @@ static void log_head(const char *why)
 {
 	log_event(LOG_INFO, "audit_head", "node=%s seq=%lld tag=%s reason=%s", W.node, (long long)W.chain.seq,
 		  W.chain.tag[0] ? W.chain.tag : "-", why);
+}
+
+/*
+ * Marks a committed batch durable and hands its events back to their queues (the batch is
+ * queue after queue, so each run of one queue is handed back under one lock).
+ */
+static void give_back(Event *batch)
+{
+	while (batch) {
+		Event *first = batch, *last = batch;
+		while (last->next && last->next->q == first->q)
+			last = last->next;
+		batch = last->next;
+		__atomic_store_n(&W.queues[first->q].durable, last->ticket, __ATOMIC_RELEASE);
+		Queue *qu = &W.queues[first->q];
+		pthread_mutex_lock(&qu->mu);
+		last->next = qu->garbage;
+		qu->garbage = first;
+		pthread_mutex_unlock(&qu->mu);
+	}
 }
 
 static void *writer_main(void *arg)
@@ -299,19 +378,15 @@ static void *writer_main(void *arg)
 		}
 		if (pending) {
 			char err[300], q[400];
-			if (write_batch(pending, err, sizeof err)) {
-				for (Event *e = pending, *next; e; e = next) {
-					next = e->next;
-					__atomic_store_n(&W.queues[e->q].durable, e->ticket, __ATOMIC_RELEASE);
-					event_free(e);
-				}
+			if (write_batch(pending, npending, err, sizeof err)) {
+				give_back(pending);
 				pending = pending_tail = NULL;
 				npending = 0;
 				if (failing)
 					log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
 				failing = false;
 				__atomic_store_n(&W.healthy, 1, __ATOMIC_RELEASE);
-				if (W.cb)
+				if (W.cb && W.strict) /* only strict mode holds sessions back until their ticket */
 					W.cb(W.cb_arg);
 			} else {
 				if (!failing)
@@ -352,6 +427,10 @@ static void *writer_main(void *arg)
 	}
 	log_head("stop");
 	chain_release_thread();
+	free(S.recs);
+	free(S.times);
+	free(S.tags);
+	S = (Scratch){0};
 	return NULL;
 }
 
@@ -363,7 +442,7 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 	if (!W.st)
 		return false;
 	W.node = xstrdup(c->audit_node);
-	if (!store_head(W.st, W.node, &W.chain.seq, W.chain.tag, err, errlen)) {
+	if (!store_upgrade(W.st, err, errlen) || !store_head(W.st, W.node, &W.chain.seq, W.chain.tag, err, errlen)) {
 		store_close(W.st);
 		return false;
 	}
@@ -413,6 +492,13 @@ void audit_stop(void)
 	pthread_cond_signal(&W.cond);
 	pthread_mutex_unlock(&W.mu);
 	pthread_join(W.thread, NULL);
+	for (int i = 0; i < W.nqueues; i++) {
+		pthread_mutex_lock(&W.queues[i].mu);
+		Event *g = W.queues[i].garbage;
+		W.queues[i].garbage = NULL;
+		pthread_mutex_unlock(&W.queues[i].mu);
+		free_events(g);
+	}
 	store_close(W.st);
 	W.st = NULL;
 	W.started = false;

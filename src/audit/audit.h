@@ -39,6 +39,9 @@ bool audit_store_healthy(void);
  */
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
 		      char *body);
+/* The same, for an event that happened at time_us (audit_now_us) rather than now, whose body is body_len bytes. */
+uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
+			 const char *database, char *body, size_t body_len);
 uint64_t audit_durable(int q);
 /* The queue for threads other than the workers (admin API, approvals). */
 int audit_other_queue(void);

@@ -24,7 +24,7 @@ void chain_key_at(const uint8_t first[AUDIT_KEY_LEN], int64_t n, uint8_t out[AUD
 void chain_next_key(uint8_t key[AUDIT_KEY_LEN]);
 /* The tag of r (its own tag field is ignored) under key, as 64 hex digits. */
 void chain_tag(const uint8_t key[AUDIT_KEY_LEN], const StoredRecord *r, char out[AUDIT_TAG_HEX]);
-/* Frees the calling thread's MAC context (chain_tag keeps one per thread). */
+/* Nothing to free any more (chain_tag keeps no context); kept for its callers. */
 void chain_release_thread(void);
 
 #endif

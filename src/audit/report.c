@@ -335,6 +335,14 @@ static bool verify_one(const StoredRecord *r, void *arg)
 			v->bad = true;
 			return false;
 		}
+		if (r->seq > 1 && !r->prev_tag[0]) {
+			/* The store does not know what it follows: the records before it were taken out. */
+			snprintf(o->problem, sizeof o->problem,
+				 "record seq=%lld: deleted (records before seq=%lld are missing)", (long long)r->seq - 1,
+				 (long long)r->seq);
+			v->bad = true;
+			return false;
+		}
 	}
 	if (r->seq != v->expect) {
 		snprintf(o->problem, sizeof o->problem, "record seq=%lld: deleted (missing between seq=%lld and seq=%lld)",

@@ -29,9 +29,14 @@ void store_rollback(AuditStore *st)
 	(void)st->ops->exec(st, "ROLLBACK", err, sizeof err);
 }
 
-bool store_insert(AuditStore *st, const StoredRecord *r, char *err, size_t errlen)
+bool store_append(AuditStore *st, const StoredRecord *r, size_t n, char *err, size_t errlen)
 {
-	return st->ops->insert(st, r, err, errlen);
+	return n == 0 || st->ops->append(st, r, n, err, errlen);
+}
+
+bool store_upgrade(AuditStore *st, char *err, size_t errlen)
+{
+	return !st->ops->upgrade || st->ops->upgrade(st, err, errlen);
 }
 
 bool store_head(AuditStore *st, const char *node, int64_t *seq, char tag[AUDIT_TAG_HEX], char *err, size_t errlen)

@@ -1,7 +1,8 @@
 /*
- * The audit store: one append-only table of chained records, in SQLite (WAL) or in a
- * PostgreSQL database of its own. One AuditStore is one connection; use it from one
- * thread at a time. Errors come back in err; nothing here logs.
+ * The audit store: chained records, appended a commit batch at a time, in SQLite (WAL; one
+ * row per batch, see store_sqlite.c) or in a PostgreSQL database of its own (one row per
+ * record). One AuditStore is one connection; use it from one thread at a time. Errors come
+ * back in err; nothing here logs.
  */
 #ifndef PGC_AUDIT_STORE_H
 #define PGC_AUDIT_STORE_H
@@ -21,6 +22,7 @@ typedef struct {
 	const char *user_name;  /* "" when none; a copy of the body's, for filtering */
 	const char *database;   /* "" when none; likewise */
 	const char *body;       /* the record as JSON text, exactly as hashed */
+	size_t body_len;        /* strlen(body) when known, else 0 */
 	const char *prev_tag;
 	const char *tag;
 } StoredRecord;
@@ -46,15 +48,26 @@ void store_close(AuditStore *st);
 bool store_begin(AuditStore *st, char *err, size_t errlen) __attribute__((warn_unused_result));
 bool store_commit(AuditStore *st, char *err, size_t errlen) __attribute__((warn_unused_result));
 void store_rollback(AuditStore *st);
-bool store_insert(AuditStore *st, const StoredRecord *r, char *err, size_t errlen) __attribute__((warn_unused_result));
+/* Appends n records, consecutive in seq, inside the open transaction. */
+bool store_append(AuditStore *st, const StoredRecord *r, size_t n, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+/*
+ * Brings a store made by an earlier version to the current layout (the writer calls it
+ * before anything else; readers read either layout). Tags do not depend on the layout, so
+ * the chain carries over unchanged.
+ */
+bool store_upgrade(AuditStore *st, char *err, size_t errlen) __attribute__((warn_unused_result));
 
 /* The last record of node: *seq 0 and tag "" when there is none. */
 bool store_head(AuditStore *st, const char *node, int64_t *seq, char tag[AUDIT_TAG_HEX], char *err, size_t errlen)
 	__attribute__((warn_unused_result));
-/* The last record of node older than time (*seq 0 when none). */
+/*
+ * The last record of node older than time (*seq 0 when none): a point store_delete_through
+ * can cut at (in SQLite, the end of a batch).
+ */
 bool store_last_before(AuditStore *st, const char *node, const char *time, int64_t *seq, char tag[AUDIT_TAG_HEX],
 		       char *err, size_t errlen) __attribute__((warn_unused_result));
-/* Deletes node's records up to and including seq. */
+/* Deletes node's records up to and including seq (a point given by store_last_before). */
 bool store_delete_through(AuditStore *st, const char *node, int64_t seq, char *err, size_t errlen)
 	__attribute__((warn_unused_result));
 
@@ -67,7 +80,8 @@ bool store_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, 
 typedef struct {
 	void (*close)(AuditStore *st);
 	bool (*exec)(AuditStore *st, const char *sql, char *err, size_t errlen);
-	bool (*insert)(AuditStore *st, const StoredRecord *r, char *err, size_t errlen);
+	bool (*append)(AuditStore *st, const StoredRecord *r, size_t n, char *err, size_t errlen);
+	bool (*upgrade)(AuditStore *st, char *err, size_t errlen); /* NULL: nothing to do */
 	bool (*head)(AuditStore *st, const char *node, const char *before, int64_t *seq, char *tag, char *err,
 		     size_t errlen);
 	bool (*delete_through)(AuditStore *st, const char *node, int64_t seq, char *err, size_t errlen);

@@ -61,16 +61,21 @@ static bool pg_exec(AuditStore *st, const char *sql, char *err, size_t errlen)
 	return run(st->db, sql, 0, NULL, NULL, sql, err, errlen);
 }
 
-static bool pg_insert(AuditStore *st, const StoredRecord *r, char *err, size_t errlen)
+static bool pg_append(AuditStore *st, const StoredRecord *recs, size_t n, char *err, size_t errlen)
 {
-	char seq[24];
-	snprintf(seq, sizeof seq, "%lld", (long long)r->seq);
-	const char *p[10] = {r->node, seq, r->time, r->kind, r->session_id, r->user_name, r->database,
-			     r->body, r->prev_tag, r->tag};
-	return run(st->db,
-		   "INSERT INTO audit_records (node, seq, time, kind, session_id, user_name, database, body, prev_tag, tag)"
-		   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-		   10, p, NULL, "insert", err, errlen);
+	for (size_t i = 0; i < n; i++) {
+		const StoredRecord *r = &recs[i];
+		char seq[24];
+		snprintf(seq, sizeof seq, "%lld", (long long)r->seq);
+		const char *p[10] = {r->node, seq, r->time, r->kind, r->session_id, r->user_name, r->database,
+				     r->body, r->prev_tag, r->tag};
+		if (!run(st->db,
+			 "INSERT INTO audit_records (node, seq, time, kind, session_id, user_name, database, body, prev_tag,"
+			 " tag) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+			 10, p, NULL, "insert", err, errlen))
+			return false;
+	}
+	return true;
 }
 
 static bool pg_head(AuditStore *st, const char *node, const char *before, int64_t *seq, char *tag, char *err,
@@ -126,7 +131,7 @@ static bool pg_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *a
 static const StoreOps pg_ops = {
 	.close = pg_close,
 	.exec = pg_exec,
-	.insert = pg_insert,
+	.append = pg_append,
 	.head = pg_head,
 	.delete_through = pg_delete_through,
 	.scan = pg_scan,

@@ -121,6 +121,20 @@ void jw_key(JsonW *w, const char *key)
 	w->comma = false;
 }
 
+void jw_key_plain(JsonW *w, const char *key, size_t len)
+{
+	reserve(w, len + 4);
+	if (w->comma)
+		w->buf[w->len++] = ',';
+	w->buf[w->len++] = '"';
+	memcpy(w->buf + w->len, key, len);
+	w->len += len;
+	w->buf[w->len++] = '"';
+	w->buf[w->len++] = ':';
+	w->buf[w->len] = 0;
+	w->comma = false;
+}
+
 void jw_string(JsonW *w, const char *s)
 {
 	if (!s) {

@@ -27,6 +27,9 @@ void jw_end_object(JsonW *w);
 void jw_begin_array(JsonW *w);
 void jw_end_array(JsonW *w);
 void jw_key(JsonW *w, const char *key);
+/* A key that needs no escaping, given with its length (see JW_KEY): no pass over its bytes. */
+void jw_key_plain(JsonW *w, const char *key, size_t len);
+#define JW_KEY(w, lit) jw_key_plain((w), (lit), sizeof(lit) - 1)
 
 void jw_string(JsonW *w, const char *s); /* NULL writes null */
 /* Bytes as a string when they are valid UTF-8 (and not binary), else as {"hex": ...}. */

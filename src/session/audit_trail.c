@@ -24,7 +24,8 @@ struct AuditStmt {
 	char *columns;  /* JSON array text, NULL: no RowDescription yet */
 	JsonW rows;     /* the captured rows, as the inside of a JSON array */
 	size_t nrows;
-	uint8_t formats[1600]; /* per result column: 1 for binary */
+	uint8_t *formats; /* per result column: 1 for binary; formats_inline or malloc'd */
+	uint8_t formats_inline[32];
 	int ncols;
 	size_t bytes;
 	int64_t rows_sent;
@@ -45,7 +46,17 @@ struct AuditNames {
 	Named *statements[NAME_BUCKETS];
 	Named *portals[NAME_BUCKETS];
 	int count;
+	/* The last allowing decision as JSON: the same one repeats statement after statement. */
+	char *allow_policy, *allow_rule, *allow_json;
+	/* The last RowDescription and its columns as JSON, reused while the same one comes back. */
+	uint8_t *rowdesc;
+	size_t rowdesc_len;
+	char *rowdesc_json;
+	uint8_t *rowdesc_formats;
+	int rowdesc_ncols;
 };
+
+#define ROWDESC_CACHE_MAX 4096 /* bytes of RowDescription worth keeping for the comparison */
 
 static unsigned bucket(const char *name)
 {
@@ -109,6 +120,12 @@ void session__audit_free(Session *s)
 			named_free_list(an->statements[b]);
 			named_free_list(an->portals[b]);
 		}
+		free(an->allow_policy);
+		free(an->allow_rule);
+		free(an->allow_json);
+		free(an->rowdesc);
+		free(an->rowdesc_json);
+		free(an->rowdesc_formats);
 		free(an);
 		s->audit_names = NULL;
 	}
@@ -118,10 +135,22 @@ void session__audit_free(Session *s)
 	s->audit_pending = NULL;
 }
 
+/* Keeps n column formats: inline for the usual few columns, so a statement's record stays small. */
+static void set_formats(AuditStmt *a, const uint8_t *src, int n)
+{
+	if (a->formats && a->formats != a->formats_inline)
+		free(a->formats);
+	a->formats = n <= (int)sizeof a->formats_inline ? a->formats_inline : xmalloc((size_t)n);
+	memcpy(a->formats, src, (size_t)n);
+	a->ncols = n;
+}
+
 void audit_stmt_free(AuditStmt *a)
 {
 	if (!a)
 		return;
+	if (a->formats != a->formats_inline)
+		free(a->formats);
 	free(a->sql);
 	free(a->params);
 	free(a->decision);
@@ -145,6 +174,10 @@ static void key_int(JsonW *w, const char *key, int64_t value)
 	jw_key(w, key);
 	jw_int(w, value);
 }
+
+/* The same for keys written as literals, which need no escaping. */
+#define key_string_plain(w, lit, value) (JW_KEY(w, lit), jw_string(w, value))
+#define key_int_plain(w, lit, value) (JW_KEY(w, lit), jw_int(w, value))
 
 void session__audit_session_start(Session *s, const char *application_name)
 {
@@ -221,20 +254,35 @@ void session__audit_login_failed(Session *s, const char *method, const char *why
 
 static char *decision_json(Session *s, const Decision *d)
 {
+	struct AuditNames *an = s->audit_names;
+	bool block = d && d->kind == DEC_BLOCK;
+	const char *policy = d ? (d->policy ? d->policy : "") : s->policy ? s->policy->names : "";
+	const char *rule = d && d->rule ? d->rule : "";
+	if (!block && an && an->allow_json && strcmp(an->allow_policy, policy) == 0 && strcmp(an->allow_rule, rule) == 0)
+		return xstrdup(an->allow_json);
 	JsonW w;
 	jw_init(&w);
 	jw_begin_object(&w);
-	key_string(&w, "action", d && d->kind == DEC_BLOCK ? "block" : "allow");
-	key_string(&w, "policy", d ? (d->policy ? d->policy : "") : s->policy ? s->policy->names : "");
-	key_string(&w, "rule", d && d->rule ? d->rule : "");
-	if (d && d->kind == DEC_BLOCK)
+	key_string(&w, "action", block ? "block" : "allow");
+	key_string(&w, "policy", policy);
+	key_string(&w, "rule", rule);
+	if (block)
 		key_string(&w, "reason", d->message);
 	if (d && d->approval[0])
 		key_string(&w, "approval", d->approval);
 	if (d && d->grant)
 		key_string(&w, "grant", d->grant);
 	jw_end_object(&w);
-	return jw_take(&w);
+	char *json = jw_take(&w);
+	if (!block && an) {
+		free(an->allow_policy);
+		free(an->allow_rule);
+		free(an->allow_json);
+		an->allow_policy = xstrdup(policy);
+		an->allow_rule = xstrdup(rule);
+		an->allow_json = xstrdup(json);
+	}
+	return json;
 }
 
 static AuditStmt *stmt_new(const char *sql, char *params, char *decision)
@@ -321,10 +369,35 @@ static char *parse_columns(const uint8_t *body, size_t len, uint8_t *formats, in
 	return jw_take(&w);
 }
 
+/* parse_columns, remembering the last RowDescription: pgbench and most clients repeat it. */
+static char *columns_json(Session *s, const uint8_t *body, size_t len, uint8_t *formats, int *ncols)
+{
+	struct AuditNames *an = s->audit_names;
+	if (an && an->rowdesc_json && len == an->rowdesc_len && memcmp(body, an->rowdesc, len) == 0) {
+		memcpy(formats, an->rowdesc_formats, (size_t)an->rowdesc_ncols);
+		*ncols = an->rowdesc_ncols;
+		return xstrdup(an->rowdesc_json);
+	}
+	char *json = parse_columns(body, len, formats, ncols);
+	if (an && len <= ROWDESC_CACHE_MAX) {
+		free(an->rowdesc);
+		free(an->rowdesc_json);
+		free(an->rowdesc_formats);
+		an->rowdesc = xmalloc(len ? len : 1);
+		memcpy(an->rowdesc, body, len);
+		an->rowdesc_len = len;
+		an->rowdesc_json = xstrdup(json);
+		an->rowdesc_formats = xmalloc(*ncols ? (size_t)*ncols : 1);
+		memcpy(an->rowdesc_formats, formats, (size_t)*ncols);
+		an->rowdesc_ncols = *ncols;
+	}
+	return json;
+}
+
 void session__audit_described(Session *s, const uint8_t *body, size_t len)
 {
 	free(s->audit_columns);
-	s->audit_columns = parse_columns(body, len, s->audit_formats, &s->audit_ncols);
+	s->audit_columns = columns_json(s, body, len, s->audit_formats, &s->audit_ncols);
 }
 
 bool session__audit_wants(const AuditStmt *a, char type, uint32_t len)
@@ -407,7 +480,7 @@ static void error_json(JsonW *w, const uint8_t *body, size_t len)
 		const char *key = code == 'S' ? "severity" : code == 'C' ? "sqlstate" : code == 'M' ? "message"
 				: code == 'D' ? "detail" : code == 'H' ? "hint" : code == 'W' ? "where" : NULL;
 		if (key) {
-			jw_key(w, key);
+			jw_key_plain(w, key, strlen(key));
 			jw_text(w, (const uint8_t *)v, strlen(v), false);
 		}
 	}
@@ -423,57 +496,62 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 		a->n = ++s->audit_n; /* numbered when recorded: statements the server skipped get none */
 	JsonW w;
 	jw_init(&w);
+	/* Sized for the whole record at once: growing by doubling copied it two or three times. */
+	w.cap = 512 + 2 * strlen(a->sql) + a->rows.len + (a->params ? strlen(a->params) : 0) +
+		(a->columns ? strlen(a->columns) : 0) + error_len;
+	w.buf = xmalloc(w.cap);
 	jw_begin_object(&w);
-	key_string(&w, "session_id", s->audit_id);
-	key_int(&w, "n", (int64_t)a->n);
+	key_string_plain(&w, "session_id", s->audit_id);
+	key_int_plain(&w, "n", (int64_t)a->n);
 	if (a->part)
-		key_int(&w, "part", a->part + 1);
-	jw_key(&w, "sql");
+		key_int_plain(&w, "part", a->part + 1);
+	JW_KEY(&w, "sql");
 	jw_text(&w, (const uint8_t *)a->sql, strlen(a->sql), false);
-	jw_key(&w, "decision");
+	JW_KEY(&w, "decision");
 	jw_raw(&w, a->decision, strlen(a->decision));
 	if (a->params) {
-		jw_key(&w, "params");
+		JW_KEY(&w, "params");
 		jw_raw(&w, a->params, strlen(a->params));
 	}
-	jw_key(&w, "duration_ms");
+	JW_KEY(&w, "duration_ms");
 	jw_fixed3(&w, now - a->start_us);
-	key_int(&w, "rows_sent", a->rows_sent);
+	key_int_plain(&w, "rows_sent", a->rows_sent);
 	if (tag) {
-		jw_key(&w, "tag");
+		JW_KEY(&w, "tag");
 		jw_text(&w, (const uint8_t *)tag, strlen(tag), false);
 		int64_t n = tag_rows(tag);
-		key_int(&w, "rows", n >= 0 ? n : a->rows_sent);
+		key_int_plain(&w, "rows", n >= 0 ? n : a->rows_sent);
 	}
 	if (error) {
-		jw_key(&w, "error");
+		JW_KEY(&w, "error");
 		error_json(&w, error, error_len);
 	} else if (error_message) {
-		jw_key(&w, "error");
+		JW_KEY(&w, "error");
 		jw_begin_object(&w);
-		key_string(&w, "sqlstate", "42501");
-		key_string(&w, "message", error_message);
+		key_string_plain(&w, "sqlstate", "42501");
+		key_string_plain(&w, "message", error_message);
 		jw_end_object(&w);
 	}
 	if (a->columns || a->nrows) {
-		jw_key(&w, "result");
+		JW_KEY(&w, "result");
 		jw_begin_object(&w);
 		if (a->columns) {
-			jw_key(&w, "columns");
+			JW_KEY(&w, "columns");
 			jw_raw(&w, a->columns, strlen(a->columns));
 		}
-		jw_key(&w, "rows");
+		JW_KEY(&w, "rows");
 		jw_begin_array(&w);
 		if (a->rows.len)
 			jw_raw(&w, a->rows.buf, a->rows.len);
 		jw_end_array(&w);
-		jw_key(&w, "truncated");
+		JW_KEY(&w, "truncated");
 		jw_bool(&w, a->truncated);
 		jw_end_object(&w);
 	}
 	jw_end_object(&w);
-	uint64_t ticket = audit_submit(s->worker->index, "statement", s->audit_id, s->user_name, s->database_name,
-				       jw_take(&w));
+	size_t body_len = w.len;
+	uint64_t ticket = audit_submit_at(s->worker->index, now, "statement", s->audit_id, s->user_name,
+					  s->database_name, jw_take(&w), body_len);
 	/* The next statement of the same Query starts here. */
 	a->part++;
 	a->start_us = now;
@@ -496,7 +574,14 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 	switch (type) {
 	case 'T':
 		free(a->columns);
-		a->columns = whole ? parse_columns(body, len, a->formats, &a->ncols) : xstrdup("[]");
+		if (whole) {
+			uint8_t formats[1600];
+			int n = 0;
+			a->columns = columns_json(s, body, len, formats, &n);
+			set_formats(a, formats, n);
+		} else {
+			a->columns = xstrdup("[]");
+		}
 		return AUDIT_PASS;
 	case 'H':
 		a->copy_out = true;
@@ -511,7 +596,7 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 		if (!a->columns && s->audit_columns) {
 			a->columns = xstrdup(s->audit_columns);
 			a->ncols = s->audit_ncols;
-			memcpy(a->formats, s->audit_formats, (size_t)s->audit_ncols);
+			set_formats(a, s->audit_formats, s->audit_ncols);
 		}
 		if (!whole)
 			a->truncated = true;

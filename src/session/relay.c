@@ -651,6 +651,19 @@ static RowPlan *rowplan_client_message(Session *s, char type, const uint8_t *bod
 	return NULL;
 }
 
+/*
+ * An Execute is taken whole only to be read (for the audit, or a returned-rows review) and
+ * is never refused, held or rewritten, so it is read where it stands: a
+ * Bind/Describe/Execute/Sync group leaves in one piece. A masked
+ * session's Execute may be preceded by an internal Describe (rowplan_client_message), which
+ * must follow the Bind before it upstream: there the bytes before it go first, as for any
+ * message taken whole.
+ */
+static bool read_in_place(const Session *s, char type)
+{
+	return type == 'E' && !s->policy->masks_columns;
+}
+
 /* With the audit store down (on_failure: refuse) nothing new may run unrecorded. */
 static bool audit_refuses(const Session *s, char type)
 {
@@ -720,18 +733,19 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 		if (wants_whole(s, type)) {
 			if (avail - fwd < total)
 				break; /* wait for the whole message */
-			/* Everything before it goes upstream first: a poison must not overtake it. */
-			if (fwd) {
-				evbuffer_remove_buffer(in, s->server.out, fwd);
-				avail -= fwd;
-				fwd = 0;
-			}
-			const uint8_t *body = copy_out(s, in, 5, len - 4);
+			/* The policy that judges this message also decides how it is read (below). */
 			if (policy_stale(s)) {
 				refresh_policy(s);
 				if (s->state != SESS_READY)
 					return 0;
 			}
+			/* Everything before it goes upstream first: a poison must not overtake it. */
+			if (fwd && !read_in_place(s, type)) {
+				evbuffer_remove_buffer(in, s->server.out, fwd);
+				avail -= fwd;
+				fwd = 0;
+			}
+			const uint8_t *body = copy_out(s, in, fwd + 5, len - 4);
 			if (s->policy->masks_columns && (type == 'Q' || type == 'P')) {
 				/* Statements wait for a current catalog: loaded at start, again after DDL or a reload. */
 				if (s->mask_loading)

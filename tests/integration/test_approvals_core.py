@@ -242,10 +242,10 @@ def test_requests_and_grants_survive_a_restart(setup, gateway_factory, tmp_path)
     with g.connect() as c:
         assert c.execute(q).fetchone() == (4,)
         assert c.execute("SELECT id FROM secret_core").fetchall() == [(42,)]
-    # The decisions are in the audit trail, with who decided.
-    import sqlite3
-    rows = sqlite3.connect(db).execute("SELECT body FROM audit_records WHERE kind = 'approval'").fetchall()
-    events = [json.loads(r[0]) for r in rows]
+    # The decisions are in the audit trail, with who decided (read with the CLI: the SQLite
+    # store keeps compressed batches, not a row per record).
+    r = run([str(BIN), "audit", "export", "--config", str(g.config_path)])
+    events = [j["record"] for j in map(json.loads, r.stdout.splitlines()) if j["kind"] == "approval"]
     assert any(e["event"] == "approved" and e["request"]["id"] == rid and
                e["request"]["decided_by"] == f"oncall-{SFX}" for e in events), events
 

@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 #include <sqlite3.h>
+#include <zstd.h>
 
 #include "audit/chain.h"
 #include "audit/report.h"
@@ -58,6 +59,26 @@ static void test_tag_covers_every_field(void **state)
 	assert_string_not_equal(a, b);
 }
 
+/* Known answers (Python's hmac and hashlib): tags do not change with the implementation. */
+static void test_tag_known_answer(void **state)
+{
+	(void)state;
+	char t[AUDIT_TAG_HEX];
+	StoredRecord r = rec(1, "{\"sql\":\"select 1\"}", "");
+	chain_tag(KEY, &r, t);
+	assert_string_equal(t, "72c5edf67d6ae07e338e498e74437a93784b505be9d5b2ce0ea8986549ee7366");
+	r.body_len = strlen(r.body);
+	chain_tag(KEY, &r, t);
+	assert_string_equal(t, "72c5edf67d6ae07e338e498e74437a93784b505be9d5b2ce0ea8986549ee7366");
+	uint8_t k[AUDIT_KEY_LEN];
+	memcpy(k, KEY, sizeof k);
+	chain_next_key(k);
+	char hex[2 * AUDIT_KEY_LEN + 1];
+	for (int i = 0; i < AUDIT_KEY_LEN; i++)
+		snprintf(hex + 2 * i, 3, "%02x", k[i]);
+	assert_string_equal(hex, "ae216c2ef5247a3782c135efa279a3e4cdc61094270f5d2be58c6204b7a612c9");
+}
+
 static void test_key_evolves_one_way(void **state)
 {
 	(void)state;
@@ -74,46 +95,73 @@ static void test_key_evolves_one_way(void **state)
 
 static char dbpath[64];
 
-/* A store with n chained records of node n1, written as the gateway writes them. */
-static AuditStore *make_store(int n)
+static void sql(const char *q)
+{
+	sqlite3 *db;
+	assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+	int rc = sqlite3_exec(db, q, NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		fail_msg("%s: %s", q, sqlite3_errmsg(db));
+	sqlite3_close(db);
+}
+
+static AuditStore *open_store(void)
+{
+	char url[80], err[300];
+	snprintf(url, sizeof url, "sqlite:%s", dbpath);
+	AuditStore *st = store_open(url, false, err, sizeof err);
+	if (!st)
+		fail_msg("%s", err);
+	return st;
+}
+
+static void new_path(void)
 {
 	snprintf(dbpath, sizeof dbpath, "/tmp/pgcordon-unit-audit-XXXXXX");
 	int fd = mkstemp(dbpath);
 	assert_true(fd >= 0);
 	close(fd);
-	char url[80], err[300];
-	snprintf(url, sizeof url, "sqlite:%s", dbpath);
-	AuditStore *st = store_open(url, false, err, sizeof err);
-	assert_non_null(st);
-	uint8_t key[AUDIT_KEY_LEN];
-	memcpy(key, KEY, sizeof key);
-	char prev[AUDIT_TAG_HEX] = "", tag[AUDIT_TAG_HEX], body[64];
-	assert_true(store_begin(st, err, sizeof err));
-	for (int i = 1; i <= n; i++) {
-		snprintf(body, sizeof body, "{\"n\":%d}", i);
-		StoredRecord r = rec(i, body, prev);
-		chain_tag(key, &r, tag);
-		r.tag = tag;
-		assert_true(store_insert(st, &r, err, sizeof err));
-		chain_next_key(key);
-		memcpy(prev, tag, sizeof prev);
-	}
-	assert_true(store_commit(st, err, sizeof err));
-	return st;
 }
 
-static void sql(const char *q)
+/* n chained records of node n1, as the gateway makes them; bodies {"n":i}. */
+static void chain_records(int n, StoredRecord *recs, char (*tags)[AUDIT_TAG_HEX], char (*bodies)[64])
 {
-	sqlite3 *db;
-	assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db, q, NULL, NULL, NULL), SQLITE_OK);
-	sqlite3_close(db);
+	uint8_t key[AUDIT_KEY_LEN];
+	memcpy(key, KEY, sizeof key);
+	for (int i = 0; i < n; i++) {
+		snprintf(bodies[i], 64, "{\"n\":%d}", i + 1);
+		recs[i] = rec(i + 1, bodies[i], i ? tags[i - 1] : "");
+		chain_tag(key, &recs[i], tags[i]);
+		recs[i].tag = tags[i];
+		chain_next_key(key);
+	}
+}
+
+/* A store with n chained records of node n1, in batches of 4 (seq 1-4, 5-8, 9-...). */
+static AuditStore *make_store(int n)
+{
+	new_path();
+	AuditStore *st = open_store();
+	StoredRecord recs[32];
+	char tags[32][AUDIT_TAG_HEX], bodies[32][64], err[300];
+	assert_true(n <= 32);
+	chain_records(n, recs, tags, bodies);
+	for (int i = 0; i < n; i += 4) {
+		assert_true(store_begin(st, err, sizeof err));
+		if (!store_append(st, &recs[i], (size_t)(n - i < 4 ? n - i : 4), err, sizeof err))
+			fail_msg("%s", err);
+		assert_true(store_commit(st, err, sizeof err));
+	}
+	return st;
 }
 
 static int verify(AuditStore *st, VerifyResult *v)
 {
 	char err[300];
-	return audit_verify(st, KEY, "n1", v, err, sizeof err);
+	int rc = audit_verify(st, KEY, "n1", v, err, sizeof err);
+	if (rc < 0)
+		fail_msg("%s", err);
+	return rc;
 }
 
 static void drop_store(AuditStore *st)
@@ -142,44 +190,192 @@ static void test_verify_intact_chain(void **state)
 	drop_store(st);
 }
 
+/* Rewrites every batch as its plain text, which the store reads as well as zstd frames. */
+static void unpack_all(void)
+{
+	sqlite3 *db;
+	sqlite3_stmt *q, *u;
+	assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, "SELECT first_seq, records FROM audit_batches", -1, &q, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, "UPDATE audit_batches SET records = ?2 WHERE first_seq = ?1", -1, &u, NULL),
+			 SQLITE_OK);
+	while (sqlite3_step(q) == SQLITE_ROW) {
+		const void *blob = sqlite3_column_blob(q, 1);
+		size_t n = (size_t)sqlite3_column_bytes(q, 1);
+		unsigned long long size = ZSTD_getFrameContentSize(blob, n);
+		assert_true(size != ZSTD_CONTENTSIZE_ERROR && size != ZSTD_CONTENTSIZE_UNKNOWN);
+		char *text = malloc((size_t)size + 1);
+		assert_int_equal(ZSTD_decompress(text, (size_t)size, blob, n), size);
+		sqlite3_bind_int64(u, 1, sqlite3_column_int64(q, 0));
+		sqlite3_bind_text(u, 2, text, (int)size, free);
+		assert_int_equal(sqlite3_step(u), SQLITE_DONE);
+		sqlite3_reset(u);
+	}
+	sqlite3_finalize(q);
+	sqlite3_finalize(u);
+	sqlite3_close(db);
+}
+
+/* Verify fails and its problem names seq= and word (the batches unpacked first: packed). */
+static void expect_problem_in(bool packed, const char *tamper, const char *seq, const char *word)
+{
+	AuditStore *st = make_store(10);
+	VerifyResult v;
+	if (!packed) {
+		unpack_all();
+		assert_int_equal(verify(st, &v), 1); /* plain text reads and verifies the same */
+	}
+	sql(tamper);
+	if (verify(st, &v) != 0)
+		fail_msg("verify passed after: %s", tamper);
+	if (!strstr(v.problem, seq) || !strstr(v.problem, word))
+		fail_msg("after %s: expected %s and '%s' in: %s", tamper, seq, word, v.problem);
+	drop_store(st);
+}
+
+static void expect_problem(const char *tamper, const char *seq, const char *word)
+{
+	expect_problem_in(false, tamper, seq, word);
+}
+
+#define SEQ6_PREFIX "{\"seq\":6,\"time\":\"2026-11-22T10:00:00.000000Z\",\"kind\":\"statement\",\"session_id\":\"s1\",\"user\":"
+
 static void test_verify_names_altered_deleted_inserted(void **state)
 {
 	(void)state;
-	VerifyResult v;
+	/* Edits of the batch text, by hand and with SQLite's JSON functions (which re-minify it). */
+	expect_problem("UPDATE audit_batches SET records = replace(records, '\"record\":{\"n\":4}', '\"record\":{\"n\":99}')",
+		       "seq=4", "altered");
+	expect_problem("UPDATE audit_batches SET records = json_set(records, '$[0].record.n', 99) WHERE first_seq = 9",
+		       "seq=9", "altered");
+	expect_problem("UPDATE audit_batches SET records = replace(records, '" SEQ6_PREFIX "\"alice\"', '" SEQ6_PREFIX
+		       "\"mallory\"')",
+		       "seq=6", "altered");
+	expect_problem("UPDATE audit_batches SET records = json_remove(records, '$[1]') WHERE first_seq = 5", "seq=6",
+		       "deleted");
+	expect_problem("UPDATE audit_batches SET records = json_remove(records, '$[0]') WHERE first_seq = 5", "seq=5",
+		       "deleted");
+	expect_problem("DELETE FROM audit_batches WHERE first_seq = 5", "seq=5", "deleted");
+	/* a "prune" without its prune record */
+	expect_problem("UPDATE audit_batches SET records = json_remove(records, '$[0]', '$[0]', '$[0]') WHERE first_seq = 1",
+		       "seq=3", "deleted");
+	expect_problem("UPDATE audit_batches SET records = json_insert(records, '$[#]', json_set(records -> '$[1]',"
+		       " '$.seq', 11, '$.record', json('{\"n\":11}'))) WHERE first_seq = 9",
+		       "seq=11", "inserted");
+	/* a batch that no longer parses (or decompresses): its first record is named */
+	expect_problem_in(true, "UPDATE audit_batches SET records = substr(records, 1, 40) WHERE first_seq = 5", "seq=5",
+			  "altered");
+	expect_problem_in(true, "DELETE FROM audit_batches WHERE first_seq = 5", "seq=5", "deleted");
+	expect_problem("UPDATE audit_batches SET records = substr(records, 1, 150) WHERE first_seq = 5", "seq=5", "altered");
+	/* the batch's own prev_tag is the first record's link */
+	expect_problem("UPDATE audit_batches SET prev_tag = 'x' WHERE first_seq = 5", "seq=5", "altered");
+}
+
+/* Reading the batches back: filters, the head, retention cuts. */
+static bool count_cb(const StoredRecord *r, void *arg)
+{
+	(*(int *)arg)++;
+	return r->seq != 7; /* stops after seq 7 */
+}
+
+static void test_scan_batches(void **state)
+{
+	(void)state;
 	AuditStore *st = make_store(10);
-	sql("UPDATE audit_records SET body = '{\"n\":99}' WHERE seq = 4");
-	assert_int_equal(verify(st, &v), 0);
-	assert_non_null(strstr(v.problem, "seq=4"));
-	assert_non_null(strstr(v.problem, "altered"));
+	char err[300];
+	int n = 0;
+	StoreFilter f = {.from_seq = 3};
+	assert_true(store_scan(st, &f, count_cb, &n, err, sizeof err));
+	assert_int_equal(n, 5); /* 3..7 */
+	n = 0;
+	StoreFilter g = {.session_id = "s1", .kind = "statement", .limit = 2};
+	assert_true(store_scan(st, &g, count_cb, &n, err, sizeof err));
+	assert_int_equal(n, 2);
+	n = 0;
+	StoreFilter h = {.session_id = "nope"};
+	assert_true(store_scan(st, &h, count_cb, &n, err, sizeof err));
+	assert_int_equal(n, 0);
+	int64_t seq;
+	char tag[AUDIT_TAG_HEX];
+	assert_true(store_head(st, "n1", &seq, tag, err, sizeof err));
+	assert_int_equal(seq, 10);
+	/* retention cuts at a batch end */
+	assert_true(store_last_before(st, "n1", "2027", &seq, tag, err, sizeof err));
+	assert_int_equal(seq, 10);
+	assert_true(store_begin(st, err, sizeof err));
+	assert_true(store_delete_through(st, "n1", 8, err, sizeof err));
+	assert_true(store_commit(st, err, sizeof err));
+	n = 0;
+	StoreFilter all = {0};
+	assert_true(store_scan(st, &all, count_cb, &n, err, sizeof err));
+	assert_int_equal(n, 2); /* 9, 10 */
 	drop_store(st);
+}
 
-	st = make_store(10);
-	sql("UPDATE audit_records SET user_name = 'mallory' WHERE seq = 6");
-	assert_int_equal(verify(st, &v), 0);
-	assert_non_null(strstr(v.problem, "seq=6"));
+/* A file of the earlier layout (a row per record) is read as it is and converted for writing. */
+static void test_upgrade_earlier_layout(void **state)
+{
+	(void)state;
+	new_path();
+	StoredRecord recs[6];
+	char tags[6][AUDIT_TAG_HEX], bodies[6][64];
+	chain_records(6, recs, tags, bodies);
+	sqlite3 *db;
+	assert_int_equal(sqlite3_open(dbpath, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db,
+				      "CREATE TABLE audit_records (seq INTEGER PRIMARY KEY, node TEXT NOT NULL, time TEXT NOT NULL,"
+				      " kind TEXT NOT NULL, session_id TEXT NOT NULL, user_name TEXT NOT NULL, database TEXT NOT NULL,"
+				      " body TEXT NOT NULL, prev_tag TEXT NOT NULL, tag TEXT NOT NULL)",
+				      NULL, NULL, NULL),
+			 SQLITE_OK);
+	for (int i = 0; i < 6; i++) {
+		char *q = sqlite3_mprintf("INSERT INTO audit_records VALUES (%lld, %Q, %Q, %Q, %Q, %Q, %Q, %Q, %Q, %Q)",
+					  (long long)recs[i].seq, recs[i].node, recs[i].time, recs[i].kind, recs[i].session_id,
+					  recs[i].user_name, recs[i].database, recs[i].body, recs[i].prev_tag, recs[i].tag);
+		assert_int_equal(sqlite3_exec(db, q, NULL, NULL, NULL), SQLITE_OK);
+		sqlite3_free(q);
+	}
+	sqlite3_close(db);
+	AuditStore *st = open_store();
+	VerifyResult v;
+	assert_int_equal(verify(st, &v), 1);
+	assert_int_equal(v.records, 6);
+	char err[300];
+	assert_false(store_append(st, recs, 1, err, sizeof err)); /* not written as it is */
+	assert_true(store_upgrade(st, err, sizeof err));
+	assert_int_equal(verify(st, &v), 1);
+	assert_int_equal(v.records, 6);
+	assert_string_equal(v.head_tag, tags[5]);
+	store_close(st);
+	st = open_store();
+	assert_int_equal(verify(st, &v), 1);
+	assert_int_equal(v.records, 6);
+	int64_t seq;
+	char tag[AUDIT_TAG_HEX];
+	assert_true(store_head(st, "n1", &seq, tag, err, sizeof err));
+	assert_int_equal(seq, 6);
+	assert_string_equal(tag, tags[5]);
 	drop_store(st);
+}
 
-	st = make_store(10);
-	sql("DELETE FROM audit_records WHERE seq = 5");
-	assert_int_equal(verify(st, &v), 0);
-	assert_non_null(strstr(v.problem, "seq=5"));
-	assert_non_null(strstr(v.problem, "deleted"));
-	drop_store(st);
-
-	st = make_store(10);
-	sql("DELETE FROM audit_records WHERE seq <= 3"); /* a "prune" without its prune record */
-	assert_int_equal(verify(st, &v), 0);
-	assert_non_null(strstr(v.problem, "seq=3"));
-	assert_non_null(strstr(v.problem, "deleted"));
-	drop_store(st);
-
-	st = make_store(10);
-	sql("INSERT INTO audit_records (node, seq, time, kind, session_id, user_name, database, body, prev_tag, tag)"
-	    " SELECT node, 11, time, kind, session_id, user_name, database, '{\"n\":11}', tag,"
-	    " tag FROM audit_records WHERE seq = 10");
-	assert_int_equal(verify(st, &v), 0);
-	assert_non_null(strstr(v.problem, "seq=11"));
-	assert_non_null(strstr(v.problem, "inserted"));
+/* User and database names that need escaping, or are not UTF-8, come back byte for byte. */
+static void test_batch_strings_round_trip(void **state)
+{
+	(void)state;
+	new_path();
+	AuditStore *st = open_store();
+	StoredRecord r = rec(1, "{\"x\":\"\\u00e9\\n\"}", "");
+	r.user_name = "quote\" back\\slash \t tab \xc3\xa9";
+	r.database = "not utf-8 \xff\xfe";
+	char tag[AUDIT_TAG_HEX], err[300];
+	chain_tag(KEY, &r, tag);
+	r.tag = tag;
+	assert_true(store_begin(st, err, sizeof err));
+	assert_true(store_append(st, &r, 1, err, sizeof err));
+	assert_true(store_commit(st, err, sizeof err));
+	VerifyResult v;
+	assert_int_equal(verify(st, &v), 1);
+	assert_int_equal(v.records, 1);
 	drop_store(st);
 }
 
@@ -226,6 +422,8 @@ static void test_json_writer(void **state)
 	jw_end_array(&w);
 	jw_key(&w, "none");
 	jw_string(&w, NULL);
+	JW_KEY(&w, "plain");
+	jw_int(&w, 7);
 	jw_end_object(&w);
 	char *text = jw_take(&w);
 	json_error_t e;
@@ -240,6 +438,7 @@ static void test_json_writer(void **state)
 	assert_int_equal(json_integer_value(json_array_get(json_object_get(j, "list"), 0)), -5);
 	assert_true(json_real_value(json_array_get(json_object_get(j, "list"), 3)) == 1.5);
 	assert_true(json_is_null(json_object_get(j, "none")));
+	assert_int_equal(json_integer_value(json_object_get(j, "plain")), 7);
 	json_decref(j);
 	free(text);
 	/* Overlong forms and surrogates are not UTF-8. */
@@ -265,9 +464,13 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_tag_covers_every_field),
+		cmocka_unit_test(test_tag_known_answer),
 		cmocka_unit_test(test_key_evolves_one_way),
 		cmocka_unit_test(test_verify_intact_chain),
 		cmocka_unit_test(test_verify_names_altered_deleted_inserted),
+		cmocka_unit_test(test_scan_batches),
+		cmocka_unit_test(test_upgrade_earlier_layout),
+		cmocka_unit_test(test_batch_strings_round_trip),
 		cmocka_unit_test(test_since),
 		cmocka_unit_test(test_json_writer),
 	};
