@@ -330,6 +330,8 @@ static ApprovalStatus end_pending(const char *id, ApprovalStatus to, const char 
 		st = to;
 	}
 	pthread_mutex_unlock(&T.mu);
+	if (st == to)
+		wake(); /* a cancel comes from another session: the held one must look */
 	return st;
 }
 

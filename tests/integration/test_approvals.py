@@ -1505,18 +1505,14 @@ AUDIT_COLS = ("node", "seq", "time", "kind", "session_id", "user_name", "databas
 
 
 def audit_rows(db):
-    if not Path(db).exists():
-        return []
-    c = sqlite3.connect(str(db), timeout=10)
-    try:
-        rows = c.execute(f"SELECT {', '.join(AUDIT_COLS)} FROM audit_records ORDER BY seq").fetchall()
-    finally:
-        c.close()
+    """The SQLite trail's records (one zstd batch per row: read as test_audit.py does)."""
+    from test_audit import SqliteTrail
     out = []
-    for r in rows:
-        d = dict(zip(AUDIT_COLS, r))
-        d["raw"] = d["body"]
-        d["body"] = json.loads(d["body"])
+    for r in SqliteTrail(db).rows():
+        d = {k: r[k] for k in AUDIT_COLS}
+        d["raw"] = r["raw_body"]
+        if isinstance(d["body"], str):
+            d["body"] = json.loads(d["body"])
         out.append(d)
     return out
 
