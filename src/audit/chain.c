@@ -14,16 +14,6 @@
 
 #include "core/util.h"
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
 
 bool chain_load_key(const char *path, bool create, uint8_t key[AUDIT_KEY_LEN], bool *created, char *err,
 		    size_t errlen)
@@ -64,7 +54,7 @@ bool chain_load_key(const char *path, bool create, uint8_t key[AUDIT_KEY_LEN], b
 		return false;
 	}
 	for (int i = 0; i < AUDIT_KEY_LEN; i++) {
-		int hi = hexval(buf[2 * i]), lo = hexval(buf[2 * i + 1]);
+		int hi = util_hex_value((unsigned char)buf[2 * i]), lo = util_hex_value((unsigned char)buf[2 * i + 1]);
 		if (hi < 0 || lo < 0) {
 			snprintf(err, errlen, "audit key file %s: expected %d hex digits", path, 2 * AUDIT_KEY_LEN);
 			return false;

@@ -286,11 +286,6 @@ static bool lite_append(AuditStore *st, const StoredRecord *recs, size_t n, char
 
 /* ---- reading a batch back ---- */
 
-static int hexval(int c)
-{
-	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
 static void put_utf8(char **o, unsigned cp)
 {
 	char *p = *o;
@@ -316,7 +311,7 @@ static bool hex4(const char *p, unsigned *v)
 {
 	*v = 0;
 	for (int i = 0; i < 4; i++) {
-		int h = hexval((unsigned char)p[i]);
+		int h = util_hex_value((unsigned char)p[i]);
 		if (h < 0)
 			return false;
 		*v = *v << 4 | (unsigned)h;
@@ -338,7 +333,7 @@ static char *take_string(char **p, char *end)
 			return NULL;
 		char *in = s + sizeof HEX - 1, *out = s;
 		while (in + 1 < end && *in != '"') {
-			int hi = hexval((unsigned char)in[0]), lo = hexval((unsigned char)in[1]);
+			int hi = util_hex_value((unsigned char)in[0]), lo = util_hex_value((unsigned char)in[1]);
 			if (hi < 0 || lo < 0)
 				return NULL;
 			*out++ = (char)(hi << 4 | lo);

@@ -55,31 +55,15 @@ static void snapshot_release(KeySnapshot *k)
 
 /* ---- fetching ---- */
 
-typedef struct {
-	char *data;
-	size_t len;
-	bool too_big;
-} Body;
-
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *arg)
 {
-	Body *b = arg;
-	size_t n = size * nmemb;
-	if (b->len + n > FETCH_MAX_BYTES) {
-		b->too_big = true;
-		return 0;
-	}
-	b->data = xrealloc(b->data, b->len + n + 1);
-	memcpy(b->data + b->len, ptr, n);
-	b->len += n;
-	b->data[b->len] = 0;
-	return n;
+	return util_buf_append(arg, ptr, size * nmemb) ? size * nmemb : 0; /* 0 ends the transfer */
 }
 
 static char *http_get(const char *url, char *err, size_t errlen)
 {
 	CURL *curl = curl_easy_init();
-	Body b = {0};
+	BoundedBuf b = {.max = FETCH_MAX_BYTES};
 	if (!curl) {
 		snprintf(err, errlen, "curl_easy_init failed");
 		return NULL;

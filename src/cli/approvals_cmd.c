@@ -158,25 +158,11 @@ static bool check_args(Args *a)
 
 /* ---- the API ---- */
 
-typedef struct {
-	char *data;
-	size_t len;
-	bool too_big;
-} Answer;
+typedef BoundedBuf Answer;
 
 static size_t on_answer(char *ptr, size_t size, size_t nmemb, void *arg)
 {
-	Answer *b = arg;
-	size_t n = size * nmemb;
-	if (b->len + n > ANSWER_MAX_BYTES) {
-		b->too_big = true;
-		return 0;
-	}
-	b->data = xrealloc(b->data, b->len + n + 1);
-	memcpy(b->data + b->len, ptr, n);
-	b->len += n;
-	b->data[b->len] = 0;
-	return n;
+	return util_buf_append(arg, ptr, size * nmemb) ? size * nmemb : 0; /* 0 ends the transfer */
 }
 
 /*
@@ -188,6 +174,7 @@ static long api_call(const Args *a, const char *method, const char *path, const 
 		     char *err, size_t errlen)
 {
 	memset(ans, 0, sizeof *ans);
+	ans->max = ANSWER_MAX_BYTES;
 	CURL *curl = curl_easy_init();
 	if (!curl) {
 		snprintf(err, errlen, "curl_easy_init failed");

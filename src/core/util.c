@@ -161,3 +161,27 @@ uint64_t util_now_ms(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+bool util_buf_append(BoundedBuf *b, const void *p, size_t n)
+{
+	if (b->too_big || n > b->max - b->len) {
+		b->too_big = true;
+		return false;
+	}
+	b->data = xrealloc(b->data, b->len + n + 1);
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+	b->data[b->len] = 0;
+	return true;
+}
+
+int util_hex_value(int c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}

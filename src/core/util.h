@@ -26,6 +26,8 @@ void util_random(void *buf, size_t n);
 
 /* Lower-case hex of n bytes into out (2n characters and a NUL). */
 void util_hex_encode(const void *in, size_t n, char *out);
+/* The value of one hex digit (either case), or -1. */
+int util_hex_value(int c);
 
 /* Standard base64 with padding. encode writes a NUL-terminated string of 4*ceil(n/3) chars. */
 size_t util_b64_encoded_len(size_t n);
@@ -37,5 +39,15 @@ int util_b64_decode(const char *in, size_t inlen, unsigned char *out, size_t out
 bool util_ct_equal(const void *a, const void *b, size_t n);
 
 uint64_t util_now_ms(void);
+
+/* Bytes collected up to a bound (HTTP bodies). data stays NUL-terminated; the owner frees it. */
+typedef struct {
+	char *data;
+	size_t len;
+	size_t max;
+	bool too_big; /* something was refused: the collection is incomplete */
+} BoundedBuf;
+/* Appends n bytes; once they would pass max, sets too_big and refuses this and every later append. */
+bool util_buf_append(BoundedBuf *b, const void *p, size_t n);
 
 #endif

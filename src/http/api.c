@@ -180,11 +180,7 @@ static enum MHD_Result audit_request(struct MHD_Connection *conn, const Config *
 
 /* A request body being received (POST): bounded, so a huge body cannot eat memory. */
 #define BODY_MAX (64 * 1024)
-typedef struct {
-	char *data;
-	size_t len;
-	bool too_large;
-} Upload;
+typedef BoundedBuf Upload;
 
 static void request_done(void *cls, struct MHD_Connection *conn, void **state, enum MHD_RequestTerminationCode tc)
 {
@@ -212,7 +208,7 @@ static bool valid_request_id(const char *id, size_t n)
 /* The body as a JSON object; an empty body is an empty object. NULL with *status on error. */
 static json_t *body_object(const Upload *u, struct MHD_Connection *conn, enum MHD_Result *r)
 {
-	if (u && u->too_large) {
+	if (u && u->too_big) {
 		*r = error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "the request body is larger than 64 KiB");
 		return NULL;
 	}
@@ -319,17 +315,13 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 		/* The body arrives in pieces: collect it (bounded), answer after the last one. */
 		Upload *u = *state;
 		if (!u) {
-			*state = xcalloc(1, sizeof(Upload));
+			u = xcalloc(1, sizeof *u);
+			u->max = BODY_MAX;
+			*state = u;
 			return MHD_YES;
 		}
 		if (*upload_data_size) {
-			if (!u->too_large && u->len + *upload_data_size <= BODY_MAX) {
-				u->data = xrealloc(u->data, u->len + *upload_data_size);
-				memcpy(u->data + u->len, upload_data, *upload_data_size);
-				u->len += *upload_data_size;
-			} else {
-				u->too_large = true;
-			}
+			util_buf_append(u, upload_data, *upload_data_size); /* past BODY_MAX: 413 at the end */
 			*upload_data_size = 0;
 			return MHD_YES;
 		}
@@ -385,11 +377,6 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 	return r;
 }
 
-static int hex_value(char c)
-{
-	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
 /*
  * Decodes %HH in paths and arguments, except %00: a NUL would end the C string early, so
  * ".../deny%00/x" would act as ".../deny". Left encoded, such a path matches nothing.
@@ -401,7 +388,8 @@ static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
 	char *w = s;
 	for (const char *r = s; *r; r++) {
 		int hi, lo;
-		if (r[0] == '%' && (hi = hex_value(r[1])) >= 0 && (lo = hex_value(r[2])) >= 0 && (hi || lo)) {
+		if (r[0] == '%' && (hi = util_hex_value((unsigned char)r[1])) >= 0 &&
+		    (lo = util_hex_value((unsigned char)r[2])) >= 0 && (hi || lo)) {
 			*w++ = (char)(hi * 16 + lo);
 			r += 2;
 		} else {
