@@ -219,6 +219,15 @@ void approval_digest(const char *statement, const char *parameters, char out[APP
 	util_hex_encode(md, 32, out);
 }
 
+/* The decision's fields of a new request: shown as null until it is decided. */
+static void set_undecided(json_t *r)
+{
+	json_object_set_new(r, "decided_by", json_null());
+	json_object_set_new(r, "decided_at", json_null());
+	json_object_set_new(r, "decision_reason", json_null());
+	json_object_set_new(r, "valid_until", json_null());
+}
+
 static json_t *string_array(char *const *items, int n)
 {
 	json_t *a = json_array();
@@ -274,10 +283,7 @@ bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created
 	else
 		json_object_set_new(r, "deadline", json_null());
 	json_object_set_new(r, "valid_for_ms", json_integer(a->settings->valid_for_ms));
-	json_object_set_new(r, "decided_by", json_null());
-	json_object_set_new(r, "decided_at", json_null());
-	json_object_set_new(r, "decision_reason", json_null());
-	json_object_set_new(r, "valid_until", json_null());
+	set_undecided(r);
 	add_locked(r);
 	changed(r, "opened");
 	pthread_mutex_unlock(&T.mu);
@@ -613,10 +619,7 @@ unsigned approval_request_grant(const Config *c, const ApprovalCaller *who, json
 	json_object_set_new(r, "parameters", json_array());
 	json_object_set_new(r, "deadline", json_null());
 	set_time(r, "created", now);
-	json_object_set_new(r, "decided_by", json_null());
-	json_object_set_new(r, "decided_at", json_null());
-	json_object_set_new(r, "decision_reason", json_null());
-	json_object_set_new(r, "valid_until", json_null());
+	set_undecided(r);
 	pthread_mutex_lock(&T.mu);
 	add_locked(r);
 	changed(r, "opened");

@@ -21,6 +21,24 @@
 	" ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated, body = excluded.body" \
 	" WHERE approval_requests.status = 'pending' OR approval_requests.status = excluded.status"
 
+/* What a gateway keeps in memory: pending requests, and those changed in the last day. */
+#define RECENT_SQL "SELECT body FROM approval_requests WHERE status = 'pending' OR updated >= "
+
+static void recent_since(char since[AUDIT_TIME_LEN]) { audit_format_time(audit_now_us() - 86400LL * 1000000, since); }
+
+/* Adds a stored request to what load() returns (a row that is not JSON is skipped). */
+static void keep(json_t ***loaded, size_t *n, size_t *cap, const char *text)
+{
+	json_t *j = json_loads(text, 0, NULL);
+	if (!j)
+		return;
+	if (*n == *cap) {
+		*cap = *cap ? *cap * 2 : 64;
+		*loaded = xrealloc(*loaded, *cap * sizeof **loaded);
+	}
+	(*loaded)[(*n)++] = j;
+}
+
 static const char *const create_sql =
 	"CREATE TABLE IF NOT EXISTS approval_requests (id text PRIMARY KEY, node text NOT NULL,"
 	" status text NOT NULL, updated text NOT NULL, body text NOT NULL)";
@@ -103,14 +121,18 @@ static json_t *pg_read(PGconn *c, const char *id)
 	return j;
 }
 
+static PGresult *pg_recent(PGconn *c)
+{
+	char since[AUDIT_TIME_LEN];
+	recent_since(since);
+	const char *p[1] = {since};
+	return PQexecParams(c, RECENT_SQL "$1", 1, NULL, p, NULL, NULL, 0);
+}
+
 /* After (re)connecting: what changed while no notification could arrive. */
 static void pg_merge_recent(PGconn *c)
 {
-	char since[AUDIT_TIME_LEN];
-	audit_format_time(audit_now_us() - 86400LL * 1000000, since);
-	const char *p[1] = {since};
-	PGresult *r = PQexecParams(c, "SELECT body FROM approval_requests WHERE status = 'pending' OR updated >= $1", 1,
-				   NULL, p, NULL, NULL, 0);
+	PGresult *r = pg_recent(c);
 	for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); i++) {
 		json_t *j = json_loads(PQgetvalue(r, i, 0), 0, NULL);
 		if (j) {
@@ -317,9 +339,6 @@ bool approval_store_claim(const json_t *r, const char *status)
 /* Loads what is worth keeping; this gateway's waits died with its previous run. */
 static bool load(json_t ***loaded, size_t *n, char *err, size_t errlen)
 {
-	char since[AUDIT_TIME_LEN];
-	audit_format_time(audit_now_us() - 86400LL * 1000000, since);
-	const char *sql = "SELECT body FROM approval_requests WHERE status = 'pending' OR updated >= $1";
 	size_t cap = 0;
 	*loaded = NULL;
 	*n = 0;
@@ -330,19 +349,10 @@ static bool load(json_t ***loaded, size_t *n, char *err, size_t errlen)
 		PGresult *r = PQexec(c, create_sql);
 		bool ok = pg_ok(r, err, errlen, "create");
 		PQclear(r);
-		const char *p[1] = {since};
-		r = ok ? PQexecParams(c, sql, 1, NULL, p, NULL, NULL, 0) : NULL;
+		r = ok ? pg_recent(c) : NULL;
 		ok = ok && pg_ok(r, err, errlen, "load");
-		for (int i = 0; ok && i < PQntuples(r); i++) {
-			json_t *j = json_loads(PQgetvalue(r, i, 0), 0, NULL);
-			if (!j)
-				continue;
-			if (*n == cap) {
-				cap = cap ? cap * 2 : 64;
-				*loaded = xrealloc(*loaded, cap * sizeof **loaded);
-			}
-			(*loaded)[(*n)++] = j;
-		}
+		for (int i = 0; ok && i < PQntuples(r); i++)
+			keep(loaded, n, &cap, PQgetvalue(r, i, 0));
 		PQclear(r);
 		PQfinish(c);
 		return ok;
@@ -358,20 +368,13 @@ static bool load(json_t ***loaded, size_t *n, char *err, size_t errlen)
 		return false;
 	}
 	sqlite3_stmt *st;
-	bool ok = sqlite3_prepare_v2(db, "SELECT body FROM approval_requests WHERE status = 'pending' OR updated >= ?1",
-				     -1, &st, NULL) == SQLITE_OK;
+	bool ok = sqlite3_prepare_v2(db, RECENT_SQL "?1", -1, &st, NULL) == SQLITE_OK;
 	if (ok) {
+		char since[AUDIT_TIME_LEN];
+		recent_since(since);
 		sqlite3_bind_text(st, 1, since, -1, SQLITE_STATIC);
-		while (sqlite3_step(st) == SQLITE_ROW) {
-			json_t *j = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
-			if (!j)
-				continue;
-			if (*n == cap) {
-				cap = cap ? cap * 2 : 64;
-				*loaded = xrealloc(*loaded, cap * sizeof **loaded);
-			}
-			(*loaded)[(*n)++] = j;
-		}
+		while (sqlite3_step(st) == SQLITE_ROW)
+			keep(loaded, n, &cap, (const char *)sqlite3_column_text(st, 0));
 		sqlite3_finalize(st);
 	} else {
 		snprintf(err, errlen, "approvals store %s: %s", S.path, sqlite3_errmsg(db));

@@ -156,6 +156,23 @@ static void send_notice(Session *s, const char *text)
 	sock_flush(&s->client);
 }
 
+/* An approval request for this session's statement (see approval_open). */
+static bool open_request(Session *s, const char *sql, const char *params, const char *digest, const Decision *d,
+			 const ApprovalSettings *a, char id[APPROVAL_ID_LEN], bool *created)
+{
+	ApprovalAsk ask = {.requester = s->user_name,
+			   .groups = s->groups,
+			   .ngroups = s->ngroups,
+			   .database = s->database_name,
+			   .session_id = s->audit_id,
+			   .statement = sql,
+			   .parameters = params,
+			   .digest = digest,
+			   .why = d,
+			   .settings = a};
+	return approval_open(&ask, id, created);
+}
+
 HoldOutcome session__review(Session *s, const char *sql, const char *params, const Decision *d, Decision *out)
 {
 	ApprovalSettings a;
@@ -168,18 +185,8 @@ HoldOutcome session__review(Session *s, const char *sql, const char *params, con
 		approved(out, d, id);
 		return HOLD_PASS;
 	}
-	ApprovalAsk ask = {.requester = s->user_name,
-			   .groups = s->groups,
-			   .ngroups = s->ngroups,
-			   .database = s->database_name,
-			   .session_id = s->audit_id,
-			   .statement = sql,
-			   .parameters = params,
-			   .digest = digest,
-			   .why = d,
-			   .settings = &a};
 	bool created;
-	if (!approval_open(&ask, id, &created)) {
+	if (!open_request(s, sql, params, digest, d, &a, id, &created)) {
 		refuse_with(out, "53400", d->policy, "approval_limit",
 			    "pgcordon: too many approval requests are pending; try again later");
 		return HOLD_REFUSE;
@@ -227,18 +234,8 @@ void session__rows_exceeded(Session *s, const char *sql, const char *params, cha
 	a.mode = APPROVAL_RETRY; /* the rows already went: only a run again can be approved */
 	char digest[APPROVAL_DIGEST_LEN], id[APPROVAL_ID_LEN];
 	approval_digest(sql, params, digest);
-	ApprovalAsk ask = {.requester = s->user_name,
-			   .groups = s->groups,
-			   .ngroups = s->ngroups,
-			   .database = s->database_name,
-			   .session_id = s->audit_id,
-			   .statement = sql,
-			   .parameters = params,
-			   .digest = digest,
-			   .why = &d,
-			   .settings = &a};
 	bool created;
-	if (!approval_open(&ask, id, &created))
+	if (!open_request(s, sql, params, digest, &d, &a, id, &created))
 		snprintf(msg, len, "pgcordon: the result exceeds %lld rows (policy %s, rule returned_rows_over), and too "
 				   "many approval requests are pending",
 			 (long long)ep->returned_rows_over, d.policy);
@@ -266,6 +263,11 @@ EstimateOutcome session__estimate(Session *s, const char *sql, int nstmts, bool 
 				  Decision *review)
 {
 	char why[128];
+	if (s->held_id[0]) {
+		/* Judged again after its request changed: only the request matters now. */
+		hold_for_estimate(review, d, "held");
+		return EST_OVER;
+	}
 	switch (s->estimate_state) {
 	case ESTIMATE_RUNNING:
 		return EST_WAIT;

@@ -42,7 +42,8 @@ typedef enum {
 	EST_UNDER, /* allowed */
 	EST_OVER,  /* *review holds it (estimate over the limit, or none to be had) */
 } EstimateOutcome;
-/* d allows the statement unless the planner estimates more than d->estimate_over rows. */
+/* d allows the statement unless the planner estimates more than d->estimate_over rows. A
+ * statement already held for its estimate is EST_OVER again: its request decides. */
 EstimateOutcome session__estimate(Session *s, const char *sql, int nstmts, bool has_params, const Decision *d,
 				  Decision *review);
 /* An upstream message answering the internal EXPLAIN (whole). */

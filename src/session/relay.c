@@ -433,18 +433,11 @@ static Action estimate_gate(Session *s, const char *sql, int nstmts, bool has_pa
 			    Decision *resolved)
 {
 	Decision held;
-	if (!s->held_id[0]) {
-		EstimateOutcome eo = session__estimate(s, sql, nstmts, has_params, *d, &held);
-		if (eo == EST_WAIT)
-			return ACT_HOLD;
-		if (eo == EST_UNDER)
-			return ACT_FORWARD;
-	} else {
-		held = **d; /* judged again after its request changed: only the request matters now */
-		held.kind = DEC_REVIEW;
-		held.policy = (*d)->estimate_by;
-		held.rule = "estimated_rows_over";
-	}
+	EstimateOutcome eo = session__estimate(s, sql, nstmts, has_params, *d, &held);
+	if (eo == EST_WAIT)
+		return ACT_HOLD;
+	if (eo == EST_UNDER)
+		return ACT_FORWARD;
 	HoldOutcome h = session__review(s, sql, NULL, &held, resolved);
 	if (h == HOLD_WAIT)
 		return ACT_HOLD;
