@@ -339,6 +339,69 @@ static void test_duration_and_size(void **state)
 	assert_false(config_parse_size("99999999999999999999GiB", &n));
 }
 
+/* review: and approvals: (docs/approvals.md): settings merge, and each bad value names its line. */
+static void test_approvals_sections(void **state)
+{
+	(void)state;
+	const char *db = "databases:\n  app: {host: h, user: u, password: x}\n";
+	char text[2048], err[512];
+	snprintf(text, sizeof text,
+		 "%sadmin: {port: 8500}\napprovals: {approvers: [oncall], wait: 2m, notify: {webhook: \"https://h/x\"}}\n"
+		 "policies:\n  - name: a\n    review: [{statements: [copy_to]}, {tables: [public.pay]},\n"
+		 "             {estimated_rows_over: 1000}, {returned_rows_over: 50}]\n"
+		 "    approvals: {mode: retry, valid_for: 30s}\n",
+		 db);
+	Config *c = load_text(text, err, sizeof err);
+	assert_non_null(c);
+	const Policy *p = config_find_policy(c, "a");
+	assert_non_null(p);
+	assert_true(p->has_review);
+	assert_int_equal(p->review_estimated_rows, 1000);
+	assert_int_equal(p->review_returned_rows, 50);
+	ApprovalSettings a;
+	config_approval_settings(c, p, &a);
+	assert_int_equal(a.mode, APPROVAL_RETRY);
+	assert_int_equal(a.wait_ms, 120000);    /* from the top level */
+	assert_int_equal(a.valid_for_ms, 30000); /* the policy's own */
+	assert_string_equal(a.approvers.items[0], "oncall");
+	assert_string_equal(a.webhook, "https://h/x");
+	config_release(c);
+
+	const struct {
+		const char *rest;
+		int line;
+		const char *needle;
+	} bad[] = {
+		{"policies:\n  - name: a\n    review: [{statements: [copy_to]}]\n", 0, "no admin: section"},
+		{"admin: {port: 8500}\npolicies:\n  - name: a\n    review: [{tables: [t]}]\n", 0, "no approvals.approvers"},
+		{"admin: {port: 8500}\npolicies:\n  - name: a\n    review: [{rows: 5}]\n", 6, "unknown review rule"},
+		{"admin: {port: 8500}\npolicies:\n  - name: a\n    review: [{statements: [no_such_kind]}]\n", 6,
+		 "is not valid here"},
+		{"admin: {port: 8500}\npolicies:\n  - name: a\n    review: [{returned_rows_over: -1}]\n", 6,
+		 "must be between"},
+		{"admin: {port: 8500}\npolicies:\n  - name: a\n    review: {statements: [copy_to]}\n", 6,
+		 "review must be a list"},
+		{"approvals: {mode: sometimes}\n", 3, "approvals.mode must be wait or retry"},
+		{"approvals: {wait: 10ms}\n", 3, "approvals.wait must be at least 1s"},
+		{"approvals: {approvers: []}\n", 3, "must name at least one group"},
+		{"approvals: {notify: {webhook: \"ftp://h/x\"}}\n", 3, "http:// or https://"},
+		{"approvals: {notify: {email: x}}\n", 3, "unknown key \"email\""},
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		snprintf(text, sizeof text, "%s%s", db, bad[i].rest);
+		if (bad[i].line) {
+			expect_error(text, bad[i].line, bad[i].needle);
+		} else {
+			/* Whole-config checks name the first line. */
+			c = load_text(text, err, sizeof err);
+			if (c)
+				config_release(c);
+			assert_null(c);
+			assert_non_null(strstr(err, bad[i].needle));
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -349,6 +412,7 @@ int main(void)
 		cmocka_unit_test(test_identity_sections),
 		cmocka_unit_test(test_audit_and_admin_sections),
 		cmocka_unit_test(test_duration_and_size),
+		cmocka_unit_test(test_approvals_sections),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
