@@ -1,6 +1,7 @@
 /* The audit writer: per-worker queues, one thread, batched chained commits, retention. */
 #include "audit/audit.h"
 
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,9 +17,13 @@
 #define RETRY_INTERVAL_MS 500     /* after a failed commit */
 #define PENDING_MAX 200000        /* events held while the store is down; older ones are dropped */
 #define HEAD_LOG_INTERVAL_S 60
+#define EVENT_KIND 24
+#define EVENT_STRINGS 256         /* room for session id, user and database in a recycled event */
+#define POOL_MAX 4096             /* recycled events and bodies kept per worker queue */
+#define POOL_BODY_MAX 16384       /* larger bodies are freed, not kept */
 
 typedef struct Event {
-	char kind[24];
+	char kind[EVENT_KIND];
 	const char *session_id, *user, *database; /* in strings, or NULL */
 	int64_t time_us;
 	char *body; /* JSON text */
@@ -26,8 +31,14 @@ typedef struct Event {
 	int q;
 	uint64_t ticket;
 	struct Event *next;
-	char strings[]; /* one allocation per event */
+	bool recyclable; /* strings has EVENT_STRINGS bytes */
+	char strings[];  /* one allocation per event */
 } Event;
+
+/* A body buffer waiting for reuse; the struct lives in the buffer itself. */
+typedef struct FreeBody {
+	struct FreeBody *next;
+} FreeBody;
 
 /* Where the chain stands: the last record written and the key of the next. */
 typedef struct {
@@ -48,6 +59,15 @@ typedef struct {
 	 */
 	Event *garbage;
 	uint64_t durable; /* atomic */
+	/*
+	 * Committed events and bodies for the next records, touched only by the queue's own
+	 * worker (never the shared last queue): freeing a batch of several hundred events at
+	 * once overflowed malloc's per-thread cache, and every record's malloc then took its
+	 * slow path.
+	 */
+	Event *free_events;
+	FreeBody *free_bodies;
+	size_t nfree_events, nfree_bodies;
 } Queue;
 
 static struct {
@@ -129,6 +149,56 @@ static void free_events(Event *e)
 	}
 }
 
+static bool recycles(int q) { return q < W.nqueues - 1; }
+
+/* Keeps committed events of a worker's queue (and their bodies) for its next records. */
+static void recycle_events(Queue *qu, Event *e)
+{
+	while (e) {
+		Event *next = e->next;
+		if (e->body && qu->nfree_bodies < POOL_MAX && malloc_usable_size(e->body) <= POOL_BODY_MAX) {
+			FreeBody *b = (FreeBody *)(void *)e->body;
+			b->next = qu->free_bodies;
+			qu->free_bodies = b;
+			qu->nfree_bodies++;
+		} else {
+			free(e->body);
+		}
+		e->body = NULL;
+		if (e->recyclable && qu->nfree_events < POOL_MAX) {
+			e->next = qu->free_events;
+			qu->free_events = e;
+			qu->nfree_events++;
+		} else {
+			free(e);
+		}
+		e = next;
+	}
+}
+
+char *audit_buffer(int q, size_t need, size_t *cap)
+{
+	if (W.started && recycles(q)) {
+		Queue *qu = &W.queues[q];
+		FreeBody *b = qu->free_bodies;
+		if (b) {
+			qu->free_bodies = b->next;
+			qu->nfree_bodies--;
+			char *buf = (char *)b;
+			size_t have = malloc_usable_size(buf);
+			if (have < need) {
+				buf = xrealloc(buf, need);
+				have = malloc_usable_size(buf);
+			}
+			*cap = have;
+			return buf;
+		}
+	}
+	char *buf = xmalloc(need);
+	*cap = malloc_usable_size(buf);
+	return buf;
+}
+
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
 		      char *body)
 {
@@ -143,9 +213,22 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 		return 0;
 	}
 	size_t ls = session_id ? strlen(session_id) + 1 : 0, lu = user ? strlen(user) + 1 : 0,
-	       ld = database ? strlen(database) + 1 : 0;
-	Event *e = xmalloc(sizeof *e + ls + lu + ld);
-	snprintf(e->kind, sizeof e->kind, "%s", kind);
+	       ld = database ? strlen(database) + 1 : 0, lk = strnlen(kind, EVENT_KIND - 1);
+	Queue *qu = &W.queues[q];
+	Event *e;
+	if (ls + lu + ld > EVENT_STRINGS) {
+		e = xmalloc(sizeof *e + ls + lu + ld);
+		e->recyclable = false;
+	} else if (recycles(q) && qu->free_events) {
+		e = qu->free_events;
+		qu->free_events = e->next;
+		qu->nfree_events--;
+	} else {
+		e = xmalloc(sizeof *e + EVENT_STRINGS);
+		e->recyclable = true;
+	}
+	memcpy(e->kind, kind, lk);
+	e->kind[lk] = 0;
 	char *p = e->strings;
 	e->session_id = session_id ? memcpy(p, session_id, ls) : NULL;
 	p += ls;
@@ -157,7 +240,6 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 	e->body_len = body_len;
 	e->q = q;
 	e->next = NULL;
-	Queue *qu = &W.queues[q];
 	pthread_mutex_lock(&qu->mu);
 	uint64_t ticket = e->ticket = ++qu->submitted; /* e belongs to the writer once unlocked */
 	if (qu->tail)
@@ -169,7 +251,10 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 	Event *garbage = qu->garbage;
 	qu->garbage = NULL;
 	pthread_mutex_unlock(&qu->mu);
-	free_events(garbage);
+	if (recycles(q))
+		recycle_events(qu, garbage);
+	else
+		free_events(garbage);
 	if (W.strict) {
 		/* Group commit: the writer starts the next batch as soon as it is free. */
 		pthread_mutex_lock(&W.mu);
@@ -498,6 +583,14 @@ void audit_stop(void)
 		W.queues[i].garbage = NULL;
 		pthread_mutex_unlock(&W.queues[i].mu);
 		free_events(g);
+		free_events(W.queues[i].free_events);
+		for (FreeBody *b = W.queues[i].free_bodies, *next; b; b = next) {
+			next = b->next;
+			free(b);
+		}
+		W.queues[i].free_events = NULL;
+		W.queues[i].free_bodies = NULL;
+		W.queues[i].nfree_events = W.queues[i].nfree_bodies = 0;
 	}
 	store_close(W.st);
 	W.st = NULL;

@@ -42,6 +42,11 @@ uint64_t audit_submit(int q, const char *kind, const char *session_id, const cha
 /* The same, for an event that happened at time_us (audit_now_us) rather than now, whose body is body_len bytes. */
 uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
 			 const char *database, char *body, size_t body_len);
+/*
+ * A malloc'd buffer of at least need bytes for a body to submit on queue q (its size in
+ * *cap): a worker's queue hands back the buffers of its committed records.
+ */
+char *audit_buffer(int q, size_t need, size_t *cap);
 uint64_t audit_durable(int q);
 /* The queue for threads other than the workers (admin API, approvals). */
 int audit_other_queue(void);

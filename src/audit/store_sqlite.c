@@ -126,10 +126,7 @@ static void append_raw(JsonW *w, const char *s, size_t n)
 static void append_string(JsonW *w, const char *s)
 {
 	size_t n = strlen(s);
-	bool plain = true;
-	for (size_t i = 0; i < n && plain; i++)
-		plain = s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"' && s[i] != '\\';
-	if (!plain) {
+	if (!jw_plain_ascii((const uint8_t *)s, n)) {
 		/* jw_text writes text that is not UTF-8 as {"hex": ...}; the reader decodes both. */
 		w->comma = false;
 		jw_text(w, (const uint8_t *)s, n, false);
@@ -142,10 +139,14 @@ static void append_string(JsonW *w, const char *s)
 
 static void append_record(JsonW *w, const StoredRecord *r)
 {
-	char seq[24];
-	int n = snprintf(seq, sizeof seq, "%lld", (long long)r->seq);
+	char seq[24], *end = seq + sizeof seq, *p = end;
+	uint64_t v = r->seq < 0 ? 0 : (uint64_t)r->seq; /* seq counts from 1 */
+	do {
+		*--p = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
 	LIT(w, "{\"seq\":");
-	append_raw(w, seq, (size_t)n);
+	append_raw(w, p, (size_t)(end - p));
 	LIT(w, ",\"time\":");
 	append_string(w, r->time);
 	LIT(w, ",\"kind\":");

@@ -185,8 +185,38 @@ bool jw_valid_utf8(const uint8_t *s, size_t n)
 	return true;
 }
 
+/* Eight bytes at a time (SQL text and most values are plain), with the "has a zero byte" bit trick. */
+bool jw_plain_ascii(const uint8_t *s, size_t n)
+{
+	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		uint64_t x;
+		memcpy(&x, s + i, 8);
+		uint64_t quote = x ^ (ones * '"'), backslash = x ^ (ones * '\\');
+		uint64_t bad = (x | ((x - ones * 0x20) & ~x) | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash)) &
+			       highs;
+		if (bad)
+			return false;
+	}
+	for (; i < n; i++)
+		if (s[i] < 0x20 || s[i] >= 0x80 || s[i] == '"' || s[i] == '\\')
+			return false;
+	return true;
+}
+
 void jw_text(JsonW *w, const uint8_t *s, size_t n, bool binary)
 {
+	if (!binary && jw_plain_ascii(s, n)) {
+		sep(w);
+		reserve(w, n + 2);
+		w->buf[w->len++] = '"';
+		memcpy(w->buf + w->len, s, n);
+		w->len += n;
+		w->buf[w->len++] = '"';
+		w->buf[w->len] = 0;
+		return;
+	}
 	if (!binary && jw_valid_utf8(s, n)) {
 		sep(w);
 		quoted(w, s, n);

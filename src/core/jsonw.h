@@ -43,5 +43,7 @@ void jw_null(JsonW *w);
 void jw_raw(JsonW *w, const char *json, size_t n);
 
 bool jw_valid_utf8(const uint8_t *s, size_t n);
+/* True when every byte is printable ASCII other than '"' and '\\': a JSON string as it is. */
+bool jw_plain_ascii(const uint8_t *s, size_t n);
 
 #endif

@@ -497,9 +497,10 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 	JsonW w;
 	jw_init(&w);
 	/* Sized for the whole record at once: growing by doubling copied it two or three times. */
-	w.cap = 512 + 2 * strlen(a->sql) + a->rows.len + (a->params ? strlen(a->params) : 0) +
-		(a->columns ? strlen(a->columns) : 0) + error_len;
-	w.buf = xmalloc(w.cap);
+	w.buf = audit_buffer(s->worker->index,
+			     512 + 2 * strlen(a->sql) + a->rows.len + (a->params ? strlen(a->params) : 0) +
+				     (a->columns ? strlen(a->columns) : 0) + error_len,
+			     &w.cap);
 	jw_begin_object(&w);
 	key_string_plain(&w, "session_id", s->audit_id);
 	key_int_plain(&w, "n", (int64_t)a->n);
@@ -607,8 +608,11 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 		return AUDIT_PASS;
 	case 'C': {
 		char tag[128] = "?";
-		if (whole && len)
-			snprintf(tag, sizeof tag, "%.*s", (int)strnlen((const char *)body, len), (const char *)body);
+		if (whole && len) {
+			size_t n = strnlen((const char *)body, len < sizeof tag ? len : sizeof tag - 1);
+			memcpy(tag, body, n);
+			tag[n] = 0;
+		}
 		t = submit(s, a, tag, NULL, 0, NULL);
 		break;
 	}

@@ -460,9 +460,50 @@ static void test_json_writer(void **state)
 	free(text);
 }
 
+/* Every special byte at every offset of the 8-byte scan (and its tail) comes back as written. */
+static void test_json_writer_fast_path(void **state)
+{
+	(void)state;
+	static const char *const specials[] = {"\x01", "\x1f", "\"", "\\", "\x7f", "\xc3\xa9", "\xe2\x82\xac", " ", "~"};
+	for (size_t k = 0; k < sizeof specials / sizeof *specials; k++) {
+		for (size_t at = 0; at <= 19; at++) {
+			char text[64];
+			memset(text, 'a', 19);
+			memcpy(text + at, specials[k], strlen(specials[k]));
+			size_t n = at + strlen(specials[k]) > 19 ? at + strlen(specials[k]) : 19;
+			text[n] = 0;
+			JsonW w;
+			jw_init(&w);
+			jw_begin_array(&w);
+			jw_text(&w, (const uint8_t *)text, n, false);
+			jw_end_array(&w);
+			char *json = jw_take(&w);
+			json_error_t e;
+			json_t *j = json_loads(json, 0, &e);
+			if (!j)
+				fail_msg("invalid JSON %s: %s", json, e.text);
+			assert_string_equal(json_string_value(json_array_get(j, 0)), text);
+			json_decref(j);
+			free(json);
+		}
+	}
+	/* Bytes that are not UTF-8 text (NUL, a lone continuation byte, 0xff) still become hex. */
+	static const char *const bad[] = {"abcdefgh\0ijk", "abcdefghij\x80k", "\xff"};
+	static const size_t bad_len[] = {13, 12, 1};
+	for (size_t k = 0; k < 3; k++) {
+		JsonW w;
+		jw_init(&w);
+		jw_text(&w, (const uint8_t *)bad[k], bad_len[k], false);
+		char *json = jw_take(&w);
+		assert_non_null(strstr(json, "{\"hex\":"));
+		free(json);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_json_writer_fast_path),
 		cmocka_unit_test(test_tag_covers_every_field),
 		cmocka_unit_test(test_tag_known_answer),
 		cmocka_unit_test(test_key_evolves_one_way),
