@@ -1144,8 +1144,17 @@ static AuditStep audit_server_message(Session *s, char type, uint32_t len, size_
 
 void session__relay_from_server(Session *s)
 {
-	if (s->audit_holding)
-		return; /* the upstream's answer waits for its audit record */
+	if (s->audit_holding) {
+		/*
+		 * The upstream's answer waits for its audit record. Reading goes on into memory (a
+		 * pause and resume per statement cost two epoll_ctl calls) up to the high-water mark.
+		 */
+		if (!s->server_paused && evbuffer_get_length(s->server.in) > RELAY_HIGH_WATER) {
+			sock_pause_read(&s->server);
+			s->server_paused = true;
+		}
+		return;
+	}
 	struct evbuffer *in = s->server.in;
 	size_t avail = evbuffer_get_length(in);
 	size_t fwd = 0;
@@ -1213,13 +1222,8 @@ void session__relay_from_server(Session *s)
 			AuditStep st = audit_server_message(s, type, len, fwd, avail);
 			if (st == STEP_WAIT)
 				break;
-			if (st == STEP_HOLD) {
-				if (!s->server_paused) {
-					sock_pause_read(&s->server);
-					s->server_paused = true;
-				}
+			if (st == STEP_HOLD)
 				break;
-			}
 		}
 		MsgBuilder extra;
 		msgb_init(&extra);
@@ -1241,7 +1245,12 @@ void session__relay_from_server(Session *s)
 		session_close(s, "upstream write failed", "08006", "pgcordon: lost connection to upstream database");
 		return;
 	}
-	if (evbuffer_get_length(s->client.out)) {
+	/*
+	 * While a CommandComplete waits for its audit record, what came before it waits too (up
+	 * to the high-water mark): the client gets the answer in one piece, in one wake-up.
+	 */
+	size_t down = evbuffer_get_length(s->client.out);
+	if (down && (!s->audit_holding || down > RELAY_HIGH_WATER)) {
 		if (sock_flush(&s->client) == IO_ERROR) {
 			session_close(s, "client write failed", NULL, NULL);
 			return;
