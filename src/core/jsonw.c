@@ -121,7 +121,7 @@ void jw_key(JsonW *w, const char *key)
 	w->comma = false;
 }
 
-void jw_key_plain(JsonW *w, const char *key, size_t len)
+void jw_key_plain_grow(JsonW *w, const char *key, size_t len)
 {
 	reserve(w, len + 4);
 	if (w->comma)

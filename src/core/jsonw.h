@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct {
 	char *buf;
@@ -28,7 +29,25 @@ void jw_begin_array(JsonW *w);
 void jw_end_array(JsonW *w);
 void jw_key(JsonW *w, const char *key);
 /* A key that needs no escaping, given with its length (see JW_KEY): no pass over its bytes. */
-void jw_key_plain(JsonW *w, const char *key, size_t len);
+void jw_key_plain_grow(JsonW *w, const char *key, size_t len);
+static inline void jw_key_plain(JsonW *w, const char *key, size_t len)
+{
+	if (w->len + len + 5 > w->cap) {
+		jw_key_plain_grow(w, key, len); /* the rare case: the buffer grows first */
+		return;
+	}
+	char *p = w->buf + w->len;
+	if (w->comma)
+		*p++ = ',';
+	*p++ = '"';
+	memcpy(p, key, len); /* inlined: len is a constant at every JW_KEY */
+	p += len;
+	*p++ = '"';
+	*p++ = ':';
+	*p = 0;
+	w->len = (size_t)(p - w->buf);
+	w->comma = false;
+}
 #define JW_KEY(w, lit) jw_key_plain((w), (lit), sizeof(lit) - 1)
 
 void jw_string(JsonW *w, const char *s); /* NULL writes null */

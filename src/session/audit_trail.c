@@ -465,7 +465,10 @@ static int64_t tag_rows(const char *tag)
 	const char *sp = strrchr(tag, ' ');
 	if (!sp || sp[1] < '0' || sp[1] > '9')
 		return -1;
-	return strtoll(sp + 1, NULL, 10);
+	int64_t n = 0;
+	for (const char *p = sp + 1; *p >= '0' && *p <= '9' && n < INT64_MAX / 10 - 9; p++)
+		n = n * 10 + (*p - '0');
+	return n;
 }
 
 /* The fields of an ErrorResponse that say what failed, as a JSON object. */
