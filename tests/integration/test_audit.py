@@ -1290,6 +1290,25 @@ def test_strict_pipeline_and_copy(gateway_factory, tmp_path, pg):
         su_exec(pg, f"DROP TABLE IF EXISTS {t}")
 
 
+def test_strict_large_results_and_deep_pipeline(gateway_factory, tmp_path):
+    """Strict durability holds a CommandComplete, and what came before it, until the record
+    is committed; upstream reading goes on meanwhile up to the high-water mark. Results far
+    above that mark (3 MB) and a pipeline whose answers pile up behind held statements
+    still arrive whole and in order, and each has its record."""
+    db = tmp_path / "strictbig.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"durability": "strict"})
+    trail = SqliteTrail(db)
+    with gw.connect(application_name=app_name("strictbig")) as c:
+        rows = c.execute("SELECT i, repeat('x', 1000) FROM generate_series(1, 3000) i").fetchall()
+        assert len(rows) == 3000 and rows[-1][0] == 3000 and len(rows[0][1]) == 1000
+        with c.pipeline():
+            curs = [c.execute("SELECT %s::int, repeat('y', 200000)", (i,)) for i in range(40)]
+        assert [cur.fetchone()[0] for cur in curs] == list(range(40))
+    bodies = [r["body"] for r in trail.rows(kind="statement")]
+    assert any(b.get("tag") == "SELECT 3000" for b in bodies)
+    assert sum(1 for b in bodies if "repeat('y', 200000)" in b.get("sql", "")) == 40
+
+
 def test_strict_statement_waits_out_a_locked_store(gateway_factory, tmp_path):
     """Strict durability and a store locked for longer than the busy timeout: the statement
     in flight is not lost or hung for good; once the lock goes, the session works."""
