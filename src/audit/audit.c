@@ -1,7 +1,6 @@
 /* The audit writer: per-worker queues, one thread, batched chained commits, retention. */
 #include "audit/audit.h"
 
-#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,9 +17,9 @@
 #define PENDING_MAX 200000        /* events held while the store is down; older ones are dropped */
 #define HEAD_LOG_INTERVAL_S 60
 #define EVENT_KIND 24
-#define EVENT_STRINGS 256         /* room for session id, user and database in a recycled event */
-#define POOL_MAX 4096             /* recycled events and bodies kept per worker queue */
-#define POOL_BODY_MAX 16384       /* larger bodies are freed, not kept */
+#define EVENT_STRINGS 256         /* room for session id, user and database in a reusable event */
+#define POOL_MAX 8192             /* reusable events kept per worker queue */
+#define POOL_BODY_MAX 16384       /* an event with a larger body is freed, not reused */
 
 typedef struct Event {
 	char kind[EVENT_KIND];
@@ -31,14 +30,10 @@ typedef struct Event {
 	int q;
 	uint64_t ticket;
 	struct Event *next;
-	bool recyclable; /* strings has EVENT_STRINGS bytes */
+	size_t body_cap; /* body's allocated size when it may be reused (audit_buffer), else 0 */
+	bool standard;   /* strings has EVENT_STRINGS bytes */
 	char strings[];  /* one allocation per event */
 } Event;
-
-/* A body buffer waiting for reuse; the struct lives in the buffer itself. */
-typedef struct FreeBody {
-	struct FreeBody *next;
-} FreeBody;
 
 /* Where the chain stands: the last record written and the key of the next. */
 typedef struct {
@@ -60,14 +55,16 @@ typedef struct {
 	Event *garbage;
 	uint64_t durable; /* atomic */
 	/*
-	 * Committed events and bodies for the next records, touched only by the queue's own
-	 * worker (never the shared last queue): freeing a batch of several hundred events at
-	 * once overflowed malloc's per-thread cache, and every record's malloc then took its
-	 * slow path.
+	 * A worker's queue gets its committed events back for reuse, with their bodies: one
+	 * list, spliced in without walking it (its events are cold in the worker's cache), and
+	 * no malloc or free per record. Freeing a batch of several hundred events at once had
+	 * also overflowed malloc's per-thread cache, sending every malloc down its slow path.
 	 */
-	Event *free_events;
-	FreeBody *free_bodies;
-	size_t nfree_events, nfree_bodies;
+	Event *reuse, *reuse_tail; /* handed back by the writer, under mu */
+	size_t nreuse;
+	Event *pool;     /* the worker's own (no lock): ready for the next records */
+	size_t npool;
+	Event *reserved; /* taken by audit_buffer for the record being built */
 } Queue;
 
 static struct {
@@ -149,64 +146,72 @@ static void free_events(Event *e)
 	}
 }
 
-static bool recycles(int q) { return q < W.nqueues - 1; }
+/* Only a worker's own queue reuses events: the last queue is shared by other threads. */
+static bool reuses(int q) { return q < W.nqueues - 1; }
 
-/* Keeps committed events of a worker's queue (and their bodies) for its next records. */
-static void recycle_events(Queue *qu, Event *e)
+static bool reusable(const Event *e) { return e->standard && e->body_cap && e->body_cap <= POOL_BODY_MAX; }
+
+static Event *event_new_standard(void)
 {
-	while (e) {
-		Event *next = e->next;
-		if (e->body && qu->nfree_bodies < POOL_MAX && malloc_usable_size(e->body) <= POOL_BODY_MAX) {
-			FreeBody *b = (FreeBody *)(void *)e->body;
-			b->next = qu->free_bodies;
-			qu->free_bodies = b;
-			qu->nfree_bodies++;
-		} else {
-			free(e->body);
-		}
-		e->body = NULL;
-		if (e->recyclable && qu->nfree_events < POOL_MAX) {
-			e->next = qu->free_events;
-			qu->free_events = e;
-			qu->nfree_events++;
-		} else {
-			free(e);
-		}
-		e = next;
-	}
+	Event *e = xmalloc(sizeof *e + EVENT_STRINGS);
+	e->standard = true;
+	e->body = NULL;
+	e->body_cap = 0;
+	return e;
 }
 
 char *audit_buffer(int q, size_t need, size_t *cap)
 {
-	if (W.started && recycles(q)) {
-		Queue *qu = &W.queues[q];
-		FreeBody *b = qu->free_bodies;
-		if (b) {
-			qu->free_bodies = b->next;
-			qu->nfree_bodies--;
-			char *buf = (char *)b;
-			size_t have = malloc_usable_size(buf);
-			if (have < need) {
-				buf = xrealloc(buf, need);
-				have = malloc_usable_size(buf);
-			}
-			*cap = have;
-			return buf;
-		}
+	if (!W.started || !reuses(q)) {
+		*cap = need;
+		return xmalloc(need);
 	}
-	char *buf = xmalloc(need);
-	*cap = malloc_usable_size(buf);
-	return buf;
+	Queue *qu = &W.queues[q];
+	Event *e = qu->reserved;
+	if (e) {
+		/* The last buffer was never submitted: it is its taker's now, not the event's. */
+		e->body = NULL;
+		e->body_cap = 0;
+	} else if (qu->pool) {
+		e = qu->pool;
+		qu->pool = e->next;
+		qu->npool--;
+	} else {
+		e = event_new_standard();
+	}
+	if (e->body_cap < need) {
+		e->body = xrealloc(e->body, need);
+		e->body_cap = need;
+	}
+	qu->reserved = e;
+	*cap = e->body_cap;
+	return e->body;
+}
+
+/* Takes what the writer handed back: reusable events into the pool, the rest freed. */
+static void take_back(int q, Event *garbage, Event *reuse, Event *reuse_tail, size_t nreuse)
+{
+	free_events(garbage);
+	if (!reuse)
+		return;
+	Queue *qu = &W.queues[q];
+	if (qu->npool + nreuse > POOL_MAX) {
+		free_events(reuse); /* after a burst: keep the pool bounded */
+		return;
+	}
+	reuse_tail->next = qu->pool;
+	qu->pool = reuse;
+	qu->npool += nreuse;
 }
 
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
 		      char *body)
 {
-	return audit_submit_at(q, audit_now_us(), kind, session_id, user, database, body, body ? strlen(body) : 0);
+	return audit_submit_at(q, audit_now_us(), kind, session_id, user, database, body, body ? strlen(body) : 0, 0);
 }
 
 uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
-			 const char *database, char *body, size_t body_len)
+			 const char *database, char *body, size_t body_len, size_t body_cap)
 {
 	if (!W.started) {
 		free(body);
@@ -215,17 +220,29 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 	size_t ls = session_id ? strlen(session_id) + 1 : 0, lu = user ? strlen(user) + 1 : 0,
 	       ld = database ? strlen(database) + 1 : 0, lk = strnlen(kind, EVENT_KIND - 1);
 	Queue *qu = &W.queues[q];
-	Event *e;
+	Event *e = NULL, *reserved = reuses(q) ? qu->reserved : NULL;
+	if (reserved) {
+		qu->reserved = NULL;
+		reserved->body = NULL; /* body (from audit_buffer, perhaps grown since) comes below */
+		reserved->body_cap = 0;
+	}
 	if (ls + lu + ld > EVENT_STRINGS) {
 		e = xmalloc(sizeof *e + ls + lu + ld);
-		e->recyclable = false;
-	} else if (recycles(q) && qu->free_events) {
-		e = qu->free_events;
-		qu->free_events = e->next;
-		qu->nfree_events--;
+		e->standard = false;
+		if (reserved) {
+			reserved->next = qu->pool;
+			qu->pool = reserved;
+			qu->npool++;
+		}
+	} else if (reserved) {
+		e = reserved;
+	} else if (reuses(q) && qu->pool) {
+		e = qu->pool;
+		qu->pool = e->next;
+		qu->npool--;
+		free(e->body); /* a body not built in it: this one brings its own */
 	} else {
-		e = xmalloc(sizeof *e + EVENT_STRINGS);
-		e->recyclable = true;
+		e = event_new_standard();
 	}
 	memcpy(e->kind, kind, lk);
 	e->kind[lk] = 0;
@@ -238,6 +255,7 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 	e->time_us = time_us;
 	e->body = body;
 	e->body_len = body_len;
+	e->body_cap = body_cap;
 	e->q = q;
 	e->next = NULL;
 	pthread_mutex_lock(&qu->mu);
@@ -248,13 +266,12 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 		qu->head = e;
 	qu->tail = e;
 	qu->count++;
-	Event *garbage = qu->garbage;
-	qu->garbage = NULL;
+	Event *garbage = qu->garbage, *reuse = qu->reuse, *reuse_tail = qu->reuse_tail;
+	size_t nreuse = qu->nreuse;
+	qu->garbage = qu->reuse = qu->reuse_tail = NULL;
+	qu->nreuse = 0;
 	pthread_mutex_unlock(&qu->mu);
-	if (recycles(q))
-		recycle_events(qu, garbage);
-	else
-		free_events(garbage);
+	take_back(q, garbage, reuse, reuse_tail, nreuse);
 	if (W.strict) {
 		/* Group commit: the writer starts the next batch as soon as it is free. */
 		pthread_mutex_lock(&W.mu);
@@ -409,15 +426,47 @@ static void log_head(const char *why)
 static void give_back(Event *batch)
 {
 	while (batch) {
-		Event *first = batch, *last = batch;
-		while (last->next && last->next->q == first->q)
-			last = last->next;
-		batch = last->next;
-		__atomic_store_n(&W.queues[first->q].durable, last->ticket, __ATOMIC_RELEASE);
-		Queue *qu = &W.queues[first->q];
+		int q = batch->q;
+		Queue *qu = &W.queues[q];
+		Event *keep = NULL, *keep_tail = NULL, *drop = NULL, *drop_tail = NULL;
+		size_t nkeep = 0;
+		uint64_t ticket = 0;
+		/* Split the queue's run into events to reuse and events to free, keeping order. */
+		while (batch && batch->q == q) {
+			Event *e = batch;
+			batch = e->next;
+			ticket = e->ticket;
+			Event **head = &drop, **tail = &drop_tail;
+			if (reuses(q) && reusable(e)) {
+				head = &keep;
+				tail = &keep_tail;
+				nkeep++;
+			}
+			if (*tail) {
+				if ((*tail)->next != e)
+					(*tail)->next = e; /* most runs are already linked: no write */
+			} else {
+				*head = e;
+			}
+			*tail = e;
+		}
+		if (keep_tail)
+			keep_tail->next = NULL;
+		if (drop_tail)
+			drop_tail->next = NULL;
+		__atomic_store_n(&qu->durable, ticket, __ATOMIC_RELEASE);
 		pthread_mutex_lock(&qu->mu);
-		last->next = qu->garbage;
-		qu->garbage = first;
+		if (drop) {
+			drop_tail->next = qu->garbage;
+			qu->garbage = drop;
+		}
+		if (keep) {
+			keep_tail->next = qu->reuse;
+			if (!qu->reuse)
+				qu->reuse_tail = keep_tail;
+			qu->reuse = keep;
+			qu->nreuse += nkeep;
+		}
 		pthread_mutex_unlock(&qu->mu);
 	}
 }
@@ -583,14 +632,12 @@ void audit_stop(void)
 		W.queues[i].garbage = NULL;
 		pthread_mutex_unlock(&W.queues[i].mu);
 		free_events(g);
-		free_events(W.queues[i].free_events);
-		for (FreeBody *b = W.queues[i].free_bodies, *next; b; b = next) {
-			next = b->next;
-			free(b);
-		}
-		W.queues[i].free_events = NULL;
-		W.queues[i].free_bodies = NULL;
-		W.queues[i].nfree_events = W.queues[i].nfree_bodies = 0;
+		Queue *qu = &W.queues[i];
+		free_events(qu->reuse);
+		free_events(qu->pool);
+		free(qu->reserved); /* its body, if any, is its taker's */
+		qu->reuse = qu->reuse_tail = qu->pool = qu->reserved = NULL;
+		qu->nreuse = qu->npool = 0;
 	}
 	store_close(W.st);
 	W.st = NULL;

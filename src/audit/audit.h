@@ -39,12 +39,17 @@ bool audit_store_healthy(void);
  */
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
 		      char *body);
-/* The same, for an event that happened at time_us (audit_now_us) rather than now, whose body is body_len bytes. */
-uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
-			 const char *database, char *body, size_t body_len);
 /*
- * A malloc'd buffer of at least need bytes for a body to submit on queue q (its size in
- * *cap): a worker's queue hands back the buffers of its committed records.
+ * The same, for an event that happened at time_us (audit_now_us) rather than now, whose body
+ * is body_len bytes. body_cap: body's allocated size when it came from audit_buffer (perhaps
+ * grown since), so that the queue can reuse it; 0 otherwise.
+ */
+uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
+			 const char *database, char *body, size_t body_len, size_t body_cap);
+/*
+ * A malloc'd buffer of at least need bytes (its size in *cap) for the next body submitted
+ * on queue q: on a worker's queue, the body of a committed record, reused. Submit it (or
+ * another body) before the next call.
  */
 char *audit_buffer(int q, size_t need, size_t *cap);
 uint64_t audit_durable(int q);

@@ -553,9 +553,9 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 		jw_end_object(&w);
 	}
 	jw_end_object(&w);
-	size_t body_len = w.len;
+	size_t body_len = w.len, body_cap = w.cap;
 	uint64_t ticket = audit_submit_at(s->worker->index, now, "statement", s->audit_id, s->user_name,
-					  s->database_name, jw_take(&w), body_len);
+					  s->database_name, jw_take(&w), body_len, body_cap);
 	/* The next statement of the same Query starts here. */
 	a->part++;
 	a->start_us = now;
