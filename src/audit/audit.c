@@ -19,6 +19,7 @@
 #define EVENT_KIND 24
 #define EVENT_STRINGS 256         /* room for session id, user and database in a reusable event */
 #define POOL_MAX 8192             /* reusable events kept per worker queue */
+#define POOL_BYTES_MAX (8u << 20) /* and their bodies' bytes */
 #define POOL_BODY_MAX 16384       /* an event with a larger body is freed, not reused */
 
 typedef struct Event {
@@ -61,9 +62,9 @@ typedef struct {
 	 * also overflowed malloc's per-thread cache, sending every malloc down its slow path.
 	 */
 	Event *reuse, *reuse_tail; /* handed back by the writer, under mu */
-	size_t nreuse;
+	size_t nreuse, reuse_bytes;
 	Event *pool;     /* the worker's own (no lock): ready for the next records */
-	size_t npool;
+	size_t npool, pool_bytes;
 	Event *reserved; /* taken by audit_buffer for the record being built */
 } Queue;
 
@@ -176,6 +177,7 @@ char *audit_buffer(int q, size_t need, size_t *cap)
 		e = qu->pool;
 		qu->pool = e->next;
 		qu->npool--;
+		qu->pool_bytes -= e->body_cap;
 	} else {
 		e = event_new_standard();
 	}
@@ -189,19 +191,20 @@ char *audit_buffer(int q, size_t need, size_t *cap)
 }
 
 /* Takes what the writer handed back: reusable events into the pool, the rest freed. */
-static void take_back(int q, Event *garbage, Event *reuse, Event *reuse_tail, size_t nreuse)
+static void take_back(int q, Event *garbage, Event *reuse, Event *reuse_tail, size_t nreuse, size_t bytes)
 {
 	free_events(garbage);
 	if (!reuse)
 		return;
 	Queue *qu = &W.queues[q];
-	if (qu->npool + nreuse > POOL_MAX) {
+	if (qu->npool + nreuse > POOL_MAX || qu->pool_bytes + bytes > POOL_BYTES_MAX) {
 		free_events(reuse); /* after a burst: keep the pool bounded */
 		return;
 	}
 	reuse_tail->next = qu->pool;
 	qu->pool = reuse;
 	qu->npool += nreuse;
+	qu->pool_bytes += bytes;
 }
 
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
@@ -240,6 +243,7 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 		e = qu->pool;
 		qu->pool = e->next;
 		qu->npool--;
+		qu->pool_bytes -= e->body_cap;
 		free(e->body); /* a body not built in it: this one brings its own */
 	} else {
 		e = event_new_standard();
@@ -267,11 +271,11 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 	qu->tail = e;
 	qu->count++;
 	Event *garbage = qu->garbage, *reuse = qu->reuse, *reuse_tail = qu->reuse_tail;
-	size_t nreuse = qu->nreuse;
+	size_t nreuse = qu->nreuse, reuse_bytes = qu->reuse_bytes;
 	qu->garbage = qu->reuse = qu->reuse_tail = NULL;
-	qu->nreuse = 0;
+	qu->nreuse = qu->reuse_bytes = 0;
 	pthread_mutex_unlock(&qu->mu);
-	take_back(q, garbage, reuse, reuse_tail, nreuse);
+	take_back(q, garbage, reuse, reuse_tail, nreuse, reuse_bytes);
 	if (W.strict) {
 		/* Group commit: the writer starts the next batch as soon as it is free. */
 		pthread_mutex_lock(&W.mu);
@@ -429,7 +433,7 @@ static void give_back(Event *batch)
 		int q = batch->q;
 		Queue *qu = &W.queues[q];
 		Event *keep = NULL, *keep_tail = NULL, *drop = NULL, *drop_tail = NULL;
-		size_t nkeep = 0;
+		size_t nkeep = 0, keep_bytes = 0;
 		uint64_t ticket = 0;
 		/* Split the queue's run into events to reuse and events to free, keeping order. */
 		while (batch && batch->q == q) {
@@ -441,6 +445,7 @@ static void give_back(Event *batch)
 				head = &keep;
 				tail = &keep_tail;
 				nkeep++;
+				keep_bytes += e->body_cap;
 			}
 			if (*tail) {
 				if ((*tail)->next != e)
@@ -466,6 +471,7 @@ static void give_back(Event *batch)
 				qu->reuse_tail = keep_tail;
 			qu->reuse = keep;
 			qu->nreuse += nkeep;
+			qu->reuse_bytes += keep_bytes;
 		}
 		pthread_mutex_unlock(&qu->mu);
 	}
@@ -637,7 +643,7 @@ void audit_stop(void)
 		free_events(qu->pool);
 		free(qu->reserved); /* its body, if any, is its taker's */
 		qu->reuse = qu->reuse_tail = qu->pool = qu->reserved = NULL;
-		qu->nreuse = qu->npool = 0;
+		qu->nreuse = qu->npool = qu->reuse_bytes = qu->pool_bytes = 0;
 	}
 	store_close(W.st);
 	W.st = NULL;

@@ -466,8 +466,8 @@ static int64_t tag_rows(const char *tag)
 	if (!sp || sp[1] < '0' || sp[1] > '9')
 		return -1;
 	int64_t n = 0;
-	for (const char *p = sp + 1; *p >= '0' && *p <= '9' && n < INT64_MAX / 10 - 9; p++)
-		n = n * 10 + (*p - '0');
+	for (const char *p = sp + 1; *p >= '0' && *p <= '9'; p++)
+		n = n > (INT64_MAX - 9) / 10 ? INT64_MAX : n * 10 + (*p - '0'); /* saturates, as strtoll did */
 	return n;
 }
 

@@ -931,11 +931,14 @@ static void on_notify(Worker *w)
 	Session *after;
 	for (Session *s = sw->head; s; s = after) {
 		after = s->next;
-		if (s->state == SESS_AUTH_WAIT_KEYS)
+		if (s->state == SESS_AUTH_WAIT_KEYS) {
 			try_token(s, true); /* with retry it verifies or refuses: never waits twice */
-		else if (s->held_id[0] && s->state == SESS_READY)
+			continue;
+		}
+		/* A session may wait for both: an approval (client side) and its last answer's record. */
+		if (s->held_id[0] && s->state == SESS_READY)
 			session__hold_wake(s);
-		else if (s->audit_holding && audit_durable(w->index) >= s->audit_ticket) {
+		if (s->state != SESS_CLOSED && s->audit_holding && audit_durable(w->index) >= s->audit_ticket) {
 			s->audit_holding = false;
 			s->audit_released = true;
 			session__relay_from_server(s);

@@ -490,6 +490,19 @@ void upstream_on_event(Sock *sock, short what, void *arg)
 		SockIo r = sock_read(&s->server, RELAY_READ_MAX);
 		if (r == IO_AGAIN)
 			return;
+		if ((r == IO_EOF || r == IO_ERROR) && s->audit_holding) {
+			/*
+			 * Strict audit: an answer read before the close waits for its record and is
+			 * still owed to the client. Stop reading; once it is released and relayed,
+			 * reading resumes and finds the close again.
+			 */
+			s->bytes_from_server += evbuffer_get_length(s->server.in) - before;
+			if (!s->server_paused) {
+				sock_pause_read(&s->server);
+				s->server_paused = true;
+			}
+			return;
+		}
 		if (r == IO_EOF || r == IO_ERROR) {
 			upstream_lost(s, r == IO_EOF ? "upstream closed the connection" : s->server.err);
 			return;

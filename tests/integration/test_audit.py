@@ -1347,6 +1347,44 @@ def test_strict_statement_waits_out_a_locked_store(gateway_factory, tmp_path):
     check_chain_links(SqliteTrail(db).rows())
 
 
+def test_strict_held_answer_survives_upstream_close(gateway_factory, tmp_path, pg):
+    """Strict durability, a store locked so that an answer waits for its record, and the
+    upstream backend terminated meanwhile: the client still gets that answer (its record is
+    committed once the lock goes); only then does the session end."""
+    db = tmp_path / "strictclose.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"durability": "strict"})
+    conn = gw.connect(application_name=app_name("strictclose"))
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    lk = sqlite3.connect(str(db), isolation_level=None, timeout=10)
+    lk.execute("BEGIN EXCLUSIVE")
+    result = {}
+
+    def run():
+        try:
+            result["rows"] = conn.execute(f"SELECT 'sc-held-{SFX}' AS probe").fetchall()
+        except psycopg.Error as e:
+            result["err"] = e
+    th = threading.Thread(target=run)
+    th.start()
+    try:
+        time.sleep(1.5)
+        assert th.is_alive(), "the answer was not held while the store was locked"
+        su_exec(pg, f"SELECT pg_terminate_backend({pid})")
+        time.sleep(1.5)
+    finally:
+        lk.execute("ROLLBACK")
+        lk.close()
+    th.join(15)
+    assert not th.is_alive()
+    assert result.get("rows") == [(f"sc-held-{SFX}",)], result.get("err")
+    record_with(SqliteTrail(db), f"sc-held-{SFX}", timeout=0.5)
+    with pytest.raises(psycopg.Error):
+        conn.execute("SELECT 1").fetchall()
+    conn.close()
+    with gw.connect() as c2:  # the gateway serves everyone else
+        assert c2.execute("SELECT 2").fetchone() == (2,)
+
+
 def test_stop_flushes_open_sessions(gateway_factory, tmp_path):
     db = tmp_path / "flush.db"
     gw = start_audited(gateway_factory, f"sqlite:{db}")
