@@ -405,7 +405,10 @@ bool approval_store_start(const Config *c, json_t ***loaded, size_t *n, char *er
 		S.running = false;
 		return false;
 	}
+	pthread_setname_np(S.writer, "pgc-approvals");
 	S.has_listener = S.pg && pthread_create(&S.listener, NULL, listen_main, NULL) == 0;
+	if (S.has_listener)
+		pthread_setname_np(S.listener, "pgc-approval-ln");
 	/* A wait-mode request of this gateway still pending has lost its client with the restart. */
 	for (size_t i = 0; i < *n; i++) {
 		json_t *r = (*loaded)[i];

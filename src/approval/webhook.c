@@ -261,6 +261,8 @@ bool webhook_start(char *err, size_t errlen)
 	__atomic_store_n(&abort_at_ms, UINT64_MAX, __ATOMIC_RELAXED);
 	int rc = pthread_create(&thread, NULL, sender_thread, NULL);
 	running = rc == 0;
+	if (running)
+		pthread_setname_np(thread, "pgc-webhook");
 	accepting = running;
 	pthread_mutex_unlock(&lock);
 	if (rc != 0) {

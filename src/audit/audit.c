@@ -611,7 +611,9 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 	pthread_mutex_init(&W.mu, NULL);
 	pthread_cond_init(&W.cond, NULL);
 	W.started = true;
-	if (pthread_create(&W.thread, NULL, writer_main, NULL) != 0) {
+	if (pthread_create(&W.thread, NULL, writer_main, NULL) == 0) {
+		pthread_setname_np(W.thread, "pgc-audit");
+	} else {
 		W.started = false;
 		snprintf(err, errlen, "cannot start the audit writer thread");
 		store_close(W.st);

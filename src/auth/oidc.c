@@ -267,6 +267,8 @@ void oidc_configure(const Config *c, OidcKeysChanged cb, void *arg)
 	if (!running && c->noidc > 0) {
 		curl_global_init(CURL_GLOBAL_DEFAULT);
 		running = pthread_create(&thread, NULL, fetch_thread, NULL) == 0;
+		if (running)
+			pthread_setname_np(thread, "pgc-oidc");
 	}
 	pthread_cond_signal(&wake);
 	pthread_mutex_unlock(&lock);

@@ -155,6 +155,9 @@ Worker *workers_start(int n, const int *fds, const WorkerHooks *hooks, char *err
 			snprintf(err, errlen, "pthread_create failed");
 			return NULL;
 		}
+		char name[16]; /* what top -H and perf show (15 characters at most) */
+		snprintf(name, sizeof name, "pgc-worker-%d", i % 10000);
+		pthread_setname_np(ws[i].thread, name);
 	}
 	return ws;
 }

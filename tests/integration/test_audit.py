@@ -369,6 +369,13 @@ def test_key_file_created_private(agw_state):
     assert re.fullmatch(r"[0-9a-f]{64}\n?", key.read_text())
 
 
+def test_threads_named(agw_state):
+    """top -H, perf and ps show what each thread is: the workers and the audit writer."""
+    gw = agw_state[0]
+    names = sorted(p.read_text().strip() for p in Path(f"/proc/{gw.pid}/task").glob("*/comm"))
+    assert "pgc-audit" in names and "pgc-worker-0" in names, names
+
+
 def test_simple_query_result_captured(agw, trail, table):
     t = table(3)
     sql = f"SELECT id, v, n AS tens FROM {t} ORDER BY id"
