@@ -136,14 +136,7 @@ void chain_tag(const uint8_t key[AUDIT_KEY_LEN], const StoredRecord *r, char out
 	Mac m;
 	mac_init(&m, key);
 	/* seq in decimal, as the record shows it */
-	char seq[24], *end = seq + sizeof seq, *p = end;
-	uint64_t v = r->seq < 0 ? 0 - (uint64_t)r->seq : (uint64_t)r->seq;
-	do {
-		*--p = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	if (r->seq < 0)
-		*--p = '-';
+	char seq[24], *end = seq + sizeof seq, *p = util_decimal(r->seq, end);
 	field(&m, r->node);
 	field_n(&m, p, (size_t)(end - p));
 	field(&m, r->time);

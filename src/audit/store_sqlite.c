@@ -122,29 +122,19 @@ static void append_raw(JsonW *w, const char *s, size_t n)
 
 #define LIT(w, s) append_raw(w, s, sizeof s - 1)
 
-/* A string field: our own ASCII values (times, kinds, ids, tags) are copied, others escaped. */
+/*
+ * A string field. jw_text copies plain ASCII (times, kinds, ids, tags) as it is, escapes
+ * other text, and writes text that is not UTF-8 as {"hex": ...}; the reader decodes both.
+ */
 static void append_string(JsonW *w, const char *s)
 {
-	size_t n = strlen(s);
-	if (!jw_plain_ascii((const uint8_t *)s, n)) {
-		/* jw_text writes text that is not UTF-8 as {"hex": ...}; the reader decodes both. */
-		w->comma = false;
-		jw_text(w, (const uint8_t *)s, n, false);
-		return;
-	}
-	append_raw(w, "\"", 1);
-	append_raw(w, s, n);
-	append_raw(w, "\"", 1);
+	w->comma = false;
+	jw_text(w, (const uint8_t *)s, strlen(s), false);
 }
 
 static void append_record(JsonW *w, const StoredRecord *r)
 {
-	char seq[24], *end = seq + sizeof seq, *p = end;
-	uint64_t v = r->seq < 0 ? 0 : (uint64_t)r->seq; /* seq counts from 1 */
-	do {
-		*--p = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
+	char seq[24], *end = seq + sizeof seq, *p = util_decimal(r->seq, end);
 	LIT(w, "{\"seq\":");
 	append_raw(w, p, (size_t)(end - p));
 	LIT(w, ",\"time\":");

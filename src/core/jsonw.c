@@ -233,23 +233,10 @@ void jw_text(JsonW *w, const uint8_t *s, size_t n, bool binary)
 	jw_end_object(w);
 }
 
-/* Decimal digits of v, right-aligned to end; returns the first. On the hot path: no printf. */
-static char *digits(uint64_t v, char *end)
-{
-	do {
-		*--end = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	return end;
-}
-
 void jw_int(JsonW *w, int64_t v)
 {
 	char b[24], *end = b + sizeof b;
-	uint64_t mag = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-	char *p = digits(mag, end);
-	if (v < 0)
-		*--p = '-';
+	char *p = util_decimal(v, end);
 	sep(w);
 	put(w, p, (size_t)(end - p));
 }
@@ -264,7 +251,7 @@ void jw_fixed3(JsonW *w, int64_t thousandths)
 		mag /= 10;
 	}
 	*--p = '.';
-	p = digits(mag, p);
+	p = util_digits(mag, p);
 	if (thousandths < 0)
 		*--p = '-';
 	sep(w);

@@ -185,3 +185,20 @@ int util_hex_value(int c)
 		return c - 'A' + 10;
 	return -1;
 }
+
+char *util_digits(uint64_t v, char *end)
+{
+	do {
+		*--end = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	return end;
+}
+
+char *util_decimal(int64_t v, char *end)
+{
+	char *p = util_digits(v < 0 ? 0 - (uint64_t)v : (uint64_t)v, end);
+	if (v < 0)
+		*--p = '-';
+	return p;
+}

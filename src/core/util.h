@@ -29,6 +29,13 @@ void util_hex_encode(const void *in, size_t n, char *out);
 /* The value of one hex digit (either case), or -1. */
 int util_hex_value(int c);
 
+/*
+ * Decimal digits of v (util_decimal: with a '-' when negative), written right-aligned to end
+ * (no NUL); returns the first. For hot paths, where printf costs too much.
+ */
+char *util_digits(uint64_t v, char *end);
+char *util_decimal(int64_t v, char *end);
+
 /* Standard base64 with padding. encode writes a NUL-terminated string of 4*ceil(n/3) chars. */
 size_t util_b64_encoded_len(size_t n);
 void util_b64_encode(const unsigned char *in, size_t n, char *out);
