@@ -870,6 +870,14 @@ void session__relay_from_client(Session *s)
 	session__balance(s);
 }
 
+void session__pause_server(Session *s)
+{
+	if (!s->server_paused) {
+		sock_pause_read(&s->server);
+		s->server_paused = true;
+	}
+}
+
 /*
  * Back-pressure, decided in one place after every flush: a side stops being read while the
  * other side has more than RELAY_HIGH_WATER waiting, and is read again below
@@ -891,9 +899,10 @@ void session__balance(Session *s)
 		s->client_paused = false;
 		sock_resume_read(&s->client);
 	}
-	if (!s->server_paused && down > RELAY_HIGH_WATER) {
-		sock_pause_read(&s->server);
-		s->server_paused = true;
+	/* An answer held for its audit record keeps the upstream's next ones in memory: bounded too. */
+	bool audit_full = s->audit_holding && evbuffer_get_length(s->server.in) > RELAY_HIGH_WATER;
+	if (down > RELAY_HIGH_WATER || audit_full) {
+		session__pause_server(s);
 	} else if (s->server_paused && down < RELAY_LOW_WATER && !s->audit_holding) {
 		s->server_paused = false;
 		sock_resume_read(&s->server);
@@ -1146,13 +1155,11 @@ void session__relay_from_server(Session *s)
 {
 	if (s->audit_holding) {
 		/*
-		 * The upstream's answer waits for its audit record. Reading goes on into memory (a
-		 * pause and resume per statement cost two epoll_ctl calls) up to the high-water mark.
+		 * The upstream's answer waits for its audit record. Reading goes on into memory up
+		 * to the high-water mark (session__balance): a pause and resume per statement cost
+		 * two epoll_ctl calls.
 		 */
-		if (!s->server_paused && evbuffer_get_length(s->server.in) > RELAY_HIGH_WATER) {
-			sock_pause_read(&s->server);
-			s->server_paused = true;
-		}
+		session__balance(s);
 		return;
 	}
 	struct evbuffer *in = s->server.in;

@@ -173,6 +173,8 @@ void session__relay_from_server(Session *s);
 void session__relay_from_client(Session *s);
 /* Pauses or resumes reading each side from how much the other side has waiting. */
 void session__balance(Session *s);
+/* Stops reading from the upstream until session__balance resumes it. */
+void session__pause_server(Session *s);
 
 /* An internal statement for the upstream, whose answers the client never sees. */
 void session__send_internal(Session *s, const char *sql, char release_ready, bool catalog);

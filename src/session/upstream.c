@@ -497,10 +497,7 @@ void upstream_on_event(Sock *sock, short what, void *arg)
 			 * reading resumes and finds the close again.
 			 */
 			s->bytes_from_server += evbuffer_get_length(s->server.in) - before;
-			if (!s->server_paused) {
-				sock_pause_read(&s->server);
-				s->server_paused = true;
-			}
+			session__pause_server(s);
 			return;
 		}
 		if (r == IO_EOF || r == IO_ERROR) {
