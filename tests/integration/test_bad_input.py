@@ -319,6 +319,19 @@ def test_startup_timeout(gateway_factory):
         assert c.execute("SELECT 'idle is fine'").fetchone()[0] == "idle is fine"
 
 
+def connect_once_slot_frees(g, timeout=10):
+    """Connect to a gateway at its client limit: a slot frees only once the gateway has
+    read the close of an earlier client, which happens after psycopg's close() returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return g.connect()
+        except psycopg.OperationalError as e:
+            if "too many client connections" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def test_too_many_client_connections(gateway_factory):
     g = gateway_factory.start(lambda c: c["limits"].update(max_client_conn=2))
     c1 = g.connect()
@@ -330,21 +343,15 @@ def test_too_many_client_connections(gateway_factory):
             g.connect()
         assert c1.execute("SELECT 1").fetchone()[0] == 1
         c1.close()
-        deadline = time.monotonic() + 10
-        while True:  # the slot frees once the gateway notices the close
-            try:
-                c3 = g.connect()
-                break
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        assert c3.execute("SELECT 3").fetchone()[0] == 3
-        c3.close()
+        with connect_once_slot_frees(g) as c3:
+            assert c3.execute("SELECT 3").fetchone()[0] == 3
     finally:
         c1.close()
         c2.close()
-    g.assert_serves()
+    # Both slots free again once the gateway has seen the closes.
+    with connect_once_slot_frees(g) as c4, connect_once_slot_frees(g) as c5:
+        assert c4.execute("SELECT 4").fetchone()[0] + c5.execute("SELECT 5").fetchone()[0] == 9
+    assert g.alive()
 
 
 # ---------------------------------------------------------------------------- authentication
