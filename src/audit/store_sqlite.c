@@ -191,7 +191,7 @@ static bool lite_append(AuditStore *st, const StoredRecord *recs, size_t n, char
 		     &l->insert_start, err, errlen))
 		return false;
 	JsonW *w = &l->text;
-	w->len = 0;
+	jw_clear(w);
 	const char *min_time = recs[0].time, *max_time = recs[0].time;
 	LIT(w, "[\n");
 	for (size_t i = 0; i < n; i++) {

@@ -20,6 +20,12 @@ typedef struct {
 
 void jw_init(JsonW *w);
 void jw_free(JsonW *w);
+/* Empties w for the next text, keeping its buffer. */
+static inline void jw_clear(JsonW *w)
+{
+	w->len = 0;
+	w->comma = false;
+}
 /* The NUL-terminated text; w is empty afterwards. */
 char *jw_take(JsonW *w);
 

@@ -14,14 +14,58 @@
 #define NAME_BUCKETS 64
 #define WHOLE_MAX (1024 * 1024) /* larger messages are recorded as "too large", never buffered */
 
+/*
+ * A text that records of one session share: a statement's SQL, a portal's parameters, a
+ * decision, a result's columns. Shared by counted reference rather than copied, since
+ * pgbench-like traffic repeats the same ones statement after statement. A session and its
+ * records live on one worker thread, so the count needs no atomics.
+ */
+typedef struct AuditText {
+	unsigned refs;
+	size_t len;
+	char s[]; /* NUL-terminated */
+} AuditText;
+
+static AuditText *text_new(const char *s, size_t len)
+{
+	AuditText *t = xmalloc(sizeof *t + len + 1);
+	t->refs = 1;
+	t->len = len;
+	memcpy(t->s, s, len);
+	t->s[len] = 0;
+	return t;
+}
+
+static AuditText *text_of(const char *s) { return text_new(s, strlen(s)); }
+
+static AuditText *text_ref(AuditText *t)
+{
+	if (t)
+		t->refs++;
+	return t;
+}
+
+static void text_unref(AuditText *t)
+{
+	if (t && --t->refs == 0)
+		free(t);
+}
+
+/* Drops the reference *t holds and sets it to v (whose reference it takes over). */
+static void text_set(AuditText **t, AuditText *v)
+{
+	text_unref(*t);
+	*t = v;
+}
+
 struct AuditStmt {
 	int64_t start_us;
 	uint64_t n;
 	int part;
-	char *sql;
-	char *params;   /* JSON array text, NULL: none */
-	char *decision; /* JSON object text */
-	char *columns;  /* JSON array text, NULL: no RowDescription yet */
+	AuditText *sql;
+	AuditText *params;   /* JSON array text, NULL: none */
+	AuditText *decision; /* JSON object text */
+	AuditText *columns;  /* JSON array text, NULL: no RowDescription yet */
 	JsonW rows;     /* the captured rows, as the inside of a JSON array */
 	size_t nrows;
 	uint8_t *formats; /* per result column: 1 for binary; formats_inline or malloc'd */
@@ -36,9 +80,9 @@ struct AuditStmt {
 /* A prepared statement's text, or a portal's statement text, parameters and decision. */
 typedef struct Named {
 	char *name;
-	char *sql;
-	char *params;
-	char *decision;
+	AuditText *sql;
+	AuditText *params;
+	AuditText *decision;
 	struct Named *next;
 } Named;
 
@@ -47,11 +91,13 @@ struct AuditNames {
 	Named *portals[NAME_BUCKETS];
 	int count;
 	/* The last allowing decision as JSON: the same one repeats statement after statement. */
-	char *allow_policy, *allow_rule, *allow_json;
+	char *allow_policy, *allow_rule;
+	AuditText *allow_json;
 	/* The last RowDescription and its columns as JSON, reused while the same one comes back. */
 	uint8_t *rowdesc;
 	size_t rowdesc_len;
-	char *rowdesc_json;
+	AuditText *rowdesc_json;
+	JsonW scratch; /* a Bind's parameters while they are written */
 	uint8_t *rowdesc_formats;
 	int rowdesc_ncols;
 };
@@ -76,9 +122,9 @@ static Named *named_find(Named **table, const char *name)
 
 static void named_clear(Named *n)
 {
-	free(n->sql);
-	free(n->params);
-	free(n->decision);
+	text_unref(n->sql);
+	text_unref(n->params);
+	text_unref(n->decision);
 	n->sql = n->params = n->decision = NULL;
 }
 
@@ -122,15 +168,15 @@ void session__audit_free(Session *s)
 		}
 		free(an->allow_policy);
 		free(an->allow_rule);
-		free(an->allow_json);
+		text_unref(an->allow_json);
 		free(an->rowdesc);
-		free(an->rowdesc_json);
+		text_unref(an->rowdesc_json);
 		free(an->rowdesc_formats);
+		jw_free(&an->scratch);
 		free(an);
 		s->audit_names = NULL;
 	}
-	free(s->audit_columns);
-	s->audit_columns = NULL;
+	text_set(&s->audit_columns, NULL);
 	audit_stmt_free(s->audit_pending);
 	s->audit_pending = NULL;
 }
@@ -151,15 +197,13 @@ void audit_stmt_free(AuditStmt *a)
 		return;
 	if (a->formats != a->formats_inline)
 		free(a->formats);
-	free(a->sql);
-	free(a->params);
-	free(a->decision);
-	free(a->columns);
+	text_unref(a->sql);
+	text_unref(a->params);
+	text_unref(a->decision);
+	text_unref(a->columns);
 	jw_free(&a->rows);
 	free(a);
 }
-
-static char *dup_or_null(const char *s) { return s ? xstrdup(s) : NULL; }
 
 /* ---- sessions ---- */
 
@@ -252,14 +296,14 @@ void session__audit_login_failed(Session *s, const char *method, const char *why
 
 /* ---- statements: the client side ---- */
 
-static char *decision_json(Session *s, const Decision *d)
+static AuditText *decision_json(Session *s, const Decision *d)
 {
 	struct AuditNames *an = s->audit_names;
 	bool block = d && d->kind == DEC_BLOCK;
 	const char *policy = d ? (d->policy ? d->policy : "") : s->policy ? s->policy->names : "";
 	const char *rule = d && d->rule ? d->rule : "";
 	if (!block && an && an->allow_json && strcmp(an->allow_policy, policy) == 0 && strcmp(an->allow_rule, rule) == 0)
-		return xstrdup(an->allow_json);
+		return text_ref(an->allow_json);
 	JsonW w;
 	jw_init(&w);
 	jw_begin_object(&w);
@@ -273,23 +317,24 @@ static char *decision_json(Session *s, const Decision *d)
 	if (d && d->grant)
 		key_string(&w, "grant", d->grant);
 	jw_end_object(&w);
-	char *json = jw_take(&w);
+	AuditText *json = text_new(w.buf, w.len);
+	jw_free(&w);
 	if (!block && an) {
 		free(an->allow_policy);
 		free(an->allow_rule);
-		free(an->allow_json);
 		an->allow_policy = xstrdup(policy);
 		an->allow_rule = xstrdup(rule);
-		an->allow_json = xstrdup(json);
+		text_set(&an->allow_json, text_ref(json));
 	}
 	return json;
 }
 
-static AuditStmt *stmt_new(const char *sql, char *params, char *decision)
+/* A record in the making; takes over the references it is given (sql NULL: unknown). */
+static AuditStmt *stmt_new(AuditText *sql, AuditText *params, AuditText *decision)
 {
 	AuditStmt *a = xcalloc(1, sizeof *a);
 	a->start_us = audit_now_us();
-	a->sql = xstrdup(sql ? sql : "");
+	a->sql = sql ? sql : text_new("", 0);
 	a->params = params;
 	a->decision = decision;
 	return a;
@@ -297,33 +342,37 @@ static AuditStmt *stmt_new(const char *sql, char *params, char *decision)
 
 AuditStmt *session__audit_stmt(Session *s, const char *sql, const Decision *d)
 {
-	return stmt_new(sql, NULL, decision_json(s, d));
+	return stmt_new(sql ? text_of(sql) : NULL, NULL, decision_json(s, d));
 }
 
 void session__audit_parse(Session *s, const char *name, const char *sql)
 {
 	Named *n = named_put(s, s->audit_names->statements, name);
 	if (n)
-		n->sql = xstrdup(sql);
+		n->sql = text_of(sql);
 }
 
 AuditStmt *session__audit_bind(Session *s, const uint8_t *body, size_t len, const Decision *d)
 {
+	struct AuditNames *an = s->audit_names;
 	MsgReader r;
 	msgr_init(&r, body, len);
 	const char *portal = msgr_str(&r);
 	const char *stmt = msgr_str(&r);
-	char *params = session__bind_params(body, len);
-	Named *st = stmt ? named_find(s->audit_names->statements, stmt) : NULL;
-	const char *sql = st ? st->sql : NULL;
+	jw_clear(&an->scratch);
+	session__bind_params_to(&an->scratch, body, len);
+	AuditText *params = text_new(an->scratch.buf, an->scratch.len);
+	Named *st = stmt ? named_find(an->statements, stmt) : NULL;
+	AuditText *sql = st ? text_ref(st->sql) : NULL;
 	if (d && d->kind == DEC_BLOCK)
 		return stmt_new(sql, params, decision_json(s, d));
-	Named *p = portal ? named_put(s, s->audit_names->portals, portal) : NULL;
+	Named *p = portal ? named_put(s, an->portals, portal) : NULL;
 	if (!p) {
-		free(params);
+		text_unref(params);
+		text_unref(sql);
 		return NULL;
 	}
-	p->sql = xstrdup(sql ? sql : "");
+	p->sql = sql ? sql : text_new("", 0);
 	p->params = params;
 	p->decision = decision_json(s, d);
 	return NULL;
@@ -334,12 +383,12 @@ AuditStmt *session__audit_execute(Session *s, const char *portal)
 	Named *p = named_find(s->audit_names->portals, portal);
 	if (!p)
 		return stmt_new(NULL, NULL, decision_json(s, NULL));
-	return stmt_new(p->sql, dup_or_null(p->params), xstrdup(p->decision));
+	return stmt_new(text_ref(p->sql), text_ref(p->params), text_ref(p->decision));
 }
 
 /* ---- statements: the server side ---- */
 
-static char *parse_columns(const uint8_t *body, size_t len, uint8_t *formats, int *ncols)
+static AuditText *parse_columns(const uint8_t *body, size_t len, uint8_t *formats, int *ncols)
 {
 	MsgReader r;
 	msgr_init(&r, body, len);
@@ -366,27 +415,28 @@ static char *parse_columns(const uint8_t *body, size_t len, uint8_t *formats, in
 			formats[(*ncols)++] = format == 1;
 	}
 	jw_end_array(&w);
-	return jw_take(&w);
+	AuditText *t = text_new(w.buf, w.len);
+	jw_free(&w);
+	return t;
 }
 
 /* parse_columns, remembering the last RowDescription: pgbench and most clients repeat it. */
-static char *columns_json(Session *s, const uint8_t *body, size_t len, uint8_t *formats, int *ncols)
+static AuditText *columns_json(Session *s, const uint8_t *body, size_t len, uint8_t *formats, int *ncols)
 {
 	struct AuditNames *an = s->audit_names;
 	if (an && an->rowdesc_json && len == an->rowdesc_len && memcmp(body, an->rowdesc, len) == 0) {
 		memcpy(formats, an->rowdesc_formats, (size_t)an->rowdesc_ncols);
 		*ncols = an->rowdesc_ncols;
-		return xstrdup(an->rowdesc_json);
+		return text_ref(an->rowdesc_json);
 	}
-	char *json = parse_columns(body, len, formats, ncols);
+	AuditText *json = parse_columns(body, len, formats, ncols);
 	if (an && len <= ROWDESC_CACHE_MAX) {
 		free(an->rowdesc);
-		free(an->rowdesc_json);
 		free(an->rowdesc_formats);
 		an->rowdesc = xmalloc(len ? len : 1);
 		memcpy(an->rowdesc, body, len);
 		an->rowdesc_len = len;
-		an->rowdesc_json = xstrdup(json);
+		text_set(&an->rowdesc_json, text_ref(json));
 		an->rowdesc_formats = xmalloc(*ncols ? (size_t)*ncols : 1);
 		memcpy(an->rowdesc_formats, formats, (size_t)*ncols);
 		an->rowdesc_ncols = *ncols;
@@ -396,8 +446,7 @@ static char *columns_json(Session *s, const uint8_t *body, size_t len, uint8_t *
 
 void session__audit_described(Session *s, const uint8_t *body, size_t len)
 {
-	free(s->audit_columns);
-	s->audit_columns = columns_json(s, body, len, s->audit_formats, &s->audit_ncols);
+	text_set(&s->audit_columns, columns_json(s, body, len, s->audit_formats, &s->audit_ncols));
 }
 
 bool session__audit_wants(const AuditStmt *a, char type, uint32_t len)
@@ -501,8 +550,8 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 	jw_init(&w);
 	/* Sized for the whole record at once: growing by doubling copied it two or three times. */
 	w.buf = audit_buffer(s->worker->index,
-			     512 + 2 * strlen(a->sql) + a->rows.len + (a->params ? strlen(a->params) : 0) +
-				     (a->columns ? strlen(a->columns) : 0) + error_len,
+			     512 + 2 * a->sql->len + a->rows.len + (a->params ? a->params->len : 0) +
+				     (a->columns ? a->columns->len : 0) + error_len,
 			     &w.cap);
 	jw_begin_object(&w);
 	key_string_plain(&w, "session_id", s->audit_id);
@@ -510,12 +559,12 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 	if (a->part)
 		key_int_plain(&w, "part", a->part + 1);
 	JW_KEY(&w, "sql");
-	jw_text(&w, (const uint8_t *)a->sql, strlen(a->sql), false);
+	jw_text(&w, (const uint8_t *)a->sql->s, a->sql->len, false);
 	JW_KEY(&w, "decision");
-	jw_raw(&w, a->decision, strlen(a->decision));
+	jw_raw(&w, a->decision->s, a->decision->len);
 	if (a->params) {
 		JW_KEY(&w, "params");
-		jw_raw(&w, a->params, strlen(a->params));
+		jw_raw(&w, a->params->s, a->params->len);
 	}
 	JW_KEY(&w, "duration_ms");
 	jw_fixed3(&w, now - a->start_us);
@@ -541,7 +590,7 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 		jw_begin_object(&w);
 		if (a->columns) {
 			JW_KEY(&w, "columns");
-			jw_raw(&w, a->columns, strlen(a->columns));
+			jw_raw(&w, a->columns->s, a->columns->len);
 		}
 		JW_KEY(&w, "rows");
 		jw_begin_array(&w);
@@ -559,9 +608,8 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 	/* The next statement of the same Query starts here. */
 	a->part++;
 	a->start_us = now;
-	free(a->columns);
-	a->columns = NULL;
-	jw_free(&a->rows);
+	text_set(&a->columns, NULL);
+	jw_clear(&a->rows); /* its buffer stays for the next part */
 	a->nrows = 0;
 	a->ncols = 0;
 	a->bytes = 0;
@@ -577,20 +625,18 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 	uint64_t t = 0;
 	switch (type) {
 	case 'T':
-		free(a->columns);
 		if (whole) {
 			uint8_t formats[1600];
 			int n = 0;
-			a->columns = columns_json(s, body, len, formats, &n);
+			text_set(&a->columns, columns_json(s, body, len, formats, &n));
 			set_formats(a, formats, n);
 		} else {
-			a->columns = xstrdup("[]");
+			text_set(&a->columns, text_of("[]"));
 		}
 		return AUDIT_PASS;
 	case 'H':
 		a->copy_out = true;
-		free(a->columns);
-		a->columns = xstrdup("[{\"name\":\"COPY\"}]");
+		text_set(&a->columns, text_of("[{\"name\":\"COPY\"}]"));
 		return AUDIT_PASS;
 	case 'D':
 	case 'd':
@@ -598,7 +644,7 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 			return AUDIT_PASS; /* COPY FROM data goes the other way */
 		a->rows_sent++;
 		if (!a->columns && s->audit_columns) {
-			a->columns = xstrdup(s->audit_columns);
+			a->columns = text_ref(s->audit_columns);
 			a->ncols = s->audit_ncols;
 			set_formats(a, s->audit_formats, s->audit_ncols);
 		}

@@ -51,7 +51,7 @@ void session__hold_wake(Session *s)
 		session__relay_from_client(s);
 }
 
-char *session__bind_params(const uint8_t *body, size_t len)
+void session__bind_params_to(JsonW *w, const uint8_t *body, size_t len)
 {
 	MsgReader r;
 	msgr_init(&r, body, len);
@@ -60,22 +60,27 @@ char *session__bind_params(const uint8_t *body, size_t len)
 	uint16_t nformats = msgr_u16(&r);
 	const uint8_t *formats = msgr_bytes(&r, 2 * (size_t)nformats);
 	uint16_t nparams = msgr_u16(&r);
-	JsonW w;
-	jw_init(&w);
-	jw_begin_array(&w);
+	jw_begin_array(w);
 	for (uint16_t i = 0; i < nparams && !r.failed; i++) {
 		uint32_t plen = msgr_u32(&r);
 		if (plen == 0xffffffffu) {
-			jw_null(&w);
+			jw_null(w);
 			continue;
 		}
 		const uint8_t *v = msgr_bytes(&r, plen);
 		if (!v)
 			break;
 		bool binary = formats && nformats && (nformats == 1 ? formats[1] : i < nformats ? formats[2 * i + 1] : 0);
-		jw_text(&w, v, plen, binary);
+		jw_text(w, v, plen, binary);
 	}
-	jw_end_array(&w);
+	jw_end_array(w);
+}
+
+char *session__bind_params(const uint8_t *body, size_t len)
+{
+	JsonW w;
+	jw_init(&w);
+	session__bind_params_to(&w, body, len);
 	return jw_take(&w);
 }
 

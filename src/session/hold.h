@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/jsonw.h"
 #include "policy/policy.h"
 
 typedef struct Session Session;
@@ -29,6 +30,8 @@ void session__hold_drop(Session *s, const char *why);
 void session__hold_wake(Session *s);
 /* A Bind's parameters as a JSON array (text values; binary ones as {"hex": ...}). */
 char *session__bind_params(const uint8_t *body, size_t len);
+/* The same, appended to w. */
+void session__bind_params_to(JsonW *w, const uint8_t *body, size_t len);
 
 /* returned_rows_over: whether an approval lets this statement return every row. */
 bool session__rows_approved(Session *s, const char *sql, const char *params);

@@ -654,6 +654,50 @@ def test_pipeline_statements(agw, trail):
     assert len({b["n"] for b in bodies}) == 3
 
 
+def test_pipelined_texts_stay_with_their_statement(agw, trail):
+    """Records share a statement's SQL, a portal's parameters and a decision rather than
+    copying them. In one pipeline a prepared statement is executed, closed and prepared
+    again with other SQL, and portals are bound and replaced before any answer came back:
+    every record still shows the SQL and parameters its own Execute ran with."""
+    def bind(portal, stmt, *params):
+        body = pgwire.cstr(portal) + pgwire.cstr(stmt) + struct.pack("!HH", 0, len(params))
+        for p in params:
+            body += struct.pack("!I", len(p)) + p.encode()
+        return pgwire.msg(b"B", body + struct.pack("!H", 0))
+
+    def execute(portal):
+        return pgwire.msg(b"E", pgwire.cstr(portal) + struct.pack("!I", 0))
+
+    sql1, sql2 = "SELECT $1::int AS a", "SELECT $1::text AS b, 'x' AS c"
+    group = (pgwire.msg(b"P", pgwire.cstr("s1") + pgwire.cstr(sql1) + struct.pack("!H", 0))
+             + bind("", "s1", "1") + execute("")
+             + pgwire.msg(b"C", b"S" + pgwire.cstr("s1"))
+             + pgwire.msg(b"P", pgwire.cstr("s1") + pgwire.cstr(sql2) + struct.pack("!H", 0))
+             + bind("", "s1", "two") + execute("")
+             + bind("p2", "s1", "three") + bind("", "s1", "four") + execute("p2") + execute("")
+             + pgwire.msg(b"S"))
+    app = app_name("texts")
+    conn = pgwire.RawConn(agw.host, agw.port, timeout=30)
+    conn.startup("alice", "app", LOCAL_USERS["alice"], extra={"application_name": app})
+    try:
+        conn.send(group)
+        msgs = []
+        while not msgs or msgs[-1][0] != b"Z":
+            msgs.append(conn.read_msg())
+        conn.terminate()
+    finally:
+        conn.close()
+    assert [m[0] for m in msgs].count(b"D") == 4, msgs
+    _, stmts, _ = session_records(trail, session_id_of(trail, app))
+    got = [(s["body"]["sql"], s["body"]["params"], s["body"]["result"]["rows"]) for s in stmts]
+    assert got == [(sql1, ["1"], [["1"]]),
+                   (sql2, ["two"], [["two", "x"]]),
+                   (sql2, ["three"], [["three", "x"]]),
+                   (sql2, ["four"], [["four", "x"]])], got
+    assert all(s["body"]["decision"]["action"] == "allow" for s in stmts)
+    agw.assert_serves()
+
+
 def test_session_start_and_end(agw, trail):
     def fn(c):
         c.execute("SELECT 1")
