@@ -108,15 +108,39 @@ static void mac_final(Mac *m, const uint8_t key[AUDIT_KEY_LEN], uint8_t out[SHA2
 	OPENSSL_cleanse(m, sizeof *m);
 }
 
-/* Each field is length-prefixed, so no two different records hash the same bytes. */
-static void field_n(Mac *m, const char *s, size_t len)
+/*
+ * The fields reach SHA-256 through a small buffer: a dozen short updates, one per field and
+ * length, cost about a tenth more than the hashing itself. The bytes hashed are the same.
+ */
+typedef struct {
+	Mac *m;
+	size_t n;
+	uint8_t buf[1024];
+} Feed;
+
+static void feed(Feed *f, const void *p, size_t len)
 {
-	uint8_t n[4] = {(uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8), (uint8_t)len};
-	SHA256_Update(&m->inner, n, 4);
-	SHA256_Update(&m->inner, s, len);
+	if (f->n + len > sizeof f->buf) {
+		SHA256_Update(&f->m->inner, f->buf, f->n);
+		f->n = 0;
+		if (len > sizeof f->buf) {
+			SHA256_Update(&f->m->inner, p, len);
+			return;
+		}
+	}
+	memcpy(f->buf + f->n, p, len);
+	f->n += len;
 }
 
-static void field(Mac *m, const char *s) { field_n(m, s, strlen(s)); }
+/* Each field is length-prefixed, so no two different records hash the same bytes. */
+static void field_n(Feed *f, const char *s, size_t len)
+{
+	uint8_t n[4] = {(uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8), (uint8_t)len};
+	feed(f, n, 4);
+	feed(f, s, len);
+}
+
+static void field(Feed *f, const char *s) { field_n(f, s, strlen(s)); }
 
 /* Nothing is kept per thread any more; kept for callers that release at thread end. */
 void chain_release_thread(void) {}
@@ -135,17 +159,21 @@ void chain_tag(const uint8_t key[AUDIT_KEY_LEN], const StoredRecord *r, char out
 {
 	Mac m;
 	mac_init(&m, key);
+	Feed f;
+	f.m = &m;
+	f.n = 0;
 	/* seq in decimal, as the record shows it */
 	char seq[24], *end = seq + sizeof seq, *p = util_decimal(r->seq, end);
-	field(&m, r->node);
-	field_n(&m, p, (size_t)(end - p));
-	field(&m, r->time);
-	field(&m, r->kind);
-	field(&m, r->session_id);
-	field(&m, r->user_name);
-	field(&m, r->database);
-	field_n(&m, r->body, r->body_len ? r->body_len : strlen(r->body));
-	field(&m, r->prev_tag);
+	field(&f, r->node);
+	field_n(&f, p, (size_t)(end - p));
+	field(&f, r->time);
+	field(&f, r->kind);
+	field(&f, r->session_id);
+	field(&f, r->user_name);
+	field(&f, r->database);
+	field_n(&f, r->body, r->body_len ? r->body_len : strlen(r->body));
+	field(&f, r->prev_tag);
+	SHA256_Update(&m.inner, f.buf, f.n);
 	uint8_t d[SHA256_DIGEST_LENGTH];
 	mac_final(&m, key, d);
 	util_hex_encode(d, 32, out);

@@ -70,6 +70,27 @@ static void test_tag_known_answer(void **state)
 	r.body_len = strlen(r.body);
 	chain_tag(KEY, &r, t);
 	assert_string_equal(t, "72c5edf67d6ae07e338e498e74437a93784b505be9d5b2ce0ea8986549ee7366");
+	/* Bodies that fill the hashing buffer, overflow it, and go past it whole. */
+	static const struct {
+		size_t n;
+		const char *tag;
+	} big[] = {
+		{900, "ec95c5f2a900851ef9c5e45f8d2a5d23074f579e8240f9ac85abcbc2c8de9f63"},
+		{1000, "95ceebd4e2a6533850dbca8ea1492d9d802c536a0483e148937f9e98060f75e4"},
+		{5000, "cca4fe1086c000c9e3365a1fda5ffa8e5ec0a5976e99fbb386d98f6d4ed6605f"},
+	};
+	char prev[65], body[5100];
+	memset(prev, 'b', 64);
+	prev[64] = 0;
+	for (size_t i = 0; i < sizeof big / sizeof *big; i++) {
+		size_t n = big[i].n;
+		memcpy(body, "{\"sql\":\"", 8);
+		memset(body + 8, 'a', n);
+		memcpy(body + 8 + n, "\"}", 3);
+		StoredRecord rb = rec(1, body, prev);
+		chain_tag(KEY, &rb, t);
+		assert_string_equal(t, big[i].tag);
+	}
 	uint8_t k[AUDIT_KEY_LEN];
 	memcpy(k, KEY, sizeof k);
 	chain_next_key(k);
