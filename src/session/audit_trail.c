@@ -97,9 +97,9 @@ struct AuditNames {
 	uint8_t *rowdesc;
 	size_t rowdesc_len;
 	AuditText *rowdesc_json;
-	JsonW scratch; /* a Bind's parameters while they are written */
 	uint8_t *rowdesc_formats;
 	int rowdesc_ncols;
+	JsonW scratch; /* a Bind's parameters while they are written */
 };
 
 #define ROWDESC_CACHE_MAX 4096 /* bytes of RowDescription worth keeping for the comparison */
