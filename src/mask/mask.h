@@ -126,6 +126,13 @@ typedef struct {
 RewriteResult mask_rewrite(const MaskCatalog *c, const RewriteOptions *o, const char *sql, char **out, char *reason,
 			   size_t reasonlen);
 
+/*
+ * Whether sql names a masked relation (or a view over one) anywhere, read or written;
+ * true when it cannot be parsed. The audit trail records such a statement's parameters
+ * redacted: which column a parameter meets is not always known.
+ */
+bool mask_names_masked(const MaskCatalog *c, const char *sql);
+
 /* ---- result fields masked in the gateway (mask/rowmask.c) ---- */
 
 typedef struct {

@@ -969,3 +969,26 @@ done:
 	free(w.ctes);
 	return res;
 }
+
+/* ---- which statements name a masked relation ---- */
+
+/* A RangeVar: wrapped ({"RangeVar": {...}}) in lists, bare in typed fields (InsertStmt.relation). */
+static Seek masked_range_var(json_t *obj, const void *arg)
+{
+	const char *name = str_of(obj, "relname");
+	if (!name)
+		return SEEK_DESCEND;
+	return mask_catalog_resolve(arg, str_of(obj, "schemaname"), name) ? SEEK_FOUND : SEEK_SKIP;
+}
+
+bool mask_names_masked(const MaskCatalog *c, const char *sql)
+{
+	PgQueryParseResult pr = pg_query_parse(sql);
+	json_t *root = pr.error ? NULL : json_loads(pr.parse_tree, 0, NULL);
+	pg_query_free_parse_result(pr);
+	if (!root)
+		return true; /* cannot tell: count it in */
+	bool found = tree_any(json_object_get(root, "stmts"), masked_range_var, c);
+	json_decref(root);
+	return found;
+}

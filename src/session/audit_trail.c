@@ -8,6 +8,7 @@
 #include "audit/audit.h"
 #include "core/jsonw.h"
 #include "core/util.h"
+#include "mask/mask.h"
 #include "session/hold.h"
 #include "session/session_internal.h"
 
@@ -83,6 +84,8 @@ typedef struct Named {
 	AuditText *sql;
 	AuditText *params;
 	AuditText *decision;
+	bool masked; /* a statement that names a masked relation: its parameters are redacted */
+	uint64_t policy_id, mask_gen; /* ... under this effective policy and masking catalog */
 	struct Named *next;
 } Named;
 
@@ -345,11 +348,41 @@ AuditStmt *session__audit_stmt(Session *s, const char *sql, const Decision *d)
 	return stmt_new(sql ? text_of(sql) : NULL, NULL, decision_json(s, d));
 }
 
+/*
+ * Parameters are masked in the record under the identity's rules, like result rows: a
+ * statement that names a masked relation has every parameter redacted (which column a
+ * parameter meets, in a condition, a VALUES list or a function call, is not always
+ * known), and the detectors scan the others. Without a catalog a masking identity's
+ * statements are refused; their parameters are redacted all the same.
+ */
+static bool params_redacted(const Session *s, const char *sql)
+{
+	return s->policy && s->policy->masks_columns && (!s->mask_cat || !sql || mask_names_masked(s->mask_cat, sql));
+}
+
 void session__audit_parse(Session *s, const char *name, const char *sql)
 {
 	Named *n = named_put(s, s->audit_names->statements, name);
-	if (n)
+	if (n) {
 		n->sql = text_of(sql);
+		n->masked = params_redacted(s, sql);
+		n->policy_id = s->policy ? s->policy->id : 0;
+		n->mask_gen = s->mask_gen;
+	}
+}
+
+/* Whether a Bind of statement st has its parameters redacted (st NULL: unknown statement). */
+static bool bind_redacted(Session *s, Named *st)
+{
+	if (!st)
+		return params_redacted(s, NULL);
+	if (s->policy && (st->policy_id != s->policy->id || st->mask_gen != s->mask_gen)) {
+		/* A reload or DDL changed the rules or the catalog since the Parse. */
+		st->masked = params_redacted(s, st->sql->s);
+		st->policy_id = s->policy->id;
+		st->mask_gen = s->mask_gen;
+	}
+	return st->masked;
 }
 
 AuditStmt *session__audit_bind(Session *s, const uint8_t *body, size_t len, const Decision *d)
@@ -359,10 +392,10 @@ AuditStmt *session__audit_bind(Session *s, const uint8_t *body, size_t len, cons
 	msgr_init(&r, body, len);
 	const char *portal = msgr_str(&r);
 	const char *stmt = msgr_str(&r);
-	jw_clear(&an->scratch);
-	session__bind_params_to(&an->scratch, body, len);
-	AuditText *params = text_new(an->scratch.buf, an->scratch.len);
 	Named *st = stmt ? named_find(an->statements, stmt) : NULL;
+	jw_clear(&an->scratch);
+	session__bind_params_to(&an->scratch, body, len, bind_redacted(s, st), s->policy ? s->policy->detect : 0);
+	AuditText *params = text_new(an->scratch.buf, an->scratch.len);
 	AuditText *sql = st ? text_ref(st->sql) : NULL;
 	if (d && d->kind == DEC_BLOCK)
 		return stmt_new(sql, params, decision_json(s, d));

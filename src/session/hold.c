@@ -9,12 +9,14 @@
 #include <event2/event.h>
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "approval/approval.h"
 #include "core/jsonw.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "mask/mask.h"
 #include "session/session_internal.h"
 
 static void deadline_cb(evutil_socket_t fd, short what, void *arg)
@@ -51,7 +53,7 @@ void session__hold_wake(Session *s)
 		session__relay_from_client(s);
 }
 
-void session__bind_params_to(JsonW *w, const uint8_t *body, size_t len)
+void session__bind_params_to(JsonW *w, const uint8_t *body, size_t len, bool redact, unsigned detect)
 {
 	MsgReader r;
 	msgr_init(&r, body, len);
@@ -70,8 +72,20 @@ void session__bind_params_to(JsonW *w, const uint8_t *body, size_t len)
 		const uint8_t *v = msgr_bytes(&r, plen);
 		if (!v)
 			break;
+		if (redact) {
+			jw_string(w, MASK_REDACTED);
+			continue;
+		}
 		bool binary = formats && nformats && (nformats == 1 ? formats[1] : i < nformats ? formats[2 * i + 1] : 0);
-		jw_text(w, v, plen, binary);
+		/* As in result rows: values with NUL bytes (binary data) are not scanned. */
+		size_t sl = 0;
+		uint8_t *scrubbed = detect && !memchr(v, 0, plen) ? mask_detect_scrub(detect, v, plen, &sl) : NULL;
+		if (scrubbed) {
+			jw_text(w, scrubbed, sl, binary);
+			free(scrubbed);
+		} else {
+			jw_text(w, v, plen, binary);
+		}
 	}
 	jw_end_array(w);
 }
@@ -80,7 +94,7 @@ char *session__bind_params(const uint8_t *body, size_t len)
 {
 	JsonW w;
 	jw_init(&w);
-	session__bind_params_to(&w, body, len);
+	session__bind_params_to(&w, body, len, false, 0);
 	return jw_take(&w);
 }
 

@@ -30,8 +30,11 @@ void session__hold_drop(Session *s, const char *why);
 void session__hold_wake(Session *s);
 /* A Bind's parameters as a JSON array (text values; binary ones as {"hex": ...}). */
 char *session__bind_params(const uint8_t *body, size_t len);
-/* The same, appended to w. */
-void session__bind_params_to(JsonW *w, const uint8_t *body, size_t len);
+/*
+ * The same, appended to w, as the audit trail records them: redact writes every non-NULL
+ * value as [REDACTED]; otherwise what the detectors (DETECT_* bits) find is redacted.
+ */
+void session__bind_params_to(JsonW *w, const uint8_t *body, size_t len, bool redact, unsigned detect);
 
 /* returned_rows_over: whether an approval lets this statement return every row. */
 bool session__rows_approved(Session *s, const char *sql, const char *params);

@@ -1649,6 +1649,55 @@ def test_raw_execute_without_describe_masked_and_not(gateway_factory, tmp_path, 
     assert_verify_ok(gw.config_path)
 
 
+def test_params_masked_under_the_identity_rules(gateway_factory, tmp_path, pg):
+    """Bound parameters are recorded masked under the same rules as results: every
+    parameter of a statement that names a masked relation is redacted (read or written,
+    unnamed or prepared), the detectors scan the others, and an identity without masking
+    rules has its parameters recorded as sent."""
+    t = make_table(pg, f"aud_pmask_{SFX}", "id int PRIMARY KEY, ssn text, note text",
+                   f"INSERT INTO aud_pmask_{SFX} VALUES (1, '123-45-6789', 'first')")
+    pw = "AuditParams-5e6f7a8b"
+    db = tmp_path / "params.db"
+    card = "4111 1111 1111 1111"
+
+    def more(cfg):
+        cfg["users"]["masked"] = {"password": scram_verifier(pw), "groups": ["support"]}
+        cfg["policies"] = [
+            {"name": "open", "match": {"users": ["alice", "bob"]}},
+            {"name": "support", "match": {"groups": ["support"]},
+             "mask": [{"columns": [f"public.{t}.ssn"], "method": "redact"},
+                      {"detect": ["credit_card"], "method": "redact"}]},
+        ]
+    gw = start_audited(gateway_factory, f"sqlite:{db}", more=more)
+    trail = SqliteTrail(db)
+
+    def run(c):
+        c.execute(f"SELECT id, ssn FROM {t} WHERE id = %s", (1,)).fetchall()
+        c.execute(f"SELECT note FROM {t} WHERE id = %s", (1,), prepare=True).fetchall()
+        c.execute(f"INSERT INTO {t} (id, ssn, note) VALUES (%s, %s, %s)", (2, "987-65-4321", "second"))
+        c.execute("SELECT %s::text AS a, %s::int AS b, %s::text AS c",
+                  (f"card {card} here", 7, None)).fetchall()
+        c.execute(f"DELETE FROM {t} WHERE id = %s", (2,))
+
+    recorded = {}
+    for user, password in (("masked", pw), ("alice", LOCAL_USERS["alice"])):
+        app = app_name(user)
+        with gw.connect(user=user, password=password, application_name=app) as c:
+            run(c)
+        _, stmts, _ = session_records(trail, session_id_of(trail, app))
+        recorded[user] = [s["body"].get("params") for s in stmts if s["body"].get("params") is not None]
+    one, two, seven = {"hex": "0001"}, {"hex": "0002"}, {"hex": "0007"}  # psycopg binds ints binary
+    assert recorded["masked"] == [["[REDACTED]"], ["[REDACTED]"], ["[REDACTED]"] * 3,
+                                  ["card [REDACTED] here", seven, None], ["[REDACTED]"]], recorded
+    assert recorded["alice"] == [[one], [one], [two, "987-65-4321", "second"],
+                                 [f"card {card} here", seven, None], [two]], recorded
+    out = cli("audit", "export", "--config", gw.config_path)
+    assert out.returncode == 0, out.stderr
+    masked_lines = [ln for ln in out.stdout.splitlines() if '"user":"masked"' in ln]
+    assert masked_lines and not any("987-65-4321" in ln or card in ln for ln in masked_lines)
+    gw.assert_serves()
+
+
 # ---------------------------------------------------------------------------- 7. CLI
 
 @pytest.fixture(scope="module")

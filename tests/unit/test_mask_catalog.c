@@ -104,9 +104,42 @@ static void test_unqualified_rewrite_follows_path(void **state)
 	mask_catalog_free(c);
 }
 
+/* The audit redacts the parameters of statements that name a masked relation, in any role. */
+static void test_names_masked(void **state)
+{
+	(void)state;
+	MaskCatalog *c = mask_catalog_new(rules, 1, NULL, 0);
+	assert_true(column_row(c, "app", "customers", "00001", "id", "-1", "16395"));
+	assert_true(column_row(c, "app", "customers", "00002", "ssn", "0", "16395"));
+	assert_true(path_row(c, "app", "00001"));
+	static const char *const yes[] = {
+		"SELECT id FROM customers WHERE id = $1",
+		"SELECT 1 FROM other o JOIN app.customers c ON c.id = o.id WHERE o.x = $1",
+		"INSERT INTO customers (id, ssn) VALUES ($1, $2)",
+		"UPDATE customers SET ssn = $1 WHERE id = $2",
+		"DELETE FROM customers WHERE id = $1",
+		"WITH x AS (SELECT ssn FROM customers) SELECT * FROM x WHERE ssn = $1",
+		"SELECT $1 WHERE EXISTS (SELECT 1 FROM customers)",
+		"COPY customers TO STDOUT",
+		"SELECT FROM", /* not parsed: counted in */
+	};
+	static const char *const no[] = {
+		"SELECT $1::text",
+		"SELECT * FROM other WHERE id = $1",
+		"INSERT INTO public.customers (id) VALUES ($1)", /* another schema's table of that name */
+		"SELECT 'customers', $1",
+	};
+	for (size_t i = 0; i < sizeof yes / sizeof *yes; i++)
+		assert_true(mask_names_masked(c, yes[i]));
+	for (size_t i = 0; i < sizeof no / sizeof *no; i++)
+		assert_false(mask_names_masked(c, no[i]));
+	mask_catalog_free(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_names_masked),
 		cmocka_unit_test(test_columns_by_oid_and_attnum),
 		cmocka_unit_test(test_search_path_resolution),
 		cmocka_unit_test(test_unqualified_rewrite_follows_path),
