@@ -85,7 +85,8 @@ typedef struct Named {
 	AuditText *params;
 	AuditText *decision;
 	bool masked; /* a statement that names a masked relation: its parameters are redacted */
-	uint64_t policy_id, mask_gen; /* ... under this effective policy and masking catalog */
+	bool stamped; /* masked was worked out with a catalog, under policy_id and mask_gen */
+	uint64_t policy_id, mask_gen;
 	struct Named *next;
 } Named;
 
@@ -106,6 +107,7 @@ struct AuditNames {
 };
 
 #define ROWDESC_CACHE_MAX 4096 /* bytes of RowDescription worth keeping for the comparison */
+#define SCRATCH_KEEP 65536     /* the Bind scratch is freed after a larger one */
 
 static unsigned bucket(const char *name)
 {
@@ -305,7 +307,9 @@ static AuditText *decision_json(Session *s, const Decision *d)
 	bool block = d && d->kind == DEC_BLOCK;
 	const char *policy = d ? (d->policy ? d->policy : "") : s->policy ? s->policy->names : "";
 	const char *rule = d && d->rule ? d->rule : "";
-	if (!block && an && an->allow_json && strcmp(an->allow_policy, policy) == 0 && strcmp(an->allow_rule, rule) == 0)
+	/* Only a plain allow is cached: an approval id or a grant belongs to its statement. */
+	bool plain = !block && !(d && (d->approval[0] || d->grant));
+	if (plain && an && an->allow_json && strcmp(an->allow_policy, policy) == 0 && strcmp(an->allow_rule, rule) == 0)
 		return text_ref(an->allow_json);
 	JsonW w;
 	jw_init(&w);
@@ -322,7 +326,7 @@ static AuditText *decision_json(Session *s, const Decision *d)
 	jw_end_object(&w);
 	AuditText *json = text_new(w.buf, w.len);
 	jw_free(&w);
-	if (!block && an) {
+	if (plain && an) {
 		free(an->allow_policy);
 		free(an->allow_rule);
 		an->allow_policy = xstrdup(policy);
@@ -330,6 +334,21 @@ static AuditText *decision_json(Session *s, const Decision *d)
 		text_set(&an->allow_json, text_ref(json));
 	}
 	return json;
+}
+
+/*
+ * SQL-level PREPARE and DEALLOCATE change the server's statements behind the names this
+ * file knows from Parse messages. For a masking identity every name then counts as
+ * unknown (parameters redacted); others keep their texts (the SQL may be stale, nothing
+ * leaks through it).
+ */
+static void sql_prepares(Session *s, const char *sql)
+{
+	if (!s->policy || !s->policy->masks_columns || (!strcasestr(sql, "prepare") && !strcasestr(sql, "deallocate")))
+		return;
+	for (int b = 0; b < NAME_BUCKETS; b++)
+		for (Named *n = s->audit_names->statements[b]; n; n = n->next)
+			named_clear(n);
 }
 
 /* A record in the making; takes over the references it is given (sql NULL: unknown). */
@@ -345,6 +364,8 @@ static AuditStmt *stmt_new(AuditText *sql, AuditText *params, AuditText *decisio
 
 AuditStmt *session__audit_stmt(Session *s, const char *sql, const Decision *d)
 {
+	if (sql)
+		sql_prepares(s, sql);
 	return stmt_new(sql ? text_of(sql) : NULL, NULL, decision_json(s, d));
 }
 
@@ -355,9 +376,18 @@ AuditStmt *session__audit_stmt(Session *s, const char *sql, const Decision *d)
  * known), and the detectors scan the others. Without a catalog a masking identity's
  * statements are refused; their parameters are redacted all the same.
  */
-static bool params_redacted(const Session *s, const char *sql)
+bool session__params_redacted(const Session *s, const char *sql)
 {
 	return s->policy && s->policy->masks_columns && (!s->mask_cat || !sql || mask_names_masked(s->mask_cat, sql));
+}
+
+/* Works out whether statement n's parameters are redacted, under the rules in force. */
+static void stamp(Session *s, Named *n)
+{
+	n->masked = session__params_redacted(s, n->sql->s);
+	n->stamped = !(s->policy && s->policy->masks_columns && !s->mask_cat); /* else again once it loads */
+	n->policy_id = s->policy ? s->policy->id : 0;
+	n->mask_gen = s->mask_gen;
 }
 
 void session__audit_parse(Session *s, const char *name, const char *sql)
@@ -365,24 +395,26 @@ void session__audit_parse(Session *s, const char *name, const char *sql)
 	Named *n = named_put(s, s->audit_names->statements, name);
 	if (n) {
 		n->sql = text_of(sql);
-		n->masked = params_redacted(s, sql);
-		n->policy_id = s->policy ? s->policy->id : 0;
-		n->mask_gen = s->mask_gen;
+		stamp(s, n);
 	}
 }
 
 /* Whether a Bind of statement st has its parameters redacted (st NULL: unknown statement). */
 static bool bind_redacted(Session *s, Named *st)
 {
-	if (!st)
-		return params_redacted(s, NULL);
-	if (s->policy && (st->policy_id != s->policy->id || st->mask_gen != s->mask_gen)) {
-		/* A reload or DDL changed the rules or the catalog since the Parse. */
-		st->masked = params_redacted(s, st->sql->s);
-		st->policy_id = s->policy->id;
-		st->mask_gen = s->mask_gen;
-	}
+	if (!st || !st->sql)
+		return session__params_redacted(s, NULL);
+	/* A reload or DDL may have changed the rules or the catalog since the Parse. */
+	if (!st->stamped || (s->policy && (st->policy_id != s->policy->id || st->mask_gen != s->mask_gen)))
+		stamp(s, st);
 	return st->masked;
+}
+
+void session__audit_close(Session *s, const char *name)
+{
+	Named *n = named_find(s->audit_names->statements, name);
+	if (n)
+		named_clear(n); /* a Bind of the name now binds an unknown statement */
 }
 
 AuditStmt *session__audit_bind(Session *s, const uint8_t *body, size_t len, const Decision *d)
@@ -396,7 +428,9 @@ AuditStmt *session__audit_bind(Session *s, const uint8_t *body, size_t len, cons
 	jw_clear(&an->scratch);
 	session__bind_params_to(&an->scratch, body, len, bind_redacted(s, st), s->policy ? s->policy->detect : 0);
 	AuditText *params = text_new(an->scratch.buf, an->scratch.len);
-	AuditText *sql = st ? text_ref(st->sql) : NULL;
+	if (an->scratch.cap > SCRATCH_KEEP)
+		jw_free(&an->scratch); /* a large Bind's buffer is not kept for the session's life */
+	AuditText *sql = st ? text_ref(st->sql) : NULL; /* NULL after a Close: unknown */
 	if (d && d->kind == DEC_BLOCK)
 		return stmt_new(sql, params, decision_json(s, d));
 	Named *p = portal ? named_put(s, an->portals, portal) : NULL;

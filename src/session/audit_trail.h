@@ -29,6 +29,13 @@ void session__audit_parse(Session *s, const char *name, const char *sql);
 /* Returns the record of a refused Bind (NULL when allowed: the Execute gets the record). */
 AuditStmt *session__audit_bind(Session *s, const uint8_t *body, size_t len, const Decision *d);
 AuditStmt *session__audit_execute(Session *s, const char *portal);
+/* A Close of a prepared statement: Binds of the name bind an unknown statement until a Parse. */
+void session__audit_close(Session *s, const char *name);
+/*
+ * Whether the parameters of statement sql (NULL: unknown) are recorded redacted: a masking
+ * identity's statement that names a masked relation. Approval requests show them the same way.
+ */
+bool session__params_redacted(const Session *s, const char *sql);
 
 typedef enum { AUDIT_PASS, AUDIT_HOLD } AuditOutcome;
 /*

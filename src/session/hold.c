@@ -17,6 +17,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "mask/mask.h"
+#include "session/audit_trail.h"
 #include "session/session_internal.h"
 
 static void deadline_cb(evutil_socket_t fd, short what, void *arg)
@@ -81,7 +82,7 @@ void session__bind_params_to(JsonW *w, const uint8_t *body, size_t len, bool red
 		size_t sl = 0;
 		uint8_t *scrubbed = detect && !memchr(v, 0, plen) ? mask_detect_scrub(detect, v, plen, &sl) : NULL;
 		if (scrubbed) {
-			jw_text(w, scrubbed, sl, binary);
+			jw_text(w, scrubbed, sl, false); /* shows [REDACTED]; not UTF-8 is still hex */
 			free(scrubbed);
 		} else {
 			jw_text(w, v, plen, binary);
@@ -175,21 +176,63 @@ static void send_notice(Session *s, const char *text)
 	sock_flush(&s->client);
 }
 
+/*
+ * The parameters as an approval request shows them (to approvers, and in the audit trail):
+ * masked like a statement record's (session__params_redacted, the detectors). NULL: as
+ * they are. The request's digest is still taken over the values themselves.
+ */
+static char *params_shown(Session *s, const char *sql, const char *params)
+{
+	if (!params || !s->policy || (!s->policy->masks_columns && !s->policy->detect))
+		return NULL;
+	bool redact = session__params_redacted(s, sql);
+	json_t *list = json_loads(params, 0, NULL);
+	if (!json_is_array(list)) {
+		json_decref(list);
+		return xstrdup("[\"" MASK_REDACTED "\"]");
+	}
+	size_t i;
+	json_t *v;
+	json_array_foreach(list, i, v) {
+		if (json_is_null(v))
+			continue;
+		if (redact) {
+			json_array_set_new(list, i, json_string(MASK_REDACTED));
+			continue;
+		}
+		if (!json_is_string(v))
+			continue; /* binary ({"hex": ...}): not scanned, as in result rows */
+		size_t sl = 0;
+		uint8_t *t = mask_detect_scrub(s->policy->detect, (const uint8_t *)json_string_value(v),
+					       json_string_length(v), &sl);
+		if (t) {
+			json_array_set_new(list, i, json_stringn((const char *)t, sl));
+			free(t);
+		}
+	}
+	char *out = json_dumps(list, JSON_COMPACT);
+	json_decref(list);
+	return out ? out : xstrdup("[\"" MASK_REDACTED "\"]");
+}
+
 /* An approval request for this session's statement (see approval_open). */
 static bool open_request(Session *s, const char *sql, const char *params, const char *digest, const Decision *d,
 			 const ApprovalSettings *a, char id[APPROVAL_ID_LEN], bool *created)
 {
+	char *shown = params_shown(s, sql, params);
 	ApprovalAsk ask = {.requester = s->user_name,
 			   .groups = s->groups,
 			   .ngroups = s->ngroups,
 			   .database = s->database_name,
 			   .session_id = s->audit_id,
 			   .statement = sql,
-			   .parameters = params,
+			   .parameters = shown ? shown : params,
 			   .digest = digest,
 			   .why = d,
 			   .settings = a};
-	return approval_open(&ask, id, created);
+	bool ok = approval_open(&ask, id, created);
+	free(shown);
+	return ok;
 }
 
 HoldOutcome session__review(Session *s, const char *sql, const char *params, const Decision *d, Decision *out)

@@ -685,6 +685,11 @@ static void audit_forwarded(Session *s, char type, const uint8_t *body, size_t b
 		s->audit_pending = session__audit_bind(s, body, blen, NULL);
 	} else if (type == 'E' && a) {
 		s->audit_pending = session__audit_execute(s, a);
+	} else if (type == 'C' && blen >= 2 && body[0] == 'S') {
+		msgr_init(&r, body + 1, blen - 1);
+		const char *name = msgr_str(&r);
+		if (name)
+			session__audit_close(s, name);
 	}
 }
 

@@ -1695,6 +1695,39 @@ def test_params_masked_under_the_identity_rules(gateway_factory, tmp_path, pg):
     assert out.returncode == 0, out.stderr
     masked_lines = [ln for ln in out.stdout.splitlines() if '"user":"masked"' in ln]
     assert masked_lines and not any("987-65-4321" in ln or card in ln for ln in masked_lines)
+
+    # A name the gateway knew from a Parse, changed behind its back by SQL DEALLOCATE and
+    # PREPARE, or closed: its Binds count as binding an unknown statement (redacted).
+    def bind_execute(stmt, value):
+        body = pgwire.cstr("") + pgwire.cstr(stmt) + struct.pack("!HHI", 0, 1, len(value)) + value.encode()
+        return (pgwire.msg(b"B", body + struct.pack("!H", 0))
+                + pgwire.msg(b"E", pgwire.cstr("") + struct.pack("!I", 0)) + pgwire.msg(b"S"))
+
+    def exchange(conn, data):
+        conn.send(data)
+        msgs = []
+        while not msgs or msgs[-1][0] != b"Z":
+            msgs.append(conn.read_msg())
+        return msgs
+
+    app = app_name("masked-names")
+    conn = pgwire.RawConn(gw.host, gw.port, timeout=30)
+    conn.startup("masked", "app", pw, extra={"application_name": app})
+    try:
+        parse = pgwire.msg(b"P", pgwire.cstr("s1") + pgwire.cstr("SELECT $1::text AS v") + struct.pack("!H", 0))
+        exchange(conn, parse + bind_execute("s1", f"first {card}"))
+        exchange(conn, pgwire.msg(b"Q", pgwire.cstr(
+            f"DEALLOCATE s1; PREPARE s1(text) AS SELECT id FROM {t} WHERE note = $1")))
+        exchange(conn, bind_execute("s1", "second 123-45-6789"))
+        parse2 = pgwire.msg(b"P", pgwire.cstr("s2") + pgwire.cstr("SELECT $1::text AS w") + struct.pack("!H", 0))
+        exchange(conn, parse2 + pgwire.msg(b"C", b"S" + pgwire.cstr("s2")) + pgwire.msg(b"S"))
+        exchange(conn, bind_execute("s2", "third 123-45-6789"))
+        conn.terminate()
+    finally:
+        conn.close()
+    _, stmts, _ = session_records(trail, session_id_of(trail, app))
+    params = [s["body"]["params"] for s in stmts if s["body"].get("params") is not None]
+    assert params == [["first [REDACTED]"], ["[REDACTED]"], ["[REDACTED]"]], [s["body"] for s in stmts]
     gw.assert_serves()
 
 

@@ -145,7 +145,7 @@ static void test_too_many_parameters(void **state)
 	(void)state;
 	static uint8_t buf[8192];
 	const char *kv[2 * 80 + 2];
-	char names[80][12]; /* room for any int: -O1 cannot see i < 80 */
+	char names[80][16]; /* room for any int ("p-2147483648"): -O1 cannot see i < 80 */
 	kv[0] = "user";
 	kv[1] = "u";
 	for (int i = 0; i < 80; i++) {
