@@ -191,6 +191,32 @@ def test_retry_mode_same_statement_runs_once_approved(setup, gateway_factory):
     assert st == 409, body
 
 
+def test_request_shows_masked_parameters(setup, gateway_factory):
+    """A masking identity's request shows its parameters as the audit trail records them:
+    redacted when the statement names a masked relation, scanned by the detectors
+    otherwise. The request still matches the values themselves."""
+    def masks(cfg):
+        cfg["policies"][0]["mask"] = [{"columns": ["public.payments.amount"], "method": "redact"},
+                                      {"detect": ["credit_card"], "method": "redact"}]
+        cfg["policies"][0]["review"].append({"statements": ["select"]})
+    g, port, oncall, _ = start(gateway_factory, mode="retry", extra=masks)
+    card = "4111 1111 1111 1111"
+    with g.connect() as c:
+        shown = []
+        for q, args in (("SELECT id FROM payments WHERE id = %t", (3,)),
+                        ("SELECT %t::text AS note", (f"card {card}",))):
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute(q, args)
+            rid = re.search(r"request ([0-9a-f]{16})", str(ei.value))[1]
+            st, body = api(port, "GET", f"/api/approvals/{rid}", oncall)
+            assert st == 200, body
+            shown.append(body["parameters"])
+            st, body = api(port, "POST", f"/api/approvals/{rid}/approve", oncall, {})
+            assert st == 200, body
+            assert c.execute(q, args).fetchall()  # the approval covers the real values
+        assert shown == [["[REDACTED]"], ["card [REDACTED]"]], shown
+
+
 def test_grant_opens_a_table_until_expiry(setup, gateway_factory):
     g, port, oncall, other = start(gateway_factory)
     with g.connect() as c:
