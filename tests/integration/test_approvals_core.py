@@ -217,6 +217,32 @@ def test_request_shows_masked_parameters(setup, gateway_factory):
         assert shown == [["[REDACTED]"], ["card [REDACTED]"]], shown
 
 
+def test_each_record_names_its_own_approval(setup, gateway_factory, tmp_path):
+    """Two statements approved by two requests: each audit record names the request that
+    let it run (the records' decision JSON is cached for plain allows only)."""
+    db = tmp_path / "approvals-audit.db"
+    g, port, oncall, _ = start(gateway_factory, mode="retry",
+                               extra=lambda cfg: cfg.update(audit={"store": f"sqlite:{db}"}))
+    queries = ["SELECT amount FROM payments WHERE id = 5", "SELECT amount FROM payments WHERE id = 6"]
+    ids = []
+    with g.connect() as c:
+        for q in queries:
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute(q)
+            ids.append(re.search(r"request ([0-9a-f]{16})", str(ei.value))[1])
+            st, body = api(port, "POST", f"/api/approvals/{ids[-1]}/approve", oncall, {})
+            assert st == 200, body
+        for q in queries + queries:
+            assert c.execute(q).fetchall()
+    assert g.stop() == 0
+    r = run([str(BIN), "audit", "export", "--config", str(g.config_path)])
+    assert r.returncode == 0, r.stderr
+    ran = [(rec["record"]["sql"], rec["record"]["decision"].get("approval"))
+           for rec in map(json.loads, r.stdout.splitlines())
+           if rec["kind"] == "statement" and rec["record"]["sql"] in queries and "error" not in rec["record"]]
+    assert ran == [(q, ids[queries.index(q)]) for q in queries + queries], ran
+
+
 def test_grant_opens_a_table_until_expiry(setup, gateway_factory):
     g, port, oncall, other = start(gateway_factory)
     with g.connect() as c:
