@@ -243,6 +243,15 @@ class RawConn:
             elif typ == b"N":
                 self.notices.append(parse_fields(body))
 
+    def exchange(self, data):
+        """Sends data and returns every message up to and including the next
+        ReadyForQuery, as (type, body) pairs."""
+        self.send(data)
+        msgs = []
+        while not msgs or msgs[-1][0] != b"Z":
+            msgs.append(self.read_msg())
+        return msgs
+
     # -- queries ---------------------------------------------------------------
     def query(self, sql):
         """Simple query; returns (rows as lists of str/None, last command tag, error fields

@@ -654,36 +654,36 @@ def test_pipeline_statements(agw, trail):
     assert len({b["n"] for b in bodies}) == 3
 
 
+def bind_msg(portal, stmt, *params):
+    """A Bind of text parameters, results in text."""
+    body = pgwire.cstr(portal) + pgwire.cstr(stmt) + struct.pack("!HH", 0, len(params))
+    for p in params:
+        body += struct.pack("!I", len(p)) + p.encode()
+    return pgwire.msg(b"B", body + struct.pack("!H", 0))
+
+
+def execute_msg(portal):
+    return pgwire.msg(b"E", pgwire.cstr(portal) + struct.pack("!I", 0))
+
+
 def test_pipelined_texts_stay_with_their_statement(agw, trail):
     """Records share a statement's SQL, a portal's parameters and a decision rather than
     copying them. In one pipeline a prepared statement is executed, closed and prepared
     again with other SQL, and portals are bound and replaced before any answer came back:
     every record still shows the SQL and parameters its own Execute ran with."""
-    def bind(portal, stmt, *params):
-        body = pgwire.cstr(portal) + pgwire.cstr(stmt) + struct.pack("!HH", 0, len(params))
-        for p in params:
-            body += struct.pack("!I", len(p)) + p.encode()
-        return pgwire.msg(b"B", body + struct.pack("!H", 0))
-
-    def execute(portal):
-        return pgwire.msg(b"E", pgwire.cstr(portal) + struct.pack("!I", 0))
-
     sql1, sql2 = "SELECT $1::int AS a", "SELECT $1::text AS b, 'x' AS c"
     group = (pgwire.msg(b"P", pgwire.cstr("s1") + pgwire.cstr(sql1) + struct.pack("!H", 0))
-             + bind("", "s1", "1") + execute("")
+             + bind_msg("", "s1", "1") + execute_msg("")
              + pgwire.msg(b"C", b"S" + pgwire.cstr("s1"))
              + pgwire.msg(b"P", pgwire.cstr("s1") + pgwire.cstr(sql2) + struct.pack("!H", 0))
-             + bind("", "s1", "two") + execute("")
-             + bind("p2", "s1", "three") + bind("", "s1", "four") + execute("p2") + execute("")
+             + bind_msg("", "s1", "two") + execute_msg("")
+             + bind_msg("p2", "s1", "three") + bind_msg("", "s1", "four") + execute_msg("p2") + execute_msg("")
              + pgwire.msg(b"S"))
     app = app_name("texts")
     conn = pgwire.RawConn(agw.host, agw.port, timeout=30)
     conn.startup("alice", "app", LOCAL_USERS["alice"], extra={"application_name": app})
     try:
-        conn.send(group)
-        msgs = []
-        while not msgs or msgs[-1][0] != b"Z":
-            msgs.append(conn.read_msg())
+        msgs = conn.exchange(group)
         conn.terminate()
     finally:
         conn.close()
@@ -1629,10 +1629,7 @@ def test_raw_execute_without_describe_masked_and_not(gateway_factory, tmp_path, 
         conn = pgwire.RawConn(gw.host, gw.port, timeout=30)
         conn.startup(user, "app", password, extra={"application_name": app})
         try:
-            conn.send(group)
-            msgs = []
-            while not msgs or msgs[-1][0] != b"Z":
-                msgs.append(conn.read_msg())
+            msgs = conn.exchange(group)
             conn.terminate()
         finally:
             conn.close()
@@ -1699,29 +1696,20 @@ def test_params_masked_under_the_identity_rules(gateway_factory, tmp_path, pg):
     # A name the gateway knew from a Parse, changed behind its back by SQL DEALLOCATE and
     # PREPARE, or closed: its Binds count as binding an unknown statement (redacted).
     def bind_execute(stmt, value):
-        body = pgwire.cstr("") + pgwire.cstr(stmt) + struct.pack("!HHI", 0, 1, len(value)) + value.encode()
-        return (pgwire.msg(b"B", body + struct.pack("!H", 0))
-                + pgwire.msg(b"E", pgwire.cstr("") + struct.pack("!I", 0)) + pgwire.msg(b"S"))
-
-    def exchange(conn, data):
-        conn.send(data)
-        msgs = []
-        while not msgs or msgs[-1][0] != b"Z":
-            msgs.append(conn.read_msg())
-        return msgs
+        return bind_msg("", stmt, value) + execute_msg("") + pgwire.msg(b"S")
 
     app = app_name("masked-names")
     conn = pgwire.RawConn(gw.host, gw.port, timeout=30)
     conn.startup("masked", "app", pw, extra={"application_name": app})
     try:
         parse = pgwire.msg(b"P", pgwire.cstr("s1") + pgwire.cstr("SELECT $1::text AS v") + struct.pack("!H", 0))
-        exchange(conn, parse + bind_execute("s1", f"first {card}"))
-        exchange(conn, pgwire.msg(b"Q", pgwire.cstr(
+        conn.exchange(parse + bind_execute("s1", f"first {card}"))
+        conn.exchange(pgwire.msg(b"Q", pgwire.cstr(
             f"DEALLOCATE s1; PREPARE s1(text) AS SELECT id FROM {t} WHERE note = $1")))
-        exchange(conn, bind_execute("s1", "second 123-45-6789"))
+        conn.exchange(bind_execute("s1", "second 123-45-6789"))
         parse2 = pgwire.msg(b"P", pgwire.cstr("s2") + pgwire.cstr("SELECT $1::text AS w") + struct.pack("!H", 0))
-        exchange(conn, parse2 + pgwire.msg(b"C", b"S" + pgwire.cstr("s2")) + pgwire.msg(b"S"))
-        exchange(conn, bind_execute("s2", "third 123-45-6789"))
+        conn.exchange(parse2 + pgwire.msg(b"C", b"S" + pgwire.cstr("s2")) + pgwire.msg(b"S"))
+        conn.exchange(bind_execute("s2", "third 123-45-6789"))
         conn.terminate()
     finally:
         conn.close()

@@ -83,14 +83,21 @@ static void test_search_path_resolution(void **state)
 	mask_catalog_free(c);
 }
 
-static void test_unqualified_rewrite_follows_path(void **state)
+/* app.customers (id, and ssn masked), with the search path app, public. */
+static MaskCatalog *app_customers(void)
 {
-	(void)state;
 	MaskCatalog *c = mask_catalog_new(rules, 1, NULL, 0);
 	assert_true(column_row(c, "app", "customers", "00001", "id", "-1", "16395"));
 	assert_true(column_row(c, "app", "customers", "00002", "ssn", "0", "16395"));
 	assert_true(path_row(c, "app", "00001"));
 	assert_true(path_row(c, "public", "00002"));
+	return c;
+}
+
+static void test_unqualified_rewrite_follows_path(void **state)
+{
+	(void)state;
+	MaskCatalog *c = app_customers();
 	RewriteOptions o = {0};
 	char *out = NULL, reason[256];
 	assert_int_equal(mask_rewrite(c, &o, "SELECT upper(ssn) FROM customers", &out, reason, sizeof reason), REWRITE_DONE);
@@ -108,10 +115,7 @@ static void test_unqualified_rewrite_follows_path(void **state)
 static void test_names_masked(void **state)
 {
 	(void)state;
-	MaskCatalog *c = mask_catalog_new(rules, 1, NULL, 0);
-	assert_true(column_row(c, "app", "customers", "00001", "id", "-1", "16395"));
-	assert_true(column_row(c, "app", "customers", "00002", "ssn", "0", "16395"));
-	assert_true(path_row(c, "app", "00001"));
+	MaskCatalog *c = app_customers();
 	static const char *const yes[] = {
 		"SELECT id FROM customers WHERE id = $1",
 		"SELECT 1 FROM other o JOIN app.customers c ON c.id = o.id WHERE o.x = $1",
