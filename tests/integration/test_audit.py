@@ -698,6 +698,34 @@ def test_pipelined_texts_stay_with_their_statement(agw, trail):
     agw.assert_serves()
 
 
+def test_hostile_close_messages(agw, trail):
+    """Close messages the audit reads to forget a statement name: without a terminator,
+    empty, of an unknown kind, with a 100 KB name. Each gets the server's clear error (or,
+    for the name PostgreSQL will not take, the end of that session), and the gateway keeps
+    recording and serving."""
+    for body, sqlstate in ((b"S" + b"no-terminator", "08P01"), (b"S", "08P01"),
+                           (b"X" + pgwire.cstr("s1"), "08P01"), (b"S" + pgwire.cstr("n" * 100000), None)):
+        conn = pgwire.RawConn(agw.host, agw.port, timeout=30)
+        conn.startup("alice", "app", LOCAL_USERS["alice"])
+        try:
+            if sqlstate:
+                msgs = conn.exchange(pgwire.msg(b"C", body) + pgwire.msg(b"S"))
+                assert [m[0] for m in msgs] == [b"E", b"Z"], msgs
+                assert pgwire.parse_fields(msgs[0][1])["C"] == sqlstate, msgs
+                rows, _, err, _ = conn.query("SELECT 'after close'")
+                assert err is None and rows == [["after close"]]
+            else:
+                conn.send(pgwire.msg(b"C", body) + pgwire.msg(b"S"))
+                typ, fields = conn.read_msg()
+                assert typ == b"E", (typ, fields)
+                conn.expect_closed()
+        finally:
+            conn.close()
+    _, _, stmts, _, _ = run_session(agw, trail, lambda c: c.execute("SELECT 'still recorded'").fetchall())
+    assert stmts[-1]["body"]["sql"] == "SELECT 'still recorded'"
+    agw.assert_serves()
+
+
 def test_session_start_and_end(agw, trail):
     def fn(c):
         c.execute("SELECT 1")
