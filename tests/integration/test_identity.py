@@ -415,7 +415,7 @@ def _for_other_user(iss):
 
 REFUSALS = {
     # case (the startup user is case-CASE@example.com): (make(issuer) -> token, reason: literal or regex)
-    "expired": (lambda i: i.token(i.claims("case-expired@example.com", exp_in=-300), "rsa-1"),
+    "expired": (lambda i: i.token(i.claims("case-expired@example.com", exp_in=-350), "rsa-1"),
                 re.compile(r"token expired 3\d\d s ago")),
     "expired_ec": (lambda i: i.token(i.claims("case-expired_ec@example.com", exp_in=-90), "ec-1"),
                    re.compile(r"token expired \d+ s ago")),
