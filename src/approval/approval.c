@@ -243,26 +243,31 @@ static void new_id(char id[APPROVAL_ID_LEN])
 	util_hex_encode(b, sizeof b, id);
 }
 
-bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created)
+bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created, bool *mine)
 {
 	*created = false;
+	*mine = false;
 	int64_t now = now_us();
 	bool retry = a->settings->mode == APPROVAL_RETRY;
 	pthread_mutex_lock(&T.mu);
-	size_t pending = 0;
+	size_t pending = 0, theirs = 0;
 	for (size_t i = 0; i < T.n; i++) {
 		json_t *r = T.reqs[i];
 		if (status_of(r) != APR_PENDING)
 			continue;
 		pending++;
+		if (strcmp(str(r, "requester"), a->requester) != 0)
+			continue;
+		theirs++;
 		if (retry && strcmp(str(r, "mode"), "retry") == 0 && strcmp(str(r, "digest"), a->digest) == 0 &&
-		    strcmp(str(r, "requester"), a->requester) == 0 && strcmp(str(r, "database"), a->database) == 0) {
+		    strcmp(str(r, "database"), a->database) == 0) {
 			snprintf(id, APPROVAL_ID_LEN, "%s", str(r, "id"));
 			pthread_mutex_unlock(&T.mu);
 			return true;
 		}
 	}
-	if (pending >= APPROVAL_PENDING_MAX) {
+	*mine = theirs >= APPROVAL_PENDING_PER_REQUESTER;
+	if (*mine || pending >= APPROVAL_PENDING_MAX) {
 		pthread_mutex_unlock(&T.mu);
 		return false;
 	}

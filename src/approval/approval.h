@@ -21,6 +21,7 @@
 #define APPROVAL_ID_LEN 17 /* 16 hex digits and a NUL */
 #define APPROVAL_DIGEST_LEN 65
 #define APPROVAL_PENDING_MAX 10000
+#define APPROVAL_PENDING_PER_REQUESTER 100 /* so that one caller cannot fill the whole queue */
 
 typedef enum { APR_PENDING, APR_APPROVED, APR_DENIED, APR_EXPIRED, APR_CANCELLED, APR_UNKNOWN } ApprovalStatus;
 
@@ -49,10 +50,11 @@ typedef struct {
 
 /*
  * Opens a request (in retry mode, the one still pending for the same statement by the same
- * identity, if any). Returns false when too many requests are pending.
+ * identity, if any). Returns false when too many requests are pending: *mine tells whether
+ * the requester has APPROVAL_PENDING_PER_REQUESTER of its own (else the gateway is full).
  * created: true when it is new (notify the requester and the webhook).
  */
-bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created);
+bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created, bool *mine);
 /* Retry mode: an approved request for this statement by this identity, usable now. */
 bool approval_find_usable(const char *requester, const char *database, const char *digest,
 			  char id[APPROVAL_ID_LEN]);

@@ -217,7 +217,7 @@ static char *params_shown(Session *s, const char *sql, const char *params)
 
 /* An approval request for this session's statement (see approval_open). */
 static bool open_request(Session *s, const char *sql, const char *params, const char *digest, const Decision *d,
-			 const ApprovalSettings *a, char id[APPROVAL_ID_LEN], bool *created)
+			 const ApprovalSettings *a, char id[APPROVAL_ID_LEN], bool *created, bool *mine)
 {
 	char *shown = params_shown(s, sql, params);
 	ApprovalAsk ask = {.requester = s->user_name,
@@ -230,7 +230,7 @@ static bool open_request(Session *s, const char *sql, const char *params, const 
 			   .digest = digest,
 			   .why = d,
 			   .settings = a};
-	bool ok = approval_open(&ask, id, created);
+	bool ok = approval_open(&ask, id, created, mine);
 	free(shown);
 	return ok;
 }
@@ -247,10 +247,15 @@ HoldOutcome session__review(Session *s, const char *sql, const char *params, con
 		approved(out, d, id);
 		return HOLD_PASS;
 	}
-	bool created;
-	if (!open_request(s, sql, params, digest, d, &a, id, &created)) {
-		refuse_with(out, "53400", d->policy, "approval_limit",
-			    "pgcordon: too many approval requests are pending; try again later");
+	bool created, mine;
+	if (!open_request(s, sql, params, digest, d, &a, id, &created, &mine)) {
+		if (mine)
+			snprintf(msg, sizeof msg,
+				 "pgcordon: you have %d approval requests pending; wait for a decision on one before asking"
+				 " again", APPROVAL_PENDING_PER_REQUESTER);
+		else
+			snprintf(msg, sizeof msg, "pgcordon: too many approval requests are pending; try again later");
+		refuse_with(out, "53400", d->policy, "approval_limit", msg);
 		return HOLD_REFUSE;
 	}
 	char qu[80], qm[400];
@@ -296,11 +301,12 @@ void session__rows_exceeded(Session *s, const char *sql, const char *params, cha
 	a.mode = APPROVAL_RETRY; /* the rows already went: only a run again can be approved */
 	char digest[APPROVAL_DIGEST_LEN], id[APPROVAL_ID_LEN];
 	approval_digest(sql, params, digest);
-	bool created;
-	if (!open_request(s, sql, params, digest, &d, &a, id, &created))
-		snprintf(msg, len, "pgcordon: the result exceeds %lld rows (policy %s, rule returned_rows_over), and too "
-				   "many approval requests are pending",
-			 (long long)ep->returned_rows_over, d.policy);
+	bool created, mine;
+	if (!open_request(s, sql, params, digest, &d, &a, id, &created, &mine))
+		snprintf(msg, len,
+			 "pgcordon: the result exceeds %lld rows (policy %s, rule returned_rows_over), and %s approval"
+			 " requests are pending",
+			 (long long)ep->returned_rows_over, d.policy, mine ? "you have too many" : "too many");
 	else
 		snprintf(msg, len, "pgcordon: the result exceeds %lld rows (policy %s, rule returned_rows_over); request %s "
 				   "to run it in full; run it again once approved",

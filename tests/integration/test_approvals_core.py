@@ -191,6 +191,38 @@ def test_retry_mode_same_statement_runs_once_approved(setup, gateway_factory):
     assert st == 409, body
 
 
+def test_one_requester_cannot_fill_the_queue(setup, gateway_factory):
+    """At most 100 pending requests per requester: the 101st is refused with a clear error,
+    the same statement again still gets its pending request, and other identities can
+    still ask. A decision frees a place."""
+    g, port, oncall, _ = start(gateway_factory, mode="retry")
+    q = "SELECT amount FROM payments WHERE id = %t"
+    ids = []
+    with g.connect() as c:
+        for i in range(100):
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute(q, (i,))
+            assert ei.value.sqlstate == "42501", ei.value
+            ids.append(re.search(r"request ([0-9a-f]{16})", str(ei.value))[1])
+        with pytest.raises(psycopg.Error) as full:
+            c.execute(q, (1000,))
+        assert full.value.sqlstate == "53400", full.value
+        assert "you have 100 approval requests pending" in str(full.value)
+        with pytest.raises(psycopg.Error) as again:
+            c.execute(q, (5,))
+        assert ids[5] in str(again.value), "a pending request is still found"
+        with g.connect(user="bob") as other:
+            with pytest.raises(psycopg.Error) as theirs:
+                other.execute(q, (1,))
+            assert theirs.value.sqlstate == "42501" and "request " in str(theirs.value), theirs.value
+        st, body = api(port, "POST", f"/api/approvals/{ids[0]}/deny", oncall, {"reason": "no"})
+        assert st == 200, body
+        with pytest.raises(psycopg.Error) as freed:
+            c.execute(q, (1000,))
+        assert freed.value.sqlstate == "42501" and "request " in str(freed.value), freed.value
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_request_shows_masked_parameters(setup, gateway_factory):
     """A masking identity's request shows its parameters as the audit trail records them:
     redacted when the statement names a masked relation, scanned by the detectors
