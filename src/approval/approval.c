@@ -430,7 +430,7 @@ static bool may_see(const ApprovalCaller *who, const json_t *r)
 	return who->auditor || in_groups(who, json_object_get(r, "approvers")) || strcmp(str(r, "requester"), who->name) == 0;
 }
 
-json_t *approval_list(const ApprovalCaller *who, const char *status)
+json_t *approval_list(const ApprovalCaller *who, const char *status, int limit, const char *before)
 {
 	int want = -1;
 	if (status && strcmp(status, "all") != 0) {
@@ -444,14 +444,31 @@ json_t *approval_list(const ApprovalCaller *who, const char *status)
 	}
 	approval_grants_generation(); /* expiries first */
 	json_t *list = json_array();
+	json_t *next = json_null();
 	pthread_mutex_lock(&T.mu);
-	for (size_t i = T.n; i-- > 0;) {
+	size_t start = T.n;
+	if (before) {
+		for (start = T.n; start-- > 0;)
+			if (strcmp(str(T.reqs[start], "id"), before) == 0)
+				break;
+		if (start == (size_t)-1) {
+			pthread_mutex_unlock(&T.mu);
+			json_decref(list);
+			return NULL;
+		}
+	}
+	for (size_t i = start; i-- > 0;) {
 		json_t *r = T.reqs[i];
-		if ((want < 0 || status_of(r) == (ApprovalStatus)want) && may_see(who, r))
+		if ((want < 0 || status_of(r) == (ApprovalStatus)want) && may_see(who, r)) {
+			if (json_array_size(list) == (size_t)limit) {
+				next = json_string(str(json_array_get(list, (size_t)limit - 1), "id"));
+				break;
+			}
 			json_array_append_new(list, public_view(r));
+		}
 	}
 	pthread_mutex_unlock(&T.mu);
-	return json_pack("{so}", "approvals", list);
+	return json_pack("{so so}", "approvals", list, "next", next);
 }
 
 json_t *approval_get(const ApprovalCaller *who, const char *id)

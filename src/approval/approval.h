@@ -84,8 +84,14 @@ typedef struct {
 	bool auditor; /* sees every request */
 } ApprovalCaller;
 
-/* {"approvals": [...]}, newest first; status "pending", ..., "all". NULL: bad status. */
-json_t *approval_list(const ApprovalCaller *who, const char *status);
+#define APPROVAL_LIST_MAX 1000
+/*
+ * {"approvals": [...], "next": ID or null}: at most limit requests (1..APPROVAL_LIST_MAX),
+ * newest first, older than the request before (NULL: from the newest); status "pending",
+ * ..., "all". "next" is the before of the following page, when there is one.
+ * NULL: a bad status, or before is not a request this gateway holds.
+ */
+json_t *approval_list(const ApprovalCaller *who, const char *status, int limit, const char *before);
 /* One request, or NULL (not found, or not the caller's to see). */
 json_t *approval_get(const ApprovalCaller *who, const char *id);
 /* Approves or denies; returns the HTTP status (200, 403, 404, 409) and the request or an error. */

@@ -538,7 +538,9 @@ static int cmd_list(const Args *a)
 {
 	bool grants = strcmp(a->cmd, "grants") == 0;
 	char *status = a->status ? curl_easy_escape(NULL, a->status, 0) : NULL;
-	char *path = xasprintf("/api/%s%s%s", a->cmd, status ? "?status=" : "", status ? status : "");
+	/* Approvals come a page at a time: the largest page (grants come whole). */
+	char *path = xasprintf("/api/%s%s%s%s", a->cmd, grants ? "" : "?limit=1000", status ? (grants ? "?status=" : "&status=") : "",
+			       status ? status : "");
 	curl_free(status);
 	Answer ans;
 	json_t *doc;
@@ -555,6 +557,13 @@ static int cmd_list(const Args *a)
 			print_grants(a, list);
 		} else {
 			print_approvals(a, list);
+		}
+		const char *next = json_string_value(json_object_get(doc, "next"));
+		if (!grants && next) {
+			char *shown = clean(next, 40);
+			fprintf(stderr, "pgcordon approvals list: only the newest 1000 are shown; GET /api/approvals?before=%s"
+					" lists older ones\n", shown);
+			free(shown);
 		}
 	}
 	json_decref(doc);

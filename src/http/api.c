@@ -2,6 +2,7 @@
 #include "http/api.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -117,6 +118,22 @@ static const char *arg(struct MHD_Connection *conn, const char *name)
 	return MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
+#define SESSIONS_LIST_MAX 10000
+
+/* A ?limit= argument: absent leaves *out as it is; else a whole number from 1 to max. */
+static bool page_limit(const char *text, int max, int *out)
+{
+	if (!text)
+		return true;
+	char *end;
+	errno = 0;
+	long v = strtol(text, &end, 10);
+	if (errno || end == text || *end || v < 1 || v > max)
+		return false;
+	*out = (int)v;
+	return true;
+}
+
 /* GET /api/sessions, /api/sessions/ID, /api/sessions/ID/replay */
 static enum MHD_Result audit_request(struct MHD_Connection *conn, const Config *c, const char *url)
 {
@@ -131,13 +148,18 @@ static enum MHD_Result audit_request(struct MHD_Connection *conn, const Config *
 	const char *rest = url + strlen("/api/sessions");
 	if (*rest == 0 || strcmp(rest, "/") == 0) {
 		char since[AUDIT_TIME_LEN];
-		const char *s = arg(conn, "since"), *limit = arg(conn, "limit");
+		const char *s = arg(conn, "since");
 		if (s && !audit_parse_since(s, since)) {
 			store_close(st);
 			return error(conn, MHD_HTTP_BAD_REQUEST, "since must be an ISO date/time or a period like 30m, 12h, 7d");
 		}
+		int limit = 100;
+		if (!page_limit(arg(conn, "limit"), SESSIONS_LIST_MAX, &limit)) {
+			store_close(st);
+			return error(conn, MHD_HTTP_BAD_REQUEST, "limit must be a number from 1 to 10000");
+		}
 		SessionQuery q = {.user = arg(conn, "user"), .database = arg(conn, "database"), .since = s ? since : NULL,
-				  .limit = limit ? atol(limit) : 100};
+				  .limit = limit};
 		json_t *list = audit_list_sessions(st, &q, err, sizeof err);
 		if (list)
 			out = json_pack("{so}", "sessions", list);
@@ -252,10 +274,15 @@ static enum MHD_Result approvals_request(struct MHD_Connection *conn, const Conf
 	if (*rest == 0 || strcmp(rest, "/") == 0) {
 		if (post)
 			return error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "POST /api/approvals/ID/approve or /deny");
-		out = approval_list(&ac, arg(conn, "status"));
+		int limit = 100;
+		if (!page_limit(arg(conn, "limit"), APPROVAL_LIST_MAX, &limit))
+			return error(conn, MHD_HTTP_BAD_REQUEST, "limit must be a number from 1 to 1000");
+		const char *before = arg(conn, "before");
+		out = approval_list(&ac, arg(conn, "status"), limit, before);
 		if (!out)
 			return error(conn, MHD_HTTP_BAD_REQUEST,
-				     "status must be pending, approved, denied, expired, cancelled or all");
+				     before ? "before must be the id of a request this gateway lists (see \"next\")"
+					    : "status must be pending, approved, denied, expired, cancelled or all");
 		return reply(conn, MHD_HTTP_OK, out);
 	}
 	if (rest[0] != '/')

@@ -223,6 +223,39 @@ def test_one_requester_cannot_fill_the_queue(setup, gateway_factory):
         assert c.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_list_pages(setup, gateway_factory):
+    """GET /api/approvals pages with limit and before: every request once, newest first,
+    "next" null on the last page; a bad limit or an unknown cursor is a clear 400."""
+    g, port, oncall, _ = start(gateway_factory, mode="retry")
+    made = []
+    with g.connect() as c:
+        for i in range(5):
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute("SELECT amount FROM payments WHERE id = %t", (i,))
+            made.append(re.search(r"request ([0-9a-f]{16})", str(ei.value))[1])
+    seen, before, pages = [], None, 0
+    while True:
+        st, body = api(port, "GET", "/api/approvals?limit=2" + (f"&before={before}" if before else ""), oncall)
+        assert st == 200, body
+        pages += 1
+        assert len(body["approvals"]) <= 2
+        seen += [r["id"] for r in body["approvals"]]
+        before = body["next"]
+        if before is None:
+            break
+        assert before == seen[-1]
+    assert pages == 3 and seen == made[::-1], (pages, seen, made)
+    st, body = api(port, "GET", "/api/approvals", oncall)
+    assert st == 200 and body["next"] is None and len(body["approvals"]) == 5, body
+    for bad in ("0", "-1", "1001", "x", ""):
+        st, body = api(port, "GET", f"/api/approvals?limit={bad}", oncall)
+        assert st == 400 and "limit must be a number from 1 to 1000" in body["error"], (bad, body)
+    st, body = api(port, "GET", "/api/approvals?before=0123456789abcdef", oncall)
+    assert st == 400 and "before must be the id" in body["error"], body
+    st, body = api(port, "GET", "/api/approvals?before=" + "a" * 5000, oncall)
+    assert st in (400, 414, 431), (st, body)
+
+
 def test_request_shows_masked_parameters(setup, gateway_factory):
     """A masking identity's request shows its parameters as the audit trail records them:
     redacted when the statement names a masked relation, scanned by the detectors

@@ -2055,8 +2055,11 @@ def test_http_rejects_hostile_requests(http_gw):
     assert status == 404, body
     status, body = http(p, "/api/unknown", token=tok)
     assert status == 404, body
-    status, body = http(p, "/api/sessions?limit=-5", token=tok)
-    assert status == 200 and json.loads(body)["sessions"], body
+    for bad in ("-5", "0", "abc", "10001", "5x", ""):
+        status, body = http(p, f"/api/sessions?limit={bad}", token=tok)
+        assert status == 400 and b"limit must be a number from 1 to 10000" in body, (bad, body)
+    status, body = http(p, "/api/sessions?limit=1", token=tok)
+    assert status == 200 and len(json.loads(body)["sessions"]) == 1, body
     req = urllib.request.Request(f"http://127.0.0.1:{p}/api/sessions", data=b"{}", method="POST")
     req.add_header("Authorization", f"Bearer {tok}")
     try:
