@@ -9,7 +9,9 @@ the batch's text, one record a line: {"seq":N,"time":...,"kind":...,...,"record"
   audit_stats.py check DB SQL      statement records whose sql is SQL
   audit_stats.py last DB SQL       the body of the last of those
   audit_stats.py summary DB        "<statements> <others> <mean statement body bytes> <kind=n ...>"
+  audit_stats.py newest DB         the time of the newest committed record, in unix seconds
 """
+import datetime
 import json
 import re
 import sqlite3
@@ -59,6 +61,12 @@ def main():
             if needle in ln and kind_of(ln) == "statement" and json.loads(body_of(ln)).get("sql") == sql:
                 n, last = n + 1, body_of(ln)
         print(n if cmd == "check" else last)
+    elif cmd == "newest":
+        c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        (t,) = c.execute("SELECT max(max_time) FROM audit_batches").fetchone()
+        c.close()
+        print(datetime.datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ")
+              .replace(tzinfo=datetime.timezone.utc).timestamp() if t else 0)
     elif cmd == "summary":
         kinds, body_bytes = {}, 0
         for ln in records(db):

@@ -122,7 +122,7 @@ class SqliteTrail:
         for first, prev, packed in rows:
             text = zstandard.ZstdDecompressor().decompress(packed).decode()
             assert text.startswith("[\n") and text.endswith("\n]"), text[:80]
-            out.append((first, prev, text[2:-2].split(",\n")))
+            out.append((first, prev, text[2:-2].split(",\n") if text[2:-2] else []))  # "[\n\n]": emptied
         return out
 
     def rows(self, kind=None, seq=None):
@@ -1052,6 +1052,18 @@ def test_verify_detects_deleted_row(gateway_factory, tmp_path):
     trail.edit_record(victim["seq"], lambda ln: None)
     assert victim["seq"] not in {r["seq"] for r in trail.rows()}
     assert_verify_fails(gw.config_path, victim["seq"], ["deleted"])
+
+
+def test_verify_detects_emptied_batch(gateway_factory, tmp_path):
+    """A batch row left in place with its records taken out (also what deleting the only
+    record of a batch leaves)."""
+    gw, trail = make_trail(gateway_factory, tmp_path, sessions=3, pause=0.2)
+    batches = trail.batches()
+    assert len(batches) >= 3, [b[0] for b in batches]
+    first = batches[len(batches) // 2][0]
+    trail.rewrite(first, [])
+    assert first not in {r["seq"] for r in trail.rows()}
+    assert_verify_fails(gw.config_path, first, ["deleted"])
 
 
 def test_verify_detects_deleted_batch(gateway_factory, tmp_path):
