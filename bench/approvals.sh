@@ -224,7 +224,7 @@ databases:
     sslmode: disable
 users:
   bench: {password: "$gw_verifier", groups: [bench-agents]}
-  holder: {password: "$hold_verifier", groups: [holders]}
+$(for ((h = 0; h * 100 < HELD; h++)); do echo "  holder$h: {password: \"$hold_verifier\", groups: [holders]}"; done)
 api_keys:
   bench-approver: {hash: "$APPROVER_HASH", groups: [security-oncall]}
 approvals:
@@ -249,7 +249,7 @@ CORDON_PID=$!
 wait_ready pgcordon "$CORDON_PID" "$GW_PORT" "$GW_PASSWORD"
 
 # ---------------------------------------------------------------- the holder
-# HELD connections as "holder", one thread each, each sending a different statement on
+# HELD connections as "holder0", "holder1", ... (100 each), one thread each, each sending a different statement on
 # held_payments (wait mode: it waits). Ready once every one got its NOTICE and the API
 # lists them all as pending; on $TMP/release it checks they are still pending, denies them
 # all through the API and checks every client got the denial (SQLSTATE 42501).
@@ -272,15 +272,21 @@ def call(method, path, body=None):
 
 
 def pending():
-    return [r for r in call("GET", "/api/approvals?status=pending")["approvals"]
-            if tag in (r.get("statement") or "")]
+    out, before = [], ""
+    while True:
+        page = call("GET", "/api/approvals?status=pending&limit=1000" + (f"&before={before}" if before else ""))
+        out += [r for r in page["approvals"] if tag in (r.get("statement") or "")]
+        before = page.get("next")
+        if not before:
+            return out
 
 
 noticed = [threading.Event() for _ in range(n)]
 results = [None] * n
 conns = []
 for i in range(n):
-    c = psycopg.connect(host="127.0.0.1", port=port, user="holder", password=pw, dbname="bench",
+    # a requester may have 100 requests pending: holder0 holds the first 100, holder1 the next
+    c = psycopg.connect(host="127.0.0.1", port=port, user=f"holder{i // 100}", password=pw, dbname="bench",
                         sslmode="disable", autocommit=True, connect_timeout=30)
     c.add_notice_handler(lambda d, i=i: "held for approval" in (d.message_primary or "")
                          and noticed[i].set())

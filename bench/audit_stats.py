@@ -63,8 +63,14 @@ def main():
         print(n if cmd == "check" else last)
     elif cmd == "newest":
         c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-        (t,) = c.execute("SELECT max(max_time) FROM audit_batches").fetchone()
-        c.close()
+        try:
+            (t,) = c.execute("SELECT max(max_time) FROM audit_batches").fetchone()
+        except sqlite3.OperationalError as e:
+            if "no such table" not in str(e):
+                raise
+            t = None
+        finally:
+            c.close()
         print(datetime.datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ")
               .replace(tzinfo=datetime.timezone.utc).timestamp() if t else 0)
     elif cmd == "summary":

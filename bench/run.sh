@@ -570,7 +570,15 @@ for ((r = 1; r <= ROUNDS; r++)); do
       w0=$(date +%s.%N)
       run_child env PGPASSWORD="$(target_password "$t")" pgbench -S -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" \
         -M "$mode" -h 127.0.0.1 -p "$(target_port "$t")" -U bench bench >"$out" 2>&1 || rc=$?
-      wend=$(date +%s.%N)
+      # How far the trail is behind when pgbench stops (asked at once: a backlog must not drain
+      # first). A writer that put its work off past the run would make the audit look cheaper.
+      lag=""
+      if [[ -n $(audit_db "$t") ]]; then
+        wend=$(date +%s.%N)
+        newest=$(audit_stats newest "$(audit_db "$t")" 2>/dev/null) || newest=""
+        [[ -n $newest && $newest != 0 ]] &&
+          lag=$(awk -v e="$wend" -v n="$newest" 'BEGIN {printf "%.0f", (e - n) * 1000}')
+      fi
       read -r c1_total c1_ours c1_pg < <(cpu_ticks)
       other=$(other_cpu "$c0_total" "$c0_ours" "$w0" "$c1_total" "$c1_ours" "$(date +%s.%N)")
       g1=$(proc_ns "$gpid")
@@ -596,13 +604,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
       fi
       printf '%-5s %-9s %-22s %12.1f %12s %10s %14s %14s\n' "$r" "$mode" "$t" "$tps" "${lat:--}" "$other" "$gwus" "$pgus"
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$mode" "$r" "$tps" "$gwus" "$pgus" "$ntx" >>"$RESULTS"
-      if [[ -n $(audit_db "$t") ]]; then
-        # How far the trail was behind when pgbench stopped: a writer that put its work off
-        # past the end of the run would make the audit look cheaper than it is.
-        newest=$(audit_stats newest "$(audit_db "$t")")
-        awk -v t="$t" -v m="$mode" -v e="$wend" -v n="$newest" 'BEGIN {printf "%s\t%s\t%.0f\n", t, m, (e - n) * 1000}' \
-          >>"$TMP/audit-lag.tsv"
-      fi
+      [[ -n $lag ]] && printf '%s\t%s\t%s\n' "$t" "$mode" "$lag" >>"$TMP/audit-lag.tsv"
       sleep 1
     done
   done
@@ -774,7 +776,7 @@ if (( ${#AUDIT_LIST[@]} )); then
     for t in "${AUDIT_LIST[@]}"; do
       for mode in "${MODE_LIST[@]}"; do
         awk -F'\t' -v t="$t" -v m="$mode" '$1 == t && $2 == m {print $3}' "$TMP/audit-lag.tsv" | sort -g |
-          awk -v t="$t" -v m="$mode" '{v[NR] = $1} END {if (NR) printf "%-22s %-9s trail behind at the end of a run: median %d ms, max %d ms (%d runs)\n", t, m, v[int((NR + 1) / 2)], v[NR], NR}'
+          awk -v t="$t" -v m="$mode" '{v[NR] = $1} END {if (NR) printf "%-22s %-9s trail behind at the end of a run: median %.0f ms, max %d ms (%d runs)\n", t, m, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2, v[NR], NR}'
       done
     done
     echo "# behind: wall clock when pgbench stopped minus the newest committed record's time (the"

@@ -149,6 +149,13 @@ static void changed(json_t *r, const char *event)
 	free(text);
 }
 
+static int by_creation(const void *a, const void *b)
+{
+	json_int_t x = json_integer_value(json_object_get(*(json_t *const *)a, "created_us")),
+		   y = json_integer_value(json_object_get(*(json_t *const *)b, "created_us"));
+	return (x > y) - (x < y);
+}
+
 bool approval_start(const Config *c, ApprovalWakeFn wake_fn, void *arg, char *err, size_t errlen)
 {
 	T.wake = wake_fn;
@@ -162,6 +169,7 @@ bool approval_start(const Config *c, ApprovalWakeFn wake_fn, void *arg, char *er
 	size_t nloaded = 0;
 	if (!approval_store_start(c, &loaded, &nloaded, err, errlen))
 		return false;
+	qsort(loaded, nloaded, sizeof *loaded, by_creation); /* lists and their cursor go by this order */
 	pthread_mutex_lock(&T.mu);
 	for (size_t i = 0; i < nloaded; i++)
 		add_locked(loaded[i]);
@@ -243,6 +251,21 @@ static void new_id(char id[APPROVAL_ID_LEN])
 	util_hex_encode(b, sizeof b, id);
 }
 
+/* Whether a new request of requester must wait: *mine when it has too many of its own. */
+static bool queue_full_locked(const char *requester, bool *mine)
+{
+	size_t pending = 0, theirs = 0;
+	for (size_t i = 0; i < T.n; i++) {
+		json_t *r = T.reqs[i];
+		if (status_of(r) != APR_PENDING)
+			continue;
+		pending++;
+		theirs += strcmp(str(r, "requester"), requester) == 0;
+	}
+	*mine = theirs >= APPROVAL_PENDING_PER_REQUESTER;
+	return *mine || pending >= APPROVAL_PENDING_MAX;
+}
+
 bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created, bool *mine)
 {
 	*created = false;
@@ -250,24 +273,17 @@ bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created
 	int64_t now = now_us();
 	bool retry = a->settings->mode == APPROVAL_RETRY;
 	pthread_mutex_lock(&T.mu);
-	size_t pending = 0, theirs = 0;
-	for (size_t i = 0; i < T.n; i++) {
+	for (size_t i = 0; retry && i < T.n; i++) {
 		json_t *r = T.reqs[i];
-		if (status_of(r) != APR_PENDING)
-			continue;
-		pending++;
-		if (strcmp(str(r, "requester"), a->requester) != 0)
-			continue;
-		theirs++;
-		if (retry && strcmp(str(r, "mode"), "retry") == 0 && strcmp(str(r, "digest"), a->digest) == 0 &&
+		if (status_of(r) == APR_PENDING && strcmp(str(r, "mode"), "retry") == 0 &&
+		    strcmp(str(r, "digest"), a->digest) == 0 && strcmp(str(r, "requester"), a->requester) == 0 &&
 		    strcmp(str(r, "database"), a->database) == 0) {
 			snprintf(id, APPROVAL_ID_LEN, "%s", str(r, "id"));
 			pthread_mutex_unlock(&T.mu);
 			return true;
 		}
 	}
-	*mine = theirs >= APPROVAL_PENDING_PER_REQUESTER;
-	if (*mine || pending >= APPROVAL_PENDING_MAX) {
+	if (queue_full_locked(a->requester, mine)) {
 		pthread_mutex_unlock(&T.mu);
 		return false;
 	}
@@ -430,33 +446,35 @@ static bool may_see(const ApprovalCaller *who, const json_t *r)
 	return who->auditor || in_groups(who, json_object_get(r, "approvers")) || strcmp(str(r, "requester"), who->name) == 0;
 }
 
-json_t *approval_list(const ApprovalCaller *who, const char *status, int limit, const char *before)
+json_t *approval_list(const ApprovalCaller *who, const char *status, int limit, const char *before, const char **bad)
 {
 	int want = -1;
 	if (status && strcmp(status, "all") != 0) {
 		for (int i = 0; i < 5; i++)
 			if (strcmp(status, status_names[i]) == 0)
 				want = i;
-		if (want < 0)
+		if (want < 0) {
+			*bad = "status must be pending, approved, denied, expired, cancelled or all";
 			return NULL;
+		}
 	} else if (!status) {
 		want = APR_PENDING;
 	}
 	approval_grants_generation(); /* expiries first */
-	json_t *list = json_array();
-	json_t *next = json_null();
 	pthread_mutex_lock(&T.mu);
 	size_t start = T.n;
 	if (before) {
+		/* A request the caller may not see is no cursor: it must not learn that it exists. */
 		for (start = T.n; start-- > 0;)
-			if (strcmp(str(T.reqs[start], "id"), before) == 0)
+			if (strcmp(str(T.reqs[start], "id"), before) == 0 && may_see(who, T.reqs[start]))
 				break;
 		if (start == (size_t)-1) {
 			pthread_mutex_unlock(&T.mu);
-			json_decref(list);
+			*bad = "before must be the id of a request this gateway lists to you (see \"next\")";
 			return NULL;
 		}
 	}
+	json_t *list = json_array(), *next = json_null();
 	for (size_t i = start; i-- > 0;) {
 		json_t *r = T.reqs[i];
 		if ((want < 0 || status_of(r) == (ApprovalStatus)want) && may_see(who, r)) {
@@ -643,6 +661,17 @@ unsigned approval_request_grant(const Config *c, const ApprovalCaller *who, json
 	set_time(r, "created", now);
 	set_undecided(r);
 	pthread_mutex_lock(&T.mu);
+	bool mine;
+	if (queue_full_locked(who->name, &mine)) {
+		pthread_mutex_unlock(&T.mu);
+		json_decref(r);
+		if (mine)
+			*out = api_error("you have %d approval requests pending; wait for a decision on one before asking again",
+					 APPROVAL_PENDING_PER_REQUESTER);
+		else
+			*out = api_error("%s", "too many approval requests are pending; try again later");
+		return 429;
+	}
 	add_locked(r);
 	changed(r, "opened");
 	*out = public_view(r);

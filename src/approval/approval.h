@@ -88,15 +88,20 @@ typedef struct {
 /*
  * {"approvals": [...], "next": ID or null}: at most limit requests (1..APPROVAL_LIST_MAX),
  * newest first, older than the request before (NULL: from the newest); status "pending",
- * ..., "all". "next" is the before of the following page, when there is one.
- * NULL: a bad status, or before is not a request this gateway holds.
+ * ..., "all". "next" is the before of the following page, when there is one. The order is
+ * this gateway's (by creation), so a cursor belongs to the gateway that gave it.
+ * NULL, with *bad saying why: a bad status, or before is not a request the caller may see.
  */
-json_t *approval_list(const ApprovalCaller *who, const char *status, int limit, const char *before);
+json_t *approval_list(const ApprovalCaller *who, const char *status, int limit, const char *before,
+		      const char **bad);
 /* One request, or NULL (not found, or not the caller's to see). */
 json_t *approval_get(const ApprovalCaller *who, const char *id);
 /* Approves or denies; returns the HTTP status (200, 403, 404, 409) and the request or an error. */
 unsigned approval_decide(const ApprovalCaller *who, const char *id, bool approve, const char *reason, json_t **out);
-/* Opens a grant request from the API's JSON body; returns 201 or 400 with the request or an error. */
+/*
+ * Opens a grant request from the API's JSON body; returns 201 with the request, or 400 or
+ * 429 (too many pending, see approval_open) with an error.
+ */
 unsigned approval_request_grant(const Config *c, const ApprovalCaller *who, json_t *body, json_t **out);
 /* {"grants": [...]}: approved grants; all: also expired and undecided ones. */
 json_t *approval_list_grants(const ApprovalCaller *who, bool all);

@@ -560,10 +560,13 @@ static int cmd_list(const Args *a)
 		}
 		const char *next = json_string_value(json_object_get(doc, "next"));
 		if (!grants && next) {
-			char *shown = clean(next, 40);
-			fprintf(stderr, "pgcordon approvals list: only the newest 1000 are shown; GET /api/approvals?before=%s"
-					" lists older ones\n", shown);
+			char *shown = clean(next, 40), *status_shown = a->status ? clean(a->status, 40) : NULL;
+			fprintf(stderr,
+				"pgcordon approvals list: only the newest 1000 are shown; GET"
+				" /api/approvals?limit=1000&before=%s%s%s lists older ones\n",
+				shown, a->status ? "&status=" : "", a->status ? status_shown : "");
 			free(shown);
+			free(status_shown);
 		}
 	}
 	json_decref(doc);

@@ -277,13 +277,9 @@ static enum MHD_Result approvals_request(struct MHD_Connection *conn, const Conf
 		int limit = 100;
 		if (!page_limit(arg(conn, "limit"), APPROVAL_LIST_MAX, &limit))
 			return error(conn, MHD_HTTP_BAD_REQUEST, "limit must be a number from 1 to 1000");
-		const char *before = arg(conn, "before");
-		out = approval_list(&ac, arg(conn, "status"), limit, before);
-		if (!out)
-			return error(conn, MHD_HTTP_BAD_REQUEST,
-				     before ? "before must be the id of a request this gateway lists (see \"next\")"
-					    : "status must be pending, approved, denied, expired, cancelled or all");
-		return reply(conn, MHD_HTTP_OK, out);
+		const char *bad = NULL;
+		out = approval_list(&ac, arg(conn, "status"), limit, arg(conn, "before"), &bad);
+		return out ? reply(conn, MHD_HTTP_OK, out) : error(conn, MHD_HTTP_BAD_REQUEST, bad);
 	}
 	if (rest[0] != '/')
 		return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");

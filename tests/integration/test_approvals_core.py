@@ -223,10 +223,24 @@ def test_one_requester_cannot_fill_the_queue(setup, gateway_factory):
         assert c.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_grant_requests_count_against_the_cap(setup, gateway_factory):
+    """Grant requests are approval requests too: at most 100 pending per requester, then a
+    429 that says why; another requester can still ask."""
+    g, port, oncall, other = start(gateway_factory)
+    ask = {"user": "alice", "tables": ["public.secret_core"], "duration": "1m", "reason": "ticket 8"}
+    for _ in range(100):
+        st, req = api(port, "POST", "/api/grants", other, ask)
+        assert st == 201, req
+    st, full = api(port, "POST", "/api/grants", other, ask)
+    assert st == 429 and "you have 100 approval requests pending" in full["error"], full
+    st, req = api(port, "POST", "/api/grants", oncall, ask)
+    assert st == 201, req
+
+
 def test_list_pages(setup, gateway_factory):
     """GET /api/approvals pages with limit and before: every request once, newest first,
     "next" null on the last page; a bad limit or an unknown cursor is a clear 400."""
-    g, port, oncall, _ = start(gateway_factory, mode="retry")
+    g, port, oncall, other = start(gateway_factory, mode="retry")
     made = []
     with g.connect() as c:
         for i in range(5):
@@ -250,8 +264,14 @@ def test_list_pages(setup, gateway_factory):
     for bad in ("0", "-1", "1001", "x", ""):
         st, body = api(port, "GET", f"/api/approvals?limit={bad}", oncall)
         assert st == 400 and "limit must be a number from 1 to 1000" in body["error"], (bad, body)
-    st, body = api(port, "GET", "/api/approvals?before=0123456789abcdef", oncall)
-    assert st == 400 and "before must be the id" in body["error"], body
+    st, unknown = api(port, "GET", "/api/approvals?before=0123456789abcdef", oncall)
+    assert st == 400 and "before must be the id" in unknown["error"], unknown
+    # alice's request is not the other key's to see: as a cursor it is the same 400 as an
+    # unknown id, so the answer does not tell that it exists.
+    st, hidden = api(port, "GET", f"/api/approvals?before={made[2]}", other)
+    assert st == 400 and hidden == unknown, hidden
+    st, body = api(port, "GET", f"/api/approvals?status=bogus&before={made[2]}", oncall)
+    assert st == 400 and "status must be" in body["error"], body
     st, body = api(port, "GET", "/api/approvals?before=" + "a" * 5000, oncall)
     assert st in (400, 414, 431), (st, body)
 
