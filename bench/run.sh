@@ -572,12 +572,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
         -M "$mode" -h 127.0.0.1 -p "$(target_port "$t")" -U bench bench >"$out" 2>&1 || rc=$?
       # How far the trail is behind when pgbench stops (asked at once: a backlog must not drain
       # first). A writer that put its work off past the run would make the audit look cheaper.
-      lag=""
+      lag=-
       if [[ -n $(audit_db "$t") ]]; then
         wend=$(date +%s.%N)
-        newest=$(audit_stats newest "$(audit_db "$t")" 2>/dev/null) || newest=""
-        [[ -n $newest && $newest != 0 ]] &&
-          lag=$(awk -v e="$wend" -v n="$newest" 'BEGIN {printf "%.0f", (e - n) * 1000}')
+        newest=$(audit_stats newest "$(audit_db "$t")" 2>/dev/null) || newest=0
+        [[ $newest != 0 ]] && lag=$(awk -v e="$wend" -v n="$newest" 'BEGIN {printf "%.0f", (e - n) * 1000}')
       fi
       read -r c1_total c1_ours c1_pg < <(cpu_ticks)
       other=$(other_cpu "$c0_total" "$c0_ours" "$w0" "$c1_total" "$c1_ours" "$(date +%s.%N)")
@@ -603,14 +602,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
         continue
       fi
       printf '%-5s %-9s %-22s %12.1f %12s %10s %14s %14s\n' "$r" "$mode" "$t" "$tps" "${lat:--}" "$other" "$gwus" "$pgus"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$mode" "$r" "$tps" "$gwus" "$pgus" "$ntx" >>"$RESULTS"
-      [[ -n $lag ]] && printf '%s\t%s\t%s\n' "$t" "$mode" "$lag" >>"$TMP/audit-lag.tsv"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$mode" "$r" "$tps" "$gwus" "$pgus" "$ntx" "$lag" >>"$RESULTS"
       sleep 1
     done
   done
 done
 
-median() {  # median of column ${3:-4} (4 = tps, 5 = gateway CPU us/tx, 6 = postgres CPU us/tx) for target $1 mode $2
+median() {  # median of column ${3:-4} (4 = tps, 5 = gateway CPU us/tx, 6 = postgres CPU us/tx, 8 = trail lag ms) for target $1 mode $2
   awk -F'\t' -v t="$1" -v m="$2" -v c="${3:-4}" '$1 == t && $2 == m && $c != "-" {print $c}' "$RESULTS" | sort -g |
     awk -v f="${4:-%.1f}" '{v[NR] = $1} END {if (NR == 0) print ""; else if (NR % 2) printf f "\n", v[(NR+1)/2];
          else printf f "\n", (v[NR/2] + v[NR/2+1]) / 2}'
@@ -772,16 +770,18 @@ if (( ${#AUDIT_LIST[@]} )); then
   echo "# bytes/stmt and MB/1000_stmt: db_bytes (the whole file: zstd-compressed batches, the small session"
   echo "# tables and the few non-statement records) / stmt_records, MB = 10^6 bytes;"
   echo "# body_b/stmt: mean length of a statement record's JSON body, uncompressed"
-  if [[ -s $TMP/audit-lag.tsv ]]; then
-    for t in "${AUDIT_LIST[@]}"; do
-      for mode in "${MODE_LIST[@]}"; do
-        awk -F'\t' -v t="$t" -v m="$mode" '$1 == t && $2 == m {print $3}' "$TMP/audit-lag.tsv" | sort -g |
-          awk -v t="$t" -v m="$mode" '{v[NR] = $1} END {if (NR) printf "%-22s %-9s trail behind at the end of a run: median %.0f ms, max %d ms (%d runs)\n", t, m, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2, v[NR], NR}'
-      done
+  for t in "${AUDIT_LIST[@]}"; do
+    for mode in "${MODE_LIST[@]}"; do
+      med=$(median "$t" "$mode" 8 "%.0f")
+      [[ -n $med ]] || continue
+      read -r most runs < <(awk -F'\t' -v t="$t" -v m="$mode" '$1 == t && $2 == m && $8 != "-" {n++; if (n == 1 || $8 > x) x = $8}
+        END {print x, n}' "$RESULTS")
+      printf '%-22s %-9s trail behind at the end of a run: median %s ms, max %s ms (%s runs)\n' "$t" "$mode" "$med" \
+        "$most" "$runs"
     done
-    echo "# behind: wall clock when pgbench stopped minus the newest committed record's time (the"
-    echo "# writer commits every 20 ms; seconds here would mean it put work off past the run)"
-  fi
+  done
+  echo "# behind: wall clock when pgbench stopped minus the newest committed record's time (the"
+  echo "# writer commits every 20 ms; seconds here would mean it put work off past the run)"
   for t in "${AUDIT_LIST[@]}"; do
     line=""
     for mode in "${MODE_LIST[@]}"; do

@@ -266,6 +266,16 @@ static bool queue_full_locked(const char *requester, bool *mine)
 	return *mine || pending >= APPROVAL_PENDING_MAX;
 }
 
+#define TEXT_(x) #x
+#define TEXT(x) TEXT_(x)
+
+const char *approval_full_reason(bool mine)
+{
+	return mine ? "you have " TEXT(APPROVAL_PENDING_PER_REQUESTER) " approval requests pending; wait for a decision"
+		      " on one before asking again"
+		    : "too many approval requests are pending; try again later";
+}
+
 bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created, bool *mine)
 {
 	*created = false;
@@ -665,11 +675,7 @@ unsigned approval_request_grant(const Config *c, const ApprovalCaller *who, json
 	if (queue_full_locked(who->name, &mine)) {
 		pthread_mutex_unlock(&T.mu);
 		json_decref(r);
-		if (mine)
-			*out = api_error("you have %d approval requests pending; wait for a decision on one before asking again",
-					 APPROVAL_PENDING_PER_REQUESTER);
-		else
-			*out = api_error("%s", "too many approval requests are pending; try again later");
+		*out = api_error("%s", approval_full_reason(mine));
 		return 429;
 	}
 	add_locked(r);

@@ -55,6 +55,8 @@ typedef struct {
  * created: true when it is new (notify the requester and the webhook).
  */
 bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created, bool *mine);
+/* Why a request was refused when the queue is full (mine: as approval_open says), for people. */
+const char *approval_full_reason(bool mine);
 /* Retry mode: an approved request for this statement by this identity, usable now. */
 bool approval_find_usable(const char *requester, const char *database, const char *digest,
 			  char id[APPROVAL_ID_LEN]);

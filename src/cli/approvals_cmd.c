@@ -538,9 +538,9 @@ static int cmd_list(const Args *a)
 {
 	bool grants = strcmp(a->cmd, "grants") == 0;
 	char *status = a->status ? curl_easy_escape(NULL, a->status, 0) : NULL;
-	/* Approvals come a page at a time: the largest page (grants come whole). */
-	char *path = xasprintf("/api/%s%s%s%s", a->cmd, grants ? "" : "?limit=1000", status ? (grants ? "?status=" : "&status=") : "",
-			       status ? status : "");
+	/* Approvals come a page at a time: ask for the largest page (grants come whole). */
+	char *path = grants ? xasprintf("/api/grants%s%s", status ? "?status=" : "", status ? status : "")
+			    : xasprintf("/api/approvals?limit=1000%s%s", status ? "&status=" : "", status ? status : "");
 	curl_free(status);
 	Answer ans;
 	json_t *doc;

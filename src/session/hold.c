@@ -249,12 +249,7 @@ HoldOutcome session__review(Session *s, const char *sql, const char *params, con
 	}
 	bool created, mine;
 	if (!open_request(s, sql, params, digest, d, &a, id, &created, &mine)) {
-		if (mine)
-			snprintf(msg, sizeof msg,
-				 "pgcordon: you have %d approval requests pending; wait for a decision on one before asking"
-				 " again", APPROVAL_PENDING_PER_REQUESTER);
-		else
-			snprintf(msg, sizeof msg, "pgcordon: too many approval requests are pending; try again later");
+		snprintf(msg, sizeof msg, "pgcordon: %s", approval_full_reason(mine));
 		refuse_with(out, "53400", d->policy, "approval_limit", msg);
 		return HOLD_REFUSE;
 	}
