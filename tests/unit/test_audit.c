@@ -419,6 +419,16 @@ static void test_since(void **state)
 	assert_false(config_parse_period_s("-1d", &s));
 }
 
+/* text as JSON; the test fails, showing the text, when it is not. */
+static json_t *parse_json(const char *text)
+{
+	json_error_t e;
+	json_t *j = json_loads(text, 0, &e);
+	if (!j)
+		fail_msg("invalid JSON %s: %s", text, e.text);
+	return j;
+}
+
 static void test_json_writer(void **state)
 {
 	(void)state;
@@ -447,10 +457,7 @@ static void test_json_writer(void **state)
 	jw_int(&w, 7);
 	jw_end_object(&w);
 	char *text = jw_take(&w);
-	json_error_t e;
-	json_t *j = json_loads(text, 0, &e);
-	if (!j)
-		fail_msg("invalid JSON %s: %s", text, e.text);
+	json_t *j = parse_json(text);
 	assert_string_equal(json_string_value(json_object_get(j, "s")),
 			    "quote \" backslash \\ newline \n tab \t bell \a Ã©");
 	assert_string_equal(json_string_value(json_object_get(json_object_get(j, "bad"), "hex")), "ff0061");
@@ -499,10 +506,7 @@ static void test_json_writer_fast_path(void **state)
 			jw_text(&w, (const uint8_t *)text, n, false);
 			jw_end_array(&w);
 			char *json = jw_take(&w);
-			json_error_t e;
-			json_t *j = json_loads(json, 0, &e);
-			if (!j)
-				fail_msg("invalid JSON %s: %s", json, e.text);
+			json_t *j = parse_json(json);
 			assert_string_equal(json_string_value(json_array_get(j, 0)), text);
 			json_decref(j);
 			free(json);
