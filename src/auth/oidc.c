@@ -113,6 +113,8 @@ static char *discover(const char *issuer, char *err, size_t errlen)
 		snprintf(err, errlen, "%.200s: discovery document is for issuer \"%.100s\"", url, iss ? iss : "");
 	else if (!jwks)
 		snprintf(err, errlen, "%.200s: no jwks_uri", url);
+	else if (!util_url_private(jwks))
+		snprintf(err, errlen, "discovered jwks_uri %.200s is not https:// (http:// only on loopback)", jwks);
 	else
 		out = xstrdup(jwks);
 	json_decref(doc);

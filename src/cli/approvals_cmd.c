@@ -19,7 +19,7 @@ typedef struct {
 	const char *cmd; /* "approvals" or "grants" */
 	const char *sub; /* list, approve, deny, request */
 	const char *id;
-	const char *url, *token, *status, *reason, *user, *group, *tables, *access, *duration;
+	const char *url, *token, *cacert, *status, *reason, *user, *group, *tables, *access, *duration;
 	bool json;
 } Args;
 
@@ -33,8 +33,10 @@ static int usage(FILE *f)
 		   "                          --duration 30m --reason R [--url URL] [--token T]\n"
 		   "  pgcordon grants list [--status active|all] [--json] [--url URL] [--token T]\n"
 		   "S is pending (the default), approved, denied, expired, cancelled or all. --url is the\n"
-		   "admin API (default " DEFAULT_URL "); --token an API key or OIDC token (default\n"
-		   "$PGCORDON_TOKEN). --json prints the API's answer as it came.\n");
+		   "admin API (default " DEFAULT_URL "; off loopback it must be https://); --token an API\n"
+		   "key or OIDC token (default $PGCORDON_TOKEN); --cacert the CA file that signed the\n"
+		   "API's certificate (default $PGCORDON_CACERT, else the system's). --json prints the\n"
+		   "API's answer as it came.\n");
 	return f == stdout ? 0 : 2;
 }
 
@@ -44,13 +46,13 @@ static int usage(FILE *f)
 static const char *allowed_options(const char *cmd, const char *sub)
 {
 	if (strcmp(cmd, "approvals") == 0 && strcmp(sub, "list") == 0)
-		return "--status --url --token --json ";
+		return "--status --url --token --cacert --json ";
 	if (strcmp(cmd, "approvals") == 0 && (strcmp(sub, "approve") == 0 || strcmp(sub, "deny") == 0))
-		return "--reason --url --token --json ";
+		return "--reason --url --token --cacert --json ";
 	if (strcmp(cmd, "grants") == 0 && strcmp(sub, "request") == 0)
-		return "--user --group --tables --access --duration --reason --url --token --json ";
+		return "--user --group --tables --access --duration --reason --url --token --cacert --json ";
 	if (strcmp(cmd, "grants") == 0 && strcmp(sub, "list") == 0)
-		return "--status --url --token --json ";
+		return "--status --url --token --cacert --json ";
 	return NULL;
 }
 
@@ -99,6 +101,7 @@ static bool parse_args(int argc, char **argv, Args *a)
 		}
 		const char *v = argv[++i];
 		const char **slot = strcmp(o, "--url") == 0 ? &a->url : strcmp(o, "--token") == 0 ? &a->token
+				  : strcmp(o, "--cacert") == 0 ? &a->cacert
 				  : strcmp(o, "--status") == 0 ? &a->status : strcmp(o, "--reason") == 0 ? &a->reason
 				  : strcmp(o, "--user") == 0 ? &a->user : strcmp(o, "--group") == 0 ? &a->group
 				  : strcmp(o, "--tables") == 0 ? &a->tables : strcmp(o, "--access") == 0 ? &a->access
@@ -138,6 +141,14 @@ static bool check_args(Args *a)
 			a->url = DEFAULT_URL;
 		if (strncmp(a->url, "http://", 7) != 0 && strncmp(a->url, "https://", 8) != 0)
 			what = "--url must be an http:// or https:// URL";
+		else if (!util_url_private(a->url))
+			what = "--url must be https:// off this host: the token would cross the network in clear";
+	}
+	if (!what) {
+		if (!a->cacert)
+			a->cacert = getenv("PGCORDON_CACERT");
+		if (a->cacert && !*a->cacert)
+			a->cacert = NULL;
 	}
 	if (!what) {
 		if (!a->token)
@@ -199,6 +210,8 @@ static long api_call(const Args *a, const char *method, const char *path, const 
 	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_answer);
 	curl_easy_setopt(curl, CURLOPT_WRITEDATA, ans);
 	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	if (a->cacert)
+		curl_easy_setopt(curl, CURLOPT_CAINFO, a->cacert);
 	/* A redirect would carry the bearer token to wherever it points. */
 	curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);

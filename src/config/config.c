@@ -1,6 +1,7 @@
 /* Configuration loading: YAML document → validated Config snapshot, with line numbers in errors. */
 #include "config/config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -158,6 +159,23 @@ static bool on_tls(Loader *ld, Config *c, void *obj, const char *key, yaml_node_
 static bool load_groups(Loader *ld, UserConfig *u, yaml_node_t *v);
 static bool valid_name(const char *s);
 
+static bool on_admin_tls(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
+{
+	(void)obj;
+	if (strcmp(key, "cert") == 0)
+		return get_string(ld, v, "admin.tls.cert", &c->admin_tls_cert) || true;
+	if (strcmp(key, "key") == 0)
+		return get_string(ld, v, "admin.tls.key", &c->admin_tls_key) || true;
+	return false;
+}
+
+/* 127.0.0.0/8 (the API listens on IPv4 only); anything else, or not an address, is not. */
+static bool loopback_ipv4(const char *address)
+{
+	struct in_addr a;
+	return inet_pton(AF_INET, address, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
+}
+
 static bool on_admin(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
 {
 	(void)obj;
@@ -172,6 +190,8 @@ static bool on_admin(Loader *ld, Config *c, void *obj, const char *key, yaml_nod
 		return get_string(ld, v, "admin.address", &c->admin_address) || true;
 	if (strcmp(key, "port") == 0)
 		return get_int(ld, v, "admin.port", 0, 65535, &c->admin_port) || true;
+	if (strcmp(key, "tls") == 0)
+		return walk_mapping(ld, c, NULL, v, "admin.tls", on_admin_tls) || true;
 	return false;
 }
 
@@ -670,9 +690,9 @@ static bool on_notify(Loader *ld, Config *c, void *obj, const char *key, yaml_no
 	(void)c;
 	ApprovalSettings *a = obj;
 	if (strcmp(key, "webhook") == 0) {
-		if (get_string(ld, v, "approvals.notify.webhook", &a->webhook) && strncmp(a->webhook, "http://", 7) != 0 &&
-		    strncmp(a->webhook, "https://", 8) != 0)
-			fail_at(ld, v, "approvals.notify.webhook must be an http:// or https:// URL");
+		/* The messages carry statements and who asked: not in clear across a network. */
+		if (get_string(ld, v, "approvals.notify.webhook", &a->webhook) && !util_url_private(a->webhook))
+			fail_at(ld, v, "approvals.notify.webhook must be an https:// URL (http:// only on loopback)");
 		return true;
 	}
 	return false;
@@ -975,19 +995,13 @@ static bool valid_claim_path(const char *p)
 	return true;
 }
 
-static bool valid_url(const char *u)
-{
-	return strncmp(u, "https://", 8) == 0 || strncmp(u, "http://127.0.0.1", 16) == 0 ||
-	       strncmp(u, "http://localhost", 16) == 0 || strncmp(u, "http://[::1]", 12) == 0;
-}
-
 static bool on_oidc(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
 {
 	(void)c;
 	OidcIssuerConfig *o = obj;
 	if (strcmp(key, "issuer") == 0 || strcmp(key, "jwks_uri") == 0) {
 		const char *u = scalar(v);
-		if (!u || !valid_url(u))
+		if (!u || !util_url_private(u))
 			fail_at(ld, v, "%s must be an https:// URL (http:// only on loopback)", key);
 		else if (strcmp(key, "issuer") == 0)
 			o->issuer = xstrdup(u);
@@ -1313,6 +1327,8 @@ static void config_free(Config *c)
 	free(c->tls_cert);
 	free(c->tls_key);
 	free(c->admin_address);
+	free(c->admin_tls_cert);
+	free(c->admin_tls_key);
 	for (int i = 0; i < c->nadmin_auditors; i++)
 		free(c->admin_auditors[i]);
 	free(c->admin_auditors);
@@ -1376,6 +1392,12 @@ static Config *load(const char *path, bool skip_secrets, char *err, size_t errle
 	else
 		walk_mapping(&ld, c, NULL, root, "the top level", on_top);
 
+	if (!ld.failed && c->admin_enabled && !c->admin_tls_cert != !c->admin_tls_key)
+		fail_at(&ld, root, "admin.tls needs both cert and key");
+	/* Bearer tokens and audit data must not cross a network in clear: off loopback, HTTPS only. */
+	if (!ld.failed && c->admin_enabled && !c->admin_tls_cert && !loopback_ipv4(c->admin_address))
+		fail_at(&ld, root, "admin.address %s is not a loopback address: the API would carry bearer tokens and "
+				   "audit data in clear; set admin.tls.cert and admin.tls.key", c->admin_address);
 	if (!ld.failed && c->tls_mode != TLS_DISABLE && (!c->tls_cert || !c->tls_key))
 		fail_at(&ld, root, "tls.mode %s needs tls.cert and tls.key",
 			c->tls_mode == TLS_PREFER ? "prefer" : "require");

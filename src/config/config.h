@@ -130,6 +130,8 @@ typedef struct Config {
 	int admin_port;
 	char **admin_auditors;  /* admin.auditors: groups that may read the audit trail over HTTP */
 	int nadmin_auditors;
+	char *admin_tls_cert;   /* admin.tls: the API speaks HTTPS (PEM files); required off loopback */
+	char *admin_tls_key;
 
 	int max_client_conn;
 	uint32_t max_message_size;

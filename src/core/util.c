@@ -1,6 +1,7 @@
 /* Small helpers shared by every module. */
 #include "core/util.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <openssl/crypto.h>
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -102,6 +104,45 @@ void util_wipe_free(char *s)
 		return;
 	OPENSSL_cleanse(s, strlen(s));
 	free(s);
+}
+
+/* The authority of an http:// URL (after the scheme, up to the path) names this host. */
+static bool loopback_authority(const char *a, size_t n)
+{
+	if (memchr(a, '@', n))
+		return false; /* user@host: the host is what follows */
+	size_t host = n;
+	if (n >= 5 && memcmp(a, "[::1]", 5) == 0) {
+		host = 5;
+	} else {
+		const char *colon = memchr(a, ':', n);
+		if (colon)
+			host = (size_t)(colon - a);
+	}
+	for (size_t i = host + 1; i < n; i++) /* the port, if any: digits only */
+		if (a[i] < '0' || a[i] > '9')
+			return false;
+	if (host < n && a[host] != ':')
+		return false;
+	if (host == 5 && a[0] == '[')
+		return true;
+	char name[16];
+	if (host == 0 || host >= sizeof name)
+		return false;
+	memcpy(name, a, host);
+	name[host] = 0;
+	struct in_addr v4;
+	return strcasecmp(name, "localhost") == 0 || (inet_pton(AF_INET, name, &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127);
+}
+
+bool util_url_private(const char *url)
+{
+	if (strncmp(url, "https://", 8) == 0)
+		return true;
+	if (strncmp(url, "http://", 7) != 0)
+		return false;
+	const char *a = url + 7;
+	return loopback_authority(a, strcspn(a, "/?#"));
 }
 
 int util_cpu_count(void)

@@ -19,6 +19,13 @@ char *util_read_file(const char *path, size_t max, char *err, size_t errlen);
 /* Overwrites a secret string before freeing it. */
 void util_wipe_free(char *s);
 
+/*
+ * Whether url may carry a token, a key set or audit data: https://, or http:// to this
+ * host (127.x.x.x, localhost, [::1]). The host is read as curl reads it, so
+ * "http://127.0.0.1.example/" and "http://127.0.0.1@example/" are not this host.
+ */
+bool util_url_private(const char *url);
+
 int util_cpu_count(void);
 
 /* Cryptographically strong random bytes (OpenSSL); aborts if the RNG fails. */

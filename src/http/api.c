@@ -20,6 +20,7 @@
 #include "core/util.h"
 
 static struct MHD_Daemon *daemon_;
+static char *tls_cert_pem, *tls_key_pem; /* admin.tls, in memory while the daemon runs */
 
 typedef struct {
 	char name[256];
@@ -423,6 +424,31 @@ static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
 	return (size_t)(w - s);
 }
 
+/* TLS 1.2 and 1.3 only, as on the PostgreSQL side (a GnuTLS priority string). */
+#define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:%SAFE_RENEGOTIATION"
+
+static void forget_tls(void)
+{
+	free(tls_cert_pem);
+	util_wipe_free(tls_key_pem);
+	tls_cert_pem = tls_key_pem = NULL;
+}
+
+/* Reads admin.tls's PEM files (tls_prepare_config has checked that they load and match). */
+static bool load_tls(const Config *c, char *err, size_t errlen)
+{
+	char e[300];
+	tls_cert_pem = util_read_file(c->admin_tls_cert, 1 << 20, e, sizeof e);
+	if (tls_cert_pem)
+		tls_key_pem = util_read_file(c->admin_tls_key, 1 << 20, e, sizeof e);
+	if (!tls_key_pem) {
+		snprintf(err, errlen, "admin.tls: %s", e);
+		forget_tls();
+		return false;
+	}
+	return true;
+}
+
 bool http_start(const Config *c, char *err, size_t errlen)
 {
 	if (!c->admin_enabled)
@@ -435,16 +461,29 @@ bool http_start(const Config *c, char *err, size_t errlen)
 		snprintf(err, errlen, "admin.address %s is not an IPv4 address", c->admin_address);
 		return false;
 	}
-	daemon_ = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG,
-				   (uint16_t)c->admin_port, NULL, NULL, handle, NULL, MHD_OPTION_SOCK_ADDR, &sin,
-				   MHD_OPTION_THREAD_POOL_SIZE, 2U, MHD_OPTION_CONNECTION_LIMIT, 64U,
-				   MHD_OPTION_CONNECTION_TIMEOUT, 30U, MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL,
-				   MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_END);
+	bool tls = c->admin_tls_cert != NULL;
+	if (tls && !load_tls(c, err, errlen))
+		return false;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+	/* Without TLS the options end at the first MHD_OPTION_END. */
+	daemon_ = MHD_start_daemon(flags | (tls ? MHD_USE_TLS : 0), (uint16_t)c->admin_port, NULL, NULL, handle, NULL,
+				   MHD_OPTION_SOCK_ADDR, &sin, MHD_OPTION_THREAD_POOL_SIZE, 2U,
+				   MHD_OPTION_CONNECTION_LIMIT, 64U, MHD_OPTION_CONNECTION_TIMEOUT, 30U,
+				   MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL, MHD_OPTION_UNESCAPE_CALLBACK, unescape,
+				   NULL, tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, tls_cert_pem,
+				   MHD_OPTION_HTTPS_MEM_KEY, tls_key_pem, MHD_OPTION_HTTPS_PRIORITIES, TLS_PRIORITIES,
+				   MHD_OPTION_END);
 	if (!daemon_) {
-		snprintf(err, errlen, "cannot listen on admin %s:%d (in use?)", c->admin_address, c->admin_port);
+		if (tls)
+			snprintf(err, errlen, "cannot start the admin HTTPS listener on %s:%d (port in use, or GnuTLS "
+					      "refused admin.tls.cert or admin.tls.key)", c->admin_address, c->admin_port);
+		else
+			snprintf(err, errlen, "cannot listen on admin %s:%d (in use?)", c->admin_address, c->admin_port);
+		forget_tls();
 		return false;
 	}
-	log_event(LOG_INFO, "admin_ready", "address=%s port=%d", c->admin_address, c->admin_port);
+	log_event(LOG_INFO, "admin_ready", "address=%s port=%d scheme=%s", c->admin_address, c->admin_port,
+		  tls ? "https" : "http");
 	return true;
 }
 
@@ -453,4 +492,5 @@ void http_stop(void)
 	if (daemon_)
 		MHD_stop_daemon(daemon_);
 	daemon_ = NULL;
+	forget_tls();
 }

@@ -2,8 +2,9 @@
  * The admin HTTP API (libmicrohttpd, its own threads): /healthz; the audit trail as JSON for
  * identities in admin.auditors; approval requests and grants (approval/approval.h) for any
  * identity, each seeing and deciding what it may. Authenticated by "Authorization: Bearer"
- * with an API key or an OIDC token. Reads the live config at every request; opens the audit
- * store per request (read-only use), so it never touches the data path.
+ * with an API key or an OIDC token; over HTTPS with admin.tls (required off loopback, see
+ * config.c). Reads the live config at every request; opens the audit store per request
+ * (read-only use), so it never touches the data path.
  */
 #ifndef PGC_HTTP_API_H
 #define PGC_HTTP_API_H

@@ -68,6 +68,15 @@ bool tls_prepare_config(Config *c, char *err, size_t errlen)
 			return false;
 		}
 	}
+	if (c->admin_enabled && c->admin_tls_cert) {
+		/* The API's TLS is libmicrohttpd's; checked here so that a bad pair is a config error. */
+		SSL_CTX *admin = server_ctx(c->admin_tls_cert, c->admin_tls_key, inner, sizeof inner);
+		if (!admin) {
+			snprintf(err, errlen, "%s:1: admin.%s", c->path, inner);
+			return false;
+		}
+		SSL_CTX_free(admin);
+	}
 	for (int i = 0; i < c->ndatabases; i++) {
 		DatabaseConfig *d = &c->databases[i];
 		if (d->sslmode == SSLMODE_DISABLE)

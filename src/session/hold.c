@@ -265,8 +265,9 @@ HoldOutcome session__review(Session *s, const char *sql, const char *params, con
 	}
 	snprintf(msg, sizeof msg,
 		 "pgcordon: %s; request %s; approve with: pgcordon approvals approve %s (or POST "
-		 "http://%s:%d/api/approvals/%s/approve)",
-		 d->message, id, id, s->config->admin_address, s->config->admin_port, id);
+		 "%s://%s:%d/api/approvals/%s/approve)",
+		 d->message, id, id, s->config->admin_tls_cert ? "https" : "http", s->config->admin_address,
+		 s->config->admin_port, id);
 	send_notice(s, msg);
 	snprintf(s->held_id, sizeof s->held_id, "%s", id);
 	cancel_set_held(s->pid, id);

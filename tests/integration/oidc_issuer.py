@@ -93,6 +93,7 @@ class Issuer:
         self.request_log = []   # (monotonic time, path)
         self.mode = "up"
         self.discovery_issuer = None  # override the discovery document's "issuer"
+        self.discovery_jwks_uri = None  # and its "jwks_uri"
         self._hold = None             # set by hold_next(): JWKS requests wait for release()
         self.held = threading.Event() # a JWKS request is waiting in hold
         self._lock = threading.Lock()
@@ -186,7 +187,8 @@ class Issuer:
             handler.end_headers()
             return
         if path == self.prefix + DISCOVERY_PATH:
-            body = {"issuer": self.discovery_issuer or self.url, "jwks_uri": self.jwks_uri,
+            body = {"issuer": self.discovery_issuer or self.url,
+                    "jwks_uri": self.discovery_jwks_uri or self.jwks_uri,
                     "id_token_signing_alg_values_supported": ["RS256", "PS256", "ES256", "EdDSA"]}
         elif path == self.prefix + JWKS_PATH:
             body = self.jwks()

@@ -733,6 +733,24 @@ def test_discovery_for_another_issuer_is_not_trusted(gateway_factory):
         iss.close()
 
 
+def test_discovered_jwks_uri_in_clear_off_loopback_is_not_fetched(gateway_factory):
+    """A discovery document may not send the key fetch to plain http:// elsewhere: keys
+    fetched in clear could be swapped on the way, and tokens forged with them."""
+    iss = Issuer(AUDIENCE)
+    try:
+        iss.add_key("rsa", "k1")
+        iss.discovery_jwks_uri = f"http://127.0.0.1@keys.example:{iss.port}/keys"
+        gw = start_gateway(gateway_factory, lambda cfg: cfg.update(oidc=[iss.config()]))
+        assert gw.wait_log(r"event=oidc_keys_failed[^\n]*jwks_uri http://127\.0\.0\.1@keys\.example"
+                           r"[^\n]*is not https://", timeout=15), gw.log_text()[-2000:]
+        user = "cleartext@example.com"
+        token_refused(gw, user, iss.token(iss.claims(user), "k1"),
+                      re.compile(r"no signing keys for issuer .*"))
+        assert iss.count() == 0, "keys fetched from a jwks_uri in clear"
+    finally:
+        iss.close()
+
+
 def test_unknown_kid_refetch_is_rate_limited(gateway_factory):
     iss = Issuer(AUDIENCE)
     try:

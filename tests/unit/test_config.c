@@ -10,6 +10,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "core/util.h"
+
 #include "config/config.h"
 
 #define VERIFIER                                                                                          \
@@ -187,6 +189,62 @@ static void test_audit_and_admin_sections(void **state)
 	expect_error(text, 5, "audit.retention");
 	snprintf(text, sizeof text, "%sadmin: {auditors: [\"bad group\"]}\n", db);
 	expect_error(text, 3, "group names");
+	snprintf(text, sizeof text, "%sadmin: {tls: {cert: /c, ciphers: x}}\n", db);
+	expect_error(text, 3, "unknown key \"ciphers\" in admin.tls");
+
+	/* Off loopback the API speaks HTTPS or does not start; admin.tls takes both files. */
+	const char *whole[][2] = {
+		{"admin: {address: 0.0.0.0}\n", "admin.address 0.0.0.0 is not a loopback address"},
+		{"admin: {address: 10.1.2.3, tls: {cert: /c}}\n", "admin.tls needs both cert and key"},
+		{"admin: {tls: {key: /k}}\n", "admin.tls needs both cert and key"},
+		{"admin: {address: \"localhost\"}\n", "is not a loopback address"}, /* IPv4 addresses only */
+	};
+	for (size_t i = 0; i < sizeof whole / sizeof *whole; i++) {
+		snprintf(text, sizeof text, "%s%s", db, whole[i][0]);
+		c = load_text(text, err, sizeof err);
+		if (c)
+			config_release(c);
+		assert_null(c);
+		if (!strstr(err, whole[i][1]))
+			fail_msg("%s: %s", whole[i][0], err);
+	}
+	snprintf(text, sizeof text, "%sadmin: {address: 0.0.0.0, tls: {cert: /c.pem, key: /k.pem}}\n", db);
+	c = load_text(text, err, sizeof err);
+	if (!c)
+		fail_msg("%s", err);
+	assert_string_equal(c->admin_tls_cert, "/c.pem");
+	assert_string_equal(c->admin_tls_key, "/k.pem");
+	config_release(c);
+	snprintf(text, sizeof text, "%sadmin: {address: 127.0.0.9}\n", db);
+	c = load_text(text, err, sizeof err);
+	if (!c)
+		fail_msg("%s", err);
+	assert_null(c->admin_tls_cert);
+	config_release(c);
+}
+
+/* Where a token, a key set or audit data may go: https://, or http:// to this host only. */
+static void test_private_urls(void **state)
+{
+	(void)state;
+	const char *yes[] = {
+		"https://idp.example.com", "https://h/x", "http://127.0.0.1", "http://127.0.0.1:8080/realms/x",
+		"http://127.9.8.7/", "http://localhost", "http://LOCALHOST:80/", "http://[::1]", "http://[::1]:8432/api",
+		"http://127.0.0.1?x=1", "http://localhost#f",
+	};
+	const char *no[] = {
+		"http://idp.example.com", "http://127.0.0.1.example.com/", "http://localhost.example.com",
+		"http://127.0.0.1@example.com/", "http://user:pw@localhost/", "http://[::1].example/", "http://[::2]/",
+		"http://0.0.0.0/", "http://10.0.0.1/", "http://127.1/", "http://127.0.0.1:80x/", "http://127.0.0.1:8:9/",
+		"http://", "http:///x", "http://127.0.0.1\\@example.com/", "ftp://127.0.0.1/", "HTTP://127.0.0.1/",
+		"", "127.0.0.1", "http://128.0.0.1/", "http://localhost./",
+	};
+	for (size_t i = 0; i < sizeof yes / sizeof *yes; i++)
+		if (!util_url_private(yes[i]))
+			fail_msg("should be private: %s", yes[i]);
+	for (size_t i = 0; i < sizeof no / sizeof *no; i++)
+		if (util_url_private(no[i]))
+			fail_msg("should not be private: %s", no[i]);
 }
 
 /* Mask rules and masking.hash_key_file: every malformed rule names its line. */
@@ -293,6 +351,11 @@ static void test_identity_sections(void **state)
 	const char *o = "oidc:\n  - issuer: https://i\n    audience: a\n";
 	snprintf(text, sizeof text, "%soidc:\n  - issuer: http://idp.example.com\n    audience: a\n", db);
 	expect_error(text, 4, "https://");
+	snprintf(text, sizeof text, "%soidc:\n  - issuer: http://127.0.0.1.idp.example\n    audience: a\n", db);
+	expect_error(text, 4, "http:// only on loopback");
+	snprintf(text, sizeof text, "%soidc:\n  - issuer: https://i\n    jwks_uri: http://localhost@idp.example/k\n"
+		 "    audience: a\n", db);
+	expect_error(text, 5, "http:// only on loopback");
 	snprintf(text, sizeof text, "%soidc:\n  - issuer: https://i\n", db);
 	expect_error(text, 4, "needs issuer and audience");
 	snprintf(text, sizeof text, "%s%s    algorithms: [HS256]\n", db, o);
@@ -384,7 +447,10 @@ static void test_approvals_sections(void **state)
 		{"approvals: {mode: sometimes}\n", 3, "approvals.mode must be wait or retry"},
 		{"approvals: {wait: 10ms}\n", 3, "approvals.wait must be at least 1s"},
 		{"approvals: {approvers: []}\n", 3, "must name at least one group"},
-		{"approvals: {notify: {webhook: \"ftp://h/x\"}}\n", 3, "http:// or https://"},
+		{"approvals: {notify: {webhook: \"ftp://h/x\"}}\n", 3, "https:// URL (http:// only on loopback)"},
+		{"approvals: {notify: {webhook: \"http://hooks.example/x\"}}\n", 3, "http:// only on loopback"},
+		{"approvals: {notify: {webhook: \"http://127.0.0.1.example/x\"}}\n", 3, "http:// only on loopback"},
+		{"approvals: {notify: {webhook: \"http://127.0.0.1@example/x\"}}\n", 3, "http:// only on loopback"},
 		{"approvals: {notify: {email: x}}\n", 3, "unknown key \"email\""},
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
@@ -413,6 +479,7 @@ int main(void)
 		cmocka_unit_test(test_audit_and_admin_sections),
 		cmocka_unit_test(test_duration_and_size),
 		cmocka_unit_test(test_approvals_sections),
+		cmocka_unit_test(test_private_urls),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
