@@ -149,6 +149,9 @@ static PostOutcome post(CURL *curl, const Message *m, char *why, size_t whylen)
 	curl_easy_reset(curl);
 	curl_easy_setopt(curl, CURLOPT_URL, m->url);
 	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	/* http:// goes to this host only: an http_proxy would see it in clear. */
+	if (strncmp(m->url, "http://", 7) == 0)
+		curl_easy_setopt(curl, CURLOPT_PROXY, "");
 	curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(curl, CURLOPT_USERAGENT, "pgcordon");

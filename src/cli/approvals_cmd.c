@@ -26,12 +26,12 @@ typedef struct {
 static int usage(FILE *f)
 {
 	fprintf(f, "usage:\n"
-		   "  pgcordon approvals list    [--status S] [--json] [--url URL] [--token T]\n"
-		   "  pgcordon approvals approve ID [--reason R] [--url URL] [--token T]\n"
-		   "  pgcordon approvals deny    ID --reason R [--url URL] [--token T]\n"
+		   "  pgcordon approvals list    [--status S] [--json] [--url URL] [--token T] [--cacert F]\n"
+		   "  pgcordon approvals approve ID [--reason R] [--url URL] [--token T] [--cacert F]\n"
+		   "  pgcordon approvals deny    ID --reason R [--url URL] [--token T] [--cacert F]\n"
 		   "  pgcordon grants request (--user U | --group G) --tables T1,T2 [--access read|write]\n"
-		   "                          --duration 30m --reason R [--url URL] [--token T]\n"
-		   "  pgcordon grants list [--status active|all] [--json] [--url URL] [--token T]\n"
+		   "                          --duration 30m --reason R [--url URL] [--token T] [--cacert F]\n"
+		   "  pgcordon grants list [--status active|all] [--json] [--url URL] [--token T] [--cacert F]\n"
 		   "S is pending (the default), approved, denied, expired, cancelled or all. --url is the\n"
 		   "admin API (default " DEFAULT_URL "; off loopback it must be https://); --token an API\n"
 		   "key or OIDC token (default $PGCORDON_TOKEN); --cacert the CA file that signed the\n"
@@ -210,6 +210,9 @@ static long api_call(const Args *a, const char *method, const char *path, const 
 	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_answer);
 	curl_easy_setopt(curl, CURLOPT_WRITEDATA, ans);
 	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	/* http:// goes to this host only: an http_proxy would see it in clear. */
+	if (strncmp(url, "http://", 7) == 0)
+		curl_easy_setopt(curl, CURLOPT_PROXY, "");
 	if (a->cacert)
 		curl_easy_setopt(curl, CURLOPT_CAINFO, a->cacert);
 	/* A redirect would carry the bearer token to wherever it points. */

@@ -14,6 +14,7 @@
 #include "audit/audit.h"
 #include "http/api.h"
 #include "core/log.h"
+#include "core/util.h"
 #include "net/tls.h"
 #include "net/worker.h"
 #include "session/session.h"
@@ -78,6 +79,10 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
 	if (strcmp(old->listen_address, c->listen_address) != 0 || old->listen_port != c->listen_port ||
 	    old->workers != c->workers)
 		log_event(LOG_WARN, "reload_partial", "reason=\"listen changes need a restart\"");
+	if (old->admin_enabled != c->admin_enabled || strcmp(old->admin_address, c->admin_address) != 0 ||
+	    old->admin_port != c->admin_port || !util_str_same(old->admin_tls_cert, c->admin_tls_cert) ||
+	    !util_str_same(old->admin_tls_key, c->admin_tls_key))
+		log_event(LOG_WARN, "reload_partial", "reason=\"admin listener changes need a restart\"");
 	config_release(old);
 	log_set_level((LogLevel)c->log_level);
 	uint64_t generation = c->generation;

@@ -1,7 +1,6 @@
 /* Configuration loading: YAML document → validated Config snapshot, with line numbers in errors. */
 #include "config/config.h"
 
-#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -169,13 +168,6 @@ static bool on_admin_tls(Loader *ld, Config *c, void *obj, const char *key, yaml
 	return false;
 }
 
-/* 127.0.0.0/8 (the API listens on IPv4 only); anything else, or not an address, is not. */
-static bool loopback_ipv4(const char *address)
-{
-	struct in_addr a;
-	return inet_pton(AF_INET, address, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
-}
-
 static bool on_admin(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
 {
 	(void)obj;
@@ -190,8 +182,11 @@ static bool on_admin(Loader *ld, Config *c, void *obj, const char *key, yaml_nod
 		return get_string(ld, v, "admin.address", &c->admin_address) || true;
 	if (strcmp(key, "port") == 0)
 		return get_int(ld, v, "admin.port", 0, 65535, &c->admin_port) || true;
-	if (strcmp(key, "tls") == 0)
-		return walk_mapping(ld, c, NULL, v, "admin.tls", on_admin_tls) || true;
+	if (strcmp(key, "tls") == 0) {
+		if (walk_mapping(ld, c, NULL, v, "admin.tls", on_admin_tls) && (!c->admin_tls_cert || !c->admin_tls_key))
+			fail_at(ld, v, "admin.tls needs both cert and key");
+		return true;
+	}
 	return false;
 }
 
@@ -1392,10 +1387,8 @@ static Config *load(const char *path, bool skip_secrets, char *err, size_t errle
 	else
 		walk_mapping(&ld, c, NULL, root, "the top level", on_top);
 
-	if (!ld.failed && c->admin_enabled && !c->admin_tls_cert != !c->admin_tls_key)
-		fail_at(&ld, root, "admin.tls needs both cert and key");
 	/* Bearer tokens and audit data must not cross a network in clear: off loopback, HTTPS only. */
-	if (!ld.failed && c->admin_enabled && !c->admin_tls_cert && !loopback_ipv4(c->admin_address))
+	if (!ld.failed && c->admin_enabled && !c->admin_tls_cert && !util_ipv4_loopback(c->admin_address))
 		fail_at(&ld, root, "admin.address %s is not a loopback address: the API would carry bearer tokens and "
 				   "audit data in clear; set admin.tls.cert and admin.tls.key", c->admin_address);
 	if (!ld.failed && c->tls_mode != TLS_DISABLE && (!c->tls_cert || !c->tls_key))

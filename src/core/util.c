@@ -131,8 +131,18 @@ static bool loopback_authority(const char *a, size_t n)
 		return false;
 	memcpy(name, a, host);
 	name[host] = 0;
+	return strcasecmp(name, "localhost") == 0 || util_ipv4_loopback(name);
+}
+
+bool util_ipv4_loopback(const char *address)
+{
 	struct in_addr v4;
-	return strcasecmp(name, "localhost") == 0 || (inet_pton(AF_INET, name, &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127);
+	return inet_pton(AF_INET, address, &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127;
+}
+
+bool util_str_same(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
 }
 
 bool util_url_private(const char *url)

@@ -20,11 +20,16 @@ char *util_read_file(const char *path, size_t max, char *err, size_t errlen);
 void util_wipe_free(char *s);
 
 /*
- * Whether url may carry a token, a key set or audit data: https://, or http:// to this
- * host (127.x.x.x, localhost, [::1]). The host is read as curl reads it, so
- * "http://127.0.0.1.example/" and "http://127.0.0.1@example/" are not this host.
+ * URLs and addresses that may carry a token, a key set or audit data. util_url_private:
+ * https://, or http:// to this host, named as dotted 127.x.x.x, localhost or [::1] with no
+ * userinfo (stricter than curl, which also sends "127.1" or "localhost." here; so
+ * "http://127.0.0.1.example/" and "http://127.0.0.1@example/" are refused).
  */
 bool util_url_private(const char *url);
+/* address is a dotted IPv4 address in 127.0.0.0/8. */
+bool util_ipv4_loopback(const char *address);
+/* Both NULL, or equal strings. */
+bool util_str_same(const char *a, const char *b);
 
 int util_cpu_count(void);
 

@@ -241,7 +241,7 @@ HoldOutcome session__review(Session *s, const char *sql, const char *params, con
 	config_approval_settings(s->config, config_find_policy(s->config, d->policy), &a);
 	if (s->held_id[0])
 		return held_outcome(s, d, &a, out);
-	char digest[APPROVAL_DIGEST_LEN], id[APPROVAL_ID_LEN], msg[600];
+	char digest[APPROVAL_DIGEST_LEN], id[APPROVAL_ID_LEN], msg[1024];
 	approval_digest(sql, params, digest);
 	if (a.mode == APPROVAL_RETRY && approval_find_usable(s->user_name, s->database_name, digest, id)) {
 		approved(out, d, id);
@@ -263,11 +263,15 @@ HoldOutcome session__review(Session *s, const char *sql, const char *params, con
 		refuse_with(out, "42501", d->policy, "review", msg);
 		return HOLD_REFUSE;
 	}
+	/* The CLI's --url defaults to http://127.0.0.1:8432: named when the API is elsewhere. */
+	char api[96];
+	snprintf(api, sizeof api, "%s://%.60s:%d", s->config->admin_tls_cert ? "https" : "http",
+		 s->config->admin_address, s->config->admin_port);
+	bool cli_default = strcmp(api, "http://127.0.0.1:8432") == 0;
 	snprintf(msg, sizeof msg,
-		 "pgcordon: %s; request %s; approve with: pgcordon approvals approve %s (or POST "
-		 "%s://%s:%d/api/approvals/%s/approve)",
-		 d->message, id, id, s->config->admin_tls_cert ? "https" : "http", s->config->admin_address,
-		 s->config->admin_port, id);
+		 "pgcordon: %s; request %s; approve with: pgcordon approvals approve %s%s%s (or POST "
+		 "%s/api/approvals/%s/approve)",
+		 d->message, id, id, cli_default ? "" : " --url ", cli_default ? "" : api, api, id);
 	send_notice(s, msg);
 	snprintf(s->held_id, sizeof s->held_id, "%s", id);
 	cancel_set_held(s->pid, id);

@@ -8,12 +8,11 @@ import socket
 import ssl
 import subprocess
 import urllib.error
-import urllib.request
 
 import pytest
 
 from conftest import BIN, ROLE_PW, SCRAM_PW_ENV, GatewayFactory, free_port, require_binary, to_yaml
-from test_audit import apikey_create, wait_for
+from test_audit import apikey_create, http, wait_for
 
 SFX = os.urandom(3).hex()
 
@@ -30,14 +29,7 @@ def https(port, path, cafile, token=None, **ctx_kw):
     ctx = ssl.create_default_context(cafile=str(cafile))
     for k, v in ctx_kw.items():
         setattr(ctx, k, v)
-    req = urllib.request.Request(f"https://127.0.0.1:{port}{path}")
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+    return http(port, path, token, context=ctx)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +129,27 @@ def test_cli_plain_http_to_this_host_is_allowed(url):
     s.close()
     r = cli("approvals", "list", "--url", url.format(p=p), "--token", "pgc_" + "a" * 43)
     assert r.returncode != 2 and "cannot reach" in r.stderr, r.stderr
+
+
+def test_cli_bypasses_proxies_for_plain_http():
+    """http_proxy would see the bearer token of a loopback http:// call in clear."""
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(4)
+    proxy.settimeout(0.5)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead = closed.getsockname()[1]
+    closed.close()
+    try:
+        purl = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+        r = cli("approvals", "list", "--url", f"http://127.0.0.1:{dead}", "--token", "pgc_" + "p" * 43,
+                env={"http_proxy": purl, "HTTP_PROXY": purl, "ALL_PROXY": purl, "all_proxy": purl})
+        assert r.returncode == 1 and "cannot reach" in r.stderr, r.stderr
+        with pytest.raises(socket.timeout):
+            proxy.accept()[0].close()
+    finally:
+        proxy.close()
 
 
 # ---------------------------------------------------------------------------- the config

@@ -654,7 +654,8 @@ def test_notice_text_as_documented(apv):
     msg = m.string
     assert msg == (f"pgcordon: statement held for approval (policy agents, rule statements: "
                    f"copy_to); request {m['id']}; approve with: pgcordon approvals approve "
-                   f"{m['id']} (or POST http://127.0.0.1:{apv.api.port}/api/approvals/{m['id']}/approve)"), msg
+                   f"{m['id']} --url http://127.0.0.1:{apv.api.port} "
+                   f"(or POST http://127.0.0.1:{apv.api.port}/api/approvals/{m['id']}/approve)"), msg
 
 
 def test_wait_denied(apv):

@@ -191,6 +191,8 @@ static void test_audit_and_admin_sections(void **state)
 	expect_error(text, 3, "group names");
 	snprintf(text, sizeof text, "%sadmin: {tls: {cert: /c, ciphers: x}}\n", db);
 	expect_error(text, 3, "unknown key \"ciphers\" in admin.tls");
+	snprintf(text, sizeof text, "%sadmin: {tls: {}}\n", db);
+	expect_error(text, 3, "admin.tls needs both cert and key");
 
 	/* Off loopback the API speaks HTTPS or does not start; admin.tls takes both files. */
 	const char *whole[][2] = {
