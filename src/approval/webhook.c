@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "core/log.h"
+#include "core/http_client.h"
 #include "core/util.h"
 
 #define MAX_ATTEMPTS 5
@@ -147,14 +148,7 @@ static PostOutcome post(CURL *curl, const Message *m, char *why, size_t whylen)
 	/* Without this curl waits up to 1 s for a "100 Continue" before bodies over 1 KiB. */
 	headers = curl_slist_append(headers, "Expect:");
 	curl_easy_reset(curl);
-	curl_easy_setopt(curl, CURLOPT_URL, m->url);
-	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
-	/* http:// goes to this host only: an http_proxy would see it in clear. */
-	if (strncmp(m->url, "http://", 7) == 0)
-		curl_easy_setopt(curl, CURLOPT_PROXY, "");
-	curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(curl, CURLOPT_USERAGENT, "pgcordon");
+	http_client_setup(curl, m->url);
 	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
 	curl_easy_setopt(curl, CURLOPT_POST, 1L);
 	curl_easy_setopt(curl, CURLOPT_POSTFIELDS, m->body);

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "core/log.h"
+#include "core/http_client.h"
 #include "core/util.h"
 
 #define FETCH_MAX_BYTES (1024 * 1024)
@@ -68,18 +69,11 @@ static char *http_get(const char *url, char *err, size_t errlen)
 		snprintf(err, errlen, "curl_easy_init failed");
 		return NULL;
 	}
-	curl_easy_setopt(curl, CURLOPT_URL, url);
+	http_client_setup(curl, url);
 	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(curl, CURLOPT_WRITEDATA, &b);
 	curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long)FETCH_TIMEOUT_S);
 	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 5L);
-	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
-	/* http:// goes to this host only: an http_proxy would see it in clear. */
-	if (strncmp(url, "http://", 7) == 0)
-		curl_easy_setopt(curl, CURLOPT_PROXY, "");
-	curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(curl, CURLOPT_USERAGENT, "pgcordon");
 	CURLcode rc = curl_easy_perform(curl);
 	long status = 0;
 	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);

@@ -8,9 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config/config.h"
+#include "core/http_client.h"
 #include "core/util.h"
 
-#define DEFAULT_URL "http://127.0.0.1:8432"
 #define ANSWER_MAX_BYTES (16 * 1024 * 1024)
 #define STATEMENT_CHARS 60
 #define CELL_CHARS 40
@@ -33,7 +34,7 @@ static int usage(FILE *f)
 		   "                          --duration 30m --reason R [--url URL] [--token T] [--cacert F]\n"
 		   "  pgcordon grants list [--status active|all] [--json] [--url URL] [--token T] [--cacert F]\n"
 		   "S is pending (the default), approved, denied, expired, cancelled or all. --url is the\n"
-		   "admin API (default " DEFAULT_URL "; off loopback it must be https://); --token an API\n"
+		   "admin API (default " ADMIN_DEFAULT_URL "; off loopback it must be https://); --token an API\n"
 		   "key or OIDC token (default $PGCORDON_TOKEN); --cacert the CA file that signed the\n"
 		   "API's certificate (default $PGCORDON_CACERT, else the system's). --json prints the\n"
 		   "API's answer as it came.\n");
@@ -138,7 +139,7 @@ static bool check_args(Args *a)
 	}
 	if (!what) {
 		if (!a->url)
-			a->url = DEFAULT_URL;
+			a->url = ADMIN_DEFAULT_URL;
 		if (strncmp(a->url, "http://", 7) != 0 && strncmp(a->url, "https://", 8) != 0)
 			what = "--url must be an http:// or https:// URL";
 		else if (!util_url_private(a->url))
@@ -205,22 +206,14 @@ static long api_call(const Args *a, const char *method, const char *path, const 
 		curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
 	}
 	curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
-	curl_easy_setopt(curl, CURLOPT_URL, url);
+	http_client_setup(curl, url); /* no redirects: one would carry the bearer token along */
 	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
 	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_answer);
 	curl_easy_setopt(curl, CURLOPT_WRITEDATA, ans);
-	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
-	/* http:// goes to this host only: an http_proxy would see it in clear. */
-	if (strncmp(url, "http://", 7) == 0)
-		curl_easy_setopt(curl, CURLOPT_PROXY, "");
 	if (a->cacert)
 		curl_easy_setopt(curl, CURLOPT_CAINFO, a->cacert);
-	/* A redirect would carry the bearer token to wherever it points. */
-	curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);
 	curl_easy_setopt(curl, CURLOPT_TIMEOUT, 60L);
-	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(curl, CURLOPT_USERAGENT, "pgcordon");
 	CURLcode rc = curl_easy_perform(curl);
 	long status = 0;
 	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);

@@ -1359,8 +1359,8 @@ static Config *load(const char *path, bool skip_secrets, char *err, size_t errle
 	c->listen_port = 6432;
 	c->workers = util_cpu_count();
 	c->tls_mode = TLS_DISABLE;
-	c->admin_address = xstrdup("127.0.0.1");
-	c->admin_port = 8432;
+	c->admin_address = xstrdup(ADMIN_DEFAULT_ADDRESS);
+	c->admin_port = ADMIN_DEFAULT_PORT;
 	c->max_client_conn = 1000;
 	c->max_message_size = 64 * 1024 * 1024;
 	c->startup_timeout_ms = 15000;

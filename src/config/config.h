@@ -111,6 +111,13 @@ typedef struct {
 	char *role;
 } RoleMapping;
 
+/* Where the admin API listens without admin.address and admin.port; the CLI's default --url. */
+#define ADMIN_DEFAULT_ADDRESS "127.0.0.1"
+#define ADMIN_DEFAULT_PORT 8432
+#define ADMIN_TEXT_(x) #x
+#define ADMIN_TEXT(x) ADMIN_TEXT_(x)
+#define ADMIN_DEFAULT_URL "http://" ADMIN_DEFAULT_ADDRESS ":" ADMIN_TEXT(ADMIN_DEFAULT_PORT)
+
 typedef struct Config {
 	int refcount; /* atomic */
 	char *path;

@@ -263,11 +263,11 @@ HoldOutcome session__review(Session *s, const char *sql, const char *params, con
 		refuse_with(out, "42501", d->policy, "review", msg);
 		return HOLD_REFUSE;
 	}
-	/* The CLI's --url defaults to http://127.0.0.1:8432: named when the API is elsewhere. */
+	/* The CLI's --url defaults to ADMIN_DEFAULT_URL: named when the API is elsewhere. */
 	char api[96];
 	snprintf(api, sizeof api, "%s://%.60s:%d", s->config->admin_tls_cert ? "https" : "http",
 		 s->config->admin_address, s->config->admin_port);
-	bool cli_default = strcmp(api, "http://127.0.0.1:8432") == 0;
+	bool cli_default = strcmp(api, ADMIN_DEFAULT_URL) == 0;
 	snprintf(msg, sizeof msg,
 		 "pgcordon: %s; request %s; approve with: pgcordon approvals approve %s%s%s (or POST "
 		 "%s/api/approvals/%s/approve)",

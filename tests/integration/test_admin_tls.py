@@ -107,6 +107,8 @@ def test_cli_over_https(tls_api, certs):
     assert r.returncode != 0 and "cannot reach" in r.stderr and "certificate" in r.stderr.lower(), r.stderr
     r = cli("grants", "list", "--url", url, "--token", tok, "--cacert", str(certs.other_ca_crt))
     assert r.returncode != 0 and "certificate" in r.stderr.lower(), r.stderr
+    r = cli("grants", "list", "--url", url, "--token", tok, "--cacert", "/nonexistent/ca.crt")
+    assert r.returncode == 1 and "cannot reach" in r.stderr and "CA cert" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("url", [

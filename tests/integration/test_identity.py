@@ -717,38 +717,27 @@ def test_issuer_never_reachable(gateway_factory):
         iss.close()
 
 
-def test_discovery_for_another_issuer_is_not_trusted(gateway_factory):
+# A discovery document whose keys must not be fetched: one that speaks for another issuer;
+# and one that sends the key fetch to plain http:// elsewhere (keys fetched in clear could
+# be swapped on the way, and tokens forged with them). The second URL is one curl would
+# fetch from the issuer itself (x is a user name): only the check stops it, and the
+# issuer's request count shows whether it did.
+@pytest.mark.parametrize("field,value,logged", [
+    ("discovery_issuer", lambda iss: "https://impostor.example", r"discovery document is for issuer"),
+    ("discovery_jwks_uri", lambda iss: iss.jwks_uri.replace("http://", "http://x@", 1),
+     r"jwks_uri http://x@127\.0\.0\.1[^\n]*is not https://"),
+], ids=["another_issuer", "jwks_uri_in_clear_off_loopback"])
+def test_untrusted_discovery_document_is_not_followed(gateway_factory, field, value, logged):
     iss = Issuer(AUDIENCE)
     try:
         iss.add_key("rsa", "k1")
-        iss.discovery_issuer = "https://impostor.example"
+        setattr(iss, field, value(iss))
         gw = start_gateway(gateway_factory, lambda cfg: cfg.update(oidc=[iss.config()]))
-        assert gw.wait_log(r"event=oidc_keys_failed[^\n]*discovery document is for issuer",
-                           timeout=15), gw.log_text()[-2000:]
+        assert gw.wait_log(r"event=oidc_keys_failed[^\n]*" + logged, timeout=15), gw.log_text()[-2000:]
         user = "disc@example.com"
         token_refused(gw, user, iss.token(iss.claims(user), "k1"),
                       re.compile(r"no signing keys for issuer .*"))
-        assert iss.count() == 0, "keys fetched from a discovery document of another issuer"
-    finally:
-        iss.close()
-
-
-def test_discovered_jwks_uri_in_clear_off_loopback_is_not_fetched(gateway_factory):
-    """A discovery document may not send the key fetch to plain http:// elsewhere: keys
-    fetched in clear could be swapped on the way, and tokens forged with them."""
-    iss = Issuer(AUDIENCE)
-    try:
-        iss.add_key("rsa", "k1")
-        # curl would fetch this one from the issuer itself (x is a user name): only the
-        # check stops it, and the issuer's request count shows whether it did.
-        iss.discovery_jwks_uri = iss.jwks_uri.replace("http://", "http://x@", 1)
-        gw = start_gateway(gateway_factory, lambda cfg: cfg.update(oidc=[iss.config()]))
-        assert gw.wait_log(r"event=oidc_keys_failed[^\n]*jwks_uri http://x@127\.0\.0\.1"
-                           r"[^\n]*is not https://", timeout=15), gw.log_text()[-2000:]
-        user = "cleartext@example.com"
-        token_refused(gw, user, iss.token(iss.claims(user), "k1"),
-                      re.compile(r"no signing keys for issuer .*"))
-        assert iss.count() == 0, "keys fetched from a jwks_uri in clear"
+        assert iss.count() == 0, f"keys fetched after a discovery document with {field} = {value(iss)}"
     finally:
         iss.close()
 
