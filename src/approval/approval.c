@@ -30,8 +30,12 @@ static struct {
 	void *wake_arg;
 	uint64_t grants_gen;   /* atomic */
 	int64_t next_grant_change_us; /* atomic: the next expiry of an active grant */
+	int64_t next_expiry_us; /* no pending request is due to expire before this */
 	bool started;
-} T = {.mu = PTHREAD_MUTEX_INITIALIZER};
+} T = {.mu = PTHREAD_MUTEX_INITIALIZER, .next_expiry_us = INT64_MAX};
+
+/* A wait-mode request still pending this long after its deadline has lost its session. */
+#define ORPHAN_GRACE_US (5 * 1000000LL)
 
 static int64_t now_us(void) { return audit_now_us(); }
 
@@ -70,6 +74,28 @@ static json_t *find_locked(const char *id)
 	return NULL;
 }
 
+/*
+ * When expire_overdue_locked ends a pending request r, or 0 for never. A retry-mode statement and
+ * a grant have nobody waiting on them: their deadline (approvals.pending_for) is kept here.
+ * A wait-mode request is ended by its held session at its deadline; one still pending well
+ * after that lost its session (its gateway stopped or crashed) and is ended here too.
+ */
+static int64_t expiry_of(const json_t *r)
+{
+	bool waiting = strcmp(str(r, "mode"), "wait") == 0;
+	int64_t deadline = num(r, "deadline_us");
+	if (!deadline && !waiting) /* opened by an earlier version, which set none */
+		deadline = num(r, "created_us") + (int64_t)APPROVAL_PENDING_FOR_DEFAULT_MS * 1000;
+	return deadline ? deadline + (waiting ? ORPHAN_GRACE_US : 0) : 0;
+}
+
+static void note_expiry_locked(const json_t *r)
+{
+	int64_t at = status_of(r) == APR_PENDING ? expiry_of(r) : 0;
+	if (at && at < T.next_expiry_us)
+		T.next_expiry_us = at;
+}
+
 static void add_locked(json_t *r)
 {
 	if (T.n == T.cap) {
@@ -77,6 +103,7 @@ static void add_locked(json_t *r)
 		T.reqs = xrealloc(T.reqs, T.cap * sizeof *T.reqs);
 	}
 	T.reqs[T.n++] = r;
+	note_expiry_locked(r);
 }
 
 /* Drops requests decided more than a day ago (the store and the audit trail keep them). */
@@ -189,6 +216,7 @@ void approval_stop(void)
 	free(T.reqs);
 	T.reqs = NULL;
 	T.n = T.cap = 0;
+	T.next_expiry_us = INT64_MAX;
 	T.started = false;
 	pthread_mutex_unlock(&T.mu);
 }
@@ -276,12 +304,51 @@ const char *approval_full_reason(bool mine)
 		    : "too many approval requests are pending; try again later";
 }
 
+/* Ends the pending requests whose time to be decided is over; how many it ended. */
+static int expire_overdue_locked(int64_t now)
+{
+	if (now < T.next_expiry_us)
+		return 0;
+	int ended = 0;
+	T.next_expiry_us = INT64_MAX;
+	for (size_t i = 0; i < T.n; i++) {
+		json_t *r = T.reqs[i];
+		int64_t at = status_of(r) == APR_PENDING ? expiry_of(r) : 0;
+		if (!at)
+			continue;
+		if (now < at) {
+			note_expiry_locked(r);
+			continue;
+		}
+		json_object_set_new(r, "status", json_string(status_names[APR_EXPIRED]));
+		set_time(r, "decided_at", now);
+		json_object_set_new(r, "decision_reason", json_string("not decided in time"));
+		changed(r, status_names[APR_EXPIRED]);
+		char qu[80];
+		log_event(LOG_INFO, "approval_expired", "id=%s requester=%s", str(r, "id"),
+			  log_quote(qu, sizeof qu, str(r, "requester")));
+		ended++;
+	}
+	return ended;
+}
+
+/* The sweep, for the entry points (API threads and workers); wakes held sessions after it. */
+static void expire_overdue(void)
+{
+	pthread_mutex_lock(&T.mu);
+	int ended = expire_overdue_locked(now_us());
+	pthread_mutex_unlock(&T.mu);
+	if (ended)
+		wake();
+}
+
 bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created, bool *mine)
 {
 	*created = false;
 	*mine = false;
 	int64_t now = now_us();
 	bool retry = a->settings->mode == APPROVAL_RETRY;
+	expire_overdue();
 	pthread_mutex_lock(&T.mu);
 	for (size_t i = 0; retry && i < T.n; i++) {
 		json_t *r = T.reqs[i];
@@ -309,10 +376,8 @@ bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created
 			      string_array(a->settings->approvers.items, a->settings->approvers.n), "webhook",
 			      a->settings->webhook ? a->settings->webhook : "");
 	set_time(r, "created", now);
-	if (!retry)
-		set_time(r, "deadline", now + (int64_t)a->settings->wait_ms * 1000);
-	else
-		json_object_set_new(r, "deadline", json_null());
+	/* wait: the client's wait; retry: how long the request waits for a decision */
+	set_time(r, "deadline", now + (int64_t)(retry ? a->settings->pending_for_ms : a->settings->wait_ms) * 1000);
 	json_object_set_new(r, "valid_for_ms", json_integer(a->settings->valid_for_ms));
 	set_undecided(r);
 	add_locked(r);
@@ -471,6 +536,7 @@ json_t *approval_list(const ApprovalCaller *who, const char *status, int limit, 
 		want = APR_PENDING;
 	}
 	approval_grants_generation(); /* expiries first */
+	expire_overdue();
 	pthread_mutex_lock(&T.mu);
 	size_t start = T.n;
 	if (before) {
@@ -501,6 +567,7 @@ json_t *approval_list(const ApprovalCaller *who, const char *status, int limit, 
 
 json_t *approval_get(const ApprovalCaller *who, const char *id)
 {
+	expire_overdue();
 	pthread_mutex_lock(&T.mu);
 	json_t *r = find_locked(id);
 	json_t *v = r && may_see(who, r) ? public_view(r) : NULL;
@@ -522,6 +589,7 @@ static json_t *api_error(const char *fmt, ...)
 
 unsigned approval_decide(const ApprovalCaller *who, const char *id, bool approve, const char *reason, json_t **out)
 {
+	expire_overdue();
 	pthread_mutex_lock(&T.mu);
 	json_t *r = find_locked(id);
 	unsigned code = 200;
@@ -667,9 +735,10 @@ unsigned approval_request_grant(const Config *c, const ApprovalCaller *who, json
 			      a.webhook ? a.webhook : "");
 	json_object_set(r, "request_reason", reason);
 	json_object_set_new(r, "parameters", json_array());
-	json_object_set_new(r, "deadline", json_null());
 	set_time(r, "created", now);
+	set_time(r, "deadline", now + (int64_t)a.pending_for_ms * 1000);
 	set_undecided(r);
+	expire_overdue();
 	pthread_mutex_lock(&T.mu);
 	bool mine;
 	if (queue_full_locked(who->name, &mine)) {
@@ -689,6 +758,7 @@ json_t *approval_list_grants(const ApprovalCaller *who, bool all)
 {
 	int64_t now = now_us();
 	json_t *list = json_array();
+	expire_overdue();
 	pthread_mutex_lock(&T.mu);
 	for (size_t i = T.n; i-- > 0;) {
 		json_t *r = T.reqs[i];

@@ -724,6 +724,12 @@ static bool on_approvals(Loader *ld, Config *c, void *obj, const char *key, yaml
 			fail_at(ld, v, "approvals.valid_for must be at least 1s");
 		return true;
 	}
+	if (strcmp(key, "pending_for") == 0) {
+		if (get_duration(ld, v, "approvals.pending_for", &a->pending_for_ms) &&
+		    (a->pending_for_ms < 1000 || a->pending_for_ms > APPROVAL_PENDING_FOR_MAX_MS))
+			fail_at(ld, v, "approvals.pending_for must be between 1s and 168h (7 days)");
+		return true;
+	}
 	if (strcmp(key, "notify") == 0)
 		return walk_mapping(ld, c, a, v, "approvals.notify", on_notify) || true;
 	return false;
@@ -757,6 +763,8 @@ void config_approval_settings(const Config *c, const Policy *policy, ApprovalSet
 		out->wait_ms = own->wait_ms;
 	if (own->valid_for_ms)
 		out->valid_for_ms = own->valid_for_ms;
+	if (own->pending_for_ms)
+		out->pending_for_ms = own->pending_for_ms;
 	if (own->webhook)
 		out->webhook = own->webhook;
 	if (!out->mode)
@@ -765,6 +773,8 @@ void config_approval_settings(const Config *c, const Policy *policy, ApprovalSet
 		out->wait_ms = 5 * 60 * 1000;
 	if (!out->valid_for_ms)
 		out->valid_for_ms = 15 * 60 * 1000;
+	if (!out->pending_for_ms)
+		out->pending_for_ms = APPROVAL_PENDING_FOR_DEFAULT_MS;
 }
 
 static bool valid_column_pattern(const char *p)

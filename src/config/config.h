@@ -52,8 +52,12 @@ typedef struct {
 	ApprovalMode mode;
 	int wait_ms;         /* wait mode: how long the client waits; 0 unset */
 	int valid_for_ms;    /* retry mode: how long an approval stays usable; 0 unset */
+	int pending_for_ms;  /* retry mode and grants: how long a request waits for a decision; 0 unset */
 	char *webhook;       /* notify.webhook: Slack-compatible JSON is POSTed here */
 } ApprovalSettings;
+
+#define APPROVAL_PENDING_FOR_DEFAULT_MS (24 * 3600 * 1000)
+#define APPROVAL_PENDING_FOR_MAX_MS (7 * 24 * 3600 * 1000)
 
 /* One entry of policies: (see docs/policies.md). Absent lists are empty. */
 typedef struct {

@@ -2143,6 +2143,96 @@ def test_restart_keeps_approvals_and_grants(gateway_factory, keys, objects, tmp_
     assert [x for x in ctx2.api.grants("carol") if t in json.dumps(x)]
 
 
+def iso_s(t):
+    """Seconds since the epoch of one of the API's times (ISO 8601, UTC)."""
+    from datetime import datetime
+    return datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+
+
+def approval_events(db, rid):
+    return [r["body"].get("event") for r in audit_rows(db)
+            if r["kind"] == "approval" and rid in r["raw"]]
+
+
+def test_undecided_requests_expire(gateway_factory, keys, objects, tmp_path, table):
+    """approvals.pending_for: a retry-mode request and a grant request that nobody decides
+    end as expired (status, reason, audit record, log line), a late decision gets 409, the
+    grant never applies, and the statement sent again opens a new request."""
+    db = tmp_path / "pending.db"
+    pols = [{"name": "retry", "match": {"users": ["retrier"]},
+             "review": [{"tables": [f"public.{PAY}"]}],
+             "approvals": {"mode": "retry", "pending_for": "2s"}},
+            {"name": "scoped", "match": {"groups": ["scopers"]},
+             "access": {"tables": ["public.items"]}}]
+    ctx = start_approvals_gateway(gateway_factory, keys, policies=pols,
+                                  approvals=approvals_section(pending_for="2s"),
+                                  audit={"store": f"sqlite:{db}", "node": "pf"})
+    mk = marker()
+    sql = f"SELECT note FROM {PAY} WHERE id = 4 AND '{mk}' <> ''"
+    t = table()
+    with ctx.connect("retrier") as c, ctx.connect("scoped") as s:
+        rid = held_error(c, sql)["id"]
+        g = open_grant(ctx, grant_body(t, user="scoped"))["id"]
+        opened = time.monotonic()
+        for x in (rid, g):
+            r = ctx.api.get(x)
+            assert r["status"] == "pending", r
+            assert iso_s(r["deadline"]) - iso_s(r["created"]) == pytest.approx(2.0, abs=0.01), r
+        time.sleep(max(0.0, opened + 2.3 - time.monotonic()))
+        for x in (rid, g):
+            check_request(ctx.api.get(x), status="expired", decision_reason="not decided in time",
+                          decided_by=None)
+            st, j = ctx.api.approve(x, "carol")
+            assert_error_body(st, j, 409)
+            assert "expired" in j["error"], j
+        assert ctx.api.list("carol", "pending") == []
+        out_of_scope(s, t)
+        assert not grants_for(ctx, t)
+        # the same statement again: a new request, pending
+        rid2 = held_error(c, sql)["id"]
+        assert rid2 != rid and ctx.api.status_of(rid2) == "pending"
+    for x in (rid, g):
+        wait_for(lambda: approval_events(db, x) == ["opened", "expired"], 10, 0.1,
+                 f"the audit records of {x}")
+    log = ctx.gw.log_text()
+    assert f'event=approval_expired id={rid} requester="retrier"' in log, log[-2000:]
+
+
+def test_orphaned_wait_request_expires(gateway_factory, keys, objects, pg_store, tmp_path):
+    """Two gateways share a store; gw1 is killed while a client waits there. The wait-mode
+    request has lost its session and gw1 does not come back (its own restart would cancel
+    it): gw2 ends it as expired a few seconds past its deadline, so it does not stay pending
+    for ever, counted against its requester and open to a pointless approval."""
+    pols = [{"name": "agents", "match": {"users": ["waiter"]},
+             "review": [{"tables": [f"public.{PAY}"]}], "approvals": {"wait": "1s"}}]
+    gws = {}
+    for node in ("gw1", "gw2"):
+        gws[node] = start_approvals_gateway(
+            gateway_factory, keys, policies=pols,
+            audit={"store": pg_store, "node": node, "key_file": str(tmp_path / f"{node}.key")})
+    gw1, gw2 = gws["gw1"], gws["gw2"]
+    mk = marker()
+    c = gw1.connect("waiter")
+    try:
+        h = Held(c, f"SELECT note FROM {PAY} WHERE id = 1 AND '{mk}' <> ''")
+        rid = h.wait_notice()["id"]
+        r = gw2.api.find(mk)
+        assert r["id"] == rid and r["node"] == "gw1", r
+        gw1.gw.kill()
+        h.join(10)
+    finally:
+        c.close()
+    # past the deadline (1s) but within the grace (5s): gw1's session could still end it
+    left = iso_s(r["deadline"]) + 5 - time.time()
+    if left > 0.5:
+        assert gw2.api.status_of(rid) == "pending"
+    time.sleep(max(0.0, left + 0.3))
+    check_request(gw2.api.get(rid), status="expired", decision_reason="not decided in time")
+    st, j = gw2.api.approve(rid, "carol")
+    assert_error_body(st, j, 409)
+    assert f"event=approval_expired id={rid} requester=\"waiter\"" in gw2.gw.log_text()
+
+
 def test_sigterm_with_held_sessions(gateway_factory, keys, objects):
     """SIGTERM while sessions are held: the gateway exits within shutdown_timeout (10s),
     the held clients get an error, not a hang."""

@@ -414,7 +414,7 @@ static void test_approvals_sections(void **state)
 		 "%sadmin: {port: 8500}\napprovals: {approvers: [oncall], wait: 2m, notify: {webhook: \"https://h/x\"}}\n"
 		 "policies:\n  - name: a\n    review: [{statements: [copy_to]}, {tables: [public.pay]},\n"
 		 "             {estimated_rows_over: 1000}, {returned_rows_over: 50}]\n"
-		 "    approvals: {mode: retry, valid_for: 30s}\n",
+		 "    approvals: {mode: retry, valid_for: 30s, pending_for: 2h}\n",
 		 db);
 	Config *c = load_text(text, err, sizeof err);
 	assert_non_null(c);
@@ -428,6 +428,9 @@ static void test_approvals_sections(void **state)
 	assert_int_equal(a.mode, APPROVAL_RETRY);
 	assert_int_equal(a.wait_ms, 120000);    /* from the top level */
 	assert_int_equal(a.valid_for_ms, 30000); /* the policy's own */
+	assert_int_equal(a.pending_for_ms, 2 * 3600 * 1000);
+	config_approval_settings(c, NULL, &a);
+	assert_int_equal(a.pending_for_ms, APPROVAL_PENDING_FOR_DEFAULT_MS); /* 24h: the default */
 	assert_string_equal(a.approvers.items[0], "oncall");
 	assert_string_equal(a.webhook, "https://h/x");
 	config_release(c);
@@ -448,6 +451,9 @@ static void test_approvals_sections(void **state)
 		 "review must be a list"},
 		{"approvals: {mode: sometimes}\n", 3, "approvals.mode must be wait or retry"},
 		{"approvals: {wait: 10ms}\n", 3, "approvals.wait must be at least 1s"},
+		{"approvals: {pending_for: 500ms}\n", 3, "approvals.pending_for must be between 1s and 168h"},
+		{"approvals: {pending_for: 169h}\n", 3, "approvals.pending_for must be between 1s and 168h"},
+		{"approvals: {pending_for: soon}\n", 3, "approvals.pending_for must be a duration"},
 		{"approvals: {approvers: []}\n", 3, "must name at least one group"},
 		{"approvals: {notify: {webhook: \"ftp://h/x\"}}\n", 3, "https:// URL (http:// only on loopback)"},
 		{"approvals: {notify: {webhook: \"http://hooks.example/x\"}}\n", 3, "http:// only on loopback"},
