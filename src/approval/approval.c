@@ -75,23 +75,34 @@ static json_t *find_locked(const char *id)
 }
 
 /*
- * When expire_overdue_locked ends a pending request r, or 0 for never. A retry-mode statement and
- * a grant have nobody waiting on them: their deadline (approvals.pending_for) is kept here.
- * A wait-mode request is ended by its held session at its deadline; one still pending well
- * after that lost its session (its gateway stopped or crashed) and is ended here too.
+ * When a pending request r is due to end as expired, or 0 for never. A retry-mode statement
+ * and a grant have nobody waiting on them: their deadline (approvals.pending_for) is kept
+ * here. A wait-mode request is ended by its held session at its deadline; one still pending
+ * well after that lost its session (its gateway was killed) and is ended here too.
  */
-static int64_t expiry_of(const json_t *r)
+static int64_t deadline_of(const json_t *r)
 {
-	bool waiting = strcmp(str(r, "mode"), "wait") == 0;
 	int64_t deadline = num(r, "deadline_us");
-	if (!deadline && !waiting) /* opened by an earlier version, which set none */
+	if (!deadline && strcmp(str(r, "mode"), "wait") != 0) /* opened by an earlier version: none */
 		deadline = num(r, "created_us") + (int64_t)APPROVAL_PENDING_FOR_DEFAULT_MS * 1000;
-	return deadline ? deadline + (waiting ? ORPHAN_GRACE_US : 0) : 0;
+	return deadline;
+}
+
+static int64_t due_at(const json_t *r)
+{
+	int64_t deadline = status_of(r) == APR_PENDING ? deadline_of(r) : 0;
+	return deadline && strcmp(str(r, "mode"), "wait") == 0 ? deadline + ORPHAN_GRACE_US : deadline;
+}
+
+static bool overdue(const json_t *r, int64_t now)
+{
+	int64_t at = due_at(r);
+	return at && now >= at;
 }
 
 static void note_expiry_locked(const json_t *r)
 {
-	int64_t at = status_of(r) == APR_PENDING ? expiry_of(r) : 0;
+	int64_t at = due_at(r);
 	if (at && at < T.next_expiry_us)
 		T.next_expiry_us = at;
 }
@@ -283,9 +294,10 @@ static void new_id(char id[APPROVAL_ID_LEN])
 static bool queue_full_locked(const char *requester, bool *mine)
 {
 	size_t pending = 0, theirs = 0;
+	int64_t now = now_us();
 	for (size_t i = 0; i < T.n; i++) {
 		json_t *r = T.reqs[i];
-		if (status_of(r) != APR_PENDING)
+		if (status_of(r) != APR_PENDING || overdue(r, now)) /* not yet marked expired: see below */
 			continue;
 		pending++;
 		theirs += strcmp(str(r, "requester"), requester) == 0;
@@ -304,40 +316,58 @@ const char *approval_full_reason(bool mine)
 		    : "too many approval requests are pending; try again later";
 }
 
-/* Ends the pending requests whose time to be decided is over; how many it ended. */
-static int expire_overdue_locked(int64_t now)
+/*
+ * Ends the pending requests that are overdue, as expired: at the first call of an entry
+ * point after their time (the API's, or a held statement's). With a shared store each end is
+ * claimed there first, like a decision, so that one gateway records it and an approval given
+ * elsewhere at the same moment wins or loses as a whole. A claim is a round trip: on a worker
+ * (may_block false) a shared store's expiries are left to the API's threads, and overdue
+ * requests count as ended meanwhile (queue_full_locked, approval_open).
+ */
+static void expire_overdue(bool may_block)
 {
-	if (now < T.next_expiry_us)
-		return 0;
-	int ended = 0;
-	T.next_expiry_us = INT64_MAX;
-	for (size_t i = 0; i < T.n; i++) {
-		json_t *r = T.reqs[i];
-		int64_t at = status_of(r) == APR_PENDING ? expiry_of(r) : 0;
-		if (!at)
-			continue;
-		if (now < at) {
-			note_expiry_locked(r);
-			continue;
-		}
-		json_object_set_new(r, "status", json_string(status_names[APR_EXPIRED]));
-		set_time(r, "decided_at", now);
-		json_object_set_new(r, "decision_reason", json_string("not decided in time"));
-		changed(r, status_names[APR_EXPIRED]);
-		char qu[80];
-		log_event(LOG_INFO, "approval_expired", "id=%s requester=%s", str(r, "id"),
-			  log_quote(qu, sizeof qu, str(r, "requester")));
-		ended++;
-	}
-	return ended;
-}
-
-/* The sweep, for the entry points (API threads and workers); wakes held sessions after it. */
-static void expire_overdue(void)
-{
+	if (!may_block && approval_store_shared())
+		return;
+	int64_t now = now_us();
+	json_t **due = NULL; /* pairs: the request, and {"id": ...} for the claim (read off the lock) */
+	size_t ndue = 0;
 	pthread_mutex_lock(&T.mu);
-	int ended = expire_overdue_locked(now_us());
+	if (now >= T.next_expiry_us) {
+		T.next_expiry_us = INT64_MAX;
+		for (size_t i = 0; i < T.n; i++) {
+			json_t *r = T.reqs[i];
+			if (!overdue(r, now)) {
+				note_expiry_locked(r);
+				continue;
+			}
+			due = xrealloc(due, (ndue + 2) * sizeof *due);
+			due[ndue++] = json_incref(r);
+			due[ndue++] = json_pack("{ss}", "id", str(r, "id"));
+		}
+	}
 	pthread_mutex_unlock(&T.mu);
+	int ended = 0;
+	for (size_t i = 0; i < ndue; i += 2) {
+		json_t *r = due[i];
+		bool claimed = approval_store_claim(due[i + 1], status_names[APR_EXPIRED]);
+		json_decref(due[i + 1]);
+		pthread_mutex_lock(&T.mu);
+		if (claimed && status_of(r) == APR_PENDING) {
+			json_object_set_new(r, "status", json_string(status_names[APR_EXPIRED]));
+			set_time(r, "decided_at", deadline_of(r));
+			json_object_set_new(r, "decision_reason", json_string("not decided in time"));
+			changed(r, status_names[APR_EXPIRED]);
+			char qu[80];
+			log_event(LOG_INFO, "approval_expired", "id=%s requester=%s", str(r, "id"),
+				  log_quote(qu, sizeof qu, str(r, "requester")));
+			ended++;
+		} else {
+			note_expiry_locked(r); /* decided elsewhere (its news is on the way) or the store is down: again later */
+		}
+		pthread_mutex_unlock(&T.mu);
+		json_decref(r);
+	}
+	free(due);
 	if (ended)
 		wake();
 }
@@ -348,11 +378,11 @@ bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created
 	*mine = false;
 	int64_t now = now_us();
 	bool retry = a->settings->mode == APPROVAL_RETRY;
-	expire_overdue();
+	expire_overdue(false);
 	pthread_mutex_lock(&T.mu);
 	for (size_t i = 0; retry && i < T.n; i++) {
 		json_t *r = T.reqs[i];
-		if (status_of(r) == APR_PENDING && strcmp(str(r, "mode"), "retry") == 0 &&
+		if (status_of(r) == APR_PENDING && !overdue(r, now) && strcmp(str(r, "mode"), "retry") == 0 &&
 		    strcmp(str(r, "digest"), a->digest) == 0 && strcmp(str(r, "requester"), a->requester) == 0 &&
 		    strcmp(str(r, "database"), a->database) == 0) {
 			snprintf(id, APPROVAL_ID_LEN, "%s", str(r, "id"));
@@ -536,7 +566,7 @@ json_t *approval_list(const ApprovalCaller *who, const char *status, int limit, 
 		want = APR_PENDING;
 	}
 	approval_grants_generation(); /* expiries first */
-	expire_overdue();
+	expire_overdue(true);
 	pthread_mutex_lock(&T.mu);
 	size_t start = T.n;
 	if (before) {
@@ -567,7 +597,7 @@ json_t *approval_list(const ApprovalCaller *who, const char *status, int limit, 
 
 json_t *approval_get(const ApprovalCaller *who, const char *id)
 {
-	expire_overdue();
+	expire_overdue(true);
 	pthread_mutex_lock(&T.mu);
 	json_t *r = find_locked(id);
 	json_t *v = r && may_see(who, r) ? public_view(r) : NULL;
@@ -589,7 +619,7 @@ static json_t *api_error(const char *fmt, ...)
 
 unsigned approval_decide(const ApprovalCaller *who, const char *id, bool approve, const char *reason, json_t **out)
 {
-	expire_overdue();
+	expire_overdue(true);
 	pthread_mutex_lock(&T.mu);
 	json_t *r = find_locked(id);
 	unsigned code = 200;
@@ -738,7 +768,7 @@ unsigned approval_request_grant(const Config *c, const ApprovalCaller *who, json
 	set_time(r, "created", now);
 	set_time(r, "deadline", now + (int64_t)a.pending_for_ms * 1000);
 	set_undecided(r);
-	expire_overdue();
+	expire_overdue(true);
 	pthread_mutex_lock(&T.mu);
 	bool mine;
 	if (queue_full_locked(who->name, &mine)) {
@@ -758,7 +788,7 @@ json_t *approval_list_grants(const ApprovalCaller *who, bool all)
 {
 	int64_t now = now_us();
 	json_t *list = json_array();
-	expire_overdue();
+	expire_overdue(true);
 	pthread_mutex_lock(&T.mu);
 	for (size_t i = T.n; i-- > 0;) {
 		json_t *r = T.reqs[i];

@@ -301,6 +301,8 @@ void approval_store_put(const json_t *r)
 	pthread_mutex_unlock(&S.mu);
 }
 
+bool approval_store_shared(void) { return S.running && S.pg; }
+
 bool approval_store_claim(const json_t *r, const char *status)
 {
 	if (!S.running || !S.pg)

@@ -25,6 +25,8 @@ void approval_store_put(const json_t *r);
  * it first: false then. Blocks (the admin API's threads only). True without a shared store.
  */
 bool approval_store_claim(const json_t *r, const char *status);
+/* Whether requests are shared with other gateways (a PostgreSQL store): a claim is a round trip then. */
+bool approval_store_shared(void);
 
 /* A request changed by another gateway (approval.c). */
 void approval__merge(json_t *r);

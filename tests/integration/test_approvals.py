@@ -2188,9 +2188,15 @@ def test_undecided_requests_expire(gateway_factory, keys, objects, tmp_path, tab
         assert ctx.api.list("carol", "pending") == []
         out_of_scope(s, t)
         assert not grants_for(ctx, t)
-        # the same statement again: a new request, pending
+        # the same statement again: a new request, pending, which expires in its turn
         rid2 = held_error(c, sql)["id"]
+        reopened = time.monotonic()
         assert rid2 != rid and ctx.api.status_of(rid2) == "pending"
+        time.sleep(max(0.0, reopened + 2.3 - time.monotonic()))
+        r2 = ctx.api.get(rid2)
+        assert r2["status"] == "expired", r2
+        # decided_at is the deadline, not the moment somebody looked
+        assert r2["decided_at"] == r2["deadline"], r2
     for x in (rid, g):
         wait_for(lambda: approval_events(db, x) == ["opened", "expired"], 10, 0.1,
                  f"the audit records of {x}")
@@ -2204,7 +2210,7 @@ def test_orphaned_wait_request_expires(gateway_factory, keys, objects, pg_store,
     it): gw2 ends it as expired a few seconds past its deadline, so it does not stay pending
     for ever, counted against its requester and open to a pointless approval."""
     pols = [{"name": "agents", "match": {"users": ["waiter"]},
-             "review": [{"tables": [f"public.{PAY}"]}], "approvals": {"wait": "1s"}}]
+             "review": [{"tables": [f"public.{PAY}"]}], "approvals": {"wait": "3s"}}]
     gws = {}
     for node in ("gw1", "gw2"):
         gws[node] = start_approvals_gateway(
@@ -2222,7 +2228,7 @@ def test_orphaned_wait_request_expires(gateway_factory, keys, objects, pg_store,
         h.join(10)
     finally:
         c.close()
-    # past the deadline (1s) but within the grace (5s): gw1's session could still end it
+    # past the deadline (3s) but within the grace (5s): gw1's session could still end it
     left = iso_s(r["deadline"]) + 5 - time.time()
     if left > 0.5:
         assert gw2.api.status_of(rid) == "pending"
@@ -2231,6 +2237,44 @@ def test_orphaned_wait_request_expires(gateway_factory, keys, objects, pg_store,
     st, j = gw2.api.approve(rid, "carol")
     assert_error_body(st, j, 409)
     assert f"event=approval_expired id={rid} requester=\"waiter\"" in gw2.gw.log_text()
+
+
+def test_expiry_with_shared_store_is_recorded_once(gateway_factory, keys, objects, pg_store,
+                                                   tmp_path):
+    """Two gateways share a store and both look at an overdue retry-mode request at the same
+    moment: the store picks one gateway to end it (like a decision), so it is ended once (one
+    approval_expired line across both logs; the audit record and webhook go with it) and the
+    store and both gateways end up agreeing on the status."""
+    pols = [{"name": "retry", "match": {"users": ["retrier"]},
+             "review": [{"tables": [f"public.{PAY}"]}],
+             "approvals": {"mode": "retry", "pending_for": "2s"}}]
+    gws = [start_approvals_gateway(
+        gateway_factory, keys, policies=pols,
+        audit={"store": pg_store, "node": node, "key_file": str(tmp_path / f"{node}.key")})
+        for node in ("gw1", "gw2")]
+    mk = marker()
+    with gws[0].connect("retrier") as c:
+        rid = held_error(c, f"SELECT note FROM {PAY} WHERE id = 5 AND '{mk}' <> ''")["id"]
+    r = gws[1].api.find(mk)
+    time.sleep(max(0.0, iso_s(r["deadline"]) + 0.3 - time.time()))
+    seen = [None, None]
+
+    def look(i):
+        seen[i] = gws[i].api.call("GET", f"/api/approvals/{rid}", "carol")[1]
+    ts = [threading.Thread(target=look, args=(i,)) for i in (0, 1)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(20)
+    line = f'event=approval_expired id={rid} requester="retrier"'
+    for g in gws:
+        g.api.wait_status(rid, "expired")
+    assert sum(g.gw.log_text().count(line) for g in gws) == 1, [g.gw.log_text()[-1500:] for g in gws]
+    with psycopg.connect(pg_store) as db:
+        assert db.execute("SELECT status FROM approval_requests WHERE id = %s",
+                          (rid,)).fetchone() == ("expired",)
+    # the gateway that lost the claim may still have shown it pending
+    assert {v["status"] for v in seen if v} <= {"pending", "expired"}, seen
 
 
 def test_sigterm_with_held_sessions(gateway_factory, keys, objects):
