@@ -306,12 +306,9 @@ static bool queue_full_locked(const char *requester, bool *mine)
 	return *mine || pending >= APPROVAL_PENDING_MAX;
 }
 
-#define TEXT_(x) #x
-#define TEXT(x) TEXT_(x)
-
 const char *approval_full_reason(bool mine)
 {
-	return mine ? "you have " TEXT(APPROVAL_PENDING_PER_REQUESTER) " approval requests pending; wait for a decision"
+	return mine ? "you have " UTIL_TEXT(APPROVAL_PENDING_PER_REQUESTER) " approval requests pending; wait for a decision"
 		      " on one before asking again"
 		    : "too many approval requests are pending; try again later";
 }
@@ -329,7 +326,11 @@ static void expire_overdue(bool may_block)
 	if (!may_block && approval_store_shared())
 		return;
 	int64_t now = now_us();
-	json_t **due = NULL; /* pairs: the request, and {"id": ...} for the claim (read off the lock) */
+	typedef struct {
+		json_t *r;
+		char id[APPROVAL_ID_LEN]; /* for the claim, made off the lock */
+	} Due;
+	Due *due = NULL;
 	size_t ndue = 0;
 	pthread_mutex_lock(&T.mu);
 	if (now >= T.next_expiry_us) {
@@ -340,17 +341,16 @@ static void expire_overdue(bool may_block)
 				note_expiry_locked(r);
 				continue;
 			}
-			due = xrealloc(due, (ndue + 2) * sizeof *due);
-			due[ndue++] = json_incref(r);
-			due[ndue++] = json_pack("{ss}", "id", str(r, "id"));
+			due = xrealloc(due, (ndue + 1) * sizeof *due);
+			due[ndue].r = json_incref(r);
+			snprintf(due[ndue++].id, APPROVAL_ID_LEN, "%s", str(r, "id"));
 		}
 	}
 	pthread_mutex_unlock(&T.mu);
 	int ended = 0;
-	for (size_t i = 0; i < ndue; i += 2) {
-		json_t *r = due[i];
-		bool claimed = approval_store_claim(due[i + 1], status_names[APR_EXPIRED]);
-		json_decref(due[i + 1]);
+	for (size_t i = 0; i < ndue; i++) {
+		json_t *r = due[i].r;
+		bool claimed = approval_store_claim(due[i].id, status_names[APR_EXPIRED]);
 		pthread_mutex_lock(&T.mu);
 		if (claimed && status_of(r) == APR_PENDING) {
 			json_object_set_new(r, "status", json_string(status_names[APR_EXPIRED]));
@@ -642,10 +642,8 @@ unsigned approval_decide(const ApprovalCaller *who, const char *id, bool approve
 	}
 	/* With a shared store another gateway may decide it at the same moment: the store picks
 	 * one. That is a round trip, made without holding the table (workers use it). */
-	json_t *snapshot = json_incref(r);
 	pthread_mutex_unlock(&T.mu);
-	bool claimed = approval_store_claim(snapshot, approve ? "approved" : "denied");
-	json_decref(snapshot);
+	bool claimed = approval_store_claim(id, approve ? "approved" : "denied");
 	pthread_mutex_lock(&T.mu);
 	r = find_locked(id);
 	if (!claimed || !r || status_of(r) != APR_PENDING) {

@@ -303,7 +303,7 @@ void approval_store_put(const json_t *r)
 
 bool approval_store_shared(void) { return S.running && S.pg; }
 
-bool approval_store_claim(const json_t *r, const char *status)
+bool approval_store_claim(const char *id, const char *status)
 {
 	if (!S.running || !S.pg)
 		return true; /* one gateway: its memory is the truth */
@@ -317,7 +317,7 @@ bool approval_store_claim(const json_t *r, const char *status)
 	if (!S.claim_conn)
 		S.claim_conn = pg_connect(err, sizeof err);
 	if (S.claim_conn) {
-		const char *p[2] = {str(r, "id"), status};
+		const char *p[2] = {id, status};
 		PGresult *res = PQexecParams(S.claim_conn,
 					     "WITH u AS (UPDATE approval_requests SET status = $2 WHERE id = $1 AND status ="
 					     " 'pending' RETURNING 1) SELECT (SELECT count(*) FROM u),"

@@ -21,10 +21,11 @@ void approval_store_stop(void);
 /* Queues a write of r as it now stands (r is copied). */
 void approval_store_put(const json_t *r);
 /*
- * Moves r from pending to status in a shared store, where another gateway may have decided
- * it first: false then. Blocks (the admin API's threads only). True without a shared store.
+ * Moves request id from pending to status in a shared store, where another gateway may have
+ * decided it first: false then. Blocks (the admin API's threads only). True without a shared
+ * store.
  */
-bool approval_store_claim(const json_t *r, const char *status);
+bool approval_store_claim(const char *id, const char *status);
 /* Whether requests are shared with other gateways (a PostgreSQL store): a claim is a round trip then. */
 bool approval_store_shared(void);
 

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "core/util.h"
 #include "mask/mask.h"
 
 typedef struct ssl_ctx_st SSL_CTX;
@@ -118,9 +119,7 @@ typedef struct {
 /* Where the admin API listens without admin.address and admin.port; the CLI's default --url. */
 #define ADMIN_DEFAULT_ADDRESS "127.0.0.1"
 #define ADMIN_DEFAULT_PORT 8432
-#define ADMIN_TEXT_(x) #x
-#define ADMIN_TEXT(x) ADMIN_TEXT_(x)
-#define ADMIN_DEFAULT_URL "http://" ADMIN_DEFAULT_ADDRESS ":" ADMIN_TEXT(ADMIN_DEFAULT_PORT)
+#define ADMIN_DEFAULT_URL "http://" ADMIN_DEFAULT_ADDRESS ":" UTIL_TEXT(ADMIN_DEFAULT_PORT)
 
 typedef struct Config {
 	int refcount; /* atomic */

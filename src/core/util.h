@@ -31,6 +31,10 @@ bool util_ipv4_loopback(const char *address);
 /* Both NULL, or equal strings. */
 bool util_str_same(const char *a, const char *b);
 
+/* A macro's value as a string literal: UTIL_TEXT(8432) is "8432". */
+#define UTIL_TEXT_(x) #x
+#define UTIL_TEXT(x) UTIL_TEXT_(x)
+
 int util_cpu_count(void);
 
 /* Cryptographically strong random bytes (OpenSSL); aborts if the RNG fails. */
