@@ -16,25 +16,55 @@
 #define RETRY_INTERVAL_MS 500     /* after a failed commit */
 #define PENDING_MAX 200000        /* events held while the store is down; older ones are dropped */
 #define HEAD_LOG_INTERVAL_S 60
-#define EVENT_KIND 24
-#define EVENT_STRINGS 256         /* room for session id, user and database in a reusable event */
-#define POOL_MAX 8192             /* reusable events kept per worker queue */
-#define POOL_BYTES_MAX (8u << 20) /* and their bodies' bytes */
-#define POOL_BODY_MAX 16384       /* an event with a larger body is freed, not reused */
+#define CHUNK_BYTES (64u << 10)   /* a queue's events are written one after another into chunks this size */
+#define FREE_CHUNKS_MAX 32        /* empty chunks a queue keeps for reuse */
 
-typedef struct Event {
-	char kind[EVENT_KIND];
-	const char *session_id, *user, *database; /* in strings, or NULL */
+/*
+ * An event in a chunk: this head, then its kind, session id, user, database and body, each
+ * NUL-terminated (a NULL string is stored empty, as the store records it).
+ */
+typedef struct {
+	uint32_t size; /* of the whole event, head included, a multiple of 8 */
+	uint32_t body_len;
+	uint16_t kind_len, session_len, user_len, database_len;
 	int64_t time_us;
-	char *body; /* JSON text */
-	size_t body_len;
-	int q;
 	uint64_t ticket;
-	struct Event *next;
-	size_t body_cap; /* body's allocated size when it may be reused (audit_buffer), else 0 */
-	bool standard;   /* strings has EVENT_STRINGS bytes */
-	char strings[];  /* one allocation per event */
-} Event;
+} EventHead;
+
+/*
+ * A queue is a list of chunks. Its producer appends events to the last chunk and publishes
+ * them by moving `used` on; the writer reads them in place, in order, and hands a chunk back
+ * once all its events are committed. The events are never copied or linked one by one: the
+ * writer's reads walk memory in order, and no malloc, free or lock is paid per event.
+ */
+typedef struct Chunk {
+	struct Chunk *next; /* atomic: set once the producer has moved on to it */
+	size_t used;        /* atomic: bytes of published events */
+	size_t cap;
+	char data[];
+} Chunk;
+
+/* Where the writer stands in a queue. */
+typedef struct {
+	Chunk *chunk;
+	size_t off;
+} Pos;
+
+typedef struct {
+	/* The producer's side. Only the last queue has several producers: they take mu. */
+	pthread_mutex_t mu;
+	Chunk *tail;
+	uint64_t submitted;
+	/* The writer's side, on another cache line. */
+	_Alignas(64) Pos committed; /* the first event not yet committed */
+	Pos scanned;                /* the first event not yet in the batch being written */
+	uint64_t scanned_ticket;    /* the ticket of the last event in it */
+	uint64_t durable;           /* atomic */
+	/* Empty chunks, handed back by the writer. */
+	_Alignas(64) pthread_mutex_t free_mu;
+	Chunk *free;
+	size_t nfree;
+} Queue;
 
 /* Where the chain stands: the last record written and the key of the next. */
 typedef struct {
@@ -42,31 +72,6 @@ typedef struct {
 	char tag[AUDIT_TAG_HEX];
 	uint8_t key[AUDIT_KEY_LEN];
 } ChainState;
-
-typedef struct {
-	pthread_mutex_t mu;
-	Event *head, *tail;
-	uint64_t submitted;
-	size_t count; /* queued now */
-	/*
-	 * Events the writer is done with, handed back so that the thread that allocated them
-	 * frees them: glibc frees memory of another thread's arena under that arena's lock,
-	 * and the writer freeing every event contended with the workers' own mallocs.
-	 */
-	Event *garbage;
-	uint64_t durable; /* atomic */
-	/*
-	 * A worker's queue gets its committed events back for reuse, with their bodies: one
-	 * list, spliced in without walking it (its events are cold in the worker's cache), and
-	 * no malloc or free per record. Freeing a batch of several hundred events at once had
-	 * also overflowed malloc's per-thread cache, sending every malloc down its slow path.
-	 */
-	Event *reuse, *reuse_tail; /* handed back by the writer, under mu */
-	size_t nreuse, reuse_bytes;
-	Event *pool;     /* the worker's own (no lock): ready for the next records */
-	size_t npool, pool_bytes;
-	Event *reserved; /* taken by audit_buffer for the record being built */
-} Queue;
 
 static struct {
 	bool started;
@@ -132,150 +137,119 @@ void audit_format_time(int64_t us, char out[AUDIT_TIME_LEN])
 	out[n + 7] = 0;
 }
 
-static void event_free(Event *e)
+static Chunk *chunk_new(size_t need)
 {
-	free(e->body);
-	free(e);
+	size_t cap = need > CHUNK_BYTES ? need : CHUNK_BYTES;
+	Chunk *c = xmalloc(sizeof *c + cap);
+	c->next = NULL;
+	c->used = 0;
+	c->cap = cap;
+	return c;
 }
 
-static void free_events(Event *e)
+static void chunks_free(Chunk *c)
 {
-	while (e) {
-		Event *next = e->next;
-		event_free(e);
-		e = next;
+	while (c) {
+		Chunk *next = c->next;
+		free(c);
+		c = next;
 	}
 }
 
-/* Only a worker's own queue reuses events: the last queue is shared by other threads. */
-static bool reuses(int q) { return q < W.nqueues - 1; }
-
-static bool reusable(const Event *e) { return e->standard && e->body_cap && e->body_cap <= POOL_BODY_MAX; }
-
-static Event *event_new_standard(void)
+/* An empty chunk with room for need bytes: a reused one when it is large enough. */
+static Chunk *chunk_take(Queue *qu, size_t need)
 {
-	Event *e = xmalloc(sizeof *e + EVENT_STRINGS);
-	e->standard = true;
-	e->body = NULL;
-	e->body_cap = 0;
-	return e;
+	Chunk *c = NULL;
+	if (need <= CHUNK_BYTES) {
+		pthread_mutex_lock(&qu->free_mu);
+		if ((c = qu->free)) {
+			qu->free = c->next;
+			qu->nfree--;
+		}
+		pthread_mutex_unlock(&qu->free_mu);
+	}
+	if (!c)
+		return chunk_new(need);
+	c->next = NULL;
+	c->used = 0;
+	return c;
 }
 
-char *audit_buffer(int q, size_t need, size_t *cap)
+/* The writer hands back a chunk all of whose events are committed. */
+static void chunk_give_back(Queue *qu, Chunk *c)
 {
-	if (!W.started || !reuses(q)) {
-		*cap = need;
-		return xmalloc(need);
+	if (c->cap == CHUNK_BYTES) {
+		pthread_mutex_lock(&qu->free_mu);
+		bool keep = qu->nfree < FREE_CHUNKS_MAX;
+		if (keep) {
+			c->next = qu->free;
+			qu->free = c;
+			qu->nfree++;
+		}
+		pthread_mutex_unlock(&qu->free_mu);
+		if (keep)
+			return;
 	}
-	Queue *qu = &W.queues[q];
-	Event *e = qu->reserved;
-	if (e) {
-		/* The last buffer was never submitted: it is its taker's now, not the event's. */
-		e->body = NULL;
-		e->body_cap = 0;
-	} else if (qu->pool) {
-		e = qu->pool;
-		qu->pool = e->next;
-		qu->npool--;
-		qu->pool_bytes -= e->body_cap;
-	} else {
-		e = event_new_standard();
-	}
-	if (e->body_cap < need) {
-		e->body = xrealloc(e->body, need);
-		e->body_cap = need;
-	}
-	qu->reserved = e;
-	*cap = e->body_cap;
-	return e->body;
+	free(c); /* after a burst, or an event larger than a chunk: keep memory bounded */
 }
 
-/* Takes what the writer handed back: reusable events into the pool, the rest freed. */
-static void take_back(int q, Event *garbage, Event *reuse, Event *reuse_tail, size_t nreuse, size_t bytes)
+static size_t round8(size_t n) { return (n + 7) & ~(size_t)7; }
+
+static char *put_string(char *p, const char *s, size_t len)
 {
-	free_events(garbage);
-	if (!reuse)
-		return;
-	Queue *qu = &W.queues[q];
-	if (qu->npool + nreuse > POOL_MAX || qu->pool_bytes + bytes > POOL_BYTES_MAX) {
-		free_events(reuse); /* after a burst: keep the pool bounded */
-		return;
-	}
-	reuse_tail->next = qu->pool;
-	qu->pool = reuse;
-	qu->npool += nreuse;
-	qu->pool_bytes += bytes;
+	memcpy(p, s, len);
+	p[len] = 0;
+	return p + len + 1;
 }
 
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
 		      char *body)
 {
-	return audit_submit_at(q, audit_now_us(), kind, session_id, user, database, body, body ? strlen(body) : 0, 0);
+	uint64_t ticket = audit_submit_at(q, audit_now_us(), kind, session_id, user, database, body ? body : "",
+					  body ? strlen(body) : 0);
+	free(body);
+	return ticket;
 }
 
 uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
-			 const char *database, char *body, size_t body_len, size_t body_cap)
+			 const char *database, const char *body, size_t body_len)
 {
-	if (!W.started) {
-		free(body);
+	if (!W.started)
+		return 0;
+	/* The lengths fit the head: ids and names are short, and an event over 4 GiB is refused. */
+	size_t lk = strnlen(kind, UINT16_MAX), ls = session_id ? strnlen(session_id, UINT16_MAX) : 0,
+	       lu = user ? strnlen(user, UINT16_MAX) : 0, ld = database ? strnlen(database, UINT16_MAX) : 0;
+	size_t size = round8(sizeof(EventHead) + lk + ls + lu + ld + body_len + 5);
+	if (size > UINT32_MAX) {
+		log_event(LOG_ERROR, "audit_event_too_large", "kind=%s bytes=%zu", kind, body_len);
 		return 0;
 	}
-	size_t ls = session_id ? strlen(session_id) + 1 : 0, lu = user ? strlen(user) + 1 : 0,
-	       ld = database ? strlen(database) + 1 : 0, lk = strnlen(kind, EVENT_KIND - 1);
 	Queue *qu = &W.queues[q];
-	Event *e = NULL, *reserved = reuses(q) ? qu->reserved : NULL;
-	if (reserved) {
-		qu->reserved = NULL;
-		reserved->body = NULL; /* body (from audit_buffer, perhaps grown since) comes below */
-		reserved->body_cap = 0;
+	bool shared = q == W.nqueues - 1;
+	if (shared)
+		pthread_mutex_lock(&qu->mu);
+	Chunk *c = qu->tail;
+	size_t used = c->used; /* only this producer moves it */
+	if (used + size > c->cap) {
+		Chunk *n = chunk_take(qu, size);
+		__atomic_store_n(&c->next, n, __ATOMIC_RELEASE);
+		qu->tail = c = n;
+		used = 0;
 	}
-	if (ls + lu + ld > EVENT_STRINGS) {
-		e = xmalloc(sizeof *e + ls + lu + ld);
-		e->standard = false;
-		if (reserved) {
-			reserved->next = qu->pool;
-			qu->pool = reserved;
-			qu->npool++;
-		}
-	} else if (reserved) {
-		e = reserved;
-	} else if (reuses(q) && qu->pool) {
-		e = qu->pool;
-		qu->pool = e->next;
-		qu->npool--;
-		qu->pool_bytes -= e->body_cap;
-		free(e->body); /* a body not built in it: this one brings its own */
-	} else {
-		e = event_new_standard();
-	}
-	memcpy(e->kind, kind, lk);
-	e->kind[lk] = 0;
-	char *p = e->strings;
-	e->session_id = session_id ? memcpy(p, session_id, ls) : NULL;
-	p += ls;
-	e->user = user ? memcpy(p, user, lu) : NULL;
-	p += lu;
-	e->database = database ? memcpy(p, database, ld) : NULL;
-	e->time_us = time_us;
-	e->body = body;
-	e->body_len = body_len;
-	e->body_cap = body_cap;
-	e->q = q;
-	e->next = NULL;
-	pthread_mutex_lock(&qu->mu);
-	uint64_t ticket = e->ticket = ++qu->submitted; /* e belongs to the writer once unlocked */
-	if (qu->tail)
-		qu->tail->next = e;
-	else
-		qu->head = e;
-	qu->tail = e;
-	qu->count++;
-	Event *garbage = qu->garbage, *reuse = qu->reuse, *reuse_tail = qu->reuse_tail;
-	size_t nreuse = qu->nreuse, reuse_bytes = qu->reuse_bytes;
-	qu->garbage = qu->reuse = qu->reuse_tail = NULL;
-	qu->nreuse = qu->reuse_bytes = 0;
-	pthread_mutex_unlock(&qu->mu);
-	take_back(q, garbage, reuse, reuse_tail, nreuse, reuse_bytes);
+	uint64_t ticket = ++qu->submitted;
+	EventHead *h = (EventHead *)(c->data + used);
+	*h = (EventHead){.size = (uint32_t)size, .body_len = (uint32_t)body_len, .kind_len = (uint16_t)lk,
+			 .session_len = (uint16_t)ls, .user_len = (uint16_t)lu, .database_len = (uint16_t)ld,
+			 .time_us = time_us, .ticket = ticket};
+	char *p = (char *)(h + 1);
+	p = put_string(p, kind, lk);
+	p = put_string(p, session_id ? session_id : "", ls);
+	p = put_string(p, user ? user : "", lu);
+	p = put_string(p, database ? database : "", ld);
+	put_string(p, body, body_len);
+	__atomic_store_n(&c->used, used + size, __ATOMIC_RELEASE); /* the writer may read it now */
+	if (shared)
+		pthread_mutex_unlock(&qu->mu);
 	if (W.strict) {
 		/* Group commit: the writer starts the next batch as soon as it is free. */
 		pthread_mutex_lock(&W.mu);
@@ -285,7 +259,6 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 	}
 	return ticket;
 }
-
 
 /* A batch's records as the store takes them; reused from batch to batch (writer thread only). */
 typedef struct {
@@ -337,22 +310,113 @@ static void chain_settle(ChainState *c, size_t n)
 		memcpy(c->tag, S.tags[n - 1], AUDIT_TAG_HEX);
 }
 
-/* Writes the batch in one transaction. On failure nothing of it counts. */
-static bool write_batch(Event *batch, size_t n, char *err, size_t errlen)
+/*
+ * The next event published after p, moving p on to the next chunk when this one is done;
+ * NULL when the producer has published nothing more.
+ */
+static const EventHead *next_event(Pos *p)
 {
-	ChainState c = W.chain;
-	scratch_reserve(n);
-	size_t i = 0;
-	for (Event *e = batch; e && i < n; e = e->next, i++)
-		chain_record(&c, i, e->kind, e->session_id, e->user, e->database, e->time_us, e->body, e->body_len);
-	chain_settle(&c, i);
+	for (;;) {
+		if (p->off < __atomic_load_n(&p->chunk->used, __ATOMIC_ACQUIRE)) {
+			const EventHead *h = (const EventHead *)(p->chunk->data + p->off);
+			p->off += h->size;
+			return h;
+		}
+		Chunk *next = __atomic_load_n(&p->chunk->next, __ATOMIC_ACQUIRE);
+		if (!next)
+			return NULL;
+		/* The producer publishes nothing more here once it has moved on: a last look first. */
+		if (p->off < __atomic_load_n(&p->chunk->used, __ATOMIC_ACQUIRE))
+			continue;
+		p->chunk = next;
+		p->off = 0;
+	}
+}
+
+/* Chains every event published since the last batch into the scratch, queue after queue; returns how many. */
+static size_t scan(ChainState *c)
+{
+	size_t n = 0;
+	for (int q = 0; q < W.nqueues; q++) {
+		Queue *qu = &W.queues[q];
+		const EventHead *h;
+		while ((h = next_event(&qu->scanned))) {
+			const char *kind = (const char *)(h + 1), *session_id = kind + h->kind_len + 1,
+				   *user = session_id + h->session_len + 1, *database = user + h->user_len + 1,
+				   *body = database + h->database_len + 1;
+			scratch_reserve(n + 1);
+			chain_record(c, n++, kind, session_id, user, database, h->time_us, body, h->body_len);
+			qu->scanned_ticket = h->ticket;
+		}
+	}
+	chain_settle(c, n);
+	return n;
+}
+
+/* Moves a queue's committed position on to `to`, handing back the chunks it leaves. */
+static void commit_to(Queue *qu, Pos to)
+{
+	Chunk *c = qu->committed.chunk;
+	while (c != to.chunk) {
+		Chunk *next = c->next;
+		chunk_give_back(qu, c);
+		c = next;
+	}
+	qu->committed = to;
+}
+
+/* The batch is committed: its events are durable and their chunks free. */
+static void batch_committed(void)
+{
+	for (int q = 0; q < W.nqueues; q++) {
+		Queue *qu = &W.queues[q];
+		__atomic_store_n(&qu->durable, qu->scanned_ticket, __ATOMIC_RELEASE);
+		commit_to(qu, qu->scanned);
+	}
+}
+
+/* The batch failed: the next one starts again at the first event not committed. */
+static void batch_failed(void)
+{
+	for (int q = 0; q < W.nqueues; q++) {
+		Queue *qu = &W.queues[q];
+		qu->scanned = qu->committed;
+		qu->scanned_ticket = __atomic_load_n(&qu->durable, __ATOMIC_RELAXED);
+	}
+}
+
+/* The store has been down long enough that memory must win: the oldest n events go, loudly. */
+static void drop_oldest(size_t n)
+{
+	for (int q = 0; q < W.nqueues && n; q++) {
+		Queue *qu = &W.queues[q];
+		Pos p = qu->committed;
+		const EventHead *h;
+		uint64_t ticket = 0;
+		while (n && (h = next_event(&p))) {
+			ticket = h->ticket;
+			n--;
+			if (W.dropped++ % 10000 == 0)
+				log_event(LOG_ERROR, "audit_events_dropped", "dropped=%llu reason=\"store unavailable\"",
+					  (unsigned long long)W.dropped);
+		}
+		if (ticket)
+			__atomic_store_n(&qu->durable, ticket, __ATOMIC_RELEASE); /* nobody waits for them any more */
+		commit_to(qu, p);
+		qu->scanned = p;
+		qu->scanned_ticket = __atomic_load_n(&qu->durable, __ATOMIC_RELAXED);
+	}
+}
+
+/* Writes the scratch's n records in one transaction. On failure nothing of it counts. */
+static bool write_batch(size_t n, char *err, size_t errlen)
+{
 	if (!store_begin(W.st, err, errlen))
 		return false;
-	if (!store_append(W.st, S.recs, i, err, errlen) || !store_commit(W.st, err, errlen)) {
+	if (!store_append(W.st, S.recs, n, err, errlen) || !store_commit(W.st, err, errlen)) {
 		store_rollback(W.st);
 		return false;
 	}
-	W.chain = c;
 	return true;
 }
 
@@ -393,95 +457,15 @@ static void prune(void)
 	log_event(LOG_INFO, "audit_pruned", "node=%s through_seq=%lld cutoff=%s", W.node, (long long)through, cutoff);
 }
 
-/* Takes everything queued, queue by queue (each queue keeps its order). */
-static Event *drain(Event **tail, size_t *count)
-{
-	Event *head = NULL;
-	for (int i = 0; i < W.nqueues; i++) {
-		Queue *qu = &W.queues[i];
-		pthread_mutex_lock(&qu->mu);
-		Event *h = qu->head, *t = qu->tail;
-		size_t n = qu->count;
-		qu->head = qu->tail = NULL;
-		qu->count = 0;
-		pthread_mutex_unlock(&qu->mu);
-		if (!h)
-			continue;
-		if (*tail)
-			(*tail)->next = h;
-		else
-			head = h;
-		*tail = t;
-		*count += n; /* not by walking the list: its events are cold in this thread's cache */
-	}
-	return head;
-}
-
 static void log_head(const char *why)
 {
 	log_event(LOG_INFO, "audit_head", "node=%s seq=%lld tag=%s reason=%s", W.node, (long long)W.chain.seq,
 		  W.chain.tag[0] ? W.chain.tag : "-", why);
 }
 
-/*
- * Marks a committed batch durable and hands its events back to their queues (the batch is
- * queue after queue, so each run of one queue is handed back under one lock).
- */
-static void give_back(Event *batch)
-{
-	while (batch) {
-		int q = batch->q;
-		Queue *qu = &W.queues[q];
-		Event *keep = NULL, *keep_tail = NULL, *drop = NULL, *drop_tail = NULL;
-		size_t nkeep = 0, keep_bytes = 0;
-		uint64_t ticket = 0;
-		/* Split the queue's run into events to reuse and events to free, keeping order. */
-		while (batch && batch->q == q) {
-			Event *e = batch;
-			batch = e->next;
-			ticket = e->ticket;
-			Event **head = &drop, **tail = &drop_tail;
-			if (reuses(q) && reusable(e)) {
-				head = &keep;
-				tail = &keep_tail;
-				nkeep++;
-				keep_bytes += e->body_cap;
-			}
-			if (*tail) {
-				if ((*tail)->next != e)
-					(*tail)->next = e; /* most runs are already linked: no write */
-			} else {
-				*head = e;
-			}
-			*tail = e;
-		}
-		if (keep_tail)
-			keep_tail->next = NULL;
-		if (drop_tail)
-			drop_tail->next = NULL;
-		__atomic_store_n(&qu->durable, ticket, __ATOMIC_RELEASE);
-		pthread_mutex_lock(&qu->mu);
-		if (drop) {
-			drop_tail->next = qu->garbage;
-			qu->garbage = drop;
-		}
-		if (keep) {
-			keep_tail->next = qu->reuse;
-			if (!qu->reuse)
-				qu->reuse_tail = keep_tail;
-			qu->reuse = keep;
-			qu->nreuse += nkeep;
-			qu->reuse_bytes += keep_bytes;
-		}
-		pthread_mutex_unlock(&qu->mu);
-	}
-}
-
 static void *writer_main(void *arg)
 {
 	(void)arg;
-	Event *pending = NULL, *pending_tail = NULL;
-	size_t npending = 0;
 	bool failing = false;
 	int stop_tries = 0;
 	int64_t next_prune = 0, last_head_log = audit_now_us(), logged_seq = W.chain.seq;
@@ -500,28 +484,20 @@ static void *writer_main(void *arg)
 		W.wake = false;
 		pthread_mutex_unlock(&W.mu);
 
-		Event *more = drain(&pending_tail, &npending);
-		if (!pending)
-			pending = more;
-		while (npending > PENDING_MAX) {
-			/* The store has been down long enough that memory must win: say so loudly. */
-			Event *e = pending;
-			pending = e->next;
-			if (!pending)
-				pending_tail = NULL;
-			__atomic_store_n(&W.queues[e->q].durable, e->ticket, __ATOMIC_RELEASE);
-			event_free(e);
-			npending--;
-			if (W.dropped++ % 10000 == 0)
-				log_event(LOG_ERROR, "audit_events_dropped", "dropped=%llu reason=\"store unavailable\"",
-					  (unsigned long long)W.dropped);
+		ChainState c = W.chain;
+		size_t n = scan(&c);
+		if (n > PENDING_MAX) {
+			batch_failed();
+			drop_oldest(n - PENDING_MAX);
+			c = W.chain;
+			n = scan(&c);
 		}
-		if (pending) {
+		bool behind = false;
+		if (n) {
 			char err[300], q[400];
-			if (write_batch(pending, npending, err, sizeof err)) {
-				give_back(pending);
-				pending = pending_tail = NULL;
-				npending = 0;
+			if (write_batch(n, err, sizeof err)) {
+				W.chain = c;
+				batch_committed();
 				if (failing)
 					log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
 				failing = false;
@@ -529,8 +505,10 @@ static void *writer_main(void *arg)
 				if (W.cb && W.strict) /* only strict mode holds sessions back until their ticket */
 					W.cb(W.cb_arg);
 			} else {
+				batch_failed();
+				behind = true;
 				if (!failing)
-					log_event(LOG_ERROR, "audit_store_failed", "node=%s pending=%zu error=%s", W.node, npending,
+					log_event(LOG_ERROR, "audit_store_failed", "node=%s pending=%zu error=%s", W.node, n,
 						  log_quote(q, sizeof q, err));
 				failing = true;
 				__atomic_store_n(&W.healthy, 0, __ATOMIC_RELEASE);
@@ -548,22 +526,16 @@ static void *writer_main(void *arg)
 			logged_seq = W.chain.seq;
 		}
 		if (stopping) {
-			if (!pending)
+			if (!behind)
 				break;
 			/* The store is down at shutdown: give it a few more tries, then report the loss. */
 			if (++stop_tries > 6) {
-				log_event(LOG_ERROR, "audit_events_lost", "count=%zu reason=\"store unavailable at shutdown\"",
-					  npending);
+				log_event(LOG_ERROR, "audit_events_lost", "count=%zu reason=\"store unavailable at shutdown\"", n);
 				break;
 			}
 			struct timespec pause = {0, RETRY_INTERVAL_MS * 1000000L};
 			nanosleep(&pause, NULL);
 		}
-	}
-	while (pending) {
-		Event *next = pending->next;
-		event_free(pending);
-		pending = next;
 	}
 	log_head("stop");
 	chain_release_thread();
@@ -605,9 +577,18 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 	W.cb = cb;
 	W.cb_arg = arg;
 	W.nqueues = nqueues;
-	W.queues = xcalloc(nqueues, sizeof *W.queues);
-	for (int i = 0; i < nqueues; i++)
-		pthread_mutex_init(&W.queues[i].mu, NULL);
+	/* Aligned: each queue's producer and writer fields keep to their own cache lines. */
+	W.queues = aligned_alloc(_Alignof(Queue), (size_t)nqueues * sizeof *W.queues);
+	if (!W.queues)
+		abort();
+	memset(W.queues, 0, (size_t)nqueues * sizeof *W.queues);
+	for (int i = 0; i < nqueues; i++) {
+		Queue *qu = &W.queues[i];
+		pthread_mutex_init(&qu->mu, NULL);
+		pthread_mutex_init(&qu->free_mu, NULL);
+		qu->tail = chunk_new(0);
+		qu->committed = qu->scanned = (Pos){qu->tail, 0};
+	}
 	pthread_mutex_init(&W.mu, NULL);
 	pthread_cond_init(&W.cond, NULL);
 	W.started = true;
@@ -634,20 +615,16 @@ void audit_stop(void)
 	pthread_cond_signal(&W.cond);
 	pthread_mutex_unlock(&W.mu);
 	pthread_join(W.thread, NULL);
+	W.started = false; /* the sessions and the API are gone: nothing submits any more */
 	for (int i = 0; i < W.nqueues; i++) {
-		pthread_mutex_lock(&W.queues[i].mu);
-		Event *g = W.queues[i].garbage;
-		W.queues[i].garbage = NULL;
-		pthread_mutex_unlock(&W.queues[i].mu);
-		free_events(g);
 		Queue *qu = &W.queues[i];
-		free_events(qu->reuse);
-		free_events(qu->pool);
-		free(qu->reserved); /* its body, if any, is its taker's */
-		qu->reuse = qu->reuse_tail = qu->pool = qu->reserved = NULL;
-		qu->nreuse = qu->npool = qu->reuse_bytes = qu->pool_bytes = 0;
+		chunks_free(qu->committed.chunk); /* every chunk not handed back, linked up to the tail */
+		chunks_free(qu->free);
+		pthread_mutex_destroy(&qu->mu);
+		pthread_mutex_destroy(&qu->free_mu);
 	}
+	free(W.queues);
+	W.queues = NULL;
 	store_close(W.st);
 	W.st = NULL;
-	W.started = false;
 }

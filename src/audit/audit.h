@@ -1,6 +1,6 @@
 /*
- * The audit trail. Sessions build events (a JSON body plus a few indexed fields) and hand
- * them to their worker's queue; one writer thread drains every queue, chains the records
+ * The audit trail. Sessions build events (a JSON body plus a few indexed fields) and append
+ * them to their worker's queue; one writer thread reads every queue, chains the records
  * (audit/chain.h) and commits them in batches to the store (audit/store.h). The data path
  * never waits on disk: in strict mode the session itself holds back its CommandComplete
  * until audit_durable says its ticket is committed.
@@ -33,25 +33,15 @@ bool audit_is_strict(void);
 bool audit_store_healthy(void);
 
 /*
- * Queues an event; takes body, malloc'd JSON object text. user, database and session_id
- * may be NULL.
- * Returns the event's ticket in queue q: audit_durable(q) >= ticket once it is committed.
+ * Queues an event; takes body, malloc'd JSON object text (or NULL). user, database and
+ * session_id may be NULL. Returns the event's ticket in queue q: audit_durable(q) >= ticket
+ * once it is committed.
  */
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
 		      char *body);
-/*
- * The same, for an event that happened at time_us (audit_now_us) rather than now, whose body
- * is body_len bytes. body_cap: body's allocated size when it came from audit_buffer (perhaps
- * grown since), so that the queue can reuse it; 0 otherwise.
- */
+/* The same, for an event that happened at time_us (audit_now_us); body (body_len bytes) is copied. */
 uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
-			 const char *database, char *body, size_t body_len, size_t body_cap);
-/*
- * A malloc'd buffer of at least need bytes (its size in *cap) for the next body submitted
- * on queue q: on a worker's queue, the body of a committed record, reused. Submit it (or
- * another body) before the next call.
- */
-char *audit_buffer(int q, size_t need, size_t *cap);
+			 const char *database, const char *body, size_t body_len);
 uint64_t audit_durable(int q);
 /* The queue for threads other than the workers (admin API, approvals). */
 int audit_other_queue(void);

@@ -103,11 +103,11 @@ struct AuditNames {
 	AuditText *rowdesc_json;
 	uint8_t *rowdesc_formats;
 	int rowdesc_ncols;
-	JsonW scratch; /* a Bind's parameters while they are written */
+	JsonW scratch; /* a Bind's parameters, or a statement's record, while they are written */
 };
 
 #define ROWDESC_CACHE_MAX 4096 /* bytes of RowDescription worth keeping for the comparison */
-#define SCRATCH_KEEP 65536     /* the Bind scratch is freed after a larger one */
+#define SCRATCH_KEEP 65536     /* the scratch is freed after a larger text */
 
 static unsigned bucket(const char *name)
 {
@@ -613,65 +613,70 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 	int64_t now = audit_now_us();
 	if (a->part == 0)
 		a->n = ++s->audit_n; /* numbered when recorded: statements the server skipped get none */
-	JsonW w;
-	jw_init(&w);
-	/* Sized for the whole record at once: growing by doubling copied it two or three times. */
-	w.buf = audit_buffer(s->worker->index,
-			     512 + 2 * a->sql->len + a->rows.len + (a->params ? a->params->len : 0) +
-				     (a->columns ? a->columns->len : 0) + error_len,
-			     &w.cap);
-	jw_begin_object(&w);
-	key_string_plain(&w, "session_id", s->audit_id);
-	key_int_plain(&w, "n", (int64_t)a->n);
+	/*
+	 * Written in the session's scratch, warm in this thread's cache, then copied into the
+	 * queue whole: the queue's memory was last read by the writer on another core, and
+	 * writing JSON into it byte by byte waited on each of its cache lines in turn.
+	 */
+	struct AuditNames *an = s->audit_names;
+	JsonW local, *w = an ? &an->scratch : &local;
+	if (an)
+		jw_clear(w);
+	else
+		jw_init(w);
+	jw_begin_object(w);
+	key_string_plain(w, "session_id", s->audit_id);
+	key_int_plain(w, "n", (int64_t)a->n);
 	if (a->part)
-		key_int_plain(&w, "part", a->part + 1);
-	JW_KEY(&w, "sql");
-	jw_text(&w, (const uint8_t *)a->sql->s, a->sql->len, false);
-	JW_KEY(&w, "decision");
-	jw_raw(&w, a->decision->s, a->decision->len);
+		key_int_plain(w, "part", a->part + 1);
+	JW_KEY(w, "sql");
+	jw_text(w, (const uint8_t *)a->sql->s, a->sql->len, false);
+	JW_KEY(w, "decision");
+	jw_raw(w, a->decision->s, a->decision->len);
 	if (a->params) {
-		JW_KEY(&w, "params");
-		jw_raw(&w, a->params->s, a->params->len);
+		JW_KEY(w, "params");
+		jw_raw(w, a->params->s, a->params->len);
 	}
-	JW_KEY(&w, "duration_ms");
-	jw_fixed3(&w, now - a->start_us);
-	key_int_plain(&w, "rows_sent", a->rows_sent);
+	JW_KEY(w, "duration_ms");
+	jw_fixed3(w, now - a->start_us);
+	key_int_plain(w, "rows_sent", a->rows_sent);
 	if (tag) {
-		JW_KEY(&w, "tag");
-		jw_text(&w, (const uint8_t *)tag, strlen(tag), false);
+		JW_KEY(w, "tag");
+		jw_text(w, (const uint8_t *)tag, strlen(tag), false);
 		int64_t n = tag_rows(tag);
-		key_int_plain(&w, "rows", n >= 0 ? n : a->rows_sent);
+		key_int_plain(w, "rows", n >= 0 ? n : a->rows_sent);
 	}
 	if (error) {
-		JW_KEY(&w, "error");
-		error_json(&w, error, error_len);
+		JW_KEY(w, "error");
+		error_json(w, error, error_len);
 	} else if (error_message) {
-		JW_KEY(&w, "error");
-		jw_begin_object(&w);
-		key_string_plain(&w, "sqlstate", "42501");
-		key_string_plain(&w, "message", error_message);
-		jw_end_object(&w);
+		JW_KEY(w, "error");
+		jw_begin_object(w);
+		key_string_plain(w, "sqlstate", "42501");
+		key_string_plain(w, "message", error_message);
+		jw_end_object(w);
 	}
 	if (a->columns || a->nrows) {
-		JW_KEY(&w, "result");
-		jw_begin_object(&w);
+		JW_KEY(w, "result");
+		jw_begin_object(w);
 		if (a->columns) {
-			JW_KEY(&w, "columns");
-			jw_raw(&w, a->columns->s, a->columns->len);
+			JW_KEY(w, "columns");
+			jw_raw(w, a->columns->s, a->columns->len);
 		}
-		JW_KEY(&w, "rows");
-		jw_begin_array(&w);
+		JW_KEY(w, "rows");
+		jw_begin_array(w);
 		if (a->rows.len)
-			jw_raw(&w, a->rows.buf, a->rows.len);
-		jw_end_array(&w);
-		JW_KEY(&w, "truncated");
-		jw_bool(&w, a->truncated);
-		jw_end_object(&w);
+			jw_raw(w, a->rows.buf, a->rows.len);
+		jw_end_array(w);
+		JW_KEY(w, "truncated");
+		jw_bool(w, a->truncated);
+		jw_end_object(w);
 	}
-	jw_end_object(&w);
-	size_t body_len = w.len, body_cap = w.cap;
+	jw_end_object(w);
 	uint64_t ticket = audit_submit_at(s->worker->index, now, "statement", s->audit_id, s->user_name,
-					  s->database_name, jw_take(&w), body_len, body_cap);
+					  s->database_name, w->buf, w->len);
+	if (!an || w->cap > SCRATCH_KEEP)
+		jw_free(w); /* a large record's buffer is not kept for the session's life */
 	/* The next statement of the same Query starts here. */
 	a->part++;
 	a->start_us = now;
