@@ -350,6 +350,12 @@ static size_t scan(ChainState *c)
 		}
 	}
 	chain_settle(c, n);
+	/* The scratch may have moved as it grew: point every record at its time and tags again. */
+	for (size_t i = 0; i < n; i++) {
+		S.recs[i].time = S.times[i];
+		S.recs[i].tag = S.tags[i];
+		S.recs[i].prev_tag = i ? S.tags[i - 1] : S.prev;
+	}
 	return n;
 }
 

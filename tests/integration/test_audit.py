@@ -1009,6 +1009,22 @@ def test_verify_ok_on_fresh_trail(gateway_factory, tmp_path):
     assert_verify_ok(gw.config_path, "--key", str(trail.db) + ".key")
 
 
+def test_verify_ok_after_large_batches(gateway_factory, tmp_path):
+    """Thousands of records reach the writer within one flush: batches far larger than the
+    writer's first scratch (256 records) still chain and verify."""
+    db = tmp_path / "large.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", dict(node="large"))
+    n = 3000
+    with gw.connect(application_name=app_name("large")) as c:
+        c.execute(";".join(f"SELECT {i}" for i in range(n)))
+    assert gw.stop() == 0
+    trail = SqliteTrail(db)
+    rows = trail.rows()
+    assert len([r for r in rows if r["kind"] == "statement"]) == n
+    check_chain_links(rows)
+    assert_verify_ok(gw.config_path)
+
+
 def test_verify_wrong_key_fails(gateway_factory, tmp_path):
     gw, trail = make_trail(gateway_factory, tmp_path, sessions=1)
     other = tmp_path / "other.key"
