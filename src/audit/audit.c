@@ -24,9 +24,8 @@
  * NUL-terminated (a NULL string is stored empty, as the store records it).
  */
 typedef struct {
-	uint32_t size; /* of the whole event, head included, a multiple of 8 */
-	uint32_t body_len;
-	uint16_t kind_len, session_len, user_len, database_len;
+	size_t size; /* of the whole event, head included, a multiple of 8 */
+	size_t body_len, kind_len, session_len, user_len, database_len;
 	int64_t time_us;
 	uint64_t ticket;
 } EventHead;
@@ -55,10 +54,12 @@ typedef struct {
 	pthread_mutex_t mu;
 	Chunk *tail;
 	uint64_t submitted;
+	uint64_t published; /* atomic: the ticket of the last event published */
 	/* The writer's side, on another cache line. */
 	_Alignas(64) Pos committed; /* the first event not yet committed */
 	Pos scanned;                /* the first event not yet in the batch being written */
 	uint64_t scanned_ticket;    /* the ticket of the last event in it */
+	uint64_t scan_until;        /* the last event the scan under way takes */
 	uint64_t durable;           /* atomic */
 	/* Empty chunks, handed back by the writer. */
 	_Alignas(64) pthread_mutex_t free_mu;
@@ -216,14 +217,9 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 {
 	if (!W.started)
 		return 0;
-	/* The lengths fit the head: ids and names are short, and an event over 4 GiB is refused. */
-	size_t lk = strnlen(kind, UINT16_MAX), ls = session_id ? strnlen(session_id, UINT16_MAX) : 0,
-	       lu = user ? strnlen(user, UINT16_MAX) : 0, ld = database ? strnlen(database, UINT16_MAX) : 0;
+	size_t lk = strlen(kind), ls = session_id ? strlen(session_id) : 0, lu = user ? strlen(user) : 0,
+	       ld = database ? strlen(database) : 0;
 	size_t size = round8(sizeof(EventHead) + lk + ls + lu + ld + body_len + 5);
-	if (size > UINT32_MAX) {
-		log_event(LOG_ERROR, "audit_event_too_large", "kind=%s bytes=%zu", kind, body_len);
-		return 0;
-	}
 	Queue *qu = &W.queues[q];
 	bool shared = q == W.nqueues - 1;
 	if (shared)
@@ -238,9 +234,8 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 	}
 	uint64_t ticket = ++qu->submitted;
 	EventHead *h = (EventHead *)(c->data + used);
-	*h = (EventHead){.size = (uint32_t)size, .body_len = (uint32_t)body_len, .kind_len = (uint16_t)lk,
-			 .session_len = (uint16_t)ls, .user_len = (uint16_t)lu, .database_len = (uint16_t)ld,
-			 .time_us = time_us, .ticket = ticket};
+	*h = (EventHead){.size = size, .body_len = body_len, .kind_len = lk, .session_len = ls, .user_len = lu,
+			 .database_len = ld, .time_us = time_us, .ticket = ticket};
 	char *p = (char *)(h + 1);
 	p = put_string(p, kind, lk);
 	p = put_string(p, session_id ? session_id : "", ls);
@@ -248,6 +243,7 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 	p = put_string(p, database ? database : "", ld);
 	put_string(p, body, body_len);
 	__atomic_store_n(&c->used, used + size, __ATOMIC_RELEASE); /* the writer may read it now */
+	__atomic_store_n(&qu->published, ticket, __ATOMIC_RELEASE);
 	if (shared)
 		pthread_mutex_unlock(&qu->mu);
 	if (W.strict) {
@@ -311,14 +307,16 @@ static void chain_settle(ChainState *c, size_t n)
 }
 
 /*
- * The next event published after p, moving p on to the next chunk when this one is done;
- * NULL when the producer has published nothing more.
+ * The next event published after p, moving p on past it (and on to the next chunk when this
+ * one is done); NULL when the producer has published nothing more up to ticket `until`.
  */
-static const EventHead *next_event(Pos *p)
+static const EventHead *next_event(Pos *p, uint64_t until)
 {
 	for (;;) {
 		if (p->off < __atomic_load_n(&p->chunk->used, __ATOMIC_ACQUIRE)) {
 			const EventHead *h = (const EventHead *)(p->chunk->data + p->off);
+			if (h->ticket > until)
+				return NULL;
 			p->off += h->size;
 			return h;
 		}
@@ -333,14 +331,20 @@ static const EventHead *next_event(Pos *p)
 	}
 }
 
-/* Chains every event published since the last batch into the scratch, queue after queue; returns how many. */
+/*
+ * Chains the events published since the last batch into the scratch, queue after queue;
+ * returns how many. Only those published when the scan starts: a busy queue does not keep
+ * the writer from the others.
+ */
 static size_t scan(ChainState *c)
 {
+	for (int q = 0; q < W.nqueues; q++)
+		W.queues[q].scan_until = __atomic_load_n(&W.queues[q].published, __ATOMIC_ACQUIRE);
 	size_t n = 0;
 	for (int q = 0; q < W.nqueues; q++) {
 		Queue *qu = &W.queues[q];
 		const EventHead *h;
-		while ((h = next_event(&qu->scanned))) {
+		while ((h = next_event(&qu->scanned, qu->scan_until))) {
 			const char *kind = (const char *)(h + 1), *session_id = kind + h->kind_len + 1,
 				   *user = session_id + h->session_len + 1, *database = user + h->user_len + 1,
 				   *body = database + h->database_len + 1;
@@ -391,26 +395,34 @@ static void batch_failed(void)
 	}
 }
 
-/* The store has been down long enough that memory must win: the oldest n events go, loudly. */
+/*
+ * The store has been down long enough that memory must win: the oldest n events go, by time
+ * across the queues, loudly.
+ */
 static void drop_oldest(size_t n)
 {
-	for (int q = 0; q < W.nqueues && n; q++) {
-		Queue *qu = &W.queues[q];
-		Pos p = qu->committed;
-		const EventHead *h;
-		uint64_t ticket = 0;
-		while (n && (h = next_event(&p))) {
-			ticket = h->ticket;
-			n--;
-			if (W.dropped++ % 10000 == 0)
-				log_event(LOG_ERROR, "audit_events_dropped", "dropped=%llu reason=\"store unavailable\"",
-					  (unsigned long long)W.dropped);
+	for (; n; n--) {
+		Queue *oldest = NULL;
+		const EventHead *first = NULL;
+		for (int q = 0; q < W.nqueues; q++) {
+			Pos p = W.queues[q].committed;
+			const EventHead *h = next_event(&p, UINT64_MAX);
+			if (h && (!first || h->time_us < first->time_us)) {
+				oldest = &W.queues[q];
+				first = h;
+			}
 		}
-		if (ticket)
-			__atomic_store_n(&qu->durable, ticket, __ATOMIC_RELEASE); /* nobody waits for them any more */
-		commit_to(qu, p);
-		qu->scanned = p;
-		qu->scanned_ticket = __atomic_load_n(&qu->durable, __ATOMIC_RELAXED);
+		if (!oldest)
+			return;
+		Pos p = oldest->committed;
+		next_event(&p, UINT64_MAX);
+		__atomic_store_n(&oldest->durable, first->ticket, __ATOMIC_RELEASE); /* nobody waits for it any more */
+		commit_to(oldest, p);
+		oldest->scanned = p;
+		oldest->scanned_ticket = first->ticket;
+		if (W.dropped++ % 10000 == 0)
+			log_event(LOG_ERROR, "audit_events_dropped", "dropped=%llu reason=\"store unavailable\"",
+				  (unsigned long long)W.dropped);
 	}
 }
 
