@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -87,10 +88,16 @@ static bool get_int(Loader *ld, const yaml_node_t *n, const char *key, long min,
 	return true;
 }
 
+typedef enum { DURATION_OK, DURATION_BAD, DURATION_TOO_LONG } DurationParse;
+static DurationParse parse_duration(const char *s, int *out_ms);
+
 static bool get_duration(Loader *ld, const yaml_node_t *n, const char *key, int *out)
 {
 	const char *v = scalar(n);
-	if (!v || !config_parse_duration_ms(v, out))
+	DurationParse r = v ? parse_duration(v, out) : DURATION_BAD;
+	if (r == DURATION_TOO_LONG)
+		return fail_at(ld, n, "%s is too long: a duration is at most 596h", key);
+	if (r != DURATION_OK)
 		return fail_at(ld, n, "%s must be a duration like 500ms, 30s, 5m", key);
 	return true;
 }
@@ -1517,13 +1524,14 @@ void config_swap(Config *c)
 	config_release(old);
 }
 
-bool config_parse_duration_ms(const char *s, int *out_ms)
+/* Decimal digits and a unit: strtod alone would also take "nan", "inf", hex and exponents. */
+static DurationParse parse_duration(const char *s, int *out_ms)
 {
 	char *end;
 	errno = 0;
 	double v = strtod(s, &end);
-	if (errno || end == s || v < 0)
-		return false;
+	if (end == s || end != s + strspn(s, "0123456789.") || !isfinite(v))
+		return DURATION_BAD;
 	double mult;
 	if (*end == 0 || strcmp(end, "s") == 0)
 		mult = 1000;
@@ -1534,13 +1542,15 @@ bool config_parse_duration_ms(const char *s, int *out_ms)
 	else if (strcmp(end, "h") == 0)
 		mult = 3600000;
 	else
-		return false;
+		return DURATION_BAD;
 	double ms = v * mult;
-	if (ms > INT_MAX)
-		return false;
+	if (errno == ERANGE || ms > INT_MAX)
+		return DURATION_TOO_LONG;
 	*out_ms = (int)ms;
-	return true;
+	return DURATION_OK;
 }
+
+bool config_parse_duration_ms(const char *s, int *out_ms) { return parse_duration(s, out_ms) == DURATION_OK; }
 
 bool config_parse_period_s(const char *s, int64_t *out)
 {

@@ -396,6 +396,15 @@ static void test_duration_and_size(void **state)
 	assert_false(config_parse_duration_ms("-1s", &ms));
 	assert_false(config_parse_duration_ms("1 fortnight", &ms));
 	assert_false(config_parse_duration_ms("99999999h", &ms));
+	/* strtod takes these; a duration does not (NaN was read as -2147483648 ms) */
+	assert_false(config_parse_duration_ms("nan", &ms));
+	assert_false(config_parse_duration_ms("NaNs", &ms));
+	assert_false(config_parse_duration_ms("inf", &ms));
+	assert_false(config_parse_duration_ms("0x10s", &ms));
+	assert_false(config_parse_duration_ms(" 5s", &ms));
+	assert_false(config_parse_duration_ms("1e3ms", &ms));
+	assert_true(config_parse_duration_ms(".5s", &ms));
+	assert_int_equal(ms, 500);
 	assert_true(config_parse_size("64MiB", &n));
 	assert_int_equal(n, 64 * 1024 * 1024);
 	assert_true(config_parse_size("4096", &n));
@@ -454,6 +463,8 @@ static void test_approvals_sections(void **state)
 		{"approvals: {pending_for: 500ms}\n", 3, "approvals.pending_for must be between 1s and 168h"},
 		{"approvals: {pending_for: 169h}\n", 3, "approvals.pending_for must be between 1s and 168h"},
 		{"approvals: {pending_for: soon}\n", 3, "approvals.pending_for must be a duration"},
+		{"approvals: {pending_for: 600h}\n", 3, "approvals.pending_for is too long: a duration is at most 596h"},
+		{"approvals: {pending_for: nan}\n", 3, "approvals.pending_for must be a duration"},
 		{"approvals: {approvers: []}\n", 3, "must name at least one group"},
 		{"approvals: {notify: {webhook: \"ftp://h/x\"}}\n", 3, "https:// URL (http:// only on loopback)"},
 		{"approvals: {notify: {webhook: \"http://hooks.example/x\"}}\n", 3, "http:// only on loopback"},
