@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <jansson.h>
+#include <math.h>
 #include <pg_query.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -281,7 +282,7 @@ static int64_t timeout_value(json_t *aconst)
 		return TIMEOUT_UNKNOWN;
 	char *end;
 	double v = strtod(s, &end);
-	if (end == s || v < 0)
+	if (end == s || !isfinite(v) || v < 0) /* 'nan' and 'inf' too: PostgreSQL refuses them, this fails closed */
 		return TIMEOUT_UNKNOWN;
 	while (*end == ' ')
 		end++;
@@ -300,7 +301,8 @@ static int64_t timeout_value(json_t *aconst)
 		mult = 0.001;
 	else
 		return TIMEOUT_UNKNOWN;
-	return (int64_t)(v * mult);
+	double ms = v * mult;
+	return ms < 0x1p62 ? (int64_t)ms : TIMEOUT_UNKNOWN; /* beyond int64, converting is undefined */
 }
 
 static void on_variable_set(Walk *w, json_t *n)

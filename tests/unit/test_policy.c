@@ -143,6 +143,9 @@ static void test_read_only_scope_functions(void **state)
 	check(agent, "SET statement_timeout = 0", "statement_timeout may not exceed 5000 ms");
 	check(agent, "SET statement_timeout = '1min'", "may not exceed");
 	check(agent, "SET statement_timeout = '2s'", NULL);
+	check(agent, "SET statement_timeout = 'nan'", "may not exceed"); /* unreadable: refused */
+	check(agent, "SET statement_timeout = 'inf'", "may not exceed");
+	check(agent, "SET statement_timeout = '1e30'", "may not exceed");
 	check(agent, "RESET statement_timeout", NULL);
 	check(agent, "BEGIN", NULL);
 	check(agent, "SHOW work_mem", NULL);
