@@ -1528,9 +1528,8 @@ void config_swap(Config *c)
 static DurationParse parse_duration(const char *s, int *out_ms)
 {
 	char *end;
-	errno = 0;
 	double v = strtod(s, &end);
-	if (end == s || end != s + strspn(s, "0123456789.") || !isfinite(v))
+	if (end == s || end != s + strspn(s, "0123456789."))
 		return DURATION_BAD;
 	double mult;
 	if (*end == 0 || strcmp(end, "s") == 0)
@@ -1544,7 +1543,7 @@ static DurationParse parse_duration(const char *s, int *out_ms)
 	else
 		return DURATION_BAD;
 	double ms = v * mult;
-	if (errno == ERANGE || ms > INT_MAX)
+	if (!isfinite(ms) || ms > INT_MAX) /* digits only: not finite means too many of them */
 		return DURATION_TOO_LONG;
 	*out_ms = (int)ms;
 	return DURATION_OK;

@@ -10,6 +10,10 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+/* 400 zeros, for a number strtod cannot hold */
+#define ZEROS_100 "0000000000" "0000000000" "0000000000" "0000000000" "0000000000" "0000000000" "0000000000" "0000000000" "0000000000" "0000000000"
+#define ZEROS_400 ZEROS_100 ZEROS_100 ZEROS_100 ZEROS_100
+
 #include "core/util.h"
 
 #include "config/config.h"
@@ -405,6 +409,9 @@ static void test_duration_and_size(void **state)
 	assert_false(config_parse_duration_ms("1e3ms", &ms));
 	assert_true(config_parse_duration_ms(".5s", &ms));
 	assert_int_equal(ms, 500);
+	assert_true(config_parse_duration_ms("0." ZEROS_400 "1s", &ms)); /* strtod underflows: 0 ms, not "too long" */
+	assert_int_equal(ms, 0);
+	assert_false(config_parse_duration_ms("1" ZEROS_400 "s", &ms)); /* strtod overflows to infinity */
 	assert_true(config_parse_size("64MiB", &n));
 	assert_int_equal(n, 64 * 1024 * 1024);
 	assert_true(config_parse_size("4096", &n));
@@ -464,6 +471,7 @@ static void test_approvals_sections(void **state)
 		{"approvals: {pending_for: 169h}\n", 3, "approvals.pending_for must be between 1s and 168h"},
 		{"approvals: {pending_for: soon}\n", 3, "approvals.pending_for must be a duration"},
 		{"approvals: {pending_for: 600h}\n", 3, "approvals.pending_for is too long: a duration is at most 596h"},
+		{"approvals: {pending_for: 1" ZEROS_400 "h}\n", 3, "approvals.pending_for is too long"},
 		{"approvals: {pending_for: nan}\n", 3, "approvals.pending_for must be a duration"},
 		{"approvals: {approvers: []}\n", 3, "must name at least one group"},
 		{"approvals: {notify: {webhook: \"ftp://h/x\"}}\n", 3, "https:// URL (http:// only on loopback)"},
