@@ -274,10 +274,17 @@ static void scratch_reserve(size_t n)
 	size_t cap = S.cap ? S.cap : 256;
 	while (cap < n)
 		cap *= 2;
+	size_t had = S.cap;
 	S.recs = xrealloc(S.recs, cap * sizeof *S.recs);
 	S.times = xrealloc(S.times, cap * sizeof *S.times);
 	S.tags = xrealloc(S.tags, cap * sizeof *S.tags);
 	S.cap = cap;
+	/* The records chained so far point into the arrays that just moved: point them again. */
+	for (size_t i = 0; i < had; i++) {
+		S.recs[i].time = S.times[i];
+		S.recs[i].tag = S.tags[i];
+		S.recs[i].prev_tag = i ? S.tags[i - 1] : S.prev;
+	}
 }
 
 /* Chains record i of the scratch after the chain copy c and advances c. */
@@ -354,12 +361,6 @@ static size_t scan(ChainState *c)
 		}
 	}
 	chain_settle(c, n);
-	/* The scratch may have moved as it grew: point every record at its time and tags again. */
-	for (size_t i = 0; i < n; i++) {
-		S.recs[i].time = S.times[i];
-		S.recs[i].tag = S.tags[i];
-		S.recs[i].prev_tag = i ? S.tags[i - 1] : S.prev;
-	}
 	return n;
 }
 
