@@ -14,7 +14,9 @@
 
 #define FLUSH_INTERVAL_MS 20      /* default mode: how long an event may wait to be written */
 #define RETRY_INTERVAL_MS 500     /* after a failed commit */
-#define PENDING_MAX 200000        /* events held while the store is down; older ones are dropped */
+#define BATCH_BYTES_MAX (16u << 20) /* of events per batch: a backlog is written in several */
+#define BATCH_RECORDS_MAX 50000
+#define LOST_RANGES 64              /* dropped ticket ranges a queue remembers for strict mode */
 #define HEAD_LOG_INTERVAL_S 60
 #define CHUNK_BYTES (64u << 10)   /* a queue's events are written one after another into chunks this size */
 #define FREE_CHUNKS_MAX 32        /* empty chunks a queue keeps for reuse */
@@ -43,6 +45,11 @@ typedef struct Chunk {
 	char data[];
 } Chunk;
 
+/* Tickets from..through of one queue were dropped unrecorded. */
+typedef struct {
+	uint64_t from, through;
+} LostRange;
+
 /* Where the writer stands in a queue. */
 typedef struct {
 	Chunk *chunk;
@@ -65,6 +72,11 @@ typedef struct {
 	_Alignas(64) pthread_mutex_t free_mu;
 	Chunk *free;
 	size_t nfree;
+	/* Tickets dropped unrecorded: a strict session holding one must not be answered. */
+	_Alignas(64) pthread_mutex_t lost_mu;
+	LostRange lost[LOST_RANGES];
+	int nlost;
+	uint64_t lost_forgotten; /* tickets up to this one may have been dropped (the ranges overflowed) */
 } Queue;
 
 /* Where the chain stands: the last record written and the key of the next. */
@@ -90,7 +102,16 @@ static struct {
 	ChainState chain; /* advanced only by committed transactions */
 	int64_t retention_s;
 	int healthy; /* atomic */
-	uint64_t dropped;
+	size_t max_pending; /* bytes of events held in memory; past it the oldest are dropped */
+	size_t live;        /* atomic: bytes of the chunks holding events (not those kept for reuse) */
+	int scan_first;     /* the queue a scan starts with, in turn: a backlog is taken fairly */
+	bool more;          /* the last scan stopped at the batch limit */
+	int any_lost;       /* atomic: some event was ever dropped */
+	uint64_t dropped;   /* since start, for the log */
+	/* Events dropped and not yet said so in the trail: an events_dropped record does. */
+	uint64_t drop_count;
+	int64_t drop_first_us, drop_last_us;
+	char *drop_body;
 	AuditDurableFn cb;
 	void *cb_arg;
 } W = {.healthy = 1};
@@ -170,15 +191,17 @@ static Chunk *chunk_take(Queue *qu, size_t need)
 		pthread_mutex_unlock(&qu->free_mu);
 	}
 	if (!c)
-		return chunk_new(need);
+		c = chunk_new(need);
 	c->next = NULL;
 	c->used = 0;
+	__atomic_fetch_add(&W.live, c->cap, __ATOMIC_RELAXED);
 	return c;
 }
 
 /* The writer hands back a chunk all of whose events are committed. */
 static void chunk_give_back(Queue *qu, Chunk *c)
 {
+	__atomic_fetch_sub(&W.live, c->cap, __ATOMIC_RELAXED);
 	if (c->cap == CHUNK_BYTES) {
 		pthread_mutex_lock(&qu->free_mu);
 		bool keep = qu->nfree < FREE_CHUNKS_MAX;
@@ -338,28 +361,57 @@ static const EventHead *next_event(Pos *p, uint64_t until)
 	}
 }
 
+/* The record that says events were dropped unrecorded, chained first in the next batch. */
+static void chain_drop_record(ChainState *c)
+{
+	char first[AUDIT_TIME_LEN], last[AUDIT_TIME_LEN];
+	audit_format_time(W.drop_first_us, first);
+	audit_format_time(W.drop_last_us, last);
+	json_t *body = json_pack("{sI ss ss ss}", "count", (json_int_t)W.drop_count, "first_time", first, "last_time",
+				 last, "reason", "the audit store lagged and the events waiting exceeded audit.max_pending");
+	free(W.drop_body);
+	W.drop_body = json_dumps(body, JSON_COMPACT);
+	json_decref(body);
+	scratch_reserve(1);
+	chain_record(c, 0, "events_dropped", NULL, NULL, NULL, W.drop_last_us, W.drop_body, strlen(W.drop_body));
+}
+
 /*
- * Chains the events published since the last batch into the scratch, queue after queue;
- * returns how many. Only those published when the scan starts: a busy queue does not keep
- * the writer from the others.
+ * Chains the events published since the last batch into the scratch; returns how many.
+ * Only those published when the scan starts: a busy queue does not keep the writer from
+ * the others. A batch stops at BATCH_BYTES_MAX or BATCH_RECORDS_MAX (W.more says so), so a
+ * backlog is written in pieces; the queues take turns at being read first.
  */
 static size_t scan(ChainState *c)
 {
 	for (int q = 0; q < W.nqueues; q++)
 		W.queues[q].scan_until = __atomic_load_n(&W.queues[q].published, __ATOMIC_ACQUIRE);
-	size_t n = 0;
-	for (int q = 0; q < W.nqueues; q++) {
-		Queue *qu = &W.queues[q];
+	size_t n = 0, bytes = 0;
+	if (W.drop_count) {
+		chain_drop_record(c);
+		n = 1;
+	}
+	W.more = false;
+	for (int k = 0; k < W.nqueues; k++) {
+		Queue *qu = &W.queues[(W.scan_first + k) % W.nqueues];
 		const EventHead *h;
-		while ((h = next_event(&qu->scanned, qu->scan_until))) {
+		for (;;) {
+			if (n >= BATCH_RECORDS_MAX || bytes >= BATCH_BYTES_MAX) {
+				W.more = true;
+				break;
+			}
+			if (!(h = next_event(&qu->scanned, qu->scan_until)))
+				break;
 			const char *kind = (const char *)(h + 1), *session_id = kind + h->kind_len + 1,
 				   *user = session_id + h->session_len + 1, *database = user + h->user_len + 1,
 				   *body = database + h->database_len + 1;
 			scratch_reserve(n + 1);
 			chain_record(c, n++, kind, session_id, user, database, h->time_us, body, h->body_len);
 			qu->scanned_ticket = h->ticket;
+			bytes += h->size;
 		}
 	}
+	W.scan_first = (W.scan_first + 1) % W.nqueues;
 	chain_settle(c, n);
 	return n;
 }
@@ -379,6 +431,7 @@ static void commit_to(Queue *qu, Pos to)
 /* The batch is committed: its events are durable and their chunks free. */
 static void batch_committed(void)
 {
+	W.drop_count = 0; /* the batch began with the record of them */
 	for (int q = 0; q < W.nqueues; q++) {
 		Queue *qu = &W.queues[q];
 		__atomic_store_n(&qu->durable, qu->scanned_ticket, __ATOMIC_RELEASE);
@@ -397,12 +450,57 @@ static void batch_failed(void)
 }
 
 /*
- * The store has been down long enough that memory must win: the oldest n events go, by time
- * across the queues, loudly.
+ * Bytes of events waiting, as the chunks that hold them count: every queue always has its
+ * current chunk, which is not counted, so that many workers and a small max_pending do not
+ * make every new event look like one too many.
  */
-static void drop_oldest(size_t n)
+static size_t held_bytes(void)
 {
-	for (; n; n--) {
+	size_t live = __atomic_load_n(&W.live, __ATOMIC_RELAXED), base = (size_t)W.nqueues * CHUNK_BYTES;
+	return live > base ? live - base : 0;
+}
+
+/* Remembers that ticket of queue qu was dropped (ranges of consecutive tickets). */
+static void note_lost(Queue *qu, uint64_t ticket)
+{
+	pthread_mutex_lock(&qu->lost_mu);
+	LostRange *last = qu->nlost ? &qu->lost[qu->nlost - 1] : NULL;
+	if (last && last->through + 1 == ticket) {
+		last->through = ticket;
+	} else {
+		if (qu->nlost == LOST_RANGES) {
+			qu->lost_forgotten = qu->lost[0].through; /* from now on, older ones count as lost */
+			memmove(qu->lost, qu->lost + 1, (LOST_RANGES - 1) * sizeof qu->lost[0]);
+			qu->nlost--;
+		}
+		qu->lost[qu->nlost++] = (LostRange){ticket, ticket};
+	}
+	pthread_mutex_unlock(&qu->lost_mu);
+	__atomic_store_n(&W.any_lost, 1, __ATOMIC_RELEASE);
+}
+
+bool audit_lost(int q, uint64_t ticket)
+{
+	if (!__atomic_load_n(&W.any_lost, __ATOMIC_ACQUIRE))
+		return false;
+	Queue *qu = &W.queues[q];
+	pthread_mutex_lock(&qu->lost_mu);
+	bool lost = ticket <= qu->lost_forgotten;
+	for (int i = 0; i < qu->nlost && !lost; i++)
+		lost = ticket >= qu->lost[i].from && ticket <= qu->lost[i].through;
+	pthread_mutex_unlock(&qu->lost_mu);
+	return lost;
+}
+
+/*
+ * The store lags so far behind that memory must win: the oldest events go, by time across
+ * the queues, until their chunks hold at most `target` bytes. Loudly: in the log, and in
+ * the trail by the events_dropped record the next batch begins with. Returns how many.
+ */
+static size_t drop_oldest(size_t target)
+{
+	size_t dropped = 0;
+	while (held_bytes() > target) {
 		Queue *oldest = NULL;
 		const EventHead *first = NULL;
 		for (int q = 0; q < W.nqueues; q++) {
@@ -414,17 +512,25 @@ static void drop_oldest(size_t n)
 			}
 		}
 		if (!oldest)
-			return;
+			break;
 		Pos p = oldest->committed;
 		next_event(&p, UINT64_MAX);
-		__atomic_store_n(&oldest->durable, first->ticket, __ATOMIC_RELEASE); /* nobody waits for it any more */
+		if (!W.drop_count || first->time_us < W.drop_first_us)
+			W.drop_first_us = first->time_us;
+		if (!W.drop_count || first->time_us > W.drop_last_us)
+			W.drop_last_us = first->time_us;
+		W.drop_count++;
+		note_lost(oldest, first->ticket); /* before its waiter can see it "durable" */
+		__atomic_store_n(&oldest->durable, first->ticket, __ATOMIC_RELEASE); /* wakes its waiter, to be refused */
 		commit_to(oldest, p);
 		oldest->scanned = p;
 		oldest->scanned_ticket = first->ticket;
 		if (W.dropped++ % 10000 == 0)
-			log_event(LOG_ERROR, "audit_events_dropped", "dropped=%llu reason=\"store unavailable\"",
+			log_event(LOG_ERROR, "audit_events_dropped", "dropped=%llu reason=\"store lagging, audit.max_pending exceeded\"",
 				  (unsigned long long)W.dropped);
+		dropped++;
 	}
+	return dropped;
 }
 
 /* Writes the scratch's n records in one transaction. On failure nothing of it counts. */
@@ -482,15 +588,26 @@ static void log_head(const char *why)
 		  W.chain.tag[0] ? W.chain.tag : "-", why);
 }
 
+/* Events queued and not committed (dropped ones are counted in W.drop_count). */
+static uint64_t pending_events(void)
+{
+	uint64_t n = 0;
+	for (int q = 0; q < W.nqueues; q++)
+		n += __atomic_load_n(&W.queues[q].published, __ATOMIC_ACQUIRE) -
+		     __atomic_load_n(&W.queues[q].durable, __ATOMIC_RELAXED);
+	return n;
+}
+
 static void *writer_main(void *arg)
 {
 	(void)arg;
 	bool failing = false;
 	int stop_tries = 0;
 	int64_t next_prune = 0, last_head_log = audit_now_us(), logged_seq = W.chain.seq;
+	bool more = false; /* the last batch was full: the next one follows at once */
 	for (;;) {
 		pthread_mutex_lock(&W.mu);
-		if (!W.wake && !W.stopping) {
+		if (!W.wake && !W.stopping && !more) {
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
 			long ms = failing ? RETRY_INTERVAL_MS : FLUSH_INTERVAL_MS;
@@ -505,13 +622,17 @@ static void *writer_main(void *arg)
 
 		ChainState c = W.chain;
 		size_t n = scan(&c);
-		if (n > PENDING_MAX) {
+		if (held_bytes() > W.max_pending) {
+			/* Down to three quarters, so that dropping is not done again at every turn. */
 			batch_failed();
-			drop_oldest(n - PENDING_MAX);
+			size_t dropped = drop_oldest(W.max_pending / 4 * 3);
+			if (dropped && W.cb && W.strict)
+				W.cb(W.cb_arg); /* the sessions holding a dropped record's answer are refused now */
 			c = W.chain;
 			n = scan(&c);
 		}
 		bool behind = false;
+		more = false;
 		if (n) {
 			char err[300], q[400];
 			if (write_batch(n, err, sizeof err)) {
@@ -523,6 +644,7 @@ static void *writer_main(void *arg)
 				__atomic_store_n(&W.healthy, 1, __ATOMIC_RELEASE);
 				if (W.cb && W.strict) /* only strict mode holds sessions back until their ticket */
 					W.cb(W.cb_arg);
+				more = W.more;
 			} else {
 				batch_failed();
 				behind = true;
@@ -545,11 +667,14 @@ static void *writer_main(void *arg)
 			logged_seq = W.chain.seq;
 		}
 		if (stopping) {
-			if (!behind)
+			if (!behind && !more)
 				break;
+			if (!behind)
+				continue; /* the rest of a backlog, batch after batch */
 			/* The store is down at shutdown: give it a few more tries, then report the loss. */
 			if (++stop_tries > 6) {
-				log_event(LOG_ERROR, "audit_events_lost", "count=%zu reason=\"store unavailable at shutdown\"", n);
+				log_event(LOG_ERROR, "audit_events_lost", "count=%llu reason=\"store unavailable at shutdown\"",
+					  (unsigned long long)(pending_events() + W.drop_count));
 				break;
 			}
 			struct timespec pause = {0, RETRY_INTERVAL_MS * 1000000L};
@@ -593,6 +718,7 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 			  c->audit_key_file);
 	W.strict = c->audit_strict;
 	W.retention_s = c->audit_retention_s;
+	W.max_pending = c->audit_max_pending;
 	W.cb = cb;
 	W.cb_arg = arg;
 	W.nqueues = nqueues;
@@ -605,7 +731,8 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 		Queue *qu = &W.queues[i];
 		pthread_mutex_init(&qu->mu, NULL);
 		pthread_mutex_init(&qu->free_mu, NULL);
-		qu->tail = chunk_new(0);
+		pthread_mutex_init(&qu->lost_mu, NULL);
+		qu->tail = chunk_take(qu, 0);
 		qu->committed = qu->scanned = (Pos){qu->tail, 0};
 	}
 	pthread_mutex_init(&W.mu, NULL);
@@ -641,7 +768,10 @@ void audit_stop(void)
 		chunks_free(qu->free);
 		pthread_mutex_destroy(&qu->mu);
 		pthread_mutex_destroy(&qu->free_mu);
+		pthread_mutex_destroy(&qu->lost_mu);
 	}
+	free(W.drop_body);
+	W.drop_body = NULL;
 	free(W.queues);
 	W.queues = NULL;
 	store_close(W.st);

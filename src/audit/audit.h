@@ -43,6 +43,11 @@ uint64_t audit_submit(int q, const char *kind, const char *session_id, const cha
 uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
 			 const char *database, const char *body, size_t body_len);
 uint64_t audit_durable(int q);
+/*
+ * Whether ticket of queue q was dropped unrecorded (audit.max_pending exceeded): its
+ * audit_durable is then reached, but a strict session must not answer as if recorded.
+ */
+bool audit_lost(int q, uint64_t ticket);
 /* The queue for threads other than the workers (admin API, approvals). */
 int audit_other_queue(void);
 

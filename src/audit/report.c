@@ -365,6 +365,11 @@ static bool verify_one(const StoredRecord *r, void *arg)
 		v->bad = true;
 		return false;
 	}
+	if (strcmp(r->kind, "events_dropped") == 0) {
+		json_t *b = json_loads(r->body, 0, NULL);
+		o->dropped += (long long)json_integer_value(json_object_get(b, "count"));
+		json_decref(b);
+	}
 	if (strcmp(r->kind, "prune") == 0) {
 		json_t *b = json_loads(r->body, 0, NULL);
 		v->prune_through = (int64_t)json_integer_value(json_object_get(b, "through_seq"));

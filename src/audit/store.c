@@ -62,7 +62,8 @@ bool store_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, 
 
 const char *audit__kind_literal(const char *kind)
 {
-	static const char *const kinds[] = {"session_start", "statement", "session_end", "login_failed", "prune", "approval"};
+	static const char *const kinds[] = {"session_start", "statement", "session_end", "login_failed", "prune", "approval",
+					    "events_dropped"};
 	for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
 		if (strcmp(kind, kinds[i]) == 0)
 			return kinds[i];

@@ -311,6 +311,15 @@ static bool on_audit(Loader *ld, Config *c, void *obj, const char *key, yaml_nod
 			fail_at(ld, v, "audit.retention must be a period like 90d, 12h, 30m or 45s");
 		return true;
 	}
+	if (strcmp(key, "max_pending") == 0) {
+		const char *s = scalar(v);
+		uint64_t size;
+		if (!s || !config_parse_size(s, &size) || size < 1024 * 1024 || size > 64ULL * 1024 * 1024 * 1024)
+			fail_at(ld, v, "audit.max_pending must be a size from 1MiB to 64GiB");
+		else
+			c->audit_max_pending = size;
+		return true;
+	}
 	if (strcmp(key, "results") == 0)
 		return walk_mapping(ld, c, obj, v, "audit.results", on_audit_results) || true;
 	return false;
@@ -1386,6 +1395,7 @@ static Config *load(const char *path, bool skip_secrets, char *err, size_t errle
 	c->log_all_decisions = true;
 	c->audit_rows = 100;
 	c->audit_bytes = 64 * 1024;
+	c->audit_max_pending = 256 * 1024 * 1024;
 
 	yaml_parser_initialize(&parser);
 	yaml_parser_set_input_file(&parser, f);

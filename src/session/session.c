@@ -939,6 +939,13 @@ static void on_notify(Worker *w)
 		if (s->held_id[0] && s->state == SESS_READY)
 			session__hold_wake(s);
 		if (s->state != SESS_CLOSED && s->audit_holding && audit_durable(w->index) >= s->audit_ticket) {
+			if (audit_lost(w->index, s->audit_ticket)) {
+				/* Strict: an answer goes out only once its statement is recorded, and this never will be. */
+				close_fatal(s, "58030",
+					    "pgcordon: the audit record of this statement was dropped (the audit store lagged past"
+					    " audit.max_pending); its result is withheld and the session ends");
+				continue;
+			}
 			s->audit_holding = false;
 			s->audit_released = true;
 			session__relay_from_server(s);

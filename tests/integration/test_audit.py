@@ -1598,6 +1598,164 @@ def test_store_failure_continue_keeps_serving(gateway_factory, tmp_path):
     check_chain_links(SqliteTrail(db).rows())
 
 
+def _locked(db):
+    """An open connection holding an exclusive lock on the SQLite store: nothing commits."""
+    lk = sqlite3.connect(str(db), isolation_level=None, timeout=10)
+    lk.execute("BEGIN EXCLUSIVE")
+    return lk
+
+
+def _dropped_counts(trail):
+    return [r["body"]["count"] for r in trail.rows(kind="events_dropped")]
+
+
+def test_backlog_past_max_pending_drops_oldest_on_the_record(gateway_factory, tmp_path):
+    """A store locked while 600 statements of ~4 KB records run (on_failure: continue,
+    max_pending: 1MiB): the oldest records are dropped, and the trail says so. Every
+    statement is either recorded or counted by an events_dropped record that comes before
+    the survivors; the survivors are the newest; the chain verifies and says drops happened."""
+    db = tmp_path / "drop.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"on_failure": "continue", "max_pending": "1MiB"})
+    trail = SqliteTrail(db)
+    conn = gw.connect(application_name=app_name("drop"))
+    assert _probe(conn, f"dbefore-{SFX}") is None
+    record_with(trail, f"dbefore-{SFX}")
+    total = 600
+    lk = _locked(db)
+    try:
+        for i in range(total):
+            conn.execute(f"SELECT 'dq-{SFX}-{i}-' AS m, repeat('x', 4000) AS pad").fetchall()
+        assert gw.wait_log(r"event=audit_events_dropped", timeout=30), gw.log_text()[-3000:]
+    finally:
+        lk.execute("ROLLBACK")
+        lk.close()
+    record_with(trail, f"dq-{SFX}-{total - 1}-", timeout=15)
+    # the gateway serves on: a new session, and the old one
+    with gw.connect() as c2:
+        assert c2.execute("SELECT 1").fetchone() == (1,)
+    assert _probe(conn, f"dafter-{SFX}") is None
+    conn.close()
+    record_with(trail, f"dafter-{SFX}", timeout=10)
+    rows = trail.rows()
+    kept = {}
+    for r in rows:
+        m = re.search(rf"dq-{SFX}-(\d+)-", r["raw_body"]) if r["kind"] == "statement" else None
+        if m:
+            kept[int(m[1])] = r["seq"]
+    drops = [r for r in rows if r["kind"] == "events_dropped"]
+    assert drops, "no events_dropped record"
+    dropped = sum(r["body"]["count"] for r in drops)
+    assert dropped > 0 and len(kept) + dropped == total, (len(kept), dropped, total)
+    # the oldest went: what is left is the newest, in order, after the record of the drop
+    first_kept = min(kept)
+    assert sorted(kept) == list(range(first_kept, total)), sorted(kept)[:5]
+    assert max(r["seq"] for r in drops) < kept[first_kept]
+    for r in drops:
+        b = r["body"]
+        assert b["first_time"] <= b["last_time"] and "max_pending" in b["reason"], b
+    assert gw.stop() == 0
+    check_chain_links(trail.rows())
+    out = assert_verify_ok(gw.config_path).stdout
+    assert f"{dropped} events were dropped unrecorded" in out, out
+
+
+def test_backlog_written_in_bounded_batches(gateway_factory, tmp_path):
+    """400 statements of ~60 KB records (24 MB) wait behind a locked store; once it is free
+    they are written as several batches of at most 16 MiB, one after the other, all of them."""
+    db = tmp_path / "backlog.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"on_failure": "continue"})
+    trail = SqliteTrail(db)
+    conn = gw.connect(application_name=app_name("backlog"))
+    assert _probe(conn, f"bbefore-{SFX}") is None
+    record_with(trail, f"bbefore-{SFX}")
+    total = 400
+    lk = _locked(db)
+    try:
+        for i in range(total):
+            conn.execute(f"SELECT 'bq-{SFX}-{i}-' AS m, repeat('z', 60000) AS pad").fetchall()
+    finally:
+        lk.execute("ROLLBACK")
+        lk.close()
+    record_with(trail, f"bq-{SFX}-{total - 1}-", timeout=20)
+    conn.close()
+    where = {}
+    for first, _, lines in trail.batches():
+        for ln in lines:
+            m = re.search(rf"bq-{SFX}-(\d+)-", ln)
+            if m:
+                where[int(m[1])] = first
+    assert sorted(where) == list(range(total))
+    assert len(set(where.values())) >= 2, "the backlog went into one batch"
+    c = sqlite3.connect(str(db))
+    try:
+        sizes = [n for (n,) in c.execute("SELECT last_seq - first_seq + 1 FROM audit_batches")]
+    finally:
+        c.close()
+    assert max(sizes) * 60000 < 17 * 1024 * 1024, sizes
+    assert not _dropped_counts(trail)
+    assert gw.stop() == 0
+    assert_verify_ok(gw.config_path)
+
+
+def test_strict_answer_of_a_dropped_record_is_withheld(gateway_factory, tmp_path):
+    """Strict durability, store locked, 1MiB max_pending: 24 sessions each hold the answer of
+    a statement with a ~60 KB record. The oldest records are dropped; their sessions get
+    58030 and end instead of an answer, the others get theirs once the store is back, and
+    each answered statement is in the trail: the strict promise holds through a drop."""
+    db = tmp_path / "sdrop.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"durability": "strict", "on_failure": "continue",
+                                                         "max_pending": "1MiB"})
+    trail = SqliteTrail(db)
+    n = 24
+    conns = [gw.connect(application_name=app_name(f"sdrop{i}")) for i in range(n)]
+    for i, c in enumerate(conns):
+        assert _probe(c, f"sd-ready-{SFX}-{i}") is None
+    outcome = [None] * n
+
+    def run(i):
+        try:
+            conns[i].execute(f"SELECT 'sd-{SFX}-{i}-' AS m, repeat('y', 60000) AS pad").fetchall()
+            outcome[i] = "answered"
+        except psycopg.Error as e:
+            outcome[i] = e
+
+    lk = _locked(db)
+    threads = []
+    try:
+        for i in range(n):
+            t = threading.Thread(target=run, args=(i,), daemon=True)
+            t.start()
+            threads.append(t)
+            time.sleep(0.05 if i else 0.3)  # session 0's record is the oldest
+        assert gw.wait_log(r"event=audit_events_dropped", timeout=30), gw.log_text()[-3000:]
+        wait_for(lambda: outcome[0] is not None, 15, what="session 0 refused")
+    finally:
+        lk.execute("ROLLBACK")
+        lk.close()
+    for t in threads:
+        t.join(30)
+    assert all(o is not None for o in outcome), outcome
+    refused = [i for i, o in enumerate(outcome) if o != "answered"]
+    answered = [i for i, o in enumerate(outcome) if o == "answered"]
+    assert 0 in refused and answered, outcome
+    for i in refused:
+        e = outcome[i]
+        # a FATAL error then the close: libpq reports the message, not always the SQLSTATE
+        assert e.sqlstate in ("58030", None) and "audit record of this statement was dropped" in str(e), (i, e)
+    for i in answered:
+        record_with(trail, f"sd-{SFX}-{i}-", timeout=10)
+    bodies = [r["raw_body"] for r in trail.rows(kind="statement")]
+    for i in refused:
+        assert not any(f"sd-{SFX}-{i}-" in b for b in bodies), i
+    assert sum(_dropped_counts(trail)) == len(refused), (_dropped_counts(trail), refused)
+    with gw.connect() as c2:
+        assert c2.execute("SELECT 1").fetchone() == (1,)
+    for c in conns:
+        c.close()
+    assert gw.stop() == 0
+    assert_verify_ok(gw.config_path)
+
+
 # ---------------------------------------------------------------------------- 6. PostgreSQL store
 
 @pytest.fixture

@@ -154,7 +154,7 @@ static void test_audit_and_admin_sections(void **state)
 	char text[2048];
 	snprintf(text, sizeof text,
 		 "%saudit:\n  store: sqlite:/var/lib/pgcordon/audit.db\n  durability: strict\n  on_failure: continue\n"
-		 "  retention: 90d\n  node: gw-1\n  results: {rows: 10, bytes: 1KiB}\n"
+		 "  retention: 90d\n  node: gw-1\n  results: {rows: 10, bytes: 1KiB}\n  max_pending: 2GiB\n"
 		 "admin: {address: 127.0.0.1, port: 9000, auditors: [security, sre]}\n", db);
 	Config *c = load_text(text, err, sizeof err);
 	if (!c)
@@ -166,6 +166,7 @@ static void test_audit_and_admin_sections(void **state)
 	assert_string_equal(c->audit_node, "gw-1");
 	assert_int_equal(c->audit_rows, 10);
 	assert_int_equal(c->audit_bytes, 1024);
+	assert_true(c->audit_max_pending == 2ULL << 30);
 	assert_true(c->admin_enabled);
 	assert_int_equal(c->admin_port, 9000);
 	assert_int_equal(c->nadmin_auditors, 2);
@@ -179,6 +180,7 @@ static void test_audit_and_admin_sections(void **state)
 	assert_false(c->admin_enabled);
 	assert_false(c->audit_strict);
 	assert_false(c->audit_continue);
+	assert_true(c->audit_max_pending == 256ULL << 20);
 	config_release(c);
 
 	snprintf(text, sizeof text, "%saudit:\n  store: mysql://x\n", db);
@@ -191,6 +193,18 @@ static void test_audit_and_admin_sections(void **state)
 	expect_error(text, 5, "refuse or continue");
 	snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  retention: forever\n", db);
 	expect_error(text, 5, "audit.retention");
+	/* Records held in memory: a size, at least 1MiB (a few chunks), at most 64GiB. */
+	const char *pendings[] = {"512KiB", "65GiB", "lots", "-1MiB", "1048575"};
+	for (size_t i = 0; i < sizeof pendings / sizeof *pendings; i++) {
+		snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  max_pending: %s\n", db, pendings[i]);
+		expect_error(text, 5, "audit.max_pending must be a size from 1MiB to 64GiB");
+	}
+	snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  max_pending: 1048576\n", db);
+	c = load_text(text, err, sizeof err);
+	if (!c)
+		fail_msg("%s", err);
+	assert_true(c->audit_max_pending == 1048576);
+	config_release(c);
 	snprintf(text, sizeof text, "%sadmin: {auditors: [\"bad group\"]}\n", db);
 	expect_error(text, 3, "group names");
 	snprintf(text, sizeof text, "%sadmin: {tls: {cert: /c, ciphers: x}}\n", db);
