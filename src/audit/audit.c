@@ -62,10 +62,13 @@ typedef struct {
 	Chunk *tail;
 	uint64_t submitted;
 	uint64_t published; /* atomic: the ticket of the last event published */
+	size_t bytes_in;    /* atomic: bytes of all events published so far */
 	/* The writer's side, on another cache line. */
 	_Alignas(64) Pos committed; /* the first event not yet committed */
 	Pos scanned;                /* the first event not yet in the batch being written */
 	uint64_t scanned_ticket;    /* the ticket of the last event in it */
+	size_t committed_bytes;     /* bytes of the events before `committed` (bytes_in counts them too) */
+	size_t scanned_bytes;       /* and before `scanned` */
 	uint64_t scan_until;        /* the last event the scan under way takes */
 	uint64_t durable;           /* atomic */
 	/* Empty chunks, handed back by the writer. */
@@ -103,7 +106,6 @@ static struct {
 	int64_t retention_s;
 	int healthy; /* atomic */
 	size_t max_pending; /* bytes of events held in memory; past it the oldest are dropped */
-	size_t live;        /* atomic: bytes of the chunks holding events (not those kept for reuse) */
 	int scan_first;     /* the queue a scan starts with, in turn: a backlog is taken fairly */
 	bool more;          /* the last scan stopped at the batch limit */
 	int any_lost;       /* atomic: some event was ever dropped */
@@ -194,14 +196,12 @@ static Chunk *chunk_take(Queue *qu, size_t need)
 		c = chunk_new(need);
 	c->next = NULL;
 	c->used = 0;
-	__atomic_fetch_add(&W.live, c->cap, __ATOMIC_RELAXED);
 	return c;
 }
 
 /* The writer hands back a chunk all of whose events are committed. */
 static void chunk_give_back(Queue *qu, Chunk *c)
 {
-	__atomic_fetch_sub(&W.live, c->cap, __ATOMIC_RELAXED);
 	if (c->cap == CHUNK_BYTES) {
 		pthread_mutex_lock(&qu->free_mu);
 		bool keep = qu->nfree < FREE_CHUNKS_MAX;
@@ -266,6 +266,7 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 	p = put_string(p, database ? database : "", ld);
 	put_string(p, body, body_len);
 	__atomic_store_n(&c->used, used + size, __ATOMIC_RELEASE); /* the writer may read it now */
+	__atomic_store_n(&qu->bytes_in, qu->bytes_in + size, __ATOMIC_RELAXED); /* only this producer moves it */
 	__atomic_store_n(&qu->published, ticket, __ATOMIC_RELEASE);
 	if (shared)
 		pthread_mutex_unlock(&qu->mu);
@@ -408,6 +409,7 @@ static size_t scan(ChainState *c)
 			scratch_reserve(n + 1);
 			chain_record(c, n++, kind, session_id, user, database, h->time_us, body, h->body_len);
 			qu->scanned_ticket = h->ticket;
+			qu->scanned_bytes += h->size;
 			bytes += h->size;
 		}
 	}
@@ -436,6 +438,7 @@ static void batch_committed(void)
 		Queue *qu = &W.queues[q];
 		__atomic_store_n(&qu->durable, qu->scanned_ticket, __ATOMIC_RELEASE);
 		commit_to(qu, qu->scanned);
+		qu->committed_bytes = qu->scanned_bytes;
 	}
 }
 
@@ -446,18 +449,17 @@ static void batch_failed(void)
 		Queue *qu = &W.queues[q];
 		qu->scanned = qu->committed;
 		qu->scanned_ticket = __atomic_load_n(&qu->durable, __ATOMIC_RELAXED);
+		qu->scanned_bytes = qu->committed_bytes;
 	}
 }
 
-/*
- * Bytes of events waiting, as the chunks that hold them count: every queue always has its
- * current chunk, which is not counted, so that many workers and a small max_pending do not
- * make every new event look like one too many.
- */
+/* Bytes of the events published and not yet committed (nor dropped), across the queues. */
 static size_t held_bytes(void)
 {
-	size_t live = __atomic_load_n(&W.live, __ATOMIC_RELAXED), base = (size_t)W.nqueues * CHUNK_BYTES;
-	return live > base ? live - base : 0;
+	size_t n = 0;
+	for (int q = 0; q < W.nqueues; q++)
+		n += __atomic_load_n(&W.queues[q].bytes_in, __ATOMIC_RELAXED) - W.queues[q].committed_bytes;
+	return n;
 }
 
 /* Remembers that ticket of queue qu was dropped (ranges of consecutive tickets). */
@@ -525,6 +527,8 @@ static size_t drop_oldest(size_t target)
 		commit_to(oldest, p);
 		oldest->scanned = p;
 		oldest->scanned_ticket = first->ticket;
+		oldest->committed_bytes += first->size;
+		oldest->scanned_bytes = oldest->committed_bytes;
 		if (W.dropped++ % 10000 == 0)
 			log_event(LOG_ERROR, "audit_events_dropped", "dropped=%llu reason=\"store lagging, audit.max_pending exceeded\"",
 				  (unsigned long long)W.dropped);
@@ -604,7 +608,8 @@ static void *writer_main(void *arg)
 	bool failing = false;
 	int stop_tries = 0;
 	int64_t next_prune = 0, last_head_log = audit_now_us(), logged_seq = W.chain.seq;
-	bool more = false; /* the last batch was full: the next one follows at once */
+	bool more = false;     /* the last batch was full: the next one follows at once */
+	bool was_over = false; /* the last turn found more than max_pending waiting */
 	for (;;) {
 		pthread_mutex_lock(&W.mu);
 		if (!W.wake && !W.stopping && !more) {
@@ -620,17 +625,21 @@ static void *writer_main(void *arg)
 		W.wake = false;
 		pthread_mutex_unlock(&W.mu);
 
-		ChainState c = W.chain;
-		size_t n = scan(&c);
-		if (held_bytes() > W.max_pending) {
+		/*
+		 * Between batches nothing is scanned and not committed: dropping can start there. Only
+		 * when the store fails or a batch did not catch up: a single burst (or one record
+		 * larger than the bound) that a healthy store takes at once is written, not dropped.
+		 */
+		bool over = held_bytes() > W.max_pending;
+		if (over && (failing || was_over)) {
 			/* Down to three quarters, so that dropping is not done again at every turn. */
-			batch_failed();
 			size_t dropped = drop_oldest(W.max_pending / 4 * 3);
 			if (dropped && W.cb && W.strict)
 				W.cb(W.cb_arg); /* the sessions holding a dropped record's answer are refused now */
-			c = W.chain;
-			n = scan(&c);
 		}
+		was_over = over;
+		ChainState c = W.chain;
+		size_t n = scan(&c);
 		bool behind = false;
 		more = false;
 		if (n) {
@@ -649,8 +658,8 @@ static void *writer_main(void *arg)
 				batch_failed();
 				behind = true;
 				if (!failing)
-					log_event(LOG_ERROR, "audit_store_failed", "node=%s pending=%zu error=%s", W.node, n,
-						  log_quote(q, sizeof q, err));
+					log_event(LOG_ERROR, "audit_store_failed", "node=%s pending=%llu error=%s", W.node,
+						  (unsigned long long)pending_events(), log_quote(q, sizeof q, err));
 				failing = true;
 				__atomic_store_n(&W.healthy, 0, __ATOMIC_RELEASE);
 			}

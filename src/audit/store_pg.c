@@ -139,7 +139,15 @@ static const StoreOps pg_ops = {
 
 AuditStore *audit__pg_open(const char *url, bool strict, char *err, size_t errlen)
 {
-	PGconn *c = PQconnectdb(url);
+	/*
+	 * A store that stops answering must not hold the writer for the kernel's minutes of TCP
+	 * retries: records pile up meanwhile. These are defaults; the URL's own parameters,
+	 * expanded last, win.
+	 */
+	const char *const keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count",
+				    "tcp_user_timeout", "dbname", NULL};
+	const char *const values[] = {"10", "10", "5", "3", "30000", url, NULL};
+	PGconn *c = PQconnectdbParams(keys, values, 1);
 	if (PQstatus(c) != CONNECTION_OK) {
 		fail(c, "connect", err, errlen);
 		PQfinish(c);

@@ -1659,6 +1659,36 @@ def test_backlog_past_max_pending_drops_oldest_on_the_record(gateway_factory, tm
     assert f"{dropped} events were dropped unrecorded" in out, out
 
 
+def test_large_record_under_small_max_pending_is_written(gateway_factory, tmp_path):
+    """A healthy store and max_pending: 1MiB: a 1 MB record (its SQL text) is written, and so
+    is everything after it from other sessions (60 KB result heads each): nothing is
+    dropped. (Counting queue memory by blocks, a large record's block stayed counted after
+    its commit while its session was quiet, and the next records were dropped.)"""
+    db = tmp_path / "bigrec.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"max_pending": "1MiB"})
+    trail = SqliteTrail(db)
+    big = "b" * 1_000_000
+    bigc = gw.connect(application_name=app_name("bigrec"))
+    bigc.execute(f"SELECT 'big-{SFX}-' || '{big}' AS v").fetchall()
+    record_with(trail, f"big-{SFX}-", timeout=10)
+    conns = [gw.connect(application_name=app_name(f"small{i}")) for i in range(4)]
+    for k in range(5):
+        for i, c in enumerate(conns):
+            c.execute(f"SELECT 'small-{SFX}-{i}-{k}-' AS m, repeat('s', 60000) AS pad").fetchall()
+    for c in conns:
+        c.close()
+    bigc.close()
+    for k in range(5):
+        for i in range(4):
+            record_with(trail, f"small-{SFX}-{i}-{k}-", timeout=10)
+    rec = record_with(trail, f"big-{SFX}-", timeout=10)
+    assert len(rec["body"]["sql"]) > 1_000_000
+    assert not _dropped_counts(trail)
+    assert gw.stop() == 0
+    assert "audit_events_dropped" not in gw.log_text()
+    assert_verify_ok(gw.config_path)
+
+
 def test_backlog_written_in_bounded_batches(gateway_factory, tmp_path):
     """400 statements of ~60 KB records (24 MB) wait behind a locked store; once it is free
     they are written as several batches of at most 16 MiB, one after the other, all of them."""
@@ -1747,7 +1777,9 @@ def test_strict_answer_of_a_dropped_record_is_withheld(gateway_factory, tmp_path
     bodies = [r["raw_body"] for r in trail.rows(kind="statement")]
     for i in refused:
         assert not any(f"sd-{SFX}-{i}-" in b for b in bodies), i
-    assert sum(_dropped_counts(trail)) == len(refused), (_dropped_counts(trail), refused)
+    # each refused session's record was dropped and counted (a later pass could also take
+    # session ends, so at least that many)
+    assert sum(_dropped_counts(trail)) >= len(refused), (_dropped_counts(trail), refused)
     with gw.connect() as c2:
         assert c2.execute("SELECT 1").fetchone() == (1,)
     for c in conns:
