@@ -1605,6 +1605,25 @@ def _locked(db):
     return lk
 
 
+def _statements_behind_a_lock(gw, db, label, total, pad, wait_log=None):
+    """Opens a session and records a first statement; then, with the store locked (nothing
+    commits), runs total statements marked '{label}-SFX-i-' with a pad-byte result each,
+    and unlocks (once wait_log shows in the gateway's log, when given). Returns the session."""
+    conn = gw.connect(application_name=app_name(label))
+    assert _probe(conn, f"{label}-before-{SFX}") is None
+    record_with(SqliteTrail(db), f"{label}-before-{SFX}")
+    lk = _locked(db)
+    try:
+        for i in range(total):
+            conn.execute(f"SELECT '{label}-{SFX}-{i}-' AS m, repeat('x', {pad}) AS pad").fetchall()
+        if wait_log:
+            assert gw.wait_log(wait_log, timeout=30), gw.log_text()[-3000:]
+    finally:
+        lk.execute("ROLLBACK")
+        lk.close()
+    return conn
+
+
 def _dropped_counts(trail):
     return [r["body"]["count"] for r in trail.rows(kind="events_dropped")]
 
@@ -1617,18 +1636,8 @@ def test_backlog_past_max_pending_drops_oldest_on_the_record(gateway_factory, tm
     db = tmp_path / "drop.db"
     gw = start_audited(gateway_factory, f"sqlite:{db}", {"on_failure": "continue", "max_pending": "1MiB"})
     trail = SqliteTrail(db)
-    conn = gw.connect(application_name=app_name("drop"))
-    assert _probe(conn, f"dbefore-{SFX}") is None
-    record_with(trail, f"dbefore-{SFX}")
     total = 600
-    lk = _locked(db)
-    try:
-        for i in range(total):
-            conn.execute(f"SELECT 'dq-{SFX}-{i}-' AS m, repeat('x', 4000) AS pad").fetchall()
-        assert gw.wait_log(r"event=audit_events_dropped", timeout=30), gw.log_text()[-3000:]
-    finally:
-        lk.execute("ROLLBACK")
-        lk.close()
+    conn = _statements_behind_a_lock(gw, db, "dq", total, 4000, wait_log=r"event=audit_events_dropped")
     record_with(trail, f"dq-{SFX}-{total - 1}-", timeout=15)
     # the gateway serves on: a new session, and the old one
     with gw.connect() as c2:
@@ -1695,17 +1704,8 @@ def test_backlog_written_in_bounded_batches(gateway_factory, tmp_path):
     db = tmp_path / "backlog.db"
     gw = start_audited(gateway_factory, f"sqlite:{db}", {"on_failure": "continue"})
     trail = SqliteTrail(db)
-    conn = gw.connect(application_name=app_name("backlog"))
-    assert _probe(conn, f"bbefore-{SFX}") is None
-    record_with(trail, f"bbefore-{SFX}")
     total = 400
-    lk = _locked(db)
-    try:
-        for i in range(total):
-            conn.execute(f"SELECT 'bq-{SFX}-{i}-' AS m, repeat('z', 60000) AS pad").fetchall()
-    finally:
-        lk.execute("ROLLBACK")
-        lk.close()
+    conn = _statements_behind_a_lock(gw, db, "bq", total, 60000)
     record_with(trail, f"bq-{SFX}-{total - 1}-", timeout=20)
     conn.close()
     where = {}
