@@ -193,7 +193,7 @@ static Chunk *chunk_take(Queue *qu, size_t need)
 		pthread_mutex_unlock(&qu->free_mu);
 	}
 	if (!c)
-		c = chunk_new(need);
+		return chunk_new(need);
 	c->next = NULL;
 	c->used = 0;
 	return c;
@@ -496,7 +496,7 @@ bool audit_lost(int q, uint64_t ticket)
 
 /*
  * The store lags so far behind that memory must win: the oldest events go, by time across
- * the queues, until their chunks hold at most `target` bytes. Loudly: in the log, and in
+ * the queues, until at most `target` bytes of them wait. Loudly: in the log, and in
  * the trail by the events_dropped record the next batch begins with. Returns how many.
  */
 static size_t drop_oldest(size_t target)
@@ -741,7 +741,7 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 		pthread_mutex_init(&qu->mu, NULL);
 		pthread_mutex_init(&qu->free_mu, NULL);
 		pthread_mutex_init(&qu->lost_mu, NULL);
-		qu->tail = chunk_take(qu, 0);
+		qu->tail = chunk_new(0);
 		qu->committed = qu->scanned = (Pos){qu->tail, 0};
 	}
 	pthread_mutex_init(&W.mu, NULL);
