@@ -60,8 +60,7 @@ typedef struct {
 	/* The producer's side. Only the last queue has several producers: they take mu. */
 	pthread_mutex_t mu;
 	Chunk *tail;
-	uint64_t submitted;
-	uint64_t published; /* atomic: the ticket of the last event published */
+	uint64_t published; /* atomic: the ticket of the last event published (its producer's count) */
 	size_t bytes_in;    /* atomic: bytes of all events published so far */
 	/* The writer's side, on another cache line. */
 	_Alignas(64) Pos committed; /* the first event not yet committed */
@@ -255,7 +254,7 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 		qu->tail = c = n;
 		used = 0;
 	}
-	uint64_t ticket = ++qu->submitted;
+	uint64_t ticket = qu->published + 1; /* only this producer moves it */
 	EventHead *h = (EventHead *)(c->data + used);
 	*h = (EventHead){.size = size, .body_len = body_len, .kind_len = lk, .session_len = ls, .user_len = lu,
 			 .database_len = ld, .time_us = time_us, .ticket = ticket};
@@ -442,15 +441,19 @@ static void batch_committed(void)
 	}
 }
 
+/* The next scan of qu starts at its first event not committed. */
+static void rewind_scan(Queue *qu)
+{
+	qu->scanned = qu->committed;
+	qu->scanned_ticket = __atomic_load_n(&qu->durable, __ATOMIC_RELAXED);
+	qu->scanned_bytes = qu->committed_bytes;
+}
+
 /* The batch failed: the next one starts again at the first event not committed. */
 static void batch_failed(void)
 {
-	for (int q = 0; q < W.nqueues; q++) {
-		Queue *qu = &W.queues[q];
-		qu->scanned = qu->committed;
-		qu->scanned_ticket = __atomic_load_n(&qu->durable, __ATOMIC_RELAXED);
-		qu->scanned_bytes = qu->committed_bytes;
-	}
+	for (int q = 0; q < W.nqueues; q++)
+		rewind_scan(&W.queues[q]);
 }
 
 /* Bytes of the events published and not yet committed (nor dropped), across the queues. */
@@ -505,18 +508,18 @@ static size_t drop_oldest(size_t target)
 	while (held_bytes() > target) {
 		Queue *oldest = NULL;
 		const EventHead *first = NULL;
+		Pos after; /* where oldest's committed position goes once first is dropped */
 		for (int q = 0; q < W.nqueues; q++) {
 			Pos p = W.queues[q].committed;
 			const EventHead *h = next_event(&p, UINT64_MAX);
 			if (h && (!first || h->time_us < first->time_us)) {
 				oldest = &W.queues[q];
 				first = h;
+				after = p;
 			}
 		}
 		if (!oldest)
 			break;
-		Pos p = oldest->committed;
-		next_event(&p, UINT64_MAX);
 		if (!W.drop_count || first->time_us < W.drop_first_us)
 			W.drop_first_us = first->time_us;
 		if (!W.drop_count || first->time_us > W.drop_last_us)
@@ -524,11 +527,9 @@ static size_t drop_oldest(size_t target)
 		W.drop_count++;
 		note_lost(oldest, first->ticket); /* before its waiter can see it "durable" */
 		__atomic_store_n(&oldest->durable, first->ticket, __ATOMIC_RELEASE); /* wakes its waiter, to be refused */
-		commit_to(oldest, p);
-		oldest->scanned = p;
-		oldest->scanned_ticket = first->ticket;
-		oldest->committed_bytes += first->size;
-		oldest->scanned_bytes = oldest->committed_bytes;
+		oldest->committed_bytes += first->size; /* read before commit_to may free first's chunk */
+		commit_to(oldest, after);
+		rewind_scan(oldest);
 		if (W.dropped++ % 10000 == 0)
 			log_event(LOG_ERROR, "audit_events_dropped", "dropped=%llu reason=\"store lagging, audit.max_pending exceeded\"",
 				  (unsigned long long)W.dropped);
