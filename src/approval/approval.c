@@ -335,13 +335,13 @@ static void expire_overdue(bool may_block)
 	pthread_mutex_lock(&T.mu);
 	if (now >= T.next_expiry_us) {
 		T.next_expiry_us = INT64_MAX;
+		due = xmalloc((T.n ? T.n : 1) * sizeof *due); /* at most every request */
 		for (size_t i = 0; i < T.n; i++) {
 			json_t *r = T.reqs[i];
 			if (!overdue(r, now)) {
 				note_expiry_locked(r);
 				continue;
 			}
-			due = xrealloc(due, (ndue + 1) * sizeof *due);
 			due[ndue].r = json_incref(r);
 			snprintf(due[ndue++].id, APPROVAL_ID_LEN, "%s", str(r, "id"));
 		}

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "approval/approval.h"
 #include "config/config.h"
 #include "core/http_client.h"
 #include "core/util.h"
@@ -549,7 +550,7 @@ static int cmd_list(const Args *a)
 	char *status = a->status ? curl_easy_escape(NULL, a->status, 0) : NULL;
 	/* Approvals come a page at a time: ask for the largest page (grants come whole). */
 	char *path = grants ? xasprintf("/api/grants%s%s", status ? "?status=" : "", status ? status : "")
-			    : xasprintf("/api/approvals?limit=1000%s%s", status ? "&status=" : "", status ? status : "");
+			    : xasprintf("/api/approvals?limit=" UTIL_TEXT(APPROVAL_LIST_MAX) "%s%s", status ? "&status=" : "", status ? status : "");
 	curl_free(status);
 	Answer ans;
 	json_t *doc;
@@ -571,8 +572,8 @@ static int cmd_list(const Args *a)
 		if (!grants && next) {
 			char *shown = clean(next, 40), *status_shown = a->status ? clean(a->status, 40) : NULL;
 			fprintf(stderr,
-				"pgcordon approvals list: only the newest 1000 are shown; GET"
-				" /api/approvals?limit=1000&before=%s%s%s lists older ones\n",
+				"pgcordon approvals list: only the newest " UTIL_TEXT(APPROVAL_LIST_MAX) " are shown; GET"
+				" /api/approvals?limit=" UTIL_TEXT(APPROVAL_LIST_MAX) "&before=%s%s%s lists older ones\n",
 				shown, a->status ? "&status=" : "", a->status ? status_shown : "");
 			free(shown);
 			free(status_shown);

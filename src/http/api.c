@@ -157,7 +157,7 @@ static enum MHD_Result audit_request(struct MHD_Connection *conn, const Config *
 		int limit = 100;
 		if (!page_limit(arg(conn, "limit"), SESSIONS_LIST_MAX, &limit)) {
 			store_close(st);
-			return error(conn, MHD_HTTP_BAD_REQUEST, "limit must be a number from 1 to 10000");
+			return error(conn, MHD_HTTP_BAD_REQUEST, "limit must be a number from 1 to " UTIL_TEXT(SESSIONS_LIST_MAX));
 		}
 		SessionQuery q = {.user = arg(conn, "user"), .database = arg(conn, "database"), .since = s ? since : NULL,
 				  .limit = limit};
@@ -277,7 +277,7 @@ static enum MHD_Result approvals_request(struct MHD_Connection *conn, const Conf
 			return error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "POST /api/approvals/ID/approve or /deny");
 		int limit = 100;
 		if (!page_limit(arg(conn, "limit"), APPROVAL_LIST_MAX, &limit))
-			return error(conn, MHD_HTTP_BAD_REQUEST, "limit must be a number from 1 to 1000");
+			return error(conn, MHD_HTTP_BAD_REQUEST, "limit must be a number from 1 to " UTIL_TEXT(APPROVAL_LIST_MAX));
 		const char *bad = NULL;
 		out = approval_list(&ac, arg(conn, "status"), limit, arg(conn, "before"), &bad);
 		return out ? reply(conn, MHD_HTTP_OK, out) : error(conn, MHD_HTTP_BAD_REQUEST, bad);
