@@ -66,7 +66,7 @@ typedef struct {
 	_Alignas(64) Pos committed; /* the first event not yet committed */
 	Pos scanned;                /* the first event not yet in the batch being written */
 	uint64_t scanned_ticket;    /* the ticket of the last event in it */
-	size_t committed_bytes;     /* bytes of the events before `committed` (bytes_in counts them too) */
+	size_t committed_bytes;     /* atomic: bytes of the events before `committed` (bytes_in counts them too) */
 	size_t scanned_bytes;       /* and before `scanned` */
 	uint64_t scan_until;        /* the last event the scan under way takes */
 	uint64_t durable;           /* atomic */
@@ -80,6 +80,12 @@ typedef struct {
 	int nlost;
 	uint64_t lost_forgotten; /* tickets up to this one may have been dropped (the ranges overflowed) */
 } Queue;
+
+/* What did not reach the database and was counted instead of recorded (audit_crowded). */
+typedef struct {
+	uint64_t n[AUDIT_UNREC_KINDS];
+	int64_t first_us, last_us;
+} Unrecorded;
 
 /* Where the chain stands: the last record written and the key of the next. */
 typedef struct {
@@ -112,7 +118,10 @@ static struct {
 	/* Events dropped and not yet said so in the trail: an events_dropped record does. */
 	uint64_t drop_count;
 	int64_t drop_first_us, drop_last_us;
-	char *drop_body;
+	pthread_mutex_t unrec_mu; /* guards unrec: the producers count, the writer takes */
+	Unrecorded unrec;
+	Unrecorded unrec_taken;   /* taken by the writer, not yet in a committed batch */
+	char *own_body[2];        /* the texts of the writer's own records in the batch (events_dropped) */
 	AuditDurableFn cb;
 	void *cb_arg;
 } W = {.healthy = 1};
@@ -361,19 +370,74 @@ static const EventHead *next_event(Pos *p, uint64_t until)
 	}
 }
 
-/* The record that says events were dropped unrecorded, chained first in the next batch. */
-static void chain_drop_record(ChainState *c)
+/*
+ * A record of the writer's own (events_dropped, prune), chained at scratch index i. Takes
+ * body; its text is kept in *text (freeing the one before) for the store to read.
+ */
+static void chain_own_record(ChainState *c, size_t i, const char *kind, int64_t time_us, json_t *body, char **text)
+{
+	free(*text);
+	*text = json_dumps(body, JSON_COMPACT);
+	json_decref(body);
+	scratch_reserve(i + 1);
+	chain_record(c, i, kind, NULL, NULL, NULL, time_us, *text, strlen(*text));
+}
+
+/* The record that says events were dropped unrecorded (W.drop_count), at scratch index i. */
+static void chain_drop_record(ChainState *c, size_t i)
 {
 	char first[AUDIT_TIME_LEN], last[AUDIT_TIME_LEN];
 	audit_format_time(W.drop_first_us, first);
 	audit_format_time(W.drop_last_us, last);
 	json_t *body = json_pack("{sI ss ss ss}", "count", (json_int_t)W.drop_count, "first_time", first, "last_time",
 				 last, "reason", "the audit store lagged and the events waiting exceeded audit.max_pending");
-	free(W.drop_body);
-	W.drop_body = json_dumps(body, JSON_COMPACT);
-	json_decref(body);
-	scratch_reserve(1);
-	chain_record(c, 0, "events_dropped", NULL, NULL, NULL, W.drop_last_us, W.drop_body, strlen(W.drop_body));
+	chain_own_record(c, i, "events_dropped", W.drop_last_us, body, &W.own_body[0]);
+}
+
+static uint64_t unrecorded_total(const Unrecorded *u)
+{
+	uint64_t n = 0;
+	for (int k = 0; k < AUDIT_UNREC_KINDS; k++)
+		n += u->n[k];
+	return n;
+}
+
+/* Moves what the producers counted (W.unrec) to what the next batch must say (W.unrec_taken). */
+static void take_unrecorded(void)
+{
+	pthread_mutex_lock(&W.unrec_mu);
+	Unrecorded *u = &W.unrec, *t = &W.unrec_taken;
+	bool had = unrecorded_total(t) != 0, got = unrecorded_total(u) != 0;
+	if (got) {
+		if (!had || u->first_us < t->first_us)
+			t->first_us = u->first_us;
+		if (!had || u->last_us > t->last_us)
+			t->last_us = u->last_us;
+		for (int k = 0; k < AUDIT_UNREC_KINDS; k++)
+			t->n[k] += u->n[k];
+		*u = (Unrecorded){0};
+	}
+	pthread_mutex_unlock(&W.unrec_mu);
+	if (got && !had)
+		log_event(LOG_WARN, "audit_refusals_counted",
+			  "node=%s note=\"the store is failing and over half of audit.max_pending waits: refused statements,"
+			  " refused sessions and failed logins are counted, not recorded one by one\"", W.node);
+}
+
+/* The record of what was counted instead of recorded (W.unrec_taken), at scratch index i. */
+static void chain_unrecorded_record(ChainState *c, size_t i)
+{
+	const Unrecorded *u = &W.unrec_taken;
+	char first[AUDIT_TIME_LEN], last[AUDIT_TIME_LEN];
+	audit_format_time(u->first_us, first);
+	audit_format_time(u->last_us, last);
+	json_t *body = json_pack(
+		"{sI sI sI sI ss ss ss}", "count", (json_int_t)unrecorded_total(u), "refused_statements",
+		(json_int_t)u->n[AUDIT_UNREC_STATEMENT], "refused_sessions", (json_int_t)u->n[AUDIT_UNREC_SESSION],
+		"failed_logins", (json_int_t)u->n[AUDIT_UNREC_LOGIN], "first_time", first, "last_time", last, "reason",
+		"the audit store was failing with over half of audit.max_pending waiting: what did not reach the database"
+		" was counted, not recorded one by one");
+	chain_own_record(c, i, "events_dropped", u->last_us, body, &W.own_body[1]);
 }
 
 /*
@@ -387,10 +451,11 @@ static size_t scan(ChainState *c)
 	for (int q = 0; q < W.nqueues; q++)
 		W.queues[q].scan_until = __atomic_load_n(&W.queues[q].published, __ATOMIC_ACQUIRE);
 	size_t n = 0, bytes = 0;
-	if (W.drop_count) {
-		chain_drop_record(c);
-		n = 1;
-	}
+	if (W.drop_count)
+		chain_drop_record(c, n++);
+	take_unrecorded();
+	if (unrecorded_total(&W.unrec_taken))
+		chain_unrecorded_record(c, n++);
 	W.more = false;
 	for (int k = 0; k < W.nqueues; k++) {
 		Queue *qu = &W.queues[(W.scan_first + k) % W.nqueues];
@@ -432,12 +497,13 @@ static void commit_to(Queue *qu, Pos to)
 /* The batch is committed: its events are durable and their chunks free. */
 static void batch_committed(void)
 {
-	W.drop_count = 0; /* the batch began with the record of them */
+	W.drop_count = 0; /* the batch began with the records of them */
+	W.unrec_taken = (Unrecorded){0};
 	for (int q = 0; q < W.nqueues; q++) {
 		Queue *qu = &W.queues[q];
 		__atomic_store_n(&qu->durable, qu->scanned_ticket, __ATOMIC_RELEASE);
 		commit_to(qu, qu->scanned);
-		qu->committed_bytes = qu->scanned_bytes;
+		__atomic_store_n(&qu->committed_bytes, qu->scanned_bytes, __ATOMIC_RELAXED);
 	}
 }
 
@@ -461,8 +527,26 @@ static size_t held_bytes(void)
 {
 	size_t n = 0;
 	for (int q = 0; q < W.nqueues; q++)
-		n += __atomic_load_n(&W.queues[q].bytes_in, __ATOMIC_RELAXED) - W.queues[q].committed_bytes;
+		n += __atomic_load_n(&W.queues[q].bytes_in, __ATOMIC_RELAXED) -
+		     __atomic_load_n(&W.queues[q].committed_bytes, __ATOMIC_RELAXED);
 	return n;
+}
+
+bool audit_crowded(void)
+{
+	/* Half the bound: the other half stays for the records of what ran (drop_oldest). */
+	return W.started && !audit_store_healthy() && held_bytes() > W.max_pending / 2;
+}
+
+void audit_count_unrecorded(AuditUnrecorded what)
+{
+	int64_t now = audit_now_us();
+	pthread_mutex_lock(&W.unrec_mu);
+	if (!unrecorded_total(&W.unrec))
+		W.unrec.first_us = now;
+	W.unrec.last_us = now;
+	W.unrec.n[what]++;
+	pthread_mutex_unlock(&W.unrec_mu);
 }
 
 /* Remembers that ticket of queue qu was dropped (ranges of consecutive tickets). */
@@ -527,7 +611,8 @@ static size_t drop_oldest(size_t target)
 		W.drop_count++;
 		note_lost(oldest, first->ticket); /* before its waiter can see it "durable" */
 		__atomic_store_n(&oldest->durable, first->ticket, __ATOMIC_RELEASE); /* wakes its waiter, to be refused */
-		oldest->committed_bytes += first->size; /* read before commit_to may free first's chunk */
+		/* Read before commit_to may free first's chunk. */
+		__atomic_store_n(&oldest->committed_bytes, oldest->committed_bytes + first->size, __ATOMIC_RELAXED);
 		commit_to(oldest, after);
 		rewind_scan(oldest);
 		if (W.dropped++ % 10000 == 0)
@@ -565,11 +650,9 @@ static void prune(void)
 		return; /* nothing old enough, or it would remove the head itself */
 	json_t *body = json_pack("{sI sI ss ss}", "through_seq", (json_int_t)through, "first_seq", (json_int_t)through + 1,
 				 "through_tag", through_tag, "cutoff", cutoff);
-	char *text = json_dumps(body, JSON_COMPACT);
-	json_decref(body);
 	ChainState c = W.chain;
-	scratch_reserve(1);
-	chain_record(&c, 0, "prune", NULL, NULL, NULL, audit_now_us(), text, strlen(text));
+	char *text = NULL;
+	chain_own_record(&c, 0, "prune", audit_now_us(), body, &text);
 	chain_settle(&c, 1);
 	bool ok = store_begin(W.st, err, sizeof err);
 	if (ok) {
@@ -683,8 +766,9 @@ static void *writer_main(void *arg)
 				continue; /* the rest of a backlog, batch after batch */
 			/* The store is down at shutdown: give it a few more tries, then report the loss. */
 			if (++stop_tries > 6) {
+				take_unrecorded();
 				log_event(LOG_ERROR, "audit_events_lost", "count=%llu reason=\"store unavailable at shutdown\"",
-					  (unsigned long long)(pending_events() + W.drop_count));
+					  (unsigned long long)(pending_events() + W.drop_count + unrecorded_total(&W.unrec_taken)));
 				break;
 			}
 			struct timespec pause = {0, RETRY_INTERVAL_MS * 1000000L};
@@ -747,6 +831,7 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 	}
 	pthread_mutex_init(&W.mu, NULL);
 	pthread_cond_init(&W.cond, NULL);
+	pthread_mutex_init(&W.unrec_mu, NULL);
 	W.started = true;
 	if (pthread_create(&W.thread, NULL, writer_main, NULL) == 0) {
 		pthread_setname_np(W.thread, "pgc-audit");
@@ -780,8 +865,12 @@ void audit_stop(void)
 		pthread_mutex_destroy(&qu->free_mu);
 		pthread_mutex_destroy(&qu->lost_mu);
 	}
-	free(W.drop_body);
-	W.drop_body = NULL;
+	for (int i = 0; i < 2; i++) {
+		free(W.own_body[i]);
+		W.own_body[i] = NULL;
+	}
+	pthread_mutex_destroy(&W.unrec_mu);
+	W.unrec = W.unrec_taken = (Unrecorded){0};
 	free(W.queues);
 	W.queues = NULL;
 	store_close(W.st);

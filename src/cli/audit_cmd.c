@@ -165,7 +165,7 @@ static int verify(const Args *a, const Config *c, AuditStore *st)
 			printf("ok: node %s: %lld records, seq %lld..%lld, head tag %s\n", node, v.records, v.first_seq,
 			       v.last_seq, v.head_tag);
 			if (v.dropped)
-				printf("note: node %s: %lld events were dropped unrecorded while its store lagged"
+				printf("note: node %s: %lld events were dropped unrecorded while its store lagged or failed"
 				       " (see its events_dropped records)\n", node, v.dropped);
 		}
 	}

@@ -287,6 +287,10 @@ void session__audit_login_failed(Session *s, const char *method, const char *why
 {
 	if (!audit_enabled())
 		return;
+	if (audit_crowded()) { /* anyone can fail a login: such records must not crowd out others */
+		audit_count_unrecorded(AUDIT_UNREC_LOGIN);
+		return;
+	}
 	JsonW w;
 	jw_init(&w);
 	jw_begin_object(&w);

@@ -764,7 +764,10 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				Decision d = {.kind = DEC_BLOCK, .sqlstate = "58030", .policy = "", .rule = "audit_store_unavailable"};
 				snprintf(d.message, sizeof d.message,
 					 "pgcordon: the audit store cannot be written; statements are refused until it recovers");
-				audit_decided(s, type, type == 'Q' ? (const char *)body : NULL, body, len - 4, &d);
+				if (audit_crowded()) /* nothing ran: counted, so as not to crowd out what did */
+					audit_count_unrecorded(AUDIT_UNREC_STATEMENT);
+				else
+					audit_decided(s, type, type == 'Q' ? (const char *)body : NULL, body, len - 4, &d);
 				a = refuse(s, type, &d);
 			} else if (s->inspecting) {
 				a = inspect_client_message(s, type, body, len - 4);

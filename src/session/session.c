@@ -667,6 +667,12 @@ static void authenticated(Session *s)
 	}
 	if (!apply_policy(s))
 		return;
+	/* With the store failing and memory crowded, a new session could run nothing anyway. */
+	if (audit_enabled() && !s->config->audit_continue && audit_crowded()) {
+		audit_count_unrecorded(AUDIT_UNREC_SESSION);
+		close_fatal(s, "58030", "pgcordon: the audit store cannot be written; new sessions are refused until it recovers");
+		return;
+	}
 	char qu[80], qd[80], qr[80];
 	log_event(LOG_INFO, "auth_ok", "session=%llu peer=%s user=%s database=%s method=%s groups=%d role=%s tls=%s",
 		  (unsigned long long)s->id, s->peer, log_quote(qu, sizeof qu, s->user_name),

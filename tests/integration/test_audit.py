@@ -1788,6 +1788,82 @@ def test_strict_answer_of_a_dropped_record_is_withheld(gateway_factory, tmp_path
     assert_verify_ok(gw.config_path)
 
 
+SESSIONS_REFUSED_MSG = ("pgcordon: the audit store cannot be written; new sessions are refused until "
+                        "it recovers")
+
+
+def test_refusals_do_not_crowd_out_the_records_of_what_ran(gateway_factory, tmp_path):
+    """on_failure: refuse, max_pending: 1MiB, store locked. The statements that ran before
+    the failure was seen wait in memory; then 100 refused statements of ~50 KB each, a failed
+    login and a new session arrive. Past half of the bound, what did not run is counted,
+    not queued: no record of a statement that ran is dropped to make room for refusals,
+    the new session is refused at the door, and once the store is back an events_dropped
+    record says how many refusals of each kind went unrecorded."""
+    db = tmp_path / "crowd.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"max_pending": "1MiB"})
+    trail = SqliteTrail(db)
+    conn = gw.connect(application_name=app_name("crowd"))
+    assert _probe(conn, f"cr-before-{SFX}") is None
+    record_with(trail, f"cr-before-{SFX}")
+    ran = 0
+    lk = _locked(db)
+    try:
+        deadline = time.monotonic() + 15
+        while True:  # ~4 KB records until the writer's first attempt fails (2 s busy timeout)
+            assert time.monotonic() < deadline, "no statement refused within 15 s of the lock"
+            try:
+                conn.execute(f"SELECT 'cr-ran-{SFX}-{ran}-' AS m, repeat('r', 4000) AS pad").fetchall()
+            except psycopg.Error as e:
+                assert e.sqlstate == "58030", e
+                break
+            ran += 1
+            time.sleep(0.05)
+        assert ran > 0
+        refusals = 1  # the statement just refused
+        big = "z" * 50_000
+        for i in range(100):
+            with pytest.raises(psycopg.Error) as ei:
+                conn.execute(f"SELECT 'cr-refused-{SFX}-{i}-{big}' AS m")
+            assert ei.value.sqlstate == "58030", ei.value
+            refusals += 1
+        with pytest.raises(psycopg.OperationalError) as ei:
+            gw.connect(application_name=app_name("crowd-new"))
+        assert SESSIONS_REFUSED_MSG in str(ei.value), str(ei.value)
+        with pytest.raises(psycopg.OperationalError):
+            gw.connect(user="alice", password="wrong-password-" + SFX)
+    finally:
+        lk.execute("ROLLBACK")
+        lk.close()
+    deadline = time.monotonic() + 10
+    while _probe(conn, f"cr-after-{SFX}") is not None:  # refused until the writer's next try
+        refusals += 1
+        assert time.monotonic() < deadline, "statements still refused 10 s after the store was unlocked"
+        time.sleep(0.1)
+    record_with(trail, f"cr-after-{SFX}", timeout=10)
+    conn.close()
+    with gw.connect() as c2:
+        assert c2.execute("SELECT 1").fetchone() == (1,)
+    assert gw.stop() == 0
+    rows = trail.rows()
+    bodies = [r["raw_body"] for r in rows if r["kind"] == "statement"]
+    missing = [i for i in range(ran) if not any(f"cr-ran-{SFX}-{i}-" in b for b in bodies)]
+    assert not missing, f"records of statements that ran were dropped: {missing}"
+    recorded_refusals = sum(1 for b in bodies if f"cr-refused-{SFX}-" in b or "audit_store_unavailable" in b)
+    drops = [r["body"] for r in rows if r["kind"] == "events_dropped"]
+    assert not [d for d in drops if "max_pending exceeded" in d["reason"]], drops
+    counted = [d for d in drops if "refused_statements" in d]
+    assert counted, drops
+    statements = sum(d["refused_statements"] for d in counted)
+    assert statements > 0 and statements + recorded_refusals == refusals, (statements, recorded_refusals, refusals)
+    assert sum(d["refused_sessions"] for d in counted) == 1, counted
+    assert sum(d["failed_logins"] for d in counted) == 1, counted
+    for d in counted:
+        assert d["count"] == d["refused_statements"] + d["refused_sessions"] + d["failed_logins"], d
+        assert d["first_time"] <= d["last_time"], d
+    out = assert_verify_ok(gw.config_path).stdout
+    assert "events were dropped unrecorded" in out, out
+
+
 # ---------------------------------------------------------------------------- 6. PostgreSQL store
 
 @pytest.fixture
