@@ -20,6 +20,18 @@ static const char *const SCHEMA =
 	/* Partial: the session list reads session starts by time; statements do not pay for it. */
 	"CREATE INDEX IF NOT EXISTS audit_records_session_starts ON audit_records (time) WHERE kind = 'session_start';";
 
+static const char INSERT_NAME[] = "pgcordon_audit_insert";
+static const char INSERT_SQL[] = "INSERT INTO audit_records (node, seq, time, kind, session_id, user_name, database, body,"
+				 " prev_tag, tag) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/* The connection, and what it needs again after a reconnect. */
+typedef struct {
+	PGconn *conn;
+	bool strict;
+} PgStore;
+
+static PGconn *conn_of(const AuditStore *st) { return ((PgStore *)st->db)->conn; }
+
 static bool fail(PGconn *c, const char *what, char *err, size_t errlen)
 {
 	char msg[300];
@@ -48,42 +60,103 @@ static bool run(PGconn *c, const char *sql, int n, const char *const *params, PG
 	return true;
 }
 
+/* What each connection to the store is set up with, at open and after a reconnect. */
+static bool setup(PGconn *c, bool strict, char *err, size_t errlen)
+{
+	/* Default mode may lose the last commits if the store's host crashes; strict may not. */
+	if (!run(c, strict ? "SET synchronous_commit = on" : "SET synchronous_commit = off", 0, NULL, NULL, "settings",
+		 err, errlen))
+		return false;
+	/*
+	 * A lock someone holds on the table must not hold the writer: waiting, it would let
+	 * statements run on unrecorded while their records pile up. After 5 s the batch fails and
+	 * audit.on_failure applies. A lock_timeout set on the server, the role or in the URL is kept.
+	 */
+	if (!run(c, "SELECT set_config('lock_timeout', '5s', false) WHERE current_setting('lock_timeout') = '0'", 0,
+		 NULL, NULL, "settings", err, errlen))
+		return false;
+	PGresult *r = PQprepare(c, INSERT_NAME, INSERT_SQL, 10, NULL);
+	bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+	PQclear(r);
+	return ok || fail(c, "prepare", err, errlen);
+}
+
 static void pg_close(AuditStore *st)
 {
-	PQfinish(st->db);
+	PQfinish(conn_of(st));
+	free(st->db);
 	free(st);
 }
 
 static bool pg_exec(AuditStore *st, const char *sql, char *err, size_t errlen)
 {
-	if (PQstatus(st->db) == CONNECTION_BAD)
-		PQreset(st->db); /* the writer reconnects at its next batch */
-	return run(st->db, sql, 0, NULL, NULL, sql, err, errlen);
+	PGconn *c = conn_of(st);
+	/* Lost, or left in a pipeline by a batch that failed half-way: the writer reconnects. */
+	if (PQstatus(c) == CONNECTION_BAD || PQpipelineStatus(c) != PQ_PIPELINE_OFF) {
+		PQreset(c);
+		if (PQstatus(c) != CONNECTION_OK)
+			return fail(c, "connect", err, errlen);
+		if (!setup(c, ((PgStore *)st->db)->strict, err, errlen))
+			return false;
+	}
+	return run(c, sql, 0, NULL, NULL, sql, err, errlen);
 }
 
+/*
+ * The batch's inserts go out in one pipeline: one round trip for the batch rather than one
+ * per record, which would cap the records per second at the store's latency. On failure
+ * the connection may be left in pipeline mode; pg_exec then resets it.
+ */
 static bool pg_append(AuditStore *st, const StoredRecord *recs, size_t n, char *err, size_t errlen)
 {
-	for (size_t i = 0; i < n; i++) {
-		const StoredRecord *r = &recs[i];
+	PGconn *c = conn_of(st);
+	if (!PQenterPipelineMode(c))
+		return fail(c, "insert", err, errlen);
+	size_t sent = 0;
+	for (; sent < n; sent++) {
+		const StoredRecord *r = &recs[sent];
 		char seq[24];
 		snprintf(seq, sizeof seq, "%lld", (long long)r->seq);
 		const char *p[10] = {r->node, seq, r->time, r->kind, r->session_id, r->user_name, r->database,
 				     r->body, r->prev_tag, r->tag};
-		if (!run(st->db,
-			 "INSERT INTO audit_records (node, seq, time, kind, session_id, user_name, database, body, prev_tag,"
-			 " tag) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-			 10, p, NULL, "insert", err, errlen))
-			return false;
+		if (!PQsendQueryPrepared(c, INSERT_NAME, 10, p, NULL, NULL, 0))
+			break;
 	}
-	return true;
+	if (sent < n || !PQpipelineSync(c))
+		return fail(c, "insert", err, errlen);
+	/* Each insert's result and a NULL after it, then the sync's; the first error is the batch's. */
+	bool ok = true;
+	for (size_t nulls = 0; nulls <= sent;) {
+		PGresult *r = PQgetResult(c);
+		if (!r) {
+			nulls++;
+			if (PQstatus(c) == CONNECTION_BAD)
+				return ok ? fail(c, "insert", err, errlen) : false;
+			continue;
+		}
+		ExecStatusType status = PQresultStatus(r);
+		if (status == PGRES_PIPELINE_SYNC) {
+			PQclear(r);
+			break;
+		}
+		if (status != PGRES_COMMAND_OK && ok) {
+			ok = false;
+			const char *m = PQresultErrorMessage(r);
+			snprintf(err, errlen, "audit store: insert: %.*s", (int)strcspn(m, "\n"), m);
+		}
+		PQclear(r);
+	}
+	if (!PQexitPipelineMode(c))
+		return ok ? fail(c, "insert", err, errlen) : false;
+	return ok;
 }
 
 static bool pg_head(AuditStore *st, const char *node, const char *before, int64_t *seq, char *tag, char *err,
 		    size_t errlen)
 {
 	const char *p[2] = {node, before};
-	PGresult *r;
-	if (!run(st->db,
+	PGresult *r = NULL;
+	if (!run(conn_of(st),
 		 before ? "SELECT seq, tag FROM audit_records WHERE node = $1 AND time < $2 ORDER BY seq DESC LIMIT 1"
 			: "SELECT seq, tag FROM audit_records WHERE node = $1 ORDER BY seq DESC LIMIT 1",
 		 before ? 2 : 1, p, &r, "head", err, errlen))
@@ -103,7 +176,7 @@ static bool pg_delete_through(AuditStore *st, const char *node, int64_t seq, cha
 	char s[24];
 	snprintf(s, sizeof s, "%lld", (long long)seq);
 	const char *p[2] = {node, s};
-	return run(st->db, "DELETE FROM audit_records WHERE node = $1 AND seq <= $2", 2, p, NULL, "prune", err, errlen);
+	return run(conn_of(st), "DELETE FROM audit_records WHERE node = $1 AND seq <= $2", 2, p, NULL, "prune", err, errlen);
 }
 
 static bool pg_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, char *err, size_t errlen)
@@ -111,8 +184,8 @@ static bool pg_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *a
 	char sql[1024];
 	const char *binds[STORE_SCAN_BINDS];
 	int nb = audit__scan_sql(f, '$', sql, sizeof sql, binds);
-	PGresult *r;
-	if (!run(st->db, sql, nb, binds, &r, "read", err, errlen))
+	PGresult *r = NULL;
+	if (!run(conn_of(st), sql, nb, binds, &r, "read", err, errlen))
 		return false;
 	for (int i = 0; i < PQntuples(r); i++) {
 		StoredRecord rec = {
@@ -144,24 +217,24 @@ AuditStore *audit__pg_open(const char *url, bool strict, char *err, size_t errle
 	 * retries: records pile up meanwhile. These are defaults; the URL's own parameters,
 	 * expanded last, win.
 	 */
-	const char *const keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count",
-				    "tcp_user_timeout", "dbname", NULL};
-	const char *const values[] = {"10", "10", "5", "3", "30000", url, NULL};
+	const char *const keys[] = {"connect_timeout", "keepalives_idle",  "keepalives_interval", "keepalives_count",
+				    "tcp_user_timeout", "application_name", "dbname",              NULL};
+	const char *const values[] = {"10", "10", "5", "3", "30000", "pgcordon-audit", url, NULL};
 	PGconn *c = PQconnectdbParams(keys, values, 1);
 	if (PQstatus(c) != CONNECTION_OK) {
 		fail(c, "connect", err, errlen);
 		PQfinish(c);
 		return NULL;
 	}
-	/* Default mode may lose the last commits if the store's host crashes; strict may not. */
-	if (!run(c, SCHEMA, 0, NULL, NULL, "schema", err, errlen) ||
-	    !run(c, strict ? "SET synchronous_commit = on" : "SET synchronous_commit = off", 0, NULL, NULL, "settings",
-		 err, errlen)) {
+	if (!run(c, SCHEMA, 0, NULL, NULL, "schema", err, errlen) || !setup(c, strict, err, errlen)) {
 		PQfinish(c);
 		return NULL;
 	}
+	PgStore *pg = xcalloc(1, sizeof *pg);
+	pg->conn = c;
+	pg->strict = strict;
 	AuditStore *st = xcalloc(1, sizeof *st);
 	st->ops = &pg_ops;
-	st->db = c;
+	st->db = pg;
 	return st;
 }

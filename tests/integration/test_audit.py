@@ -1923,6 +1923,61 @@ def test_postgresql_store_two_nodes(gateway_factory, tmp_path, pg_store):
     assert_verify_ok(gws["gw1"].config_path, "--node", "gw1")
 
 
+def _refused_within(conn, label, seconds):
+    """Runs marked statements until one is refused (returns its error) or time runs out."""
+    deadline = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < deadline:
+        e = _probe(conn, f"{label}-{SFX}-{i}")
+        if e is not None:
+            return e
+        i += 1
+        time.sleep(0.1)
+    return None
+
+
+def test_postgresql_store_lock_fails_closed_also_after_a_reconnect(gateway_factory, tmp_path, pg_store):
+    """A PostgreSQL store whose table is locked by someone else: the writer's batch gives up
+    after the 5 s lock_timeout it sets, so statements are refused (on_failure: refuse) instead
+    of running unrecorded while records pile up in memory. The writer's connection is then
+    killed; it reconnects with the same settings (the lock is again refused in time), and
+    everything that ran is in the trail."""
+    url, trail = pg_store
+    gw = start_audited(gateway_factory, url, {"node": "locked", "key_file": str(tmp_path / "locked.key")})
+    conn = gw.connect(application_name=app_name("pglock"))
+    assert _probe(conn, f"pl-before-{SFX}") is None
+    record_with(trail, f"pl-before-{SFX}", timeout=10)
+    for attempt in ("first", "after-reconnect"):
+        with trail.pg.super_connect(trail.dbname) as lk:
+            lk.autocommit = False
+            lk.execute("LOCK TABLE audit_records IN ACCESS EXCLUSIVE MODE")
+            e = _refused_within(conn, f"pl-{attempt}", 20)
+            assert e is not None, f"{attempt}: no statement refused within 20 s of locking the store table"
+            assert e.sqlstate == "58030", e
+            lk.rollback()
+        deadline = time.monotonic() + 15
+        while _probe(conn, f"pl-{attempt}-after-{SFX}") is not None:
+            assert time.monotonic() < deadline, f"{attempt}: still refused 15 s after the unlock"
+            time.sleep(0.2)
+        record_with(trail, f"pl-{attempt}-after-{SFX}", timeout=10)
+        if attempt == "first":
+            with trail.pg.super_connect(trail.dbname) as c:
+                killed = c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                   " WHERE datname = current_database() AND application_name = 'pgcordon-audit'"
+                                   " AND pid <> pg_backend_pid()").fetchall()
+            assert killed == [(True,)], killed
+            # the next batch fails on the dead connection; then the writer reconnects
+            deadline = time.monotonic() + 15
+            while _probe(conn, f"pl-reconnected-{SFX}") is not None:
+                assert time.monotonic() < deadline, "still refused 15 s after the store connection was killed"
+                time.sleep(0.2)
+            record_with(trail, f"pl-reconnected-{SFX}", timeout=10)
+    conn.close()
+    assert gw.stop() == 0
+    check_chain_links(trail.rows())
+    assert_verify_ok(gw.config_path, "--node", "locked")
+
+
 def test_raw_execute_without_describe_masked_and_not(gateway_factory, tmp_path, pg):
     """Parse/Bind/Execute/Sync in one send, no Describe, with the audit on. An unmasked
     session's Execute is read where it stands (the group leaves in one piece); a masked
