@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "audit/audit.h"
+#include "audit/pg_conn.h"
 #include "core/log.h"
 #include "core/util.h"
 
@@ -72,10 +73,11 @@ static const char *str(const json_t *r, const char *key)
 
 /* ---- PostgreSQL ---- */
 
+/* With timeouts: a silent server or a lock on the table must not hold the API or the writer. */
 static PGconn *pg_connect(char *err, size_t errlen)
 {
-	PGconn *c = PQconnectdb(S.url);
-	if (PQstatus(c) != CONNECTION_OK) {
+	PGconn *c = pg_conn_open(S.url, "pgcordon-approvals");
+	if (PQstatus(c) != CONNECTION_OK || !pg_conn_limit_lock_wait(c)) {
 		snprintf(err, errlen, "approvals store: %s", PQerrorMessage(c));
 		PQfinish(c);
 		return NULL;

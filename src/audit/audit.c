@@ -114,6 +114,7 @@ static struct {
 	int scan_first;     /* the queue a scan starts with, in turn: a backlog is taken fairly */
 	bool more;          /* the last scan stopped at the batch limit */
 	int any_lost;       /* atomic: some event was ever dropped */
+	int counting;       /* atomic: audit_count_unrecorded has counted since the last commit (audit_crowded) */
 	uint64_t dropped;   /* since start, for the log */
 	/* Events dropped and not yet said so in the trail: an events_dropped record does. */
 	uint64_t drop_count;
@@ -407,8 +408,8 @@ static void take_unrecorded(void)
 {
 	pthread_mutex_lock(&W.unrec_mu);
 	Unrecorded *u = &W.unrec, *t = &W.unrec_taken;
-	bool had = unrecorded_total(t) != 0, got = unrecorded_total(u) != 0;
-	if (got) {
+	bool had = unrecorded_total(t) != 0;
+	if (unrecorded_total(u)) {
 		if (!had || u->first_us < t->first_us)
 			t->first_us = u->first_us;
 		if (!had || u->last_us > t->last_us)
@@ -418,10 +419,6 @@ static void take_unrecorded(void)
 		*u = (Unrecorded){0};
 	}
 	pthread_mutex_unlock(&W.unrec_mu);
-	if (got && !had)
-		log_event(LOG_WARN, "audit_refusals_counted",
-			  "node=%s note=\"the store is failing and over half of audit.max_pending waits: refused statements,"
-			  " refused sessions and failed logins are counted, not recorded one by one\"", W.node);
 }
 
 /* The record of what was counted instead of recorded (W.unrec_taken), at scratch index i. */
@@ -499,6 +496,7 @@ static void batch_committed(void)
 {
 	W.drop_count = 0; /* the batch began with the records of them */
 	W.unrec_taken = (Unrecorded){0};
+	__atomic_store_n(&W.counting, 0, __ATOMIC_RELAXED); /* the next outage is logged again */
 	for (int q = 0; q < W.nqueues; q++) {
 		Queue *qu = &W.queues[q];
 		__atomic_store_n(&qu->durable, qu->scanned_ticket, __ATOMIC_RELEASE);
@@ -526,27 +524,36 @@ static void batch_failed(void)
 static size_t held_bytes(void)
 {
 	size_t n = 0;
-	for (int q = 0; q < W.nqueues; q++)
-		n += __atomic_load_n(&W.queues[q].bytes_in, __ATOMIC_RELAXED) -
-		     __atomic_load_n(&W.queues[q].committed_bytes, __ATOMIC_RELAXED);
+	for (int q = 0; q < W.nqueues; q++) {
+		/* Read by a producer, a commit may fall between the two loads: never below zero. */
+		size_t in = __atomic_load_n(&W.queues[q].bytes_in, __ATOMIC_RELAXED),
+		       done = __atomic_load_n(&W.queues[q].committed_bytes, __ATOMIC_RELAXED);
+		n += in > done ? in - done : 0;
+	}
 	return n;
 }
 
-bool audit_crowded(void)
+bool audit_crowded(size_t adding)
 {
-	/* Half the bound: the other half stays for the records of what ran (drop_oldest). */
-	return W.started && !audit_store_healthy() && held_bytes() > W.max_pending / 2;
+	/* Half the bound: the other half stays for the records of what ran (drop_oldest). Once
+	 * counting has begun it goes on until the store is back, so the door stays shut. */
+	return W.started && !audit_store_healthy() &&
+	       (__atomic_load_n(&W.counting, __ATOMIC_RELAXED) || held_bytes() + adding > W.max_pending / 2);
 }
 
 void audit_count_unrecorded(AuditUnrecorded what)
 {
-	int64_t now = audit_now_us();
 	pthread_mutex_lock(&W.unrec_mu);
+	int64_t now = audit_now_us(); /* under the lock: first_us and last_us stay in order */
 	if (!unrecorded_total(&W.unrec))
 		W.unrec.first_us = now;
 	W.unrec.last_us = now;
 	W.unrec.n[what]++;
 	pthread_mutex_unlock(&W.unrec_mu);
+	if (!__atomic_exchange_n(&W.counting, 1, __ATOMIC_RELAXED))
+		log_event(LOG_WARN, "audit_refusals_counted",
+			  "node=%s note=\"the store is failing and over half of audit.max_pending waits: refused statements,"
+			  " refused sessions and failed logins are counted, not recorded one by one\"", W.node);
 }
 
 /* Remembers that ticket of queue qu was dropped (ranges of consecutive tickets). */
@@ -767,8 +774,10 @@ static void *writer_main(void *arg)
 			/* The store is down at shutdown: give it a few more tries, then report the loss. */
 			if (++stop_tries > 6) {
 				take_unrecorded();
-				log_event(LOG_ERROR, "audit_events_lost", "count=%llu reason=\"store unavailable at shutdown\"",
-					  (unsigned long long)(pending_events() + W.drop_count + unrecorded_total(&W.unrec_taken)));
+				log_event(LOG_ERROR, "audit_events_lost",
+					  "count=%llu refusals_counted=%llu reason=\"store unavailable at shutdown\"",
+					  (unsigned long long)(pending_events() + W.drop_count),
+					  (unsigned long long)unrecorded_total(&W.unrec_taken));
 				break;
 			}
 			struct timespec pause = {0, RETRY_INTERVAL_MS * 1000000L};

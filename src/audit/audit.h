@@ -49,13 +49,14 @@ uint64_t audit_durable(int q);
  */
 bool audit_lost(int q, uint64_t ticket);
 /*
- * True while the store fails and the records waiting fill more than half of
- * audit.max_pending. Then what did not reach the database (a refused statement or session,
- * a failed login) is counted with audit_count_unrecorded instead of queued, so that it
- * cannot crowd out the records of what ran; the next batch written begins with an
- * events_dropped record of the counts.
+ * True while the store fails and the records waiting, with `adding` bytes more (about the
+ * size of the record to come), would fill more than half of audit.max_pending; and from
+ * then on until the store is back. Then what did not reach the database (a refused
+ * statement or session, a failed login) is counted with audit_count_unrecorded instead of
+ * queued, so that it cannot crowd out the records of what ran; the next batch written
+ * begins with an events_dropped record of the counts.
  */
-bool audit_crowded(void);
+bool audit_crowded(size_t adding);
 typedef enum { AUDIT_UNREC_STATEMENT, AUDIT_UNREC_SESSION, AUDIT_UNREC_LOGIN, AUDIT_UNREC_KINDS } AuditUnrecorded;
 void audit_count_unrecorded(AuditUnrecorded what);
 /* The queue for threads other than the workers (admin API, approvals). */

@@ -39,6 +39,7 @@ typedef struct {
 	long long first_seq, last_seq;
 	char head_tag[AUDIT_TAG_HEX];
 	long long dropped; /* events the gateway dropped unrecorded, as its events_dropped records say */
+	long long counted; /* refusals and failed logins it counted instead of recording, likewise */
 	char problem[400]; /* the first bad record, when any */
 } VerifyResult;
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "audit/pg_conn.h"
 #include "audit/store.h"
 #include "core/util.h"
 
@@ -69,12 +70,11 @@ static bool setup(PGconn *c, bool strict, char *err, size_t errlen)
 		return false;
 	/*
 	 * A lock someone holds on the table must not hold the writer: waiting, it would let
-	 * statements run on unrecorded while their records pile up. After 5 s the batch fails and
-	 * audit.on_failure applies. A lock_timeout set on the server, the role or in the URL is kept.
+	 * statements run on unrecorded while their records pile up. The batch fails instead, and
+	 * audit.on_failure applies.
 	 */
-	if (!run(c, "SELECT set_config('lock_timeout', '5s', false) WHERE current_setting('lock_timeout') = '0'", 0,
-		 NULL, NULL, "settings", err, errlen))
-		return false;
+	if (!pg_conn_limit_lock_wait(c))
+		return fail(c, "settings", err, errlen);
 	PGresult *r = PQprepare(c, INSERT_NAME, INSERT_SQL, 10, NULL);
 	bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
 	PQclear(r);
@@ -212,15 +212,8 @@ static const StoreOps pg_ops = {
 
 AuditStore *audit__pg_open(const char *url, bool strict, char *err, size_t errlen)
 {
-	/*
-	 * A store that stops answering must not hold the writer for the kernel's minutes of TCP
-	 * retries: records pile up meanwhile. These are defaults; the URL's own parameters,
-	 * expanded last, win.
-	 */
-	const char *const keys[] = {"connect_timeout", "keepalives_idle",  "keepalives_interval", "keepalives_count",
-				    "tcp_user_timeout", "application_name", "dbname",              NULL};
-	const char *const values[] = {"10", "10", "5", "3", "30000", "pgcordon-audit", url, NULL};
-	PGconn *c = PQconnectdbParams(keys, values, 1);
+	/* A store that stops answering must not hold the writer while records pile up. */
+	PGconn *c = pg_conn_open(url, "pgcordon-audit");
 	if (PQstatus(c) != CONNECTION_OK) {
 		fail(c, "connect", err, errlen);
 		PQfinish(c);

@@ -165,8 +165,11 @@ static int verify(const Args *a, const Config *c, AuditStore *st)
 			printf("ok: node %s: %lld records, seq %lld..%lld, head tag %s\n", node, v.records, v.first_seq,
 			       v.last_seq, v.head_tag);
 			if (v.dropped)
-				printf("note: node %s: %lld events were dropped unrecorded while its store lagged or failed"
+				printf("note: node %s: %lld events were dropped unrecorded while its store lagged"
 				       " (see its events_dropped records)\n", node, v.dropped);
+			if (v.counted)
+				printf("note: node %s: %lld refusals and failed logins were counted, not recorded one by one,"
+				       " while its store failed (see its events_dropped records)\n", node, v.counted);
 		}
 	}
 	json_decref(nodes);

@@ -287,7 +287,7 @@ void session__audit_login_failed(Session *s, const char *method, const char *why
 {
 	if (!audit_enabled())
 		return;
-	if (audit_crowded()) { /* anyone can fail a login: such records must not crowd out others */
+	if (audit_crowded(0)) { /* anyone can fail a login: such records must not crowd out others */
 		audit_count_unrecorded(AUDIT_UNREC_LOGIN);
 		return;
 	}

@@ -764,7 +764,7 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				Decision d = {.kind = DEC_BLOCK, .sqlstate = "58030", .policy = "", .rule = "audit_store_unavailable"};
 				snprintf(d.message, sizeof d.message,
 					 "pgcordon: the audit store cannot be written; statements are refused until it recovers");
-				if (audit_crowded()) /* nothing ran: counted, so as not to crowd out what did */
+				if (audit_crowded(len)) /* nothing ran: counted, so as not to crowd out what did */
 					audit_count_unrecorded(AUDIT_UNREC_STATEMENT);
 				else
 					audit_decided(s, type, type == 'Q' ? (const char *)body : NULL, body, len - 4, &d);
@@ -1113,7 +1113,7 @@ static AuditStep audit_server_message(Session *s, char type, uint32_t len, size_
 		session__audit_described(s, copy_out(s, s->server.in, offset + 5, len - 4), len - 4);
 		return STEP_GO;
 	}
-	if (f && !f->audit && type == 'E' && !f->internal && !s->discarding &&
+	if (f && !f->audit && !f->refusal && type == 'E' && !f->internal && !s->discarding &&
 	    (f->kind == EXP_PARSE || f->kind == EXP_BIND || f->kind == EXP_DESCRIBE_STMT || f->kind == EXP_DESCRIBE_PORTAL)) {
 		/* The server rejected a Parse or Bind and will skip the Execute behind it: the
 		 * statement failed, so its record (on that Execute) gets this error. */

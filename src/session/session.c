@@ -668,7 +668,7 @@ static void authenticated(Session *s)
 	if (!apply_policy(s))
 		return;
 	/* With the store failing and memory crowded, a new session could run nothing anyway. */
-	if (audit_enabled() && !s->config->audit_continue && audit_crowded()) {
+	if (audit_enabled() && !s->config->audit_continue && audit_crowded(0)) {
 		audit_count_unrecorded(AUDIT_UNREC_SESSION);
 		close_fatal(s, "58030", "pgcordon: the audit store cannot be written; new sessions are refused until it recovers");
 		return;
