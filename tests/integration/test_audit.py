@@ -1423,8 +1423,7 @@ def test_strict_statement_waits_out_a_locked_store(gateway_factory, tmp_path):
     gw = start_audited(gateway_factory, f"sqlite:{db}", {"durability": "strict"})
     conn = gw.connect(application_name=app_name("strictlock"))
     assert _probe(conn, f"sl-before-{SFX}") is None
-    lk = sqlite3.connect(str(db), isolation_level=None, timeout=10)
-    lk.execute("BEGIN EXCLUSIVE")
+    lk = _locked(db)
     result = {}
 
     def run():
@@ -1462,8 +1461,7 @@ def test_strict_held_answer_survives_upstream_close(gateway_factory, tmp_path, p
     gw = start_audited(gateway_factory, f"sqlite:{db}", {"durability": "strict"})
     conn = gw.connect(application_name=app_name("strictclose"))
     pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    lk = sqlite3.connect(str(db), isolation_level=None, timeout=10)
-    lk.execute("BEGIN EXCLUSIVE")
+    lk = _locked(db)
     result = {}
 
     def run():
@@ -1520,6 +1518,29 @@ def _probe(conn, marker):
         return e
 
 
+def _refused_within(conn, label, seconds):
+    """Runs statements marked '{label}-SFX-i' until one is refused: (its marker, its error),
+    or None when time runs out."""
+    deadline = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < deadline:
+        marker = f"{label}-{SFX}-{i}"
+        e = _probe(conn, marker)
+        if e is not None:
+            return marker, e
+        i += 1
+        time.sleep(0.1)
+    return None
+
+
+def _accepted_within(conn, marker, seconds, what):
+    """Runs the statement marked marker until it is accepted (fails the test after seconds)."""
+    deadline = time.monotonic() + seconds
+    while _probe(conn, marker) is not None:
+        assert time.monotonic() < deadline, f"{what}: statements still refused after {seconds} s"
+        time.sleep(0.2)
+
+
 def test_store_failure_refuses_then_recovers(gateway_factory, tmp_path):
     db = tmp_path / "fail.db"
     gw = start_audited(gateway_factory, f"sqlite:{db}", {"node": "failer"})
@@ -1527,24 +1548,10 @@ def test_store_failure_refuses_then_recovers(gateway_factory, tmp_path):
     conn = gw.connect(application_name=app_name("fail"))
     assert _probe(conn, f"before-{SFX}") is None
     record_with(trail, f"before-{SFX}")
-    lk = sqlite3.connect(str(db), isolation_level=None, timeout=10)
-    lk.execute("BEGIN EXCLUSIVE")
-    refused = None
-    tries = []
+    lk = _locked(db)
     try:
-        deadline = time.monotonic() + 15
-        i = 0
-        while time.monotonic() < deadline:
-            marker = f"locked-{SFX}-{i}"
-            e = _probe(conn, marker)
-            tries.append((marker, None if e is None else (e.sqlstate, str(e))))
-            if e is not None:
-                refused = (marker, e)
-                break
-            i += 1
-            time.sleep(0.1)
-        assert refused is not None, \
-            f"no statement was refused within 15 s of locking the store; tries: {tries[-5:]}"
+        refused = _refused_within(conn, "locked", 15)
+        assert refused is not None, "no statement was refused within 15 s of locking the store"
         marker, e = refused
         assert e.sqlstate == "58030", (e.sqlstate, str(e))
         assert e.diag.message_primary == REFUSED_MSG
@@ -1554,14 +1561,7 @@ def test_store_failure_refuses_then_recovers(gateway_factory, tmp_path):
     finally:
         lk.execute("ROLLBACK")
         lk.close()
-    deadline = time.monotonic() + 10
-    back = None
-    while time.monotonic() < deadline:
-        if _probe(conn, f"after-{SFX}") is None:
-            back = time.monotonic()
-            break
-        time.sleep(0.2)
-    assert back is not None, "statements still refused 10 s after the store was unlocked"
+    _accepted_within(conn, f"after-{SFX}", 10, "the store unlocked")
     conn.close()
     rec = record_with(trail, refused[0], timeout=10)
     assert rec["body"]["error"]["sqlstate"] == "58030", rec["body"]
@@ -1576,8 +1576,7 @@ def test_store_failure_continue_keeps_serving(gateway_factory, tmp_path):
     gw = start_audited(gateway_factory, f"sqlite:{db}", {"on_failure": "continue"})
     conn = gw.connect(application_name=app_name("cont"))
     assert _probe(conn, f"cbefore-{SFX}") is None
-    lk = sqlite3.connect(str(db), isolation_level=None, timeout=10)
-    lk.execute("BEGIN EXCLUSIVE")
+    lk = _locked(db)
     try:
         end = time.monotonic() + 4.5  # past the 2 s busy timeout, at least once
         i = 0
@@ -1942,19 +1941,6 @@ def test_postgresql_store_two_nodes(gateway_factory, tmp_path, pg_store):
     assert_verify_ok(gws["gw1"].config_path, "--node", "gw1")
 
 
-def _refused_within(conn, label, seconds):
-    """Runs marked statements until one is refused (returns its error) or time runs out."""
-    deadline = time.monotonic() + seconds
-    i = 0
-    while time.monotonic() < deadline:
-        e = _probe(conn, f"{label}-{SFX}-{i}")
-        if e is not None:
-            return e
-        i += 1
-        time.sleep(0.1)
-    return None
-
-
 def test_postgresql_store_lock_fails_closed_also_after_a_reconnect(gateway_factory, tmp_path, pg_store):
     """A PostgreSQL store whose table is locked by someone else: the writer's batch gives up
     after the 5 s lock_timeout it sets, so statements are refused (on_failure: refuse) instead
@@ -1970,14 +1956,11 @@ def test_postgresql_store_lock_fails_closed_also_after_a_reconnect(gateway_facto
         with trail.pg.super_connect(trail.dbname) as lk:
             lk.autocommit = False
             lk.execute("LOCK TABLE audit_records IN ACCESS EXCLUSIVE MODE")
-            e = _refused_within(conn, f"pl-{attempt}", 20)
-            assert e is not None, f"{attempt}: no statement refused within 20 s of locking the store table"
-            assert e.sqlstate == "58030", e
+            refused = _refused_within(conn, f"pl-{attempt}", 20)
+            assert refused is not None, f"{attempt}: no statement refused within 20 s of locking the store table"
+            assert refused[1].sqlstate == "58030", refused[1]
             lk.rollback()
-        deadline = time.monotonic() + 15
-        while _probe(conn, f"pl-{attempt}-after-{SFX}") is not None:
-            assert time.monotonic() < deadline, f"{attempt}: still refused 15 s after the unlock"
-            time.sleep(0.2)
+        _accepted_within(conn, f"pl-{attempt}-after-{SFX}", 15, f"{attempt}: the table unlocked")
         record_with(trail, f"pl-{attempt}-after-{SFX}", timeout=10)
         if attempt == "first":
             with trail.pg.super_connect(trail.dbname) as c:
@@ -1986,10 +1969,7 @@ def test_postgresql_store_lock_fails_closed_also_after_a_reconnect(gateway_facto
                                    " AND pid <> pg_backend_pid()").fetchall()
             assert killed == [(True,)], killed
             # the next batch fails on the dead connection; then the writer reconnects
-            deadline = time.monotonic() + 15
-            while _probe(conn, f"pl-reconnected-{SFX}") is not None:
-                assert time.monotonic() < deadline, "still refused 15 s after the store connection was killed"
-                time.sleep(0.2)
+            _accepted_within(conn, f"pl-reconnected-{SFX}", 15, "the store connection killed")
             record_with(trail, f"pl-reconnected-{SFX}", timeout=10)
     conn.close()
     assert gw.stop() == 0
