@@ -1518,6 +1518,14 @@ def _probe(conn, marker):
         return e
 
 
+def _recorded_session(gw, trail, label, timeout=5):
+    """A session whose first statement, marked '{label}-before-SFX', ran and is in trail."""
+    conn = gw.connect(application_name=app_name(label))
+    assert _probe(conn, f"{label}-before-{SFX}") is None
+    record_with(trail, f"{label}-before-{SFX}", timeout=timeout)
+    return conn
+
+
 def _refused_within(conn, label, seconds):
     """Runs statements marked '{label}-SFX-i' until one is refused: (its marker, its error),
     or None when time runs out."""
@@ -1545,9 +1553,7 @@ def test_store_failure_refuses_then_recovers(gateway_factory, tmp_path):
     db = tmp_path / "fail.db"
     gw = start_audited(gateway_factory, f"sqlite:{db}", {"node": "failer"})
     trail = SqliteTrail(db)
-    conn = gw.connect(application_name=app_name("fail"))
-    assert _probe(conn, f"before-{SFX}") is None
-    record_with(trail, f"before-{SFX}")
+    conn = _recorded_session(gw, trail, "fail")
     lk = _locked(db)
     try:
         refused = _refused_within(conn, "locked", 15)
@@ -1608,9 +1614,7 @@ def _statements_behind_a_lock(gw, db, label, total, pad, wait_log=None):
     """Opens a session and records a first statement; then, with the store locked (nothing
     commits), runs total statements marked '{label}-SFX-i-' with a pad-byte result each,
     and unlocks (once wait_log shows in the gateway's log, when given). Returns the session."""
-    conn = gw.connect(application_name=app_name(label))
-    assert _probe(conn, f"{label}-before-{SFX}") is None
-    record_with(SqliteTrail(db), f"{label}-before-{SFX}")
+    conn = _recorded_session(gw, SqliteTrail(db), label)
     lk = _locked(db)
     try:
         for i in range(total):
@@ -1803,9 +1807,7 @@ def test_refusals_do_not_crowd_out_the_records_of_what_ran(gateway_factory, tmp_
     db = tmp_path / "crowd.db"
     gw = start_audited(gateway_factory, f"sqlite:{db}", {"max_pending": "1MiB"})
     trail = SqliteTrail(db)
-    conn = gw.connect(application_name=app_name("crowd"))
-    assert _probe(conn, f"cr-before-{SFX}") is None
-    record_with(trail, f"cr-before-{SFX}")
+    conn = _recorded_session(gw, trail, "cr")
     ran = 0
     lk = _locked(db)
     try:
@@ -1949,9 +1951,7 @@ def test_postgresql_store_lock_fails_closed_also_after_a_reconnect(gateway_facto
     everything that ran is in the trail."""
     url, trail = pg_store
     gw = start_audited(gateway_factory, url, {"node": "locked", "key_file": str(tmp_path / "locked.key")})
-    conn = gw.connect(application_name=app_name("pglock"))
-    assert _probe(conn, f"pl-before-{SFX}") is None
-    record_with(trail, f"pl-before-{SFX}", timeout=10)
+    conn = _recorded_session(gw, trail, "pl", timeout=10)
     for attempt in ("first", "after-reconnect"):
         with trail.pg.super_connect(trail.dbname) as lk:
             lk.autocommit = False
