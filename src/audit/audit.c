@@ -110,6 +110,9 @@ static struct {
 	ChainState chain; /* advanced only by committed transactions */
 	int64_t retention_s;
 	int healthy; /* atomic */
+	int store_timeout_ms; /* audit.store_timeout */
+	int64_t call_since_ms; /* atomic: when the store call under way began (util_now_ms); 0 between calls */
+	int stall_noted;       /* atomic: a producer found the call under way stalled and said so */
 	size_t max_pending; /* bytes of events held in memory; past it the oldest are dropped */
 	int scan_first;     /* the queue a scan starts with, in turn: a backlog is taken fairly */
 	bool more;          /* the last scan stopped at the batch limit */
@@ -129,7 +132,25 @@ static struct {
 
 bool audit_enabled(void) { return W.started; }
 bool audit_is_strict(void) { return W.strict; }
-bool audit_store_healthy(void) { return __atomic_load_n(&W.healthy, __ATOMIC_ACQUIRE) != 0; }
+
+/*
+ * A store call that hangs (a frozen disk, a database that stopped answering) holds the
+ * writer, and the store would still look healthy: statements would run on unrecorded while
+ * memory fills. Past audit.store_timeout it counts as failing, whatever the call says later.
+ */
+bool audit_store_healthy(void)
+{
+	if (!__atomic_load_n(&W.healthy, __ATOMIC_ACQUIRE))
+		return false;
+	int64_t since = __atomic_load_n(&W.call_since_ms, __ATOMIC_ACQUIRE);
+	if (!since || (int64_t)util_now_ms() - since <= W.store_timeout_ms)
+		return true;
+	if (!__atomic_exchange_n(&W.stall_noted, 1, __ATOMIC_RELAXED))
+		log_event(LOG_ERROR, "audit_store_stalled",
+			  "node=%s timeout_ms=%d note=\"a write to the audit store has not returned: it counts as failing\"",
+			  W.node, W.store_timeout_ms);
+	return false;
+}
 int audit_other_queue(void) { return W.nqueues - 1; }
 uint64_t audit_durable(int q) { return __atomic_load_n(&W.queues[q].durable, __ATOMIC_ACQUIRE); }
 
@@ -630,6 +651,16 @@ static size_t drop_oldest(size_t target)
 	return dropped;
 }
 
+/* The writer marks its store calls, so that producers can see one hang (audit_store_healthy). */
+static void store_call_begins(void) { __atomic_store_n(&W.call_since_ms, (int64_t)util_now_ms(), __ATOMIC_RELEASE); }
+
+/* Returns whether a producer found this call stalled. */
+static bool store_call_ends(void)
+{
+	__atomic_store_n(&W.call_since_ms, 0, __ATOMIC_RELEASE);
+	return __atomic_exchange_n(&W.stall_noted, 0, __ATOMIC_RELAXED) != 0;
+}
+
 /* Writes the scratch's n records in one transaction. On failure nothing of it counts. */
 static bool write_batch(size_t n, char *err, size_t errlen)
 {
@@ -735,10 +766,13 @@ static void *writer_main(void *arg)
 		more = false;
 		if (n) {
 			char err[300], q[400];
-			if (write_batch(n, err, sizeof err)) {
+			store_call_begins();
+			bool written = write_batch(n, err, sizeof err);
+			bool stalled = store_call_ends();
+			if (written) {
 				W.chain = c;
 				batch_committed();
-				if (failing)
+				if (failing || stalled)
 					log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
 				failing = false;
 				__atomic_store_n(&W.healthy, 1, __ATOMIC_RELEASE);
@@ -757,7 +791,10 @@ static void *writer_main(void *arg)
 		}
 		int64_t now = audit_now_us();
 		if (W.retention_s && !failing && now >= next_prune) {
+			store_call_begins();
 			prune();
+			if (store_call_ends())
+				log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
 			int64_t every = W.retention_s / 4 < 1 ? 1 : W.retention_s / 4 > 3600 ? 3600 : W.retention_s / 4;
 			next_prune = now + every * 1000000;
 		}
@@ -797,7 +834,7 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 {
 	if (!c->audit_store || W.started)
 		return true;
-	W.st = store_open(c->audit_store, c->audit_strict, err, errlen);
+	W.st = store_open(c->audit_store, c->audit_strict, c->audit_store_timeout_ms, err, errlen);
 	if (!W.st)
 		return false;
 	W.node = xstrdup(c->audit_node);
@@ -822,6 +859,7 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 	W.strict = c->audit_strict;
 	W.retention_s = c->audit_retention_s;
 	W.max_pending = c->audit_max_pending;
+	W.store_timeout_ms = c->audit_store_timeout_ms;
 	W.cb = cb;
 	W.cb_arg = arg;
 	W.nqueues = nqueues;

@@ -12,8 +12,7 @@ PGconn *pg_conn_open(const char *url, const char *application_name)
 
 bool pg_conn_limit_lock_wait(PGconn *c)
 {
-	PGresult *r =
-		PQexec(c, "SELECT set_config('lock_timeout', '5s', false) WHERE current_setting('lock_timeout') = '0'");
+	PGresult *r = PQexec(c, PG_CONN_LIMIT_LOCK_WAIT);
 	bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
 	PQclear(r);
 	return ok;

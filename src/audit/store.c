@@ -4,12 +4,12 @@
 #include <stdio.h>
 #include <string.h>
 
-AuditStore *store_open(const char *url, bool strict, char *err, size_t errlen)
+AuditStore *store_open(const char *url, bool strict, int timeout_ms, char *err, size_t errlen)
 {
 	if (strncmp(url, "sqlite:", 7) == 0)
 		return audit__sqlite_open(url + 7, strict, err, errlen);
 	if (strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0)
-		return audit__pg_open(url, strict, err, errlen);
+		return audit__pg_open(url, strict, timeout_ms, err, errlen);
 	snprintf(err, errlen, "audit store \"%s\" is neither sqlite:PATH nor postgresql://...", url);
 	return NULL;
 }

@@ -41,8 +41,14 @@ typedef struct {
 
 typedef struct AuditStore AuditStore;
 
-/* url: "sqlite:PATH" or "postgresql://..."; strict: every commit reaches the disk. */
-AuditStore *store_open(const char *url, bool strict, char *err, size_t errlen) __attribute__((warn_unused_result));
+/*
+ * url: "sqlite:PATH" or "postgresql://..."; strict: every commit reaches the disk.
+ * timeout_ms: how long a PostgreSQL store may leave a call unanswered before the call fails
+ * and the connection is dropped (0: no limit, for readers). A SQLite call cannot be cut
+ * short; the writer watches for one that hangs instead (audit_store_healthy).
+ */
+AuditStore *store_open(const char *url, bool strict, int timeout_ms, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
 void store_close(AuditStore *st);
 
 bool store_begin(AuditStore *st, char *err, size_t errlen) __attribute__((warn_unused_result));
@@ -102,6 +108,6 @@ const char *audit__kind_literal(const char *kind);
  */
 int audit__scan_sql(const StoreFilter *f, char prefix, char *sql, size_t len, const char **binds);
 AuditStore *audit__sqlite_open(const char *path, bool strict, char *err, size_t errlen);
-AuditStore *audit__pg_open(const char *url, bool strict, char *err, size_t errlen);
+AuditStore *audit__pg_open(const char *url, bool strict, int timeout_ms, char *err, size_t errlen);
 
 #endif

@@ -2,7 +2,9 @@
  * The audit store in a PostgreSQL database of its own, for several gateways sharing one
  * trail. Same table as SQLite; each gateway (node) keeps its own chain in it.
  */
+#include <errno.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,14 +31,16 @@ static const char INSERT_SQL[] = "INSERT INTO audit_records (node, seq, time, ki
 typedef struct {
 	PGconn *conn;
 	bool strict;
+	int timeout_ms; /* for each call: see store_open; 0 none */
+	bool given_up;  /* a call ran out of time: what the connection holds is unknown */
 } PgStore;
 
-static PGconn *conn_of(const AuditStore *st) { return ((PgStore *)st->db)->conn; }
+static PgStore *pg_of(const AuditStore *st) { return st->db; }
 
-static bool fail(PGconn *c, const char *what, char *err, size_t errlen)
+static bool fail_with(const char *what, const char *message, char *err, size_t errlen)
 {
 	char msg[300];
-	snprintf(msg, sizeof msg, "%s", c ? PQerrorMessage(c) : "out of memory");
+	snprintf(msg, sizeof msg, "%s", message);
 	size_t n = strlen(msg);
 	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
 		msg[--n] = 0;
@@ -44,72 +48,155 @@ static bool fail(PGconn *c, const char *what, char *err, size_t errlen)
 	return false;
 }
 
+static bool fail(PGconn *c, const char *what, char *err, size_t errlen)
+{
+	return fail_with(what, c ? PQerrorMessage(c) : "out of memory", err, errlen);
+}
+
+/* When a call started now must have its answer (util_now_ms), or 0 for no limit. */
+static uint64_t deadline_of(const PgStore *pg) { return pg->timeout_ms ? util_now_ms() + (uint64_t)pg->timeout_ms : 0; }
+
+/*
+ * Sends what is buffered and waits until the next result can be read without blocking. A
+ * server that stops answering (stopped, or a network that drops without a reset) must not
+ * hold the writer: past the deadline the connection is given up, and the next transaction
+ * starts on a new one.
+ */
+static bool await_result(PgStore *pg, uint64_t deadline, const char *what, char *err, size_t errlen)
+{
+	PGconn *c = pg->conn;
+	for (;;) {
+		int unsent = PQflush(c);
+		if (unsent < 0)
+			return fail(c, what, err, errlen);
+		if (!unsent && !PQisBusy(c))
+			return true;
+		int wait_ms = -1;
+		if (deadline) {
+			uint64_t now = util_now_ms();
+			if (now >= deadline) {
+				pg->given_up = true;
+				snprintf(err, errlen, "audit store: %s: no answer within %d ms; the connection is given up",
+					 what, pg->timeout_ms);
+				return false;
+			}
+			wait_ms = (int)(deadline - now);
+		}
+		/* Reading too while sending: a server blocked on its own sends would never take ours. */
+		struct pollfd p = {.fd = PQsocket(c), .events = POLLIN | (unsent ? POLLOUT : 0)};
+		if (p.fd < 0)
+			return fail(c, what, err, errlen);
+		int ready = poll(&p, 1, wait_ms);
+		if (ready < 0 && errno != EINTR)
+			return fail_with(what, strerror(errno), err, errlen);
+		if (ready > 0 && (p.revents & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(c))
+			return fail(c, what, err, errlen);
+	}
+}
+
+/* Reads a command's results up to its end; the last goes to *out when out is not NULL. */
+static bool collect(PgStore *pg, uint64_t deadline, PGresult **out, const char *what, char *err, size_t errlen)
+{
+	bool ok = true;
+	PGresult *last = NULL;
+	for (;;) {
+		if (!await_result(pg, deadline, what, err, errlen)) {
+			PQclear(last);
+			return false;
+		}
+		PGresult *r = PQgetResult(pg->conn);
+		if (!r)
+			break;
+		ExecStatusType s = PQresultStatus(r);
+		if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK && ok)
+			ok = fail_with(what, PQresultErrorMessage(r), err, errlen);
+		PQclear(last);
+		last = r;
+	}
+	if (out && ok)
+		*out = last;
+	else
+		PQclear(last);
+	return ok;
+}
+
 /* Runs a command; result rows (if any) go to *out when out is not NULL. */
-static bool run(PGconn *c, const char *sql, int n, const char *const *params, PGresult **out, const char *what,
+static bool run(PgStore *pg, const char *sql, int n, const char *const *params, PGresult **out, const char *what,
 		char *err, size_t errlen)
 {
-	PGresult *r = n ? PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0) : PQexec(c, sql);
-	ExecStatusType s = PQresultStatus(r);
-	if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
-		PQclear(r);
-		return fail(c, what, err, errlen);
-	}
-	if (out)
-		*out = r;
-	else
-		PQclear(r);
-	return true;
+	if (pg->given_up)
+		return fail_with(what, "the connection was given up after a timeout", err, errlen);
+	uint64_t deadline = deadline_of(pg);
+	int sent = n ? PQsendQueryParams(pg->conn, sql, n, NULL, params, NULL, NULL, 0) : PQsendQuery(pg->conn, sql);
+	if (!sent)
+		return fail(pg->conn, what, err, errlen);
+	return collect(pg, deadline, out, what, err, errlen);
 }
 
 /* What each connection to the store is set up with, at open and after a reconnect. */
-static bool setup(PGconn *c, bool strict, char *err, size_t errlen)
+static bool setup(PgStore *pg, char *err, size_t errlen)
 {
+	/* Sends must not block either: a full socket buffer would hold the writer past its deadline. */
+	if (PQsetnonblocking(pg->conn, 1) != 0)
+		return fail(pg->conn, "settings", err, errlen);
 	/* Default mode may lose the last commits if the store's host crashes; strict may not. */
-	if (!run(c, strict ? "SET synchronous_commit = on" : "SET synchronous_commit = off", 0, NULL, NULL, "settings",
-		 err, errlen))
+	if (!run(pg, pg->strict ? "SET synchronous_commit = on" : "SET synchronous_commit = off", 0, NULL, NULL,
+		 "settings", err, errlen))
 		return false;
 	/*
 	 * A lock someone holds on the table must not hold the writer: waiting, it would let
 	 * statements run on unrecorded while their records pile up. The batch fails instead, and
 	 * audit.on_failure applies.
 	 */
-	if (!pg_conn_limit_lock_wait(c))
-		return fail(c, "settings", err, errlen);
-	PGresult *r = PQprepare(c, INSERT_NAME, INSERT_SQL, 10, NULL);
-	bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-	PQclear(r);
-	return ok || fail(c, "prepare", err, errlen);
+	if (!run(pg, PG_CONN_LIMIT_LOCK_WAIT, 0, NULL, NULL, "settings", err, errlen))
+		return false;
+	uint64_t deadline = deadline_of(pg);
+	if (!PQsendPrepare(pg->conn, INSERT_NAME, INSERT_SQL, 10, NULL))
+		return fail(pg->conn, "prepare", err, errlen);
+	return collect(pg, deadline, NULL, "prepare", err, errlen);
 }
 
 static void pg_close(AuditStore *st)
 {
-	PQfinish(conn_of(st));
+	PQfinish(pg_of(st)->conn);
 	free(st->db);
 	free(st);
 }
 
 static bool pg_exec(AuditStore *st, const char *sql, char *err, size_t errlen)
 {
-	PGconn *c = conn_of(st);
-	/* Lost, or left in a pipeline by a batch that failed half-way: the writer reconnects. */
-	if (PQstatus(c) == CONNECTION_BAD || PQpipelineStatus(c) != PQ_PIPELINE_OFF) {
+	PgStore *pg = pg_of(st);
+	PGconn *c = pg->conn;
+	/* Lost, given up, or left in a pipeline by a batch that failed half-way. */
+	if (pg->given_up || PQstatus(c) == CONNECTION_BAD || PQpipelineStatus(c) != PQ_PIPELINE_OFF) {
+		/*
+		 * The transaction went with the connection: only a new one may start on a new
+		 * connection (a COMMIT there would report success for nothing).
+		 */
+		if (strcmp(sql, "BEGIN") != 0)
+			return fail_with(sql, "the connection was lost", err, errlen);
 		PQreset(c);
+		pg->given_up = false;
 		if (PQstatus(c) != CONNECTION_OK)
 			return fail(c, "connect", err, errlen);
-		if (!setup(c, ((PgStore *)st->db)->strict, err, errlen))
+		if (!setup(pg, err, errlen))
 			return false;
 	}
-	return run(c, sql, 0, NULL, NULL, sql, err, errlen);
+	return run(pg, sql, 0, NULL, NULL, sql, err, errlen);
 }
 
 /*
  * The batch's inserts go out in one pipeline: one round trip for the batch rather than one
  * per record, which would cap the records per second at the store's latency. On failure
- * the connection may be left in pipeline mode; pg_exec then resets it.
+ * the connection may be left in pipeline mode; the next BEGIN then reconnects.
  */
 static bool pg_append(AuditStore *st, const StoredRecord *recs, size_t n, char *err, size_t errlen)
 {
-	PGconn *c = conn_of(st);
+	PgStore *pg = pg_of(st);
+	PGconn *c = pg->conn;
+	uint64_t deadline = deadline_of(pg);
+	if (pg->given_up)
+		return fail_with("insert", "the connection was given up after a timeout", err, errlen);
 	if (!PQenterPipelineMode(c))
 		return fail(c, "insert", err, errlen);
 	size_t sent = 0;
@@ -126,12 +213,13 @@ static bool pg_append(AuditStore *st, const StoredRecord *recs, size_t n, char *
 		return fail(c, "insert", err, errlen);
 	/* Each insert's result and a NULL after it, then the sync's; the first error is the batch's. */
 	bool ok = true;
+	char later[200]; /* errors after the first */
 	for (size_t nulls = 0; nulls <= sent;) {
+		if (!await_result(pg, deadline, "insert", ok ? err : later, ok ? errlen : sizeof later))
+			return false;
 		PGresult *r = PQgetResult(c);
 		if (!r) {
 			nulls++;
-			if (PQstatus(c) == CONNECTION_BAD)
-				return ok ? fail(c, "insert", err, errlen) : false;
 			continue;
 		}
 		ExecStatusType status = PQresultStatus(r);
@@ -156,7 +244,7 @@ static bool pg_head(AuditStore *st, const char *node, const char *before, int64_
 {
 	const char *p[2] = {node, before};
 	PGresult *r = NULL;
-	if (!run(conn_of(st),
+	if (!run(pg_of(st),
 		 before ? "SELECT seq, tag FROM audit_records WHERE node = $1 AND time < $2 ORDER BY seq DESC LIMIT 1"
 			: "SELECT seq, tag FROM audit_records WHERE node = $1 ORDER BY seq DESC LIMIT 1",
 		 before ? 2 : 1, p, &r, "head", err, errlen))
@@ -176,7 +264,7 @@ static bool pg_delete_through(AuditStore *st, const char *node, int64_t seq, cha
 	char s[24];
 	snprintf(s, sizeof s, "%lld", (long long)seq);
 	const char *p[2] = {node, s};
-	return run(conn_of(st), "DELETE FROM audit_records WHERE node = $1 AND seq <= $2", 2, p, NULL, "prune", err, errlen);
+	return run(pg_of(st), "DELETE FROM audit_records WHERE node = $1 AND seq <= $2", 2, p, NULL, "prune", err, errlen);
 }
 
 static bool pg_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, char *err, size_t errlen)
@@ -185,7 +273,7 @@ static bool pg_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *a
 	const char *binds[STORE_SCAN_BINDS];
 	int nb = audit__scan_sql(f, '$', sql, sizeof sql, binds);
 	PGresult *r = NULL;
-	if (!run(conn_of(st), sql, nb, binds, &r, "read", err, errlen))
+	if (!run(pg_of(st), sql, nb, binds, &r, "read", err, errlen))
 		return false;
 	for (int i = 0; i < PQntuples(r); i++) {
 		StoredRecord rec = {
@@ -210,24 +298,22 @@ static const StoreOps pg_ops = {
 	.scan = pg_scan,
 };
 
-AuditStore *audit__pg_open(const char *url, bool strict, char *err, size_t errlen)
+AuditStore *audit__pg_open(const char *url, bool strict, int timeout_ms, char *err, size_t errlen)
 {
 	/* A store that stops answering must not hold the writer while records pile up. */
-	PGconn *c = pg_conn_open(url, "pgcordon-audit");
-	if (PQstatus(c) != CONNECTION_OK) {
-		fail(c, "connect", err, errlen);
-		PQfinish(c);
-		return NULL;
-	}
-	if (!run(c, SCHEMA, 0, NULL, NULL, "schema", err, errlen) || !setup(c, strict, err, errlen)) {
-		PQfinish(c);
-		return NULL;
-	}
 	PgStore *pg = xcalloc(1, sizeof *pg);
-	pg->conn = c;
+	pg->conn = pg_conn_open(url, "pgcordon-audit");
 	pg->strict = strict;
-	AuditStore *st = xcalloc(1, sizeof *st);
-	st->ops = &pg_ops;
-	st->db = pg;
-	return st;
+	pg->timeout_ms = timeout_ms;
+	if (PQstatus(pg->conn) != CONNECTION_OK) {
+		fail(pg->conn, "connect", err, errlen);
+	} else if (run(pg, SCHEMA, 0, NULL, NULL, "schema", err, errlen) && setup(pg, err, errlen)) {
+		AuditStore *st = xcalloc(1, sizeof *st);
+		st->ops = &pg_ops;
+		st->db = pg;
+		return st;
+	}
+	PQfinish(pg->conn);
+	free(pg);
+	return NULL;
 }

@@ -68,7 +68,7 @@ static AuditStore *open_store(const Args *a, Config **out)
 		config_release(c);
 		return NULL;
 	}
-	AuditStore *st = store_open(c->audit_store, false, err, sizeof err);
+	AuditStore *st = store_open(c->audit_store, false, 0, err, sizeof err);
 	if (!st) {
 		fprintf(stderr, "%s\n", err);
 		config_release(c);

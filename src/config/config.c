@@ -320,6 +320,12 @@ static bool on_audit(Loader *ld, Config *c, void *obj, const char *key, yaml_nod
 			c->audit_max_pending = size;
 		return true;
 	}
+	if (strcmp(key, "store_timeout") == 0) {
+		if (get_duration(ld, v, "audit.store_timeout", &c->audit_store_timeout_ms) &&
+		    (c->audit_store_timeout_ms < 500 || c->audit_store_timeout_ms > 600000))
+			fail_at(ld, v, "audit.store_timeout must be from 500ms to 10m");
+		return true;
+	}
 	if (strcmp(key, "results") == 0)
 		return walk_mapping(ld, c, obj, v, "audit.results", on_audit_results) || true;
 	return false;
@@ -1396,6 +1402,7 @@ static Config *load(const char *path, bool skip_secrets, char *err, size_t errle
 	c->audit_rows = 100;
 	c->audit_bytes = 64 * 1024;
 	c->audit_max_pending = 256 * 1024 * 1024;
+	c->audit_store_timeout_ms = 5000;
 
 	yaml_parser_initialize(&parser);
 	yaml_parser_set_input_file(&parser, f);

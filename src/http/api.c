@@ -141,7 +141,7 @@ static enum MHD_Result audit_request(struct MHD_Connection *conn, const Config *
 	if (!c->audit_store)
 		return error(conn, MHD_HTTP_NOT_FOUND, "no audit.store is configured");
 	char err[512];
-	AuditStore *st = store_open(c->audit_store, false, err, sizeof err);
+	AuditStore *st = store_open(c->audit_store, false, 0, err, sizeof err);
 	if (!st)
 		return error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, err);
 	json_t *out = NULL;

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import sqlite3
 import struct
@@ -1603,6 +1604,80 @@ def test_store_failure_continue_keeps_serving(gateway_factory, tmp_path):
     check_chain_links(SqliteTrail(db).rows())
 
 
+@pytest.fixture
+def frozen_disk(tmp_path):
+    """A small ext4 file system of its own, and a function that freezes it (fsfreeze): writes
+    to it then hang, as on a disk that stopped answering. Thawed and unmounted at the end.
+    Skipped where loop mounts are not allowed (not root, no loop devices)."""
+    img, mnt = tmp_path / "disk.img", tmp_path / "disk"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
+    r = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot loop-mount a file system here: {r.stderr.strip()}")
+    frozen = []
+
+    def freeze(on):
+        subprocess.run(["fsfreeze", "-f" if on else "-u", str(mnt)], check=True, timeout=30)
+        frozen[:] = [on]
+    try:
+        yield mnt, freeze
+    finally:
+        if frozen == [True]:
+            subprocess.run(["fsfreeze", "-u", str(mnt)], timeout=30)
+        subprocess.run(["umount", "-l", str(mnt)], timeout=30)
+
+
+def test_store_on_a_frozen_disk_refuses_then_recovers(gateway_factory, frozen_disk):
+    """A write to the store that hangs (its disk frozen) holds the writer, and the store
+    never reports an error: past audit.store_timeout it still counts as failing, so new
+    statements are refused (58030) rather than run unrecorded while memory fills. Once the
+    disk answers, statements are accepted again and everything that ran is in the trail."""
+    mnt, freeze = frozen_disk
+    db = mnt / "audit.db"
+    port = free_port()
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"node": "frozen", "store_timeout": "1s"},
+                       lambda cfg: cfg.update(admin={"address": "127.0.0.1", "port": port}))
+
+    def health():
+        return json.loads(http(port, "/healthz")[1])["audit"]
+    try:
+        wait_for(lambda: health() == "ok", what="/healthz with the audit ok")
+        trail = SqliteTrail(db)
+        conn = _recorded_session(gw, trail, "fz")
+        freeze(True)
+        try:
+            started = time.monotonic()
+            refused = _refused_within(conn, "fz", 15)
+            assert refused is not None, "no statement was refused within 15 s of freezing the store's disk"
+            marker, e = refused
+            waited = time.monotonic() - started
+            assert e.sqlstate == "58030" and e.diag.message_primary == REFUSED_MSG, (e.sqlstate, str(e))
+            assert waited < 6, f"the first refusal came {waited:.1f} s after the freeze (timeout 1 s)"
+            e2 = _probe(conn, f"fz-still-{SFX}")
+            assert e2 is not None and e2.sqlstate == "58030", e2
+            assert "event=audit_store_stalled" in gw.log_text()
+            assert health() == "failing"
+        finally:
+            freeze(False)
+        _accepted_within(conn, f"fz-after-{SFX}", 15, "the disk thawed")
+        conn.close()
+        # the statements accepted before the first refusal ran: each is in the trail
+        for i in range(int(marker.rsplit("-", 1)[1])):
+            assert record_with(trail, f"fz-{SFX}-{i}'", timeout=10)["body"].get("error") is None
+        record_with(trail, f"fz-after-{SFX}", timeout=10)
+        rec = record_with(trail, marker, timeout=10)
+        assert rec["body"]["error"]["sqlstate"] == "58030", rec["body"]
+        assert "event=audit_store_recovered" in gw.log_text()
+        assert health() == "ok"
+    finally:
+        assert gw.stop() == 0
+    check_chain_links(SqliteTrail(db).rows())
+    assert_verify_ok(gw.config_path)
+
+
 def _locked(db):
     """An open connection holding an exclusive lock on the SQLite store: nothing commits."""
     lk = sqlite3.connect(str(db), isolation_level=None, timeout=10)
@@ -1975,6 +2050,38 @@ def test_postgresql_store_lock_fails_closed_also_after_a_reconnect(gateway_facto
     assert gw.stop() == 0
     check_chain_links(trail.rows())
     assert_verify_ok(gw.config_path, "--node", "locked")
+
+
+def test_postgresql_store_that_stops_answering_is_given_up(gateway_factory, tmp_path, pg_store):
+    """The writer's backend in the store is stopped (SIGSTOP): its TCP connection stays up and
+    acknowledges, but nothing answers, and neither keepalives nor lock_timeout help. Past
+    audit.store_timeout the writer gives that connection up and writes on a new one, so the
+    records of statements that run meanwhile reach the store while the old backend is still
+    stopped."""
+    url, trail = pg_store
+    gw = start_audited(gateway_factory, url, {"node": "stopped", "store_timeout": "1s",
+                                              "key_file": str(tmp_path / "stopped.key")})
+    conn = _recorded_session(gw, trail, "ps", timeout=10)
+    with trail.pg.super_connect(trail.dbname) as c:
+        pids = [r[0] for r in c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'pgcordon-audit' AND state = 'idle'").fetchall()]
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        _accepted_within(conn, f"ps-while-stopped-{SFX}", 15, "the store's backend stopped")
+        record_with(trail, f"ps-while-stopped-{SFX}", timeout=15)
+        with trail.pg.super_connect(trail.dbname) as c:
+            state = c.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pids[0],)).fetchone()
+        assert state is not None, "the stopped backend is gone: the test proves nothing"
+        assert re.search(r"event=audit_store_failed .*no answer within 1000 ms", gw.log_text()), \
+            gw.log_text()[-3000:]
+    finally:
+        os.kill(pids[0], signal.SIGCONT)
+    conn.close()
+    assert gw.stop() == 0
+    check_chain_links(trail.rows())
+    assert_verify_ok(gw.config_path, "--node", "stopped")
 
 
 def test_raw_execute_without_describe_masked_and_not(gateway_factory, tmp_path, pg):

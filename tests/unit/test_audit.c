@@ -130,7 +130,7 @@ static AuditStore *open_store(void)
 {
 	char url[80], err[300];
 	snprintf(url, sizeof url, "sqlite:%s", dbpath);
-	AuditStore *st = store_open(url, false, err, sizeof err);
+	AuditStore *st = store_open(url, false, 0, err, sizeof err);
 	if (!st)
 		fail_msg("%s", err);
 	return st;

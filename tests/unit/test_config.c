@@ -155,6 +155,7 @@ static void test_audit_and_admin_sections(void **state)
 	snprintf(text, sizeof text,
 		 "%saudit:\n  store: sqlite:/var/lib/pgcordon/audit.db\n  durability: strict\n  on_failure: continue\n"
 		 "  retention: 90d\n  node: gw-1\n  results: {rows: 10, bytes: 1KiB}\n  max_pending: 2GiB\n"
+		 "  store_timeout: 2s\n"
 		 "admin: {address: 127.0.0.1, port: 9000, auditors: [security, sre]}\n", db);
 	Config *c = load_text(text, err, sizeof err);
 	if (!c)
@@ -167,6 +168,7 @@ static void test_audit_and_admin_sections(void **state)
 	assert_int_equal(c->audit_rows, 10);
 	assert_int_equal(c->audit_bytes, 1024);
 	assert_true(c->audit_max_pending == 2ULL << 30);
+	assert_int_equal(c->audit_store_timeout_ms, 2000);
 	assert_true(c->admin_enabled);
 	assert_int_equal(c->admin_port, 9000);
 	assert_int_equal(c->nadmin_auditors, 2);
@@ -181,6 +183,7 @@ static void test_audit_and_admin_sections(void **state)
 	assert_false(c->audit_strict);
 	assert_false(c->audit_continue);
 	assert_true(c->audit_max_pending == 256ULL << 20);
+	assert_int_equal(c->audit_store_timeout_ms, 5000);
 	config_release(c);
 
 	snprintf(text, sizeof text, "%saudit:\n  store: mysql://x\n", db);
@@ -189,6 +192,11 @@ static void test_audit_and_admin_sections(void **state)
 	expect_error(text, 1, "needs audit.key_file");
 	snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  durability: maybe\n", db);
 	expect_error(text, 5, "default or strict");
+	const char *const timeouts[] = {"100ms", "11m", "soon", "-1s"};
+	for (size_t i = 0; i < sizeof timeouts / sizeof *timeouts; i++) {
+		snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  store_timeout: %s\n", db, timeouts[i]);
+		expect_error(text, 5, "audit.store_timeout");
+	}
 	snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  on_failure: ignore\n", db);
 	expect_error(text, 5, "refuse or continue");
 	snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  retention: forever\n", db);
