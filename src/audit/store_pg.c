@@ -31,7 +31,7 @@ static const char INSERT_SQL[] = "INSERT INTO audit_records (node, seq, time, ki
 typedef struct {
 	PGconn *conn;
 	bool strict;
-	int timeout_ms; /* for each call: see store_open; 0 none */
+	int timeout_ms; /* silence allowed while an answer is owed: see store_open; 0 no limit */
 	bool given_up;  /* a call ran out of time: what the connection holds is unknown */
 } PgStore;
 
@@ -53,16 +53,14 @@ static bool fail(PGconn *c, const char *what, char *err, size_t errlen)
 	return fail_with(what, c ? PQerrorMessage(c) : "out of memory", err, errlen);
 }
 
-/* When a call started now must have its answer (util_now_ms), or 0 for no limit. */
-static uint64_t deadline_of(const PgStore *pg) { return pg->timeout_ms ? util_now_ms() + (uint64_t)pg->timeout_ms : 0; }
-
 /*
  * Sends what is buffered and waits until the next result can be read without blocking. A
  * server that stops answering (stopped, or a network that drops without a reset) must not
- * hold the writer: past the deadline the connection is given up, and the next transaction
- * starts on a new one.
+ * hold the writer: when the connection stays silent for the store's timeout while an answer
+ * is owed, it is given up, and the next transaction starts on a new one. A slow server that
+ * goes on answering (a large batch over a slow link) is not cut off.
  */
-static bool await_result(PgStore *pg, uint64_t deadline, const char *what, char *err, size_t errlen)
+static bool await_result(PgStore *pg, const char *what, char *err, size_t errlen)
 {
 	PGconn *c = pg->conn;
 	for (;;) {
@@ -71,22 +69,17 @@ static bool await_result(PgStore *pg, uint64_t deadline, const char *what, char 
 			return fail(c, what, err, errlen);
 		if (!unsent && !PQisBusy(c))
 			return true;
-		int wait_ms = -1;
-		if (deadline) {
-			uint64_t now = util_now_ms();
-			if (now >= deadline) {
-				pg->given_up = true;
-				snprintf(err, errlen, "audit store: %s: no answer within %d ms; the connection is given up",
-					 what, pg->timeout_ms);
-				return false;
-			}
-			wait_ms = (int)(deadline - now);
-		}
 		/* Reading too while sending: a server blocked on its own sends would never take ours. */
 		struct pollfd p = {.fd = PQsocket(c), .events = POLLIN | (unsent ? POLLOUT : 0)};
 		if (p.fd < 0)
 			return fail(c, what, err, errlen);
-		int ready = poll(&p, 1, wait_ms);
+		int ready = poll(&p, 1, pg->timeout_ms ? pg->timeout_ms : -1);
+		if (ready == 0) {
+			pg->given_up = true;
+			snprintf(err, errlen, "audit store: %s: no answer within %d ms; the connection is given up", what,
+				 pg->timeout_ms);
+			return false;
+		}
 		if (ready < 0 && errno != EINTR)
 			return fail_with(what, strerror(errno), err, errlen);
 		if (ready > 0 && (p.revents & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(c))
@@ -95,12 +88,12 @@ static bool await_result(PgStore *pg, uint64_t deadline, const char *what, char 
 }
 
 /* Reads a command's results up to its end; the last goes to *out when out is not NULL. */
-static bool collect(PgStore *pg, uint64_t deadline, PGresult **out, const char *what, char *err, size_t errlen)
+static bool collect(PgStore *pg, PGresult **out, const char *what, char *err, size_t errlen)
 {
 	bool ok = true;
 	PGresult *last = NULL;
 	for (;;) {
-		if (!await_result(pg, deadline, what, err, errlen)) {
+		if (!await_result(pg, what, err, errlen)) {
 			PQclear(last);
 			return false;
 		}
@@ -126,17 +119,16 @@ static bool run(PgStore *pg, const char *sql, int n, const char *const *params, 
 {
 	if (pg->given_up)
 		return fail_with(what, "the connection was given up after a timeout", err, errlen);
-	uint64_t deadline = deadline_of(pg);
 	int sent = n ? PQsendQueryParams(pg->conn, sql, n, NULL, params, NULL, NULL, 0) : PQsendQuery(pg->conn, sql);
 	if (!sent)
 		return fail(pg->conn, what, err, errlen);
-	return collect(pg, deadline, out, what, err, errlen);
+	return collect(pg, out, what, err, errlen);
 }
 
 /* What each connection to the store is set up with, at open and after a reconnect. */
 static bool setup(PgStore *pg, char *err, size_t errlen)
 {
-	/* Sends must not block either: a full socket buffer would hold the writer past its deadline. */
+	/* Sends must not block either: a full socket buffer would hold the writer past its timeout. */
 	if (PQsetnonblocking(pg->conn, 1) != 0)
 		return fail(pg->conn, "settings", err, errlen);
 	/* Default mode may lose the last commits if the store's host crashes; strict may not. */
@@ -150,10 +142,9 @@ static bool setup(PgStore *pg, char *err, size_t errlen)
 	 */
 	if (!run(pg, PG_CONN_LIMIT_LOCK_WAIT, 0, NULL, NULL, "settings", err, errlen))
 		return false;
-	uint64_t deadline = deadline_of(pg);
 	if (!PQsendPrepare(pg->conn, INSERT_NAME, INSERT_SQL, 10, NULL))
 		return fail(pg->conn, "prepare", err, errlen);
-	return collect(pg, deadline, NULL, "prepare", err, errlen);
+	return collect(pg, NULL, "prepare", err, errlen);
 }
 
 static void pg_close(AuditStore *st)
@@ -194,7 +185,6 @@ static bool pg_append(AuditStore *st, const StoredRecord *recs, size_t n, char *
 {
 	PgStore *pg = pg_of(st);
 	PGconn *c = pg->conn;
-	uint64_t deadline = deadline_of(pg);
 	if (pg->given_up)
 		return fail_with("insert", "the connection was given up after a timeout", err, errlen);
 	if (!PQenterPipelineMode(c))
@@ -215,7 +205,7 @@ static bool pg_append(AuditStore *st, const StoredRecord *recs, size_t n, char *
 	bool ok = true;
 	char later[200]; /* errors after the first */
 	for (size_t nulls = 0; nulls <= sent;) {
-		if (!await_result(pg, deadline, "insert", ok ? err : later, ok ? errlen : sizeof later))
+		if (!await_result(pg, "insert", ok ? err : later, ok ? errlen : sizeof later))
 			return false;
 		PGresult *r = PQgetResult(c);
 		if (!r) {
