@@ -112,7 +112,7 @@ static struct {
 	int healthy; /* atomic */
 	int store_timeout_ms; /* audit.store_timeout */
 	int64_t call_since_ms; /* atomic: when the store call under way began (util_now_ms); 0 between calls */
-	int stall_noted;       /* atomic: a producer found the call under way stalled and said so */
+	int64_t stall_noted;   /* atomic: the call_since_ms of the last call a producer found stalled */
 	size_t max_pending; /* bytes of events held in memory; past it the oldest are dropped */
 	int scan_first;     /* the queue a scan starts with, in turn: a backlog is taken fairly */
 	bool more;          /* the last scan stopped at the batch limit */
@@ -145,7 +145,10 @@ bool audit_store_healthy(void)
 	int64_t since = __atomic_load_n(&W.call_since_ms, __ATOMIC_ACQUIRE);
 	if (!since || (int64_t)util_now_ms() - since <= W.store_timeout_ms)
 		return true;
-	if (!__atomic_exchange_n(&W.stall_noted, 1, __ATOMIC_RELAXED))
+	/* Logged once per call: the first producer to see it stalled marks it with its start. */
+	int64_t noted = __atomic_load_n(&W.stall_noted, __ATOMIC_RELAXED);
+	if (noted != since &&
+	    __atomic_compare_exchange_n(&W.stall_noted, &noted, since, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
 		log_event(LOG_ERROR, "audit_store_stalled",
 			  "node=%s timeout_ms=%d note=\"a write to the audit store has not returned: it counts as failing\"",
 			  W.node, W.store_timeout_ms);
@@ -657,8 +660,19 @@ static void store_call_begins(void) { __atomic_store_n(&W.call_since_ms, (int64_
 /* Returns whether a producer found this call stalled. */
 static bool store_call_ends(void)
 {
+	int64_t since = __atomic_load_n(&W.call_since_ms, __ATOMIC_RELAXED); /* the writer's own */
 	__atomic_store_n(&W.call_since_ms, 0, __ATOMIC_RELEASE);
-	return __atomic_exchange_n(&W.stall_noted, 0, __ATOMIC_RELAXED) != 0;
+	return __atomic_load_n(&W.stall_noted, __ATOMIC_RELAXED) == since;
+}
+
+/* The batch chained into c is in the store. */
+static void batch_written(const ChainState *c)
+{
+	W.chain = *c;
+	batch_committed();
+	__atomic_store_n(&W.healthy, 1, __ATOMIC_RELEASE);
+	if (W.cb && W.strict) /* only strict mode holds sessions back until their ticket */
+		W.cb(W.cb_arg);
 }
 
 /* Writes the scratch's n records in one transaction. On failure nothing of it counts. */
@@ -673,8 +687,11 @@ static bool write_batch(size_t n, char *err, size_t errlen)
 	return true;
 }
 
-/* Deletes records older than the retention and chains a "prune" record saying so. */
-static void prune(void)
+/*
+ * Deletes records older than the retention and chains a "prune" record saying so. False:
+ * the store failed; *tried is then the chain had the prune record been written.
+ */
+static bool prune(ChainState *tried)
 {
 	char err[300], cutoff[AUDIT_TIME_LEN], q[300];
 	int64_t through;
@@ -682,16 +699,17 @@ static void prune(void)
 	audit_format_time(audit_now_us() - W.retention_s * 1000000, cutoff);
 	if (!store_last_before(W.st, W.node, cutoff, &through, through_tag, err, sizeof err)) {
 		log_event(LOG_ERROR, "audit_prune_failed", "error=%s", log_quote(q, sizeof q, err));
-		return;
+		return false;
 	}
 	if (through == 0 || through >= W.chain.seq)
-		return; /* nothing old enough, or it would remove the head itself */
+		return true; /* nothing old enough, or it would remove the head itself */
 	json_t *body = json_pack("{sI sI ss ss}", "through_seq", (json_int_t)through, "first_seq", (json_int_t)through + 1,
 				 "through_tag", through_tag, "cutoff", cutoff);
 	ChainState c = W.chain;
 	char *text = NULL;
 	chain_own_record(&c, 0, "prune", audit_now_us(), body, &text);
 	chain_settle(&c, 1);
+	*tried = c;
 	bool ok = store_begin(W.st, err, sizeof err);
 	if (ok) {
 		ok = store_delete_through(W.st, W.node, through, err, sizeof err) &&
@@ -702,10 +720,11 @@ static void prune(void)
 	free(text);
 	if (!ok) {
 		log_event(LOG_ERROR, "audit_prune_failed", "error=%s", log_quote(q, sizeof q, err));
-		return;
+		return false;
 	}
 	W.chain = c;
 	log_event(LOG_INFO, "audit_pruned", "node=%s through_seq=%lld cutoff=%s", W.node, (long long)through, cutoff);
+	return true;
 }
 
 static void log_head(const char *why)
@@ -732,6 +751,9 @@ static void *writer_main(void *arg)
 	int64_t next_prune = 0, last_head_log = audit_now_us(), logged_seq = W.chain.seq;
 	bool more = false;     /* the last batch was full: the next one follows at once */
 	bool was_over = false; /* the last turn found more than max_pending waiting */
+	bool doubt = false;    /* the last batch's COMMIT went unanswered: it may be in the store */
+	ChainState doubt_after; /* the chain after that batch */
+	int doubt_waits = 0;    /* turns it has not been settled (the first is logged) */
 	for (;;) {
 		pthread_mutex_lock(&W.mu);
 		if (!W.wake && !W.stopping && !more) {
@@ -747,54 +769,97 @@ static void *writer_main(void *arg)
 		W.wake = false;
 		pthread_mutex_unlock(&W.mu);
 
-		/*
-		 * Between batches nothing is scanned and not committed: dropping can start there. Only
-		 * when the store fails or a batch did not catch up: a single burst (or one record
-		 * larger than the bound) that a healthy store takes at once is written, not dropped.
-		 */
-		bool over = held_bytes() > W.max_pending;
-		if (over && (failing || was_over)) {
-			/* Down to three quarters, so that dropping is not done again at every turn. */
-			size_t dropped = drop_oldest(W.max_pending / 4 * 3);
-			if (dropped && W.cb && W.strict)
-				W.cb(W.cb_arg); /* the sessions holding a dropped record's answer are refused now */
-		}
-		was_over = over;
-		ChainState c = W.chain;
-		size_t n = scan(&c);
 		bool behind = false;
+		bool written = false, stalled = false;
+		char err[300], q[400];
 		more = false;
-		if (n) {
-			char err[300], q[400];
+		if (doubt) {
+			/*
+			 * The last batch's COMMIT went unanswered. Nothing is dropped, scanned or written
+			 * until the store says whether it is in (then it counts as written) or not (then
+			 * it is written again): either guess could lose records or chain them twice.
+			 */
+			int64_t seq;
+			char tag[AUDIT_TAG_HEX];
 			store_call_begins();
-			bool written = write_batch(n, err, sizeof err);
-			bool stalled = store_call_ends();
-			if (written) {
-				W.chain = c;
-				batch_committed();
-				if (failing || stalled)
-					log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
-				failing = false;
-				__atomic_store_n(&W.healthy, 1, __ATOMIC_RELEASE);
-				if (W.cb && W.strict) /* only strict mode holds sessions back until their ticket */
-					W.cb(W.cb_arg);
-				more = W.more;
-			} else {
-				batch_failed();
-				behind = true;
-				if (!failing)
-					log_event(LOG_ERROR, "audit_store_failed", "node=%s pending=%llu error=%s", W.node,
-						  (unsigned long long)pending_events(), log_quote(q, sizeof q, err));
-				failing = true;
-				__atomic_store_n(&W.healthy, 0, __ATOMIC_RELEASE);
+			bool settled = store_settle(W.st, W.node, &seq, tag, err, sizeof err);
+			stalled = store_call_ends();
+			behind = true;
+			if (!settled && doubt_waits++ == 0)
+				log_event(LOG_WARN, "audit_commit_unsettled", "node=%s seq=%lld reason=%s", W.node,
+					  (long long)doubt_after.seq, log_quote(q, sizeof q, err));
+			if (settled) {
+				doubt = false;
+				written = seq == doubt_after.seq && strcmp(tag, doubt_after.tag) == 0;
+				log_event(LOG_WARN, "audit_commit_settled", "node=%s seq=%lld written=%s", W.node,
+					  (long long)doubt_after.seq, written ? "yes" : "no");
+				if (written)
+					batch_written(&doubt_after);
+				else
+					batch_failed();
+				behind = more = !written; /* written again at once */
 			}
+		} else {
+			/*
+			 * Between batches nothing is scanned and not committed: dropping can start there. Only
+			 * when the store fails or a batch did not catch up: a single burst (or one record
+			 * larger than the bound) that a healthy store takes at once is written, not dropped.
+			 */
+			bool over = held_bytes() > W.max_pending;
+			if (over && (failing || was_over)) {
+				/* Down to three quarters, so that dropping is not done again at every turn. */
+				size_t dropped = drop_oldest(W.max_pending / 4 * 3);
+				if (dropped && W.cb && W.strict)
+					W.cb(W.cb_arg); /* the sessions holding a dropped record's answer are refused now */
+			}
+			was_over = over;
+			ChainState c = W.chain;
+			size_t n = scan(&c);
+			if (n) {
+				store_call_begins();
+				written = write_batch(n, err, sizeof err);
+				stalled = store_call_ends();
+				if (written) {
+					batch_written(&c);
+				} else if (store_commit_in_doubt(W.st)) {
+					doubt = true;
+					doubt_after = c;
+					doubt_waits = 0;
+					log_event(LOG_ERROR, "audit_commit_in_doubt", "node=%s seq=%lld error=%s", W.node,
+						  (long long)c.seq, log_quote(q, sizeof q, err));
+				} else {
+					batch_failed();
+				}
+				behind = !written;
+				more = written && W.more;
+			}
+		}
+		if (written) {
+			if (failing || stalled)
+				log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
+			failing = false;
+		} else if (behind && !failing) {
+			log_event(LOG_ERROR, "audit_store_failed", "node=%s pending=%llu error=%s", W.node,
+				  (unsigned long long)pending_events(), log_quote(q, sizeof q, err));
+			failing = true;
+			__atomic_store_n(&W.healthy, 0, __ATOMIC_RELEASE);
 		}
 		int64_t now = audit_now_us();
 		if (W.retention_s && !failing && now >= next_prune) {
+			ChainState tried;
 			store_call_begins();
-			prune();
-			if (store_call_ends())
+			bool pruned = prune(&tried);
+			bool prune_stalled = store_call_ends();
+			if (pruned && prune_stalled)
 				log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
+			if (!pruned && store_commit_in_doubt(W.st)) { /* settled at the next turn, as a batch's */
+				doubt = true;
+				doubt_after = tried;
+				doubt_waits = 0;
+				log_event(LOG_ERROR, "audit_commit_in_doubt", "node=%s seq=%lld", W.node, (long long)tried.seq);
+				failing = true;
+				__atomic_store_n(&W.healthy, 0, __ATOMIC_RELEASE);
+			}
 			int64_t every = W.retention_s / 4 < 1 ? 1 : W.retention_s / 4 > 3600 ? 3600 : W.retention_s / 4;
 			next_prune = now + every * 1000000;
 		}

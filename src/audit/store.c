@@ -29,6 +29,14 @@ void store_rollback(AuditStore *st)
 	(void)st->ops->exec(st, "ROLLBACK", err, sizeof err);
 }
 
+bool store_commit_in_doubt(AuditStore *st) { return st->ops->in_doubt && st->ops->in_doubt(st); }
+
+bool store_settle(AuditStore *st, const char *node, int64_t *seq, char tag[AUDIT_TAG_HEX], char *err, size_t errlen)
+{
+	return st->ops->settle ? st->ops->settle(st, node, seq, tag, err, errlen)
+			       : st->ops->head(st, node, NULL, seq, tag, err, errlen);
+}
+
 bool store_append(AuditStore *st, const StoredRecord *r, size_t n, char *err, size_t errlen)
 {
 	return n == 0 || st->ops->append(st, r, n, err, errlen);

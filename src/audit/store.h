@@ -55,6 +55,18 @@ void store_close(AuditStore *st);
 bool store_begin(AuditStore *st, char *err, size_t errlen) __attribute__((warn_unused_result));
 bool store_commit(AuditStore *st, char *err, size_t errlen) __attribute__((warn_unused_result));
 void store_rollback(AuditStore *st);
+/*
+ * After store_commit failed: true when the COMMIT may have been carried out all the same (it
+ * was sent and never answered, as when the connection is given up or lost). Until
+ * store_settle succeeds, nothing else may be written.
+ */
+bool store_commit_in_doubt(AuditStore *st);
+/*
+ * Once the transaction in doubt has ended on the server: node's last record, as
+ * store_head. False while it may still commit, or while the store cannot be asked.
+ */
+bool store_settle(AuditStore *st, const char *node, int64_t *seq, char tag[AUDIT_TAG_HEX], char *err, size_t errlen)
+	__attribute__((warn_unused_result));
 /* Appends n records, consecutive in seq, inside the open transaction. */
 bool store_append(AuditStore *st, const StoredRecord *r, size_t n, char *err, size_t errlen)
 	__attribute__((warn_unused_result));
@@ -89,6 +101,9 @@ typedef struct {
 	bool (*exec)(AuditStore *st, const char *sql, char *err, size_t errlen);
 	bool (*append)(AuditStore *st, const StoredRecord *r, size_t n, char *err, size_t errlen);
 	bool (*upgrade)(AuditStore *st, char *err, size_t errlen); /* NULL: nothing to do */
+	/* NULL: a failed COMMIT is never in doubt (SQLite runs in the process) */
+	bool (*in_doubt)(AuditStore *st);
+	bool (*settle)(AuditStore *st, const char *node, int64_t *seq, char *tag, char *err, size_t errlen);
 	bool (*head)(AuditStore *st, const char *node, const char *before, int64_t *seq, char *tag, char *err,
 		     size_t errlen);
 	bool (*delete_through)(AuditStore *st, const char *node, int64_t seq, char *err, size_t errlen);

@@ -32,7 +32,8 @@ typedef struct {
 	PGconn *conn;
 	bool strict;
 	int timeout_ms; /* silence allowed while an answer is owed: see store_open; 0 no limit */
-	bool given_up;  /* a call ran out of time: what the connection holds is unknown */
+	bool given_up;  /* a call ran out of time or failed mid-way: what the connection holds is unknown */
+	int doubt_pid;  /* the backend of a COMMIT sent and never answered: it may still commit; 0 none */
 } PgStore;
 
 static PgStore *pg_of(const AuditStore *st) { return st->db; }
@@ -66,13 +67,13 @@ static bool await_result(PgStore *pg, const char *what, char *err, size_t errlen
 	for (;;) {
 		int unsent = PQflush(c);
 		if (unsent < 0)
-			return fail(c, what, err, errlen);
+			break;
 		if (!unsent && !PQisBusy(c))
 			return true;
 		/* Reading too while sending: a server blocked on its own sends would never take ours. */
 		struct pollfd p = {.fd = PQsocket(c), .events = POLLIN | (unsent ? POLLOUT : 0)};
 		if (p.fd < 0)
-			return fail(c, what, err, errlen);
+			break;
 		int ready = poll(&p, 1, pg->timeout_ms ? pg->timeout_ms : -1);
 		if (ready == 0) {
 			pg->given_up = true;
@@ -80,11 +81,15 @@ static bool await_result(PgStore *pg, const char *what, char *err, size_t errlen
 				 pg->timeout_ms);
 			return false;
 		}
-		if (ready < 0 && errno != EINTR)
+		if (ready < 0 && errno != EINTR) {
+			pg->given_up = true; /* unread results may be left on it */
 			return fail_with(what, strerror(errno), err, errlen);
-		if (ready > 0 && (p.revents & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(c))
-			return fail(c, what, err, errlen);
+		}
+		if (ready > 0 && ((p.revents & POLLNVAL) || ((p.revents & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(c))))
+			break;
 	}
+	pg->given_up = true;
+	return fail(c, what, err, errlen);
 }
 
 /* Reads a command's results up to its end; the last goes to *out when out is not NULL. */
@@ -118,15 +123,18 @@ static bool run(PgStore *pg, const char *sql, int n, const char *const *params, 
 		char *err, size_t errlen)
 {
 	if (pg->given_up)
-		return fail_with(what, "the connection was given up after a timeout", err, errlen);
+		return fail_with(what, "the connection was given up after a failed call", err, errlen);
 	int sent = n ? PQsendQueryParams(pg->conn, sql, n, NULL, params, NULL, NULL, 0) : PQsendQuery(pg->conn, sql);
 	if (!sent)
 		return fail(pg->conn, what, err, errlen);
 	return collect(pg, out, what, err, errlen);
 }
 
-/* What each connection to the store is set up with, at open and after a reconnect. */
-static bool setup(PgStore *pg, char *err, size_t errlen)
+/*
+ * What each connection to the store is set up with, at open (before the schema, whose
+ * CREATE INDEX IF NOT EXISTS takes a lock too) and after a reconnect.
+ */
+static bool set_up(PgStore *pg, char *err, size_t errlen)
 {
 	/* Sends must not block either: a full socket buffer would hold the writer past its timeout. */
 	if (PQsetnonblocking(pg->conn, 1) != 0)
@@ -140,11 +148,33 @@ static bool setup(PgStore *pg, char *err, size_t errlen)
 	 * statements run on unrecorded while their records pile up. The batch fails instead, and
 	 * audit.on_failure applies.
 	 */
-	if (!run(pg, PG_CONN_LIMIT_LOCK_WAIT, 0, NULL, NULL, "settings", err, errlen))
-		return false;
+	return run(pg, PG_CONN_LIMIT_LOCK_WAIT, 0, NULL, NULL, "settings", err, errlen);
+}
+
+static bool prepare_insert(PgStore *pg, char *err, size_t errlen)
+{
 	if (!PQsendPrepare(pg->conn, INSERT_NAME, INSERT_SQL, 10, NULL))
 		return fail(pg->conn, "prepare", err, errlen);
 	return collect(pg, NULL, "prepare", err, errlen);
+}
+
+/*
+ * A connection lost, given up, or left in a pipeline by a batch that failed half-way is
+ * replaced, set up again. Only between transactions: a transaction goes with its connection.
+ */
+static bool reconnect_if_broken(PgStore *pg, char *err, size_t errlen)
+{
+	PGconn *c = pg->conn;
+	if (!pg->given_up && PQstatus(c) != CONNECTION_BAD && PQpipelineStatus(c) == PQ_PIPELINE_OFF)
+		return true;
+	PQreset(c); /* blocking, bounded by connect_timeout */
+	pg->given_up = false;
+	if (PQstatus(c) != CONNECTION_OK)
+		return fail(c, "connect", err, errlen);
+	if (set_up(pg, err, errlen) && prepare_insert(pg, err, errlen))
+		return true;
+	pg->given_up = true; /* not without its settings: the next try connects again */
+	return false;
 }
 
 static void pg_close(AuditStore *st)
@@ -157,23 +187,19 @@ static void pg_close(AuditStore *st)
 static bool pg_exec(AuditStore *st, const char *sql, char *err, size_t errlen)
 {
 	PgStore *pg = pg_of(st);
+	bool begin = strcmp(sql, "BEGIN") == 0;
+	if (begin && pg->doubt_pid)
+		return fail_with(sql, "a COMMIT is still in doubt", err, errlen);
+	if (begin && !reconnect_if_broken(pg, err, errlen))
+		return false;
 	PGconn *c = pg->conn;
-	/* Lost, given up, or left in a pipeline by a batch that failed half-way. */
-	if (pg->given_up || PQstatus(c) == CONNECTION_BAD || PQpipelineStatus(c) != PQ_PIPELINE_OFF) {
-		/*
-		 * The transaction went with the connection: only a new one may start on a new
-		 * connection (a COMMIT there would report success for nothing).
-		 */
-		if (strcmp(sql, "BEGIN") != 0)
-			return fail_with(sql, "the connection was lost", err, errlen);
-		PQreset(c);
-		pg->given_up = false;
-		if (PQstatus(c) != CONNECTION_OK)
-			return fail(c, "connect", err, errlen);
-		if (!setup(pg, err, errlen))
-			return false;
-	}
-	return run(pg, sql, 0, NULL, NULL, sql, err, errlen);
+	int pid = PQbackendPID(c);
+	if (run(pg, sql, 0, NULL, NULL, sql, err, errlen))
+		return true;
+	/* Sent and not answered: the server may have committed it all the same. */
+	if (strcmp(sql, "COMMIT") == 0 && (pg->given_up || PQstatus(c) == CONNECTION_BAD))
+		pg->doubt_pid = pid;
+	return false;
 }
 
 /*
@@ -186,7 +212,7 @@ static bool pg_append(AuditStore *st, const StoredRecord *recs, size_t n, char *
 	PgStore *pg = pg_of(st);
 	PGconn *c = pg->conn;
 	if (pg->given_up)
-		return fail_with("insert", "the connection was given up after a timeout", err, errlen);
+		return fail_with("insert", "the connection was given up after a failed call", err, errlen);
 	if (!PQenterPipelineMode(c))
 		return fail(c, "insert", err, errlen);
 	size_t sent = 0;
@@ -234,6 +260,8 @@ static bool pg_head(AuditStore *st, const char *node, const char *before, int64_
 {
 	const char *p[2] = {node, before};
 	PGresult *r = NULL;
+	if (!reconnect_if_broken(pg_of(st), err, errlen))
+		return false;
 	if (!run(pg_of(st),
 		 before ? "SELECT seq, tag FROM audit_records WHERE node = $1 AND time < $2 ORDER BY seq DESC LIMIT 1"
 			: "SELECT seq, tag FROM audit_records WHERE node = $1 ORDER BY seq DESC LIMIT 1",
@@ -246,6 +274,39 @@ static bool pg_head(AuditStore *st, const char *node, const char *before, int64_
 		snprintf(tag, AUDIT_TAG_HEX, "%s", PQgetvalue(r, 0, 1));
 	}
 	PQclear(r);
+	return true;
+}
+
+static bool pg_in_doubt(AuditStore *st) { return pg_of(st)->doubt_pid != 0; }
+
+/*
+ * A COMMIT in doubt has ended once its backend is gone: the connection it came on was
+ * closed (reconnecting closes it), so the backend exits when its transaction is over. Until
+ * then its outcome could still change (a slow commit, a stopped server process).
+ */
+static bool pg_settle(AuditStore *st, const char *node, int64_t *seq, char *tag, char *err, size_t errlen)
+{
+	PgStore *pg = pg_of(st);
+	if (!reconnect_if_broken(pg, err, errlen))
+		return false;
+	if (pg->doubt_pid) {
+		char pid[16];
+		snprintf(pid, sizeof pid, "%d", pg->doubt_pid);
+		const char *p[1] = {pid};
+		PGresult *r = NULL;
+		if (!run(pg, "SELECT 1 FROM pg_stat_activity WHERE pid = $1", 1, p, &r, "settle", err, errlen))
+			return false;
+		bool running = PQntuples(r) > 0;
+		PQclear(r);
+		if (running) {
+			snprintf(err, errlen, "audit store: the server process %d of an unanswered COMMIT is still running",
+				 pg->doubt_pid);
+			return false;
+		}
+	}
+	if (!pg_head(st, node, NULL, seq, tag, err, errlen))
+		return false;
+	pg->doubt_pid = 0;
 	return true;
 }
 
@@ -283,6 +344,8 @@ static const StoreOps pg_ops = {
 	.close = pg_close,
 	.exec = pg_exec,
 	.append = pg_append,
+	.in_doubt = pg_in_doubt,
+	.settle = pg_settle,
 	.head = pg_head,
 	.delete_through = pg_delete_through,
 	.scan = pg_scan,
@@ -297,7 +360,8 @@ AuditStore *audit__pg_open(const char *url, bool strict, int timeout_ms, char *e
 	pg->timeout_ms = timeout_ms;
 	if (PQstatus(pg->conn) != CONNECTION_OK) {
 		fail(pg->conn, "connect", err, errlen);
-	} else if (run(pg, SCHEMA, 0, NULL, NULL, "schema", err, errlen) && setup(pg, err, errlen)) {
+	} else if (set_up(pg, err, errlen) && run(pg, SCHEMA, 0, NULL, NULL, "schema", err, errlen) &&
+		   prepare_insert(pg, err, errlen)) {
 		AuditStore *st = xcalloc(1, sizeof *st);
 		st->ops = &pg_ops;
 		st->db = pg;
