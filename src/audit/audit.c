@@ -756,7 +756,7 @@ static void *writer_main(void *arg)
 	int doubt_waits = 0;    /* turns it has not been settled (the first is logged) */
 	for (;;) {
 		pthread_mutex_lock(&W.mu);
-		if (!W.wake && !W.stopping && !more) {
+		if ((!W.wake || doubt) && !W.stopping && !more) { /* a doubt is asked about at the retry pace */
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
 			long ms = failing ? RETRY_INTERVAL_MS : FLUSH_INTERVAL_MS;
@@ -793,11 +793,18 @@ static void *writer_main(void *arg)
 				written = seq == doubt_after.seq && strcmp(tag, doubt_after.tag) == 0;
 				log_event(LOG_WARN, "audit_commit_settled", "node=%s seq=%lld written=%s", W.node,
 					  (long long)doubt_after.seq, written ? "yes" : "no");
-				if (written)
+				if (written) {
 					batch_written(&doubt_after);
-				else
+				} else {
 					batch_failed();
-				behind = more = !written; /* written again at once */
+					if (seq != W.chain.seq || strcmp(tag, W.chain.tag) != 0)
+						log_event(LOG_ERROR, "audit_chain_head_unexpected",
+							  "node=%s seq=%lld expected_seq=%lld note=\"the store's last record of this"
+							  " node is neither the chain's nor the batch's: another writer, or an edit\"",
+							  W.node, (long long)seq, (long long)W.chain.seq);
+				}
+				behind = !written;
+				more = true; /* at once: what was published meanwhile, or the batch again */
 			}
 		} else {
 			/*
@@ -856,7 +863,10 @@ static void *writer_main(void *arg)
 				doubt = true;
 				doubt_after = tried;
 				doubt_waits = 0;
-				log_event(LOG_ERROR, "audit_commit_in_doubt", "node=%s seq=%lld", W.node, (long long)tried.seq);
+				log_event(LOG_ERROR, "audit_commit_in_doubt", "node=%s seq=%lld what=prune", W.node,
+					  (long long)tried.seq);
+				log_event(LOG_ERROR, "audit_store_failed", "node=%s pending=%llu error=\"a prune's COMMIT is in doubt\"",
+					  W.node, (unsigned long long)pending_events());
 				failing = true;
 				__atomic_store_n(&W.healthy, 0, __ATOMIC_RELEASE);
 			}

@@ -280,9 +280,12 @@ static bool pg_head(AuditStore *st, const char *node, const char *before, int64_
 static bool pg_in_doubt(AuditStore *st) { return pg_of(st)->doubt_pid != 0; }
 
 /*
- * A COMMIT in doubt has ended once its backend is gone: the connection it came on was
- * closed (reconnecting closes it), so the backend exits when its transaction is over. Until
- * then its outcome could still change (a slow commit, a stopped server process).
+ * A COMMIT in doubt has ended once its server process is gone: the connection it came on
+ * was closed (reconnecting closes it), so the process exits when its transaction is over.
+ * One still running the COMMIT may yet carry it out: it is waited for, not stopped (a commit
+ * that is only slow must be able to finish). One not running anything never received the
+ * COMMIT, or finished it and missed the close (a partition that lost both): it is
+ * terminated rather than left to hold the writer until its TCP keepalive gives up.
  */
 static bool pg_settle(AuditStore *st, const char *node, int64_t *seq, char *tag, char *err, size_t errlen)
 {
@@ -294,13 +297,17 @@ static bool pg_settle(AuditStore *st, const char *node, int64_t *seq, char *tag,
 		snprintf(pid, sizeof pid, "%d", pg->doubt_pid);
 		const char *p[1] = {pid};
 		PGresult *r = NULL;
-		if (!run(pg, "SELECT 1 FROM pg_stat_activity WHERE pid = $1", 1, p, &r, "settle", err, errlen))
+		if (!run(pg,
+			 "SELECT state = 'active', CASE WHEN state <> 'active' THEN pg_terminate_backend(pid) END"
+			 " FROM pg_stat_activity WHERE pid = $1",
+			 1, p, &r, "settle", err, errlen))
 			return false;
 		bool running = PQntuples(r) > 0;
+		bool active = running && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
 		PQclear(r);
 		if (running) {
-			snprintf(err, errlen, "audit store: the server process %d of an unanswered COMMIT is still running",
-				 pg->doubt_pid);
+			snprintf(err, errlen, "audit store: the server process %d of an unanswered COMMIT is still %s",
+				 pg->doubt_pid, active ? "running it" : "there (terminated)");
 			return false;
 		}
 	}
