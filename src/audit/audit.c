@@ -743,6 +743,33 @@ static uint64_t pending_events(void)
 	return n;
 }
 
+/* A COMMIT that went unanswered: until it is settled, nothing more is written. */
+typedef struct {
+	bool on;
+	ChainState after; /* the chain had it been carried out */
+	int waits;        /* turns it has not been settled (the first is logged) */
+} Doubt;
+
+static void doubt_begin(Doubt *d, const ChainState *after, const char *what, const char *err)
+{
+	char q[400];
+	*d = (Doubt){.on = true, .after = *after};
+	log_event(LOG_ERROR, "audit_commit_in_doubt", "node=%s seq=%lld what=%s error=%s", W.node, (long long)after->seq,
+		  what, log_quote(q, sizeof q, err));
+}
+
+/* The store failed (once logged): statements are refused under on_failure: refuse. */
+static void store_failing(bool *failing, const char *err)
+{
+	if (*failing)
+		return;
+	char q[400];
+	log_event(LOG_ERROR, "audit_store_failed", "node=%s pending=%llu error=%s", W.node,
+		  (unsigned long long)pending_events(), log_quote(q, sizeof q, err));
+	*failing = true;
+	__atomic_store_n(&W.healthy, 0, __ATOMIC_RELEASE);
+}
+
 static void *writer_main(void *arg)
 {
 	(void)arg;
@@ -751,12 +778,10 @@ static void *writer_main(void *arg)
 	int64_t next_prune = 0, last_head_log = audit_now_us(), logged_seq = W.chain.seq;
 	bool more = false;     /* the last batch was full: the next one follows at once */
 	bool was_over = false; /* the last turn found more than max_pending waiting */
-	bool doubt = false;    /* the last batch's COMMIT went unanswered: it may be in the store */
-	ChainState doubt_after; /* the chain after that batch */
-	int doubt_waits = 0;    /* turns it has not been settled (the first is logged) */
+	Doubt doubt = {0};
 	for (;;) {
 		pthread_mutex_lock(&W.mu);
-		if ((!W.wake || doubt) && !W.stopping && !more) { /* a doubt is asked about at the retry pace */
+		if ((!W.wake || doubt.on) && !W.stopping && !more) { /* a doubt is asked about at the retry pace */
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
 			long ms = failing ? RETRY_INTERVAL_MS : FLUSH_INTERVAL_MS;
@@ -773,7 +798,7 @@ static void *writer_main(void *arg)
 		bool written = false, stalled = false;
 		char err[300], q[400];
 		more = false;
-		if (doubt) {
+		if (doubt.on) {
 			/*
 			 * The last batch's COMMIT went unanswered. Nothing is dropped, scanned or written
 			 * until the store says whether it is in (then it counts as written) or not (then
@@ -785,16 +810,16 @@ static void *writer_main(void *arg)
 			bool settled = store_settle(W.st, W.node, &seq, tag, err, sizeof err);
 			stalled = store_call_ends();
 			behind = true;
-			if (!settled && doubt_waits++ == 0)
+			if (!settled && doubt.waits++ == 0)
 				log_event(LOG_WARN, "audit_commit_unsettled", "node=%s seq=%lld reason=%s", W.node,
-					  (long long)doubt_after.seq, log_quote(q, sizeof q, err));
+					  (long long)doubt.after.seq, log_quote(q, sizeof q, err));
 			if (settled) {
-				doubt = false;
-				written = seq == doubt_after.seq && strcmp(tag, doubt_after.tag) == 0;
+				doubt.on = false;
+				written = seq == doubt.after.seq && strcmp(tag, doubt.after.tag) == 0;
 				log_event(LOG_WARN, "audit_commit_settled", "node=%s seq=%lld written=%s", W.node,
-					  (long long)doubt_after.seq, written ? "yes" : "no");
+					  (long long)doubt.after.seq, written ? "yes" : "no");
 				if (written) {
-					batch_written(&doubt_after);
+					batch_written(&doubt.after);
 				} else {
 					batch_failed();
 					if (seq != W.chain.seq || strcmp(tag, W.chain.tag) != 0)
@@ -829,11 +854,7 @@ static void *writer_main(void *arg)
 				if (written) {
 					batch_written(&c);
 				} else if (store_commit_in_doubt(W.st)) {
-					doubt = true;
-					doubt_after = c;
-					doubt_waits = 0;
-					log_event(LOG_ERROR, "audit_commit_in_doubt", "node=%s seq=%lld error=%s", W.node,
-						  (long long)c.seq, log_quote(q, sizeof q, err));
+					doubt_begin(&doubt, &c, "batch", err);
 				} else {
 					batch_failed();
 				}
@@ -845,11 +866,8 @@ static void *writer_main(void *arg)
 			if (failing || stalled)
 				log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
 			failing = false;
-		} else if (behind && !failing) {
-			log_event(LOG_ERROR, "audit_store_failed", "node=%s pending=%llu error=%s", W.node,
-				  (unsigned long long)pending_events(), log_quote(q, sizeof q, err));
-			failing = true;
-			__atomic_store_n(&W.healthy, 0, __ATOMIC_RELEASE);
+		} else if (behind) {
+			store_failing(&failing, err);
 		}
 		int64_t now = audit_now_us();
 		if (W.retention_s && !failing && now >= next_prune) {
@@ -860,15 +878,8 @@ static void *writer_main(void *arg)
 			if (pruned && prune_stalled)
 				log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
 			if (!pruned && store_commit_in_doubt(W.st)) { /* settled at the next turn, as a batch's */
-				doubt = true;
-				doubt_after = tried;
-				doubt_waits = 0;
-				log_event(LOG_ERROR, "audit_commit_in_doubt", "node=%s seq=%lld what=prune", W.node,
-					  (long long)tried.seq);
-				log_event(LOG_ERROR, "audit_store_failed", "node=%s pending=%llu error=\"a prune's COMMIT is in doubt\"",
-					  W.node, (unsigned long long)pending_events());
-				failing = true;
-				__atomic_store_n(&W.healthy, 0, __ATOMIC_RELEASE);
+				doubt_begin(&doubt, &tried, "prune", "its COMMIT went unanswered (see audit_prune_failed)");
+				store_failing(&failing, "a prune's COMMIT is in doubt");
 			}
 			int64_t every = W.retention_s / 4 < 1 ? 1 : W.retention_s / 4 > 3600 ? 3600 : W.retention_s / 4;
 			next_prune = now + every * 1000000;
