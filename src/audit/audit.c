@@ -118,12 +118,17 @@ static struct {
 	bool more;          /* the last scan stopped at the batch limit */
 	int any_lost;       /* atomic: some event was ever dropped */
 	int counting;       /* atomic: audit_count_unrecorded has counted since the last commit (audit_crowded) */
-	uint64_t dropped;   /* since start, for the log */
+	uint64_t dropped;   /* atomic: since start, for the log (the writer's drops and the producers') */
 	/* Events dropped and not yet said so in the trail: an events_dropped record does. */
 	uint64_t drop_count;
 	int64_t drop_first_us, drop_last_us;
-	pthread_mutex_t unrec_mu; /* guards unrec: the producers count, the writer takes */
+	pthread_mutex_t unrec_mu; /* guards unrec and door_drops: the producers count, the writer takes */
 	Unrecorded unrec;
+	/* Events their producers dropped instead of queuing (drop_at_door); the writer takes them. */
+	struct {
+		uint64_t count;
+		int64_t first_us, last_us;
+	} door_drops;
 	Unrecorded unrec_taken;   /* taken by the writer, not yet in a committed batch */
 	char *own_body[2];        /* the texts of the writer's own records in the batch (events_dropped) */
 	AuditDurableFn cb;
@@ -259,23 +264,19 @@ static char *put_string(char *p, const char *s, size_t len)
 	return p + len + 1;
 }
 
-uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
-		      char *body)
-{
-	uint64_t ticket = audit_submit_at(q, audit_now_us(), kind, session_id, user, database, body ? body : "",
-					  body ? strlen(body) : 0);
-	free(body);
-	return ticket;
-}
+static bool drop_at_door(size_t size, int64_t time_us);
 
-uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
-			 const char *database, const char *body, size_t body_len)
+/* may_drop: nobody waits for the event's ticket, so it may be dropped at the door. */
+static uint64_t submit(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
+		       const char *database, const char *body, size_t body_len, bool may_drop)
 {
 	if (!W.started)
 		return 0;
 	size_t lk = strlen(kind), ls = session_id ? strlen(session_id) : 0, lu = user ? strlen(user) : 0,
 	       ld = database ? strlen(database) : 0;
 	size_t size = round8(sizeof(EventHead) + lk + ls + lu + ld + body_len + 5);
+	if (may_drop && drop_at_door(size, time_us))
+		return 0;
 	Queue *qu = &W.queues[q];
 	bool shared = q == W.nqueues - 1;
 	if (shared)
@@ -311,6 +312,22 @@ uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *s
 		pthread_mutex_unlock(&W.mu);
 	}
 	return ticket;
+}
+
+uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
+		      char *body)
+{
+	uint64_t ticket = submit(q, audit_now_us(), kind, session_id, user, database, body ? body : "",
+				 body ? strlen(body) : 0, true);
+	free(body);
+	return ticket;
+}
+
+uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
+			 const char *database, const char *body, size_t body_len)
+{
+	/* In strict mode the session waits for this ticket: never dropped unseen by it. */
+	return submit(q, time_us, kind, session_id, user, database, body, body_len, !W.strict);
 }
 
 /* A batch's records as the store takes them; reused from batch to batch (writer thread only). */
@@ -427,10 +444,27 @@ static uint64_t unrecorded_total(const Unrecorded *u)
 	return n;
 }
 
-/* Moves what the producers counted (W.unrec) to what the next batch must say (W.unrec_taken). */
+/* Adds a dropped event's time to what the next events_dropped record says (writer thread). */
+static void note_drop_time(int64_t first_us, int64_t last_us)
+{
+	if (!W.drop_count || first_us < W.drop_first_us)
+		W.drop_first_us = first_us;
+	if (!W.drop_count || last_us > W.drop_last_us)
+		W.drop_last_us = last_us;
+}
+
+/*
+ * Moves what the producers counted to what the next batch must say: the refusals
+ * (W.unrec to W.unrec_taken) and the events they dropped (to W.drop_count).
+ */
 static void take_unrecorded(void)
 {
 	pthread_mutex_lock(&W.unrec_mu);
+	if (W.door_drops.count) {
+		note_drop_time(W.door_drops.first_us, W.door_drops.last_us);
+		W.drop_count += W.door_drops.count;
+		W.door_drops.count = 0;
+	}
 	Unrecorded *u = &W.unrec, *t = &W.unrec_taken;
 	bool had = unrecorded_total(t) != 0;
 	if (unrecorded_total(u)) {
@@ -472,9 +506,9 @@ static size_t scan(ChainState *c)
 	for (int q = 0; q < W.nqueues; q++)
 		W.queues[q].scan_until = __atomic_load_n(&W.queues[q].published, __ATOMIC_ACQUIRE);
 	size_t n = 0, bytes = 0;
+	take_unrecorded();
 	if (W.drop_count)
 		chain_drop_record(c, n++);
-	take_unrecorded();
 	if (unrecorded_total(&W.unrec_taken))
 		chain_unrecorded_record(c, n++);
 	W.more = false;
@@ -557,6 +591,37 @@ static size_t held_bytes(void)
 	return n;
 }
 
+/* At the first drop and every 10,000th. */
+static void log_dropped(const char *reason)
+{
+	uint64_t n = __atomic_add_fetch(&W.dropped, 1, __ATOMIC_RELAXED);
+	if (n % 10000 == 1)
+		log_event(LOG_ERROR, "audit_events_dropped", "dropped=%llu reason=\"%s\"", (unsigned long long)n, reason);
+}
+
+/*
+ * The writer keeps memory within max_pending by dropping the oldest events, but only between
+ * its store calls: not while one hangs (a frozen disk) or a COMMIT is in doubt. So while the
+ * store fails, an event that would take what waits past max_pending is dropped by its
+ * producer instead of queued, and counted like the writer's drops (the events_dropped record
+ * of the next batch). A strict session's statement is not (submit's may_drop): the session
+ * waits for its record before it goes on, so it cannot run ahead of the store.
+ */
+static bool drop_at_door(size_t size, int64_t time_us)
+{
+	if (audit_store_healthy() || held_bytes() + size <= W.max_pending)
+		return false;
+	pthread_mutex_lock(&W.unrec_mu);
+	if (!W.door_drops.count || time_us < W.door_drops.first_us)
+		W.door_drops.first_us = time_us;
+	if (!W.door_drops.count || time_us > W.door_drops.last_us)
+		W.door_drops.last_us = time_us;
+	W.door_drops.count++;
+	pthread_mutex_unlock(&W.unrec_mu);
+	log_dropped("store failing, audit.max_pending reached");
+	return true;
+}
+
 bool audit_crowded(size_t adding)
 {
 	/* Half the bound: the other half stays for the records of what ran (drop_oldest). Once
@@ -635,10 +700,7 @@ static size_t drop_oldest(size_t target)
 		}
 		if (!oldest)
 			break;
-		if (!W.drop_count || first->time_us < W.drop_first_us)
-			W.drop_first_us = first->time_us;
-		if (!W.drop_count || first->time_us > W.drop_last_us)
-			W.drop_last_us = first->time_us;
+		note_drop_time(first->time_us, first->time_us);
 		W.drop_count++;
 		note_lost(oldest, first->ticket); /* before its waiter can see it "durable" */
 		__atomic_store_n(&oldest->durable, first->ticket, __ATOMIC_RELEASE); /* wakes its waiter, to be refused */
@@ -646,9 +708,7 @@ static size_t drop_oldest(size_t target)
 		__atomic_store_n(&oldest->committed_bytes, oldest->committed_bytes + first->size, __ATOMIC_RELAXED);
 		commit_to(oldest, after);
 		rewind_scan(oldest);
-		if (W.dropped++ % 10000 == 0)
-			log_event(LOG_ERROR, "audit_events_dropped", "dropped=%llu reason=\"store lagging, audit.max_pending exceeded\"",
-				  (unsigned long long)W.dropped);
+		log_dropped("store lagging, audit.max_pending exceeded");
 		dropped++;
 	}
 	return dropped;

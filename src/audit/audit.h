@@ -35,11 +35,16 @@ bool audit_store_healthy(void);
 /*
  * Queues an event; takes body, malloc'd JSON object text (or NULL). user, database and
  * session_id may be NULL. Returns the event's ticket in queue q: audit_durable(q) >= ticket
- * once it is committed.
+ * once it is committed. While the store fails with audit.max_pending reached, the event is
+ * dropped instead, counted in the next events_dropped record, and the ticket is 0.
  */
 uint64_t audit_submit(int q, const char *kind, const char *session_id, const char *user, const char *database,
 		      char *body);
-/* The same, for an event that happened at time_us (audit_now_us); body (body_len bytes) is copied. */
+/*
+ * The same, for an event that happened at time_us (audit_now_us); body (body_len bytes) is
+ * copied. In strict mode it is never dropped here: it is a statement whose session waits for
+ * the ticket (the writer may still drop it: see audit_lost).
+ */
 uint64_t audit_submit_at(int q, int64_t time_us, const char *kind, const char *session_id, const char *user,
 			 const char *database, const char *body, size_t body_len);
 uint64_t audit_durable(int q);

@@ -1683,6 +1683,57 @@ def test_store_on_a_frozen_disk_refuses_then_recovers(gateway_factory, frozen_di
     assert_verify_ok(gw.config_path)
 
 
+def _rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def test_frozen_store_under_continue_keeps_memory_bounded(gateway_factory, frozen_disk):
+    """Under on_failure: continue, a write that hangs (the store's disk frozen) holds the
+    writer, and the writer only drops between its calls: statements would queue records
+    without bound. Past max_pending (1MiB) the sessions drop them instead, counted: the
+    gateway's memory stays bounded while ~90 MB of records come, every statement runs, and
+    once the disk thaws the trail's events_dropped records account for each missing one."""
+    mnt, freeze = frozen_disk
+    db = mnt / "audit.db"
+    port = free_port()
+    gw = start_audited(gateway_factory, f"sqlite:{db}",
+                       {"node": "frozen-go-on", "store_timeout": "1s", "on_failure": "continue",
+                        "max_pending": "1MiB"},
+                       lambda cfg: cfg.update(admin={"address": "127.0.0.1", "port": port}))
+    total, pad = 1500, 60000
+    try:
+        trail = SqliteTrail(db)
+        conn = _recorded_session(gw, trail, "fc")
+        freeze(True)
+        try:
+            assert _probe(conn, f"fc-held-{SFX}") is None  # its batch's write hangs
+            wait_for(lambda: json.loads(http(port, "/healthz")[1])["audit"] == "failing", timeout=15,
+                     what="/healthz with the audit failing")
+            rss_before = _rss_kib(gw.pid)
+            for i in range(total):
+                conn.execute(f"SELECT 'fc-{SFX}-{i}-' AS m, repeat('x', {pad}) AS pad").fetchall()
+            grown = _rss_kib(gw.pid) - rss_before
+            assert grown < 32 * 1024, f"the gateway grew by {grown} KiB while {total} records of ~{pad} bytes came"
+            assert "event=audit_events_dropped" in gw.log_text()
+        finally:
+            freeze(False)
+        assert _probe(conn, f"fc-after-{SFX}") is None
+        record_with(trail, f"fc-after-{SFX}", timeout=15)
+        conn.close()
+        record_with(trail, f"fc-held-{SFX}", timeout=5)
+        recorded = sum(1 for r in trail.rows(kind="statement") if f"fc-{SFX}-" in r["raw_body"])
+        dropped = sum(_dropped_counts(trail))
+        assert 0 < recorded < 64 and recorded + dropped == total, (recorded, dropped)
+    finally:
+        assert gw.stop() == 0
+    check_chain_links(SqliteTrail(db).rows())
+    assert_verify_ok(gw.config_path)
+
+
 def _locked(db):
     """An open connection holding an exclusive lock on the SQLite store: nothing commits."""
     lk = sqlite3.connect(str(db), isolation_level=None, timeout=10)
