@@ -464,11 +464,16 @@ bool http_start(const Config *c, char *err, size_t errlen)
 	bool tls = c->admin_tls_cert != NULL;
 	if (tls && !load_tls(c, err, errlen))
 		return false;
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+	/*
+	 * A thread per connection: a request that waits on a store (an audit read behind a lock,
+	 * a claim on a slow approvals database) holds only its own connection, never /healthz or
+	 * the console. poll, not select: the gateway's descriptors go past FD_SETSIZE.
+	 */
+	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
+			 MHD_USE_ERROR_LOG;
 	/* Without TLS the options end at the first MHD_OPTION_END. */
 	daemon_ = MHD_start_daemon(flags | (tls ? MHD_USE_TLS : 0), (uint16_t)c->admin_port, NULL, NULL, handle, NULL,
-				   MHD_OPTION_SOCK_ADDR, &sin, MHD_OPTION_THREAD_POOL_SIZE, 2U,
-				   MHD_OPTION_CONNECTION_LIMIT, 64U, MHD_OPTION_CONNECTION_TIMEOUT, 30U,
+				   MHD_OPTION_SOCK_ADDR, &sin, MHD_OPTION_CONNECTION_LIMIT, 64U, MHD_OPTION_CONNECTION_TIMEOUT, 30U,
 				   MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL, MHD_OPTION_UNESCAPE_CALLBACK, unescape,
 				   NULL, tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, tls_cert_pem,
 				   MHD_OPTION_HTTPS_MEM_KEY, tls_key_pem, MHD_OPTION_HTTPS_PRIORITIES, TLS_PRIORITIES,

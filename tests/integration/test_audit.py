@@ -2144,6 +2144,47 @@ def test_postgresql_store_that_stops_answering_is_given_up(gateway_factory, tmp_
     assert_verify_ok(gw.config_path, "--node", "stopped")
 
 
+def test_admin_api_reads_waiting_on_the_store_do_not_hold_healthz(gateway_factory, tmp_path, pg_store):
+    """Three /api/sessions reads wait on the PostgreSQL store (its table locked: each waits
+    for lock_timeout, 5 s). Each request has its own thread, so /healthz, and a request that
+    does not need the store, answer at once meanwhile; the waiting reads end with an error."""
+    url, trail = pg_store
+    key, entry = apikey_create(f"reader-{SFX}", ["security"])
+    port = free_port()
+
+    def more(cfg):
+        cfg["admin"] = {"address": "127.0.0.1", "port": port, "auditors": ["security"]}
+        cfg["api_keys"] = {f"reader-{SFX}": entry}
+    gw = start_audited(gateway_factory, url, {"node": "apilock", "key_file": str(tmp_path / "apilock.key")}, more)
+    _recorded_session(gw, trail, "al", timeout=10).close()
+    assert http(port, "/api/sessions", token=key)[0] == 200
+    results = []
+
+    def read():
+        started = time.monotonic()
+        status = http(port, "/api/sessions", token=key)[0]
+        results.append((status, time.monotonic() - started))
+    with trail.pg.super_connect(trail.dbname) as lk:
+        lk.execute("BEGIN")
+        lk.execute("LOCK TABLE audit_records IN ACCESS EXCLUSIVE MODE")
+        readers = [threading.Thread(target=read) for _ in range(3)]
+        for t in readers:
+            t.start()
+        time.sleep(1)
+        assert not results, f"the reads did not wait on the lock: {results}"
+        for path, tok in (("/healthz", None), ("/api/approvals", key)):
+            started = time.monotonic()
+            status = http(port, path, token=tok)[0]
+            took = time.monotonic() - started
+            assert status == 200 and took < 1.5, f"{path}: {status} after {took:.1f} s while reads waited"
+        for t in readers:
+            t.join(timeout=30)
+        lk.execute("ROLLBACK")
+    assert len(results) == 3 and all(st >= 500 for st, _ in results), results
+    assert http(port, "/api/sessions", token=key)[0] == 200
+    assert gw.stop() == 0
+
+
 def test_postgresql_store_commit_answered_too_late_is_settled(gateway_factory, tmp_path, pg_store):
     """A batch's COMMIT takes longer than audit.store_timeout (a deferred trigger sleeps 2.5 s
     in it): the writer gives the connection up, but the server commits all the same. The
