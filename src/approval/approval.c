@@ -350,7 +350,8 @@ static void expire_overdue(bool may_block)
 	int ended = 0;
 	for (size_t i = 0; i < ndue; i++) {
 		json_t *r = due[i].r;
-		bool claimed = approval_store_claim(due[i].id, status_names[APR_EXPIRED]);
+		char serr[300];
+		bool claimed = approval_store_claim(due[i].id, status_names[APR_EXPIRED], serr, sizeof serr) == CLAIM_TAKEN;
 		pthread_mutex_lock(&T.mu);
 		if (claimed && status_of(r) == APR_PENDING) {
 			json_object_set_new(r, "status", json_string(status_names[APR_EXPIRED]));
@@ -643,10 +644,15 @@ unsigned approval_decide(const ApprovalCaller *who, const char *id, bool approve
 	/* With a shared store another gateway may decide it at the same moment: the store picks
 	 * one. That is a round trip, made without holding the table (workers use it). */
 	pthread_mutex_unlock(&T.mu);
-	bool claimed = approval_store_claim(id, approve ? "approved" : "denied");
+	char serr[300];
+	ApprovalClaim claim = approval_store_claim(id, approve ? "approved" : "denied", serr, sizeof serr);
+	if (claim == CLAIM_FAILED) {
+		*out = api_error("the decision on %s was not made, try again: %s", id, serr);
+		return 503;
+	}
 	pthread_mutex_lock(&T.mu);
 	r = find_locked(id);
-	if (!claimed || !r || status_of(r) != APR_PENDING) {
+	if (claim == CLAIM_LOST || !r || status_of(r) != APR_PENDING) {
 		/* Decided or ended elsewhere (or here, by its deadline) meanwhile. */
 		*out = api_error("the request %s is already %s", id, r ? str(r, "status") : "gone");
 		pthread_mutex_unlock(&T.mu);

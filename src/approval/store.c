@@ -305,19 +305,27 @@ void approval_store_put(const json_t *r)
 
 bool approval_store_shared(void) { return S.running && S.pg; }
 
-bool approval_store_claim(const char *id, const char *status)
+#define CLAIM_QUEUE_WAIT_S 5
+
+ApprovalClaim approval_store_claim(const char *id, const char *status, char *err, size_t errlen)
 {
 	if (!S.running || !S.pg)
-		return true; /* one gateway: its memory is the truth */
-	char err[512];
-	bool ok = false;
-	pthread_mutex_lock(&S.claim_mu);
+		return CLAIM_TAKEN; /* one gateway: its memory is the truth */
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += CLAIM_QUEUE_WAIT_S;
+	ApprovalClaim out = CLAIM_FAILED;
+	if (pthread_mutex_timedlock(&S.claim_mu, &until) != 0) {
+		snprintf(err, errlen, "approvals store: the claim before this one has waited on it for over %d s",
+			 CLAIM_QUEUE_WAIT_S);
+		goto failed;
+	}
 	if (S.claim_conn && PQstatus(S.claim_conn) != CONNECTION_OK) {
 		PQfinish(S.claim_conn);
 		S.claim_conn = NULL;
 	}
 	if (!S.claim_conn)
-		S.claim_conn = pg_connect(err, sizeof err);
+		S.claim_conn = pg_connect(err, errlen);
 	if (S.claim_conn) {
 		const char *p[2] = {id, status};
 		PGresult *res = PQexecParams(S.claim_conn,
@@ -327,15 +335,20 @@ bool approval_store_claim(const char *id, const char *status)
 					     2, NULL, p, NULL, NULL, 0);
 		/* Claimed, or not written yet (a request this gateway has just opened). */
 		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
-			ok = strcmp(PQgetvalue(res, 0, 0), "1") == 0 || strcmp(PQgetvalue(res, 0, 1), "0") == 0;
+			out = strcmp(PQgetvalue(res, 0, 0), "1") == 0 || strcmp(PQgetvalue(res, 0, 1), "0") == 0 ? CLAIM_TAKEN
+														    : CLAIM_LOST;
 		else
-			log_event(LOG_WARN, "approvals_claim_failed", "error=\"%s\"", PQresultErrorMessage(res));
+			snprintf(err, errlen, "approvals store: %.*s", (int)strcspn(PQresultErrorMessage(res), "\n"),
+				 PQresultErrorMessage(res));
 		PQclear(res);
-	} else {
-		log_event(LOG_WARN, "approvals_claim_failed", "error=\"%s\"", err);
 	}
 	pthread_mutex_unlock(&S.claim_mu);
-	return ok;
+	if (out != CLAIM_FAILED)
+		return out;
+failed:;
+	char q[400];
+	log_event(LOG_WARN, "approvals_claim_failed", "request=%s error=%s", id, log_quote(q, sizeof q, err));
+	return CLAIM_FAILED;
 }
 
 /* ---- start and stop ---- */

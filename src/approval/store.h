@@ -20,12 +20,18 @@ bool approval_store_start(const Config *c, json_t ***loaded, size_t *n, char *er
 void approval_store_stop(void);
 /* Queues a write of r as it now stands (r is copied). */
 void approval_store_put(const json_t *r);
+typedef enum {
+	CLAIM_TAKEN,  /* this gateway moved it (or it is not in the store yet; or the store is not shared) */
+	CLAIM_LOST,   /* another gateway decided or ended it first */
+	CLAIM_FAILED, /* the store could not be asked: err says why */
+} ApprovalClaim;
 /*
  * Moves request id from pending to status in a shared store, where another gateway may have
- * decided it first: false then. Blocks (the admin API's threads only). True without a shared
- * store.
+ * decided it first. Blocks (the admin API's threads only); a claim waits at most
+ * CLAIM_QUEUE_WAIT_S for the one before it, so a store that hangs holds one API thread, not
+ * all of them.
  */
-bool approval_store_claim(const char *id, const char *status);
+ApprovalClaim approval_store_claim(const char *id, const char *status, char *err, size_t errlen);
 /* Whether requests are shared with other gateways (a PostgreSQL store): a claim is a round trip then. */
 bool approval_store_shared(void);
 

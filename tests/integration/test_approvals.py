@@ -2110,6 +2110,65 @@ def test_concurrent_decisions_on_two_gateways(gateway_factory, keys, objects, pg
                 assert h.error is not None and h.error.sqlstate == "42501", (h.error, h.rows)
 
 
+def test_decisions_when_the_shared_store_cannot_be_asked(gateway_factory, keys, objects, pg_store,
+                                                        tmp_path, table, pg):
+    """A decision is claimed in the shared store first. With approval_requests locked the
+    claim fails after lock_timeout: the approver gets 503 saying so (not 409 "already
+    pending"), the request stays pending, and the same decision goes through once the lock
+    is gone. With the claim's backend stopped (SIGSTOP) a decision hangs; the next one fails
+    within about 5 s (503) instead of queueing behind it, and /healthz answers meanwhile."""
+    ctx = start_approvals_gateway(
+        gateway_factory, keys, audit={"store": pg_store, "node": "gwc", "key_file": str(tmp_path / "gwc.key")})
+    dbname = pg_store.rsplit("/", 1)[1].split("?")[0]
+    t = table()
+    ids = []
+    for _ in range(3):
+        st, g = ctx.api.grant("outsider", grant_body(t, user="scoped"))
+        assert st == 201, g
+        ids.append(g["id"])
+
+    def stored():
+        with pg.super_connect(dbname) as c:
+            return c.execute("SELECT count(*) FROM approval_requests WHERE id = ANY(%s)", (ids,)).fetchone()[0] == 3
+    wait_for(stored, 10, 0.1, "the requests in the store")
+    with pg.super_connect(dbname) as lk:
+        lk.execute("BEGIN")
+        lk.execute("LOCK TABLE approval_requests IN ACCESS EXCLUSIVE MODE")
+        st, j = ctx.api.approve(ids[0], "carol")
+        lk.execute("ROLLBACK")
+    assert st == 503, (st, j)
+    assert j["error"].startswith(f"the decision on {ids[0]} was not made, try again: approvals store: ") \
+        and "lock timeout" in j["error"], j
+    assert ctx.api.status_of(ids[0]) == "pending"
+    ctx.api.approve_ok(ids[0], "carol")
+
+    def claim_backend():
+        with pg.super_connect(dbname) as c:
+            r = c.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND"
+                          " state = 'idle' AND query LIKE 'WITH u AS (UPDATE approval_requests%'").fetchall()
+        return r[0][0] if len(r) == 1 else None
+    pid = wait_for(claim_backend, 10, 0.1, "the claims' backend, idle")
+    first = {}
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        hung = threading.Thread(target=lambda: first.update(r=ctx.api.approve(ids[1], "carol")), daemon=True)
+        hung.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        st, j = ctx.api.approve(ids[2], "dave")
+        took = time.monotonic() - started
+        assert st == 503 and "has waited on it for over 5 s" in j["error"], (st, j)
+        assert took < 8, f"the second decision took {took:.1f} s"
+        assert ctx.api.healthy()
+        assert not first, first
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    hung.join(20)
+    assert first["r"][0] == 200, first
+    ctx.api.approve_ok(ids[2], "dave")
+    assert "event=approvals_claim_failed" in ctx.gw.log_text()
+
+
 def test_restart_keeps_approvals_and_grants(gateway_factory, keys, objects, tmp_path, table):
     """With an audit store, an approval (retry mode) and a grant outlive a restart."""
     db = tmp_path / "restart.db"
