@@ -321,6 +321,8 @@ const char *approval_full_reason(bool mine)
  * (may_block false) a shared store's expiries are left to the API's threads, and overdue
  * requests count as ended meanwhile (queue_full_locked, approval_open).
  */
+#define EXPIRY_RETRY_US (10 * 1000000LL) /* after the shared store failed an expiry's claim */
+
 static void expire_overdue(bool may_block)
 {
 	if (!may_block && approval_store_shared())
@@ -348,12 +350,21 @@ static void expire_overdue(bool may_block)
 	}
 	pthread_mutex_unlock(&T.mu);
 	int ended = 0;
+	bool store_failed = false; /* then the rest are not claimed now, nor again for a while */
 	for (size_t i = 0; i < ndue; i++) {
 		json_t *r = due[i].r;
 		char serr[300];
-		bool claimed = approval_store_claim(due[i].id, status_names[APR_EXPIRED], serr, sizeof serr) == CLAIM_TAKEN;
+		/* Not queued behind another claim: an expiry can wait for a later call. */
+		ApprovalClaim claim = store_failed ? CLAIM_FAILED
+						   : approval_store_claim(due[i].id, status_names[APR_EXPIRED], 0, serr,
+									  sizeof serr);
+		store_failed = claim == CLAIM_FAILED;
+		bool claimed = claim == CLAIM_TAKEN;
 		pthread_mutex_lock(&T.mu);
-		if (claimed && status_of(r) == APR_PENDING) {
+		if (store_failed) {
+			if (now + EXPIRY_RETRY_US < T.next_expiry_us)
+				T.next_expiry_us = now + EXPIRY_RETRY_US;
+		} else if (claimed && status_of(r) == APR_PENDING) {
 			json_object_set_new(r, "status", json_string(status_names[APR_EXPIRED]));
 			set_time(r, "decided_at", deadline_of(r));
 			json_object_set_new(r, "decision_reason", json_string("not decided in time"));
@@ -363,7 +374,7 @@ static void expire_overdue(bool may_block)
 				  log_quote(qu, sizeof qu, str(r, "requester")));
 			ended++;
 		} else {
-			note_expiry_locked(r); /* decided elsewhere (its news is on the way) or the store is down: again later */
+			note_expiry_locked(r); /* decided elsewhere: its news is on the way */
 		}
 		pthread_mutex_unlock(&T.mu);
 		json_decref(r);
@@ -645,7 +656,8 @@ unsigned approval_decide(const ApprovalCaller *who, const char *id, bool approve
 	 * one. That is a round trip, made without holding the table (workers use it). */
 	pthread_mutex_unlock(&T.mu);
 	char serr[300];
-	ApprovalClaim claim = approval_store_claim(id, approve ? "approved" : "denied", serr, sizeof serr);
+	ApprovalClaim claim =
+		approval_store_claim(id, approve ? "approved" : "denied", CLAIM_QUEUE_WAIT_MS, serr, sizeof serr);
 	if (claim == CLAIM_FAILED) {
 		*out = api_error("the decision on %s was not made, try again: %s", id, serr);
 		return 503;

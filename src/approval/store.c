@@ -305,19 +305,26 @@ void approval_store_put(const json_t *r)
 
 bool approval_store_shared(void) { return S.running && S.pg; }
 
-#define CLAIM_QUEUE_WAIT_S 5
-
-ApprovalClaim approval_store_claim(const char *id, const char *status, char *err, size_t errlen)
+ApprovalClaim approval_store_claim(const char *id, const char *status, int wait_ms, char *err, size_t errlen)
 {
 	if (!S.running || !S.pg)
 		return CLAIM_TAKEN; /* one gateway: its memory is the truth */
 	struct timespec until;
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += CLAIM_QUEUE_WAIT_S;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += wait_ms / 1000;
+	until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
 	ApprovalClaim out = CLAIM_FAILED;
-	if (pthread_mutex_timedlock(&S.claim_mu, &until) != 0) {
-		snprintf(err, errlen, "approvals store: the claim before this one has waited on it for over %d s",
-			 CLAIM_QUEUE_WAIT_S);
+	if ((wait_ms > 0 ? pthread_mutex_clocklock(&S.claim_mu, CLOCK_MONOTONIC, &until)
+			 : pthread_mutex_trylock(&S.claim_mu)) != 0) {
+		if (wait_ms > 0)
+			snprintf(err, errlen, "approvals store: the claim before this one has waited on it for over %d ms",
+				 wait_ms);
+		else
+			snprintf(err, errlen, "approvals store: another claim is under way");
 		goto failed;
 	}
 	if (S.claim_conn && PQstatus(S.claim_conn) != CONNECTION_OK) {
@@ -337,9 +344,10 @@ ApprovalClaim approval_store_claim(const char *id, const char *status, char *err
 		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
 			out = strcmp(PQgetvalue(res, 0, 0), "1") == 0 || strcmp(PQgetvalue(res, 0, 1), "0") == 0 ? CLAIM_TAKEN
 														    : CLAIM_LOST;
-		else
-			snprintf(err, errlen, "approvals store: %.*s", (int)strcspn(PQresultErrorMessage(res), "\n"),
-				 PQresultErrorMessage(res));
+		else {
+			const char *e = res ? PQresultErrorMessage(res) : PQerrorMessage(S.claim_conn);
+			snprintf(err, errlen, "approvals store: %.*s", (int)strcspn(e, "\n"), e);
+		}
 		PQclear(res);
 	}
 	pthread_mutex_unlock(&S.claim_mu);

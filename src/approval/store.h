@@ -25,13 +25,14 @@ typedef enum {
 	CLAIM_LOST,   /* another gateway decided or ended it first */
 	CLAIM_FAILED, /* the store could not be asked: err says why */
 } ApprovalClaim;
+/* How long a decision's claim waits for the one before it. */
+#define CLAIM_QUEUE_WAIT_MS 5000
 /*
  * Moves request id from pending to status in a shared store, where another gateway may have
- * decided it first. Blocks (the admin API's threads only); a claim waits at most
- * CLAIM_QUEUE_WAIT_S for the one before it, so a store that hangs holds one API thread, not
- * all of them.
+ * decided it first. Blocks (the admin API's threads only), but waits at most wait_ms for the
+ * claim before it: a store that hangs holds one API thread, not all of them.
  */
-ApprovalClaim approval_store_claim(const char *id, const char *status, char *err, size_t errlen);
+ApprovalClaim approval_store_claim(const char *id, const char *status, int wait_ms, char *err, size_t errlen);
 /* Whether requests are shared with other gateways (a PostgreSQL store): a claim is a round trip then. */
 bool approval_store_shared(void);
 

@@ -2157,7 +2157,7 @@ def test_decisions_when_the_shared_store_cannot_be_asked(gateway_factory, keys, 
         started = time.monotonic()
         st, j = ctx.api.approve(ids[2], "dave")
         took = time.monotonic() - started
-        assert st == 503 and "has waited on it for over 5 s" in j["error"], (st, j)
+        assert st == 503 and "has waited on it for over 5000 ms" in j["error"], (st, j)
         assert took < 8, f"the second decision took {took:.1f} s"
         assert ctx.api.healthy()
         assert not first, first
@@ -2167,6 +2167,46 @@ def test_decisions_when_the_shared_store_cannot_be_asked(gateway_factory, keys, 
     assert first["r"][0] == 200, first
     ctx.api.approve_ok(ids[2], "dave")
     assert "event=approvals_claim_failed" in ctx.gw.log_text()
+
+
+def test_expiries_do_not_wait_behind_a_hung_claim(gateway_factory, keys, objects, pg_store,
+                                                 tmp_path, table, pg):
+    """A decision's claim hangs (the claims' backend stopped). An overdue request's expiry
+    is claimed at the next API call, but not queued behind the hung claim: reading it answers
+    at once (still pending), and it expires once the store answers again."""
+    ctx = start_approvals_gateway(
+        gateway_factory, keys, approvals=approvals_section(pending_for="2s"),
+        audit={"store": pg_store, "node": "gwe", "key_file": str(tmp_path / "gwe.key")})
+    dbname = pg_store.rsplit("/", 1)[1].split("?")[0]
+    t = table()
+    ctx.api.approve_ok(open_grant(ctx, grant_body(t, user="scoped"))["id"], "carol")  # opens the claims' connection
+
+    def claim_backend():
+        with pg.super_connect(dbname) as c:
+            r = c.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND"
+                          " state = 'idle' AND query LIKE 'WITH u AS (UPDATE approval_requests%'").fetchall()
+        return r[0][0] if len(r) == 1 else None
+    pid = wait_for(claim_backend, 10, 0.1, "the claims' backend, idle")
+    hung_id = open_grant(ctx, grant_body(t, user="scoped"))["id"]
+    late_id = open_grant(ctx, grant_body(t, user="scoped"))["id"]
+    opened = time.monotonic()
+    first = {}
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        hung = threading.Thread(target=lambda: first.update(r=ctx.api.approve(hung_id, "carol")), daemon=True)
+        hung.start()
+        time.sleep(max(0.0, opened + 2.5 - time.monotonic()))  # late_id is overdue now
+        started = time.monotonic()
+        st, j, _ = ctx.api.call("GET", f"/api/approvals/{late_id}", "carol")
+        took = time.monotonic() - started
+        assert st == 200 and j["status"] == "pending", (st, j)
+        assert took < 2, f"reading an overdue request took {took:.1f} s behind a hung claim"
+        assert not first, first
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    hung.join(20)
+    assert first["r"][0] in (200, 409), first
+    wait_for(lambda: ctx.api.status_of(late_id) == "expired", 20, 0.5, "the overdue request to expire")
 
 
 def test_restart_keeps_approvals_and_grants(gateway_factory, keys, objects, tmp_path, table):
