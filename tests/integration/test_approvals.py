@@ -2110,6 +2110,14 @@ def test_concurrent_decisions_on_two_gateways(gateway_factory, keys, objects, pg
                 assert h.error is not None and h.error.sqlstate == "42501", (h.error, h.rows)
 
 
+def claim_backend(pg, dbname):
+    """The pid of the gateway's backend for claims in store dbname, once it is idle."""
+    with pg.super_connect(dbname) as c:
+        r = c.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND"
+                      " state = 'idle' AND query LIKE 'WITH u AS (UPDATE approval_requests%'").fetchall()
+    return r[0][0] if len(r) == 1 else None
+
+
 def test_decisions_when_the_shared_store_cannot_be_asked(gateway_factory, keys, objects, pg_store,
                                                         tmp_path, table, pg):
     """A decision is claimed in the shared store first. With approval_requests locked the
@@ -2142,12 +2150,7 @@ def test_decisions_when_the_shared_store_cannot_be_asked(gateway_factory, keys, 
     assert ctx.api.status_of(ids[0]) == "pending"
     ctx.api.approve_ok(ids[0], "carol")
 
-    def claim_backend():
-        with pg.super_connect(dbname) as c:
-            r = c.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND"
-                          " state = 'idle' AND query LIKE 'WITH u AS (UPDATE approval_requests%'").fetchall()
-        return r[0][0] if len(r) == 1 else None
-    pid = wait_for(claim_backend, 10, 0.1, "the claims' backend, idle")
+    pid = wait_for(lambda: claim_backend(pg, dbname), 10, 0.1, "the claims' backend, idle")
     first = {}
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -2181,12 +2184,7 @@ def test_expiries_do_not_wait_behind_a_hung_claim(gateway_factory, keys, objects
     t = table()
     ctx.api.approve_ok(open_grant(ctx, grant_body(t, user="scoped"))["id"], "carol")  # opens the claims' connection
 
-    def claim_backend():
-        with pg.super_connect(dbname) as c:
-            r = c.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND"
-                          " state = 'idle' AND query LIKE 'WITH u AS (UPDATE approval_requests%'").fetchall()
-        return r[0][0] if len(r) == 1 else None
-    pid = wait_for(claim_backend, 10, 0.1, "the claims' backend, idle")
+    pid = wait_for(lambda: claim_backend(pg, dbname), 10, 0.1, "the claims' backend, idle")
     hung_id = open_grant(ctx, grant_body(t, user="scoped"))["id"]
     late_id = open_grant(ctx, grant_body(t, user="scoped"))["id"]
     opened = time.monotonic()
