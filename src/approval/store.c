@@ -309,14 +309,7 @@ ApprovalClaim approval_store_claim(const char *id, const char *status, int wait_
 {
 	if (!S.running || !S.pg)
 		return CLAIM_TAKEN; /* one gateway: its memory is the truth */
-	struct timespec until;
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += wait_ms / 1000;
-	until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
+	struct timespec until = util_deadline(CLOCK_MONOTONIC, wait_ms);
 	ApprovalClaim out = CLAIM_FAILED;
 	if ((wait_ms > 0 ? pthread_mutex_clocklock(&S.claim_mu, CLOCK_MONOTONIC, &until)
 			 : pthread_mutex_trylock(&S.claim_mu)) != 0) {

@@ -81,6 +81,21 @@ typedef struct {
 	uint64_t lost_forgotten; /* tickets up to this one may have been dropped (the ranges overflowed) */
 } Queue;
 
+/* Events dropped unrecorded: how many, and the times of the first and last of them. */
+typedef struct {
+	uint64_t count;
+	int64_t first_us, last_us;
+} DropSpan;
+
+static void span_add(DropSpan *s, uint64_t count, int64_t first_us, int64_t last_us)
+{
+	if (!s->count || first_us < s->first_us)
+		s->first_us = first_us;
+	if (!s->count || last_us > s->last_us)
+		s->last_us = last_us;
+	s->count += count;
+}
+
 /* What did not reach the database and was counted instead of recorded (audit_crowded). */
 typedef struct {
 	uint64_t n[AUDIT_UNREC_KINDS];
@@ -119,16 +134,10 @@ static struct {
 	int any_lost;       /* atomic: some event was ever dropped */
 	int counting;       /* atomic: audit_count_unrecorded has counted since the last commit (audit_crowded) */
 	uint64_t dropped;   /* atomic: since start, for the log (the writer's drops and the producers') */
-	/* Events dropped and not yet said so in the trail: an events_dropped record does. */
-	uint64_t drop_count;
-	int64_t drop_first_us, drop_last_us;
+	DropSpan drops; /* dropped and not yet said so in the trail: an events_dropped record does */
 	pthread_mutex_t unrec_mu; /* guards unrec and door_drops: the producers count, the writer takes */
 	Unrecorded unrec;
-	/* Events their producers dropped instead of queuing (drop_at_door); the writer takes them. */
-	struct {
-		uint64_t count;
-		int64_t first_us, last_us;
-	} door_drops;
+	DropSpan door_drops; /* dropped by their producers instead of queued (drop_at_door); the writer takes them */
 	Unrecorded unrec_taken;   /* taken by the writer, not yet in a committed batch */
 	char *own_body[2];        /* the texts of the writer's own records in the batch (events_dropped) */
 	AuditDurableFn cb;
@@ -425,15 +434,15 @@ static void chain_own_record(ChainState *c, size_t i, const char *kind, int64_t 
 	chain_record(c, i, kind, NULL, NULL, NULL, time_us, *text, strlen(*text));
 }
 
-/* The record that says events were dropped unrecorded (W.drop_count), at scratch index i. */
+/* The record that says events were dropped unrecorded (W.drops), at scratch index i. */
 static void chain_drop_record(ChainState *c, size_t i)
 {
 	char first[AUDIT_TIME_LEN], last[AUDIT_TIME_LEN];
-	audit_format_time(W.drop_first_us, first);
-	audit_format_time(W.drop_last_us, last);
-	json_t *body = json_pack("{sI ss ss ss}", "count", (json_int_t)W.drop_count, "first_time", first, "last_time",
+	audit_format_time(W.drops.first_us, first);
+	audit_format_time(W.drops.last_us, last);
+	json_t *body = json_pack("{sI ss ss ss}", "count", (json_int_t)W.drops.count, "first_time", first, "last_time",
 				 last, "reason", "the audit store lagged and the events waiting exceeded audit.max_pending");
-	chain_own_record(c, i, "events_dropped", W.drop_last_us, body, &W.own_body[0]);
+	chain_own_record(c, i, "events_dropped", W.drops.last_us, body, &W.own_body[0]);
 }
 
 static uint64_t unrecorded_total(const Unrecorded *u)
@@ -444,26 +453,16 @@ static uint64_t unrecorded_total(const Unrecorded *u)
 	return n;
 }
 
-/* Adds a dropped event's time to what the next events_dropped record says (writer thread). */
-static void note_drop_time(int64_t first_us, int64_t last_us)
-{
-	if (!W.drop_count || first_us < W.drop_first_us)
-		W.drop_first_us = first_us;
-	if (!W.drop_count || last_us > W.drop_last_us)
-		W.drop_last_us = last_us;
-}
-
 /*
  * Moves what the producers counted to what the next batch must say: the refusals
- * (W.unrec to W.unrec_taken) and the events they dropped (to W.drop_count).
+ * (W.unrec to W.unrec_taken) and the events they dropped (to W.drops).
  */
 static void take_unrecorded(void)
 {
 	pthread_mutex_lock(&W.unrec_mu);
 	if (W.door_drops.count) {
-		note_drop_time(W.door_drops.first_us, W.door_drops.last_us);
-		W.drop_count += W.door_drops.count;
-		W.door_drops.count = 0;
+		span_add(&W.drops, W.door_drops.count, W.door_drops.first_us, W.door_drops.last_us);
+		W.door_drops = (DropSpan){0};
 	}
 	Unrecorded *u = &W.unrec, *t = &W.unrec_taken;
 	bool had = unrecorded_total(t) != 0;
@@ -507,7 +506,7 @@ static size_t scan(ChainState *c)
 		W.queues[q].scan_until = __atomic_load_n(&W.queues[q].published, __ATOMIC_ACQUIRE);
 	size_t n = 0, bytes = 0;
 	take_unrecorded();
-	if (W.drop_count)
+	if (W.drops.count)
 		chain_drop_record(c, n++);
 	if (unrecorded_total(&W.unrec_taken))
 		chain_unrecorded_record(c, n++);
@@ -552,7 +551,7 @@ static void commit_to(Queue *qu, Pos to)
 /* The batch is committed: its events are durable and their chunks free. */
 static void batch_committed(void)
 {
-	W.drop_count = 0; /* the batch began with the records of them */
+	W.drops = (DropSpan){0}; /* the batch began with the records of them */
 	W.unrec_taken = (Unrecorded){0};
 	__atomic_store_n(&W.counting, 0, __ATOMIC_RELAXED); /* the next outage is logged again */
 	for (int q = 0; q < W.nqueues; q++) {
@@ -612,11 +611,7 @@ static bool drop_at_door(size_t size, int64_t time_us)
 	if (audit_store_healthy() || held_bytes() + size <= W.max_pending)
 		return false;
 	pthread_mutex_lock(&W.unrec_mu);
-	if (!W.door_drops.count || time_us < W.door_drops.first_us)
-		W.door_drops.first_us = time_us;
-	if (!W.door_drops.count || time_us > W.door_drops.last_us)
-		W.door_drops.last_us = time_us;
-	W.door_drops.count++;
+	span_add(&W.door_drops, 1, time_us, time_us);
 	pthread_mutex_unlock(&W.unrec_mu);
 	log_dropped("store failing, audit.max_pending reached");
 	return true;
@@ -700,8 +695,7 @@ static size_t drop_oldest(size_t target)
 		}
 		if (!oldest)
 			break;
-		note_drop_time(first->time_us, first->time_us);
-		W.drop_count++;
+		span_add(&W.drops, 1, first->time_us, first->time_us);
 		note_lost(oldest, first->ticket); /* before its waiter can see it "durable" */
 		__atomic_store_n(&oldest->durable, first->ticket, __ATOMIC_RELEASE); /* wakes its waiter, to be refused */
 		/* Read before commit_to may free first's chunk. */
@@ -793,7 +787,7 @@ static void log_head(const char *why)
 		  W.chain.tag[0] ? W.chain.tag : "-", why);
 }
 
-/* Events queued and not committed (dropped ones are counted in W.drop_count). */
+/* Events queued and not committed (dropped ones are counted in W.drops). */
 static uint64_t pending_events(void)
 {
 	uint64_t n = 0;
@@ -842,13 +836,8 @@ static void *writer_main(void *arg)
 	for (;;) {
 		pthread_mutex_lock(&W.mu);
 		if ((!W.wake || doubt.on) && !W.stopping && !more) { /* a doubt is asked about at the retry pace */
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			long ms = failing ? RETRY_INTERVAL_MS : FLUSH_INTERVAL_MS;
-			ts.tv_nsec += ms * 1000000L;
-			ts.tv_sec += ts.tv_nsec / 1000000000L;
-			ts.tv_nsec %= 1000000000L;
-			pthread_cond_timedwait(&W.cond, &W.mu, &ts);
+			struct timespec until = util_deadline(CLOCK_REALTIME, failing ? RETRY_INTERVAL_MS : FLUSH_INTERVAL_MS);
+			pthread_cond_timedwait(&W.cond, &W.mu, &until);
 		}
 		bool stopping = W.stopping;
 		W.wake = false;
@@ -959,7 +948,7 @@ static void *writer_main(void *arg)
 				take_unrecorded();
 				log_event(LOG_ERROR, "audit_events_lost",
 					  "count=%llu refusals_counted=%llu reason=\"store unavailable at shutdown\"",
-					  (unsigned long long)(pending_events() + W.drop_count),
+					  (unsigned long long)(pending_events() + W.drops.count),
 					  (unsigned long long)unrecorded_total(&W.unrec_taken));
 				break;
 			}

@@ -118,12 +118,18 @@ static bool collect(PgStore *pg, PGresult **out, const char *what, char *err, si
 	return ok;
 }
 
+/* False (and err) when a failed call left the connection unusable until reconnect_if_broken. */
+static bool usable(const PgStore *pg, const char *what, char *err, size_t errlen)
+{
+	return !pg->given_up || fail_with(what, "the connection was given up after a failed call", err, errlen);
+}
+
 /* Runs a command; result rows (if any) go to *out when out is not NULL. */
 static bool run(PgStore *pg, const char *sql, int n, const char *const *params, PGresult **out, const char *what,
 		char *err, size_t errlen)
 {
-	if (pg->given_up)
-		return fail_with(what, "the connection was given up after a failed call", err, errlen);
+	if (!usable(pg, what, err, errlen))
+		return false;
 	int sent = n ? PQsendQueryParams(pg->conn, sql, n, NULL, params, NULL, NULL, 0) : PQsendQuery(pg->conn, sql);
 	if (!sent)
 		return fail(pg->conn, what, err, errlen);
@@ -211,8 +217,8 @@ static bool pg_append(AuditStore *st, const StoredRecord *recs, size_t n, char *
 {
 	PgStore *pg = pg_of(st);
 	PGconn *c = pg->conn;
-	if (pg->given_up)
-		return fail_with("insert", "the connection was given up after a failed call", err, errlen);
+	if (!usable(pg, "insert", err, errlen))
+		return false;
 	if (!PQenterPipelineMode(c))
 		return fail(c, "insert", err, errlen);
 	size_t sent = 0;

@@ -174,10 +174,8 @@ static void *fetch_thread(void *arg)
 				pick = i;
 		if (pick < 0) {
 			/* Sleep until asked, or one second to re-check schedules. */
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_sec += 1;
-			pthread_cond_timedwait(&wake, &lock, &ts);
+			struct timespec until = util_deadline(CLOCK_REALTIME, 1000);
+			pthread_cond_timedwait(&wake, &lock, &until);
 			continue;
 		}
 		Issuer *is = &issuers[pick];

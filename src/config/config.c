@@ -197,6 +197,17 @@ static bool on_admin(Loader *ld, Config *c, void *obj, const char *key, yaml_nod
 	return false;
 }
 
+/* A size like 64KiB from min to max bytes; else the error `range` (which says the bounds). */
+static bool get_size(Loader *ld, const yaml_node_t *n, uint64_t min, uint64_t max, const char *range, uint64_t *out)
+{
+	const char *s = scalar(n);
+	uint64_t size;
+	if (!s || !config_parse_size(s, &size) || size < min || size > max)
+		return fail_at(ld, n, "%s", range);
+	*out = size;
+	return true;
+}
+
 static bool on_limits(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
 {
 	(void)obj;
@@ -204,10 +215,8 @@ static bool on_limits(Loader *ld, Config *c, void *obj, const char *key, yaml_no
 		return get_int(ld, v, "limits.max_client_conn", 1, 1000000, &c->max_client_conn) || true;
 	if (strcmp(key, "max_message_size") == 0) {
 		uint64_t size;
-		const char *s = scalar(v);
-		if (!s || !config_parse_size(s, &size) || size < 1024 || size > 1024ULL * 1024 * 1024)
-			fail_at(ld, v, "limits.max_message_size must be a size between 1KiB and 1GiB");
-		else
+		if (get_size(ld, v, 1024, 1024ULL * 1024 * 1024, "limits.max_message_size must be a size between 1KiB and 1GiB",
+			     &size))
 			c->max_message_size = (uint32_t)size;
 		return true;
 	}
@@ -256,10 +265,7 @@ static bool on_audit_results(Loader *ld, Config *c, void *obj, const char *key, 
 		return get_int(ld, v, "audit.results.rows", 0, 1000000, &c->audit_rows) || true;
 	if (strcmp(key, "bytes") == 0) {
 		uint64_t size;
-		const char *s = scalar(v);
-		if (!s || !config_parse_size(s, &size) || size > 64 * 1024 * 1024)
-			fail_at(ld, v, "audit.results.bytes must be a size up to 64MiB");
-		else
+		if (get_size(ld, v, 0, 64 * 1024 * 1024, "audit.results.bytes must be a size up to 64MiB", &size))
 			c->audit_bytes = (int)size;
 		return true;
 	}
@@ -312,12 +318,8 @@ static bool on_audit(Loader *ld, Config *c, void *obj, const char *key, yaml_nod
 		return true;
 	}
 	if (strcmp(key, "max_pending") == 0) {
-		const char *s = scalar(v);
-		uint64_t size;
-		if (!s || !config_parse_size(s, &size) || size < 1024 * 1024 || size > 64ULL * 1024 * 1024 * 1024)
-			fail_at(ld, v, "audit.max_pending must be a size from 1MiB to 64GiB");
-		else
-			c->audit_max_pending = size;
+		get_size(ld, v, 1024 * 1024, 64ULL * 1024 * 1024 * 1024, "audit.max_pending must be a size from 1MiB to 64GiB",
+			 &c->audit_max_pending);
 		return true;
 	}
 	if (strcmp(key, "store_timeout") == 0) {

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
@@ -62,6 +63,8 @@ int util_b64_decode(const char *in, size_t inlen, unsigned char *out, size_t out
 bool util_ct_equal(const void *a, const void *b, size_t n);
 
 uint64_t util_now_ms(void);
+/* The time ms milliseconds from now on clock: the deadline of a timed wait. */
+struct timespec util_deadline(clockid_t clock, int ms);
 
 /* Bytes collected up to a bound (HTTP bodies). data stays NUL-terminated; the owner frees it. */
 typedef struct {
