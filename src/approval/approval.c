@@ -232,7 +232,11 @@ void approval_stop(void)
 	pthread_mutex_unlock(&T.mu);
 }
 
-/* A change made by another gateway (through the shared store). */
+/*
+ * A change read from the shared store: made by another gateway, or by this one in a claim
+ * whose answer was lost (approval_store_claim writes the whole decision). The second is
+ * this gateway's to announce, once: here, or in approval_decide if the claim's answer came.
+ */
 void approval__merge(json_t *r)
 {
 	pthread_mutex_lock(&T.mu);
@@ -243,6 +247,12 @@ void approval__merge(json_t *r)
 	} else if (status_of(mine) == APR_PENDING && status_of(r) != APR_PENDING) {
 		/* Decisions flow in; a request this gateway already ended stays ended here. */
 		json_object_update(mine, r);
+		if (strcmp(str(r, "decided_on"), T.node) == 0) {
+			char qs[40];
+			changed(mine, str(mine, "status"));
+			log_event(LOG_INFO, "approval_decision_from_store", "id=%s status=%s", str(mine, "id"),
+				  log_quote(qs, sizeof qs, str(mine, "status")));
+		}
 	} else {
 		grant = false;
 	}
@@ -273,6 +283,17 @@ static void set_undecided(json_t *r)
 	json_object_set_new(r, "decided_at", json_null());
 	json_object_set_new(r, "decision_reason", json_null());
 	json_object_set_new(r, "valid_until", json_null());
+	json_object_set_new(r, "decided_on", json_null());
+}
+
+/* Ends r as status st at time at: by whom (NULL: nobody), why, and on which gateway. */
+static void set_decided(json_t *r, ApprovalStatus st, const char *by, int64_t at, const char *why)
+{
+	json_object_set_new(r, "status", json_string(status_names[st]));
+	json_object_set_new(r, "decided_by", by ? json_string(by) : json_null());
+	set_time(r, "decided_at", at);
+	json_object_set_new(r, "decision_reason", why ? json_string(why) : json_null());
+	json_object_set_new(r, "decided_on", json_string(T.node));
 }
 
 static json_t *string_array(char *const *items, int n)
@@ -330,7 +351,7 @@ static void expire_overdue(bool may_block)
 	int64_t now = now_us();
 	typedef struct {
 		json_t *r;
-		char id[APPROVAL_ID_LEN]; /* for the claim, made off the lock */
+		json_t *ended; /* r as expired, to claim off the lock */
 	} Due;
 	Due *due = NULL;
 	size_t ndue = 0;
@@ -345,29 +366,30 @@ static void expire_overdue(bool may_block)
 				continue;
 			}
 			due[ndue].r = json_incref(r);
-			snprintf(due[ndue++].id, APPROVAL_ID_LEN, "%s", str(r, "id"));
+			due[ndue].ended = json_deep_copy(r);
+			set_decided(due[ndue++].ended, APR_EXPIRED, NULL, deadline_of(r), "not decided in time");
 		}
 	}
 	pthread_mutex_unlock(&T.mu);
 	int ended = 0;
 	bool store_failed = false; /* then the rest are not claimed now, nor again for a while */
 	for (size_t i = 0; i < ndue; i++) {
-		json_t *r = due[i].r;
+		json_t *r = due[i].r, *stored = NULL;
 		char serr[300];
 		/* Not queued behind another claim: an expiry can wait for a later call. */
-		ApprovalClaim claim = store_failed ? CLAIM_FAILED
-						   : approval_store_claim(due[i].id, status_names[APR_EXPIRED], 0, serr,
-									  sizeof serr);
+		ApprovalClaim claim =
+			store_failed ? CLAIM_FAILED : approval_store_claim(due[i].ended, 0, &stored, serr, sizeof serr);
 		store_failed = claim == CLAIM_FAILED;
-		bool claimed = claim == CLAIM_TAKEN;
+		if (stored) {
+			approval__merge(stored); /* ended elsewhere first: what the store says, now */
+			json_decref(stored);
+		}
 		pthread_mutex_lock(&T.mu);
 		if (store_failed) {
 			if (now + EXPIRY_RETRY_US < T.next_expiry_us)
 				T.next_expiry_us = now + EXPIRY_RETRY_US;
-		} else if (claimed && status_of(r) == APR_PENDING) {
-			json_object_set_new(r, "status", json_string(status_names[APR_EXPIRED]));
-			set_time(r, "decided_at", deadline_of(r));
-			json_object_set_new(r, "decision_reason", json_string("not decided in time"));
+		} else if (claim == CLAIM_TAKEN && status_of(r) == APR_PENDING) {
+			json_object_update(r, due[i].ended);
 			changed(r, status_names[APR_EXPIRED]);
 			char qu[80];
 			log_event(LOG_INFO, "approval_expired", "id=%s requester=%s", str(r, "id"),
@@ -378,6 +400,7 @@ static void expire_overdue(bool may_block)
 		}
 		pthread_mutex_unlock(&T.mu);
 		json_decref(r);
+		json_decref(due[i].ended);
 	}
 	free(due);
 	if (ended)
@@ -467,9 +490,7 @@ static ApprovalStatus end_pending(const char *id, ApprovalStatus to, const char 
 	json_t *r = find_locked(id);
 	ApprovalStatus st = r ? status_of(r) : APR_UNKNOWN;
 	if (st == APR_PENDING) {
-		json_object_set_new(r, "status", json_string(status_names[to]));
-		set_time(r, "decided_at", now_us());
-		json_object_set_new(r, "decision_reason", json_string(why));
+		set_decided(r, to, NULL, now_us(), why);
 		changed(r, status_names[to]);
 		st = to;
 	}
@@ -652,39 +673,54 @@ unsigned approval_decide(const ApprovalCaller *who, const char *id, bool approve
 		pthread_mutex_unlock(&T.mu);
 		return code;
 	}
-	/* With a shared store another gateway may decide it at the same moment: the store picks
-	 * one. That is a round trip, made without holding the table (workers use it). */
-	pthread_mutex_unlock(&T.mu);
-	char serr[300];
-	ApprovalClaim claim =
-		approval_store_claim(id, approve ? "approved" : "denied", CLAIM_QUEUE_WAIT_MS, serr, sizeof serr);
-	if (claim == CLAIM_FAILED) {
-		*out = api_error("the decision on %s was not made, try again: %s", id, serr);
-		return 503;
-	}
-	pthread_mutex_lock(&T.mu);
-	r = find_locked(id);
-	if (claim == CLAIM_LOST || !r || status_of(r) != APR_PENDING) {
-		/* Decided or ended elsewhere (or here, by its deadline) meanwhile. */
-		*out = api_error("the request %s is already %s", id, r ? str(r, "status") : "gone");
-		pthread_mutex_unlock(&T.mu);
-		return 409;
-	}
-	int64_t now = now_us();
-	json_object_set_new(r, "status", json_string(approve ? "approved" : "denied"));
-	json_object_set_new(r, "decided_by", json_string(who->name));
-	set_time(r, "decided_at", now);
-	json_object_set_new(r, "decision_reason", reason ? json_string(reason) : json_null());
+	/*
+	 * With a shared store another gateway may decide it at the same moment: the store picks
+	 * one. That is a round trip, made without holding the table (workers use it), and with the
+	 * whole decision, so that one whose answer is lost still comes true (approval__merge).
+	 */
+	json_t *d = json_deep_copy(r);
 	bool grant = strcmp(str(r, "kind"), "grant") == 0;
+	int64_t now = now_us();
+	set_decided(d, approve ? APR_APPROVED : APR_DENIED, who->name, now, reason);
 	if (approve) {
 		int64_t span = grant ? num(json_object_get(r, "grant"), "duration_s") * 1000000
 				     : num(r, "valid_for_ms") * 1000;
 		if (grant || strcmp(str(r, "mode"), "retry") == 0)
-			set_time(r, "valid_until", now + span);
+			set_time(d, "valid_until", now + span);
 	}
-	changed(r, approve ? "approved" : "denied");
-	if (grant)
-		grants_changed_locked();
+	pthread_mutex_unlock(&T.mu);
+	char serr[300];
+	json_t *stored = NULL;
+	ApprovalClaim claim = approval_store_claim(d, CLAIM_QUEUE_WAIT_MS, &stored, serr, sizeof serr);
+	if (claim == CLAIM_FAILED) {
+		json_decref(d);
+		*out = api_error("the decision on %s is not confirmed, try again: %s", id, serr);
+		return 503;
+	}
+	if (stored) {
+		approval__merge(stored); /* decided elsewhere first: what the store says, now */
+		json_decref(stored);
+	}
+	pthread_mutex_lock(&T.mu);
+	r = find_locked(id);
+	/* Pending still, or ended by this very decision: its news can come back before its answer. */
+	bool ours = claim == CLAIM_TAKEN && r &&
+		    (status_of(r) == APR_PENDING ||
+		     (num(r, "decided_at_us") == now && strcmp(str(r, "decided_on"), T.node) == 0));
+	if (!ours) {
+		/* Decided or ended elsewhere (or here, by its deadline) meanwhile. */
+		*out = api_error("the request %s is already %s", id, r ? str(r, "status") : "gone");
+		pthread_mutex_unlock(&T.mu);
+		json_decref(d);
+		return 409;
+	}
+	if (status_of(r) == APR_PENDING) {
+		json_object_update(r, d);
+		changed(r, status_names[status_of(d)]);
+		if (grant)
+			grants_changed_locked();
+	}
+	json_decref(d);
 	*out = public_view(r);
 	pthread_mutex_unlock(&T.mu);
 	char qu[80], qb[80];

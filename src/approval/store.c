@@ -305,10 +305,12 @@ void approval_store_put(const json_t *r)
 
 bool approval_store_shared(void) { return S.running && S.pg; }
 
-ApprovalClaim approval_store_claim(const char *id, const char *status, int wait_ms, char *err, size_t errlen)
+ApprovalClaim approval_store_claim(const json_t *decided, int wait_ms, json_t **stored, char *err, size_t errlen)
 {
+	*stored = NULL;
 	if (!S.running || !S.pg)
 		return CLAIM_TAKEN; /* one gateway: its memory is the truth */
+	const char *id = str(decided, "id");
 	struct timespec until = util_deadline(CLOCK_MONOTONIC, wait_ms);
 	ApprovalClaim out = CLAIM_FAILED;
 	if ((wait_ms > 0 ? pthread_mutex_clocklock(&S.claim_mu, CLOCK_MONOTONIC, &until)
@@ -326,22 +328,41 @@ ApprovalClaim approval_store_claim(const char *id, const char *status, int wait_
 	}
 	if (!S.claim_conn)
 		S.claim_conn = pg_connect(err, errlen);
-	if (S.claim_conn) {
-		const char *p[2] = {id, status};
-		PGresult *res = PQexecParams(S.claim_conn,
-					     "WITH u AS (UPDATE approval_requests SET status = $2 WHERE id = $1 AND status ="
-					     " 'pending' RETURNING 1) SELECT (SELECT count(*) FROM u),"
-					     " (SELECT count(*) FROM approval_requests WHERE id = $1)",
-					     2, NULL, p, NULL, NULL, 0);
-		/* Claimed, or not written yet (a request this gateway has just opened). */
-		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
-			out = strcmp(PQgetvalue(res, 0, 0), "1") == 0 || strcmp(PQgetvalue(res, 0, 1), "0") == 0 ? CLAIM_TAKEN
-														    : CLAIM_LOST;
-		else {
+	char *body = S.claim_conn ? json_dumps(decided, JSON_COMPACT) : NULL;
+	if (body) {
+		/*
+		 * The whole decision, announced in the same transaction: if the answer is lost on the
+		 * way back, the decision is made all the same and every gateway hears of it, this one
+		 * included. The third column is what the store holds when the claim is lost.
+		 */
+		char now[AUDIT_TIME_LEN];
+		audit_format_time(audit_now_us(), now);
+		const char *p[4] = {id, str(decided, "status"), now, body};
+		PGresult *res = PQexecParams(
+			S.claim_conn,
+			"WITH u AS (UPDATE approval_requests SET status = $2, updated = $3, body = $4 WHERE id = $1 AND"
+			" status = 'pending' RETURNING id), n AS (SELECT pg_notify('" CHANNEL "', id) FROM u)"
+			" SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n),"
+			" (SELECT body FROM approval_requests WHERE id = $1)",
+			4, NULL, p, NULL, NULL, 0);
+		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+			/* Claimed, or not written yet (a request this gateway has just opened). */
+			if (strcmp(PQgetvalue(res, 0, 0), "1") == 0 || PQgetisnull(res, 0, 2)) {
+				out = CLAIM_TAKEN;
+			} else {
+				out = CLAIM_LOST;
+				*stored = json_loads(PQgetvalue(res, 0, 2), 0, NULL);
+			}
+		} else {
 			const char *e = res ? PQresultErrorMessage(res) : PQerrorMessage(S.claim_conn);
-			snprintf(err, errlen, "approvals store: %.*s", (int)strcspn(e, "\n"), e);
+			snprintf(err, errlen, "approvals store: %s%.*s",
+				 PQstatus(S.claim_conn) == CONNECTION_OK ? "" : "no answer, the claim may have been made: ",
+				 (int)strcspn(e, "\n"), e);
 		}
 		PQclear(res);
+		free(body);
+	} else if (S.claim_conn) {
+		snprintf(err, errlen, "approvals store: the request %s cannot be written as JSON", id);
 	}
 	pthread_mutex_unlock(&S.claim_mu);
 	if (out != CLAIM_FAILED)

@@ -23,16 +23,18 @@ void approval_store_put(const json_t *r);
 typedef enum {
 	CLAIM_TAKEN,  /* this gateway moved it (or it is not in the store yet; or the store is not shared) */
 	CLAIM_LOST,   /* another gateway decided or ended it first */
-	CLAIM_FAILED, /* the store could not be asked: err says why */
+	CLAIM_FAILED, /* the store could not be asked, or its answer was lost: err says why */
 } ApprovalClaim;
 /* How long a decision's claim waits for the one before it. */
 #define CLAIM_QUEUE_WAIT_MS 5000
 /*
- * Moves request id from pending to status in a shared store, where another gateway may have
- * decided it first. Blocks (the admin API's threads only), but waits at most wait_ms for the
- * claim before it: a store that hangs holds one API thread, not all of them.
+ * Moves a request from pending to how decided has it (status and the decision's fields) in a
+ * shared store, where another gateway may have decided it first, and announces it to every
+ * gateway. Blocks (the admin API's threads only), but waits at most wait_ms for the claim
+ * before it: a store that hangs holds one API thread, not all of them. When the claim is
+ * lost, *stored is the request as the store has it (to merge; NULL if unreadable).
  */
-ApprovalClaim approval_store_claim(const char *id, const char *status, int wait_ms, char *err, size_t errlen);
+ApprovalClaim approval_store_claim(const json_t *decided, int wait_ms, json_t **stored, char *err, size_t errlen);
 /* Whether requests are shared with other gateways (a PostgreSQL store): a claim is a round trip then. */
 bool approval_store_shared(void);
 

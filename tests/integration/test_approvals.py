@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import sqlite3
 import struct
 import subprocess
@@ -544,7 +545,7 @@ def datarow_values(body):
 REQUEST_FIELDS = ("id", "kind", "status", "requester", "groups", "database", "node",
                   "statement", "parameters", "policy", "rule", "why", "mode", "approvers",
                   "created", "deadline", "decided_by", "decided_at", "decision_reason",
-                  "valid_until")
+                  "valid_until", "decided_on")
 
 
 def check_request(r, **want):
@@ -2145,7 +2146,7 @@ def test_decisions_when_the_shared_store_cannot_be_asked(gateway_factory, keys, 
         st, j = ctx.api.approve(ids[0], "carol")
         lk.execute("ROLLBACK")
     assert st == 503, (st, j)
-    assert j["error"].startswith(f"the decision on {ids[0]} was not made, try again: approvals store: ") \
+    assert j["error"].startswith(f"the decision on {ids[0]} is not confirmed, try again: approvals store: ") \
         and "lock timeout" in j["error"], j
     assert ctx.api.status_of(ids[0]) == "pending"
     ctx.api.approve_ok(ids[0], "carol")
@@ -2205,6 +2206,152 @@ def test_expiries_do_not_wait_behind_a_hung_claim(gateway_factory, keys, objects
     hung.join(20)
     assert first["r"][0] in (200, 409), first
     wait_for(lambda: ctx.api.status_of(late_id) == "expired", 20, 0.5, "the overdue request to expire")
+
+
+class ClaimAnswerCutter:
+    """A TCP relay in front of PostgreSQL. Once armed, it passes the next approval claim to
+    the server and then closes the gateway's side before any answer: the claim is made in
+    the store, and the gateway never hears back (a link lost at the worst moment)."""
+
+    CLAIM = b"WITH u AS (UPDATE approval_requests"
+
+    def __init__(self, host, port):
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.armed = threading.Event()
+        self.cut = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, store_url, pg):
+        return store_url.replace(f"@{pg.host}:{pg.port}/", f"@127.0.0.1:{self.port}/")
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.listener.accept()
+            except OSError:
+                return
+            s = socket.create_connection(self.target)
+            threading.Thread(target=self._up, args=(c, s), daemon=True).start()
+            threading.Thread(target=self._down, args=(s, c), daemon=True).start()
+
+    def _up(self, c, s):
+        try:
+            while data := c.recv(65536):
+                s.sendall(data)
+                if self.armed.is_set() and self.CLAIM in data:
+                    self.armed.clear()
+                    c.shutdown(socket.SHUT_RDWR)
+                    c.close()
+                    self.cut.set()
+                    time.sleep(1)  # the server has read the claim and run it
+                    break
+        except OSError:
+            pass
+        s.close()
+
+    def _down(self, s, c):
+        try:
+            while data := s.recv(65536):
+                c.sendall(data)
+        except OSError:
+            pass
+
+    def close(self):
+        self.listener.close()
+
+
+def stored_request(pg, dbname, rid):
+    with pg.super_connect(dbname) as c:
+        row = c.execute("SELECT status, body FROM approval_requests WHERE id = %s", (rid,)).fetchone()
+    return (row[0], json.loads(row[1])) if row else (None, None)
+
+
+def test_a_claim_whose_answer_is_lost_still_comes_true(gateway_factory, keys, objects, pg_store,
+                                                       tmp_path, pg):
+    """The link to a shared store drops after the claim of an approval reached it. The
+    approver gets 503 (no answer: the claim may have been made); the store has the whole
+    decision, and the gateway hears of it from the store: the held statement runs, the
+    request reads approved, the decision is in the audit trail once, and approving again
+    answers 409 "already approved"."""
+    cutter = ClaimAnswerCutter(pg.host, pg.port)
+    dbname = pg_store.rsplit("/", 1)[1].split("?")[0]
+    try:
+        ctx = start_approvals_gateway(
+            gateway_factory, keys,
+            audit={"store": cutter.url(pg_store, pg), "node": "gwl", "key_file": str(tmp_path / "gwl.key")})
+        mk = marker()
+        with ctx.connect("waiter") as c:
+            h = Held(c, f"SELECT note FROM {PAY} WHERE id = 4 AND '{mk}' <> ''")
+            rid = h.wait_notice()["id"]
+            wait_for(lambda: stored_request(pg, dbname, rid)[0] == "pending", 10, 0.1, "the request in the store")
+            cutter.armed.set()
+            st, j = ctx.api.approve(rid, "carol", reason="link lost")
+            assert cutter.cut.is_set()
+            assert st == 503, (st, j)
+            assert j["error"].startswith(f"the decision on {rid} is not confirmed, try again: approvals store: "
+                                         "no answer, the claim may have been made: "), j
+            status, body = stored_request(pg, dbname, rid)
+            assert status == "approved", (status, body)
+            assert body["status"] == "approved" and body["decided_by"] == "carol" \
+                and body["decision_reason"] == "link lost" and body["decided_on"] == "gwl", body
+            h.join(15)
+            assert h.error is None and h.rows == [("pay 4",)], (h.error, h.rows)
+        r = ctx.api.get(rid)
+        assert r["status"] == "approved" and r["decided_by"] == "carol" and r["decided_on"] == "gwl", r
+        st, j = ctx.api.approve(rid, "carol")
+        assert st == 409 and j["error"] == "the request is already approved", (st, j)
+
+        def approved_records():
+            with pg.super_connect(dbname) as c:
+                return c.execute("SELECT count(*) FROM audit_records WHERE kind = 'approval'"
+                                 " AND body::text LIKE %s AND body::text ~ '\"event\": ?\"approved\"'",
+                                 (f"%{rid}%",)).fetchone()[0]
+        wait_for(lambda: approved_records() >= 1, 10, 0.2, "the decision's audit record")
+        time.sleep(0.5)
+        assert approved_records() == 1
+        log = ctx.gw.log_text()
+        assert f"event=approval_decision_from_store id={rid} status=\"approved\"" in log
+        assert "event=approvals_claim_failed" in log
+    finally:
+        cutter.close()
+
+
+def test_a_lost_claim_takes_what_the_store_decided(gateway_factory, keys, objects, pg_store,
+                                                   tmp_path, table, pg):
+    """Another gateway's decision is in the store but its news has not come (a lost
+    notification). A decision here loses the claim and takes the store's word at once:
+    409 "already denied" with the other gateway's reasons, not "already pending"; and an
+    expiry that loses its claim does the same."""
+    ctx = start_approvals_gateway(
+        gateway_factory, keys, approvals=approvals_section(pending_for="2s"),
+        audit={"store": pg_store, "node": "gwm", "key_file": str(tmp_path / "gwm.key")})
+    dbname = pg_store.rsplit("/", 1)[1].split("?")[0]
+    t = table()
+    first = open_grant(ctx, grant_body(t, user="scoped"))["id"]
+    late = open_grant(ctx, grant_body(t, user="scoped"))["id"]
+    opened = time.monotonic()
+    for rid in (first, late):
+        wait_for(lambda: stored_request(pg, dbname, rid)[0] == "pending", 10, 0.1, "the request in the store")
+
+    def decide_elsewhere(rid, status, by):
+        _, body = stored_request(pg, dbname, rid)
+        body.update(status=status, decided_by=by, decision_reason="elsewhere", decided_on="gwother")
+        with pg.super_connect(dbname) as c:  # as another gateway's claim, minus its notification
+            c.execute("UPDATE approval_requests SET status = %s, body = %s WHERE id = %s",
+                      (status, json.dumps(body), rid))
+    decide_elsewhere(first, "denied", "dave")
+    st, j = ctx.api.approve(first, "carol")
+    assert st == 409 and j["error"] == f"the request {first} is already denied", (st, j)
+    r = ctx.api.get(first)
+    assert r["status"] == "denied" and r["decided_by"] == "dave" and r["decided_on"] == "gwother", r
+
+    decide_elsewhere(late, "approved", "erin")
+    time.sleep(max(0.0, opened + 2.5 - time.monotonic()))  # late is overdue: its expiry loses the claim
+    r = ctx.api.get(late)
+    assert r["status"] == "approved" and r["decided_by"] == "erin", r
+    assert "event=approval_decision_from_store" not in ctx.gw.log_text()
 
 
 def test_restart_keeps_approvals_and_grants(gateway_factory, keys, objects, tmp_path, table):
