@@ -141,7 +141,8 @@ static enum MHD_Result audit_request(struct MHD_Connection *conn, const Config *
 	if (!c->audit_store)
 		return error(conn, MHD_HTTP_NOT_FOUND, "no audit.store is configured");
 	char err[512];
-	AuditStore *st = store_open(c->audit_store, false, 0, err, sizeof err);
+	/* A store that stops answering fails the read (503): each one holds an admin connection. */
+	AuditStore *st = store_open(c->audit_store, false, c->audit_store_timeout_ms, err, sizeof err);
 	if (!st)
 		return error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, err);
 	json_t *out = NULL;

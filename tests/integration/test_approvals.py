@@ -30,7 +30,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import sqlite3
 import struct
 import subprocess
@@ -46,6 +45,7 @@ from psycopg.pq import TransactionStatus
 import pgwire
 from conftest import (BIN, LOCAL_USERS, SUPERUSER_PW, GatewayFactory, free_port,
                       require_binary, scram_verifier)
+from store_relay import StoreRelay
 from webhook_receiver import Receiver
 
 SFX = secrets.token_hex(3)
@@ -2208,60 +2208,6 @@ def test_expiries_do_not_wait_behind_a_hung_claim(gateway_factory, keys, objects
     wait_for(lambda: ctx.api.status_of(late_id) == "expired", 20, 0.5, "the overdue request to expire")
 
 
-class ClaimAnswerCutter:
-    """A TCP relay in front of PostgreSQL. Once armed, it passes the next approval claim to
-    the server and then closes the gateway's side before any answer: the claim is made in
-    the store, and the gateway never hears back (a link lost at the worst moment)."""
-
-    CLAIM = b"WITH u AS (UPDATE approval_requests"
-
-    def __init__(self, host, port):
-        self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.armed = threading.Event()
-        self.cut = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def url(self, store_url, pg):
-        return store_url.replace(f"@{pg.host}:{pg.port}/", f"@127.0.0.1:{self.port}/")
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.listener.accept()
-            except OSError:
-                return
-            s = socket.create_connection(self.target)
-            threading.Thread(target=self._up, args=(c, s), daemon=True).start()
-            threading.Thread(target=self._down, args=(s, c), daemon=True).start()
-
-    def _up(self, c, s):
-        try:
-            while data := c.recv(65536):
-                s.sendall(data)
-                if self.armed.is_set() and self.CLAIM in data:
-                    self.armed.clear()
-                    c.shutdown(socket.SHUT_RDWR)
-                    c.close()
-                    self.cut.set()
-                    time.sleep(1)  # the server has read the claim and run it
-                    break
-        except OSError:
-            pass
-        s.close()
-
-    def _down(self, s, c):
-        try:
-            while data := s.recv(65536):
-                c.sendall(data)
-        except OSError:
-            pass
-
-    def close(self):
-        self.listener.close()
-
-
 def stored_request(pg, dbname, rid):
     with pg.super_connect(dbname) as c:
         row = c.execute("SELECT status, body FROM approval_requests WHERE id = %s", (rid,)).fetchone()
@@ -2275,20 +2221,20 @@ def test_a_claim_whose_answer_is_lost_still_comes_true(gateway_factory, keys, ob
     decision, and the gateway hears of it from the store: the held statement runs, the
     request reads approved, the decision is in the audit trail once, and approving again
     answers 409 "already approved"."""
-    cutter = ClaimAnswerCutter(pg.host, pg.port)
+    relay = StoreRelay(pg.host, pg.port)
     dbname = pg_store.rsplit("/", 1)[1].split("?")[0]
     try:
         ctx = start_approvals_gateway(
             gateway_factory, keys,
-            audit={"store": cutter.url(pg_store, pg), "node": "gwl", "key_file": str(tmp_path / "gwl.key")})
+            audit={"store": relay.url(pg_store, pg), "node": "gwl", "key_file": str(tmp_path / "gwl.key")})
         mk = marker()
         with ctx.connect("waiter") as c:
             h = Held(c, f"SELECT note FROM {PAY} WHERE id = 4 AND '{mk}' <> ''")
             rid = h.wait_notice()["id"]
             wait_for(lambda: stored_request(pg, dbname, rid)[0] == "pending", 10, 0.1, "the request in the store")
-            cutter.armed.set()
+            relay.arm(b"WITH u AS (UPDATE approval_requests", "cut")
             st, j = ctx.api.approve(rid, "carol", reason="link lost")
-            assert cutter.cut.is_set()
+            assert relay.fired.is_set()
             assert st == 503, (st, j)
             assert j["error"].startswith(f"the decision on {rid} is not confirmed, try again: approvals store: "
                                          "no answer, the claim may have been made: "), j
@@ -2315,7 +2261,7 @@ def test_a_claim_whose_answer_is_lost_still_comes_true(gateway_factory, keys, ob
         assert f"event=approval_decision_from_store id={rid} status=\"approved\"" in log
         assert "event=approvals_claim_failed" in log
     finally:
-        cutter.close()
+        relay.close()
 
 
 def test_a_lost_claim_takes_what_the_store_decided(gateway_factory, keys, objects, pg_store,

@@ -34,6 +34,7 @@ import pgwire
 
 from conftest import (BIN, LOCAL_USERS, ROLE_PW, SUPERUSER_PW, GatewayFactory, free_port,
                       require_binary, scram_verifier, to_yaml)
+from store_relay import StoreRelay
 
 SFX = secrets.token_hex(3)
 REFUSED_MSG = ("pgcordon: the audit store cannot be written; statements are refused until "
@@ -2183,6 +2184,39 @@ def test_admin_api_reads_waiting_on_the_store_do_not_hold_healthz(gateway_factor
     assert len(results) == 3 and all(st >= 500 for st, _ in results), results
     assert http(port, "/api/sessions", token=key)[0] == 200
     assert gw.stop() == 0
+
+
+def test_admin_api_read_from_a_silent_store_is_given_up(gateway_factory, tmp_path, pg_store, pg):
+    """The store stops answering an /api/sessions read (a relay swallows the answers; the
+    connection stays up, as with a stopped server or a silent network). The read fails with
+    503 after audit.store_timeout instead of holding its admin connection for ever, and the
+    next read, on a new connection, answers."""
+    url, trail = pg_store
+    key, entry = apikey_create(f"silent-{SFX}", ["security"])
+    port = free_port()
+    relay = StoreRelay(pg.host, pg.port)
+
+    def more(cfg):
+        cfg["admin"] = {"address": "127.0.0.1", "port": port, "auditors": ["security"]}
+        cfg["api_keys"] = {f"silent-{SFX}": entry}
+    try:
+        gw = start_audited(gateway_factory, relay.url(url, pg),
+                           {"node": "apisilent", "store_timeout": "1s", "key_file": str(tmp_path / "s.key")}, more)
+        _recorded_session(gw, trail, "as", timeout=10).close()
+        assert http(port, "/api/sessions", token=key)[0] == 200
+        relay.arm(b"SELECT node, seq, time, kind", "mute")
+        started = time.monotonic()
+        status, body = http(port, "/api/sessions", token=key)
+        took = time.monotonic() - started
+        assert relay.fired.is_set()
+        assert status == 503, (status, body)
+        assert json.loads(body)["error"] == \
+            "audit store: read: no answer within 1000 ms; the connection is given up", body
+        assert took < 5, f"the read took {took:.1f} s"
+        assert http(port, "/api/sessions", token=key)[0] == 200
+        assert gw.stop() == 0
+    finally:
+        relay.close()
 
 
 def test_postgresql_store_commit_answered_too_late_is_settled(gateway_factory, tmp_path, pg_store):

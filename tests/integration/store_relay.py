@@ -1,0 +1,83 @@
+"""A TCP relay between the gateway and the PostgreSQL server of a store, to lose a link at
+the worst moment. Every connection is passed through as is until the relay is armed:
+arm(needle, "cut") passes the next client write holding needle to the server, then closes
+the gateway's side before any answer (the server still runs what it got); arm(needle,
+"mute") passes it too, and then swallows every answer on that connection while keeping it
+open (a server that stopped answering). .fired is set once it happened."""
+
+import socket
+import threading
+import time
+
+
+class StoreRelay:
+    def __init__(self, host, port):
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.needle = self.action = None
+        self.lock = threading.Lock()
+        self.fired = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, store_url, pg):
+        """store_url (a postgresql:// URL to pg) through the relay."""
+        direct = f"@{pg.host}:{pg.port}/"
+        assert direct in store_url, store_url
+        return store_url.replace(direct, f"@127.0.0.1:{self.port}/")
+
+    def arm(self, needle, action):
+        assert action in ("cut", "mute")
+        with self.lock:
+            self.needle, self.action = needle, action
+        self.fired.clear()
+
+    def close(self):
+        self.listener.close()
+
+    def _take(self, data):
+        """The action for this client write, once: None, "cut" or "mute"."""
+        with self.lock:
+            if self.needle is None or self.needle not in data:
+                return None
+            action, self.needle = self.action, None
+            return action
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.listener.accept()
+            except OSError:
+                return
+            s = socket.create_connection(self.target)
+            muted = threading.Event()
+            threading.Thread(target=self._up, args=(c, s, muted), daemon=True).start()
+            threading.Thread(target=self._down, args=(s, c, muted), daemon=True).start()
+
+    def _up(self, c, s, muted):
+        try:
+            while data := c.recv(65536):
+                action = self._take(data)
+                if action == "mute":
+                    muted.set()
+                s.sendall(data)
+                if action:
+                    self.fired.set()
+                if action == "cut":
+                    c.shutdown(socket.SHUT_RDWR)
+                    c.close()
+                    time.sleep(1)  # the server reads what it got, and runs it
+                    break
+        except OSError:
+            pass
+        s.close()
+
+    def _down(self, s, c, muted):
+        try:
+            while data := s.recv(65536):
+                if not muted.is_set():
+                    c.sendall(data)
+        except OSError:
+            pass
+        if not muted.is_set():
+            c.close()
