@@ -331,26 +331,57 @@ static bool pg_delete_through(AuditStore *st, const char *node, int64_t seq, cha
 	return run(pg_of(st), "DELETE FROM audit_records WHERE node = $1 AND seq <= $2", 2, p, NULL, "prune", err, errlen);
 }
 
+/* Stops the query under way, whose remaining rows a visitor no longer wants. */
+static void cancel_query(PgStore *pg)
+{
+	char why[256];
+	PGcancel *c = PQgetCancel(pg->conn);
+	if (!c || !PQcancel(c, why, sizeof why))
+		pg->given_up = true; /* then its rows are not read to the end either */
+	PQfreeCancel(c);
+}
+
+/*
+ * Hands the rows to cb one at a time (single-row mode): verify and export walk the whole
+ * trail, which must not have to fit in memory. A visitor that stops early cancels the rest.
+ */
 static bool pg_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, char *err, size_t errlen)
 {
+	PgStore *pg = pg_of(st);
 	char sql[1024];
 	const char *binds[STORE_SCAN_BINDS];
 	int nb = audit__scan_sql(f, '$', sql, sizeof sql, binds);
-	PGresult *r = NULL;
-	if (!run(pg_of(st), sql, nb, binds, &r, "read", err, errlen))
+	if (!usable(pg, "read", err, errlen))
 		return false;
-	for (int i = 0; i < PQntuples(r); i++) {
-		StoredRecord rec = {
-			.node = PQgetvalue(r, i, 0), .seq = strtoll(PQgetvalue(r, i, 1), NULL, 10), .time = PQgetvalue(r, i, 2),
-			.kind = PQgetvalue(r, i, 3), .session_id = PQgetvalue(r, i, 4), .user_name = PQgetvalue(r, i, 5),
-			.database = PQgetvalue(r, i, 6), .body = PQgetvalue(r, i, 7), .prev_tag = PQgetvalue(r, i, 8),
-			.tag = PQgetvalue(r, i, 9),
-		};
-		if (!cb(&rec, arg))
+	if (!PQsendQueryParams(pg->conn, sql, nb, NULL, binds, NULL, NULL, 0) || !PQsetSingleRowMode(pg->conn))
+		return fail(pg->conn, "read", err, errlen);
+	bool ok = true, wanted = true;
+	for (;;) {
+		if (!await_result(pg, "read", err, errlen))
+			return false;
+		PGresult *r = PQgetResult(pg->conn);
+		if (!r)
+			break;
+		ExecStatusType s = PQresultStatus(r);
+		if (s == PGRES_SINGLE_TUPLE && wanted && ok) {
+			StoredRecord rec = {
+				.node = PQgetvalue(r, 0, 0), .seq = strtoll(PQgetvalue(r, 0, 1), NULL, 10),
+				.time = PQgetvalue(r, 0, 2), .kind = PQgetvalue(r, 0, 3), .session_id = PQgetvalue(r, 0, 4),
+				.user_name = PQgetvalue(r, 0, 5), .database = PQgetvalue(r, 0, 6), .body = PQgetvalue(r, 0, 7),
+				.prev_tag = PQgetvalue(r, 0, 8), .tag = PQgetvalue(r, 0, 9),
+			};
+			if (!cb(&rec, arg)) {
+				wanted = false;
+				cancel_query(pg);
+			}
+		} else if (s != PGRES_SINGLE_TUPLE && s != PGRES_TUPLES_OK && wanted && ok) {
+			ok = fail_with("read", PQresultErrorMessage(r), err, errlen);
+		}
+		PQclear(r);
+		if (pg->given_up)
 			break;
 	}
-	PQclear(r);
-	return true;
+	return ok;
 }
 
 static const StoreOps pg_ops = {
@@ -364,6 +395,23 @@ static const StoreOps pg_ops = {
 	.scan = pg_scan,
 };
 
+/*
+ * Creates what is missing of the schema. When its last object is there, so is the rest, and
+ * nothing is run: CREATE INDEX, even IF NOT EXISTS, takes a share lock on the table (and
+ * needs its owner), so a reader opening the store would wait for the writer's open batch,
+ * and the writer's next batch would wait behind that reader.
+ */
+static bool ensure_schema(PgStore *pg, char *err, size_t errlen)
+{
+	PGresult *r = NULL;
+	if (!run(pg, "SELECT to_regclass('audit_records_session_starts') IS NOT NULL", 0, NULL, &r, "schema", err,
+		 errlen))
+		return false;
+	bool present = PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+	PQclear(r);
+	return present || run(pg, SCHEMA, 0, NULL, NULL, "schema", err, errlen);
+}
+
 AuditStore *audit__pg_open(const char *url, bool strict, int timeout_ms, char *err, size_t errlen)
 {
 	/* A store that stops answering must not hold the writer while records pile up. */
@@ -373,7 +421,7 @@ AuditStore *audit__pg_open(const char *url, bool strict, int timeout_ms, char *e
 	pg->timeout_ms = timeout_ms;
 	if (PQstatus(pg->conn) != CONNECTION_OK) {
 		fail(pg->conn, "connect", err, errlen);
-	} else if (set_up(pg, err, errlen) && run(pg, SCHEMA, 0, NULL, NULL, "schema", err, errlen) &&
+	} else if (set_up(pg, err, errlen) && ensure_schema(pg, err, errlen) &&
 		   prepare_insert(pg, err, errlen)) {
 		AuditStore *st = xcalloc(1, sizeof *st);
 		st->ops = &pg_ops;

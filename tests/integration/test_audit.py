@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -20,6 +21,7 @@ import socket
 import sqlite3
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -2184,6 +2186,69 @@ def test_admin_api_reads_waiting_on_the_store_do_not_hold_healthz(gateway_factor
     assert len(results) == 3 and all(st >= 500 for st, _ in results), results
     assert http(port, "/api/sessions", token=key)[0] == 200
     assert gw.stop() == 0
+
+
+def test_reads_do_not_wait_for_the_writers_open_batch(gateway_factory, tmp_path, pg_store):
+    """A transaction holds the lock a writer's batch holds on audit_records (ROW EXCLUSIVE).
+    Opening the store to read (the API, the CLI) runs no DDL: a read answers at once. Before,
+    each open ran CREATE INDEX IF NOT EXISTS, whose share lock waited for the batch (and the
+    writer's next batch waited behind it), until lock_timeout failed the read."""
+    url, trail = pg_store
+    key, entry = apikey_create(f"batch-{SFX}", ["security"])
+    port = free_port()
+
+    def more(cfg):
+        cfg["admin"] = {"address": "127.0.0.1", "port": port, "auditors": ["security"]}
+        cfg["api_keys"] = {f"batch-{SFX}": entry}
+    gw = start_audited(gateway_factory, url, {"node": "openbatch", "key_file": str(tmp_path / "ob.key")}, more)
+    _recorded_session(gw, trail, "ob", timeout=10).close()
+    with trail.pg.super_connect(trail.dbname) as lk:
+        lk.execute("BEGIN")
+        lk.execute("LOCK TABLE audit_records IN ROW EXCLUSIVE MODE")
+        started = time.monotonic()
+        status, body = http(port, "/api/sessions", token=key)
+        took = time.monotonic() - started
+        lk.execute("ROLLBACK")
+    assert status == 200 and took < 2, (status, body, f"{took:.1f} s")
+    assert gw.stop() == 0
+
+
+def run_within(mb, *args):
+    """Runs pgcordon ARGS with at most mb MB of data memory (RLIMIT_DATA: heap and private
+    mappings): a program that would need more fails to allocate."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_DATA, (mb << 20, mb << 20))
+    with tempfile.TemporaryFile() as out:
+        r = subprocess.run([str(BIN)] + [str(a) for a in args], stdout=out, stderr=subprocess.PIPE,
+                           preexec_fn=limit, timeout=120)
+        out.seek(0)
+        return r.returncode, out.read(), r.stderr.decode()
+
+
+def test_postgresql_trail_larger_than_memory_is_streamed(gateway_factory, tmp_path, pg_store):
+    """verify and export read a PostgreSQL trail row by row: with 240 MB of records in the
+    store (60,000 rows of 4 KB under a node "bulk", whose chain is not valid) each runs
+    within 100 MB of data memory. Export writes every row; verify names bulk's first record,
+    stops there (the rest of the query is cancelled), and still verifies the gateway's own
+    chain. Before, each read held its whole result in memory, as large as the store."""
+    url, trail = pg_store
+    gw = start_audited(gateway_factory, url, {"node": "streamed", "key_file": str(tmp_path / "st.key")})
+    _recorded_session(gw, trail, "st", timeout=10).close()
+    assert gw.stop() == 0
+    su_exec(trail.pg,
+            "INSERT INTO audit_records SELECT 'bulk', g, '2026-01-01T00:00:00.000000', 'statement', 's', 'u',"
+            " 'd', '\"' || repeat('x', 4000) || '\"', '', 'bad' FROM generate_series(1, 60000) g",
+            dbname=trail.dbname)
+    code, out, err = run_within(100, "audit", "export", "--config", gw.config_path, "--since", "2000-01-01")
+    assert code == 0, err
+    assert out.count(b'"node":"bulk"') == 60000 and out.count(b'"node":"streamed"') >= 3
+    del out
+    code, out, err = run_within(100, "audit", "verify", "--config", gw.config_path)
+    assert code == 1, (code, out, err)
+    lines = out.decode().splitlines()
+    assert lines[0] == ("FAILED: node bulk: record seq=1 (statement, 2026-01-01T00:00:00.000000): altered or"
+                        " inserted: its tag does not verify"), out
+    assert lines[1].startswith("ok: node streamed: 3 records"), out
 
 
 def test_admin_api_read_from_a_silent_store_is_given_up(gateway_factory, tmp_path, pg_store, pg):
