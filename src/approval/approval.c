@@ -31,8 +31,38 @@ static struct {
 	uint64_t grants_gen;   /* atomic */
 	int64_t next_grant_change_us; /* atomic: the next expiry of an active grant */
 	int64_t next_expiry_us; /* no pending request is due to expire before this */
+	struct Claiming *claiming; /* this gateway's claims under way, with a shared store */
 	bool started;
 } T = {.mu = PTHREAD_MUTEX_INITIALIZER, .next_expiry_us = INT64_MAX};
+
+/* A claim under way: its news from the store can arrive before its answer (approval__merge). */
+typedef struct Claiming {
+	const char *id;
+	struct Claiming *next;
+} Claiming;
+
+static void claiming_begin_locked(Claiming *c, const char *id)
+{
+	c->id = id;
+	c->next = T.claiming;
+	T.claiming = c;
+}
+
+static void claiming_end_locked(Claiming *c)
+{
+	Claiming **p = &T.claiming;
+	while (*p != c)
+		p = &(*p)->next;
+	*p = c->next;
+}
+
+static bool claiming_locked(const char *id)
+{
+	for (Claiming *c = T.claiming; c; c = c->next)
+		if (strcmp(c->id, id) == 0)
+			return true;
+	return false;
+}
 
 /* A wait-mode request still pending this long after its deadline has lost its session. */
 #define ORPHAN_GRACE_US (5 * 1000000LL)
@@ -248,10 +278,11 @@ void approval__merge(json_t *r)
 		/* Decisions flow in; a request this gateway already ended stays ended here. */
 		json_object_update(mine, r);
 		if (strcmp(str(r, "decided_on"), T.node) == 0) {
-			char qs[40];
 			changed(mine, str(mine, "status"));
-			log_event(LOG_INFO, "approval_decision_from_store", "id=%s status=%s", str(mine, "id"),
-				  log_quote(qs, sizeof qs, str(mine, "status")));
+			char qs[40];
+			if (!claiming_locked(str(mine, "id"))) /* else its claimer logs it */
+				log_event(LOG_INFO, "approval_decision_from_store", "id=%s status=%s", str(mine, "id"),
+					  log_quote(qs, sizeof qs, str(mine, "status")));
 		}
 	} else {
 		grant = false;
@@ -284,6 +315,13 @@ static void set_undecided(json_t *r)
 	json_object_set_new(r, "decision_reason", json_null());
 	json_object_set_new(r, "valid_until", json_null());
 	json_object_set_new(r, "decided_on", json_null());
+}
+
+/* Whether r stands ended as end has it (the same end, made here), not by something else. */
+static bool ended_as(const json_t *r, const json_t *end)
+{
+	return status_of(r) == status_of(end) && num(r, "decided_at_us") == num(end, "decided_at_us") &&
+	       strcmp(str(r, "decided_on"), str(end, "decided_on")) == 0;
 }
 
 /* Ends r as status st at time at: by whom (NULL: nobody), why, and on which gateway. */
@@ -374,8 +412,12 @@ static void expire_overdue(bool may_block)
 	int ended = 0;
 	bool store_failed = false; /* then the rest are not claimed now, nor again for a while */
 	for (size_t i = 0; i < ndue; i++) {
-		json_t *r = due[i].r, *stored = NULL;
+		json_t *r = due[i].r, *stored = NULL, *overrule = NULL;
 		char serr[300];
+		Claiming claiming;
+		pthread_mutex_lock(&T.mu);
+		claiming_begin_locked(&claiming, str(r, "id"));
+		pthread_mutex_unlock(&T.mu);
 		/* Not queued behind another claim: an expiry can wait for a later call. */
 		ApprovalClaim claim =
 			store_failed ? CLAIM_FAILED : approval_store_claim(due[i].ended, 0, &stored, serr, sizeof serr);
@@ -385,20 +427,30 @@ static void expire_overdue(bool may_block)
 			json_decref(stored);
 		}
 		pthread_mutex_lock(&T.mu);
+		claiming_end_locked(&claiming);
+		bool pending = status_of(r) == APR_PENDING;
 		if (store_failed) {
 			if (now + EXPIRY_RETRY_US < T.next_expiry_us)
 				T.next_expiry_us = now + EXPIRY_RETRY_US;
-		} else if (claim == CLAIM_TAKEN && status_of(r) == APR_PENDING) {
-			json_object_update(r, due[i].ended);
-			changed(r, status_names[APR_EXPIRED]);
+		} else if (claim == CLAIM_TAKEN && (pending || ended_as(r, due[i].ended))) {
+			if (pending) { /* else its news from the store came first, and was announced */
+				json_object_update(r, due[i].ended);
+				changed(r, status_names[APR_EXPIRED]);
+			}
 			char qu[80];
 			log_event(LOG_INFO, "approval_expired", "id=%s requester=%s", str(r, "id"),
 				  log_quote(qu, sizeof qu, str(r, "requester")));
 			ended++;
+		} else if (claim == CLAIM_TAKEN) {
+			overrule = json_deep_copy(r); /* ended here meanwhile, without a claim */
 		} else {
 			note_expiry_locked(r); /* decided elsewhere: its news is on the way */
 		}
 		pthread_mutex_unlock(&T.mu);
+		if (overrule) {
+			approval_store_overrule(overrule, due[i].ended);
+			json_decref(overrule);
+		}
 		json_decref(r);
 		json_decref(due[i].ended);
 	}
@@ -688,29 +740,35 @@ unsigned approval_decide(const ApprovalCaller *who, const char *id, bool approve
 		if (grant || strcmp(str(r, "mode"), "retry") == 0)
 			set_time(d, "valid_until", now + span);
 	}
+	Claiming claiming;
+	claiming_begin_locked(&claiming, id);
 	pthread_mutex_unlock(&T.mu);
 	char serr[300];
 	json_t *stored = NULL;
 	ApprovalClaim claim = approval_store_claim(d, CLAIM_QUEUE_WAIT_MS, &stored, serr, sizeof serr);
-	if (claim == CLAIM_FAILED) {
-		json_decref(d);
-		*out = api_error("the decision on %s is not confirmed, try again: %s", id, serr);
-		return 503;
-	}
 	if (stored) {
 		approval__merge(stored); /* decided elsewhere first: what the store says, now */
 		json_decref(stored);
 	}
 	pthread_mutex_lock(&T.mu);
+	claiming_end_locked(&claiming);
+	if (claim == CLAIM_FAILED) {
+		pthread_mutex_unlock(&T.mu);
+		json_decref(d);
+		*out = api_error("the decision on %s is not confirmed, try again: %s", id, serr);
+		return 503;
+	}
 	r = find_locked(id);
 	/* Pending still, or ended by this very decision: its news can come back before its answer. */
-	bool ours = claim == CLAIM_TAKEN && r &&
-		    (status_of(r) == APR_PENDING ||
-		     (num(r, "decided_at_us") == now && strcmp(str(r, "decided_on"), T.node) == 0));
-	if (!ours) {
-		/* Decided or ended elsewhere (or here, by its deadline) meanwhile. */
+	if (claim != CLAIM_TAKEN || !r || (status_of(r) != APR_PENDING && !ended_as(r, d))) {
+		/* Decided or ended elsewhere, or here (by its deadline, its session) meanwhile. */
+		json_t *overrule = claim == CLAIM_TAKEN && r ? json_deep_copy(r) : NULL;
 		*out = api_error("the request %s is already %s", id, r ? str(r, "status") : "gone");
 		pthread_mutex_unlock(&T.mu);
+		if (overrule) { /* it ended here without a claim: the store must not keep this one */
+			approval_store_overrule(overrule, d);
+			json_decref(overrule);
+		}
 		json_decref(d);
 		return 409;
 	}

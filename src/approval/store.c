@@ -55,6 +55,7 @@ static struct {
 	char *url;       /* PostgreSQL conninfo */
 	char *path;      /* SQLite file */
 	char *node;
+	int silence_ms; /* audit.store_timeout: see pg_run */
 	pthread_t writer, listener;
 	bool has_listener;
 	pthread_mutex_t mu;
@@ -73,11 +74,14 @@ static const char *str(const json_t *r, const char *key)
 
 /* ---- PostgreSQL ---- */
 
-/* With timeouts: a silent server or a lock on the table must not hold the API or the writer. */
+/*
+ * With timeouts: a silent server or a lock on the table must not hold the API or the writer.
+ * Nonblocking, for pg_run.
+ */
 static PGconn *pg_connect(char *err, size_t errlen)
 {
 	PGconn *c = pg_conn_open(S.url, "pgcordon-approvals");
-	if (PQstatus(c) != CONNECTION_OK || !pg_conn_limit_lock_wait(c)) {
+	if (PQstatus(c) != CONNECTION_OK || !pg_conn_limit_lock_wait(c) || PQsetnonblocking(c, 1) != 0) {
 		snprintf(err, errlen, "approvals store: %s", PQerrorMessage(c));
 		PQfinish(c);
 		return NULL;
@@ -85,12 +89,32 @@ static PGconn *pg_connect(char *err, size_t errlen)
 	return c;
 }
 
-static bool pg_ok(PGresult *r, char *err, size_t errlen, const char *what)
+/* Lost, or left with a command under way (its answer did not come): only good for PQfinish. */
+static bool broken(PGconn *c) { return PQstatus(c) != CONNECTION_OK || PQtransactionStatus(c) == PQTRANS_ACTIVE; }
+
+/*
+ * Runs sql on c, waiting for the answer at most audit.store_timeout of silence; false (and
+ * err) unless it succeeded. Its rows go to *out when out is not NULL.
+ */
+static bool pg_run(PGconn *c, const char *what, const char *sql, int n, const char *const *params, PGresult **out,
+		   char *err, size_t errlen)
 {
+	char why[256];
+	PGresult *r = pg_conn_exec(c, sql, n, params, S.silence_ms, why, sizeof why);
+	if (!r) {
+		snprintf(err, errlen, "approvals store: %s: %s", what, why);
+		return false;
+	}
 	ExecStatusType st = PQresultStatus(r);
 	bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
-	if (!ok)
-		snprintf(err, errlen, "approvals store: %s: %s", what, PQresultErrorMessage(r));
+	if (!ok) {
+		const char *m = PQresultErrorMessage(r);
+		snprintf(err, errlen, "approvals store: %s: %.*s", what, (int)strcspn(m, "\n"), m);
+	}
+	if (ok && out)
+		*out = r;
+	else
+		PQclear(r);
 	return ok;
 }
 
@@ -99,49 +123,47 @@ static bool pg_write(PGconn *c, const Write *w, char *err, size_t errlen)
 	char now[AUDIT_TIME_LEN];
 	audit_format_time(audit_now_us(), now);
 	const char *p[5] = {w->id, w->node, w->status, now, w->body};
-	PGresult *r = PQexecParams(c, "INSERT INTO approval_requests VALUES ($1, $2, $3, $4, $5)" UPSERT_TAIL, 5, NULL, p,
-				   NULL, NULL, 0);
-	bool ok = pg_ok(r, err, errlen, "write");
-	PQclear(r);
-	if (ok) {
-		const char *n[1] = {w->id};
-		r = PQexecParams(c, "SELECT pg_notify('" CHANNEL "', $1)", 1, NULL, n, NULL, NULL, 0);
-		ok = pg_ok(r, err, errlen, "notify");
-		PQclear(r);
-	}
-	return ok;
+	const char *n[1] = {w->id};
+	return pg_run(c, "write", "INSERT INTO approval_requests VALUES ($1, $2, $3, $4, $5)" UPSERT_TAIL, 5, p, NULL,
+		      err, errlen) &&
+	       pg_run(c, "notify", "SELECT pg_notify('" CHANNEL "', $1)", 1, n, NULL, err, errlen);
 }
 
-static json_t *pg_read(PGconn *c, const char *id)
+static json_t *pg_read(PGconn *c, const char *id, char *err, size_t errlen)
 {
 	const char *p[1] = {id};
-	PGresult *r = PQexecParams(c, "SELECT body FROM approval_requests WHERE id = $1", 1, NULL, p, NULL, NULL, 0);
-	json_t *j = NULL;
-	if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
-		j = json_loads(PQgetvalue(r, 0, 0), 0, NULL);
+	PGresult *r = NULL;
+	if (!pg_run(c, "read", "SELECT body FROM approval_requests WHERE id = $1", 1, p, &r, err, errlen))
+		return NULL;
+	json_t *j = PQntuples(r) == 1 ? json_loads(PQgetvalue(r, 0, 0), 0, NULL) : NULL;
 	PQclear(r);
 	return j;
 }
 
-static PGresult *pg_recent(PGconn *c)
+/* The requests worth keeping in memory, or NULL (err). */
+static PGresult *pg_recent(PGconn *c, char *err, size_t errlen)
 {
 	char since[AUDIT_TIME_LEN];
 	recent_since(since);
 	const char *p[1] = {since};
-	return PQexecParams(c, RECENT_SQL "$1", 1, NULL, p, NULL, NULL, 0);
+	PGresult *r = NULL;
+	return pg_run(c, "load", RECENT_SQL "$1", 1, p, &r, err, errlen) ? r : NULL;
 }
 
 /* After (re)connecting: what changed while no notification could arrive. */
 static void pg_merge_recent(PGconn *c)
 {
-	PGresult *r = pg_recent(c);
-	for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); i++) {
+	char err[512];
+	PGresult *r = pg_recent(c, err, sizeof err);
+	for (int i = 0; r && i < PQntuples(r); i++) {
 		json_t *j = json_loads(PQgetvalue(r, i, 0), 0, NULL);
 		if (j) {
 			approval__merge(j);
 			json_decref(j);
 		}
 	}
+	if (!r)
+		log_event(LOG_WARN, "approvals_listen_failed", "error=\"%s\"", err);
 	PQclear(r);
 }
 
@@ -154,9 +176,7 @@ static void *listen_main(void *arg)
 	while (!__atomic_load_n(&S.stopping, __ATOMIC_ACQUIRE)) {
 		if (!c) {
 			c = pg_connect(err, sizeof err);
-			PGresult *r = c ? PQexec(c, "LISTEN " CHANNEL) : NULL;
-			if (!c || !pg_ok(r, err, sizeof err, "listen")) {
-				PQclear(r);
+			if (!c || !pg_run(c, "listen", "LISTEN " CHANNEL, 0, NULL, NULL, err, sizeof err)) {
 				PQfinish(c);
 				c = NULL;
 				log_event(LOG_WARN, "approvals_listen_failed", "error=\"%s\"", err);
@@ -164,18 +184,17 @@ static void *listen_main(void *arg)
 				nanosleep(&pause, NULL);
 				continue;
 			}
-			PQclear(r);
 			pg_merge_recent(c);
 		}
 		struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
-		if (poll(&pfd, 1, 200) < 0 || (pfd.revents && !PQconsumeInput(c))) {
-			PQfinish(c);
+		if (broken(c) || poll(&pfd, 1, 200) < 0 || (pfd.revents && !PQconsumeInput(c))) {
+			PQfinish(c); /* connected again above, and what was missed merged */
 			c = NULL;
 			continue;
 		}
 		PGnotify *n;
 		while ((n = PQnotifies(c)) != NULL) {
-			json_t *j = pg_read(c, n->extra);
+			json_t *j = broken(c) ? NULL : pg_read(c, n->extra, err, sizeof err);
 			if (j) {
 				approval__merge(j);
 				json_decref(j);
@@ -258,7 +277,7 @@ static void *write_main(void *arg)
 				if (!pc)
 					pc = pg_connect(err, sizeof err);
 				ok = pc && pg_write(pc, w, err, sizeof err);
-				if (!ok && pc && PQstatus(pc) != CONNECTION_OK) {
+				if (!ok && pc && broken(pc)) {
 					PQfinish(pc);
 					pc = NULL;
 				}
@@ -322,7 +341,7 @@ ApprovalClaim approval_store_claim(const json_t *decided, int wait_ms, json_t **
 			snprintf(err, errlen, "approvals store: another claim is under way");
 		goto failed;
 	}
-	if (S.claim_conn && PQstatus(S.claim_conn) != CONNECTION_OK) {
+	if (S.claim_conn && broken(S.claim_conn)) {
 		PQfinish(S.claim_conn);
 		S.claim_conn = NULL;
 	}
@@ -333,31 +352,34 @@ ApprovalClaim approval_store_claim(const json_t *decided, int wait_ms, json_t **
 		/*
 		 * The whole decision, announced in the same transaction: if the answer is lost on the
 		 * way back, the decision is made all the same and every gateway hears of it, this one
-		 * included. The third column is what the store holds when the claim is lost.
+		 * included.
 		 */
 		char now[AUDIT_TIME_LEN];
 		audit_format_time(audit_now_us(), now);
 		const char *p[4] = {id, str(decided, "status"), now, body};
-		PGresult *res = PQexecParams(
-			S.claim_conn,
-			"WITH u AS (UPDATE approval_requests SET status = $2, updated = $3, body = $4 WHERE id = $1 AND"
-			" status = 'pending' RETURNING id), n AS (SELECT pg_notify('" CHANNEL "', id) FROM u)"
-			" SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n),"
-			" (SELECT body FROM approval_requests WHERE id = $1)",
-			4, NULL, p, NULL, NULL, 0);
-		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+		PGresult *res = NULL;
+		if (pg_run(S.claim_conn, "claim",
+			   "WITH u AS (UPDATE approval_requests SET status = $2, updated = $3, body = $4 WHERE id = $1 AND"
+			   " status = 'pending' RETURNING id), n AS (SELECT pg_notify('" CHANNEL "', id) FROM u)"
+			   " SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n),"
+			   " (SELECT count(*) FROM approval_requests WHERE id = $1)",
+			   4, p, &res, err, errlen)) {
 			/* Claimed, or not written yet (a request this gateway has just opened). */
-			if (strcmp(PQgetvalue(res, 0, 0), "1") == 0 || PQgetisnull(res, 0, 2)) {
+			if (PQntuples(res) == 1 &&
+			    (strcmp(PQgetvalue(res, 0, 0), "1") == 0 || strcmp(PQgetvalue(res, 0, 2), "0") == 0)) {
 				out = CLAIM_TAKEN;
-			} else {
+			} else if (PQntuples(res) == 1) {
+				/*
+				 * What the store holds, read anew: the statement's snapshot may predate the
+				 * decision that beat this claim (its UPDATE waited on that row, then saw it).
+				 */
 				out = CLAIM_LOST;
-				*stored = json_loads(PQgetvalue(res, 0, 2), 0, NULL);
+				char rerr[300];
+				*stored = pg_read(S.claim_conn, id, rerr, sizeof rerr);
 			}
-		} else {
-			const char *e = res ? PQresultErrorMessage(res) : PQerrorMessage(S.claim_conn);
-			snprintf(err, errlen, "approvals store: %s%.*s",
-				 PQstatus(S.claim_conn) == CONNECTION_OK ? "" : "no answer, the claim may have been made: ",
-				 (int)strcspn(e, "\n"), e);
+		} else if (broken(S.claim_conn)) {
+			size_t n = strlen(err);
+			snprintf(err + n, errlen - n, "; it may have been made"); /* sent, and no answer came */
 		}
 		PQclear(res);
 		free(body);
@@ -373,6 +395,39 @@ failed:;
 	return CLAIM_FAILED;
 }
 
+void approval_store_overrule(const json_t *r, const json_t *claimed)
+{
+	if (!S.running || !S.pg)
+		return;
+	char *body = json_dumps(r, JSON_COMPACT), at[24], now[AUDIT_TIME_LEN], err[400] = "";
+	snprintf(at, sizeof at, "%lld", (long long)json_integer_value(json_object_get(claimed, "decided_at_us")));
+	audit_format_time(audit_now_us(), now);
+	const char *p[6] = {str(r, "id"), str(r, "status"), now, body ? body : "", str(claimed, "status"), at};
+	struct timespec until = util_deadline(CLOCK_MONOTONIC, CLAIM_QUEUE_WAIT_MS);
+	bool ok = false;
+	if (body && pthread_mutex_clocklock(&S.claim_mu, CLOCK_MONOTONIC, &until) == 0) {
+		if (S.claim_conn && broken(S.claim_conn)) {
+			PQfinish(S.claim_conn);
+			S.claim_conn = NULL;
+		}
+		if (!S.claim_conn)
+			S.claim_conn = pg_connect(err, sizeof err);
+		ok = S.claim_conn &&
+		     pg_run(S.claim_conn, "overrule",
+			    "WITH u AS (UPDATE approval_requests SET status = $2, updated = $3, body = $4 WHERE id = $1 AND"
+			    " status = $5 AND body::json ->> 'decided_at_us' = $6 RETURNING id)"
+			    " SELECT pg_notify('" CHANNEL "', id) FROM u",
+			    6, p, NULL, err, sizeof err);
+		pthread_mutex_unlock(&S.claim_mu);
+	}
+	if (!ok) {
+		char q[400];
+		log_event(LOG_ERROR, "approvals_store_failed", "request=%s error=%s", str(r, "id"),
+			  log_quote(q, sizeof q, err[0] ? err : "approvals store: the claims' connection stayed busy"));
+	}
+	free(body);
+}
+
 /* ---- start and stop ---- */
 
 /* Loads what is worth keeping; this gateway's waits died with its previous run. */
@@ -385,11 +440,8 @@ static bool load(json_t ***loaded, size_t *n, char *err, size_t errlen)
 		PGconn *c = pg_connect(err, errlen);
 		if (!c)
 			return false;
-		PGresult *r = PQexec(c, create_sql);
-		bool ok = pg_ok(r, err, errlen, "create");
-		PQclear(r);
-		r = ok ? pg_recent(c) : NULL;
-		ok = ok && pg_ok(r, err, errlen, "load");
+		PGresult *r = pg_run(c, "create", create_sql, 0, NULL, NULL, err, errlen) ? pg_recent(c, err, errlen) : NULL;
+		bool ok = r != NULL;
 		for (int i = 0; ok && i < PQntuples(r); i++)
 			keep(loaded, n, &cap, PQgetvalue(r, i, 0));
 		PQclear(r);
@@ -435,6 +487,7 @@ bool approval_store_start(const Config *c, json_t ***loaded, size_t *n, char *er
 	S.url = S.pg ? xstrdup(c->audit_store) : NULL;
 	S.path = S.pg ? NULL : xstrdup(c->audit_store + 7);
 	S.node = xstrdup(c->audit_node);
+	S.silence_ms = c->audit_store_timeout_ms;
 	if (!load(loaded, n, err, errlen))
 		return false;
 	S.stopping = false;

@@ -35,6 +35,12 @@ typedef enum {
  * lost, *stored is the request as the store has it (to merge; NULL if unreadable).
  */
 ApprovalClaim approval_store_claim(const json_t *decided, int wait_ms, json_t **stored, char *err, size_t errlen);
+/*
+ * Puts back the end a request came to here (r: its held session ended it, with no claim)
+ * over the decision claimed for it meanwhile, if the store still has that one; announced.
+ * With a shared store only; failures are logged.
+ */
+void approval_store_overrule(const json_t *r, const json_t *claimed);
 /* Whether requests are shared with other gateways (a PostgreSQL store): a claim is a round trip then. */
 bool approval_store_shared(void);
 

@@ -9,6 +9,7 @@
 
 #include <libpq-fe.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 /*
  * Connects to url (a postgresql:// URL) with connect_timeout 10 s, TCP keepalives and
@@ -23,5 +24,26 @@ PGconn *pg_conn_open(const char *url, const char *application_name);
 #define PG_CONN_LIMIT_LOCK_WAIT \
 	"SELECT set_config('lock_timeout', '5s', false) WHERE current_setting('lock_timeout') = '0'"
 bool pg_conn_limit_lock_wait(PGconn *c);
+
+typedef enum {
+	PG_WAIT_READY,  /* the next result can be read without blocking */
+	PG_WAIT_SILENT, /* nothing came for silence_ms while an answer was owed */
+	PG_WAIT_FAILED, /* the connection failed */
+} PgWait;
+/*
+ * For a connection in nonblocking mode with a command sent: sends what is buffered, and
+ * waits until the next result can be read without blocking. A server that stops answering
+ * (stopped, or a network that drops packets without a reset) keeps a connection up that
+ * neither keepalives nor lock_timeout fail: silence_ms (0: no limit) bounds it. A slow
+ * server that goes on answering is not cut off. Unless ready, why says what happened.
+ */
+PgWait pg_conn_wait(PGconn *c, int silence_ms, char *why, size_t whylen);
+/*
+ * Runs sql with its text params on a nonblocking connection, waiting as pg_conn_wait does,
+ * and returns its last result (the caller checks its status). NULL, with why: no answer, or
+ * the connection failed; the caller drops the connection (a command may be under way on it).
+ */
+PGresult *pg_conn_exec(PGconn *c, const char *sql, int n, const char *const *params, int silence_ms, char *why,
+		       size_t whylen);
 
 #endif

@@ -2,9 +2,7 @@
  * The audit store in a PostgreSQL database of its own, for several gateways sharing one
  * trail. Same table as SQLite; each gateway (node) keeps its own chain in it.
  */
-#include <errno.h>
 #include <libpq-fe.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,41 +53,21 @@ static bool fail(PGconn *c, const char *what, char *err, size_t errlen)
 }
 
 /*
- * Sends what is buffered and waits until the next result can be read without blocking. A
- * server that stops answering (stopped, or a network that drops without a reset) must not
- * hold the writer: when the connection stays silent for the store's timeout while an answer
- * is owed, it is given up, and the next transaction starts on a new one. A slow server that
- * goes on answering (a large batch over a slow link) is not cut off.
+ * Waits for the next result (pg_conn_wait). A connection that stays silent for the store's
+ * timeout while an answer is owed is given up: the next transaction starts on a new one.
  */
 static bool await_result(PgStore *pg, const char *what, char *err, size_t errlen)
 {
-	PGconn *c = pg->conn;
-	for (;;) {
-		int unsent = PQflush(c);
-		if (unsent < 0)
-			break;
-		if (!unsent && !PQisBusy(c))
-			return true;
-		/* Reading too while sending: a server blocked on its own sends would never take ours. */
-		struct pollfd p = {.fd = PQsocket(c), .events = POLLIN | (unsent ? POLLOUT : 0)};
-		if (p.fd < 0)
-			break;
-		int ready = poll(&p, 1, pg->timeout_ms ? pg->timeout_ms : -1);
-		if (ready == 0) {
-			pg->given_up = true;
-			snprintf(err, errlen, "audit store: %s: no answer within %d ms; the connection is given up", what,
-				 pg->timeout_ms);
-			return false;
-		}
-		if (ready < 0 && errno != EINTR) {
-			pg->given_up = true; /* unread results may be left on it */
-			return fail_with(what, strerror(errno), err, errlen);
-		}
-		if (ready > 0 && ((p.revents & POLLNVAL) || ((p.revents & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(c))))
-			break;
+	char why[256];
+	PgWait w = pg_conn_wait(pg->conn, pg->timeout_ms, why, sizeof why);
+	if (w == PG_WAIT_READY)
+		return true;
+	pg->given_up = true; /* unread results may be left on it */
+	if (w == PG_WAIT_SILENT) {
+		snprintf(err, errlen, "audit store: %s: %s; the connection is given up", what, why);
+		return false;
 	}
-	pg->given_up = true;
-	return fail(c, what, err, errlen);
+	return fail_with(what, why, err, errlen);
 }
 
 /* Reads a command's results up to its end; the last goes to *out when out is not NULL. */
@@ -353,8 +331,12 @@ static bool pg_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *a
 	int nb = audit__scan_sql(f, '$', sql, sizeof sql, binds);
 	if (!usable(pg, "read", err, errlen))
 		return false;
-	if (!PQsendQueryParams(pg->conn, sql, nb, NULL, binds, NULL, NULL, 0) || !PQsetSingleRowMode(pg->conn))
+	if (!PQsendQueryParams(pg->conn, sql, nb, NULL, binds, NULL, NULL, 0))
 		return fail(pg->conn, "read", err, errlen);
+	if (!PQsetSingleRowMode(pg->conn)) {
+		pg->given_up = true; /* the query is under way all the same */
+		return fail_with("read", "cannot read row by row", err, errlen);
+	}
 	bool ok = true, wanted = true;
 	for (;;) {
 		if (!await_result(pg, "read", err, errlen))

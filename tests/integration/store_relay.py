@@ -3,7 +3,9 @@ the worst moment. Every connection is passed through as is until the relay is ar
 arm(needle, "cut") passes the next client write holding needle to the server, then closes
 the gateway's side before any answer (the server still runs what it got); arm(needle,
 "mute") passes it too, and then swallows every answer on that connection while keeping it
-open (a server that stopped answering). .fired is set once it happened."""
+open (a server that stopped answering); arm(needle, "hold") keeps that write (and what
+follows on its connection) until release(), as a slow link would. .fired is set once it
+happened."""
 
 import socket
 import threading
@@ -18,6 +20,7 @@ class StoreRelay:
         self.needle = self.action = None
         self.lock = threading.Lock()
         self.fired = threading.Event()
+        self.released = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def url(self, store_url, pg):
@@ -27,12 +30,17 @@ class StoreRelay:
         return store_url.replace(direct, f"@127.0.0.1:{self.port}/")
 
     def arm(self, needle, action):
-        assert action in ("cut", "mute")
+        assert action in ("cut", "mute", "hold")
+        self.fired.clear()
+        self.released.clear()
         with self.lock:
             self.needle, self.action = needle, action
-        self.fired.clear()
+
+    def release(self):
+        self.released.set()
 
     def close(self):
+        self.released.set()
         self.listener.close()
 
     def _take(self, data):
@@ -60,6 +68,9 @@ class StoreRelay:
                 action = self._take(data)
                 if action == "mute":
                     muted.set()
+                if action == "hold":
+                    self.fired.set()
+                    self.released.wait(60)
                 s.sendall(data)
                 if action:
                     self.fired.set()

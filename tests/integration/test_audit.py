@@ -2147,18 +2147,26 @@ def test_postgresql_store_that_stops_answering_is_given_up(gateway_factory, tmp_
     assert_verify_ok(gw.config_path, "--node", "stopped")
 
 
+def audited_with_api(factory, store, audit):
+    """A gateway recording to store (audit: more of its audit section) with the admin API
+    on; returns (gateway, API port, an auditor's API key)."""
+    name = f"{audit['node']}-{SFX}"
+    key, entry = apikey_create(name, ["security"])
+    port = free_port()
+
+    def more(cfg):
+        cfg["admin"] = {"address": "127.0.0.1", "port": port, "auditors": ["security"]}
+        cfg["api_keys"] = {name: entry}
+    return start_audited(factory, store, audit, more), port, key
+
+
 def test_admin_api_reads_waiting_on_the_store_do_not_hold_healthz(gateway_factory, tmp_path, pg_store):
     """Three /api/sessions reads wait on the PostgreSQL store (its table locked: each waits
     for lock_timeout, 5 s). Each request has its own thread, so /healthz, and a request that
     does not need the store, answer at once meanwhile; the waiting reads end with an error."""
     url, trail = pg_store
-    key, entry = apikey_create(f"reader-{SFX}", ["security"])
-    port = free_port()
-
-    def more(cfg):
-        cfg["admin"] = {"address": "127.0.0.1", "port": port, "auditors": ["security"]}
-        cfg["api_keys"] = {f"reader-{SFX}": entry}
-    gw = start_audited(gateway_factory, url, {"node": "apilock", "key_file": str(tmp_path / "apilock.key")}, more)
+    gw, port, key = audited_with_api(gateway_factory, url,
+                                     {"node": "apilock", "key_file": str(tmp_path / "apilock.key")})
     _recorded_session(gw, trail, "al", timeout=10).close()
     assert http(port, "/api/sessions", token=key)[0] == 200
     results = []
@@ -2194,13 +2202,7 @@ def test_reads_do_not_wait_for_the_writers_open_batch(gateway_factory, tmp_path,
     each open ran CREATE INDEX IF NOT EXISTS, whose share lock waited for the batch (and the
     writer's next batch waited behind it), until lock_timeout failed the read."""
     url, trail = pg_store
-    key, entry = apikey_create(f"batch-{SFX}", ["security"])
-    port = free_port()
-
-    def more(cfg):
-        cfg["admin"] = {"address": "127.0.0.1", "port": port, "auditors": ["security"]}
-        cfg["api_keys"] = {f"batch-{SFX}": entry}
-    gw = start_audited(gateway_factory, url, {"node": "openbatch", "key_file": str(tmp_path / "ob.key")}, more)
+    gw, port, key = audited_with_api(gateway_factory, url, {"node": "openbatch", "key_file": str(tmp_path / "ob.key")})
     _recorded_session(gw, trail, "ob", timeout=10).close()
     with trail.pg.super_connect(trail.dbname) as lk:
         lk.execute("BEGIN")
@@ -2257,16 +2259,10 @@ def test_admin_api_read_from_a_silent_store_is_given_up(gateway_factory, tmp_pat
     503 after audit.store_timeout instead of holding its admin connection for ever, and the
     next read, on a new connection, answers."""
     url, trail = pg_store
-    key, entry = apikey_create(f"silent-{SFX}", ["security"])
-    port = free_port()
     relay = StoreRelay(pg.host, pg.port)
-
-    def more(cfg):
-        cfg["admin"] = {"address": "127.0.0.1", "port": port, "auditors": ["security"]}
-        cfg["api_keys"] = {f"silent-{SFX}": entry}
     try:
-        gw = start_audited(gateway_factory, relay.url(url, pg),
-                           {"node": "apisilent", "store_timeout": "1s", "key_file": str(tmp_path / "s.key")}, more)
+        gw, port, key = audited_with_api(gateway_factory, relay.url(url, pg), {
+            "node": "apisilent", "store_timeout": "1s", "key_file": str(tmp_path / "s.key")})
         _recorded_session(gw, trail, "as", timeout=10).close()
         assert http(port, "/api/sessions", token=key)[0] == 200
         relay.arm(b"SELECT node, seq, time, kind", "mute")
