@@ -35,15 +35,20 @@ static struct {
 	bool started;
 } T = {.mu = PTHREAD_MUTEX_INITIALIZER, .next_expiry_us = INT64_MAX};
 
-/* A claim under way: its news from the store can arrive before its answer (approval__merge). */
+/*
+ * A claim under way: its news from the store can arrive before its answer (approval__merge).
+ * id must outlive it and not be the table's own string (a merge replaces that).
+ */
 typedef struct Claiming {
 	const char *id;
+	int64_t decided_at_us; /* of the end it claims */
 	struct Claiming *next;
 } Claiming;
 
-static void claiming_begin_locked(Claiming *c, const char *id)
+static void claiming_begin_locked(Claiming *c, const json_t *end)
 {
-	c->id = id;
+	c->id = json_string_value(json_object_get(end, "id"));
+	c->decided_at_us = (int64_t)json_integer_value(json_object_get(end, "decided_at_us"));
 	c->next = T.claiming;
 	T.claiming = c;
 }
@@ -56,10 +61,13 @@ static void claiming_end_locked(Claiming *c)
 	*p = c->next;
 }
 
-static bool claiming_locked(const char *id)
+/* Whether end (news from the store) is that of a claim of this gateway still under way. */
+static bool claiming_locked(const json_t *end)
 {
+	const char *id = json_string_value(json_object_get(end, "id"));
+	int64_t at = (int64_t)json_integer_value(json_object_get(end, "decided_at_us"));
 	for (Claiming *c = T.claiming; c; c = c->next)
-		if (strcmp(c->id, id) == 0)
+		if (id && c->id && strcmp(c->id, id) == 0 && c->decided_at_us == at)
 			return true;
 	return false;
 }
@@ -237,7 +245,8 @@ bool approval_start(const Config *c, ApprovalWakeFn wake_fn, void *arg, char *er
 	size_t nloaded = 0;
 	if (!approval_store_start(c, &loaded, &nloaded, err, errlen))
 		return false;
-	qsort(loaded, nloaded, sizeof *loaded, by_creation); /* lists and their cursor go by this order */
+	if (nloaded) /* lists and their cursor go by this order */
+		qsort(loaded, nloaded, sizeof *loaded, by_creation);
 	pthread_mutex_lock(&T.mu);
 	for (size_t i = 0; i < nloaded; i++)
 		add_locked(loaded[i]);
@@ -280,7 +289,7 @@ void approval__merge(json_t *r)
 		if (strcmp(str(r, "decided_on"), T.node) == 0) {
 			changed(mine, str(mine, "status"));
 			char qs[40];
-			if (!claiming_locked(str(mine, "id"))) /* else its claimer logs it */
+			if (!claiming_locked(r)) /* else its claimer logs it */
 				log_event(LOG_INFO, "approval_decision_from_store", "id=%s status=%s", str(mine, "id"),
 					  log_quote(qs, sizeof qs, str(mine, "status")));
 		}
@@ -416,7 +425,7 @@ static void expire_overdue(bool may_block)
 		char serr[300];
 		Claiming claiming;
 		pthread_mutex_lock(&T.mu);
-		claiming_begin_locked(&claiming, str(r, "id"));
+		claiming_begin_locked(&claiming, due[i].ended);
 		pthread_mutex_unlock(&T.mu);
 		/* Not queued behind another claim: an expiry can wait for a later call. */
 		ApprovalClaim claim =
@@ -741,7 +750,7 @@ unsigned approval_decide(const ApprovalCaller *who, const char *id, bool approve
 			set_time(d, "valid_until", now + span);
 	}
 	Claiming claiming;
-	claiming_begin_locked(&claiming, id);
+	claiming_begin_locked(&claiming, d);
 	pthread_mutex_unlock(&T.mu);
 	char serr[300];
 	json_t *stored = NULL;

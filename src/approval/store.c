@@ -74,21 +74,6 @@ static const char *str(const json_t *r, const char *key)
 
 /* ---- PostgreSQL ---- */
 
-/*
- * With timeouts: a silent server or a lock on the table must not hold the API or the writer.
- * Nonblocking, for pg_run.
- */
-static PGconn *pg_connect(char *err, size_t errlen)
-{
-	PGconn *c = pg_conn_open(S.url, "pgcordon-approvals");
-	if (PQstatus(c) != CONNECTION_OK || !pg_conn_limit_lock_wait(c) || PQsetnonblocking(c, 1) != 0) {
-		snprintf(err, errlen, "approvals store: %s", PQerrorMessage(c));
-		PQfinish(c);
-		return NULL;
-	}
-	return c;
-}
-
 /* Lost, or left with a command under way (its answer did not come): only good for PQfinish. */
 static bool broken(PGconn *c) { return PQstatus(c) != CONNECTION_OK || PQtransactionStatus(c) == PQTRANS_ACTIVE; }
 
@@ -116,6 +101,25 @@ static bool pg_run(PGconn *c, const char *what, const char *sql, int n, const ch
 	else
 		PQclear(r);
 	return ok;
+}
+
+/*
+ * With timeouts: a silent server or a lock on the table must not hold the API or the writer.
+ * Nonblocking, for pg_run.
+ */
+static PGconn *pg_connect(char *err, size_t errlen)
+{
+	PGconn *c = pg_conn_open(S.url, "pgcordon-approvals");
+	if (PQstatus(c) != CONNECTION_OK || PQsetnonblocking(c, 1) != 0) {
+		snprintf(err, errlen, "approvals store: %s", PQerrorMessage(c));
+		PQfinish(c);
+		return NULL;
+	}
+	if (!pg_run(c, "settings", PG_CONN_LIMIT_LOCK_WAIT, 0, NULL, NULL, err, errlen)) {
+		PQfinish(c);
+		return NULL;
+	}
+	return c;
 }
 
 static bool pg_write(PGconn *c, const Write *w, char *err, size_t errlen)

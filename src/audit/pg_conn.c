@@ -15,14 +15,6 @@ PGconn *pg_conn_open(const char *url, const char *application_name)
 	return PQconnectdbParams(keys, values, 1);
 }
 
-bool pg_conn_limit_lock_wait(PGconn *c)
-{
-	PGresult *r = PQexec(c, PG_CONN_LIMIT_LOCK_WAIT);
-	bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
-	PQclear(r);
-	return ok;
-}
-
 /* The first line of libpq's message for c. */
 static void first_line(PGconn *c, char *why, size_t whylen)
 {

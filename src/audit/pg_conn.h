@@ -17,13 +17,11 @@
  */
 PGconn *pg_conn_open(const char *url, const char *application_name);
 /*
- * Makes a lock wait fail after 5 s, unless the server, the role or the URL set a
- * lock_timeout. Call after each connect (a reset loses it); false: see PQerrorMessage.
- * PG_CONN_LIMIT_LOCK_WAIT is its query, for a connection in nonblocking use.
+ * The query that makes a lock wait fail after 5 s, unless the server, the role or the URL
+ * set a lock_timeout. Run it after each connect (a reset loses it).
  */
 #define PG_CONN_LIMIT_LOCK_WAIT \
 	"SELECT set_config('lock_timeout', '5s', false) WHERE current_setting('lock_timeout') = '0'"
-bool pg_conn_limit_lock_wait(PGconn *c);
 
 typedef enum {
 	PG_WAIT_READY,  /* the next result can be read without blocking */

@@ -2218,14 +2218,15 @@ def test_expiries_do_not_wait_behind_a_hung_claim(gateway_factory, keys, objects
     wait_for(lambda: ctx.api.status_of(late_id) == "expired", 20, 0.5, "the overdue request to expire")
 
 
-def relayed_gateway(factory, keys, pg, pg_store, tmp_path, node):
-    """A gateway whose shared store (pg_store) is reached through a StoreRelay; returns
-    (context, relay, the store's database name). The caller closes the relay."""
+def relayed_gateway(factory, keys, pg, pg_store, tmp_path, node, **audit):
+    """A gateway whose shared store (pg_store) is reached through a StoreRelay (audit: more
+    of its audit section); returns (context, relay, the store's database name). The caller
+    closes the relay."""
     relay = StoreRelay(pg.host, pg.port)
     try:
         ctx = start_approvals_gateway(
             factory, keys, audit={"store": relay.url(pg_store, pg), "node": node,
-                                  "key_file": str(tmp_path / f"{node}.key")})
+                                  "key_file": str(tmp_path / f"{node}.key"), **audit})
     except BaseException:
         relay.close()
         raise
@@ -2329,7 +2330,8 @@ def test_a_claim_won_for_a_request_that_ended_here_meanwhile(gateway_factory, ke
     slow to arrive: the claim finds the request still pending there and wins. The approver
     gets 409 "already expired", and the store is set back to expired: no gateway can be
     told it was approved when nothing ran."""
-    ctx, relay, dbname = relayed_gateway(gateway_factory, keys, pg, pg_store, tmp_path, "gwo")
+    # the claim waits on the lock for ~2 s: well within lock_timeout (5 s) and store_timeout
+    ctx, relay, dbname = relayed_gateway(gateway_factory, keys, pg, pg_store, tmp_path, "gwo", store_timeout="15s")
     try:
         mk = marker()
         with ctx.connect("hurried") as c:  # approvals.wait: 2s
