@@ -425,8 +425,7 @@ static bool collect_node(const StoredRecord *r, void *arg)
 json_t *audit_nodes(AuditStore *st, char *err, size_t errlen)
 {
 	json_t *nodes = json_array();
-	StoreFilter f = {0};
-	if (!store_scan(st, &f, collect_node, nodes, err, errlen)) {
+	if (!store_nodes(st, collect_node, nodes, err, errlen)) {
 		json_decref(nodes);
 		return NULL;
 	}

@@ -68,6 +68,11 @@ bool store_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, 
 	return st->ops->scan(st, f, cb, arg, err, errlen);
 }
 
+bool store_nodes(AuditStore *st, StoreVisit cb, void *arg, char *err, size_t errlen)
+{
+	return st->ops->nodes(st, cb, arg, err, errlen);
+}
+
 const char *audit__kind_literal(const char *kind)
 {
 	static const char *const kinds[] = {"session_start", "statement", "session_end", "login_failed", "prune", "approval",

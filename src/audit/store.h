@@ -94,6 +94,9 @@ bool store_delete_through(AuditStore *st, const char *node, int64_t seq, char *e
 typedef bool (*StoreVisit)(const StoredRecord *r, void *arg);
 bool store_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, char *err, size_t errlen)
 	__attribute__((warn_unused_result));
+/* Visits each node with records once, by name; only r->node is set. Reads no record. */
+bool store_nodes(AuditStore *st, StoreVisit cb, void *arg, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
 
 /* ---- the two implementations, behind store_open ---- */
 typedef struct {
@@ -108,6 +111,7 @@ typedef struct {
 		     size_t errlen);
 	bool (*delete_through)(AuditStore *st, const char *node, int64_t seq, char *err, size_t errlen);
 	bool (*scan)(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, char *err, size_t errlen);
+	bool (*nodes)(AuditStore *st, StoreVisit cb, void *arg, char *err, size_t errlen);
 } StoreOps;
 
 struct AuditStore {

@@ -366,6 +366,25 @@ static bool pg_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *a
 	return ok;
 }
 
+/* One index probe per node (a loose index scan of the primary key), not a walk of the trail. */
+static bool pg_nodes(AuditStore *st, StoreVisit cb, void *arg, char *err, size_t errlen)
+{
+	PGresult *r = NULL;
+	if (!run(pg_of(st),
+		 "WITH RECURSIVE n(node) AS (SELECT min(node) FROM audit_records UNION ALL"
+		 " SELECT (SELECT min(node) FROM audit_records WHERE node > n.node) FROM n WHERE n.node IS NOT NULL)"
+		 " SELECT node FROM n WHERE node IS NOT NULL",
+		 0, NULL, &r, "read", err, errlen))
+		return false;
+	for (int i = 0; i < PQntuples(r); i++) {
+		StoredRecord rec = {.node = PQgetvalue(r, i, 0)};
+		if (!cb(&rec, arg))
+			break;
+	}
+	PQclear(r);
+	return true;
+}
+
 static const StoreOps pg_ops = {
 	.close = pg_close,
 	.exec = pg_exec,
@@ -375,6 +394,7 @@ static const StoreOps pg_ops = {
 	.head = pg_head,
 	.delete_through = pg_delete_through,
 	.scan = pg_scan,
+	.nodes = pg_nodes,
 };
 
 /*

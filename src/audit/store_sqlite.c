@@ -812,6 +812,37 @@ static bool v1_append(AuditStore *st, const StoredRecord *r, size_t n, char *err
 
 static bool lite_upgrade(AuditStore *st, char *err, size_t errlen);
 
+/* The distinct nodes sql selects, in its order. */
+static bool nodes_sql(sqlite3 *db, const char *sql, StoreVisit cb, void *arg, char *err, size_t errlen)
+{
+	sqlite3_stmt *q;
+	if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) != SQLITE_OK)
+		return fail(db, "read", err, errlen);
+	int rc;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		StoredRecord r = {.node = col(q, 0)};
+		if (!cb(&r, arg)) {
+			rc = SQLITE_DONE;
+			break;
+		}
+	}
+	sqlite3_finalize(q);
+	return rc == SQLITE_DONE || fail(db, "read", err, errlen);
+}
+
+/* From the batches' node column: no batch is decompressed. */
+static bool lite_nodes(AuditStore *st, StoreVisit cb, void *arg, char *err, size_t errlen)
+{
+	Lite *l = st->db;
+	return nodes_sql(l->db, "SELECT DISTINCT node FROM audit_batches ORDER BY node", cb, arg, err, errlen);
+}
+
+static bool v1_nodes(AuditStore *st, StoreVisit cb, void *arg, char *err, size_t errlen)
+{
+	Lite *l = st->db;
+	return nodes_sql(l->db, "SELECT DISTINCT node FROM audit_records ORDER BY node", cb, arg, err, errlen);
+}
+
 static const StoreOps lite_ops = {
 	.close = lite_close,
 	.exec = lite_exec,
@@ -819,6 +850,7 @@ static const StoreOps lite_ops = {
 	.head = lite_head,
 	.delete_through = lite_delete_through,
 	.scan = lite_scan,
+	.nodes = lite_nodes,
 };
 
 static const StoreOps v1_ops = {
@@ -829,6 +861,7 @@ static const StoreOps v1_ops = {
 	.head = v1_head,
 	.delete_through = v1_refuse,
 	.scan = v1_scan,
+	.nodes = v1_nodes,
 };
 
 #define UPGRADE_BATCH 1000

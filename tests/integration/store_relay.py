@@ -5,7 +5,7 @@ the gateway's side before any answer (the server still runs what it got); arm(ne
 "mute") passes it too, and then swallows every answer on that connection while keeping it
 open (a server that stopped answering); arm(needle, "hold") keeps that write (and what
 follows on its connection) until release(), as a slow link would. .fired is set once it
-happened."""
+happened. .down_bytes counts what the server sent."""
 
 import socket
 import threading
@@ -21,6 +21,7 @@ class StoreRelay:
         self.lock = threading.Lock()
         self.fired = threading.Event()
         self.released = threading.Event()
+        self.down_bytes = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def url(self, store_url, pg):
@@ -81,14 +82,26 @@ class StoreRelay:
                     break
         except OSError:
             pass
-        s.close()
+        _end(s)
 
     def _down(self, s, c, muted):
         try:
             while data := s.recv(65536):
+                with self.lock:
+                    self.down_bytes += len(data)
                 if not muted.is_set():
                     c.sendall(data)
         except OSError:
             pass
         if not muted.is_set():
-            c.close()
+            _end(c)
+
+
+def _end(sock):
+    """Closes sock for real: a bare close() would leave the other pump's recv() holding it
+    open, and the peer would never see the end (a cancel request waits for it)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

@@ -2253,6 +2253,17 @@ def test_postgresql_trail_larger_than_memory_is_streamed(gateway_factory, tmp_pa
     assert lines[0] == ("FAILED: node bulk: record seq=1 (statement, 2026-01-01T00:00:00.000000): altered or"
                         " inserted: its tag does not verify"), out
     assert lines[1].startswith("ok: node streamed: 3 records"), out
+    # Through a relay that counts: listing the nodes reads no record, and verify stops
+    # reading bulk at its first (the rest of the query is cancelled, not drained).
+    relay = StoreRelay(trail.pg.host, trail.pg.port)
+    try:
+        cfg = tmp_path / "relayed.yaml"
+        cfg.write_text(Path(gw.config_path).read_text().replace(url, relay.url(url, trail.pg)))
+        code, out, err = run_within(100, "audit", "verify", "--config", cfg)
+        assert code == 1 and out.decode().splitlines() == lines, (out, err)
+        assert relay.down_bytes < 40 << 20, f"verify read {relay.down_bytes >> 20} MB of a 240 MB trail"
+    finally:
+        relay.close()
 
 
 def test_admin_api_read_from_a_silent_store_is_given_up(gateway_factory, tmp_path, pg_store, pg):
