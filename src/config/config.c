@@ -1424,7 +1424,7 @@ static Config *load(const char *path, bool skip_secrets, char *err, size_t errle
 		walk_mapping(&ld, c, NULL, root, "the top level", on_top);
 
 	/* Bearer tokens and audit data must not cross a network in clear: off loopback, HTTPS only. */
-	if (!ld.failed && c->admin_enabled && !c->admin_tls_cert && !util_ipv4_loopback(c->admin_address))
+	if (!ld.failed && c->admin_enabled && !c->admin_tls_cert && !util_loopback_ip(c->admin_address))
 		fail_at(&ld, root, "admin.address %s is not a loopback address: the API would carry bearer tokens and "
 				   "audit data in clear; set admin.tls.cert and admin.tls.key", c->admin_address);
 	if (!ld.failed && c->tls_mode != TLS_DISABLE && (!c->tls_cert || !c->tls_key))

@@ -131,13 +131,17 @@ static bool loopback_authority(const char *a, size_t n)
 		return false;
 	memcpy(name, a, host);
 	name[host] = 0;
-	return strcasecmp(name, "localhost") == 0 || util_ipv4_loopback(name);
+	return strcasecmp(name, "localhost") == 0 || util_loopback_ip(name);
 }
 
-bool util_ipv4_loopback(const char *address)
+bool util_loopback_ip(const char *address)
 {
 	struct in_addr v4;
-	return inet_pton(AF_INET, address, &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127;
+	struct in6_addr v6;
+	if (inet_pton(AF_INET, address, &v4) == 1)
+		return (ntohl(v4.s_addr) >> 24) == 127;
+	return inet_pton(AF_INET6, address, &v6) == 1 &&
+	       (IN6_IS_ADDR_LOOPBACK(&v6) || (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127));
 }
 
 bool util_str_same(const char *a, const char *b)

@@ -27,8 +27,8 @@ void util_wipe_free(char *s);
  * "http://127.0.0.1.example/" and "http://127.0.0.1@example/" are refused).
  */
 bool util_url_private(const char *url);
-/* address is a dotted IPv4 address in 127.0.0.0/8. */
-bool util_ipv4_loopback(const char *address);
+/* address is a loopback IP address: IPv4 in 127.0.0.0/8, or IPv6 ::1 (or ::ffff:127.x.y.z). */
+bool util_loopback_ip(const char *address);
 /* Both NULL, or equal strings. */
 bool util_str_same(const char *a, const char *b);
 

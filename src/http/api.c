@@ -370,6 +370,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 	if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET) {
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)ci->client_addr)->sin_addr, peerbuf, sizeof peerbuf);
 		peer = peerbuf;
+	} else if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET6) {
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ci->client_addr)->sin6_addr, peerbuf, sizeof peerbuf);
+		peer = peerbuf;
 	}
 	enum MHD_Result r;
 	bool approvals = strncmp(url, "/api/approvals", 14) == 0 || strncmp(url, "/api/grants", 11) == 0;
@@ -454,13 +457,16 @@ bool http_start(const Config *c, char *err, size_t errlen)
 {
 	if (!c->admin_enabled)
 		return true;
-	struct sockaddr_in sin;
-	memset(&sin, 0, sizeof sin);
-	sin.sin_family = AF_INET;
-	sin.sin_port = htons((uint16_t)c->admin_port);
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)c->admin_port)};
+	struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)c->admin_port)};
+	bool v6 = false;
 	if (inet_pton(AF_INET, c->admin_address, &sin.sin_addr) != 1) {
-		snprintf(err, errlen, "admin.address %s is not an IPv4 address", c->admin_address);
-		return false;
+		v6 = inet_pton(AF_INET6, c->admin_address, &sin6.sin6_addr) == 1;
+		if (!v6) {
+			snprintf(err, errlen, "admin.address %s is not an IP address (IPv4 like 127.0.0.1, or IPv6 like ::1)",
+				 c->admin_address);
+			return false;
+		}
 	}
 	bool tls = c->admin_tls_cert != NULL;
 	if (tls && !load_tls(c, err, errlen))
@@ -471,10 +477,11 @@ bool http_start(const Config *c, char *err, size_t errlen)
 	 * the console. poll, not select: the gateway's descriptors go past FD_SETSIZE.
 	 */
 	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
-			 MHD_USE_ERROR_LOG;
+			 MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0);
 	/* Without TLS the options end at the first MHD_OPTION_END. */
 	daemon_ = MHD_start_daemon(flags | (tls ? MHD_USE_TLS : 0), (uint16_t)c->admin_port, NULL, NULL, handle, NULL,
-				   MHD_OPTION_SOCK_ADDR, &sin, MHD_OPTION_CONNECTION_LIMIT, 64U, MHD_OPTION_CONNECTION_TIMEOUT, 30U,
+				   MHD_OPTION_SOCK_ADDR, v6 ? (const struct sockaddr *)&sin6 : (const struct sockaddr *)&sin,
+				   MHD_OPTION_CONNECTION_LIMIT, 64U, MHD_OPTION_CONNECTION_TIMEOUT, 30U,
 				   MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL, MHD_OPTION_UNESCAPE_CALLBACK, unescape,
 				   NULL, tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, tls_cert_pem,
 				   MHD_OPTION_HTTPS_MEM_KEY, tls_key_pem, MHD_OPTION_HTTPS_PRIORITIES, TLS_PRIORITIES,

@@ -265,8 +265,9 @@ HoldOutcome session__review(Session *s, const char *sql, const char *params, con
 	}
 	/* The CLI's --url defaults to ADMIN_DEFAULT_URL: named when the API is elsewhere. */
 	char api[96];
-	snprintf(api, sizeof api, "%s://%.60s:%d", s->config->admin_tls_cert ? "https" : "http",
-		 s->config->admin_address, s->config->admin_port);
+	bool v6 = strchr(s->config->admin_address, ':') != NULL; /* an IPv6 address goes in brackets */
+	snprintf(api, sizeof api, "%s://%s%.60s%s:%d", s->config->admin_tls_cert ? "https" : "http", v6 ? "[" : "",
+		 s->config->admin_address, v6 ? "]" : "", s->config->admin_port);
 	bool cli_default = strcmp(api, ADMIN_DEFAULT_URL) == 0;
 	snprintf(msg, sizeof msg,
 		 "pgcordon: %s; request %s; approve with: pgcordon approvals approve %s%s%s (or POST "

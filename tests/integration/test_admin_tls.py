@@ -165,7 +165,7 @@ def check(tmp_path, pg, certs, admin):
     return cli("check-config", "--config", str(path))
 
 
-@pytest.mark.parametrize("address", ["0.0.0.0", "10.0.0.5", "192.168.1.1"])
+@pytest.mark.parametrize("address", ["0.0.0.0", "10.0.0.5", "192.168.1.1", "::", "2001:db8::1"])
 def test_off_loopback_without_tls_is_a_config_error(tmp_path, pg, certs, address):
     r = check(tmp_path, pg, certs, {"address": address, "port": free_port()})
     assert r.returncode != 0
@@ -178,6 +178,44 @@ def test_off_loopback_with_tls_is_accepted(tmp_path, pg, certs):
                                     "tls": {"cert": str(certs.server_crt), "key": str(certs.server_key)}})
     assert r.returncode == 0, r.stderr
     r = check(tmp_path, pg, certs, {"address": "127.0.0.3", "port": free_port()})
+    assert r.returncode == 0, r.stderr
+
+
+def ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def test_admin_api_on_ipv6_loopback(tmp_path, pg, certs):
+    """admin.address ::1 (loopback: no TLS needed): the API listens there, answers, and logs
+    the caller's IPv6 address. Before, only IPv4 addresses could be given."""
+    if not ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback")
+    key, entry = apikey_create(f"v6-{os.getpid()}", ["security"])
+    port = free_port()
+    f = GatewayFactory(pg, certs, tmp_path)
+    try:
+        gw = f.start(lambda cfg: cfg.update(admin={"address": "::1", "port": port, "auditors": ["security"]},
+                                            api_keys={f"v6-{os.getpid()}": entry}))
+        assert gw.wait_log(r"event=admin_ready address=::1 ")
+        with urllib.request.urlopen(f"http://[::1]:{port}/healthz", timeout=10) as resp:
+            assert resp.status == 200 and json.loads(resp.read())["status"] == "ok"
+        req = urllib.request.Request(f"http://[::1]:{port}/api/approvals",
+                                     headers={"Authorization": "Bearer not-a-key"})
+        with pytest.raises(urllib.error.HTTPError) as ei:
+            urllib.request.urlopen(req, timeout=10)
+        assert ei.value.code == 401
+        assert gw.wait_log(r"event=admin_auth_failed peer=::1 ")
+        req = urllib.request.Request(f"http://[::1]:{port}/api/approvals", headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
+    finally:
+        f.cleanup()
+    r = check(tmp_path, pg, certs, {"address": "::1", "port": free_port()})
     assert r.returncode == 0, r.stderr
 
 
