@@ -328,6 +328,18 @@ void approval_store_put(const json_t *r)
 
 bool approval_store_shared(void) { return S.running && S.pg; }
 
+/* The claims' connection (claim_mu held), connected again if it was lost or left busy; NULL: err. */
+static PGconn *claims_connection(char *err, size_t errlen)
+{
+	if (S.claim_conn && broken(S.claim_conn)) {
+		PQfinish(S.claim_conn);
+		S.claim_conn = NULL;
+	}
+	if (!S.claim_conn)
+		S.claim_conn = pg_connect(err, errlen);
+	return S.claim_conn;
+}
+
 ApprovalClaim approval_store_claim(const json_t *decided, int wait_ms, json_t **stored, char *err, size_t errlen)
 {
 	*stored = NULL;
@@ -345,13 +357,7 @@ ApprovalClaim approval_store_claim(const json_t *decided, int wait_ms, json_t **
 			snprintf(err, errlen, "approvals store: another claim is under way");
 		goto failed;
 	}
-	if (S.claim_conn && broken(S.claim_conn)) {
-		PQfinish(S.claim_conn);
-		S.claim_conn = NULL;
-	}
-	if (!S.claim_conn)
-		S.claim_conn = pg_connect(err, errlen);
-	char *body = S.claim_conn ? json_dumps(decided, JSON_COMPACT) : NULL;
+	char *body = claims_connection(err, errlen) ? json_dumps(decided, JSON_COMPACT) : NULL;
 	if (body) {
 		/*
 		 * The whole decision, announced in the same transaction: if the answer is lost on the
@@ -410,13 +416,7 @@ void approval_store_overrule(const json_t *r, const json_t *claimed)
 	struct timespec until = util_deadline(CLOCK_MONOTONIC, CLAIM_QUEUE_WAIT_MS);
 	bool ok = false;
 	if (body && pthread_mutex_clocklock(&S.claim_mu, CLOCK_MONOTONIC, &until) == 0) {
-		if (S.claim_conn && broken(S.claim_conn)) {
-			PQfinish(S.claim_conn);
-			S.claim_conn = NULL;
-		}
-		if (!S.claim_conn)
-			S.claim_conn = pg_connect(err, sizeof err);
-		ok = S.claim_conn &&
+		ok = claims_connection(err, sizeof err) &&
 		     pg_run(S.claim_conn, "overrule",
 			    "WITH u AS (UPDATE approval_requests SET status = $2, updated = $3, body = $4 WHERE id = $1 AND"
 			    " status = $5 AND body::json ->> 'decided_at_us' = $6 RETURNING id)"
