@@ -1000,9 +1000,15 @@ static void end_discard(Session *s, char status, MsgBuilder *extra)
 	char told = status == 'T' ? 'E' : status;
 	s->discarding = false;
 	if (s->cancel_pending && status != 'E') {
-		/* Wait out the cancel (or absorb it) before the client may send anything else. */
-		session__send_internal(s, status == 'T' ? "DO $$BEGIN PERFORM pg_sleep(0.2); RAISE EXCEPTION 'pgcordon: max_rows'; END$$"
-							: "SELECT pg_sleep(0.2)",
+		/*
+		 * Absorb the cancel before the client may send anything else: the sleep ends when
+		 * it lands. A fixed 0.2 s was too short on a loaded host (the server forks a
+		 * process per cancel request), and the cancel then failed the client's next
+		 * statement. The cap bounds the wait when the cancel will not come (it landed
+		 * while the backend was idle, which the server ignores, or it could not be sent).
+		 */
+		session__send_internal(s, status == 'T' ? "DO $$BEGIN PERFORM pg_sleep(2); RAISE EXCEPTION 'pgcordon: max_rows'; END$$"
+							: "SELECT pg_sleep(2)",
 				       told, false);
 		s->cancel_pending = false;
 		return;
