@@ -189,6 +189,20 @@ static bool on_admin(Loader *ld, Config *c, void *obj, const char *key, yaml_nod
 		return get_string(ld, v, "admin.address", &c->admin_address) || true;
 	if (strcmp(key, "port") == 0)
 		return get_int(ld, v, "admin.port", 0, 65535, &c->admin_port) || true;
+	if (strcmp(key, "url") == 0) {
+		if (!get_string(ld, v, "admin.url", &c->admin_url))
+			return true;
+		size_t n = strlen(c->admin_url);
+		bool printable = true;
+		for (size_t i = 0; i < n; i++)
+			printable = printable && c->admin_url[i] > ' ' && c->admin_url[i] < 127;
+		if (n > 200 || !printable ||
+		    (strncmp(c->admin_url, "http://", 7) != 0 && strncmp(c->admin_url, "https://", 8) != 0))
+			fail_at(ld, v, "admin.url must be an http:// or https:// URL of at most 200 characters, no spaces");
+		while (n > 8 && c->admin_url[n - 1] == '/')
+			c->admin_url[--n] = 0; /* notices append /api/... */
+		return true;
+	}
 	if (strcmp(key, "tls") == 0) {
 		if (walk_mapping(ld, c, NULL, v, "admin.tls", on_admin_tls) && (!c->admin_tls_cert || !c->admin_tls_key))
 			fail_at(ld, v, "admin.tls needs both cert and key");
@@ -1356,6 +1370,7 @@ static void config_free(Config *c)
 	free(c->tls_cert);
 	free(c->tls_key);
 	free(c->admin_address);
+	free(c->admin_url);
 	free(c->admin_tls_cert);
 	free(c->admin_tls_key);
 	for (int i = 0; i < c->nadmin_auditors; i++)

@@ -138,6 +138,7 @@ typedef struct Config {
 	bool admin_enabled;     /* an admin: section exists: the HTTP API listens */
 	char *admin_address;
 	int admin_port;
+	char *admin_url;        /* admin.url: how approvers reach the API, named in notices; NULL: derived */
 	char **admin_auditors;  /* admin.auditors: groups that may read the audit trail over HTTP */
 	int nadmin_auditors;
 	char *admin_tls_cert;   /* admin.tls: the API speaks HTTPS (PEM files); required off loopback */

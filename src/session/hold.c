@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "approval/approval.h"
 #include "core/jsonw.h"
@@ -235,6 +236,27 @@ static bool open_request(Session *s, const char *sql, const char *params, const 
 	return ok;
 }
 
+/*
+ * Where approvers reach the API: admin.url, else its address and port. An address that
+ * listens everywhere (0.0.0.0, ::) is no place to connect to: this host's name stands in.
+ */
+static void admin_url(const Config *c, char *out, size_t len)
+{
+	if (c->admin_url) {
+		snprintf(out, len, "%s", c->admin_url);
+		return;
+	}
+	char host[64];
+	const char *a = c->admin_address;
+	if ((strcmp(a, "0.0.0.0") == 0 || strcmp(a, "::") == 0) && gethostname(host, sizeof host) == 0) {
+		host[sizeof host - 1] = 0;
+		a = host;
+	}
+	bool v6 = strchr(a, ':') != NULL; /* an IPv6 address goes in brackets */
+	snprintf(out, len, "%s://%s%.60s%s:%d", c->admin_tls_cert ? "https" : "http", v6 ? "[" : "", a, v6 ? "]" : "",
+		 c->admin_port);
+}
+
 HoldOutcome session__review(Session *s, const char *sql, const char *params, const Decision *d, Decision *out)
 {
 	ApprovalSettings a;
@@ -264,10 +286,8 @@ HoldOutcome session__review(Session *s, const char *sql, const char *params, con
 		return HOLD_REFUSE;
 	}
 	/* The CLI's --url defaults to ADMIN_DEFAULT_URL: named when the API is elsewhere. */
-	char api[96];
-	bool v6 = strchr(s->config->admin_address, ':') != NULL; /* an IPv6 address goes in brackets */
-	snprintf(api, sizeof api, "%s://%s%.60s%s:%d", s->config->admin_tls_cert ? "https" : "http", v6 ? "[" : "",
-		 s->config->admin_address, v6 ? "]" : "", s->config->admin_port);
+	char api[256];
+	admin_url(s->config, api, sizeof api);
 	bool cli_default = strcmp(api, ADMIN_DEFAULT_URL) == 0;
 	snprintf(msg, sizeof msg,
 		 "pgcordon: %s; request %s; approve with: pgcordon approvals approve %s%s%s (or POST "

@@ -43,8 +43,8 @@ from psycopg import errors as pgerrors
 from psycopg.pq import TransactionStatus
 
 import pgwire
-from conftest import (BIN, LOCAL_USERS, SUPERUSER_PW, GatewayFactory, free_port,
-                      require_binary, scram_verifier)
+from conftest import (BIN, LOCAL_USERS, ROLE_PW, SCRAM_PW_ENV, SUPERUSER_PW, GatewayFactory,
+                      free_port, require_binary, scram_verifier, to_yaml)
 from store_relay import StoreRelay
 from webhook_receiver import Receiver
 
@@ -330,9 +330,14 @@ class Ctx:
         return p.returncode, out, err
 
 
-def start_approvals_gateway(factory, keys, audit=None, approvals=None, policies=None):
+def start_approvals_gateway(factory, keys, audit=None, approvals=None, policies=None, admin=None):
+    """admin: more of the admin section."""
     port = free_port()
-    gw = factory.start(lambda cfg: setup_config(cfg, keys, port, audit, approvals, policies))
+
+    def mutate(cfg):
+        setup_config(cfg, keys, port, audit, approvals, policies)
+        cfg["admin"].update(admin or {})
+    gw = factory.start(mutate)
     api = Api(port, {n: k for n, (k, _) in keys.items()})
     wait_for(api.healthy, 10, 0.1, "the admin HTTP API (/healthz)")
     return Ctx(gw, api, keys)
@@ -657,6 +662,28 @@ def test_notice_text_as_documented(apv):
                    f"copy_to); request {m['id']}; approve with: pgcordon approvals approve "
                    f"{m['id']} --url http://127.0.0.1:{apv.api.port} "
                    f"(or POST http://127.0.0.1:{apv.api.port}/api/approvals/{m['id']}/approve)"), msg
+
+
+def test_notice_names_admin_url(gateway_factory, keys, objects):
+    """admin.url (how approvers reach the API, say through a proxy) is what the NOTICE names,
+    without its trailing slash; a value that is not an http(s) URL is a config error."""
+    ctx = start_approvals_gateway(gateway_factory, keys, admin={"url": "https://approvals.example.com:9443/"})
+    mk = marker()
+    with ctx.connect("waiter") as c:
+        h = Held(c, f"COPY (SELECT '{mk}') TO STDOUT")
+        m = h.wait_notice()
+        ctx.api.deny(m["id"], "carol", reason="text only")
+        h.join()
+    assert m.string.endswith(
+        f"approve with: pgcordon approvals approve {m['id']} --url https://approvals.example.com:9443 (or POST "
+        f"https://approvals.example.com:9443/api/approvals/{m['id']}/approve)"), m.string
+    cfg = dict(ctx.gw.config)
+    for bad in ("approvals.example.com", "ftp://x", "https://a b", "https://" + "x" * 200):
+        cfg["admin"] = dict(cfg["admin"], url=bad)
+        path = ctx.gw.workdir / "bad-url.yaml"
+        path.write_text(to_yaml(cfg) + "\n")
+        r = cli("check-config", "--config", path, env={SCRAM_PW_ENV: ROLE_PW["gw_scram"]})
+        assert r.returncode != 0 and "admin.url must be an http:// or https:// URL" in r.stderr, (bad, r.stderr)
 
 
 def test_wait_denied(apv):
