@@ -649,14 +649,19 @@ def test_wait_approved_psql(apv, pg):
     assert r["requester"] == "waiter" and r["statement"] == sql
 
 
+def copy_notice(ctx):
+    """The NOTICE of a COPY TO held for waiter (then denied): its match."""
+    with ctx.connect("waiter") as c:
+        h = Held(c, f"COPY (SELECT '{marker()}') TO STDOUT")
+        m = h.wait_notice()
+        ctx.api.deny(m["id"], "carol", reason="text only")
+        h.join()
+    return m
+
+
 def test_notice_text_as_documented(apv):
     """The NOTICE is exactly the documented text (docs/approvals.md, What the client sees)."""
-    mk = marker()
-    with apv.connect("waiter") as c:
-        h = Held(c, f"COPY (SELECT '{mk}') TO STDOUT")
-        m = h.wait_notice()
-        apv.api.deny(m["id"], "carol", reason="text only")
-        h.join()
+    m = copy_notice(apv)
     msg = m.string
     assert msg == (f"pgcordon: statement held for approval (policy agents, rule statements: "
                    f"copy_to); request {m['id']}; approve with: pgcordon approvals approve "
@@ -668,12 +673,7 @@ def test_notice_names_admin_url(gateway_factory, keys, objects):
     """admin.url (how approvers reach the API, say through a proxy) is what the NOTICE names,
     without its trailing slash; a value that is not an http(s) URL is a config error."""
     ctx = start_approvals_gateway(gateway_factory, keys, admin={"url": "https://approvals.example.com:9443/"})
-    mk = marker()
-    with ctx.connect("waiter") as c:
-        h = Held(c, f"COPY (SELECT '{mk}') TO STDOUT")
-        m = h.wait_notice()
-        ctx.api.deny(m["id"], "carol", reason="text only")
-        h.join()
+    m = copy_notice(ctx)
     assert m.string.endswith(
         f"approve with: pgcordon approvals approve {m['id']} --url https://approvals.example.com:9443 (or POST "
         f"https://approvals.example.com:9443/api/approvals/{m['id']}/approve)"), m.string
