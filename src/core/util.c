@@ -134,14 +134,43 @@ static bool loopback_authority(const char *a, size_t n)
 	return strcasecmp(name, "localhost") == 0 || util_loopback_ip(name);
 }
 
+static bool loopback_v4(const struct in_addr *a) { return (ntohl(a->s_addr) >> 24) == 127; }
+
+static bool loopback_v6(const struct in6_addr *a)
+{
+	return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+}
+
 bool util_loopback_ip(const char *address)
 {
 	struct in_addr v4;
 	struct in6_addr v6;
 	if (inet_pton(AF_INET, address, &v4) == 1)
-		return (ntohl(v4.s_addr) >> 24) == 127;
-	return inet_pton(AF_INET6, address, &v6) == 1 &&
-	       (IN6_IS_ADDR_LOOPBACK(&v6) || (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127));
+		return loopback_v4(&v4);
+	return inet_pton(AF_INET6, address, &v6) == 1 && loopback_v6(&v6);
+}
+
+bool util_loopback_sockaddr(const struct sockaddr *addr)
+{
+	if (addr->sa_family == AF_INET)
+		return loopback_v4(&((const struct sockaddr_in *)addr)->sin_addr);
+	return addr->sa_family == AF_INET6 && loopback_v6(&((const struct sockaddr_in6 *)addr)->sin6_addr);
+}
+
+int util_sockaddr_host(const struct sockaddr *addr, char *host, size_t hostlen)
+{
+	if (addr && addr->sa_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+		inet_ntop(AF_INET, &a->sin_addr, host, (socklen_t)hostlen);
+		return ntohs(a->sin_port);
+	}
+	if (addr && addr->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
+		inet_ntop(AF_INET6, &a->sin6_addr, host, (socklen_t)hostlen);
+		return ntohs(a->sin6_port);
+	}
+	snprintf(host, hostlen, "?");
+	return -1;
 }
 
 bool util_str_same(const char *a, const char *b)

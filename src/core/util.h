@@ -29,6 +29,11 @@ void util_wipe_free(char *s);
 bool util_url_private(const char *url);
 /* address is a loopback IP address: IPv4 in 127.0.0.0/8, or IPv6 ::1 (or ::ffff:127.x.y.z). */
 bool util_loopback_ip(const char *address);
+struct sockaddr;
+/* The same for a socket's address (an IPv4 or IPv6 one; false for others). */
+bool util_loopback_sockaddr(const struct sockaddr *addr);
+/* A socket's IP address as text in host (at least 46 bytes), and its port; -1 (host "?") if not IP. */
+int util_sockaddr_host(const struct sockaddr *addr, char *host, size_t hostlen);
 /* Both NULL, or equal strings. */
 bool util_str_same(const char *a, const char *b);
 

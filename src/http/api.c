@@ -364,16 +364,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 		return error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready");
 	Caller who;
 	char why[300], q[400], qu[300];
-	const char *peer = "?";
-	char peerbuf[64];
+	char peer[INET6_ADDRSTRLEN];
 	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-	if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET) {
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)ci->client_addr)->sin_addr, peerbuf, sizeof peerbuf);
-		peer = peerbuf;
-	} else if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET6) {
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ci->client_addr)->sin6_addr, peerbuf, sizeof peerbuf);
-		peer = peerbuf;
-	}
+	util_sockaddr_host(ci ? ci->client_addr : NULL, peer, sizeof peer);
 	enum MHD_Result r;
 	bool approvals = strncmp(url, "/api/approvals", 14) == 0 || strncmp(url, "/api/grants", 11) == 0;
 	if (!authenticate(c, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION), &who,

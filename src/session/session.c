@@ -267,18 +267,6 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-static bool is_loopback(const struct sockaddr *addr)
-{
-	if (addr->sa_family == AF_INET)
-		return (ntohl(((const struct sockaddr_in *)addr)->sin_addr.s_addr) >> 24) == 127;
-	if (addr->sa_family == AF_INET6) {
-		const struct in6_addr *a = &((const struct sockaddr_in6 *)addr)->sin6_addr;
-		if (IN6_IS_ADDR_LOOPBACK(a))
-			return true;
-		return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
-	}
-	return addr->sa_family == AF_UNIX;
-}
 
 static SessionWorker *session_worker(Worker *w)
 {
@@ -311,19 +299,12 @@ static void on_accept(Worker *w, int fd, const struct sockaddr *addr, int addrle
 	s->id = __atomic_add_fetch(&next_session_id, 1, __ATOMIC_RELAXED);
 	s->started_ms = util_now_ms();
 	s->over_limit = n > config->max_client_conn;
-	s->loopback = is_loopback(addr);
+	s->loopback = addr->sa_family == AF_UNIX || util_loopback_sockaddr(addr);
 	s->server.fd = -1;
 	pipeline_init(&s->pipeline);
-	char host[INET6_ADDRSTRLEN] = "?";
-	int port = 0;
-	if (addr->sa_family == AF_INET) {
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)addr)->sin_addr, host, sizeof host);
-		port = ntohs(((const struct sockaddr_in *)addr)->sin_port);
-	} else if (addr->sa_family == AF_INET6) {
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, host, sizeof host);
-		port = ntohs(((const struct sockaddr_in6 *)addr)->sin6_port);
-	}
-	snprintf(s->peer, sizeof s->peer, "%s:%d", host, port);
+	char host[INET6_ADDRSTRLEN];
+	int port = util_sockaddr_host(addr, host, sizeof host);
+	snprintf(s->peer, sizeof s->peer, "%s:%d", host, port < 0 ? 0 : port);
 
 	s->next = sw->head;
 	if (sw->head)
