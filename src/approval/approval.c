@@ -72,6 +72,27 @@ static bool claiming_locked(const json_t *end)
 	return false;
 }
 
+/*
+ * Claims end (a request as this gateway would end it) in the store, off the table's lock,
+ * and takes what the store holds when the claim is lost. Called, and returns, with T.mu held;
+ * the request may have changed meanwhile.
+ */
+static ApprovalClaim claim_locked(const json_t *end, int wait_ms, char *err, size_t errlen)
+{
+	Claiming claiming;
+	claiming_begin_locked(&claiming, end);
+	pthread_mutex_unlock(&T.mu);
+	json_t *stored = NULL;
+	ApprovalClaim claim = approval_store_claim(end, wait_ms, &stored, err, errlen);
+	if (stored) {
+		approval__merge(stored); /* decided elsewhere first: what the store says, now */
+		json_decref(stored);
+	}
+	pthread_mutex_lock(&T.mu);
+	claiming_end_locked(&claiming);
+	return claim;
+}
+
 /* A wait-mode request still pending this long after its deadline has lost its session. */
 #define ORPHAN_GRACE_US (5 * 1000000LL)
 
@@ -421,22 +442,12 @@ static void expire_overdue(bool may_block)
 	int ended = 0;
 	bool store_failed = false; /* then the rest are not claimed now, nor again for a while */
 	for (size_t i = 0; i < ndue; i++) {
-		json_t *r = due[i].r, *stored = NULL, *overrule = NULL;
+		json_t *r = due[i].r, *overrule = NULL;
 		char serr[300];
-		Claiming claiming;
 		pthread_mutex_lock(&T.mu);
-		claiming_begin_locked(&claiming, due[i].ended);
-		pthread_mutex_unlock(&T.mu);
 		/* Not queued behind another claim: an expiry can wait for a later call. */
-		ApprovalClaim claim =
-			store_failed ? CLAIM_FAILED : approval_store_claim(due[i].ended, 0, &stored, serr, sizeof serr);
+		ApprovalClaim claim = store_failed ? CLAIM_FAILED : claim_locked(due[i].ended, 0, serr, sizeof serr);
 		store_failed = claim == CLAIM_FAILED;
-		if (stored) {
-			approval__merge(stored); /* ended elsewhere first: what the store says, now */
-			json_decref(stored);
-		}
-		pthread_mutex_lock(&T.mu);
-		claiming_end_locked(&claiming);
 		bool pending = status_of(r) == APR_PENDING;
 		if (store_failed) {
 			if (now + EXPIRY_RETRY_US < T.next_expiry_us)
@@ -749,18 +760,8 @@ unsigned approval_decide(const ApprovalCaller *who, const char *id, bool approve
 		if (grant || strcmp(str(r, "mode"), "retry") == 0)
 			set_time(d, "valid_until", now + span);
 	}
-	Claiming claiming;
-	claiming_begin_locked(&claiming, d);
-	pthread_mutex_unlock(&T.mu);
 	char serr[300];
-	json_t *stored = NULL;
-	ApprovalClaim claim = approval_store_claim(d, CLAIM_QUEUE_WAIT_MS, &stored, serr, sizeof serr);
-	if (stored) {
-		approval__merge(stored); /* decided elsewhere first: what the store says, now */
-		json_decref(stored);
-	}
-	pthread_mutex_lock(&T.mu);
-	claiming_end_locked(&claiming);
+	ApprovalClaim claim = claim_locked(d, CLAIM_QUEUE_WAIT_MS, serr, sizeof serr);
 	if (claim == CLAIM_FAILED) {
 		pthread_mutex_unlock(&T.mu);
 		json_decref(d);
