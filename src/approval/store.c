@@ -93,8 +93,8 @@ static bool pg_run(PGconn *c, const char *what, const char *sql, int n, const ch
 	ExecStatusType st = PQresultStatus(r);
 	bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
 	if (!ok) {
-		const char *m = PQresultErrorMessage(r);
-		snprintf(err, errlen, "approvals store: %s: %.*s", what, (int)strcspn(m, "\n"), m);
+		pg_conn_first_line(PQresultErrorMessage(r), why, sizeof why);
+		snprintf(err, errlen, "approvals store: %s: %s", what, why);
 	}
 	if (ok && out)
 		*out = r;

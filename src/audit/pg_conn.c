@@ -15,11 +15,9 @@ PGconn *pg_conn_open(const char *url, const char *application_name)
 	return PQconnectdbParams(keys, values, 1);
 }
 
-/* The first line of libpq's message for c. */
-static void first_line(PGconn *c, char *why, size_t whylen)
+void pg_conn_first_line(const char *message, char *out, size_t len)
 {
-	const char *m = PQerrorMessage(c);
-	snprintf(why, whylen, "%.*s", (int)strcspn(m, "\n"), m);
+	snprintf(out, len, "%.*s", (int)strcspn(message, "\n"), message);
 }
 
 PgWait pg_conn_wait(PGconn *c, int silence_ms, char *why, size_t whylen)
@@ -46,7 +44,7 @@ PgWait pg_conn_wait(PGconn *c, int silence_ms, char *why, size_t whylen)
 		if (ready > 0 && ((p.revents & POLLNVAL) || ((p.revents & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(c))))
 			break;
 	}
-	first_line(c, why, whylen);
+	pg_conn_first_line(PQerrorMessage(c), why, whylen);
 	return PG_WAIT_FAILED;
 }
 
@@ -54,7 +52,7 @@ PGresult *pg_conn_exec(PGconn *c, const char *sql, int n, const char *const *par
 		       size_t whylen)
 {
 	if (!PQsendQueryParams(c, sql, n, NULL, params, NULL, NULL, 0)) {
-		first_line(c, why, whylen);
+		pg_conn_first_line(PQerrorMessage(c), why, whylen);
 		return NULL;
 	}
 	PGresult *last = NULL;

@@ -23,6 +23,9 @@ PGconn *pg_conn_open(const char *url, const char *application_name);
 #define PG_CONN_LIMIT_LOCK_WAIT \
 	"SELECT set_config('lock_timeout', '5s', false) WHERE current_setting('lock_timeout') = '0'"
 
+/* The first line of a libpq message (they end in a newline, and may go on with a detail). */
+void pg_conn_first_line(const char *message, char *out, size_t len);
+
 typedef enum {
 	PG_WAIT_READY,  /* the next result can be read without blocking */
 	PG_WAIT_SILENT, /* nothing came for silence_ms while an answer was owed */

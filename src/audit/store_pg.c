@@ -229,8 +229,9 @@ static bool pg_append(AuditStore *st, const StoredRecord *recs, size_t n, char *
 		}
 		if (status != PGRES_COMMAND_OK && ok) {
 			ok = false;
-			const char *m = PQresultErrorMessage(r);
-			snprintf(err, errlen, "audit store: insert: %.*s", (int)strcspn(m, "\n"), m);
+			char line[256];
+			pg_conn_first_line(PQresultErrorMessage(r), line, sizeof line);
+			snprintf(err, errlen, "audit store: insert: %s", line);
 		}
 		PQclear(r);
 	}
