@@ -824,6 +824,12 @@ static void store_failing(bool *failing, const char *err)
 	__atomic_store_n(&W.healthy, 0, __ATOMIC_RELEASE);
 }
 
+/* After a failure or a stall: the store took a write again. */
+static void log_store_recovered(void)
+{
+	log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
+}
+
 static void *writer_main(void *arg)
 {
 	(void)arg;
@@ -913,7 +919,7 @@ static void *writer_main(void *arg)
 		}
 		if (written) {
 			if (failing || stalled)
-				log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
+				log_store_recovered();
 			failing = false;
 		} else if (behind) {
 			store_failing(&failing, err);
@@ -925,7 +931,7 @@ static void *writer_main(void *arg)
 			bool pruned = prune(&tried);
 			bool prune_stalled = store_call_ends();
 			if (pruned && prune_stalled)
-				log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
+				log_store_recovered();
 			if (!pruned && store_commit_in_doubt(W.st)) { /* settled at the next turn, as a batch's */
 				doubt_begin(&doubt, &tried, "prune", "its COMMIT went unanswered (see audit_prune_failed)");
 				store_failing(&failing, "a prune's COMMIT is in doubt");

@@ -44,9 +44,9 @@ typedef struct AuditStore AuditStore;
 /*
  * url: "sqlite:PATH" or "postgresql://..."; strict: every commit reaches the disk.
  * timeout_ms: how long a PostgreSQL store's connection may stay silent while a call waits
- * for its answer before the call fails and the connection is dropped (0: no limit, for
- * the CLI's readers, whose operator can interrupt them). A SQLite call cannot be cut short; the writer watches for one that hangs
- * instead (audit_store_healthy).
+ * for its answer before the call fails and the connection is dropped (0: no limit, for the
+ * CLI's readers, whose operator can interrupt them). A SQLite call cannot be cut short; the
+ * writer watches for one that hangs instead (audit_store_healthy).
  */
 AuditStore *store_open(const char *url, bool strict, int timeout_ms, char *err, size_t errlen)
 	__attribute__((warn_unused_result));

@@ -157,7 +157,7 @@ typedef struct Config {
 	bool audit_continue;    /* audit.on_failure: continue (default refuse) */
 	int64_t audit_retention_s; /* audit.retention; 0 keeps everything */
 	uint64_t audit_max_pending; /* audit.max_pending: bytes of records held in memory while the store lags */
-	int audit_store_timeout_ms; /* audit.store_timeout: a write taking longer counts as the store failing */
+	int audit_store_timeout_ms; /* audit.store_timeout: the longest silence awaited from the store */
 	int audit_rows;         /* audit.results.rows: result rows kept per statement */
 	int audit_bytes;        /* audit.results.bytes */
 
