@@ -11,7 +11,8 @@ import urllib.error
 
 import pytest
 
-from conftest import BIN, ROLE_PW, SCRAM_PW_ENV, GatewayFactory, free_port, require_binary, to_yaml
+from conftest import (BIN, ROLE_PW, SCRAM_PW_ENV, GatewayDied, GatewayFactory, free_port, require_binary,
+                      to_yaml)
 from test_audit import apikey_create, http, wait_for
 
 SFX = os.urandom(3).hex()
@@ -217,6 +218,23 @@ def test_admin_api_on_ipv6_loopback(tmp_path, pg, certs):
         f.cleanup()
     r = check(tmp_path, pg, certs, {"address": "::1", "port": free_port()})
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("address", ["api.example.com", "::1::", "127.0.0.1:8432", "[::1]"])
+def test_admin_address_that_is_not_an_ip_is_refused_at_start(tmp_path, pg, certs, address):
+    """With admin.tls (so that the loopback rule does not stop it first), an admin.address
+    that is no IP address keeps the gateway from starting, and says so."""
+    f = GatewayFactory(pg, certs, tmp_path)
+    try:
+        with pytest.raises(GatewayDied) as ei:
+            f.start(lambda cfg: cfg.update(admin={
+                "address": address, "port": free_port(),
+                "tls": {"cert": str(certs.server_crt), "key": str(certs.server_key)}}))
+        assert f"admin.address {address} is not an IP address (IPv4 like 127.0.0.1, or IPv6 like ::1)" \
+            in str(ei.value), str(ei.value)
+    finally:
+        f.gateways.clear()
+        f.cleanup()
 
 
 def test_bad_admin_tls_settings_are_config_errors(tmp_path, pg, certs):
