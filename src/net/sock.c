@@ -133,6 +133,10 @@ SockIo sock_flush(Sock *s)
 {
 	if (s->handshaking)
 		return IO_AGAIN;
+	if (s->held) {
+		arm_write(s, false); /* no wake-ups for nothing: the owner flushes once it lets go */
+		return IO_AGAIN;
+	}
 	while (evbuffer_get_length(s->out) > 0) {
 		if (!s->ssl) {
 			/* One chunk (the common case) goes out with send(); several with writev. */

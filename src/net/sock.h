@@ -22,6 +22,7 @@ struct Sock {
 	int fd;
 	SSL *ssl;
 	bool handshaking;
+	bool held; /* output waits in out (sock_flush writes nothing) until the owner clears this */
 	bool reading;
 	bool writing;
 	struct event *rev;
@@ -37,7 +38,8 @@ void sock_free(Sock *s);
 
 /* Reads up to max bytes (one syscall for plain sockets). IO_OK when bytes arrived. */
 SockIo sock_read(Sock *s, size_t max);
-/* Writes out as much as the kernel takes; arms the write event while data remain. */
+/* Writes out as much as the kernel takes; arms the write event while data remain. IO_AGAIN
+ * while the output is held or a TLS handshake is under way. */
 SockIo sock_flush(Sock *s);
 
 void sock_pause_read(Sock *s);

@@ -935,6 +935,20 @@ static bool statement_end_buffered(Session *s, size_t offset)
 	return false;
 }
 
+/* The cancel of a cut-off statement is over: what waited for it goes upstream. */
+static void cut_off_cancel_done(Session *s, CancelOutcome outcome)
+{
+	(void)outcome; /* an unconfirmed cancel is logged; waiting longer would only stall the session */
+	if (s->cancels)
+		return; /* another cut-off's cancel is still on its way */
+	s->server.held = false;
+	if (evbuffer_get_length(s->server.out) && sock_flush(&s->server) == IO_ERROR) {
+		session_close(s, "upstream write failed", "08006", "pgcordon: lost connection to upstream database");
+		return;
+	}
+	session__balance(s);
+}
+
 /* The result passed max_rows or returned_rows_over: tell the client, stop the query, drop the rest. */
 static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra, size_t offset)
 {
@@ -960,11 +974,11 @@ static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra, size_t 
 		  review ? "returned_rows_over" : "max_rows", (long long)(review ? e->review_rows : e->max_rows));
 	s->discarding = true;
 	/* Cancel only a statement still running: if its end is already here, a cancel could only
-	 * hit whatever the session runs next. */
-	if (s->has_cancel_target && !statement_end_buffered(s, offset)) {
-		session__send_cancel(s->worker->base, &s->cancel_target);
-		s->cancel_pending = true;
-	}
+	 * hit whatever the session runs next. Until the cancel has been delivered, nothing more
+	 * goes upstream, for the same reason: it could land on that instead. */
+	if (s->has_cancel_target && !statement_end_buffered(s, offset) &&
+	    session__send_cancel(s, &s->cancel_target, cut_off_cancel_done))
+		s->server.held = true;
 }
 
 Expectation *session__last_internal(Session *s)
@@ -992,46 +1006,18 @@ void session__send_internal(Session *s, const char *sql, char release_ready, boo
 
 /*
  * The upstream finished the statement that was cut off. Make its state match what the
- * client was told (an error: a transaction block is now failed) and make sure a cancel
- * still in flight lands on a statement of ours, not on the client's next one.
+ * client was told: an error, so a transaction block is now failed. (A cancel still on its
+ * way cannot reach the client's next statement: cut_off holds that back until it lands.)
  */
 static void end_discard(Session *s, char status, MsgBuilder *extra)
 {
-	char told = status == 'T' ? 'E' : status;
 	s->discarding = false;
-	if (s->cancel_pending && status != 'E') {
-		/*
-		 * Absorb the cancel before the client may send anything else: the sleep ends when
-		 * it lands. A fixed 0.2 s was too short on a loaded host (the server forks a
-		 * process per cancel request), and the cancel then failed the client's next
-		 * statement. The cap bounds the wait when the cancel will not come (it landed
-		 * while the backend was idle, which the server ignores, or it could not be sent).
-		 */
-		session__send_internal(s, status == 'T' ? "DO $$BEGIN PERFORM pg_sleep(2); RAISE EXCEPTION 'pgcordon: max_rows'; END$$"
-							: "SELECT pg_sleep(2)",
-				       told, false);
-		s->cancel_pending = false;
-		return;
-	}
-	s->cancel_pending = false;
 	if (status == 'T')
 		session__send_internal(s, POISON_SQL, 0, false);
-	proto_build_ready(extra, told);
+	proto_build_ready(extra, status == 'T' ? 'E' : status);
 }
 
 typedef enum { OUT_FORWARD, OUT_DROP } OutAction;
-
-/* Does the ErrorResponse at offset carry this SQLSTATE? (Looks at its first 256 bytes.) */
-static bool error_is(Session *s, size_t offset, size_t avail, const char *sqlstate)
-{
-	uint8_t buf[256];
-	size_t n = avail - 5 < sizeof buf ? avail - 5 : sizeof buf;
-	peek_at(s->server.in, offset + 5, buf, n);
-	for (size_t i = 0; i + 6 <= n; i++)
-		if (buf[i] == 'C' && (i == 0 || buf[i - 1] == 0) && memcmp(buf + i + 1, sqlstate, 5) == 0)
-			return true;
-	return false;
-}
 
 /*
  * Decides one upstream message from its header and first body byte, and keeps the
@@ -1057,8 +1043,6 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 		return type == 'A' || type == 'S' || (type == 'E' && f->rowplan) ? OUT_FORWARD : OUT_DROP;
 	}
 	if (s->discarding) {
-		if (type == 'E' && error_is(s, offset, avail, "57014"))
-			s->cancel_pending = false; /* our cancel landed on the cut-off statement */
 		if (type == 'Z') {
 			pipeline_on_backend(&s->pipeline, type, (char)first);
 			s->rows = 0;

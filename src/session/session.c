@@ -209,6 +209,7 @@ void session_close(Session *s, const char *reason, const char *sqlstate, const c
 	if (s->client.out && evbuffer_get_length(s->client.out) > 0 && !s->client.handshaking)
 		sock_flush(&s->client);
 	s->state = SESS_CLOSED;
+	session__forget_cancels(s);
 	session__hold_drop(s, "the client's session ended");
 	session__audit_session_end(s, reason);
 
@@ -259,6 +260,10 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	Session *s = arg;
+	if (s->state == SESS_CANCELLING) {
+		session_close(s, "cancel request", NULL, NULL); /* nothing is said on a cancel connection */
+		return;
+	}
 	if (s->state != SESS_READY) {
 		char msg[128];
 		snprintf(msg, sizeof msg, "startup timeout: startup and authentication did not finish within %d ms",
@@ -330,44 +335,11 @@ static void send_byte(Session *s, char c)
 	flush_client(s);
 }
 
-typedef struct {
-	int fd;
-	uint8_t pkt[16];
-} PendingCancel;
-
-static void cancel_writable(evutil_socket_t fd, short what, void *arg)
+/* The upstream has the client's cancel (or could not be given it): the request is answered. */
+static void cancel_request_done(Session *s, CancelOutcome outcome)
 {
-	PendingCancel *pc = arg;
-	if ((what & EV_WRITE) && write(fd, pc->pkt, sizeof pc->pkt) != (ssize_t)sizeof pc->pkt)
-		log_event(LOG_WARN, "cancel_failed", "reason=\"could not send to upstream\"");
-	if (what & EV_TIMEOUT)
-		log_event(LOG_WARN, "cancel_failed", "reason=\"upstream connect timed out\"");
-	close(pc->fd);
-	free(pc);
-}
-
-/* Opens a new upstream connection and sends the backend's own CancelRequest, without blocking. */
-void session__send_cancel(struct event_base *base, const CancelTarget *t)
-{
-	int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return;
-	if (connect(fd, (const struct sockaddr *)&t->addr, t->addrlen) < 0 && errno != EINPROGRESS) {
-		log_event(LOG_WARN, "cancel_failed", "reason=\"%s\"", strerror(errno));
-		close(fd);
-		return;
-	}
-	PendingCancel *pc = xmalloc(sizeof *pc);
-	pc->fd = fd;
-	proto_put_u32(pc->pkt, 16);
-	proto_put_u32(pc->pkt + 4, PROTO_CANCEL_CODE);
-	proto_put_u32(pc->pkt + 8, t->pid);
-	proto_put_u32(pc->pkt + 12, t->key);
-	struct timeval tv = {5, 0};
-	if (event_base_once(base, fd, EV_WRITE, cancel_writable, pc, &tv) != 0) {
-		close(fd);
-		free(pc);
-	}
+	(void)outcome; /* the client is told nothing either way, as PostgreSQL tells it nothing */
+	session_close(s, "cancel request", NULL, NULL);
 }
 
 static void handle_cancel(Session *s, const StartupPacket *sp)
@@ -386,9 +358,15 @@ static void handle_cancel(Session *s, const StartupPacket *sp)
 		session_close(s, "cancel request", NULL, NULL);
 		return;
 	}
-	session__send_cancel(s->worker->base, &t);
+	if (!session__send_cancel(s, &t, cancel_request_done)) {
+		session_close(s, "cancel request", NULL, NULL);
+		return;
+	}
 	log_event(LOG_INFO, "cancel_forwarded", "peer=%s target_session_pid=%u", s->peer, sp->cancel_pid);
-	session_close(s, "cancel request", NULL, NULL);
+	/* Closed once the upstream has taken it: a client that waits for the close (libpq does)
+	 * knows its cancel has reached the backend. */
+	s->state = SESS_CANCELLING;
+	sock_pause_read(&s->client);
 }
 
 static void send_negotiate_version(Session *s, const StartupPacket *sp)
@@ -955,7 +933,7 @@ static void on_notify(Worker *w)
 		if (s->state == SESS_READY) {
 			s->close_when_idle = true;
 			session__maybe_close_for_shutdown(s);
-		} else if (s->state != SESS_CONNECTING) {
+		} else if (s->state != SESS_CONNECTING && s->state != SESS_CANCELLING) {
 			close_fatal(s, "57P01", "terminating connection because pgcordon is shutting down");
 		}
 	}

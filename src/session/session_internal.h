@@ -25,6 +25,7 @@ typedef enum {
 	SESS_AUTH_WAIT_KEYS, /* a token's signing keys are being fetched */
 	SESS_CONNECTING, /* client authenticated; upstream login in progress */
 	SESS_READY,      /* relaying */
+	SESS_CANCELLING, /* a CancelRequest went upstream: closes once the upstream has it */
 	SESS_CLOSED,     /* waiting to be freed at the end of the loop iteration */
 } SessState;
 
@@ -106,9 +107,9 @@ struct Session {
 	int64_t rows;              /* DataRows of the current statement, for max_rows */
 	bool discarding;           /* after a cut-off: drop the upstream's answer up to ReadyForQuery */
 	bool server_dropping;      /* the rest of the current upstream message is dropped */
-	bool cancel_pending;       /* a cancel for a cut-off statement may still be on its way */
 	bool has_cancel_target;
 	CancelTarget cancel_target;
+	struct UpstreamCancel *cancels; /* cancels this session sent, on their way (upstream_cancel.c) */
 
 	/* Audit (session/audit_trail.c) */
 	bool auditing;             /* the session_start record was submitted */
@@ -155,7 +156,18 @@ void session__free_prepared(Session *s);
 /* Takes (and shares) the effective policy of the session's identity under config c. */
 EffectivePolicy *session__policy_acquire(Session *s, Config *c, char *const *groups, int ngroups);
 void session__policy_release(Session *s);
-void session__send_cancel(struct event_base *base, const CancelTarget *t);
+typedef enum {
+	CANCEL_DELIVERED,   /* the upstream closed the connection: the backend has been signalled */
+	CANCEL_UNCONFIRMED, /* sent, but no close within the time limit */
+	CANCEL_NOT_SENT,
+} CancelOutcome;
+typedef void (*CancelDone)(Session *owner, CancelOutcome outcome);
+typedef struct UpstreamCancel UpstreamCancel;
+/* Sends t's CancelRequest upstream on a new connection, without blocking; done(owner) follows
+ * once it is over, unless the owner ended first. false: nothing was sent (logged). */
+bool session__send_cancel(Session *owner, const CancelTarget *t, CancelDone done);
+/* The session ends: its cancels on their way tell nobody. */
+void session__forget_cancels(Session *s);
 void session__maybe_close_for_shutdown(Session *s);
 
 /* Ends a session once: logs with its identity, optionally sends FATAL first. */

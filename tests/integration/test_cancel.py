@@ -1,0 +1,131 @@
+"""Cancels the gateway sends upstream: its own, for a statement cut off at max_rows, and the
+ones it passes on for clients. The upstream is reached through a TCP relay (store_relay.py)
+that can hold a CancelRequest back, as a slow or loaded server would take it late.
+
+A cancel is delivered once PostgreSQL closes the cancel connection (it signals the backend
+first). Until then nothing more may reach the backend, or the cancel could land on it."""
+
+import struct
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+from psycopg import errors as pgerrors
+from psycopg.pq import TransactionStatus
+
+import pgwire
+from conftest import require_binary, scram_verifier
+from store_relay import StoreRelay
+
+PW = "CancelUser-3c4d5e6f"
+MAX_ROWS = 5
+CANCEL = struct.pack("!I", pgwire.CANCEL_REQUEST)  # the request code, in every CancelRequest
+CUT = f"the result exceeds max_rows {MAX_ROWS}"
+# Rows larger than PostgreSQL's 8 KiB send buffer, so that the row past max_rows reaches
+# the gateway while the statement still runs (its last row sleeps): the gateway cuts off
+# and sends a cancel.
+CUT_OFF_SQL = (f"SELECT repeat('x', 5000), CASE WHEN g = {MAX_ROWS + 3} THEN pg_sleep(0.5) END "
+               f"FROM generate_series(1, {MAX_ROWS + 3}) g")
+
+
+@pytest.fixture
+def relayed(pg, gateway_factory):
+    """A gateway whose upstream is reached through a relay; user "capped" has max_rows."""
+    require_binary()
+    relay = StoreRelay(pg.host, pg.port)
+
+    def mutate(cfg):
+        cfg["users"]["capped"] = {"password": scram_verifier(PW), "groups": ["capped"]}
+        cfg["policies"] = [{"name": "cap", "match": {"users": ["capped"]}, "limits": {"max_rows": MAX_ROWS}}]
+        for db in cfg["databases"].values():
+            db.update(host="127.0.0.1", port=relay.port)
+
+    try:
+        yield gateway_factory.start(mutate), relay
+    finally:
+        relay.close()
+
+
+def cut_off(c):
+    with pytest.raises(psycopg.Error) as ei:
+        c.execute(CUT_OFF_SQL)
+    assert ei.value.sqlstate == "42501" and CUT in str(ei.value), ei.value
+
+
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_a_late_cancel_does_not_land_on_the_next_statement(relayed, in_transaction):
+    """The cut-off statement ends long before its cancel reaches the server. The client's
+    next statements wait until it has, then run whole. (Before, an absorbing sleep of at
+    most 2 s stood in for the wait, and a cancel later than that failed the next one.)"""
+    g, relay = relayed
+    with g.connect(user="capped", password=PW) as c:
+        if in_transaction:
+            c.execute("BEGIN")
+        relay.arm(CANCEL, "hold")
+        cut_off(c)
+        assert relay.fired.wait(5), "the gateway sent no cancel"
+        released = []
+        threading.Timer(3, lambda: (released.append(time.monotonic()), relay.release())).start()
+        if in_transaction:
+            assert c.info.transaction_status == TransactionStatus.INERROR
+            with pytest.raises(pgerrors.InFailedSqlTransaction):
+                c.execute("SELECT 1")
+            c.execute("ROLLBACK")
+        row = c.execute("SELECT pg_sleep(2), 'after'").fetchone()
+        ended = time.monotonic()
+        assert row[1] == "after"
+        assert released and ended - released[0] >= 1.9, "the statement ran before the cancel was delivered"
+        assert c.execute("SELECT 7").fetchone() == (7,)
+    assert g.count_log("cancel_unconfirmed") == 0
+
+
+def test_a_cancel_the_server_never_confirms_holds_the_session_5s(relayed):
+    """The server gets the cancel but its close never comes back: after 5 s the session
+    goes on, and the log says why it waited."""
+    g, relay = relayed
+    with g.connect(user="capped", password=PW) as c:
+        relay.arm(CANCEL, "mute")
+        cut_off(c)
+        t0 = time.monotonic()
+        assert c.execute("SELECT 'after'").fetchone() == ("after",)
+        waited = time.monotonic() - t0
+        assert 3.5 < waited < 8, waited
+    g.wait_log("cancel_unconfirmed")
+    with g.connect(user="capped", password=PW) as c:
+        assert c.execute("SELECT 'still serving'").fetchone() == ("still serving",)
+
+
+def test_a_client_cancel_is_answered_once_the_server_has_it(relayed, pg):
+    """libpq's cancel waits for the close of its cancel connection, as the sign that the
+    server took the request. The gateway closes it only once the server has closed its own."""
+    g, relay = relayed
+    marker = "late_client_cancel_" + uuid.uuid4().hex[:8]
+    with g.connect(user="capped", password=PW) as c:
+        errors = []
+
+        def run():
+            try:
+                c.execute(f"SELECT pg_sleep(20) /* {marker} */")
+            except psycopg.Error as e:
+                errors.append(e)
+
+        t = threading.Thread(target=run)
+        t.start()
+        deadline = time.monotonic() + 15
+        with pg.super_connect() as su:
+            while not su.execute("SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s"
+                                 " AND pid <> pg_backend_pid()", (f"%{marker}%",)).fetchone():
+                assert time.monotonic() < deadline, "the statement never started"
+                time.sleep(0.05)
+        relay.arm(CANCEL, "hold")
+        threading.Timer(1.5, relay.release).start()
+        t0 = time.monotonic()
+        c.cancel()
+        took = time.monotonic() - t0
+        t.join(15)
+        assert not t.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], pgerrors.QueryCanceled), errors
+        assert took >= 1.2, f"the cancel was answered after {took:.2f}s, before the server had it"
+        assert c.execute("SELECT 'alive'").fetchone() == ("alive",)
