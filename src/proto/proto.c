@@ -214,15 +214,15 @@ void proto_build_error(MsgBuilder *b, bool fatal, const char *sqlstate, const ch
 	msgb_end(b);
 }
 
-void proto_build_notice(MsgBuilder *b, const char *message)
+void proto_build_notice(MsgBuilder *b, const char *severity, const char *sqlstate, const char *message)
 {
 	msgb_begin(b, 'N');
 	msgb_u8(b, 'S');
-	msgb_str(b, "NOTICE");
+	msgb_str(b, severity);
 	msgb_u8(b, 'V');
-	msgb_str(b, "NOTICE");
+	msgb_str(b, severity);
 	msgb_u8(b, 'C');
-	msgb_str(b, "00000");
+	msgb_str(b, sqlstate);
 	msgb_u8(b, 'M');
 	msgb_str(b, message);
 	msgb_u8(b, 0);

@@ -85,7 +85,8 @@ void msgb_end(MsgBuilder *b);
 /* Whole messages the gateway synthesizes. */
 void proto_build_error(MsgBuilder *b, bool fatal, const char *sqlstate, const char *message,
 		       const char *detail, const char *hint);
-void proto_build_notice(MsgBuilder *b, const char *message);
+/* A NoticeResponse; severity "NOTICE" (sqlstate 00000) or "WARNING" (01000). */
+void proto_build_notice(MsgBuilder *b, const char *severity, const char *sqlstate, const char *message);
 void proto_build_auth(MsgBuilder *b, uint32_t code, const void *data, size_t n);
 void proto_build_parameter_status(MsgBuilder *b, const char *name, const char *value);
 void proto_build_backend_key(MsgBuilder *b, uint32_t pid, uint32_t key);

@@ -172,7 +172,7 @@ static void send_notice(Session *s, const char *text)
 {
 	MsgBuilder b;
 	msgb_init(&b);
-	proto_build_notice(&b, text);
+	proto_build_notice(&b, "NOTICE", "00000", text);
 	session__queue(s->client.out, &b);
 	sock_flush(&s->client);
 }

@@ -1005,6 +1005,30 @@ void session__send_internal(Session *s, const char *sql, char release_ready, boo
 }
 
 /*
+ * While a cut-off answer is dropped: the CommandComplete of a statement that changed rows
+ * ("INSERT 0 10", "UPDATE 3", ...) means it ran to its end, cancel or not. Kept (the first
+ * one) for end_discard.
+ */
+static void note_completed_change(Session *s, size_t offset, size_t avail)
+{
+	static const char *const changes[] = {"INSERT ", "UPDATE ", "DELETE ", "MERGE "};
+	char tag[sizeof s->cut_changed];
+	size_t n = avail - 5 < sizeof tag - 1 ? avail - 5 : sizeof tag - 1;
+	if (s->cut_changed[0])
+		return;
+	peek_at(s->server.in, offset + 5, tag, n);
+	tag[n] = 0;
+	const char *count = strrchr(tag, ' ');
+	if (!count || strcmp(count + 1, "0") == 0)
+		return;
+	for (size_t i = 0; i < sizeof changes / sizeof changes[0]; i++)
+		if (strncmp(tag, changes[i], strlen(changes[i])) == 0) {
+			memcpy(s->cut_changed, tag, strlen(tag) + 1); /* fits: tag is no longer */
+			return;
+		}
+}
+
+/*
  * The upstream finished the statement that was cut off. Make its state match what the
  * client was told: an error, so a transaction block is now failed. (A cancel still on its
  * way cannot reach the client's next statement: cut_off holds that back until it lands.)
@@ -1012,6 +1036,17 @@ void session__send_internal(Session *s, const char *sql, char release_ready, boo
 static void end_discard(Session *s, char status, MsgBuilder *extra)
 {
 	s->discarding = false;
+	if (s->cut_changed[0] && status == 'I') {
+		/* It committed: the error the client got must not pass for a rollback. */
+		char msg[160], qt[80];
+		snprintf(msg, sizeof msg,
+			 "pgcordon: the statement that was cut off had already run to its end upstream:"
+			 " its changes are committed (%s)", s->cut_changed);
+		proto_build_notice(extra, "WARNING", "01000", msg);
+		log_event(LOG_WARN, "statement_cut_off_committed", "session=%llu tag=%s", (unsigned long long)s->id,
+			  log_quote(qt, sizeof qt, s->cut_changed));
+	}
+	s->cut_changed[0] = 0;
 	if (status == 'T')
 		session__send_internal(s, POISON_SQL, 0, false);
 	proto_build_ready(extra, status == 'T' ? 'E' : status);
@@ -1043,6 +1078,8 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 		return type == 'A' || type == 'S' || (type == 'E' && f->rowplan) ? OUT_FORWARD : OUT_DROP;
 	}
 	if (s->discarding) {
+		if (type == 'C')
+			note_completed_change(s, offset, avail);
 		if (type == 'Z') {
 			pipeline_on_backend(&s->pipeline, type, (char)first);
 			s->rows = 0;
@@ -1198,6 +1235,8 @@ void session__relay_from_server(Session *s)
 				break; /* the estimate reads it whole */
 			session__estimate_message(s, type, copy_out(s, in, fwd + 5, len - 4), len - 4);
 		}
+		if (s->discarding && type == 'C' && avail - fwd < 1 + (size_t)len)
+			break; /* note_completed_change reads the tag whole */
 		if (s->masked_front) {
 			s->masked_front = false; /* the replacement put in place below */
 		} else if (session__mask_wants(s, pipeline_front(&s->pipeline), type, len > 4 ? hdr[5] : 0)) {

@@ -106,6 +106,7 @@ struct Session {
 	size_t scratch_cap;
 	int64_t rows;              /* DataRows of the current statement, for max_rows */
 	bool discarding;           /* after a cut-off: drop the upstream's answer up to ReadyForQuery */
+	char cut_changed[48];      /* ... in which a statement that changed rows completed: its tag */
 	bool server_dropping;      /* the rest of the current upstream message is dropped */
 	bool has_cancel_target;
 	CancelTarget cancel_target;

@@ -851,6 +851,34 @@ def test_max_rows_next_statement_not_cancelled(pgw):
             assert row[1] == "after"
 
 
+COMMITTED = ("pgcordon: the statement that was cut off had already run to its end upstream: "
+             "its changes are committed ({})")
+
+
+def test_max_rows_cut_off_change_that_committed_says_so(pgw, pg, mktable):
+    """A change whose RETURNING rows pass max_rows has often committed (autocommit) before
+    the gateway sees its rows. The client gets the refusal and also a WARNING that the change
+    is committed, not just an error that reads like a rollback; the log says it too. In a
+    transaction block the change rolls back, and a cut-off SELECT changed nothing: no warning."""
+    t = mktable(rows=MAX_ROWS + 3)
+    notices = []
+    with connect(pgw, "capped") as c:
+        c.add_notice_handler(lambda d: notices.append((d.severity, d.sqlstate, d.message_primary)))
+        refused(c, f"INSERT INTO {t} SELECT g, 'new' FROM generate_series(101, 110) g RETURNING id", CAP, CUT)
+        assert len(table_rows(pg, t)) == MAX_ROWS + 13
+        assert notices == [("WARNING", "01000", COMMITTED.format("INSERT 0 10"))]
+        refused(c, f"UPDATE {t} SET v = 'upd' WHERE id > 100 RETURNING id", CAP, CUT, prepare=True)
+        assert notices[1:] == [("WARNING", "01000", COMMITTED.format("UPDATE 10"))]
+        del notices[:]
+        c.execute("BEGIN")
+        refused(c, f"DELETE FROM {t} RETURNING id", CAP, CUT)
+        c.execute("ROLLBACK")
+        refused(c, f"SELECT * FROM {t}", CAP, CUT)
+        assert notices == []
+    assert len(table_rows(pg, t)) == MAX_ROWS + 13
+    assert pgw.count_log('event=statement_cut_off_committed') >= 2
+
+
 def test_max_rows_in_transaction(pgw, pg, mktable):
     t = mktable(rows=MAX_ROWS + 2)
     with connect(pgw, "capped") as c:

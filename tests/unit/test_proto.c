@@ -61,7 +61,7 @@ static void test_builder_error_response(void **state)
 	memset(big, 'x', sizeof big - 1);
 	big[sizeof big - 1] = 0;
 	size_t first = b.len;
-	proto_build_notice(&b, big);
+	proto_build_notice(&b, "NOTICE", "00000", big);
 	assert_false(b.failed);
 	assert_int_equal(proto_get_u32(b.data + first + 1), b.len - first - 1);
 	msgb_free(&b);
