@@ -266,6 +266,7 @@ void session__audit_session_start(Session *s, const char *application_name)
 
 void session__audit_session_end(Session *s, const char *reason)
 {
+	session__audit_cut_off(s, NULL); /* the session ended before the cut-off statement did */
 	if (!s->auditing)
 		return;
 	JsonW w;
@@ -760,7 +761,13 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 	return audit_is_strict() && t ? AUDIT_HOLD : AUDIT_PASS;
 }
 
-void session__audit_cut_off(Session *s, AuditStmt *a, const char *message)
+void session__audit_cut_off(Session *s, const char *tag)
 {
-	submit(s, a, NULL, NULL, 0, message);
+	if (!s->cut_audit)
+		return;
+	submit(s, s->cut_audit, tag, NULL, 0, s->cut_message);
+	audit_stmt_free(s->cut_audit);
+	s->cut_audit = NULL;
+	free(s->cut_message);
+	s->cut_message = NULL;
 }

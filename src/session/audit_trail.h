@@ -47,8 +47,9 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 				      size_t len, uint64_t *ticket);
 /* A RowDescription answering a Describe: the columns of the Execute that follows. */
 void session__audit_described(Session *s, const uint8_t *body, size_t len);
-/* The gateway ended the statement itself (max_rows): record it with this error. */
-void session__audit_cut_off(Session *s, AuditStmt *a, const char *message);
+/* A statement the gateway cut off (max_rows) has ended: its record (s->cut_audit, if any)
+ * goes with the error the client got, and with tag if it ran to its end and committed. */
+void session__audit_cut_off(Session *s, const char *tag);
 /* Messages the audit needs whole (bounded); others stream past it. */
 bool session__audit_wants(const AuditStmt *a, char type, uint32_t len);
 

@@ -870,6 +870,12 @@ void session__relay_from_client(Session *s)
 		session_close(s, "upstream write failed", "08006", "pgcordon: lost connection to upstream database");
 		return;
 	}
+	if (terminate && s->server.held) {
+		/* What the client sent before it goes upstream once the cut-off's cancel is in. */
+		s->close_after_cancel = true;
+		sock_pause_read(&s->client);
+		return;
+	}
 	if (terminate) {
 		/* Terminate: the upstream has it; end the session quietly. */
 		session_close(s, "client terminated", NULL, NULL);
@@ -939,11 +945,15 @@ static bool statement_end_buffered(Session *s, size_t offset)
 static void cut_off_cancel_done(Session *s, CancelOutcome outcome)
 {
 	(void)outcome; /* an unconfirmed cancel is logged; waiting longer would only stall the session */
-	if (s->cancels)
+	if (s->cancels_in_flight)
 		return; /* another cut-off's cancel is still on its way */
 	s->server.held = false;
 	if (evbuffer_get_length(s->server.out) && sock_flush(&s->server) == IO_ERROR) {
 		session_close(s, "upstream write failed", "08006", "pgcordon: lost connection to upstream database");
+		return;
+	}
+	if (s->close_after_cancel) {
+		session_close(s, "client terminated", NULL, NULL); /* the Terminate went out with the rest */
 		return;
 	}
 	session__balance(s);
@@ -961,9 +971,10 @@ static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra, size_t 
 			 s->policy->max_rows_by ? s->policy->max_rows_by : s->policy->names, (long long)e->max_rows);
 	proto_build_error(extra, false, "42501", msg, NULL, NULL);
 	Expectation *fm = pipeline_front_mut(&s->pipeline);
-	if (fm && fm->audit) {
-		session__audit_cut_off(s, fm->audit, msg);
-		audit_stmt_free(fm->audit);
+	if (fm && fm->audit && !s->cut_audit) {
+		/* Recorded once the statement ends (end_discard): how it ended belongs in the record. */
+		s->cut_audit = fm->audit;
+		s->cut_message = xstrdup(msg);
 		fm->audit = NULL;
 	}
 	char qu[80];
@@ -1036,6 +1047,7 @@ static void note_completed_change(Session *s, size_t offset, size_t avail)
 static void end_discard(Session *s, char status, MsgBuilder *extra)
 {
 	s->discarding = false;
+	session__audit_cut_off(s, status == 'I' && s->cut_changed[0] ? s->cut_changed : NULL);
 	if (s->cut_changed[0] && status == 'I') {
 		/* It committed: the error the client got must not pass for a rollback. */
 		char msg[160], qt[80];
@@ -1053,6 +1065,25 @@ static void end_discard(Session *s, char status, MsgBuilder *extra)
 }
 
 typedef enum { OUT_FORWARD, OUT_DROP } OutAction;
+
+/* Rows leave as DataRow, or as CopyData in COPY ... TO STDOUT: both count toward the limits. */
+static bool row_counted(const Expectation *f, char type)
+{
+	return (type == 'D' || type == 'd') && f && (f->max_rows > 0 || f->review_rows > 0) &&
+	       (f->kind == EXP_QUERY || f->kind == EXP_EXECUTE);
+}
+
+static bool rows_over(const Expectation *f, int64_t rows)
+{
+	return (f->max_rows > 0 && rows > f->max_rows) || (f->review_rows > 0 && rows > f->review_rows);
+}
+
+/* Is this upstream message the row that passes a limit? The client never gets it. */
+static bool row_cut_off(Session *s, char type)
+{
+	const Expectation *f = pipeline_front(&s->pipeline);
+	return !s->discarding && f && !f->internal && row_counted(f, type) && rows_over(f, s->rows + 1);
+}
 
 /*
  * Decides one upstream message from its header and first body byte, and keeps the
@@ -1095,11 +1126,9 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 		pipeline_on_backend(&s->pipeline, type, (char)first);
 		return OUT_DROP;
 	}
-	/* Rows leave as DataRow, or as CopyData in COPY ... TO STDOUT: both count. */
-	if ((type == 'D' || type == 'd') && f && (f->max_rows > 0 || f->review_rows > 0) &&
-	    (f->kind == EXP_QUERY || f->kind == EXP_EXECUTE)) {
+	if (row_counted(f, type)) {
 		++s->rows;
-		if ((f->max_rows > 0 && s->rows > f->max_rows) || (f->review_rows > 0 && s->rows > f->review_rows)) {
+		if (rows_over(f, s->rows)) {
 			cut_off(s, f, extra, offset);
 			return OUT_DROP;
 		}
@@ -1262,7 +1291,7 @@ void session__relay_from_server(Session *s)
 				continue;
 			}
 		}
-		if (s->auditing) {
+		if (s->auditing && !row_cut_off(s, type)) { /* the record holds what the client got */
 			AuditStep st = audit_server_message(s, type, len, fwd, avail);
 			if (st == STEP_WAIT)
 				break;

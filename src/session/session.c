@@ -46,7 +46,10 @@ struct SessionWorker {
 	bool shutdown_seen;
 	FactsCache *cache;
 	SharedPolicy *policies;
+	UpstreamCancel *cancels; /* on their way (upstream_cancel.c) */
 };
+
+UpstreamCancel **session__worker_cancels(SessionWorker *sw) { return &sw->cancels; }
 
 static int active_clients;    /* atomic: every accepted client connection */
 static int shutting_down;     /* atomic */
@@ -187,6 +190,7 @@ static void on_exit_worker(Worker *w)
 	if (!sw)
 		return;
 	reap_cb(-1, 0, sw);
+	session__cancels_free(sw->cancels); /* their events go with the worker's event base */
 	event_free(sw->reap_ev);
 	facts_cache_free(sw->cache);
 	if (sw->deadline_ev)
@@ -886,8 +890,12 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	SessionWorker *sw = arg;
-	while (sw->head)
-		close_fatal(sw->head, "57P01", "terminating connection because pgcordon is shutting down");
+	while (sw->head) {
+		if (sw->head->state == SESS_CANCELLING)
+			session_close(sw->head, "cancel request", NULL, NULL); /* nothing is said on a cancel connection */
+		else
+			close_fatal(sw->head, "57P01", "terminating connection because pgcordon is shutting down");
+	}
 }
 
 static void on_notify(Worker *w)

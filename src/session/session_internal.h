@@ -107,10 +107,13 @@ struct Session {
 	int64_t rows;              /* DataRows of the current statement, for max_rows */
 	bool discarding;           /* after a cut-off: drop the upstream's answer up to ReadyForQuery */
 	char cut_changed[48];      /* ... in which a statement that changed rows completed: its tag */
+	struct AuditStmt *cut_audit; /* the cut-off statement's record, submitted when it ends */
+	char *cut_message;           /* ... with the error the client got */
 	bool server_dropping;      /* the rest of the current upstream message is dropped */
 	bool has_cancel_target;
 	CancelTarget cancel_target;
-	struct UpstreamCancel *cancels; /* cancels this session sent, on their way (upstream_cancel.c) */
+	int cancels_in_flight;     /* cancels this session sent, on their way (upstream_cancel.c) */
+	bool close_after_cancel;   /* the client said Terminate while upstream output waited for one */
 
 	/* Audit (session/audit_trail.c) */
 	bool auditing;             /* the session_start record was submitted */
@@ -169,6 +172,9 @@ typedef struct UpstreamCancel UpstreamCancel;
 bool session__send_cancel(Session *owner, const CancelTarget *t, CancelDone done);
 /* The session ends: its cancels on their way tell nobody. */
 void session__forget_cancels(Session *s);
+/* The worker's cancels on their way (the list's head), and freeing them at its exit. */
+UpstreamCancel **session__worker_cancels(SessionWorker *sw);
+void session__cancels_free(UpstreamCancel *list);
 void session__maybe_close_for_shutdown(Session *s);
 
 /* Ends a session once: logs with its identity, optionally sends FATAL first. */

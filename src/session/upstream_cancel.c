@@ -20,33 +20,33 @@
 struct UpstreamCancel {
 	int fd;
 	struct event_base *base;
-	Session *owner;      /* told when it is over; NULL once the owner has ended */
+	UpstreamCancel **list; /* the worker's cancels on their way, this one among them */
+	UpstreamCancel *next;
+	Session *owner;        /* told when it is over; NULL once the owner has ended */
 	CancelDone done;
 	uint64_t deadline_ms;
 	uint8_t pkt[16];
-	UpstreamCancel *next; /* the owner's other cancels on their way */
 };
 
-static void unlink_from_owner(UpstreamCancel *uc)
+static void finish(UpstreamCancel *uc, CancelOutcome outcome, const char *why)
 {
-	if (!uc->owner)
-		return;
-	for (UpstreamCancel **pp = &uc->owner->cancels; *pp; pp = &(*pp)->next)
+	if (outcome == CANCEL_NOT_SENT)
+		log_event(LOG_WARN, "cancel_failed", "reason=\"%s\"", why);
+	else if (outcome == CANCEL_UNCONFIRMED)
+		log_event(LOG_WARN, "cancel_unconfirmed", "reason=\"%s\"", why);
+	close(uc->fd);
+	for (UpstreamCancel **pp = uc->list; *pp; pp = &(*pp)->next)
 		if (*pp == uc) {
 			*pp = uc->next;
 			break;
 		}
-}
-
-static void finish(UpstreamCancel *uc, CancelOutcome outcome)
-{
-	close(uc->fd);
-	unlink_from_owner(uc);
 	Session *owner = uc->owner;
 	CancelDone done = uc->done;
 	free(uc);
-	if (owner && done)
+	if (owner) {
+		owner->cancels_in_flight--;
 		done(owner, outcome);
+	}
 }
 
 static bool wait_for(UpstreamCancel *uc, short what, event_callback_fn cb)
@@ -60,47 +60,53 @@ static bool wait_for(UpstreamCancel *uc, short what, event_callback_fn cb)
 static void on_closed(evutil_socket_t fd, short what, void *arg)
 {
 	UpstreamCancel *uc = arg;
+	char why[160];
 	if (!(what & EV_READ)) {
-		log_event(LOG_WARN, "cancel_unconfirmed",
-			  "reason=\"the upstream did not close the cancel connection within %d ms\"", CANCEL_TIMEOUT_MS);
-		finish(uc, CANCEL_UNCONFIRMED);
+		snprintf(why, sizeof why, "the upstream did not close the cancel connection within %d ms",
+			 CANCEL_TIMEOUT_MS);
+		finish(uc, CANCEL_UNCONFIRMED, why);
 		return;
 	}
 	uint8_t buf[256];
 	ssize_t n = recv(fd, buf, sizeof buf, 0);
-	/* PostgreSQL sends nothing back: wait on through anything else until the close. */
-	if ((n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) && wait_for(uc, EV_READ, on_closed))
+	if (n == 0) {
+		finish(uc, CANCEL_DELIVERED, NULL);
 		return;
-	finish(uc, n >= 0 ? CANCEL_DELIVERED : CANCEL_UNCONFIRMED);
+	}
+	if (n < 0 && errno != EAGAIN && errno != EINTR) {
+		snprintf(why, sizeof why, "cancel connection: %s", strerror(errno));
+		finish(uc, CANCEL_UNCONFIRMED, why);
+		return;
+	}
+	/* PostgreSQL sends nothing back: wait on through anything else until the close. */
+	if (!wait_for(uc, EV_READ, on_closed))
+		finish(uc, CANCEL_UNCONFIRMED, "cannot wait for the cancel connection");
 }
 
 static void on_connected(evutil_socket_t fd, short what, void *arg)
 {
 	UpstreamCancel *uc = arg;
+	char why[160];
 	if (!(what & EV_WRITE)) {
-		log_event(LOG_WARN, "cancel_failed", "reason=\"upstream connect timed out\"");
-		finish(uc, CANCEL_NOT_SENT);
+		finish(uc, CANCEL_NOT_SENT, "upstream connect timed out");
 		return;
 	}
 	if (send(fd, uc->pkt, sizeof uc->pkt, MSG_NOSIGNAL) != (ssize_t)sizeof uc->pkt) {
-		log_event(LOG_WARN, "cancel_failed", "reason=\"could not send to upstream: %s\"", strerror(errno));
-		finish(uc, CANCEL_NOT_SENT);
+		snprintf(why, sizeof why, "could not send to upstream: %s", strerror(errno));
+		finish(uc, CANCEL_NOT_SENT, why);
 		return;
 	}
 	if (!wait_for(uc, EV_READ, on_closed))
-		finish(uc, CANCEL_UNCONFIRMED);
+		finish(uc, CANCEL_UNCONFIRMED, "cannot wait for the cancel connection");
 }
 
 bool session__send_cancel(Session *owner, const CancelTarget *t, CancelDone done)
 {
 	int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
+	if (fd < 0 || (connect(fd, (const struct sockaddr *)&t->addr, t->addrlen) < 0 && errno != EINPROGRESS)) {
 		log_event(LOG_WARN, "cancel_failed", "reason=\"%s\"", strerror(errno));
-		return false;
-	}
-	if (connect(fd, (const struct sockaddr *)&t->addr, t->addrlen) < 0 && errno != EINPROGRESS) {
-		log_event(LOG_WARN, "cancel_failed", "reason=\"%s\"", strerror(errno));
-		close(fd);
+		if (fd >= 0)
+			close(fd);
 		return false;
 	}
 	UpstreamCancel *uc = xcalloc(1, sizeof *uc);
@@ -112,20 +118,34 @@ bool session__send_cancel(Session *owner, const CancelTarget *t, CancelDone done
 	proto_put_u32(uc->pkt + 8, t->pid);
 	proto_put_u32(uc->pkt + 12, t->key);
 	if (!wait_for(uc, EV_WRITE, on_connected)) {
+		log_event(LOG_WARN, "cancel_failed", "reason=\"cannot wait for the upstream connection\"");
 		close(fd);
 		free(uc);
 		return false;
 	}
+	uc->list = session__worker_cancels(owner->sw);
+	uc->next = *uc->list;
+	*uc->list = uc;
 	uc->owner = owner;
 	uc->done = done;
-	uc->next = owner->cancels;
-	owner->cancels = uc;
+	owner->cancels_in_flight++;
 	return true;
 }
 
 void session__forget_cancels(Session *s)
 {
-	for (UpstreamCancel *uc = s->cancels; uc; uc = uc->next)
-		uc->owner = NULL;
-	s->cancels = NULL;
+	for (UpstreamCancel *uc = s->cancels_in_flight ? *session__worker_cancels(s->sw) : NULL; uc; uc = uc->next)
+		if (uc->owner == s)
+			uc->owner = NULL;
+	s->cancels_in_flight = 0;
+}
+
+void session__cancels_free(UpstreamCancel *list)
+{
+	while (list) {
+		UpstreamCancel *next = list->next;
+		close(list->fd);
+		free(list);
+		list = next;
+	}
 }

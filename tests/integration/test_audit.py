@@ -42,6 +42,7 @@ SFX = secrets.token_hex(3)
 REFUSED_MSG = ("pgcordon: the audit store cannot be written; statements are refused until "
                "it recovers")
 GUARD = "guard"  # the module gateway's policy for alice: DELETE is blocked
+CAP, CAP_ROWS, CAROL_PW = "cap", 3, "ClientCarol-99ee00ff"  # ... and for carol: max_rows 3
 
 
 def tname(base):
@@ -321,8 +322,9 @@ def run_session(gw, trail, fn, user="alice", **kw):
 
 @pytest.fixture(scope="module")
 def agw_state(pg, certs, tmp_path_factory):
-    """The module gateway: SQLite store, results capped at 5 rows / 2KiB, and a policy for
-    alice that blocks DELETE (default allow, so bob is unrestricted)."""
+    """The module gateway: SQLite store, results capped at 5 rows / 2KiB, a policy for
+    alice that blocks DELETE and one for carol with max_rows (default allow, so bob is
+    unrestricted)."""
     require_binary()
     root = tmp_path_factory.mktemp("auditgw")
     db = root / "audit.db"
@@ -332,8 +334,10 @@ def agw_state(pg, certs, tmp_path_factory):
         cfg["audit"] = {"store": f"sqlite:{db}", "node": "gwrec",
                         "results": {"rows": 5, "bytes": "2KiB"}}
         cfg["default"] = "allow"
+        cfg["users"]["carol"] = {"password": scram_verifier(CAROL_PW), "groups": ["testers"]}
         cfg["policies"] = [{"name": GUARD, "match": {"users": ["alice"]},
-                            "block": [{"statements": ["delete"]}]}]
+                            "block": [{"statements": ["delete"]}]},
+                           {"name": CAP, "match": {"users": ["carol"]}, "limits": {"max_rows": CAP_ROWS}}]
     g = f.start(mutate)
     yield g, SqliteTrail(db), db
     f.cleanup()
@@ -541,6 +545,39 @@ def test_blocked_statement(agw, trail, table, pg):
         assert b["error"]["message"] == e.diag.message_primary, (b["error"], str(e))
         assert b["error"]["sqlstate"] == "42501"
         assert not b.get("tag")
+
+
+def test_cut_off_statement_records(agw, trail, table, pg):
+    """Statements cut off at max_rows: the record has the error the client got and the rows
+    it was sent. A change that ran to its end and committed anyway also has its tag and row
+    count (the client was warned); one in a transaction block, which rolls back, has not."""
+    t = table(0)
+    cut = f"pgcordon: blocked by policy {CAP}: the result exceeds max_rows {CAP_ROWS}"
+
+    def fn(c):
+        for sql in ("SELECT g FROM generate_series(1, 10) g",
+                    f"INSERT INTO {t} (id, v) SELECT g, 'new' FROM generate_series(1, 10) g RETURNING id"):
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute(sql)
+            assert ei.value.diag.message_primary == cut
+        c.execute("BEGIN")
+        with pytest.raises(psycopg.Error):
+            c.execute(f"UPDATE {t} SET n = 1 RETURNING id")
+        c.execute("ROLLBACK")
+        assert c.execute("SELECT 'after'").fetchone() == ("after",)
+    _, _, stmts, _, _ = run_session(agw, trail, fn, user="carol", password=CAROL_PW)
+    by_sql = {s["body"]["sql"].split()[0]: s["body"] for s in stmts}
+    assert [s["body"]["sql"].split()[0] for s in stmts] == ["SELECT", "INSERT", "BEGIN", "UPDATE", "ROLLBACK",
+                                                          "SELECT"], [s["body"]["sql"] for s in stmts]
+    for verb in ("SELECT", "INSERT", "UPDATE"):
+        b = stmts[["SELECT", "INSERT", "BEGIN", "UPDATE"].index(verb)]["body"]
+        assert b["error"] == {"sqlstate": "42501", "message": cut}, b
+        assert b["rows_sent"] == CAP_ROWS, b
+        assert len(b["result"]["rows"]) == CAP_ROWS, b
+    assert "tag" not in stmts[0]["body"] and "tag" not in stmts[3]["body"]
+    assert by_sql["INSERT"]["tag"] == "INSERT 0 10" and by_sql["INSERT"]["rows"] == 10, by_sql["INSERT"]
+    with pg.super_connect() as c:
+        assert c.execute(f"SELECT count(*), count(n) FROM {t}").fetchone() == (10, 0)
 
 
 def test_blocked_extended_statement_record(agw, trail, table):

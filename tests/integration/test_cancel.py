@@ -24,9 +24,9 @@ MAX_ROWS = 5
 CANCEL = struct.pack("!I", pgwire.CANCEL_REQUEST)  # the request code, in every CancelRequest
 CUT = f"the result exceeds max_rows {MAX_ROWS}"
 # Rows larger than PostgreSQL's 8 KiB send buffer, so that the row past max_rows reaches
-# the gateway while the statement still runs (its last row sleeps): the gateway cuts off
-# and sends a cancel.
-CUT_OFF_SQL = (f"SELECT repeat('x', 5000), CASE WHEN g = {MAX_ROWS + 3} THEN pg_sleep(0.5) END "
+# the gateway while the statement still runs (its last row sleeps 1.5 s, long enough on a
+# loaded machine): the gateway cuts off and sends a cancel.
+CUT_OFF_SQL = (f"SELECT repeat('x', 5000), CASE WHEN g = {MAX_ROWS + 3} THEN pg_sleep(1.5) END "
                f"FROM generate_series(1, {MAX_ROWS + 3}) g")
 
 
@@ -95,6 +95,39 @@ def test_a_cancel_the_server_never_confirms_holds_the_session_5s(relayed):
     g.wait_log("cancel_unconfirmed")
     with g.connect(user="capped", password=PW) as c:
         assert c.execute("SELECT 'still serving'").fetchone() == ("still serving",)
+
+
+def test_what_came_before_a_terminate_still_runs_once_the_cancel_is_in(relayed, pg):
+    """A client that sends a statement and Terminate at once, while a cut-off's cancel is on
+    its way: the statement waits for the cancel like any other, and then runs, as it would
+    on the server itself; the session ends after it."""
+    g, relay = relayed
+    t = "cancel_term_" + uuid.uuid4().hex[:8]
+    with pg.super_connect() as su:
+        su.execute(f"CREATE TABLE {t} (id int)")
+        su.execute(f"ALTER TABLE {t} OWNER TO gw_scram")
+    try:
+        c = pgwire.RawConn(g.host, g.port, timeout=30)
+        c.startup("capped", "app", PW)
+        relay.arm(CANCEL, "hold")
+        c.send(pgwire.msg(b"Q", pgwire.cstr(CUT_OFF_SQL)))
+        while c.read_msg()[0] != b"Z":
+            pass
+        assert relay.fired.wait(5), "the gateway sent no cancel"
+        c.send(pgwire.msg(b"Q", pgwire.cstr(f"INSERT INTO {t} VALUES (1)")) + pgwire.msg(b"X"))
+        time.sleep(1)
+        with pg.super_connect() as su:
+            assert su.execute(f"SELECT count(*) FROM {t}").fetchone() == (0,), "it ran before the cancel was in"
+        relay.release()
+        assert c.expect_closed()
+        deadline = time.monotonic() + 10
+        with pg.super_connect() as su:
+            while su.execute(f"SELECT count(*) FROM {t}").fetchone() != (1,):
+                assert time.monotonic() < deadline, "the statement sent before Terminate never ran"
+                time.sleep(0.05)
+    finally:
+        with pg.super_connect() as su:
+            su.execute(f"DROP TABLE IF EXISTS {t}")
 
 
 def test_a_client_cancel_is_answered_once_the_server_has_it(relayed, pg):
