@@ -1081,8 +1081,10 @@ static bool rows_over(const Expectation *f, int64_t rows)
 /* Is this upstream message the row that passes a limit? The client never gets it. */
 static bool row_cut_off(Session *s, char type)
 {
+	if ((type != 'D' && type != 'd') || s->discarding)
+		return false;
 	const Expectation *f = pipeline_front(&s->pipeline);
-	return !s->discarding && f && !f->internal && row_counted(f, type) && rows_over(f, s->rows + 1);
+	return f && !f->internal && row_counted(f, type) && rows_over(f, s->rows + 1);
 }
 
 /*
