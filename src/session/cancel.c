@@ -14,6 +14,8 @@ typedef struct CancelEntry {
 	bool has_target;
 	CancelTarget target;
 	char held[24]; /* the approval request the session waits for, "" none */
+	bool output_held;     /* what the session sends upstream waits for a cancel of its own */
+	bool client_deferred; /* ... and a client's cancel came meanwhile: the session sends it after */
 	struct CancelEntry *next;
 } CancelEntry;
 
@@ -80,15 +82,34 @@ void cancel_set_held(uint32_t pid, const char *request)
 	pthread_mutex_unlock(&lock);
 }
 
-bool cancel_lookup(uint32_t pid, uint32_t key, CancelTarget *out, char held[24])
+bool cancel_set_output_held(uint32_t pid, bool held)
+{
+	bool deferred = false;
+	pthread_mutex_lock(&lock);
+	CancelEntry *e = find(pid);
+	if (e) {
+		e->output_held = held;
+		if (!held) {
+			deferred = e->client_deferred;
+			e->client_deferred = false;
+		}
+	}
+	pthread_mutex_unlock(&lock);
+	return deferred;
+}
+
+bool cancel_lookup(uint32_t pid, uint32_t key, CancelTarget *out, char held[24], bool *deferred)
 {
 	bool ok = false;
 	pthread_mutex_lock(&lock);
 	CancelEntry *e = find(pid);
 	held[0] = 0;
+	*deferred = false;
 	if (e && e->has_target && util_ct_equal(&e->key, &key, sizeof key)) {
 		*out = e->target;
 		memcpy(held, e->held, sizeof e->held);
+		if (e->output_held && !held[0])
+			*deferred = e->client_deferred = true;
 		ok = true;
 	}
 	pthread_mutex_unlock(&lock);

@@ -25,8 +25,13 @@ void cancel_set_target(uint32_t pid, const CancelTarget *t);
 void cancel_unregister(uint32_t pid);
 /* Marks the session as waiting for an approval request (NULL: no longer): a cancel ends it. */
 void cancel_set_held(uint32_t pid, const char *request);
+/* The session's output to its upstream waits for a cancel the gateway sent (true), or no
+ * longer (false). Clearing it returns whether a client's cancel was deferred meanwhile:
+ * the session then sends it, once what waited has gone upstream. */
+bool cancel_set_output_held(uint32_t pid, bool held);
 /* Looks up a client's pair (key compared in constant time); copies the target out, and the
- * approval request the session waits for ("" none). */
-bool cancel_lookup(uint32_t pid, uint32_t key, CancelTarget *out, char held[24]);
+ * approval request the session waits for ("" none). *deferred: the session's output waits
+ * for a cancel of its own, and this one is left to the session to send after it. */
+bool cancel_lookup(uint32_t pid, uint32_t key, CancelTarget *out, char held[24], bool *deferred);
 
 #endif

@@ -941,17 +941,21 @@ static bool statement_end_buffered(Session *s, size_t offset)
 	return false;
 }
 
-/* The cancel of a cut-off statement is over: what waited for it goes upstream. */
-static void cut_off_cancel_done(Session *s, CancelOutcome outcome)
+/* A cancel the session sent is over: once none is left, what waited for them goes upstream. */
+static void own_cancel_done(Session *s, CancelOutcome outcome)
 {
 	(void)outcome; /* an unconfirmed cancel is logged; waiting longer would only stall the session */
-	if (s->cancels_in_flight)
-		return; /* another cut-off's cancel is still on its way */
+	if (s->cancels_in_flight || !s->server.held)
+		return;
 	s->server.held = false;
+	bool client_cancel = cancel_set_output_held(s->pid, false);
 	if (evbuffer_get_length(s->server.out) && sock_flush(&s->server) == IO_ERROR) {
 		session_close(s, "upstream write failed", "08006", "pgcordon: lost connection to upstream database");
 		return;
 	}
+	/* A client's cancel came while its statement waited here: it goes now, after it. */
+	if (client_cancel && session__send_cancel(s, &s->cancel_target, own_cancel_done))
+		log_event(LOG_INFO, "cancel_forwarded", "session=%llu deferred=true", (unsigned long long)s->id);
 	if (s->close_after_cancel) {
 		session_close(s, "client terminated", NULL, NULL); /* the Terminate went out with the rest */
 		return;
@@ -988,8 +992,10 @@ static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra, size_t 
 	 * hit whatever the session runs next. Until the cancel has been delivered, nothing more
 	 * goes upstream, for the same reason: it could land on that instead. */
 	if (s->has_cancel_target && !statement_end_buffered(s, offset) &&
-	    session__send_cancel(s, &s->cancel_target, cut_off_cancel_done))
+	    session__send_cancel(s, &s->cancel_target, own_cancel_done) && !s->server.held) {
 		s->server.held = true;
+		cancel_set_output_held(s->pid, true);
+	}
 }
 
 Expectation *session__last_internal(Session *s)

@@ -350,7 +350,8 @@ static void handle_cancel(Session *s, const StartupPacket *sp)
 {
 	CancelTarget t;
 	char held[24];
-	if (!cancel_lookup(sp->cancel_pid, sp->cancel_key, &t, held)) {
+	bool deferred;
+	if (!cancel_lookup(sp->cancel_pid, sp->cancel_key, &t, held, &deferred)) {
 		log_event(LOG_INFO, "cancel_ignored", "peer=%s reason=\"unknown key\"", s->peer);
 		session_close(s, "cancel request with unknown key", NULL, NULL);
 		return;
@@ -359,6 +360,13 @@ static void handle_cancel(Session *s, const StartupPacket *sp)
 		/* The statement waits for an approval, not upstream: the request ends instead. */
 		approval_cancel(held, "cancelled by the client");
 		log_event(LOG_INFO, "approval_cancelled", "peer=%s request=%s", s->peer, held);
+		session_close(s, "cancel request", NULL, NULL);
+		return;
+	}
+	if (deferred) {
+		/* The statement it is meant for has not gone upstream yet (it waits for a cut-off's
+		 * cancel): its session sends this one right after it. */
+		log_event(LOG_INFO, "cancel_deferred", "peer=%s target_session_pid=%u", s->peer, sp->cancel_pid);
 		session_close(s, "cancel request", NULL, NULL);
 		return;
 	}

@@ -162,3 +162,33 @@ def test_a_client_cancel_is_answered_once_the_server_has_it(relayed, pg):
         assert len(errors) == 1 and isinstance(errors[0], pgerrors.QueryCanceled), errors
         assert took >= 1.2, f"the cancel was answered after {took:.2f}s, before the server had it"
         assert c.execute("SELECT 'alive'").fetchone() == ("alive",)
+
+
+def test_a_client_cancel_of_a_statement_still_in_the_gateway_is_sent_after_it(relayed):
+    """The client cancels a statement that has not gone upstream yet: it waits in the
+    gateway for a cut-off's cancel. Passed on at once, the client's cancel would meet an
+    idle backend, which drops it, and the statement would then run whole. The gateway sends
+    it right after the statement instead, and the statement is cancelled."""
+    g, relay = relayed
+    with g.connect(user="capped", password=PW) as c:
+        relay.arm(CANCEL, "hold")
+        cut_off(c)
+        assert relay.fired.wait(5), "the gateway sent no cancel"
+        errors = []
+
+        def run():
+            try:
+                c.execute("SELECT pg_sleep(20)")
+            except psycopg.Error as e:
+                errors.append(e)
+
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(0.5)  # the statement is in the gateway, behind the cut-off's cancel
+        c.cancel()
+        relay.release()
+        t.join(15)
+        assert not t.is_alive(), "the statement was not cancelled"
+        assert len(errors) == 1 and isinstance(errors[0], pgerrors.QueryCanceled), errors
+        assert c.execute("SELECT 'alive'").fetchone() == ("alive",)
+    g.wait_log("cancel_deferred")
