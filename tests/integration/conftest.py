@@ -49,6 +49,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def ipv6_loopback():
+    """Whether this machine has ::1 (some containers have no IPv6 at all)."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 def run(cmd, **kw):
     kw.setdefault("check", True)
     kw.setdefault("capture_output", True)

@@ -11,8 +11,8 @@ import urllib.error
 
 import pytest
 
-from conftest import (BIN, ROLE_PW, SCRAM_PW_ENV, GatewayDied, GatewayFactory, free_port, require_binary,
-                      to_yaml)
+from conftest import (BIN, ROLE_PW, SCRAM_PW_ENV, GatewayDied, GatewayFactory, free_port, ipv6_loopback,
+                      require_binary, to_yaml)
 from test_audit import apikey_create, http, wait_for
 
 SFX = os.urandom(3).hex()
@@ -180,15 +180,6 @@ def test_off_loopback_with_tls_is_accepted(tmp_path, pg, certs):
     assert r.returncode == 0, r.stderr
     r = check(tmp_path, pg, certs, {"address": "127.0.0.3", "port": free_port()})
     assert r.returncode == 0, r.stderr
-
-
-def ipv6_loopback():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 def test_admin_api_on_ipv6_loopback(tmp_path, pg, certs):

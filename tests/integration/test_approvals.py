@@ -44,7 +44,7 @@ from psycopg.pq import TransactionStatus
 
 import pgwire
 from conftest import (BIN, LOCAL_USERS, ROLE_PW, SCRAM_PW_ENV, SUPERUSER_PW, GatewayFactory,
-                      free_port, require_binary, scram_verifier, to_yaml)
+                      free_port, ipv6_loopback, require_binary, scram_verifier, to_yaml)
 from store_relay import StoreRelay
 from webhook_receiver import Receiver
 
@@ -151,8 +151,8 @@ def keys():
 class Api:
     """The admin HTTP API of one gateway, over http.client (paths are sent as written)."""
 
-    def __init__(self, port, tokens):
-        self.port = port
+    def __init__(self, port, tokens, host="127.0.0.1"):
+        self.port, self.host = port, host
         self.tokens = tokens  # name -> key
 
     def tok(self, who):
@@ -160,7 +160,7 @@ class Api:
 
     def call(self, method, path, who=None, body=None, raw=None, headers=None, timeout=20):
         """(status, parsed JSON or None, raw bytes). `who` is a key name or a raw token."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             h = dict(headers or {})
             if who is not None:
@@ -338,7 +338,7 @@ def start_approvals_gateway(factory, keys, audit=None, approvals=None, policies=
         setup_config(cfg, keys, port, audit, approvals, policies)
         cfg["admin"].update(admin or {})
     gw = factory.start(mutate)
-    api = Api(port, {n: k for n, (k, _) in keys.items()})
+    api = Api(port, {n: k for n, (k, _) in keys.items()}, host=(admin or {}).get("address", "127.0.0.1"))
     wait_for(api.healthy, 10, 0.1, "the admin HTTP API (/healthz)")
     return Ctx(gw, api, keys)
 
@@ -684,6 +684,17 @@ def test_notice_names_admin_url(gateway_factory, keys, objects):
         path.write_text(to_yaml(cfg) + "\n")
         r = cli("check-config", "--config", path, env={SCRAM_PW_ENV: ROLE_PW["gw_scram"]})
         assert r.returncode != 0 and "admin.url must be an http:// or https:// URL" in r.stderr, (bad, r.stderr)
+
+
+def test_notice_brackets_an_ipv6_api_address(gateway_factory, keys, objects):
+    """admin.address ::1: the NOTICE's URL puts the address in brackets, as a URL must."""
+    if not ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback")
+    ctx = start_approvals_gateway(gateway_factory, keys, admin={"address": "::1"})
+    m = copy_notice(ctx)
+    url = f"http://[::1]:{ctx.api.port}"
+    assert m.string.endswith(f"approve with: pgcordon approvals approve {m['id']} --url {url} (or POST "
+                             f"{url}/api/approvals/{m['id']}/approve)"), m.string
 
 
 def test_wait_denied(apv):
