@@ -266,7 +266,7 @@ void session__audit_session_start(Session *s, const char *application_name)
 
 void session__audit_session_end(Session *s, const char *reason)
 {
-	session__audit_cut_off(s, NULL); /* the session ended before the cut-off statement did */
+	session__audit_cut_off(s, NULL, NULL); /* the session ended before the cut-off statement did */
 	if (!s->auditing)
 		return;
 	JsonW w;
@@ -644,7 +644,13 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 	}
 	JW_KEY(w, "duration_ms");
 	jw_fixed3(w, now - a->start_us);
-	key_int_plain(w, "rows_sent", a->rows_sent);
+	/* After a cut-off the server's answers are dropped: what ran then, the client never saw. */
+	bool withheld = s->discarding && s->cut_ended;
+	key_int_plain(w, "rows_sent", withheld ? 0 : a->rows_sent);
+	if (withheld) {
+		JW_KEY(w, "withheld");
+		jw_bool(w, true);
+	}
 	if (tag) {
 		JW_KEY(w, "tag");
 		jw_text(w, (const uint8_t *)tag, strlen(tag), false);
@@ -661,7 +667,7 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 		key_string_plain(w, "message", error_message);
 		jw_end_object(w);
 	}
-	if (a->columns || a->nrows) {
+	if ((a->columns || a->nrows) && !withheld) {
 		JW_KEY(w, "result");
 		jw_begin_object(w);
 		if (a->columns) {
@@ -761,12 +767,15 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 	return audit_is_strict() && t ? AUDIT_HOLD : AUDIT_PASS;
 }
 
-void session__audit_cut_off(Session *s, const char *tag)
+void session__audit_cut_off(Session *s, const char *tag, AuditStmt **next_part)
 {
 	if (!s->cut_audit)
 		return;
 	submit(s, s->cut_audit, tag, NULL, 0, s->cut_message);
-	audit_stmt_free(s->cut_audit);
+	if (next_part && !*next_part)
+		*next_part = s->cut_audit; /* the Query's later statements are recorded on it */
+	else
+		audit_stmt_free(s->cut_audit);
 	s->cut_audit = NULL;
 	free(s->cut_message);
 	s->cut_message = NULL;

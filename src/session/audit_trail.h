@@ -48,8 +48,9 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 /* A RowDescription answering a Describe: the columns of the Execute that follows. */
 void session__audit_described(Session *s, const uint8_t *body, size_t len);
 /* A statement the gateway cut off (max_rows) has ended: its record (s->cut_audit, if any)
- * goes with the error the client got, and with tag if it ran to its end and committed. */
-void session__audit_cut_off(Session *s, const char *tag);
+ * goes with the error the client got, and with tag if it ran to its end. next_part: where
+ * the record goes on for the Query's later statements (if it is empty), or NULL. */
+void session__audit_cut_off(Session *s, const char *tag, AuditStmt **next_part);
 /* Messages the audit needs whole (bounded); others stream past it. */
 bool session__audit_wants(const AuditStmt *a, char type, uint32_t len);
 

@@ -941,6 +941,21 @@ static bool statement_end_buffered(Session *s, size_t offset)
 	return false;
 }
 
+static void own_cancel_done(Session *s, CancelOutcome outcome);
+
+/* Cancels what the upstream runs; nothing more goes upstream until the cancel has arrived,
+ * or it could land on that instead. */
+static bool send_own_cancel(Session *s)
+{
+	if (!session__send_cancel(s, &s->cancel_target, own_cancel_done))
+		return false;
+	if (!s->server.held) {
+		s->server.held = true;
+		cancel_set_output_held(s->pid, true);
+	}
+	return true;
+}
+
 /* A cancel the session sent is over: once none is left, what waited for them goes upstream. */
 static void own_cancel_done(Session *s, CancelOutcome outcome)
 {
@@ -949,17 +964,19 @@ static void own_cancel_done(Session *s, CancelOutcome outcome)
 		return;
 	s->server.held = false;
 	bool client_cancel = cancel_set_output_held(s->pid, false);
-	if (evbuffer_get_length(s->server.out) && sock_flush(&s->server) == IO_ERROR) {
+	bool waited = evbuffer_get_length(s->server.out) > 0;
+	if (waited && sock_flush(&s->server) == IO_ERROR) {
 		session_close(s, "upstream write failed", "08006", "pgcordon: lost connection to upstream database");
 		return;
 	}
-	/* A client's cancel came while its statement waited here: it goes now, after it. */
-	if (client_cancel && session__send_cancel(s, &s->cancel_target, own_cancel_done))
-		log_event(LOG_INFO, "cancel_forwarded", "session=%llu deferred=true", (unsigned long long)s->id);
 	if (s->close_after_cancel) {
 		session_close(s, "client terminated", NULL, NULL); /* the Terminate went out with the rest */
 		return;
 	}
+	/* A client's cancel came while its statement waited here: it goes now, after it. With
+	 * nothing waiting it was meant for the statement already cut off (and cancelled). */
+	if (client_cancel && waited && send_own_cancel(s))
+		log_event(LOG_INFO, "cancel_forwarded", "session=%llu deferred=true", (unsigned long long)s->id);
 	session__balance(s);
 }
 
@@ -989,13 +1006,9 @@ static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra, size_t 
 		  review ? "returned_rows_over" : "max_rows", (long long)(review ? e->review_rows : e->max_rows));
 	s->discarding = true;
 	/* Cancel only a statement still running: if its end is already here, a cancel could only
-	 * hit whatever the session runs next. Until the cancel has been delivered, nothing more
-	 * goes upstream, for the same reason: it could land on that instead. */
-	if (s->has_cancel_target && !statement_end_buffered(s, offset) &&
-	    session__send_cancel(s, &s->cancel_target, own_cancel_done) && !s->server.held) {
-		s->server.held = true;
-		cancel_set_output_held(s->pid, true);
-	}
+	 * hit whatever the session runs next. */
+	if (s->has_cancel_target && !statement_end_buffered(s, offset))
+		send_own_cancel(s);
 }
 
 Expectation *session__last_internal(Session *s)
@@ -1021,28 +1034,46 @@ void session__send_internal(Session *s, const char *sql, char release_ready, boo
 	session__queue(s->server.out, &b);
 }
 
+/* How much of a CommandComplete note_cut_answer reads: enough for the tag it keeps. */
+static size_t cut_tag_bytes(uint32_t len)
+{
+	size_t whole = 1 + (size_t)len, enough = 5 + sizeof ((Session *)0)->cut_changed - 1;
+	return whole < enough ? whole : enough;
+}
+
 /*
- * While a cut-off answer is dropped: the CommandComplete of a statement that changed rows
- * ("INSERT 0 10", "UPDATE 3", ...) means it ran to its end, cancel or not. Kept (the first
- * one) for end_discard.
+ * While a cut-off answer is dropped. The cut statement's own end is the first
+ * CommandComplete, ErrorResponse or PortalSuspended after the cut: its record goes then,
+ * with the tag if it ran to its end, and the Query's later statements are recorded after
+ * it (withheld from the client). The first CommandComplete of a change ("INSERT 0 10",
+ * "UPDATE 3", ...) is kept for end_discard: whether it is committed shows at
+ * ReadyForQuery, unless an error comes first (in the implicit transaction of a Query's
+ * statements, or of the Executes before a Sync, the change goes back with it).
  */
-static void note_completed_change(Session *s, size_t offset, size_t avail)
+static void note_cut_answer(Session *s, char type, size_t offset)
 {
 	static const char *const changes[] = {"INSERT ", "UPDATE ", "DELETE ", "MERGE "};
-	char tag[sizeof s->cut_changed];
-	size_t n = avail - 5 < sizeof tag - 1 ? avail - 5 : sizeof tag - 1;
-	if (s->cut_changed[0])
-		return;
-	peek_at(s->server.in, offset + 5, tag, n);
-	tag[n] = 0;
-	const char *count = strrchr(tag, ' ');
-	if (!count || strcmp(count + 1, "0") == 0)
-		return;
-	for (size_t i = 0; i < sizeof changes / sizeof changes[0]; i++)
-		if (strncmp(tag, changes[i], strlen(changes[i])) == 0) {
-			memcpy(s->cut_changed, tag, strlen(tag) + 1); /* fits: tag is no longer */
-			return;
-		}
+	char tag[sizeof s->cut_changed] = "";
+	if (type == 'C') {
+		uint8_t hdr[5];
+		peek_at(s->server.in, offset, hdr, 5);
+		size_t n = cut_tag_bytes(proto_get_u32(hdr + 1)) - 5;
+		peek_at(s->server.in, offset + 5, tag, n);
+		tag[n] = 0;
+		const char *count = strrchr(tag, ' ');
+		for (size_t i = 0; i < sizeof changes / sizeof changes[0] && !s->cut_changed[0]; i++)
+			if (strncmp(tag, changes[i], strlen(changes[i])) == 0 && count && strcmp(count + 1, "0") != 0) {
+				memcpy(s->cut_changed, tag, strlen(tag) + 1); /* fits: tag is no longer */
+				s->cut_changed_own = !s->cut_ended;
+			}
+	} else if (type == 'E') {
+		s->cut_changed[0] = 0;
+	}
+	if (!s->cut_ended) {
+		Expectation *fm = pipeline_front_mut(&s->pipeline);
+		session__audit_cut_off(s, tag[0] ? tag : NULL, fm && fm->kind == EXP_QUERY ? &fm->audit : NULL);
+		s->cut_ended = true; /* from here on, what is recorded is withheld */
+	}
 }
 
 /*
@@ -1053,18 +1084,20 @@ static void note_completed_change(Session *s, size_t offset, size_t avail)
 static void end_discard(Session *s, char status, MsgBuilder *extra)
 {
 	s->discarding = false;
-	session__audit_cut_off(s, status == 'I' && s->cut_changed[0] ? s->cut_changed : NULL);
+	session__audit_cut_off(s, NULL, NULL); /* if its end never came */
 	if (s->cut_changed[0] && status == 'I') {
 		/* It committed: the error the client got must not pass for a rollback. */
-		char msg[160], qt[80];
-		snprintf(msg, sizeof msg,
-			 "pgcordon: the statement that was cut off had already run to its end upstream:"
-			 " its changes are committed (%s)", s->cut_changed);
+		char msg[200], qt[80];
+		snprintf(msg, sizeof msg, "pgcordon: %s: its changes are committed (%s)",
+			 s->cut_changed_own ? "the statement that was cut off had already run to its end upstream"
+					    : "a statement sent after the one that was cut off ran upstream",
+			 s->cut_changed);
 		proto_build_notice(extra, "WARNING", "01000", msg);
 		log_event(LOG_WARN, "statement_cut_off_committed", "session=%llu tag=%s", (unsigned long long)s->id,
 			  log_quote(qt, sizeof qt, s->cut_changed));
 	}
 	s->cut_changed[0] = 0;
+	s->cut_ended = false;
 	if (status == 'T')
 		session__send_internal(s, POISON_SQL, 0, false);
 	proto_build_ready(extra, status == 'T' ? 'E' : status);
@@ -1117,8 +1150,8 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 		return type == 'A' || type == 'S' || (type == 'E' && f->rowplan) ? OUT_FORWARD : OUT_DROP;
 	}
 	if (s->discarding) {
-		if (type == 'C')
-			note_completed_change(s, offset, avail);
+		if (type == 'C' || type == 'E' || type == 's')
+			note_cut_answer(s, type, offset);
 		if (type == 'Z') {
 			pipeline_on_backend(&s->pipeline, type, (char)first);
 			s->rows = 0;
@@ -1149,6 +1182,9 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 
 typedef enum { STEP_GO, STEP_WAIT, STEP_HOLD } AuditStep;
 
+/* The rest of a cut-off statement's answer is dropped: its record has what the client got. */
+static bool cut_answer_dropped(const Session *s) { return s->discarding && !s->cut_ended; }
+
 /* Strict durability: the message waits (upstream reads pause) until ticket is committed. */
 static AuditStep hold_if(Session *s, AuditOutcome o, uint64_t ticket)
 {
@@ -1177,7 +1213,7 @@ static AuditStep audit_server_message(Session *s, char type, uint32_t len, size_
 		session__audit_described(s, copy_out(s, s->server.in, offset + 5, len - 4), len - 4);
 		return STEP_GO;
 	}
-	if (f && !f->audit && !f->refusal && type == 'E' && !f->internal && !s->discarding &&
+	if (f && !f->audit && !f->refusal && type == 'E' && !f->internal && !cut_answer_dropped(s) &&
 	    (f->kind == EXP_PARSE || f->kind == EXP_BIND || f->kind == EXP_DESCRIBE_STMT || f->kind == EXP_DESCRIBE_PORTAL)) {
 		/* The server rejected a Parse or Bind and will skip the Execute behind it: the
 		 * statement failed, so its record (on that Execute) gets this error. */
@@ -1195,7 +1231,7 @@ static AuditStep audit_server_message(Session *s, char type, uint32_t len, size_
 		f->audit = NULL;
 		return hold_if(s, o, ticket);
 	}
-	if (!f || !f->audit || f->internal || s->discarding)
+	if (!f || !f->audit || f->internal || cut_answer_dropped(s))
 		return STEP_GO;
 	uint64_t ticket = 0;
 	AuditOutcome o;
@@ -1272,8 +1308,8 @@ void session__relay_from_server(Session *s)
 				break; /* the estimate reads it whole */
 			session__estimate_message(s, type, copy_out(s, in, fwd + 5, len - 4), len - 4);
 		}
-		if (s->discarding && type == 'C' && avail - fwd < 1 + (size_t)len)
-			break; /* note_completed_change reads the tag whole */
+		if (s->discarding && type == 'C' && avail - fwd < cut_tag_bytes(len))
+			break; /* note_cut_answer reads the tag */
 		if (s->masked_front) {
 			s->masked_front = false; /* the replacement put in place below */
 		} else if (session__mask_wants(s, pipeline_front(&s->pipeline), type, len > 4 ? hdr[5] : 0)) {

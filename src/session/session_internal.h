@@ -106,7 +106,9 @@ struct Session {
 	size_t scratch_cap;
 	int64_t rows;              /* DataRows of the current statement, for max_rows */
 	bool discarding;           /* after a cut-off: drop the upstream's answer up to ReadyForQuery */
-	char cut_changed[48];      /* ... in which a statement that changed rows completed: its tag */
+	bool cut_ended;            /* ... and the cut statement's own end is among it */
+	char cut_changed[48];      /* ... and a change completed in it: its tag */
+	bool cut_changed_own;      /* ... made by the cut statement itself */
 	struct AuditStmt *cut_audit; /* the cut-off statement's record, submitted when it ends */
 	char *cut_message;           /* ... with the error the client got */
 	bool server_dropping;      /* the rest of the current upstream message is dropped */

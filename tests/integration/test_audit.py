@@ -549,8 +549,9 @@ def test_blocked_statement(agw, trail, table, pg):
 
 def test_cut_off_statement_records(agw, trail, table, pg):
     """Statements cut off at max_rows: the record has the error the client got and the rows
-    it was sent. A change that ran to its end and committed anyway also has its tag and row
-    count (the client was warned); one in a transaction block, which rolls back, has not."""
+    it was sent (not the row past the limit); one that ran to its end also has its tag, as
+    the server gave it. A statement of the same Query after the cut-off one still ran: it
+    is recorded too, marked withheld (the client saw none of its answer)."""
     t = table(0)
     cut = f"pgcordon: blocked by policy {CAP}: the result exceeds max_rows {CAP_ROWS}"
 
@@ -564,20 +565,25 @@ def test_cut_off_statement_records(agw, trail, table, pg):
         with pytest.raises(psycopg.Error):
             c.execute(f"UPDATE {t} SET n = 1 RETURNING id")
         c.execute("ROLLBACK")
+        with pytest.raises(psycopg.Error):
+            c.execute(f"SELECT g FROM generate_series(1, 10) g; UPDATE {t} SET n = 2 WHERE id = 1")
         assert c.execute("SELECT 'after'").fetchone() == ("after",)
     _, _, stmts, _, _ = run_session(agw, trail, fn, user="carol", password=CAROL_PW)
-    by_sql = {s["body"]["sql"].split()[0]: s["body"] for s in stmts}
-    assert [s["body"]["sql"].split()[0] for s in stmts] == ["SELECT", "INSERT", "BEGIN", "UPDATE", "ROLLBACK",
-                                                          "SELECT"], [s["body"]["sql"] for s in stmts]
-    for verb in ("SELECT", "INSERT", "UPDATE"):
-        b = stmts[["SELECT", "INSERT", "BEGIN", "UPDATE"].index(verb)]["body"]
+    bodies = [s["body"] for s in stmts]
+    assert [b["sql"].split()[0] for b in bodies] == ["SELECT", "INSERT", "BEGIN", "UPDATE", "ROLLBACK",
+                                                     "SELECT", "SELECT", "SELECT"], [b["sql"] for b in bodies]
+    for b, tag in zip([bodies[i] for i in (0, 1, 3, 5)], ("SELECT 10", "INSERT 0 10", "UPDATE 10", "SELECT 10")):
         assert b["error"] == {"sqlstate": "42501", "message": cut}, b
         assert b["rows_sent"] == CAP_ROWS, b
         assert len(b["result"]["rows"]) == CAP_ROWS, b
-    assert "tag" not in stmts[0]["body"] and "tag" not in stmts[3]["body"]
-    assert by_sql["INSERT"]["tag"] == "INSERT 0 10" and by_sql["INSERT"]["rows"] == 10, by_sql["INSERT"]
+        assert b["tag"] == tag and b["rows"] == int(tag.split()[-1]), b
+        assert "withheld" not in b, b
+    later = bodies[6]
+    assert later.get("part") == 2 and later["n"] == bodies[5]["n"], later
+    assert later["tag"] == "UPDATE 1" and later["rows_sent"] == 0 and later["withheld"] is True, later
+    assert "result" not in later and "error" not in later, later
     with pg.super_connect() as c:
-        assert c.execute(f"SELECT count(*), count(n) FROM {t}").fetchone() == (10, 0)
+        assert c.execute(f"SELECT count(*), count(n), max(n) FROM {t}").fetchone() == (10, 1, 2)
 
 
 def test_blocked_extended_statement_record(agw, trail, table):

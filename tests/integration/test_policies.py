@@ -853,13 +853,16 @@ def test_max_rows_next_statement_not_cancelled(pgw):
 
 COMMITTED = ("pgcordon: the statement that was cut off had already run to its end upstream: "
              "its changes are committed ({})")
+COMMITTED_LATER = ("pgcordon: a statement sent after the one that was cut off ran upstream: "
+                   "its changes are committed ({})")
 
 
 def test_max_rows_cut_off_change_that_committed_says_so(pgw, pg, mktable):
     """A change whose RETURNING rows pass max_rows has often committed (autocommit) before
     the gateway sees its rows. The client gets the refusal and also a WARNING that the change
     is committed, not just an error that reads like a rollback; the log says it too. In a
-    transaction block the change rolls back, and a cut-off SELECT changed nothing: no warning."""
+    transaction block the change rolls back, and a cut-off SELECT changed nothing: no warning.
+    A change sent in the same Query after the cut-off statement runs too: warned as such."""
     t = mktable(rows=MAX_ROWS + 3)
     notices = []
     with connect(pgw, "capped") as c:
@@ -874,9 +877,15 @@ def test_max_rows_cut_off_change_that_committed_says_so(pgw, pg, mktable):
         refused(c, f"DELETE FROM {t} RETURNING id", CAP, CUT)
         c.execute("ROLLBACK")
         refused(c, f"SELECT * FROM {t}", CAP, CUT)
+        # The cut statement's change goes back with a later error of its implicit transaction.
+        refused(c, f"UPDATE {t} SET v = 'gone' RETURNING id; SELECT 1/0", CAP, CUT)
         assert notices == []
-    assert len(table_rows(pg, t)) == MAX_ROWS + 13
-    assert pgw.count_log('event=statement_cut_off_committed') >= 2
+        refused(c, f"SELECT * FROM {t}; UPDATE {t} SET v = 'later' WHERE id = 1", CAP, CUT)
+        assert notices == [("WARNING", "01000", COMMITTED_LATER.format("UPDATE 1"))]
+    rows = table_rows(pg, t)
+    assert len(rows) == MAX_ROWS + 13 and not [r for r in rows if r[1] == "gone"], rows
+    assert rows[0] == (1, "later"), rows
+    assert pgw.count_log('event=statement_cut_off_committed') >= 3
 
 
 def test_max_rows_in_transaction(pgw, pg, mktable):
