@@ -993,7 +993,7 @@ static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra, size_t 
 	proto_build_error(extra, false, "42501", msg, NULL, NULL);
 	Expectation *fm = pipeline_front_mut(&s->pipeline);
 	if (fm && fm->audit && !s->cut_audit) {
-		/* Recorded once the statement ends (end_discard): how it ended belongs in the record. */
+		/* Recorded once the statement ends (note_cut_answer): how it ended belongs in the record. */
 		s->cut_audit = fm->audit;
 		s->cut_message = xstrdup(msg);
 		fm->audit = NULL;
