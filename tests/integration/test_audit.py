@@ -977,6 +977,41 @@ def test_portal_suspended_execute(agw, trail):
     assert all(b["params"] == ["7"] for b in mine), mine
 
 
+def test_cut_off_pipeline_records(agw, trail, table, pg):
+    """Extended protocol: the Execute of a statement cut off at max_rows, then an INSERT's
+    before the same Sync. The server ran both (it had the whole answer before the cut, so
+    no cancel went); the client got the error and nothing of the INSERT, and a WARNING that
+    it is committed. Both are recorded, the INSERT withheld."""
+    t = table(0)
+    app = app_name("cutpipe")
+    conn = pgwire.RawConn(agw.host, agw.port, timeout=30)
+    conn.startup("carol", "app", CAROL_PW, extra={"application_name": app})
+    try:
+        conn.send(_ext_msgs("SELECT g FROM generate_series(1, 10) g")
+                  + _ext_msgs(f"INSERT INTO {t} (id, v) VALUES ($1::int, 'piped')", (7,))
+                  + pgwire.msg(b"S"))
+        got = []
+        while True:
+            typ, body = conn.read_msg()
+            got.append((typ.decode(), body))
+            if typ == b"Z":
+                break
+        types = [k for k, _ in got]
+        assert types == ["1", "2", "T"] + ["D"] * CAP_ROWS + ["E", "N", "Z"], types
+        assert b"the result exceeds max_rows" in got[-3][1] and b"INSERT 0 1" in got[-2][1], got[-3:]
+        conn.terminate()
+    finally:
+        conn.close()
+    with pg.super_connect() as c:
+        assert c.execute(f"SELECT id, v FROM {t}").fetchall() == [(7, "piped")]
+    _, stmts, _ = session_records(trail, session_id_of(trail, app))
+    cut, later = [s["body"] for s in stmts][-2:]
+    assert cut["sql"].startswith("SELECT g") and cut["rows_sent"] == CAP_ROWS and cut["tag"] == "SELECT 10", cut
+    assert cut["error"]["sqlstate"] == "42501" and "withheld" not in cut, cut
+    assert later["sql"].startswith("INSERT") and later["params"] == ["7"], later
+    assert later["tag"] == "INSERT 0 1" and later["withheld"] is True and later["rows_sent"] == 0, later
+
+
 def test_copy_to_stdout_truncated(agw, trail):
     def fn(c):
         with c.cursor() as cur:
