@@ -1,6 +1,7 @@
 /* Approval requests in the audit store's database (SQLite or PostgreSQL). */
 #include "approval/store.h"
 
+#include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
 #include <pthread.h>
@@ -256,10 +257,43 @@ static void free_write(Write *w)
 	free(w);
 }
 
+/* One try at writing w, (re)opening the store's connection as needed. */
+static bool write_once(const Write *w, PGconn **pc, sqlite3 **db, char *err, size_t errlen)
+{
+	if (!S.pg) {
+		if (!*db)
+			*db = sq_open(err, errlen);
+		return *db && sq_write(*db, w, err, errlen);
+	}
+	if (!*pc)
+		*pc = pg_connect(err, errlen);
+	bool ok = *pc && pg_write(*pc, w, err, errlen);
+	if (!ok && *pc && broken(*pc)) {
+		PQfinish(*pc);
+		*pc = NULL;
+	}
+	return ok;
+}
+
+/* Waits ms, less if the store is stopping; returns whether it is. */
+static bool pause_unless_stopping(int ms)
+{
+	struct timespec until = util_deadline(CLOCK_REALTIME, ms);
+	pthread_mutex_lock(&S.mu);
+	while (!S.stopping && pthread_cond_timedwait(&S.cond, &S.mu, &until) != ETIMEDOUT)
+		;
+	bool stopping = S.stopping;
+	pthread_mutex_unlock(&S.mu);
+	return stopping;
+}
+
+#define WRITE_TRIES_LOGGED 3  /* a write still failing after this many tries is logged */
+#define WRITE_PAUSE_MAX_MS 5000
+
 static void *write_main(void *arg)
 {
 	(void)arg;
-	char err[512];
+	char err[512], q[600];
 	PGconn *pc = NULL;
 	sqlite3 *db = NULL;
 	for (;;) {
@@ -275,28 +309,26 @@ static void *write_main(void *arg)
 		pthread_mutex_unlock(&S.mu);
 		if (!w)
 			break; /* stopping, and everything is written */
+		/*
+		 * A write is tried until it lands, in order, with growing pauses: given up, the
+		 * request would be missing from the store for the other gateways, and for this one
+		 * after a restart. Only a stop gives up, after the logged number of tries.
+		 */
+		int tries = 0, pause_ms = 200;
 		bool ok = false;
-		for (int attempt = 0; attempt < 3 && !ok; attempt++) {
-			if (S.pg) {
-				if (!pc)
-					pc = pg_connect(err, sizeof err);
-				ok = pc && pg_write(pc, w, err, sizeof err);
-				if (!ok && pc && broken(pc)) {
-					PQfinish(pc);
-					pc = NULL;
-				}
-			} else {
-				if (!db)
-					db = sq_open(err, sizeof err);
-				ok = db && sq_write(db, w, err, sizeof err);
-			}
-			if (!ok) {
-				struct timespec pause = {0, 200 * 1000000L};
-				nanosleep(&pause, NULL);
-			}
+		while (!(ok = write_once(w, &pc, &db, err, sizeof err))) {
+			if (++tries == WRITE_TRIES_LOGGED)
+				log_event(LOG_ERROR, "approvals_store_failed", "request=%s error=%s retrying=true", w->id,
+					  log_quote(q, sizeof q, err));
+			if (pause_unless_stopping(pause_ms) && tries >= WRITE_TRIES_LOGGED)
+				break;
+			pause_ms = pause_ms * 2 < WRITE_PAUSE_MAX_MS ? pause_ms * 2 : WRITE_PAUSE_MAX_MS;
 		}
 		if (!ok)
-			log_event(LOG_ERROR, "approvals_store_failed", "request=%s error=\"%s\"", w->id, err);
+			log_event(LOG_ERROR, "approvals_store_failed", "request=%s error=%s given_up=\"the gateway is stopping\"",
+				  w->id, log_quote(q, sizeof q, err));
+		else if (tries >= WRITE_TRIES_LOGGED)
+			log_event(LOG_INFO, "approvals_store_recovered", "request=%s tries=%d", w->id, tries + 1);
 		free_write(w);
 	}
 	PQfinish(pc);

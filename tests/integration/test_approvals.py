@@ -2157,6 +2157,35 @@ def claim_backend(pg, dbname):
     return r[0][0] if len(r) == 1 else None
 
 
+def test_a_request_the_store_refuses_for_a_while_is_written_later(gateway_factory, keys, objects, pg_store,
+                                                                  tmp_path, table, pg):
+    """The store's writer keeps trying a write that fails, with growing pauses: a grant
+    request made while approval_requests is locked (each try ends after lock_timeout 1 s) is
+    in the store once the lock is gone, 6 s later, and the log says it recovered. Before, a
+    write was given up after three tries (about 3.6 s here): the request was missing from the
+    store for good."""
+    store = pg_store + "&options=-c%20lock_timeout%3D1s"
+    ctx = start_approvals_gateway(
+        gateway_factory, keys,
+        audit={"store": store, "node": "gww", "store_timeout": "2s", "key_file": str(tmp_path / "gww.key")})
+    dbname = pg_store.rsplit("/", 1)[1].split("?")[0]
+    t = table()
+    with pg.super_connect(dbname) as lk:
+        lk.execute("BEGIN")
+        lk.execute("LOCK TABLE approval_requests IN ACCESS EXCLUSIVE MODE")
+        st, g = ctx.api.grant("outsider", grant_body(t, user="scoped"))
+        assert st == 201, g
+        assert ctx.gw.wait_log(rf"event=approvals_store_failed request={g['id']} .*retrying=true", timeout=10)
+        time.sleep(2.5)
+        lk.execute("ROLLBACK")
+
+    def stored():
+        with pg.super_connect(dbname) as c:
+            return c.execute("SELECT status FROM approval_requests WHERE id = %s", (g["id"],)).fetchone()
+    assert wait_for(stored, 15, 0.1, "the request in the store") == ("pending",)
+    assert ctx.gw.wait_log(rf"event=approvals_store_recovered request={g['id']} tries=")
+
+
 def test_decisions_when_the_shared_store_cannot_be_asked(gateway_factory, keys, objects, pg_store,
                                                         tmp_path, table, pg):
     """A decision is claimed in the shared store first. With approval_requests locked the

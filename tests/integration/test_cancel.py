@@ -94,7 +94,7 @@ def test_a_cancel_the_server_never_confirms_holds_the_session_5s(relayed):
         assert c.execute("SELECT 'after'").fetchone() == ("after",)
         waited = time.monotonic() - t0  # from before the cut, where the 5 s start
         assert 4.5 < waited < 9, waited
-    g.wait_log("cancel_unconfirmed")
+    assert g.wait_log("cancel_unconfirmed")
     with g.connect(user="capped", password=PW) as c:
         assert c.execute("SELECT 'still serving'").fetchone() == ("still serving",)
 
@@ -193,4 +193,4 @@ def test_a_client_cancel_of_a_statement_still_in_the_gateway_is_sent_after_it(re
         assert not t.is_alive(), "the statement was not cancelled"
         assert len(errors) == 1 and isinstance(errors[0], pgerrors.QueryCanceled), errors
         assert c.execute("SELECT 'alive'").fetchone() == ("alive",)
-    g.wait_log("cancel_deferred")
+    assert g.wait_log("cancel_deferred")
