@@ -82,10 +82,14 @@ static bool broken(PGconn *c) { return PQstatus(c) != CONNECTION_OK || PQtransac
  * Runs sql on c, waiting for the answer at most audit.store_timeout of silence; false (and
  * err) unless it succeeded. Its rows go to *out when out is not NULL.
  */
+/* The SQLSTATE of this thread's last pg_run that the server refused ("" none). */
+static __thread char pg_refused[6];
+
 static bool pg_run(PGconn *c, const char *what, const char *sql, int n, const char *const *params, PGresult **out,
 		   char *err, size_t errlen)
 {
 	char why[256];
+	pg_refused[0] = 0;
 	PGresult *r = pg_conn_exec(c, sql, n, params, S.silence_ms, why, sizeof why);
 	if (!r) {
 		snprintf(err, errlen, "approvals store: %s: %s", what, why);
@@ -96,6 +100,8 @@ static bool pg_run(PGconn *c, const char *what, const char *sql, int n, const ch
 	if (!ok) {
 		pg_conn_first_line(PQresultErrorMessage(r), why, sizeof why);
 		snprintf(err, errlen, "approvals store: %s: %s", what, why);
+		const char *code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+		snprintf(pg_refused, sizeof pg_refused, "%s", code ? code : "");
 	}
 	if (ok && out)
 		*out = r;
@@ -213,6 +219,8 @@ static void *listen_main(void *arg)
 
 /* ---- SQLite ---- */
 
+static int sq_refused; /* the writer's last SQLite result code (only the writer writes) */
+
 static bool sq_write(sqlite3 *db, const Write *w, char *err, size_t errlen)
 {
 	sqlite3_stmt *st;
@@ -226,7 +234,8 @@ static bool sq_write(sqlite3 *db, const Write *w, char *err, size_t errlen)
 	const char *v[5] = {w->id, w->node, w->status, now, w->body};
 	for (int i = 0; i < 5; i++)
 		sqlite3_bind_text(st, i + 1, v[i], -1, SQLITE_STATIC);
-	bool ok = sqlite3_step(st) == SQLITE_DONE;
+	sq_refused = sqlite3_step(st);
+	bool ok = sq_refused == SQLITE_DONE;
 	if (!ok)
 		snprintf(err, errlen, "approvals store: %s", sqlite3_errmsg(db));
 	sqlite3_finalize(st);
@@ -257,17 +266,28 @@ static void free_write(Write *w)
 	free(w);
 }
 
-/* One try at writing w, (re)opening the store's connection as needed. */
-static bool write_once(const Write *w, PGconn **pc, sqlite3 **db, char *err, size_t errlen)
+/*
+ * One try at writing w, (re)opening the store's connection as needed. *hopeless: the store
+ * refused this write for what it holds (bad data, a constraint), so trying again would only
+ * hold the writes behind it.
+ */
+static bool write_once(const Write *w, PGconn **pc, sqlite3 **db, bool *hopeless, char *err, size_t errlen)
 {
+	*hopeless = false;
 	if (!S.pg) {
 		if (!*db)
 			*db = sq_open(err, errlen);
-		return *db && sq_write(*db, w, err, errlen);
+		sq_refused = SQLITE_OK;
+		bool ok = *db && sq_write(*db, w, err, errlen);
+		int rc = sq_refused & 0xff;
+		*hopeless = !ok && (rc == SQLITE_CONSTRAINT || rc == SQLITE_MISMATCH || rc == SQLITE_TOOBIG);
+		return ok;
 	}
 	if (!*pc)
 		*pc = pg_connect(err, errlen);
 	bool ok = *pc && pg_write(*pc, w, err, errlen);
+	/* Data exception or integrity constraint violation: the same write fails the same way. */
+	*hopeless = !ok && (strncmp(pg_refused, "22", 2) == 0 || strncmp(pg_refused, "23", 2) == 0);
 	if (!ok && *pc && broken(*pc)) {
 		PQfinish(*pc);
 		*pc = NULL;
@@ -278,9 +298,9 @@ static bool write_once(const Write *w, PGconn **pc, sqlite3 **db, char *err, siz
 /* Waits ms, less if the store is stopping; returns whether it is. */
 static bool pause_unless_stopping(int ms)
 {
-	struct timespec until = util_deadline(CLOCK_REALTIME, ms);
+	struct timespec until = util_deadline(CLOCK_MONOTONIC, ms); /* a wall-clock step does not stretch it */
 	pthread_mutex_lock(&S.mu);
-	while (!S.stopping && pthread_cond_timedwait(&S.cond, &S.mu, &until) != ETIMEDOUT)
+	while (!S.stopping && pthread_cond_clockwait(&S.cond, &S.mu, CLOCK_MONOTONIC, &until) != ETIMEDOUT)
 		;
 	bool stopping = S.stopping;
 	pthread_mutex_unlock(&S.mu);
@@ -296,6 +316,7 @@ static void *write_main(void *arg)
 	char err[512], q[600];
 	PGconn *pc = NULL;
 	sqlite3 *db = NULL;
+	bool stop_given_up = false;
 	for (;;) {
 		pthread_mutex_lock(&S.mu);
 		while (!S.head && !S.stopping)
@@ -312,21 +333,27 @@ static void *write_main(void *arg)
 		/*
 		 * A write is tried until it lands, in order, with growing pauses: given up, the
 		 * request would be missing from the store for the other gateways, and for this one
-		 * after a restart. Only a stop gives up, after the logged number of tries.
+		 * after a restart. Given up only when the store refuses it for its content, or when
+		 * the gateway stops: after the logged number of tries, and once one write has been
+		 * given up that way, one try each for the rest (a stop must not wait on a dead
+		 * store for every write queued during the outage).
 		 */
 		int tries = 0, pause_ms = 200;
-		bool ok = false;
-		while (!(ok = write_once(w, &pc, &db, err, sizeof err))) {
+		bool ok = false, hopeless = false;
+		while (!(ok = write_once(w, &pc, &db, &hopeless, err, sizeof err)) && !hopeless && !stop_given_up) {
 			if (++tries == WRITE_TRIES_LOGGED)
 				log_event(LOG_ERROR, "approvals_store_failed", "request=%s error=%s retrying=true", w->id,
 					  log_quote(q, sizeof q, err));
-			if (pause_unless_stopping(pause_ms) && tries >= WRITE_TRIES_LOGGED)
+			if (pause_unless_stopping(pause_ms) && tries >= WRITE_TRIES_LOGGED) {
+				stop_given_up = true;
 				break;
+			}
 			pause_ms = pause_ms * 2 < WRITE_PAUSE_MAX_MS ? pause_ms * 2 : WRITE_PAUSE_MAX_MS;
 		}
 		if (!ok)
-			log_event(LOG_ERROR, "approvals_store_failed", "request=%s error=%s given_up=\"the gateway is stopping\"",
-				  w->id, log_quote(q, sizeof q, err));
+			log_event(LOG_ERROR, "approvals_store_failed", "request=%s error=%s given_up=%s", w->id,
+				  log_quote(q, sizeof q, err),
+				  hopeless ? "\"the store refuses it\"" : "\"the gateway is stopping\"");
 		else if (tries >= WRITE_TRIES_LOGGED)
 			log_event(LOG_INFO, "approvals_store_recovered", "request=%s tries=%d", w->id, tries + 1);
 		free_write(w);

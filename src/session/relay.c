@@ -1066,7 +1066,12 @@ static void note_cut_answer(Session *s, char type, size_t offset)
 				memcpy(s->cut_changed, tag, strlen(tag) + 1); /* fits: tag is no longer */
 				s->cut_changed_own = !s->cut_ended;
 			}
-	} else if (type == 'E') {
+		/* A COMMIT of the batch makes the change stay, whatever comes after it. */
+		if (s->cut_changed[0] && (strcmp(tag, "COMMIT") == 0 || strcmp(tag, "END") == 0))
+			s->cut_committed = true;
+		else if (s->cut_changed[0] && !s->cut_committed && strcmp(tag, "ROLLBACK") == 0)
+			s->cut_changed[0] = 0;
+	} else if (type == 'E' && !s->cut_committed) {
 		s->cut_changed[0] = 0;
 	}
 	if (!s->cut_ended) {
@@ -1085,7 +1090,7 @@ static void end_discard(Session *s, char status, MsgBuilder *extra)
 {
 	s->discarding = false;
 	session__audit_cut_off(s, NULL, NULL); /* if its end never came */
-	if (s->cut_changed[0] && status == 'I') {
+	if (s->cut_changed[0] && (status == 'I' || s->cut_committed)) {
 		/* It committed: the error the client got must not pass for a rollback. */
 		char msg[200], qt[80];
 		snprintf(msg, sizeof msg, "pgcordon: %s: its changes are committed (%s)",
@@ -1097,7 +1102,7 @@ static void end_discard(Session *s, char status, MsgBuilder *extra)
 			  log_quote(qt, sizeof qt, s->cut_changed));
 	}
 	s->cut_changed[0] = 0;
-	s->cut_ended = false;
+	s->cut_ended = s->cut_committed = false;
 	if (status == 'T')
 		session__send_internal(s, POISON_SQL, 0, false);
 	proto_build_ready(extra, status == 'T' ? 'E' : status);

@@ -109,6 +109,7 @@ struct Session {
 	bool cut_ended;            /* ... and the cut statement's own end is among it */
 	char cut_changed[48];      /* ... and a change completed in it: its tag */
 	bool cut_changed_own;      /* ... made by the cut statement itself */
+	bool cut_committed;        /* ... and a COMMIT in it came after the change */
 	struct AuditStmt *cut_audit; /* the cut-off statement's record, submitted when it ends */
 	char *cut_message;           /* ... with the error the client got */
 	bool server_dropping;      /* the rest of the current upstream message is dropped */

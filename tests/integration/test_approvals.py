@@ -2186,6 +2186,36 @@ def test_a_request_the_store_refuses_for_a_while_is_written_later(gateway_factor
     assert ctx.gw.wait_log(rf"event=approvals_store_recovered request={g['id']} tries=")
 
 
+def test_a_write_the_store_refuses_for_its_content_does_not_hold_the_others(gateway_factory, keys, objects,
+                                                                           pg_store, tmp_path, table, pg):
+    """A write the store refuses for what it holds (here a CHECK constraint: SQLSTATE 23514)
+    would fail the same way every time: it is given up at once, logged, and the writes
+    behind it land."""
+    ctx = start_approvals_gateway(
+        gateway_factory, keys, audit={"store": pg_store, "node": "gwh", "key_file": str(tmp_path / "gwh.key")})
+    dbname = pg_store.rsplit("/", 1)[1].split("?")[0]
+    mark = f"refused-{secrets.token_hex(3)}"
+    with pg.super_connect(dbname) as c:
+        c.execute(f"ALTER TABLE approval_requests ADD CONSTRAINT no_{mark.replace('-', '_')} "
+                  f"CHECK (body NOT LIKE '%{mark}%')")
+    try:
+        t = table()
+        st, bad = ctx.api.grant("outsider", grant_body(t, user="scoped", reason=f"ticket {mark}"))
+        assert st == 201, bad
+        st, good = ctx.api.grant("outsider", grant_body(t, user="scoped"))
+        assert st == 201, good
+
+        def stored(rid):
+            with pg.super_connect(dbname) as c:
+                return c.execute("SELECT status FROM approval_requests WHERE id = %s", (rid,)).fetchone()
+        assert wait_for(lambda: stored(good["id"]), 10, 0.1, "the write behind the refused one") == ("pending",)
+        assert stored(bad["id"]) is None
+        assert ctx.gw.wait_log(rf"event=approvals_store_failed request={bad['id']} .*given_up=\"the store refuses it\"")
+    finally:
+        with pg.super_connect(dbname) as c:
+            c.execute(f"ALTER TABLE approval_requests DROP CONSTRAINT no_{mark.replace('-', '_')}")
+
+
 def test_decisions_when_the_shared_store_cannot_be_asked(gateway_factory, keys, objects, pg_store,
                                                         tmp_path, table, pg):
     """A decision is claimed in the shared store first. With approval_requests locked the

@@ -1012,16 +1012,21 @@ def test_cut_off_pipeline_records(agw, trail, table, pg):
     assert later["tag"] == "INSERT 0 1" and later["withheld"] is True and later["rows_sent"] == 0, later
 
 
-def test_cut_off_record_kept_when_the_session_ends_first(agw, trail):
+def test_cut_off_record_kept_when_the_session_ends_first(agw, trail, pg):
     """The cut-off statement's record waits for the statement's end; a client that hangs up
     after the refusal, while the statement still runs upstream, must not take the record
     with it: it is written at the session's end, before session_end."""
     app = app_name("cuthangup")
+    # The gateway's cancel must not end the statement first (its error would bring the
+    # record out the usual way): this sleep shrugs a cancel off and sleeps on.
+    fn = tname("unstoppable")
+    su_exec(pg, f"CREATE FUNCTION {fn}(s float8) RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
+                f"PERFORM pg_sleep(s); EXCEPTION WHEN query_canceled THEN PERFORM pg_sleep(s); END $$")
     conn = pgwire.RawConn(agw.host, agw.port, timeout=30)
     conn.startup("carol", "app", CAROL_PW, extra={"application_name": app})
     try:
         # Rows past PostgreSQL's 8 KiB send buffer reach the gateway while the last one sleeps.
-        sql = (f"SELECT repeat('x', 5000), CASE WHEN g = {CAP_ROWS + 3} THEN pg_sleep(3) END "
+        sql = (f"SELECT repeat('x', 5000), CASE WHEN g = {CAP_ROWS + 3} THEN {fn}(1.5) END "
                f"FROM generate_series(1, {CAP_ROWS + 3}) g")
         conn.send(pgwire.msg(b"Q", pgwire.cstr(sql)))
         while conn.read_msg()[0] != b"E":
@@ -1035,6 +1040,7 @@ def test_cut_off_record_kept_when_the_session_ends_first(agw, trail):
     assert b["sql"] == sql and b["rows_sent"] == CAP_ROWS, b
     assert b["error"]["message"].endswith(f"the result exceeds max_rows {CAP_ROWS}"), b
     assert stmts[0]["seq"] < end["seq"], (stmts[0]["seq"], end["seq"])
+    su_exec(pg, f"DROP FUNCTION {fn}(float8)")
 
 
 def test_copy_to_stdout_truncated(agw, trail):

@@ -882,10 +882,13 @@ def test_max_rows_cut_off_change_that_committed_says_so(pgw, pg, mktable):
         assert notices == []
         refused(c, f"SELECT * FROM {t}; UPDATE {t} SET v = 'later' WHERE id = 1", CAP, CUT)
         assert notices == [("WARNING", "01000", COMMITTED_LATER.format("UPDATE 1"))]
+        # ... but not with a COMMIT between them: the change stays.
+        refused(c, f"UPDATE {t} SET v = 'kept' WHERE id > 100 RETURNING id; COMMIT; SELECT 1/0", CAP, CUT)
+        assert notices[1:] == [("WARNING", "01000", COMMITTED.format("UPDATE 10"))]
     rows = table_rows(pg, t)
     assert len(rows) == MAX_ROWS + 13 and not [r for r in rows if r[1] == "gone"], rows
-    assert rows[0] == (1, "later"), rows
-    assert pgw.count_log('event=statement_cut_off_committed') >= 3
+    assert rows[0] == (1, "later") and len([r for r in rows if r[1] == "kept"]) == 10, rows
+    assert pgw.count_log('event=statement_cut_off_committed') >= 4
 
 
 def test_max_rows_in_transaction(pgw, pg, mktable):
