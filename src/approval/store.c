@@ -78,13 +78,13 @@ static const char *str(const json_t *r, const char *key)
 /* Lost, or left with a command under way (its answer did not come): only good for PQfinish. */
 static bool broken(PGconn *c) { return PQstatus(c) != CONNECTION_OK || PQtransactionStatus(c) == PQTRANS_ACTIVE; }
 
+/* The SQLSTATE of this thread's last pg_run that the server refused ("" none). */
+static __thread char pg_refused[6];
+
 /*
  * Runs sql on c, waiting for the answer at most audit.store_timeout of silence; false (and
  * err) unless it succeeded. Its rows go to *out when out is not NULL.
  */
-/* The SQLSTATE of this thread's last pg_run that the server refused ("" none). */
-static __thread char pg_refused[6];
-
 static bool pg_run(PGconn *c, const char *what, const char *sql, int n, const char *const *params, PGresult **out,
 		   char *err, size_t errlen)
 {
@@ -285,6 +285,7 @@ static bool write_once(const Write *w, PGconn **pc, sqlite3 **db, bool *hopeless
 	}
 	if (!*pc)
 		*pc = pg_connect(err, errlen);
+	pg_refused[0] = 0; /* only the write's own refusal counts (not a failed connect's) */
 	bool ok = *pc && pg_write(*pc, w, err, errlen);
 	/* Data exception or integrity constraint violation: the same write fails the same way. */
 	*hopeless = !ok && (strncmp(pg_refused, "22", 2) == 0 || strncmp(pg_refused, "23", 2) == 0);

@@ -49,6 +49,12 @@ def free_port():
         return s.getsockname()[1]
 
 
+def asan_build():
+    """Whether the binary under test is an AddressSanitizer build: its memory use is the
+    sanitizer's (shadow memory, a quarantine of freed blocks), not the gateway's."""
+    return b"libasan" in subprocess.run(["ldd", str(BIN)], capture_output=True).stdout
+
+
 def ipv6_loopback():
     """Whether this machine has ::1 (some containers have no IPv6 at all)."""
     try:
