@@ -2157,6 +2157,17 @@ def claim_backend(pg, dbname):
     return r[0][0] if len(r) == 1 else None
 
 
+def impatient_store_gateway(factory, keys, pg_store, tmp_path, node):
+    """A gateway on the shared store pg_store whose statements there give up a lock wait
+    after 1 s, in an error, before audit.store_timeout (2 s) gives up on the call; returns
+    (context, the store's database name)."""
+    store = pg_store + "&options=-c%20lock_timeout%3D1s"
+    ctx = start_approvals_gateway(
+        factory, keys,
+        audit={"store": store, "node": node, "store_timeout": "2s", "key_file": str(tmp_path / f"{node}.key")})
+    return ctx, pg_store.rsplit("/", 1)[1].split("?")[0]
+
+
 def test_a_request_the_store_refuses_for_a_while_is_written_later(gateway_factory, keys, objects, pg_store,
                                                                   tmp_path, table, pg):
     """The store's writer keeps trying a write that fails, with growing pauses: a grant
@@ -2164,11 +2175,7 @@ def test_a_request_the_store_refuses_for_a_while_is_written_later(gateway_factor
     in the store once the lock is gone, 6 s later, and the log says it recovered. Before, a
     write was given up after three tries (about 3.6 s here): the request was missing from the
     store for good."""
-    store = pg_store + "&options=-c%20lock_timeout%3D1s"
-    ctx = start_approvals_gateway(
-        gateway_factory, keys,
-        audit={"store": store, "node": "gww", "store_timeout": "2s", "key_file": str(tmp_path / "gww.key")})
-    dbname = pg_store.rsplit("/", 1)[1].split("?")[0]
+    ctx, dbname = impatient_store_gateway(gateway_factory, keys, pg_store, tmp_path, "gww")
     t = table()
     with pg.super_connect(dbname) as lk:
         lk.execute("BEGIN")
@@ -2226,12 +2233,7 @@ def test_decisions_when_the_shared_store_cannot_be_asked(gateway_factory, keys, 
     answers meanwhile, and the next decision, queued behind it, goes through on a new
     connection. Once the backend runs again it carries out the claim it had been sent, and
     the gateway hears of it from the store: that request ends approved."""
-    # lock_timeout 1 s: a lock wait ends in an error before audit.store_timeout (2 s) gives up
-    store = pg_store + "&options=-c%20lock_timeout%3D1s"
-    ctx = start_approvals_gateway(
-        gateway_factory, keys,
-        audit={"store": store, "node": "gwc", "store_timeout": "2s", "key_file": str(tmp_path / "gwc.key")})
-    dbname = pg_store.rsplit("/", 1)[1].split("?")[0]
+    ctx, dbname = impatient_store_gateway(gateway_factory, keys, pg_store, tmp_path, "gwc")
     t = table()
     ids = []
     for _ in range(3):
