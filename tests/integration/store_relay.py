@@ -1,5 +1,5 @@
-"""A TCP relay between the gateway and the PostgreSQL server of a store, to lose a link at
-the worst moment. Every connection is passed through as is until the relay is armed:
+"""A TCP relay between the gateway and a PostgreSQL server (a store's, or the upstream's: its
+cancel connections go through it too), to lose or slow a link at the worst moment. Every connection is passed through as is until the relay is armed:
 arm(needle, "cut") passes the next client write holding needle to the server, then closes
 the gateway's side before any answer (the server still runs what it got); arm(needle,
 "mute") passes it too, and then swallows every answer on that connection while keeping it
