@@ -129,15 +129,21 @@ static PGconn *pg_connect(char *err, size_t errlen)
 	return c;
 }
 
-static bool pg_write(PGconn *c, const Write *w, char *err, size_t errlen)
+/*
+ * Writes w. *hopeless: the store refused it for what it holds (a data exception or an
+ * integrity constraint: SQLSTATE class 22 or 23), so the same write fails the same way.
+ */
+static bool pg_write(PGconn *c, const Write *w, bool *hopeless, char *err, size_t errlen)
 {
 	char now[AUDIT_TIME_LEN];
 	audit_format_time(audit_now_us(), now);
 	const char *p[5] = {w->id, w->node, w->status, now, w->body};
 	const char *n[1] = {w->id};
-	return pg_run(c, "write", "INSERT INTO approval_requests VALUES ($1, $2, $3, $4, $5)" UPSERT_TAIL, 5, p, NULL,
-		      err, errlen) &&
-	       pg_run(c, "notify", "SELECT pg_notify('" CHANNEL "', $1)", 1, n, NULL, err, errlen);
+	bool ok = pg_run(c, "write", "INSERT INTO approval_requests VALUES ($1, $2, $3, $4, $5)" UPSERT_TAIL, 5, p, NULL,
+			 err, errlen) &&
+		  pg_run(c, "notify", "SELECT pg_notify('" CHANNEL "', $1)", 1, n, NULL, err, errlen);
+	*hopeless = !ok && (strncmp(pg_refused, "22", 2) == 0 || strncmp(pg_refused, "23", 2) == 0);
+	return ok;
 }
 
 static json_t *pg_read(PGconn *c, const char *id, char *err, size_t errlen)
@@ -219,9 +225,8 @@ static void *listen_main(void *arg)
 
 /* ---- SQLite ---- */
 
-static int sq_refused; /* the writer's last SQLite result code (only the writer writes) */
-
-static bool sq_write(sqlite3 *db, const Write *w, char *err, size_t errlen)
+/* Writes w; *hopeless as for pg_write (a constraint, a type mismatch, too big). */
+static bool sq_write(sqlite3 *db, const Write *w, bool *hopeless, char *err, size_t errlen)
 {
 	sqlite3_stmt *st;
 	char now[AUDIT_TIME_LEN];
@@ -234,10 +239,12 @@ static bool sq_write(sqlite3 *db, const Write *w, char *err, size_t errlen)
 	const char *v[5] = {w->id, w->node, w->status, now, w->body};
 	for (int i = 0; i < 5; i++)
 		sqlite3_bind_text(st, i + 1, v[i], -1, SQLITE_STATIC);
-	sq_refused = sqlite3_step(st);
-	bool ok = sq_refused == SQLITE_DONE;
+	int rc = sqlite3_step(st);
+	bool ok = rc == SQLITE_DONE;
 	if (!ok)
 		snprintf(err, errlen, "approvals store: %s", sqlite3_errmsg(db));
+	rc &= 0xff; /* the primary code */
+	*hopeless = !ok && (rc == SQLITE_CONSTRAINT || rc == SQLITE_MISMATCH || rc == SQLITE_TOOBIG);
 	sqlite3_finalize(st);
 	return ok;
 }
@@ -268,8 +275,7 @@ static void free_write(Write *w)
 
 /*
  * One try at writing w, (re)opening the store's connection as needed. *hopeless: the store
- * refused this write for what it holds (bad data, a constraint), so trying again would only
- * hold the writes behind it.
+ * refused this write for what it holds, so trying again would only hold the writes behind it.
  */
 static bool write_once(const Write *w, PGconn **pc, sqlite3 **db, bool *hopeless, char *err, size_t errlen)
 {
@@ -277,18 +283,11 @@ static bool write_once(const Write *w, PGconn **pc, sqlite3 **db, bool *hopeless
 	if (!S.pg) {
 		if (!*db)
 			*db = sq_open(err, errlen);
-		sq_refused = SQLITE_OK;
-		bool ok = *db && sq_write(*db, w, err, errlen);
-		int rc = sq_refused & 0xff;
-		*hopeless = !ok && (rc == SQLITE_CONSTRAINT || rc == SQLITE_MISMATCH || rc == SQLITE_TOOBIG);
-		return ok;
+		return *db && sq_write(*db, w, hopeless, err, errlen);
 	}
 	if (!*pc)
 		*pc = pg_connect(err, errlen);
-	pg_refused[0] = 0; /* only the write's own refusal counts (not a failed connect's) */
-	bool ok = *pc && pg_write(*pc, w, err, errlen);
-	/* Data exception or integrity constraint violation: the same write fails the same way. */
-	*hopeless = !ok && (strncmp(pg_refused, "22", 2) == 0 || strncmp(pg_refused, "23", 2) == 0);
+	bool ok = *pc && pg_write(*pc, w, hopeless, err, errlen);
 	if (!ok && *pc && broken(*pc)) {
 		PQfinish(*pc);
 		*pc = NULL;

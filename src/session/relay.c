@@ -1037,7 +1037,7 @@ void session__send_internal(Session *s, const char *sql, char release_ready, boo
 /* How much of a CommandComplete note_cut_answer reads: enough for the tag it keeps. */
 static size_t cut_tag_bytes(uint32_t len)
 {
-	size_t whole = 1 + (size_t)len, enough = 5 + sizeof ((Session *)0)->cut_changed - 1;
+	size_t whole = 1 + (size_t)len, enough = 5 + CUT_TAG_LEN - 1;
 	return whole < enough ? whole : enough;
 }
 

@@ -50,6 +50,8 @@ typedef struct {
 	char *password; /* a token kept while its keys are fetched; wiped after */
 } AuthState;
 
+#define CUT_TAG_LEN 48 /* of a cut-off statement's command tag kept (relay.c): "INSERT 0 n" fits */
+
 typedef struct SessionWorker SessionWorker;
 typedef struct Session Session;
 
@@ -107,7 +109,7 @@ struct Session {
 	int64_t rows;              /* DataRows of the current statement, for max_rows */
 	bool discarding;           /* after a cut-off: drop the upstream's answer up to ReadyForQuery */
 	bool cut_ended;            /* ... and the cut statement's own end is among it */
-	char cut_changed[48];      /* ... and a change completed in it: its tag */
+	char cut_changed[CUT_TAG_LEN]; /* ... and a change completed in it: its tag */
 	bool cut_changed_own;      /* ... made by the cut statement itself */
 	bool cut_committed;        /* ... and a COMMIT in it came after the change */
 	struct AuditStmt *cut_audit; /* the cut-off statement's record, submitted when it ends */
