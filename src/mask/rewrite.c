@@ -140,6 +140,9 @@ static bool denied_function(const char *name)
 		"pg_read_file", "pg_read_binary_file", "pg_stat_statements", "dblink", "dblink_exec",
 		/* run SQL given as text */
 		"ts_stat", "ts_rewrite",
+		/* logical decoding: every table's changes, unmasked */
+		"pg_logical_slot_get_changes", "pg_logical_slot_peek_changes", "pg_logical_slot_get_binary_changes",
+		"pg_logical_slot_peek_binary_changes",
 		/* statement text of this or other sessions (the rewritten text holds the hash pads) */
 		"pg_stat_get_backend_activity", "pg_prepared_statement", "pg_cursor",
 	};

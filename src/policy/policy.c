@@ -20,7 +20,16 @@ static const char *const scope_escaping_functions[] = {
 	"dblink_open", "dblink_fetch", "dblink_send_query", "pg_read_file", "pg_read_binary_file",
 	"pg_ls_dir", "pg_stat_file", "lo_import", "lo_export", "lo_get", "lo_open", "loread",
 	"pg_file_read", "xpath_table", "crosstab", "crosstab2", "crosstab3", "crosstab4", "connectby",
-	NULL,
+	"ts_rewrite", /* its second argument is a query */
+	/* logical decoding: the changes of every table */
+	"pg_logical_slot_get_changes", "pg_logical_slot_peek_changes", "pg_logical_slot_get_binary_changes",
+	"pg_logical_slot_peek_binary_changes", NULL,
+};
+
+/* Statements that run SQL the inspector cannot see, now or later (in a body, on an event). */
+static const char *const uninspectable_kinds[] = {
+	"do_block", "create_function", "create_procedure", "alter_function", "create_trig", "rule",
+	"create_event_trig", "create_p_lang", "load", NULL,
 };
 
 /* Statement kinds a read-only identity may run. */
@@ -378,6 +387,20 @@ static void decide_statement(const EffectivePolicy *ep, const StatementFacts *f,
 				      "function %s is not allowed", f->functions.items[i]);
 				return;
 			}
+		}
+	}
+	/*
+	 * A DO block or a new function, procedure, trigger or rule runs SQL the inspector never
+	 * sees: it could read outside a scope, run a blocked statement, or RAISE a whole table
+	 * past max_rows. So no restricted identity may run one (explicit blocks above name
+	 * themselves first). Functions that already exist are the database owner's to grant.
+	 */
+	for (const char *const *k = uninspectable_kinds; *k; k++) {
+		if (strset_has(&f->kinds, *k)) {
+			upper_words(*k, words, sizeof words);
+			block(d, "42501", ep->names, "uninspectable",
+			      "%s is not allowed: the SQL it runs cannot be inspected", words);
+			return;
 		}
 	}
 	if (f->delete_without_where && ep->delete_without_where_by) {

@@ -555,6 +555,15 @@ def test_sql_text_functions(mgw, sql):
     no_raw_deep(got)
 
 
+@pytest.mark.parametrize("fn", ["pg_logical_slot_peek_changes", "pg_logical_slot_get_binary_changes"])
+def test_logical_decoding_is_refused(mgw, fn):
+    """Logical decoding hands out every table's changes raw: refused by the gateway itself,
+    whether or not the upstream role could decode."""
+    with connect(mgw) as c:
+        err, got = attempt(c, f"SELECT data FROM {fn}('any_slot', NULL, NULL)")
+    assert err is not None and err.sqlstate == "42501" and "pgcordon" in str(err), (err, got)
+
+
 def test_statistics_behind_a_cte_name(mgw):
     with connect(mgw) as c:
         attempt(c, f"ANALYZE {T}")

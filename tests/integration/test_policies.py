@@ -668,6 +668,9 @@ def test_read_only_psql_and_node(pgw, mktable):
 
 # ---------------------------------------------------------------------------- table scope
 
+UNINSPECTABLE = "{} is not allowed: the SQL it runs cannot be inspected"
+
+
 def outside(t):
     return re.compile(rf"table (public\.)?{re.escape(t)} is outside the caller's scope")
 
@@ -709,6 +712,26 @@ SCOPE_REFUSED = [
      "function pg_catalog.query_to_xml can read outside the caller's scope"),
     ("table_to_xml", f"SELECT table_to_xml('{T_OUT}', true, false, '')",
      "function table_to_xml can read outside the caller's scope"),
+    ("ts_rewrite",
+     f"SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, to_tsquery(secret) FROM {T_OUT}')",
+     "function ts_rewrite can read outside the caller's scope"),
+    ("logical_decoding", "SELECT * FROM pg_logical_slot_peek_changes('s', NULL, NULL)",
+     "function pg_logical_slot_peek_changes can read outside the caller's scope"),
+    # Code whose SQL the inspector never sees: it could read anything.
+    ("do_block", f"DO $$BEGIN RAISE NOTICE '%', (SELECT secret FROM {T_OUT} LIMIT 1); END$$",
+     UNINSPECTABLE.format("DO BLOCK")),
+    ("do_block_hidden_prepare",
+     f"DO $$BEGIN EXECUTE 'PREP' || 'ARE leak AS SELECT secret FROM {T_OUT}'; END$$",
+     UNINSPECTABLE.format("DO BLOCK")),
+    ("create_function",
+     f"CREATE FUNCTION {T_IN}_leak() RETURNS text LANGUAGE sql AS 'SELECT secret FROM {T_OUT}'",
+     UNINSPECTABLE.format("CREATE FUNCTION")),
+    ("create_procedure",
+     f"CREATE PROCEDURE {T_IN}_p() LANGUAGE sql AS 'DELETE FROM {T_OUT}'",
+     UNINSPECTABLE.format("CREATE PROCEDURE")),
+    ("create_trigger",
+     f"CREATE TRIGGER {T_IN}_t AFTER INSERT ON {T_IN} FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+     UNINSPECTABLE.format("CREATE TRIG")),
     ("set_search_path", f"SET search_path = {S_OUT}",
      "changing search_path is not allowed with a table scope"),
     ("set_search_path_local", "SET LOCAL search_path TO evil, public",
@@ -1008,6 +1031,18 @@ def test_max_rows_node(pgw):
 # ---------------------------------------------------------------------------- statement_timeout
 
 TIMEOUT_WHAT = "statement_timeout may not exceed 1000 ms"
+
+
+def test_a_restricted_identity_runs_no_uninspectable_code(pgw):
+    """A DO block could lift the statement_timeout cap (or run what a rule blocks) out of the
+    inspector's sight: every identity a rule restricts is refused one, in either protocol."""
+    with connect(pgw, "timed") as c:
+        for binary in (False, True):
+            refused(c, "DO $$BEGIN EXECUTE 'SET statement_timeout = 0'; END$$", SLOW,
+                    UNINSPECTABLE.format("DO BLOCK"), binary=binary)
+        refused(c, "CREATE FUNCTION untimed() RETURNS void LANGUAGE plpgsql "
+                   "AS 'BEGIN PERFORM pg_sleep(3); END'", SLOW, UNINSPECTABLE.format("CREATE FUNCTION"))
+        assert c.execute("SHOW statement_timeout").fetchone() == ("1s",)
 
 
 def test_statement_timeout(pgw):

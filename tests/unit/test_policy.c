@@ -155,6 +155,57 @@ static void test_read_only_scope_functions(void **state)
 	config_release(c);
 }
 
+/* Code whose SQL the inspector never sees is refused to every restricted identity. */
+static void test_uninspectable_code(void **state)
+{
+	(void)state;
+	Config *c = load("databases:\n  app: {host: h, user: u, password: p}\n"
+			 "users:\n"
+			 "  scoped: {password: \"" VERIFIER "\", groups: [s]}\n"
+			 "  blocked: {password: \"" VERIFIER "\", groups: [b]}\n"
+			 "  dba: {password: \"" VERIFIER "\", groups: [d]}\n"
+			 "policies:\n"
+			 "  - name: scope\n"
+			 "    match: {groups: [s]}\n"
+			 "    access: {tables: [public.orders]}\n"
+			 "  - name: no-truncate\n"
+			 "    match: {groups: [b]}\n"
+			 "    block: [{statements: [truncate]}]\n"
+			 "  - name: dba\n"
+			 "    match: {groups: [d]}\n");
+	const char *code[][2] = {
+		{"DO $$BEGIN RAISE NOTICE '%', (SELECT count(*) FROM secrets); END$$", "DO BLOCK is not allowed"},
+		{"CREATE FUNCTION f() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM secrets'",
+		 "CREATE FUNCTION is not allowed"},
+		{"CREATE OR REPLACE PROCEDURE p() LANGUAGE sql AS 'DELETE FROM secrets'", "is not allowed"},
+		{"ALTER FUNCTION f() SET search_path = evil", "ALTER FUNCTION is not allowed"},
+		{"CREATE TRIGGER t AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION f()",
+		 "CREATE TRIG is not allowed"},
+		{"CREATE RULE r AS ON INSERT TO orders DO ALSO NOTIFY x", "RULE is not allowed"},
+		{"LOAD 'plpgsql'", "LOAD is not allowed"},
+	};
+	/* a DO block can EXECUTE 'TRUNCATE orders' as well as read outside a scope */
+	const char *users[] = {"scoped", "blocked"};
+	for (int u = 0; u < 2; u++) {
+		EffectivePolicy *ep = effective(c, users[u]);
+		for (size_t i = 0; i < sizeof code / sizeof code[0]; i++)
+			check(ep, code[i][0], code[i][1]);
+		check(ep, "DO $$BEGIN NULL; END$$", "the SQL it runs cannot be inspected");
+		policy_free(ep);
+	}
+	EffectivePolicy *scoped = effective(c, "scoped");
+	check(scoped, "SELECT * FROM orders WHERE id = 1", NULL);
+	check(scoped, "SELECT ts_rewrite('a'::tsquery, 'SELECT a, b FROM secrets')", "can read outside");
+	check(scoped, "SELECT * FROM pg_logical_slot_peek_changes('s', NULL, NULL)", "can read outside");
+	policy_free(scoped);
+	/* an identity no rule restricts is not inspected: its DBA work passes */
+	EffectivePolicy *dba = effective(c, "dba");
+	check(dba, code[0][0], NULL);
+	check(dba, code[1][0], NULL);
+	policy_free(dba);
+	config_release(c);
+}
+
 static void test_function_rule_schemas(void **state)
 {
 	(void)state;
@@ -309,6 +360,7 @@ int main(void)
 		cmocka_unit_test(test_merge),
 		cmocka_unit_test(test_blocks_add_up),
 		cmocka_unit_test(test_read_only_scope_functions),
+		cmocka_unit_test(test_uninspectable_code),
 		cmocka_unit_test(test_function_rule_schemas),
 		cmocka_unit_test(test_default_and_no_policies),
 		cmocka_unit_test(test_startup_escapes),
