@@ -391,9 +391,9 @@ static void decide_statement(const EffectivePolicy *ep, const StatementFacts *f,
 	}
 	/*
 	 * A DO block or a new function, procedure, trigger or rule runs SQL the inspector never
-	 * sees: it could read outside a scope, run a blocked statement, or RAISE a whole table
-	 * past max_rows. So no restricted identity may run one (explicit blocks above name
-	 * themselves first). Functions that already exist are the database owner's to grant.
+	 * sees: it could read outside a scope, run a blocked statement, or lift the timeout.
+	 * So no restricted identity may run one (explicit blocks above name themselves first).
+	 * Functions that already exist are the database owner's to grant.
 	 */
 	for (const char *const *k = uninspectable_kinds; *k; k++) {
 		if (strset_has(&f->kinds, *k)) {
