@@ -11,6 +11,7 @@
 #include <ctype.h>
 #include <jansson.h>
 #include <pg_query.h>
+#include <pg_query/pg_query.pb-c.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +24,14 @@
 typedef struct {
 	size_t start, end; /* the span of sql replaced */
 	char *text;
+	size_t gen;        /* where in text the masked relation's own name is */
 } Edit;
+
+/* One token of the statement, as PostgreSQL's scanner reads it. */
+typedef struct {
+	size_t start, end;
+	int token;
+} Tok;
 
 typedef struct {
 	const MaskCatalog *c;
@@ -37,6 +45,9 @@ typedef struct {
 	bool refused;
 	char *reason;
 	size_t reasonlen;
+	Tok *toks; /* scanned on first use */
+	int ntoks;
+	bool scanned;
 } Rw;
 
 typedef enum { CTX_OTHER, CTX_FROM } Ctx;
@@ -215,8 +226,8 @@ static void quote_ident(char *out, size_t outlen, const char *id)
 	out[o] = 0;
 }
 
-/* (SELECT <masked columns> FROM "schema"."name") */
-static char *masking_subquery(const Rw *w, const MaskRelation *r)
+/* (SELECT <masked columns> FROM "schema"."name"); *from_at: where "schema" starts in it. */
+static char *masking_subquery(const Rw *w, const MaskRelation *r, size_t *from_at)
 {
 	size_t cap = 256, len = 0;
 	char *q = xmalloc(cap);
@@ -240,14 +251,62 @@ static char *masking_subquery(const Rw *w, const MaskRelation *r)
 	quote_ident(sch, sizeof sch, r->schema);
 	quote_ident(nm, sizeof nm, r->name);
 	char *out = xasprintf("%s FROM %s.%s)", q, sch, nm);
+	*from_at = strlen(q) + strlen(" FROM ");
 	free(q);
 	return out;
 }
 
-static void add_edit(Rw *w, size_t start, size_t end, char *text)
+static void add_edit(Rw *w, size_t start, size_t end, char *text, size_t gen)
 {
 	w->edits = xrealloc(w->edits, (size_t)(w->nedits + 1) * sizeof *w->edits);
-	w->edits[w->nedits++] = (Edit){start, end, text};
+	w->edits[w->nedits++] = (Edit){start, end, text, gen};
+}
+
+/*
+ * Edits are placed by the scanner's tokens, never by reading characters around a name: a
+ * comment or a quoted identifier that merely looks like a keyword or a parenthesis must
+ * not move an edit, or text the parser read as a literal could turn into live SQL.
+ */
+static bool scan(Rw *w)
+{
+	if (w->scanned)
+		return w->toks != NULL;
+	w->scanned = true;
+	PgQueryScanResult sr = pg_query_scan(w->sql);
+	PgQuery__ScanResult *u =
+		sr.error ? NULL : pg_query__scan_result__unpack(NULL, sr.pbuf.len, (const uint8_t *)sr.pbuf.data);
+	pg_query_free_scan_result(sr);
+	if (!u) {
+		refuse(w, "the statement could not be scanned for masking");
+		return false;
+	}
+	w->toks = xcalloc(u->n_tokens + 1, sizeof *w->toks);
+	for (size_t i = 0; i < u->n_tokens; i++) {
+		PgQuery__ScanToken *t = u->tokens[i];
+		if (t->token == PG_QUERY__TOKEN__SQL_COMMENT || t->token == PG_QUERY__TOKEN__C_COMMENT)
+			continue;
+		w->toks[w->ntoks++] = (Tok){(size_t)t->start, (size_t)t->end, (int)t->token};
+	}
+	pg_query__scan_result__free_unpacked(u, NULL);
+	return true;
+}
+
+/* The index of the token that starts at pos, or -1. */
+static int token_at(Rw *w, size_t pos)
+{
+	if (!scan(w))
+		return -1;
+	int lo = 0, hi = w->ntoks - 1;
+	while (lo <= hi) {
+		int mid = (lo + hi) / 2;
+		if (w->toks[mid].start == pos)
+			return mid;
+		if (w->toks[mid].start < pos)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return -1;
 }
 
 /* The masked (or derived) relation a RangeVar names, NULL when none; refuses denied ones. */
@@ -285,26 +344,23 @@ static bool name_span(Rw *w, json_t *rv, const MaskRelation *r, size_t *start, s
 	int parts = 1 + (str_of(rv, "schemaname") ? 1 : 0);
 	*start = json_is_integer(loc) ? (size_t)json_integer_value(loc) : (size_t)-1;
 	*end = *start < w->sqllen ? name_end(w->sql, w->sqllen, *start, parts) : 0;
-	if (!*end)
+	int t = *end ? token_at(w, *start) : -1;
+	while (t >= 0 && t < w->ntoks && w->toks[t].end < *end)
+		t++;
+	if (t < 0 || t >= w->ntoks || w->toks[t].end != *end)
+		*end = 0; /* not where the scanner's tokens are: do not guess */
+	if (!*end && !w->refused)
 		refuse(w, "cannot locate the name of %s.%s in the statement", r->schema, r->name);
 	return *end != 0;
 }
 
 /* TABLE name (short for SELECT * FROM name): where the keyword starts, else start itself. */
-static size_t table_keyword(const Rw *w, size_t start)
+static size_t table_keyword(Rw *w, size_t start)
 {
-	size_t i = start;
-	while (i > 0 && isspace((unsigned char)w->sql[i - 1]))
-		i--;
-	if (i < 5 || strncasecmp(w->sql + i - 5, "table", 5) != 0)
-		return start;
-	size_t kw = i - 5;
-	if (kw > 0) {
-		unsigned char c = (unsigned char)w->sql[kw - 1];
-		if (isalnum(c) || c == '_' || c == '$' || c == '"' || c >= 0x80)
-			return start;
-	}
-	return kw;
+	int t = token_at(w, start);
+	if (t > 0 && w->toks[t - 1].token == PG_QUERY__TOKEN__TABLE)
+		return w->toks[t - 1].start;
+	return start;
 }
 
 /* A masked relation read in a FROM position: replace its name by the masking subquery. */
@@ -324,17 +380,20 @@ static void on_from_relation(Rw *w, json_t *rv, const MaskRelation *r)
 	size_t start, end;
 	if (!name_span(w, rv, r, &start, &end))
 		return;
-	char *sub = masking_subquery(w, r);
+	size_t gen;
+	char *sub = masking_subquery(w, r, &gen);
 	if (!json_object_get(rv, "alias")) {
 		char id[300];
 		quote_ident(id, sizeof id, r->name);
 		size_t kw = table_keyword(w, start);
-		char *t = xasprintf("%s%s AS %s", kw < start ? "SELECT * FROM " : "", sub, id);
+		const char *prefix = kw < start ? "SELECT * FROM " : "";
+		char *t = xasprintf("%s%s AS %s", prefix, sub, id);
 		free(sub);
 		sub = t;
+		gen += strlen(prefix);
 		start = kw;
 	}
-	add_edit(w, start, end, sub);
+	add_edit(w, start, end, sub, gen);
 }
 
 /* ---- references to a DML target's columns (which is not rewritten) ---- */
@@ -451,24 +510,47 @@ static void on_copy(Rw *w, json_t *stmt)
 	size_t start, end;
 	if (!name_span(w, rv, r, &start, &end))
 		return;
-	/* An optional column list follows the name. */
-	char cols[2048] = "*";
-	size_t after = skip_space(w->sql, w->sqllen, end);
-	if (after < w->sqllen && w->sql[after] == '(') {
-		size_t close = after;
-		while (close < w->sqllen && w->sql[close] != ')')
-			close++;
-		if (close >= w->sqllen || close - after - 1 >= sizeof cols) {
+	/*
+	 * An optional column list follows the name: its end is the matching ')' token, and the
+	 * list itself is written anew from the parse tree's names.
+	 */
+	json_t *attlist = json_object_get(stmt, "attlist");
+	char *cols = xstrdup("*");
+	if (json_array_size(attlist)) {
+		int t = token_at(w, start);
+		while (t >= 0 && t < w->ntoks && w->toks[t].end < end)
+			t++;
+		int open = t >= 0 ? t + 1 : -1, depth = 0, close = -1;
+		for (int k = open; k >= 0 && k < w->ntoks && close < 0; k++) {
+			depth += w->toks[k].token == '(' ? 1 : w->toks[k].token == ')' ? -1 : 0;
+			if (depth == 0)
+				close = k;
+		}
+		if (open < 0 || open >= w->ntoks || w->toks[open].token != '(' || close < 0) {
+			free(cols);
 			refuse(w, "cannot read the column list of COPY %s.%s", r->schema, r->name);
 			return;
 		}
-		memcpy(cols, w->sql + after + 1, close - after - 1);
-		cols[close - after - 1] = 0;
-		end = close + 1;
+		free(cols);
+		cols = xstrdup("");
+		json_t *a;
+		json_array_foreach(attlist, i, a)
+		{
+			const char *nm = string_node(a);
+			char id[300];
+			quote_ident(id, sizeof id, nm ? nm : "");
+			char *more = xasprintf("%s%s%s", cols, i ? ", " : "", id);
+			free(cols);
+			cols = more;
+		}
+		end = w->toks[close].end;
 	}
-	char *sub = masking_subquery(w, r), id[300];
+	size_t gen;
+	char *sub = masking_subquery(w, r, &gen), id[300];
 	quote_ident(id, sizeof id, r->name);
-	add_edit(w, start, end, xasprintf("(SELECT %s FROM %s AS %s)", cols, sub, id));
+	char *text = xasprintf("(SELECT %s FROM %s AS %s)", cols, sub, id);
+	add_edit(w, start, end, text, strlen("(SELECT ") + strlen(cols) + strlen(" FROM ") + gen);
+	free(cols);
 	free(sub);
 }
 
@@ -900,6 +982,85 @@ static bool plain_select(const Rw *w, json_t *root)
 	       !mentions_masked(&p, json_object_get(b, "limitCount")) && !mentions_masked(&p, json_object_get(b, "limitOffset"));
 }
 
+/* Where a parse tree names masked relations: the RangeVars' locations. */
+typedef struct {
+	size_t *at;
+	int n;
+} Spots;
+
+static void masked_spots(const MaskCatalog *c, json_t *n, Spots *s)
+{
+	if (json_is_array(n)) {
+		size_t i;
+		json_t *v;
+		json_array_foreach(n, i, v) masked_spots(c, v, s);
+		return;
+	}
+	if (!json_is_object(n))
+		return;
+	const char *name = str_of(n, "relname");
+	json_t *loc = json_object_get(n, "location");
+	if (name && json_is_integer(loc) && mask_catalog_resolve(c, str_of(n, "schemaname"), name)) {
+		s->at = xrealloc(s->at, (size_t)(s->n + 1) * sizeof *s->at);
+		s->at[s->n++] = (size_t)json_integer_value(loc);
+	}
+	const char *k;
+	json_t *v;
+	json_object_foreach(n, k, v) masked_spots(c, v, s);
+}
+
+static int size_cmp(const void *a, const void *b)
+{
+	size_t x = *(const size_t *)a, y = *(const size_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * The rewritten text, parsed again, must name masked relations exactly where the rewrite
+ * meant to: each replaced name's own subquery, and every other name where it moved to. A
+ * name anywhere else was text the first parse read as a literal or a comment; one missing
+ * means a masking subquery did not land. Either way the statement is refused.
+ */
+static bool lands_as_meant(const Rw *w, const Spots *before, const char *t, const size_t *gen_at)
+{
+	Spots want = {0}, got = {0};
+	for (int i = 0; i < before->n; i++) {
+		size_t at = before->at[i];
+		long shift = 0;
+		bool replaced = false;
+		for (int e = 0; e < w->nedits; e++) {
+			if (at >= w->edits[e].start && at < w->edits[e].end)
+				replaced = true;
+			else if (w->edits[e].end <= at)
+				shift += (long)strlen(w->edits[e].text) - (long)(w->edits[e].end - w->edits[e].start);
+		}
+		if (!replaced) {
+			want.at = xrealloc(want.at, (size_t)(want.n + 1) * sizeof *want.at);
+			want.at[want.n++] = (size_t)((long)at + shift);
+		}
+	}
+	for (int e = 0; e < w->nedits; e++) {
+		want.at = xrealloc(want.at, (size_t)(want.n + 1) * sizeof *want.at);
+		want.at[want.n++] = gen_at[e];
+	}
+	PgQueryParseResult pr = pg_query_parse(t);
+	json_t *root = pr.error ? NULL : json_loads(pr.parse_tree, 0, NULL);
+	pg_query_free_parse_result(pr);
+	if (root)
+		masked_spots(w->c, json_object_get(root, "stmts"), &got);
+	json_decref(root);
+	bool ok = root && got.n == want.n;
+	if (ok) {
+		qsort(want.at, (size_t)want.n, sizeof *want.at, size_cmp);
+		qsort(got.at, (size_t)got.n, sizeof *got.at, size_cmp);
+		for (int i = 0; i < want.n && ok; i++)
+			ok = want.at[i] == got.at[i];
+	}
+	free(want.at);
+	free(got.at);
+	return ok;
+}
+
 static int edit_cmp(const void *a, const void *b)
 {
 	const Edit *x = a, *y = b;
@@ -931,7 +1092,11 @@ RewriteResult mask_rewrite(const MaskCatalog *c, const RewriteOptions *o, const 
 	}
 	walk(&w, json_object_get(root, "stmts"), CTX_OTHER);
 	bool plain = !w.refused && w.nedits && o->rows_in_gateway && plain_select(&w, root);
+	Spots before = {0};
+	if (!w.refused && !plain && w.nedits)
+		masked_spots(c, json_object_get(root, "stmts"), &before);
 	json_decref(root);
+	size_t *gen_at = NULL;
 	RewriteResult res = REWRITE_PASS;
 	if (w.refused) {
 		res = REWRITE_REFUSE;
@@ -943,6 +1108,7 @@ RewriteResult mask_rewrite(const MaskCatalog *c, const RewriteOptions *o, const 
 		for (int i = 0; i < w.nedits; i++)
 			cap += strlen(w.edits[i].text);
 		char *t = xmalloc(cap);
+		gen_at = xcalloc((size_t)w.nedits, sizeof *gen_at);
 		for (int i = 0; i < w.nedits; i++) {
 			if (w.edits[i].start < at) {
 				free(t);
@@ -952,6 +1118,7 @@ RewriteResult mask_rewrite(const MaskCatalog *c, const RewriteOptions *o, const 
 			}
 			memcpy(t + len, sql + at, w.edits[i].start - at);
 			len += w.edits[i].start - at;
+			gen_at[i] = len + w.edits[i].gen;
 			size_t el = strlen(w.edits[i].text);
 			memcpy(t + len, w.edits[i].text, el);
 			len += el;
@@ -960,10 +1127,19 @@ RewriteResult mask_rewrite(const MaskCatalog *c, const RewriteOptions *o, const 
 		memcpy(t + len, sql + at, w.sqllen - at);
 		len += w.sqllen - at;
 		t[len] = 0;
+		if (!lands_as_meant(&w, &before, t, gen_at)) {
+			free(t);
+			snprintf(reason, reasonlen, "the statement's text does not read as its parse tree; cannot mask");
+			res = REWRITE_REFUSE;
+			goto done;
+		}
 		*out = t;
 		res = REWRITE_DONE;
 	}
 done:
+	free(before.at);
+	free(gen_at);
+	free(w.toks);
 	for (int i = 0; i < w.nedits; i++)
 		free(w.edits[i].text);
 	free(w.edits);

@@ -555,6 +555,64 @@ def test_sql_text_functions(mgw, sql):
     no_raw_deep(got)
 
 
+# The rewrite edits the text around a masked name. These place a name next to text that only
+# looks like a keyword or a parenthesis, so an edit placed by characters would turn a string
+# literal into live SQL that reads the table raw. Edits are placed by the scanner's tokens,
+# and the rewritten text is parsed again and must name masked relations only where meant.
+TEXT_TRICKS = [
+    pytest.param(f"SELECT z.* FROM -- table\n{T} WHERE name = '\n(SELECT replace(ssn, $$-$$, $$ $$) AS s,"
+                 f" replace(card, $$1$$, $$ $$) AS c FROM {T}) z --'", id="table_keyword_in_a_comment"),
+    pytest.param(f"SELECT z.* FROM /* table */ {T} WHERE name = '\n(SELECT replace(ssn, $$-$$, $$ $$) AS s"
+                 f" FROM {T}) z --'", id="table_keyword_in_a_c_comment"),
+    pytest.param(f"SELECT * FROM \"table\" t, {T} WHERE t.x = 1", id="quoted_table_before_the_name"),
+    pytest.param(f"TABLE -- note\n{T}", id="table_shorthand_with_a_comment"),
+]
+
+
+@pytest.mark.parametrize("sql", TEXT_TRICKS)
+def test_text_around_a_masked_name_stays_text(mgw, sql):
+    with connect(mgw) as c:
+        err, got = attempt(c, sql)
+    no_raw_deep(got)
+
+
+def test_table_shorthand_with_a_comment_still_runs(mgw):
+    with connect(mgw) as c:
+        rows = c.execute(f"TABLE -- all of it\n{T}").fetchall()
+    assert len(rows) == 2
+    no_raw(rows)
+
+
+def test_copy_column_list_with_a_parenthesis_in_a_quoted_name(mgw, pg):
+    """COPY t ("x)\n) TO STDOUT --") ...: a column list read up to the first ')' ended inside
+    the quoted name and flipped the quoting of everything after it."""
+    t = f"msk_copy_{SFX}"
+    c1 = f",replace(ssn,'-',' '),replace({T}.card,'1',' ') FROM {T},{t}--"
+    q = lambda n: '"' + n.replace('"', '""') + '"'
+    with pg.super_connect() as su:
+        su.execute(f"CREATE TABLE {t} ({q(c1)} int, {q('x FROM (SELECT ')} int, email text,"
+                   f" {q('x)' + chr(10))} int)")
+        su.execute(f"INSERT INTO {t} VALUES (1, 1, 'x@y.z', 1)")
+        su.execute(f"ALTER TABLE {t} OWNER TO gw_scram")
+    try:
+        with connect(mgw) as c:
+            got = []
+            err = None
+            try:
+                with c.cursor().copy(f'COPY {t} ("x)\n) TO STDOUT --") TO STDOUT') as cp:
+                    got = [bytes(b) for b in cp]
+            except psycopg.Error as e:
+                err = e
+            no_raw_deep([got, str(err)])
+            # a column list in quotes with a ')' in it still works, masked
+            with c.cursor().copy(f'COPY {t} (email, "x)\n") TO STDOUT') as cp:
+                data = b"".join(bytes(b) for b in cp)
+            assert data == b"x***@y.z\t1\n", data
+    finally:
+        with pg.super_connect() as su:
+            su.execute(f"DROP TABLE IF EXISTS {t}")
+
+
 @pytest.mark.parametrize("fn", ["pg_logical_slot_peek_changes", "pg_logical_slot_get_binary_changes"])
 def test_logical_decoding_is_refused(mgw, fn):
     """Logical decoding hands out every table's changes raw: refused by the gateway itself,
