@@ -999,9 +999,12 @@ static void test_rewrite_copy_columns(void **state)
 	char subbuf[4096];
 	const char *sub = expected_subquery(c, subbuf, sizeof subbuf);
 	char want[8192];
-	snprintf(want, sizeof want, "COPY (SELECT id, ssn FROM %s AS \"customers\") TO STDOUT WITH (FORMAT csv)", sub);
+	/* the column list is written anew from the parsed names, quoted */
+	snprintf(want, sizeof want, "COPY (SELECT \"id\", \"ssn\" FROM %s AS \"customers\") TO STDOUT WITH (FORMAT csv)",
+		 sub);
 	rewrite_done(c, false, "COPY customers (id, ssn) TO STDOUT WITH (FORMAT csv)", got, sizeof got);
-	assert_non_null(strstr(got, "SELECT id, ssn FROM"));
+	assert_string_equal(got, want);
+	rewrite_done(c, false, "COPY customers (\"id\" /* ) */, SSN) TO STDOUT WITH (FORMAT csv)", got, sizeof got);
 	assert_string_equal(got, want);
 }
 
