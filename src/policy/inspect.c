@@ -233,8 +233,41 @@ static void snake_kind(const char *type, char *out, size_t outlen)
 	out[o] = 0;
 }
 
-/* Kinds for setting a run-time parameter by name (SET, RESET, set_config). */
-static void setting_kinds(Walk *w, const char *name)
+/*
+ * The client encodings in which a multibyte character can end in a quote or a backslash
+ * byte (PostgreSQL's client-only encodings, under every name it accepts, compared as it
+ * does: letters and digits only, any case). The gateway's parser reads UTF-8: under one of
+ * these the server would read a string literal's end where the gateway does not.
+ */
+bool inspect_encoding_unsafe(const char *name)
+{
+	static const char *const unsafe[] = {
+		"big5", "cp932", "cp936", "cp949", "cp950", "gb18030", "gbk", "johab", "mskanji",
+		"shiftjis", "shiftjis2004", "sjis", "uhc", "win932", "win936", "win949", "win950", NULL,
+	};
+	char clean[64];
+	size_t o = 0;
+	for (const char *p = name; *p && o < sizeof clean - 1; p++)
+		if (isalnum((unsigned char)*p))
+			clean[o++] = (char)tolower((unsigned char)*p);
+	clean[o] = 0;
+	for (const char *const *u = unsafe; *u; u++)
+		if (strcmp(clean, *u) == 0)
+			return true;
+	return false;
+}
+
+/* A client_encoding value (an A_Const, or NULL for none given) the gateway cannot vouch for. */
+static bool encoding_value_unsafe(json_t *value)
+{
+	json_t *c = value ? json_object_get(value, "A_Const") : NULL;
+	json_t *sv = c ? json_object_get(c, "sval") : NULL;
+	const char *name = sv ? str_of(sv, "sval") : NULL;
+	return !name || inspect_encoding_unsafe(name);
+}
+
+/* Kinds for setting a run-time parameter by name (SET, RESET, set_config); value NULL: a reset. */
+static void setting_kinds(Walk *w, const char *name, json_t *value, bool reset)
 {
 	if (!name) {
 		/* Unknown target: assume the worst. */
@@ -244,6 +277,8 @@ static void setting_kinds(Walk *w, const char *name)
 		add_kind(w, "set_read_only");
 		add_kind(w, "set_statement_timeout");
 		add_kind(w, "set_client_encoding");
+		add_kind(w, "set_unsafe_encoding");
+		add_kind(w, "set_standard_conforming_strings");
 		return;
 	}
 	char lower[128];
@@ -261,8 +296,12 @@ static void setting_kinds(Walk *w, const char *name)
 		add_kind(w, "set_statement_timeout");
 	else if (strcmp(lower, "default_transaction_read_only") == 0 || strcmp(lower, "transaction_read_only") == 0)
 		add_kind(w, "set_read_only");
-	else if (strcmp(lower, "client_encoding") == 0 || strcmp(lower, "names") == 0)
+	else if (strcmp(lower, "client_encoding") == 0 || strcmp(lower, "names") == 0) {
 		add_kind(w, "set_client_encoding");
+		if (!reset && encoding_value_unsafe(value))
+			add_kind(w, "set_unsafe_encoding");
+	} else if (strcmp(lower, "standard_conforming_strings") == 0)
+		add_kind(w, "set_standard_conforming_strings");
 }
 
 /* Reads an A_Const as milliseconds for statement_timeout (integer ms, or "5s", "100ms", "1min"). */
@@ -332,14 +371,15 @@ static void on_variable_set(Walk *w, json_t *n)
 		}
 		return;
 	}
-	setting_kinds(w, name);
+	bool reset = kind && (strcmp(kind, "VAR_RESET") == 0 || strcmp(kind, "VAR_SET_DEFAULT") == 0);
+	json_t *args = json_object_get(n, "args");
+	setting_kinds(w, name, json_array_size(args) == 1 ? json_array_get(args, 0) : NULL, reset);
 	if (kind && strcmp(kind, "VAR_RESET") == 0 && name && strcasecmp(name, "role") == 0)
 		add_kind(w, "reset_role");
 	if (name && strcasecmp(name, "statement_timeout") == 0) {
 		if (kind && (strcmp(kind, "VAR_RESET") == 0 || strcmp(kind, "VAR_SET_DEFAULT") == 0)) {
 			w->f->timeout_ms = TIMEOUT_NOT_SET; /* back to the session default, which the gateway set */
 		} else {
-			json_t *args = json_object_get(n, "args");
 			w->f->timeout_ms = json_array_size(args) == 1 ? timeout_value(json_array_get(args, 0))
 								      : TIMEOUT_UNKNOWN;
 		}
@@ -362,7 +402,7 @@ static void on_func_call(Walk *w, json_t *n)
 		json_t *sv = c ? json_object_get(c, "sval") : NULL;
 		const char *setting = sv ? str_of(sv, "sval") : NULL;
 		add_kind(w, "set");
-		setting_kinds(w, setting);
+		setting_kinds(w, setting, json_array_get(args, 1), false);
 		if (!setting || strcasecmp(setting, "statement_timeout") == 0)
 			w->f->timeout_ms = json_array_size(args) >= 2 ? timeout_value(json_array_get(args, 1))
 								      : TIMEOUT_UNKNOWN;
@@ -496,11 +536,41 @@ static void on_statement(Walk *w, const char *type, json_t *n, const char *paren
 	}
 	if (strcmp(type, "MergeStmt") == 0) {
 		add_kind(w, "merge");
+		/* each WHEN clause is the statement it runs: a rule on delete holds for MERGE too */
+		json_t *on = json_object_get(n, "joinCondition");
+		bool unfiltered = !on || !mentions_column(on);
+		size_t i;
+		json_t *wc;
+		json_array_foreach(json_object_get(n, "mergeWhenClauses"), i, wc)
+		{
+			const char *cmd = str_of(json_object_get(wc, "MergeWhenClause"), "commandType");
+			if (!cmd)
+				continue;
+			if (strcmp(cmd, "CMD_DELETE") == 0) {
+				add_kind(w, "delete");
+				w->f->delete_without_where |= unfiltered;
+			} else if (strcmp(cmd, "CMD_UPDATE") == 0) {
+				add_kind(w, "update");
+				w->f->update_without_where |= unfiltered;
+			} else if (strcmp(cmd, "CMD_INSERT") == 0) {
+				add_kind(w, "insert");
+			}
+		}
+		return;
+	}
+	if (strcmp(type, "DropOwnedStmt") == 0) {
+		/* DROP OWNED drops every table the role owns */
+		add_kind(w, "drop_owned");
+		add_kind(w, "drop_table");
 		return;
 	}
 	if (strcmp(type, "DropStmt") == 0) {
 		const char *rt = str_of(n, "removeType");
 		add_kind(w, drop_kind(rt));
+		/* DROP SCHEMA ... CASCADE drops the tables in it: a rule on drop_table holds for it */
+		const char *behavior = str_of(n, "behavior");
+		if (rt && strcmp(rt, "OBJECT_SCHEMA") == 0 && behavior && strcmp(behavior, "DROP_CASCADE") == 0)
+			add_kind(w, "drop_table");
 		if (drop_names_relations(rt) || drop_names_table_member(rt)) {
 			size_t i;
 			json_t *obj;
@@ -846,7 +916,7 @@ static const char *const known_kinds[] = {
 	"alter_database_refresh_coll", "alter_database_set", "alter_role_set", "create_conversion",
 	"create_cast", "create_op_class", "create_op_family", "alter_op_family", "create_table_space",
 	"drop_table_space", "alter_object_depends", "alter_object_schema", "alter_owner",
-	"alter_operator", "alter_type", "drop_owned", "reassign_owned", "composite_type", "create_enum",
+	"alter_operator", "alter_type", "drop_owned", "set_unsafe_encoding", "set_standard_conforming_strings", "reassign_owned", "composite_type", "create_enum",
 	"create_range", "alter_enum", "alter_t_s_dictionary", "alter_t_s_configuration", "create_fdw",
 	"alter_fdw", "create_foreign_server", "alter_foreign_server", "create_user_mapping",
 	"alter_user_mapping", "drop_user_mapping", "alter_table_space_options", "alter_table_move_all",

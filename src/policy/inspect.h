@@ -54,5 +54,8 @@ void inspect_free(QueryFacts *q);
 bool strset_has(const StrSet *s, const char *item);
 /* Whether kind is a statement kind inspect_sql can report (for validating policies). */
 bool inspect_known_kind(const char *kind);
+/* Whether a client_encoding name is one in which the server and the gateway's parser may
+ * read a string literal's end differently (SJIS, BIG5, GBK, ... under any alias). */
+bool inspect_encoding_unsafe(const char *name);
 
 #endif

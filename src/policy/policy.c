@@ -32,6 +32,23 @@ static const char *const uninspectable_kinds[] = {
 	"create_event_trig", "create_p_lang", "load", NULL,
 };
 
+/*
+ * Statements that bind existing functions to syntax the inspector does not see as a call:
+ * an operator, an aggregate's state or final function, a cast, a type's I/O. Through
+ * them a blocked or scope-escaping built-in (pg_sleep, ts_stat) runs without its name.
+ */
+static const char *const binding_kinds[] = {
+	"define", "create_cast", "create_conversion", "create_transform", "create_am", "create_op_class",
+	"create_op_family", "alter_op_family", "alter_operator", "alter_type", "create_range", "create_fdw",
+	"alter_fdw", NULL,
+};
+
+/* Functions that write large objects: PostgreSQL allows them in a read-only transaction. */
+static const char *const large_object_writes[] = {
+	"lo_create", "lo_creat", "lo_from_bytea", "lo_put", "lo_unlink", "lo_truncate", "lo_truncate64",
+	"lowrite", "lo_import", "lo_export", NULL,
+};
+
 /* Statement kinds a read-only identity may run. */
 static const char *const read_only_kinds[] = {
 	"select", "show", "explain", "explain_analyze", "transaction", "set", "set_statement_timeout",
@@ -310,6 +327,14 @@ static void block(Decision *d, const char *sqlstate, const char *policy, const c
 	snprintf(d->message, sizeof d->message, "pgcordon: blocked by policy %s: %s", policy, what);
 }
 
+/* Built-in wrappers that only call another function: a rule on that one holds for them. */
+static const char *wrapped_function(const char *bare)
+{
+	if (strcmp(bare, "pg_sleep_for") == 0 || strcmp(bare, "pg_sleep_until") == 0)
+		return "pg_sleep";
+	return NULL;
+}
+
 static bool function_matches(const char *rule, const char *called)
 {
 	/* A bare rule name matches the function in any schema; a qualified one only there. */
@@ -318,10 +343,18 @@ static bool function_matches(const char *rule, const char *called)
 	for (i = 0; called[i] && i < sizeof lower - 1; i++)
 		lower[i] = (char)tolower((unsigned char)called[i]);
 	lower[i] = 0;
-	if (strchr(rule, '.'))
-		return strcmp(rule, lower) == 0;
-	const char *bare = strrchr(lower, '.');
-	return strcmp(rule, bare ? bare + 1 : lower) == 0;
+	char *dot = strrchr(lower, '.');
+	const char *bare = dot ? dot + 1 : lower, *inner = wrapped_function(bare);
+	if (strchr(rule, '.')) {
+		if (strcmp(rule, lower) == 0)
+			return true;
+		if (!inner)
+			return false;
+		char qualified[300];
+		snprintf(qualified, sizeof qualified, "%.*s%s", dot ? (int)(dot - lower + 1) : 0, lower, inner);
+		return strcmp(rule, qualified) == 0;
+	}
+	return strcmp(rule, bare) == 0 || (inner && strcmp(rule, inner) == 0);
 }
 
 static bool kind_allowed_read_only(const char *kind)
@@ -369,6 +402,14 @@ static void decide_statement(const EffectivePolicy *ep, const StatementFacts *f,
 			      f->writes.items[0]);
 			return;
 		}
+		for (int i = 0; i < f->functions.n; i++)
+			for (const char *const *lo = large_object_writes; *lo; lo++)
+				if (function_matches(*lo, f->functions.items[i])) {
+					block(d, "42501", ep->read_only_by, "read_only",
+					      "read-only access does not allow %s: it writes a large object",
+					      f->functions.items[i]);
+					return;
+				}
 	}
 	/* The most specific kind comes last (RESET ROLE is [set, set_role, reset_role]): name it. */
 	for (int k = f->kinds.n - 1; k >= 0; k--) {
@@ -390,6 +431,24 @@ static void decide_statement(const EffectivePolicy *ep, const StatementFacts *f,
 		}
 	}
 	/*
+	 * The gateway reads every statement as the server does with standard_conforming_strings
+	 * on and a client encoding in which no character hides a quote or a backslash. Changed,
+	 * the server would end a string literal where the gateway does not, and whatever
+	 * follows would run uninspected. (The session also ends if the server reports either.)
+	 */
+	if (strset_has(&f->kinds, "set_standard_conforming_strings")) {
+		block(d, "42501", ep->names, "lexer",
+		      "standard_conforming_strings cannot be changed: statements are inspected as the server reads them "
+		      "with it on");
+		return;
+	}
+	if (strset_has(&f->kinds, "set_unsafe_encoding")) {
+		block(d, "42501", ep->names, "lexer",
+		      "this client_encoding is not allowed: in it a character can hide a quote or a backslash from the "
+		      "gateway's parser (use UTF8)");
+		return;
+	}
+	/*
 	 * A DO block or a new function, procedure, trigger or rule runs SQL the inspector never
 	 * sees: it could read outside a scope, run a blocked statement, or lift the timeout.
 	 * So no restricted identity may run one (explicit blocks above name themselves first).
@@ -400,6 +459,14 @@ static void decide_statement(const EffectivePolicy *ep, const StatementFacts *f,
 			upper_words(*k, words, sizeof words);
 			block(d, "42501", ep->names, "uninspectable",
 			      "%s is not allowed: the SQL it runs cannot be inspected", words);
+			return;
+		}
+	}
+	for (const char *const *k = binding_kinds; *k; k++) {
+		if (strset_has(&f->kinds, *k)) {
+			upper_words(strcmp(*k, "define") == 0 ? "create_operator/aggregate/type" : *k, words, sizeof words);
+			block(d, "42501", ep->names, "uninspectable",
+			      "%s is not allowed: it makes functions run where the gateway sees no call", words);
 			return;
 		}
 	}
@@ -541,9 +608,20 @@ void policy_decide(const EffectivePolicy *ep, const QueryFacts *q, PreparedLooku
 
 static bool mentions(const char *text, const char *setting)
 {
-	/* Case-insensitive substring, with '-' and '_' alike (options accept both). */
+	/*
+	 * Case-insensitive substring, with '-' and '_' alike (options accept both), and
+	 * backslashes left out: PostgreSQL reads "search\_path" in options as search_path.
+	 */
+	char plain[1024];
+	size_t o = 0;
+	for (const char *p = text; *p && o < sizeof plain - 1; p++)
+		if (*p != '\\')
+			plain[o++] = *p;
+	plain[o] = 0;
+	if (o == sizeof plain - 1)
+		return true; /* too long to read whole: assume the worst */
 	size_t n = strlen(setting);
-	for (const char *p = text; *p; p++) {
+	for (const char *p = plain; *p; p++) {
 		size_t i = 0;
 		while (i < n && p[i]) {
 			char a = (char)tolower((unsigned char)p[i]), b = setting[i];
@@ -564,10 +642,11 @@ bool policy_check_startup(const EffectivePolicy *ep, const char *const *names, c
 {
 	if (ep->allow_all || ep->unrestricted)
 		return true;
-	const char *guarded[6];
+	const char *guarded[8];
 	int ng = 0;
 	guarded[ng++] = "role";
 	guarded[ng++] = "session_authorization";
+	guarded[ng++] = "standard_conforming_strings"; /* statements are inspected as read with it on */
 	if (ep->scoped || ep->masks_columns)
 		guarded[ng++] = "search_path";
 	if (ep->read_only_by)
@@ -581,6 +660,17 @@ bool policy_check_startup(const EffectivePolicy *ep, const char *const *names, c
 					 ep->names, guarded[g]);
 				return false;
 			}
+		}
+		/* the client_encoding parameter by itself is fine unless it is one the parser cannot follow */
+		bool unsafe = strcmp(names[i], "options") == 0 ? mentions(values[i], "client_encoding")
+							       : strcmp(names[i], "client_encoding") == 0 &&
+									 inspect_encoding_unsafe(values[i]);
+		if (unsafe) {
+			snprintf(err, errlen,
+				 "pgcordon: policy %s does not allow client_encoding %s: in it a character can hide a quote "
+				 "or a backslash from the gateway's parser (use UTF8)",
+				 ep->names, strcmp(names[i], "options") == 0 ? "in options" : values[i]);
+			return false;
 		}
 	}
 	return true;

@@ -282,8 +282,26 @@ void session__mask_parameter(Session *s, const uint8_t *body, size_t blen)
 	MsgReader r;
 	msgr_init(&r, body, blen);
 	const char *name = msgr_str(&r), *value = msgr_str(&r);
-	if (name && value && strcmp(name, "client_encoding") == 0)
+	if (!name || !value)
+		return;
+	if (strcmp(name, "client_encoding") == 0)
 		s->client_utf8 = strcmp(value, "UTF8") == 0;
+	/*
+	 * A restricted session's statements are inspected as the server reads them with
+	 * standard_conforming_strings on and a client encoding that hides no quote. Statements
+	 * that change either are refused; should the server report either all the same (a
+	 * database or role default, a function), the session ends before another statement.
+	 */
+	bool restricted = s->policy && !s->policy->unrestricted && !s->policy->allow_all;
+	if (restricted && ((strcmp(name, "standard_conforming_strings") == 0 && strcmp(value, "on") != 0) ||
+			   (strcmp(name, "client_encoding") == 0 && inspect_encoding_unsafe(value)))) {
+		char msg[300];
+		snprintf(msg, sizeof msg,
+			 "pgcordon: the server now reads statements with %s = %s, which the gateway's inspection cannot "
+			 "follow; the session is closed",
+			 name, value);
+		session_close(s, "upstream lexer differs", "0A000", msg);
+	}
 }
 
 /* A RowDescription answering a statement with a row plan: which fields come from masked columns. */
@@ -358,7 +376,7 @@ static uint8_t *scrub_notification(const uint8_t *body, size_t blen, size_t *out
 bool session__mask_wants(const Session *s, const Expectation *f, char type, uint8_t first)
 {
 	if (type == 'S')
-		return s->policy->masks_columns; /* client_encoding */
+		return s->policy->masks_columns || !s->policy->unrestricted; /* client_encoding, the lexer */
 	if (type == 'A')
 		return s->policy->nmask != 0; /* asynchronous: whatever the front is */
 	if (f && f->catalog)

@@ -331,6 +331,8 @@ static void handle_login_message(Session *s, char type, const uint8_t *msg, size
 			break;
 		if (type == 'S')
 			session__mask_parameter(s, body, blen);
+		if (s->state == SESS_CLOSED)
+			return; /* the server reads statements in a way the gateway cannot follow */
 		session__send_client(s, msg, len + 1);
 		return;
 	case 'K': {

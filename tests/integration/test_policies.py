@@ -1612,3 +1612,89 @@ def test_sessions_survive_other_sessions_refusals(pgw, mktable):
             k.close()
 
 
+
+
+# ---------------------------------------------------------------------------- the lexer's settings
+# The gateway parses statements as the server reads them with standard_conforming_strings on
+# and a client encoding in which no character hides a quote or a backslash. Changed, a
+# string literal ends elsewhere for the server, and what follows runs uninspected.
+
+def starts(text):
+    return re.compile(re.escape(text) + ".*")
+
+
+HIDDEN_READ = f"SELECT 'a\\', ' AS x, (SELECT secret FROM {T_OUT}) AS leak, ' AS y -- '"
+
+
+def test_standard_conforming_strings_stays_on(pgw):
+    r = psql(pgw, "scoped", ["-c", "SET standard_conforming_strings = off", "-c", HIDDEN_READ,
+                             "-c", "SHOW standard_conforming_strings"])
+    errs = psql_errors(r.stderr)
+    assert errs and errs[0][1] == "42501", r.stderr
+    assert expected_message(SCOPE, starts("standard_conforming_strings cannot be changed")).match(errs[0][2]), errs
+    assert "top secret" not in r.stdout + r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "on", r.stdout
+    with connect(pgw, "reader") as c:
+        refused(c, "SELECT set_config('standard_conforming_strings', 'off', false)", RO,
+                "read-only access does not allow SET STANDARD CONFORMING STRINGS")
+    f = raw_login_error(pgw.host, pgw.port, "scoped", POLICY_PW,
+                        extra={"options": "-c standard_conforming_strings=off"})
+    assert "standard_conforming_strings" in f.get("M", ""), f
+
+
+def test_a_client_only_encoding_is_refused(pgw):
+    with pytest.raises(psycopg.OperationalError) as ei:
+        connect(pgw, "blocker", client_encoding="SJIS")
+    assert "client_encoding SJIS" in str(ei.value), str(ei.value)
+    with connect(pgw, "blocker") as c:
+        refused(c, "SET client_encoding = 'SJIS'", GUARD, starts("this client_encoding is not allowed"))
+        refused(c, "SET NAMES 'big5'", GUARD, starts("this client_encoding is not allowed"))
+        c.execute("SET client_encoding = 'LATIN1'")  # no character of it hides a quote
+        c.execute("RESET client_encoding")
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_the_session_ends_when_the_server_reads_otherwise(pgw, pg):
+    """A role default the gateway cannot see in a statement: the server reports it at login,
+    and a restricted session ends there; an unrestricted one goes on."""
+    su_exec(pg, "ALTER ROLE gw_plain SET standard_conforming_strings = off")
+    try:
+        with pytest.raises(psycopg.OperationalError) as ei:
+            with connect(pgw, "scoped", dbname="app_plain") as c:
+                c.execute("SELECT 1")
+        assert "standard_conforming_strings = off" in str(ei.value), str(ei.value)
+        with connect(pgw, "alice", dbname="app_plain") as c:
+            assert c.execute("SHOW standard_conforming_strings").fetchone() == ("off",)
+    finally:
+        su_exec(pg, "ALTER ROLE gw_plain RESET standard_conforming_strings")
+
+
+def test_startup_options_are_read_with_their_escapes(pgw):
+    f = raw_login_error(pgw.host, pgw.port, "scoped", POLICY_PW,
+                        extra={"options": "-c search\\_path=pg_temp,public"})
+    assert "search_path" in f.get("M", ""), f
+
+
+# ---------------------------------------------------------------------------- calls without a call
+
+def test_functions_bound_to_syntax_are_refused(pgw):
+    with connect(pgw, "blocker") as c:
+        refused(c, "CREATE OPERATOR public.~~~ (RIGHTARG = float8, FUNCTION = pg_catalog.pg_sleep)", GUARD,
+                "CREATE OPERATOR/AGGREGATE/TYPE is not allowed: it makes functions run where the gateway sees no call")
+        refused(c, "CREATE AGGREGATE public.slp(float8) (SFUNC = float8larger, STYPE = float8, FINALFUNC = pg_sleep)",
+                GUARD, starts("CREATE OPERATOR/AGGREGATE/TYPE is not allowed"))
+        refused(c, "SELECT pg_sleep_for('10 ms')", GUARD, "function pg_sleep_for is not allowed")
+    with connect(pgw, "scoped") as c:
+        refused(c, "CREATE OPERATOR public.@@@@ (RIGHTARG = text, FUNCTION = pg_catalog.ts_stat)", SCOPE,
+                starts("CREATE OPERATOR/AGGREGATE/TYPE is not allowed"))
+
+
+def test_merge_actions_are_the_statements_they_run(pgw, pg, mktable):
+    t = mktable()
+    with connect(pgw, "blocker") as c:
+        refused(c, f"MERGE INTO {t} USING (SELECT 1 AS id) s ON true WHEN MATCHED THEN DELETE", GUARD,
+                "DELETE without WHERE")
+    assert table_rows(pg, t) == original()
+    with connect(pgw, "reader") as c:
+        refused(c, "SELECT lo_create(0)", RO, starts("read-only access does not allow lo_create: it writes a large object"))
+        refused(c, "SELECT lo_from_bytea(0, 'x')", RO, starts("read-only access does not allow lo_from_bytea"))

@@ -234,7 +234,7 @@ static const InspectCase corpus_ctes[] = {
 	C(.sql = "WITH t AS (SELECT 2 AS id) INSERT INTO t SELECT id FROM t", .kinds = "insert,select",
 	  .writes = "t"),
 	C(.sql = "WITH t AS (SELECT 1 AS id) MERGE INTO t USING src ON t.id = src.id WHEN MATCHED THEN DELETE",
-	  .kinds = "merge,select", .reads = "src", .writes = "t"),
+	  .kinds = "merge,delete,select", .reads = "src", .writes = "t"),
 };
 
 /* ---- SELECT INTO, CREATE TABLE AS, views ---- */
@@ -335,12 +335,12 @@ static const InspectCase corpus_delete[] = {
 static const InspectCase corpus_merge[] = {
 	C(.sql = "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET v = s.v "
 		 "WHEN NOT MATCHED THEN INSERT (id, v) VALUES (s.id, s.v)",
-	  .kinds = "merge", .reads = "s", .writes = "t"),
+	  .kinds = "merge,update,insert", .reads = "s", .writes = "t"),
 	C(.sql = "MERGE INTO t USING (SELECT * FROM s WHERE s.ok) AS src ON t.id = src.id WHEN MATCHED THEN DELETE",
-	  .kinds = "merge,select", .reads = "s", .writes = "t"),
+	  .kinds = "merge,delete,select", .reads = "s", .writes = "t"),
 	C(.sql = "MERGE INTO s1.t tt USING s2.u uu ON tt.id = uu.id WHEN MATCHED AND uu.v > f(tt.v) THEN "
 		 "UPDATE SET v = g(uu.v) WHEN NOT MATCHED THEN DO NOTHING",
-	  .kinds = "merge", .reads = "s2.u", .writes = "s1.t", .functions = "f,g"),
+	  .kinds = "merge,update", .reads = "s2.u", .writes = "s1.t", .functions = "f,g"),
 };
 
 /* ---- TRUNCATE, DROP, ALTER, CREATE ---- */
@@ -355,7 +355,7 @@ static const InspectCase corpus_ddl[] = {
 	C(.sql = "DROP MATERIALIZED VIEW mv", .kinds = "drop_materialized_view", .writes = "mv"),
 	C(.sql = "DROP INDEX CONCURRENTLY IF EXISTS s.idx", .kinds = "drop_index", .writes = "s.idx"),
 	C(.sql = "DROP SEQUENCE seq", .kinds = "drop_sequence", .writes = "seq"),
-	C(.sql = "DROP SCHEMA s CASCADE", .kinds = "drop_schema"),
+	C(.sql = "DROP SCHEMA s CASCADE", .kinds = "drop_schema,drop_table"),
 	C(.sql = "DROP DATABASE prod", .kinds = "drop_database"),
 	C(.sql = "DROP DATABASE IF EXISTS prod WITH (FORCE)", .kinds = "drop_database"),
 	C(.sql = "DROP FUNCTION f(int), s.g()", .kinds = "drop_function"),
@@ -602,10 +602,10 @@ static const InspectCase corpus_settings[] = {
 	C(.sql = "SELECT set_config('application_name', 'x', false)", .kinds = "select,set", .functions = "set_config"),
 	/* a setting name that is not a literal may be any of them */
 	C(.sql = "SELECT set_config(name, setting, false) FROM my_settings",
-	  .kinds = "select,set,set_role,set_session_authorization,set_search_path,set_read_only,set_statement_timeout,set_client_encoding",
+	  .kinds = "select,set,set_role,set_session_authorization,set_search_path,set_read_only,set_statement_timeout,set_client_encoding,set_unsafe_encoding,set_standard_conforming_strings",
 	  .reads = "my_settings", .functions = "set_config", .unfiltered = "my_settings", .timeout = "unknown"),
 	C(.sql = "SELECT pg_catalog.set_config($1, $2, false)",
-	  .kinds = "select,set,set_role,set_session_authorization,set_search_path,set_read_only,set_statement_timeout,set_client_encoding",
+	  .kinds = "select,set,set_role,set_session_authorization,set_search_path,set_read_only,set_statement_timeout,set_client_encoding,set_unsafe_encoding,set_standard_conforming_strings",
 	  .functions = "pg_catalog.set_config", .timeout = "unknown"),
 	C(.sql = "SELECT * FROM t WHERE set_config('role', 'admin', true) IS NOT NULL", .kinds = "select,set,set_role",
 	  .reads = "t", .functions = "set_config", .unfiltered = "t"),

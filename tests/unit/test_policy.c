@@ -259,7 +259,91 @@ static void test_startup_escapes(void **state)
 	const char *rw_names[] = {"default_transaction_read_only"};
 	const char *rw_values[] = {"off"};
 	assert_false(policy_check_startup(agent, rw_names, rw_values, 1, err, sizeof err));
+	/* PostgreSQL reads a backslash in options as an escape: search\_path is search_path */
+	const char *escaped[] = {"psql", "-c search\\_path=pg_temp,public"};
+	assert_false(policy_check_startup(agent, names, escaped, 2, err, sizeof err));
+	const char *escaped_role[] = {"psql", "-c r\\ole=postgres"};
+	assert_false(policy_check_startup(agent, names, escaped_role, 2, err, sizeof err));
+	/* the lexer's settings: standard_conforming_strings, a client-only encoding */
+	const char *scs[] = {"psql", "-c standard_conforming_strings=off"};
+	assert_false(policy_check_startup(agent, names, scs, 2, err, sizeof err));
+	const char *enc_names[] = {"client_encoding"};
+	const char *utf8[] = {"UTF8"}, *latin1[] = {"LATIN1"}, *sjis[] = {"SJIS"}, *alias[] = {"Shift_JIS"},
+		   *gbk[] = {"win936"};
+	assert_true(policy_check_startup(agent, enc_names, utf8, 1, err, sizeof err));
+	assert_true(policy_check_startup(agent, enc_names, latin1, 1, err, sizeof err));
+	assert_false(policy_check_startup(agent, enc_names, sjis, 1, err, sizeof err));
+	assert_non_null(strstr(err, "client_encoding SJIS"));
+	assert_false(policy_check_startup(agent, enc_names, alias, 1, err, sizeof err));
+	assert_false(policy_check_startup(agent, enc_names, gbk, 1, err, sizeof err));
+	const char *enc_option[] = {"psql", "-c client_encoding=BIG5"};
+	assert_false(policy_check_startup(agent, names, enc_option, 2, err, sizeof err));
 	policy_free(agent);
+	config_release(c);
+}
+
+/* What would make the server read a statement otherwise than the gateway's parser did. */
+static void test_lexer_settings(void **state)
+{
+	(void)state;
+	Config *c = load(base_config);
+	EffectivePolicy *alice = effective(c, "alice");
+	check(alice, "SET standard_conforming_strings = off", "standard_conforming_strings cannot be changed");
+	check(alice, "SET standard_conforming_strings TO on", "standard_conforming_strings cannot be changed");
+	check(alice, "RESET standard_conforming_strings", "standard_conforming_strings cannot be changed");
+	check(alice, "SELECT set_config('standard_conforming_strings', 'off', false)", "cannot be changed");
+	check(alice, "SELECT set_config(lower('X'), 'off', false)", "cannot be changed");
+	check(alice, "SET client_encoding = 'SJIS'", "this client_encoding is not allowed");
+	check(alice, "SET NAMES 'big5'", "this client_encoding is not allowed");
+	check(alice, "SET client_encoding TO 'Shift-JIS'", "this client_encoding is not allowed");
+	check(alice, "SELECT set_config('client_encoding', 'GBK', false)", "this client_encoding is not allowed");
+	check(alice, "SELECT set_config('client_encoding', current_setting('x'), false)", "client_encoding is not");
+	check(alice, "SET client_encoding = 'LATIN1'", NULL);
+	check(alice, "SET client_encoding = 'UTF8'", NULL);
+	check(alice, "RESET client_encoding", NULL);
+	check(alice, "SET client_encoding TO DEFAULT", NULL);
+	policy_free(alice);
+	config_release(c);
+}
+
+/* Syntax that runs a function without a call in the tree, MERGE's actions, wrappers, cascades. */
+static void test_hidden_calls_and_actions(void **state)
+{
+	(void)state;
+	Config *c = load("databases:\n  app: {host: h, user: u, password: p}\n"
+			 "users:\n"
+			 "  carol: {password: \"" VERIFIER "\", groups: [b]}\n"
+			 "  bob: {password: \"" VERIFIER "\", groups: [r]}\n"
+			 "policies:\n"
+			 "  - name: blk\n"
+			 "    match: {groups: [b]}\n"
+			 "    block: [{statements: [truncate, drop_table, delete]}, {functions: [pg_sleep]}]\n"
+			 "  - name: ro\n"
+			 "    match: {groups: [r]}\n"
+			 "    access: {read_only: true}\n");
+	EffectivePolicy *carol = effective(c, "carol");
+	check(carol, "CREATE OPERATOR public.~~~ (RIGHTARG = float8, FUNCTION = pg_catalog.pg_sleep)",
+	      "CREATE OPERATOR/AGGREGATE/TYPE is not allowed: it makes functions run where the gateway sees no call");
+	check(carol, "CREATE AGGREGATE slp(float8) (SFUNC = float8larger, STYPE = float8, FINALFUNC = pg_sleep)",
+	      "CREATE OPERATOR/AGGREGATE/TYPE is not allowed");
+	check(carol, "CREATE CAST (int AS text) WITH FUNCTION f(int)", "CREATE CAST is not allowed");
+	check(carol, "MERGE INTO t USING (SELECT 1 AS id) s ON t.id = s.id WHEN MATCHED THEN DELETE",
+	      "DELETE is not allowed");
+	check(carol, "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET v = 1", NULL);
+	check(carol, "SELECT pg_sleep_for('1 second')", "function pg_sleep_for is not allowed");
+	check(carol, "SELECT pg_catalog.pg_sleep_until(now())", "function pg_catalog.pg_sleep_until is not allowed");
+	check(carol, "DROP SCHEMA s9 CASCADE", "DROP TABLE is not allowed");
+	check(carol, "DROP SCHEMA s9", NULL);
+	check(carol, "DROP OWNED BY CURRENT_USER", "DROP TABLE is not allowed");
+	policy_free(carol);
+	EffectivePolicy *bob = effective(c, "bob");
+	check(bob, "SELECT lo_create(0)", "read-only access does not allow lo_create: it writes a large object");
+	check(bob, "SELECT lo_from_bytea(0, 'x')", "it writes a large object");
+	check(bob, "SELECT pg_catalog.lo_put(1, 0, 'x')", "it writes a large object");
+	check(bob, "SELECT lo_unlink(1)", "it writes a large object");
+	check(bob, "SELECT lo_get(1)", NULL);
+	check(bob, "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", "read-only access");
+	policy_free(bob);
 	config_release(c);
 }
 
@@ -364,6 +448,8 @@ int main(void)
 		cmocka_unit_test(test_function_rule_schemas),
 		cmocka_unit_test(test_default_and_no_policies),
 		cmocka_unit_test(test_startup_escapes),
+		cmocka_unit_test(test_lexer_settings),
+		cmocka_unit_test(test_hidden_calls_and_actions),
 		cmocka_unit_test(test_policy_config_errors),
 		cmocka_unit_test(test_fold_numbers),
 		cmocka_unit_test(test_cache_levels),
