@@ -155,15 +155,15 @@ static void test_read_only_scope_functions(void **state)
 	config_release(c);
 }
 
+/* A config's first lines, and a user with the test password in one group. */
+#define CONFIG_HEAD "databases:\n  app: {host: h, user: u, password: p}\nusers:\n"
+#define USER(name, group) "  " name ": {password: \"" VERIFIER "\", groups: [" group "]}\n"
+
 /* Code whose SQL the inspector never sees is refused to every restricted identity. */
 static void test_uninspectable_code(void **state)
 {
 	(void)state;
-	Config *c = load("databases:\n  app: {host: h, user: u, password: p}\n"
-			 "users:\n"
-			 "  scoped: {password: \"" VERIFIER "\", groups: [s]}\n"
-			 "  blocked: {password: \"" VERIFIER "\", groups: [b]}\n"
-			 "  dba: {password: \"" VERIFIER "\", groups: [d]}\n"
+	Config *c = load(CONFIG_HEAD USER("scoped", "s") USER("blocked", "b") USER("dba", "d")
 			 "policies:\n"
 			 "  - name: scope\n"
 			 "    match: {groups: [s]}\n"
@@ -310,10 +310,7 @@ static void test_lexer_settings(void **state)
 static void test_hidden_calls_and_actions(void **state)
 {
 	(void)state;
-	Config *c = load("databases:\n  app: {host: h, user: u, password: p}\n"
-			 "users:\n"
-			 "  carol: {password: \"" VERIFIER "\", groups: [b]}\n"
-			 "  bob: {password: \"" VERIFIER "\", groups: [r]}\n"
+	Config *c = load(CONFIG_HEAD USER("carol", "b") USER("bob", "r")
 			 "policies:\n"
 			 "  - name: blk\n"
 			 "    match: {groups: [b]}\n"
