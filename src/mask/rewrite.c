@@ -344,23 +344,35 @@ static bool name_span(Rw *w, json_t *rv, const MaskRelation *r, size_t *start, s
 	int parts = 1 + (str_of(rv, "schemaname") ? 1 : 0);
 	*start = json_is_integer(loc) ? (size_t)json_integer_value(loc) : (size_t)-1;
 	*end = *start < w->sqllen ? name_end(w->sql, w->sqllen, *start, parts) : 0;
-	int t = *end ? token_at(w, *start) : -1;
-	while (t >= 0 && t < w->ntoks && w->toks[t].end < *end)
-		t++;
-	if (t < 0 || t >= w->ntoks || w->toks[t].end != *end)
-		*end = 0; /* not where the scanner's tokens are: do not guess */
-	if (!*end && !w->refused)
+	if (!*end)
 		refuse(w, "cannot locate the name of %s.%s in the statement", r->schema, r->name);
 	return *end != 0;
 }
 
-/* TABLE name (short for SELECT * FROM name): where the keyword starts, else start itself. */
+/*
+ * TABLE name (short for SELECT * FROM name): where the keyword starts, else start itself.
+ * Without comments in the statement the characters before the name say it exactly; with
+ * one, the scanner says whether "table" there is the keyword or text in a comment (a
+ * plain read's rewrite is cheaper than a scan, so it scans only then).
+ */
 static size_t table_keyword(Rw *w, size_t start)
 {
-	int t = token_at(w, start);
-	if (t > 0 && w->toks[t - 1].token == PG_QUERY__TOKEN__TABLE)
-		return w->toks[t - 1].start;
-	return start;
+	if (strstr(w->sql, "--") || strstr(w->sql, "/*")) {
+		int t = token_at(w, start);
+		return t > 0 && w->toks[t - 1].token == PG_QUERY__TOKEN__TABLE ? w->toks[t - 1].start : start;
+	}
+	size_t i = start;
+	while (i > 0 && isspace((unsigned char)w->sql[i - 1]))
+		i--;
+	if (i < 5 || strncasecmp(w->sql + i - 5, "table", 5) != 0)
+		return start;
+	size_t kw = i - 5;
+	if (kw > 0) {
+		unsigned char c = (unsigned char)w->sql[kw - 1];
+		if (isalnum(c) || c == '_' || c == '$' || c == '"' || c >= 0x80)
+			return start;
+	}
+	return kw;
 }
 
 /* A masked relation read in a FROM position: replace its name by the masking subquery. */
