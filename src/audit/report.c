@@ -31,12 +31,34 @@ bool audit_parse_since(const char *arg, char out[AUDIT_TIME_LEN])
 	return true;
 }
 
+/* A stored string as JSON: text, or {"hex": ...} when it is not UTF-8 (a client chose it). */
+static json_t *text_value(const char *s)
+{
+	json_t *v = json_string(s);
+	if (v)
+		return v;
+	size_t n = strlen(s);
+	char *hex = xmalloc(2 * n + 1);
+	util_hex_encode((const uint8_t *)s, n, hex);
+	v = json_pack("{ss}", "hex", hex);
+	free(hex);
+	return v;
+}
+
 json_t *audit_record_json(const StoredRecord *r)
 {
 	json_t *body = json_loads(r->body, 0, NULL);
-	json_t *j = json_pack("{ss sI ss ss ss ss ss so ss ss}", "node", r->node, "seq", (json_int_t)r->seq, "time", r->time,
-			      "kind", r->kind, "session_id", r->session_id, "user", r->user_name, "database", r->database,
-			      "record", body ? body : json_string(r->body), "prev_tag", r->prev_tag, "tag", r->tag);
+	json_t *j = json_object();
+	json_object_set_new(j, "node", text_value(r->node));
+	json_object_set_new(j, "seq", json_integer((json_int_t)r->seq));
+	json_object_set_new(j, "time", text_value(r->time));
+	json_object_set_new(j, "kind", text_value(r->kind));
+	json_object_set_new(j, "session_id", text_value(r->session_id));
+	json_object_set_new(j, "user", text_value(r->user_name));
+	json_object_set_new(j, "database", text_value(r->database));
+	json_object_set_new(j, "record", body ? body : text_value(r->body));
+	json_object_set_new(j, "prev_tag", text_value(r->prev_tag));
+	json_object_set_new(j, "tag", text_value(r->tag));
 	return j;
 }
 
@@ -167,6 +189,40 @@ static void add(Text *t, const char *fmt, ...)
 	}
 }
 
+/*
+ * Text from the trail as the transcript shows it: control characters written as escapes
+ * (\n, \x1b), so that neither a value nor a name can draw a line of its own (a forged
+ * statement header) or drive the reader's terminal. Newlines stay in SQL text only
+ * (lines): a statement's own lines. Returns a new string.
+ */
+static char *shown(const char *s, bool lines)
+{
+	size_t n = strlen(s);
+	char *out = xmalloc(4 * n + 1), *o = out;
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p >= 0x20 && *p != 0x7f) {
+			*o++ = (char)*p;
+		} else if (lines && (*p == '\n' || *p == '\t')) {
+			*o++ = (char)*p;
+		} else if (*p == '\n' || *p == '\r' || *p == '\t') {
+			*o++ = '\\';
+			*o++ = *p == '\n' ? 'n' : *p == '\r' ? 'r' : 't';
+		} else {
+			o += sprintf(o, "\\x%02x", *p);
+		}
+	}
+	*o = 0;
+	return out;
+}
+
+/* Appends shown(s, lines). */
+static void add_shown(Text *t, const char *s, bool lines)
+{
+	char *v = shown(s, lines);
+	add(t, "%s", v);
+	free(v);
+}
+
 /* A captured value as psql shows it: text as is, NULL empty, bytes as \x... */
 static const char *cell(json_t *v, char *buf, size_t len)
 {
@@ -203,18 +259,22 @@ static void add_table(Text *t, json_t *result)
 		return;
 	size_t *w = xcalloc(nc, sizeof *w);
 	char buf[512];
+	/* every cell and name as shown, escapes and all, once */
+	char **shows = xcalloc((nr + 1) * nc, sizeof *shows);
 	for (size_t c = 0; c < nc; c++) {
 		const char *name = json_string_value(json_object_get(json_array_get(cols, c), "name"));
-		w[c] = width(name ? name : "");
+		shows[c] = shown(name ? name : "", false);
+		w[c] = width(shows[c]);
 		for (size_t r = 0; r < nr; r++) {
-			size_t cw = width(cell(json_array_get(json_array_get(rows, r), c), buf, sizeof buf));
+			char *v = shows[(r + 1) * nc + c] = shown(cell(json_array_get(json_array_get(rows, r), c), buf, sizeof buf),
+								   false);
+			size_t cw = width(v);
 			w[c] = cw > w[c] ? cw : w[c];
 		}
 	}
 	for (size_t c = 0; c < nc; c++) {
-		const char *name = json_string_value(json_object_get(json_array_get(cols, c), "name"));
 		add(t, "%s", c ? " | " : " ");
-		pad(t, name ? name : "", w[c]);
+		pad(t, shows[c], w[c]);
 	}
 	add(t, "\n");
 	for (size_t c = 0; c < nc; c++) {
@@ -226,12 +286,15 @@ static void add_table(Text *t, json_t *result)
 	for (size_t r = 0; r < nr; r++) {
 		for (size_t c = 0; c < nc; c++) {
 			add(t, "%s", c ? " | " : " ");
-			pad(t, cell(json_array_get(json_array_get(rows, r), c), buf, sizeof buf), w[c]);
+			pad(t, shows[(r + 1) * nc + c], w[c]);
 		}
 		add(t, "\n");
 	}
 	add(t, "(%zu row%s%s)\n", nr, nr == 1 ? "" : "s",
 	    json_is_true(json_object_get(result, "truncated")) ? "; more were sent, not recorded" : "");
+	for (size_t k = 0; k < (nr + 1) * nc; k++)
+		free(shows[k]);
+	free(shows);
 	free(w);
 }
 
@@ -252,24 +315,40 @@ char *audit_replay_text(AuditStore *st, const char *session_id, char *err, size_
 	}
 	Text t = {0};
 	json_t *s = json_object_get(d, "session");
-	add(&t, "Session %s: user %s (%s", session_id, str(s, "user"), str(s, "auth_method"));
+	add(&t, "Session %s: user ", session_id);
+	add_shown(&t, str(s, "user"), false);
+	add(&t, " (%s", str(s, "auth_method"));
 	size_t i;
 	json_t *v;
-	json_array_foreach(json_object_get(s, "groups"), i, v) add(&t, "%s%s", i ? ", " : "; groups ", json_string_value(v));
-	add(&t, "), database %s, from %s", str(s, "database"), str(s, "client_address"));
-	if (*str(s, "application_name"))
-		add(&t, ", application \"%s\"", str(s, "application_name"));
+	json_array_foreach(json_object_get(s, "groups"), i, v)
+	{
+		add(&t, "%s", i ? ", " : "; groups ");
+		add_shown(&t, json_is_string(v) ? json_string_value(v) : "", false);
+	}
+	add(&t, "), database ");
+	add_shown(&t, str(s, "database"), false);
+	add(&t, ", from %s", str(s, "client_address"));
+	if (*str(s, "application_name")) {
+		add(&t, ", application \"");
+		add_shown(&t, str(s, "application_name"), false);
+		add(&t, "\"");
+	}
 	if (*str(s, "role"))
 		add(&t, ", role %s", str(s, "role"));
 	add(&t, "\nStarted %s; ", str(s, "start"));
-	if (json_is_string(json_object_get(s, "end")))
-		add(&t, "ended %s (%s), %lld bytes from the client, %lld to it\n", str(s, "end"), str(s, "end_reason"),
+	if (json_is_string(json_object_get(s, "end"))) {
+		add(&t, "ended %s (", str(s, "end"));
+		add_shown(&t, str(s, "end_reason"), false);
+		add(&t, "), %lld bytes from the client, %lld to it\n",
 		    (long long)json_integer_value(json_object_get(s, "bytes_from_client")),
 		    (long long)json_integer_value(json_object_get(s, "bytes_from_server")));
-	else
+	} else {
 		add(&t, "no end recorded (still open, or the gateway stopped abruptly)\n");
+	}
+	size_t k;
 	json_t *stmt;
-	json_array_foreach(json_object_get(d, "statements"), i, stmt) {
+	json_array_foreach(json_object_get(d, "statements"), k, stmt)
+	{
 		json_t *dec = json_object_get(stmt, "decision");
 		add(&t, "\n[%s] #%lld", str(stmt, "time"), (long long)json_integer_value(json_object_get(stmt, "n")));
 		if (json_object_get(stmt, "part"))
@@ -277,26 +356,37 @@ char *audit_replay_text(AuditStore *st, const char *session_id, char *err, size_
 		add(&t, "  %s", str(dec, "action"));
 		if (*str(dec, "policy"))
 			add(&t, " (policy %s%s%s)", str(dec, "policy"), *str(dec, "rule") ? ", rule " : "", str(dec, "rule"));
-		add(&t, "  %.3f ms\n%s\n", json_number_value(json_object_get(stmt, "duration_ms")), str(stmt, "sql"));
+		add(&t, "  %.3f ms\n", json_number_value(json_object_get(stmt, "duration_ms")));
+		add_shown(&t, str(stmt, "sql"), true);
+		add(&t, "\n");
 		json_t *params = json_object_get(stmt, "params");
 		if (json_array_size(params)) {
 			char buf[512];
 			add(&t, "parameters:");
-			json_array_foreach(params, i, v) add(&t, " $%zu=%s", i + 1, json_is_null(v) ? "NULL" : cell(v, buf, sizeof buf));
+			json_array_foreach(params, i, v)
+			{
+				add(&t, " $%zu=", i + 1);
+				add_shown(&t, json_is_null(v) ? "NULL" : cell(v, buf, sizeof buf), false);
+			}
 			add(&t, "\n");
 		}
 		if (json_object_get(stmt, "result"))
 			add_table(&t, json_object_get(stmt, "result"));
 		json_t *e = json_object_get(stmt, "error");
 		if (e) {
-			add(&t, "ERROR:  %s", str(e, "message"));
+			add(&t, "ERROR:  ");
+			add_shown(&t, str(e, "message"), false);
 			if (*str(e, "sqlstate"))
 				add(&t, " (SQLSTATE %s)", str(e, "sqlstate"));
 			add(&t, "\n");
-			if (*str(e, "detail"))
-				add(&t, "DETAIL:  %s\n", str(e, "detail"));
+			if (*str(e, "detail")) {
+				add(&t, "DETAIL:  ");
+				add_shown(&t, str(e, "detail"), false);
+				add(&t, "\n");
+			}
 		} else if (*str(stmt, "tag")) {
-			add(&t, "%s\n", str(stmt, "tag"));
+			add_shown(&t, str(stmt, "tag"), false);
+			add(&t, "\n");
 		}
 	}
 	json_decref(d);

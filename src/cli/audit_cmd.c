@@ -118,14 +118,24 @@ static int sessions_list(const Args *a, AuditStore *st)
 	return 0;
 }
 
+/* One JSON line; a record that cannot be written is named on stderr and fails the export. */
 static bool export_one(const StoredRecord *r, void *arg)
 {
-	(void)arg;
+	bool *failed = arg;
 	json_t *j = audit_record_json(r);
-	char *text = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(9));
+	char *text = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
 	json_decref(j);
-	bool ok = text && printf("%s\n", text) > 0;
+	if (!text) {
+		fprintf(stderr, "audit export: record seq=%lld cannot be written as JSON\n", (long long)r->seq);
+		*failed = true;
+		return true;
+	}
+	bool ok = printf("%s\n", text) > 0;
 	free(text);
+	if (!ok) {
+		fprintf(stderr, "audit export: cannot write to standard output\n");
+		*failed = true;
+	}
 	return ok;
 }
 
@@ -214,10 +224,13 @@ int audit_cmd_main(int argc, char **argv)
 			rc = 2;
 		} else {
 			StoreFilter f = {.since = a.since ? since : NULL};
-			if (!store_scan(st, &f, export_one, NULL, err, sizeof err)) {
+			bool failed = false;
+			if (!store_scan(st, &f, export_one, &failed, err, sizeof err)) {
 				fprintf(stderr, "%s\n", err);
 				rc = 1;
 			}
+			if (failed || fflush(stdout) != 0)
+				rc = 1;
 		}
 	}
 	store_close(st);

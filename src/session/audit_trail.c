@@ -86,6 +86,7 @@ typedef struct Named {
 	AuditText *decision;
 	bool masked; /* a statement that names a masked relation: its parameters are redacted */
 	bool stamped; /* masked was worked out with a catalog, under policy_id and mask_gen */
+	bool uncertain; /* SQL DEALLOCATE or DISCARD ran since: the server may no longer have it */
 	uint64_t policy_id, mask_gen;
 	struct Named *next;
 } Named;
@@ -131,6 +132,7 @@ static void named_clear(Named *n)
 	text_unref(n->params);
 	text_unref(n->decision);
 	n->sql = n->params = n->decision = NULL;
+	n->uncertain = false;
 }
 
 /* The entry for name, emptied; NULL when the session already tracks too many. */
@@ -184,6 +186,8 @@ void session__audit_free(Session *s)
 	text_set(&s->audit_columns, NULL);
 	audit_stmt_free(s->audit_pending);
 	s->audit_pending = NULL;
+	audit_undo_free(s->audit_undo);
+	s->audit_undo = NULL;
 }
 
 /* Keeps n column formats: inline for the usual few columns, so a statement's record stays small. */
@@ -349,11 +353,16 @@ static AuditText *decision_json(Session *s, const Decision *d)
  */
 static void sql_prepares(Session *s, const char *sql)
 {
-	if (!s->policy || !s->policy->masks_columns || (!strcasestr(sql, "prepare") && !strcasestr(sql, "deallocate")))
+	if (!strcasestr(sql, "prepare") && !strcasestr(sql, "deallocate") && !strcasestr(sql, "discard"))
 		return;
+	bool masking = s->policy && s->policy->masks_columns;
 	for (int b = 0; b < NAME_BUCKETS; b++)
-		for (Named *n = s->audit_names->statements[b]; n; n = n->next)
-			named_clear(n);
+		for (Named *n = s->audit_names->statements[b]; n; n = n->next) {
+			if (masking)
+				named_clear(n);
+			else
+				n->uncertain = true; /* a Parse of the name may now succeed: it replaces the text */
+		}
 }
 
 /* A record in the making; takes over the references it is given (sql NULL: unknown). */
@@ -395,13 +404,79 @@ static void stamp(Session *s, Named *n)
 	n->mask_gen = s->mask_gen;
 }
 
-void session__audit_parse(Session *s, const char *name, const char *sql)
+struct AuditUndo {
+	struct AuditNames *names;
+	char *name;
+	bool existed; /* else the name had no statement: it has none after a failed Parse either */
+	AuditText *sql, *params, *decision;
+	bool masked, stamped;
+	uint64_t policy_id, mask_gen;
+};
+
+AuditUndo *session__audit_parse(Session *s, const char *name, const char *sql)
 {
+	AuditUndo *u = NULL;
+	/* The unnamed statement is dropped before the server parses the new one: no undo. */
+	if (name[0]) {
+		Named *old = named_find(s->audit_names->statements, name);
+		/*
+		 * A name in use: the server refuses the Parse (42P05) and keeps its statement.
+		 * Known here before the answer, so Binds sent behind it (in the same pipeline)
+		 * are recorded with the statement that runs, its parameters masked by it.
+		 */
+		if (old && old->sql && !old->uncertain)
+			return NULL;
+		u = xcalloc(1, sizeof *u);
+		u->names = s->audit_names;
+		u->name = xstrdup(name);
+		if (old && old->sql) {
+			u->existed = true;
+			u->sql = text_ref(old->sql);
+			u->params = old->params ? text_ref(old->params) : NULL;
+			u->decision = old->decision ? text_ref(old->decision) : NULL;
+			u->masked = old->masked;
+			u->stamped = old->stamped;
+			u->policy_id = old->policy_id;
+			u->mask_gen = old->mask_gen;
+		}
+	}
 	Named *n = named_put(s, s->audit_names->statements, name);
 	if (n) {
 		n->sql = text_of(sql);
 		stamp(s, n);
 	}
+	return u;
+}
+
+void audit_undo_apply(AuditUndo *u)
+{
+	if (!u)
+		return;
+	Named *n = named_find(u->names->statements, u->name);
+	if (!n)
+		return;
+	named_clear(n);
+	if (!u->existed)
+		return; /* a Bind of the name now binds an unknown statement, as the server says */
+	n->sql = u->sql;
+	n->params = u->params;
+	n->decision = u->decision;
+	u->sql = u->params = u->decision = NULL;
+	n->masked = u->masked;
+	n->stamped = u->stamped;
+	n->policy_id = u->policy_id;
+	n->mask_gen = u->mask_gen;
+}
+
+void audit_undo_free(AuditUndo *u)
+{
+	if (!u)
+		return;
+	text_unref(u->sql);
+	text_unref(u->params);
+	text_unref(u->decision);
+	free(u->name);
+	free(u);
 }
 
 /* Whether a Bind of statement st has its parameters redacted (st NULL: unknown statement). */

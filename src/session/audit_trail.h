@@ -24,8 +24,16 @@ void session__audit_free(Session *s);
 
 /* A decision as recorded: d NULL means allowed without a rule being consulted. */
 AuditStmt *session__audit_stmt(Session *s, const char *sql, const Decision *d);
-/* Extended protocol: remembers a statement's text, a portal's statement and parameters. */
-void session__audit_parse(Session *s, const char *name, const char *sql);
+typedef struct AuditUndo AuditUndo;
+/*
+ * Extended protocol: remembers a statement's text, a portal's statement and parameters.
+ * A Parse of a named statement returns what to put back should the server reject it
+ * (it then keeps the statement it had: 42P05 for a name in use, or any error), NULL when
+ * there is nothing to put back. The pipeline entry of the Parse owns it.
+ */
+AuditUndo *session__audit_parse(Session *s, const char *name, const char *sql);
+void audit_undo_apply(AuditUndo *u);
+void audit_undo_free(AuditUndo *u);
 /* Returns the record of a refused Bind (NULL when allowed: the Execute gets the record). */
 AuditStmt *session__audit_bind(Session *s, const uint8_t *body, size_t len, const Decision *d);
 AuditStmt *session__audit_execute(Session *s, const char *portal);

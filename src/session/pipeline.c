@@ -21,6 +21,7 @@ void pipeline_free(Pipeline *p)
 		free(p->items[(p->head + i) % p->cap].review_sql);
 		free(p->items[(p->head + i) % p->cap].review_params);
 		audit_stmt_free(p->items[(p->head + i) % p->cap].audit);
+		audit_undo_free(p->items[(p->head + i) % p->cap].undo);
 		rowplan_release(p->items[(p->head + i) % p->cap].rowplan);
 	}
 	free(p->items);
@@ -65,6 +66,8 @@ static void pop(Pipeline *p)
 	p->items[p->head].review_sql = p->items[p->head].review_params = NULL;
 	audit_stmt_free(p->items[p->head].audit);
 	p->items[p->head].audit = NULL;
+	audit_undo_free(p->items[p->head].undo);
+	p->items[p->head].undo = NULL;
 	Expectation *e = &p->items[p->head];
 	if (e->rowplan && (e->kind == EXP_DESCRIBE_STMT || e->kind == EXP_DESCRIBE_PORTAL))
 		e->rowplan->describing--;
@@ -83,10 +86,51 @@ const Expectation *pipeline_front(const Pipeline *p)
 	return p->count ? &p->items[p->head] : NULL;
 }
 
+/*
+ * The first n entries get no answer (the server skipped them, or an error ended them): a
+ * Parse among them did not replace the statement of its name. Put back last to first, so
+ * that each name ends up with the statement it had before the first of them.
+ */
+static void drop_unanswered(Pipeline *p, size_t n)
+{
+	for (size_t i = n; i-- > 0;)
+		audit_undo_apply(pipeline_at(p, i)->undo);
+	while (n--)
+		pop(p);
+}
+
+void pipeline_drop_skipped(Pipeline *p)
+{
+	size_t n = 0;
+	while (n < p->count && pipeline_at(p, n)->skipped)
+		n++;
+	drop_unanswered(p, n);
+}
+
+static bool on_frontend(Pipeline *p, char type, char describe_kind, Expectation **pushed);
+
+/*
+ * After an error the server skips every message up to the next Sync, also those the
+ * client sends once the error is out: they get no answer, so their entries are marked
+ * skipped (the callers still attach their state) and dropped before the next server
+ * message is matched. Left in place they would take the answers of later messages.
+ */
 bool pipeline_on_frontend(Pipeline *p, char type, char describe_kind, Expectation **pushed)
 {
+	Expectation *e = NULL;
+	bool ok = on_frontend(p, type, describe_kind, &e);
+	if (e && p->skipping && type != 'S')
+		e->skipped = true;
+	if (type == 'S')
+		p->skipping = false;
 	if (pushed)
-		*pushed = NULL;
+		*pushed = e;
+	return ok;
+}
+
+static bool on_frontend(Pipeline *p, char type, char describe_kind, Expectation **pushed)
+{
+	*pushed = NULL;
 	switch (type) {
 	case 'Q':
 		return push(p, EXP_QUERY, pushed);
@@ -117,11 +161,13 @@ static bool front_is(const Pipeline *p, ExpKind kind)
 
 void pipeline_on_backend(Pipeline *p, char type, char status)
 {
+	pipeline_drop_skipped(p);
 	const Expectation *f = pipeline_front(p);
 	switch (type) {
 	case 'Z': /* ReadyForQuery ends a Query, a FunctionCall or a Sync */
 		p->txn_status = status;
 		p->in_error = false;
+		p->skipping = false;
 		if (f && (f->kind == EXP_QUERY || f->kind == EXP_FUNCTION || f->kind == EXP_SYNC))
 			pop(p);
 		else
@@ -135,9 +181,12 @@ void pipeline_on_backend(Pipeline *p, char type, char status)
 		if (f->kind == EXP_QUERY || f->kind == EXP_FUNCTION || f->kind == EXP_SYNC)
 			return; /* ReadyForQuery still follows */
 		/* The server now discards every message up to Sync; so do their expectations. */
-		while (p->count && !front_is(p, EXP_SYNC))
-			pop(p);
+		size_t n = 0;
+		while (n < p->count && pipeline_at(p, n)->kind != EXP_SYNC)
+			n++;
+		drop_unanswered(p, n);
 		p->in_error = true;
+		p->skipping = p->count == 0; /* no Sync sent yet: the next messages are skipped too */
 		p->got_param_desc = false;
 		return;
 	case '1':

@@ -27,6 +27,7 @@ typedef struct {
 	ExpKind kind;
 	uint64_t seq;          /* statement sequence number in the session */
 	bool internal;         /* injected by the gateway: every response is swallowed */
+	bool skipped;          /* sent while the server skips to Sync after an error: no answer comes */
 	bool catalog;          /* internal: the masking catalog query (its rows are read) */
 	bool estimate;         /* internal: EXPLAIN for estimated_rows_over (its rows are read) */
 	char release_ready;    /* internal: its ReadyForQuery releases the client's, with this status */
@@ -37,6 +38,7 @@ typedef struct {
 	char *refusal;         /* the gateway refused it: the upstream error is replaced by this */
 	const char *refusal_sqlstate;
 	struct AuditStmt *audit; /* the statement's audit record in the making (owned) */
+	struct AuditUndo *undo;  /* a Parse: the audit's earlier statement of the name, put back if it fails (owned) */
 	struct RowPlan *rowplan; /* its rows are masked in the gateway (a reference) */
 } Expectation;
 
@@ -47,6 +49,7 @@ typedef struct {
 	size_t count;
 	uint64_t next_seq;
 	bool in_error;        /* extended protocol: the server skips to Sync after an error */
+	bool skipping;        /* ... and no Sync has been sent since: what comes now is skipped */
 	bool got_param_desc;  /* inside a statement Describe */
 	char txn_status;      /* last ReadyForQuery status: 'I', 'T' or 'E' */
 	uint64_t unexpected;  /* backend messages that matched nothing (a bug if ever non-zero) */
@@ -67,6 +70,8 @@ bool pipeline_on_frontend(Pipeline *p, char type, char describe_kind, Expectatio
 void pipeline_on_backend(Pipeline *p, char type, char status);
 static inline bool pipeline_idle(const Pipeline *p) { return p->count == 0; }
 const Expectation *pipeline_front(const Pipeline *p);
+/* Drops the entries the server skipped (they get no answer); before reading its next message. */
+void pipeline_drop_skipped(Pipeline *p);
 Expectation *pipeline_front_mut(Pipeline *p);
 /* The i-th entry from the front (0 is the front), or NULL. */
 Expectation *pipeline_at(Pipeline *p, size_t i);

@@ -573,11 +573,35 @@ static Action inspect_client_message(Session *s, char type, const uint8_t *body,
 	}
 }
 
+/*
+ * PostgreSQL keeps statement and portal names cut to NAMEDATALEN - 1 bytes: two longer
+ * names with the same first 63 bytes are one object upstream and two here, and what the
+ * gateway judged (or learned the result shape of) under one would run under the other.
+ */
+#define NAME_MAX_BYTES 63
+
+static bool names_fit(char type, const uint8_t *body, size_t blen)
+{
+	MsgReader r;
+	msgr_init(&r, body, blen);
+	const char *a = NULL, *b = NULL;
+	if (type == 'P' || type == 'E') {
+		a = msgr_str(&r);
+	} else if (type == 'B') {
+		a = msgr_str(&r);
+		b = msgr_str(&r);
+	} else if (type == 'D' || type == 'C') {
+		msgr_u8(&r);
+		a = msgr_str(&r);
+	}
+	return (!a || strlen(a) <= NAME_MAX_BYTES) && (!b || strlen(b) <= NAME_MAX_BYTES);
+}
+
 static bool wants_whole(const Session *s, char type)
 {
 	return (s->inspecting && (type == 'Q' || type == 'P' || type == 'B' || type == 'F' ||
 				  (type == 'E' && s->policy->returned_rows_over))) ||
-	       (s->auditing && (type == 'Q' || type == 'P' || type == 'B' || type == 'E' || type == 'F')) ||
+	       (s->auditing && (type == 'Q' || type == 'P' || type == 'B' || type == 'E' || type == 'F' || type == 'C')) ||
 	       (s->policy->masks_columns && (type == 'B' || type == 'D' || type == 'E' || type == 'C'));
 }
 
@@ -680,7 +704,7 @@ static void audit_forwarded(Session *s, char type, const uint8_t *body, size_t b
 	} else if (type == 'P') {
 		const char *sql = msgr_str(&r);
 		if (a && sql)
-			session__audit_parse(s, a, sql);
+			s->audit_undo = session__audit_parse(s, a, sql);
 	} else if (type == 'B' && !s->inspecting) {
 		s->audit_pending = session__audit_bind(s, body, blen, NULL);
 	} else if (type == 'E' && a) {
@@ -744,6 +768,12 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				fwd = 0;
 			}
 			const uint8_t *body = copy_out(s, in, fwd + 5, len - 4);
+			if (!names_fit(type, body, len - 4)) {
+				session_close(s, "statement or portal name too long", "42622",
+					      "pgcordon: statement and portal names are limited to 63 bytes (PostgreSQL cuts a "
+					      "longer one, and the cut name is no longer the one the gateway judged)");
+				return 0;
+			}
 			if (s->policy->masks_columns && (type == 'Q' || type == 'P')) {
 				/* Statements wait for a current catalog: loaded at start, again after DDL or a reload. */
 				if (s->mask_loading)
@@ -818,6 +848,11 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				e->audit = s->audit_pending;
 			else
 				audit_stmt_free(s->audit_pending);
+			if (e)
+				e->undo = s->audit_undo;
+			else
+				audit_undo_free(s->audit_undo);
+			s->audit_undo = NULL;
 			s->audit_pending = NULL;
 			if (!rewritten)
 				fwd += total;
@@ -1307,6 +1342,7 @@ void session__relay_from_server(Session *s)
 		}
 		if (len > 4 && n < 6)
 			break;
+		pipeline_drop_skipped(&s->pipeline); /* no answer comes for them: not the front of this one */
 		const Expectation *front = pipeline_front(&s->pipeline);
 		if (front && front->estimate && (type == 'D' || type == 'E' || type == 'Z') && !s->masked_front) {
 			if (avail - fwd < 1 + (size_t)len)

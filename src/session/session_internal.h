@@ -129,6 +129,7 @@ struct Session {
 	uint64_t audit_ticket;     /* what audit_holding waits for */
 	struct AuditNames *audit_names;
 	struct AuditStmt *audit_pending; /* the record of the client message being handled */
+	struct AuditUndo *audit_undo;    /* ... and of a Parse, what its failure puts back */
 	struct AuditText *audit_columns; /* the last Describe's RowDescription (JSON), for an Execute's rows */
 	uint8_t audit_formats[1600];
 	int audit_ncols;

@@ -2882,3 +2882,99 @@ def test_http_rejects_hostile_requests(http_gw):
     # The gateway still serves clients and the API after all of that.
     assert http(p, "/healthz")[0] == 200
     http_gw["gw"].assert_serves()
+
+
+# ---------------------------------------------------------------------------- what clients choose
+
+def test_a_rejected_reparse_leaves_the_statement_that_runs(agw, trail, table):
+    """Parse s3 (an INSERT), Parse s3 again with other SQL (the server refuses: the name is
+    in use, and keeps the INSERT), then Bind and Execute s3: the record names the INSERT
+    that ran, not the SQL of the rejected Parse. The same in one pipeline."""
+    t = table(rows=0)
+    m = pgwire.msg
+    parse = lambda name, sql: m(b"P", pgwire.cstr(name) + pgwire.cstr(sql) + struct.pack("!H", 0))
+    ins = f"INSERT INTO {t} (id, v) VALUES ($1::int, $2)"
+    app = app_name("reparse")
+    conn = pgwire.RawConn(agw.host, agw.port, timeout=30)
+    conn.startup("bob", "app", LOCAL_USERS["bob"], extra={"application_name": app})
+    try:
+        conn.exchange(parse("s3", ins) + m(b"S"))
+        second = conn.exchange(parse("s3", "SELECT $1::text, $2::text") + m(b"S"))
+        assert any(typ == b"E" and pgwire.parse_fields(b).get("C") == "42P05" for typ, b in second), second
+        conn.exchange(bind_msg("", "s3", "5", "five") + execute_msg("") + m(b"S"))
+        # one pipeline: the second Parse fails, the server skips to Sync, then s3 runs
+        conn.send(parse("s3", "SELECT 1") + bind_msg("", "s3", "x", "y") + execute_msg("") + m(b"S")
+                  + bind_msg("", "s3", "6", "six") + execute_msg("") + m(b"S"))
+        assert _read_until_ready(conn)[0] == "E"
+        assert _read_until_ready(conn)[-2:] == ["C", "Z"]
+        conn.terminate()
+    finally:
+        conn.close()
+    _, stmts, _ = session_records(trail, session_id_of(trail, app))
+    ran = [(s["body"]["sql"], s["body"]["params"], s["body"].get("tag")) for s in stmts]
+    # the Execute the server skipped after the failed Parse is recorded with its error
+    assert ran == [(ins, ["5", "five"], "INSERT 0 1"), (ins, ["x", "y"], None), (ins, ["6", "six"], "INSERT 0 1")], ran
+    assert stmts[1]["body"]["error"]["sqlstate"] == "42P05", stmts[1]["body"]
+
+
+def test_export_keeps_going_past_a_user_name_that_is_not_utf8(agw, trail):
+    """A failed login's user name is whatever bytes the client sent: it is exported as
+    {"hex": ...}, and the records after it are exported too."""
+    conn = pgwire.RawConn(agw.host, agw.port, timeout=30)
+    body = struct.pack("!I", pgwire.PROTO_30) + b"user\0x\xff\0database\0app\0\0"
+    try:
+        conn.send(struct.pack("!I", len(body) + 4) + body)
+        with pytest.raises(pgwire.ServerError):
+            conn.authenticate("x", "any-password")
+    finally:
+        conn.close()
+    wait_for(lambda: any(r["body"].get("user") == {"hex": "78ff"} for r in trail.rows(kind="login_failed")),
+             what="the login_failed record")
+    after = app_name("afterbad")
+    with agw.connect(user="bob", application_name=after) as c:
+        c.execute("SELECT 1")
+    sid = session_id_of(trail, after)
+    session_records(trail, sid)
+    r = cli("audit", "export", "--config", agw.config_path)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert any(j["user"] == {"hex": "78ff"} for j in lines), "the login_failed record"
+    assert any(j["session_id"] == sid for j in lines), "records after it"
+
+
+def test_replay_of_a_query_and_a_bound_statement(agw, trail):
+    """Two statements in one Query, then a statement with a parameter: the replay ends (its
+    statements loop once reused the parameters' index and never did) and shows all three."""
+    app = app_name("replayloop")
+    conn = pgwire.RawConn(agw.host, agw.port, timeout=30)
+    conn.startup("bob", "app", LOCAL_USERS["bob"], extra={"application_name": app})
+    try:
+        conn.query("SELECT 1; SELECT 2")
+        conn.exchange(pgwire.msg(b"P", pgwire.cstr("") + pgwire.cstr("SELECT $1::text") + struct.pack("!H", 0))
+                      + bind_msg("", "", "p") + execute_msg("") + pgwire.msg(b"S"))
+        conn.terminate()
+    finally:
+        conn.close()
+    sid = session_id_of(trail, app)
+    session_records(trail, sid)
+    r = cli("sessions", "replay", sid, "--config", agw.config_path, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n[") == 3 and "$1=p" in r.stdout, r.stdout
+
+
+def test_replay_escapes_control_characters(agw, trail):
+    """A value or a name can hold newlines and terminal escapes: the transcript shows them
+    as escapes, so no value draws a line of its own (a forged statement) or drives the
+    reader's terminal."""
+    app = app_name("esc") + "\x1b[31m"
+    fake = "x\n(1 row)\n\n[2026-11-23T00:00:00Z] #9  allow  0.1 ms\nDROP TABLE nothing"
+    with agw.connect(user="bob", application_name=app) as c:
+        c.execute("SELECT %s::text AS v", (fake + "\x07",))
+    sid = wait_for(lambda: next((r["body"]["session_id"] for r in trail.rows(kind="session_start")
+                                 if r["body"].get("application_name") == app), None), what="the session")
+    session_records(trail, sid)
+    r = cli("sessions", "replay", sid, "--config", agw.config_path, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout, repr(r.stdout)
+    assert "\n[2026-11-23T00:00:00Z] #9" not in r.stdout and "\\n[2026-11-23T00:00:00Z] #9" in r.stdout, r.stdout
+    assert "\\x1b[31m" in r.stdout and "\\x07" in r.stdout

@@ -957,3 +957,64 @@ def test_malformed_messages_under_masking(mgw, bad):
         rows = c2.execute(f"SELECT id, ssn FROM {R} WHERE id = 1").fetchall()
     no_raw(rows)
     assert rows == [(1, "***-**-6789")]
+
+
+# ---------------------------------------------------------------------------- the pipeline's step
+# After an error the server skips every message up to Sync, also those sent once the error is
+# out. Their entries must not stay in the gateway's queue, or every later answer is matched to
+# the wrong request, and a plain read's rows pass with no row plan.
+
+def test_messages_sent_after_an_error_are_skipped_here_too(mgw):
+    c = raw_connect(mgw)
+    try:
+        c.send(parse_m("", "SELEC 1") + FLUSH)
+        first = read_until(c, stop=(b"E",))
+        assert first[-1][0] == "E", first
+        c.send(msg(b"Q", cstr("SELECT 1")) + parse_m("", "SELECT 2") + bind_m("", "") + execute_m("") + SYNC)
+        skipped = read_until(c)
+        assert types_in(skipped) == ["Z"], skipped  # the server skipped them all
+        c.send(parse_m("", SEL) + bind_m("", "") + execute_m("") + SYNC)
+        got = read_until(c)
+        c.send(msg(b"Q", cstr(SEL)))
+        got += read_until(c)
+    finally:
+        c.terminate()
+    no_raw(got)
+    assert rows_in(got) == 2 * masked_text_rows(mgw, ids_of("ascii"), SEL_COLS)
+
+
+# ---------------------------------------------------------------------------- long names
+# PostgreSQL cuts statement and portal names to 63 bytes: two longer names with the same first
+# 63 bytes are one statement upstream. The gateway ends such a session instead of tracking two.
+
+LONG_A, LONG_B = "x" * 63 + "A", "x" * 63 + "B"
+
+
+@pytest.mark.parametrize("first", [
+    parse_m(LONG_B, "SELECT 'nothing here'::text AS ssn") + describe_m(b"S", LONG_B) + SYNC,
+    bind_m(LONG_A, "") + SYNC,
+    describe_m(b"P", LONG_A) + SYNC,
+    close_m(b"S", LONG_A) + SYNC,
+    execute_m(LONG_A) + SYNC,
+], ids=["parse", "bind_portal", "describe", "close", "execute"])
+def test_names_past_63_bytes_end_the_session(mgw, first):
+    c = raw_connect(mgw)
+    try:
+        c.send(first)
+        got = read_until(c, stop=(b"E", b"Z"))
+    finally:
+        c.close()
+    errors = [v for t, v in got if t == "E"]
+    assert errors and errors[0].get("C") == "42622" and "63 bytes" in errors[0].get("M", ""), got
+
+
+def test_a_name_of_63_bytes_works(mgw):
+    c = raw_connect(mgw)
+    name = "y" * 63
+    try:
+        c.send(parse_m(name, SEL) + bind_m(name, name) + execute_m(name) + SYNC)
+        got = read_until(c)
+    finally:
+        c.terminate()
+    no_raw(got)
+    assert rows_in(got) == masked_text_rows(mgw, ids_of("ascii"), SEL_COLS)
