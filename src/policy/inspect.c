@@ -243,7 +243,8 @@ bool inspect_encoding_unsafe(const char *name)
 {
 	static const char *const unsafe[] = {
 		"big5", "cp932", "cp936", "cp949", "cp950", "gb18030", "gbk", "johab", "mskanji",
-		"shiftjis", "shiftjis2004", "sjis", "uhc", "win932", "win936", "win949", "win950", NULL,
+		"shiftjis", "shiftjis2004", "sjis", "uhc", "win932", "win936", "win949", "win950",
+		"windows932", "windows936", "windows949", "windows950", NULL,
 	};
 	char clean[64];
 	size_t o = 0;
@@ -556,6 +557,22 @@ static void on_statement(Walk *w, const char *type, json_t *n, const char *paren
 				add_kind(w, "insert");
 			}
 		}
+		return;
+	}
+	if (strcmp(type, "DefineStmt") == 0) {
+		/* CREATE AGGREGATE/OPERATOR/TYPE/COLLATION/TEXT SEARCH ...: named by what it makes */
+		add_kind(w, "define");
+		static const struct {
+			const char *object, *kind;
+		} made[] = {
+			{"OBJECT_AGGREGATE", "create_aggregate"}, {"OBJECT_OPERATOR", "create_operator"},
+			{"OBJECT_TYPE", "create_type"},           {"OBJECT_TSPARSER", "create_ts_parser"},
+			{"OBJECT_TSTEMPLATE", "create_ts_template"},
+		};
+		const char *object = str_of(n, "kind");
+		for (size_t i = 0; object && i < sizeof made / sizeof made[0]; i++)
+			if (strcmp(object, made[i].object) == 0)
+				add_kind(w, made[i].kind);
 		return;
 	}
 	if (strcmp(type, "DropOwnedStmt") == 0) {
@@ -916,7 +933,8 @@ static const char *const known_kinds[] = {
 	"alter_database_refresh_coll", "alter_database_set", "alter_role_set", "create_conversion",
 	"create_cast", "create_op_class", "create_op_family", "alter_op_family", "create_table_space",
 	"drop_table_space", "alter_object_depends", "alter_object_schema", "alter_owner",
-	"alter_operator", "alter_type", "drop_owned", "set_unsafe_encoding", "set_standard_conforming_strings", "reassign_owned", "composite_type", "create_enum",
+	"alter_operator", "alter_type", "drop_owned", "set_unsafe_encoding", "set_standard_conforming_strings", "create_aggregate",
+	"create_operator", "create_type", "create_ts_parser", "create_ts_template", "reassign_owned", "composite_type", "create_enum",
 	"create_range", "alter_enum", "alter_t_s_dictionary", "alter_t_s_configuration", "create_fdw",
 	"alter_fdw", "create_foreign_server", "alter_foreign_server", "create_user_mapping",
 	"alter_user_mapping", "drop_user_mapping", "alter_table_space_options", "alter_table_move_all",

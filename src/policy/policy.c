@@ -38,7 +38,8 @@ static const char *const uninspectable_kinds[] = {
  * them a blocked or scope-escaping built-in (pg_sleep, ts_stat) runs without its name.
  */
 static const char *const binding_kinds[] = {
-	"define", "create_cast", "create_conversion", "create_transform", "create_am", "create_op_class",
+	"create_aggregate", "create_operator", "create_type", "create_ts_parser", "create_ts_template",
+	"create_cast", "create_conversion", "create_transform", "create_am", "create_op_class",
 	"create_op_family", "alter_op_family", "alter_operator", "alter_type", "create_range", "create_fdw",
 	"alter_fdw", NULL,
 };
@@ -464,7 +465,7 @@ static void decide_statement(const EffectivePolicy *ep, const StatementFacts *f,
 	}
 	for (const char *const *k = binding_kinds; *k; k++) {
 		if (strset_has(&f->kinds, *k)) {
-			upper_words(strcmp(*k, "define") == 0 ? "create_operator/aggregate/type" : *k, words, sizeof words);
+			upper_words(*k, words, sizeof words);
 			block(d, "42501", ep->names, "uninspectable",
 			      "%s is not allowed: it makes functions run where the gateway sees no call", words);
 			return;

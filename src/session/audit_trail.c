@@ -87,6 +87,7 @@ typedef struct Named {
 	bool masked; /* a statement that names a masked relation: its parameters are redacted */
 	bool stamped; /* masked was worked out with a catalog, under policy_id and mask_gen */
 	bool uncertain; /* SQL DEALLOCATE or DISCARD ran since: the server may no longer have it */
+	bool confirmed; /* the server answered its Parse with ParseComplete */
 	uint64_t policy_id, mask_gen;
 	struct Named *next;
 } Named;
@@ -132,7 +133,7 @@ static void named_clear(Named *n)
 	text_unref(n->params);
 	text_unref(n->decision);
 	n->sql = n->params = n->decision = NULL;
-	n->uncertain = false;
+	n->uncertain = n->confirmed = false;
 }
 
 /* The entry for name, emptied; NULL when the session already tracks too many. */
@@ -407,7 +408,9 @@ static void stamp(Session *s, Named *n)
 struct AuditUndo {
 	struct AuditNames *names;
 	char *name;
+	AuditText *set; /* the text this Parse gave the name: undone or confirmed only while it has it */
 	bool existed; /* else the name had no statement: it has none after a failed Parse either */
+	bool confirmed;
 	AuditText *sql, *params, *decision;
 	bool masked, stamped;
 	uint64_t policy_id, mask_gen;
@@ -424,13 +427,14 @@ AuditUndo *session__audit_parse(Session *s, const char *name, const char *sql)
 		 * Known here before the answer, so Binds sent behind it (in the same pipeline)
 		 * are recorded with the statement that runs, its parameters masked by it.
 		 */
-		if (old && old->sql && !old->uncertain)
+		if (old && old->sql && old->confirmed && !old->uncertain)
 			return NULL;
 		u = xcalloc(1, sizeof *u);
 		u->names = s->audit_names;
 		u->name = xstrdup(name);
 		if (old && old->sql) {
 			u->existed = true;
+			u->confirmed = old->confirmed;
 			u->sql = text_ref(old->sql);
 			u->params = old->params ? text_ref(old->params) : NULL;
 			u->decision = old->decision ? text_ref(old->decision) : NULL;
@@ -445,7 +449,16 @@ AuditUndo *session__audit_parse(Session *s, const char *name, const char *sql)
 		n->sql = text_of(sql);
 		stamp(s, n);
 	}
+	if (u)
+		u->set = n ? text_ref(n->sql) : NULL;
 	return u;
+}
+
+void audit_undo_commit(AuditUndo *u)
+{
+	Named *n = u && u->set ? named_find(u->names->statements, u->name) : NULL;
+	if (n && n->sql == u->set)
+		n->confirmed = true;
 }
 
 void audit_undo_apply(AuditUndo *u)
@@ -453,8 +466,8 @@ void audit_undo_apply(AuditUndo *u)
 	if (!u)
 		return;
 	Named *n = named_find(u->names->statements, u->name);
-	if (!n)
-		return;
+	if (!n || !u->set || n->sql != u->set)
+		return; /* a later Parse or Close has the name now */
 	named_clear(n);
 	if (!u->existed)
 		return; /* a Bind of the name now binds an unknown statement, as the server says */
@@ -466,6 +479,7 @@ void audit_undo_apply(AuditUndo *u)
 	n->stamped = u->stamped;
 	n->policy_id = u->policy_id;
 	n->mask_gen = u->mask_gen;
+	n->confirmed = u->confirmed;
 }
 
 void audit_undo_free(AuditUndo *u)
@@ -475,6 +489,7 @@ void audit_undo_free(AuditUndo *u)
 	text_unref(u->sql);
 	text_unref(u->params);
 	text_unref(u->decision);
+	text_unref(u->set);
 	free(u->name);
 	free(u);
 }

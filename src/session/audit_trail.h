@@ -33,6 +33,8 @@ typedef struct AuditUndo AuditUndo;
  */
 AuditUndo *session__audit_parse(Session *s, const char *name, const char *sql);
 void audit_undo_apply(AuditUndo *u);
+/* Its ParseComplete came: the name now certainly has that statement upstream. */
+void audit_undo_commit(AuditUndo *u);
 void audit_undo_free(AuditUndo *u);
 /* Returns the record of a refused Bind (NULL when allowed: the Execute gets the record). */
 AuditStmt *session__audit_bind(Session *s, const uint8_t *body, size_t len, const Decision *d);

@@ -190,8 +190,10 @@ void pipeline_on_backend(Pipeline *p, char type, char status)
 		p->got_param_desc = false;
 		return;
 	case '1':
-		if (front_is(p, EXP_PARSE))
+		if (front_is(p, EXP_PARSE)) {
+			audit_undo_commit(p->items[p->head].undo);
 			pop(p);
+		}
 		else
 			p->unexpected++;
 		return;

@@ -68,7 +68,8 @@ bool pipeline_on_frontend(Pipeline *p, char type, char describe_kind, Expectatio
 	__attribute__((warn_unused_result));
 /* Updates the queue for a backend message; status is the ReadyForQuery byte. */
 void pipeline_on_backend(Pipeline *p, char type, char status);
-static inline bool pipeline_idle(const Pipeline *p) { return p->count == 0; }
+/* Nothing owed, and the server reads the next message (it does not skip to a Sync). */
+static inline bool pipeline_idle(const Pipeline *p) { return p->count == 0 && !p->skipping; }
 const Expectation *pipeline_front(const Pipeline *p);
 /* Drops the entries the server skipped (they get no answer); before reading its next message. */
 void pipeline_drop_skipped(Pipeline *p);

@@ -848,7 +848,9 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				e->audit = s->audit_pending;
 			else
 				audit_stmt_free(s->audit_pending);
-			if (e)
+			if (e && e->skipped) /* the server skips this Parse: the name keeps what it had, now */
+				audit_undo_apply(s->audit_undo);
+			if (e && !e->skipped)
 				e->undo = s->audit_undo;
 			else
 				audit_undo_free(s->audit_undo);

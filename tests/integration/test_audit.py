@@ -2917,6 +2917,30 @@ def test_a_rejected_reparse_leaves_the_statement_that_runs(agw, trail, table):
     assert stmts[1]["body"]["error"]["sqlstate"] == "42P05", stmts[1]["body"]
 
 
+def test_a_parse_not_yet_answered_does_not_hold_its_name(agw, trail, table):
+    """P(x, SQL that fails), Sync, P(x, an INSERT), Bind, Execute, Sync in one write: the
+    first Parse fails, so the second one gives x its statement, and the record names the
+    INSERT that ran (a name counts as in use only once the server confirmed its Parse)."""
+    t = table(rows=0)
+    m = pgwire.msg
+    parse = lambda name, sql: m(b"P", pgwire.cstr(name) + pgwire.cstr(sql) + struct.pack("!H", 0))
+    ins = f"INSERT INTO {t} (id, v) VALUES ($1::int, $2)"
+    app = app_name("unanswered")
+    conn = pgwire.RawConn(agw.host, agw.port, timeout=30)
+    conn.startup("bob", "app", LOCAL_USERS["bob"], extra={"application_name": app})
+    try:
+        conn.send(parse("x", f"SELECT * FROM {t}_nosuch WHERE id = $1") + m(b"S")
+                  + parse("x", ins) + bind_msg("", "x", "7", "seven") + execute_msg("") + m(b"S"))
+        assert _read_until_ready(conn)[0] == "E"
+        assert _read_until_ready(conn)[-2:] == ["C", "Z"]
+        conn.terminate()
+    finally:
+        conn.close()
+    _, stmts, _ = session_records(trail, session_id_of(trail, app))
+    ran = [(s["body"]["sql"], s["body"]["params"], s["body"].get("tag")) for s in stmts]
+    assert ran == [(ins, ["7", "seven"], "INSERT 0 1")], ran
+
+
 def test_export_keeps_going_past_a_user_name_that_is_not_utf8(agw, trail):
     """A failed login's user name is whatever bytes the client sent: it is exported as
     {"hex": ...}, and the records after it are exported too."""
