@@ -354,6 +354,9 @@ static AuditText *decision_json(Session *s, const Decision *d)
  */
 static void sql_prepares(Session *s, const char *sql)
 {
+	/* No name known yet: nothing to forget (and no text search on every simple Query). */
+	if (!s->audit_names->count)
+		return;
 	if (!strcasestr(sql, "prepare") && !strcasestr(sql, "deallocate") && !strcasestr(sql, "discard"))
 		return;
 	bool masking = s->policy && s->policy->masks_columns;
