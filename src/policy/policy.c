@@ -366,6 +366,15 @@ static bool kind_allowed_read_only(const char *kind)
 	return false;
 }
 
+/* The first of kinds (a NULL-ended list) the statement is, or NULL. */
+static const char *first_kind_of(const StatementFacts *f, const char *const *kinds)
+{
+	for (const char *const *k = kinds; *k; k++)
+		if (strset_has(&f->kinds, *k))
+			return *k;
+	return NULL;
+}
+
 static void decide_statement(const EffectivePolicy *ep, const StatementFacts *f, Decision *d)
 {
 	char words[96];
@@ -455,21 +464,13 @@ static void decide_statement(const EffectivePolicy *ep, const StatementFacts *f,
 	 * So no restricted identity may run one (explicit blocks above name themselves first).
 	 * Functions that already exist are the database owner's to grant.
 	 */
-	for (const char *const *k = uninspectable_kinds; *k; k++) {
-		if (strset_has(&f->kinds, *k)) {
-			upper_words(*k, words, sizeof words);
-			block(d, "42501", ep->names, "uninspectable",
-			      "%s is not allowed: the SQL it runs cannot be inspected", words);
-			return;
-		}
-	}
-	for (const char *const *k = binding_kinds; *k; k++) {
-		if (strset_has(&f->kinds, *k)) {
-			upper_words(*k, words, sizeof words);
-			block(d, "42501", ep->names, "uninspectable",
-			      "%s is not allowed: it makes functions run where the gateway sees no call", words);
-			return;
-		}
+	const char *code = first_kind_of(f, uninspectable_kinds), *why = "the SQL it runs cannot be inspected";
+	if (!code && (code = first_kind_of(f, binding_kinds)))
+		why = "it makes functions run where the gateway sees no call";
+	if (code) {
+		upper_words(code, words, sizeof words);
+		block(d, "42501", ep->names, "uninspectable", "%s is not allowed: %s", words, why);
+		return;
 	}
 	if (f->delete_without_where && ep->delete_without_where_by) {
 		block(d, "42501", ep->delete_without_where_by, "delete_without_where", "DELETE without WHERE");

@@ -714,6 +714,21 @@ def execute_msg(portal):
     return pgwire.msg(b"E", pgwire.cstr(portal) + struct.pack("!I", 0))
 
 
+def parse_msg(name, sql):
+    return pgwire.msg(b"P", pgwire.cstr(name) + pgwire.cstr(sql) + struct.pack("!H", 0))
+
+
+def raw_session(gw, user, app):
+    conn = pgwire.RawConn(gw.host, gw.port, timeout=30)
+    conn.startup(user, "app", LOCAL_USERS[user], extra={"application_name": app})
+    return conn
+
+
+def sql_params_tags(trail, app):
+    _, stmts, _ = session_records(trail, session_id_of(trail, app))
+    return stmts, [(s["body"]["sql"], s["body"]["params"], s["body"].get("tag")) for s in stmts]
+
+
 def test_pipelined_texts_stay_with_their_statement(agw, trail):
     """Records share a statement's SQL, a portal's parameters and a decision rather than
     copying them. In one pipeline a prepared statement is executed, closed and prepared
@@ -2891,12 +2906,10 @@ def test_a_rejected_reparse_leaves_the_statement_that_runs(agw, trail, table):
     in use, and keeps the INSERT), then Bind and Execute s3: the record names the INSERT
     that ran, not the SQL of the rejected Parse. The same in one pipeline."""
     t = table(rows=0)
-    m = pgwire.msg
-    parse = lambda name, sql: m(b"P", pgwire.cstr(name) + pgwire.cstr(sql) + struct.pack("!H", 0))
+    m, parse = pgwire.msg, parse_msg
     ins = f"INSERT INTO {t} (id, v) VALUES ($1::int, $2)"
     app = app_name("reparse")
-    conn = pgwire.RawConn(agw.host, agw.port, timeout=30)
-    conn.startup("bob", "app", LOCAL_USERS["bob"], extra={"application_name": app})
+    conn = raw_session(agw, "bob", app)
     try:
         conn.exchange(parse("s3", ins) + m(b"S"))
         second = conn.exchange(parse("s3", "SELECT $1::text, $2::text") + m(b"S"))
@@ -2910,8 +2923,7 @@ def test_a_rejected_reparse_leaves_the_statement_that_runs(agw, trail, table):
         conn.terminate()
     finally:
         conn.close()
-    _, stmts, _ = session_records(trail, session_id_of(trail, app))
-    ran = [(s["body"]["sql"], s["body"]["params"], s["body"].get("tag")) for s in stmts]
+    stmts, ran = sql_params_tags(trail, app)
     # the Execute the server skipped after the failed Parse is recorded with its error
     assert ran == [(ins, ["5", "five"], "INSERT 0 1"), (ins, ["x", "y"], None), (ins, ["6", "six"], "INSERT 0 1")], ran
     assert stmts[1]["body"]["error"]["sqlstate"] == "42P05", stmts[1]["body"]
@@ -2922,12 +2934,10 @@ def test_a_parse_not_yet_answered_does_not_hold_its_name(agw, trail, table):
     first Parse fails, so the second one gives x its statement, and the record names the
     INSERT that ran (a name counts as in use only once the server confirmed its Parse)."""
     t = table(rows=0)
-    m = pgwire.msg
-    parse = lambda name, sql: m(b"P", pgwire.cstr(name) + pgwire.cstr(sql) + struct.pack("!H", 0))
+    m, parse = pgwire.msg, parse_msg
     ins = f"INSERT INTO {t} (id, v) VALUES ($1::int, $2)"
     app = app_name("unanswered")
-    conn = pgwire.RawConn(agw.host, agw.port, timeout=30)
-    conn.startup("bob", "app", LOCAL_USERS["bob"], extra={"application_name": app})
+    conn = raw_session(agw, "bob", app)
     try:
         conn.send(parse("x", f"SELECT * FROM {t}_nosuch WHERE id = $1") + m(b"S")
                   + parse("x", ins) + bind_msg("", "x", "7", "seven") + execute_msg("") + m(b"S"))
@@ -2936,8 +2946,7 @@ def test_a_parse_not_yet_answered_does_not_hold_its_name(agw, trail, table):
         conn.terminate()
     finally:
         conn.close()
-    _, stmts, _ = session_records(trail, session_id_of(trail, app))
-    ran = [(s["body"]["sql"], s["body"]["params"], s["body"].get("tag")) for s in stmts]
+    _, ran = sql_params_tags(trail, app)
     assert ran == [(ins, ["7", "seven"], "INSERT 0 1")], ran
 
 
@@ -2970,12 +2979,10 @@ def test_replay_of_a_query_and_a_bound_statement(agw, trail):
     """Two statements in one Query, then a statement with a parameter: the replay ends (its
     statements loop once reused the parameters' index and never did) and shows all three."""
     app = app_name("replayloop")
-    conn = pgwire.RawConn(agw.host, agw.port, timeout=30)
-    conn.startup("bob", "app", LOCAL_USERS["bob"], extra={"application_name": app})
+    conn = raw_session(agw, "bob", app)
     try:
         conn.query("SELECT 1; SELECT 2")
-        conn.exchange(pgwire.msg(b"P", pgwire.cstr("") + pgwire.cstr("SELECT $1::text") + struct.pack("!H", 0))
-                      + bind_msg("", "", "p") + execute_msg("") + pgwire.msg(b"S"))
+        conn.exchange(parse_msg("", "SELECT $1::text") + bind_msg("", "", "p") + execute_msg("") + pgwire.msg(b"S"))
         conn.terminate()
     finally:
         conn.close()
