@@ -496,6 +496,48 @@ static char *skip_blank(char *p, char *end)
  * reads. What does not parse (the file was edited) becomes a record that cannot verify,
  * numbered where it stands, so that verify names it rather than the scan failing.
  */
+/*
+ * A frame that does not say its size (the gateway's always do; one re-compressed by hand
+ * may not): decompressed by stream, up to a bound, so that verify can still read its
+ * records and name the one that was changed. NULL when it does not decompress.
+ */
+#define UNSIZED_FRAME_MAX ((size_t)256 << 20)
+
+static char *inflate_unsized(const void *raw, size_t len, size_t *outlen)
+{
+	ZSTD_DCtx *dc = ZSTD_createDCtx();
+	size_t cap = len * 8 + 1024, used = 0;
+	char *out = xmalloc(cap + 2);
+	ZSTD_inBuffer in = {raw, len, 0};
+	bool ok = dc != NULL;
+	while (ok) {
+		if (cap - used < 65536) {
+			if (cap >= UNSIZED_FRAME_MAX) {
+				ok = false;
+				break;
+			}
+			cap *= 2;
+			out = xrealloc(out, cap + 2);
+		}
+		ZSTD_outBuffer o = {out + used, cap - used, 0};
+		size_t r = ZSTD_decompressStream(dc, &o, &in);
+		used += o.pos;
+		if (ZSTD_isError(r))
+			ok = false;
+		else if (r == 0 && in.pos == in.size)
+			break; /* the frame is whole */
+		else if (in.pos == in.size && o.pos == 0)
+			ok = false; /* cut short */
+	}
+	ZSTD_freeDCtx(dc);
+	if (!ok) {
+		free(out);
+		return NULL;
+	}
+	*outlen = used;
+	return out;
+}
+
 static void batch_load(Batch *b, sqlite3_stmt *q)
 {
 	batch_clear(b);
@@ -514,6 +556,8 @@ static void batch_load(Batch *b, sqlite3_stmt *q)
 			got = 1;
 		}
 		len = got;
+	} else if (size == ZSTD_CONTENTSIZE_UNKNOWN && (b->text = inflate_unsized(raw, len, &len)) != NULL) {
+		/* read as any other batch */
 	} else {
 		b->text = xmalloc(len + 1);
 		if (len)

@@ -126,7 +126,7 @@ class SqliteTrail:
             c.close()
         out = []
         for first, prev, packed in rows:
-            text = zstandard.ZstdDecompressor().decompress(packed).decode()
+            text = zstandard.ZstdDecompressor().decompressobj().decompress(packed).decode()  # sized or not
             assert text.startswith("[\n") and text.endswith("\n]"), text[:80]
             out.append((first, prev, text[2:-2].split(",\n") if text[2:-2] else []))  # "[\n\n]": emptied
         return out
@@ -161,19 +161,20 @@ class SqliteTrail:
         finally:
             c.close()
 
-    def rewrite(self, first_seq, lines):
+    def rewrite(self, first_seq, lines, sized=True):
         text = ("[\n" + ",\n".join(lines) + "\n]").encode()
-        self.execute("UPDATE audit_batches SET records = ? WHERE first_seq = ?",
-                     (zstandard.ZstdCompressor(level=1).compress(text), first_seq))
+        packer = zstandard.ZstdCompressor(level=1, write_content_size=sized)
+        self.execute("UPDATE audit_batches SET records = ? WHERE first_seq = ?", (packer.compress(text), first_seq))
 
-    def edit_record(self, seq, fn):
-        """Replaces record seq's line with fn(line), or drops it when fn returns None."""
+    def edit_record(self, seq, fn, sized=True):
+        """Replaces record seq's line with fn(line), or drops it when fn returns None; the
+        batch is compressed again, its frame saying its size unless sized is False."""
         for first, _, ls in self.batches():
             for i, ln in enumerate(ls):
                 if int(self.RECORD.match(ln)[1]) == seq:
                     new = fn(ln)
                     ls[i:i + 1] = [] if new is None else [new]
-                    return self.rewrite(first, ls)
+                    return self.rewrite(first, ls, sized)
         raise AssertionError(f"no record seq={seq} in the batches")
 
     def append_line(self, line):
@@ -1169,7 +1170,10 @@ def test_verify_without_the_key_fails(gateway_factory, tmp_path):
     assert r.returncode not in (0, None) and not re.search(r"^ok:", r.stdout, re.M), r.stdout
 
 
-def test_verify_detects_altered_body(gateway_factory, tmp_path):
+@pytest.mark.parametrize("sized", [True, False], ids=["frame_with_size", "frame_without_size"])
+def test_verify_detects_altered_body(gateway_factory, tmp_path, sized):
+    """Also when the batch is compressed again into a frame that does not say its size
+    (zstd reading a pipe writes those): verify still reads it and names the record."""
     gw, trail = make_trail(gateway_factory, tmp_path)
     victim = [r for r in trail.rows() if r["kind"] == "statement"][1]
     body = dict(victim["body"], sql="SELECT 'nothing to see here'")
@@ -1177,9 +1181,16 @@ def test_verify_detects_altered_body(gateway_factory, tmp_path):
     def alter(line):
         a, b = SqliteTrail.body_span(line)
         return line[:a] + json.dumps(body, separators=(",", ":")) + line[b:]
-    trail.edit_record(victim["seq"], alter)
+    trail.edit_record(victim["seq"], alter, sized=sized)
     assert trail.rows(seq=victim["seq"])[0]["body"]["sql"] == "SELECT 'nothing to see here'"
     assert_verify_fails(gw.config_path, victim["seq"], ["altered"])
+
+
+def test_verify_reads_a_batch_compressed_again_without_its_size(gateway_factory, tmp_path):
+    gw, trail = make_trail(gateway_factory, tmp_path)
+    for first, _, ls in trail.batches():
+        trail.rewrite(first, ls, sized=False)
+    assert_verify_ok(gw.config_path)
 
 
 def test_verify_detects_altered_indexed_column(gateway_factory, tmp_path):
