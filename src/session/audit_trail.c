@@ -412,11 +412,7 @@ struct AuditUndo {
 	struct AuditNames *names;
 	char *name;
 	AuditText *set; /* the text this Parse gave the name: undone or confirmed only while it has it */
-	bool existed; /* else the name had no statement: it has none after a failed Parse either */
-	bool confirmed;
-	AuditText *sql, *params, *decision;
-	bool masked, stamped;
-	uint64_t policy_id, mask_gen;
+	Named was;      /* the name's entry before it, with its own references; was.sql NULL: none */
 };
 
 AuditUndo *session__audit_parse(Session *s, const char *name, const char *sql)
@@ -436,15 +432,12 @@ AuditUndo *session__audit_parse(Session *s, const char *name, const char *sql)
 		u->names = s->audit_names;
 		u->name = xstrdup(name);
 		if (old && old->sql) {
-			u->existed = true;
-			u->confirmed = old->confirmed;
-			u->sql = text_ref(old->sql);
-			u->params = old->params ? text_ref(old->params) : NULL;
-			u->decision = old->decision ? text_ref(old->decision) : NULL;
-			u->masked = old->masked;
-			u->stamped = old->stamped;
-			u->policy_id = old->policy_id;
-			u->mask_gen = old->mask_gen;
+			u->was = *old;
+			u->was.name = NULL; /* the table's, and its place in it: not part of the undo */
+			u->was.next = NULL;
+			text_ref(old->sql);
+			text_ref(old->params);
+			text_ref(old->decision);
 		}
 	}
 	Named *n = named_put(s, s->audit_names->statements, name);
@@ -472,26 +465,24 @@ void audit_undo_apply(AuditUndo *u)
 	if (!n || !u->set || n->sql != u->set)
 		return; /* a later Parse or Close has the name now */
 	named_clear(n);
-	if (!u->existed)
+	if (!u->was.sql)
 		return; /* a Bind of the name now binds an unknown statement, as the server says */
-	n->sql = u->sql;
-	n->params = u->params;
-	n->decision = u->decision;
-	u->sql = u->params = u->decision = NULL;
-	n->masked = u->masked;
-	n->stamped = u->stamped;
-	n->policy_id = u->policy_id;
-	n->mask_gen = u->mask_gen;
-	n->confirmed = u->confirmed;
+	/* the entry as it was, references and all; its place in the table stays */
+	char *keep_name = n->name;
+	Named *keep_next = n->next;
+	*n = u->was;
+	n->name = keep_name;
+	n->next = keep_next;
+	u->was.sql = u->was.params = u->was.decision = NULL;
 }
 
 void audit_undo_free(AuditUndo *u)
 {
 	if (!u)
 		return;
-	text_unref(u->sql);
-	text_unref(u->params);
-	text_unref(u->decision);
+	text_unref(u->was.sql);
+	text_unref(u->was.params);
+	text_unref(u->was.decision);
 	text_unref(u->set);
 	free(u->name);
 	free(u);
