@@ -491,12 +491,6 @@ static char *skip_blank(char *p, char *end)
 }
 
 /*
- * Loads the batch in the current row of q (columns BATCH_SQL). Records are found by their
- * JSON structure, not by lines, so a batch rewritten by SQLite's JSON functions still
- * reads. What does not parse (the file was edited) becomes a record that cannot verify,
- * numbered where it stands, so that verify names it rather than the scan failing.
- */
-/*
  * A frame that does not say its size (the gateway's always do; one re-compressed by hand
  * may not): decompressed by stream, up to a bound, so that verify can still read its
  * records and name the one that was changed. NULL when it does not decompress.
@@ -538,6 +532,12 @@ static char *inflate_unsized(const void *raw, size_t len, size_t *outlen)
 	return out;
 }
 
+/*
+ * Loads the batch in the current row of q (columns BATCH_SQL). Records are found by their
+ * JSON structure, not by lines, so a batch rewritten by SQLite's JSON functions still
+ * reads. What does not parse (the file was edited) becomes a record that cannot verify,
+ * numbered where it stands, so that verify names it rather than the scan failing.
+ */
 static void batch_load(Batch *b, sqlite3_stmt *q)
 {
 	batch_clear(b);

@@ -527,7 +527,7 @@ static void on_copy(Rw *w, json_t *stmt)
 	 * list itself is written anew from the parse tree's names.
 	 */
 	json_t *attlist = json_object_get(stmt, "attlist");
-	char *cols = xstrdup("*");
+	char *cols = NULL; /* NULL: all of them */
 	if (json_array_size(attlist)) {
 		int t = token_at(w, start);
 		while (t >= 0 && t < w->ntoks && w->toks[t].end < end)
@@ -539,19 +539,16 @@ static void on_copy(Rw *w, json_t *stmt)
 				close = k;
 		}
 		if (open < 0 || open >= w->ntoks || w->toks[open].token != '(' || close < 0) {
-			free(cols);
 			refuse(w, "cannot read the column list of COPY %s.%s", r->schema, r->name);
 			return;
 		}
-		free(cols);
-		cols = xstrdup("");
 		json_t *a;
 		json_array_foreach(attlist, i, a)
 		{
 			const char *nm = string_node(a);
 			char id[300];
 			quote_ident(id, sizeof id, nm ? nm : "");
-			char *more = xasprintf("%s%s%s", cols, i ? ", " : "", id);
+			char *more = xasprintf("%s%s%s", cols ? cols : "", i ? ", " : "", id);
 			free(cols);
 			cols = more;
 		}
@@ -560,8 +557,9 @@ static void on_copy(Rw *w, json_t *stmt)
 	size_t gen;
 	char *sub = masking_subquery(w, r, &gen), id[300];
 	quote_ident(id, sizeof id, r->name);
-	char *text = xasprintf("(SELECT %s FROM %s AS %s)", cols, sub, id);
-	add_edit(w, start, end, text, strlen("(SELECT ") + strlen(cols) + strlen(" FROM ") + gen);
+	const char *list = cols ? cols : "*";
+	char *text = xasprintf("(SELECT %s FROM %s AS %s)", list, sub, id);
+	add_edit(w, start, end, text, strlen("(SELECT ") + strlen(list) + strlen(" FROM ") + gen);
 	free(cols);
 	free(sub);
 }
@@ -1000,6 +998,12 @@ typedef struct {
 	int n;
 } Spots;
 
+static void spots_add(Spots *s, size_t at)
+{
+	s->at = xrealloc(s->at, (size_t)(s->n + 1) * sizeof *s->at);
+	s->at[s->n++] = at;
+}
+
 static void masked_spots(const MaskCatalog *c, json_t *n, Spots *s)
 {
 	if (json_is_array(n)) {
@@ -1012,10 +1016,8 @@ static void masked_spots(const MaskCatalog *c, json_t *n, Spots *s)
 		return;
 	const char *name = str_of(n, "relname");
 	json_t *loc = json_object_get(n, "location");
-	if (name && json_is_integer(loc) && mask_catalog_resolve(c, str_of(n, "schemaname"), name)) {
-		s->at = xrealloc(s->at, (size_t)(s->n + 1) * sizeof *s->at);
-		s->at[s->n++] = (size_t)json_integer_value(loc);
-	}
+	if (name && json_is_integer(loc) && mask_catalog_resolve(c, str_of(n, "schemaname"), name))
+		spots_add(s, (size_t)json_integer_value(loc));
 	const char *k;
 	json_t *v;
 	json_object_foreach(n, k, v) masked_spots(c, v, s);
@@ -1046,15 +1048,11 @@ static bool lands_as_meant(const Rw *w, const Spots *before, const char *t, cons
 			else if (w->edits[e].end <= at)
 				shift += (long)strlen(w->edits[e].text) - (long)(w->edits[e].end - w->edits[e].start);
 		}
-		if (!replaced) {
-			want.at = xrealloc(want.at, (size_t)(want.n + 1) * sizeof *want.at);
-			want.at[want.n++] = (size_t)((long)at + shift);
-		}
+		if (!replaced)
+			spots_add(&want, (size_t)((long)at + shift));
 	}
-	for (int e = 0; e < w->nedits; e++) {
-		want.at = xrealloc(want.at, (size_t)(want.n + 1) * sizeof *want.at);
-		want.at[want.n++] = gen_at[e];
-	}
+	for (int e = 0; e < w->nedits; e++)
+		spots_add(&want, gen_at[e]);
 	PgQueryParseResult pr = pg_query_parse(t);
 	json_t *root = pr.error ? NULL : json_loads(pr.parse_tree, 0, NULL);
 	pg_query_free_parse_result(pr);

@@ -654,9 +654,9 @@ bool policy_check_startup(const EffectivePolicy *ep, const char *const *names, c
 	if (ep->read_only_by)
 		guarded[ng++] = "transaction_read_only"; /* also matches default_transaction_read_only */
 	for (int i = 0; i < n; i++) {
+		bool options = strcmp(names[i], "options") == 0;
 		for (int g = 0; g < ng; g++) {
-			bool hit = strcmp(names[i], "options") == 0 ? mentions(values[i], guarded[g])
-								   : mentions(names[i], guarded[g]);
+			bool hit = options ? mentions(values[i], guarded[g]) : mentions(names[i], guarded[g]);
 			if (hit) {
 				snprintf(err, errlen, "pgcordon: policy %s does not allow setting %s at connection start",
 					 ep->names, guarded[g]);
@@ -664,14 +664,13 @@ bool policy_check_startup(const EffectivePolicy *ep, const char *const *names, c
 			}
 		}
 		/* the client_encoding parameter by itself is fine unless it is one the parser cannot follow */
-		bool unsafe = strcmp(names[i], "options") == 0 ? mentions(values[i], "client_encoding")
-							       : strcmp(names[i], "client_encoding") == 0 &&
-									 inspect_encoding_unsafe(values[i]);
+		bool unsafe = options ? mentions(values[i], "client_encoding")
+				      : strcmp(names[i], "client_encoding") == 0 && inspect_encoding_unsafe(values[i]);
 		if (unsafe) {
 			snprintf(err, errlen,
 				 "pgcordon: policy %s does not allow client_encoding %s: in it a character can hide a quote "
 				 "or a backslash from the gateway's parser (use UTF8)",
-				 ep->names, strcmp(names[i], "options") == 0 ? "in options" : values[i]);
+				 ep->names, options ? "in options" : values[i]);
 			return false;
 		}
 	}
