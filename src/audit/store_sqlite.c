@@ -510,7 +510,7 @@ static char *inflate_unsized(const void *raw, size_t len, size_t *outlen)
 				ok = false;
 				break;
 			}
-			cap *= 2;
+			cap = cap * 2 < UNSIZED_FRAME_MAX ? cap * 2 : UNSIZED_FRAME_MAX;
 			out = xrealloc(out, cap + 2);
 		}
 		ZSTD_outBuffer o = {out + used, cap - used, 0};

@@ -1186,6 +1186,19 @@ def test_verify_detects_altered_body(gateway_factory, tmp_path, sized):
     assert_verify_fails(gw.config_path, victim["seq"], ["altered"])
 
 
+@pytest.mark.parametrize("frame", ["bomb", "cut_short"])
+def test_verify_refuses_an_unsized_frame_it_cannot_read(gateway_factory, tmp_path, frame):
+    """A hostile batch: a frame without its size that inflates past 256 MiB, or that ends
+    early. Verify reads up to the bound, fails and names the batch's first record."""
+    gw, trail = make_trail(gateway_factory, tmp_path)
+    first = trail.batches()[0][0]
+    packer = zstandard.ZstdCompressor(level=1, write_content_size=False)
+    blob = (packer.compress(b"[" + b" " * (300 << 20)) if frame == "bomb"
+            else packer.compress(("[\n" + ",\n".join(trail.batches()[0][2]) + "\n]").encode())[:-8])
+    trail.execute("UPDATE audit_batches SET records = ? WHERE first_seq = ?", (blob, first))
+    assert_verify_fails(gw.config_path, first, ["altered", "unreadable"])
+
+
 def test_verify_reads_a_batch_compressed_again_without_its_size(gateway_factory, tmp_path):
     gw, trail = make_trail(gateway_factory, tmp_path)
     for first, _, ls in trail.batches():
