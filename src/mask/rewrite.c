@@ -424,13 +424,35 @@ static bool masked_column_named(const MaskRelation *r, const char *name)
 	return false;
 }
 
-/* A ColumnRef that names a masked column of the relation, its whole row, or a star. */
+/* Whether name is a column of the relation, system columns included. */
+static bool column_named(const MaskRelation *r, const char *name)
+{
+	static const char *const system[] = {"tableoid", "ctid", "xmin", "xmax", "cmin", "cmax"};
+	for (size_t i = 0; i < sizeof system / sizeof system[0]; i++)
+		if (strcmp(system[i], name) == 0)
+			return true;
+	for (int i = 0; i < r->ncols; i++)
+		if (strcmp(r->cols[i].name, name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * A ColumnRef that names a masked column of the relation, its whole row, or a star. Also
+ * alias.name where name is no column of it: PostgreSQL reads that as a function of the
+ * whole row (c.row_to_json is row_to_json(c)).
+ */
 static bool column_ref_reaches_masked(const RelRef *t, json_t *cr)
 {
 	json_t *fields = json_object_get(cr, "fields");
 	size_t nf = json_array_size(fields);
 	const char *last = string_node(json_array_get(fields, nf - 1));
-	return !last || masked_column_named(t->r, last) || (nf == 1 && strcmp(last, t->alias) == 0);
+	if (!last || masked_column_named(t->r, last))
+		return true;
+	if (nf == 1)
+		return strcmp(last, t->alias) == 0;
+	const char *qualifier = string_node(json_array_get(fields, nf - 2));
+	return qualifier && strcmp(qualifier, t->alias) == 0 && !column_named(t->r, last);
 }
 
 static Seek at_target_ref(json_t *n, const void *arg)
@@ -726,6 +748,15 @@ static const char *implied_type(json_t *o)
 	return NULL;
 }
 
+/* A statement whose query the catalog keeps as text: views, materialized views, policies. */
+static bool keeps_its_text(const char *type, json_t *b)
+{
+	const char *objtype = str_of(b, "objtype");
+	return strcmp(type, "ViewStmt") == 0 || strcmp(type, "CreatePolicyStmt") == 0 ||
+	       strcmp(type, "AlterPolicyStmt") == 0 ||
+	       (strcmp(type, "CreateTableAsStmt") == 0 && objtype && strcmp(objtype, "OBJECT_MATVIEW") == 0);
+}
+
 static void walk_typed(Rw *w, const char *type, json_t *b, Ctx ctx)
 {
 	if (strcmp(type, "RangeVar") == 0) {
@@ -763,6 +794,12 @@ static void walk_typed(Rw *w, const char *type, json_t *b, Ctx ctx)
 	if (strcmp(type, "CreateTableAsStmt") == 0 && w->c->nrels && json_object_get(json_object_get(b, "query"), "ExecuteStmt")) {
 		/* a statement prepared by the protocol may run as written, its rows masked on the way out */
 		refuse(w, "CREATE TABLE AS EXECUTE is not allowed under masking");
+		return;
+	}
+	if (w->c->nrels && keeps_its_text(type, b) && statement_touches_masked(w, b)) {
+		/* the catalog would keep the rewritten text, which pg_get_viewdef or pg_policies
+		 * show: the hash method's key is in it */
+		refuse(w, "a view or policy over masked columns would keep the masking's own text in the catalog");
 		return;
 	}
 	if (strcmp(type, "ExplainStmt") == 0 && w->c->nrels &&
@@ -889,7 +926,8 @@ static bool bare_column(const Plain *p, json_t *val)
 	if (json_object_get(last, "A_Star"))
 		return true;
 	const char *name = string_node(last);
-	return name && !(nf == 1 && strcmp(name, p->rel.alias) == 0); /* alias alone: the whole row */
+	/* alias alone is the whole row; alias.f where f is no column, a function of it */
+	return name && !(nf == 1 && strcmp(name, p->rel.alias) == 0) && column_named(p->rel.r, name);
 }
 
 /* ORDER BY 2 or ORDER BY an output name orders by a target, which may be a masked column. */

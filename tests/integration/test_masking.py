@@ -676,33 +676,26 @@ def test_unique_violation_does_not_confirm_a_guess(mgw):
     assert err is not None and err.sqlstate == "23505"
 
 
-def test_view_created_by_masked_user(mgw):
-    v = f"msk_ownview_{SFX}"
+@pytest.mark.parametrize("sql", [
+    f"CREATE VIEW msk_ownview AS SELECT id, ssn, card, email FROM {T}",
+    f"CREATE OR REPLACE VIEW msk_ownview AS SELECT id FROM (SELECT born FROM {T}) x",
+    f"CREATE MATERIALIZED VIEW msk_ownmv AS SELECT id, ssn, card FROM {T}",
+    f"CREATE MATERIALIZED VIEW msk_ownmv AS SELECT id, amount FROM {T} WITH NO DATA",
+    f"CREATE SCHEMA msk_s CREATE VIEW msk_v AS SELECT born FROM public.{T}",
+], ids=["view", "view_over_a_subquery", "matview", "matview_no_data", "schema_element"])
+def test_views_over_masked_columns_are_refused(mgw, sql):
+    """The catalog keeps a view's rewritten text, in which the hash key's pads stand: the
+    identity could read them back with pg_get_viewdef (test_hash_key_is_not_readable)."""
     with connect(mgw) as c:
-        c.execute(f"CREATE VIEW {v} AS SELECT id, ssn, card, email FROM {T}")
-        try:
-            err, got = attempt(c, f"SELECT id, ssn, card, replace(ssn, '-', '') FROM {v} ORDER BY id")
-            no_raw_deep(got)
-            if err is None:  # its definition reads through the masking subquery
-                assert got[0][0][1] == "***-**-6789"
-            else:
-                assert err.sqlstate == "42501"
-        finally:
-            c.execute(f"DROP VIEW {v}")
+        err, got = attempt(c, sql)
+    assert err is not None and err.sqlstate == "42501", got
+    assert "keep the masking's own text" in str(err)
 
 
-def test_materialized_view_created_by_masked_user(mgw):
-    v = f"msk_ownmv_{SFX}"
+def test_views_over_other_tables_still_work(mgw):
     with connect(mgw) as c:
-        c.execute(f"CREATE MATERIALIZED VIEW {v} AS SELECT id, ssn, card FROM {T}")
-        try:
-            c.execute(f"REFRESH MATERIALIZED VIEW {v}")
-            err, got = attempt(c, f"SELECT id, ssn, card FROM {v} ORDER BY id")
-            no_raw_deep(got)
-            if err is None:
-                assert got[0][0][1:] == ("***-**-6789", "************1111")
-        finally:
-            c.execute(f"DROP MATERIALIZED VIEW {v}")
+        c.execute("CREATE TEMP VIEW msk_plainview AS SELECT 1 AS one")
+        assert c.execute("SELECT one FROM msk_plainview").fetchone() == (1,)
 
 
 @pytest.mark.parametrize("fill", [
@@ -928,6 +921,12 @@ def recover_born(text, masked_born):
     pytest.param(f"DECLARE msk_kc CURSOR WITH HOLD FOR SELECT born FROM {T}",
                  "SELECT statement FROM pg_cursor()",
                  id="pg_cursor"),
+    pytest.param(f"CREATE VIEW msk_kv AS SELECT id, born FROM {T}", "SELECT pg_get_viewdef('msk_kv')", id="view"),
+    pytest.param(f"CREATE MATERIALIZED VIEW msk_kmv AS SELECT id, born FROM {T} WITH NO DATA",
+                 "SELECT definition FROM pg_matviews WHERE matviewname = 'msk_kmv'", id="matview"),
+    pytest.param(f"CREATE TEMP TABLE msk_rls (x int); CREATE POLICY msk_p ON msk_rls USING"
+                 f" (EXISTS (SELECT 1 FROM {T}))",
+                 "SELECT qual FROM pg_policies WHERE policyname = 'msk_p'", id="policy"),
     # The session's own rewritten statement: cut at track_activity_query_size (1 kB) before the pads.
     pytest.param(None, f"SELECT pg_stat_get_backend_activity(b) FROM pg_stat_get_backend_idset() b, {T} t"
                        f" WHERE pg_stat_get_backend_pid(b) = pg_backend_pid() AND t.id = 1",
@@ -942,6 +941,47 @@ def test_hash_key_is_not_readable(mgw, setup, reader):
     no_raw_deep(got)
     found = recover_born(repr(got), born)
     assert RAW_BORN not in found, f"the hash key is readable: masked born {born} reverses to {sorted(found)}"
+
+
+# alias.f, where f is no column, is f(alias): the function of the whole row. Taken for a
+# column, c.row_to_json went out as a plain read with every raw value in it.
+COLUMN_NOTATION = [
+    pytest.param(f"SELECT c.row_to_json FROM {T} c", id="row_to_json"),
+    pytest.param(f"SELECT c.to_jsonb FROM {T} c WHERE id = 1", id="to_jsonb"),
+    pytest.param(f'SELECT "C"."to_json" FROM {T} "C"', id="quoted"),
+    pytest.param(f"SELECT {T}.to_json FROM public.{T}", id="table_name"),
+    pytest.param(f"SELECT public.{T}.row_to_json FROM public.{T}", id="schema_qualified"),
+    pytest.param(f"SELECT id, ssn FROM {T} c WHERE c.to_jsonb->>'ssn' = '{SSN}'", id="in_where"),
+    pytest.param(f"SELECT id FROM {T} c ORDER BY c.to_jsonb->>'card'", id="in_order_by"),
+    pytest.param(f"UPDATE {T} c SET name = name WHERE id = 1 RETURNING c.row_to_json", id="returning"),
+    pytest.param(f"DELETE FROM {T} c WHERE c.to_jsonb->>'ssn' = '{SSN}'", id="dml_where"),
+    pytest.param(f"UPDATE {T} c SET name = c.to_jsonb->>'ssn' WHERE id = 2", id="update_copies"),
+]
+
+
+@pytest.mark.parametrize("sql", COLUMN_NOTATION)
+def test_column_notation_is_the_whole_row(mgw, sql):
+    with connect(mgw) as c:
+        c.execute("BEGIN")
+        try:
+            err, got = attempt(c, sql)
+            after, _ = attempt(c, f"SELECT name FROM {T} WHERE id = 2")
+        finally:
+            c.execute("ROLLBACK")
+    no_raw_deep(got)
+    assert "1980-02-03" not in repr(got) and "12.5" not in repr(got), got  # hashed, not detected
+    if err is None and isinstance(got[0], str):  # a tag: the row count must not confirm a guess
+        assert got[0].endswith(" 0"), got
+    if err is None and SSN in sql and sql.startswith("SELECT"):
+        assert got[0] == [], got  # the guess is compared with the masked value
+
+
+def test_column_notation_reads_masked_values(mgw):
+    with connect(mgw) as c:
+        row = c.execute(f"SELECT c.to_jsonb FROM {T} c WHERE id = 1").fetchone()[0]
+        sys_cols = c.execute(f"SELECT c.ctid, c.ssn FROM {T} c WHERE c.id = 1").fetchone()
+    assert row["ssn"] == "***-**-6789" and row["card"] == "************1111", row
+    assert sys_cols[1] == "***-**-6789"
 
 
 @pytest.mark.parametrize("sql", [f"TABLE {T}", f"SELECT * FROM (TABLE {T}) x", f"table\n  public.{T}"])

@@ -1563,6 +1563,8 @@ static const char *const ROWS_STATEMENTS[] = {
 	"SELECT ssn, name || '!' AS n FROM customers ORDER BY name",
 	/* a window over unmasked columns next to a bare masked column */
 	"SELECT ssn, row_number() OVER (ORDER BY id) FROM customers",
+	/* system columns are columns, not functions of the row */
+	"SELECT c.ctid, c.ssn FROM customers c WHERE c.xmin IS NOT NULL",
 };
 
 /* What must not be masked in the gateway: rewritten (DONE) or refused, by mode. */
@@ -1591,6 +1593,13 @@ static const struct {
 	{"SELECT ssn FROM customers c WHERE c IS NOT NULL", REWRITE_DONE, REWRITE_DONE},
 	{"SELECT ssn FROM customers c WHERE c.* IS NOT NULL", REWRITE_DONE, REWRITE_DONE},
 	{"SELECT row_to_json(c) FROM customers c", REWRITE_DONE, REWRITE_DONE},
+	/* alias.function is the function of the whole row */
+	{"SELECT c.row_to_json FROM customers c", REWRITE_DONE, REWRITE_DONE},
+	{"SELECT customers.to_json FROM public.customers", REWRITE_DONE, REWRITE_DONE},
+	{"SELECT public.customers.to_jsonb FROM public.customers", REWRITE_DONE, REWRITE_DONE},
+	{"SELECT \"c\".\"row_to_json\" FROM customers \"c\"", REWRITE_DONE, REWRITE_DONE},
+	{"SELECT id, ssn FROM customers c WHERE c.to_jsonb->>'ssn' = 'x'", REWRITE_DONE, REWRITE_DONE},
+	{"SELECT id FROM customers c ORDER BY c.to_jsonb->>'ssn'", REWRITE_DONE, REWRITE_DONE},
 	{"SELECT (SELECT ssn FROM customers LIMIT 1)", REWRITE_DONE, REWRITE_DONE},
 	{"SELECT ssn FROM customers WHERE id IN (SELECT id FROM customers)", REWRITE_DONE, REWRITE_DONE},
 	{"SELECT ssn FROM customers WHERE EXISTS (SELECT 1)", REWRITE_DONE, REWRITE_DONE},
