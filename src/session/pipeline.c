@@ -53,6 +53,14 @@ static bool push(Pipeline *p, ExpKind kind, Expectation **pushed)
 	return true;
 }
 
+/* Removes entry i (not the front), which owns nothing: a Sync or a COPY mark. */
+static void remove_at(Pipeline *p, size_t i)
+{
+	for (; i + 1 < p->count; i++)
+		*pipeline_at(p, i) = *pipeline_at(p, i + 1);
+	p->count--;
+}
+
 static void pop(Pipeline *p)
 {
 	if (p->count == 0) {
@@ -118,14 +126,32 @@ static bool on_frontend(Pipeline *p, char type, char describe_kind, Expectation 
 bool pipeline_on_frontend(Pipeline *p, char type, char describe_kind, Expectation **pushed)
 {
 	Expectation *e = NULL;
-	bool ok = on_frontend(p, type, describe_kind, &e);
-	if (e && p->skipping && type != 'S')
-		e->skipped = true;
-	if (type == 'S')
-		p->skipping = false;
+	bool ok = true;
+	if (p->copy_in) {
+		/* the relay drops Sync and Flush (pipeline_copy_swallows) and refuses the rest */
+		if (type == 'c' || type == 'f')
+			p->copy_in = false;
+	} else {
+		ok = on_frontend(p, type, describe_kind, &e);
+		if (e && p->skipping && type != 'S')
+			e->skipped = true;
+		if (type == 'S')
+			p->skipping = false;
+	}
 	if (pushed)
-		*pushed = e;
+		*pushed = e && e->kind < EXP_COPY_DATA ? e : NULL;
 	return ok;
+}
+
+/* A COPY mark for CopyData ('d') or CopyDone/CopyFail, while something is owed an answer. */
+static bool push_copy_mark(Pipeline *p, char type, Expectation **pushed)
+{
+	if (p->count == 0)
+		return true; /* nothing pending: no COPY can be starting */
+	Expectation *last = pipeline_at(p, p->count - 1);
+	if (type == 'd' && (last->kind == EXP_COPY_DATA || last->kind == EXP_COPY_END))
+		return true; /* one mark stands for a run of data */
+	return push(p, type == 'd' ? EXP_COPY_DATA : EXP_COPY_END, pushed);
 }
 
 static bool on_frontend(Pipeline *p, char type, char describe_kind, Expectation **pushed)
@@ -148,8 +174,12 @@ static bool on_frontend(Pipeline *p, char type, char describe_kind, Expectation 
 		return push(p, EXP_CLOSE, pushed);
 	case 'S':
 		return push(p, EXP_SYNC, pushed);
+	case 'd':
+	case 'c':
+	case 'f':
+		return push_copy_mark(p, type, pushed);
 	default:
-		/* Flush, CopyData/Done/Fail, Terminate, password messages: nothing of their own. */
+		/* Flush, Terminate, password messages: nothing of their own. */
 		return true;
 	}
 }
@@ -159,21 +189,75 @@ static bool front_is(const Pipeline *p, ExpKind kind)
 	return p->count && p->items[p->head].kind == kind;
 }
 
+/* COPY marks at the front stand for nothing still owed. */
+static void drop_copy_marks(Pipeline *p)
+{
+	while (p->count && p->items[p->head].kind >= EXP_COPY_DATA)
+		pop(p);
+}
+
+/*
+ * CopyInResponse to the front entry: the server now reads COPY data, and skips Sync and
+ * Flush, until CopyDone or CopyFail. The entries the client sent since are looked at up
+ * to its CopyDone/CopyFail (if it sent one already).
+ */
+static void copy_in_started(Pipeline *p)
+{
+	bool data = false;
+	size_t i = 1;
+	while (i < p->count) {
+		ExpKind k = pipeline_at(p, i)->kind;
+		if (k == EXP_COPY_END) {
+			remove_at(p, i);
+			return; /* the client already ended it */
+		}
+		if (k == EXP_COPY_DATA) {
+			data = true;
+			remove_at(p, i);
+		} else if (k == EXP_SYNC && !data) {
+			remove_at(p, i); /* read and ignored inside the COPY */
+		} else {
+			/* a Sync after data: ignored, unless an error in the data ended the COPY
+			 * first; anything else: an error that ends it. Unknowable here. */
+			p->copy_broken = true;
+			return;
+		}
+	}
+	p->copy_in = true;
+}
+
+static void on_backend(Pipeline *p, char type, char status);
+
 void pipeline_on_backend(Pipeline *p, char type, char status)
 {
 	pipeline_drop_skipped(p);
+	drop_copy_marks(p);
+	on_backend(p, type, status);
+	drop_copy_marks(p);
+}
+
+static void on_backend(Pipeline *p, char type, char status)
+{
 	const Expectation *f = pipeline_front(p);
 	switch (type) {
 	case 'Z': /* ReadyForQuery ends a Query, a FunctionCall or a Sync */
 		p->txn_status = status;
 		p->in_error = false;
 		p->skipping = false;
+		p->copy_in = false;
 		if (f && (f->kind == EXP_QUERY || f->kind == EXP_FUNCTION || f->kind == EXP_SYNC))
 			pop(p);
 		else
 			p->unexpected++;
 		return;
+	case 'G':
+		if (f && (f->kind == EXP_QUERY || f->kind == EXP_EXECUTE))
+			copy_in_started(p);
+		else
+			p->unexpected++;
+		return;
 	case 'E':
+		p->copy_in = false; /* an error ends a COPY: what follows is read as messages again */
 		if (!f) {
 			p->unexpected++;
 			return;

@@ -21,6 +21,8 @@ typedef enum {
 	EXP_EXECUTE,     /* rows, then CommandComplete / EmptyQuery / PortalSuspended */
 	EXP_CLOSE,       /* CloseComplete */
 	EXP_SYNC,        /* ReadyForQuery */
+	EXP_COPY_DATA,   /* nothing: CopyData sent before the server said it reads COPY data */
+	EXP_COPY_END,    /* nothing: CopyDone/CopyFail, likewise (see pipeline_on_backend) */
 } ExpKind;
 
 typedef struct {
@@ -51,6 +53,8 @@ typedef struct {
 	bool in_error;        /* extended protocol: the server skips to Sync after an error */
 	bool skipping;        /* ... and no Sync has been sent since: what comes now is skipped */
 	bool got_param_desc;  /* inside a statement Describe */
+	bool copy_in;         /* the server reads COPY data (CopyInResponse): Sync and Flush are not for it */
+	bool copy_broken;     /* the client sent what the server would read as a broken COPY: end the session */
 	char txn_status;      /* last ReadyForQuery status: 'I', 'T' or 'E' */
 	uint64_t unexpected;  /* backend messages that matched nothing (a bug if ever non-zero) */
 } Pipeline;
@@ -66,7 +70,26 @@ void pipeline_free(Pipeline *p);
  */
 bool pipeline_on_frontend(Pipeline *p, char type, char describe_kind, Expectation **pushed)
 	__attribute__((warn_unused_result));
-/* Updates the queue for a backend message; status is the ReadyForQuery byte. */
+/*
+ * While the server reads COPY data it ignores Sync and Flush (libpq sends a Sync right
+ * after the Execute of a COPY FROM STDIN): true for the messages the relay must then drop
+ * instead of forwarding, so that none of them is owed an answer.
+ */
+static inline bool pipeline_copy_swallows(const Pipeline *p, char type)
+{
+	return p->copy_in && (type == 'S' || type == 'H');
+}
+/* A message the server would read as a broken COPY (anything but COPY data, Sync, Flush, Terminate). */
+static inline bool pipeline_copy_refuses(const Pipeline *p, char type)
+{
+	return p->copy_in && type != 'd' && type != 'c' && type != 'f' && type != 'S' && type != 'H' && type != 'X';
+}
+/*
+ * Updates the queue for a backend message; status is the ReadyForQuery byte. On a
+ * CopyInResponse, Syncs the client sent before any COPY data are dropped (the server
+ * ignores them); a Sync after COPY data, or another message before CopyDone/CopyFail,
+ * sets copy_broken: whether the server reads it depends on where an error stops the COPY.
+ */
 void pipeline_on_backend(Pipeline *p, char type, char status);
 /* Nothing owed, and the server reads the next message (it does not skip to a Sync). */
 static inline bool pipeline_idle(const Pipeline *p) { return p->count == 0 && !p->skipping; }

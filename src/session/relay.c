@@ -752,6 +752,23 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 		if (len > 4 && n < 6)
 			break; /* the first body byte is needed */
 		size_t total = 1 + (size_t)len;
+		if (pipeline_copy_refuses(&s->pipeline, type)) {
+			session_close(s, "message inside COPY FROM STDIN", "08P01",
+				      "pgcordon: only CopyData, CopyDone, CopyFail, Flush and Sync may follow COPY FROM STDIN");
+			return 0;
+		}
+		if (pipeline_copy_swallows(&s->pipeline, type)) {
+			/* the server would ignore it; forwarded, an error in the COPY data could make it
+			 * count after all, and the gateway could not know */
+			if (avail - fwd < total)
+				break;
+			if (fwd)
+				evbuffer_remove_buffer(in, s->server.out, fwd);
+			evbuffer_drain(in, total);
+			avail -= fwd + total;
+			fwd = 0;
+			continue;
+		}
 		if (wants_whole(s, type)) {
 			if (avail - fwd < total)
 				break; /* wait for the whole message */
@@ -1388,6 +1405,13 @@ void session__relay_from_server(Session *s)
 		MsgBuilder extra;
 		msgb_init(&extra);
 		OutAction a = judge_server_message(s, type, len > 4 ? hdr[5] : 0, fwd, avail - fwd, &extra);
+		if (s->pipeline.copy_broken) {
+			msgb_free(&extra);
+			session_close(s, "messages pipelined into COPY FROM STDIN", "08P01",
+				      "pgcordon: a Sync after COPY data, or another message before CopyDone/CopyFail, was "
+				      "sent before the server began to read the COPY");
+			return;
+		}
 		s->server_remaining = 1 + (size_t)len;
 		s->server_dropping = a == OUT_DROP;
 		if (a == OUT_DROP) {

@@ -2974,6 +2974,36 @@ def test_a_parse_not_yet_answered_does_not_hold_its_name(agw, trail, table):
     assert ran == [(ins, ["7", "seven"], "INSERT 0 1")], ran
 
 
+def test_copy_from_stdin_as_libpq_sends_it(agw, trail, table):
+    """libpq's COPY FROM STDIN by the extended protocol: Parse, Bind, Describe, Execute, Sync,
+    and after the data CopyDone and Sync. The server ignores the first Sync; counted as owed
+    an answer, it shifted every later statement's record onto the next one's result, and the
+    session's last statement went unrecorded."""
+    t = table(rows=0)
+    m = pgwire.msg
+    app = app_name("copy_syncs")
+    conn = raw_session(agw, "bob", app)
+    try:
+        conn.send(parse_msg("", f"COPY {t} (id, v) FROM STDIN") + bind_msg("", "") + m(b"D", b"P\0")
+                  + execute_msg("") + m(b"S"))
+        types = []
+        while not types or types[-1] != "G":
+            types.append(conn.read_msg()[0].decode())
+        conn.send(m(b"d", b"1\tone\n") + m(b"c") + m(b"S"))
+        assert _read_until_ready(conn)[-2:] == ["C", "Z"]
+        for v in ("A", "B", "C"):
+            conn.send(m(b"Q", pgwire.cstr(f"SELECT 'result-{v}' AS v")))
+            _read_until_ready(conn)
+        conn.terminate()
+    finally:
+        conn.close()
+    _, stmts, _ = session_records(trail, session_id_of(trail, app))
+    ran = [(s["body"]["sql"], s["body"].get("tag")) for s in stmts]
+    assert ran == [(f"COPY {t} (id, v) FROM STDIN", "COPY 1")] + [
+        (f"SELECT 'result-{v}' AS v", "SELECT 1") for v in "ABC"], ran
+    assert [s["body"]["result"]["rows"] for s in stmts[1:]] == [[["result-A"]], [["result-B"]], [["result-C"]]]
+
+
 def test_export_keeps_going_past_a_user_name_that_is_not_utf8(agw, trail):
     """A failed login's user name is whatever bytes the client sent: it is exported as
     {"hex": ...}, and the records after it are exported too."""

@@ -983,6 +983,94 @@ def test_messages_sent_after_an_error_are_skipped_here_too(mgw):
     assert rows_in(got) == 2 * masked_text_rows(mgw, ids_of("ascii"), SEL_COLS)
 
 
+# ---------------------------------------------------------------------------- Sync inside COPY FROM STDIN
+# While the server reads COPY data it ignores Sync and Flush; libpq sends a Sync right after the
+# Execute of a COPY FROM STDIN. Counted as owed a ReadyForQuery, each one shifted every later
+# answer onto the wrong request: the next statements' rows went out with no row plan (raw).
+
+COPY_SINK = "CREATE TEMP TABLE IF NOT EXISTS copy_sink (a text)"
+
+
+def copy_data(line):
+    return msg(b"d", line)
+
+
+COPY_DONE = msg(b"c")
+
+
+def masked_reads_after(c, mgw, n=2):
+    got = []
+    for _ in range(n):
+        c.send(msg(b"Q", cstr(SEL)))
+        got += read_until(c)
+    no_raw(got)
+    assert rows_in(got) == n * masked_text_rows(mgw, ids_of("ascii"), SEL_COLS), got
+
+
+@pytest.mark.parametrize("how", ["libpq_extended", "stray_syncs_simple", "copy_fail_extended"])
+def test_syncs_inside_copy_from_stdin(mgw, how):
+    c = raw_connect(mgw)
+    try:
+        c.send(msg(b"Q", cstr(COPY_SINK)))
+        read_until(c)
+        if how == "stray_syncs_simple":
+            c.send(msg(b"Q", cstr("COPY copy_sink FROM STDIN")))
+            assert types_in(read_until(c, stop=(b"G", b"E")))[-1] == "G"
+            c.send(SYNC + FLUSH + SYNC + copy_data(b"x\n") + SYNC + COPY_DONE)
+        else:
+            c.send(parse_m("", "COPY copy_sink FROM STDIN") + bind_m("", "") + describe_m(b"P", "")
+                   + execute_m("") + SYNC)
+            assert types_in(read_until(c, stop=(b"G", b"E")))[-1] == "G"
+            end = COPY_DONE if how == "libpq_extended" else msg(b"f", cstr("abort"))
+            c.send(copy_data(b"x\n") + SYNC + end + SYNC)
+        got = read_until(c)
+        assert types_in(got)[-1] == "Z", got
+        masked_reads_after(c, mgw)
+    finally:
+        c.terminate()
+
+
+def test_copy_from_stdin_all_sent_at_once(mgw):
+    """Data, CopyDone and a Sync after it, sent before the CopyInResponse: all read in turn."""
+    c = raw_connect(mgw)
+    try:
+        c.send(msg(b"Q", cstr(COPY_SINK)))
+        read_until(c)
+        c.send(parse_m("", "COPY copy_sink FROM STDIN") + bind_m("", "") + execute_m("") + SYNC
+               + copy_data(b"a\n") + copy_data(b"b\n") + COPY_DONE + SYNC)
+        got = read_until(c)
+        assert [t for t in types_in(got) if t in "GCZ"] == ["G", "C", "Z"], got
+        masked_reads_after(c, mgw)
+    finally:
+        c.terminate()
+
+
+@pytest.mark.parametrize("after_copy_starts,extra", [
+    (False, copy_data(b"x\n") + SYNC + COPY_DONE + SYNC),   # a Sync after data, before CopyDone
+    (False, msg(b"Q", cstr("SELECT 1")) + COPY_DONE),         # a Query pipelined into the COPY
+    (True, msg(b"Q", cstr("SELECT 1"))),                      # a Query while the COPY reads data
+], ids=["sync_after_data", "query_pipelined", "query_inside"])
+def test_what_a_copy_would_misread_ends_the_session(mgw, after_copy_starts, extra):
+    """Whether the server reads a Sync sent after COPY data depends on where an error in the
+    data stops the COPY; another message ends it with an error. The gateway cannot follow
+    either, so it ends the session (08P01) rather than guess."""
+    c = raw_connect(mgw)
+    try:
+        c.send(msg(b"Q", cstr(COPY_SINK)))
+        read_until(c)
+        c.send(msg(b"Q", cstr("COPY copy_sink FROM STDIN")) + (b"" if after_copy_starts else extra))
+        if after_copy_starts:
+            assert types_in(read_until(c, stop=(b"G", b"E")))[-1] == "G"
+            c.send(extra)
+        got = read_until(c, stop=(b"E",), count=1)
+        got += read_until(c, stop=(b"Z",))
+    finally:
+        c.close()
+    errors = [v for t, v in got if t == "E"]
+    assert errors and errors[0].get("C") == "08P01" and "COPY" in errors[0].get("M", ""), got
+    assert types_in(got)[-1] == "closed", got
+
+
 # ---------------------------------------------------------------------------- long names
 # PostgreSQL cuts statement and portal names to 63 bytes: two longer names with the same first
 # 63 bytes are one statement upstream. The gateway ends such a session instead of tracking two.

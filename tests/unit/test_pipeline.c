@@ -117,6 +117,100 @@ static void test_function_call_and_close(void **state)
 	pipeline_free(&p);
 }
 
+/* COPY messages, which front() does not name ('d' there is a portal Describe). */
+static void copy_msgs(Pipeline *p, const char *types)
+{
+	for (const char *t = types; *t; t++)
+		assert_true(pipeline_on_frontend(p, *t, 0, NULL));
+}
+
+static void test_copy_in_ignores_syncs(void **state)
+{
+	(void)state;
+	Pipeline p;
+	pipeline_init(&p);
+	/* libpq: Parse, Bind, Describe, Execute, Sync; the Sync reaches a server reading COPY data */
+	front(&p, "PBdES");
+	back(&p, "12n", 0);
+	back(&p, "G", 0);
+	assert_true(p.copy_in);
+	assert_int_equal(p.count, 1);
+	assert_true(pipeline_copy_swallows(&p, 'S'));
+	assert_true(pipeline_copy_swallows(&p, 'H'));
+	assert_true(pipeline_copy_refuses(&p, 'Q'));
+	assert_false(pipeline_copy_refuses(&p, 'd'));
+	copy_msgs(&p, "ddc");
+	assert_false(p.copy_in);
+	front(&p, "S");
+	back(&p, "CZ", 'I');
+	assert_true(pipeline_idle(&p));
+	assert_int_equal(p.unexpected, 0);
+	/* simple protocol, everything sent before the CopyInResponse came */
+	front(&p, "Q");
+	copy_msgs(&p, "ddc");
+	front(&p, "S");
+	back(&p, "G", 0);
+	assert_false(p.copy_in);
+	assert_int_equal(p.count, 2); /* the Query and the Sync after CopyDone */
+	back(&p, "CZZ", 'I');
+	assert_true(pipeline_idle(&p));
+	assert_int_equal(p.unexpected, 0);
+	assert_false(p.copy_broken);
+	pipeline_free(&p);
+}
+
+static void test_copy_in_ambiguous(void **state)
+{
+	(void)state;
+	Pipeline p;
+	pipeline_init(&p);
+	/* a Sync after COPY data: ignored unless an error in the data ended the COPY before it */
+	front(&p, "Q");
+	copy_msgs(&p, "d");
+	front(&p, "S");
+	back(&p, "G", 0);
+	assert_true(p.copy_broken);
+	pipeline_free(&p);
+	pipeline_init(&p);
+	/* a Parse pipelined into the COPY */
+	front(&p, "PBES");
+	front(&p, "P");
+	back(&p, "12G", 0);
+	assert_true(p.copy_broken);
+	pipeline_free(&p);
+}
+
+static void test_copy_that_does_not_start(void **state)
+{
+	(void)state;
+	Pipeline p;
+	pipeline_init(&p);
+	/* the COPY fails before reading data: the data is ignored, both Syncs are answered */
+	front(&p, "PBES");
+	copy_msgs(&p, "ddc");
+	front(&p, "S");
+	back(&p, "12E", 0);
+	back(&p, "Z", 'I');
+	back(&p, "Z", 'I');
+	assert_true(pipeline_idle(&p));
+	assert_int_equal(p.unexpected, 0);
+	/* COPY messages with nothing owed leave nothing behind */
+	copy_msgs(&p, "dcf");
+	assert_true(pipeline_idle(&p));
+	/* an error in the data ends the COPY: the server reads messages again */
+	front(&p, "PBES");
+	back(&p, "12G", 0);
+	copy_msgs(&p, "d");
+	back(&p, "E", 0);
+	assert_false(p.copy_in);
+	copy_msgs(&p, "c");
+	front(&p, "S");
+	back(&p, "Z", 'I');
+	assert_true(pipeline_idle(&p));
+	assert_int_equal(p.unexpected, 0);
+	pipeline_free(&p);
+}
+
 static void test_growth(void **state)
 {
 	(void)state;
@@ -143,6 +237,9 @@ int main(void)
 		cmocka_unit_test(test_error_in_query_keeps_entry),
 		cmocka_unit_test(test_function_call_and_close),
 		cmocka_unit_test(test_growth),
+		cmocka_unit_test(test_copy_in_ignores_syncs),
+		cmocka_unit_test(test_copy_in_ambiguous),
+		cmocka_unit_test(test_copy_that_does_not_start),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
