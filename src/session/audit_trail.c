@@ -76,6 +76,7 @@ struct AuditStmt {
 	int64_t rows_sent;
 	bool truncated;
 	bool copy_out;
+	bool unanswered; /* the session ended before the server's answer */
 };
 
 /* A prepared statement's text, or a portal's statement text, parameters and decision. */
@@ -269,11 +270,33 @@ void session__audit_session_start(Session *s, const char *application_name)
 	audit_submit(s->worker->index, "session_start", s->audit_id, s->user_name, s->database_name, jw_take(&w));
 }
 
+/*
+ * Statements forwarded upstream whose answer had not come when the session ended (the
+ * client sent Terminate right behind them, or went away): the server may well have run
+ * them, so they are recorded, as unanswered.
+ */
+static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t *error, size_t error_len,
+		       const char *error_message);
+
+static void submit_unanswered(Session *s)
+{
+	for (size_t i = 0; i < s->pipeline.count; i++) {
+		Expectation *e = pipeline_at(&s->pipeline, i);
+		if (!e->audit || e->skipped)
+			continue;
+		e->audit->unanswered = true;
+		submit(s, e->audit, NULL, NULL, 0, "the session ended before the server answered; the statement may have run");
+		audit_stmt_free(e->audit);
+		e->audit = NULL;
+	}
+}
+
 void session__audit_session_end(Session *s, const char *reason)
 {
 	session__audit_cut_off(s, NULL, NULL); /* the session ended before the cut-off statement did */
 	if (!s->auditing)
 		return;
+	submit_unanswered(s);
 	JsonW w;
 	jw_init(&w);
 	jw_begin_object(&w);
@@ -741,13 +764,18 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 		int64_t n = tag_rows(tag);
 		key_int_plain(w, "rows", n >= 0 ? n : a->rows_sent);
 	}
+	if (a->unanswered) {
+		JW_KEY(w, "unanswered");
+		jw_bool(w, true);
+	}
 	if (error) {
 		JW_KEY(w, "error");
 		error_json(w, error, error_len);
 	} else if (error_message) {
 		JW_KEY(w, "error");
 		jw_begin_object(w);
-		key_string_plain(w, "sqlstate", "42501");
+		if (!a->unanswered)
+			key_string_plain(w, "sqlstate", "42501");
 		key_string_plain(w, "message", error_message);
 		jw_end_object(w);
 	}

@@ -3004,6 +3004,33 @@ def test_copy_from_stdin_as_libpq_sends_it(agw, trail, table):
     assert [s["body"]["result"]["rows"] for s in stmts[1:]] == [[["result-A"]], [["result-B"]], [["result-C"]]]
 
 
+@pytest.mark.parametrize("how", ["terminate_in_the_same_write", "close_without_terminate"])
+def test_a_statement_the_session_ends_behind_is_recorded(agw, trail, table, pg, how):
+    """An INSERT followed at once by Terminate (or a closed socket) runs upstream; the session
+    ended before its answer came, and its record was dropped with it: a write with no trace.
+    It is recorded now, marked unanswered."""
+    t = table(rows=0)
+    sql = f"INSERT INTO {t} (id, v) VALUES (1, 'behind')"
+    app = app_name("behind")
+    conn = raw_session(agw, "bob", app)
+    try:
+        q = pgwire.msg(b"Q", pgwire.cstr(sql))
+        conn.sock.sendall(q + (pgwire.msg(b"X") if how == "terminate_in_the_same_write" else b""))
+    finally:
+        conn.close()
+    def ran():
+        with pg.super_connect() as c:
+            return c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == 1
+    wait_for(ran, 5, what="the INSERT upstream")
+    _, stmts, end = session_records(trail, session_id_of(trail, app))
+    assert [s["body"]["sql"] for s in stmts] == [sql], stmts
+    b = stmts[0]["body"]
+    assert b.get("unanswered") is True or b.get("tag") == "INSERT 0 1", b
+    if b.get("unanswered"):
+        assert "ended before the server answered" in b["error"]["message"], b
+    assert end["body"]["statements"] == 1, end["body"]
+
+
 def test_export_keeps_going_past_a_user_name_that_is_not_utf8(agw, trail):
     """A failed login's user name is whatever bytes the client sent: it is exported as
     {"hex": ...}, and the records after it are exported too."""
