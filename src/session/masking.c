@@ -398,7 +398,7 @@ bool session__mask_wants(const Session *s, const Expectation *f, char type, uint
 		return false;
 	if (type == 'E' || type == 'N' || type == 'C')
 		return true;
-	return s->policy->detect && (type == 'D' || type == 'd');
+	return s->policy->detect && (type == 'D' || type == 'd' || type == 'H');
 }
 
 uint8_t *session__mask_server_message(Session *s, const Expectation *f, char type, const uint8_t *body, size_t blen,
@@ -436,9 +436,16 @@ uint8_t *session__mask_server_message(Session *s, const Expectation *f, char typ
 		bool malformed; /* the relay passes a malformed row on as the server sent it */
 		return rebuild_datarow(NULL, s->policy->detect, NULL, body, blen, outlen, &malformed);
 	}
+	case 'H':
+		/* CopyOutResponse: binary COPY data has its fields behind length words, with NUL
+		 * bytes the detectors do not scan; the COPY is under way, so the session ends */
+		if (blen >= 1 && body[0] != 0)
+			session_close(s, "binary COPY under detection", "0A000",
+				      "pgcordon: COPY in binary format cannot be scanned for detected secrets; use text or csv");
+		return NULL;
 	case 'd': {
 		if (memchr(body, 0, blen))
-			return NULL; /* binary COPY: masked relations refuse it; nothing textual to scan */
+			return NULL; /* text COPY data holds no NUL byte: nothing textual to scan */
 		size_t sl = 0;
 		uint8_t *t = mask_detect_scrub(s->policy->detect, body, blen, &sl);
 		if (!t)

@@ -225,6 +225,31 @@ def test_detection_backstop(mgw):
     assert "[REDACTED]" in row[0]
 
 
+def copy_out(c, sql):
+    got, err = [], None
+    try:
+        with c.cursor().copy(sql) as cp:
+            got = [bytes(b) for b in cp]
+    except psycopg.Error as e:
+        err = e
+    return got, err
+
+
+def test_detection_covers_copy(mgw):
+    """Text COPY data is scanned like rows. Binary COPY data has its fields behind length
+    words, NUL bytes included, which the detectors skipped: the card went out raw. The COPY
+    is under way when its format shows, so the session ends (0A000)."""
+    src = f"(SELECT 'card {CARD} mail {EMAIL}'::text AS notes)"
+    with connect(mgw) as c:
+        got, err = copy_out(c, f"COPY {src} TO STDOUT")
+        assert err is None and b"[REDACTED]" in got[0], got
+        got, err = copy_out(c, f"COPY {src} TO STDOUT (FORMAT binary)")
+    no_raw(got)
+    assert err is not None and "COPY in binary format cannot be scanned" in str(err), (err, got)
+    with connect(mgw) as c:  # the gateway serves on
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_catalog_reloads_after_ddl(mgw, pg):
     extra = f"msk_extra_{SFX}"
     with connect(mgw) as c:
