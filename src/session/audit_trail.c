@@ -273,7 +273,8 @@ void session__audit_session_start(Session *s, const char *application_name)
 /*
  * Statements forwarded upstream whose answer had not come when the session ended (the
  * client sent Terminate right behind them, or went away): the server may well have run
- * them, so they are recorded, as unanswered.
+ * them, so they are recorded, as unanswered. A Query with a statement recorded already is
+ * not recorded again.
  */
 static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t *error, size_t error_len,
 		       const char *error_message);
@@ -282,8 +283,8 @@ static void submit_unanswered(Session *s)
 {
 	for (size_t i = 0; i < s->pipeline.count; i++) {
 		Expectation *e = pipeline_at(&s->pipeline, i);
-		if (!e->audit || e->skipped)
-			continue;
+		if (!e->audit || e->skipped || e->audit->part)
+			continue; /* a Query whose statements were recorded up to its ReadyForQuery: done */
 		e->audit->unanswered = true;
 		submit(s, e->audit, NULL, NULL, 0, "the session ended before the server answered; the statement may have run");
 		audit_stmt_free(e->audit);
