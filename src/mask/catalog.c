@@ -144,6 +144,12 @@ char *mask_catalog_sql(const MaskRule *const *rules, int nrules)
 		" SELECT DISTINCT 'f', NULL, p.proname::text, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
 		" FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
 		" WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
+		" UNION ALL"
+		/* views that rules name partly: what each column takes is read from the definition */
+		" SELECT 'v', n.nspname::text, c.relname::text, NULL, NULL, NULL, NULL, NULL, NULL,"
+		" pg_catalog.pg_get_viewdef(c.oid)"
+		" FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+		" WHERE c.oid IN (SELECT rel FROM views) AND c.oid IN (SELECT rel FROM mrel)"
 		" ORDER BY 1, 2, 3, 4",
 		rule.buf);
 	free(rule.buf);
@@ -187,6 +193,15 @@ bool mask_catalog_add_row(MaskCatalog *c, const char *const *v, int n)
 		c->path[at] = xstrdup(v[2]);
 		c->path_ord[at] = (int)ord;
 		c->npath++;
+		return true;
+	}
+	if (strcmp(v[0], "v") == 0) {
+		/* after every 'c' row (ORDER BY 1): the view's columns and its base are loaded */
+		MaskRelation *r = v[1] && v[9] ? (MaskRelation *)mask_catalog_find(c, v[1], v[2]) : NULL;
+		if (!r)
+			return false;
+		if (!mask_view_covered(c, r, v[9]))
+			r->derived = true;
 		return true;
 	}
 	if (strcmp(v[0], "f") == 0) {

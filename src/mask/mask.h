@@ -81,7 +81,9 @@ typedef struct MaskCatalog {
  * The catalog query for rules: one result set, rows ('c', schema, relation, attnum, column,
  * type, category, rule, derived, relation oid) for every column of every masked relation
  * and of every view built on one, ('s', NULL, schema, position) for the session's search
- * path, then ('f', NULL, function, ...) for functions outside pg_catalog. Caller frees.
+ * path, then ('f', NULL, function, ...) for functions outside pg_catalog, then ('v', schema,
+ * view, NULL, ..., definition) for every view built on a masked relation that rules name
+ * columns of (see mask_view_covered). Caller frees.
  */
 #define MASK_CATALOG_COLUMNS 10
 char *mask_catalog_sql(const MaskRule *const *rules, int nrules);
@@ -99,6 +101,12 @@ bool mask_catalog_has_function(const MaskCatalog *c, const char *name);
 const MaskRelation *mask_catalog_resolve(const MaskCatalog *c, const char *schema, const char *name);
 /* The column of relation relid at attnum, if the catalog holds that relation; else NULL. */
 const MaskColumn *mask_catalog_column(const MaskCatalog *c, uint32_t relid, int attnum);
+
+/*
+ * Whether the rules that name columns of view v (built on masked relations) mask all it
+ * takes from masked columns, by its definition (pg_get_viewdef). False: v is refused.
+ */
+bool mask_view_covered(const MaskCatalog *c, const MaskRelation *v, const char *viewdef);
 
 /* A SQL text literal that cannot break out of a statement: convert_from(decode('<hex>', 'hex'), 'UTF8'). Caller frees. */
 char *mask__sql_text(const char *s);

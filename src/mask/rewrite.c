@@ -333,7 +333,8 @@ static const MaskRelation *relation_of(Rw *w, json_t *rv)
 static bool refused_derived(Rw *w, const MaskRelation *r)
 {
 	if (r->derived)
-		refuse(w, "%s.%s is a view over masked columns that no masking rule names", r->schema, r->name);
+		refuse(w, "%s.%s is a view over masked columns that the masking rules do not name"
+			  " (name its columns that show them)", r->schema, r->name);
 	return r->derived;
 }
 
@@ -1030,7 +1031,63 @@ static bool plain_select(const Rw *w, json_t *root)
 	       !mentions_masked(&p, json_object_get(b, "limitCount")) && !mentions_masked(&p, json_object_get(b, "limitOffset"));
 }
 
-/* Where a parse tree names masked relations: the RangeVars' locations. */
+/* Every column of the relation is masked by some rule. */
+static bool all_masked(const MaskRelation *r)
+{
+	for (int i = 0; i < r->ncols; i++)
+		if (r->cols[i].rule < 0)
+			return false;
+	return true;
+}
+
+static Seek at_view_mention(json_t *n, const void *arg)
+{
+	if (json_object_get(n, "SubLink") || json_object_get(n, "SelectStmt"))
+		return SEEK_FOUND;
+	return at_target_ref(n, arg);
+}
+
+/*
+ * Whether the rules that name columns of view v mask everything its definition takes from
+ * a masked column: each output column that is, or is computed from, a masked column (or the
+ * whole row) of its one base relation must itself be masked. A definition of another shape
+ * (joins, subqueries, set operations, CTEs) passes only if every column of v is masked.
+ */
+bool mask_view_covered(const MaskCatalog *c, const MaskRelation *v, const char *viewdef)
+{
+	if (all_masked(v))
+		return true;
+	PgQueryParseResult pr = pg_query_parse(viewdef);
+	json_t *root = pr.error ? NULL : json_loads(pr.parse_tree, 0, NULL);
+	pg_query_free_parse_result(pr);
+	bool ok = false;
+	json_t *stmts = json_object_get(root, "stmts");
+	json_t *b = json_object_get(json_object_get(json_array_get(stmts, 0), "stmt"), "SelectStmt");
+	json_t *from = json_object_get(b, "fromClause");
+	json_t *rv = json_object_get(json_array_get(from, 0), "RangeVar");
+	json_t *targets = json_object_get(b, "targetList");
+	const char *op = str_of(b, "op");
+	const char *name = rv ? str_of(rv, "relname") : NULL;
+	const MaskRelation *base = name ? mask_catalog_resolve(c, str_of(rv, "schemaname"), name) : NULL;
+	if (json_array_size(stmts) == 1 && op && strcmp(op, "SETOP_NONE") == 0 && !json_object_get(b, "withClause") &&
+	    json_array_size(from) == 1 && base && base != v && !base->derived && json_array_size(targets) == (size_t)v->ncols) {
+		json_t *alias = json_object_get(rv, "alias");
+		RelRef ref = {base, alias && str_of(alias, "aliasname") ? str_of(alias, "aliasname") : name};
+		ok = !json_object_get(alias, "colnames");
+		size_t i;
+		json_t *t;
+		json_array_foreach(targets, i, t)
+		{
+			json_t *val = json_object_get(json_object_get(t, "ResTarget"), "val");
+			if (v->cols[i].rule < 0 && (!val || tree_any(val, at_view_mention, &ref)))
+				ok = false;
+		}
+	}
+	json_decref(root);
+	return ok;
+}
+
+/* Where a parse tree names masked relations: the RangeVars' locations. *//* Where a parse tree names masked relations: the RangeVars' locations. */
 typedef struct {
 	size_t *at;
 	int n;
