@@ -1087,7 +1087,7 @@ bool mask_view_covered(const MaskCatalog *c, const MaskRelation *v, const char *
 	return ok;
 }
 
-/* Where a parse tree names masked relations: the RangeVars' locations. *//* Where a parse tree names masked relations: the RangeVars' locations. */
+/* Where a parse tree names masked relations: the RangeVars' locations. */
 typedef struct {
 	size_t *at;
 	int n;

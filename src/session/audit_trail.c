@@ -270,15 +270,15 @@ void session__audit_session_start(Session *s, const char *application_name)
 	audit_submit(s->worker->index, "session_start", s->audit_id, s->user_name, s->database_name, jw_take(&w));
 }
 
+static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t *error, size_t error_len,
+		       const char *error_message);
+
 /*
  * Statements forwarded upstream whose answer had not come when the session ended (the
  * client sent Terminate right behind them, or went away): the server may well have run
  * them, so they are recorded, as unanswered. A Query with a statement recorded already is
  * not recorded again.
  */
-static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t *error, size_t error_len,
-		       const char *error_message);
-
 static void submit_unanswered(Session *s)
 {
 	for (size_t i = 0; i < s->pipeline.count; i++) {

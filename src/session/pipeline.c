@@ -149,7 +149,7 @@ static bool push_copy_mark(Pipeline *p, char type, Expectation **pushed)
 	if (p->count == 0)
 		return true; /* nothing pending: no COPY can be starting */
 	Expectation *last = pipeline_at(p, p->count - 1);
-	if (type == 'd' && (last->kind == EXP_COPY_DATA || last->kind == EXP_COPY_END))
+	if (type == 'd' && last->kind == EXP_COPY_DATA)
 		return true; /* one mark stands for a run of data */
 	return push(p, type == 'd' ? EXP_COPY_DATA : EXP_COPY_END, pushed);
 }
