@@ -1,6 +1,7 @@
 /* The audit writer: per-worker queues, one thread, batched chained commits, retention. */
 #include "audit/audit.h"
 
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -370,6 +371,38 @@ static void scratch_reserve(size_t n)
 	}
 }
 
+/*
+ * The chain's keys, one every KEY_RUNG records (key(1), key(1 + KEY_RUNG), ...): a key the
+ * writer has passed costs at most KEY_RUNG - 1 hashing steps from them instead of seq - 1
+ * from key(1). Writer thread only (and audit_start, before it runs).
+ */
+#define KEY_RUNG 65536
+static struct {
+	uint8_t (*key)[AUDIT_KEY_LEN];
+	int64_t n;
+} Rungs;
+
+/* key is key(seq). */
+static void rung_note(int64_t seq, const uint8_t key[AUDIT_KEY_LEN])
+{
+	if ((seq - 1) % KEY_RUNG != 0 || (seq - 1) / KEY_RUNG != Rungs.n)
+		return;
+	Rungs.key = xrealloc(Rungs.key, (size_t)(Rungs.n + 1) * sizeof *Rungs.key);
+	memcpy(Rungs.key[Rungs.n++], key, AUDIT_KEY_LEN);
+}
+
+/* key(seq), for 1 <= seq <= the head's next; false past what the rungs reach. */
+static bool key_at(int64_t seq, uint8_t out[AUDIT_KEY_LEN])
+{
+	int64_t r = (seq - 1) / KEY_RUNG;
+	if (seq < 1 || r >= Rungs.n)
+		return false;
+	memcpy(out, Rungs.key[r], AUDIT_KEY_LEN);
+	for (int64_t n = r * KEY_RUNG + 1; n < seq; n++)
+		chain_next_key(out);
+	return true;
+}
+
 /* Chains record i of the scratch after the chain copy c and advances c. */
 static void chain_record(ChainState *c, size_t i, const char *kind, const char *session_id, const char *user,
 			 const char *database, int64_t time_us, const char *body, size_t body_len)
@@ -387,6 +420,7 @@ static void chain_record(ChainState *c, size_t i, const char *kind, const char *
 	chain_tag(c->key, r, S.tags[i]);
 	c->seq++;
 	chain_next_key(c->key);
+	rung_note(c->seq + 1, c->key);
 }
 
 /* The chain after the last record chained into the scratch (its tag is in the scratch). */
@@ -741,6 +775,45 @@ static bool write_batch(size_t n, char *err, size_t errlen)
 	return true;
 }
 
+typedef struct {
+	int64_t seq;
+	const char *tag, *cutoff;
+	bool seen, genuine;
+} Cut;
+
+static bool check_cut(const StoredRecord *r, void *arg)
+{
+	Cut *c = arg;
+	uint8_t key[AUDIT_KEY_LEN];
+	char tag[AUDIT_TAG_HEX];
+	c->seen = true;
+	if (r->seq != c->seq || !key_at(r->seq, key))
+		return false;
+	chain_tag(key, r, tag);
+	OPENSSL_cleanse(key, sizeof key);
+	c->genuine = strcmp(tag, r->tag) == 0 && strcmp(tag, c->tag) == 0 && strcmp(r->time, c->cutoff) < 0;
+	return false;
+}
+
+/*
+ * Whether the record a prune would cut at is older than the cutoff by its chained time, and
+ * is the record its tag says. store_last_before picks it by a column outside the chain (a
+ * batch's max_time, a row's time): backdated by someone who can write the store, it would
+ * have the writer delete recent records under a prune record of its own.
+ */
+static bool cut_is_genuine(int64_t through, const char *through_tag, const char *cutoff, char *err, size_t errlen)
+{
+	Cut c = {.seq = through, .tag = through_tag, .cutoff = cutoff};
+	StoreFilter f = {.node = W.node, .from_seq = through, .limit = 1};
+	if (!store_scan(W.st, &f, check_cut, &c, err, errlen))
+		return false;
+	if (!c.genuine)
+		snprintf(err, errlen, "record seq=%lld, the last the store dates before %s, is %s; run pgcordon audit"
+			 " verify", (long long)through, cutoff, c.seen ? "not that old by its chained time, or altered"
+			 : "missing");
+	return c.genuine;
+}
+
 /*
  * Deletes records older than the retention and chains a "prune" record saying so. False:
  * the store failed; *tried is then the chain had the prune record been written.
@@ -757,6 +830,11 @@ static bool prune(ChainState *tried)
 	}
 	if (through == 0 || through >= W.chain.seq)
 		return true; /* nothing old enough, or it would remove the head itself */
+	if (!cut_is_genuine(through, through_tag, cutoff, err, sizeof err)) {
+		log_event(LOG_ERROR, "audit_prune_refused", "node=%s through_seq=%lld error=%s", W.node, (long long)through,
+			  log_quote(q, sizeof q, err));
+		return true; /* nothing the store can do about it: the next check looks again */
+	}
 	json_t *body = json_pack("{sI sI ss ss}", "through_seq", (json_int_t)through, "first_seq", (json_int_t)through + 1,
 				 "through_tag", through_tag, "cutoff", cutoff);
 	ChainState c = W.chain;
@@ -993,7 +1071,18 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 		store_close(W.st);
 		return false;
 	}
-	chain_key_at(W.first_key, W.chain.seq + 1, W.chain.key);
+	if (W.chain.seq < 0 || W.chain.seq >= AUDIT_SEQ_MAX) {
+		snprintf(err, errlen, "audit store: the head of node %s says seq=%lld, which no chain reaches (the store was"
+			 " altered; run pgcordon audit verify)", W.node, (long long)W.chain.seq);
+		store_close(W.st);
+		return false;
+	}
+	memcpy(W.chain.key, W.first_key, AUDIT_KEY_LEN);
+	rung_note(1, W.chain.key);
+	for (int64_t n = 2; n <= W.chain.seq + 1; n++) {
+		chain_next_key(W.chain.key);
+		rung_note(n, W.chain.key);
+	}
 	if (created)
 		log_event(LOG_WARN, "audit_key_created", "path=%s note=\"keep a copy elsewhere: verification needs it\"",
 			  c->audit_key_file);

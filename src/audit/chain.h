@@ -19,6 +19,12 @@
 /* Reads the first key from path; create: make a fresh one (mode 0600) when it is missing. */
 bool chain_load_key(const char *path, bool create, uint8_t key[AUDIT_KEY_LEN], bool *created, char *err,
 		    size_t errlen) __attribute__((warn_unused_result));
+/*
+ * No chain gets near this many records (a million a second for 30 years); a larger sequence
+ * number read from a store was written there by hand, and deriving its key would take ages.
+ */
+#define AUDIT_SEQ_MAX ((int64_t)1 << 50)
+
 /* key(n) from key(1): n-1 hashing steps. */
 void chain_key_at(const uint8_t first[AUDIT_KEY_LEN], int64_t n, uint8_t out[AUDIT_KEY_LEN]);
 void chain_next_key(uint8_t key[AUDIT_KEY_LEN]);

@@ -416,12 +416,12 @@ static bool verify_one(const StoredRecord *r, void *arg)
 	if (o->records == 0) {
 		o->first_seq = r->seq;
 		v->expect = r->seq;
-		chain_key_at(v->first_key, r->seq < 1 ? 1 : r->seq, v->key);
+		chain_key_at(v->first_key, r->seq < 1 || r->seq > AUDIT_SEQ_MAX ? 1 : r->seq, v->key);
 		snprintf(v->prev, sizeof v->prev, "%s", r->seq == 1 ? "" : r->prev_tag);
 		snprintf(v->first_prev, sizeof v->first_prev, "%s", r->prev_tag);
-		if (r->seq < 1) {
-			snprintf(o->problem, sizeof o->problem, "record seq=%lld: inserted (sequence numbers start at 1)",
-				 (long long)r->seq);
+		if (r->seq < 1 || r->seq > AUDIT_SEQ_MAX) {
+			snprintf(o->problem, sizeof o->problem, "record seq=%lld: %s", (long long)r->seq,
+				 r->seq < 1 ? "inserted (sequence numbers start at 1)" : "altered (no chain is this long)");
 			v->bad = true;
 			return false;
 		}

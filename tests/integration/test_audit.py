@@ -1426,6 +1426,56 @@ def test_retention_prunes_and_chains(gateway_factory, tmp_path):
     assert_verify_ok(gw.config_path)
 
 
+def test_retention_does_not_trust_a_backdated_batch(gateway_factory, tmp_path):
+    """Someone who can write the store (not the key) backdates the max_time of a recent batch,
+    a column outside the chain. Retention picked its cut by that column, so the writer itself
+    deleted the batch and everything before it under a genuine prune record, and verify said
+    ok. The cut is now checked against the record's chained time: nothing is deleted."""
+    import sqlite3
+    import zstandard
+    db = tmp_path / "backdate.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"retention": "1h", "node": "bd"})
+    for word in ("before", "hidden", "after"):
+        with gw.connect(application_name=app_name(word)) as c:
+            c.execute(f"SELECT 'marker-{word}-{SFX}'")
+            time.sleep(0.3)
+    trail = SqliteTrail(db)
+    wait_for(lambda: any(f"marker-after-{SFX}" in r["raw_body"] for r in trail.rows()), what="the last record")
+    assert gw.stop() == 0
+    with sqlite3.connect(db) as con:
+        first = [fs for fs, blob in con.execute("SELECT first_seq, records FROM audit_batches")
+                 if f"marker-hidden-{SFX}".encode() in zstandard.ZstdDecompressor().decompress(blob)]
+        assert first, "no batch holds the statement"
+        con.execute("UPDATE audit_batches SET max_time = '2000-01-01T00:00:00.000000Z' WHERE first_seq = ?",
+                    (first[0],))
+    gw.start()  # a retention check runs at start
+    assert gw.wait_log(r"event=audit_prune_refused", timeout=10), gw.log_text()[-2000:]
+    assert gw.count_log(r"event=audit_pruned") == 0
+    assert any(f"marker-hidden-{SFX}" in r["raw_body"] for r in trail.rows())
+    assert gw.stop() == 0
+    assert_verify_ok(gw.config_path)
+
+
+def test_an_implausible_head_is_refused(gateway_factory, tmp_path):
+    """A head batch whose last_seq says 4e18: the key derivation would spin for ever before
+    the gateway listens. It refuses to start, and says why."""
+    import sqlite3
+    db = tmp_path / "head.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"node": "hd"})
+    with gw.connect() as c:
+        c.execute("SELECT 1")
+    assert gw.stop() == 0
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE audit_batches SET last_seq = 4000000000000000000"
+                    " WHERE first_seq = (SELECT max(first_seq) FROM audit_batches)")
+    try:
+        gw.start(timeout=10)
+    except Exception:  # noqa: BLE001 - it may die before or after the start is noticed
+        pass
+    wait_for(lambda: not gw.alive(), 10, what="the gateway to refuse to start")
+    assert "which no chain reaches" in gw.log_text(), gw.log_text()[-2000:]
+
+
 # ---------------------------------------------------------------------------- 4. strict durability
 
 MARK = re.compile(r"sd-[0-9a-f]+-\d+-\d+")
