@@ -140,7 +140,7 @@ static enum MHD_Result audit_request(struct MHD_Connection *conn, const Config *
 {
 	if (!c->audit_store)
 		return error(conn, MHD_HTTP_NOT_FOUND, "no audit.store is configured");
-	char err[512];
+	char err[512] = "";
 	/* A store that stops answering fails the read (503): each one holds an admin connection. */
 	AuditStore *st = store_open(c->audit_store, false, c->audit_store_timeout_ms, err, sizeof err);
 	if (!st)
@@ -195,6 +195,9 @@ static enum MHD_Result audit_request(struct MHD_Connection *conn, const Config *
 			store_close(st);
 			return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
 		}
+	} else {
+		store_close(st); /* /api/sessionsX: not a path of this API */
+		return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
 	}
 	store_close(st);
 	if (!out)

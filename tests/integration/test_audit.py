@@ -2856,6 +2856,10 @@ def test_http_sessions(http_gw):
         assert s in d["transcript"], d["transcript"]
 
     assert http(p, "/api/sessions/nosuchsession", token=tok)[0] == 404
+    # an earlier lookup's error text stayed on the stack, and /api/sessionsX answered with it
+    http(p, f"/api/sessions/stale-text-{SFX}", token=tok)
+    status, body = http(p, "/api/sessionsX", token=tok)
+    assert status == 404 and f"stale-text-{SFX}".encode() not in body and b"unknown path" in body, (status, body)
 
 
 def test_apikey_session_and_failed_login_recorded(http_gw):
