@@ -77,6 +77,7 @@ struct AuditStmt {
 	bool truncated;
 	bool copy_out;
 	bool unanswered; /* the session ended before the server's answer */
+	bool no_wait;    /* strict durability does not hold its answer (see audit_stmt_no_wait) */
 };
 
 /* A prepared statement's text, or a portal's statement text, parameters and decision. */
@@ -200,6 +201,12 @@ static void set_formats(AuditStmt *a, const uint8_t *src, int n)
 	a->formats = n <= (int)sizeof a->formats_inline ? a->formats_inline : xmalloc((size_t)n);
 	memcpy(a->formats, src, (size_t)n);
 	a->ncols = n;
+}
+
+void audit_stmt_no_wait(AuditStmt *a)
+{
+	if (a)
+		a->no_wait = true;
 }
 
 void audit_stmt_free(AuditStmt *a)
@@ -877,7 +884,7 @@ AuditOutcome session__audit_on_server(Session *s, AuditStmt *a, bool whole, char
 		return AUDIT_PASS;
 	}
 	*ticket = t;
-	return audit_is_strict() && t ? AUDIT_HOLD : AUDIT_PASS;
+	return audit_is_strict() && t && !a->no_wait ? AUDIT_HOLD : AUDIT_PASS;
 }
 
 void session__audit_cut_off(Session *s, const char *tag, AuditStmt **next_part)

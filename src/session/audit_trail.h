@@ -15,6 +15,11 @@
 typedef struct Session Session;
 typedef struct AuditStmt AuditStmt;
 
+/*
+ * Strict durability holds a statement's answer until its record is committed; not this
+ * one's: a refusal because the store cannot be written must not wait for that store.
+ */
+void audit_stmt_no_wait(AuditStmt *a);
 void audit_stmt_free(AuditStmt *a);
 
 void session__audit_session_start(Session *s, const char *application_name);

@@ -815,6 +815,7 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 					audit_count_unrecorded(AUDIT_UNREC_STATEMENT);
 				else
 					audit_decided(s, type, type == 'Q' ? (const char *)body : NULL, body, len - 4, &d);
+				audit_stmt_no_wait(s->audit_pending);
 				a = refuse(s, type, &d);
 			} else if (s->inspecting) {
 				a = inspect_client_message(s, type, body, len - 4);

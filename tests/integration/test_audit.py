@@ -1780,6 +1780,40 @@ def test_store_failure_refuses_then_recovers(gateway_factory, tmp_path):
     assert_verify_ok(gw.config_path)
 
 
+def test_strict_refusal_does_not_wait_for_the_store(gateway_factory, tmp_path):
+    """durability: strict, on_failure: refuse, the store locked. A statement that ran waits
+    for its record (the strict promise); once the store is known to fail, a new statement is
+    refused at once. Before, the refusal's own record was waited for too: every client hung
+    for the whole outage."""
+    db = tmp_path / "sref.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"durability": "strict", "on_failure": "refuse"})
+    trail = SqliteTrail(db)
+    conn = _recorded_session(gw, trail, "sref")
+    held = gw.connect(application_name=app_name("sheld"))
+    lk = _locked(db)
+    try:
+        t = threading.Thread(target=_probe, args=(held, f"sheld-{SFX}"), daemon=True)
+        t.start()
+        assert gw.wait_log(r"event=audit_store_failed", timeout=30), gw.log_text()[-3000:]
+        got = []
+        probe = threading.Thread(target=lambda: got.append(_probe(conn, f"srefused-{SFX}")), daemon=True)
+        probe.start()
+        probe.join(3)
+        assert got, "no answer within 3 s: the refusal waited for the locked store"
+        assert got[0] is not None and got[0].sqlstate == "58030", got
+    finally:
+        lk.execute("ROLLBACK")
+        lk.close()
+    t.join(15)
+    probe.join(15)
+    _accepted_within(conn, f"safter-{SFX}", 10, "the store unlocked")
+    record_with(trail, f"srefused-{SFX}", timeout=10)
+    conn.close()
+    held.close()
+    assert gw.stop() == 0
+    assert_verify_ok(gw.config_path)
+
+
 def test_store_failure_continue_keeps_serving(gateway_factory, tmp_path):
     db = tmp_path / "cont.db"
     gw = start_audited(gateway_factory, f"sqlite:{db}", {"on_failure": "continue"})
