@@ -223,6 +223,44 @@ static void add_shown(Text *t, const char *s, bool lines)
 	free(v);
 }
 
+/*
+ * A stored string field, shown: text, or {"hex": ...} (bytes a client sent that are not
+ * UTF-8) with every byte outside printable ASCII as an escape. With lines (a statement's SQL)
+ * every line is indented, so that no line of it reads as a header or an error of the
+ * transcript's own.
+ */
+static void add_field(Text *t, json_t *v, bool lines)
+{
+	const char *hex = json_string_value(json_object_get(v, "hex"));
+	char *text;
+	if (hex) {
+		size_t n = strlen(hex) / 2;
+		text = xmalloc(4 * n + 1);
+		char *o = text;
+		for (size_t i = 0; i < n; i++) {
+			unsigned b;
+			if (sscanf(hex + 2 * i, "%2x", &b) != 1)
+				break;
+			if ((b >= 0x20 && b < 0x7f) || (lines && (b == '\n' || b == '\t')))
+				*o++ = (char)b;
+			else
+				o += sprintf(o, "\\x%02x", b);
+		}
+		*o = 0;
+	} else {
+		text = shown(json_string_value(v) ? json_string_value(v) : "", lines);
+	}
+	if (!lines) {
+		add(t, "%s", text);
+	} else {
+		for (char *line = text, *nl; line; line = nl ? nl + 1 : NULL) {
+			nl = strchr(line, '\n');
+			add(t, "  %.*s%s", (int)(nl ? nl - line : (ptrdiff_t)strlen(line)), line, nl ? "\n" : "");
+		}
+	}
+	free(text);
+}
+
 /* A captured value as psql shows it: text as is, NULL empty, bytes as \x... */
 static const char *cell(json_t *v, char *buf, size_t len)
 {
@@ -316,7 +354,7 @@ char *audit_replay_text(AuditStore *st, const char *session_id, char *err, size_
 	Text t = {0};
 	json_t *s = json_object_get(d, "session");
 	add(&t, "Session %s: user ", session_id);
-	add_shown(&t, str(s, "user"), false);
+	add_field(&t, json_object_get(s, "user"), false);
 	add(&t, " (%s", str(s, "auth_method"));
 	size_t i;
 	json_t *v;
@@ -326,11 +364,12 @@ char *audit_replay_text(AuditStore *st, const char *session_id, char *err, size_
 		add_shown(&t, json_is_string(v) ? json_string_value(v) : "", false);
 	}
 	add(&t, "), database ");
-	add_shown(&t, str(s, "database"), false);
+	add_field(&t, json_object_get(s, "database"), false);
 	add(&t, ", from %s", str(s, "client_address"));
-	if (*str(s, "application_name")) {
+	json_t *app = json_object_get(s, "application_name");
+	if (json_is_object(app) || *str(s, "application_name")) {
 		add(&t, ", application \"");
-		add_shown(&t, str(s, "application_name"), false);
+		add_field(&t, app, false);
 		add(&t, "\"");
 	}
 	if (*str(s, "role"))
@@ -357,7 +396,7 @@ char *audit_replay_text(AuditStore *st, const char *session_id, char *err, size_
 		if (*str(dec, "policy"))
 			add(&t, " (policy %s%s%s)", str(dec, "policy"), *str(dec, "rule") ? ", rule " : "", str(dec, "rule"));
 		add(&t, "  %.3f ms\n", json_number_value(json_object_get(stmt, "duration_ms")));
-		add_shown(&t, str(stmt, "sql"), true);
+		add_field(&t, json_object_get(stmt, "sql"), true);
 		add(&t, "\n");
 		json_t *params = json_object_get(stmt, "params");
 		if (json_array_size(params)) {

@@ -3178,3 +3178,23 @@ def test_replay_escapes_control_characters(agw, trail):
     assert "\x1b" not in r.stdout and "\x07" not in r.stdout, repr(r.stdout)
     assert "\n[2026-11-23T00:00:00Z] #9" not in r.stdout and "\\n[2026-11-23T00:00:00Z] #9" in r.stdout, r.stdout
     assert "\\x1b[31m" in r.stdout and "\\x07" in r.stdout
+
+
+def test_replay_shows_sql_as_sql(agw, trail):
+    """A statement's SQL keeps its lines, indented: a comment cannot draw a header or an error
+    line of the transcript's own. SQL in a client encoding other than UTF-8 is stored as
+    {"hex": ...}; the transcript printed it as an empty line, and now shows its bytes."""
+    app = app_name("sqlshow")
+    forged = "SELECT 1 /*\nERROR:  permission denied (SQLSTATE 42501)\n\n[2026-11-23T00:00:00Z] #8  allow  0.1 ms\nx */"
+    with agw.connect(user="bob", application_name=app) as c:
+        c.execute(forged)
+        c.execute("SET client_encoding TO 'LATIN1'")
+        c.execute("SELECT 2 /* caf\u00e9 */")
+    sid = session_id_of(trail, app)
+    session_records(trail, sid)
+    r = cli("sessions", "replay", sid, "--config", agw.config_path, timeout=20)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "\n[2026-11-23T00:00:00Z] #8" not in out and "\nERROR:  permission denied" not in out, out
+    assert "\n  [2026-11-23T00:00:00Z] #8" in out, out
+    assert "  SELECT 2 /* caf\\xe9 */" in out, out
