@@ -238,9 +238,11 @@ static void add_field(Text *t, json_t *v, bool lines)
 		text = xmalloc(4 * n + 1);
 		char *o = text;
 		for (size_t i = 0; i < n; i++) {
-			unsigned b;
-			if (sscanf(hex + 2 * i, "%2x", &b) != 1)
-				break;
+			int hi = util_hex_value((unsigned char)hex[2 * i]);
+			int lo = util_hex_value((unsigned char)hex[2 * i + 1]);
+			if (hi < 0 || lo < 0)
+				break; /* not what the gateway writes: the store was altered */
+			unsigned b = (unsigned)(hi << 4 | lo);
 			if ((b >= 0x20 && b < 0x7f) || (lines && (b == '\n' || b == '\t')))
 				*o++ = (char)b;
 			else
@@ -455,10 +457,10 @@ static bool verify_one(const StoredRecord *r, void *arg)
 	if (o->records == 0) {
 		o->first_seq = r->seq;
 		v->expect = r->seq;
-		chain_key_at(v->first_key, r->seq < 1 || r->seq > AUDIT_SEQ_MAX ? 1 : r->seq, v->key);
+		chain_key_at(v->first_key, r->seq < 1 || r->seq >= AUDIT_SEQ_MAX ? 1 : r->seq, v->key);
 		snprintf(v->prev, sizeof v->prev, "%s", r->seq == 1 ? "" : r->prev_tag);
 		snprintf(v->first_prev, sizeof v->first_prev, "%s", r->prev_tag);
-		if (r->seq < 1 || r->seq > AUDIT_SEQ_MAX) {
+		if (r->seq < 1 || r->seq >= AUDIT_SEQ_MAX) {
 			snprintf(o->problem, sizeof o->problem, "record seq=%lld: %s", (long long)r->seq,
 				 r->seq < 1 ? "inserted (sequence numbers start at 1)" : "altered (no chain is this long)");
 			v->bad = true;

@@ -147,7 +147,11 @@ char *mask_catalog_sql(const MaskRule *const *rules, int nrules)
 		" UNION ALL"
 		/* views that rules name partly: what each column takes is read from the definition */
 		" SELECT 'v', n.nspname::text, c.relname::text, NULL, NULL, NULL, NULL, NULL, NULL,"
-		" pg_catalog.pg_get_viewdef(c.oid)"
+		/* a view over such a view: its base is judged by the same rows, in no set order */
+		" CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d"
+		"  ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid"
+		"  WHERE r.ev_class = c.oid AND d.refobjid <> c.oid AND d.refobjid IN (SELECT rel FROM views))"
+		" THEN NULL ELSE pg_catalog.pg_get_viewdef(c.oid) END"
 		" FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
 		" WHERE c.oid IN (SELECT rel FROM views) AND c.oid IN (SELECT rel FROM mrel)"
 		" ORDER BY 1, 2, 3, 4",
@@ -197,7 +201,7 @@ bool mask_catalog_add_row(MaskCatalog *c, const char *const *v, int n)
 	}
 	if (strcmp(v[0], "v") == 0) {
 		/* after every 'c' row (ORDER BY 1): the view's columns and its base are loaded */
-		MaskRelation *r = v[1] && v[9] ? (MaskRelation *)mask_catalog_find(c, v[1], v[2]) : NULL;
+		MaskRelation *r = v[1] ? (MaskRelation *)mask_catalog_find(c, v[1], v[2]) : NULL;
 		if (!r)
 			return false;
 		if (!mask_view_covered(c, r, v[9]))

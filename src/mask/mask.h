@@ -104,7 +104,8 @@ const MaskColumn *mask_catalog_column(const MaskCatalog *c, uint32_t relid, int 
 
 /*
  * Whether the rules that name columns of view v (built on masked relations) mask all it
- * takes from masked columns, by its definition (pg_get_viewdef). False: v is refused.
+ * takes from masked columns, by its definition (pg_get_viewdef; NULL for a view over another
+ * such view). False: v is refused.
  */
 bool mask_view_covered(const MaskCatalog *c, const MaskRelation *v, const char *viewdef);
 

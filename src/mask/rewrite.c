@@ -1051,12 +1051,15 @@ static Seek at_view_mention(json_t *n, const void *arg)
  * Whether the rules that name columns of view v mask everything its definition takes from
  * a masked column: each output column that is, or is computed from, a masked column (or the
  * whole row) of its one base relation must itself be masked. A definition of another shape
- * (joins, subqueries, set operations, CTEs) passes only if every column of v is masked.
+ * (joins, subqueries, set operations, CTEs), or a view over another view built on masked
+ * relations (viewdef NULL), passes only if every column of v is masked.
  */
 bool mask_view_covered(const MaskCatalog *c, const MaskRelation *v, const char *viewdef)
 {
 	if (all_masked(v))
 		return true;
+	if (!viewdef)
+		return false; /* a view over another view built on masked relations */
 	PgQueryParseResult pr = pg_query_parse(viewdef);
 	json_t *root = pr.error ? NULL : json_loads(pr.parse_tree, 0, NULL);
 	pg_query_free_parse_result(pr);

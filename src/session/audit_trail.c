@@ -292,8 +292,10 @@ static void submit_unanswered(Session *s)
 		Expectation *e = pipeline_at(&s->pipeline, i);
 		if (!e->audit || e->skipped || e->audit->part)
 			continue; /* a Query whose statements were recorded up to its ReadyForQuery: done */
-		e->audit->unanswered = true;
-		submit(s, e->audit, NULL, NULL, 0, "the session ended before the server answered; the statement may have run");
+		/* a statement the gateway refused never ran: its record carries the refusal */
+		e->audit->unanswered = !e->refusal;
+		submit(s, e->audit, NULL, NULL, 0,
+		       e->refusal ? e->refusal : "the session ended before the server answered; the statement may have run");
 		audit_stmt_free(e->audit);
 		e->audit = NULL;
 	}

@@ -53,7 +53,7 @@ static bool push(Pipeline *p, ExpKind kind, Expectation **pushed)
 	return true;
 }
 
-/* Removes entry i (not the front), which owns nothing: a Sync or a COPY mark. */
+/* Removes entry i (not the front), which owns nothing: a client Sync or a COPY mark. */
 static void remove_at(Pipeline *p, size_t i)
 {
 	for (; i + 1 < p->count; i++)
@@ -215,7 +215,9 @@ static void copy_in_started(Pipeline *p)
 			data = true;
 			remove_at(p, i);
 		} else if (k == EXP_SYNC && !data) {
-			remove_at(p, i); /* read and ignored inside the COPY */
+			pipeline_at(p, i)->maybe_ignored = true; /* settled when the COPY ends */
+			p->copy_maybe = true;
+			i++;
 		} else {
 			/* a Sync after data: ignored, unless an error in the data ended the COPY
 			 * first; anything else: an error that ends it. Unknowable here. */
@@ -224,6 +226,18 @@ static void copy_in_started(Pipeline *p)
 		}
 	}
 	p->copy_in = true;
+}
+
+/* The COPY at the front read data: the Syncs sent before its data were read inside it. */
+void pipeline_copy_data_was_read(Pipeline *p)
+{
+	for (size_t i = 1; i < p->count;) {
+		if (pipeline_at(p, i)->maybe_ignored)
+			remove_at(p, i);
+		else
+			i++;
+	}
+	p->copy_maybe = false;
 }
 
 static void on_backend(Pipeline *p, char type, char status);
@@ -245,6 +259,7 @@ static void on_backend(Pipeline *p, char type, char status)
 		p->in_error = false;
 		p->skipping = false;
 		p->copy_in = false;
+		p->copy_maybe = false;
 		if (f && (f->kind == EXP_QUERY || f->kind == EXP_FUNCTION || f->kind == EXP_SYNC))
 			pop(p);
 		else
@@ -258,6 +273,11 @@ static void on_backend(Pipeline *p, char type, char status)
 		return;
 	case 'E':
 		p->copy_in = false; /* an error ends a COPY: what follows is read as messages again */
+		if (p->copy_maybe) {
+			/* before or after the server read the Syncs sent ahead of the data? */
+			p->copy_broken = true;
+			return;
+		}
 		if (!f) {
 			p->unexpected++;
 			return;
@@ -310,6 +330,8 @@ static void on_backend(Pipeline *p, char type, char status)
 	case 'C':
 	case 'I':
 	case 's':
+		if (p->copy_maybe && type == 'C')
+			pipeline_copy_data_was_read(p);
 		if (front_is(p, EXP_EXECUTE))
 			pop(p);
 		return; /* inside a simple Query, one per statement; ReadyForQuery ends it */

@@ -30,6 +30,8 @@ typedef struct {
 	uint64_t seq;          /* statement sequence number in the session */
 	bool internal;         /* injected by the gateway: every response is swallowed */
 	bool skipped;          /* sent while the server skips to Sync after an error: no answer comes */
+	bool maybe_ignored;    /* a Sync sent before a COPY's data: read inside the COPY, unless the
+				* COPY fails before reading any (see pipeline_on_backend) */
 	bool catalog;          /* internal: the masking catalog query (its rows are read) */
 	bool estimate;         /* internal: EXPLAIN for estimated_rows_over (its rows are read) */
 	char release_ready;    /* internal: its ReadyForQuery releases the client's, with this status */
@@ -55,6 +57,7 @@ typedef struct {
 	bool got_param_desc;  /* inside a statement Describe */
 	bool copy_in;         /* the server reads COPY data (CopyInResponse): Sync and Flush are not for it */
 	bool copy_broken;     /* the client sent what the server would read as a broken COPY: end the session */
+	bool copy_maybe;      /* Syncs marked maybe_ignored wait for the COPY's end */
 	char txn_status;      /* last ReadyForQuery status: 'I', 'T' or 'E' */
 	uint64_t unexpected;  /* backend messages that matched nothing (a bug if ever non-zero) */
 } Pipeline;
@@ -86,11 +89,15 @@ static inline bool pipeline_copy_refuses(const Pipeline *p, char type)
 }
 /*
  * Updates the queue for a backend message; status is the ReadyForQuery byte. On a
- * CopyInResponse, Syncs the client sent before any COPY data are dropped (the server
- * ignores them); a Sync after COPY data, or another message before CopyDone/CopyFail,
- * sets copy_broken: whether the server reads it depends on where an error stops the COPY.
+ * CopyInResponse, Syncs the client sent before any COPY data are marked maybe_ignored: the
+ * server reads them inside the COPY, unless the COPY fails before reading anything (COPY
+ * FREEZE's checks and BEFORE STATEMENT triggers run after the CopyInResponse). When the
+ * COPY completes they leave the queue; when it fails, nobody can tell, and copy_broken is
+ * set. A Sync after COPY data, or another message before CopyDone/CopyFail, sets it too.
  */
 void pipeline_on_backend(Pipeline *p, char type, char status);
+/* The COPY at the front failed over its data (the error says so): it read what came before. */
+void pipeline_copy_data_was_read(Pipeline *p);
 /* Nothing owed, and the server reads the next message (it does not skip to a Sync). */
 static inline bool pipeline_idle(const Pipeline *p) { return p->count == 0 && !p->skipping; }
 const Expectation *pipeline_front(const Pipeline *p);

@@ -1191,10 +1191,34 @@ static bool row_cut_off(Session *s, char type)
  * pipeline in step with what the upstream is answering. Messages the client gets instead
  * of a dropped one go to extra.
  */
+/*
+ * An error that ends a COPY FROM STDIN after it read data: a CopyFail's (57014), or one
+ * about the data itself (classes 22 and 23). Other errors can come before the COPY read
+ * anything (COPY FREEZE's checks, a BEFORE STATEMENT trigger).
+ */
+static bool copy_failed_over_data(Session *s, size_t offset, size_t avail)
+{
+	uint8_t buf[256];
+	size_t n = avail - 5 < sizeof buf ? avail - 5 : sizeof buf;
+	peek_at(s->server.in, offset + 5, buf, n);
+	for (size_t i = 0; i < n && buf[i];) {
+		const uint8_t *end = memchr(buf + i, 0, n - i);
+		if (!end)
+			break;
+		if (buf[i] == 'C' && end - (buf + i) == 6)
+			return memcmp(buf + i + 1, "57014", 5) == 0 || memcmp(buf + i + 1, "22", 2) == 0 ||
+			       memcmp(buf + i + 1, "23", 2) == 0;
+		i = (size_t)(end - buf) + 1;
+	}
+	return false;
+}
+
 static OutAction judge_server_message(Session *s, char type, uint8_t first, size_t offset, size_t avail,
 				      MsgBuilder *extra)
 {
 	const Expectation *f = pipeline_front(&s->pipeline);
+	if (type == 'E' && s->pipeline.copy_maybe && copy_failed_over_data(s, offset, avail))
+		pipeline_copy_data_was_read(&s->pipeline);
 	if (type == 'E') {
 		uint8_t buf[8] = {0};
 		size_t n = avail - 5 < sizeof buf ? avail - 5 : sizeof buf;
@@ -1409,8 +1433,9 @@ void session__relay_from_server(Session *s)
 		if (s->pipeline.copy_broken) {
 			msgb_free(&extra);
 			session_close(s, "messages pipelined into COPY FROM STDIN", "08P01",
-				      "pgcordon: a Sync after COPY data, or another message before CopyDone/CopyFail, was "
-				      "sent before the server began to read the COPY");
+				      "pgcordon: messages sent ahead of a COPY FROM STDIN's answer (a Sync after its "
+				      "data, another statement, or a Sync before its data when the COPY then failed) "
+				      "would be read by the server in a way the gateway cannot know");
 			return;
 		}
 		s->server_remaining = 1 + (size_t)len;

@@ -308,6 +308,29 @@ def test_view_that_rules_name_partly(mgw, pg, body, readable):
             s.commit()
 
 
+def test_view_over_a_view_that_rules_name_partly(mgw, pg):
+    """Views are judged row by row in name order: an outer view read before its inner one
+    took the inner for a masked table and passed its raw column on."""
+    inner, outer = f"msk_z_inner_{SFX}", f"msk_a_outer_{SFX}"
+    with pg.super_connect() as s:
+        s.autocommit = True
+        s.execute(f"CREATE VIEW {inner} AS SELECT id, card, ssn AS s FROM {T}")
+        s.execute(f"CREATE VIEW {outer} AS SELECT id, card, s FROM {inner}")
+        s.execute(f"ALTER VIEW {inner} OWNER TO gw_scram")
+        s.execute(f"ALTER VIEW {outer} OWNER TO gw_scram")
+    try:
+        with connect(mgw) as c:
+            for v in (outer, inner):
+                err, got = attempt(c, f"SELECT * FROM {v}")
+                no_raw_deep(got)
+                assert err is not None and err.sqlstate == "42501", (v, got)
+    finally:
+        with pg.super_connect() as s:
+            s.execute(f"DROP VIEW {outer}")
+            s.execute(f"DROP VIEW {inner}")
+            s.commit()
+
+
 def test_prepared_statements_are_masked(mgw):
     with connect(mgw) as c:
         for _ in range(6):  # psycopg prepares after 5 executions

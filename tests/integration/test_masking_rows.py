@@ -1045,6 +1045,26 @@ def test_copy_from_stdin_all_sent_at_once(mgw):
         c.terminate()
 
 
+def test_copy_that_fails_before_reading_its_data(mgw):
+    """COPY FREEZE's checks run after the CopyInResponse: the COPY fails before reading
+    anything, and the Sync sent ahead of its data then ends the server's skip. Taken for read
+    inside the COPY, that Sync's ReadyForQuery popped the next Query's entry, whose rows then
+    went out with no row plan. Whether the server read it cannot be told: the session ends."""
+    c = raw_connect(mgw)
+    try:
+        c.send(msg(b"Q", cstr(COPY_SINK)))
+        read_until(c)
+        c.send(parse_m("", "COPY copy_sink FROM STDIN (FREEZE)") + bind_m("", "") + execute_m("") + SYNC
+               + COPY_DONE + SYNC + msg(b"Q", cstr(SEL)))
+        got = read_until(c, stop=(b"Z",), count=3)
+    finally:
+        c.close()
+    no_raw(got)
+    errors = [v.get("C") for t, v in got if t == "E"]
+    assert "08P01" in errors, got
+    assert types_in(got)[-1] == "closed", got
+
+
 @pytest.mark.parametrize("after_copy_starts,extra", [
     (False, copy_data(b"x\n") + SYNC + COPY_DONE + SYNC),   # a Sync after data, before CopyDone
     (False, msg(b"Q", cstr("SELECT 1")) + COPY_DONE),         # a Query pipelined into the COPY

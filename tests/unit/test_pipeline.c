@@ -134,7 +134,8 @@ static void test_copy_in_ignores_syncs(void **state)
 	back(&p, "12n", 0);
 	back(&p, "G", 0);
 	assert_true(p.copy_in);
-	assert_int_equal(p.count, 1);
+	assert_int_equal(p.count, 2); /* the Sync waits for the COPY's end: read inside it, or not */
+	assert_true(pipeline_at(&p, 1)->maybe_ignored);
 	assert_true(pipeline_copy_swallows(&p, 'S'));
 	assert_true(pipeline_copy_swallows(&p, 'H'));
 	assert_true(pipeline_copy_refuses(&p, 'Q'));
@@ -180,6 +181,36 @@ static void test_copy_in_ambiguous(void **state)
 	pipeline_free(&p);
 }
 
+static void test_copy_that_fails_before_its_data(void **state)
+{
+	(void)state;
+	Pipeline p;
+	pipeline_init(&p);
+	/* COPY FREEZE's checks run after the CopyInResponse: was the Sync read inside the COPY? */
+	front(&p, "PBES");
+	copy_msgs(&p, "c");
+	front(&p, "SQ");
+	back(&p, "12G", 0);
+	assert_false(p.copy_broken);
+	back(&p, "E", 0);
+	assert_true(p.copy_broken);
+	pipeline_free(&p);
+	pipeline_init(&p);
+	/* an error over the data (the relay tells): the Sync was read inside the COPY */
+	front(&p, "PBES");
+	back(&p, "12G", 0);
+	copy_msgs(&p, "dd");
+	pipeline_copy_data_was_read(&p);
+	back(&p, "E", 0);
+	assert_false(p.copy_broken);
+	copy_msgs(&p, "c");
+	front(&p, "S");
+	back(&p, "Z", 'I');
+	assert_true(pipeline_idle(&p));
+	assert_int_equal(p.unexpected, 0);
+	pipeline_free(&p);
+}
+
 static void test_copy_that_does_not_start(void **state)
 {
 	(void)state;
@@ -201,6 +232,7 @@ static void test_copy_that_does_not_start(void **state)
 	front(&p, "PBES");
 	back(&p, "12G", 0);
 	copy_msgs(&p, "d");
+	pipeline_copy_data_was_read(&p);
 	back(&p, "E", 0);
 	assert_false(p.copy_in);
 	copy_msgs(&p, "c");
@@ -240,6 +272,7 @@ int main(void)
 		cmocka_unit_test(test_copy_in_ignores_syncs),
 		cmocka_unit_test(test_copy_in_ambiguous),
 		cmocka_unit_test(test_copy_that_does_not_start),
+		cmocka_unit_test(test_copy_that_fails_before_its_data),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
