@@ -397,9 +397,7 @@ static bool key_at(int64_t seq, uint8_t out[AUDIT_KEY_LEN])
 	int64_t r = (seq - 1) / KEY_RUNG;
 	if (seq < 1 || r >= Rungs.n)
 		return false;
-	memcpy(out, Rungs.key[r], AUDIT_KEY_LEN);
-	for (int64_t n = r * KEY_RUNG + 1; n < seq; n++)
-		chain_next_key(out);
+	chain_key_at(Rungs.key[r], seq - r * KEY_RUNG, out); /* the rung is key(r * KEY_RUNG + 1) */
 	return true;
 }
 

@@ -1031,6 +1031,15 @@ static bool plain_select(const Rw *w, json_t *root)
 	       !mentions_masked(&p, json_object_get(b, "limitCount")) && !mentions_masked(&p, json_object_get(b, "limitOffset"));
 }
 
+/* The parse tree of sql as JSON; NULL when it does not parse. */
+static json_t *parse_tree(const char *sql)
+{
+	PgQueryParseResult pr = pg_query_parse(sql);
+	json_t *root = pr.error ? NULL : json_loads(pr.parse_tree, 0, NULL);
+	pg_query_free_parse_result(pr);
+	return root;
+}
+
 /* Every column of the relation is masked by some rule. */
 static bool all_masked(const MaskRelation *r)
 {
@@ -1060,9 +1069,7 @@ bool mask_view_covered(const MaskCatalog *c, const MaskRelation *v, const char *
 		return true;
 	if (!viewdef)
 		return false; /* a view over another view built on masked relations */
-	PgQueryParseResult pr = pg_query_parse(viewdef);
-	json_t *root = pr.error ? NULL : json_loads(pr.parse_tree, 0, NULL);
-	pg_query_free_parse_result(pr);
+	json_t *root = parse_tree(viewdef);
 	bool ok = false;
 	json_t *stmts = json_object_get(root, "stmts");
 	json_t *b = json_object_get(json_object_get(json_array_get(stmts, 0), "stmt"), "SelectStmt");
@@ -1151,9 +1158,7 @@ static bool lands_as_meant(const Rw *w, const Spots *before, const char *t, cons
 	}
 	for (int e = 0; e < w->nedits; e++)
 		spots_add(&want, gen_at[e]);
-	PgQueryParseResult pr = pg_query_parse(t);
-	json_t *root = pr.error ? NULL : json_loads(pr.parse_tree, 0, NULL);
-	pg_query_free_parse_result(pr);
+	json_t *root = parse_tree(t);
 	if (root)
 		masked_spots(w->c, json_object_get(root, "stmts"), &got);
 	json_decref(root);
@@ -1270,9 +1275,7 @@ static Seek masked_range_var(json_t *obj, const void *arg)
 
 bool mask_names_masked(const MaskCatalog *c, const char *sql)
 {
-	PgQueryParseResult pr = pg_query_parse(sql);
-	json_t *root = pr.error ? NULL : json_loads(pr.parse_tree, 0, NULL);
-	pg_query_free_parse_result(pr);
+	json_t *root = parse_tree(sql);
 	if (!root)
 		return true; /* cannot tell: count it in */
 	bool found = tree_any(json_object_get(root, "stmts"), masked_range_var, c);

@@ -14,16 +14,25 @@ void pipeline_init(Pipeline *p)
 	p->txn_status = 'I';
 }
 
+/* Frees what an entry owns and clears it. */
+static void release(Expectation *e)
+{
+	free(e->refusal);
+	free(e->review_sql);
+	free(e->review_params);
+	audit_stmt_free(e->audit);
+	audit_undo_free(e->undo);
+	rowplan_release(e->rowplan);
+	e->refusal = e->review_sql = e->review_params = NULL;
+	e->audit = NULL;
+	e->undo = NULL;
+	e->rowplan = NULL;
+}
+
 void pipeline_free(Pipeline *p)
 {
-	for (size_t i = 0; i < p->count; i++) {
-		free(p->items[(p->head + i) % p->cap].refusal);
-		free(p->items[(p->head + i) % p->cap].review_sql);
-		free(p->items[(p->head + i) % p->cap].review_params);
-		audit_stmt_free(p->items[(p->head + i) % p->cap].audit);
-		audit_undo_free(p->items[(p->head + i) % p->cap].undo);
-		rowplan_release(p->items[(p->head + i) % p->cap].rowplan);
-	}
+	for (size_t i = 0; i < p->count; i++)
+		release(&p->items[(p->head + i) % p->cap]);
 	free(p->items);
 	p->items = NULL;
 	p->cap = p->count = p->head = 0;
@@ -67,20 +76,10 @@ static void pop(Pipeline *p)
 		p->unexpected++;
 		return;
 	}
-	free(p->items[p->head].refusal);
-	p->items[p->head].refusal = NULL;
-	free(p->items[p->head].review_sql);
-	free(p->items[p->head].review_params);
-	p->items[p->head].review_sql = p->items[p->head].review_params = NULL;
-	audit_stmt_free(p->items[p->head].audit);
-	p->items[p->head].audit = NULL;
-	audit_undo_free(p->items[p->head].undo);
-	p->items[p->head].undo = NULL;
 	Expectation *e = &p->items[p->head];
 	if (e->rowplan && (e->kind == EXP_DESCRIBE_STMT || e->kind == EXP_DESCRIBE_PORTAL))
 		e->rowplan->describing--;
-	rowplan_release(e->rowplan);
-	e->rowplan = NULL;
+	release(e);
 	p->head = (p->head + 1) % p->cap;
 	p->count--;
 }

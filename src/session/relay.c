@@ -1201,16 +1201,15 @@ static bool copy_failed_over_data(Session *s, size_t offset, size_t avail)
 	uint8_t buf[256];
 	size_t n = avail - 5 < sizeof buf ? avail - 5 : sizeof buf;
 	peek_at(s->server.in, offset + 5, buf, n);
-	for (size_t i = 0; i < n && buf[i];) {
-		const uint8_t *end = memchr(buf + i, 0, n - i);
-		if (!end)
-			break;
-		if (buf[i] == 'C' && end - (buf + i) == 6)
-			return memcmp(buf + i + 1, "57014", 5) == 0 || memcmp(buf + i + 1, "22", 2) == 0 ||
-			       memcmp(buf + i + 1, "23", 2) == 0;
-		i = (size_t)(end - buf) + 1;
-	}
-	return false;
+	MsgReader r;
+	msgr_init(&r, buf, n);
+	uint8_t code;
+	const char *v;
+	while (msgr_error_field(&r, &code, &v))
+		if (code == 'C')
+			return strlen(v) == 5 &&
+			       (strcmp(v, "57014") == 0 || strncmp(v, "22", 2) == 0 || strncmp(v, "23", 2) == 0);
+	return false; /* no SQLSTATE in what is here: not known to be over data */
 }
 
 static OutAction judge_server_message(Session *s, char type, uint8_t first, size_t offset, size_t avail,
