@@ -3180,6 +3180,28 @@ def test_replay_escapes_control_characters(agw, trail):
     assert "\\x1b[31m" in r.stdout and "\\x07" in r.stdout
 
 
+def test_replay_of_an_altered_hex_field(gateway_factory, tmp_path):
+    """A store altered by hand: a record's SQL is {"hex": ...} that is no hex (signs,
+    letters). Replay, in the CLI and in the gateway's API, reads it up to what it can decode,
+    and stops there; the first decoder (sscanf) read "-f" as a number and wrote past its
+    buffer."""
+    db = tmp_path / "hexalt.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"node": "hx"})
+    app = app_name("hexalt")
+    with gw.connect(application_name=app) as c:
+        c.execute(f"SELECT 'hexvictim-{SFX}'")
+    trail = SqliteTrail(db)
+    rec = record_with(trail, f"hexvictim-{SFX}", timeout=10)
+    sid = rec["body"]["session_id"]
+    session_records(trail, sid)
+    assert gw.stop() == 0
+    bad = '{"hex":"41' + "-f" * 4000 + '"}'
+    trail.edit_record(rec["seq"], lambda ln: re.sub(r'"sql":"SELECT \'hexvictim-[0-9a-f]+\'"', '"sql":' + bad, ln))
+    r = cli("sessions", "replay", sid, "--config", gw.config_path, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert f"SELECT 'hexvictim-{SFX}'" not in r.stdout and "\n  A\n" in r.stdout, r.stdout
+
+
 def test_replay_shows_sql_as_sql(agw, trail):
     """A statement's SQL keeps its lines, indented: a comment cannot draw a header or an error
     line of the transcript's own. SQL in a client encoding other than UTF-8 is stored as
