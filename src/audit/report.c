@@ -541,7 +541,7 @@ int audit_verify(AuditStore *st, const uint8_t first_key[AUDIT_KEY_LEN], const c
 			 (long long)out->first_seq - 1, (long long)out->first_seq);
 		return 0;
 	}
-	return 1;
+	return node ? store_check_index(st, node, out->problem, sizeof out->problem, err, errlen) : 1;
 }
 
 static bool collect_node(const StoredRecord *r, void *arg)

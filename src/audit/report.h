@@ -43,7 +43,10 @@ typedef struct {
 	char problem[400]; /* the first bad record, when any */
 } VerifyResult;
 
-/* Walks node's chain. Returns 1 when it verifies, 0 when it does not (see problem), -1 on error. */
+/*
+ * Walks node's chain, then checks what the readers find its records by (store_check_index).
+ * Returns 1 when both hold, 0 when not (see problem), -1 on error.
+ */
 int audit_verify(AuditStore *st, const uint8_t first_key[AUDIT_KEY_LEN], const char *node, VerifyResult *out,
 		 char *err, size_t errlen);
 /* The nodes that have records in the store (JSON array of strings). */

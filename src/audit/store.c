@@ -73,6 +73,11 @@ bool store_nodes(AuditStore *st, StoreVisit cb, void *arg, char *err, size_t err
 	return st->ops->nodes(st, cb, arg, err, errlen);
 }
 
+int store_check_index(AuditStore *st, const char *node, char *problem, size_t plen, char *err, size_t errlen)
+{
+	return st->ops->check_index ? st->ops->check_index(st, node, problem, plen, err, errlen) : 1;
+}
+
 const char *audit__kind_literal(const char *kind)
 {
 	static const char *const kinds[] = {"session_start", "statement", "session_end", "login_failed", "prune", "approval",

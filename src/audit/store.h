@@ -98,6 +98,14 @@ bool store_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, 
 bool store_nodes(AuditStore *st, StoreVisit cb, void *arg, char *err, size_t errlen)
 	__attribute__((warn_unused_result));
 
+/*
+ * What the readers find node's records by, where it is not itself chained (SQLite's batch
+ * columns and session tables), against those records, which audit_verify has checked: 1
+ * when it agrees, 0 when not (problem names what), -1 on error.
+ */
+int store_check_index(AuditStore *st, const char *node, char *problem, size_t plen, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+
 /* ---- the two implementations, behind store_open ---- */
 typedef struct {
 	void (*close)(AuditStore *st);
@@ -112,6 +120,8 @@ typedef struct {
 	bool (*delete_through)(AuditStore *st, const char *node, int64_t seq, char *err, size_t errlen);
 	bool (*scan)(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, char *err, size_t errlen);
 	bool (*nodes)(AuditStore *st, StoreVisit cb, void *arg, char *err, size_t errlen);
+	/* NULL: the readers go by chained fields only */
+	int (*check_index)(AuditStore *st, const char *node, char *problem, size_t plen, char *err, size_t errlen);
 } StoreOps;
 
 struct AuditStore {

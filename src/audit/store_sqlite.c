@@ -33,7 +33,8 @@
  * Two small tables let the readers find things without reading every batch:
  * audit_sessions has a row per (session, batch it has records in), and
  * audit_session_starts a row per session_start record (the session list). Neither is
- * covered by the chain: they only point at batches, whose records verify on their own.
+ * covered by the chain, nor are a batch's columns other than its records and prev_tag;
+ * audit verify checks them all against the records (lite_check_index).
  *
  * Files written by earlier versions (a table audit_records with one row per record) are
  * read as they are, and converted by the gateway when it starts writing (store_upgrade).
@@ -55,6 +56,12 @@ static const char *const SCHEMA =
 
 #define BATCH_SQL "first_seq, node, prev_tag, records"
 
+/* The session ids of one batch (open addressing; the strings are not copied). */
+typedef struct {
+	const char **slot;
+	size_t cap;
+} IdSet;
+
 typedef struct {
 	sqlite3 *db;
 	sqlite3_stmt *insert_batch, *insert_session, *insert_start;
@@ -62,8 +69,7 @@ typedef struct {
 	ZSTD_CCtx *zc;
 	void *packed;            /* its zstd frame */
 	size_t packed_cap;
-	const char **seen;       /* session ids of the batch being written (open addressing) */
-	size_t seen_cap;
+	IdSet seen;              /* session ids of the batch being written */
 } Lite;
 
 static bool fail(sqlite3 *db, const char *what, char *err, size_t errlen)
@@ -82,7 +88,7 @@ static void lite_close(AuditStore *st)
 	jw_free(&l->text);
 	ZSTD_freeCCtx(l->zc);
 	free(l->packed);
-	free(l->seen);
+	free(l->seen.slot);
 	free(l);
 	free(st);
 }
@@ -162,16 +168,31 @@ static unsigned str_hash(const char *s)
 	return h;
 }
 
-/* True the first time a session id is offered in this batch. */
-static bool first_sighting(Lite *l, const char *id)
+/* Empties set, with room for n ids. */
+static void idset_reset(IdSet *set, size_t n)
 {
-	size_t mask = l->seen_cap - 1;
+	size_t cap = 64;
+	while (cap < 2 * n)
+		cap *= 2;
+	if (cap > set->cap) {
+		free(set->slot);
+		set->slot = xcalloc(cap, sizeof *set->slot);
+		set->cap = cap;
+	} else {
+		memset(set->slot, 0, set->cap * sizeof *set->slot);
+	}
+}
+
+/* True the first time id is offered since the last reset. */
+static bool idset_add(IdSet *set, const char *id)
+{
+	size_t mask = set->cap - 1;
 	for (size_t i = str_hash(id) & mask;; i = (i + 1) & mask) {
-		if (!l->seen[i]) {
-			l->seen[i] = id;
+		if (!set->slot[i]) {
+			set->slot[i] = id;
 			return true;
 		}
-		if (strcmp(l->seen[i], id) == 0)
+		if (strcmp(set->slot[i], id) == 0)
 			return false;
 	}
 }
@@ -235,21 +256,12 @@ static bool lite_append(AuditStore *st, const StoredRecord *recs, size_t n, char
 		return fail(l->db, "insert", err, errlen);
 
 	/* One audit_sessions row per session in the batch, not per record. */
-	size_t cap = 64;
-	while (cap < 2 * n)
-		cap *= 2;
-	if (cap > l->seen_cap) {
-		free(l->seen);
-		l->seen = xcalloc(cap, sizeof *l->seen);
-		l->seen_cap = cap;
-	} else {
-		memset(l->seen, 0, l->seen_cap * sizeof *l->seen);
-	}
+	idset_reset(&l->seen, n);
 	for (size_t i = 0; i < n; i++) {
 		const StoredRecord *r = &recs[i];
 		if (!r->session_id[0])
 			continue;
-		if (first_sighting(l, r->session_id)) {
+		if (idset_add(&l->seen, r->session_id)) {
 			q = l->insert_session;
 			sqlite3_bind_text(q, 1, r->session_id, -1, SQLITE_STATIC);
 			sqlite3_bind_int64(q, 2, first);
@@ -797,6 +809,158 @@ static bool lite_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void 
 	return true;
 }
 
+/* ---- the readers' tables, checked against the chained records ---- */
+
+/* The first row sql selects, as a number (-1 when the query fails). */
+static int64_t count_sql(sqlite3 *db, const char *sql, const char *node)
+{
+	sqlite3_stmt *q;
+	if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) != SQLITE_OK)
+		return -1;
+	sqlite3_bind_text(q, 1, node, -1, SQLITE_STATIC);
+	int64_t n = sqlite3_step(q) == SQLITE_ROW ? sqlite3_column_int64(q, 0) : -1;
+	sqlite3_finalize(q);
+	return n;
+}
+
+/* 1 when q (its parameters bound) finds a row, 0 when not, -1 when it fails. */
+static int probe(sqlite3_stmt *q)
+{
+	int rc = sqlite3_step(q);
+	sqlite3_reset(q);
+	return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* What a batch row says about its records, against what they say (NULL when it agrees). */
+static const char *batch_row_differs(sqlite3_stmt *q, const Batch *b)
+{
+	const StoredRecord *last = &b->recs[b->n - 1];
+	const char *min_time = b->recs[0].time, *max_time = b->recs[0].time;
+	for (size_t i = 1; i < b->n; i++) {
+		if (strcmp(b->recs[i].time, min_time) < 0)
+			min_time = b->recs[i].time;
+		if (strcmp(b->recs[i].time, max_time) > 0)
+			max_time = b->recs[i].time;
+	}
+	if (sqlite3_column_int64(q, 4) != last->seq)
+		return "last_seq";
+	if (strcmp(col(q, 5), min_time) != 0)
+		return "min_time";
+	if (strcmp(col(q, 6), max_time) != 0)
+		return "max_time";
+	if (strcmp(col(q, 7), last->tag) != 0)
+		return "last_tag";
+	return NULL;
+}
+
+/*
+ * audit_batches' columns other than the records, audit_sessions and audit_session_starts are
+ * outside the chain, and the readers go by them: a row taken out of audit_session_starts
+ * hides a session from the list, one out of audit_sessions hides its statements from replay,
+ * a backdated max_time hides a batch from export --since. Each must say exactly what node's
+ * records (verified before this) say.
+ */
+static int lite_check_index(AuditStore *st, const char *node, char *problem, size_t plen, char *err, size_t errlen)
+{
+	Lite *l = st->db;
+	sqlite3_stmt *q = NULL, *has_session = NULL, *has_start = NULL;
+	if (sqlite3_prepare_v2(l->db,
+			       "SELECT " BATCH_SQL ", last_seq, min_time, max_time, last_tag FROM audit_batches"
+			       " WHERE node = ?1 ORDER BY first_seq",
+			       -1, &q, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(l->db, "SELECT 1 FROM audit_sessions WHERE session_id = ?1 AND batch = ?2", -1,
+			       &has_session, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(l->db,
+			       "SELECT 1 FROM audit_session_starts WHERE seq = ?1 AND batch = ?2 AND time = ?3"
+			       " AND session_id = ?4 AND user_name = ?5 AND database = ?6",
+			       -1, &has_start, NULL) != SQLITE_OK) {
+		fail(l->db, "check", err, errlen);
+		sqlite3_finalize(q);
+		sqlite3_finalize(has_session);
+		return -1;
+	}
+	sqlite3_bind_text(q, 1, node, -1, SQLITE_STATIC);
+	Batch b = {0};
+	IdSet seen = {0};
+	int64_t sessions = 0, starts = 0;
+	int result = 1, rc = SQLITE_DONE, found = 1;
+	while (result == 1 && (rc = sqlite3_step(q)) == SQLITE_ROW) {
+		batch_load(&b, q);
+		const char *column = b.n ? batch_row_differs(q, &b) : "records";
+		if (column) {
+			snprintf(problem, plen,
+				 "index: audit_batches row first_seq=%lld: its %s is not what its records say (altered;"
+				 " the readers find records by it)",
+				 (long long)b.first_seq, column);
+			result = 0;
+			break;
+		}
+		idset_reset(&seen, b.n);
+		for (size_t i = 0; found == 1 && i < b.n; i++) {
+			const StoredRecord *r = &b.recs[i];
+			if (r->session_id[0] && idset_add(&seen, r->session_id)) {
+				sessions++;
+				sqlite3_bind_text(has_session, 1, r->session_id, -1, SQLITE_STATIC);
+				sqlite3_bind_int64(has_session, 2, b.first_seq);
+				if ((found = probe(has_session)) == 0)
+					snprintf(problem, plen,
+						 "index: audit_sessions lacks session %s in batch first_seq=%lld (deleted or"
+						 " altered: replay does not show its records there)",
+						 r->session_id, (long long)b.first_seq);
+			}
+			if (found == 1 && strcmp(r->kind, "session_start") == 0) {
+				starts++;
+				sqlite3_bind_int64(has_start, 1, r->seq);
+				sqlite3_bind_int64(has_start, 2, b.first_seq);
+				sqlite3_bind_text(has_start, 3, r->time, -1, SQLITE_STATIC);
+				sqlite3_bind_text(has_start, 4, r->session_id, -1, SQLITE_STATIC);
+				sqlite3_bind_text(has_start, 5, r->user_name, -1, SQLITE_STATIC);
+				sqlite3_bind_text(has_start, 6, r->database, -1, SQLITE_STATIC);
+				if ((found = probe(has_start)) == 0)
+					snprintf(problem, plen,
+						 "index: audit_session_starts lacks the start of session %s (record seq=%lld;"
+						 " deleted or altered: sessions list does not show it)",
+						 r->session_id, (long long)r->seq);
+			}
+		}
+		result = found;
+	}
+	if (result == 1 && rc != SQLITE_DONE)
+		result = -1;
+	/* Every row found above is one the records call for: the rest were added. */
+	const struct {
+		const char *table, *sql;
+		int64_t expected;
+	} counts[] = {
+		{"audit_sessions",
+		 "SELECT count(*) FROM audit_sessions s JOIN audit_batches b ON b.first_seq = s.batch WHERE b.node = ?1",
+		 sessions},
+		{"audit_session_starts",
+		 "SELECT count(*) FROM audit_session_starts s JOIN audit_batches b ON b.first_seq = s.batch"
+		 " WHERE b.node = ?1",
+		 starts},
+	};
+	for (size_t i = 0; result == 1 && i < sizeof counts / sizeof *counts; i++) {
+		int64_t n = count_sql(l->db, counts[i].sql, node);
+		if (n < 0) {
+			result = -1;
+		} else if (n != counts[i].expected) {
+			snprintf(problem, plen, "index: %s has %lld rows for the node's batches where its records call for %lld"
+				 " (rows were added or altered: the readers go by them)",
+				 counts[i].table, (long long)n, (long long)counts[i].expected);
+			result = 0;
+		}
+	}
+	if (result < 0)
+		fail(l->db, "check", err, errlen);
+	sqlite3_finalize(q);
+	sqlite3_finalize(has_session);
+	sqlite3_finalize(has_start);
+	batch_free(&b);
+	free(seen.slot);
+	return result;
+}
+
 /* ---- the earlier layout: one row per record in a table audit_records (read only) ---- */
 
 static bool v1_head(AuditStore *st, const char *node, const char *before, int64_t *seq, char *tag, char *err,
@@ -895,6 +1059,7 @@ static const StoreOps lite_ops = {
 	.delete_through = lite_delete_through,
 	.scan = lite_scan,
 	.nodes = lite_nodes,
+	.check_index = lite_check_index,
 };
 
 static const StoreOps v1_ops = {

@@ -1279,6 +1279,70 @@ def test_verify_detects_swapped_bodies(gateway_factory, tmp_path):
     assert_verify_fails(gw.config_path, a["seq"], ["altered"])
 
 
+def _list_ids(cfg, *args):
+    r = cli("sessions", "list", "--config", cfg, "--json", *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return [s["session_id"] for s in json.loads(r.stdout)]
+
+
+@pytest.mark.parametrize("how", ["start_deleted", "start_user_altered", "start_rows_added",
+                                 "session_batch_deleted", "max_time_backdated", "last_tag_altered"])
+def test_verify_checks_what_the_readers_go_by(gateway_factory, tmp_path, how):
+    """The SQLite store's readers find records through columns and tables the chain does not
+    cover: audit_session_starts (sessions list), audit_sessions (replay), a batch's max_time
+    (export --since), its last_seq/last_tag (the writer's head). Editing them hid a session
+    or a batch from the readers while verify said ok; verify now checks them against the
+    chained records and names what was changed."""
+    gw, trail = make_trail(gateway_factory, tmp_path, sessions=3, pause=0.2)
+    cfg = gw.config_path
+    starts = trail.rows(kind="session_start")
+    victim = starts[1]
+    sid = victim["session_id"]
+    assert sid in _list_ids(cfg) and sid in _list_ids(cfg, "--user", "alice")
+    last_batch = trail.batches()[-1][0]
+    if how == "start_deleted":
+        trail.execute("DELETE FROM audit_session_starts WHERE seq = ?", (victim["seq"],))
+        assert sid not in _list_ids(cfg)
+        words = ["audit_session_starts", sid]
+    elif how == "start_user_altered":
+        trail.execute("UPDATE audit_session_starts SET user_name = 'mallory' WHERE seq = ?", (victim["seq"],))
+        assert sid not in _list_ids(cfg, "--user", "alice")
+        words = ["audit_session_starts", sid]
+    elif how == "start_rows_added":
+        # Rows pointing at other records, newer than any session: a list with a limit is
+        # filled with them and shows no session at all.
+        stmts = trail.rows(kind="statement")
+        c = sqlite3.connect(str(trail.db), timeout=10, isolation_level=None)
+        batch_of = lambda seq: max(b for b, in c.execute("SELECT first_seq FROM audit_batches "
+                                                           "WHERE first_seq <= ?", (seq,)))
+        for r in stmts[:3]:
+            c.execute("INSERT INTO audit_session_starts VALUES (?, ?, '2099-01-01T00:00:00.000000Z', ?, 'alice', 'app')",
+                      (r["seq"], batch_of(r["seq"]), r["session_id"]))
+        c.close()
+        assert _list_ids(cfg, "--limit", "3") == []
+        words = ["audit_session_starts", "added"]
+    elif how == "session_batch_deleted":
+        trail.execute("DELETE FROM audit_sessions WHERE session_id = ?", (sid,))
+        r = cli("sessions", "replay", sid, "--config", cfg)
+        assert "chain" not in r.stdout, r.stdout
+        words = ["audit_sessions", sid]
+    elif how == "max_time_backdated":
+        trail.execute("UPDATE audit_batches SET max_time = '2000-01-01T00:00:00.000000Z' WHERE first_seq = ?",
+                      (last_batch,))
+        r = cli("audit", "export", "--config", cfg, "--since", "2001-01-01")
+        assert r.returncode == 0 and not any(json.loads(ln)["seq"] >= last_batch
+                                             for ln in r.stdout.splitlines()), r.stdout
+        words = ["audit_batches", f"first_seq={last_batch}", "max_time"]
+    else:
+        trail.execute("UPDATE audit_batches SET last_tag = ? WHERE first_seq = ?", ("0" * 64, last_batch))
+        words = ["audit_batches", f"first_seq={last_batch}", "last_tag"]
+    r = verify(cfg)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and not re.search(r"^ok:", r.stdout, re.M), out
+    failed = [ln for ln in out.splitlines() if ln.startswith("FAILED: node chainer: index: ")]
+    assert failed and all(w in failed[0] for w in words), (words, out)
+
+
 def restart(gw):
     """Starts a stopped Gateway again and waits for its new ready line."""
     n = gw.count_log(r"event=ready\b")
@@ -1430,7 +1494,8 @@ def test_retention_does_not_trust_a_backdated_batch(gateway_factory, tmp_path):
     """Someone who can write the store (not the key) backdates the max_time of a recent batch,
     a column outside the chain. Retention picked its cut by that column, so the writer itself
     deleted the batch and everything before it under a genuine prune record, and verify said
-    ok. The cut is now checked against the record's chained time: nothing is deleted."""
+    ok. The cut is now checked against the record's chained time: nothing is deleted, and
+    verify names the edited column."""
     import sqlite3
     import zstandard
     db = tmp_path / "backdate.db"
@@ -1453,7 +1518,8 @@ def test_retention_does_not_trust_a_backdated_batch(gateway_factory, tmp_path):
     assert gw.count_log(r"event=audit_pruned") == 0
     assert any(f"marker-hidden-{SFX}" in r["raw_body"] for r in trail.rows())
     assert gw.stop() == 0
-    assert_verify_ok(gw.config_path)
+    r = verify(gw.config_path)  # every record is there; the edited column is named
+    assert r.returncode == 1 and f"audit_batches row first_seq={first[0]}: its max_time" in r.stdout, r.stdout
 
 
 def test_an_implausible_head_is_refused(gateway_factory, tmp_path):
