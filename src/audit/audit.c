@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "audit/chain.h"
+#include "audit/head_file.h"
 #include "audit/store.h"
 #include "core/log.h"
 #include "core/util.h"
@@ -19,6 +20,7 @@
 #define BATCH_RECORDS_MAX 50000
 #define LOST_RANGES 64              /* dropped ticket ranges a queue remembers for strict mode */
 #define HEAD_LOG_INTERVAL_S 60
+#define HEAD_FILE_INTERVAL_MS 1000 /* how often the head file follows the commits */
 #define CHUNK_BYTES (64u << 10)   /* a queue's events are written one after another into chunks this size */
 #define FREE_CHUNKS_MAX 32        /* empty chunks a queue keeps for reuse */
 
@@ -140,7 +142,16 @@ static struct {
 	Unrecorded unrec;
 	DropSpan door_drops; /* dropped by their producers instead of queued (drop_at_door); the writer takes them */
 	Unrecorded unrec_taken;   /* taken by the writer, not yet in a committed batch */
-	char *own_body[2];        /* the texts of the writer's own records in the batch (events_dropped) */
+	char *own_body[3];        /* the texts of the writer's own records in the batch (events_dropped, store_rewound) */
+	char *head_path;          /* the head file (head_file.h) */
+	int64_t head_file_seq;    /* the seq it says */
+	int64_t head_file_us;     /* when it was last written */
+	bool head_file_failing;   /* its last write failed (logged once) */
+	struct {
+		bool pending;     /* the next batch begins with a store_rewound record */
+		int64_t at_us, written_seq;
+		char written_tag[AUDIT_TAG_HEX];
+	} rewound;
 	AuditDurableFn cb;
 	void *cb_arg;
 } W = {.healthy = 1};
@@ -527,6 +538,19 @@ static void chain_unrecorded_record(ChainState *c, size_t i)
 }
 
 /*
+ * The record that says the store had lost records this gateway committed when it started
+ * (W.rewound), at scratch index i: it follows the store's last record, as any other.
+ */
+static void chain_rewound_record(ChainState *c, size_t i)
+{
+	json_t *body = json_pack("{sI ss sI ss ss}", "store_seq", (json_int_t)c->seq, "store_tag", c->tag, "written_seq",
+				 (json_int_t)W.rewound.written_seq, "written_tag", W.rewound.written_tag, "reason",
+				 "when the gateway started, the store ended before the last record it had committed (its head"
+				 " file says so): the records after store_seq through written_seq are lost");
+	chain_own_record(c, i, "store_rewound", W.rewound.at_us, body, &W.own_body[2]);
+}
+
+/*
  * Chains the events published since the last batch into the scratch; returns how many.
  * Only those published when the scan starts: a busy queue does not keep the writer from
  * the others. A batch stops at BATCH_BYTES_MAX or BATCH_RECORDS_MAX (W.more says so), so a
@@ -538,6 +562,8 @@ static size_t scan(ChainState *c)
 		W.queues[q].scan_until = __atomic_load_n(&W.queues[q].published, __ATOMIC_ACQUIRE);
 	size_t n = 0, bytes = 0;
 	take_unrecorded();
+	if (W.rewound.pending)
+		chain_rewound_record(c, n++);
 	if (W.drops.count)
 		chain_drop_record(c, n++);
 	if (unrecorded_total(&W.unrec_taken))
@@ -585,6 +611,7 @@ static void batch_committed(void)
 {
 	W.drops = (DropSpan){0}; /* the batch began with the records of them */
 	W.unrec_taken = (Unrecorded){0};
+	W.rewound.pending = false;
 	__atomic_store_n(&W.counting, 0, __ATOMIC_RELAXED); /* the next outage is logged again */
 	for (int q = 0; q < W.nqueues; q++) {
 		Queue *qu = &W.queues[q];
@@ -906,6 +933,26 @@ static void log_store_recovered(void)
 	log_event(LOG_WARN, "audit_store_recovered", "node=%s seq=%lld", W.node, (long long)W.chain.seq);
 }
 
+/* The head file follows the chain (head_file.h); a failure is logged once, and tried again. */
+static void head_file_update(int64_t now)
+{
+	char err[300], q[400];
+	W.head_file_us = now;
+	if (!head_file_write(W.head_path, W.node, W.chain.seq, W.chain.tag, err, sizeof err)) {
+		if (!W.head_file_failing)
+			log_event(LOG_ERROR, "audit_head_file_failed", "error=%s", log_quote(q, sizeof q, err));
+		W.head_file_failing = true;
+		return;
+	}
+	if (W.head_file_failing)
+		log_event(LOG_WARN, "audit_head_file_recovered", "path=%s", W.head_path);
+	W.head_file_failing = false;
+	W.head_file_seq = W.chain.seq;
+}
+
+/* Not before a store_rewound record is in: until then the file keeps what was lost. */
+static bool head_file_behind(void) { return W.chain.seq != W.head_file_seq && !W.rewound.pending; }
+
 static void *writer_main(void *arg)
 {
 	(void)arg;
@@ -1015,6 +1062,8 @@ static void *writer_main(void *arg)
 			int64_t every = W.retention_s / 4 < 1 ? 1 : W.retention_s / 4 > 3600 ? 3600 : W.retention_s / 4;
 			next_prune = now + every * 1000000;
 		}
+		if (head_file_behind() && (stopping || now - W.head_file_us >= HEAD_FILE_INTERVAL_MS * 1000LL))
+			head_file_update(now);
 		if (now - last_head_log > HEAD_LOG_INTERVAL_S * 1000000LL && W.chain.seq != logged_seq) {
 			log_head("periodic");
 			last_head_log = now;
@@ -1038,6 +1087,8 @@ static void *writer_main(void *arg)
 			nanosleep(&pause, NULL);
 		}
 	}
+	if (head_file_behind())
+		head_file_update(audit_now_us());
 	log_head("stop");
 	chain_release_thread();
 	free(S.recs);
@@ -1045,6 +1096,54 @@ static void *writer_main(void *arg)
 	free(S.tags);
 	S = (Scratch){0};
 	return NULL;
+}
+
+/*
+ * The store's head (W.chain) against the head file. A store that ends before the last record
+ * this gateway committed lost records while it was stopped: rolled back, restored from an
+ * older copy or wiped, or a power failure under durability: default. The chain goes on from
+ * the store's head, and its next batch begins with a store_rewound record saying what is lost.
+ */
+static bool head_check(const char *key_file, bool key_created, char *err, size_t errlen)
+{
+	HeadFile h;
+	char q[400];
+	free(W.head_path);
+	W.head_path = head_file_path(key_file);
+	int r = head_file_read(W.head_path, &h, err, errlen);
+	if (r < 0) {
+		snprintf(err + strlen(err), errlen - strlen(err),
+			 "; the gateway keeps its last committed record there to find a store that lost records while it"
+			 " was stopped: remove the file to start without that check");
+		return false;
+	}
+	bool same = r == 1 && !key_created && strcmp(h.node, W.node) == 0;
+	if (same && (h.seq > W.chain.seq || (h.seq == W.chain.seq && strcmp(h.tag, W.chain.tag) != 0))) {
+		W.rewound.pending = true;
+		W.rewound.at_us = audit_now_us();
+		W.rewound.written_seq = h.seq;
+		memcpy(W.rewound.written_tag, h.tag, AUDIT_TAG_HEX);
+		W.head_file_seq = h.seq;
+		log_event(LOG_ERROR, "audit_store_rewound",
+			  "node=%s store_seq=%lld head_file_seq=%lld head_file=%s note=\"the store lost records this gateway"
+			  " had committed (rolled back, restored from an older copy or wiped; or a power failure under"
+			  " durability: default): the trail records it, and audit verify reports it\"",
+			  W.node, (long long)W.chain.seq, (long long)h.seq, log_quote(q, sizeof q, W.head_path));
+		return true;
+	}
+	if (r == 1 && !same) {
+		char qn[HEAD_NODE_MAX * 4 + 3];
+		log_event(LOG_WARN, "audit_head_file_replaced", "path=%s node=%s reason=%s", log_quote(q, sizeof q, W.head_path),
+			  log_quote(qn, sizeof qn, h.node), key_created ? "a new key" : "another node");
+	}
+	W.head_file_seq = 0;
+	if (W.chain.seq == 0)
+		return true; /* the first commit writes it */
+	/* At once, so that a file the gateway cannot write stops it here rather than later. */
+	if (!head_file_write(W.head_path, W.node, W.chain.seq, W.chain.tag, err, errlen))
+		return false;
+	W.head_file_seq = W.chain.seq;
+	return true;
 }
 
 bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, char *err, size_t errlen)
@@ -1072,6 +1171,10 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 	if (W.chain.seq < 0 || W.chain.seq >= AUDIT_SEQ_MAX) {
 		snprintf(err, errlen, "audit store: the head of node %s says seq=%lld, which no chain reaches (the store was"
 			 " altered; run pgcordon audit verify)", W.node, (long long)W.chain.seq);
+		store_close(W.st);
+		return false;
+	}
+	if (!head_check(c->audit_key_file, created, err, errlen)) {
 		store_close(W.st);
 		return false;
 	}
@@ -1140,10 +1243,12 @@ void audit_stop(void)
 		pthread_mutex_destroy(&qu->free_mu);
 		pthread_mutex_destroy(&qu->lost_mu);
 	}
-	for (int i = 0; i < 2; i++) {
+	for (int i = 0; i < 3; i++) {
 		free(W.own_body[i]);
 		W.own_body[i] = NULL;
 	}
+	free(W.head_path);
+	W.head_path = NULL;
 	pthread_mutex_destroy(&W.unrec_mu);
 	W.unrec = W.unrec_taken = (Unrecorded){0};
 	free(W.queues);

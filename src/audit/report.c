@@ -447,6 +447,9 @@ typedef struct {
 	char first_prev[AUDIT_TAG_HEX];
 	int64_t prune_through;
 	char prune_tag[AUDIT_TAG_HEX];
+	const HeadFile *head;
+	bool head_differs;     /* the record at the head file's seq has another tag */
+	char rewound[300];     /* what the first store_rewound record says was lost */
 	bool bad;
 } Verify;
 
@@ -506,6 +509,19 @@ static bool verify_one(const StoredRecord *r, void *arg)
 			o->dropped += n;
 		json_decref(b);
 	}
+	if (v->head && r->seq == v->head->seq && strcmp(r->tag, v->head->tag) != 0)
+		v->head_differs = true;
+	if (strcmp(r->kind, "store_rewound") == 0 && !v->rewound[0]) {
+		json_t *b = json_loads(r->body, 0, NULL);
+		long long from = (long long)json_integer_value(json_object_get(b, "store_seq")),
+			  to = (long long)json_integer_value(json_object_get(b, "written_seq"));
+		snprintf(v->rewound, sizeof v->rewound,
+			 "records seq=%lld..%lld: lost (record seq=%lld, %s: when the gateway started, its store ended at"
+			 " seq=%lld, before the last record it had committed; rolled back, restored from an older copy or"
+			 " wiped, or a power failure under durability: default)",
+			 from + 1, to, (long long)r->seq, r->time, from);
+		json_decref(b);
+	}
 	if (strcmp(r->kind, "prune") == 0) {
 		json_t *b = json_loads(r->body, 0, NULL);
 		v->prune_through = (int64_t)json_integer_value(json_object_get(b, "through_seq"));
@@ -521,11 +537,11 @@ static bool verify_one(const StoredRecord *r, void *arg)
 	return true;
 }
 
-int audit_verify(AuditStore *st, const uint8_t first_key[AUDIT_KEY_LEN], const char *node, VerifyResult *out,
-		 char *err, size_t errlen)
+int audit_verify(AuditStore *st, const uint8_t first_key[AUDIT_KEY_LEN], const char *node, const HeadFile *head,
+		 VerifyResult *out, char *err, size_t errlen)
 {
 	memset(out, 0, sizeof *out);
-	Verify v = {.first_key = first_key, .out = out};
+	Verify v = {.first_key = first_key, .out = out, .head = head};
 	StoreFilter f = {.node = node};
 	bool ok = store_scan(st, &f, verify_one, &v, err, errlen);
 	chain_release_thread();
@@ -539,6 +555,25 @@ int audit_verify(AuditStore *st, const uint8_t first_key[AUDIT_KEY_LEN], const c
 		snprintf(out->problem, sizeof out->problem,
 			 "record seq=%lld: deleted (records before seq=%lld are missing and no prune record accounts for them)",
 			 (long long)out->first_seq - 1, (long long)out->first_seq);
+		return 0;
+	}
+	/* The end of the chain, against the last record the gateway says it committed. */
+	if (head && head->seq > out->last_seq) {
+		snprintf(out->problem, sizeof out->problem,
+			 "records seq=%lld..%lld: deleted (the store ends at seq=%lld; the gateway's head file says it"
+			 " committed through seq=%lld: rolled back, restored from an older copy or wiped)",
+			 (long long)out->last_seq + 1, (long long)head->seq, (long long)out->last_seq, (long long)head->seq);
+		return 0;
+	}
+	if (v.head_differs) {
+		snprintf(out->problem, sizeof out->problem,
+			 "record seq=%lld: not the record the gateway committed (its head file names tag %.16s...): the"
+			 " store was replaced",
+			 (long long)head->seq, head->tag);
+		return 0;
+	}
+	if (v.rewound[0]) {
+		snprintf(out->problem, sizeof out->problem, "%s", v.rewound);
 		return 0;
 	}
 	return node ? store_check_index(st, node, out->problem, sizeof out->problem, err, errlen) : 1;

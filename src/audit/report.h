@@ -12,6 +12,7 @@
 
 #include "audit/audit.h"
 #include "audit/chain.h"
+#include "audit/head_file.h"
 #include "audit/store.h"
 
 typedef struct {
@@ -44,11 +45,12 @@ typedef struct {
 } VerifyResult;
 
 /*
- * Walks node's chain, then checks what the readers find its records by (store_check_index).
- * Returns 1 when both hold, 0 when not (see problem), -1 on error.
+ * Walks node's chain; then its end against head (the gateway's head file, NULL when none),
+ * the records a store_rewound record says were lost, and what the readers find its records
+ * by (store_check_index). Returns 1 when all hold, 0 when not (see problem), -1 on error.
  */
-int audit_verify(AuditStore *st, const uint8_t first_key[AUDIT_KEY_LEN], const char *node, VerifyResult *out,
-		 char *err, size_t errlen);
+int audit_verify(AuditStore *st, const uint8_t first_key[AUDIT_KEY_LEN], const char *node, const HeadFile *head,
+		 VerifyResult *out, char *err, size_t errlen);
 /* The nodes that have records in the store (JSON array of strings). */
 json_t *audit_nodes(AuditStore *st, char *err, size_t errlen);
 

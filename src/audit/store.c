@@ -81,7 +81,7 @@ int store_check_index(AuditStore *st, const char *node, char *problem, size_t pl
 const char *audit__kind_literal(const char *kind)
 {
 	static const char *const kinds[] = {"session_start", "statement", "session_end", "login_failed", "prune", "approval",
-					    "events_dropped"};
+					    "events_dropped", "store_rewound"};
 	for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
 		if (strcmp(kind, kinds[i]) == 0)
 			return kinds[i];

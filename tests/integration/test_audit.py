@@ -1456,6 +1456,101 @@ def test_chain_continues_after_restart(gateway_factory, tmp_path):
     assert_verify_ok(gw.config_path)
 
 
+def _head_file(trail):
+    path = Path(str(trail.db) + ".key.head")
+    lines = path.read_text().splitlines()
+    assert [ln.split(" ")[0] for ln in lines] == ["node", "seq", "tag"], lines
+    return path, lines[0][5:], int(lines[1][4:]), lines[2][4:]
+
+
+def test_head_file_follows_the_chain(gateway_factory, tmp_path):
+    """The gateway keeps the last record it committed next to its key: node, seq and tag of
+    the store's last record once it stops; verify checks the store against it."""
+    gw, trail = make_trail(gateway_factory, tmp_path, sessions=2)
+    path, node, seq, tag = _head_file(trail)
+    last = trail.rows()[-1]
+    assert (node, seq, tag) == ("chainer", last["seq"], last["tag"])
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    r = assert_verify_ok(gw.config_path)
+    assert f"the store holds the last record the gateway's head file names (seq {seq}" in r.stdout, r.stdout
+
+
+def _copy_of_a_stopped_store(db, to):
+    wal = Path(str(db) + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0, "the stopped gateway left a WAL"
+    shutil.copyfile(db, to)
+
+
+@pytest.mark.parametrize("how", ["restored_from_an_older_copy", "wiped"])
+def test_a_store_that_lost_records_while_stopped(gateway_factory, tmp_path, how):
+    """Someone who can write the store (not the gateway's host) restores an older copy of it,
+    or deletes it, while the gateway is stopped. The chain that is left verified ok: records
+    cut off the end leave nothing behind. Verify now compares the store's end with the head
+    file and names what is missing; the gateway, when it starts on such a store, chains a
+    store_rewound record saying what was lost, and verify goes on naming it."""
+    gw, trail = make_trail(gateway_factory, tmp_path, sessions=1)
+    kept = trail.rows()[-1]["seq"]
+    older = tmp_path / "older.db"
+    _copy_of_a_stopped_store(trail.db, older)
+    restart(gw)
+    for i in range(2):
+        with gw.connect(application_name=app_name("lost")) as c:
+            c.execute(f"SELECT 'lost-{i}-{SFX}'")
+    assert gw.stop() == 0
+    last = trail.rows()[-1]["seq"]
+    assert last > kept
+    for ext in ("", "-wal", "-shm"):
+        Path(str(trail.db) + ext).unlink(missing_ok=True)
+    if how == "restored_from_an_older_copy":
+        shutil.copyfile(older, trail.db)
+    else:
+        kept = 0
+    r = verify(gw.config_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert f"FAILED: node chainer: records seq={kept + 1}..{last}: deleted (the store ends at seq={kept}; the" \
+           f" gateway's head file says it committed through seq={last}" in out, out
+
+    restart(gw)
+    assert gw.wait_log(rf"event=audit_store_rewound node=chainer store_seq={kept} head_file_seq={last}\b",
+                       timeout=10), gw.log_text()[-2000:]
+    with gw.connect(application_name=app_name("after")) as c:
+        c.execute("SELECT 'after the loss'")
+    assert gw.stop() == 0
+    rows = trail.rows()
+    check_chain_links(rows)
+    rewound = [r for r in rows if r["kind"] == "store_rewound"]
+    assert len(rewound) == 1 and rewound[0]["seq"] == kept + 1, rows
+    assert rewound[0]["body"]["store_seq"] == kept and rewound[0]["body"]["written_seq"] == last
+    assert _head_file(trail)[2] == rows[-1]["seq"]
+    r = verify(gw.config_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and f"FAILED: node chainer: records seq={kept + 1}..{last}: lost (record" \
+        f" seq={kept + 1}" in out, out
+
+
+@pytest.mark.parametrize("content", ["garbage\n", "node chainer\nseq -5\ntag " + "0" * 64 + "\n",
+                                     "node chainer\nseq 3\ntag xyz\n", "directory"],
+                         ids=["garbage", "negative_seq", "not_hex", "directory"])
+def test_a_head_file_that_is_not_one_stops_the_start(gateway_factory, tmp_path, content):
+    gw, trail = make_trail(gateway_factory, tmp_path, sessions=1)
+    path = Path(str(trail.db) + ".key.head")
+    path.unlink()
+    if content == "directory":
+        path.mkdir()
+    else:
+        path.write_text(content)
+    try:
+        gw.start(timeout=10)
+    except Exception:  # noqa: BLE001 - it may die before or after the start is noticed
+        pass
+    wait_for(lambda: not gw.alive(), 10, what="the gateway to refuse to start")
+    assert "audit head file" in gw.log_text() and "remove the file to start without that check" in gw.log_text(), \
+        gw.log_text()[-2000:]
+    r = verify(gw.config_path)
+    assert r.returncode == 2 and "audit head file" in r.stderr, r.stdout + r.stderr
+
+
 # ---------------------------------------------------------------------------- 3. retention
 
 def test_retention_prunes_and_chains(gateway_factory, tmp_path):

@@ -179,7 +179,7 @@ static AuditStore *make_store(int n)
 static int verify(AuditStore *st, VerifyResult *v)
 {
 	char err[300];
-	int rc = audit_verify(st, KEY, "n1", v, err, sizeof err);
+	int rc = audit_verify(st, KEY, "n1", NULL, v, err, sizeof err);
 	if (rc < 0)
 		fail_msg("%s", err);
 	return rc;
@@ -207,7 +207,7 @@ static void test_verify_intact_chain(void **state)
 	assert_int_equal(v.last_seq, 10);
 	uint8_t wrong[AUDIT_KEY_LEN] = {0};
 	char err[300];
-	assert_int_equal(audit_verify(st, wrong, "n1", &v, err, sizeof err), 0); /* another key: nothing verifies */
+	assert_int_equal(audit_verify(st, wrong, "n1", NULL, &v, err, sizeof err), 0); /* another key: nothing verifies */
 	drop_store(st);
 }
 
