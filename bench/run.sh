@@ -803,7 +803,9 @@ if (( ${#AUDIT_LIST[@]} )); then
         tail -n 5 "$TMP/verify-$t.out" | sed 's/^/    | /'
         FAILED_RUNS=$((FAILED_RUNS + 1))
       else
-        log "$t: pgcordon audit verify: $(tail -n 1 "$TMP/verify-$t.out") (${secs} s)"
+        # The chain's line, and the head file's (the store ends where the gateway says it does).
+        while IFS= read -r line; do log "$t: pgcordon audit verify: $line"; done < <(grep '^ok:' "$TMP/verify-$t.out")
+        log "$t: pgcordon audit verify took ${secs} s"
       fi
     done
   fi
