@@ -5,8 +5,10 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "audit/chain.h"
 #include "audit/head_file.h"
@@ -1123,7 +1125,7 @@ static bool head_check(const char *key_file, bool key_created, char *err, size_t
 		W.rewound.at_us = audit_now_us();
 		W.rewound.written_seq = h.seq;
 		memcpy(W.rewound.written_tag, h.tag, AUDIT_TAG_HEX);
-		W.head_file_seq = h.seq;
+		W.head_file_seq = -1; /* rewritten at the first commit after the record, whatever seq it ends at */
 		log_event(LOG_ERROR, "audit_store_rewound",
 			  "node=%s store_seq=%lld head_file_seq=%lld head_file=%s note=\"the store lost records this gateway"
 			  " had committed (rolled back, restored from an older copy or wiped; or a power failure under"
@@ -1132,9 +1134,13 @@ static bool head_check(const char *key_file, bool key_created, char *err, size_t
 		return true;
 	}
 	if (r == 1 && !same) {
-		char qn[HEAD_NODE_MAX * 4 + 3];
 		log_event(LOG_WARN, "audit_head_file_replaced", "path=%s node=%s reason=%s", log_quote(q, sizeof q, W.head_path),
-			  log_quote(qn, sizeof qn, h.node), key_created ? "a new key" : "another node");
+			  h.node, key_created ? "a new key" : "another node");
+		/* Gone at once: left until a first commit, it would be taken for this chain's at the next start. */
+		if (W.chain.seq == 0 && unlink(W.head_path) != 0) {
+			snprintf(err, errlen, "audit head file %s: cannot remove: %s", W.head_path, strerror(errno));
+			return false;
+		}
 	}
 	W.head_file_seq = 0;
 	if (W.chain.seq == 0)

@@ -1,11 +1,13 @@
 /* The head file: three lines, "node NAME", "seq N", "tag HEX" (see head_file.h). */
 #include "audit/head_file.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "audit/chain.h"
@@ -27,6 +29,15 @@ static char *line_value(char **p, const char *name)
 	return v;
 }
 
+/* audit.node's characters: the name is printed by verify and logged. */
+static bool node_name_ok(const char *s)
+{
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && *s != '_' && *s != '-' && *s != '.' && *s != '@')
+			return false;
+	return true;
+}
+
 static bool all_hex(const char *s, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
@@ -38,11 +49,16 @@ static bool all_hex(const char *s, size_t n)
 int head_file_read(const char *path, HeadFile *h, char *err, size_t errlen)
 {
 	char buf[256];
-	int fd = open(path, O_RDONLY);
+	struct stat sb;
+	/* Not through a link, and not a FIFO that would hang the reader: a plain file. */
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0 && errno == ENOENT)
 		return 0;
-	if (fd < 0) {
-		snprintf(err, errlen, "audit head file %s: cannot open: %s", path, strerror(errno));
+	if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+		snprintf(err, errlen, "audit head file %s: cannot open: %s", path,
+			 fd < 0 ? strerror(errno) : "not a regular file");
+		if (fd >= 0)
+			close(fd);
 		return -1;
 	}
 	ssize_t got = read(fd, buf, sizeof buf - 1);
@@ -55,7 +71,7 @@ int head_file_read(const char *path, HeadFile *h, char *err, size_t errlen)
 	char *p = buf, *node = line_value(&p, "node"), *seq = node ? line_value(&p, "seq") : NULL,
 	     *tag = seq ? line_value(&p, "tag") : NULL, *end = NULL;
 	long long n = seq ? strtoll(seq, &end, 10) : 0;
-	if (!tag || *p || !*node || strlen(node) >= sizeof h->node || !end || *end || end == seq || n < 1 ||
+	if (!tag || *p || !*node || strlen(node) >= sizeof h->node || !node_name_ok(node) || !end || *end || end == seq || n < 1 ||
 	    n >= AUDIT_SEQ_MAX || !all_hex(tag, AUDIT_TAG_HEX - 1)) {
 		snprintf(err, errlen, "audit head file %s: not a head file (expected the lines \"node NAME\", \"seq N\","
 			 " \"tag HEX\")", path);
@@ -71,9 +87,15 @@ bool head_file_write(const char *path, const char *node, int64_t seq, const char
 {
 	char *tmp = xasprintf("%s.tmp", path), text[256];
 	int len = snprintf(text, sizeof text, "node %s\nseq %lld\ntag %s\n", node, (long long)seq, tag);
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	errno = 0;
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 	bool ok = fd >= 0 && len > 0 && (size_t)len < sizeof text && write(fd, text, (size_t)len) == len;
-	int saved = errno;
+	int saved = errno ? errno : EIO; /* a short write sets none */
+	/* On the disk before it replaces the last one: a power failure leaves one or the other. */
+	if (ok && fsync(fd) != 0) {
+		ok = false;
+		saved = errno;
+	}
 	if (fd >= 0 && close(fd) != 0 && ok) {
 		ok = false;
 		saved = errno;

@@ -572,11 +572,12 @@ int audit_verify(AuditStore *st, const uint8_t first_key[AUDIT_KEY_LEN], const c
 			 (long long)head->seq, head->tag);
 		return 0;
 	}
-	if (v.rewound[0]) {
+	int index = node ? store_check_index(st, node, out->problem, sizeof out->problem, err, errlen) : 1;
+	if (index == 1 && v.rewound[0]) { /* after the index: a standing loss must not hide an edit */
 		snprintf(out->problem, sizeof out->problem, "%s", v.rewound);
 		return 0;
 	}
-	return node ? store_check_index(st, node, out->problem, sizeof out->problem, err, errlen) : 1;
+	return index;
 }
 
 static bool collect_node(const StoredRecord *r, void *arg)

@@ -880,6 +880,14 @@ static int lite_check_index(AuditStore *st, const char *node, char *problem, siz
 		return -1;
 	}
 	sqlite3_bind_text(q, 1, node, -1, SQLITE_STATIC);
+	/* One snapshot for the walk and the counts: a gateway may be committing meanwhile. */
+	if (sqlite3_exec(l->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+		fail(l->db, "check", err, errlen);
+		sqlite3_finalize(q);
+		sqlite3_finalize(has_session);
+		sqlite3_finalize(has_start);
+		return -1;
+	}
 	Batch b = {0};
 	IdSet seen = {0};
 	int64_t sessions = 0, starts = 0;
@@ -956,6 +964,7 @@ static int lite_check_index(AuditStore *st, const char *node, char *problem, siz
 	sqlite3_finalize(q);
 	sqlite3_finalize(has_session);
 	sqlite3_finalize(has_start);
+	sqlite3_exec(l->db, "COMMIT", NULL, NULL, NULL); /* it only read */
 	batch_free(&b);
 	free(seen.slot);
 	return result;

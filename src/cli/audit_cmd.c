@@ -161,8 +161,11 @@ static int verify(const Args *a, const Config *c, AuditStore *st)
 		fprintf(stderr, "%s\n", err);
 		return 2;
 	}
-	/* The gateway's head file: the last record it committed, to find records cut off the end. */
-	char *head_path = a->head ? xstrdup(a->head) : c->audit_key_file ? head_file_path(c->audit_key_file) : NULL;
+	/*
+	 * The gateway's head file: the last record it committed, to find records cut off the end.
+	 * Next to the key verify uses (a copy given with --key has its own, or none).
+	 */
+	char *head_path = a->head ? xstrdup(a->head) : keyfile ? head_file_path(keyfile) : NULL;
 	HeadFile head;
 	int has_head = head_path ? head_file_read(head_path, &head, err, sizeof err) : 0;
 	if (has_head < 0 || (a->head && has_head == 0)) {

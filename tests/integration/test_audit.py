@@ -1473,6 +1473,14 @@ def test_head_file_follows_the_chain(gateway_factory, tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o600
     r = assert_verify_ok(gw.config_path)
     assert f"the store holds the last record the gateway's head file names (seq {seq}" in r.stdout, r.stdout
+    # An auditor's copy of the key, elsewhere: verify reads the head file next to it (none).
+    copy = tmp_path / "elsewhere" / "audit.key"
+    copy.parent.mkdir()
+    shutil.copyfile(str(trail.db) + ".key", copy)
+    r = assert_verify_ok(gw.config_path, "--key", copy)
+    assert "head file" not in r.stdout and "Compare the head" in r.stdout, r.stdout
+    r = assert_verify_ok(gw.config_path, "--key", copy, "--head", path)
+    assert "head file names" in r.stdout, r.stdout
 
 
 def _copy_of_a_stopped_store(db, to):
@@ -1527,17 +1535,72 @@ def test_a_store_that_lost_records_while_stopped(gateway_factory, tmp_path, how)
     out = r.stdout + r.stderr
     assert r.returncode == 1 and f"FAILED: node chainer: records seq={kept + 1}..{last}: lost (record" \
         f" seq={kept + 1}" in out, out
+    # The standing loss does not hide an edit of the index made later.
+    trail.execute("DELETE FROM audit_session_starts")
+    r = verify(gw.config_path)
+    assert r.returncode == 1 and "FAILED: node chainer: index: audit_session_starts" in r.stdout, r.stdout
+
+
+def test_a_store_that_lost_its_last_record(gateway_factory, tmp_path):
+    """One record lost (a failed login's) on an idle gateway: its store_rewound record takes
+    the very seq the head file names. The head file must still follow it, or verify would
+    call the store replaced and the next start would find a second loss."""
+    gw, trail = make_trail(gateway_factory, tmp_path, sessions=1)
+    older = tmp_path / "older.db"
+    _copy_of_a_stopped_store(trail.db, older)
+    restart(gw)
+    with pytest.raises(psycopg.OperationalError):
+        gw.connect(password="not-the-password")
+    wait_for(lambda: trail.rows()[-1]["kind"] == "login_failed", what="the login_failed record")
+    assert gw.stop() == 0
+    last = trail.rows()[-1]["seq"]
+    for ext in ("", "-wal", "-shm"):
+        Path(str(trail.db) + ext).unlink(missing_ok=True)
+    shutil.copyfile(older, trail.db)
+    assert trail.rows()[-1]["seq"] == last - 1
+    restart(gw)
+    assert gw.wait_log(r"event=audit_store_rewound", timeout=10), gw.log_text()[-2000:]
+    wait_for(lambda: trail.rows()[-1]["kind"] == "store_rewound", what="the store_rewound record")
+    assert gw.stop() == 0
+    rows = trail.rows()
+    assert rows[-1]["seq"] == last and _head_file(trail)[2:] == (last, rows[-1]["tag"]), rows[-1]
+    r = verify(gw.config_path)
+    assert r.returncode == 1 and f"records seq={last}..{last}: lost" in r.stdout, r.stdout
+    restart(gw)
+    assert gw.stop() == 0
+    assert gw.count_log(r"event=audit_store_rewound") == 1, gw.log_text()[-2000:]
+
+
+def test_a_stale_head_file_is_not_taken_for_the_chain(gateway_factory, tmp_path):
+    """A head file left from an earlier key (the key and the store were deleted to start
+    over): a gateway that stops before its first commit must not take it, at its next start,
+    for the new chain's."""
+    db = tmp_path / "fresh.db"
+    Path(str(db) + ".key.head").write_text("node chainer\nseq 42\ntag " + "ab" * 32 + "\n")
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"node": "chainer"})
+    assert gw.wait_log(r"event=audit_head_file_replaced .*reason=a new key", timeout=10), gw.log_text()[-2000:]
+    assert gw.stop() == 0
+    assert not Path(str(db) + ".key.head").exists()
+    restart(gw)
+    with gw.connect(application_name=app_name("fresh")) as c:
+        c.execute("SELECT 1")
+    assert gw.stop() == 0
+    assert gw.count_log(r"event=audit_store_rewound") == 0, gw.log_text()[-2000:]
+    assert_verify_ok(gw.config_path)
 
 
 @pytest.mark.parametrize("content", ["garbage\n", "node chainer\nseq -5\ntag " + "0" * 64 + "\n",
-                                     "node chainer\nseq 3\ntag xyz\n", "directory"],
-                         ids=["garbage", "negative_seq", "not_hex", "directory"])
+                                     "node chainer\nseq 3\ntag xyz\n",
+                                     "node \x1b[2Jx\nseq 3\ntag " + "0" * 64 + "\n", "directory", "fifo"],
+                         ids=["garbage", "negative_seq", "not_hex", "escape_in_node", "directory", "fifo"])
 def test_a_head_file_that_is_not_one_stops_the_start(gateway_factory, tmp_path, content):
     gw, trail = make_trail(gateway_factory, tmp_path, sessions=1)
     path = Path(str(trail.db) + ".key.head")
     path.unlink()
     if content == "directory":
         path.mkdir()
+    elif content == "fifo":
+        os.mkfifo(path)  # would hang a reader that waits for a writer
     else:
         path.write_text(content)
     try:
