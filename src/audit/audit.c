@@ -1,11 +1,11 @@
 /* The audit writer: per-worker queues, one thread, batched chained commits, retention. */
 #include "audit/audit.h"
 
+#include <errno.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <errno.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>

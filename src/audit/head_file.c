@@ -1,7 +1,6 @@
 /* The head file: three lines, "node NAME", "seq N", "tag HEX" (see head_file.h). */
 #include "audit/head_file.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -11,6 +10,7 @@
 #include <unistd.h>
 
 #include "audit/chain.h"
+#include "config/config.h"
 #include "core/util.h"
 
 char *head_file_path(const char *key_file) { return xasprintf("%s.head", key_file); }
@@ -27,15 +27,6 @@ static char *line_value(char **p, const char *name)
 	*nl = 0;
 	*p = nl + 1;
 	return v;
-}
-
-/* audit.node's characters: the name is printed by verify and logged. */
-static bool node_name_ok(const char *s)
-{
-	for (; *s; s++)
-		if (!isalnum((unsigned char)*s) && *s != '_' && *s != '-' && *s != '.' && *s != '@')
-			return false;
-	return true;
 }
 
 static bool all_hex(const char *s, size_t n)
@@ -71,7 +62,7 @@ int head_file_read(const char *path, HeadFile *h, char *err, size_t errlen)
 	char *p = buf, *node = line_value(&p, "node"), *seq = node ? line_value(&p, "seq") : NULL,
 	     *tag = seq ? line_value(&p, "tag") : NULL, *end = NULL;
 	long long n = seq ? strtoll(seq, &end, 10) : 0;
-	if (!tag || *p || !*node || strlen(node) >= sizeof h->node || !node_name_ok(node) || !end || *end || end == seq || n < 1 ||
+	if (!tag || *p || !config_valid_name(node) || !end || *end || end == seq || n < 1 ||
 	    n >= AUDIT_SEQ_MAX || !all_hex(tag, AUDIT_TAG_HEX - 1)) {
 		snprintf(err, errlen, "audit head file %s: not a head file (expected the lines \"node NAME\", \"seq N\","
 			 " \"tag HEX\")", path);

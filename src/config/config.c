@@ -163,7 +163,6 @@ static bool on_tls(Loader *ld, Config *c, void *obj, const char *key, yaml_node_
 }
 
 static bool load_groups(Loader *ld, UserConfig *u, yaml_node_t *v);
-static bool valid_name(const char *s);
 
 static bool on_admin_tls(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
 {
@@ -313,7 +312,7 @@ static bool on_audit(Loader *ld, Config *c, void *obj, const char *key, yaml_nod
 	if (strcmp(key, "key_file") == 0)
 		return get_string(ld, v, "audit.key_file", &c->audit_key_file) || true;
 	if (strcmp(key, "node") == 0) {
-		if (get_string(ld, v, "audit.node", &c->audit_node) && !valid_name(c->audit_node))
+		if (get_string(ld, v, "audit.node", &c->audit_node) && !config_valid_name(c->audit_node))
 			fail_at(ld, v, "audit.node must be 1-63 letters, digits, _ - . @");
 		return true;
 	}
@@ -402,7 +401,7 @@ static bool on_database(Loader *ld, Config *c, void *obj, const char *key, yaml_
 	return false;
 }
 
-static bool valid_name(const char *s)
+bool config_valid_name(const char *s)
 {
 	if (!*s || strlen(s) > 63)
 		return false;
@@ -421,7 +420,7 @@ static bool load_databases(Loader *ld, Config *c, yaml_node_t *map)
 	for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
 		yaml_node_t *k = node_at(ld, p->key), *v = node_at(ld, p->value);
 		const char *name = scalar(k);
-		if (!name || !valid_name(name))
+		if (!name || !config_valid_name(name))
 			return fail_at(ld, k, "database names must be 1-63 letters, digits, _ - . @");
 		if (config_find_database(c, name))
 			return fail_at(ld, k, "database \"%s\" is defined twice", name);
@@ -451,7 +450,7 @@ static bool load_groups(Loader *ld, UserConfig *u, yaml_node_t *v)
 	u->groups = xcalloc(n ? n : 1, sizeof(char *));
 	for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
 		yaml_node_t *g = node_at(ld, *it);
-		if (!scalar(g) || !valid_name(scalar(g)))
+		if (!scalar(g) || !config_valid_name(scalar(g)))
 			return fail_at(ld, g, "group names must be 1-63 letters, digits, _ - . @");
 		u->groups[u->ngroups++] = xstrdup(scalar(g));
 	}
@@ -484,7 +483,7 @@ static bool load_users(Loader *ld, Config *c, yaml_node_t *map)
 	for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
 		yaml_node_t *k = node_at(ld, p->key), *v = node_at(ld, p->value);
 		const char *name = scalar(k);
-		if (!name || !valid_name(name))
+		if (!name || !config_valid_name(name))
 			return fail_at(ld, k, "user names must be 1-63 letters, digits, _ - . @");
 		if (config_find_user(c, name))
 			return fail_at(ld, k, "user \"%s\" is defined twice", name);
@@ -569,11 +568,11 @@ static bool on_match(Loader *ld, Config *c, void *obj, const char *key, yaml_nod
 	(void)c;
 	Policy *p = obj;
 	if (strcmp(key, "groups") == 0)
-		return load_name_list(ld, v, "match.groups", &p->match_groups, valid_name) || true;
+		return load_name_list(ld, v, "match.groups", &p->match_groups, config_valid_name) || true;
 	if (strcmp(key, "users") == 0)
-		return load_name_list(ld, v, "match.users", &p->match_users, valid_name) || true;
+		return load_name_list(ld, v, "match.users", &p->match_users, config_valid_name) || true;
 	if (strcmp(key, "databases") == 0)
-		return load_name_list(ld, v, "match.databases", &p->match_databases, valid_name) || true;
+		return load_name_list(ld, v, "match.databases", &p->match_databases, config_valid_name) || true;
 	return false;
 }
 
@@ -738,7 +737,7 @@ static bool on_approvals(Loader *ld, Config *c, void *obj, const char *key, yaml
 		free_name_list(&a->approvers);
 		a->approvers = (NameList){0};
 		a->has_approvers = true;
-		if (load_name_list(ld, v, "approvals.approvers", &a->approvers, valid_name) && a->approvers.n == 0)
+		if (load_name_list(ld, v, "approvals.approvers", &a->approvers, config_valid_name) && a->approvers.n == 0)
 			fail_at(ld, v, "approvals.approvers must name at least one group");
 		return true;
 	}
@@ -921,7 +920,7 @@ static bool on_policy(Loader *ld, Config *c, void *obj, const char *key, yaml_no
 	Policy *p = obj;
 	if (strcmp(key, "name") == 0) {
 		const char *name = scalar(v);
-		if (!name || !valid_name(name))
+		if (!name || !config_valid_name(name))
 			fail_at(ld, v, "policy names must be 1-63 letters, digits, _ - . @");
 		else
 			p->name = xstrdup(name);
@@ -1104,7 +1103,7 @@ static bool on_oidc(Loader *ld, Config *c, void *obj, const char *key, yaml_node
 		o->alias_to.items = xcalloc(n ? n : 1, sizeof(char *));
 		for (yaml_node_pair_t *p = v->data.mapping.pairs.start; p < v->data.mapping.pairs.top; p++) {
 			const char *from = scalar(node_at(ld, p->key)), *to = scalar(node_at(ld, p->value));
-			if (!from || !to || !valid_name(from)) {
+			if (!from || !to || !config_valid_name(from)) {
 				fail_at(ld, node_at(ld, p->key), "aliases: entries must be name: identity");
 				return true;
 			}
@@ -1209,7 +1208,7 @@ static bool load_api_keys(Loader *ld, Config *c, yaml_node_t *map)
 	for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
 		yaml_node_t *k = node_at(ld, p->key), *v = node_at(ld, p->value);
 		const char *name = scalar(k);
-		if (!name || !valid_name(name))
+		if (!name || !config_valid_name(name))
 			return fail_at(ld, k, "api key names must be 1-63 letters, digits, _ - . @");
 		if (config_find_api_key(c, name))
 			return fail_at(ld, k, "api key \"%s\" is defined twice", name);
@@ -1232,9 +1231,9 @@ static bool load_roles(Loader *ld, Config *c, yaml_node_t *map)
 	for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
 		yaml_node_t *k = node_at(ld, p->key), *v = node_at(ld, p->value);
 		const char *group = scalar(k), *role = scalar(v);
-		if (!group || !valid_name(group))
+		if (!group || !config_valid_name(group))
 			return fail_at(ld, k, "roles: keys are group names");
-		if (!role || !valid_name(role))
+		if (!role || !config_valid_name(role))
 			return fail_at(ld, v, "roles: values are database role names (letters, digits, _ - . @)");
 		c->roles[c->nroles].group = xstrdup(group);
 		c->roles[c->nroles].role = xstrdup(role);
@@ -1491,7 +1490,7 @@ static Config *load(const char *path, bool skip_secrets, char *err, size_t errle
 		char host[256] = "pgcordon";
 		gethostname(host, sizeof host - 1);
 		host[63] = 0;
-		c->audit_node = xstrdup(valid_name(host) ? host : "pgcordon");
+		c->audit_node = xstrdup(config_valid_name(host) ? host : "pgcordon");
 	}
 
 	yaml_document_delete(&doc);

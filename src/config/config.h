@@ -218,5 +218,7 @@ bool config_parse_duration_ms(const char *s, int *out_ms);
 bool config_parse_period_s(const char *s, int64_t *out);
 /* "67108864", "64MiB", "512KiB", "1GiB". */
 bool config_parse_size(const char *s, uint64_t *out);
+/* A name (node, user, group, policy): 1-63 letters, digits, _ - . @. */
+bool config_valid_name(const char *s);
 
 #endif
