@@ -1481,6 +1481,8 @@ def test_head_file_follows_the_chain(gateway_factory, tmp_path):
     assert "head file" not in r.stdout and "Compare the head" in r.stdout, r.stdout
     r = assert_verify_ok(gw.config_path, "--key", copy, "--head", path)
     assert "head file names" in r.stdout, r.stdout
+    r = verify(gw.config_path, "--head", tmp_path / "no-such.head")  # named, so it must be there
+    assert r.returncode == 2 and "--head: no such file" in r.stderr and "ok:" not in r.stdout, r.stdout + r.stderr
 
 
 def _copy_of_a_stopped_store(db, to):
