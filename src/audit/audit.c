@@ -12,6 +12,7 @@
 
 #include "audit/chain.h"
 #include "audit/head_file.h"
+#include "audit/rungs.h"
 #include "audit/store.h"
 #include "core/log.h"
 #include "core/util.h"
@@ -149,6 +150,9 @@ static struct {
 	int64_t head_file_seq;    /* the seq it says */
 	int64_t head_file_us;     /* when it was last written */
 	bool head_file_failing;   /* its last write failed (logged once) */
+	KeyRungs rungs;           /* the chain's keys every KEY_RUNG records (rungs.h); writer thread */
+	char *rungs_path;         /* their file */
+	bool rungs_failing;       /* its last write failed (logged once) */
 	struct {
 		bool pending;     /* the next batch begins with a store_rewound record */
 		int64_t at_us, written_seq;
@@ -384,34 +388,17 @@ static void scratch_reserve(size_t n)
 	}
 }
 
-/*
- * The chain's keys, one every KEY_RUNG records (key(1), key(1 + KEY_RUNG), ...): a key the
- * writer has passed costs at most KEY_RUNG - 1 hashing steps from them instead of seq - 1
- * from key(1). Writer thread only (and audit_start, before it runs).
- */
-#define KEY_RUNG 65536
-static struct {
-	uint8_t (*key)[AUDIT_KEY_LEN];
-	int64_t n;
-} Rungs;
-
-/* key is key(seq). */
-static void rung_note(int64_t seq, const uint8_t key[AUDIT_KEY_LEN])
+/* Keeps the rungs file up with the rungs the writer passed; a failure is logged once. */
+static void rungs_follow(void)
 {
-	if ((seq - 1) % KEY_RUNG != 0 || (seq - 1) / KEY_RUNG != Rungs.n)
-		return;
-	Rungs.key = xrealloc(Rungs.key, (size_t)(Rungs.n + 1) * sizeof *Rungs.key);
-	memcpy(Rungs.key[Rungs.n++], key, AUDIT_KEY_LEN);
-}
-
-/* key(seq), for 1 <= seq <= the head's next; false past what the rungs reach. */
-static bool key_at(int64_t seq, uint8_t out[AUDIT_KEY_LEN])
-{
-	int64_t r = (seq - 1) / KEY_RUNG;
-	if (seq < 1 || r >= Rungs.n)
-		return false;
-	chain_key_at(Rungs.key[r], seq - r * KEY_RUNG, out); /* the rung is key(r * KEY_RUNG + 1) */
-	return true;
+	char err[512], q[600];
+	if (rungs_save(&W.rungs, W.rungs_path, err, sizeof err)) {
+		W.rungs_failing = false;
+	} else if (!W.rungs_failing) {
+		W.rungs_failing = true;
+		log_event(LOG_WARN, "audit_rungs_file_failed", "error=%s note=\"the next start derives the keys past its"
+			  " last rung from those before\"", log_quote(q, sizeof q, err));
+	}
 }
 
 /* Chains record i of the scratch after the chain copy c and advances c. */
@@ -431,7 +418,9 @@ static void chain_record(ChainState *c, size_t i, const char *kind, const char *
 	chain_tag(c->key, r, S.tags[i]);
 	c->seq++;
 	chain_next_key(c->key);
-	rung_note(c->seq + 1, c->key);
+	rungs_note(&W.rungs, c->seq + 1, c->key);
+	if (W.rungs.n > W.rungs.in_file)
+		rungs_follow();
 }
 
 /* The chain after the last record chained into the scratch (its tag is in the scratch). */
@@ -814,8 +803,9 @@ static bool check_cut(const StoredRecord *r, void *arg)
 	uint8_t key[AUDIT_KEY_LEN];
 	char tag[AUDIT_TAG_HEX];
 	c->seen = true;
-	if (r->seq != c->seq || !key_at(r->seq, key))
+	if (r->seq != c->seq || r->seq < 1)
 		return false;
+	rungs_key_at(&W.rungs, r->seq, key);
 	chain_tag(key, r, tag);
 	OPENSSL_cleanse(key, sizeof key);
 	c->genuine = strcmp(tag, r->tag) == 0 && strcmp(tag, c->tag) == 0 && strcmp(r->time, c->cutoff) < 0;
@@ -1184,12 +1174,15 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 		store_close(W.st);
 		return false;
 	}
-	memcpy(W.chain.key, W.first_key, AUDIT_KEY_LEN);
-	rung_note(1, W.chain.key);
-	for (int64_t n = 2; n <= W.chain.seq + 1; n++) {
-		chain_next_key(W.chain.key);
-		rung_note(n, W.chain.key);
-	}
+	/* The next record's key, from the nearest rung the rungs file holds. */
+	rungs_init(&W.rungs, W.first_key);
+	W.rungs_path = rungs_path(c->audit_key_file);
+	char rerr[512], q[600];
+	if (rungs_load(&W.rungs, W.rungs_path, rerr, sizeof rerr) < 0)
+		log_event(LOG_WARN, "audit_rungs_file_ignored", "error=%s note=\"%s\"", log_quote(q, sizeof q, rerr),
+			  W.rungs.file_failed ? "the keys are derived from the key file" : "the rest is derived and rewritten");
+	int64_t key_steps = rungs_walk_to(&W.rungs, W.chain.seq + 1, W.chain.key);
+	rungs_follow();
 	if (created)
 		log_event(LOG_WARN, "audit_key_created", "path=%s note=\"keep a copy elsewhere: verification needs it\"",
 			  c->audit_key_file);
@@ -1226,8 +1219,8 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 		return false;
 	}
 	const char *safe_url = strncmp(c->audit_store, "sqlite:", 7) == 0 ? c->audit_store : "postgresql";
-	log_event(LOG_INFO, "audit_started", "store=%s node=%s durability=%s head_seq=%lld", safe_url, W.node,
-		  W.strict ? "strict" : "default", (long long)W.chain.seq);
+	log_event(LOG_INFO, "audit_started", "store=%s node=%s durability=%s head_seq=%lld key_steps=%lld", safe_url,
+		  W.node, W.strict ? "strict" : "default", (long long)W.chain.seq, (long long)key_steps);
 	return true;
 }
 
@@ -1255,6 +1248,9 @@ void audit_stop(void)
 	}
 	free(W.head_path);
 	W.head_path = NULL;
+	rungs_free(&W.rungs);
+	free(W.rungs_path);
+	W.rungs_path = NULL;
 	pthread_mutex_destroy(&W.unrec_mu);
 	W.unrec = W.unrec_taken = (Unrecorded){0};
 	free(W.queues);

@@ -178,3 +178,20 @@ void chain_tag(const uint8_t key[AUDIT_KEY_LEN], const StoredRecord *r, char out
 	mac_final(&m, key, d);
 	util_hex_encode(d, 32, out);
 }
+
+void chain_rung_mac(const uint8_t first[AUDIT_KEY_LEN], int64_t seq, const uint8_t key[AUDIT_KEY_LEN],
+		    uint8_t out[AUDIT_KEY_LEN])
+{
+	/* A record's fields start with the 4-byte length of its node name: 0, never 'p'. */
+	static const char label[] = "pgcordon audit key rung";
+	uint8_t msg[sizeof label + 8 + AUDIT_KEY_LEN];
+	memcpy(msg, label, sizeof label);
+	for (int i = 0; i < 8; i++)
+		msg[sizeof label + i] = (uint8_t)((uint64_t)seq >> (56 - 8 * i));
+	memcpy(msg + sizeof label + 8, key, AUDIT_KEY_LEN);
+	Mac m;
+	mac_init(&m, first);
+	SHA256_Update(&m.inner, msg, sizeof msg);
+	mac_final(&m, first, out);
+	OPENSSL_cleanse(msg, sizeof msg);
+}

@@ -30,6 +30,12 @@ void chain_key_at(const uint8_t first[AUDIT_KEY_LEN], int64_t n, uint8_t out[AUD
 void chain_next_key(uint8_t key[AUDIT_KEY_LEN]);
 /* The tag of r (its own tag field is ignored) under key, as 64 hex digits. */
 void chain_tag(const uint8_t key[AUDIT_KEY_LEN], const StoredRecord *r, char out[AUDIT_TAG_HEX]);
+/*
+ * The MAC of a key rung (rungs.h): HMAC-SHA-256 under key(1) of a label, seq and key(seq).
+ * The label starts with a byte no record's fields start with, so no tag is ever a rung's MAC.
+ */
+void chain_rung_mac(const uint8_t first[AUDIT_KEY_LEN], int64_t seq, const uint8_t key[AUDIT_KEY_LEN],
+		    uint8_t out[AUDIT_KEY_LEN]);
 /* Nothing to free any more (chain_tag keeps no context); kept for its callers. */
 void chain_release_thread(void);
 

@@ -439,7 +439,7 @@ char *audit_replay_text(AuditStore *st, const char *session_id, char *err, size_
 /* ---- verification ---- */
 
 typedef struct {
-	const uint8_t *first_key;
+	const KeyRungs *keys;
 	uint8_t key[AUDIT_KEY_LEN];
 	VerifyResult *out;
 	int64_t expect;
@@ -460,7 +460,7 @@ static bool verify_one(const StoredRecord *r, void *arg)
 	if (o->records == 0) {
 		o->first_seq = r->seq;
 		v->expect = r->seq;
-		chain_key_at(v->first_key, r->seq < 1 || r->seq >= AUDIT_SEQ_MAX ? 1 : r->seq, v->key);
+		rungs_key_at(v->keys, r->seq < 1 || r->seq >= AUDIT_SEQ_MAX ? 1 : r->seq, v->key);
 		snprintf(v->prev, sizeof v->prev, "%s", r->seq == 1 ? "" : r->prev_tag);
 		snprintf(v->first_prev, sizeof v->first_prev, "%s", r->prev_tag);
 		if (r->seq < 1 || r->seq >= AUDIT_SEQ_MAX) {
@@ -537,11 +537,11 @@ static bool verify_one(const StoredRecord *r, void *arg)
 	return true;
 }
 
-int audit_verify(AuditStore *st, const uint8_t first_key[AUDIT_KEY_LEN], const char *node, const HeadFile *head,
+int audit_verify(AuditStore *st, const KeyRungs *keys, const char *node, const HeadFile *head,
 		 VerifyResult *out, char *err, size_t errlen)
 {
 	memset(out, 0, sizeof *out);
-	Verify v = {.first_key = first_key, .out = out, .head = head};
+	Verify v = {.keys = keys, .out = out, .head = head};
 	StoreFilter f = {.node = node};
 	bool ok = store_scan(st, &f, verify_one, &v, err, errlen);
 	chain_release_thread();

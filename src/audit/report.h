@@ -13,6 +13,7 @@
 #include "audit/audit.h"
 #include "audit/chain.h"
 #include "audit/head_file.h"
+#include "audit/rungs.h"
 #include "audit/store.h"
 
 typedef struct {
@@ -45,11 +46,12 @@ typedef struct {
 } VerifyResult;
 
 /*
- * Walks node's chain; then its end against head (the gateway's head file, NULL when none),
+ * Walks node's chain, its keys from keys (rungs_init with key(1), and what rungs_load
+ * found); then its end against head (the gateway's head file, NULL when none),
  * the records a store_rewound record says were lost, and what the readers find its records
  * by (store_check_index). Returns 1 when all hold, 0 when not (see problem), -1 on error.
  */
-int audit_verify(AuditStore *st, const uint8_t first_key[AUDIT_KEY_LEN], const char *node, const HeadFile *head,
+int audit_verify(AuditStore *st, const KeyRungs *keys, const char *node, const HeadFile *head,
 		 VerifyResult *out, char *err, size_t errlen);
 /* The nodes that have records in the store (JSON array of strings). */
 json_t *audit_nodes(AuditStore *st, char *err, size_t errlen);

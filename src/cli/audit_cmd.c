@@ -1,6 +1,7 @@
 /* pgcordon sessions list|replay and pgcordon audit verify|export: reading the trail. */
 #include "cli/audit_cmd.h"
 
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,6 +180,14 @@ static int verify(const Args *a, const Config *c, AuditStore *st)
 		free(head_path);
 		return 2;
 	}
+	/* The rungs next to that key spare the walk from key(1) to a pruned chain's first record. */
+	KeyRungs keys;
+	rungs_init(&keys, key);
+	OPENSSL_cleanse(key, sizeof key);
+	char *rp = keyfile ? rungs_path(keyfile) : NULL;
+	if (rp && rungs_load(&keys, rp, err, sizeof err) < 0)
+		fprintf(stderr, "note: %s; the keys past its last good line are derived from the key file\n", err);
+	free(rp);
 	/* A node the head file names has records, whether the store still shows them or not. */
 	if (has_head == 1 && !a->node && !has_node(nodes, head.node))
 		json_array_append_new(nodes, json_string(head.node));
@@ -192,7 +201,7 @@ static int verify(const Args *a, const Config *c, AuditStore *st)
 		VerifyResult v;
 		const char *node = json_string_value(n);
 		const HeadFile *h = has_head == 1 && strcmp(head.node, node) == 0 ? &head : NULL;
-		int r = audit_verify(st, key, node, h, &v, err, sizeof err);
+		int r = audit_verify(st, &keys, node, h, &v, err, sizeof err);
 		if (r < 0) {
 			fprintf(stderr, "%s\n", err);
 			rc = 2;
@@ -221,6 +230,7 @@ static int verify(const Args *a, const Config *c, AuditStore *st)
 		printf("Compare the head with the last audit_head line the gateway logged: records cut off the end"
 		       " are only visible that way.\n");
 	json_decref(nodes);
+	rungs_free(&keys);
 	free(head_path);
 	return rc;
 }

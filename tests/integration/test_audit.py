@@ -1616,6 +1616,89 @@ def test_a_head_file_that_is_not_one_stops_the_start(gateway_factory, tmp_path, 
     assert r.returncode == 2 and "audit head file" in r.stderr, r.stdout + r.stderr
 
 
+def _key_steps(gw):
+    """key_steps of the gateway's last audit_started line: the hashing steps its start took
+    to derive the next record's key."""
+    found = re.findall(r"event=audit_started .*\bkey_steps=(\d+)", gw.log_text())
+    assert found, gw.log_text()[-2000:]
+    return int(found[-1])
+
+
+KEY_RUNG = 65536
+
+
+def test_key_rungs_spare_the_start_a_walk(gateway_factory, tmp_path):
+    """A gateway's start derived the next record's key from key(1), one hashing step per
+    record ever written: a minute and more past a billion records. The keys every 65,536
+    records are now kept in <key_file>.rungs, each line MACed under key(1), and a start
+    walks from the last one. A line that does not verify is not used (nobody without key(1)
+    can make one that does) and is rewritten; the chain goes on verifying either way."""
+    db = tmp_path / "rungs.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", dict(node="rungs"))
+    assert _key_steps(gw) == 0
+    script = tmp_path / "one.sql"
+    script.write_text("SELECT 1\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGPASSWORD=LOCAL_USERS["alice"], PGCONNECT_TIMEOUT="10", LC_ALL="C")
+    r = subprocess.run(["pgbench", "-n", "-h", gw.host, "-p", str(gw.port), "-U", "alice", "-f", str(script),
+                        "-M", "prepared", "-c", "4", "-j", "2", "-t", str(KEY_RUNG // 4 + 100), "app"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert gw.stop() == 0
+    head = SqliteTrail(db).rows()[-1]["seq"]
+    assert head > KEY_RUNG
+    path = Path(str(db) + ".key.rungs")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 and re.fullmatch(rf"{KEY_RUNG + 1} [0-9a-f]{{64}} [0-9a-f]{{64}}", lines[0]), lines
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    good = path.read_text()
+
+    restart(gw)
+    assert _key_steps(gw) == head + 1 - (KEY_RUNG + 1)  # from the rung, not from key(1)
+    assert gw.count_log(r"event=audit_rungs_file") == 0
+    assert gw.stop() == 0
+
+    # The rung's key altered: its MAC fails, so the start walks from key(1) and mends the file.
+    k = lines[0].split(" ")[1]
+    path.write_text(lines[0].replace(k, ("1" if k[0] == "0" else "0") + k[1:]) + "\n")
+    restart(gw)
+    assert gw.wait_log(r"event=audit_rungs_file_ignored .*line 1 is not the rung of seq=65537", timeout=5), \
+        gw.log_text()[-2000:]
+    assert _key_steps(gw) == head
+    with gw.connect(application_name=app_name("after")) as c:
+        c.execute("SELECT 'after the altered rung'")
+    assert gw.stop() == 0
+    assert path.read_text() == good
+    check_chain_links(SqliteTrail(db).rows())
+    assert_verify_ok(gw.config_path)
+
+    # Not a plain file: not used, not written; the gateway and verify go on without it.
+    path.unlink()
+    path.mkdir()
+    restart(gw)
+    assert gw.wait_log(r"event=audit_rungs_file_ignored .*not a regular file", timeout=5), gw.log_text()[-2000:]
+    assert _key_steps(gw) == SqliteTrail(db).rows()[-1]["seq"]
+    with gw.connect(application_name=app_name("dir")) as c:
+        c.execute("SELECT 'beside a directory'")
+    assert gw.stop() == 0
+    r = assert_verify_ok(gw.config_path)
+    assert "audit rungs file" in r.stderr and "not a regular file" in r.stderr, r.stderr
+    path.rmdir()
+
+    # Another key's rungs, left by a fresh start (store and key gone): cut to nothing at once.
+    path.write_text(good)
+    for ext in ("", "-wal", "-shm", ".key", ".key.head"):
+        Path(str(db) + ext).unlink(missing_ok=True)
+    ignored = gw.count_log(r"event=audit_rungs_file_ignored")
+    restart(gw)
+    assert gw.count_log(r"event=audit_rungs_file_ignored .*line 1 is not the rung of seq=65537") == 2, \
+        gw.log_text()[-2000:]
+    assert gw.count_log(r"event=audit_rungs_file_ignored") == ignored + 1
+    assert _key_steps(gw) == 0
+    assert path.read_text() == ""
+    assert gw.stop() == 0
+
+
 # ---------------------------------------------------------------------------- 3. retention
 
 def test_retention_prunes_and_chains(gateway_factory, tmp_path):

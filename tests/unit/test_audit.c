@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <sqlite3.h>
@@ -13,6 +14,7 @@
 
 #include "audit/chain.h"
 #include "audit/report.h"
+#include "audit/rungs.h"
 #include "audit/store.h"
 #include "config/config.h"
 #include "core/jsonw.h"
@@ -114,6 +116,163 @@ static void test_key_evolves_one_way(void **state)
 	assert_memory_equal(step, k3, AUDIT_KEY_LEN);
 }
 
+static void test_rungs_give_every_key(void **state)
+{
+	(void)state;
+	KeyRungs r;
+	rungs_init(&r, KEY);
+	uint8_t k[AUDIT_KEY_LEN], want[AUDIT_KEY_LEN];
+	int64_t end = 3 * KEY_RUNG + 5;
+	assert_int_equal(rungs_walk_to(&r, end, k), end - 1);
+	assert_int_equal(r.n, 4); /* key(1), key(1 + KEY_RUNG), ... key(1 + 3 KEY_RUNG) */
+	chain_key_at(KEY, end, want);
+	assert_memory_equal(k, want, AUDIT_KEY_LEN);
+	const int64_t seqs[] = {1, 2, KEY_RUNG, KEY_RUNG + 1, KEY_RUNG + 2, 2 * KEY_RUNG + 1, end, end + 10};
+	for (size_t i = 0; i < sizeof seqs / sizeof *seqs; i++) {
+		int64_t steps = rungs_key_at(&r, seqs[i], k);
+		chain_key_at(KEY, seqs[i], want);
+		assert_memory_equal(k, want, AUDIT_KEY_LEN);
+		assert_true(steps == (seqs[i] - 1) % KEY_RUNG || seqs[i] > 1 + 3 * KEY_RUNG);
+	}
+	rungs_free(&r);
+}
+
+static char rpath[64];
+
+static KeyRungs rungs_from_file(const uint8_t *key, int want_rc)
+{
+	KeyRungs r;
+	char err[300];
+	rungs_init(&r, key);
+	int rc = rungs_load(&r, rpath, err, sizeof err);
+	if (rc != want_rc)
+		fail_msg("rungs_load: %d (%s)", rc, rc < 0 ? err : "");
+	return r;
+}
+
+static void save(KeyRungs *r)
+{
+	char err[300];
+	if (!rungs_save(r, rpath, err, sizeof err))
+		fail_msg("%s", err);
+}
+
+static size_t file_size(void)
+{
+	struct stat sb;
+	return stat(rpath, &sb) == 0 ? (size_t)sb.st_size : 0;
+}
+
+/* Writes 4 rungs (3 lines), then edits the file with edit. */
+static void written_then(void (*edit)(FILE *f, size_t size))
+{
+	KeyRungs r;
+	uint8_t k[AUDIT_KEY_LEN];
+	rungs_init(&r, KEY);
+	rungs_walk_to(&r, 3 * KEY_RUNG + 1, k);
+	unlink(rpath);
+	save(&r);
+	rungs_free(&r);
+	if (edit) {
+		FILE *f = fopen(rpath, "r+");
+		assert_non_null(f);
+		edit(f, file_size());
+		fclose(f);
+	}
+}
+
+static void alter_line_2(FILE *f, size_t size)
+{
+	(void)size;
+	char line[200];
+	assert_non_null(fgets(line, sizeof line, f));
+	long at = ftell(f) + 20; /* line 2, inside its key */
+	fseek(f, at, SEEK_SET);
+	int c = fgetc(f);
+	fseek(f, at, SEEK_SET);
+	fputc(c == '0' ? '1' : '0', f);
+}
+
+static void tear_last_line(FILE *f, size_t size) { assert_int_equal(ftruncate(fileno(f), (off_t)size - 10), 0); }
+
+static void add_garbage(FILE *f, size_t size)
+{
+	(void)size;
+	fseek(f, 0, SEEK_END);
+	fputs("not a rung\n", f);
+}
+
+static void test_rungs_file(void **state)
+{
+	(void)state;
+	snprintf(rpath, sizeof rpath, "/tmp/pgc-unit-rungs-%d", (int)getpid());
+	unlink(rpath);
+	KeyRungs r = rungs_from_file(KEY, 0); /* none yet */
+	assert_int_equal(r.n, 1);
+	rungs_free(&r);
+
+	written_then(NULL);
+	struct stat sb;
+	assert_int_equal(stat(rpath, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0600);
+	size_t whole = file_size();
+	r = rungs_from_file(KEY, 1);
+	assert_int_equal(r.n, 4);
+	assert_int_equal(r.in_file, 4);
+	uint8_t k[AUDIT_KEY_LEN], want[AUDIT_KEY_LEN];
+	assert_int_equal(rungs_key_at(&r, 3 * KEY_RUNG + 3, k), 2);
+	chain_key_at(KEY, 3 * KEY_RUNG + 3, want);
+	assert_memory_equal(k, want, AUDIT_KEY_LEN);
+	save(&r); /* nothing new: the file stays */
+	assert_int_equal(file_size(), whole);
+	/* One more rung is appended. */
+	rungs_walk_to(&r, 4 * KEY_RUNG + 1, k);
+	save(&r);
+	rungs_free(&r);
+	r = rungs_from_file(KEY, 1);
+	assert_int_equal(r.n, 5);
+	rungs_free(&r);
+
+	/* A line that does not verify is not used, nor what follows; the next save rewrites them. */
+	void (*edits[])(FILE *, size_t) = {alter_line_2, tear_last_line, add_garbage};
+	const int64_t kept[] = {2, 3, 4};
+	for (size_t i = 0; i < 3; i++) {
+		written_then(edits[i]);
+		r = rungs_from_file(KEY, -1);
+		assert_int_equal(r.n, kept[i]);
+		assert_true(r.file_stale);
+		rungs_walk_to(&r, 3 * KEY_RUNG + 1, k);
+		save(&r);
+		assert_int_equal(file_size(), whole);
+		rungs_free(&r);
+		r = rungs_from_file(KEY, 1);
+		assert_int_equal(r.n, 4);
+		rungs_free(&r);
+	}
+
+	/* Another key's file: none of it verifies. */
+	written_then(NULL);
+	uint8_t other[AUDIT_KEY_LEN] = {9};
+	r = rungs_from_file(other, -1);
+	assert_int_equal(r.n, 1);
+	rungs_key_at(&r, 5, k);
+	chain_key_at(other, 5, want);
+	assert_memory_equal(k, want, AUDIT_KEY_LEN);
+	save(&r); /* cut to nothing: an empty chain's file */
+	assert_int_equal(file_size(), 0);
+	rungs_free(&r);
+
+	/* Not a plain file: not used, not written. */
+	unlink(rpath);
+	assert_int_equal(mkdir(rpath, 0700), 0);
+	r = rungs_from_file(KEY, -1);
+	assert_true(r.file_failed);
+	rungs_walk_to(&r, KEY_RUNG + 1, k);
+	save(&r);
+	rungs_free(&r);
+	rmdir(rpath);
+}
+
 static char dbpath[64];
 
 static void sql(const char *q)
@@ -179,7 +338,10 @@ static AuditStore *make_store(int n)
 static int verify(AuditStore *st, VerifyResult *v)
 {
 	char err[300];
-	int rc = audit_verify(st, KEY, "n1", NULL, v, err, sizeof err);
+	KeyRungs keys;
+	rungs_init(&keys, KEY);
+	int rc = audit_verify(st, &keys, "n1", NULL, v, err, sizeof err);
+	rungs_free(&keys);
 	if (rc < 0)
 		fail_msg("%s", err);
 	return rc;
@@ -206,8 +368,11 @@ static void test_verify_intact_chain(void **state)
 	assert_int_equal(v.first_seq, 1);
 	assert_int_equal(v.last_seq, 10);
 	uint8_t wrong[AUDIT_KEY_LEN] = {0};
+	KeyRungs keys;
+	rungs_init(&keys, wrong);
 	char err[300];
-	assert_int_equal(audit_verify(st, wrong, "n1", NULL, &v, err, sizeof err), 0); /* another key: nothing verifies */
+	assert_int_equal(audit_verify(st, &keys, "n1", NULL, &v, err, sizeof err), 0); /* another key: nothing verifies */
+	rungs_free(&keys);
 	drop_store(st);
 }
 
@@ -532,6 +697,8 @@ int main(void)
 		cmocka_unit_test(test_tag_covers_every_field),
 		cmocka_unit_test(test_tag_known_answer),
 		cmocka_unit_test(test_key_evolves_one_way),
+		cmocka_unit_test(test_rungs_give_every_key),
+		cmocka_unit_test(test_rungs_file),
 		cmocka_unit_test(test_verify_intact_chain),
 		cmocka_unit_test(test_verify_names_altered_deleted_inserted),
 		cmocka_unit_test(test_scan_batches),
