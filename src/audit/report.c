@@ -398,7 +398,10 @@ char *audit_replay_text(AuditStore *st, const char *session_id, char *err, size_
 		if (*str(dec, "policy"))
 			add(&t, " (policy %s%s%s)", str(dec, "policy"), *str(dec, "rule") ? ", rule " : "", str(dec, "rule"));
 		add(&t, "  %.3f ms\n", json_number_value(json_object_get(stmt, "duration_ms")));
-		add_field(&t, json_object_get(stmt, "sql"), true);
+		if (json_object_get(stmt, "sql"))
+			add_field(&t, json_object_get(stmt, "sql"), true);
+		else
+			add(&t, "  (its text is in the Query above, which the gateway could not split)");
 		add(&t, "\n");
 		json_t *params = json_object_get(stmt, "params");
 		if (json_array_size(params)) {

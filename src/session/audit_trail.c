@@ -1,6 +1,7 @@
 /* What a session tells the audit trail: sessions, failed logins and statements. */
 #include "session/audit_trail.h"
 
+#include <pg_query.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,10 @@ struct AuditStmt {
 	uint64_t n;
 	int part;
 	AuditText *sql;
+	struct {
+		size_t at, len;
+	} *spans;   /* each statement's text in a multi-statement sql (part_text) */
+	int nspans; /* -1: not split yet */
 	AuditText *params;   /* JSON array text, NULL: none */
 	AuditText *decision; /* JSON object text */
 	AuditText *columns;  /* JSON array text, NULL: no RowDescription yet */
@@ -216,6 +221,7 @@ void audit_stmt_free(AuditStmt *a)
 	if (a->formats != a->formats_inline)
 		free(a->formats);
 	text_unref(a->sql);
+	free(a->spans);
 	text_unref(a->params);
 	text_unref(a->decision);
 	text_unref(a->columns);
@@ -408,6 +414,7 @@ static AuditStmt *stmt_new(AuditText *sql, AuditText *params, AuditText *decisio
 	AuditStmt *a = xcalloc(1, sizeof *a);
 	a->start_us = audit_now_us();
 	a->sql = sql ? sql : text_new("", 0);
+	a->nspans = -1;
 	a->params = params;
 	a->decision = decision;
 	return a;
@@ -728,6 +735,49 @@ static void error_json(JsonW *w, const uint8_t *body, size_t len)
 	jw_end_object(w);
 }
 
+/*
+ * The text of statement a->part of a Query with several: the second and later records carry
+ * their own statement's text, the first the whole, or a Query of N statements in L bytes
+ * would make N * L bytes of records (a 64 MiB message of "SELECT;" some 10^14). Split by
+ * libpg_query's parser, as the server splits it. False when that parser cannot split it (a
+ * syntax it does not know), or the server may have read it otherwise: an unrestricted session
+ * may turn standard_conforming_strings off, and its later parts would then be recorded with
+ * texts that did not run ("SELECT 'x\'; SELECT 1; --'; SELECT 2" is two statements to it).
+ */
+static bool part_text(const Session *s, AuditStmt *a, const char **text, size_t *len)
+{
+	/* Read with another lexer than the parser's, the server may have split it elsewhere. */
+	if (s->lexer_unlike_parser)
+		return false;
+	if (a->nspans < 0) {
+		a->nspans = 0;
+		PgQuerySplitResult r = pg_query_split_with_parser(a->sql->s);
+		if (!r.error && r.n_stmts > 0) {
+			a->spans = xcalloc((size_t)r.n_stmts, sizeof *a->spans);
+			for (int i = 0; i < r.n_stmts; i++) {
+				size_t at = (size_t)r.stmts[i]->stmt_location, n = (size_t)r.stmts[i]->stmt_len;
+				if (at > a->sql->len)
+					break;
+				if (n == 0 || n > a->sql->len - at)
+					n = a->sql->len - at; /* 0: to the end */
+				while (n && (a->sql->s[at] == ' ' || a->sql->s[at] == '\n' || a->sql->s[at] == '\t' ||
+					     a->sql->s[at] == '\r')) {
+					at++; /* a statement begins after the ';' before it */
+					n--;
+				}
+				a->spans[a->nspans].at = at;
+				a->spans[a->nspans++].len = n;
+			}
+		}
+		pg_query_free_split_result(r);
+	}
+	if (a->part >= a->nspans)
+		return false;
+	*text = a->sql->s + a->spans[a->part].at;
+	*len = a->spans[a->part].len;
+	return true;
+}
+
 /* Submits the record of a (part of a) statement; resets it for the next part. */
 static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t *error, size_t error_len,
 		       const char *error_message)
@@ -751,8 +801,12 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 	key_int_plain(w, "n", (int64_t)a->n);
 	if (a->part)
 		key_int_plain(w, "part", a->part + 1);
-	JW_KEY(w, "sql");
-	jw_text(w, (const uint8_t *)a->sql->s, a->sql->len, false);
+	const char *sql = a->sql->s;
+	size_t sql_len = a->sql->len;
+	if (a->part == 0 || part_text(s, a, &sql, &sql_len)) {
+		JW_KEY(w, "sql");
+		jw_text(w, (const uint8_t *)sql, sql_len, false);
+	} /* else its text is in the first record's, which the parser could not split */
 	JW_KEY(w, "decision");
 	jw_raw(w, a->decision->s, a->decision->len);
 	if (a->params) {

@@ -572,7 +572,7 @@ def test_cut_off_statement_records(agw, trail, table, pg):
     _, _, stmts, _, _ = run_session(agw, trail, fn, user="carol", password=CAROL_PW)
     bodies = [s["body"] for s in stmts]
     assert [b["sql"].split()[0] for b in bodies] == ["SELECT", "INSERT", "BEGIN", "UPDATE", "ROLLBACK",
-                                                     "SELECT", "SELECT", "SELECT"], [b["sql"] for b in bodies]
+                                                     "SELECT", "UPDATE", "SELECT"], [b["sql"] for b in bodies]
     for b, tag in zip([bodies[i] for i in (0, 1, 3, 5)], ("SELECT 10", "INSERT 0 10", "UPDATE 10", "SELECT 10")):
         assert b["error"] == {"sqlstate": "42501", "message": cut}, b
         assert b["rows_sent"] == CAP_ROWS, b
@@ -621,9 +621,10 @@ def test_multi_statement_parts(agw, trail, table):
     assert "part" not in bodies[0] or bodies[0]["part"] in (None, 1)
     assert [b.get("part") for b in bodies[1:]] == [2, 3, 4]
     assert len({b["n"] for b in bodies}) == 1, "the parts of one Query share its number"
-    parts = ["SELECT 1 AS a", "SELECT 'two' AS b", f"INSERT INTO {t}", "SELECT count(*) AS c"]
-    for b, p in zip(bodies, parts):
-        assert p in b["sql"], (p, b["sql"])
+    # The first carries the Query as sent, each later one its own statement's text.
+    assert bodies[0]["sql"] == sql
+    assert [b["sql"] for b in bodies[1:]] == ["SELECT 'two' AS b", f"INSERT INTO {t} (id, v) VALUES (7, 'x'), (8, 'y')",
+                                              f"SELECT count(*) AS c FROM {t}"]
     assert bodies[0]["result"]["rows"] == [["1"]]
     assert bodies[0]["result"]["columns"][0]["name"] == "a"
     assert bodies[1]["result"]["rows"] == [["two"]]
@@ -850,6 +851,55 @@ def test_login_failed(agw, trail):
     assert b["client_address"].startswith("127.0.0.1")
     assert "wrong-password" not in alice[-1]["raw_body"]
     assert ghost[-1]["body"]["reason"]
+
+
+def test_multi_statement_query_records_each_text_once(agw, trail):
+    """Every part of a Query with several statements carried the whole text: N statements
+    in L bytes made N * L bytes of records (here 2,000 parts of 30 KB: 60 MB, from one
+    message; a 64 MiB message of "SELECT;" would have made some 10^14). One client could so
+    stall its worker and push the other sessions' records past audit.max_pending. Now the
+    first record carries the whole text and each later one its own statement, split by the
+    PostgreSQL parser: semicolons in strings, comments and dollar quotes do not split."""
+    app = app_name("parts")
+    tricky = "SELECT 'a;b' AS s; /* c; */ SELECT $$x;y$$ AS d; SELECT E'\\';' AS e;\n  SELECT 4 -- ;\n"
+    many = ";".join(f"SELECT {i} AS v{i}" for i in range(2000))
+    with agw.connect(application_name=app) as c:
+        c.execute(tricky)
+        c.execute(many)
+    sid = session_id_of(trail, app)
+    _, stmts, _ = session_records(trail, sid)
+    assert [s["body"].get("sql") for s in stmts[:4]] == [tricky, "/* c; */ SELECT $$x;y$$ AS d",
+                                                          "SELECT E'\\';' AS e", "SELECT 4 -- ;\n"], stmts[:4]
+    big = stmts[4:]
+    assert len(big) == 2000
+    assert big[0]["body"]["sql"] == many
+    assert all(b["body"]["sql"] == f"SELECT {i} AS v{i}" for i, b in enumerate(big[1:], 1)), big[1]["body"]
+    total = sum(len(b["raw_body"]) for b in big)
+    assert total < 2 * len(many) + 2000 * 500, total
+
+
+def test_parts_are_not_split_where_the_server_read_otherwise(agw, trail):
+    """bob is unrestricted, so he may turn standard_conforming_strings off. The server then
+    reads "SELECT 'x\\'; SELECT 1 AS planted; --' AS s; SELECT 2 AS real" as two statements,
+    the second "SELECT 2 AS real"; the gateway's parser, with it on, would split off
+    "SELECT 1 AS planted", a statement that never ran, and record it as the second part.
+    Once the server has read statements with another lexer, later parts carry no text of
+    their own (the first part's is the Query as sent), and replay says so."""
+    app = app_name("lexer")
+    q = "SELECT 'x\\'; SELECT 1 AS planted; --' AS s; SELECT 2 AS real"
+    with agw.connect(user="bob", application_name=app) as c:
+        c.execute("SET standard_conforming_strings = off")
+        c.execute(q)
+    sid = session_id_of(trail, app)
+    _, stmts, _ = session_records(trail, sid)
+    bodies = [st["body"] for st in stmts]
+    assert [b.get("part") for b in bodies[1:]] == [None, 2], bodies
+    assert bodies[1]["sql"] == q
+    assert "sql" not in bodies[2] and bodies[2]["tag"] == "SELECT 1", bodies[2]
+    assert bodies[2]["result"]["columns"][0]["name"] == "real", bodies[2]
+    assert "planted" not in json.dumps(bodies[2])
+    r = cli("sessions", "replay", "--config", agw.config_path, sid)
+    assert r.returncode == 0 and "its text is in the Query above" in r.stdout, r.stdout + r.stderr
 
 
 def test_multi_statement_error_stops_parts(agw, trail):
