@@ -418,9 +418,10 @@ static void chain_record(ChainState *c, size_t i, const char *kind, const char *
 	chain_tag(c->key, r, S.tags[i]);
 	c->seq++;
 	chain_next_key(c->key);
+	int64_t had = W.rungs.n;
 	rungs_note(&W.rungs, c->seq + 1, c->key);
-	if (W.rungs.n > W.rungs.in_file)
-		rungs_follow();
+	if (W.rungs.n > had)
+		rungs_follow(); /* after a failed write, tried again at the next rung only */
 }
 
 /* The chain after the last record chained into the scratch (its tag is in the scratch). */
@@ -1216,6 +1217,7 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 		W.started = false;
 		snprintf(err, errlen, "cannot start the audit writer thread");
 		store_close(W.st);
+		rungs_free(&W.rungs);
 		return false;
 	}
 	const char *safe_url = strncmp(c->audit_store, "sqlite:", 7) == 0 ? c->audit_store : "postgresql";

@@ -179,19 +179,36 @@ void chain_tag(const uint8_t key[AUDIT_KEY_LEN], const StoredRecord *r, char out
 	util_hex_encode(d, 32, out);
 }
 
+/* HMAC-SHA-256 under key(1) of label (with its NUL), seq and, when given, key(seq). */
+static void rung_hmac(const uint8_t first[AUDIT_KEY_LEN], const char *label, size_t label_len, int64_t seq,
+		      const uint8_t *key, uint8_t out[AUDIT_KEY_LEN])
+{
+	uint8_t msg[64 + 8 + AUDIT_KEY_LEN];
+	size_t n = label_len;
+	memcpy(msg, label, n);
+	for (int i = 0; i < 8; i++)
+		msg[n++] = (uint8_t)((uint64_t)seq >> (56 - 8 * i));
+	if (key) {
+		memcpy(msg + n, key, AUDIT_KEY_LEN);
+		n += AUDIT_KEY_LEN;
+	}
+	Mac m;
+	mac_init(&m, first);
+	SHA256_Update(&m.inner, msg, n);
+	mac_final(&m, first, out);
+	OPENSSL_cleanse(msg, sizeof msg);
+}
+
+/* A record's fields start with the 4-byte length of its node name: 0, never 'p'. */
+static const char rung_mac_label[] = "pgcordon audit key rung", rung_pad_label[] = "pgcordon audit key rung pad";
+
 void chain_rung_mac(const uint8_t first[AUDIT_KEY_LEN], int64_t seq, const uint8_t key[AUDIT_KEY_LEN],
 		    uint8_t out[AUDIT_KEY_LEN])
 {
-	/* A record's fields start with the 4-byte length of its node name: 0, never 'p'. */
-	static const char label[] = "pgcordon audit key rung";
-	uint8_t msg[sizeof label + 8 + AUDIT_KEY_LEN];
-	memcpy(msg, label, sizeof label);
-	for (int i = 0; i < 8; i++)
-		msg[sizeof label + i] = (uint8_t)((uint64_t)seq >> (56 - 8 * i));
-	memcpy(msg + sizeof label + 8, key, AUDIT_KEY_LEN);
-	Mac m;
-	mac_init(&m, first);
-	SHA256_Update(&m.inner, msg, sizeof msg);
-	mac_final(&m, first, out);
-	OPENSSL_cleanse(msg, sizeof msg);
+	rung_hmac(first, rung_mac_label, sizeof rung_mac_label, seq, key, out);
+}
+
+void chain_rung_pad(const uint8_t first[AUDIT_KEY_LEN], int64_t seq, uint8_t out[AUDIT_KEY_LEN])
+{
+	rung_hmac(first, rung_pad_label, sizeof rung_pad_label, seq, NULL, out);
 }

@@ -36,6 +36,8 @@ void chain_tag(const uint8_t key[AUDIT_KEY_LEN], const StoredRecord *r, char out
  */
 void chain_rung_mac(const uint8_t first[AUDIT_KEY_LEN], int64_t seq, const uint8_t key[AUDIT_KEY_LEN],
 		    uint8_t out[AUDIT_KEY_LEN]);
+/* The pad a rung's key is kept under in the rungs file (XORed): HMAC-SHA-256 under key(1) of another label and seq. */
+void chain_rung_pad(const uint8_t first[AUDIT_KEY_LEN], int64_t seq, uint8_t out[AUDIT_KEY_LEN]);
 /* Nothing to free any more (chain_tag keeps no context); kept for its callers. */
 void chain_release_thread(void);
 

@@ -401,7 +401,7 @@ char *audit_replay_text(AuditStore *st, const char *session_id, char *err, size_
 		if (json_object_get(stmt, "sql"))
 			add_field(&t, json_object_get(stmt, "sql"), true);
 		else
-			add(&t, "  (its text is in the Query above, which the gateway could not split)");
+			add(&t, "  (its text is in the Query above)");
 		add(&t, "\n");
 		json_t *params = json_object_get(stmt, "params");
 		if (json_array_size(params)) {

@@ -85,7 +85,17 @@ static bool hex_bytes(const char *s, uint8_t out[AUDIT_KEY_LEN])
 	return true;
 }
 
-/* Whether line is exactly "SEQ KEY MAC\n" for this seq, and its MAC verifies. */
+/* key XOR key(seq)'s pad: the file keeps the key so, and a copy of it without the key file is no use. */
+static void xor_pad(const uint8_t first[AUDIT_KEY_LEN], int64_t seq, uint8_t key[AUDIT_KEY_LEN])
+{
+	uint8_t pad[AUDIT_KEY_LEN];
+	chain_rung_pad(first, seq, pad);
+	for (int i = 0; i < AUDIT_KEY_LEN; i++)
+		key[i] ^= pad[i];
+	OPENSSL_cleanse(pad, sizeof pad);
+}
+
+/* Whether line is exactly "SEQ KEY MAC\n" for this seq, and its MAC verifies; key: the key. */
 static bool line_is_rung(const char *line, int64_t seq, const uint8_t first[AUDIT_KEY_LEN], uint8_t key[AUDIT_KEY_LEN])
 {
 	char want[24];
@@ -95,6 +105,7 @@ static bool line_is_rung(const char *line, int64_t seq, const uint8_t first[AUDI
 	if (strncmp(line, want, (size_t)n) != 0 || strlen(k) != 2 * HEX_LEN + 2 || k[HEX_LEN] != ' ' ||
 	    strcmp(m + HEX_LEN, "\n") != 0 || !hex_bytes(k, key) || !hex_bytes(m, mac))
 		return false;
+	xor_pad(first, seq, key);
 	chain_rung_mac(first, seq, key, expect);
 	return CRYPTO_memcmp(mac, expect, sizeof mac) == 0;
 }
@@ -140,6 +151,7 @@ int rungs_load(KeyRungs *r, const char *path, char *err, size_t errlen)
 	if (rc == 1 && ferror(f)) {
 		snprintf(err, errlen, "audit rungs file %s: cannot read: %s", path, strerror(errno));
 		rc = -1;
+		r->file_failed = true; /* what it holds may be fine: not cut short for a read error */
 	}
 	OPENSSL_cleanse(key, sizeof key);
 	OPENSSL_cleanse(line, sizeof line);
@@ -151,11 +163,14 @@ int rungs_load(KeyRungs *r, const char *path, char *err, size_t errlen)
 static void put_line(const KeyRungs *r, int64_t i, char *buf, size_t *used)
 {
 	int64_t seq = 1 + i * KEY_RUNG;
-	uint8_t mac[AUDIT_KEY_LEN];
+	uint8_t mac[AUDIT_KEY_LEN], padded[AUDIT_KEY_LEN];
 	chain_rung_mac(r->key[0], seq, r->key[i], mac);
+	memcpy(padded, r->key[i], AUDIT_KEY_LEN);
+	xor_pad(r->key[0], seq, padded);
 	char *p = buf + *used;
 	p += sprintf(p, "%lld ", (long long)seq);
-	util_hex_encode(r->key[i], AUDIT_KEY_LEN, p);
+	util_hex_encode(padded, AUDIT_KEY_LEN, p);
+	OPENSSL_cleanse(padded, sizeof padded);
 	p[HEX_LEN] = ' ';
 	util_hex_encode(mac, AUDIT_KEY_LEN, p + HEX_LEN + 1);
 	p[2 * HEX_LEN + 1] = '\n';
@@ -173,8 +188,14 @@ bool rungs_save(KeyRungs *r, const char *path, char *err, size_t errlen)
 		why = strerror(errno);
 	else if (!S_ISREG(sb.st_mode))
 		why = "not a regular file";
+	else if (fchmod(fd, 0600) != 0)
+		why = strerror(errno);
+	if (!why && sb.st_size < r->file_len) {
+		r->in_file = 1; /* cut short since it was read: written again whole */
+		r->file_len = 0;
+	}
 	/* What follows the lines that verified is replaced: a torn line, or lines that did not. */
-	else if (fchmod(fd, 0600) != 0 || (sb.st_size != r->file_len && ftruncate(fd, r->file_len) != 0))
+	if (!why && sb.st_size != r->file_len && ftruncate(fd, r->file_len) != 0)
 		why = strerror(errno);
 	char buf[8192];
 	size_t used = 0;

@@ -3,13 +3,14 @@
  * the chain costs at most KEY_RUNG - 1 hashing steps instead of seq - 1 from key(1).
  *
  * They are kept in the rungs file next to the key file, `<key_file>.rungs`, one line per
- * rung after key(1): "SEQ KEY MAC", KEY and MAC in hex, MAC = HMAC-SHA-256 under key(1) of
- * the rung (chain_rung_mac). Without it a gateway's start walked from key(1) to its head,
+ * rung after key(1): "SEQ KEY MAC" in hex, KEY the rung's key XOR a pad (chain_rung_pad),
+ * MAC = HMAC-SHA-256 under key(1) of the rung (chain_rung_mac): the file is no use to
+ * whoever has it without the key file. Without it a gateway's start walked from key(1) to its head,
  * 70 ns a record here: a minute and more once a chain passes a billion records.
  *
- * The file is a cache and nothing more: whoever can read the key file can derive every rung,
- * and a line that does not verify (altered, torn, another key's) is not used, with the lines
- * after it. Nobody without key(1) can make a line that verifies. No logging.
+ * The file is a cache and nothing more: every rung is derived from key(1), and a line that
+ * does not verify (altered, torn, another key's) is not used, with the lines after it.
+ * Nobody without key(1) can make a line that verifies. No logging.
  */
 #ifndef PGC_AUDIT_RUNGS_H
 #define PGC_AUDIT_RUNGS_H
@@ -29,7 +30,7 @@ typedef struct {
 	int64_t in_file;  /* rungs 1..in_file-1 are the file's first lines */
 	off_t file_len;   /* the bytes of those lines */
 	bool file_stale;  /* the file has more than those lines: rungs_save cuts it there */
-	bool file_failed; /* the file could not be opened or is not a plain file: left alone */
+	bool file_failed; /* the file could not be opened or read, or is not a plain file: left alone */
 } KeyRungs;
 
 void rungs_init(KeyRungs *r, const uint8_t first[AUDIT_KEY_LEN]);

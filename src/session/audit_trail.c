@@ -15,6 +15,7 @@
 
 #define NAME_BUCKETS 64
 #define WHOLE_MAX (1024 * 1024) /* larger messages are recorded as "too large", never buffered */
+#define SPLIT_MAX (256 * 1024) /* a larger Query's later parts carry no text of their own (part_text) */
 
 /*
  * A text that records of one session share: a statement's SQL, a portal's parameters, a
@@ -66,7 +67,7 @@ struct AuditStmt {
 	int part;
 	AuditText *sql;
 	struct {
-		size_t at, len;
+		uint32_t at, len; /* a message is at most 1 GiB (limits.max_message_size) */
 	} *spans;   /* each statement's text in a multi-statement sql (part_text) */
 	int nspans; /* -1: not split yet */
 	AuditText *params;   /* JSON array text, NULL: none */
@@ -739,18 +740,32 @@ static void error_json(JsonW *w, const uint8_t *body, size_t len)
  * The text of statement a->part of a Query with several: the second and later records carry
  * their own statement's text, the first the whole, or a Query of N statements in L bytes
  * would make N * L bytes of records (a 64 MiB message of "SELECT;" some 10^14). Split by
- * libpg_query's parser, as the server splits it. False when that parser cannot split it (a
- * syntax it does not know), or the server may have read it otherwise: an unrestricted session
- * may turn standard_conforming_strings off, and its later parts would then be recorded with
- * texts that did not run ("SELECT 'x\'; SELECT 1; --'; SELECT 2" is two statements to it).
+ * libpg_query's parser, as the server splits it. False when it is not split:
+ * - a Query with a backslash or a byte past ASCII: the server may read it with
+ *   standard_conforming_strings off, or in a client encoding whose characters end in a
+ *   backslash or ';' byte (an unrestricted session may set either, and a reload or an
+ *   unsynced SET takes effect before the gateway hears of it), and split it elsewhere:
+ *   "SELECT 'x\'; SELECT 1; --'; SELECT 2" is two statements to it, the second
+ *   "SELECT 2". In plain ASCII without a backslash every setting reads it alike.
+ * - a Query larger than SPLIT_MAX: the parse would hold up the worker's other sessions
+ *   (63 MB of "SELECT;" took 18 s and 3.5 GB);
+ * - one the parser cannot split (a syntax it does not know, from a session not inspected).
  */
-static bool part_text(const Session *s, AuditStmt *a, const char **text, size_t *len)
+/* No backslash, no byte past ASCII. */
+static bool plain_ascii(const char *p, size_t n)
 {
-	/* Read with another lexer than the parser's, the server may have split it elsewhere. */
-	if (s->lexer_unlike_parser)
-		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)p[i] >= 0x80 || p[i] == '\\')
+			return false;
+	return true;
+}
+
+static bool part_text(AuditStmt *a, const char **text, size_t *len)
+{
 	if (a->nspans < 0) {
 		a->nspans = 0;
+		if (a->sql->len > SPLIT_MAX || !plain_ascii(a->sql->s, a->sql->len))
+			return false;
 		PgQuerySplitResult r = pg_query_split_with_parser(a->sql->s);
 		if (!r.error && r.n_stmts > 0) {
 			a->spans = xcalloc((size_t)r.n_stmts, sizeof *a->spans);
@@ -760,13 +775,12 @@ static bool part_text(const Session *s, AuditStmt *a, const char **text, size_t 
 					break;
 				if (n == 0 || n > a->sql->len - at)
 					n = a->sql->len - at; /* 0: to the end */
-				while (n && (a->sql->s[at] == ' ' || a->sql->s[at] == '\n' || a->sql->s[at] == '\t' ||
-					     a->sql->s[at] == '\r')) {
+				while (n && strchr(" \t\n\r\f\v", a->sql->s[at])) {
 					at++; /* a statement begins after the ';' before it */
 					n--;
 				}
-				a->spans[a->nspans].at = at;
-				a->spans[a->nspans++].len = n;
+				a->spans[a->nspans].at = (uint32_t)at;
+				a->spans[a->nspans++].len = (uint32_t)n;
 			}
 		}
 		pg_query_free_split_result(r);
@@ -803,10 +817,10 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 		key_int_plain(w, "part", a->part + 1);
 	const char *sql = a->sql->s;
 	size_t sql_len = a->sql->len;
-	if (a->part == 0 || part_text(s, a, &sql, &sql_len)) {
+	if (a->part == 0 || part_text(a, &sql, &sql_len)) {
 		JW_KEY(w, "sql");
 		jw_text(w, (const uint8_t *)sql, sql_len, false);
-	} /* else its text is in the first record's, which the parser could not split */
+	} /* else its text is in the first record's (part_text) */
 	JW_KEY(w, "decision");
 	jw_raw(w, a->decision->s, a->decision->len);
 	if (a->params) {

@@ -288,7 +288,6 @@ void session__mask_parameter(Session *s, const uint8_t *body, size_t blen)
 		s->client_utf8 = strcmp(value, "UTF8") == 0;
 	bool lexer_differs = (strcmp(name, "standard_conforming_strings") == 0 && strcmp(value, "on") != 0) ||
 			     (strcmp(name, "client_encoding") == 0 && inspect_encoding_unsafe(value));
-	s->lexer_unlike_parser |= lexer_differs;
 	/*
 	 * A restricted session's statements are inspected as the server reads them with
 	 * standard_conforming_strings on and a client encoding that hides no quote. Statements
@@ -377,8 +376,8 @@ static uint8_t *scrub_notification(const uint8_t *body, size_t blen, size_t *out
 
 bool session__mask_wants(const Session *s, const Expectation *f, char type, uint8_t first)
 {
-	if (type == 'S') /* client_encoding, the lexer */
-		return s->policy->masks_columns || !s->policy->unrestricted || s->auditing;
+	if (type == 'S')
+		return s->policy->masks_columns || !s->policy->unrestricted; /* client_encoding, the lexer */
 	if (type == 'A')
 		return s->policy->nmask != 0; /* asynchronous: whatever the front is */
 	if (f && f->catalog)

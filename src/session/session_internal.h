@@ -144,9 +144,6 @@ struct Session {
 	uint64_t mask_gen;         /* the DDL generation the catalog was loaded at */
 	uint64_t mask_policy_id;   /* the effective policy it was loaded for */
 	bool client_utf8;          /* client_encoding is UTF8: results may be masked in the gateway */
-	bool lexer_unlike_parser;  /* the server has read statements with standard_conforming_strings off
-				    * or in an encoding that hides quotes: the gateway's parser may split
-				    * them elsewhere (sticky; audit_trail.c's part_text) */
 	struct RowPlan *rowplan_next;  /* the row plan of the statement being decided */
 	struct PortalPlan *portals;    /* portals bound to statements with a row plan */
 	MaskBuf mask_buf;              /* a masked value being built */

@@ -859,23 +859,34 @@ def test_multi_statement_query_records_each_text_once(agw, trail):
     message; a 64 MiB message of "SELECT;" would have made some 10^14). One client could so
     stall its worker and push the other sessions' records past audit.max_pending. Now the
     first record carries the whole text and each later one its own statement, split by the
-    PostgreSQL parser: semicolons in strings, comments and dollar quotes do not split."""
+    PostgreSQL parser: semicolons in strings, comments and dollar quotes do not split. A
+    Query the server might read otherwise (a backslash, a byte past ASCII) or one over
+    256 KiB is not split: its later parts carry no text, and every part is still recorded."""
     app = app_name("parts")
-    tricky = "SELECT 'a;b' AS s; /* c; */ SELECT $$x;y$$ AS d; SELECT E'\\';' AS e;\n  SELECT 4 -- ;\n"
+    tricky = "SELECT 'a;b' AS s; /* c; */ SELECT $$x;y$$ AS d; SELECT ';' AS e;\n  SELECT 4 -- ;\n"
     many = ";".join(f"SELECT {i} AS v{i}" for i in range(2000))
+    unsplit = ["SELECT E'\\n' AS a; SELECT 2 AS b", "SELECT 'M\u00fcller' AS a; SELECT 2 AS b",
+               ";".join(f"SELECT {i} AS long_column_name_{i}" for i in range(8000))]
+    assert len(unsplit[2]) > 256 * 1024
     with agw.connect(application_name=app) as c:
-        c.execute(tricky)
-        c.execute(many)
+        for q in [tricky, many] + unsplit:
+            c.execute(q)
     sid = session_id_of(trail, app)
     _, stmts, _ = session_records(trail, sid)
     assert [s["body"].get("sql") for s in stmts[:4]] == [tricky, "/* c; */ SELECT $$x;y$$ AS d",
-                                                          "SELECT E'\\';' AS e", "SELECT 4 -- ;\n"], stmts[:4]
-    big = stmts[4:]
+                                                          "SELECT ';' AS e", "SELECT 4 -- ;\n"], stmts[:4]
+    big = stmts[4:2004]
     assert len(big) == 2000
     assert big[0]["body"]["sql"] == many
     assert all(b["body"]["sql"] == f"SELECT {i} AS v{i}" for i, b in enumerate(big[1:], 1)), big[1]["body"]
     total = sum(len(b["raw_body"]) for b in big)
     assert total < 2 * len(many) + 2000 * 500, total
+    rest = [s["body"] for s in stmts[2004:]]
+    assert len(rest) == 2 + 2 + 8000
+    assert [rest[0]["sql"], rest[2]["sql"], rest[4]["sql"]] == unsplit
+    later = rest[1:2] + rest[3:4] + rest[5:]
+    assert all("sql" not in b and b["tag"] == "SELECT 1" for b in later), later[0]
+    assert later[0]["result"]["columns"][0]["name"] == "b"
 
 
 def test_parts_are_not_split_where_the_server_read_otherwise(agw, trail):
@@ -883,8 +894,9 @@ def test_parts_are_not_split_where_the_server_read_otherwise(agw, trail):
     reads "SELECT 'x\\'; SELECT 1 AS planted; --' AS s; SELECT 2 AS real" as two statements,
     the second "SELECT 2 AS real"; the gateway's parser, with it on, would split off
     "SELECT 1 AS planted", a statement that never ran, and record it as the second part.
-    Once the server has read statements with another lexer, later parts carry no text of
-    their own (the first part's is the Query as sent), and replay says so."""
+    The gateway may hear of the setting only after such a Query has run (a reload, a SET
+    sent without a Sync), so a Query with a backslash is not split: its later parts carry
+    no text of their own (the first part's is the Query as sent), and replay says so."""
     app = app_name("lexer")
     q = "SELECT 'x\\'; SELECT 1 AS planted; --' AS s; SELECT 2 AS real"
     with agw.connect(user="bob", application_name=app) as c:

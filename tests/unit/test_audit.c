@@ -18,6 +18,7 @@
 #include "audit/store.h"
 #include "config/config.h"
 #include "core/jsonw.h"
+#include "core/util.h"
 #include <jansson.h>
 
 static const uint8_t KEY[AUDIT_KEY_LEN] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
@@ -216,6 +217,20 @@ static void test_rungs_file(void **state)
 	assert_int_equal(stat(rpath, &sb), 0);
 	assert_int_equal(sb.st_mode & 0777, 0600);
 	size_t whole = file_size();
+	{
+		/* The keys are not in it as they are: a copy without the key file is no use. */
+		uint8_t k2[AUDIT_KEY_LEN];
+		char hex[2 * AUDIT_KEY_LEN + 1], text[1024] = {0};
+		chain_key_at(KEY, KEY_RUNG + 1, k2);
+		util_hex_encode(k2, AUDIT_KEY_LEN, hex);
+		hex[2 * AUDIT_KEY_LEN] = 0;
+		FILE *f = fopen(rpath, "r");
+		assert_non_null(f);
+		assert_true(fread(text, 1, sizeof text - 1, f) > 0);
+		fclose(f);
+		assert_null(strstr(text, hex));
+		assert_non_null(strstr(text, "65537 "));
+	}
 	r = rungs_from_file(KEY, 1);
 	assert_int_equal(r.n, 4);
 	assert_int_equal(r.in_file, 4);
@@ -260,6 +275,28 @@ static void test_rungs_file(void **state)
 	assert_memory_equal(k, want, AUDIT_KEY_LEN);
 	save(&r); /* cut to nothing: an empty chain's file */
 	assert_int_equal(file_size(), 0);
+	rungs_free(&r);
+
+	/* Cut short by someone since it was read: written again whole, not padded with NULs. */
+	written_then(NULL);
+	r = rungs_from_file(KEY, 1);
+	assert_int_equal(truncate(rpath, 10), 0);
+	rungs_walk_to(&r, 4 * KEY_RUNG + 1, k);
+	save(&r);
+	rungs_free(&r);
+	r = rungs_from_file(KEY, 1);
+	assert_int_equal(r.n, 5);
+	rungs_free(&r);
+
+	/* Many rungs: more lines than one write's buffer holds. */
+	rungs_init(&r, KEY);
+	rungs_walk_to(&r, 99 * (int64_t)KEY_RUNG + 1, k);
+	unlink(rpath);
+	save(&r);
+	KeyRungs back = rungs_from_file(KEY, 1);
+	assert_int_equal(back.n, 100);
+	assert_memory_equal(back.key, r.key, 100 * AUDIT_KEY_LEN);
+	rungs_free(&back);
 	rungs_free(&r);
 
 	/* Not a plain file: not used, not written. */
