@@ -203,6 +203,18 @@ static void add_garbage(FILE *f, size_t size)
 	fputs("not a rung\n", f);
 }
 
+/* Walks r (4 rungs) on to a fifth, saves, and reads the file back: all 5 there. */
+static void append_fifth_rung(KeyRungs *r)
+{
+	uint8_t k[AUDIT_KEY_LEN];
+	rungs_walk_to(r, 4 * KEY_RUNG + 1, k);
+	save(r);
+	rungs_free(r);
+	KeyRungs back = rungs_from_file(KEY, 1);
+	assert_int_equal(back.n, 5);
+	rungs_free(&back);
+}
+
 static void test_rungs_file(void **state)
 {
 	(void)state;
@@ -240,13 +252,7 @@ static void test_rungs_file(void **state)
 	assert_memory_equal(k, want, AUDIT_KEY_LEN);
 	save(&r); /* nothing new: the file stays */
 	assert_int_equal(file_size(), whole);
-	/* One more rung is appended. */
-	rungs_walk_to(&r, 4 * KEY_RUNG + 1, k);
-	save(&r);
-	rungs_free(&r);
-	r = rungs_from_file(KEY, 1);
-	assert_int_equal(r.n, 5);
-	rungs_free(&r);
+	append_fifth_rung(&r); /* one more rung is appended */
 
 	/* A line that does not verify is not used, nor what follows; the next save rewrites them. */
 	void (*edits[])(FILE *, size_t) = {alter_line_2, tear_last_line, add_garbage};
@@ -281,12 +287,7 @@ static void test_rungs_file(void **state)
 	written_then(NULL);
 	r = rungs_from_file(KEY, 1);
 	assert_int_equal(truncate(rpath, 10), 0);
-	rungs_walk_to(&r, 4 * KEY_RUNG + 1, k);
-	save(&r);
-	rungs_free(&r);
-	r = rungs_from_file(KEY, 1);
-	assert_int_equal(r.n, 5);
-	rungs_free(&r);
+	append_fifth_rung(&r);
 
 	/* Many rungs: more lines than one write's buffer holds. */
 	rungs_init(&r, KEY);
