@@ -67,7 +67,7 @@ struct AuditStmt {
 	int part;
 	AuditText *sql;
 	struct {
-		uint32_t at, len; /* a message is at most 1 GiB (limits.max_message_size) */
+		uint32_t at, len; /* within SPLIT_MAX */
 	} *spans;   /* each statement's text in a multi-statement sql (part_text) */
 	int nspans; /* -1: not split yet */
 	AuditText *params;   /* JSON array text, NULL: none */
@@ -736,6 +736,15 @@ static void error_json(JsonW *w, const uint8_t *body, size_t len)
 	jw_end_object(w);
 }
 
+/* No backslash, no byte past ASCII. */
+static bool plain_ascii(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)p[i] >= 0x80 || p[i] == '\\')
+			return false;
+	return true;
+}
+
 /*
  * The text of statement a->part of a Query with several: the second and later records carry
  * their own statement's text, the first the whole, or a Query of N statements in L bytes
@@ -751,15 +760,6 @@ static void error_json(JsonW *w, const uint8_t *body, size_t len)
  *   (63 MB of "SELECT;" took 18 s and 3.5 GB);
  * - one the parser cannot split (a syntax it does not know, from a session not inspected).
  */
-/* No backslash, no byte past ASCII. */
-static bool plain_ascii(const char *p, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)p[i] >= 0x80 || p[i] == '\\')
-			return false;
-	return true;
-}
-
 static bool part_text(AuditStmt *a, const char **text, size_t *len)
 {
 	if (a->nspans < 0) {
