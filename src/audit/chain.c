@@ -53,13 +53,9 @@ bool chain_load_key(const char *path, bool create, uint8_t key[AUDIT_KEY_LEN], b
 		snprintf(err, errlen, "audit key file %s: expected %d hex digits", path, 2 * AUDIT_KEY_LEN);
 		return false;
 	}
-	for (int i = 0; i < AUDIT_KEY_LEN; i++) {
-		int hi = util_hex_value((unsigned char)buf[2 * i]), lo = util_hex_value((unsigned char)buf[2 * i + 1]);
-		if (hi < 0 || lo < 0) {
-			snprintf(err, errlen, "audit key file %s: expected %d hex digits", path, 2 * AUDIT_KEY_LEN);
-			return false;
-		}
-		key[i] = (uint8_t)(hi << 4 | lo);
+	if (!util_hex_decode(buf, AUDIT_KEY_LEN, key)) {
+		snprintf(err, errlen, "audit key file %s: expected %d hex digits", path, 2 * AUDIT_KEY_LEN);
+		return false;
 	}
 	return true;
 }

@@ -40,16 +40,12 @@ static bool all_hex(const char *s, size_t n)
 int head_file_read(const char *path, HeadFile *h, char *err, size_t errlen)
 {
 	char buf[256];
-	struct stat sb;
-	/* Not through a link, and not a FIFO that would hang the reader: a plain file. */
-	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	const char *why;
+	int fd = util_open_regular(path, O_RDONLY, 0, NULL, &why);
 	if (fd < 0 && errno == ENOENT)
 		return 0;
-	if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-		snprintf(err, errlen, "audit head file %s: cannot open: %s", path,
-			 fd < 0 ? strerror(errno) : "not a regular file");
-		if (fd >= 0)
-			close(fd);
+	if (fd < 0) {
+		snprintf(err, errlen, "audit head file %s: cannot open: %s", path, why);
 		return -1;
 	}
 	ssize_t got = read(fd, buf, sizeof buf - 1);

@@ -57,9 +57,7 @@ static int64_t nearest(const KeyRungs *r, int64_t seq)
 int64_t rungs_key_at(const KeyRungs *r, int64_t seq, uint8_t out[AUDIT_KEY_LEN])
 {
 	int64_t i = nearest(r, seq), from = 1 + i * KEY_RUNG;
-	memcpy(out, r->key[i], AUDIT_KEY_LEN);
-	for (int64_t s = from; s < seq; s++)
-		chain_next_key(out);
+	chain_key_at(r->key[i], seq - from + 1, out); /* the rung is key number 1 of its walk */
 	return seq - from;
 }
 
@@ -72,17 +70,6 @@ int64_t rungs_walk_to(KeyRungs *r, int64_t seq, uint8_t out[AUDIT_KEY_LEN])
 		rungs_note(r, s, out);
 	}
 	return seq - from;
-}
-
-static bool hex_bytes(const char *s, uint8_t out[AUDIT_KEY_LEN])
-{
-	for (int i = 0; i < AUDIT_KEY_LEN; i++) {
-		int hi = util_hex_value((unsigned char)s[2 * i]), lo = util_hex_value((unsigned char)s[2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			return false;
-		out[i] = (uint8_t)(hi << 4 | lo);
-	}
-	return true;
 }
 
 /* key XOR key(seq)'s pad: the file keeps the key so, and a copy of it without the key file is no use. */
@@ -103,7 +90,7 @@ static bool line_is_rung(const char *line, int64_t seq, const uint8_t first[AUDI
 	uint8_t mac[AUDIT_KEY_LEN], expect[AUDIT_KEY_LEN];
 	const char *k = line + n, *m = k + HEX_LEN + 1;
 	if (strncmp(line, want, (size_t)n) != 0 || strlen(k) != 2 * HEX_LEN + 2 || k[HEX_LEN] != ' ' ||
-	    strcmp(m + HEX_LEN, "\n") != 0 || !hex_bytes(k, key) || !hex_bytes(m, mac))
+	    strcmp(m + HEX_LEN, "\n") != 0 || !util_hex_decode(k, AUDIT_KEY_LEN, key) || !util_hex_decode(m, AUDIT_KEY_LEN, mac))
 		return false;
 	xor_pad(first, seq, key);
 	chain_rung_mac(first, seq, key, expect);
@@ -112,20 +99,14 @@ static bool line_is_rung(const char *line, int64_t seq, const uint8_t first[AUDI
 
 int rungs_load(KeyRungs *r, const char *path, char *err, size_t errlen)
 {
-	/* Not through a link, and not a FIFO that would hang the reader: a plain file. */
-	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	const char *why = NULL;
+	int fd = util_open_regular(path, O_RDONLY, 0, NULL, &why);
 	if (fd < 0 && errno == ENOENT)
 		return 0;
-	struct stat sb;
-	const char *why = NULL;
-	FILE *f = NULL;
-	if (fd < 0 || fstat(fd, &sb) != 0)
+	FILE *f = fd < 0 ? NULL : fdopen(fd, "r");
+	if (fd >= 0 && !f)
 		why = strerror(errno);
-	else if (!S_ISREG(sb.st_mode))
-		why = "not a regular file";
-	else if (!(f = fdopen(fd, "r")))
-		why = strerror(errno);
-	if (why) {
+	if (!f) {
 		snprintf(err, errlen, "audit rungs file %s: cannot open: %s", path, why);
 		if (fd >= 0)
 			close(fd);
@@ -183,12 +164,8 @@ bool rungs_save(KeyRungs *r, const char *path, char *err, size_t errlen)
 		return true;
 	const char *why = NULL;
 	struct stat sb;
-	int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
-	if (fd < 0 || fstat(fd, &sb) != 0)
-		why = strerror(errno);
-	else if (!S_ISREG(sb.st_mode))
-		why = "not a regular file";
-	else if (fchmod(fd, 0600) != 0)
+	int fd = util_open_regular(path, O_WRONLY | O_CREAT, 0600, &sb, &why);
+	if (fd >= 0 && fchmod(fd, 0600) != 0)
 		why = strerror(errno);
 	if (!why && sb.st_size < r->file_len) {
 		r->in_file = 1; /* cut short since it was read: written again whole */

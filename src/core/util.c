@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -280,6 +281,38 @@ int util_hex_value(int c)
 		return c - 'a' + 10;
 	if (c >= 'A' && c <= 'F')
 		return c - 'A' + 10;
+	return -1;
+}
+
+bool util_hex_decode(const char *in, size_t n, uint8_t *out)
+{
+	for (size_t i = 0; i < n; i++) {
+		int hi = util_hex_value((unsigned char)in[2 * i]), lo = util_hex_value((unsigned char)in[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return false;
+		out[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return true;
+}
+
+int util_open_regular(const char *path, int flags, mode_t mode, struct stat *st, const char **why)
+{
+	struct stat own;
+	st = st ? st : &own;
+	int fd = open(path, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, mode);
+	if (fd < 0 || fstat(fd, st) != 0) {
+		*why = strerror(errno);
+	} else if (!S_ISREG(st->st_mode)) {
+		*why = "not a regular file";
+		errno = EINVAL; /* not a stale ENOENT of an earlier call */
+	} else {
+		return fd;
+	}
+	if (fd >= 0) {
+		int saved = errno;
+		close(fd);
+		errno = saved;
+	}
 	return -1;
 }
 

@@ -5,6 +5,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
 #include <time.h>
 
 void *xmalloc(size_t n);
@@ -50,6 +52,16 @@ void util_random(void *buf, size_t n);
 void util_hex_encode(const void *in, size_t n, char *out);
 /* The value of one hex digit (either case), or -1. */
 int util_hex_value(int c);
+/* n bytes from the 2n hex digits at in; false at the first pair that is not hex. */
+bool util_hex_decode(const char *in, size_t n, uint8_t *out);
+
+/*
+ * Opens path with flags (plus O_NOFOLLOW, O_NONBLOCK and O_CLOEXEC) and mode, as a regular
+ * file only: not through a link, and not a FIFO that would hang its reader. -1 when it
+ * cannot, with *why saying why (errno is ENOENT when there is no such file); st, when not
+ * NULL, gets the file's status.
+ */
+int util_open_regular(const char *path, int flags, mode_t mode, struct stat *st, const char **why);
 
 /*
  * Decimal digits of v (util_decimal: with a '-' when negative), written right-aligned to end

@@ -1,6 +1,7 @@
 /* What a session tells the audit trail: sessions, failed logins and statements. */
 #include "session/audit_trail.h"
 
+#include <ctype.h>
 #include <pg_query.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -775,7 +776,7 @@ static bool part_text(AuditStmt *a, const char **text, size_t *len)
 					break;
 				if (n == 0 || n > a->sql->len - at)
 					n = a->sql->len - at; /* 0: to the end */
-				while (n && strchr(" \t\n\r\f\v", a->sql->s[at])) {
+				while (n && isspace((unsigned char)a->sql->s[at])) {
 					at++; /* a statement begins after the ';' before it */
 					n--;
 				}
