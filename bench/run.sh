@@ -781,7 +781,7 @@ if (( ${#AUDIT_LIST[@]} )); then
     done
   done
   echo "# behind: wall clock when pgbench stopped minus the newest committed record's time (the"
-  echo "# writer commits every 20 ms; seconds here would mean it put work off past the run)"
+  echo "# writer commits every audit.flush_interval, 100 ms by default; seconds here would mean it put work off past the run)"
   for t in "${AUDIT_LIST[@]}"; do
     line=""
     for mode in "${MODE_LIST[@]}"; do

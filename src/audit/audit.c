@@ -17,7 +17,6 @@
 #include "core/log.h"
 #include "core/util.h"
 
-#define FLUSH_INTERVAL_MS 20      /* default mode: how long an event may wait to be written */
 #define RETRY_INTERVAL_MS 500     /* after a failed commit */
 #define BATCH_BYTES_MAX (16u << 20) /* of events per batch: a backlog is written in several */
 #define BATCH_RECORDS_MAX 50000
@@ -132,6 +131,7 @@ static struct {
 	int64_t retention_s;
 	int healthy; /* atomic */
 	int store_timeout_ms; /* audit.store_timeout */
+	int flush_interval_ms; /* audit.flush_interval: default mode's longest wait before a batch */
 	int64_t call_since_ms; /* atomic: when the store call under way began (util_now_ms); 0 between calls */
 	int64_t stall_noted;   /* atomic: the call_since_ms of the last call a producer found stalled */
 	size_t max_pending; /* bytes of events held in memory; past it the oldest are dropped */
@@ -958,7 +958,7 @@ static void *writer_main(void *arg)
 	for (;;) {
 		pthread_mutex_lock(&W.mu);
 		if ((!W.wake || doubt.on) && !W.stopping && !more) { /* a doubt is asked about at the retry pace */
-			struct timespec until = util_deadline(CLOCK_REALTIME, failing ? RETRY_INTERVAL_MS : FLUSH_INTERVAL_MS);
+			struct timespec until = util_deadline(CLOCK_REALTIME, failing ? RETRY_INTERVAL_MS : W.flush_interval_ms);
 			pthread_cond_timedwait(&W.cond, &W.mu, &until);
 		}
 		bool stopping = W.stopping;
@@ -1191,6 +1191,7 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 	W.retention_s = c->audit_retention_s;
 	W.max_pending = c->audit_max_pending;
 	W.store_timeout_ms = c->audit_store_timeout_ms;
+	W.flush_interval_ms = c->audit_flush_interval_ms;
 	W.cb = cb;
 	W.cb_arg = arg;
 	W.nqueues = nqueues;

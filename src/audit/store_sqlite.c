@@ -12,9 +12,10 @@
 
 /*
  * Layout: one row per commit batch. A SQLite store serves one gateway (one node), whose
- * writer commits every 20 ms or so; a row per record cost a B-tree insert per record in the
- * table and in each index, which was most of the writer's CPU. Now a batch is one row whose
- * `records` holds its records, one JSON object a line, in seq order:
+ * writer commits every audit.flush_interval (100 ms by default); a row per record cost a
+ * B-tree insert per record in the table and in each index, which was most of the writer's
+ * CPU. Now a batch is one row whose `records` holds its records, one JSON object a line,
+ * in seq order:
  *
  *   [
  *   {"seq":N,"time":"...","kind":"...","session_id":"...","user":"...","database":"...","tag":"...","record":BODY},

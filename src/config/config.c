@@ -341,6 +341,12 @@ static bool on_audit(Loader *ld, Config *c, void *obj, const char *key, yaml_nod
 			fail_at(ld, v, "audit.store_timeout must be from 500ms to 10m");
 		return true;
 	}
+	if (strcmp(key, "flush_interval") == 0) {
+		if (get_duration(ld, v, "audit.flush_interval", &c->audit_flush_interval_ms) &&
+		    (c->audit_flush_interval_ms < 5 || c->audit_flush_interval_ms > 1000))
+			fail_at(ld, v, "audit.flush_interval must be from 5ms to 1s");
+		return true;
+	}
 	if (strcmp(key, "results") == 0)
 		return walk_mapping(ld, c, obj, v, "audit.results", on_audit_results) || true;
 	return false;
@@ -1419,6 +1425,7 @@ static Config *load(const char *path, bool skip_secrets, char *err, size_t errle
 	c->audit_bytes = 64 * 1024;
 	c->audit_max_pending = 256 * 1024 * 1024;
 	c->audit_store_timeout_ms = 5000;
+	c->audit_flush_interval_ms = 100;
 
 	yaml_parser_initialize(&parser);
 	yaml_parser_set_input_file(&parser, f);

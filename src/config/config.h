@@ -158,6 +158,7 @@ typedef struct Config {
 	int64_t audit_retention_s; /* audit.retention; 0 keeps everything */
 	uint64_t audit_max_pending; /* audit.max_pending: bytes of records held in memory while the store lags */
 	int audit_store_timeout_ms; /* audit.store_timeout: the longest silence awaited from the store */
+	int audit_flush_interval_ms; /* audit.flush_interval: how long a record may wait to be written (default durability) */
 	int audit_rows;         /* audit.results.rows: result rows kept per statement */
 	int audit_bytes;        /* audit.results.bytes */
 

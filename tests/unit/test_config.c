@@ -155,7 +155,7 @@ static void test_audit_and_admin_sections(void **state)
 	snprintf(text, sizeof text,
 		 "%saudit:\n  store: sqlite:/var/lib/pgcordon/audit.db\n  durability: strict\n  on_failure: continue\n"
 		 "  retention: 90d\n  node: gw-1\n  results: {rows: 10, bytes: 1KiB}\n  max_pending: 2GiB\n"
-		 "  store_timeout: 2s\n"
+		 "  store_timeout: 2s\n  flush_interval: 20ms\n"
 		 "admin: {address: 127.0.0.1, port: 9000, auditors: [security, sre]}\n", db);
 	Config *c = load_text(text, err, sizeof err);
 	if (!c)
@@ -169,6 +169,7 @@ static void test_audit_and_admin_sections(void **state)
 	assert_int_equal(c->audit_bytes, 1024);
 	assert_true(c->audit_max_pending == 2ULL << 30);
 	assert_int_equal(c->audit_store_timeout_ms, 2000);
+	assert_int_equal(c->audit_flush_interval_ms, 20);
 	assert_true(c->admin_enabled);
 	assert_int_equal(c->admin_port, 9000);
 	assert_int_equal(c->nadmin_auditors, 2);
@@ -184,6 +185,7 @@ static void test_audit_and_admin_sections(void **state)
 	assert_false(c->audit_continue);
 	assert_true(c->audit_max_pending == 256ULL << 20);
 	assert_int_equal(c->audit_store_timeout_ms, 5000);
+	assert_int_equal(c->audit_flush_interval_ms, 100);
 	config_release(c);
 
 	snprintf(text, sizeof text, "%saudit:\n  store: mysql://x\n", db);
@@ -196,6 +198,12 @@ static void test_audit_and_admin_sections(void **state)
 	for (size_t i = 0; i < sizeof timeouts / sizeof *timeouts; i++) {
 		snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  store_timeout: %s\n", db, timeouts[i]);
 		expect_error(text, 5, "audit.store_timeout");
+	}
+	const char *const flushes[][2] = {{"4ms", "from 5ms to 1s"}, {"2s", "from 5ms to 1s"}, {"0", "from 5ms to 1s"},
+					  {"often", "a duration like"}, {"-20ms", "a duration like"}};
+	for (size_t i = 0; i < sizeof flushes / sizeof *flushes; i++) {
+		snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  flush_interval: %s\n", db, flushes[i][0]);
+		expect_error(text, 5, flushes[i][1]);
 	}
 	snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  on_failure: ignore\n", db);
 	expect_error(text, 5, "refuse or continue");
