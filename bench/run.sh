@@ -540,6 +540,13 @@ proc_ns() {  # proc_ns PID : CPU time of all threads of PID in ns (scheduler run
   [[ -n $1 && -d /proc/$1/task ]] || return 0
   cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'
 }
+writer_ns() {  # writer_ns PID : CPU time of the audit writer thread (pgc-audit) of PID in ns, since it started
+  local t
+  for t in /proc/"$1"/task/*; do
+    [[ $(cat "$t/comm" 2>/dev/null) == pgc-audit ]] && { cut -d' ' -f1 "$t/schedstat"; return; }
+  done
+  echo 0
+}
 other_cpu() {  # other_cpu TOTAL0 OURS0 WALL0 TOTAL1 OURS1 WALL1 : % of all CPUs used by others in between
   awk -v a="$1" -v c="$2" -v w0="$3" -v b="$4" -v d="$5" -v w1="$6" -v hz="$CLK_TCK" -v n="$NCPU" \
     'BEGIN {o = ((b - a) - (d - c)) / hz / ((w1 - w0) * n) * 100; if (o < 0) o = 0; printf "%.1f%%", o}'
@@ -742,9 +749,11 @@ for t in pgcordon-audit pgcordon-audit-strict; do has_target "$t" && AUDIT_LIST+
 if (( ${#AUDIT_LIST[@]} )); then
   echo
   echo "=== audit trail: SQLite store of each audit instance, after the pgbench runs ==="
+  declare -A WRITER_NS
   for t in "${AUDIT_LIST[@]}"; do
     pid=$(target_pid "$t")
     pid_alive "$pid" || { echo "# $t is no longer running"; FAILED_RUNS=$((FAILED_RUNS + 1)); }
+    WRITER_NS[$t]=$(writer_ns "$pid")
     stop_pid "$t" "$pid" TERM stop 2>&1
     case $t in pgcordon-audit) AUDIT_PID="";; pgcordon-audit-strict) STRICT_PID="";; esac
   done
@@ -764,6 +773,11 @@ if (( ${#AUDIT_LIST[@]} )); then
       mb = (s > 0) ? sprintf("%.3f", b / s * 1000 / 1e6) : "-"
       printf "%-22s %-8s %12d %12d %12d %9s %10d %12d %10s %14s %10.1f\n", t, d, s, dr, n, rt, o, b, bs, mb, bl }'
     log "$t: records by kind: $kinds; db $db ($(du -k "$db" | cut -f1) KiB on disk)"
+    # The writer's own CPU (a thread of the gateway, so also in gw_cpu_us/tx): steadier than
+    # the throughput ratio, since it does not move with what the box does to pgbench and PostgreSQL.
+    awk -v t="$t" -v w="${WRITER_NS[$t]:-0}" -v s="$stmts" -v o="$other" 'BEGIN {
+      if (w > 0 && s + o > 0) printf "# %s: writer thread CPU %.2f us per record (%.2f s for %d records, set-up included)\n",
+        t, w / 1000 / (s + o), w / 1e9, s + o }'
   done
   echo "# stmt_records: statement records in the store; during_runs: those written during the pgbench runs;"
   echo "# pgbench_tx: transactions pgbench reported for the target's successful runs (one statement each);"
@@ -781,7 +795,8 @@ if (( ${#AUDIT_LIST[@]} )); then
     done
   done
   echo "# behind: wall clock when pgbench stopped minus the newest committed record's time (the"
-  echo "# writer commits every audit.flush_interval, 100 ms by default; seconds here would mean it put work off past the run)"
+  echo "# writer commits every audit.flush_interval, 100 ms by default; seconds here would mean it"
+  echo "# put work off past the run)"
   for t in "${AUDIT_LIST[@]}"; do
     line=""
     for mode in "${MODE_LIST[@]}"; do
