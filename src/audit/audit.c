@@ -1245,7 +1245,7 @@ void audit_stop(void)
 		pthread_mutex_destroy(&qu->free_mu);
 		pthread_mutex_destroy(&qu->lost_mu);
 	}
-	for (int i = 0; i < 3; i++) {
+	for (size_t i = 0; i < sizeof W.own_body / sizeof *W.own_body; i++) {
 		free(W.own_body[i]);
 		W.own_body[i] = NULL;
 	}

@@ -198,6 +198,18 @@ static bool idset_add(IdSet *set, const char *id)
 	}
 }
 
+/* The earliest and the latest time of n >= 1 records (a batch row's min_time, max_time). */
+static void time_range(const StoredRecord *recs, size_t n, const char **min_time, const char **max_time)
+{
+	*min_time = *max_time = recs[0].time;
+	for (size_t i = 1; i < n; i++) {
+		if (strcmp(recs[i].time, *min_time) < 0)
+			*min_time = recs[i].time;
+		if (strcmp(recs[i].time, *max_time) > 0)
+			*max_time = recs[i].time;
+	}
+}
+
 static bool lite_append(AuditStore *st, const StoredRecord *recs, size_t n, char *err, size_t errlen)
 {
 	Lite *l = st->db;
@@ -214,16 +226,11 @@ static bool lite_append(AuditStore *st, const StoredRecord *recs, size_t n, char
 		return false;
 	JsonW *w = &l->text;
 	jw_clear(w);
-	const char *min_time = recs[0].time, *max_time = recs[0].time;
 	LIT(w, "[\n");
 	for (size_t i = 0; i < n; i++) {
 		if (i)
 			LIT(w, ",\n");
 		append_record(w, &recs[i]);
-		if (strcmp(recs[i].time, min_time) < 0)
-			min_time = recs[i].time;
-		if (strcmp(recs[i].time, max_time) > 0)
-			max_time = recs[i].time;
 	}
 	LIT(w, "\n]");
 	int64_t first = recs[0].seq;
@@ -231,6 +238,8 @@ static bool lite_append(AuditStore *st, const StoredRecord *recs, size_t n, char
 	sqlite3_bind_int64(q, 1, first);
 	sqlite3_bind_int64(q, 2, recs[n - 1].seq);
 	sqlite3_bind_text(q, 3, recs[0].node, -1, SQLITE_STATIC);
+	const char *min_time, *max_time;
+	time_range(recs, n, &min_time, &max_time);
 	sqlite3_bind_text(q, 4, min_time, -1, SQLITE_STATIC);
 	sqlite3_bind_text(q, 5, max_time, -1, SQLITE_STATIC);
 	sqlite3_bind_text(q, 6, recs[0].prev_tag, -1, SQLITE_STATIC);
@@ -836,13 +845,8 @@ static int probe(sqlite3_stmt *q)
 static const char *batch_row_differs(sqlite3_stmt *q, const Batch *b)
 {
 	const StoredRecord *last = &b->recs[b->n - 1];
-	const char *min_time = b->recs[0].time, *max_time = b->recs[0].time;
-	for (size_t i = 1; i < b->n; i++) {
-		if (strcmp(b->recs[i].time, min_time) < 0)
-			min_time = b->recs[i].time;
-		if (strcmp(b->recs[i].time, max_time) > 0)
-			max_time = b->recs[i].time;
-	}
+	const char *min_time, *max_time;
+	time_range(b->recs, b->n, &min_time, &max_time);
 	if (sqlite3_column_int64(q, 4) != last->seq)
 		return "last_seq";
 	if (strcmp(col(q, 5), min_time) != 0)
