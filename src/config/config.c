@@ -233,6 +233,13 @@ static bool on_limits(Loader *ld, Config *c, void *obj, const char *key, yaml_no
 			c->max_message_size = (uint32_t)size;
 		return true;
 	}
+	if (strcmp(key, "max_statement_size") == 0) {
+		uint64_t size;
+		if (get_size(ld, v, 1024, 16ULL * 1024 * 1024,
+			     "limits.max_statement_size must be a size between 1KiB and 16MiB", &size))
+			c->max_statement_size = (uint32_t)size;
+		return true;
+	}
 	if (strcmp(key, "startup_timeout") == 0)
 		return get_duration(ld, v, "limits.startup_timeout", &c->startup_timeout_ms) || true;
 	if (strcmp(key, "shutdown_timeout") == 0)
@@ -1417,6 +1424,7 @@ static Config *load(const char *path, bool skip_secrets, char *err, size_t errle
 	c->admin_port = ADMIN_DEFAULT_PORT;
 	c->max_client_conn = 1000;
 	c->max_message_size = 64 * 1024 * 1024;
+	c->max_statement_size = 1024 * 1024;
 	c->startup_timeout_ms = 15000;
 	c->shutdown_timeout_ms = 30000;
 	c->log_level = LOG_INFO;

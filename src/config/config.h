@@ -146,6 +146,7 @@ typedef struct Config {
 
 	int max_client_conn;
 	uint32_t max_message_size;
+	uint32_t max_statement_size; /* longest SQL text an inspecting session may send (parse cost) */
 	int startup_timeout_ms;
 	int shutdown_timeout_ms;
 	int log_level; /* LogLevel */

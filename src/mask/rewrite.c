@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/sql_parse.h"
 #include "core/util.h"
 #include "mask/mask.h"
 
@@ -1034,7 +1035,10 @@ static bool plain_select(const Rw *w, json_t *root)
 /* The parse tree of sql as JSON; NULL when it does not parse. */
 static json_t *parse_tree(const char *sql)
 {
-	PgQueryParseResult pr = pg_query_parse(sql);
+	PgQueryParseResult pr;
+	char err[200];
+	if (!sql_parse_json(sql, &pr, err, sizeof err))
+		return NULL;
 	json_t *root = pr.error ? NULL : json_loads(pr.parse_tree, 0, NULL);
 	pg_query_free_parse_result(pr);
 	return root;
@@ -1186,7 +1190,9 @@ RewriteResult mask_rewrite(const MaskCatalog *c, const RewriteOptions *o, const 
 	*out = NULL;
 	Rw w = {.c = c, .o = o, .sql = sql, .sqllen = strlen(sql), .reason = reason, .reasonlen = reasonlen};
 	reason[0] = 0;
-	PgQueryParseResult pr = pg_query_parse(sql);
+	PgQueryParseResult pr;
+	if (!sql_parse_json(sql, &pr, reason, reasonlen))
+		return REWRITE_REFUSE;
 	if (pr.error) {
 		pg_query_free_parse_result(pr);
 		return REWRITE_PASS; /* the server rejects it too, without reading anything */

@@ -18,6 +18,8 @@
 #include "core/log.h"
 #include "core/util.h"
 
+#define WORKER_STACK_SIZE (8 * 1024 * 1024)
+
 static int open_listener(const struct addrinfo *ai, int port, char *err, size_t errlen)
 {
 	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -150,8 +152,15 @@ Worker *workers_start(int n, const int *fds, const WorkerHooks *hooks, char *err
 		/* A pending, never-firing event keeps the loop alive until shutdown removes it. */
 		event_add(w->notify_ev, NULL);
 	}
+	/* A known stack, whatever ulimit -s says: the parser runs on it (core/sql_parse.h). */
+	pthread_attr_t attr;
+	if (pthread_attr_init(&attr) != 0 || pthread_attr_setstacksize(&attr, WORKER_STACK_SIZE) != 0) {
+		snprintf(err, errlen, "pthread_attr_setstacksize failed");
+		return NULL;
+	}
 	for (int i = 0; i < n; i++) {
-		if (pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]) != 0) {
+		if (pthread_create(&ws[i].thread, &attr, worker_main, &ws[i]) != 0) {
+			pthread_attr_destroy(&attr);
 			snprintf(err, errlen, "pthread_create failed");
 			return NULL;
 		}
@@ -159,6 +168,7 @@ Worker *workers_start(int n, const int *fds, const WorkerHooks *hooks, char *err
 		snprintf(name, sizeof name, "pgc-worker-%d", i % 10000);
 		pthread_setname_np(ws[i].thread, name);
 	}
+	pthread_attr_destroy(&attr);
 	return ws;
 }
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/sql_parse.h"
 #include "core/util.h"
 
 /* ---- small string sets ---- */
@@ -874,7 +875,13 @@ static void walk(Walk *w, json_t *node, const char *parent_type, const char *key
 QueryFacts *inspect_sql(const char *sql)
 {
 	QueryFacts *q = xcalloc(1, sizeof *q);
-	PgQueryParseResult r = pg_query_parse(sql);
+	PgQueryParseResult r;
+	char err[200];
+	if (!sql_parse_json(sql, &r, err, sizeof err)) {
+		q->error = xstrdup(err);
+		q->error_sqlstate = "53000"; /* insufficient_resources */
+		return q;
+	}
 	if (r.error) {
 		q->error = xstrdup(r.error->message ? r.error->message : "syntax error");
 		q->error_pos = r.error->cursorpos;
@@ -885,7 +892,12 @@ QueryFacts *inspect_sql(const char *sql)
 	json_t *root = json_loads(r.parse_tree, 0, &jerr);
 	pg_query_free_parse_result(r);
 	if (!root) {
-		q->error = xstrdup("cannot read the parse tree");
+		if (json_error_code(&jerr) == json_error_stack_overflow) { /* jansson stops at 2,048 levels */
+			q->error = xstrdup("the statement nests too deeply to inspect");
+			q->error_sqlstate = "54001"; /* statement_too_complex */
+		} else {
+			q->error = xstrdup("cannot read the parse tree");
+		}
 		return q;
 	}
 	json_t *stmts = json_object_get(root, "stmts");

@@ -581,9 +581,10 @@ void policy_decide(const EffectivePolicy *ep, const QueryFacts *q, PreparedLooku
 	out->rule = "";
 	if (q->error) {
 		out->kind = DEC_BLOCK;
-		out->sqlstate = "42601";
+		out->sqlstate = q->error_sqlstate ? q->error_sqlstate : "42601";
 		out->rule = "parse";
-		snprintf(out->message, sizeof out->message, "pgcordon: cannot parse statement: %s", q->error);
+		snprintf(out->message, sizeof out->message, "pgcordon: cannot %s statement: %s",
+			 q->error_sqlstate ? "inspect" : "parse", q->error);
 		return;
 	}
 	if (ep->allow_all || ep->unrestricted)

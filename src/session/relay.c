@@ -362,9 +362,27 @@ static Action mask_statement(Session *s, char type, const char *sql, const char 
 static Action estimate_gate(Session *s, const char *sql, int nstmts, bool has_params, const Decision **d,
 			    Decision *resolved);
 
+/*
+ * The parse costs the worker (and every session on it) time and memory in proportion to
+ * the text, up to about 1 KB a byte: a longer text is refused unread.
+ */
+static Action refuse_oversized(Session *s, char type, const char *sql, size_t len)
+{
+	Decision d = {.kind = DEC_BLOCK, .sqlstate = "54000", .policy = "", .rule = "size"};
+	snprintf(d.message, sizeof d.message,
+		 "pgcordon: statement too large to inspect (%zu bytes; limits.max_statement_size is %u)", len,
+		 s->config->max_statement_size);
+	const QueryFacts none = {0};
+	log_decision(s, &none, &d);
+	audit_decided(s, type, sql, NULL, 0, &d);
+	return refuse(s, type, &d);
+}
+
 static Action inspect_query(Session *s, const char *sql, size_t len, char type, const char *stmt_name,
 			    const uint8_t *rest, size_t restlen)
 {
+	if (len > s->config->max_statement_size)
+		return refuse_oversized(s, type, sql, len);
 	CachedFacts *cf = facts_cache_get(s->sw_cache, sql, len);
 	Decision scratch, resolved;
 	const Decision *d = cached_decide(cf, s->policy, lookup_sql_prepared, s, &scratch);
@@ -395,8 +413,9 @@ static Action inspect_query(Session *s, const char *sql, size_t len, char type, 
 	log_decision(s, q, d);
 	audit_decided(s, type, sql, NULL, 0, d);
 	if (d->kind == DEC_BLOCK) {
+		a = refuse(s, type, d); /* d may live in cf: an uncached text's facts die with it */
 		cached_facts_release(cf);
-		return refuse(s, type, d);
+		return a;
 	}
 	if (type == 'P') {
 		prepared_put(s, 'P', stmt_name, cf, sql);
