@@ -578,6 +578,94 @@ def test_syntax_error_refused_with_parser_message(pgw):
         r.stderr
 
 
+# ---------------------------------------------------------------------------- statements the gateway cannot inspect
+
+DEEP = "pgcordon: cannot inspect statement: the statement nests too deeply to inspect"
+
+
+def test_deep_statement_refused_and_gateway_serves(pgw):
+    """A left-deep chain nests one parse-tree level per operator. libpg_query's JSON writer
+    recursed per level: 140 KB of SELECT 1+1+... from any restricted session overflowed a
+    worker's stack and killed the gateway (SIGSEGV), every session with it."""
+    with connect(pgw, "blocker") as bystander, connect(pgw, "blocker") as c:
+        for sql in ["SELECT 1" + "+1" * 70000, "SELECT 1" + "+1" * 400000,
+                    "SELECT 'a'" + "||'a'" * 100000, "SELECT 1" + "::int" * 150000,
+                    "SELECT 1" + "+1" * 1100]:
+            for kw in ({}, {"binary": True}):  # Query, then Parse/Bind/Execute
+                with pytest.raises(pgerrors.StatementTooComplex) as ei:
+                    c.execute(sql, **kw)
+                assert ei.value.sqlstate == "54001"
+                assert ei.value.diag.message_primary == DEEP
+                assert c.info.transaction_status == TransactionStatus.IDLE
+                assert c.execute("SELECT 2").fetchone() == (2,)
+        # Inside a transaction block: refused like any refusal, the block fails on both sides.
+        c.execute("BEGIN")
+        with pytest.raises(pgerrors.StatementTooComplex):
+            c.execute("SELECT 1" + "+1" * 70000)
+        assert c.info.transaction_status == TransactionStatus.INERROR
+        c.execute("ROLLBACK")
+        # Below the depth the inspection reads, and long texts parsed off the worker's stack.
+        assert c.execute("SELECT 1" + "+1" * 900).fetchone() == (901,)
+        ids = ",".join(["7"] * 60000)
+        assert c.execute(f"SELECT count(*) FROM (VALUES (7)) v(a) WHERE a IN ({ids})",
+                         binary=True).fetchone() == (1,)
+        assert bystander.execute("SELECT 3").fetchone() == (3,)
+    assert pgw.alive()
+
+
+def test_long_blocked_statement_refusal_is_intact(pgw, pg, mktable):
+    """Texts over 8 KiB are not cached: their facts, and the decision inside them, were freed
+    before the refusal was built from that decision."""
+    t = mktable()
+    def pad(i):
+        return f"/* {i} " + "x" * 20000 + " */"
+
+    with connect(pgw, "blocker") as c:
+        for i in range(20):
+            for kw in ({}, {"binary": True}):
+                refused(c, f"DROP TABLE {t} {pad(i)}", GUARD, "DROP TABLE is not allowed", **kw)
+                refused(c, f"DELETE FROM {t} {pad(i)}", GUARD, "DELETE without WHERE", **kw)
+        assert c.execute(f"SELECT count(*) FROM {t} {pad(0)}").fetchone() == (3,)
+    assert table_rows(pg, t) == original()
+
+
+def test_max_statement_size(gateway_factory, pg, mktable):
+    t = mktable()
+
+    def mutate(cfg):
+        add_users(cfg, {"agent": ["agents"]})
+        cfg["limits"]["max_statement_size"] = "4KiB"
+        cfg["default"] = "deny"
+        cfg["policies"] = [{"name": OPEN, "match": {"users": ["alice"]}},
+                           {"name": GUARD, "match": {"groups": ["agents"]},
+                            "block": [{"statements": ["drop_table"]}]}]
+
+    g = gateway_factory.start(mutate)
+
+    def padded(n):
+        sql = f"SELECT count(*) FROM {t} /* "
+        return sql + "x" * (n - len(sql) - 3) + " */"
+
+    too_long = ("pgcordon: statement too large to inspect (4097 bytes; "
+                "limits.max_statement_size is 4096)")
+    with connect(g, "agent") as c:
+        for kw in ({}, {"binary": True}):
+            assert c.execute(padded(4096), **kw).fetchone() == (3,)
+            with pytest.raises(pgerrors.ProgramLimitExceeded) as ei:
+                c.execute(padded(4097), **kw)
+            assert ei.value.diag.message_primary == too_long
+            assert c.execute(padded(4096), **kw).fetchone() == (3,)
+        # Refused unread: a DROP in it is no less refused, the server never saw it.
+        with pytest.raises(pgerrors.ProgramLimitExceeded):
+            c.execute(f"DROP TABLE {t}; " + padded(5000))
+    assert table_rows(pg, t) == original()
+    assert g.count_log(r"event=statement_blocked .*rule=size reason=") == 3
+    # An identity no policy restricts is not inspected, so not limited.
+    with connect(g, "alice") as c:
+        assert c.execute(padded(100000)).fetchone() == (3,)
+    g.assert_serves()
+
+
 # ---------------------------------------------------------------------------- read_only
 
 def test_read_only(pgw, pg, mktable):

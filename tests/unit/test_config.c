@@ -58,7 +58,8 @@ static void test_full_contract(void **state)
 	Config *c = load_text("listen: {address: 0.0.0.0, port: 7000, workers: 3}\n"
 			      "tls: {mode: disable}\n"
 			      "admin: {address: 127.0.0.1, port: 8432}\n"
-			      "limits: {max_client_conn: 50, max_message_size: 1MiB, startup_timeout: 2s, shutdown_timeout: 500ms}\n"
+			      "limits: {max_client_conn: 50, max_message_size: 1MiB, max_statement_size: 64KiB, startup_timeout: 2s,"
+			      " shutdown_timeout: 500ms}\n"
 			      "log: {level: warn}\n"
 			      "audit: {store: \"sqlite:/tmp/x.db\", results: {rows: 10}}\n"
 			      "databases:\n"
@@ -79,6 +80,7 @@ static void test_full_contract(void **state)
 	assert_int_equal(c->workers, 3);
 	assert_int_equal(c->max_client_conn, 50);
 	assert_int_equal(c->max_message_size, 1024 * 1024);
+	assert_int_equal(c->max_statement_size, 64 * 1024);
 	assert_int_equal(c->startup_timeout_ms, 2000);
 	assert_int_equal(c->shutdown_timeout_ms, 500);
 	const DatabaseConfig *d = config_find_database(c, "app");
@@ -103,6 +105,7 @@ static void test_defaults(void **state)
 		fail_msg("%s", err);
 	assert_int_equal(c->listen_port, 6432);
 	assert_int_equal(c->max_message_size, 64 * 1024 * 1024);
+	assert_int_equal(c->max_statement_size, 1024 * 1024);
 	assert_int_equal(c->max_client_conn, 1000);
 	assert_string_equal(config_find_database(c, "app")->dbname, "app");
 	assert_int_equal(config_find_database(c, "app")->port, 5432);
@@ -133,6 +136,11 @@ static void test_errors_name_the_line(void **state)
 	expect_error(text, 3, "must be a duration");
 	snprintf(text, sizeof text, "%slimits: {max_message_size: 10}\n", db);
 	expect_error(text, 3, "max_message_size");
+	const char *statement_sizes[] = {"512", "1023", "17MiB", "1GiB", "big", "-1KiB", "0"};
+	for (size_t i = 0; i < sizeof statement_sizes / sizeof *statement_sizes; i++) {
+		snprintf(text, sizeof text, "%slimits: {max_statement_size: %s}\n", db, statement_sizes[i]);
+		expect_error(text, 3, "limits.max_statement_size must be a size between 1KiB and 16MiB");
+	}
 	expect_error("databases:\n  app: {host: h}\n", 2, "user is required");
 	expect_error("databases:\n  app: {host: h, user: u, password: a, password_env: B}\n", 2, "only one of");
 	expect_error("databases:\n  app: {host: h, user: u, password_env: SURELY_NOT_SET_ANYWHERE}\n", 2,

@@ -8,6 +8,8 @@
 #include <cmocka.h>
 
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -218,6 +220,71 @@ static void test_too_many_ctes(void **state)
 	inspect_free(q);
 }
 
+static char *repeat_sql(const char *head, const char *unit, size_t n, const char *tail)
+{
+	size_t hl = strlen(head), ul = strlen(unit), tl = strlen(tail);
+	char *sql = malloc(hl + ul * n + tl + 1), *p = sql;
+	if (!sql)
+		abort();
+	memcpy(p, head, hl);
+	p += hl;
+	for (size_t i = 0; i < n; i++, p += ul)
+		memcpy(p, unit, ul);
+	memcpy(p, tail, tl + 1);
+	return sql;
+}
+
+static char deep_failure[300]; /* cmocka's asserts may not run on another thread */
+
+static void deep_case(const char *head, const char *unit, size_t n, const char *tail, const char *want_error)
+{
+	char *sql = repeat_sql(head, unit, n, tail);
+	QueryFacts *q = inspect_sql(sql);
+	bool ok = want_error ? q->error && strcmp(q->error, want_error) == 0 && q->error_sqlstate &&
+				       strcmp(q->error_sqlstate, "54001") == 0
+			     : !q->error && q->nstmts == 1 && !q->error_sqlstate;
+	if (!ok && !deep_failure[0])
+		snprintf(deep_failure, sizeof deep_failure, "%.20s x %zu (%zu bytes): %s", unit, n, strlen(sql),
+			 q->error ? q->error : "inspected");
+	inspect_free(q);
+	free(sql);
+}
+
+/*
+ * A left-deep chain nests a level per operator: libpg_query's JSON writer recursed into a
+ * stack overflow (SIGSEGV) at about 65,000 levels on an 8 MiB stack, a worker's size.
+ */
+static void *deep_chains(void *arg)
+{
+	(void)arg;
+	const char *deep = "the statement nests too deeply to inspect";
+	deep_case("SELECT 1", "+1", 300000, "", deep);
+	deep_case("SELECT 'a'", "||'a'", 150000, "", deep);
+	deep_case("SELECT 1", "::int", 150000, "", deep);
+	deep_case("SELECT * FROM t", " JOIN t USING (a)", 40000, "", deep);
+	deep_case("SELECT a", " ->'x'", 150000, "", deep);
+	deep_case("SELECT 1", " UNION SELECT 1", 60000, "", deep);
+	deep_case("SELECT 1", "+1", 1100, "", deep);
+	/* Shallower than the inspection reads, on the caller's stack and on a parse thread. */
+	deep_case("SELECT 1", "+1", 900, "", NULL);
+	deep_case("SELECT 1 FROM t WHERE a IN (1", ",1", 30000, ")", NULL);
+	return NULL;
+}
+
+static void test_deep_statements_refused(void **state)
+{
+	(void)state;
+	pthread_attr_t attr;
+	pthread_t t;
+	assert_int_equal(pthread_attr_init(&attr), 0);
+	assert_int_equal(pthread_attr_setstacksize(&attr, 8 * 1024 * 1024), 0);
+	assert_int_equal(pthread_create(&t, &attr, deep_chains, NULL), 0);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	pthread_attr_destroy(&attr);
+	if (deep_failure[0])
+		fail_msg("%s", deep_failure);
+}
+
 static void test_strset_has_and_free_null(void **state)
 {
 	(void)state;
@@ -252,6 +319,7 @@ int main(void)
 		cmocka_unit_test(test_corpus_functions),  cmocka_unit_test(test_corpus_settings),
 		cmocka_unit_test(test_corpus_misc),       cmocka_unit_test(test_corpus_multi),
 		cmocka_unit_test(test_too_many_ctes),     cmocka_unit_test(test_strset_has_and_free_null),
+		cmocka_unit_test(test_deep_statements_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, summary);
 }
