@@ -697,6 +697,23 @@ has_target pgcordon && has_target direct && RATIOS+=("pgcordon/direct")
 has_target pgcordon-policies && has_target direct && RATIOS+=("pgcordon-policies/direct")
 ACCEPT_FAIL=0         # pgcordon-policies below 0.95x somewhere
 AUDIT_ACCEPT_FAIL=0   # pgcordon-audit below 0.95x pgcordon somewhere
+# The geometric mean of per-round ratios with its 95% interval (Student's t on their logs):
+# how far the rounds, each a pair run back to back, pin the ratio down. Reported only.
+geo_interval() {
+  tr ' ' '\n' <<<"$1" | grep -E '^[0-9.]+$' | awk '
+    BEGIN { split("12.706 4.303 3.182 2.776 2.571 2.447 2.365 2.306 2.262 2.228 2.201 2.179 2.160 " \
+                  "2.145 2.131 2.120 2.110 2.101 2.093 2.086 2.080 2.074 2.069 2.064 2.060 2.056 " \
+                  "2.052 2.048 2.045 2.042", t, " ") }
+    $1 > 0 { l[++n] = log($1); s += log($1) }
+    END {
+      if (n < 2) { print "-"; exit }
+      m = s / n; for (i = 1; i <= n; i++) v += (l[i] - m) ^ 2
+      h = (n - 1 <= 30 ? t[n - 1] : 1.960) * sqrt(v / (n - 1) / n)
+      printf "%.3f (95%%: %.3f-%.3f, %d rounds)", exp(m), exp(m - h), exp(m + h), n
+    }'
+}
+
+PAIRED=()
 if (( ${#RATIOS[@]} )); then
   echo
   echo "=== ratios: ratio of the medians, the median of the per-round ratios, and each round's ratio ==="
@@ -722,8 +739,12 @@ if (( ${#RATIOS[@]} )); then
       rmed=$(tr ' ' '\n' <<<"$per" | grep -E '^[0-9.]+$' | sort -g |
         awk '{a[NR] = $1} END {if (NR) printf "%.3f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; else print "-"}')
       printf '%-31s %-9s %8s %8s  %-8s%s%s\n' "$rr" "$mode" "$v" "$rmed" "${goal:--}" "$per" "$verdict"
+      PAIRED+=("$(printf '%-31s %-9s %s' "$rr" "$mode" "$(geo_interval "$per")")")
     done
   done
+  echo
+  echo "=== per-round ratios: geometric mean and 95% interval (reported only; the verdicts below use the medians) ==="
+  printf '%s\n' "${PAIRED[@]}"
   if has_target pgcordon-policies && { has_target pgcordon || has_target pgbouncer; }; then
     goal=""
     has_target pgcordon && goal="0.95x pgcordon"
