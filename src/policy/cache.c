@@ -291,6 +291,9 @@ CachedFacts *facts_cache_get(FactsCache *c, const char *sql, size_t len)
 	free(text);
 	for (int i = 0; i < v->facts->nstmts; i++)
 		v->has_execute = v->has_execute || v->facts->stmts[i].execute_name;
+	/* A parse that could not run (53000: no thread) may run the next time. */
+	if (v->facts->error_sqlstate && strcmp(v->facts->error_sqlstate, "53000") == 0)
+		cacheable = false;
 	if (cacheable) {
 		insert(c, exact, exact_len, he, v);
 		if (can_fold && foldable(v->facts))

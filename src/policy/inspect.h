@@ -43,8 +43,8 @@ typedef struct {
 	StatementFacts *stmts;
 	int nstmts;
 	char *error;          /* parse error (the parser's message), NULL when parsed */
-	const char *error_sqlstate; /* when the text was not refused by the grammar but by a
-				     * limit of the inspection (54001: nests too deeply); else NULL */
+	const char *error_sqlstate; /* when not the grammar but the inspection refused the text:
+				     * 54001 nests too deeply, 53000 no thread for its parse; else NULL */
 	int error_pos;        /* 1-based cursor position of the error, 0 if none */
 	uint64_t fingerprint; /* libpg_query fingerprint of the whole text (0 on error) */
 } QueryFacts;
