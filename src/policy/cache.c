@@ -5,10 +5,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/sql_parse.h"
 #include "core/util.h"
 
 #define MEMO_SLOTS 4
 #define MAX_CACHED_TEXT 8192
+/* Texts cached are parsed on the caller's stack: a parse that could not run (53000, no
+ * thread for it) never happens to them, so it is never remembered. */
+_Static_assert(MAX_CACHED_TEXT <= SQL_PARSE_INLINE_MAX, "cached texts must be parsed inline");
 
 struct CachedFacts {
 	int refs;
@@ -291,9 +295,6 @@ CachedFacts *facts_cache_get(FactsCache *c, const char *sql, size_t len)
 	free(text);
 	for (int i = 0; i < v->facts->nstmts; i++)
 		v->has_execute = v->has_execute || v->facts->stmts[i].execute_name;
-	/* A parse that could not run (53000: no thread) may run the next time. */
-	if (v->facts->error_sqlstate && strcmp(v->facts->error_sqlstate, "53000") == 0)
-		cacheable = false;
 	if (cacheable) {
 		insert(c, exact, exact_len, he, v);
 		if (can_fold && foldable(v->facts))

@@ -291,15 +291,21 @@ static void audit_decided(Session *s, char type, const char *sql, const uint8_t 
 		s->audit_pending = session__audit_stmt(s, "(FunctionCall)", d);
 }
 
+/* Logs, records and refuses a decision made without the statement's facts. */
+static Action refuse_unread(Session *s, char type, const char *sql, const Decision *d)
+{
+	const QueryFacts none = {0};
+	log_decision(s, &none, d);
+	audit_decided(s, type, sql, NULL, 0, d);
+	return refuse(s, type, d);
+}
+
 /* A refusal by masking (rule "mask"), as a decision. */
 static Action refuse_mask(Session *s, char type, const char *sql, const char *why)
 {
 	Decision d = {.kind = DEC_BLOCK, .sqlstate = "42501", .policy = s->policy->mask_by, .rule = "mask"};
 	snprintf(d.message, sizeof d.message, "pgcordon: blocked by policy %.100s: %s", s->policy->mask_by, why);
-	const QueryFacts none = {0};
-	log_decision(s, &none, &d);
-	audit_decided(s, type, sql, NULL, 0, &d);
-	return refuse(s, type, &d);
+	return refuse_unread(s, type, sql, &d);
 }
 
 /*
@@ -372,10 +378,7 @@ static Action refuse_oversized(Session *s, char type, const char *sql, size_t le
 	snprintf(d.message, sizeof d.message,
 		 "pgcordon: statement too large to inspect (%zu bytes; limits.max_statement_size is %u)", len,
 		 s->config->max_statement_size);
-	const QueryFacts none = {0};
-	log_decision(s, &none, &d);
-	audit_decided(s, type, sql, NULL, 0, &d);
-	return refuse(s, type, &d);
+	return refuse_unread(s, type, sql, &d);
 }
 
 static Action inspect_query(Session *s, const char *sql, size_t len, char type, const char *stmt_name,
