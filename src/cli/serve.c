@@ -17,6 +17,7 @@
 #include "core/util.h"
 #include "net/tls.h"
 #include "net/worker.h"
+#include "session/inspect_job.h"
 #include "session/session.h"
 
 typedef struct {
@@ -162,6 +163,7 @@ int serve_run(const char *path)
 	}
 	if (!c->audit_store)
 		log_event(LOG_WARN, "audit_disabled", "reason=\"no audit.store in the config: nothing is recorded\"");
+	inspect_jobs_init(n); /* one long statement's inspection at a time per worker, as on the workers */
 	pthread_mutex_lock(&srv.notify_mu);
 	srv.workers = workers_start(n, fds, &session_worker_hooks, err, sizeof err);
 	pthread_mutex_unlock(&srv.notify_mu);

@@ -172,10 +172,12 @@ Worker *workers_start(int n, const int *fds, const WorkerHooks *hooks, char *err
 	return ws;
 }
 
+void worker_notify(Worker *w) { event_active(w->notify_ev, EV_READ, 0); }
+
 void workers_notify_all(Worker *ws, int n)
 {
 	for (int i = 0; i < n; i++)
-		event_active(ws[i].notify_ev, EV_READ, 0);
+		worker_notify(&ws[i]);
 }
 
 void workers_stop_accepting(Worker *ws, int n)

@@ -46,6 +46,8 @@ bool workers_listen(const char *address, int port, int n, int *fds, int *bound_p
 
 /* Creates n workers (event bases, listeners on fds) and starts their threads. */
 Worker *workers_start(int n, const int *fds, const WorkerHooks *hooks, char *err, size_t errlen);
+/* Runs the hook on_notify on w's own thread (thread-safe). */
+void worker_notify(Worker *w);
 /* Runs the hook on_notify on every worker's own thread (thread-safe). */
 void workers_notify_all(Worker *ws, int n);
 /* Stops accepting on every worker (thread-safe). */

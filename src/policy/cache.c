@@ -248,6 +248,32 @@ static bool foldable(const QueryFacts *q)
 	return true;
 }
 
+QueryFacts *facts_of_text(const char *sql, size_t len)
+{
+	/* A NUL inside the text would cut what the parser sees from what the server runs. */
+	if (memchr(sql, 0, len)) {
+		QueryFacts *q = xcalloc(1, sizeof *q);
+		q->error = xstrdup("statement text contains a NUL byte");
+		return q;
+	}
+	char *text = xmalloc(len + 1);
+	memcpy(text, sql, len);
+	text[len] = 0;
+	QueryFacts *q = inspect_sql(text);
+	free(text);
+	return q;
+}
+
+CachedFacts *cached_facts_adopt(QueryFacts *facts)
+{
+	CachedFacts *v = xcalloc(1, sizeof *v);
+	v->refs = 1;
+	v->facts = facts;
+	for (int i = 0; i < facts->nstmts; i++)
+		v->has_execute = v->has_execute || facts->stmts[i].execute_name;
+	return v;
+}
+
 CachedFacts *facts_cache_get(FactsCache *c, const char *sql, size_t len)
 {
 	bool cacheable = len <= MAX_CACHED_TEXT;
@@ -280,21 +306,7 @@ CachedFacts *facts_cache_get(FactsCache *c, const char *sql, size_t len)
 		}
 	}
 	c->stats.misses++;
-	char *text = xmalloc(len + 1);
-	memcpy(text, sql, len);
-	text[len] = 0;
-	CachedFacts *v = xcalloc(1, sizeof *v);
-	v->refs = 1;
-	/* A NUL inside the text would cut what the parser sees from what the server runs. */
-	if (memchr(sql, 0, len)) {
-		v->facts = xcalloc(1, sizeof *v->facts);
-		v->facts->error = xstrdup("statement text contains a NUL byte");
-	} else {
-		v->facts = inspect_sql(text);
-	}
-	free(text);
-	for (int i = 0; i < v->facts->nstmts; i++)
-		v->has_execute = v->has_execute || v->facts->stmts[i].execute_name;
+	CachedFacts *v = cached_facts_adopt(facts_of_text(sql, len));
 	if (cacheable) {
 		insert(c, exact, exact_len, he, v);
 		if (can_fold && foldable(v->facts))

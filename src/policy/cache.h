@@ -30,6 +30,12 @@ const CacheStats *facts_cache_stats(const FactsCache *c);
 /* Returns a referenced entry for sql (len bytes, no NUL needed); release it when done. */
 CachedFacts *facts_cache_get(FactsCache *c, const char *sql, size_t len);
 const QueryFacts *cached_facts(const CachedFacts *e);
+/*
+ * The facts of sql (len bytes, no NUL needed), not cached: inspect_sql, on any thread.
+ * cached_facts_adopt wraps them (it takes them) in an entry of no cache, released as usual.
+ */
+QueryFacts *facts_of_text(const char *sql, size_t len);
+CachedFacts *cached_facts_adopt(QueryFacts *facts);
 void cached_facts_ref(CachedFacts *e);
 void cached_facts_release(CachedFacts *e);
 

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "core/log.h"
+#include "core/sql_parse.h"
 #include "core/util.h"
 #include "policy/cache.h"
 #include "session/cancel.h"
@@ -381,12 +382,57 @@ static Action refuse_oversized(Session *s, char type, const char *sql, size_t le
 	return refuse_unread(s, type, sql, &d);
 }
 
+void session__inspect_forget(Session *s)
+{
+	if (s->inspect_job)
+		inspect_job_abandon(s->inspect_job);
+	s->inspect_job = NULL;
+	if (s->inspect_facts)
+		cached_facts_release(s->inspect_facts);
+	s->inspect_facts = NULL;
+}
+
+/*
+ * The facts of a text too long to parse while the worker's other sessions wait: a pool
+ * thread inspects it (NULL until then; on_notify judges the message again). They are kept
+ * until the message is settled: a review or an estimate may hold it again.
+ */
+static CachedFacts *long_facts(Session *s, const char *sql, size_t len)
+{
+	if (s->inspect_job && !inspect_job_is_for(s->inspect_job, sql, len))
+		session__inspect_forget(s); /* not expected: the relay forgets it once the message is settled */
+	if (!s->inspect_job) {
+		s->inspect_job = inspect_job_start(s->worker, sql, len);
+		if (!s->inspect_job)
+			return facts_cache_get(s->sw_cache, sql, len); /* no thread for it: here, as before */
+	}
+	if (!s->inspect_facts) {
+		if (!inspect_job_done(s->inspect_job))
+			return NULL;
+		s->inspect_facts = cached_facts_adopt(inspect_job_take(s->inspect_job));
+	}
+	cached_facts_ref(s->inspect_facts);
+	return s->inspect_facts;
+}
+
+static Action judge_query(Session *s, CachedFacts *cf, const char *sql, char type, const char *stmt_name,
+			  const uint8_t *rest, size_t restlen);
+
 static Action inspect_query(Session *s, const char *sql, size_t len, char type, const char *stmt_name,
 			    const uint8_t *rest, size_t restlen)
 {
 	if (len > s->config->max_statement_size)
 		return refuse_oversized(s, type, sql, len);
-	CachedFacts *cf = facts_cache_get(s->sw_cache, sql, len);
+	if (len <= SQL_PARSE_INLINE_MAX)
+		return judge_query(s, facts_cache_get(s->sw_cache, sql, len), sql, type, stmt_name, rest, restlen);
+	CachedFacts *cf = long_facts(s, sql, len);
+	return cf ? judge_query(s, cf, sql, type, stmt_name, rest, restlen) : ACT_HOLD;
+}
+
+/* Decides a Query or Parse by its facts cf (a reference it releases). */
+static Action judge_query(Session *s, CachedFacts *cf, const char *sql, char type, const char *stmt_name,
+			  const uint8_t *rest, size_t restlen)
+{
 	Decision scratch, resolved;
 	const Decision *d = cached_decide(cf, s->policy, lookup_sql_prepared, s, &scratch);
 	const QueryFacts *q = cached_facts(cf);
@@ -750,6 +796,10 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 	size_t fwd = 0;
 	uint32_t max = s->config->max_message_size;
 
+	/* The message at the front waits for its inspection (on_notify judges it again). */
+	if (s->inspect_job && !s->inspect_facts && !inspect_job_done(s->inspect_job))
+		return 0;
+
 	if (s->client_remaining) {
 		size_t take = avail < s->client_remaining ? avail : s->client_remaining;
 		fwd = take;
@@ -854,6 +904,7 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				s->rowplan_next = NULL;
 				break;
 			}
+			session__inspect_forget(s); /* settled: however it was, a long text's facts are done with */
 			if (s->held_id[0]) /* the policy no longer holds what was held */
 				session__hold_drop(s, "the policy no longer holds the statement");
 			if (a == ACT_REPLACED) {
@@ -981,7 +1032,7 @@ void session__balance(Session *s)
 		return;
 	size_t up = evbuffer_get_length(s->server.out), down = evbuffer_get_length(s->client.out);
 	/* A held statement keeps what the client sends behind it in memory: bounded too. */
-	bool held_full = (s->held_id[0] || s->estimate_state == ESTIMATE_RUNNING) &&
+	bool held_full = (s->held_id[0] || s->estimate_state == ESTIMATE_RUNNING || (s->inspect_job && !s->inspect_facts)) &&
 			 evbuffer_get_length(s->client.in) > RELAY_HIGH_WATER;
 	if (!s->client_paused && (up > RELAY_HIGH_WATER || held_full)) {
 		sock_pause_read(&s->client);

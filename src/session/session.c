@@ -215,6 +215,7 @@ void session_close(Session *s, const char *reason, const char *sqlstate, const c
 	s->state = SESS_CLOSED;
 	session__forget_cancels(s);
 	session__hold_drop(s, "the client's session ended");
+	session__inspect_forget(s);
 	session__audit_session_end(s, reason);
 
 	char qreason[200], quser[80], qdb[80];
@@ -919,6 +920,8 @@ static void on_notify(Worker *w)
 		/* A session may wait for both: an approval (client side) and its last answer's record. */
 		if (s->held_id[0] && s->state == SESS_READY)
 			session__hold_wake(s);
+		if (s->inspect_job && !s->inspect_facts && s->state == SESS_READY && inspect_job_done(s->inspect_job))
+			session__relay_from_client(s);
 		if (s->state != SESS_CLOSED && s->audit_holding && audit_durable(w->index) >= s->audit_ticket) {
 			if (audit_lost(w->index, s->audit_ticket)) {
 				/* Strict: an answer goes out only once its statement is recorded, and this never will be. */

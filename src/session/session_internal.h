@@ -14,6 +14,7 @@
 #include "mask/mask.h"
 #include "net/worker.h"
 #include "proto/proto.h"
+#include "session/inspect_job.h"
 #include "session/pipeline.h"
 
 typedef enum {
@@ -151,6 +152,8 @@ struct Session {
 	char held_id[17];              /* the request the message at the front of client.in waits for */
 	struct event *held_timer;      /* its wait deadline */
 	int estimate_state;            /* ESTIMATE_* (session/hold.c) */
+	InspectJob *inspect_job;       /* the long statement at the front of client.in, inspected by a pool */
+	CachedFacts *inspect_facts;    /* thread (session/inspect_job.h), and its facts once they are in */
 	bool estimate_failed;
 	int64_t estimate_rows;
 	char *rows_portal;             /* returned_rows_over: the last Bind's portal, statement and */
@@ -196,6 +199,8 @@ void session__upstream_ready(Session *s);
 /* The relay of upstream bytes to the client, once the upstream is ready. */
 void session__relay_from_server(Session *s);
 void session__relay_from_client(Session *s);
+/* Drops the long statement's inspection (session/inspect_job.h) and its facts. */
+void session__inspect_forget(Session *s);
 /* Pauses or resumes reading each side from how much the other side has waiting. */
 void session__balance(Session *s);
 /* Stops reading from the upstream until session__balance resumes it. */

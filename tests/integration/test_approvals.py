@@ -1135,6 +1135,30 @@ def test_request_json_fields(apv, table):
     assert not missing, f"documented request fields missing: {missing}; requests: {reqs}"
 
 
+def test_long_statements_held_and_approved(apv, pg):
+    """A text over 8 KiB is inspected on a pool thread while its session waits; held for
+    approval, or for the planner's estimate, it is then treated like any other."""
+    pad = "/* " + "x" * 200000 + " */"
+    sql = f"SELECT id, amount, note FROM {PAY} WHERE id <= 3 {pad} ORDER BY id"
+    with apv.connect("waiter") as c:
+        h = Held(c, sql)
+        m = h.wait_notice()
+        assert (m["policy"], m["rule"]) == ("agents", "tables"), m
+        assert apv.api.get(m["id"])["statement"] == sql
+        assert h.waiting()
+        apv.api.approve_ok(m["id"])
+        h.join()
+        assert h.error is None, h.error
+        assert h.rows == pay_rows(pg, "id <= 3")
+        assert c.execute("SELECT 1 + %s::int", (1,)).fetchone() == (2,)
+    whole = f"SELECT id, v FROM {BIG} {pad}"
+    with apv.connect("planner") as c:
+        m = held_error(c, whole)
+        assert (m["policy"], m["rule"]) == ("estimate", "estimated_rows_over"), m
+        assert apv.api.get(m["id"])["statement"] == whole
+        assert c.execute(f"SELECT id, v FROM {BIG} WHERE id = 7 {pad}").fetchall() == [(7, "big 7")]
+
+
 def test_review_estimated_rows(apv):
     """estimated_rows_over 1000 (retry mode): a SELECT of the whole 50000-row table is held,
     selective ones and small results are not."""

@@ -666,6 +666,60 @@ def test_max_statement_size(gateway_factory, pg, mktable):
     g.assert_serves()
 
 
+def test_long_statement_inspected_off_the_worker(gateway_factory, pg, mktable):
+    """Inspecting a statement near limits.max_statement_size takes seconds. On the worker,
+    every other session of that worker waited that long, and a client could repeat it."""
+    t = mktable()
+
+    def mutate(cfg):
+        cfg["listen"]["workers"] = 1  # the bystander shares the worker
+        add_users(cfg, {"agent": ["agents"]})
+        cfg["default"] = "deny"
+        cfg["policies"] = [{"name": OPEN, "match": {"users": ["alice"]}},
+                           {"name": GUARD, "match": {"groups": ["agents"]},
+                            "block": [{"statements": ["drop_table"]}]}]
+
+    g = gateway_factory.start(mutate)
+    ones = ",".join(["1"] * 450000)
+    big = f"SELECT count(*) FROM (VALUES (1)) v(a) WHERE a IN ({ones})"
+    assert 8192 < len(big) < 1024 * 1024
+    with connect(g, "agent") as bystander, connect(g, "agent") as c:
+        # Closed while their statements wait or run: the jobs go with them, nothing else does.
+        for _ in range(4):
+            raw = raw_connect(g, "agent")
+            raw.send(pgwire.msg(b"Q", pgwire.cstr(big)))
+            raw.close()
+        got = {}
+
+        def run():
+            t0 = time.monotonic()
+            try:
+                got["rows"] = c.execute(big).fetchall()
+            finally:
+                got["took"] = time.monotonic() - t0
+
+        th = threading.Thread(target=run)
+        th.start()
+        time.sleep(0.3)
+        waits = []
+        for i in range(10):
+            t0 = time.monotonic()
+            assert bystander.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+            waits.append(time.monotonic() - t0)
+        th.join(120)
+        assert not th.is_alive()
+        assert got["rows"] == [(1,)]
+        # The bystander was answered while the long statement was inspected, not after it.
+        assert got["took"] > 1.0, got
+        assert max(waits) < got["took"] / 4, (waits, got)
+        # Judged like any statement once its facts are in: a DROP in it is refused.
+        for kw in ({}, {"binary": True}):
+            refused(c, f"DROP TABLE {t} /* {ones} */", GUARD, "DROP TABLE is not allowed", **kw)
+            assert c.execute("SELECT 2").fetchone() == (2,)
+    assert table_rows(pg, t) == original()
+    g.assert_serves()
+
+
 # ---------------------------------------------------------------------------- read_only
 
 def test_read_only(pgw, pg, mktable):
