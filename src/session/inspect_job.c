@@ -66,7 +66,9 @@ static void *pool_main(void *arg)
 		pthread_mutex_lock(&P.mu);
 		j->facts = facts;
 		if (j->abandoned) {
-			job_free(j);
+			pthread_mutex_unlock(&P.mu);
+			job_free(j); /* a large tree takes a while to free: not under the lock */
+			pthread_mutex_lock(&P.mu);
 			continue;
 		}
 		j->done = true;

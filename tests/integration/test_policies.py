@@ -718,6 +718,15 @@ def test_long_statement_inspected_off_the_worker(gateway_factory, pg, mktable):
             assert c.execute("SELECT 2").fetchone() == (2,)
     assert table_rows(pg, t) == original()
     g.assert_serves()
+    # SIGTERM while one is inspected: it is in flight, so it runs and answers first.
+    with connect(g, "agent") as c:
+        got.clear()
+        th = threading.Thread(target=run)
+        th.start()
+        time.sleep(0.3)
+        assert g.stop() == 0
+        th.join(30)
+        assert got["rows"] == [(1,)]
 
 
 # ---------------------------------------------------------------------------- read_only
