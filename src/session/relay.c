@@ -415,20 +415,6 @@ static CachedFacts *long_facts(Session *s, const char *sql, size_t len)
 	return s->inspect_facts;
 }
 
-static Action judge_query(Session *s, CachedFacts *cf, const char *sql, char type, const char *stmt_name,
-			  const uint8_t *rest, size_t restlen);
-
-static Action inspect_query(Session *s, const char *sql, size_t len, char type, const char *stmt_name,
-			    const uint8_t *rest, size_t restlen)
-{
-	if (len > s->config->max_statement_size)
-		return refuse_oversized(s, type, sql, len);
-	if (len <= SQL_PARSE_INLINE_MAX)
-		return judge_query(s, facts_cache_get(s->sw_cache, sql, len), sql, type, stmt_name, rest, restlen);
-	CachedFacts *cf = long_facts(s, sql, len);
-	return cf ? judge_query(s, cf, sql, type, stmt_name, rest, restlen) : ACT_HOLD;
-}
-
 /* Decides a Query or Parse by its facts cf (a reference it releases). */
 static Action judge_query(Session *s, CachedFacts *cf, const char *sql, char type, const char *stmt_name,
 			  const uint8_t *rest, size_t restlen)
@@ -480,6 +466,17 @@ static Action judge_query(Session *s, CachedFacts *cf, const char *sql, char typ
 			prepared_put(s, 'S', q->stmts[i].prepare_name, cf, NULL);
 	cached_facts_release(cf);
 	return a;
+}
+
+static Action inspect_query(Session *s, const char *sql, size_t len, char type, const char *stmt_name,
+			    const uint8_t *rest, size_t restlen)
+{
+	if (len > s->config->max_statement_size)
+		return refuse_oversized(s, type, sql, len);
+	if (len <= SQL_PARSE_INLINE_MAX)
+		return judge_query(s, facts_cache_get(s->sw_cache, sql, len), sql, type, stmt_name, rest, restlen);
+	CachedFacts *cf = long_facts(s, sql, len);
+	return cf ? judge_query(s, cf, sql, type, stmt_name, rest, restlen) : ACT_HOLD;
 }
 
 static bool bind_has_params(const uint8_t *body, size_t blen)
