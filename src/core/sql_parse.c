@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/util.h"
+
 /*
  * Stack per byte of text: the deepest trees take two bytes of text a level ("+1") and 128
  * bytes of stack a level (measured on x86_64 for +, *, ||, ->, COLLATE, AT TIME ZONE and
@@ -35,15 +37,8 @@ bool sql_parse_json(const char *sql, PgQueryParseResult *out, char *err, size_t 
 		return true;
 	}
 	ParseJob job = {.sql = sql};
-	pthread_attr_t attr;
 	pthread_t thread;
-	int rc = pthread_attr_init(&attr);
-	if (rc == 0) {
-		rc = pthread_attr_setstacksize(&attr, STACK_BASE + len * STACK_PER_BYTE);
-		if (rc == 0)
-			rc = pthread_create(&thread, &attr, parse_main, &job);
-		pthread_attr_destroy(&attr);
-	}
+	int rc = util_thread_start(&thread, STACK_BASE + len * STACK_PER_BYTE, false, parse_main, &job);
 	if (rc != 0) {
 		snprintf(err, errlen, "no thread for the parse of a %zu-byte statement: %s", len, strerror(rc));
 		return false;

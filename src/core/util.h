@@ -2,6 +2,7 @@
 #ifndef PGC_UTIL_H
 #define PGC_UTIL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -44,6 +45,12 @@ bool util_str_same(const char *a, const char *b);
 #define UTIL_TEXT(x) UTIL_TEXT_(x)
 
 int util_cpu_count(void);
+
+/*
+ * pthread_create with a stack of stack_size bytes, whatever ulimit -s says; detached if
+ * asked. 0, or the error number.
+ */
+int util_thread_start(pthread_t *thread, size_t stack_size, bool detached, void *(*fn)(void *), void *arg);
 
 /* Cryptographically strong random bytes (OpenSSL); aborts if the RNG fails. */
 void util_random(void *buf, size_t n);

@@ -18,8 +18,6 @@
 #include "core/log.h"
 #include "core/util.h"
 
-#define WORKER_STACK_SIZE (8 * 1024 * 1024)
-
 static int open_listener(const struct addrinfo *ai, int port, char *err, size_t errlen)
 {
 	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -152,23 +150,16 @@ Worker *workers_start(int n, const int *fds, const WorkerHooks *hooks, char *err
 		/* A pending, never-firing event keeps the loop alive until shutdown removes it. */
 		event_add(w->notify_ev, NULL);
 	}
-	/* A known stack, whatever ulimit -s says: the parser runs on it (core/sql_parse.h). */
-	pthread_attr_t attr;
-	if (pthread_attr_init(&attr) != 0 || pthread_attr_setstacksize(&attr, WORKER_STACK_SIZE) != 0) {
-		snprintf(err, errlen, "pthread_attr_setstacksize failed");
-		return NULL;
-	}
 	for (int i = 0; i < n; i++) {
-		if (pthread_create(&ws[i].thread, &attr, worker_main, &ws[i]) != 0) {
-			pthread_attr_destroy(&attr);
-			snprintf(err, errlen, "pthread_create failed");
+		int rc = util_thread_start(&ws[i].thread, WORKER_STACK_SIZE, false, worker_main, &ws[i]);
+		if (rc != 0) {
+			snprintf(err, errlen, "pthread_create failed: %s", strerror(rc));
 			return NULL;
 		}
 		char name[16]; /* what top -H and perf show (15 characters at most) */
 		snprintf(name, sizeof name, "pgc-worker-%d", i % 10000);
 		pthread_setname_np(ws[i].thread, name);
 	}
-	pthread_attr_destroy(&attr);
 	return ws;
 }
 

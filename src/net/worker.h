@@ -17,6 +17,9 @@ struct event;
 
 typedef struct Worker Worker;
 
+/* A worker thread's stack, whatever ulimit -s says: the parser runs on it (core/sql_parse.h). */
+#define WORKER_STACK_SIZE (8 * 1024 * 1024)
+
 typedef struct {
 	/* A new client connection; the hook owns fd from here on. */
 	void (*on_accept)(Worker *w, int fd, const struct sockaddr *addr, int addrlen);

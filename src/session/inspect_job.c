@@ -9,9 +9,6 @@
 #include "core/util.h"
 #include "policy/cache.h"
 
-/* As a worker's: the walk of the parse tree recurses as deep as the tree (at most 2,048 levels). */
-#define JOB_STACK_SIZE (8 * 1024 * 1024)
-
 struct InspectJob {
 	char *sql;
 	size_t len;
@@ -83,17 +80,9 @@ static bool ensure_thread(void)
 {
 	if (P.idle > 0 || P.threads >= P.max_threads)
 		return P.threads > 0;
-	pthread_attr_t attr;
 	pthread_t t;
-	int rc = pthread_attr_init(&attr);
-	if (rc == 0) {
-		rc = pthread_attr_setstacksize(&attr, JOB_STACK_SIZE);
-		if (rc == 0)
-			rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-		if (rc == 0)
-			rc = pthread_create(&t, &attr, pool_main, NULL);
-		pthread_attr_destroy(&attr);
-	}
+	/* A worker's stack: the walk of the parse tree recurses as deep as the tree (2,048 levels at most). */
+	int rc = util_thread_start(&t, WORKER_STACK_SIZE, true, pool_main, NULL);
 	if (rc != 0) {
 		log_event(LOG_WARN, "inspect_thread_failed", "threads=%d error=\"%s\"", P.threads, strerror(rc));
 		return P.threads > 0;

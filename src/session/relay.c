@@ -794,7 +794,7 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 	uint32_t max = s->config->max_message_size;
 
 	/* The message at the front waits for its inspection (on_notify judges it again). */
-	if (s->inspect_job && !s->inspect_facts && !inspect_job_done(s->inspect_job))
+	if (session__inspect_pending(s) && !inspect_job_done(s->inspect_job))
 		return 0;
 
 	if (s->client_remaining) {
@@ -1029,7 +1029,7 @@ void session__balance(Session *s)
 		return;
 	size_t up = evbuffer_get_length(s->server.out), down = evbuffer_get_length(s->client.out);
 	/* A held statement keeps what the client sends behind it in memory: bounded too. */
-	bool held_full = (s->held_id[0] || s->estimate_state == ESTIMATE_RUNNING || (s->inspect_job && !s->inspect_facts)) &&
+	bool held_full = (s->held_id[0] || s->estimate_state == ESTIMATE_RUNNING || session__inspect_pending(s)) &&
 			 evbuffer_get_length(s->client.in) > RELAY_HIGH_WATER;
 	if (!s->client_paused && (up > RELAY_HIGH_WATER || held_full)) {
 		sock_pause_read(&s->client);

@@ -920,7 +920,7 @@ static void on_notify(Worker *w)
 		/* A session may wait for both: an approval (client side) and its last answer's record. */
 		if (s->held_id[0] && s->state == SESS_READY)
 			session__hold_wake(s);
-		if (s->inspect_job && !s->inspect_facts && s->state == SESS_READY && inspect_job_done(s->inspect_job))
+		if (session__inspect_pending(s) && s->state == SESS_READY && inspect_job_done(s->inspect_job))
 			session__relay_from_client(s);
 		if (s->state != SESS_CLOSED && s->audit_holding && audit_durable(w->index) >= s->audit_ticket) {
 			if (audit_lost(w->index, s->audit_ticket)) {

@@ -201,6 +201,8 @@ void session__relay_from_server(Session *s);
 void session__relay_from_client(Session *s);
 /* Drops the long statement's inspection (session/inspect_job.h) and its facts. */
 void session__inspect_forget(Session *s);
+/* The message at the front of client.in waits for its facts from a pool thread. */
+static inline bool session__inspect_pending(const Session *s) { return s->inspect_job && !s->inspect_facts; }
 /* Pauses or resumes reading each side from how much the other side has waiting. */
 void session__balance(Session *s);
 /* Stops reading from the upstream until session__balance resumes it. */
