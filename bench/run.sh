@@ -29,6 +29,7 @@ INSPECT_COST=${INSPECT_COST:-1}   # 1 = build and run bench/inspect_cost.c (need
 INSPECT_MS=${INSPECT_MS:-100}     # inspect_cost: ms per timed repetition
 MIN_RULES=20                      # the policy instance must enforce at least this many rules
 AUDIT_VERIFY=${AUDIT_VERIFY:-1}   # 1 = check each audit trail's chain (pgcordon audit verify) after the runs
+HUGE_PAGES=${HUGE_PAGES:-1}       # 1 = PostgreSQL's shared memory on huge pages, reserved for the run (root only)
 CC=${CC:-cc}
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -93,6 +94,7 @@ CORDON_PID=""
 POLICY_PID=""
 AUDIT_PID=""    # pgcordon-audit
 STRICT_PID=""   # pgcordon-audit-strict
+HP_BEFORE=""    # vm.nr_hugepages before the bench reserved some (restored on exit)
 
 CHILD_PID=""   # foreground benchmark client (pgbench / idle_conns.py), killed on exit
 
@@ -153,6 +155,7 @@ cleanup() {
       pid_alive "$pmpid" && kill -KILL "$pmpid" 2>/dev/null
     fi
   fi
+  [[ -n "$HP_BEFORE" ]] && echo "$HP_BEFORE" >/proc/sys/vm/nr_hugepages 2>/dev/null
   if [[ -n "$TMP" && -d "$TMP" ]]; then
     if [[ "$KEEP_TMP" == 1 ]]; then
       echo "# temp dir kept: $TMP" >&2
@@ -200,7 +203,7 @@ rand_pw() { head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 echo "=== pgcordon benchmark ==="
 printf '# command: '; printf '%q ' env DURATION="$DURATION" ROUNDS="$ROUNDS" CLIENTS="$CLIENTS" \
   THREADS="$THREADS" SCALE="$SCALE" WORKERS="$WORKERS" IDLE_CONNS="$IDLE_CONNS" \
-  TARGETS="$TARGETS" MODES="$MODES" INSPECT_MS="$INSPECT_MS" "$0" "$@"; echo
+  TARGETS="$TARGETS" MODES="$MODES" INSPECT_MS="$INSPECT_MS" HUGE_PAGES="$HUGE_PAGES" "$0" "$@"; echo
 log "date: $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
 log "machine: $(uname -srm), nproc=$(nproc), cpu: $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)," \
     "mem: $(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
@@ -298,6 +301,34 @@ synchronous_commit = off
 full_page_writes = off
 log_min_messages = warning
 EOF
+# Huge pages for shared memory. Without them every new backend faults in each page of
+# shared_buffers it touches, one 4 KiB page at a time. On a VM whose page faults are dear
+# (the project machine's), that made each pgbench run start at a fifth of its final TPS
+# and climb for ten seconds or more, and it was the largest source of run-to-run noise.
+# PgBouncer, whose server connections outlive its clients, got warm backends; the
+# gateways, which open a backend per client, got cold ones.
+HP_STATE="off (HUGE_PAGES=0)"
+if [[ "$HUGE_PAGES" == 1 ]]; then
+  hp_need=$("${AS_PG[@]}" "$PGBIN/postgres" -D "$TMP/data" -C shared_memory_size_in_huge_pages 2>/dev/null || true)
+  if [[ $(id -u) -ne 0 ]]; then
+    HP_STATE="off (not root: cannot reserve them)"
+  elif ! [[ $hp_need =~ ^[0-9]+$ ]] || (( hp_need <= 0 )); then
+    HP_STATE="off (postgres did not say how many it needs: '$hp_need')"
+  else
+    HP_BEFORE=$(cat /proc/sys/vm/nr_hugepages)
+    echo $(( HP_BEFORE + hp_need )) >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+    hp_free=$(awk '/^HugePages_Free/{print $2}' /proc/meminfo)
+    if (( hp_free >= hp_need )); then
+      echo "huge_pages = on" >>"$TMP/data/postgresql.conf"
+      HP_STATE="on ($hp_need pages of $(awk '/^Hugepagesize/{print $2, $3}' /proc/meminfo) reserved for the run)"
+    else
+      HP_STATE="off (reserved $hp_free of the $hp_need pages needed: memory too fragmented?)"
+      echo "$HP_BEFORE" >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+      HP_BEFORE=""
+    fi
+  fi
+fi
+log "PostgreSQL huge pages: $HP_STATE"
 "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -t 60 start >/dev/null \
   || die "pg_ctl start failed"
 PG_STARTED=1
