@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <yaml.h>
 
@@ -424,6 +425,26 @@ bool config_valid_name(const char *s)
 	return true;
 }
 
+/*
+ * A host starting with '/' is the directory of the server's Unix-domain socket, as in libpq.
+ * libpq uses no TLS on such a socket whatever sslmode says; here a sslmode that asks for TLS
+ * is refused, rather than silently not applied.
+ */
+static bool check_socket_dir(Loader *ld, yaml_node_t *v, const DatabaseConfig *d)
+{
+	if (d->sslmode != SSLMODE_DISABLE)
+		return fail_at(ld, v,
+			       "database \"%s\": host %s is a Unix-domain socket directory, where TLS does not "
+			       "apply: set sslmode: disable (or leave it out)",
+			       d->name, d->host);
+	char path[sizeof((struct sockaddr_un *)0)->sun_path];
+	int n = snprintf(path, sizeof path, "%s/.s.PGSQL.%d", d->host, d->port);
+	if (n < 0 || (size_t)n >= sizeof path)
+		return fail_at(ld, v, "database \"%s\": the socket path %s/.s.PGSQL.%d is longer than %zu bytes",
+			       d->name, d->host, d->port, sizeof path - 1);
+	return true;
+}
+
 static bool load_databases(Loader *ld, Config *c, yaml_node_t *map)
 {
 	if (!expect_mapping(ld, map, "databases"))
@@ -451,6 +472,8 @@ static bool load_databases(Loader *ld, Config *c, yaml_node_t *map)
 			d->dbname = xstrdup(name);
 		if (d->sslmode == SSLMODE_VERIFY_FULL && !d->sslrootcert)
 			return fail_at(ld, v, "database \"%s\": sslmode verify-full needs sslrootcert", name);
+		if (config_host_is_socket_dir(d->host) && !check_socket_dir(ld, v, d))
+			return false;
 	}
 	return true;
 }

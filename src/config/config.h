@@ -32,6 +32,9 @@ typedef struct {
 	SSL_CTX *tls_ctx; /* client context for sslmode require/verify-full */
 } DatabaseConfig;
 
+/* A host starting with '/' names the directory of the server's Unix-domain socket, as in libpq. */
+static inline bool config_host_is_socket_dir(const char *host) { return host && host[0] == '/'; }
+
 typedef struct {
 	char *name;
 	char *verifier; /* SCRAM-SHA-256$iter:salt$stored:server */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -105,18 +106,24 @@ static void start_tls_or_login(Session *s)
 	send_server(s, &b);
 }
 
-static bool try_connect(Session *s, const struct evutil_addrinfo *ai)
+/* Starts a non-blocking connect; false with errno set when it failed at once. */
+static bool try_connect(Session *s, const struct sockaddr *addr, socklen_t addrlen)
 {
-	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return false;
-	int rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
+	/* A Unix-domain socket connects at once or fails (EAGAIN: the server's backlog is full). */
+	int rc = connect(fd, addr, addrlen);
 	if (rc < 0 && errno != EINPROGRESS) {
+		int saved = errno;
 		close(fd);
+		errno = saved;
 		return false;
 	}
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	if (addr->sa_family != AF_UNIX) {
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	}
 	sock_init(&s->server, s->worker->base, fd, upstream_on_event, s);
 	s->up_state = UP_CONNECTING;
 	event_add(s->server.wev, NULL);
@@ -146,7 +153,7 @@ static void dns_cb(int result, struct evutil_addrinfo *res, void *arg)
 	}
 	int saved = 0;
 	for (struct evutil_addrinfo *ai = res; ai; ai = ai->ai_next) {
-		if (try_connect(s, ai)) {
+		if (try_connect(s, ai->ai_addr, (socklen_t)ai->ai_addrlen)) {
 			evutil_freeaddrinfo(res);
 			return;
 		}
@@ -156,8 +163,25 @@ static void dns_cb(int result, struct evutil_addrinfo *res, void *arg)
 	connect_failed(s, strerror(saved));
 }
 
+/* The server's socket in the directory named by host, as libpq finds it (length checked at load). */
+static void connect_socket_dir(Session *s)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s/.s.PGSQL.%d", s->db->host, s->db->port);
+	s->up_state = UP_CONNECTING;
+	if (!try_connect(s, (const struct sockaddr *)&sa, sizeof sa)) {
+		char detail[sizeof sa.sun_path + 80];
+		snprintf(detail, sizeof detail, "socket \"%s\": %s", sa.sun_path, strerror(errno));
+		connect_failed(s, detail);
+	}
+}
+
 void upstream_start(Session *s)
 {
+	if (config_host_is_socket_dir(s->db->host)) {
+		connect_socket_dir(s);
+		return;
+	}
 	char port[16];
 	snprintf(port, sizeof port, "%d", s->db->port);
 	struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,

@@ -38,6 +38,9 @@ def gwx(pg, certs, tmp_path_factory):
         dbs["tls_wrongca"] = dict(base, sslmode="verify-full",
                                   sslrootcert=str(certs.other_ca_crt))
         dbs["md5_tls"] = dict(dbs["app_md5"], sslmode="require")
+        # The server's Unix-domain socket (pg_hba: local trust), and a directory without one.
+        dbs["unix"] = dict(base, host=str(pg.dir))
+        dbs["unix_missing"] = dict(base, host=str(pg.dir / "no-such-dir"))
 
     g = f.start(mutate)
     yield g
@@ -560,6 +563,43 @@ def test_server_fatal_while_idle_is_relayed(gwx, setting, sqlstate, begin):
     assert fields.get("C") == sqlstate and fields.get("S") == "FATAL", fields
     assert r.expect_closed()
     gwx.assert_serves()
+
+
+# ---------------------------------------------------------------------------- upstream socket
+
+def test_upstream_unix_socket(gwx, pg):
+    """host: a directory, as in libpq: the gateway connects to DIR/.s.PGSQL.PORT."""
+    with gwx.connect(dbname="unix") as c:
+        # inet_server_addr() is NULL on a Unix-domain socket connection only.
+        assert c.execute("SELECT inet_server_addr(), current_user").fetchone() == (None, "gw_scram")
+        assert c.execute("SELECT count(*) FROM items").fetchone()[0] == 100
+        # A cancel travels to the address the session's upstream socket is connected to.
+        marker = "unixcancel_" + uuid.uuid4().hex[:8]
+        done = threading.Event()
+
+        def cancel():
+            wait_for_active(pg, marker)
+            c.cancel()
+            done.set()
+
+        t = threading.Thread(target=cancel)
+        t.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            c.execute(f"SELECT pg_sleep(20) /* {marker} */")
+        t.join()
+        assert done.is_set() and time.monotonic() - started < 15
+        assert c.execute("SELECT 'after cancel'").fetchone()[0] == "after cancel"
+    gwx.assert_serves()
+
+
+def test_upstream_unix_socket_missing(gwx, pg):
+    fields = startup_error(gwx, "alice", "unix_missing", ALICE)
+    assert_fatal(fields, "08006", "pgcordon: cannot connect to upstream database \"unix_missing\"")
+    path = f"{pg.dir}/no-such-dir/.s.PGSQL.{pg.port}"
+    assert path in fields["M"] and "No such file or directory" in fields["M"], fields
+    gwx.assert_serves()
+    assert gwx.connect(dbname="unix").execute("SELECT 1").fetchone()[0] == 1
 
 
 # ---------------------------------------------------------------------------- upstream TLS

@@ -130,6 +130,27 @@ users:
         g.cleanup()
 
 
+@pytest.mark.parametrize("entry,message", [
+    ({"sslmode": "require"}, "is a Unix-domain socket directory, where TLS does not apply"),
+    ({"sslmode": "verify-full", "sslrootcert": "/dev/null"}, "where TLS does not apply"),
+    ({"host": "/" + "d" * 100}, "is longer than 107 bytes"),
+])
+def test_check_config_socket_dir_errors(pg, certs, tmp_path, entry, message):
+    """A host starting with '/' is a socket directory: TLS cannot apply, and the path must fit."""
+    f = GatewayFactory(pg, certs, tmp_path)
+    cfg = f.config()
+    cfg["databases"]["app"].update({"host": str(pg.dir)}, **entry)
+    p = tmp_path / "c.yaml"
+    p.write_text(to_yaml(cfg) + "\n")
+    r = cli("check-config", "--config", str(p))
+    assert r.returncode != 0
+    assert message in r.stderr and 'database "app"' in r.stderr, r.stderr
+    cfg["databases"]["app"].update(host=str(pg.dir), sslmode="disable")
+    p.write_text(to_yaml(cfg) + "\n")
+    r = cli("check-config", "--config", str(p))
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.mark.parametrize("value", ["64MiB", "512KiB", "1048576"])
 def test_size_units_accepted(pg, certs, tmp_path, value):
     f = GatewayFactory(pg, certs, tmp_path)
