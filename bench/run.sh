@@ -30,6 +30,7 @@ INSPECT_MS=${INSPECT_MS:-100}     # inspect_cost: ms per timed repetition
 MIN_RULES=20                      # the policy instance must enforce at least this many rules
 AUDIT_VERIFY=${AUDIT_VERIFY:-1}   # 1 = check each audit trail's chain (pgcordon audit verify) after the runs
 HUGE_PAGES=${HUGE_PAGES:-1}       # 1 = PostgreSQL's shared memory on huge pages, reserved for the run (root only)
+UPSTREAM=${UPSTREAM:-tcp}         # how both gateways reach PostgreSQL: tcp (127.0.0.1) or unix (its socket)
 CC=${CC:-cc}
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -71,6 +72,7 @@ done
 for m in $MODES; do
   case $m in simple|extended|prepared) ;; *) die "unknown mode '$m' in MODES";; esac
 done
+case $UPSTREAM in tcp|unix) ;; *) die "UPSTREAM must be tcp or unix, not '$UPSTREAM'";; esac
 
 # PostgreSQL and PgBouncer refuse to run as root.
 if [[ $(id -u) -eq 0 ]]; then
@@ -203,7 +205,8 @@ rand_pw() { head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 echo "=== pgcordon benchmark ==="
 printf '# command: '; printf '%q ' env DURATION="$DURATION" ROUNDS="$ROUNDS" CLIENTS="$CLIENTS" \
   THREADS="$THREADS" SCALE="$SCALE" WORKERS="$WORKERS" IDLE_CONNS="$IDLE_CONNS" \
-  TARGETS="$TARGETS" MODES="$MODES" INSPECT_MS="$INSPECT_MS" HUGE_PAGES="$HUGE_PAGES" "$0" "$@"; echo
+  TARGETS="$TARGETS" MODES="$MODES" INSPECT_MS="$INSPECT_MS" HUGE_PAGES="$HUGE_PAGES" UPSTREAM="$UPSTREAM" \
+  "$0" "$@"; echo
 log "date: $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
 log "machine: $(uname -srm), nproc=$(nproc), cpu: $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)," \
     "mem: $(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
@@ -223,6 +226,11 @@ log "pgbench per run: pgbench -S -n -c $CLIENTS -j $THREADS -T $DURATION -M <mod
 TMP=$(mktemp -d /tmp/pgcordon-bench.XXXXXX)
 chmod 755 "$TMP"
 [[ $(id -u) -eq 0 ]] && chown postgres: "$TMP"
+# The gateways' way to PostgreSQL: TCP on 127.0.0.1, or the socket in $TMP (local trust, so
+# their upstream logins skip SCRAM; a pgbench run logs in once per client either way).
+UPSTREAM_HOST=127.0.0.1
+[[ $UPSTREAM == unix ]] && UPSTREAM_HOST=$TMP
+log "gateways reach PostgreSQL over $UPSTREAM (host $UPSTREAM_HOST)"
 
 # All pgcordon instances run a private copy of the binary, so a rebuild during the
 # run (make in another shell) can neither swap nor break it between instances.
@@ -354,7 +362,7 @@ if has_target pgbouncer; then
   pool=$(( CLIENTS + 4 )); (( pool < 20 )) && pool=20
   cat >"$TMP/pgbouncer.ini" <<EOF
 [databases]
-bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+bench = host=$UPSTREAM_HOST port=$PG_PORT dbname=bench
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -389,7 +397,7 @@ listen: {address: 127.0.0.1, port: $2, workers: $WORKERS}
 log: {level: warn}
 databases:
   bench:
-    host: 127.0.0.1
+    host: $UPSTREAM_HOST
     port: $PG_PORT
     dbname: bench
     user: bench
