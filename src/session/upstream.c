@@ -168,7 +168,6 @@ static void connect_socket_dir(Session *s)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	snprintf(sa.sun_path, sizeof sa.sun_path, "%s/.s.PGSQL.%d", s->db->host, s->db->port);
-	s->up_state = UP_CONNECTING;
 	if (!try_connect(s, (const struct sockaddr *)&sa, sizeof sa)) {
 		char detail[sizeof sa.sun_path + 80];
 		snprintf(detail, sizeof detail, "socket \"%s\": %s", sa.sun_path, strerror(errno));
