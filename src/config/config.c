@@ -425,6 +425,12 @@ bool config_valid_name(const char *s)
 	return true;
 }
 
+bool config_socket_path(const DatabaseConfig *d, char *out, size_t n)
+{
+	int len = snprintf(out, n, "%s/.s.PGSQL.%d", d->host, d->port);
+	return len >= 0 && (size_t)len < n;
+}
+
 /*
  * A host starting with '/' is the directory of the server's Unix-domain socket, as in libpq.
  * libpq uses no TLS on such a socket whatever sslmode says; here a sslmode that asks for TLS
@@ -438,8 +444,7 @@ static bool check_socket_dir(Loader *ld, yaml_node_t *v, const DatabaseConfig *d
 			       "apply: set sslmode: disable (or leave it out)",
 			       d->name, d->host);
 	char path[sizeof((struct sockaddr_un *)0)->sun_path];
-	int n = snprintf(path, sizeof path, "%s/.s.PGSQL.%d", d->host, d->port);
-	if (n < 0 || (size_t)n >= sizeof path)
+	if (!config_socket_path(d, path, sizeof path))
 		return fail_at(ld, v, "database \"%s\": the socket path %s/.s.PGSQL.%d is longer than %zu bytes",
 			       d->name, d->host, d->port, sizeof path - 1);
 	return true;

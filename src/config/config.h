@@ -35,6 +35,9 @@ typedef struct {
 /* A host starting with '/' names the directory of the server's Unix-domain socket, as in libpq. */
 static inline bool config_host_is_socket_dir(const char *host) { return host && host[0] == '/'; }
 
+/* The server's socket in that directory, DIR/.s.PGSQL.PORT; false when it does not fit in n bytes. */
+bool config_socket_path(const DatabaseConfig *d, char *out, size_t n);
+
 typedef struct {
 	char *name;
 	char *verifier; /* SCRAM-SHA-256$iter:salt$stored:server */

@@ -167,7 +167,7 @@ static void dns_cb(int result, struct evutil_addrinfo *res, void *arg)
 static void connect_socket_dir(Session *s)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	snprintf(sa.sun_path, sizeof sa.sun_path, "%s/.s.PGSQL.%d", s->db->host, s->db->port);
+	config_socket_path(s->db, sa.sun_path, sizeof sa.sun_path);
 	if (!try_connect(s, (const struct sockaddr *)&sa, sizeof sa)) {
 		char detail[sizeof sa.sun_path + 80];
 		snprintf(detail, sizeof detail, "socket \"%s\": %s", sa.sun_path, strerror(errno));
