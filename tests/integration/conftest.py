@@ -263,6 +263,18 @@ log_disconnections = on
     def super_connect(self, dbname=DBNAME):
         return psycopg.connect(self.conninfo(user="postgres", dbname=dbname), autocommit=True)
 
+    def wait_active(self, marker, timeout=15):
+        """Wait until a statement containing marker runs on the server; return its backend pid."""
+        deadline = time.monotonic() + timeout
+        with self.super_connect() as su:
+            while time.monotonic() < deadline:
+                row = su.execute("SELECT pid FROM pg_stat_activity WHERE state = 'active' AND "
+                                 "query LIKE %s AND pid <> pg_backend_pid()", (f"%{marker}%",)).fetchone()
+                if row:
+                    return row[0]
+                time.sleep(0.05)
+        raise AssertionError(f"statement {marker!r} never became active upstream")
+
     def stop(self):
         try:
             self._as_pg([PGBIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop"])

@@ -30,12 +30,10 @@ import os
 import re
 import secrets
 import signal
-import sqlite3
 import struct
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import psycopg
 import pytest

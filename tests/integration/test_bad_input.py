@@ -110,19 +110,6 @@ def wait_backend_gone(pg, pid, timeout=15):
     raise AssertionError(f"upstream backend {pid} still exists after the client went away")
 
 
-def wait_for_active(pg, marker, timeout=15):
-    deadline = time.monotonic() + timeout
-    with pg.super_connect() as su:
-        while time.monotonic() < deadline:
-            row = su.execute("SELECT pid FROM pg_stat_activity WHERE state = 'active' AND "
-                             "query LIKE %s AND pid <> pg_backend_pid()",
-                             (f"%{marker}%",)).fetchone()
-            if row:
-                return row[0]
-            time.sleep(0.05)
-    raise AssertionError(f"statement {marker!r} never became active upstream")
-
-
 # ---------------------------------------------------------------------------- framing
 
 def test_truncated_startup_then_close(gwx):
@@ -401,7 +388,7 @@ def test_cancel_request_with_wrong_key_does_not_cancel(gwx, pg):
     pid, key = r.backend_key
     marker = "nocancel_" + uuid.uuid4().hex[:8]
     r.send(pgwire.msg(b"Q", f"SELECT pg_sleep(1.5), 'survived' /* {marker} */".encode() + b"\0"))
-    wait_for_active(pg, marker)
+    pg.wait_active(marker)
     pgwire.send_cancel(gwx.host, gwx.port, pid, key ^ 0x5A5A5A5A)
     pgwire.send_cancel(gwx.host, gwx.port, pid ^ 0x40000000, key)
     rows, tag, err, _ = _collect(r)
@@ -410,7 +397,7 @@ def test_cancel_request_with_wrong_key_does_not_cancel(gwx, pg):
     # The right key cancels.
     marker = "docancel_" + uuid.uuid4().hex[:8]
     r.send(pgwire.msg(b"Q", f"SELECT pg_sleep(10) /* {marker} */".encode() + b"\0"))
-    wait_for_active(pg, marker)
+    pg.wait_active(marker)
     start = time.monotonic()
     pgwire.send_cancel(gwx.host, gwx.port, pid, key)
     rows, tag, err, status = _collect(r)
@@ -487,7 +474,7 @@ def test_upstream_killed_mid_query(gwx, pg):
     # psycopg view: the running statement fails with a connection-level error.
     c = gwx.connect()
     marker = "killme_" + uuid.uuid4().hex[:8]
-    killer = threading.Thread(target=lambda: _terminate(pg, wait_for_active(pg, marker)))
+    killer = threading.Thread(target=lambda: _terminate(pg, pg.wait_active(marker)))
     killer.start()
     with pytest.raises(psycopg.OperationalError) as ei:
         c.execute(f"SELECT pg_sleep(10) /* {marker} */")
@@ -500,7 +487,7 @@ def test_upstream_killed_mid_query(gwx, pg):
     r = raw_login(gwx)
     marker = "killraw_" + uuid.uuid4().hex[:8]
     r.send(pgwire.msg(b"Q", f"SELECT pg_sleep(10) /* {marker} */".encode() + b"\0"))
-    _terminate(pg, wait_for_active(pg, marker))
+    _terminate(pg, pg.wait_active(marker))
     fields = r.read_error()
     assert fields.get("S") == "FATAL", fields
     assert fields.get("C") in ("57P01", "08006"), fields
@@ -578,7 +565,7 @@ def test_upstream_unix_socket(gwx, pg):
         done = threading.Event()
 
         def cancel():
-            wait_for_active(pg, marker)
+            pg.wait_active(marker)
             c.cancel()
             done.set()
 
@@ -691,7 +678,7 @@ def test_tls_cancel_and_large_transfers(gateway_factory, certs, pg):
     for dbname in ("app", "tls_up"):
         with g.connect(dbname=dbname, sslmode="require") as c:
             marker = "tlscancel_" + uuid.uuid4().hex[:8]
-            t = threading.Thread(target=lambda: (wait_for_active(pg, marker), c.cancel()))
+            t = threading.Thread(target=lambda: (pg.wait_active(marker), c.cancel()))
             t.start()
             with pytest.raises(psycopg.errors.QueryCanceled):
                 c.execute(f"SELECT pg_sleep(10) /* {marker} */")
@@ -901,7 +888,7 @@ def test_sigterm_finishes_inflight_statement_then_exits(gateway_factory, pg):
 
     t = threading.Thread(target=run)
     t.start()
-    wait_for_active(pg, marker)
+    pg.wait_active(marker)
     start = time.monotonic()
     g.proc.send_signal(signal.SIGTERM)
     # The idle session is closed with FATAL 57P01.

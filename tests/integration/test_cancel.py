@@ -148,12 +148,7 @@ def test_a_client_cancel_is_answered_once_the_server_has_it(relayed, pg):
 
         t = threading.Thread(target=run)
         t.start()
-        deadline = time.monotonic() + 15
-        with pg.super_connect() as su:
-            while not su.execute("SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s"
-                                 " AND pid <> pg_backend_pid()", (f"%{marker}%",)).fetchone():
-                assert time.monotonic() < deadline, "the statement never started"
-                time.sleep(0.05)
+        pg.wait_active(marker)
         relay.arm(CANCEL, "hold")
         threading.Timer(1.5, relay.release).start()
         t0 = time.monotonic()

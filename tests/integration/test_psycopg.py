@@ -33,20 +33,6 @@ def run_both(both, scenario):
     return results["gateway"]
 
 
-def wait_for_active(pg, marker, timeout=15):
-    """Wait until a statement containing marker is running upstream; return its pid."""
-    deadline = time.monotonic() + timeout
-    with pg.super_connect() as su:
-        while time.monotonic() < deadline:
-            row = su.execute(
-                "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s "
-                "AND pid <> pg_backend_pid()", (f"%{marker}%",)).fetchone()
-            if row:
-                return row[0]
-            time.sleep(0.05)
-    raise AssertionError(f"statement {marker!r} never became active upstream")
-
-
 # ---------------------------------------------------------------------------- queries
 
 def test_simple_query_protocol(both):
@@ -583,7 +569,7 @@ def test_cancel_running_query(gw, pg):
         marker = "cancel_me_" + uuid.uuid4().hex[:8]
 
         def cancel_when_running():
-            wait_for_active(pg, marker)
+            pg.wait_active(marker)
             c.cancel()
 
         t = threading.Thread(target=cancel_when_running)
@@ -602,7 +588,7 @@ def test_cancel_inside_transaction(gw, pg):
     with gw.connect(autocommit=False) as c:
         marker = "cancel_tx_" + uuid.uuid4().hex[:8]
         c.execute("SELECT 1")
-        t = threading.Thread(target=lambda: (wait_for_active(pg, marker), c.cancel()))
+        t = threading.Thread(target=lambda: (pg.wait_active(marker), c.cancel()))
         t.start()
         with pytest.raises(psycopg.errors.QueryCanceled):
             c.execute(f"SELECT pg_sleep(10) /* {marker} */")
