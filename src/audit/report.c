@@ -223,6 +223,16 @@ static void add_shown(Text *t, const char *s, bool lines)
 	free(v);
 }
 
+/* What a text cut at audit.max_text_size was: its length and SHA-256 (the head is shown). */
+static void add_cut_note(Text *t, json_t *cut, bool lines)
+{
+	const char *sha = json_string_value(json_object_get(cut, "sha256"));
+	add(t, "%s[cut: %lld bytes in all, sha256 ", lines ? "\n  " : " ",
+	    (long long)json_integer_value(json_object_get(cut, "bytes")));
+	add_shown(t, sha ? sha : "?", false);
+	add(t, "]");
+}
+
 /*
  * A stored string field, shown: text, or {"hex": ...} (bytes a client sent that are not
  * UTF-8) with every byte outside printable ASCII as an escape. With lines (a statement's SQL)
@@ -231,6 +241,11 @@ static void add_shown(Text *t, const char *s, bool lines)
  */
 static void add_field(Text *t, json_t *v, bool lines)
 {
+	if (json_object_get(v, "head")) { /* cut at audit.max_text_size */
+		add_field(t, json_object_get(v, "head"), lines);
+		add_cut_note(t, v, lines);
+		return;
+	}
 	const char *hex = json_string_value(json_object_get(v, "hex"));
 	char *text;
 	if (hex) {
@@ -410,7 +425,10 @@ char *audit_replay_text(AuditStore *st, const char *session_id, char *err, size_
 			json_array_foreach(params, i, v)
 			{
 				add(&t, " $%zu=", i + 1);
-				add_shown(&t, json_is_null(v) ? "NULL" : cell(v, buf, sizeof buf), false);
+				json_t *head = json_object_get(v, "head"); /* cut at audit.max_text_size */
+				add_shown(&t, json_is_null(v) ? "NULL" : cell(head ? head : v, buf, sizeof buf), false);
+				if (head)
+					add_cut_note(&t, v, false);
 			}
 			add(&t, "\n");
 		}

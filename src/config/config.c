@@ -355,6 +355,13 @@ static bool on_audit(Loader *ld, Config *c, void *obj, const char *key, yaml_nod
 			fail_at(ld, v, "audit.flush_interval must be from 5ms to 1s");
 		return true;
 	}
+	if (strcmp(key, "max_text_size") == 0) {
+		uint64_t size;
+		if (get_size(ld, v, 1024, 1024ULL * 1024 * 1024, "audit.max_text_size must be a size from 1KiB to 1GiB",
+			     &size))
+			c->audit_text_max = (size_t)size;
+		return true;
+	}
 	if (strcmp(key, "results") == 0)
 		return walk_mapping(ld, c, obj, v, "audit.results", on_audit_results) || true;
 	return false;
@@ -1459,6 +1466,7 @@ static Config *load(const char *path, bool skip_secrets, char *err, size_t errle
 	c->log_all_decisions = true;
 	c->audit_rows = 100;
 	c->audit_bytes = 64 * 1024;
+	c->audit_text_max = 1024 * 1024;
 	c->audit_max_pending = 256 * 1024 * 1024;
 	c->audit_store_timeout_ms = 5000;
 	c->audit_flush_interval_ms = 100;

@@ -168,6 +168,7 @@ typedef struct Config {
 	int audit_flush_interval_ms; /* audit.flush_interval: how long a record may wait to be written (default durability) */
 	int audit_rows;         /* audit.results.rows: result rows kept per statement */
 	int audit_bytes;        /* audit.results.bytes */
+	size_t audit_text_max;  /* audit.max_text_size: longer SQL texts and parameters are recorded by head and hash */
 
 	char *masking_key_file;  /* masking.hash_key_file: the key of method hash */
 	uint8_t *masking_key;    /* its contents */

@@ -205,6 +205,30 @@ bool jw_plain_ascii(const uint8_t *s, size_t n)
 	return true;
 }
 
+void jw_text_cut(JsonW *w, const uint8_t *s, size_t n, bool binary, size_t cap, const char *sha256)
+{
+	if (!cap || n <= cap) {
+		jw_text(w, s, n, binary);
+		return;
+	}
+	size_t head = cap; /* < n: s[head] is the first byte left out */
+	for (int back = 0; !binary && back < 3 && head > 0 && (s[head] & 0xc0) == 0x80; back++)
+		head--; /* not in the middle of a character */
+	char hex[65];
+	if (!sha256) {
+		util_sha256_hex(s, n, hex);
+		sha256 = hex;
+	}
+	jw_begin_object(w);
+	JW_KEY(w, "head");
+	jw_text(w, s, head, binary);
+	JW_KEY(w, "bytes");
+	jw_int(w, (int64_t)n);
+	JW_KEY(w, "sha256");
+	jw_string(w, sha256);
+	jw_end_object(w);
+}
+
 void jw_text(JsonW *w, const uint8_t *s, size_t n, bool binary)
 {
 	if (!binary && jw_plain_ascii(s, n)) {

@@ -59,6 +59,12 @@ static inline void jw_key_plain(JsonW *w, const char *key, size_t len)
 void jw_string(JsonW *w, const char *s); /* NULL writes null */
 /* Bytes as a string when they are valid UTF-8 (and not binary), else as {"hex": ...}. */
 void jw_text(JsonW *w, const uint8_t *s, size_t n, bool binary);
+/*
+ * jw_text for a text that may be longer than cap (0: no cap). A longer one is written as
+ * {"head": its first cap bytes (up to a whole UTF-8 character), "bytes": its length,
+ * "sha256": of all of it} (sha256: that hex when the caller has it, else NULL).
+ */
+void jw_text_cut(JsonW *w, const uint8_t *s, size_t n, bool binary, size_t cap, const char *sha256);
 void jw_int(JsonW *w, int64_t v);
 /* thousandths / 1000 with exactly three decimals (durations in ms from microseconds). */
 void jw_fixed3(JsonW *w, int64_t thousandths);

@@ -80,6 +80,15 @@ void util_hex_encode(const void *in, size_t n, char *out)
 	out[2 * n] = 0;
 }
 
+void util_sha256_hex(const void *in, size_t n, char out[65])
+{
+	uint8_t md[32];
+	unsigned len = 0;
+	if (!EVP_Digest(in, n, md, &len, EVP_sha256(), NULL) || len != sizeof md)
+		abort(); /* no SHA-256: the process cannot go on (the audit chain needs it too) */
+	util_hex_encode(md, sizeof md, out);
+}
+
 char *util_read_file(const char *path, size_t max, char *err, size_t errlen)
 {
 	FILE *f = fopen(path, "rb");

@@ -59,6 +59,8 @@ void util_random(void *buf, size_t n);
 void util_hex_encode(const void *in, size_t n, char *out);
 /* The value of one hex digit (either case), or -1. */
 int util_hex_value(int c);
+/* SHA-256 of n bytes as lower-case hex (64 characters and a NUL). */
+void util_sha256_hex(const void *in, size_t n, char out[65]);
 /* n bytes from the 2n hex digits at in; false at the first pair that is not hex. */
 bool util_hex_decode(const char *in, size_t n, uint8_t *out);
 

@@ -27,7 +27,8 @@
 typedef struct AuditText {
 	unsigned refs;
 	size_t len;
-	char s[]; /* NUL-terminated */
+	char *sha256; /* its hex SHA-256 once a record has cut it (text_digest) */
+	char s[];     /* NUL-terminated */
 } AuditText;
 
 static AuditText *text_new(const char *s, size_t len)
@@ -35,6 +36,7 @@ static AuditText *text_new(const char *s, size_t len)
 	AuditText *t = xmalloc(sizeof *t + len + 1);
 	t->refs = 1;
 	t->len = len;
+	t->sha256 = NULL;
 	memcpy(t->s, s, len);
 	t->s[len] = 0;
 	return t;
@@ -51,8 +53,25 @@ static AuditText *text_ref(AuditText *t)
 
 static void text_unref(AuditText *t)
 {
-	if (t && --t->refs == 0)
+	if (t && --t->refs == 0) {
+		free(t->sha256);
 		free(t);
+	}
+}
+
+/*
+ * The SHA-256 that a record longer than cap shows of text t (NULL when t fits), worked out
+ * once: the Executes of one prepared statement share its text, and each is recorded.
+ */
+static const char *text_digest(AuditText *t, size_t cap)
+{
+	if (!cap || t->len <= cap)
+		return NULL;
+	if (!t->sha256) {
+		t->sha256 = xmalloc(65);
+		util_sha256_hex(t->s, t->len, t->sha256);
+	}
+	return t->sha256;
 }
 
 /* Drops the reference *t holds and sets it to v (whose reference it takes over). */
@@ -557,7 +576,8 @@ AuditStmt *session__audit_bind(Session *s, const uint8_t *body, size_t len, cons
 	const char *stmt = msgr_str(&r);
 	Named *st = stmt ? named_find(an->statements, stmt) : NULL;
 	jw_clear(&an->scratch);
-	session__bind_params_to(&an->scratch, body, len, bind_redacted(s, st), s->policy ? s->policy->detect : 0);
+	session__bind_params_to(&an->scratch, body, len, bind_redacted(s, st), s->policy ? s->policy->detect : 0,
+				s->config->audit_text_max);
 	AuditText *params = text_new(an->scratch.buf, an->scratch.len);
 	if (an->scratch.cap > SCRATCH_KEEP)
 		jw_free(&an->scratch); /* a large Bind's buffer is not kept for the session's life */
@@ -817,10 +837,11 @@ static uint64_t submit(Session *s, AuditStmt *a, const char *tag, const uint8_t 
 	if (a->part)
 		key_int_plain(w, "part", a->part + 1);
 	const char *sql = a->sql->s;
-	size_t sql_len = a->sql->len;
+	size_t sql_len = a->sql->len, cap = s->config->audit_text_max;
 	if (a->part == 0 || part_text(a, &sql, &sql_len)) {
+		/* A text past audit.max_text_size: its head, length and hash (records stay bounded). */
 		JW_KEY(w, "sql");
-		jw_text(w, (const uint8_t *)sql, sql_len, false);
+		jw_text_cut(w, (const uint8_t *)sql, sql_len, false, cap, a->part == 0 ? text_digest(a->sql, cap) : NULL);
 	} /* else its text is in the first record's (part_text) */
 	JW_KEY(w, "decision");
 	jw_raw(w, a->decision->s, a->decision->len);

@@ -55,7 +55,7 @@ void session__hold_wake(Session *s)
 		session__relay_from_client(s);
 }
 
-void session__bind_params_to(JsonW *w, const uint8_t *body, size_t len, bool redact, unsigned detect)
+void session__bind_params_to(JsonW *w, const uint8_t *body, size_t len, bool redact, unsigned detect, size_t cap)
 {
 	MsgReader r;
 	msgr_init(&r, body, len);
@@ -83,10 +83,11 @@ void session__bind_params_to(JsonW *w, const uint8_t *body, size_t len, bool red
 		size_t sl = 0;
 		uint8_t *scrubbed = detect && !memchr(v, 0, plen) ? mask_detect_scrub(detect, v, plen, &sl) : NULL;
 		if (scrubbed) {
-			jw_text(w, scrubbed, sl, false); /* shows [REDACTED]; not UTF-8 is still hex */
+			/* shows [REDACTED]; not UTF-8 is still hex; a cut one's hash is of this text */
+			jw_text_cut(w, scrubbed, sl, false, cap, NULL);
 			free(scrubbed);
 		} else {
-			jw_text(w, v, plen, binary);
+			jw_text_cut(w, v, plen, binary, cap, NULL);
 		}
 	}
 	jw_end_array(w);
@@ -96,7 +97,7 @@ char *session__bind_params(const uint8_t *body, size_t len)
 {
 	JsonW w;
 	jw_init(&w);
-	session__bind_params_to(&w, body, len, false, 0);
+	session__bind_params_to(&w, body, len, false, 0, 0);
 	return jw_take(&w);
 }
 

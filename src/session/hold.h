@@ -32,9 +32,10 @@ void session__hold_wake(Session *s);
 char *session__bind_params(const uint8_t *body, size_t len);
 /*
  * The same, appended to w, as the audit trail records them: redact writes every non-NULL
- * value as [REDACTED]; otherwise what the detectors (DETECT_* bits) find is redacted.
+ * value as [REDACTED]; otherwise what the detectors (DETECT_* bits) find is redacted, and a
+ * value longer than cap (0: no cap) is cut as jw_text_cut does.
  */
-void session__bind_params_to(JsonW *w, const uint8_t *body, size_t len, bool redact, unsigned detect);
+void session__bind_params_to(JsonW *w, const uint8_t *body, size_t len, bool redact, unsigned detect, size_t cap);
 
 /* returned_rows_over: whether an approval lets this statement return every row. */
 bool session__rows_approved(Session *s, const char *sql, const char *params);

@@ -3307,6 +3307,94 @@ def test_http_other_credentials_refused(http_gw):
 
 # ---------------------------------------------------------------------------- hostile input
 
+def _cut_ok(cut, value, cap):
+    """A text cut at audit.max_text_size: its head (whole characters, at most cap bytes), its
+    length and the SHA-256 of all of it."""
+    assert isinstance(cut, dict) and set(cut) == {"head", "bytes", "sha256"}, cut
+    assert cut["bytes"] == len(value) and cut["sha256"] == hashlib.sha256(value).hexdigest(), cut
+    head = cut["head"]
+    head = bytes.fromhex(head["hex"]) if isinstance(head, dict) else head.encode()
+    assert value.startswith(head) and cap - 3 <= len(head) <= cap, (len(head), cap)
+    return head
+
+
+def test_long_texts_recorded_by_head_length_and_hash(gateway_factory, tmp_path):
+    """audit.max_text_size (4KiB here): a longer SQL text, or a longer parameter, is recorded
+    as its head, its length and its SHA-256, not whole. The head stops before a character
+    the cut would split; a prepared statement's records all name the same hash; a binary
+    parameter's head is hex; shorter texts are recorded as they were. Replay says what was
+    cut, and the chain verifies."""
+    cap = 4096
+    db = tmp_path / "cut.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}", {"max_text_size": "4KiB"})
+    trail = SqliteTrail(db)
+    prefix = f"SELECT 'cut-{SFX}' AS m, '"
+    if (cap - len(prefix.encode())) % 2 == 0:
+        prefix += "x"  # the cut then falls inside a two-byte 'é'
+    simple = prefix + "é" * 3000 + "' AS v"
+    prepared = f"SELECT %t::text AS p, length(%b::bytea) AS b, 'prep-{SFX}' /* " + "y" * 5000 + " */"
+    text_param, bin_param = "p" * 10000, b"\x00\xff" * 3000
+
+    def work(c):
+        c.execute(simple).fetchall()
+        for _ in range(2):
+            c.execute(prepared, (text_param, bin_param), prepare=True).fetchall()
+        c.execute("SELECT %t::text AS short", ("short",), prepare=True).fetchall()
+    sid, _, stmts, _, _ = run_session(gw, trail, work)
+    bodies = [st["body"] for st in stmts]
+    first = next(b for b in bodies if isinstance(b["sql"], dict) and "cut-" in b["sql"]["head"])
+    head = _cut_ok(first["sql"], simple.encode(), cap)
+    assert len(head) == cap - 1, len(head)  # one byte short: not half an 'é'
+    preps = [b for b in bodies if isinstance(b["sql"], dict) and "prep-" in b["sql"]["head"]]
+    assert len(preps) == 2, bodies
+    sent = prepared.replace("%t", "$1").replace("%b", "$2").encode()
+    for b in preps:
+        _cut_ok(b["sql"], sent, cap)
+        _cut_ok(b["params"][0], text_param.encode(), cap)
+        assert isinstance(b["params"][1]["head"], dict), b["params"][1]  # binary: hex
+        _cut_ok(b["params"][1], bin_param, cap)
+    short = next(b for b in bodies if b["sql"] == "SELECT $1::text AS short")
+    assert short["params"] == ["short"], short
+    r = cli("sessions", "replay", "--config", gw.config_path, sid)
+    assert r.returncode == 0, r.stderr
+    assert f"[cut: {len(simple.encode())} bytes in all, sha256 {hashlib.sha256(simple.encode()).hexdigest()}]" \
+        in r.stdout, r.stdout[:3000]
+    assert f"$1={'p' * 100}" in r.stdout and f"[cut: 10000 bytes in all, sha256 " in r.stdout, r.stdout[-3000:]
+    assert gw.stop() == 0
+    assert_verify_ok(gw.config_path)
+
+
+def _peak_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def test_huge_statement_keeps_the_record_bounded(gateway_factory, tmp_path):
+    """A 48 MiB statement of control characters, under the default max_text_size (1MiB):
+    JSON writes each such byte as six, and the record once held the whole text so escaped,
+    twice over (the record, then its place in the writer's queue): some 1 GB for 60 MiB, from
+    one message of one client. Now the record holds 1 MiB of it and the hash, the gateway's
+    peak memory stays within a few times the message, and the statement runs."""
+    if asan_build():
+        pytest.skip("an AddressSanitizer build's memory is the sanitizer's, not the gateway's")
+    db = tmp_path / "huge.db"
+    gw = start_audited(gateway_factory, f"sqlite:{db}")
+    trail = SqliteTrail(db)
+    size = 48 << 20
+    sql = f"SELECT 'huge-{SFX}' AS m, length('" + "\x01" * size + "') AS n"
+    with gw.connect(application_name=app_name("huge")) as c:
+        assert c.execute(sql).fetchone() == (f"huge-{SFX}", size)
+    peak = _peak_rss_kib(gw.pid)
+    assert peak < 6 * (size >> 10), f"the gateway's peak memory was {peak >> 10} MiB for a {size >> 20} MiB statement"
+    rec = record_with(trail, f"huge-{SFX}", timeout=10)
+    _cut_ok(rec["body"]["sql"], sql.encode(), 1 << 20)
+    assert gw.stop() == 0
+    assert_verify_ok(gw.config_path)
+
+
 def test_cli_rejects_bad_arguments(gateway_factory, tmp_path):
     """Bad --since, unknown options, a missing replay id, an unknown session and a
     malformed key file each get a clear message and a non-zero exit; nothing is read."""

@@ -728,10 +728,54 @@ static void test_json_writer_fast_path(void **state)
 	}
 }
 
+/* The head of a cut text: at most cap bytes, never part of a character; short texts whole. */
+static void test_json_writer_cut(void **state)
+{
+	(void)state;
+	/* "ab" then a 2-, a 3- and a 4-byte character: cut at each byte of the last three. */
+	const char text[] = "ab\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80";
+	const size_t n = sizeof text - 1;
+	static const size_t head_at[] = {2, 2, 4, 4, 4, 7, 7, 7, 7};
+	for (size_t cap = 2; cap < n; cap++) {
+		JsonW w;
+		jw_init(&w);
+		jw_text_cut(&w, (const uint8_t *)text, n, false, cap, NULL);
+		char *json = jw_take(&w);
+		json_t *j = parse_json(json);
+		size_t want = head_at[cap - 2];
+		assert_int_equal(strlen(json_string_value(json_object_get(j, "head"))), want);
+		assert_memory_equal(json_string_value(json_object_get(j, "head")), text, want);
+		assert_int_equal(json_integer_value(json_object_get(j, "bytes")), n);
+		char sha[65];
+		util_sha256_hex(text, n, sha);
+		assert_string_equal(json_string_value(json_object_get(j, "sha256")), sha);
+		json_decref(j);
+		free(json);
+	}
+	/* No cap, or a text that fits: jw_text. A binary head is cut at the byte, as hex. */
+	JsonW w;
+	jw_init(&w);
+	jw_begin_array(&w);
+	jw_text_cut(&w, (const uint8_t *)text, n, false, 0, NULL);
+	jw_text_cut(&w, (const uint8_t *)text, n, false, n, NULL);
+	jw_text_cut(&w, (const uint8_t *)text, n, true, 3, "given");
+	jw_end_array(&w);
+	char *json = jw_take(&w);
+	json_t *j = parse_json(json);
+	assert_string_equal(json_string_value(json_array_get(j, 0)), text);
+	assert_string_equal(json_string_value(json_array_get(j, 1)), text);
+	json_t *cut = json_array_get(j, 2);
+	assert_string_equal(json_string_value(json_object_get(json_object_get(cut, "head"), "hex")), "6162c3");
+	assert_string_equal(json_string_value(json_object_get(cut, "sha256")), "given");
+	json_decref(j);
+	free(json);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_json_writer_fast_path),
+		cmocka_unit_test(test_json_writer_cut),
 		cmocka_unit_test(test_tag_covers_every_field),
 		cmocka_unit_test(test_tag_known_answer),
 		cmocka_unit_test(test_key_evolves_one_way),

@@ -163,7 +163,7 @@ static void test_audit_and_admin_sections(void **state)
 	snprintf(text, sizeof text,
 		 "%saudit:\n  store: sqlite:/var/lib/pgcordon/audit.db\n  durability: strict\n  on_failure: continue\n"
 		 "  retention: 90d\n  node: gw-1\n  results: {rows: 10, bytes: 1KiB}\n  max_pending: 2GiB\n"
-		 "  store_timeout: 2s\n  flush_interval: 20ms\n"
+		 "  store_timeout: 2s\n  flush_interval: 20ms\n  max_text_size: 64KiB\n"
 		 "admin: {address: 127.0.0.1, port: 9000, auditors: [security, sre]}\n", db);
 	Config *c = load_text(text, err, sizeof err);
 	if (!c)
@@ -178,6 +178,7 @@ static void test_audit_and_admin_sections(void **state)
 	assert_true(c->audit_max_pending == 2ULL << 30);
 	assert_int_equal(c->audit_store_timeout_ms, 2000);
 	assert_int_equal(c->audit_flush_interval_ms, 20);
+	assert_true(c->audit_text_max == 64 * 1024);
 	assert_true(c->admin_enabled);
 	assert_int_equal(c->admin_port, 9000);
 	assert_int_equal(c->nadmin_auditors, 2);
@@ -194,6 +195,7 @@ static void test_audit_and_admin_sections(void **state)
 	assert_true(c->audit_max_pending == 256ULL << 20);
 	assert_int_equal(c->audit_store_timeout_ms, 5000);
 	assert_int_equal(c->audit_flush_interval_ms, 100);
+	assert_true(c->audit_text_max == 1024 * 1024);
 	config_release(c);
 
 	snprintf(text, sizeof text, "%saudit:\n  store: mysql://x\n", db);
@@ -222,6 +224,12 @@ static void test_audit_and_admin_sections(void **state)
 	for (size_t i = 0; i < sizeof pendings / sizeof *pendings; i++) {
 		snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  max_pending: %s\n", db, pendings[i]);
 		expect_error(text, 5, "audit.max_pending must be a size from 1MiB to 64GiB");
+	}
+	/* Longer SQL texts and parameters are recorded by head and hash: a size, 1KiB to 1GiB. */
+	const char *texts[] = {"512", "1023", "2GiB", "whole", "-1KiB"};
+	for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+		snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  max_text_size: %s\n", db, texts[i]);
+		expect_error(text, 5, "audit.max_text_size must be a size from 1KiB to 1GiB");
 	}
 	snprintf(text, sizeof text, "%saudit:\n  store: sqlite:/a\n  max_pending: 1048576\n", db);
 	c = load_text(text, err, sizeof err);
