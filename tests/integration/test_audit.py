@@ -2289,12 +2289,13 @@ def test_store_on_a_frozen_disk_refuses_then_recovers(gateway_factory, frozen_di
     assert_verify_ok(gw.config_path)
 
 
-def _rss_kib(pid):
+def _rss_kib(pid, field="VmRSS"):
+    """The process's resident memory (field VmHWM: its peak) in KiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
+    raise AssertionError(f"no {field} for pid {pid}")
 
 
 def test_frozen_store_under_continue_keeps_memory_bounded(gateway_factory, frozen_disk):
@@ -3359,17 +3360,9 @@ def test_long_texts_recorded_by_head_length_and_hash(gateway_factory, tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"[cut: {len(simple.encode())} bytes in all, sha256 {hashlib.sha256(simple.encode()).hexdigest()}]" \
         in r.stdout, r.stdout[:3000]
-    assert f"$1={'p' * 100}" in r.stdout and f"[cut: 10000 bytes in all, sha256 " in r.stdout, r.stdout[-3000:]
+    assert f"$1={'p' * 100}" in r.stdout and "[cut: 10000 bytes in all, sha256 " in r.stdout, r.stdout[-3000:]
     assert gw.stop() == 0
     assert_verify_ok(gw.config_path)
-
-
-def _peak_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmHWM for pid {pid}")
 
 
 def test_huge_statement_keeps_the_record_bounded(gateway_factory, tmp_path):
@@ -3387,7 +3380,7 @@ def test_huge_statement_keeps_the_record_bounded(gateway_factory, tmp_path):
     sql = f"SELECT 'huge-{SFX}' AS m, length('" + "\x01" * size + "') AS n"
     with gw.connect(application_name=app_name("huge")) as c:
         assert c.execute(sql).fetchone() == (f"huge-{SFX}", size)
-    peak = _peak_rss_kib(gw.pid)
+    peak = _rss_kib(gw.pid, "VmHWM")
     assert peak < 6 * (size >> 10), f"the gateway's peak memory was {peak >> 10} MiB for a {size >> 20} MiB statement"
     rec = record_with(trail, f"huge-{SFX}", timeout=10)
     _cut_ok(rec["body"]["sql"], sql.encode(), 1 << 20)
