@@ -12,7 +12,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -274,6 +276,28 @@ log_disconnections = on
                     return row[0]
                 time.sleep(0.05)
         raise AssertionError(f"statement {marker!r} never became active upstream")
+
+    def cancel_sleep(self, conn, seconds, tag):
+        """Runs pg_sleep(seconds) on conn and, once the server runs it, cancels it with
+        conn.cancel() from another thread; expects QueryCanceled, returns the seconds taken."""
+        marker = f"{tag}_{uuid.uuid4().hex[:8]}"
+        canceled = threading.Event()
+
+        def cancel():
+            self.wait_active(marker)
+            conn.cancel()
+            canceled.set()
+
+        t = threading.Thread(target=cancel)
+        t.start()
+        start = time.monotonic()
+        try:
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute(f"SELECT pg_sleep({seconds}) /* {marker} */")
+        finally:
+            t.join()
+        assert canceled.is_set(), "the statement was not cancelled from the side"
+        return time.monotonic() - start
 
     def stop(self):
         try:

@@ -561,21 +561,7 @@ def test_upstream_unix_socket(gwx, pg):
         assert c.execute("SELECT inet_server_addr(), current_user").fetchone() == (None, "gw_scram")
         assert c.execute("SELECT count(*) FROM items").fetchone()[0] == 100
         # A cancel travels to the address the session's upstream socket is connected to.
-        marker = "unixcancel_" + uuid.uuid4().hex[:8]
-        done = threading.Event()
-
-        def cancel():
-            pg.wait_active(marker)
-            c.cancel()
-            done.set()
-
-        t = threading.Thread(target=cancel)
-        t.start()
-        started = time.monotonic()
-        with pytest.raises(psycopg.errors.QueryCanceled):
-            c.execute(f"SELECT pg_sleep(20) /* {marker} */")
-        t.join()
-        assert done.is_set() and time.monotonic() - started < 15
+        assert pg.cancel_sleep(c, 20, "unixcancel") < 15
         assert c.execute("SELECT 'after cancel'").fetchone()[0] == "after cancel"
     gwx.assert_serves()
 
@@ -677,12 +663,7 @@ def test_tls_cancel_and_large_transfers(gateway_factory, certs, pg):
     g = gateway_factory.start(mutate)
     for dbname in ("app", "tls_up"):
         with g.connect(dbname=dbname, sslmode="require") as c:
-            marker = "tlscancel_" + uuid.uuid4().hex[:8]
-            t = threading.Thread(target=lambda: (pg.wait_active(marker), c.cancel()))
-            t.start()
-            with pytest.raises(psycopg.errors.QueryCanceled):
-                c.execute(f"SELECT pg_sleep(10) /* {marker} */")
-            t.join()
+            pg.cancel_sleep(c, 10, "tlscancel")
             payload = b"".join(b"%d\t%s\n" % (i, b"v" * (i % 300)) for i in range(40000))
             c.execute("CREATE TEMP TABLE tl (a int, b text)")
             cur = c.cursor()

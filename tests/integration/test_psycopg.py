@@ -566,19 +566,7 @@ def test_function_call_message(gw, pg):
 
 def test_cancel_running_query(gw, pg):
     with gw.connect() as c:
-        marker = "cancel_me_" + uuid.uuid4().hex[:8]
-
-        def cancel_when_running():
-            pg.wait_active(marker)
-            c.cancel()
-
-        t = threading.Thread(target=cancel_when_running)
-        t.start()
-        start = time.monotonic()
-        with pytest.raises(psycopg.errors.QueryCanceled):
-            c.execute(f"SELECT pg_sleep(10) /* {marker} */")
-        elapsed = time.monotonic() - start
-        t.join()
+        elapsed = pg.cancel_sleep(c, 10, "cancel_me")
         assert elapsed < 8, f"cancel took {elapsed:.1f}s"
         assert c.info.transaction_status == TransactionStatus.IDLE
         assert c.execute("SELECT 'alive after cancel'").fetchone()[0] == "alive after cancel"
@@ -586,13 +574,8 @@ def test_cancel_running_query(gw, pg):
 
 def test_cancel_inside_transaction(gw, pg):
     with gw.connect(autocommit=False) as c:
-        marker = "cancel_tx_" + uuid.uuid4().hex[:8]
         c.execute("SELECT 1")
-        t = threading.Thread(target=lambda: (pg.wait_active(marker), c.cancel()))
-        t.start()
-        with pytest.raises(psycopg.errors.QueryCanceled):
-            c.execute(f"SELECT pg_sleep(10) /* {marker} */")
-        t.join()
+        pg.cancel_sleep(c, 10, "cancel_tx")
         assert c.info.transaction_status == TransactionStatus.INERROR
         c.rollback()
         assert c.execute("SELECT 7").fetchone()[0] == 7
