@@ -18,7 +18,7 @@ CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) $(SAN) $(WARN) -Isrc $(PKG_CFLAGS) -pthr
 LDLIBS := $(PKG_LIBS) -lpg_query -pthread
 
 SRCS := $(wildcard src/core/*.c src/proto/*.c src/config/*.c src/auth/*.c src/net/*.c \
-                   src/session/*.c src/policy/*.c src/mask/*.c src/audit/*.c src/approval/*.c src/http/*.c \
+                   src/session/*.c src/policy/*.c src/mask/*.c src/audit/*.c src/approval/*.c src/http/*.c src/mcp/*.c \
                    src/cli/*.c)
 LIB_SRCS := $(filter-out src/cli/%,$(SRCS))
 OBJS := $(SRCS:%.c=$(BUILD)/%.o)

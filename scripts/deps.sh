@@ -31,8 +31,10 @@ if ! command -v npm >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends npm
 fi
 
-# node-postgres for the client-compatibility tests, kept inside the repository's test folder.
+# node-postgres for the client-compatibility tests and the MCP SDK's client for the MCP
+# tests, kept inside the repository's test folder.
 here="$(cd "$(dirname "$0")/.." && pwd)"
-if [ ! -d "$here/tests/node/node_modules/pg" ] || [ ! -d "$here/tests/node/node_modules/pg-copy-streams" ]; then
+if [ ! -d "$here/tests/node/node_modules/pg" ] || [ ! -d "$here/tests/node/node_modules/pg-copy-streams" ] ||
+   [ ! -d "$here/tests/node/node_modules/@modelcontextprotocol/sdk" ]; then
   (cd "$here/tests/node" && npm install --no-audit --no-fund --loglevel=error)
 fi

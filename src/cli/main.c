@@ -11,6 +11,7 @@
 #include "auth/scram.h"
 #include "cli/approvals_cmd.h"
 #include "cli/demo.h"
+#include "cli/mcp_cmd.h"
 #include "cli/audit_cmd.h"
 #include "cli/serve.h"
 #include "core/util.h"
@@ -30,7 +31,9 @@ static void usage(FILE *f)
 		   "  pgcordon audit verify|export ...      check the audit chain, export JSON Lines\n"
 		   "  pgcordon approvals list|approve|deny ...\n"
 		   "                                        decide held statements (pgcordon approvals --help)\n"
-		   "  pgcordon grants request|list ...      ask for time-bound table access, list grants\n");
+		   "  pgcordon grants request|list ...      ask for time-bound table access, list grants\n"
+		   "  pgcordon mcp --connect CONNINFO       an MCP server on stdio for AI agents, querying\n"
+		   "                                        through the gateway (pgcordon mcp --help)\n");
 }
 
 static const char *option(int argc, char **argv, const char *name)
@@ -173,6 +176,8 @@ int main(int argc, char **argv)
 		return cmd_apikey(argc, argv);
 	if (strcmp(cmd, "approvals") == 0 || strcmp(cmd, "grants") == 0)
 		return approvals_main(argc, argv);
+	if (strcmp(cmd, "mcp") == 0)
+		return mcp_cmd_main(argc, argv);
 	if (strcmp(cmd, "demo") == 0) {
 		static const char *const demo_opts[] = {"--port", NULL};
 		if (!only_options(argc, argv, demo_opts))
