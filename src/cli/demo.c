@@ -74,7 +74,6 @@ static bool find_bindir(char *out, size_t outlen)
 
 int demo_run(const char *self, int port)
 {
-	(void)self;
 	char bindir[256], dir[] = "/tmp/pgcordon-demo-XXXXXX";
 	if (!find_bindir(bindir, sizeof bindir)) {
 		fprintf(stderr, "pgcordon demo: no PostgreSQL server binaries under /usr/lib/postgresql "
@@ -175,12 +174,14 @@ int demo_run(const char *self, int port)
 	       "  SELECT * FROM customers;                  -- refused: no WHERE\n"
 	       "  SELECT * FROM orders;                     -- cut off after 100 rows\n"
 	       "  DELETE FROM orders WHERE id = 1;          -- refused: read-only\n\n"
+	       "The same agent as an MCP tool for an AI agent host (docs/mcp.md), under the same rules:\n"
+	       "  PGPASSWORD=agent-demo-password %s mcp --connect \"host=127.0.0.1 port=%d dbname=app user=agent\"\n\n"
 	       "Everything is recorded, outside the database:\n"
 	       "  pgcordon sessions list --config %s\n"
 	       "  pgcordon sessions replay SESSION_ID --config %s\n"
 	       "  pgcordon audit verify --config %s\n\n"
 	       "config: %s   (Ctrl-C stops the gateway and removes the throwaway database)\n\n",
-	       port, port, path, path, path, path);
+	       port, port, self, port, path, path, path, path);
 	fflush(stdout);
 	rc = serve_run(path);
 	run("%s%s/pg_ctl -D %s/data -m fast stop >/dev/null 2>&1", as, bindir, dir);

@@ -229,6 +229,19 @@ def test_demo_runs_enforces_and_cleans_up():
         assert "DELETE FROM orders WHERE id = 1" in replay.stdout and "block" in replay.stdout, replay.stdout
         v = subprocess.run([str(BIN), "audit", "verify", "--config", cfg], capture_output=True, text=True)
         assert v.returncode == 0 and v.stdout.startswith("ok:"), v.stdout + v.stderr
+        # The MCP command the demo prints works as printed, under the agent's rules.
+        m = re.search(r'^  PGPASSWORD=(\S+) (\S+) mcp --connect "([^"]+)"$', out.decode(), re.M)
+        assert m and m[2] == str(BIN), out.decode()
+        calls = [{"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                  "params": {"name": "query", "arguments": {"sql": sql}}}
+                 for i, sql in enumerate(["SELECT count(*) FROM orders", "SELECT * FROM customers"])]
+        r = subprocess.run([m[2], "mcp", "--connect", m[3]], env={**os.environ, "PGPASSWORD": m[1]},
+                           input="".join(json.dumps(c) + "\n" for c in calls), capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        count, refused = [json.loads(line)["result"] for line in r.stdout.splitlines()]
+        assert count["structuredContent"]["rows"] == [[1000]], count
+        assert refused["isError"] and "without WHERE" in refused["content"][0]["text"], refused
     finally:
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(60)

@@ -27,7 +27,7 @@ SFX = secrets.token_hex(3)
 CUST = f"mcp_cust_{SFX}"
 PAY = f"mcp_pay_{SFX}"
 NODE_DIR = REPO / "tests" / "node"
-KEY_GROUPS = {"agent": ["agents"], "approver": ["security-oncall"]}
+KEY_GROUPS = {"agent": ["agents"], "approver": ["security-oncall"], "scoped": ["scoped-agents"]}
 
 
 def cli(*args, env=None, timeout=60, input=None):
@@ -106,6 +106,8 @@ def mcpgw(pg, certs, objects, tmp_path_factory):
              "block": [{"statements": ["drop_table"]}, {"delete_without_where": True}],
              "mask": [{"columns": [f"public.{CUST}.email"], "method": "email"}],
              "review": [{"tables": [f"public.{PAY}"]}]},
+            {"name": "scoped", "match": {"groups": ["scoped-agents"]},
+             "access": {"read_only": True, "tables": [f"public.{CUST}"]}},
         ]
     f = GatewayFactory(pg, certs, root)
     gw = f.start(mutate)
@@ -470,3 +472,21 @@ def test_command_line_refuses_what_it_cannot_use(mcpgw):
         assert r.stdout == "", (args, r.stdout)
     r = cli("mcp", "--help")
     assert r.returncode == 0 and "PGPASSWORD" in r.stderr
+
+
+def test_table_scope_applies_to_the_tools(mcpgw):
+    """A table scope holds for every tool: the catalog tables that list_tables and
+    describe_table read are outside it too (docs/mcp.md), and the refusal says so."""
+    with mcpgw.mcp("scoped") as m:
+        assert m.rows(f"SELECT count(*) FROM {CUST}") == [[5]]
+        for sql in (f"SELECT * FROM {PAY}", f"UPDATE {CUST} SET note = 'x' WHERE id = 1"):
+            res = m.call("query", {"sql": sql})
+            assert res["isError"] and res["structuredContent"]["error"]["sqlstate"] == "42501", res
+        for tool, args, table in (("list_tables", {}, "pg_catalog.pg_class"),
+                                  ("describe_table", {"table": CUST}, "pg_catalog.pg_attribute")):
+            err = m.call(tool, args)["structuredContent"]["error"]
+            assert err["sqlstate"] == "42501" and table in err["message"], err
+            assert "outside the caller's scope" in err["message"], err
+        # What a scoped agent can do instead: the columns of a table in its scope.
+        res = m.call("query", {"sql": f"SELECT * FROM {CUST} LIMIT 0"})["structuredContent"]
+        assert [c["name"] for c in res["columns"]] == ["id", "email", "note"] and res["rows"] == []
