@@ -82,7 +82,7 @@ static bool fill(Input *in)
 /* The next whole line (its length in *len, '\r' dropped), or NULL; taken off by consume(). */
 static char *peek_line(Input *in, size_t *len, size_t *used)
 {
-	char *nl = memchr(in->buf, '\n', in->len);
+	char *nl = in->len ? memchr(in->buf, '\n', in->len) : NULL;
 	if (!nl)
 		return NULL;
 	*used = (size_t)(nl + 1 - in->buf);
