@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,14 +13,21 @@
 #include "core/util.h"
 #include "mcp/server.h"
 
-/* Input not yet handled: whole lines, then at most one partial one. */
+/* Ids of requests cancelled while still queued behind a call; the oldest is forgotten first. */
+#define MAX_CANCELLED 64
+
+/* Input not yet handled, buf[start, len): whole lines, then at most one partial one. */
 typedef struct Input {
 	char *buf;
-	size_t len, cap;
-	size_t scanned;	   /* lines before this offset were already looked at for a cancel */
+	size_t start, len, cap;
+	size_t line_start; /* where the last, partial line begins */
+	size_t scanned; /* lines before this offset were already looked at while a call ran */
 	bool eof;
-	bool skipping;	   /* in a line longer than MCP_MAX_MESSAGE: dropped up to its newline */
+	bool skipping; /* in a line longer than MCP_MAX_MESSAGE: dropped up to its newline */
 	const char *call_id; /* the JSON text of the running call's id, while one runs */
+	bool call_cancelled; /* the client cancelled the running call: it gets no response */
+	char *cancelled[MAX_CANCELLED];
+	int ncancelled;
 } Input;
 
 /* Pending lines beyond this are left unread until the running call ends. */
@@ -36,107 +44,188 @@ static void send_line(char *line)
 	free(line);
 }
 
-/* The bytes of a line too long to take: dropped, answered once with a parse error. */
-static void skip_long(Input *in)
+/*
+ * The n bytes just read at buf[len - n, len): a line longer than MCP_MAX_MESSAGE is
+ * answered once with a parse error and dropped as it comes, never kept whole.
+ */
+static void bound_lines(Input *in, size_t n)
 {
-	char *nl = memchr(in->buf, '\n', in->len);
-	if (!in->skipping) {
-		in->skipping = true;
-		send_line(mcp_too_long());
-	}
-	if (nl) {
-		size_t rest = in->len - (size_t)(nl + 1 - in->buf);
-		memmove(in->buf, nl + 1, rest);
-		in->len = rest;
+	char *fresh = in->buf + in->len - n;
+	if (in->skipping) {
+		char *nl = memchr(fresh, '\n', n);
+		if (!nl) {
+			in->len -= n;
+			return;
+		}
+		size_t keep = n - (size_t)(nl + 1 - fresh);
+		memmove(fresh, nl + 1, keep);
+		in->len = in->len - n + keep;
 		in->skipping = false;
-	} else {
-		in->len = 0;
+		in->line_start = in->len - keep;
+		fresh = in->buf + in->line_start;
+		n = keep;
 	}
-	in->scanned = 0;
+	char *nl = n ? memrchr(fresh, '\n', n) : NULL;
+	if (nl)
+		in->line_start = (size_t)(nl + 1 - in->buf);
+	if (in->len - in->line_start > MCP_MAX_MESSAGE) {
+		send_line(mcp_too_long());
+		in->len = in->line_start;
+		in->skipping = true;
+	}
 }
 
-/* One read; false at the end of input or on an error. */
+/* One read (waiting for input even on a non-blocking stdin); false at the end of input or on an error. */
 static bool fill(Input *in)
 {
+	if (in->start) {
+		memmove(in->buf, in->buf + in->start, in->len - in->start);
+		in->len -= in->start;
+		in->line_start -= in->start;
+		in->scanned = in->scanned > in->start ? in->scanned - in->start : 0;
+		in->start = 0;
+	}
 	if (in->cap - in->len < 65536) {
 		in->cap = in->cap ? in->cap * 2 : 131072;
 		in->buf = xrealloc(in->buf, in->cap);
 	}
 	ssize_t n;
-	do
+	for (;;) {
 		n = read(STDIN_FILENO, in->buf + in->len, in->cap - in->len);
-	while (n < 0 && errno == EINTR);
+		if (n >= 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK))
+			break;
+		if (errno != EINTR) {
+			struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
+			poll(&p, 1, -1);
+		}
+	}
 	if (n <= 0) {
 		in->eof = true;
 		return false;
 	}
 	in->len += (size_t)n;
-	/* Bounded by the tail: a partial line over the limit is dropped as it comes. */
-	char *last = memrchr(in->buf, '\n', in->len);
-	size_t partial = last ? in->len - (size_t)(last + 1 - in->buf) : in->len;
-	if (in->skipping || (partial > MCP_MAX_MESSAGE && !last))
-		skip_long(in);
+	bound_lines(in, (size_t)n);
 	return true;
 }
 
 /* The next whole line (its length in *len, '\r' dropped), or NULL; taken off by consume(). */
 static char *peek_line(Input *in, size_t *len, size_t *used)
 {
-	char *nl = in->len ? memchr(in->buf, '\n', in->len) : NULL;
+	char *line = in->buf + in->start;
+	char *nl = in->len > in->start ? memchr(line, '\n', in->len - in->start) : NULL;
 	if (!nl)
 		return NULL;
-	*used = (size_t)(nl + 1 - in->buf);
-	*len = (size_t)(nl - in->buf);
-	if (*len && in->buf[*len - 1] == '\r')
+	*used = (size_t)(nl + 1 - line);
+	*len = (size_t)(nl - line);
+	if (*len && line[*len - 1] == '\r')
 		(*len)--;
-	return in->buf;
+	return line;
 }
 
 static void consume(Input *in, size_t used)
 {
-	memmove(in->buf, in->buf + used, in->len - used);
-	in->len -= used;
-	in->scanned = in->scanned > used ? in->scanned - used : 0;
+	in->start += used;
+	if (in->start == in->len)
+		in->start = in->len = in->scanned = in->line_start = 0;
 }
 
-/* While a call runs: reads what came, and looks for that call's cancellation. */
+static void remember_cancelled(Input *in, char *id)
+{
+	if (in->ncancelled == MAX_CANCELLED) {
+		free(in->cancelled[0]);
+		memmove(in->cancelled, in->cancelled + 1, (MAX_CANCELLED - 1) * sizeof *in->cancelled);
+		in->ncancelled--;
+	}
+	in->cancelled[in->ncancelled++] = id;
+}
+
+/* True (and forgotten) when the request with this id was cancelled before it ran. */
+static bool take_cancelled(Input *in, const char *id)
+{
+	for (int i = 0; id && i < in->ncancelled; i++) {
+		if (strcmp(in->cancelled[i], id) == 0) {
+			free(in->cancelled[i]);
+			memmove(in->cancelled + i, in->cancelled + i + 1, (size_t)(in->ncancelled - i - 1) * sizeof *in->cancelled);
+			in->ncancelled--;
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * While a call runs: reads what came, answers pings at once (the line is then blanked),
+ * and looks for cancellations: of the running call (it stops), or of a request still
+ * queued (it will not run).
+ */
 static McpWatch watch(void *arg)
 {
 	Input *in = arg;
-	if (in->len >= MAX_PENDING)
+	if (in->len - in->start >= MAX_PENDING)
 		return MCP_STOP_WATCHING;
 	if (!fill(in))
 		return MCP_STOP_WATCHING; /* end of input: what was asked is still answered, then we exit */
+	if (in->scanned < in->start)
+		in->scanned = in->start;
 	while (in->scanned < in->len) {
-		char *start = in->buf + in->scanned;
-		char *nl = memchr(start, '\n', in->len - in->scanned);
+		char *line = in->buf + in->scanned;
+		char *nl = memchr(line, '\n', in->len - in->scanned);
 		if (!nl)
 			break;
-		size_t n = (size_t)(nl - start);
+		size_t n = (size_t)(nl - line);
 		in->scanned += n + 1;
-		if (n <= MCP_MAX_MESSAGE && in->call_id && mcp_cancels(start, n, in->call_id))
+		if (n > MCP_MAX_MESSAGE)
+			continue;
+		char *pong = mcp_ping_reply(line, n);
+		if (pong) {
+			send_line(pong);
+			memset(line, ' ', n);
+			continue;
+		}
+		char *target = mcp_cancelled_id(line, n);
+		if (!target)
+			continue;
+		if (in->call_id && strcmp(target, in->call_id) == 0) {
+			free(target);
+			in->call_cancelled = true;
 			return MCP_CANCEL;
+		}
+		remember_cancelled(in, target);
 	}
 	return MCP_GO_ON;
 }
 
-static void handle(McpDb *db, Input *in, const char *line, size_t len)
+static void handle(McpDb *db, Input *in, const char *text, size_t len)
 {
 	bool blank = true;
 	for (size_t i = 0; i < len && blank; i++)
-		blank = line[i] == ' ' || line[i] == '\t';
+		blank = text[i] == ' ' || text[i] == '\t';
 	if (blank)
 		return;
 	if (len > MCP_MAX_MESSAGE) {
 		send_line(mcp_too_long());
 		return;
 	}
+	/* A copy: the input buffer moves when more is read while the call runs. */
+	char *line = xmalloc(len + 1);
+	memcpy(line, text, len);
+	line[len] = 0;
 	char *id = mcp_request_id(line, len);
+	if (take_cancelled(in, id)) {
+		free(id); /* cancelled before it ran: not run, and not answered */
+		free(line);
+		return;
+	}
 	in->call_id = id;
+	in->call_cancelled = false;
 	char *out = mcp_handle(db, line, len);
 	in->call_id = NULL;
 	free(id);
-	send_line(out);
+	free(line);
+	if (in->call_cancelled)
+		free(out); /* the protocol: a cancelled request gets no response */
+	else
+		send_line(out);
 }
 
 static void usage(void)
@@ -166,7 +255,8 @@ static bool conninfo_ok(const char *conninfo)
 	char *err = NULL;
 	PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
 	if (!opts) {
-		fprintf(stderr, "pgcordon mcp: --connect: %s", err ? err : "out of memory\n");
+		/* Not libpq's message: it quotes the text it could not take, which may be a secret. */
+		fprintf(stderr, "pgcordon mcp: --connect is not a connection string or URI libpq can read\n");
 		PQfreemem(err);
 		return false;
 	}
@@ -222,19 +312,20 @@ int mcp_cmd_main(int argc, char **argv)
 		size_t len, used;
 		char *line = peek_line(&in, &len, &used);
 		if (line) {
-			if (!in.skipping)
-				handle(db, &in, line, len);
+			handle(db, &in, line, len);
 			consume(&in, used);
 			continue;
 		}
 		if (in.eof) {
-			if (in.len && !in.skipping)
-				handle(db, &in, in.buf, in.len); /* a last message without its newline */
+			if (in.len > in.start)
+				handle(db, &in, in.buf + in.start, in.len - in.start); /* a last message without its newline */
 			break;
 		}
 		fill(&in);
 	}
 	free(in.buf);
+	for (int i = 0; i < in.ncancelled; i++)
+		free(in.cancelled[i]);
 	mcp_db_free(db);
 	return 0;
 }

@@ -70,7 +70,10 @@ static char *tools_call(McpDb *db, json_t *id, json_t *params)
 		return reply_error(id, RPC_INVALID_PARAMS, "Invalid params: \"name\" must be a tool's name");
 	json_t *result = mcp_tools_call(db, name, json_object_get(params, "arguments"));
 	if (!result) {
-		char *msg = xasprintf("Unknown tool: %.100s", name);
+		int n = (int)strlen(name) > 100 ? 100 : (int)strlen(name);
+		while (n > 0 && ((unsigned char)name[n] & 0xC0) == 0x80)
+			n--; /* not inside a character: the message must stay UTF-8 */
+		char *msg = xasprintf("Unknown tool: %.*s", n, name);
 		char *out = reply_error(id, RPC_INVALID_PARAMS, msg);
 		free(msg);
 		return out;
@@ -99,13 +102,15 @@ char *mcp_handle(McpDb *db, const char *msg, size_t len)
 		out = reply_error(NULL, RPC_INVALID_REQUEST, "Invalid Request: batches are not supported");
 	} else if (!json_is_object(m)) {
 		out = reply_error(NULL, RPC_INVALID_REQUEST, "Invalid Request: not an object");
-	} else if (!method && valid_id(id) && (json_object_get(m, "result") || json_object_get(m, "error"))) {
-		out = NULL; /* a response: this server sends no requests, so there is nothing to match */
+	} else if (!method && (json_object_get(m, "result") || json_object_get(m, "error"))) {
+		out = NULL; /* a response is never answered; this server sends no requests to match it to */
 	} else if (!util_str_same(plain_string(json_object_get(m, "jsonrpc")), "2.0") || !plain_string(method) ||
-		   (id && !valid_id(id)) || (params && !json_is_object(params))) {
+		   (id && !valid_id(id))) {
 		out = reply_error(valid_id(id) ? id : NULL, RPC_INVALID_REQUEST,
-				  "Invalid Request: needs \"jsonrpc\": \"2.0\", a string \"method\", an id that is a "
-				  "string or an integer, and \"params\" as an object");
+				  "Invalid Request: needs \"jsonrpc\": \"2.0\", a string \"method\", and an id that "
+				  "is a string or an integer");
+	} else if (id && params && !json_is_object(params)) {
+		out = reply_error(id, RPC_INVALID_PARAMS, "Invalid params: MCP takes \"params\" as an object");
 	} else if (!id) {
 		out = NULL; /* a notification (initialized, cancelled for a call already done, ...) */
 	} else {
@@ -136,16 +141,28 @@ char *mcp_request_id(const char *msg, size_t len)
 	return out;
 }
 
-bool mcp_cancels(const char *msg, size_t len, const char *id)
+char *mcp_cancelled_id(const char *msg, size_t len)
 {
 	json_t *m = json_loadb(msg, len, JSON_ALLOW_NUL, NULL);
-	bool yes = false;
-	if (util_str_same(plain_string(json_object_get(m, "method")), "notifications/cancelled")) {
+	char *out = NULL;
+	if (util_str_same(plain_string(json_object_get(m, "method")), "notifications/cancelled") &&
+	    !json_object_get(m, "id")) {
 		json_t *rid = json_object_get(json_object_get(m, "params"), "requestId");
-		char *text = rid ? json_dumps(rid, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-		yes = text && id && strcmp(text, id) == 0;
-		free(text);
+		if (valid_id(rid))
+			out = json_dumps(rid, JSON_COMPACT | JSON_ENCODE_ANY);
 	}
 	json_decref(m);
-	return yes;
+	return out;
+}
+
+char *mcp_ping_reply(const char *msg, size_t len)
+{
+	json_t *m = json_loadb(msg, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, NULL);
+	json_t *id = json_object_get(m, "id"), *params = json_object_get(m, "params");
+	char *out = NULL;
+	if (util_str_same(plain_string(json_object_get(m, "method")), "ping") && valid_id(id) &&
+	    util_str_same(plain_string(json_object_get(m, "jsonrpc")), "2.0") && (!params || json_is_object(params)))
+		out = reply_result(id, json_object());
+	json_decref(m);
+	return out;
 }

@@ -25,13 +25,16 @@ char *mcp_handle(McpDb *db, const char *msg, size_t len);
 /* The parse error for a message longer than MCP_MAX_MESSAGE (the caller frees it). */
 char *mcp_too_long(void);
 
-/*
- * When msg is a notifications/cancelled for the request with this id (the JSON text of
- * the id, as mcp_request_id gives it), true.
- */
-bool mcp_cancels(const char *msg, size_t len, const char *id);
-
 /* The JSON text of msg's id when it is a request, else NULL (the caller frees it). */
 char *mcp_request_id(const char *msg, size_t len);
+
+/*
+ * When msg is a notifications/cancelled, the JSON text of the request id it names, else
+ * NULL (the caller frees it).
+ */
+char *mcp_cancelled_id(const char *msg, size_t len);
+
+/* When msg is a well-formed ping, its response, else NULL: pings are answered even while a call runs. */
+char *mcp_ping_reply(const char *msg, size_t len);
 
 #endif

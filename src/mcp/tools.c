@@ -14,6 +14,7 @@
 #define MAX_NOTICE_BYTES 4096
 #define MAX_PARAMS 1000
 #define CONNECT_TIMEOUT "10"
+#define CANCEL_GRACE_MS 30000
 
 struct McpDb {
 	char *conninfo;
@@ -24,6 +25,7 @@ struct McpDb {
 	void *interrupt_arg;
 	json_t *notices; /* of the call that runs */
 	bool in_block;	 /* a transaction was open after the last statement */
+	bool lost_block; /* the session died in a call with a transaction open: say so at the next */
 };
 
 /* What one statement gave back. */
@@ -35,6 +37,10 @@ typedef struct Run {
 	bool cancelled;	  /* we sent a cancel (limit reached, or interrupted) */
 	bool interrupted; /* the client cancelled the call or went away */
 	bool unwatched;	  /* the caller's input is not watched for the rest of the call */
+	bool completed;	  /* the statement ran to its end (its result's end arrived) */
+	bool rolled_back; /* our cancel at a limit ended it: what it changed is undone */
+	bool abandoned;	  /* no end within CANCEL_GRACE_MS of the cancel: the session is closed */
+	int64_t cancelled_at;
 	bool drain;	  /* past a limit inside a transaction block: read and drop the rest */
 	char *command;
 	long affected;
@@ -105,18 +111,23 @@ static json_t *server_error(const PGresult *r)
 	return e;
 }
 
+/* Adds a notice to the call's result (taking it), up to MAX_NOTICES and a last word that more were dropped. */
+static void add_notice(McpDb *db, json_t *notice)
+{
+	size_t n = db->notices ? json_array_size(db->notices) : MAX_NOTICES + 1;
+	if (n < MAX_NOTICES)
+		json_array_append(db->notices, notice);
+	else if (n == MAX_NOTICES)
+		json_array_append_new(db->notices, json_pack("{ss}", "message", "(more notices were dropped)"));
+	json_decref(notice);
+}
+
 /* Notices (an approval request's id among them) go back with the call's result. */
 static void on_notice(void *arg, const PGresult *r)
 {
 	McpDb *db = arg;
-	if (!db->notices)
-		return;
-	if (json_array_size(db->notices) >= MAX_NOTICES) {
-		if (json_array_size(db->notices) == MAX_NOTICES)
-			json_array_append_new(db->notices, json_pack("{ss}", "message", "(more notices were dropped)"));
-		return;
-	}
-	json_array_append_new(db->notices, server_error(r));
+	if (db->notices && json_array_size(db->notices) <= MAX_NOTICES)
+		add_notice(db, server_error(r));
 }
 
 McpDb *mcp_db_new(const char *conninfo, McpLimits limits)
@@ -155,6 +166,21 @@ static char *conn_message(PGconn *conn)
 	return xasprintf("%.*s", (int)n, m);
 }
 
+/*
+ * NOTIFY messages of a LISTEN the agent ran: libpq keeps each until asked, so they are
+ * taken after every statement; the first few go back as notices, the rest are dropped.
+ */
+static void drain_notifies(McpDb *db)
+{
+	PGnotify *n;
+	while ((n = PQnotifies(db->conn))) {
+		if (db->notices && json_array_size(db->notices) <= MAX_NOTICES)
+			add_notice(db, json_pack("{ss so so}", "severity", "NOTIFICATION", "channel", text_cut(n->relname, 256),
+						 "message", text_cut(n->extra, MAX_NOTICE_BYTES)));
+		PQfreemem(n);
+	}
+}
+
 /* Reads what came while idle: a FATAL then the end of the connection (libpq gives the FATAL as a notice). */
 static bool still_open(PGconn *conn)
 {
@@ -175,6 +201,12 @@ static bool still_open(PGconn *conn)
  */
 static bool connected(McpDb *db, Run *run)
 {
+	if (db->lost_block) {
+		db->lost_block = false;
+		run->error = error_object("08006", "the gateway session ended during the last call with a transaction "
+						   "open, which is rolled back; the next call opens a new session");
+		return false;
+	}
 	if (db->conn && still_open(db->conn))
 		return true;
 	if (db->conn) {
@@ -193,13 +225,13 @@ static bool connected(McpDb *db, Run *run)
 			return false;
 		}
 		char *msg = xasprintf("the previous gateway session had ended (%s); this call runs in a new one", why);
-		json_array_append_new(db->notices, json_pack("{ss ss}", "severity", "NOTICE", "message", msg));
+		add_notice(db, json_pack("{ss ss}", "severity", "NOTICE", "message", msg));
 		free(msg);
 		free(why);
 	}
 	/* Later keywords win: the agent's conninfo may lengthen the timeout, not change the encoding. */
-	const char *keys[] = {"connect_timeout", "dbname", "client_encoding", "fallback_application_name", NULL};
-	const char *values[] = {CONNECT_TIMEOUT, db->conninfo, "UTF8", "pgcordon-mcp", NULL};
+	const char *keys[] = {"connect_timeout", "keepalives", "dbname", "client_encoding", "fallback_application_name", NULL};
+	const char *values[] = {CONNECT_TIMEOUT, "1", db->conninfo, "UTF8", "pgcordon-mcp", NULL};
 	db->conn = PQconnectdbParams(keys, values, 1);
 	if (PQstatus(db->conn) != CONNECTION_OK) {
 		run->error = conn_error(db->conn, "cannot connect to the gateway");
@@ -216,6 +248,7 @@ static void cancel(McpDb *db, Run *run)
 	if (run->cancelled)
 		return;
 	run->cancelled = true;
+	run->cancelled_at = (int64_t)util_now_ms();
 	PGcancel *c = PQgetCancel(db->conn);
 	char err[256];
 	if (c)
@@ -360,7 +393,16 @@ static bool wait_input(McpDb *db, Run *run)
 	if (!run->unwatched && db->watch_fd >= 0 && db->interrupt)
 		fds[1].fd = db->watch_fd;
 	for (;;) {
-		int n = poll(fds, 2, -1);
+		int timeout = -1;
+		if (run->cancelled) {
+			int64_t left = run->cancelled_at + CANCEL_GRACE_MS - (int64_t)util_now_ms();
+			if (left <= 0) {
+				run->abandoned = true;
+				return false;
+			}
+			timeout = (int)left;
+		}
+		int n = poll(fds, 2, timeout);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
@@ -407,6 +449,7 @@ static void take_result(McpDb *db, Run *run, PGresult *r, bool in_block)
 		break;
 	case PGRES_TUPLES_OK:
 		take_columns(run, r);
+		run->completed = true;
 		free(run->command);
 		run->command = xstrdup(PQcmdStatus(r));
 		break;
@@ -429,8 +472,10 @@ static void take_result(McpDb *db, Run *run, PGresult *r, bool in_block)
 	default: {
 		const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
 		/* Our own cancel of a result cut at a limit is not the statement's failure. */
-		if (run->cancelled && !run->interrupted && state && strcmp(state, "57014") == 0)
+		if (run->cancelled && !run->interrupted && state && strcmp(state, "57014") == 0) {
+			run->rolled_back = true;
 			break;
+		}
 		if (!run->error)
 			run->error = state ? server_error(r) : conn_error(db->conn, "the gateway connection failed");
 		break;
@@ -468,10 +513,19 @@ static void run_statement(McpDb *db, const char *sql, int nparams, const char *c
 	if (run->interrupted && !run->error)
 		run->error = error_object("57014", "the call was cancelled by the client");
 done:
-	if (PQstatus(db->conn) != CONNECTION_OK) {
-		/* This call's error tells the agent; the next call opens a new session. */
+	drain_notifies(db);
+	if (run->abandoned && !run->error)
+		run->error = error_object("08006", "the statement did not end within 30 s of its cancel; the session "
+						   "was closed");
+	if (run->abandoned || PQstatus(db->conn) != CONNECTION_OK) {
+		/*
+		 * This call's error tells the agent; the next call opens a new session. A transaction
+		 * that was open is gone, and the next call says so first: it must not run in
+		 * autocommit as if it were still inside it.
+		 */
 		PQfinish(db->conn);
 		db->conn = NULL;
+		db->lost_block = in_block;
 		db->in_block = false;
 		return;
 	}
@@ -498,14 +552,20 @@ static json_t *run_result(McpDb *db, Run *run)
 		json_object_set_new(out, "row_count", json_integer(run->nrows));
 		json_object_set_new(out, "truncated", json_boolean(run->truncated));
 		if (run->truncated) {
-			char *why = xasprintf("more rows than this server returns (max_rows %ld, max_bytes %zu); "
-					      "the rest were not fetched: narrow the query or add a LIMIT",
-					      db->limits.max_rows, db->limits.max_bytes);
+			/* Whether the statement ran to its end matters when it changed something. */
+			const char *end = run->completed ? "the statement ran to its end"
+				: run->rolled_back ? "the statement was cancelled there, so whatever it changed was rolled back"
+						   : "the rest were read and dropped";
+			char *why = xasprintf("more rows than this server returns (max_rows %ld, max_bytes %zu): %s; "
+					      "narrow the query or add a LIMIT",
+					      db->limits.max_rows, db->limits.max_bytes, end);
 			json_object_set_new(out, "note", json_string(why));
 			free(why);
-		} else if (run->command) {
-			json_object_set_new(out, "command", json_string(run->command));
+			if (run->rolled_back && !run->completed)
+				json_object_set_new(out, "cancelled", json_true());
 		}
+		if (run->command)
+			json_object_set_new(out, "command", json_string(run->command));
 	} else if (run->command) {
 		json_object_set_new(out, "command", json_string(run->command));
 		if (run->affected >= 0)

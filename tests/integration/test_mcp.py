@@ -294,21 +294,90 @@ def test_transaction_spans_calls_and_a_cut_result_keeps_it(mcpgw, pg):
 
 
 def test_client_cancel_stops_the_statement(mcpgw, pg):
+    """A ping is answered while a call runs; notifications/cancelled for the running call
+    cancels its statement through the gateway, and (as MCP asks) it gets no response."""
     with mcpgw.mcp() as m:
         initialize(m)
         m.send({"jsonrpc": "2.0", "id": "slow-1", "method": "tools/call",
                 "params": {"name": "query", "arguments": {"sql": "SELECT pg_sleep(60) -- mcp-cancel"}}})
         pg.wait_active("mcp-cancel")
+        m.send({"jsonrpc": "2.0", "id": "p-during", "method": "ping"})
+        assert m.recv(timeout=10) == {"jsonrpc": "2.0", "id": "p-during", "result": {}}
         t0 = time.monotonic()
         m.send({"jsonrpc": "2.0", "method": "notifications/cancelled",
                 "params": {"requestId": "slow-1", "reason": "user pressed stop"}})
-        r = m.recv(timeout=20)
+        m.send({"jsonrpc": "2.0", "id": "p-after", "method": "ping"})
+        assert m.recv(timeout=20) == {"jsonrpc": "2.0", "id": "p-after", "result": {}}
         assert time.monotonic() - t0 < 15
-        assert r["id"] == "slow-1" and r["result"]["isError"], r
-        assert r["result"]["structuredContent"]["error"]["sqlstate"] == "57014", r
-        # A cancellation of another id, or of a call already done, changes nothing.
+        with pg.super_connect() as c:
+            assert c.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                             "AND query LIKE '%mcp-cancel%' AND pid <> pg_backend_pid()").fetchone()[0] == 0
+        # A cancellation of a call already done changes nothing.
         m.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "slow-1"}})
         assert m.rows("SELECT 41 + 1") == [[42]]
+
+
+def test_cancel_of_a_queued_request_and_a_flood_of_lines(mcpgw, pg):
+    """A request cancelled while it waits behind another never runs; 2 MiB of empty lines
+    sent during a call are taken in linear time."""
+    with mcpgw.mcp() as m:
+        m.send({"jsonrpc": "2.0", "id": "a", "method": "tools/call",
+                "params": {"name": "query", "arguments": {"sql": "SELECT pg_sleep(1.5) -- mcp-queued"}}})
+        pg.wait_active("mcp-queued")
+        m.send({"jsonrpc": "2.0", "id": "b", "method": "tools/call",
+                "params": {"name": "query", "arguments": {"sql": f"UPDATE {CUST} SET note = 'b' WHERE id = 1"}}})
+        m.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "b"}})
+        m.send_raw(b"\n" * (2 << 20))
+        m.send({"jsonrpc": "2.0", "id": "during", "method": "ping"})
+        got = {r["id"]: r for r in (m.recv(timeout=20), m.recv(timeout=20))}
+        assert got["during"]["result"] == {} and not got["a"]["result"]["isError"], got
+        m.send({"jsonrpc": "2.0", "id": "last", "method": "ping"})
+        assert m.recv(timeout=20) == {"jsonrpc": "2.0", "id": "last", "result": {}}
+        with pg.connect() as c:
+            assert c.execute(f"SELECT note FROM {CUST} WHERE id = 1").fetchone()[0] == "note 1"
+
+
+def test_notifications_are_returned_and_not_hoarded(mcpgw, pg):
+    with mcpgw.mcp() as m:
+        m.call("query", {"sql": "LISTEN mcp_chan"})
+        res = m.call("query", {"sql": "SELECT count(pg_notify('mcp_chan', 'n' || g)) FROM generate_series(1, 200) g"})
+        notes = res["structuredContent"]["notices"]
+        assert len(notes) == 33 and notes[0] == {"severity": "NOTIFICATION", "channel": "mcp_chan",
+                                                 "message": "n1"}, notes[:2]
+        assert "dropped" in notes[-1]["message"]
+        assert "notices" not in m.call("query", {"sql": "SELECT 1"})["structuredContent"]
+
+
+def test_a_cut_result_says_whether_the_statement_ran_to_its_end(mcpgw):
+    with mcpgw.mcp(args=("--max-rows", "10")) as m:
+        s = m.call("query", {"sql": "SELECT g FROM generate_series(1, 20) g"})["structuredContent"]
+        assert s["truncated"] and s["command"] == "SELECT 20" and "ran to its end" in s["note"], s
+        s = m.call("query", {"sql": "SELECT set_config('mcp.last', g::text, false) "
+                                    "FROM generate_series(1, 5000000) g"})["structuredContent"]
+        assert s["truncated"] and s.get("cancelled") is True and "rolled back" in s["note"], s
+        assert "command" not in s
+        assert m.rows("SELECT current_setting('mcp.last', true)") in ([[None]], [[""]])
+
+
+def test_non_blocking_stdin_is_waited_on(mcpgw):
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGPASSWORD"] = mcpgw.keys["agent"][0]
+    p = subprocess.Popen([str(BIN), "mcp", "--connect", mcpgw.conninfo()], stdin=r,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    os.close(r)
+    try:
+        time.sleep(0.5)
+        assert p.poll() is None, "pgcordon mcp ended on a non-blocking stdin with nothing to read"
+        os.write(w, b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+        os.close(w)
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert json.loads(out) == {"jsonrpc": "2.0", "id": 1, "result": {}}
 
 
 def terminate(pg, marker):
@@ -321,7 +390,8 @@ def terminate(pg, marker):
 
 def test_ended_session_is_opened_again(mcpgw, pg):
     """Idle: the next call runs in a new session, with a notice. In a transaction: the next
-    call says the transaction is gone, and the one after runs."""
+    call says the transaction is gone, and the one after runs; also when the session ends
+    during a call, which must not let the next statement run in autocommit."""
     with mcpgw.mcp() as m:
         assert m.rows("SELECT 'mcp-lost-1' AS tag") == [["mcp-lost-1"]]
         terminate(pg, "mcp-lost-1")
@@ -338,6 +408,19 @@ def test_ended_session_is_opened_again(mcpgw, pg):
         res = m.call("query", {"sql": "SELECT 3"})
         assert res["isError"] and "transaction" in res["structuredContent"]["error"]["message"], res
         assert m.rows("SELECT 4") == [[4]]
+
+        m.call("query", {"sql": "BEGIN"})
+        m.send({"jsonrpc": "2.0", "id": "dies", "method": "tools/call",
+                "params": {"name": "query", "arguments": {"sql": "SELECT pg_sleep(30) -- mcp-lost-3"}}})
+        pg.wait_active("mcp-lost-3")
+        terminate(pg, "mcp-lost-3")
+        r = m.recv(timeout=20)
+        assert r["id"] == "dies" and r["result"]["isError"], r
+        res = m.call("query", {"sql": f"UPDATE {CUST} SET note = 'autocommitted' WHERE id = 2"})
+        assert res["isError"] and "transaction" in res["structuredContent"]["error"]["message"], res
+        with pg.connect() as c:
+            assert c.execute(f"SELECT note FROM {CUST} WHERE id = 2").fetchone()[0] == "note 2"
+        assert m.rows("SELECT 5") == [[5]]
 
 
 def test_recorded_in_the_audit_trail(mcpgw):
@@ -383,12 +466,15 @@ def test_malformed_messages_get_json_rpc_errors(mcpgw):
         (b'{"jsonrpc":"1.0","id":7,"method":"ping"}', 7, -32600),
         (b'{"id":8,"method":"ping"}', 8, -32600),
         (b'{"jsonrpc":"2.0","id":9,"method":5}', 9, -32600),
-        (b'{"jsonrpc":"2.0","id":10,"method":"ping","params":[1]}', 10, -32600),
+        (b'{"jsonrpc":"2.0","id":10,"method":"ping","params":[1]}', 10, -32602),
         (b'{"jsonrpc":"2.0","id":11,"method":"ping","id":12}', None, -32700),
         (b'{"jsonrpc":"2.0","id":13,"method":"resources/list"}', 13, -32601),
         (b'{"jsonrpc":"2.0","id":14,"method":"tools/call","params":{"name":5}}', 14, -32602),
         (b'{"jsonrpc":"2.0","id":15,"method":"tools/call"}', 15, -32602),
         (b'{"jsonrpc":"2.0","id":16,"method":"tools/call","params":{"name":"drop_everything"}}', 16, -32602),
+        (('{"jsonrpc":"2.0","id":18,"method":"tools/call","params":{"name":"a' + "\u00e9" * 60 + '"}}').encode(),
+         18, -32602),
+        (b'{"jsonrpc":"2.0","id":19,"method":"ping\\u0000x"}', 19, -32600),
         (b'{"jsonrpc":"2.0","id":17,"method":"ping","x":"\xff\xfe"}', None, -32700),
     ]
     with mcpgw.mcp() as m:
@@ -401,6 +487,7 @@ def test_malformed_messages_get_json_rpc_errors(mcpgw):
         # Nothing to answer: a notification, a response, a blank line. The next answer is the ping's.
         m.send_raw(b'{"jsonrpc":"2.0","method":"notifications/whatever"}\n'
                    b'{"jsonrpc":"2.0","id":5,"result":{}}\n\n   \n'
+                   b'{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"x"}}\n'
                    b'{"jsonrpc":"2.0","id":"p1","method":"ping"}\r\n')
         assert m.recv() == {"jsonrpc": "2.0", "id": "p1", "result": {}}
         # A message over 4 MiB is refused without being held whole; the next one is served.
