@@ -331,6 +331,24 @@ def scram_verifier(password):
 
 # ---------------------------------------------------------------------------- gateway
 
+def su_exec(pg, *stmts):
+    """Runs statements as the superuser in the test database."""
+    with pg.super_connect() as c:
+        for s in stmts:
+            c.execute(s)
+
+
+def apikey_create(name, groups):
+    """(key, api_keys entry) for a new key made by `pgcordon apikey create`."""
+    r = subprocess.run([str(BIN), "apikey", "create", name, "--groups", ",".join(groups)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    key = re.findall(r"^  (pgc_[A-Za-z0-9_-]{43})$", r.stdout, re.M)
+    m = re.search(r"^  " + re.escape(name) + r': \{hash: "(sha256:[0-9a-f]{64})"', r.stdout, re.M)
+    assert len(key) == 1 and m, r.stdout
+    return key[0], {"hash": m[1], "groups": list(groups)}
+
+
 class GatewayDied(Exception):
     pass
 

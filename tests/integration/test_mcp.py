@@ -21,7 +21,7 @@ import http.client
 
 import pytest
 
-from conftest import BIN, REPO, GatewayFactory, free_port, require_binary
+from conftest import BIN, REPO, GatewayFactory, apikey_create, free_port, require_binary, su_exec
 
 SFX = secrets.token_hex(3)
 CUST = f"mcp_cust_{SFX}"
@@ -33,21 +33,6 @@ KEY_GROUPS = {"agent": ["agents"], "approver": ["security-oncall"], "scoped": ["
 def cli(*args, env=None, timeout=60, input=None):
     return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=timeout,
                           env=env, input=input)
-
-
-def apikey_create(name, groups):
-    r = cli("apikey", "create", name, "--groups", ",".join(groups))
-    assert r.returncode == 0, r.stderr
-    key = re.findall(r"^  (pgc_[A-Za-z0-9_-]{43})$", r.stdout, re.M)
-    m = re.search(r"^  " + re.escape(name) + r': \{hash: "(sha256:[0-9a-f]{64})"', r.stdout, re.M)
-    assert len(key) == 1 and m, r.stdout
-    return key[0], {"hash": m[1], "groups": list(groups)}
-
-
-def su_exec(pg, *stmts):
-    with pg.super_connect() as c:
-        for s in stmts:
-            c.execute(s)
 
 
 @pytest.fixture(scope="module")
