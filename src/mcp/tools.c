@@ -41,7 +41,6 @@ typedef struct Run {
 	bool rolled_back; /* our cancel at a limit ended it: what it changed is undone */
 	bool abandoned;	  /* no end within CANCEL_GRACE_MS of the cancel: the session is closed */
 	int64_t cancelled_at;
-	bool drain;	  /* past a limit inside a transaction block: read and drop the rest */
 	char *command;
 	long affected;
 	json_t *error; /* {sqlstate, message, detail, hint}, or NULL */
@@ -259,10 +258,8 @@ static void cancel(McpDb *db, Run *run)
 /* Row data past a limit: outside a transaction the statement is cancelled; inside, read and dropped. */
 static void limit_reached(McpDb *db, Run *run, bool in_block)
 {
-	run->truncated = true;
-	if (in_block)
-		run->drain = true;
-	else
+	run->truncated = true; /* the rows that still come are dropped (take_row, take_copy_line) */
+	if (!in_block)
 		cancel(db, run);
 }
 
