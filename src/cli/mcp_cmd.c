@@ -176,13 +176,13 @@ static McpWatch watch(void *arg)
 		in->scanned += n + 1;
 		if (n > MCP_MAX_MESSAGE)
 			continue;
-		char *pong = mcp_ping_reply(line, n);
+		char *target;
+		char *pong = mcp_peek(line, n, &target);
 		if (pong) {
 			send_line(pong);
 			memset(line, ' ', n);
 			continue;
 		}
-		char *target = mcp_cancelled_id(line, n);
 		if (!target)
 			continue;
 		if (in->call_id && strcmp(target, in->call_id) == 0) {
@@ -193,6 +193,17 @@ static McpWatch watch(void *arg)
 		remember_cancelled(in, target);
 	}
 	return MCP_GO_ON;
+}
+
+/* Before a request runs: not if it was cancelled while queued; else it is the running call. */
+static bool starts(void *arg, const char *id)
+{
+	Input *in = arg;
+	if (take_cancelled(in, id))
+		return false;
+	in->call_id = id;
+	in->call_cancelled = false;
+	return true;
 }
 
 static void handle(McpDb *db, Input *in, const char *text, size_t len)
@@ -210,17 +221,9 @@ static void handle(McpDb *db, Input *in, const char *text, size_t len)
 	char *line = xmalloc(len + 1);
 	memcpy(line, text, len);
 	line[len] = 0;
-	char *id = mcp_request_id(line, len);
-	if (take_cancelled(in, id)) {
-		free(id); /* cancelled before it ran: not run, and not answered */
-		free(line);
-		return;
-	}
-	in->call_id = id;
 	in->call_cancelled = false;
-	char *out = mcp_handle(db, line, len);
+	char *out = mcp_handle(db, line, len, starts, in);
 	in->call_id = NULL;
-	free(id);
 	free(line);
 	if (in->call_cancelled)
 		free(out); /* the protocol: a cancelled request gets no response */

@@ -211,9 +211,7 @@ void jw_text_cut(JsonW *w, const uint8_t *s, size_t n, bool binary, size_t cap, 
 		jw_text(w, s, n, binary);
 		return;
 	}
-	size_t head = cap; /* < n: s[head] is the first byte left out */
-	for (int back = 0; !binary && back < 3 && head > 0 && (s[head] & 0xc0) == 0x80; back++)
-		head--; /* not in the middle of a character */
+	size_t head = binary ? cap : util_utf8_prefix(s, n, cap); /* not in the middle of a character */
 	char hex[65];
 	if (!sha256) {
 		util_sha256_hex(s, n, hex);

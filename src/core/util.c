@@ -80,6 +80,17 @@ void util_hex_encode(const void *in, size_t n, char *out)
 	out[2 * n] = 0;
 }
 
+size_t util_utf8_prefix(const void *s, size_t n, size_t max)
+{
+	const unsigned char *b = s;
+	if (n <= max)
+		return n;
+	size_t head = max; /* < n: b[head] is the first byte left out */
+	for (int back = 0; back < 3 && head > 0 && (b[head] & 0xc0) == 0x80; back++)
+		head--;
+	return head;
+}
+
 void util_sha256_hex(const void *in, size_t n, char out[65])
 {
 	uint8_t md[32];

@@ -61,6 +61,11 @@ void util_hex_encode(const void *in, size_t n, char *out);
 int util_hex_value(int c);
 /* SHA-256 of n bytes as lower-case hex (64 characters and a NUL). */
 void util_sha256_hex(const void *in, size_t n, char out[65]);
+/*
+ * How many of s's n bytes to keep to cut it at max: max or a little less, so the cut is not
+ * inside a UTF-8 character (it backs up at most 3 bytes, whatever the bytes are).
+ */
+size_t util_utf8_prefix(const void *s, size_t n, size_t max);
 /* n bytes from the 2n hex digits at in; false at the first pair that is not hex. */
 bool util_hex_decode(const char *in, size_t n, uint8_t *out);
 

@@ -70,10 +70,8 @@ static char *tools_call(McpDb *db, json_t *id, json_t *params)
 		return reply_error(id, RPC_INVALID_PARAMS, "Invalid params: \"name\" must be a tool's name");
 	json_t *result = mcp_tools_call(db, name, json_object_get(params, "arguments"));
 	if (!result) {
-		int n = (int)strlen(name) > 100 ? 100 : (int)strlen(name);
-		while (n > 0 && ((unsigned char)name[n] & 0xC0) == 0x80)
-			n--; /* not inside a character: the message must stay UTF-8 */
-		char *msg = xasprintf("Unknown tool: %.*s", n, name);
+		/* Not cut inside a character: the message must stay UTF-8. */
+		char *msg = xasprintf("Unknown tool: %.*s", (int)util_utf8_prefix(name, strlen(name), 100), name);
 		char *out = reply_error(id, RPC_INVALID_PARAMS, msg);
 		free(msg);
 		return out;
@@ -84,7 +82,7 @@ static char *tools_call(McpDb *db, json_t *id, json_t *params)
 /* An id is a string or an integer; MCP forbids null. */
 static bool valid_id(json_t *id) { return json_is_string(id) || json_is_integer(id); }
 
-char *mcp_handle(McpDb *db, const char *msg, size_t len)
+char *mcp_handle(McpDb *db, const char *msg, size_t len, McpStarts starts, void *arg)
 {
 	json_error_t je;
 	/* \u0000 is valid JSON: taken, so the message keeps its id; names with one match nothing. */
@@ -114,8 +112,11 @@ char *mcp_handle(McpDb *db, const char *msg, size_t len)
 	} else if (!id) {
 		out = NULL; /* a notification (initialized, cancelled for a call already done, ...) */
 	} else {
+		char *id_text = json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY);
 		const char *name = json_string_value(method);
-		if (strcmp(name, "initialize") == 0)
+		if (starts && !starts(arg, id_text))
+			out = NULL; /* cancelled before it ran */
+		else if (strcmp(name, "initialize") == 0)
 			out = reply_result(id, initialize_result(params));
 		else if (strcmp(name, "ping") == 0)
 			out = reply_result(id, json_object());
@@ -125,44 +126,28 @@ char *mcp_handle(McpDb *db, const char *msg, size_t len)
 			out = tools_call(db, id, params);
 		else
 			out = reply_error(id, RPC_METHOD_NOT_FOUND, "Method not found");
+		free(id_text);
 	}
 	json_decref(m);
 	return out;
 }
 
-char *mcp_request_id(const char *msg, size_t len)
+char *mcp_peek(const char *msg, size_t len, char **cancelled_id)
 {
-	json_t *m = json_loadb(msg, len, JSON_ALLOW_NUL, NULL);
-	json_t *id = json_object_get(m, "id");
-	char *out = json_is_string(json_object_get(m, "method")) && valid_id(id)
-			    ? json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY)
-			    : NULL;
-	json_decref(m);
-	return out;
-}
-
-char *mcp_cancelled_id(const char *msg, size_t len)
-{
-	json_t *m = json_loadb(msg, len, JSON_ALLOW_NUL, NULL);
-	char *out = NULL;
-	if (util_str_same(plain_string(json_object_get(m, "method")), "notifications/cancelled") &&
-	    !json_object_get(m, "id")) {
-		json_t *rid = json_object_get(json_object_get(m, "params"), "requestId");
-		if (valid_id(rid))
-			out = json_dumps(rid, JSON_COMPACT | JSON_ENCODE_ANY);
-	}
-	json_decref(m);
-	return out;
-}
-
-char *mcp_ping_reply(const char *msg, size_t len)
-{
+	*cancelled_id = NULL;
 	json_t *m = json_loadb(msg, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, NULL);
 	json_t *id = json_object_get(m, "id"), *params = json_object_get(m, "params");
+	const char *method = plain_string(json_object_get(m, "method"));
 	char *out = NULL;
-	if (util_str_same(plain_string(json_object_get(m, "method")), "ping") && valid_id(id) &&
-	    util_str_same(plain_string(json_object_get(m, "jsonrpc")), "2.0") && (!params || json_is_object(params)))
+	if (!util_str_same(plain_string(json_object_get(m, "jsonrpc")), "2.0") || (params && !json_is_object(params))) {
+		/* not for here: mcp_handle answers it in its turn */
+	} else if (util_str_same(method, "ping") && valid_id(id)) {
 		out = reply_result(id, json_object());
+	} else if (util_str_same(method, "notifications/cancelled") && !id) {
+		json_t *rid = json_object_get(params, "requestId");
+		if (valid_id(rid))
+			*cancelled_id = json_dumps(rid, JSON_COMPACT | JSON_ENCODE_ANY);
+	}
 	json_decref(m);
 	return out;
 }

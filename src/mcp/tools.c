@@ -25,7 +25,7 @@ struct McpDb {
 	void *interrupt_arg;
 	json_t *notices; /* of the call that runs */
 	bool in_block;	 /* a transaction was open after the last statement */
-	bool lost_block; /* the session died in a call with a transaction open: say so at the next */
+	bool lost_block; /* the session died with a transaction open: the next call says so, and runs nothing */
 };
 
 /* What one statement gave back. */
@@ -63,13 +63,7 @@ static json_t *text(const char *s, size_t n)
 /* At most max bytes of s, ending before a character the cut would split. */
 static json_t *text_cut(const char *s, size_t max)
 {
-	size_t n = strlen(s);
-	if (n > max) {
-		n = max;
-		while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
-			n--;
-	}
-	return text(s, n);
+	return text(s, util_utf8_prefix(s, strlen(s), max));
 }
 
 static json_t *error_object(const char *sqlstate, const char *message)
@@ -200,29 +194,26 @@ static bool still_open(PGconn *conn)
  */
 static bool connected(McpDb *db, Run *run)
 {
-	if (db->lost_block) {
-		db->lost_block = false;
-		run->error = error_object("08006", "the gateway session ended during the last call with a transaction "
-						   "open, which is rolled back; the next call opens a new session");
-		return false;
-	}
 	if (db->conn && still_open(db->conn))
 		return true;
+	char *why = db->conn ? conn_message(db->conn) : NULL;
 	if (db->conn) {
-		char *why = conn_message(db->conn);
-		bool in_block = db->in_block;
 		PQfinish(db->conn);
 		db->conn = NULL;
+		db->lost_block = db->in_block;
 		db->in_block = false;
-		if (in_block) {
-			char *msg = xasprintf("the gateway session ended with a transaction open, which is rolled "
-					      "back; the next call opens a new session (%s)",
-					      why);
-			run->error = error_object("08006", msg);
-			free(msg);
-			free(why);
-			return false;
-		}
+	}
+	if (db->lost_block) {
+		db->lost_block = false;
+		char *msg = xasprintf("the gateway session ended with a transaction open, which is rolled back; the "
+				      "next call opens a new session%s%s%s",
+				      why ? " (" : "", why ? why : "", why ? ")" : "");
+		run->error = error_object("08006", msg);
+		free(msg);
+		free(why);
+		return false;
+	}
+	if (why) {
 		char *msg = xasprintf("the previous gateway session had ended (%s); this call runs in a new one", why);
 		add_notice(db, json_pack("{ss ss}", "severity", "NOTICE", "message", msg));
 		free(msg);
@@ -258,7 +249,7 @@ static void cancel(McpDb *db, Run *run)
 /* Row data past a limit: outside a transaction the statement is cancelled; inside, read and dropped. */
 static void limit_reached(McpDb *db, Run *run, bool in_block)
 {
-	run->truncated = true; /* the rows that still come are dropped (take_row, take_copy_line) */
+	run->truncated = true;
 	if (!in_block)
 		cancel(db, run);
 }
@@ -340,43 +331,46 @@ static void take_columns(Run *run, const PGresult *r)
 	}
 }
 
-static void take_row(McpDb *db, Run *run, const PGresult *r, bool in_block)
+/*
+ * Whether a row of size bytes still fits under the limits (it is then counted). Past them
+ * the result is cut, and the rows that still come are dropped.
+ */
+static bool row_fits(McpDb *db, Run *run, size_t size, bool in_block)
 {
 	if (run->truncated)
-		return;
+		return false;
+	if (run->nrows >= db->limits.max_rows || size > db->limits.max_bytes - run->bytes) {
+		limit_reached(db, run, in_block);
+		return false;
+	}
+	run->nrows++;
+	run->bytes += size;
+	return true;
+}
+
+static void take_row(McpDb *db, Run *run, const PGresult *r, bool in_block)
+{
 	size_t size = 0;
 	for (int i = 0; i < PQnfields(r); i++)
 		size += (size_t)PQgetlength(r, 0, i);
-	if (run->nrows >= db->limits.max_rows || size > db->limits.max_bytes - run->bytes) {
-		limit_reached(db, run, in_block);
+	if (!row_fits(db, run, size, in_block))
 		return;
-	}
 	json_t *row = json_array();
 	for (int i = 0; i < PQnfields(r); i++)
 		json_array_append_new(row, value(r, i));
 	json_array_append_new(run->rows, row);
-	run->nrows++;
-	run->bytes += size;
 }
 
 /* COPY TO STDOUT: its lines come back as rows of one column, under the same limits. */
-static bool take_copy_line(McpDb *db, Run *run, char *line, int len, bool in_block)
+static void take_copy_line(McpDb *db, Run *run, char *line, int len, bool in_block)
 {
-	if (run->truncated)
-		return true;
 	if (!run->columns)
 		run->columns = json_pack("[{ss ss}]", "name", "copy", "type", "text");
 	size_t n = (size_t)len;
 	if (n && line[n - 1] == '\n')
 		n--;
-	if (run->nrows >= db->limits.max_rows || n > db->limits.max_bytes - run->bytes) {
-		limit_reached(db, run, in_block);
-		return true;
-	}
-	json_array_append_new(run->rows, json_pack("[o]", text(line, n)));
-	run->nrows++;
-	run->bytes += n;
-	return true;
+	if (row_fits(db, run, n, in_block))
+		json_array_append_new(run->rows, json_pack("[o]", text(line, n)));
 }
 
 /*

@@ -15,9 +15,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static McpDb *db;
 	if (!db)
 		db = mcp_db_new("host=127.0.0.1 port=1 connect_timeout=1", (McpLimits){.max_rows = 10, .max_bytes = 4096});
-	free(mcp_handle(db, (const char *)data, size));
-	free(mcp_request_id((const char *)data, size));
-	free(mcp_cancelled_id((const char *)data, size));
-	free(mcp_ping_reply((const char *)data, size));
+	free(mcp_handle(db, (const char *)data, size, NULL, NULL));
+	char *cancelled;
+	free(mcp_peek((const char *)data, size, &cancelled));
+	free(cancelled);
 	return 0;
 }
