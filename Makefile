@@ -21,8 +21,11 @@ SRCS := $(wildcard src/core/*.c src/proto/*.c src/config/*.c src/auth/*.c src/ne
                    src/session/*.c src/policy/*.c src/mask/*.c src/audit/*.c src/approval/*.c src/http/*.c src/mcp/*.c \
                    src/cli/*.c)
 LIB_SRCS := $(filter-out src/cli/%,$(SRCS))
-OBJS := $(SRCS:%.c=$(BUILD)/%.o)
-LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
+# The web console's files, built into the binary by an .incbin (src/http/console_files.S).
+CONSOLE_ASM := src/http/console_files.S
+CONSOLE_FILES := $(wildcard src/http/console/*)
+OBJS := $(SRCS:%.c=$(BUILD)/%.o) $(BUILD)/src/http/console_files.o
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(BUILD)/src/http/console_files.o
 
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
@@ -30,7 +33,7 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTEST := /usr/bin/python3 -m pytest
 
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
-FUZZ_LIB := $(filter-out src/net/% src/session/%,$(LIB_SRCS))
+FUZZ_LIB := $(filter-out src/net/% src/session/%,$(LIB_SRCS)) $(CONSOLE_ASM)
 FUZZ_SECONDS ?= 30
 
 .PHONY: all test unit integration asan fuzz clean format
@@ -43,6 +46,10 @@ $(BUILD)/pgcordon: $(OBJS)
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/src/http/console_files.o: $(CONSOLE_ASM) $(CONSOLE_FILES)
+	@mkdir -p $(dir $@)
+	$(CC) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJS) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)

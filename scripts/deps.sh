@@ -9,7 +9,7 @@ packages=(
   postgresql postgresql-client pgbouncer
   python3-pytest python3-psycopg python3-jwt python3-cryptography python3-zstandard
   default-jdk-headless libpostgresql-jdbc-java
-  nodejs
+  nodejs chromium
 )
 
 missing=()
@@ -31,10 +31,12 @@ if ! command -v npm >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends npm
 fi
 
-# node-postgres for the client-compatibility tests and the MCP SDK's client for the MCP
+# node-postgres for the client-compatibility tests, the MCP SDK's client for the MCP tests and
+# playwright-core (it drives Debian's chromium; it downloads no browser) for the console's
 # tests, kept inside the repository's test folder.
 here="$(cd "$(dirname "$0")/.." && pwd)"
 if [ ! -d "$here/tests/node/node_modules/pg" ] || [ ! -d "$here/tests/node/node_modules/pg-copy-streams" ] ||
-   [ ! -d "$here/tests/node/node_modules/@modelcontextprotocol/sdk" ]; then
+   [ ! -d "$here/tests/node/node_modules/@modelcontextprotocol/sdk" ] ||
+   [ ! -d "$here/tests/node/node_modules/playwright-core" ]; then
   (cd "$here/tests/node" && npm install --no-audit --no-fund --loglevel=error)
 fi

@@ -18,6 +18,7 @@
 #include "auth/oidc.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "http/console.h"
 
 static struct MHD_Daemon *daemon_;
 static char *tls_cert_pem, *tls_key_pem; /* admin.tls, in memory while the daemon runs */
@@ -29,6 +30,22 @@ typedef struct {
 	bool owned; /* groups were allocated for this request */
 } Caller;
 
+/*
+ * On every answer. The policy lets a page load only the console's own script and style and
+ * talk only to this listener: a SQL text or user name that smuggles in markup can never
+ * run, even if the console had a bug that inserted it as HTML. No framing, no referrer.
+ */
+static void add_security_headers(struct MHD_Response *r)
+{
+	MHD_add_response_header(r, "Content-Security-Policy",
+				"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+				"img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
+	MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+	MHD_add_response_header(r, "X-Frame-Options", "DENY");
+	MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
+	MHD_add_response_header(r, "Cache-Control", "no-store");
+}
+
 static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, json_t *body)
 {
 	char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(9));
@@ -37,7 +54,7 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, json_
 		text = xstrdup("{\"error\":\"out of memory\"}");
 	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
 	MHD_add_response_header(r, "Content-Type", "application/json");
-	MHD_add_response_header(r, "Cache-Control", "no-store");
+	add_security_headers(r);
 	if (status == MHD_HTTP_UNAUTHORIZED)
 		MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
 	enum MHD_Result ok = MHD_queue_response(conn, status, r);
@@ -48,6 +65,17 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, json_
 static enum MHD_Result error(struct MHD_Connection *conn, unsigned status, const char *msg)
 {
 	return reply(conn, status, json_pack("{ss}", "error", msg));
+}
+
+/* One of the console's files (console.h), from the binary's read-only data. */
+static enum MHD_Result console_reply(struct MHD_Connection *conn, const ConsoleFile *f)
+{
+	struct MHD_Response *r = MHD_create_response_from_buffer(f->len, (void *)f->data, MHD_RESPMEM_PERSISTENT);
+	MHD_add_response_header(r, "Content-Type", f->content_type);
+	add_security_headers(r);
+	enum MHD_Result ok = MHD_queue_response(conn, MHD_HTTP_OK, r);
+	MHD_destroy_response(r);
+	return ok;
 }
 
 /* Who sent the request: an API key or an OIDC token as a Bearer credential. */
@@ -333,6 +361,16 @@ static enum MHD_Result approvals_request(struct MHD_Connection *conn, const Conf
 	return reply(conn, code, out);
 }
 
+/* GET /api/whoami: the console asks it at sign-in (which identity, and may it read the audit). */
+static enum MHD_Result whoami(struct MHD_Connection *conn, const Config *c, const Caller *who)
+{
+	json_t *groups = json_array();
+	for (int i = 0; i < who->ngroups; i++)
+		json_array_append_new(groups, json_string(who->groups[i]));
+	return reply(conn, MHD_HTTP_OK,
+		     json_pack("{ss so sb}", "name", who->name, "groups", groups, "auditor", is_auditor(c, who)));
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
 			      const char *version, const char *upload_data, size_t *upload_data_size, void **state)
 {
@@ -360,8 +398,13 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 		return reply(conn, MHD_HTTP_OK,
 			     json_pack("{ss ss}", "status", "ok", "audit",
 				       !audit_enabled() ? "off" : audit_store_healthy() ? "ok" : "failing"));
-	if (strncmp(url, "/api/", 5) != 0)
-		return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
+	if (strncmp(url, "/api/", 5) != 0) {
+		ConsoleFile f;
+		if (!console_find(url, &f))
+			return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
+		return post ? error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "the console's files take GET")
+			    : console_reply(conn, &f);
+	}
 	Config *c = config_current();
 	if (!c)
 		return error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready");
@@ -379,7 +422,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 		config_release(c);
 		return error(conn, MHD_HTTP_UNAUTHORIZED, why);
 	}
-	if (approvals) {
+	if (strcmp(url, "/api/whoami") == 0) {
+		r = post ? error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET is served here") : whoami(conn, c, &who);
+	} else if (approvals) {
 		log_event(LOG_INFO, "admin_request", "peer=%s user=%s method=%s path=%s", peer,
 			  log_quote(q, sizeof q, who.name), post ? "POST" : "GET", log_quote(qu, sizeof qu, url));
 		r = approvals_request(conn, c, &who, url, post, *state);
