@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "auth/apikey.h"
 #include "auth/scram.h"
 #include "cli/serve.h"
 #include "core/util.h"
@@ -127,8 +128,12 @@ int demo_run(const char *self, int port)
 		     bindir, dir, pgport, path);
 	char *alice = scram_make_verifier("alice-demo-password", SCRAM_DEFAULT_ITERATIONS);
 	char *agent = scram_make_verifier("agent-demo-password", SCRAM_DEFAULT_ITERATIONS);
+	/* The web console's sign-in: an approver who may also read the audit trail. */
+	char console_key[64], console_hash[80];
+	apikey_generate(console_key, sizeof console_key, console_hash, sizeof console_hash);
+	int admin_port = free_port();
 	snprintf(path, sizeof path, "%s/pgcordon.yaml", dir);
-	f = rc == 0 ? fopen(path, "w") : NULL;
+	f = rc == 0 && admin_port > 0 ? fopen(path, "w") : NULL;
 	if (!f) {
 		fprintf(stderr, "pgcordon demo: loading sample data failed\n");
 		run("%s%s/pg_ctl -D %s/data -m fast stop >/dev/null", as, bindir, dir);
@@ -138,6 +143,10 @@ int demo_run(const char *self, int port)
 		"# Written by pgcordon demo.\n"
 		"listen: {address: 127.0.0.1, port: %d, workers: 2}\n"
 		"audit: {store: \"sqlite:%s/audit.db\"}\n"
+		"admin: {address: 127.0.0.1, port: %d, auditors: [security]}\n"
+		"approvals: {approvers: [security], mode: wait, wait: 10m}\n"
+		"api_keys:\n"
+		"  console: {hash: \"%s\", groups: [security]}\n"
 		"databases:\n"
 		"  app: {host: 127.0.0.1, port: %d, dbname: app, user: pgcordon_gateway, password: \"%s\"}\n"
 		"users:\n"
@@ -158,8 +167,10 @@ int demo_run(const char *self, int port)
 		"    block:\n"
 		"      - functions: [pg_read_file, pg_sleep]\n"
 		"      - select_without_where: [public.customers]\n"
+		"    review:\n"
+		"      - statements: [copy_to]\n"
 		"    limits: {max_rows: 100, statement_timeout: 30s}\n",
-		port, dir, pgport, secret, alice, agent);
+		port, dir, admin_port, console_hash, pgport, secret, alice, agent);
 	fclose(f);
 	chmod(path, 0600);
 	free(alice);
@@ -173,7 +184,10 @@ int demo_run(const char *self, int port)
 	       "  SELECT name FROM customers WHERE id = 1;  -- allowed\n"
 	       "  SELECT * FROM customers;                  -- refused: no WHERE\n"
 	       "  SELECT * FROM orders;                     -- cut off after 100 rows\n"
-	       "  DELETE FROM orders WHERE id = 1;          -- refused: read-only\n\n"
+	       "  DELETE FROM orders WHERE id = 1;          -- refused: read-only\n"
+	       "  COPY (SELECT id, amount FROM orders WHERE id <= 5) TO STDOUT;  -- waits for a human\n\n"
+	       "Approve or deny it in the web console, which also shows every session and statement:\n"
+	       "  http://127.0.0.1:%d/   sign in with the API key %s\n\n"
 	       "The same agent as an MCP tool for an AI agent host (docs/mcp.md), under the same rules:\n"
 	       "  PGPASSWORD=agent-demo-password %s mcp --connect \"host=127.0.0.1 port=%d dbname=app user=agent\"\n\n"
 	       "Everything is recorded, outside the database:\n"
@@ -181,7 +195,7 @@ int demo_run(const char *self, int port)
 	       "  pgcordon sessions replay SESSION_ID --config %s\n"
 	       "  pgcordon audit verify --config %s\n\n"
 	       "config: %s   (Ctrl-C stops the gateway and removes the throwaway database)\n\n",
-	       port, port, self, port, path, path, path, path);
+	       port, port, admin_port, console_key, self, port, path, path, path, path);
 	fflush(stdout);
 	rc = serve_run(path);
 	run("%s%s/pg_ctl -D %s/data -m fast stop >/dev/null 2>&1", as, bindir, dir);

@@ -3,10 +3,12 @@
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import re
 import subprocess
+import threading
 
 import pytest
 
@@ -22,6 +24,26 @@ def cli(*args, input=None):
     env = dict(os.environ, **{SCRAM_PW_ENV: ROLE_PW["gw_scram"]})
     return subprocess.run([str(BIN)] + list(args), capture_output=True, text=True,
                           input=input, timeout=30, env=env)
+
+
+def http_get(addr, path, headers=None):
+    conn = http.client.HTTPConnection(*addr, timeout=20)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def http_post(addr, path, headers):
+    conn = http.client.HTTPConnection(*addr, timeout=20)
+    try:
+        conn.request("POST", path, body=b"{}", headers={**headers, "Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
 
 
 def check_verifier(verifier, password):
@@ -242,6 +264,35 @@ def test_demo_runs_enforces_and_cleans_up():
         count, refused = [json.loads(line)["result"] for line in r.stdout.splitlines()]
         assert count["structuredContent"]["rows"] == [[1000]], count
         assert refused["isError"] and "without WHERE" in refused["content"][0]["text"], refused
+        # The agent's export waits for a human; the printed console key approves it over the
+        # console's API, and the console's page is there.
+        m = re.search(r"^  (http://127\.0\.0\.1:(\d+)/)   sign in with the API key (pgc_\S+)$", out.decode(), re.M)
+        assert m, out.decode()
+        admin = ("127.0.0.1", int(m[2]))
+        auth = {"Authorization": f"Bearer {m[3]}"}
+        page = http_get(admin, "/")
+        assert page[0] == 200 and b"/console/app.js" in page[1], page
+        done = {}
+
+        def export():
+            with psycopg.connect(agent, autocommit=True) as c:
+                with c.cursor().copy("COPY (SELECT id, amount FROM orders WHERE id <= 5) TO STDOUT") as cp:
+                    done["rows"] = [bytes(r) for r in cp]
+        t = threading.Thread(target=export)
+        t.start()
+        deadline = time.monotonic() + 20
+        while True:
+            status, body = http_get(admin, "/api/approvals", auth)
+            pending = json.loads(body)["approvals"] if status == 200 else []
+            if pending or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert len(pending) == 1 and pending[0]["requester"] == "agent", body
+        assert "rows" not in done
+        status, body = http_post(admin, f"/api/approvals/{pending[0]['id']}/approve", auth)
+        assert status == 200, body
+        t.join(30)
+        assert b"".join(done.get("rows", [])).count(b"\n") == 5, done
     finally:
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(60)

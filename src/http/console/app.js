@@ -117,8 +117,13 @@
     timers.push(setInterval(fn, ms));
   }
 
+  // replaceChildren, leaving out null and false (which it would show as text).
+  function fill(parent, ...kids) {
+    parent.replaceChildren(...kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false));
+  }
+
   function render(...nodes) {
-    $('main').replaceChildren(...nodes);
+    fill($('main'), ...nodes);
   }
 
   // ---- signing in ----
@@ -262,7 +267,7 @@
         el('td', {}, r.kind === 'grant' ? show(r.request_reason) : [show(r.policy), ' / ', show(r.why)]),
         el('td', {}, statusText(r.status)),
         el('td', {}, when(r.status === 'pending' ? r.deadline : r.decided_at))));
-      list.replaceChildren(
+      fill(list, 
         table(['Request', 'Created', 'Requester', 'Database', 'Statement', 'Why', 'Status', 'Deadline / decided'],
               rows, filters.approvals === 'pending' ? 'Nothing is waiting for a decision.' : 'No requests.'),
         d.next ? el('p', {class: 'note'}, 'Showing the newest 100; the API pages further (?before=' + d.next + ').')
@@ -284,7 +289,7 @@
       const typing = holder.querySelector('#reason');
       if (typing && typing.value && r.status === 'pending') return;
       drawn = key;
-      holder.replaceChildren(...approvalDetail(r));
+      fill(holder, ...approvalDetail(r));
     }, true);
   }
 
@@ -396,7 +401,7 @@
           el('td', {}, show(r.requester)),
           el('td', {}, show(r.request_reason)));
       });
-      list.replaceChildren(table(['Request', 'For', 'Tables', 'Access', 'State', 'Valid until', 'Requester', 'Reason'],
+      fill(list, table(['Request', 'For', 'Tables', 'Access', 'State', 'Valid until', 'Requester', 'Reason'],
                                  rows, filters.grants === 'active' ? 'No grant is active.' : 'No grants.'));
     }, true);
   }
@@ -432,8 +437,8 @@
         el('td', {}, show(s.database)),
         el('td', {}, show(s.statements)),
         el('td', {}, show(s.end_reason))));
-      list.replaceChildren(
-        table(['Session', 'Start', 'End', 'User', 'Auth', 'Client', 'Application', 'Database', 'Statements', 'End'],
+      fill(list, 
+        table(['Session', 'Start', 'End', 'User', 'Auth', 'Client', 'Application', 'Database', 'Statements', 'End reason'],
               rows, 'No sessions match.'),
         rows.length === 200 ? el('p', {class: 'note'}, 'The newest 200; narrow the filter to see others.') : null);
     }, false);
@@ -452,15 +457,15 @@
       replay.disabled = true;
       try {
         const d = await api(`/api/sessions/${id}/replay`);
-        if (mine === view) transcript.replaceChildren(el('pre', {}, show(d.transcript)));
+        if (mine === view) fill(transcript, el('pre', {}, show(d.transcript)));
       } catch (e) {
-        if (mine === view) transcript.replaceChildren(el('p', {class: 'error'}, e.message));
+        if (mine === view) fill(transcript, el('p', {class: 'error'}, e.message));
       }
       replay.disabled = false;
     });
     render(el('p', {}, el('a', {href: '#/sessions'}, '← Sessions')), holder,
            el('h2', {}, 'Transcript'), el('p', {}, replay), transcript);
-    loader(() => api('/api/sessions/' + id), (d) => holder.replaceChildren(...sessionDetail(d)), false);
+    loader(() => api('/api/sessions/' + id), (d) => fill(holder, ...sessionDetail(d)), false);
   }
 
   function sessionDetail(d) {
