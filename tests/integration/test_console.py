@@ -193,6 +193,26 @@ def test_deny_needs_a_reason(console):
     assert console.hold(f"SELECT sum(amount) FROM {PAY}") != rid
 
 
+def test_grant_requested_and_approved_in_console(console):
+    """outsider asks for read access to PAY for 30 minutes; the approver approves it in the
+    console; the Grants tab then shows it active."""
+    out = console.browse("requestGrant", key=console.keys["outsider"], tables=f"public.{PAY}",
+                         reason="quarterly report")
+    assert "each table must be schema.table" in out["refused"], out
+    rid = out["id"]
+    assert out["title"].startswith("Grant request") and "quarterly report" in out["text"], out
+    assert "your own request" in out["text"], out  # outsider is no approver, and it is its own
+    out = console.browse("approve", key=console.keys["approver"], id=rid, reason="ok for Q4")
+    assert out["statement"] is None and "approved" in out["fields"], out
+    status, _, body = console.http("GET", "/api/grants", console.keys["outsider"])
+    grants = [g for g in json.loads(body)["grants"] if g["id"] == rid]
+    assert status == 200 and len(grants) == 1 and grants[0]["active"], body
+    assert grants[0]["grant"] == {"user": "outsider", "group": None, "tables": [f"public.{PAY}"],
+                                  "access": "read", "duration_s": 1800}, grants
+    out = console.browse("grants", key=console.keys["outsider"], id=rid)
+    assert "user outsider" in out["row"] and f"public.{PAY}" in out["row"] and "active" in out["row"], out
+
+
 def test_own_request_cannot_be_decided(console):
     """oncall is an approver, but its own held statement is left to another approver."""
     rid = console.hold(f"SELECT count(*) FROM {PAY}", user="oncall")

@@ -43,8 +43,8 @@ const scenarios = {
     const badge = await page.textContent('#pending-count');
     const listed = await page.textContent(row);
     await page.click(`${row} a`);
-    await page.waitForSelector('#statement', { timeout: TIMEOUT });
-    const statement = await page.evaluate(() => document.querySelector('#statement').textContent);
+    await page.waitForSelector('#reason', { timeout: TIMEOUT });
+    const statement = await page.evaluate(() => document.querySelector('#statement')?.textContent ?? null);
     const parameters = await page.$$eval('#parameters li', (items) => items.map((i) => i.textContent));
     await page.fill('#reason', args.reason);
     await page.click('#approve');
@@ -53,6 +53,34 @@ const scenarios = {
     const fields = await page.$$eval('dl.fields', (dls) => dls[0].textContent);
     return { badge, listed, statement, parameters, fields, hash: await page.evaluate(() => location.hash),
              decide_form: await page.$$eval('#approve', (b) => b.length), ...(await injected(page)) };
+  },
+
+  // Any identity requests a grant from the Grants tab and lands on its request; a bad one is told why.
+  async requestGrant(page) {
+    await signedIn(page, args.key);
+    await page.click('#nav-grants');
+    await page.waitForSelector('#grant-form', { timeout: TIMEOUT });
+    await page.fill('#grant-tables', 'Not A Table!');
+    await page.fill('#grant-reason', args.reason);
+    await page.click('#grant-form button[type=submit]');
+    await page.waitForFunction(() => document.querySelector('#grant-error').textContent !== '', null,
+                               { timeout: TIMEOUT });
+    const refused = await page.textContent('#grant-error');
+    await page.fill('#grant-tables', args.tables);
+    await page.fill('#grant-duration', '30m');
+    await page.click('#grant-form button[type=submit]');
+    await page.waitForFunction(() => /^#\/approvals\/[0-9a-f]{16}$/.test(location.hash), null, { timeout: TIMEOUT });
+    await page.waitForSelector('dl.fields', { timeout: TIMEOUT });
+    return { refused, id: (await page.evaluate(() => location.hash)).split('/')[2],
+             title: await page.textContent('h1'), text: await page.textContent('main') };
+  },
+
+  // The Grants tab lists what is active.
+  async grants(page) {
+    await signedIn(page, args.key);
+    await page.click('#nav-grants');
+    await page.waitForSelector(`#grants a[href="#/approvals/${args.id}"]`, { timeout: TIMEOUT });
+    return { row: await page.$eval(`#grants a[href="#/approvals/${args.id}"]`, (a) => a.closest('tr').textContent) };
   },
 
   // A denial needs a reason: the console says so, then denies with one.

@@ -384,9 +384,9 @@
     });
     const list = el('div', {id: 'grants'});
     render(el('h1', {}, 'Grants'),
-           el('p', {class: 'note'}, 'Time-bound access, each approved like a held statement. Request one with ' +
-                                     'POST /api/grants (docs/approvals.md, "Grants").'),
-           el('div', {class: 'toolbar'}, el('label', {}, 'Show', status)), list);
+           el('p', {class: 'note'}, 'Time-bound access to tables beyond a policy\'s scope, each approved like a ' +
+                                     'held statement.'),
+           el('div', {class: 'toolbar'}, el('label', {}, 'Show', status)), list, grantForm());
     loader(() => api('/api/grants?status=' + encodeURIComponent(filters.grants)), (d) => {
       const rows = d.grants.map((r) => {
         const g = r.grant || {};
@@ -404,6 +404,37 @@
       fill(list, table(['Request', 'For', 'Tables', 'Access', 'State', 'Valid until', 'Requester', 'Reason'],
                                  rows, filters.grants === 'active' ? 'No grant is active.' : 'No grants.'));
     }, true);
+  }
+
+  // POST /api/grants: a request that the approvers decide (docs/approvals.md, "Grants").
+  function grantForm() {
+    const kind = el('select', {id: 'grant-kind'}, el('option', {value: 'user'}, 'user'),
+                    el('option', {value: 'group'}, 'group'));
+    const grantee = el('input', {id: 'grant-name', value: me.name, size: 16, required: true});
+    const tables = el('input', {id: 'grant-tables', size: 30, required: true, placeholder: 'public.orders, sales.*'});
+    const access = el('select', {id: 'grant-access'}, el('option', {value: 'read'}, 'read'),
+                      el('option', {value: 'write'}, 'read and write'));
+    const duration = el('input', {id: 'grant-duration', value: '1h', size: 6, required: true});
+    const reason = el('input', {id: 'grant-reason', size: 40, maxlength: 1000, required: true});
+    const result = el('p', {class: 'error', id: 'grant-error', role: 'alert'});
+    const form = el('form', {class: 'toolbar', id: 'grant-form'},
+      el('label', {}, 'For', kind), el('label', {}, 'Name', grantee), el('label', {}, 'Tables', tables),
+      el('label', {}, 'Access', access), el('label', {}, 'Duration', duration), el('label', {}, 'Reason', reason),
+      el('button', {type: 'submit', class: 'primary'}, 'Request'));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      result.textContent = '';
+      const body = {[kind.value]: grantee.value.trim(), access: access.value, duration: duration.value.trim(),
+                    reason: reason.value.trim(),
+                    tables: tables.value.split(/[\s,]+/).filter((t) => t)};
+      try {
+        const r = await api('/api/grants', {method: 'POST', body});
+        location.hash = isId(r.id) ? '#/approvals/' + r.id : '#/approvals';
+      } catch (e) {
+        if (e.status !== 401) result.textContent = e.message;
+      }
+    });
+    return [el('h2', {}, 'Request a grant'), form, result];
   }
 
   // ---- sessions (admin.auditors only) ----
