@@ -22,6 +22,7 @@
 
 static struct MHD_Daemon *daemon_;
 static char *tls_cert_pem, *tls_key_pem; /* admin.tls, in memory while the daemon runs */
+static bool https;                        /* set before the daemon starts, read by its threads */
 
 typedef struct {
 	char name[256];
@@ -37,9 +38,13 @@ typedef struct {
  */
 static void add_security_headers(struct MHD_Response *r)
 {
+	/* Trusted Types: the browser itself refuses any string assigned as HTML (innerHTML...). */
 	MHD_add_response_header(r, "Content-Security-Policy",
 				"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-				"img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
+				"img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
+				"require-trusted-types-for 'script'");
+	if (https)
+		MHD_add_response_header(r, "Strict-Transport-Security", "max-age=31536000");
 	MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
 	MHD_add_response_header(r, "X-Frame-Options", "DENY");
 	MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
@@ -423,6 +428,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 		return error(conn, MHD_HTTP_UNAUTHORIZED, why);
 	}
 	if (strcmp(url, "/api/whoami") == 0) {
+		log_event(LOG_INFO, "admin_request", "peer=%s user=%s path=%s", peer, log_quote(q, sizeof q, who.name),
+			  log_quote(qu, sizeof qu, url));
 		r = post ? error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET is served here") : whoami(conn, c, &who);
 	} else if (approvals) {
 		log_event(LOG_INFO, "admin_request", "peer=%s user=%s method=%s path=%s", peer,
@@ -512,6 +519,7 @@ bool http_start(const Config *c, char *err, size_t errlen)
 	bool tls = c->admin_tls_cert != NULL;
 	if (tls && !load_tls(c, err, errlen))
 		return false;
+	https = tls;
 	/*
 	 * A thread per connection: a request that waits on a store (an audit read behind a lock,
 	 * a claim on a slow approvals database) holds only its own connection, never /healthz or

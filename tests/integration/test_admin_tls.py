@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import urllib.error
+from http.client import HTTPSConnection
 
 import pytest
 
@@ -239,3 +240,19 @@ def test_bad_admin_tls_settings_are_config_errors(tmp_path, pg, certs):
     for tls, message in cases:
         r = check(tmp_path, pg, certs, {"address": "127.0.0.1", "port": free_port(), "tls": tls})
         assert r.returncode != 0 and message in r.stderr, (tls, r.stderr)
+
+
+
+def test_console_over_https_with_hsts(tls_api, certs):
+    """Over HTTPS the console's page (and every answer) tells the browser to stay on HTTPS."""
+    ctx = ssl.create_default_context(cafile=str(certs.ca_crt))
+    conn = HTTPSConnection("127.0.0.1", tls_api["port"], timeout=10, context=ctx)
+    try:
+        for path, needle in (("/", b"/console/app.js"), ("/api/whoami", b"error")):
+            conn.request("GET", path)
+            r = conn.getresponse()
+            assert needle in r.read(), path
+            assert r.getheader("Strict-Transport-Security") == "max-age=31536000", (path, r.getheaders())
+            assert "script-src 'self'" in r.getheader("Content-Security-Policy")
+    finally:
+        conn.close()

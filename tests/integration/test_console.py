@@ -123,6 +123,8 @@ def test_console_files_served_with_a_strict_policy(console):
     # The API's answers carry the same policy.
     status, h, _ = console.http("GET", "/api/whoami")
     assert status == 401 and "frame-ancestors 'none'" in h["content-security-policy"]
+    assert "require-trusted-types-for 'script'" in h["content-security-policy"]
+    assert "strict-transport-security" not in h  # plain HTTP here; test_admin_tls checks HTTPS
     for path in ["/console/", "/console/app.js.map", "/../src/http/console/app.js", "/console/%2e%2e/app.js",
                  "/app.js", "/favicon.ico", "/console/app.js%00.css", "/index.htm"]:
         status, _, body = console.http("GET", path)
@@ -154,7 +156,25 @@ def test_csp_blocks_inline_script(console):
     """Even script the page itself inserts inline does not run: the policy is in force."""
     out = console.browse("csp")
     assert out["xss"] is None, out
-    assert any("Content Security Policy" in m for m in out["console"]), out
+    assert any("Content Security Policy" in m or "TrustedScript" in m for m in out["console"]), out
+    # Trusted Types: the browser refuses any string assigned as HTML or as script text.
+    assert out["innerHTML"] == out["scriptText"] == out["handler"] == "refused: TypeError", out
+
+
+def test_hidden_characters_and_null_parameters_are_shown(console):
+    """A held statement whose direction overrides would make it read as "... WHERE id = 42"
+    while the WHERE is inside a comment: the console shows each such character as a token
+    and warns. NULL, the empty string and the text 'NULL' are three different things."""
+    trojan = f"UPDATE {PAY} SET memo = %s, amount = %s /*\u202e \u2066WHERE id = 42\u2069 \u2066*/"
+    rid = console.hold(trojan, ["NULL", None])
+    rid2 = console.hold(f"SELECT %s::text, %s::text FROM {PAY} WHERE id = 1", ["", "zero\u200bwidth"])
+    out = console.browse("inspect", key=console.keys["approver"], id=rid)
+    assert out["marks"] == ["<U+202E>", "<U+2066>", "<U+2069>", "<U+2066>"], out
+    assert "4 invisible or direction-changing characters" in out["warning"], out
+    assert out["parameters"] == [["value", "NULL"], ["token", "NULL"]], out
+    out = console.browse("inspect", key=console.keys["approver"], id=rid2)
+    assert out["parameters"] == [["token", "empty"], ["value", "zero<U+200B>width"]], out
+    assert "1 invisible or direction-changing character is" in out["warning"], out
 
 
 def test_approve_in_console_then_the_client_runs_it(console):
@@ -261,3 +281,10 @@ def test_sign_out_forgets_the_credential(console):
     out = console.browse("signOut", key=console.keys["outsider"])
     assert out["who"] == "outsider (contractors)" and out["keptOnReload"] == 1, out
     assert out["stored"] == 0 and out["top_hidden"], out
+
+
+def test_unreachable_gateway_keeps_the_credential(console):
+    """Only a refusal (401) signs the console out: a reload while the API does not answer
+    (the browser's request to it fails) keeps the credential and offers to try again."""
+    out = console.browse("unreachable", key=console.keys["outsider"])
+    assert "did not answer" in out["banner"] and out["kept"] == 1 and out["who"].startswith("outsider"), out

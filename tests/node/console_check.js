@@ -83,6 +83,18 @@ const scenarios = {
     return { row: await page.$eval(`#grants a[href="#/approvals/${args.id}"]`, (a) => a.closest('tr').textContent) };
   },
 
+  // What an approver sees of a request: hidden characters as marks, values as tokens or text.
+  async inspect(page) {
+    await signedIn(page, args.key);
+    await page.goto(`${args.url}#/approvals/${args.id}`);
+    await page.waitForSelector('#statement', { timeout: TIMEOUT });
+    return {
+      marks: await page.$$eval('#statement .hidden-char', (m) => m.map((x) => x.textContent)),
+      warning: await page.$$eval('#hidden-warning', (w) => w.map((x) => x.textContent).join('')),
+      parameters: await page.$$eval('#parameters li > span', (spans) => spans.map((x) => [x.className, x.textContent])),
+    };
+  },
+
   // A denial needs a reason: the console says so, then denies with one.
   async deny(page) {
     await signedIn(page, args.key);
@@ -151,20 +163,48 @@ const scenarios = {
     return { who, keptOnReload, stored, top_hidden: await page.isHidden('#top') };
   },
 
+  // A reload while the gateway does not answer keeps the credential and offers a retry.
+  async unreachable(page) {
+    await signedIn(page, args.key);
+    await page.route('**/api/whoami', (route) => route.abort('connectionrefused'));
+    await page.reload();
+    await page.waitForSelector('#retry', { timeout: TIMEOUT });
+    const banner = await page.textContent('#banner');
+    const kept = await page.evaluate(() => sessionStorage.length);
+    await page.unroute('**/api/whoami');
+    await page.click('#retry');
+    await page.waitForSelector('#top:not([hidden])', { timeout: TIMEOUT });
+    return { banner, kept, who: await page.textContent('#whoami') };
+  },
+
   // The page's Content-Security-Policy refuses inline script, even inserted by the page itself.
   async csp(page) {
     await page.goto(args.url);
     await page.waitForSelector('#login', { timeout: TIMEOUT });
-    await page.evaluate(() => {
+    const tried = await page.evaluate(() => {
+      const attempt = (f) => {
+        try {
+          f();
+          return 'assigned';
+        } catch (e) {
+          return 'refused: ' + e.name;
+        }
+      };
       const s = document.createElement('script');
-      s.textContent = 'window.__xss = "inline ran"';
+      const scriptText = attempt(() => { s.textContent = 'window.__xss = "inline ran"'; });
+      s.append(document.createTextNode('window.__xss = "inline text node ran"'));
       document.body.append(s);
       const d = document.createElement('div');
-      d.innerHTML = '<img src="x" onerror="window.__xss = \'handler ran\'">';
       document.body.append(d);
+      const innerHTML = attempt(() => { d.innerHTML = '<img src="x" onerror="window.__xss = \'handler ran\'">'; });
+      const img = document.createElement('img');
+      const handler = attempt(() => img.setAttribute('onerror', 'window.__xss = "attribute handler ran"'));
+      img.src = 'x';
+      document.body.append(img);
+      return { scriptText, innerHTML, handler };
     });
     await page.waitForTimeout(500);
-    return { xss: await page.evaluate(() => window.__xss === undefined ? null : window.__xss) };
+    return { ...tried, xss: await page.evaluate(() => window.__xss === undefined ? null : window.__xss) };
   },
 };
 

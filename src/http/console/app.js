@@ -31,9 +31,48 @@
     }
     for (const kid of kids.flat(Infinity)) {
       if (kid === undefined || kid === null || kid === false) continue;
-      e.append(kid instanceof Node ? kid : String(kid));
+      e.append(kid instanceof Node ? kid : visible(String(kid)));
     }
     return e;
+  }
+
+  // Characters that change how text around them looks without showing themselves: controls
+  // other than newline and tab, direction overrides and isolates (a "WHERE" that seems to
+  // stand outside a comment but is inside it), zero-width characters. A client could use
+  // them to make a held statement read as something else; they are shown as <U+202E>.
+  const HIDDEN = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u061c\u115f\u1160\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\u3164\ufeff\ufff9-\ufffb\u{e0000}-\u{e007f}]/gu;
+
+  // Text as nodes, with each hidden character a marked token. Never markup.
+  function visible(text) {
+    if (text.search(HIDDEN) < 0) return document.createTextNode(text); // search ignores lastIndex
+    const out = document.createDocumentFragment();
+    let at = 0;
+    for (const m of text.matchAll(HIDDEN)) {
+      out.append(text.slice(at, m.index));
+      const code = m[0].codePointAt(0).toString(16).toUpperCase().padStart(4, '0');
+      const mark = document.createElement('span');
+      mark.className = 'hidden-char';
+      mark.title = 'an invisible or direction-changing character';
+      mark.textContent = `<U+${code}>`;
+      out.append(mark);
+      at = m.index + m[0].length;
+    }
+    out.append(text.slice(at));
+    return out;
+  }
+
+  function countHidden(text) {
+    return typeof text === 'string' ? (text.match(HIDDEN) || []).length : 0;
+  }
+
+  // A bound value or a result cell: NULL, the empty string and bytes that are not text are
+  // tokens no client-sent string can look like.
+  function value(v) {
+    if (v === null || v === undefined) return el('span', {class: 'token'}, 'NULL');
+    if (v === '') return el('span', {class: 'token'}, 'empty');
+    if (typeof v === 'object' && typeof v.hex === 'string' && Object.keys(v).length === 1)
+      return el('span', {}, el('span', {class: 'token'}, 'bytes'), ' \\x' + v.hex);
+    return el('span', {class: 'value'}, show(v));
   }
 
   // A value from the API as text: the store writes bytes that are not UTF-8 as {"hex": ...}
@@ -141,16 +180,20 @@
       error,
       el('p', {class: 'note'}, 'The credential is sent only to this gateway\'s admin API and is kept in ' +
                                 'this tab until you sign out or close it.'));
+    const button = form.querySelector('button');
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
       const text = input.value.trim();
-      if (!text) return;
+      if (!text || button.disabled) return; // one attempt at a time: the answer is this key's
+      button.disabled = true;
+      error.textContent = '';
       credential = text;
       try {
         me = await api('/api/whoami', {signingIn: true});
       } catch (e) {
         credential = null;
         error.textContent = e.status === 401 ? 'Refused: ' + e.message : e.message;
+        button.disabled = false;
         return;
       }
       sessionStorage.setItem(CREDENTIAL_KEY, credential);
@@ -216,18 +259,27 @@
     else approvalsPage();
   }
 
-  // Runs load() now and on every refresh; its answer is drawn only if the view is still current.
+  // Runs load() now and on every refresh; its answer is drawn only if the view is still
+  // current and it changed (draw returns false when it chose not to draw). A refresh waits
+  // for the one before it, so answers never cross.
   function loader(load, draw, refresh) {
     const mine = view;
+    let busy = false, last = null;
     const run = async () => {
+      if (busy) return;
+      busy = true;
       try {
         const data = await load();
-        if (mine === view) {
+        const key = JSON.stringify(data);
+        if (mine === view && key !== last) {
           banner('');
-          draw(data);
+          if (draw(data) !== false) last = key;
         }
       } catch (e) {
+        last = null;
         if (mine === view && e.status !== 401) banner(e.message);
+      } finally {
+        busy = false;
       }
     };
     run();
@@ -282,14 +334,11 @@
     }
     const holder = el('div', {});
     render(el('p', {}, el('a', {href: '#/approvals'}, '← Approval requests')), holder);
-    let drawn = null; // redraw only on change: a reason being typed must survive the refresh
     loader(() => api('/api/approvals/' + id), (r) => {
-      const key = JSON.stringify(r);
-      if (key === drawn) return;
+      // A reason being typed survives a refresh of a request still pending.
       const typing = holder.querySelector('#reason');
-      if (typing && typing.value && r.status === 'pending') return;
-      drawn = key;
-      fill(holder, ...approvalDetail(r));
+      if (typing && typing.value && r.status === 'pending') return false;
+      fill(holder, approvalDetail(r));
     }, true);
   }
 
@@ -324,10 +373,21 @@
         ['Duration', show(g.duration_s) + ' s'],
       ]));
     } else {
-      out.push(el('h2', {}, 'Statement'), el('pre', {id: 'statement'}, show(r.statement)));
+      const text = show(r.statement);
+      const lines = text.split('\n').length;
+      out.push(el('h2', {}, 'Statement ', el('span', {class: 'note'}, `(${text.length} characters, ${lines} ` +
+                                                                     `line${lines === 1 ? '' : 's'}, shown in full)`)));
+      const hidden = countHidden(r.statement) + (Array.isArray(r.parameters) ?
+        r.parameters.reduce((n, p) => n + countHidden(p), 0) : 0);
+      if (hidden)
+        out.push(el('p', {class: 'warning', id: 'hidden-warning'},
+                    `Careful: ${hidden} invisible or direction-changing character${hidden === 1 ? ' is' : 's are'} ` +
+                    'in what the client sent, shown as <U+…>. They can make a statement read as something ' +
+                    'other than what runs.'));
+      out.push(el('pre', {id: 'statement', class: 'full'}, text));
       if (Array.isArray(r.parameters) && r.parameters.length)
         out.push(el('h2', {}, 'Parameters'),
-                 el('ol', {id: 'parameters'}, r.parameters.map((p) => el('li', {}, el('code', {}, show(p))))));
+                 el('ol', {id: 'parameters'}, r.parameters.map((p) => el('li', {}, value(p)))));
     }
     if (r.status === 'pending') {
       const approvers = Array.isArray(r.approvers) ? r.approvers : [];
@@ -421,8 +481,11 @@
       el('label', {}, 'For', kind), el('label', {}, 'Name', grantee), el('label', {}, 'Tables', tables),
       el('label', {}, 'Access', access), el('label', {}, 'Duration', duration), el('label', {}, 'Reason', reason),
       el('button', {type: 'submit', class: 'primary'}, 'Request'));
+    const button = form.querySelector('button');
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
+      if (button.disabled) return; // a double click asks once
+      button.disabled = true;
       result.textContent = '';
       const body = {[kind.value]: grantee.value.trim(), access: access.value, duration: duration.value.trim(),
                     reason: reason.value.trim(),
@@ -433,6 +496,7 @@
       } catch (e) {
         if (e.status !== 401) result.textContent = e.message;
       }
+      button.disabled = false;
     });
     return [el('h2', {}, 'Request a grant'), form, result];
   }
@@ -502,7 +566,7 @@
   function sessionDetail(d) {
     const s = d.session;
     const out = [el('h1', {}, 'Session ', el('code', {}, show(s.session_id))), fields([
-      ['User', show(s.user) + (s.subject && s.subject !== s.user ? ' (subject ' + show(s.subject) + ')' : '')],
+      ['User', show(s.user) + (s.subject && show(s.subject) !== show(s.user) ? ' (subject ' + show(s.subject) + ')' : '')],
       ['Groups', Array.isArray(s.groups) ? s.groups.join(', ') : s.groups],
       ['Authenticated by', s.auth_method],
       ['Client', show(s.client_address) + (s.client_tls ? ' (TLS)' : '')],
@@ -526,14 +590,16 @@
     const dec = st.decision || {};
     const head = el('div', {},
       el('strong', {}, '#' + show(st.n) + (st.part ? '.' + st.part : '')), ' ', when(st.time), ' ',
-      statusText(dec.action), dec.action === 'block' ? [' by ', show(dec.policy), ' / ', show(dec.rule)] : null,
+      statusText(dec.action), dec.policy || dec.rule ? [' (', show(dec.policy), ' / ', show(dec.rule), ')'] : null,
+      isId(dec.approval) ? [' approved in ', el('a', {href: '#/approvals/' + dec.approval}, dec.approval)] : null,
+      isId(dec.grant) ? [' by grant ', el('a', {href: '#/approvals/' + dec.grant}, dec.grant)] : null,
       st.tag ? [' · ', show(st.tag)] : null,
       st.duration_ms !== undefined ? [' · ', show(st.duration_ms), ' ms'] : null,
       st.withheld ? ' · withheld' : null, st.unanswered ? ' · unanswered' : null);
     const card = el('div', {class: 'card statement', 'data-n': show(st.n)}, head,
                     el('pre', {class: 'sql'}, st.sql === undefined ? '(the text is in part 1)' : show(st.sql)));
     if (Array.isArray(st.params) && st.params.length)
-      card.append(el('div', {}, 'Parameters: ', st.params.map((p, i) => [i ? ', ' : '', el('code', {}, '$' + (i + 1) + ' = ' + show(p))])));
+      card.append(el('div', {}, 'Parameters: ', st.params.map((p, i) => [i ? ', ' : '', '$' + (i + 1) + ' = ', value(p)])));
     if (dec.reason) card.append(el('div', {class: 'note'}, 'Decision: ' + show(dec.reason)));
     if (st.error) {
       const e = st.error;
@@ -543,7 +609,7 @@
     const res = st.result;
     if (res && Array.isArray(res.columns) && res.columns.length) {
       const rows = (Array.isArray(res.rows) ? res.rows : []).map((row) =>
-        el('tr', {}, (Array.isArray(row) ? row : [row]).map((v) => el('td', {}, v === null ? 'NULL' : show(v)))));
+        el('tr', {}, (Array.isArray(row) ? row : [row]).map((v) => el('td', {}, value(v)))));
       card.append(el('table', {class: 'result'},
         el('thead', {}, el('tr', {}, res.columns.map((c) => el('th', {}, show(c && c.name))))),
         el('tbody', {}, rows)));
@@ -565,11 +631,24 @@
       showLogin();
       return;
     }
+    start();
+  });
+
+  // With a credential kept from before a reload. Only a refusal forgets it: a gateway that is
+  // restarting or unreachable gets a retry.
+  async function start() {
     try {
       me = await api('/api/whoami', {signingIn: true});
-      signedIn();
     } catch (e) {
-      signOut(e.status === 401 ? 'Signed out: ' + e.message : e.message);
+      if (e.status === 401) {
+        signOut('Signed out: ' + e.message);
+        return;
+      }
+      banner(e.message);
+      render(el('p', {}, el('button', {type: 'button', id: 'retry', onclick: () => start()}, 'Try again'), ' ',
+                el('button', {type: 'button', onclick: () => signOut('Signed out.')}, 'Sign out')));
+      return;
     }
-  });
+    signedIn();
+  }
 })();
