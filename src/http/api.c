@@ -405,7 +405,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 				       !audit_enabled() ? "off" : audit_store_healthy() ? "ok" : "failing"));
 	if (strncmp(url, "/api/", 5) != 0) {
 		ConsoleFile f;
-		if (!console_find(url, &f))
+		if (!http_console_file(url, &f))
 			return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
 		return post ? error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "the console's files take GET")
 			    : console_reply(conn, &f);

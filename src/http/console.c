@@ -7,7 +7,7 @@ extern const char http__console_index[], http__console_index_end[];
 extern const char http__console_js[], http__console_js_end[];
 extern const char http__console_css[], http__console_css_end[];
 
-bool console_find(const char *url, ConsoleFile *out)
+bool http_console_file(const char *url, ConsoleFile *out)
 {
 	if (strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0)
 		*out = (ConsoleFile){"text/html; charset=utf-8", http__console_index,

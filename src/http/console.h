@@ -17,6 +17,6 @@ typedef struct {
 } ConsoleFile;
 
 /* The file served at url ("/" is the console's page); false for any other path. */
-bool console_find(const char *url, ConsoleFile *out);
+bool http_console_file(const char *url, ConsoleFile *out);
 
 #endif

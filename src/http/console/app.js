@@ -36,11 +36,12 @@
     return e;
   }
 
-  // Characters that change how text around them looks without showing themselves: controls
-  // other than newline and tab, direction overrides and isolates (a "WHERE" that seems to
-  // stand outside a comment but is inside it), zero-width characters. A client could use
-  // them to make a held statement read as something else; they are shown as <U+202E>.
-  const HIDDEN = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u061c\u115f\u1160\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\u3164\ufeff\ufff9-\ufffb\u{e0000}-\u{e007f}]/gu;
+  // Characters that change how the text around them looks without showing themselves:
+  // controls other than newline, carriage return and tab; direction overrides and isolates
+  // (a "WHERE" that seems to stand outside a comment but is inside it); zero-width and other
+  // invisible characters. A client could use them to make a held statement read as something
+  // else, so they are shown as <U+202E>.
+  const HIDDEN = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u00ad\u061c\u115f\u1160\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\u3164\ufeff\ufff9-\ufffb\u{e0000}-\u{e007f}]/gu;
 
   // Text as nodes, with each hidden character a marked token. Never markup.
   function visible(text) {
@@ -319,7 +320,7 @@
         el('td', {}, r.kind === 'grant' ? show(r.request_reason) : [show(r.policy), ' / ', show(r.why)]),
         el('td', {}, statusText(r.status)),
         el('td', {}, when(r.status === 'pending' ? r.deadline : r.decided_at))));
-      fill(list, 
+      fill(list,
         table(['Request', 'Created', 'Requester', 'Database', 'Statement', 'Why', 'Status', 'Deadline / decided'],
               rows, filters.approvals === 'pending' ? 'Nothing is waiting for a decision.' : 'No requests.'),
         d.next ? el('p', {class: 'note'}, 'Showing the newest 100; the API pages further (?before=' + d.next + ').')
@@ -532,7 +533,7 @@
         el('td', {}, show(s.database)),
         el('td', {}, show(s.statements)),
         el('td', {}, show(s.end_reason))));
-      fill(list, 
+      fill(list,
         table(['Session', 'Start', 'End', 'User', 'Auth', 'Client', 'Application', 'Database', 'Statements', 'End reason'],
               rows, 'No sessions match.'),
         rows.length === 200 ? el('p', {class: 'note'}, 'The newest 200; narrow the filter to see others.') : null);
