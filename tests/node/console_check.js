@@ -212,7 +212,7 @@ const scenarios = {
   const run = scenarios[scenario];
   if (!run) throw new Error(`unknown scenario ${scenario}`);
   const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-                                          args: ['--no-sandbox'] });
+                                          args: ['--no-sandbox', '--disable-dev-shm-usage'] });
   const errors = [], consoleErrors = []; // script errors and dialogs fail a test; console lines are told
   try {
     const page = await browser.newPage();
