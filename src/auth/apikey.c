@@ -1,7 +1,6 @@
 /* API keys: generation, hashing, constant-time verification. */
 #include "auth/apikey.h"
 
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -9,11 +8,9 @@
 
 void apikey_hash(const char *key, char *hash, size_t hashlen)
 {
-	unsigned char d[SHA256_DIGEST_LENGTH];
-	SHA256((const unsigned char *)key, strlen(key), d);
-	char buf[7 + 64 + 1] = "sha256:";
-	util_hex_encode(d, sizeof d, buf + 7);
-	snprintf(hash, hashlen, "%s", buf);
+	char hex[65];
+	util_sha256_hex(key, strlen(key), hex);
+	snprintf(hash, hashlen, "sha256:%s", hex);
 }
 
 void apikey_generate(char *key, size_t keylen, char *hash, size_t hashlen)
