@@ -128,6 +128,7 @@ static struct {
 	char *node;
 	uint8_t first_key[AUDIT_KEY_LEN];
 	ChainState chain; /* advanced only by committed transactions */
+	int64_t head_seq; /* atomic: chain.seq, for other threads (audit_stats) */
 	int64_t retention_s;
 	int healthy; /* atomic */
 	int store_timeout_ms; /* audit.store_timeout */
@@ -641,6 +642,17 @@ static size_t held_bytes(void)
 	return n;
 }
 
+void audit_stats(AuditStats *out)
+{
+	*out = (AuditStats){.enabled = W.started, .strict = W.strict};
+	if (!W.started)
+		return;
+	out->healthy = audit_store_healthy();
+	out->dropped = __atomic_load_n(&W.dropped, __ATOMIC_RELAXED);
+	out->pending_bytes = held_bytes();
+	out->head_seq = __atomic_load_n(&W.head_seq, __ATOMIC_RELAXED);
+}
+
 /* At the first drop and every 10,000th. */
 static void log_dropped(const char *reason)
 {
@@ -774,6 +786,7 @@ static bool store_call_ends(void)
 static void batch_written(const ChainState *c)
 {
 	W.chain = *c;
+	__atomic_store_n(&W.head_seq, W.chain.seq, __ATOMIC_RELAXED);
 	batch_committed();
 	__atomic_store_n(&W.healthy, 1, __ATOMIC_RELEASE);
 	if (W.cb && W.strict) /* only strict mode holds sessions back until their ticket */
@@ -873,6 +886,7 @@ static bool prune(ChainState *tried)
 		return false;
 	}
 	W.chain = c;
+	__atomic_store_n(&W.head_seq, W.chain.seq, __ATOMIC_RELAXED);
 	log_event(LOG_INFO, "audit_pruned", "node=%s through_seq=%lld cutoff=%s", W.node, (long long)through, cutoff);
 	return true;
 }
@@ -1187,6 +1201,7 @@ bool audit_start(const Config *c, int nqueues, AuditDurableFn cb, void *arg, cha
 	if (created)
 		log_event(LOG_WARN, "audit_key_created", "path=%s note=\"keep a copy elsewhere: verification needs it\"",
 			  c->audit_key_file);
+	W.head_seq = W.chain.seq;
 	W.strict = c->audit_strict;
 	W.retention_s = c->audit_retention_s;
 	W.max_pending = c->audit_max_pending;

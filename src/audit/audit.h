@@ -64,6 +64,14 @@ bool audit_lost(int q, uint64_t ticket);
 bool audit_crowded(size_t adding);
 typedef enum { AUDIT_UNREC_STATEMENT, AUDIT_UNREC_SESSION, AUDIT_UNREC_LOGIN, AUDIT_UNREC_KINDS } AuditUnrecorded;
 void audit_count_unrecorded(AuditUnrecorded what);
+typedef struct {
+	bool enabled, strict, healthy;
+	uint64_t dropped;     /* events dropped unrecorded since start (audit.max_pending) */
+	size_t pending_bytes; /* of events queued and not yet committed */
+	int64_t head_seq;     /* the seq of the last record committed */
+} AuditStats;
+/* For /metrics; any thread. */
+void audit_stats(AuditStats *out);
 /* The queue for threads other than the workers (admin API, approvals). */
 int audit_other_queue(void);
 

@@ -14,6 +14,7 @@
 #include "audit/audit.h"
 #include "http/api.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/util.h"
 #include "net/tls.h"
 #include "net/worker.h"
@@ -73,6 +74,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
 	char err[512], q[600];
 	Config *c = load(srv->path, err, sizeof err);
 	if (!c) {
+		metrics_inc(MET_RELOAD_FAILED);
 		log_event(LOG_ERROR, "reload_failed", "error=%s", log_quote(q, sizeof q, err));
 		return;
 	}
@@ -90,6 +92,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
 	int ndatabases = c->ndatabases, nusers = c->nusers, npolicies = c->npolicies;
 	oidc_configure(c, on_oidc_keys, srv);
 	config_swap(c); /* before the log line: whoever reads it may rely on the new config */
+	metrics_inc(MET_RELOAD_OK);
 	log_event(LOG_INFO, "config_reloaded", "generation=%llu databases=%d users=%d policies=%d",
 		  (unsigned long long)generation, ndatabases, nusers, npolicies);
 }
@@ -142,6 +145,7 @@ int serve_run(const char *path)
 	sigaddset(&set, SIGINT);
 	pthread_sigmask(SIG_BLOCK, &set, &old);
 	Server srv = {.path = path, .nworkers = n, .notify_mu = PTHREAD_MUTEX_INITIALIZER};
+	metrics_init(n);
 	if (!audit_start(c, n + 1, on_audit_durable, &srv, err, sizeof err)) {
 		char q[600];
 		log_event(LOG_ERROR, "start_failed", "error=%s", log_quote(q, sizeof q, err));

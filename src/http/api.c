@@ -17,8 +17,10 @@
 #include "auth/apikey.h"
 #include "auth/oidc.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/util.h"
 #include "http/console.h"
+#include "http/metrics.h"
 
 static struct MHD_Daemon *daemon_;
 static char *tls_cert_pem, *tls_key_pem; /* admin.tls, in memory while the daemon runs */
@@ -77,6 +79,21 @@ static enum MHD_Result console_reply(struct MHD_Connection *conn, const ConsoleF
 {
 	struct MHD_Response *r = MHD_create_response_from_buffer(f->len, (void *)f->data, MHD_RESPMEM_PERSISTENT);
 	MHD_add_response_header(r, "Content-Type", f->content_type);
+	add_security_headers(r);
+	enum MHD_Result ok = MHD_queue_response(conn, MHD_HTTP_OK, r);
+	MHD_destroy_response(r);
+	return ok;
+}
+
+/* GET /metrics, in the Prometheus text format. */
+static enum MHD_Result metrics_reply(struct MHD_Connection *conn)
+{
+	size_t len = 0;
+	char *text = http_metrics_text(&len);
+	if (!text)
+		return error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+	struct MHD_Response *r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
 	add_security_headers(r);
 	enum MHD_Result ok = MHD_queue_response(conn, MHD_HTTP_OK, r);
 	MHD_destroy_response(r);
@@ -403,7 +420,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 		return reply(conn, MHD_HTTP_OK,
 			     json_pack("{ss ss}", "status", "ok", "audit",
 				       !audit_enabled() ? "off" : audit_store_healthy() ? "ok" : "failing"));
-	if (strncmp(url, "/api/", 5) != 0) {
+	bool metrics = strcmp(url, "/metrics") == 0;
+	if (!metrics && strncmp(url, "/api/", 5) != 0) {
 		ConsoleFile f;
 		if (!http_console_file(url, &f))
 			return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
@@ -422,12 +440,17 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 	bool approvals = strncmp(url, "/api/approvals", 14) == 0 || strncmp(url, "/api/grants", 11) == 0;
 	if (!authenticate(c, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION), &who,
 			  why, sizeof why)) {
+		metrics_inc(MET_ADMIN_AUTH_FAILED);
 		log_event(LOG_WARN, "admin_auth_failed", "peer=%s path=%s reason=%s", peer, log_quote(qu, sizeof qu, url),
 			  log_quote(q, sizeof q, why));
 		config_release(c);
 		return error(conn, MHD_HTTP_UNAUTHORIZED, why);
 	}
-	if (strcmp(url, "/api/whoami") == 0) {
+	if (metrics) {
+		/* Scraped every few seconds: logged only at debug. */
+		log_event(LOG_DEBUG, "admin_request", "peer=%s user=%s path=/metrics", peer, log_quote(q, sizeof q, who.name));
+		r = post ? error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET is served here") : metrics_reply(conn);
+	} else if (strcmp(url, "/api/whoami") == 0) {
 		log_event(LOG_INFO, "admin_request", "peer=%s user=%s path=%s", peer, log_quote(q, sizeof q, who.name),
 			  log_quote(qu, sizeof qu, url));
 		r = post ? error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET is served here") : whoami(conn, c, &who);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/util.h"
 
 static int open_listener(const struct addrinfo *ai, int port, char *err, size_t errlen)
@@ -111,6 +112,7 @@ static void on_notify(evutil_socket_t fd, short what, void *arg)
 static void *worker_main(void *arg)
 {
 	Worker *w = arg;
+	metrics_bind_worker(w->index);
 	event_base_dispatch(w->base);
 	return NULL;
 }

@@ -16,6 +16,7 @@
 #include "approval/approval.h"
 #include "core/jsonw.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/util.h"
 #include "mask/mask.h"
 #include "session/audit_trail.h"
@@ -36,6 +37,7 @@ void session__hold_end(Session *s)
 {
 	if (!s->held_id[0])
 		return;
+	metrics_inc(MET_WAITS_ENDED);
 	s->held_id[0] = 0;
 	if (s->held_timer)
 		event_del(s->held_timer);
@@ -234,6 +236,8 @@ static bool open_request(Session *s, const char *sql, const char *params, const 
 			   .settings = a};
 	bool ok = approval_open(&ask, id, created, mine);
 	free(shown);
+	if (ok && *created)
+		metrics_inc(MET_APPROVAL_REQUESTS);
 	return ok;
 }
 
@@ -296,6 +300,7 @@ HoldOutcome session__review(Session *s, const char *sql, const char *params, con
 		 d->message, id, id, cli_default ? "" : " --url ", cli_default ? "" : api, api, id);
 	send_notice(s, msg);
 	snprintf(s->held_id, sizeof s->held_id, "%s", id);
+	metrics_inc(MET_WAITS_STARTED);
 	cancel_set_held(s->pid, id);
 	if (!s->held_timer)
 		s->held_timer = evtimer_new(s->worker->base, deadline_cb, s);

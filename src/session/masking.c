@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/util.h"
 #include "mask/mask.h"
 #include "session/rowplan.h"
@@ -402,8 +403,8 @@ bool session__mask_wants(const Session *s, const Expectation *f, char type, uint
 	return s->policy->detect && (type == 'D' || type == 'd' || type == 'H');
 }
 
-uint8_t *session__mask_server_message(Session *s, const Expectation *f, char type, const uint8_t *body, size_t blen,
-				      size_t *outlen)
+static uint8_t *rewrite_server_message(Session *s, const Expectation *f, char type, const uint8_t *body, size_t blen,
+				       size_t *outlen)
 {
 	if (type == 'S') {
 		session__mask_parameter(s, body, blen);
@@ -461,6 +462,15 @@ uint8_t *session__mask_server_message(Session *s, const Expectation *f, char typ
 	}
 	default: return NULL;
 	}
+}
+
+uint8_t *session__mask_server_message(Session *s, const Expectation *f, char type, const uint8_t *body, size_t blen,
+				      size_t *outlen)
+{
+	uint8_t *out = rewrite_server_message(s, f, type, body, blen, outlen);
+	if (out)
+		metrics_inc(type == 'D' || type == 'd' ? MET_ROWS_MASKED : MET_MESSAGES_SCRUBBED);
+	return out;
 }
 
 void session__mask_free(Session *s)

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/sql_parse.h"
 #include "core/util.h"
 #include "policy/cache.h"
@@ -211,6 +212,8 @@ static uint8_t *copy_out(Session *s, struct evbuffer *buf, size_t off, size_t n)
 
 static void log_decision(Session *s, const QueryFacts *q, const Decision *d)
 {
+	if (d->kind == DEC_ALLOW)
+		metrics_inc(MET_DECISION_ALLOW); /* a refusal counts in refuse(), whatever refused it */
 	if (d->kind == DEC_ALLOW && !s->config->log_all_decisions && !log_enabled(LOG_DEBUG))
 		return;
 	char qu[80], qd[80], qm[400];
@@ -267,6 +270,7 @@ typedef enum {
 static Action refuse(Session *s, char type, const Decision *d)
 {
 	Expectation *e;
+	metrics_inc(MET_DECISION_BLOCK);
 	if (!pipeline_on_frontend(&s->pipeline, type, 0, &e) || !e) {
 		session_close(s, "pipeline full", "54000", "too many pipelined messages without reading results");
 		return ACT_CLOSED;
@@ -622,6 +626,7 @@ static Action inspect_client_message(Session *s, char type, const uint8_t *body,
 			log_decision(s, cached_facts(p->facts), d);
 			return refuse(s, 'B', d);
 		}
+		metrics_inc(MET_DECISION_ALLOW); /* not logged: a Bind per execution would flood the log */
 		return ACT_FORWARD;
 	}
 	case 'F': {
@@ -1124,6 +1129,7 @@ static void cut_off(Session *s, const Expectation *e, MsgBuilder *extra, size_t 
 		fm->audit = NULL;
 	}
 	char qu[80];
+	metrics_inc(MET_CUT_OFF);
 	log_event(LOG_INFO, "statement_cut_off", "session=%llu user=%s policy=%s rule=%s rows=%lld",
 		  (unsigned long long)s->id, log_quote(qu, sizeof qu, s->user_name),
 		  review ? (s->policy->returned_rows_by ? s->policy->returned_rows_by : "-")

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/util.h"
 #include "auth/apikey.h"
 #include "auth/jwt.h"
@@ -297,6 +298,8 @@ static void on_accept(Worker *w, int fd, const struct sockaddr *addr, int addrle
 	/* Far past the limit, do not even spend a session on the connection. */
 	if (!config || n > config->max_client_conn + 64 || __atomic_load_n(&shutting_down, __ATOMIC_ACQUIRE)) {
 		__atomic_sub_fetch(&active_clients, 1, __ATOMIC_RELAXED);
+		if (config && !__atomic_load_n(&shutting_down, __ATOMIC_ACQUIRE))
+			metrics_inc(MET_CLIENTS_OVER_LIMIT);
 		close(fd);
 		config_release(config);
 		return;
@@ -328,6 +331,7 @@ static void on_accept(Worker *w, int fd, const struct sockaddr *addr, int addrle
 	s->timer = evtimer_new(w->base, timer_cb, s);
 	struct timeval tv = {s->config->startup_timeout_ms / 1000, (s->config->startup_timeout_ms % 1000) * 1000};
 	evtimer_add(s->timer, &tv);
+	metrics_inc(MET_CLIENTS_ACCEPTED);
 	log_event(LOG_DEBUG, "client_connected", "session=%llu peer=%s worker=%d", (unsigned long long)s->id,
 		  s->peer, w->index);
 }
@@ -410,6 +414,7 @@ static void begin_authentication(Session *s)
 	s->user_name = xstrdup(sp->user);
 	s->database_name = xstrdup(sp->database);
 	if (s->over_limit) {
+		metrics_inc(MET_CLIENTS_OVER_LIMIT);
 		snprintf(msg, sizeof msg, "too many client connections (limits.max_client_conn is %d)", c->max_client_conn);
 		close_fatal(s, "53300", msg);
 		return;
@@ -463,6 +468,9 @@ static void begin_authentication(Session *s)
 static void auth_failed(Session *s, const char *method, const char *why, const char *client_detail)
 {
 	char q[300], qu[80];
+	int m = metrics_login(method, 0);
+	if (m >= 0)
+		metrics_inc((Metric)m);
 	log_event(LOG_WARN, "auth_failed", "session=%llu peer=%s user=%s method=%s reason=%s",
 		  (unsigned long long)s->id, s->peer, log_quote(qu, sizeof qu, s->user_name), method,
 		  log_quote(q, sizeof q, why));
@@ -484,6 +492,7 @@ static bool apply_policy(Session *s)
 		snprintf(msg, sizeof msg, "pgcordon: no policy grants user \"%.63s\" access to database \"%.63s\"",
 			 s->user_name, s->database_name);
 		char qu[80];
+		metrics_inc(MET_LOGIN_REFUSED);
 		log_event(LOG_WARN, "connection_refused", "session=%llu user=%s rule=no_policy", (unsigned long long)s->id,
 			  log_quote(qu, sizeof qu, s->user_name));
 		close_fatal(s, "42501", msg);
@@ -645,6 +654,9 @@ static void authenticated(Session *s)
 		close_fatal(s, "58030", "pgcordon: the audit store cannot be written; new sessions are refused until it recovers");
 		return;
 	}
+	int m = metrics_login(s->auth_method, 1);
+	if (m >= 0)
+		metrics_inc((Metric)m);
 	char qu[80], qd[80], qr[80];
 	log_event(LOG_INFO, "auth_ok", "session=%llu peer=%s user=%s database=%s method=%s groups=%d role=%s tls=%s",
 		  (unsigned long long)s->id, s->peer, log_quote(qu, sizeof qu, s->user_name),
@@ -861,7 +873,9 @@ static void client_on_event(Sock *sock, short what, void *arg)
 	}
 	if (r == IO_AGAIN)
 		return;
-	s->bytes_from_client += evbuffer_get_length(s->client.in) - before;
+	size_t got = evbuffer_get_length(s->client.in) - before;
+	s->bytes_from_client += got;
+	metrics_add(MET_BYTES_FROM_CLIENT, got);
 	process_client(s);
 }
 

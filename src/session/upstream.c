@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/util.h"
 #include "session/cancel.h"
 #include "session/session_internal.h"
@@ -23,6 +24,7 @@
 static void upstream_fail(Session *s, const char *sqlstate, const char *client_msg, const char *detail)
 {
 	char qd[200], qdb[80];
+	metrics_inc(MET_UPSTREAM_CONNECT_FAILED);
 	log_event(LOG_WARN, "upstream_failed", "session=%llu database=%s host=%s port=%d reason=%s",
 		  (unsigned long long)s->id, log_quote(qdb, sizeof qdb, s->db->name), s->db->host, s->db->port,
 		  log_quote(qd, sizeof qd, detail));
@@ -414,9 +416,16 @@ static void process_login(Session *s)
 	}
 }
 
+static void server_bytes(Session *s, size_t n)
+{
+	s->bytes_from_server += n;
+	metrics_add(MET_BYTES_FROM_SERVER, n);
+}
+
 static void upstream_lost(Session *s, const char *detail)
 {
 	char qd[200];
+	metrics_inc(MET_UPSTREAM_LOST);
 	log_event(LOG_WARN, "upstream_lost", "session=%llu reason=%s", (unsigned long long)s->id,
 		  log_quote(qd, sizeof qd, detail));
 	if (s->last_server_fatal)
@@ -521,7 +530,7 @@ void upstream_on_event(Sock *sock, short what, void *arg)
 			 * still owed to the client. Stop reading; once it is released and relayed,
 			 * reading resumes and finds the close again.
 			 */
-			s->bytes_from_server += evbuffer_get_length(s->server.in) - before;
+			server_bytes(s, evbuffer_get_length(s->server.in) - before);
 			session__pause_server(s);
 			return;
 		}
@@ -529,7 +538,7 @@ void upstream_on_event(Sock *sock, short what, void *arg)
 			upstream_lost(s, r == IO_EOF ? "upstream closed the connection" : s->server.err);
 			return;
 		}
-		s->bytes_from_server += evbuffer_get_length(s->server.in) - before;
+		server_bytes(s, evbuffer_get_length(s->server.in) - before);
 		session__relay_from_server(s);
 		return;
 	}
