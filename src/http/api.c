@@ -53,7 +53,8 @@ static void add_security_headers(struct MHD_Response *r)
 	MHD_add_response_header(r, "Cache-Control", "no-store");
 }
 
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, json_t *body)
+/* allow: the Allow header of a 405 (RFC 9110 requires one), else NULL. */
+static enum MHD_Result reply_allow(struct MHD_Connection *conn, unsigned status, json_t *body, const char *allow)
 {
 	char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(9));
 	json_decref(body);
@@ -64,14 +65,27 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, json_
 	add_security_headers(r);
 	if (status == MHD_HTTP_UNAUTHORIZED)
 		MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
+	if (allow)
+		MHD_add_response_header(r, "Allow", allow);
 	enum MHD_Result ok = MHD_queue_response(conn, status, r);
 	MHD_destroy_response(r);
 	return ok;
 }
 
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, json_t *body)
+{
+	return reply_allow(conn, status, body, NULL);
+}
+
 static enum MHD_Result error(struct MHD_Connection *conn, unsigned status, const char *msg)
 {
 	return reply(conn, status, json_pack("{ss}", "error", msg));
+}
+
+/* 405: allow names the methods the path takes. */
+static enum MHD_Result not_allowed(struct MHD_Connection *conn, const char *allow, const char *msg)
+{
+	return reply_allow(conn, MHD_HTTP_METHOD_NOT_ALLOWED, json_pack("{ss}", "error", msg), allow);
 }
 
 /* One of the console's files (console.h), from the binary's read-only data. */
@@ -328,7 +342,7 @@ static enum MHD_Result approvals_request(struct MHD_Connection *conn, const Conf
 	const char *rest = url + strlen("/api/approvals");
 	if (*rest == 0 || strcmp(rest, "/") == 0) {
 		if (post)
-			return error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "POST /api/approvals/ID/approve or /deny");
+			return not_allowed(conn, "GET, HEAD", "POST /api/approvals/ID/approve or /deny");
 		int limit = 100;
 		if (!page_limit(arg(conn, "limit"), APPROVAL_LIST_MAX, &limit))
 			return error(conn, MHD_HTTP_BAD_REQUEST, "limit must be a number from 1 to " UTIL_TEXT(APPROVAL_LIST_MAX));
@@ -347,7 +361,7 @@ static enum MHD_Result approvals_request(struct MHD_Connection *conn, const Conf
 	rid[n] = 0;
 	if (!slash) {
 		if (post)
-			return error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "POST /api/approvals/ID/approve or /deny");
+			return not_allowed(conn, "GET, HEAD", "POST /api/approvals/ID/approve or /deny");
 		out = approval_get(&ac, rid);
 		return out ? reply(conn, MHD_HTTP_OK, out) : error(conn, MHD_HTTP_NOT_FOUND, "no such approval request");
 	}
@@ -355,7 +369,7 @@ static enum MHD_Result approvals_request(struct MHD_Connection *conn, const Conf
 	if (!approve && strcmp(slash, "/deny") != 0)
 		return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
 	if (!post)
-		return error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "approve and deny take POST");
+		return not_allowed(conn, "POST", "approve and deny take POST");
 	json_t *body = body_object(u, conn, &r);
 	if (!body)
 		return r;
@@ -414,7 +428,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 			return MHD_YES;
 		}
 	} else if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
-		return error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and POST are served here");
+		return not_allowed(conn, "GET, HEAD, POST", "only GET and POST are served here");
 	}
 	if (strcmp(url, "/healthz") == 0)
 		return reply(conn, MHD_HTTP_OK,
@@ -425,7 +439,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 		ConsoleFile f;
 		if (!http_console_file(url, &f))
 			return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
-		return post ? error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "the console's files take GET")
+		return post ? not_allowed(conn, "GET, HEAD", "the console's files take GET")
 			    : console_reply(conn, &f);
 	}
 	Config *c = config_current();
@@ -449,17 +463,17 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 	if (metrics) {
 		/* Scraped every few seconds: logged only at debug. */
 		log_event(LOG_DEBUG, "admin_request", "peer=%s user=%s path=/metrics", peer, log_quote(q, sizeof q, who.name));
-		r = post ? error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET is served here") : metrics_reply(conn);
+		r = post ? not_allowed(conn, "GET, HEAD", "only GET is served here") : metrics_reply(conn);
 	} else if (strcmp(url, "/api/whoami") == 0) {
 		log_event(LOG_INFO, "admin_request", "peer=%s user=%s path=%s", peer, log_quote(q, sizeof q, who.name),
 			  log_quote(qu, sizeof qu, url));
-		r = post ? error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET is served here") : whoami(conn, c, &who);
+		r = post ? not_allowed(conn, "GET, HEAD", "only GET is served here") : whoami(conn, c, &who);
 	} else if (approvals) {
 		log_event(LOG_INFO, "admin_request", "peer=%s user=%s method=%s path=%s", peer,
 			  log_quote(q, sizeof q, who.name), post ? "POST" : "GET", log_quote(qu, sizeof qu, url));
 		r = approvals_request(conn, c, &who, url, post, *state);
 	} else if (post) {
-		r = error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET is served here");
+		r = not_allowed(conn, "GET, HEAD", "only GET is served here");
 	} else if (!is_auditor(c, &who)) {
 		log_event(LOG_WARN, "admin_forbidden", "peer=%s user=%s path=%s", peer, log_quote(q, sizeof q, who.name),
 			  log_quote(qu, sizeof qu, url));

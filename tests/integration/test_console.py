@@ -129,8 +129,13 @@ def test_console_files_served_with_a_strict_policy(console):
                  "/app.js", "/favicon.ico", "/console/app.js%00.css", "/index.htm"]:
         status, _, body = console.http("GET", path)
         assert status == 404 and json.loads(body) == {"error": "unknown path"}, (path, status, body)
-    status, _, body = console.http("POST", "/", body=b"x")
-    assert status == 405, body
+    status, h, body = console.http("POST", "/", body=b"x")
+    assert status == 405 and h["allow"] == "GET, HEAD", (body, h)
+    # Every 405 names what the path takes (RFC 9110): approve is POST only.
+    status, h, body = console.http("GET", "/api/approvals/0123456789abcdef/approve", console.keys["approver"])
+    assert status == 405 and h["allow"] == "POST", (body, h)
+    status, h, body = console.http("PUT", "/api/whoami", console.keys["approver"])
+    assert status == 405 and h["allow"] == "GET, HEAD, POST", (body, h)
 
 
 def test_whoami(console):
@@ -141,8 +146,8 @@ def test_whoami(console):
     assert status == 200 and json.loads(body)["auditor"] is False
     status, _, body = console.http("GET", "/api/whoami", "pgc_" + "A" * 43)
     assert status == 401 and json.loads(body) == {"error": "unknown API key"}
-    status, _, body = console.http("POST", "/api/whoami", console.keys["approver"], body=b"{}")
-    assert status == 405
+    status, h, body = console.http("POST", "/api/whoami", console.keys["approver"], body=b"{}")
+    assert status == 405 and h["allow"] == "GET, HEAD"
 
 
 # ---------------------------------------------------------------------------- in the browser

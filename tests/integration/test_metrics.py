@@ -140,8 +140,8 @@ def test_metrics_need_an_admin_credential(mx):
     assert status == 401 and h["www-authenticate"] == "Bearer" and "Bearer" in body
     status, _, body = http_get(mx.admin_port, "/metrics", "pgc_" + "A" * 43)
     assert status == 401 and "unknown API key" in body
-    status, _, _ = http_get(mx.admin_port, "/metrics", mx.keys["scraper"], method="POST")
-    assert status == 405
+    status, h, _ = http_get(mx.admin_port, "/metrics", mx.keys["scraper"], method="POST")
+    assert status == 405 and h["allow"] == "GET, HEAD"
     after = mx.scrape()
     assert delta(before, after, "pgcordon_admin_auth_failures_total") == 2
 
