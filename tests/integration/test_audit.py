@@ -3632,6 +3632,28 @@ def test_replay_escapes_control_characters(agw, trail):
     assert "\\x1b[31m" in r.stdout and "\\x07" in r.stdout
 
 
+def test_replay_marks_invisible_characters(agw, trail):
+    """A "Trojan Source" statement: bidi overrides and isolates make a comment read as a
+    WHERE clause, in a terminal that orders text (VTE does). The transcript shows them, and
+    the zero-width, C1, separator and tag characters, as \\u escapes, in the SQL and in the
+    result, while other non-ASCII text stays as it is."""
+    app = app_name("bidi")
+    rlo, lri, pdi = "\u202e", "\u2066", "\u2069"
+    sql = f"SELECT 'ünïcode' AS v /*{rlo} {lri}WHERE id = 42{pdi} {lri}*/, 'a\u200bb\u0085c\u2028d\U000e0041' AS w"
+    with agw.connect(user="bob", application_name=app) as c:
+        psycopg.ClientCursor(c).execute(sql)
+    sid = wait_for(lambda: next((r["body"]["session_id"] for r in trail.rows(kind="session_start")
+                                 if r["body"].get("application_name") == app), None), what="the session")
+    session_records(trail, sid)
+    r = cli("sessions", "replay", sid, "--config", agw.config_path, timeout=20)
+    assert r.returncode == 0, r.stderr
+    for ch in [rlo, lri, pdi, "\u200b", "\u0085", "\u2028", "\U000e0041"]:
+        assert ch not in r.stdout, (ch, r.stdout)
+    assert "/*\\u202e \\u2066WHERE id = 42\\u2069 \\u2066*/" in r.stdout, r.stdout
+    assert "a\\u200bb\\u0085c\\u2028d\\U000e0041" in r.stdout, r.stdout  # the result cell
+    assert "ünïcode" in r.stdout
+
+
 def test_replay_of_an_altered_hex_field(gateway_factory, tmp_path):
     """A store altered by hand: a record's SQL is {"hex": ...} that is no hex (signs,
     letters). Replay, in the CLI and in the gateway's API, reads it up to what it can decode,
