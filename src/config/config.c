@@ -164,6 +164,7 @@ static bool on_tls(Loader *ld, Config *c, void *obj, const char *key, yaml_node_
 }
 
 static bool load_groups(Loader *ld, UserConfig *u, yaml_node_t *v);
+static bool get_bool(Loader *ld, const yaml_node_t *n, const char *key, bool *out);
 
 static bool on_admin_tls(Loader *ld, Config *c, void *obj, const char *key, yaml_node_t *v)
 {
@@ -187,6 +188,8 @@ static bool on_admin(Loader *ld, Config *c, void *obj, const char *key, yaml_nod
 	}
 	if (strcmp(key, "address") == 0)
 		return get_string(ld, v, "admin.address", &c->admin_address) || true;
+	if (strcmp(key, "mcp") == 0)
+		return get_bool(ld, v, "admin.mcp", &c->admin_mcp) || true;
 	if (strcmp(key, "port") == 0)
 		return get_int(ld, v, "admin.port", 0, 65535, &c->admin_port) || true;
 	if (strcmp(key, "url") == 0) {

@@ -149,6 +149,7 @@ typedef struct Config {
 	int nadmin_auditors;
 	char *admin_tls_cert;   /* admin.tls: the API speaks HTTPS (PEM files); required off loopback */
 	char *admin_tls_key;
+	bool admin_mcp;         /* admin.mcp: MCP over HTTP at /mcp */
 
 	int max_client_conn;
 	uint32_t max_message_size;

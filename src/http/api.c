@@ -20,7 +20,9 @@
 #include "core/metrics.h"
 #include "core/util.h"
 #include "http/console.h"
+#include "http/mcp_http.h"
 #include "http/metrics.h"
+#include "mcp/server.h"
 
 static struct MHD_Daemon *daemon_;
 static char *tls_cert_pem, *tls_key_pem; /* admin.tls, in memory while the daemon runs */
@@ -407,18 +409,65 @@ static enum MHD_Result whoami(struct MHD_Connection *conn, const Config *c, cons
 		     json_pack("{ss so sb}", "name", who->name, "groups", groups, "auditor", is_auditor(c, who)));
 }
 
+/*
+ * POST or DELETE /mcp (http/mcp_http.h), for an authenticated caller. A browser's request
+ * (it sends Origin) is refused: the transport's rule against DNS rebinding, and no page has
+ * any business here.
+ */
+static enum MHD_Result mcp_request(struct MHD_Connection *conn, const Config *c, const Caller *who, bool post,
+				   const Upload *u)
+{
+	if (!c->admin_mcp)
+		return error(conn, MHD_HTTP_NOT_FOUND, "MCP over HTTP is off (admin.mcp: true turns it on)");
+	if (MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin"))
+		return error(conn, MHD_HTTP_FORBIDDEN, "MCP over HTTP takes no requests from browsers (Origin is set)");
+	const char *credential = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION) + 7;
+	const char *session = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Mcp-Session-Id");
+	if (!post) {
+		unsigned status = session ? mcp_http_delete(credential, session) : MHD_HTTP_BAD_REQUEST;
+		if (status != MHD_HTTP_NO_CONTENT)
+			return error(conn, status, session ? "no such MCP session" : "DELETE needs an Mcp-Session-Id header");
+		struct MHD_Response *r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+		add_security_headers(r);
+		enum MHD_Result ok = MHD_queue_response(conn, status, r);
+		MHD_destroy_response(r);
+		return ok;
+	}
+	McpHttpAnswer a;
+	if (u && u->too_big) {
+		a = (McpHttpAnswer){.status = MHD_HTTP_CONTENT_TOO_LARGE, .body = mcp_too_long()};
+	} else {
+		char q[300];
+		log_event(LOG_DEBUG, "admin_request", "user=%s path=/mcp bytes=%zu", log_quote(q, sizeof q, who->name),
+			  u ? u->len : 0);
+		mcp_http_post(c, who->name, credential, session, arg(conn, "database"), u && u->data ? u->data : "",
+			      u ? u->len : 0, &a);
+	}
+	struct MHD_Response *r = a.body ? MHD_create_response_from_buffer(strlen(a.body), a.body, MHD_RESPMEM_MUST_FREE)
+					: MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+	if (a.body)
+		MHD_add_response_header(r, "Content-Type", "application/json");
+	if (a.session_id[0])
+		MHD_add_response_header(r, "Mcp-Session-Id", a.session_id);
+	add_security_headers(r);
+	enum MHD_Result ok = MHD_queue_response(conn, a.status, r);
+	MHD_destroy_response(r);
+	return ok;
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
 			      const char *version, const char *upload_data, size_t *upload_data_size, void **state)
 {
 	(void)cls;
 	(void)version;
 	bool post = strcmp(method, "POST") == 0;
+	bool mcp = strcmp(url, "/mcp") == 0;
 	if (post) {
 		/* The body arrives in pieces: collect it (bounded), answer after the last one. */
 		Upload *u = *state;
 		if (!u) {
 			u = xcalloc(1, sizeof *u);
-			u->max = BODY_MAX;
+			u->max = mcp ? MCP_MAX_MESSAGE : BODY_MAX;
 			*state = u;
 			return MHD_YES;
 		}
@@ -427,6 +476,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 			*upload_data_size = 0;
 			return MHD_YES;
 		}
+	} else if (mcp) {
+		if (strcmp(method, "DELETE") != 0)
+			return not_allowed(conn, "POST, DELETE", "MCP takes POST (and DELETE to end a session); "
+								  "this server opens no stream of its own");
 	} else if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
 		return not_allowed(conn, "GET, HEAD, POST", "only GET and POST are served here");
 	}
@@ -435,7 +488,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 			     json_pack("{ss ss}", "status", "ok", "audit",
 				       !audit_enabled() ? "off" : audit_store_healthy() ? "ok" : "failing"));
 	bool metrics = strcmp(url, "/metrics") == 0;
-	if (!metrics && strncmp(url, "/api/", 5) != 0) {
+	if (!metrics && !mcp && strncmp(url, "/api/", 5) != 0) {
 		ConsoleFile f;
 		if (!http_console_file(url, &f))
 			return error(conn, MHD_HTTP_NOT_FOUND, "unknown path");
@@ -460,7 +513,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 		config_release(c);
 		return error(conn, MHD_HTTP_UNAUTHORIZED, why);
 	}
-	if (metrics) {
+	if (mcp) {
+		r = mcp_request(conn, c, &who, post, *state);
+	} else if (metrics) {
 		/* Scraped every few seconds: logged only at debug. */
 		log_event(LOG_DEBUG, "admin_request", "peer=%s user=%s path=/metrics", peer, log_quote(q, sizeof q, who.name));
 		r = post ? not_allowed(conn, "GET, HEAD", "only GET is served here") : metrics_reply(conn);
@@ -588,8 +643,10 @@ bool http_start(const Config *c, char *err, size_t errlen)
 
 void http_stop(void)
 {
+	mcp_http_cancel_all(); /* a call waiting on a held statement would hold the stop up */
 	if (daemon_)
 		MHD_stop_daemon(daemon_);
 	daemon_ = NULL;
+	mcp_http_stop();
 	forget_tls();
 }

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,7 @@ typedef struct Run {
 	bool rolled_back; /* our cancel at a limit ended it: what it changed is undone */
 	bool abandoned;	  /* no end within CANCEL_GRACE_MS of the cancel: the session is closed */
 	int64_t cancelled_at;
+	struct CancelSend *cancel_send; /* the cancel under way on its own thread */
 	char *command;
 	long affected;
 	json_t *error; /* {sqlstate, message, detail, hint}, or NULL */
@@ -137,7 +139,7 @@ void mcp_db_free(McpDb *db)
 	if (!db)
 		return;
 	PQfinish(db->conn);
-	free(db->conninfo);
+	util_wipe_free(db->conninfo); /* over HTTP it holds the caller's credential */
 	json_decref(db->notices);
 	free(db);
 }
@@ -233,6 +235,46 @@ static bool connected(McpDb *db, Run *run)
 	return true;
 }
 
+/*
+ * PQcancel has no timeout: a listener that takes the connection and never answers (a gateway
+ * that is stopping) would hold the call forever. So it runs on a thread of its own, and the
+ * call waits for it (finish_cancel) at most until CANCEL_GRACE_MS after the cancel: a
+ * cancel still on its way could otherwise stop the session's next statement.
+ */
+typedef struct CancelSend {
+	PGcancel *c;
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	bool done;
+	int refs; /* the thread's and the call's */
+} CancelSend;
+
+static void cancel_send_release(CancelSend *cs)
+{
+	pthread_mutex_lock(&cs->mu);
+	bool last = --cs->refs == 0;
+	pthread_mutex_unlock(&cs->mu);
+	if (!last)
+		return;
+	PQfreeCancel(cs->c);
+	pthread_mutex_destroy(&cs->mu);
+	pthread_cond_destroy(&cs->cond);
+	free(cs);
+}
+
+static void *send_cancel(void *arg)
+{
+	CancelSend *cs = arg;
+	char err[256];
+	PQcancel(cs->c, err, sizeof err);
+	pthread_mutex_lock(&cs->mu);
+	cs->done = true;
+	pthread_cond_signal(&cs->cond);
+	pthread_mutex_unlock(&cs->mu);
+	cancel_send_release(cs);
+	return NULL;
+}
+
 static void cancel(McpDb *db, Run *run)
 {
 	if (run->cancelled)
@@ -240,10 +282,46 @@ static void cancel(McpDb *db, Run *run)
 	run->cancelled = true;
 	run->cancelled_at = (int64_t)util_now_ms();
 	PGcancel *c = PQgetCancel(db->conn);
-	char err[256];
-	if (c)
-		PQcancel(c, err, sizeof err);
-	PQfreeCancel(c);
+	if (!c)
+		return;
+	CancelSend *cs = xcalloc(1, sizeof *cs);
+	*cs = (CancelSend){.c = c, .refs = 2};
+	pthread_mutex_init(&cs->mu, NULL);
+	pthread_condattr_t attr;
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC); /* the grace is counted on util_now_ms's clock */
+	pthread_cond_init(&cs->cond, &attr);
+	pthread_condattr_destroy(&attr);
+	run->cancel_send = cs;
+	pthread_t t;
+	if (util_thread_start(&t, 256 * 1024, true, send_cancel, cs) != 0) {
+		cs->refs = 1;
+		send_cancel(cs); /* no thread to be had: send it from here */
+		run->cancel_send = NULL;
+	}
+}
+
+/*
+ * Waits for the cancel's sending to end; past the grace the session is abandoned (closed).
+ * A session already lost is not waited for: the next statement runs on a new one, which
+ * the old cancel cannot reach.
+ */
+static void finish_cancel(McpDb *db, Run *run)
+{
+	CancelSend *cs = run->cancel_send;
+	if (!cs)
+		return;
+	int64_t left = PQstatus(db->conn) != CONNECTION_OK ? 0 : run->cancelled_at + CANCEL_GRACE_MS - (int64_t)util_now_ms();
+	struct timespec until = util_deadline(CLOCK_MONOTONIC, left > 0 ? (int)left : 0);
+	pthread_mutex_lock(&cs->mu);
+	while (!cs->done && pthread_cond_timedwait(&cs->cond, &cs->mu, &until) != ETIMEDOUT) {
+	}
+	bool done = cs->done;
+	pthread_mutex_unlock(&cs->mu);
+	if (!done)
+		run->abandoned = true;
+	cancel_send_release(cs);
+	run->cancel_send = NULL;
 }
 
 /* Row data past a limit: outside a transaction the statement is cancelled; inside, read and dropped. */
@@ -504,6 +582,7 @@ static void run_statement(McpDb *db, const char *sql, int nparams, const char *c
 	if (run->interrupted && !run->error)
 		run->error = error_object("57014", "the call was cancelled by the client");
 done:
+	finish_cancel(db, run);
 	drain_notifies(db);
 	if (run->abandoned && !run->error)
 		run->error = error_object("08006", "the statement did not end within 30 s of its cancel; the session "
