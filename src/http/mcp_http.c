@@ -25,7 +25,6 @@ typedef struct {
 	bool cancel_asked; /* the running call was cancelled: its answer is not sent */
 	char id[MCP_SESSION_ID_LEN];
 	char owner[65]; /* SHA-256 of the credential that opened it, hex */
-	char user[256];
 	McpDb *db;
 	int cancel[2];  /* a pipe: notifications/cancelled from another request wakes the call */
 	char *call_id;  /* the JSON text of the running call's id */
@@ -183,7 +182,6 @@ static void open_session(const Config *c, const char *user, const char *owner, c
 	util_random(raw, sizeof raw);
 	util_hex_encode(raw, sizeof raw, s->id);
 	memcpy(s->owner, owner, sizeof s->owner);
-	snprintf(s->user, sizeof s->user, "%s", user);
 	char *conninfo = own_conninfo(c, user, credential, database);
 	s->db = mcp_db_new(conninfo, (McpLimits){.max_rows = MCP_ROWS, .max_bytes = MCP_BYTES});
 	util_wipe_free(conninfo);
