@@ -190,40 +190,10 @@ static void add(Text *t, const char *fmt, ...)
 }
 
 /*
- * The code point of the UTF-8 sequence at p (*len its bytes) when it is one that a reader
- * cannot see but that changes what they see: C1 controls (U+0080-9F, which some terminals
- * obey), bidirectional controls (U+061C, U+200E-F, U+202A-E, U+2066-9: a "Trojan Source"
- * statement reads in another order than it runs), zero-width characters (U+200B-D, U+2060,
- * U+FEFF), the line and paragraph separators (U+2028-9) and tag characters (U+E0000-7F).
- * Else 0. Strings from the trail are valid UTF-8 (jansson checks), so p holds a whole one.
- */
-static uint32_t hidden_code_point(const unsigned char *p, size_t *len)
-{
-	uint32_t cp;
-	if (p[0] < 0x80)
-		return 0;
-	if (p[0] >= 0xf0) {
-		*len = 4;
-		cp = (uint32_t)(p[0] & 0x07) << 18 | (uint32_t)(p[1] & 0x3f) << 12 | (uint32_t)(p[2] & 0x3f) << 6 |
-		     (uint32_t)(p[3] & 0x3f);
-	} else if (p[0] >= 0xe0) {
-		*len = 3;
-		cp = (uint32_t)(p[0] & 0x0f) << 12 | (uint32_t)(p[1] & 0x3f) << 6 | (uint32_t)(p[2] & 0x3f);
-	} else {
-		*len = 2;
-		cp = (uint32_t)(p[0] & 0x1f) << 6 | (uint32_t)(p[1] & 0x3f);
-	}
-	bool hidden = (cp >= 0x80 && cp <= 0x9f) || cp == 0x61c || (cp >= 0x200b && cp <= 0x200f) ||
-		      (cp >= 0x2028 && cp <= 0x202e) || cp == 0x2060 || (cp >= 0x2066 && cp <= 0x2069) ||
-		      cp == 0xfeff || (cp >= 0xe0000 && cp <= 0xe007f);
-	return hidden ? cp : 0;
-}
-
-/*
  * Text from the trail as the transcript shows it: control characters written as escapes
  * (\n, \x1b), so that neither a value nor a name can draw a line of its own (a forged
  * statement header) or drive the reader's terminal, and the invisible characters of
- * hidden_code_point as \u202e (\U000e0041 past U+FFFF). Newlines stay in SQL text only
+ * util_utf8_invisible as \u202e (\U000e0041 past U+FFFF). Newlines stay in SQL text only
  * (lines): a statement's own lines. Returns a new string.
  */
 static char *shown(const char *s, bool lines)
@@ -232,7 +202,7 @@ static char *shown(const char *s, bool lines)
 	char *out = xmalloc(4 * n + 1), *o = out; /* \x1b: 4 bytes for 1; \u0085: 6 for 2; \U000e0041: 10 for 4 */
 	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
 		size_t len;
-		uint32_t cp = hidden_code_point(p, &len);
+		uint32_t cp = util_utf8_invisible(p, &len);
 		if (cp) {
 			o += sprintf(o, cp > 0xffff ? "\\U%08x" : "\\u%04x", (unsigned)cp);
 			p += len - 1;

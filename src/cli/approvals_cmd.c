@@ -236,24 +236,11 @@ static long api_call(const Args *a, const char *method, const char *path, const 
 /* ---- printing ---- */
 
 /*
- * Bidirectional controls (U+061C, U+200E-F, U+202A-E, U+2066-9): they can make a statement
- * read differently from what it is (the "Trojan Source" trick), and an approver decides on
- * what they read.
- */
-static bool bidi_control(const unsigned char *p, size_t clen)
-{
-	if (clen == 2)
-		return p[0] == 0xd8 && p[1] == 0x9c;
-	if (clen != 3 || p[0] != 0xe2)
-		return false;
-	return (p[1] == 0x80 && ((p[2] >= 0x8e && p[2] <= 0x8f) || (p[2] >= 0xaa && p[2] <= 0xae))) ||
-	       (p[1] == 0x81 && p[2] >= 0xa6 && p[2] <= 0xa9);
-}
-
-/*
  * A copy of s fit for a terminal line: control characters (C0, DEL, C1) cannot reach it,
- * since statements and reasons come from whoever sent them; whitespace runs become one
- * space; at most max characters (0: no limit), with "..." when cut.
+ * since statements and reasons come from whoever sent them, nor can the invisible ones of
+ * util_utf8_invisible (bidi controls would make a statement read differently from what it
+ * is, the "Trojan Source" trick, and an approver decides on what they read); whitespace
+ * runs become one space; at most max characters (0: no limit), with "..." when cut.
  */
 static char *clean(const char *s, int max)
 {
@@ -265,10 +252,8 @@ static char *clean(const char *s, int max)
 	int chars = 0;
 	bool space = false;
 	for (const unsigned char *p = (const unsigned char *)s; *p;) {
-		size_t clen = *p < 0x80 ? 1 : *p >= 0xf0 ? 4 : *p >= 0xe0 ? 3 : *p >= 0xc0 ? 2 : 1;
-		for (size_t k = 1; k < clen; k++)
-			if ((p[k] & 0xc0) != 0x80)
-				clen = 1;
+		size_t clen;
+		bool invisible = util_utf8_invisible(p, &clen) != 0;
 		if (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') {
 			space = o > 0;
 			p++;
@@ -284,8 +269,7 @@ static char *clean(const char *s, int max)
 			chars++;
 			space = false;
 		}
-		bool control = *p < 0x20 || *p == 0x7f || (clen == 1 && *p >= 0x80) || (*p == 0xc2 && p[1] < 0xa0) ||
-			       bidi_control(p, clen);
+		bool control = *p < 0x20 || *p == 0x7f || (clen == 1 && *p >= 0x80) || invisible;
 		if (control) {
 			out[o++] = '?';
 		} else {

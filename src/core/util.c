@@ -320,6 +320,24 @@ int util_hex_value(int c)
 	return -1;
 }
 
+uint32_t util_utf8_invisible(const unsigned char *p, size_t *len)
+{
+	size_t n = p[0] < 0x80 ? 1 : p[0] >= 0xf0 ? 4 : p[0] >= 0xe0 ? 3 : p[0] >= 0xc0 ? 2 : 1;
+	for (size_t k = 1; k < n; k++)
+		if ((p[k] & 0xc0) != 0x80)
+			n = 1; /* not a sequence (a NUL ends the string here too) */
+	*len = n;
+	if (n == 1)
+		return 0;
+	uint32_t cp = p[0] & (0x7f >> n);
+	for (size_t k = 1; k < n; k++)
+		cp = cp << 6 | (p[k] & 0x3f);
+	bool hidden = (cp >= 0x80 && cp <= 0x9f) || cp == 0x61c || (cp >= 0x200b && cp <= 0x200f) ||
+		      (cp >= 0x2028 && cp <= 0x202e) || cp == 0x2060 || (cp >= 0x2066 && cp <= 0x2069) ||
+		      cp == 0xfeff || (cp >= 0xe0000 && cp <= 0xe007f);
+	return hidden ? cp : 0;
+}
+
 bool util_hex_decode(const char *in, size_t n, uint8_t *out)
 {
 	for (size_t i = 0; i < n; i++) {

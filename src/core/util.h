@@ -66,6 +66,15 @@ void util_sha256_hex(const void *in, size_t n, char out[65]);
  * inside a UTF-8 character (it backs up at most 3 bytes, whatever the bytes are).
  */
 size_t util_utf8_prefix(const void *s, size_t n, size_t max);
+/*
+ * The code point of the UTF-8 character at p (NUL-terminated; *len its bytes) when it is
+ * one a reader cannot see but that changes what they see: C1 controls (U+0080-9F, which
+ * some terminals obey), bidirectional controls (U+061C, U+200E-F, U+202A-E, U+2066-9: a
+ * "Trojan Source" statement reads in another order than it runs), zero-width characters
+ * (U+200B-D, U+2060, U+FEFF), the line and paragraph separators (U+2028-9) and tag
+ * characters (U+E0000-7F). Else 0, with *len 1 for a byte that starts no valid sequence.
+ */
+uint32_t util_utf8_invisible(const unsigned char *p, size_t *len);
 /* n bytes from the 2n hex digits at in; false at the first pair that is not hex. */
 bool util_hex_decode(const char *in, size_t n, uint8_t *out);
 

@@ -129,12 +129,17 @@ static void cancel_call(Session *s)
 		log_event(LOG_WARN, "mcp_cancel_failed", "id=%.8s error=\"%s\"", s->id, strerror(errno));
 }
 
+/* Empties s's cancel pipe (non-blocking). */
+static void drain_cancel(Session *s)
+{
+	char bytes[64];
+	while (read(s->cancel[0], bytes, sizeof bytes) > 0) {
+	}
+}
+
 static McpWatch on_cancel(void *arg)
 {
-	Session *s = arg;
-	char drain[64];
-	while (read(s->cancel[0], drain, sizeof drain) > 0) {
-	}
+	drain_cancel(arg);
 	return MCP_CANCEL;
 }
 
@@ -285,10 +290,7 @@ void mcp_http_post(const Config *c, const char *user, const char *credential, co
 	pthread_mutex_lock(&mu);
 	s->busy = false;
 	calls--;
-	char drain[64];
-	while (read(s->cancel[0], drain, sizeof drain) > 0) {
-		/* a cancellation that came after the statement's end */
-	}
+	drain_cancel(s); /* a cancellation that came after the statement's end */
 	if (s->cancel_asked) {
 		free(reply); /* the protocol: a cancelled request gets no response */
 		reply = NULL;

@@ -2116,10 +2116,11 @@ def test_estimated_rows_temp_tables_and_transactions(apv):
 
 
 def test_cli_list_is_terminal_safe(apv):
-    """Statements are the requester's text: `approvals list` does not pass control or bidi
-    characters from them to the approver's terminal."""
+    """Statements are the requester's text: `approvals list` does not pass control, bidi or
+    other invisible characters (C1, zero-width, tags) from them to the approver's terminal."""
     mk = marker()
-    evil = f"SELECT note FROM {PAY} WHERE note <> '\x1b]0;pwned\x07\x1b[2J\r' AND '{mk}\u202e' <> ''"
+    evil = (f"SELECT note FROM {PAY} WHERE note <> '\x1b]0;pwned\x07\x1b[2J\r' AND '{mk}\u202e' <> ''"
+            " AND 'a\u200bb\u0085c\U000e0041' <> ''")
     with apv.connect("retrier") as c:
         held_error(c, evil)
     r = cli("approvals", "list", "--url", f"http://127.0.0.1:{apv.api.port}", "--token",
@@ -2127,7 +2128,8 @@ def test_cli_list_is_terminal_safe(apv):
     assert r.returncode == 0, r.stderr
     assert mk in r.stdout or PAY in r.stdout, r.stdout
     bad = [ch for ch in r.stdout if (ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127
-           or 0x202a <= ord(ch) <= 0x202e or 0x2066 <= ord(ch) <= 0x2069]
+           or 0x202a <= ord(ch) <= 0x202e or 0x2066 <= ord(ch) <= 0x2069
+           or 0x80 <= ord(ch) <= 0x9f or ch in "\u200b\ufeff" or 0xe0000 <= ord(ch) <= 0xe007f]
     assert not bad, f"control/bidi characters in the output: {bad!r}"
 
 

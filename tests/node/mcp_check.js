@@ -5,6 +5,7 @@
 // said at initialize, its tools, and each call's result.
 
 const { Client } = require('@modelcontextprotocol/sdk/client/index.js');
+const { exercise } = require('./mcp_calls.js');
 const { StdioClientTransport } = require('@modelcontextprotocol/sdk/client/stdio.js');
 
 async function main() {
@@ -21,19 +22,7 @@ async function main() {
     capabilities: client.getServerCapabilities(),
     instructions: client.getInstructions(),
   };
-  out.tools = (await client.listTools()).tools;
-  out.ping = await client.ping();
-  out.calls = [];
-  for (const [name, args] of JSON.parse(process.env.MCP_CALLS)) {
-    const r = await client.callTool({ name, arguments: args });
-    out.calls.push({ isError: r.isError === true, text: r.content[0].text, structured: r.structuredContent });
-  }
-  try {
-    await client.callTool({ name: 'no_such_tool', arguments: {} });
-    out.unknownTool = 'no error';
-  } catch (e) {
-    out.unknownTool = { code: e.code, message: e.message };
-  }
+  await exercise(client, out);
   await client.close();
   process.stdout.write(JSON.stringify(out));
 }

@@ -6,6 +6,7 @@
 // session id, and whether ending the session worked.
 
 const { Client } = require('@modelcontextprotocol/sdk/client/index.js');
+const { exercise } = require('./mcp_calls.js');
 const { StreamableHTTPClientTransport } = require('@modelcontextprotocol/sdk/client/streamableHttp.js');
 
 async function main() {
@@ -19,19 +20,7 @@ async function main() {
     capabilities: client.getServerCapabilities(),
     sessionId: transport.sessionId,
   };
-  out.tools = (await client.listTools()).tools;
-  out.ping = await client.ping();
-  out.calls = [];
-  for (const [name, args] of JSON.parse(process.env.MCP_CALLS)) {
-    const r = await client.callTool({ name, arguments: args });
-    out.calls.push({ isError: r.isError === true, text: r.content[0].text, structured: r.structuredContent });
-  }
-  try {
-    await client.callTool({ name: 'no_such_tool', arguments: {} });
-    out.unknownTool = 'no error';
-  } catch (e) {
-    out.unknownTool = { code: e.code, message: e.message };
-  }
+  await exercise(client, out);
   await transport.terminateSession();
   out.terminated = transport.sessionId === undefined;
   await client.close();
