@@ -239,6 +239,8 @@ static void test_audit_and_admin_sections(void **state)
 	config_release(c);
 	snprintf(text, sizeof text, "%sadmin: {auditors: [\"bad group\"]}\n", db);
 	expect_error(text, 3, "group names");
+	snprintf(text, sizeof text, "%sadmin: {mcp: maybe}\n", db);
+	expect_error(text, 3, "admin.mcp must be true or false");
 	snprintf(text, sizeof text, "%sadmin: {tls: {cert: /c, ciphers: x}}\n", db);
 	expect_error(text, 3, "unknown key \"ciphers\" in admin.tls");
 	snprintf(text, sizeof text, "%sadmin: {tls: {}}\n", db);
