@@ -18,13 +18,16 @@ static const char *const status_names[] = {"pending", "approved", "denied", "exp
 
 /*
  * Each request is its API representation plus what matching needs, kept in fields of the
- * same object ("digest", "*_us" times). The table is small (pending requests are bounded;
- * decided ones leave memory a day after their last use).
+ * same object ("digest", "*_us" times). The table is bounded: pending requests by count and
+ * bytes, decided ones leave memory a day after their last use, or sooner when the table is
+ * crowded (forget_old_locked). The store and the audit trail keep them all.
  */
 static struct {
 	pthread_mutex_t mu;
 	json_t **reqs; /* oldest first */
+	size_t *sizes; /* request_bytes of each */
 	size_t n, cap;
+	size_t bytes; /* their sum */
 	char *node;
 	ApprovalWakeFn wake;
 	void *wake_arg;
@@ -166,30 +169,68 @@ static void note_expiry_locked(const json_t *r)
 		T.next_expiry_us = at;
 }
 
+/* The bytes r counts against the table's budget: its texts and a fixed overhead. */
+static size_t request_bytes(const json_t *r)
+{
+	json_t *params = json_object_get(r, "parameters");
+	return APPROVAL_REQUEST_OVERHEAD + strlen(str(r, "statement")) +
+	       (params ? json_dumpb(params, NULL, 0, JSON_COMPACT) : 0);
+}
+
 static void add_locked(json_t *r)
 {
 	if (T.n == T.cap) {
 		T.cap = T.cap ? T.cap * 2 : 64;
 		T.reqs = xrealloc(T.reqs, T.cap * sizeof *T.reqs);
+		T.sizes = xrealloc(T.sizes, T.cap * sizeof *T.sizes);
 	}
+	T.sizes[T.n] = request_bytes(r);
+	T.bytes += T.sizes[T.n];
 	T.reqs[T.n++] = r;
 	note_expiry_locked(r);
 }
 
-/* Drops requests decided more than a day ago (the store and the audit trail keep them). */
-static void forget_old_locked(int64_t now)
+#define FORGET_AFTER_US (86400LL * 1000000) /* a decided request's time in memory after its last use */
+#define CROWDED_GRACE_US (60 * 1000000LL)  /* ... when the table is crowded: see forget_old_locked */
+
+/*
+ * Drops decided requests a day after their last use (a decision, or the end of an
+ * approval's validity). When `room` more bytes would not fit in APPROVAL_TABLE_BYTES, it
+ * drops ended requests sooner, oldest first, until they fit. Never one still usable, nor
+ * one that people approved or denied in the last minute, which its held session may not
+ * have read yet. A cancelled or expired one may go at once: its session ended it, or has
+ * left, so a loop of cancelled requests cannot crowd out everyone else's.
+ */
+static void forget_old_locked(int64_t now, size_t room)
 {
 	size_t o = 0;
 	for (size_t i = 0; i < T.n; i++) {
 		json_t *r = T.reqs[i];
 		int64_t last = num(r, "decided_at_us") > num(r, "valid_until_us") ? num(r, "decided_at_us")
 										    : num(r, "valid_until_us");
-		if (status_of(r) != APR_PENDING && last && now - last > 86400LL * 1000000)
+		ApprovalStatus st = status_of(r);
+		bool ended = st != APR_PENDING && last <= now;
+		bool by_people = st == APR_APPROVED || st == APR_DENIED;
+		bool crowded = T.bytes + room > APPROVAL_TABLE_BYTES && (!by_people || now - last > CROWDED_GRACE_US);
+		if (ended && last && (now - last > FORGET_AFTER_US || crowded)) {
+			T.bytes -= T.sizes[i];
 			json_decref(r);
-		else
+		} else {
+			T.sizes[o] = T.sizes[i];
 			T.reqs[o++] = r;
+		}
 	}
 	T.n = o;
+}
+
+size_t approval_table_bytes(size_t *count)
+{
+	pthread_mutex_lock(&T.mu);
+	size_t bytes = T.bytes;
+	if (count)
+		*count = T.n;
+	pthread_mutex_unlock(&T.mu);
+	return bytes;
 }
 
 static void wake(void)
@@ -285,8 +326,10 @@ void approval_stop(void)
 	for (size_t i = 0; i < T.n; i++)
 		json_decref(T.reqs[i]);
 	free(T.reqs);
+	free(T.sizes);
 	T.reqs = NULL;
-	T.n = T.cap = 0;
+	T.sizes = NULL;
+	T.n = T.cap = T.bytes = 0;
 	T.next_expiry_us = INT64_MAX;
 	T.started = false;
 	pthread_mutex_unlock(&T.mu);
@@ -379,27 +422,50 @@ static void new_id(char id[APPROVAL_ID_LEN])
 	util_hex_encode(b, sizeof b, id);
 }
 
-/* Whether a new request of requester must wait: *mine when it has too many of its own. */
-static bool queue_full_locked(const char *requester, bool *mine)
+/*
+ * Whether a new request of requester, of `bytes` (request_bytes), may join the table, after
+ * making room for it among decided requests if need be.
+ */
+static ApprovalOpen room_for_locked(const char *requester, size_t bytes, int64_t now)
 {
-	size_t pending = 0, theirs = 0;
-	int64_t now = now_us();
+	forget_old_locked(now, bytes);
+	size_t pending = 0, theirs = 0, their_bytes = 0;
 	for (size_t i = 0; i < T.n; i++) {
 		json_t *r = T.reqs[i];
 		if (status_of(r) != APR_PENDING || overdue(r, now)) /* not yet marked expired: see below */
 			continue;
 		pending++;
-		theirs += strcmp(str(r, "requester"), requester) == 0;
+		if (strcmp(str(r, "requester"), requester) == 0) {
+			theirs++;
+			their_bytes += T.sizes[i];
+		}
 	}
-	*mine = theirs >= APPROVAL_PENDING_PER_REQUESTER;
-	return *mine || pending >= APPROVAL_PENDING_MAX;
+	if (theirs >= APPROVAL_PENDING_PER_REQUESTER)
+		return APPROVAL_FULL_MINE;
+	if (their_bytes + bytes > APPROVAL_BYTES_PER_REQUESTER)
+		return APPROVAL_FULL_MINE_BYTES;
+	if (pending >= APPROVAL_PENDING_MAX || T.bytes + bytes > APPROVAL_TABLE_BYTES)
+		return APPROVAL_FULL;
+	return APPROVAL_OPENED;
 }
 
-const char *approval_full_reason(bool mine)
+_Static_assert(APPROVAL_TEXT_MAX == 1u << 20 && APPROVAL_BYTES_PER_REQUESTER == 32u << 20,
+	       "approval_refusal names these limits");
+
+const char *approval_refusal(ApprovalOpen why)
 {
-	return mine ? "you have " UTIL_TEXT(APPROVAL_PENDING_PER_REQUESTER) " approval requests pending; wait for a decision"
-		      " on one before asking again"
-		    : "too many approval requests are pending; try again later";
+	switch (why) {
+	case APPROVAL_TOO_LARGE:
+		return "the statement and its parameters are too large to hold for approval (at most 1 MiB)";
+	case APPROVAL_FULL_MINE:
+		return "you have " UTIL_TEXT(APPROVAL_PENDING_PER_REQUESTER) " approval requests pending; wait for a"
+		       " decision on one before asking again";
+	case APPROVAL_FULL_MINE_BYTES:
+		return "your pending approval requests hold 32 MiB of statements and parameters; wait for a decision"
+		       " on one before asking again";
+	default:
+		return "too many approval requests are pending; try again later";
+	}
 }
 
 /*
@@ -479,10 +545,12 @@ static void expire_overdue(bool may_block)
 		wake();
 }
 
-bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created, bool *mine)
+ApprovalOpen approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created)
 {
 	*created = false;
-	*mine = false;
+	size_t text = strlen(a->statement) + (a->parameters ? strlen(a->parameters) : 0);
+	if (text > APPROVAL_TEXT_MAX)
+		return APPROVAL_TOO_LARGE;
 	int64_t now = now_us();
 	bool retry = a->settings->mode == APPROVAL_RETRY;
 	expire_overdue(false);
@@ -494,14 +562,15 @@ bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created
 		    strcmp(str(r, "database"), a->database) == 0) {
 			snprintf(id, APPROVAL_ID_LEN, "%s", str(r, "id"));
 			pthread_mutex_unlock(&T.mu);
-			return true;
+			return APPROVAL_OPENED;
 		}
 	}
-	if (queue_full_locked(a->requester, mine)) {
+	/* As request_bytes will count it: the parameters are stored as the same compact JSON, none as []. */
+	ApprovalOpen room = room_for_locked(a->requester, APPROVAL_REQUEST_OVERHEAD + text + !a->parameters * 2, now);
+	if (room != APPROVAL_OPENED) {
 		pthread_mutex_unlock(&T.mu);
-		return false;
+		return room;
 	}
-	forget_old_locked(now);
 	new_id(id);
 	json_t *params = a->parameters ? json_loads(a->parameters, 0, NULL) : NULL;
 	json_t *r = json_pack("{ss ss ss ss so ss ss ss ss so ss ss ss ss ss so ss}", "id", id, "kind", "statement",
@@ -521,7 +590,7 @@ bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created
 	changed(r, "opened");
 	pthread_mutex_unlock(&T.mu);
 	*created = true;
-	return true;
+	return APPROVAL_OPENED;
 }
 
 bool approval_find_usable(const char *requester, const char *database, const char *digest, char id[APPROVAL_ID_LEN])
@@ -890,11 +959,11 @@ unsigned approval_request_grant(const Config *c, const ApprovalCaller *who, json
 	set_undecided(r);
 	expire_overdue(true);
 	pthread_mutex_lock(&T.mu);
-	bool mine;
-	if (queue_full_locked(who->name, &mine)) {
+	ApprovalOpen room = room_for_locked(who->name, request_bytes(r), now);
+	if (room != APPROVAL_OPENED) {
 		pthread_mutex_unlock(&T.mu);
 		json_decref(r);
-		*out = api_error("%s", approval_full_reason(mine));
+		*out = api_error("%s", approval_refusal(room));
 		return 429;
 	}
 	add_locked(r);

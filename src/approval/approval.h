@@ -22,6 +22,16 @@
 #define APPROVAL_DIGEST_LEN 65
 #define APPROVAL_PENDING_MAX 10000
 #define APPROVAL_PENDING_PER_REQUESTER 100 /* so that one caller cannot fill the whole queue */
+/*
+ * Memory: a request's statement and parameters (as shown) are at most APPROVAL_TEXT_MAX
+ * bytes; one requester's pending requests hold at most APPROVAL_BYTES_PER_REQUESTER; and the
+ * table, decided requests included, at most APPROVAL_TABLE_BYTES. Each request counts
+ * APPROVAL_REQUEST_OVERHEAD bytes besides its texts.
+ */
+#define APPROVAL_TEXT_MAX 1048576u              /* 1 MiB */
+#define APPROVAL_BYTES_PER_REQUESTER 33554432u  /* 32 MiB */
+#define APPROVAL_TABLE_BYTES 268435456u         /* 256 MiB */
+#define APPROVAL_REQUEST_OVERHEAD 1024
 
 typedef enum { APR_PENDING, APR_APPROVED, APR_DENIED, APR_EXPIRED, APR_CANCELLED, APR_UNKNOWN } ApprovalStatus;
 
@@ -48,15 +58,24 @@ typedef struct {
 	const ApprovalSettings *settings;
 } ApprovalAsk;
 
+/* What approval_open did: opened (or found) a request, or why not. */
+typedef enum {
+	APPROVAL_OPENED,
+	APPROVAL_TOO_LARGE, /* statement and parameters over APPROVAL_TEXT_MAX */
+	APPROVAL_FULL_MINE, /* the requester has APPROVAL_PENDING_PER_REQUESTER pending */
+	APPROVAL_FULL_MINE_BYTES, /* ... or APPROVAL_BYTES_PER_REQUESTER of them */
+	APPROVAL_FULL       /* the gateway has too many, or too many bytes of them */
+} ApprovalOpen;
+
 /*
  * Opens a request (in retry mode, the one still pending for the same statement by the same
- * identity, if any). Returns false when too many requests are pending: *mine tells whether
- * the requester has APPROVAL_PENDING_PER_REQUESTER of its own (else the gateway is full).
- * created: true when it is new (notify the requester and the webhook).
+ * identity, if any). created: true when it is new (notify the requester and the webhook).
  */
-bool approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created, bool *mine);
-/* Why a request was refused when the queue is full (mine: as approval_open says), for people. */
-const char *approval_full_reason(bool mine);
+ApprovalOpen approval_open(const ApprovalAsk *a, char id[APPROVAL_ID_LEN], bool *created);
+/* Why approval_open (or a grant request) was refused, for people. */
+const char *approval_refusal(ApprovalOpen why);
+/* Bytes the table holds, as counted against APPROVAL_TABLE_BYTES, and its request count. */
+size_t approval_table_bytes(size_t *count);
 /* Retry mode: an approved request for this statement by this identity, usable now. */
 bool approval_find_usable(const char *requester, const char *database, const char *digest,
 			  char id[APPROVAL_ID_LEN]);

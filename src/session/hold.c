@@ -220,8 +220,8 @@ static char *params_shown(Session *s, const char *sql, const char *params)
 }
 
 /* An approval request for this session's statement (see approval_open). */
-static bool open_request(Session *s, const char *sql, const char *params, const char *digest, const Decision *d,
-			 const ApprovalSettings *a, char id[APPROVAL_ID_LEN], bool *created, bool *mine)
+static ApprovalOpen open_request(Session *s, const char *sql, const char *params, const char *digest,
+				 const Decision *d, const ApprovalSettings *a, char id[APPROVAL_ID_LEN], bool *created)
 {
 	char *shown = params_shown(s, sql, params);
 	ApprovalAsk ask = {.requester = s->user_name,
@@ -234,11 +234,11 @@ static bool open_request(Session *s, const char *sql, const char *params, const 
 			   .digest = digest,
 			   .why = d,
 			   .settings = a};
-	bool ok = approval_open(&ask, id, created, mine);
+	ApprovalOpen opened = approval_open(&ask, id, created);
 	free(shown);
-	if (ok && *created)
+	if (opened == APPROVAL_OPENED && *created)
 		metrics_inc(MET_APPROVAL_REQUESTS);
-	return ok;
+	return opened;
 }
 
 /*
@@ -274,10 +274,12 @@ HoldOutcome session__review(Session *s, const char *sql, const char *params, con
 		approved(out, d, id);
 		return HOLD_PASS;
 	}
-	bool created, mine;
-	if (!open_request(s, sql, params, digest, d, &a, id, &created, &mine)) {
-		snprintf(msg, sizeof msg, "pgcordon: %s", approval_full_reason(mine));
-		refuse_with(out, "53400", d->policy, "approval_limit", msg);
+	bool created;
+	ApprovalOpen opened = open_request(s, sql, params, digest, d, &a, id, &created);
+	if (opened != APPROVAL_OPENED) {
+		snprintf(msg, sizeof msg, "pgcordon: %s (policy %s, rule %s)", approval_refusal(opened), d->policy,
+			 d->rule);
+		refuse_with(out, opened == APPROVAL_TOO_LARGE ? "54000" : "53400", d->policy, "approval_limit", msg);
 		return HOLD_REFUSE;
 	}
 	char qu[80], qm[400];
@@ -328,12 +330,11 @@ void session__rows_exceeded(Session *s, const char *sql, const char *params, cha
 	a.mode = APPROVAL_RETRY; /* the rows already went: only a run again can be approved */
 	char digest[APPROVAL_DIGEST_LEN], id[APPROVAL_ID_LEN];
 	approval_digest(sql, params, digest);
-	bool created, mine;
-	if (!open_request(s, sql, params, digest, &d, &a, id, &created, &mine))
-		snprintf(msg, len,
-			 "pgcordon: the result exceeds %lld rows (policy %s, rule returned_rows_over), and %s approval"
-			 " requests are pending",
-			 (long long)ep->returned_rows_over, d.policy, mine ? "you have too many" : "too many");
+	bool created;
+	ApprovalOpen opened = open_request(s, sql, params, digest, &d, &a, id, &created);
+	if (opened != APPROVAL_OPENED)
+		snprintf(msg, len, "pgcordon: the result exceeds %lld rows (policy %s, rule returned_rows_over), and %s",
+			 (long long)ep->returned_rows_over, d.policy, approval_refusal(opened));
 	else
 		snprintf(msg, len, "pgcordon: the result exceeds %lld rows (policy %s, rule returned_rows_over); request %s "
 				   "to run it in full; run it again once approved",

@@ -223,6 +223,28 @@ def test_one_requester_cannot_fill_the_queue(setup, gateway_factory):
         assert c.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_too_large_to_hold(setup, gateway_factory):
+    """A statement whose text and parameters pass 1 MiB is refused with 54000 instead of
+    held (each request lives in memory, the store and the webhook); the session goes on, and
+    no request was opened. Just under the limit it is held as usual."""
+    g, port, oncall, _ = start(gateway_factory, mode="retry")
+    q = "SELECT amount FROM payments WHERE id = 1 AND %t <> ''"
+    with g.connect() as c:
+        with pytest.raises(psycopg.Error) as big:
+            c.execute(q, ("x" * (1024 * 1024),))
+        assert big.value.sqlstate == "54000", big.value
+        assert "too large to hold for approval (at most 1 MiB)" in str(big.value)
+        assert "policy testers" in str(big.value)
+        st, body = api(port, "GET", "/api/approvals?status=all", oncall)
+        assert st == 200 and body["approvals"] == [], body
+        with pytest.raises(psycopg.Error) as held:
+            c.execute(q, ("x" * (1000 * 1000),))
+        assert held.value.sqlstate == "42501" and "request " in str(held.value), held.value
+        assert c.execute("SELECT 1").fetchone() == (1,)
+    st, body = api(port, "GET", "/api/approvals?status=all", oncall)
+    assert st == 200 and len(body["approvals"]) == 1, body
+
+
 def test_grant_requests_count_against_the_cap(setup, gateway_factory):
     """Grant requests are approval requests too: at most 100 pending per requester, then a
     429 that says why; another requester can still ask."""
