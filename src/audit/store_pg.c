@@ -310,19 +310,11 @@ static bool pg_delete_through(AuditStore *st, const char *node, int64_t seq, cha
 	return run(pg_of(st), "DELETE FROM audit_records WHERE node = $1 AND seq <= $2", 2, p, NULL, "prune", err, errlen);
 }
 
-/* Stops the query under way, whose remaining rows a visitor no longer wants. */
-static void cancel_query(PgStore *pg)
-{
-	char why[256];
-	PGcancel *c = PQgetCancel(pg->conn);
-	if (!c || !PQcancel(c, why, sizeof why))
-		pg->given_up = true; /* then its rows are not read to the end either */
-	PQfreeCancel(c);
-}
-
 /*
  * Hands the rows to cb one at a time (single-row mode): verify and export walk the whole
- * trail, which must not have to fit in memory. A visitor that stops early cancels the rest.
+ * trail, which must not have to fit in memory. A visitor that stops early gives the
+ * connection up rather than reading the rest: the next call connects again. (Not PQcancel,
+ * which has no timeout: against a store that stopped answering it would never return.)
  */
 static bool pg_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *arg, char *err, size_t errlen)
 {
@@ -330,7 +322,7 @@ static bool pg_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *a
 	char sql[1024];
 	const char *binds[STORE_SCAN_BINDS];
 	int nb = audit__scan_sql(f, '$', sql, sizeof sql, binds);
-	if (!usable(pg, "read", err, errlen))
+	if (!reconnect_if_broken(pg, err, errlen)) /* never called inside a transaction */
 		return false;
 	if (!PQsendQueryParams(pg->conn, sql, nb, NULL, binds, NULL, NULL, 0))
 		return fail(pg->conn, "read", err, errlen);
@@ -355,7 +347,7 @@ static bool pg_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *a
 			};
 			if (!cb(&rec, arg)) {
 				wanted = false;
-				cancel_query(pg);
+				pg->given_up = true; /* its other rows are left unread */
 			}
 		} else if (s != PGRES_SINGLE_TUPLE && s != PGRES_TUPLES_OK && wanted && ok) {
 			ok = fail_with("read", PQresultErrorMessage(r), err, errlen);
