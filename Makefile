@@ -47,6 +47,17 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
 
+# The commit the binary is built from (pgcordon --version, /metrics). $(BUILD)/commit is
+# rewritten only when it changes, and only version.o depends on it.
+COMMIT := $(shell git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
+$(BUILD)/commit: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(COMMIT)' | cmp -s - $@ || echo '$(COMMIT)' > $@
+$(BUILD)/src/core/version.o: $(BUILD)/commit
+$(BUILD)/src/core/version.o: CFLAGS += -DPGCORDON_COMMIT='"$(COMMIT)"'
+.PHONY: FORCE
+FORCE:
+
 $(BUILD)/src/http/console_files.o: $(CONSOLE_ASM) $(CONSOLE_FILES)
 	@mkdir -p $(dir $@)
 	$(CC) -c -o $@ $<

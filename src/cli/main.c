@@ -15,11 +15,13 @@
 #include "cli/audit_cmd.h"
 #include "cli/serve.h"
 #include "core/util.h"
+#include "core/version.h"
 
 static void usage(FILE *f)
 {
 	fprintf(f, "usage:\n"
 		   "  pgcordon serve --config FILE          run the gateway\n"
+		   "  pgcordon --version                    print the version and the commit it was built from\n"
 		   "  pgcordon check-config --config FILE   validate a config file\n"
 		   "  pgcordon passwd [--user U] [--password P]\n"
 		   "                                        print a SCRAM-SHA-256 verifier (reads the\n"
@@ -159,6 +161,10 @@ int main(int argc, char **argv)
 		return argc < 2 ? 2 : 0;
 	}
 	const char *cmd = argv[1];
+	if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+		printf("pgcordon %s (commit %s)\n", PGCORDON_VERSION, pgcordon_commit);
+		return 0;
+	}
 	static const char *const config_only[] = {"--config", NULL};
 	if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "check-config") == 0) {
 		const char *path = option(argc, argv, "--config");

@@ -14,6 +14,7 @@
 #include "audit/audit.h"
 #include "http/api.h"
 #include "core/log.h"
+#include "core/version.h"
 #include "core/metrics.h"
 #include "core/util.h"
 #include "net/tls.h"
@@ -188,7 +189,8 @@ int serve_run(const char *path)
 	event_add(intr, NULL);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 
-	log_event(LOG_INFO, "ready", "address=%s port=%d workers=%d config=%s", c->listen_address, port, n, path);
+	log_event(LOG_INFO, "ready", "address=%s port=%d workers=%d config=%s version=%s commit=%s", c->listen_address, port,
+		  n, path, PGCORDON_VERSION, pgcordon_commit);
 	event_base_dispatch(srv.base);
 
 	http_stop();

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/util.h"
+#include "core/version.h"
 
 /* JSON-RPC 2.0 error codes (section 5.1). */
 #define RPC_PARSE_ERROR -32700
@@ -53,7 +54,7 @@ static json_t *initialize_result(json_t *params)
 		if (strcmp(asked, *v) == 0)
 			version = *v;
 	return json_pack("{ss s{s{sb}} s{ss ss} ss}", "protocolVersion", version, "capabilities", "tools", "listChanged",
-			 false, "serverInfo", "name", "pgcordon", "version", "1", "instructions", INSTRUCTIONS);
+			 false, "serverInfo", "name", "pgcordon", "version", PGCORDON_VERSION, "instructions", INSTRUCTIONS);
 }
 
 /* A string without a NUL in it, or NULL. */

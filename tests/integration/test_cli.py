@@ -196,12 +196,33 @@ def test_log_levels_and_admin_section_accepted(pg, certs, tmp_path, level):
     assert r.returncode == 0, r.stderr
 
 
+def version_line():
+    r = cli("--version")
+    assert r.returncode == 0 and r.stderr == "", r
+    m = re.fullmatch(r"pgcordon (\d+\.\d+\.\d+) \(commit ([0-9a-f]{12}(?:-dirty)?)\)\n", r.stdout)
+    assert m, r.stdout
+    return m[1], m[2]
+
+
+def test_version_names_the_commit():
+    """--version (and `version`) name the release and the git commit of the build."""
+    version, commit = version_line()
+    assert cli("version").stdout == f"pgcordon {version} (commit {commit})\n"
+    # a commit of this repository (the binary may predate HEAD)
+    known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", commit.split("-")[0] + "^{commit}"],
+                           capture_output=True, text=True, cwd=os.path.dirname(__file__))
+    assert known.returncode == 0, f"{commit} is not a commit of this checkout"
+    assert "--version" in cli("--help").stdout
+
+
 def test_serve_logs_ready_line(gateway_factory):
     g = gateway_factory.start()
     log = g.log_text()
     ready = [line for line in log.splitlines() if "event=ready" in line]
     assert ready, log
     assert f"port={g.port}" in ready[0]
+    version, commit = version_line()
+    assert f"version={version} commit={commit}" in ready[0], ready[0]
     assert all(re.match(r"ts=\S+ level=(debug|info|warn|error) event=\S+", line)
                for line in log.splitlines() if line.strip()), log
 

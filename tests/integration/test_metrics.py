@@ -10,6 +10,7 @@ approval in wait mode) and approver (security-oncall)."""
 
 import http.client
 import re
+import subprocess
 import secrets
 import threading
 import time
@@ -17,7 +18,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import GatewayFactory, apikey_create, free_port, require_binary, scram_verifier, su_exec
+from conftest import BIN, GatewayFactory, apikey_create, free_port, require_binary, scram_verifier, su_exec
 
 SFX = secrets.token_hex(3)
 PAY = f"met_pay_{SFX}"
@@ -160,6 +161,10 @@ def test_exposition_is_well_formed_and_says_no_names(mx):
     assert s[("pgcordon_audit_enabled", "")] == 1 and s[("pgcordon_audit_store_up", "")] == 1
     assert s[("pgcordon_audit_strict", "")] == 0 and s[("pgcordon_audit_events_dropped_total", "")] == 0
     assert abs(s[("pgcordon_start_time_seconds", "")] - time.time()) < 3600
+    version = subprocess.run([str(BIN), "--version"], capture_output=True, text=True).stdout
+    m = re.fullmatch(r"pgcordon (\S+) \(commit (\S+)\)\n", version)
+    assert m and s[("pgcordon_build_info", f'version="{m[1]}",commit="{m[2]}"')] == 1, version
+    assert ("pgcordon_approval_requests_in_memory", "") in s and ("pgcordon_approval_memory_bytes", "") in s
     text = mx.last_text
     for word in ["alice", "nobody", "scraper", "testers", "gwtest", PAY, MARKER]:
         assert word not in text, word
@@ -253,6 +258,10 @@ def test_a_held_statement_shows_as_waiting(mx):
         s = wait_for(mx, lambda s: s[("pgcordon_sessions_waiting_for_approval", "")] == 1)
         assert s[("pgcordon_sessions_waiting_for_approval", "")] == 1
         assert delta(before, s, "pgcordon_approval_requests_total") == 1
+        # the request in memory: 1 KiB and its statement's text
+        assert delta(before, s, "pgcordon_approval_requests_in_memory") == 1
+        grew = delta(before, s, "pgcordon_approval_memory_bytes")
+        assert 1024 + len(f"SELECT memo FROM {PAY}") <= grew <= 1024 + len(f"SELECT memo FROM {PAY}") + 2, grew
         status, _, body = http_get(mx.admin_port, "/api/approvals?status=pending", mx.keys["approver"])
         ids = re.findall(r'"id":"([0-9a-f]{16})"', body)
         assert status == 200 and len(ids) == 1, body
