@@ -97,6 +97,7 @@ POLICY_PID=""
 AUDIT_PID=""    # pgcordon-audit
 STRICT_PID=""   # pgcordon-audit-strict
 HP_BEFORE=""    # vm.nr_hugepages before the bench reserved some (restored on exit)
+HP_LEDGER=/run/pgcordon-bench-hugepages  # "PID PAGES" while a run holds pages: a killed run's are given back
 
 CHILD_PID=""   # foreground benchmark client (pgbench / idle_conns.py), killed on exit
 
@@ -157,7 +158,10 @@ cleanup() {
       pid_alive "$pmpid" && kill -KILL "$pmpid" 2>/dev/null
     fi
   fi
-  [[ -n "$HP_BEFORE" ]] && echo "$HP_BEFORE" >/proc/sys/vm/nr_hugepages 2>/dev/null
+  if [[ -n "$HP_BEFORE" ]]; then
+    echo "$HP_BEFORE" >/proc/sys/vm/nr_hugepages 2>/dev/null
+    rm -f "$HP_LEDGER"
+  fi
   if [[ -n "$TMP" && -d "$TMP" ]]; then
     if [[ "$KEEP_TMP" == 1 ]]; then
       echo "# temp dir kept: $TMP" >&2
@@ -323,7 +327,16 @@ if [[ "$HUGE_PAGES" == 1 ]]; then
   elif ! [[ $hp_need =~ ^[0-9]+$ ]] || (( hp_need <= 0 )); then
     HP_STATE="off (postgres did not say how many it needs: '$hp_need')"
   else
+    # A run killed with SIGKILL could not give its pages back (no trap runs): do it for it.
+    if read -r hp_pid hp_pages 2>/dev/null <"$HP_LEDGER" && [[ $hp_pid =~ ^[0-9]+$ && $hp_pages =~ ^[0-9]+$ ]] \
+       && ! pid_alive "$hp_pid"; then
+      hp_now=$(cat /proc/sys/vm/nr_hugepages)
+      (( hp_now >= hp_pages )) && echo $(( hp_now - hp_pages )) >/proc/sys/vm/nr_hugepages 2>/dev/null
+      log "gave back the $hp_pages huge pages that a killed run (pid $hp_pid) left reserved"
+      rm -f "$HP_LEDGER"
+    fi
     HP_BEFORE=$(cat /proc/sys/vm/nr_hugepages)
+    echo "$$ $hp_need" >"$HP_LEDGER"
     echo $(( HP_BEFORE + hp_need )) >/proc/sys/vm/nr_hugepages 2>/dev/null || true
     hp_free=$(awk '/^HugePages_Free/{print $2}' /proc/meminfo)
     if (( hp_free >= hp_need )); then
@@ -332,6 +345,7 @@ if [[ "$HUGE_PAGES" == 1 ]]; then
     else
       HP_STATE="off (reserved $hp_free of the $hp_need pages needed: memory too fragmented?)"
       echo "$HP_BEFORE" >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+      rm -f "$HP_LEDGER"
       HP_BEFORE=""
     fi
   fi
