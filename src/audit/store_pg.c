@@ -363,6 +363,8 @@ static bool pg_scan(AuditStore *st, const StoreFilter *f, StoreVisit cb, void *a
 static bool pg_nodes(AuditStore *st, StoreVisit cb, void *arg, char *err, size_t errlen)
 {
 	PGresult *r = NULL;
+	if (!reconnect_if_broken(pg_of(st), err, errlen)) /* after a scan that stopped early */
+		return false;
 	if (!run(pg_of(st),
 		 "WITH RECURSIVE n(node) AS (SELECT min(node) FROM audit_records UNION ALL"
 		 " SELECT (SELECT min(node) FROM audit_records WHERE node > n.node) FROM n WHERE n.node IS NOT NULL)"
