@@ -10,9 +10,17 @@
 #include "core/version.h"
 #include "session/session.h"
 
+/* A family of one sample: kind "gauge" or "counter", labels "" for none. */
+static void family(FILE *out, const char *name, const char *kind, const char *help, const char *labels,
+		   long long value)
+{
+	fprintf(out, "# HELP %s %s\n# TYPE %s %s\n%s%s%s%s %lld\n", name, help, name, kind, name, labels[0] ? "{" : "",
+		labels, labels[0] ? "}" : "", value);
+}
+
 static void gauge(FILE *out, const char *name, const char *help, long long value)
 {
-	fprintf(out, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, value);
+	family(out, name, "gauge", help, "", value);
 }
 
 static void audit_part(FILE *out)
@@ -30,10 +38,9 @@ static void audit_part(FILE *out)
 	gauge(out, "pgcordon_audit_pending_bytes", "Bytes of audit events queued and not yet committed.",
 	      (long long)st.pending_bytes);
 	gauge(out, "pgcordon_audit_head_seq", "Sequence number of the last audit record committed.", st.head_seq);
-	fprintf(out, "# HELP pgcordon_audit_events_dropped_total Audit events dropped unrecorded because the "
-		     "store failed and audit.max_pending was reached.\n"
-		     "# TYPE pgcordon_audit_events_dropped_total counter\npgcordon_audit_events_dropped_total %llu\n",
-		(unsigned long long)st.dropped);
+	family(out, "pgcordon_audit_events_dropped_total", "counter",
+	       "Audit events dropped unrecorded because the store failed and audit.max_pending was reached.", "",
+	       (long long)st.dropped); /* a count, never near 2^63 */
 }
 
 char *http_metrics_text(size_t *len)
@@ -42,9 +49,10 @@ char *http_metrics_text(size_t *len)
 	FILE *out = open_memstream(&text, len);
 	if (!out)
 		return NULL;
-	fprintf(out, "# HELP pgcordon_build_info The running gateway's version and the commit it was built from.\n"
-		     "# TYPE pgcordon_build_info gauge\npgcordon_build_info{version=\"%s\",commit=\"%s\"} 1\n",
-		PGCORDON_VERSION, pgcordon_commit);
+	char build[160];
+	snprintf(build, sizeof build, "version=\"%s\",commit=\"%s\"", PGCORDON_VERSION, pgcordon_commit);
+	family(out, "pgcordon_build_info", "gauge", "The running gateway's version and the commit it was built from.",
+	       build, 1);
 	gauge(out, "pgcordon_start_time_seconds", "Unix time the gateway started.", (long long)metrics_start_time());
 	gauge(out, "pgcordon_client_connections", "Client connections open now.", session_active_count());
 	/* Read apart, the two can cross: never below zero. */
