@@ -226,7 +226,7 @@ def test_held_call_can_be_cancelled(mh):
     mh.http("DELETE", headers={"Mcp-Session-Id": sid})
 
 
-def test_off_without_admin_mcp(pg, certs, tmp_path):
+def test_off_without_admin_mcp(gateway_factory):
     """Without admin.mcp the path does not exist; the rest of the API is unchanged."""
     key, entry = apikey_create("agent", ["agents"])
     port = free_port()
@@ -234,20 +234,16 @@ def test_off_without_admin_mcp(pg, certs, tmp_path):
     def mutate(cfg):
         cfg["api_keys"] = {"agent": entry}
         cfg["admin"] = {"address": "127.0.0.1", "port": port}
-    f = GatewayFactory(pg, certs, tmp_path)
-    try:
-        f.start(mutate)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("POST", "/mcp?database=app", body=json.dumps(INIT),
-                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-        r = conn.getresponse()
-        assert r.status == 404 and "admin.mcp" in json.loads(r.read())["error"]
-        conn.close()
-    finally:
-        f.cleanup()
+    gateway_factory.start(mutate)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", "/mcp?database=app", body=json.dumps(INIT),
+                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 404 and "admin.mcp" in json.loads(r.read())["error"]
+    conn.close()
 
 
-def test_stop_does_not_wait_for_a_held_call(pg, certs, tmp_path):
+def test_stop_does_not_wait_for_a_held_call(pg, gateway_factory):
     """SIGTERM while an MCP call waits for approval (10 minutes by default): the call is
     cancelled and the gateway stops in seconds, with status 0."""
     su_exec(pg, f"CREATE TABLE IF NOT EXISTS {PAY}_stop (id int)", f"ALTER TABLE {PAY}_stop OWNER TO gw_scram")
@@ -260,9 +256,8 @@ def test_stop_does_not_wait_for_a_held_call(pg, certs, tmp_path):
         cfg["approvals"] = {"approvers": ["security-oncall"], "mode": "wait"}
         cfg["policies"] = [{"name": "agents", "match": {"groups": ["agents"]},
                             "review": [{"tables": [f"public.{PAY}_stop"]}]}]
-    f = GatewayFactory(pg, certs, tmp_path)
     try:
-        gw = f.start(mutate)
+        gw = gateway_factory.start(mutate)
         ctx = Ctx(gw, port, {"agent": key})
         sid = ctx.session()
         seen = {}
@@ -285,5 +280,4 @@ def test_stop_does_not_wait_for_a_held_call(pg, certs, tmp_path):
         t.join(10)
         assert not t.is_alive() and seen, seen
     finally:
-        f.cleanup()
         su_exec(pg, f"DROP TABLE IF EXISTS {PAY}_stop")

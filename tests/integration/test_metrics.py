@@ -300,22 +300,18 @@ def test_upstream_failures_and_reloads(mx):
     mx.gw.assert_serves()
 
 
-def test_without_audit_only_says_so(pg, certs, tmp_path):
+def test_without_audit_only_says_so(gateway_factory):
     """A gateway with no audit.store says pgcordon_audit_enabled 0 and nothing else of the
-    audit; a gateway without an admin: section has no listener for /metrics at all."""
+    audit."""
     key, entry = apikey_create("scraper", ["monitoring"])
     port = free_port()
 
     def mutate(cfg):
         cfg["api_keys"] = {"scraper": entry}
         cfg["admin"] = {"address": "127.0.0.1", "port": port}
-    f = GatewayFactory(pg, certs, tmp_path)
-    try:
-        f.start(mutate)
-        status, _, body = http_get(port, "/metrics", key)
-        assert status == 200
-        s = parse(body)
-        assert s[("pgcordon_audit_enabled", "")] == 0
-        assert not any(name.startswith("pgcordon_audit_") and name != "pgcordon_audit_enabled" for name, _ in s)
-    finally:
-        f.cleanup()
+    gateway_factory.start(mutate)
+    status, _, body = http_get(port, "/metrics", key)
+    assert status == 200
+    s = parse(body)
+    assert s[("pgcordon_audit_enabled", "")] == 0
+    assert not any(name.startswith("pgcordon_audit_") and name != "pgcordon_audit_enabled" for name, _ in s)
