@@ -55,6 +55,15 @@ static void add_security_headers(struct MHD_Response *r)
 	MHD_add_response_header(r, "Cache-Control", "no-store");
 }
 
+/* Queues r with the security headers, and lets it go: every answer leaves through here. */
+static enum MHD_Result send_response(struct MHD_Connection *conn, unsigned status, struct MHD_Response *r)
+{
+	add_security_headers(r);
+	enum MHD_Result ok = MHD_queue_response(conn, status, r);
+	MHD_destroy_response(r);
+	return ok;
+}
+
 /* allow: the Allow header of a 405 (RFC 9110 requires one), else NULL. */
 static enum MHD_Result reply_allow(struct MHD_Connection *conn, unsigned status, json_t *body, const char *allow)
 {
@@ -64,14 +73,11 @@ static enum MHD_Result reply_allow(struct MHD_Connection *conn, unsigned status,
 		text = xstrdup("{\"error\":\"out of memory\"}");
 	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
 	MHD_add_response_header(r, "Content-Type", "application/json");
-	add_security_headers(r);
 	if (status == MHD_HTTP_UNAUTHORIZED)
 		MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
 	if (allow)
 		MHD_add_response_header(r, "Allow", allow);
-	enum MHD_Result ok = MHD_queue_response(conn, status, r);
-	MHD_destroy_response(r);
-	return ok;
+	return send_response(conn, status, r);
 }
 
 static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, json_t *body)
@@ -95,10 +101,7 @@ static enum MHD_Result console_reply(struct MHD_Connection *conn, const ConsoleF
 {
 	struct MHD_Response *r = MHD_create_response_from_buffer(f->len, (void *)f->data, MHD_RESPMEM_PERSISTENT);
 	MHD_add_response_header(r, "Content-Type", f->content_type);
-	add_security_headers(r);
-	enum MHD_Result ok = MHD_queue_response(conn, MHD_HTTP_OK, r);
-	MHD_destroy_response(r);
-	return ok;
+	return send_response(conn, MHD_HTTP_OK, r);
 }
 
 /* GET /metrics, in the Prometheus text format. */
@@ -110,10 +113,7 @@ static enum MHD_Result metrics_reply(struct MHD_Connection *conn)
 		return error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
 	struct MHD_Response *r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
 	MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-	add_security_headers(r);
-	enum MHD_Result ok = MHD_queue_response(conn, MHD_HTTP_OK, r);
-	MHD_destroy_response(r);
-	return ok;
+	return send_response(conn, MHD_HTTP_OK, r);
 }
 
 /* Who sent the request: an API key or an OIDC token as a Bearer credential. */
@@ -427,11 +427,7 @@ static enum MHD_Result mcp_request(struct MHD_Connection *conn, const Config *c,
 		unsigned status = session ? mcp_http_delete(credential, session) : MHD_HTTP_BAD_REQUEST;
 		if (status != MHD_HTTP_NO_CONTENT)
 			return error(conn, status, session ? "no such MCP session" : "DELETE needs an Mcp-Session-Id header");
-		struct MHD_Response *r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-		add_security_headers(r);
-		enum MHD_Result ok = MHD_queue_response(conn, status, r);
-		MHD_destroy_response(r);
-		return ok;
+		return send_response(conn, status, MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT));
 	}
 	McpHttpAnswer a;
 	if (u && u->too_big) {
@@ -449,10 +445,7 @@ static enum MHD_Result mcp_request(struct MHD_Connection *conn, const Config *c,
 		MHD_add_response_header(r, "Content-Type", "application/json");
 	if (a.session_id[0])
 		MHD_add_response_header(r, "Mcp-Session-Id", a.session_id);
-	add_security_headers(r);
-	enum MHD_Result ok = MHD_queue_response(conn, a.status, r);
-	MHD_destroy_response(r);
-	return ok;
+	return send_response(conn, a.status, r);
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
