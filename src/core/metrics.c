@@ -1,4 +1,4 @@
-/* The gateway's counters: per-worker slots, summed at a scrape (core/metrics.h). */
+/* The gateway's counters and histograms: per-worker slots, summed at a scrape (core/metrics.h). */
 #include "core/metrics.h"
 
 #include <stdlib.h>
@@ -8,7 +8,7 @@
 #include "core/util.h"
 
 /* A slot is whole cache lines, so that two workers never write the same line. */
-#define SLOT_WORDS ((MET_COUNT * sizeof(uint64_t) + 63) / 64 * 64 / sizeof(uint64_t))
+#define SLOT_WORDS ((METRICS_WORDS * sizeof(uint64_t) + 63) / 64 * 64 / sizeof(uint64_t))
 
 __thread uint64_t *metrics__own;
 static uint64_t shared[SLOT_WORDS] __attribute__((aligned(64)));
@@ -36,15 +36,17 @@ void metrics_bind_worker(int index)
 		metrics__own = slots + (size_t)index * SLOT_WORDS;
 }
 
-void metrics__add_shared(Metric m, uint64_t n) { __atomic_fetch_add(&shared[m], n, __ATOMIC_RELAXED); }
+void metrics__add_shared(size_t word, uint64_t n) { __atomic_fetch_add(&shared[word], n, __ATOMIC_RELAXED); }
 
-uint64_t metrics_total(Metric m)
+static uint64_t word_total(size_t word)
 {
-	uint64_t sum = __atomic_load_n(&shared[m], __ATOMIC_RELAXED);
+	uint64_t sum = __atomic_load_n(&shared[word], __ATOMIC_RELAXED);
 	for (int i = 0; i < nslots; i++)
-		sum += __atomic_load_n(&slots[(size_t)i * SLOT_WORDS + m], __ATOMIC_RELAXED);
+		sum += __atomic_load_n(&slots[(size_t)i * SLOT_WORDS + word], __ATOMIC_RELAXED);
 	return sum;
 }
+
+uint64_t metrics_total(Metric m) { return word_total((size_t)m); }
 
 int metrics_login(const char *method, int ok)
 {
@@ -119,5 +121,86 @@ void metrics_write_counters(FILE *out)
 			fprintf(out, "%s%s%s%s %llu\n", fam->name, s->labels[0] ? "{" : "", s->labels,
 				s->labels[0] ? "}" : "", (unsigned long long)metrics_total(s->m));
 		}
+	}
+}
+
+/* ---- histograms ---- */
+
+typedef struct {
+	const char *name, *help;
+	int64_t bounds_us[HIST_BOUNDS_MAX]; /* upper bounds, ascending */
+	int nbounds;
+} HistogramSpec;
+
+static const HistogramSpec HISTOGRAMS[HIST_COUNT] = {
+	[HIST_STATEMENT] = {"pgcordon_statement_duration_seconds",
+			    "Client statements (Query, Execute), from forwarding one upstream to the end of its answer "
+			    "(ReadyForQuery for a Query; CommandComplete, EmptyQueryResponse, PortalSuspended or "
+			    "ErrorResponse for an Execute). Statements the gateway refused are not counted.",
+			    {500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000,
+			     5000000, 10000000, 30000000, 60000000},
+			    16},
+	[HIST_UPSTREAM_LOGIN] = {"pgcordon_upstream_login_duration_seconds",
+				 "Upstream sessions opened for clients, from connecting (name lookup included) to the "
+				 "server's first ReadyForQuery. Failed ones are counted in pgcordon_upstream_errors_total.",
+				 {1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000,
+				  5000000, 10000000, 30000000},
+				 14},
+	[HIST_APPROVAL_WAIT] = {"pgcordon_approval_wait_duration_seconds",
+				"Statements held in wait mode, from the hold to its end: approved, denied, expired, "
+				"cancelled or the session gone.",
+				{1000000, 5000000, 10000000, 30000000, 60000000, 120000000, 300000000, 600000000,
+				 1800000000, 3600000000, 7200000000, 14400000000, 43200000000, 86400000000},
+				14},
+};
+
+int metrics__bucket(Histogram h, int64_t us)
+{
+	const HistogramSpec *spec = &HISTOGRAMS[h];
+	int i = 0;
+	while (i < spec->nbounds && us > spec->bounds_us[i])
+		i++;
+	return i;
+}
+
+static size_t hist_word(Histogram h, int i) { return MET_COUNT + (size_t)h * HIST_WORDS + (size_t)i; }
+
+uint64_t metrics_hist_count(Histogram h)
+{
+	uint64_t n = 0;
+	for (int i = 0; i <= HISTOGRAMS[h].nbounds; i++)
+		n += word_total(hist_word(h, i));
+	return n;
+}
+
+/* us as seconds, without trailing zeros: "0.0005", "2.5", "60". */
+static void seconds_text(char *out, size_t size, uint64_t us)
+{
+	int n = snprintf(out, size, "%llu.%06llu", (unsigned long long)(us / 1000000), (unsigned long long)(us % 1000000));
+	while (n > 0 && out[n - 1] == '0')
+		out[--n] = 0;
+	if (n > 0 && out[n - 1] == '.')
+		out[--n] = 0;
+}
+
+void metrics_write_histograms(FILE *out)
+{
+	for (int h = 0; h < HIST_COUNT; h++) {
+		const HistogramSpec *spec = &HISTOGRAMS[h];
+		fprintf(out, "# HELP %s %s\n# TYPE %s histogram\n", spec->name, spec->help, spec->name);
+		/* Each bucket read once: the cumulative counts and _count agree within a scrape. */
+		uint64_t cumulative = 0;
+		char le[32];
+		for (int i = 0; i <= spec->nbounds; i++) {
+			cumulative += word_total(hist_word((Histogram)h, i));
+			if (i < spec->nbounds)
+				seconds_text(le, sizeof le, (uint64_t)spec->bounds_us[i]);
+			else
+				snprintf(le, sizeof le, "+Inf");
+			fprintf(out, "%s_bucket{le=\"%s\"} %llu\n", spec->name, le, (unsigned long long)cumulative);
+		}
+		char sum[32];
+		seconds_text(sum, sizeof sum, word_total(hist_word((Histogram)h, HIST_BOUNDS_MAX + 1)));
+		fprintf(out, "%s_sum %s\n%s_count %llu\n", spec->name, sum, spec->name, (unsigned long long)cumulative);
 	}
 }

@@ -1,12 +1,13 @@
 /*
- * Counters for GET /metrics. A worker thread adds to a slot of its own (a plain store on
- * a cache line no other thread writes: no lock or atomic read-modify-write on the data
- * path); any other thread adds to a shared slot atomically. A scrape sums the slots, so a
- * total can be a few events behind, never torn.
+ * Counters and histograms for GET /metrics. A worker thread adds to a slot of its own (a
+ * plain store on a cache line no other thread writes: no lock or atomic read-modify-write
+ * on the data path); any other thread adds to a shared slot atomically. A scrape sums the
+ * slots, so a total can be a few events behind, never torn.
  */
 #ifndef PGC_METRICS_H
 #define PGC_METRICS_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -39,6 +40,18 @@ typedef enum {
 	MET_COUNT
 } Metric;
 
+/* Durations, each counted in fixed buckets (core/metrics.c has their bounds). */
+typedef enum {
+	HIST_STATEMENT,     /* a Query or Execute, from forwarding it upstream to its answer's end */
+	HIST_UPSTREAM_LOGIN, /* a session's upstream connection, from connecting to ReadyForQuery */
+	HIST_APPROVAL_WAIT, /* a held statement (wait mode), from the hold to its end */
+	HIST_COUNT
+} Histogram;
+
+#define HIST_BOUNDS_MAX 16 /* finite bucket bounds of a histogram; one more bucket takes the rest */
+/* A histogram's words in a slot: a count per bucket, then the sum of the observations in us. */
+#define HIST_WORDS (HIST_BOUNDS_MAX + 2)
+
 /* Before the workers start: one slot per worker, 0..nworkers-1. Notes the start time. */
 void metrics_init(int nworkers);
 /* Unix seconds of metrics_init (0 before). */
@@ -46,25 +59,48 @@ int64_t metrics_start_time(void);
 /* On worker thread `index`: its adds go to its own slot from now on. */
 void metrics_bind_worker(int index);
 
-extern __thread uint64_t *metrics__own;
-void metrics__add_shared(Metric m, uint64_t n);
+/* A slot's words: the counters (by Metric), then HIST_WORDS per histogram. */
+#define METRICS_WORDS (MET_COUNT + HIST_COUNT * HIST_WORDS)
 
-static inline void metrics_add(Metric m, uint64_t n)
+extern __thread uint64_t *metrics__own;
+void metrics__add_shared(size_t word, uint64_t n);
+
+static inline void metrics__add_word(size_t word, uint64_t n)
 {
 	uint64_t *own = metrics__own;
 	if (own)
-		__atomic_store_n(&own[m], own[m] + n, __ATOMIC_RELAXED); /* only this thread writes it */
+		__atomic_store_n(&own[word], own[word] + n, __ATOMIC_RELAXED); /* only this thread writes it */
 	else
-		metrics__add_shared(m, n);
+		metrics__add_shared(word, n);
 }
 
+static inline void metrics_add(Metric m, uint64_t n) { metrics__add_word((size_t)m, n); }
+
 static inline void metrics_inc(Metric m) { metrics_add(m, 1); }
+
+/* The bucket of us in histogram h (HIST_BOUNDS_MAX or less: past the last bound). */
+int metrics__bucket(Histogram h, int64_t us);
+
+/* Counts one duration of us microseconds (below 0: 0) in histogram h. */
+static inline void metrics_observe_us(Histogram h, int64_t us)
+{
+	if (us < 0)
+		us = 0;
+	size_t base = MET_COUNT + (size_t)h * HIST_WORDS;
+	metrics__add_word(base + (size_t)metrics__bucket(h, us), 1);
+	metrics__add_word(base + HIST_BOUNDS_MAX + 1, (uint64_t)us);
+}
+
+/* Observations counted in histogram h so far (the sum over its buckets). */
+uint64_t metrics_hist_count(Histogram h);
 
 /* The sum over all slots. */
 uint64_t metrics_total(Metric m);
 
 /* Writes every counter in the Prometheus text format (HELP, TYPE, samples). */
 void metrics_write_counters(FILE *out);
+/* Writes every histogram likewise: cumulative _bucket{le} samples, _sum in seconds, _count. */
+void metrics_write_histograms(FILE *out);
 
 /* The counter for a login method ("scram", "apikey", "oidc", "password"); -1 for another. */
 int metrics_login(const char *method, int ok);

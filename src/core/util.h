@@ -103,6 +103,8 @@ int util_b64_decode(const char *in, size_t inlen, unsigned char *out, size_t out
 bool util_ct_equal(const void *a, const void *b, size_t n);
 
 uint64_t util_now_ms(void);
+/* CLOCK_MONOTONIC in microseconds: for durations. */
+int64_t util_now_us(void);
 /* The time ms milliseconds from now on clock: the deadline of a timed wait. */
 struct timespec util_deadline(clockid_t clock, int ms);
 

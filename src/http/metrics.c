@@ -65,6 +65,7 @@ char *http_metrics_text(size_t *len)
 	gauge(out, "pgcordon_approval_memory_bytes",
 	      "Bytes those requests count against their 256 MiB bound (texts and 1 KiB each).", (long long)bytes);
 	metrics_write_counters(out);
+	metrics_write_histograms(out);
 	audit_part(out);
 	if (fclose(out) != 0) {
 		free(text);

@@ -38,6 +38,7 @@ void session__hold_end(Session *s)
 	if (!s->held_id[0])
 		return;
 	metrics_inc(MET_WAITS_ENDED);
+	metrics_observe_us(HIST_APPROVAL_WAIT, util_now_us() - s->held_since_us);
 	s->held_id[0] = 0;
 	if (s->held_timer)
 		event_del(s->held_timer);
@@ -303,6 +304,7 @@ HoldOutcome session__review(Session *s, const char *sql, const char *params, con
 	send_notice(s, msg);
 	snprintf(s->held_id, sizeof s->held_id, "%s", id);
 	metrics_inc(MET_WAITS_STARTED);
+	s->held_since_us = util_now_us();
 	cancel_set_held(s->pid, id);
 	if (!s->held_timer)
 		s->held_timer = evtimer_new(s->worker->base, deadline_cb, s);

@@ -35,6 +35,7 @@ typedef struct {
 	bool catalog;          /* internal: the masking catalog query (its rows are read) */
 	bool estimate;         /* internal: EXPLAIN for estimated_rows_over (its rows are read) */
 	char release_ready;    /* internal: its ReadyForQuery releases the client's, with this status */
+	int64_t sent_us;       /* a client's Query or Execute: when it went upstream (util_now_us), 0: not timed */
 	int64_t max_rows;      /* row limit for the result, 0: none */
 	int64_t review_rows;   /* returned_rows_over: past this the result is cut off, 0: none */
 	char *review_sql;      /* ... and the statement and parameters a request to run it again names */

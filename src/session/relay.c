@@ -926,8 +926,10 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				session_close(s, "pipeline full", "54000", "too many pipelined messages without reading results");
 				return 0;
 			}
-			if (e && (type == 'Q' || type == 'E'))
+			if (e && (type == 'Q' || type == 'E')) {
 				e->max_rows = s->policy->max_rows;
+				e->sent_us = util_now_us();
+			}
 			if (e && (type == 'Q' || type == 'E') && s->policy->returned_rows_over && s->inspecting &&
 			    (a == ACT_FORWARD || a == ACT_REWRITTEN))
 				review_rows(s, e, type, body, len - 4);
@@ -958,8 +960,10 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 			session_close(s, "pipeline full", "54000", "too many pipelined messages without reading results");
 			return 0;
 		}
-		if (e && (type == 'Q' || type == 'E'))
+		if (e && (type == 'Q' || type == 'E')) {
 			e->max_rows = s->policy->max_rows;
+			e->sent_us = util_now_us();
+		}
 		if (avail - fwd >= total) {
 			fwd += total;
 		} else {
@@ -1288,10 +1292,26 @@ static bool copy_failed_over_data(Session *s, size_t offset, size_t avail)
 	return false; /* no SQLSTATE in what is here: not known to be over data */
 }
 
+/*
+ * A client's statement that this message ends goes into the statement duration histogram.
+ * Only forwarded Queries and Executes have sent_us: not what the gateway refused.
+ */
+static void time_statement(const Expectation *f, char type)
+{
+	if (!f || !f->sent_us)
+		return;
+	bool ends = f->kind == EXP_QUERY ? type == 'Z'
+				       : type == 'C' || type == 'I' || type == 's' || type == 'E'; /* EXP_EXECUTE */
+	if (ends)
+		metrics_observe_us(HIST_STATEMENT, util_now_us() - f->sent_us);
+}
+
 static OutAction judge_server_message(Session *s, char type, uint8_t first, size_t offset, size_t avail,
 				      MsgBuilder *extra)
 {
 	const Expectation *f = pipeline_front(&s->pipeline);
+	if (f && !f->internal)
+		time_statement(f, type);
 	if (type == 'E' && s->pipeline.copy_maybe && copy_failed_over_data(s, offset, avail))
 		pipeline_copy_data_was_read(&s->pipeline);
 	if (type == 'E') {

@@ -85,6 +85,7 @@ struct Session {
 	char peer[64];
 	uint64_t id;
 	uint64_t started_ms;
+	int64_t upstream_started_us; /* util_now_us when the upstream connection was started */
 	uint64_t bytes_from_client;
 	uint64_t bytes_from_server;
 	bool client_tls;
@@ -151,6 +152,7 @@ struct Session {
 	/* Approvals (session/hold.c) */
 	char held_id[17];              /* the request the message at the front of client.in waits for */
 	struct event *held_timer;      /* its wait deadline */
+	int64_t held_since_us;         /* util_now_us when the wait began */
 	int estimate_state;            /* ESTIMATE_* (session/hold.c) */
 	InspectJob *inspect_job;       /* the long statement at the front of client.in, inspected by a pool */
 	CachedFacts *inspect_facts;    /* thread (session/inspect_job.h), and its facts once they are in */

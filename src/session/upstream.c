@@ -179,6 +179,7 @@ static void connect_socket_dir(Session *s)
 
 void upstream_start(Session *s)
 {
+	s->upstream_started_us = util_now_us();
 	if (config_host_is_socket_dir(s->db->host)) {
 		connect_socket_dir(s);
 		return;
@@ -309,6 +310,7 @@ static void upstream_ready(Session *s, char status)
 	session__queue(s->client.out, &b);
 	s->pipeline.txn_status = status;
 	s->up_state = UP_READY;
+	metrics_observe_us(HIST_UPSTREAM_LOGIN, util_now_us() - s->upstream_started_us);
 	char qu[80], qd[80];
 	log_event(LOG_INFO, "session_ready", "session=%llu user=%s database=%s upstream=%s:%d tls_upstream=%s",
 		  (unsigned long long)s->id, log_quote(qu, sizeof qu, s->user_name),

@@ -29,7 +29,9 @@ MAX_ROWS = 3
 MARKER = f"secret_marker_{SFX}"
 
 NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*$")
-SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{((?:[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*",?)*)\})? (\d+)$')
+SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{((?:[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*",?)*)\})? (\d+(?:\.\d+)?)$')
+DURATIONS = ["pgcordon_statement_duration_seconds", "pgcordon_upstream_login_duration_seconds",
+             "pgcordon_approval_wait_duration_seconds"]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,8 @@ def http_get(port, path, key=None, method="GET"):
 
 
 def parse(text):
-    """The samples of a Prometheus text exposition, checked line by line: {(name, labels): value}."""
+    """The samples of a Prometheus text exposition, checked line by line: {(name, labels): value}.
+    A histogram's buckets must not decrease and must end in +Inf, equal to its _count."""
     types, samples = {}, {}
     assert text.endswith("\n")
     for line in text.splitlines():
@@ -83,17 +86,29 @@ def parse(text):
             assert NAME.match(name) and help_text, line
         elif line.startswith("# TYPE "):
             name, kind = line[7:].split(" ")
-            assert kind in ("counter", "gauge") and name not in types, line
+            assert kind in ("counter", "gauge", "histogram") and name not in types, line
             types[name] = kind
         else:
             m = SAMPLE.match(line)
             assert m, f"not a sample line: {line!r}"
-            name, labels, value = m[1], m[3] or "", int(m[4])
-            assert name in types, f"{name} has no TYPE line before it"
-            assert not (types[name] == "counter") or name.endswith("_total"), name
+            name, labels, value = m[1], m[3] or "", m[4]
+            family = re.sub(r"_(bucket|sum|count)$", "", name)
+            if types.get(family) == "histogram":
+                assert family != name, line
+                assert name.endswith("_sum") or "." not in value, line
+                assert name.endswith("_bucket") == labels.startswith("le="), line
+            else:
+                assert name in types, f"{name} has no TYPE line before it"
+                assert "." not in value, line
+            assert not (types.get(name) == "counter") or name.endswith("_total"), name
             key = (name, labels)
             assert key not in samples, f"duplicate sample {key}"
-            samples[key] = value
+            samples[key] = float(value) if "." in value else int(value)
+    for family in (f for f, kind in types.items() if kind == "histogram"):
+        buckets = [(k[1], v) for k, v in samples.items() if k[0] == family + "_bucket"]
+        assert buckets and buckets[-1][0] == 'le="+Inf"', family
+        assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:])), buckets
+        assert buckets[-1][1] == samples[(family + "_count", "")] and (family + "_sum", "") in samples
     return samples
 
 
@@ -165,6 +180,8 @@ def test_exposition_is_well_formed_and_says_no_names(mx):
     m = re.fullmatch(r"pgcordon (\S+) \(commit (\S+)\)\n", version)
     assert m and s[("pgcordon_build_info", f'version="{m[1]}",commit="{m[2]}"')] == 1, version
     assert ("pgcordon_approval_requests_in_memory", "") in s and ("pgcordon_approval_memory_bytes", "") in s
+    for name in DURATIONS:
+        assert (name + "_count", "") in s and (name + "_bucket", 'le="+Inf"') in s, name
     text = mx.last_text
     for word in ["alice", "nobody", "scraper", "testers", "gwtest", PAY, MARKER]:
         assert word not in text, word
@@ -239,6 +256,31 @@ def test_decisions_limits_masking_and_bytes(mx):
     assert delta(before, s, "pgcordon_audit_head_seq") >= 5  # 5 statements at least
 
 
+def test_statement_and_login_durations(mx):
+    """A login adds one upstream login duration. Of four statements, a simple query that
+    sleeps 0.3 s, a refused one and a prepared statement run twice, three are timed (the
+    refused one never ran): the sleeping one past the 0.25 s bucket, in +Inf and in _sum."""
+    before = mx.scrape()
+    st, login = DURATIONS[0], DURATIONS[1]
+    with mx.connect() as c:
+        cur = psycopg.ClientCursor(c)
+        cur.execute("SELECT pg_sleep(0.3)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            cur.execute(f"DROP TABLE {PAY}")
+        for i in range(2):
+            assert c.execute("SELECT %s::int", (i,), prepare=True).fetchone() == (i,)
+        s = mx.scrape()
+    assert delta(before, s, login + "_count") == 1
+    assert delta(before, s, login + "_bucket", 'le="+Inf"') == 1
+    assert delta(before, s, login + "_sum") > 0
+    assert delta(before, s, st + "_count") == 3
+    assert delta(before, s, st + "_bucket", 'le="+Inf"') == 3
+    assert delta(before, s, st + "_bucket", 'le="0.25"') <= 2  # the sleep is not below 0.3 s
+    assert delta(before, s, st + "_bucket", 'le="60"') == 3
+    assert delta(before, s, st + "_sum") >= 0.3
+    assert delta(before, s, DURATIONS[2] + "_count") == 0
+
+
 def test_a_held_statement_shows_as_waiting(mx):
     """An agent's read of PAY waits for approval: one request opened, one session waiting;
     once denied, none."""
@@ -277,6 +319,9 @@ def test_a_held_statement_shows_as_waiting(mx):
     s = wait_for(mx, lambda s: s[("pgcordon_sessions_waiting_for_approval", "")] == 0)
     assert s[("pgcordon_sessions_waiting_for_approval", "")] == 0
     assert delta(before, s, "pgcordon_decisions_total", 'decision="block"') == 1
+    wait = DURATIONS[2]
+    assert delta(before, s, wait + "_count") == 1 and delta(before, s, wait + "_bucket", 'le="+Inf"') == 1
+    assert delta(before, s, wait + "_sum") > 0
 
 
 def test_upstream_failures_and_reloads(mx):

@@ -2,7 +2,9 @@
  * The counters behind /metrics (src/core/metrics.c): adds from worker threads (each on its
  * own slot, plain stores) and from other threads (the shared slot, atomic adds) all reach
  * the total, while threads add at the same time; the exposition has one HELP and TYPE per
- * family and a sample per counter; login methods map to their counters.
+ * family and a sample per counter; login methods map to their counters. Histograms: a
+ * duration lands in the first bucket whose bound it does not pass, the exposition's buckets
+ * are cumulative and end in +Inf, equal to _count, and _sum is in seconds.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -107,6 +109,92 @@ static void test_exposition(void **state)
 	free(text);
 }
 
+static void test_histogram_buckets(void **state)
+{
+	(void)state;
+	/* Bounds are inclusive ("le"): 500 us is in the 0.0005 s bucket, 501 us in the next. */
+	assert_int_equal(metrics__bucket(HIST_STATEMENT, -5), 0);
+	assert_int_equal(metrics__bucket(HIST_STATEMENT, 0), 0);
+	assert_int_equal(metrics__bucket(HIST_STATEMENT, 500), 0);
+	assert_int_equal(metrics__bucket(HIST_STATEMENT, 501), 1);
+	assert_int_equal(metrics__bucket(HIST_STATEMENT, 60000000), 15);
+	assert_int_equal(metrics__bucket(HIST_STATEMENT, 60000001), 16); /* +Inf */
+	assert_int_equal(metrics__bucket(HIST_UPSTREAM_LOGIN, 30000001), 14);
+	assert_int_equal(metrics__bucket(HIST_APPROVAL_WAIT, 86400000001), 14);
+	assert_int_equal(metrics__bucket(HIST_APPROVAL_WAIT, 999999), 0);
+}
+
+/* The value of the sample line that starts with prefix (a name and its labels), or -1. */
+static double sample(const char *text, const char *prefix)
+{
+	size_t n = strlen(prefix);
+	for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+		if (strncmp(p, prefix, n) == 0 && p[n] == ' ')
+			return strtod(p + n + 1, NULL);
+	return -1;
+}
+
+static char *histograms_text(void)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&text, &len);
+	metrics_write_histograms(out);
+	fclose(out);
+	return text;
+}
+
+static void test_histogram_exposition(void **state)
+{
+	(void)state;
+	const char *name = "pgcordon_statement_duration_seconds";
+	char *before = histograms_text();
+	uint64_t count0 = metrics_hist_count(HIST_STATEMENT);
+	metrics_observe_us(HIST_STATEMENT, 300);       /* le 0.0005 */
+	metrics_observe_us(HIST_STATEMENT, 2000);      /* le 0.0025 */
+	metrics_observe_us(HIST_STATEMENT, 90000000); /* past 60 s: +Inf only */
+	assert_int_equal(metrics_hist_count(HIST_STATEMENT) - count0, 3);
+	char *after = histograms_text();
+	char key[128];
+	snprintf(key, sizeof key, "%s_bucket{le=\"0.0005\"}", name);
+	assert_true(sample(after, key) - sample(before, key) == 1);
+	snprintf(key, sizeof key, "%s_bucket{le=\"0.001\"}", name);
+	assert_true(sample(after, key) - sample(before, key) == 1);
+	snprintf(key, sizeof key, "%s_bucket{le=\"0.0025\"}", name);
+	assert_true(sample(after, key) - sample(before, key) == 2);
+	snprintf(key, sizeof key, "%s_bucket{le=\"60\"}", name);
+	assert_true(sample(after, key) - sample(before, key) == 2);
+	snprintf(key, sizeof key, "%s_bucket{le=\"+Inf\"}", name);
+	assert_true(sample(after, key) - sample(before, key) == 3);
+	snprintf(key, sizeof key, "%s_count", name);
+	assert_true(sample(after, key) - sample(before, key) == 3);
+	snprintf(key, sizeof key, "%s_sum", name);
+	double sum = sample(after, key) - sample(before, key);
+	assert_true(sum > 90.002299 && sum < 90.002301);
+
+	/* Every histogram: HELP and TYPE, buckets that never decrease, +Inf equal to _count. */
+	int types = 0;
+	double last = -1, inf = -1;
+	for (char *line = strtok(after, "\n"); line; line = strtok(NULL, "\n")) {
+		if (strncmp(line, "# TYPE ", 7) == 0) {
+			types++;
+			assert_non_null(strstr(line, "_seconds histogram"));
+			last = -1;
+		} else if (line[0] != '#' && strstr(line, "_bucket{le=\"")) {
+			double v = strtod(strrchr(line, ' ') + 1, NULL);
+			assert_true(v >= last);
+			last = v;
+			if (strstr(line, "le=\"+Inf\""))
+				inf = v;
+		} else if (line[0] != '#' && strstr(line, "_count ")) {
+			assert_true(strtod(strrchr(line, ' ') + 1, NULL) == inf);
+		}
+	}
+	assert_int_equal(types, HIST_COUNT);
+	free(before);
+	free(after);
+}
+
 int main(void)
 {
 	metrics_init(WORKERS);
@@ -115,6 +203,8 @@ int main(void)
 		cmocka_unit_test(test_a_worker_index_out_of_range_counts_shared),
 		cmocka_unit_test(test_login_methods),
 		cmocka_unit_test(test_exposition),
+		cmocka_unit_test(test_histogram_buckets),
+		cmocka_unit_test(test_histogram_exposition),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
