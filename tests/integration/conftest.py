@@ -551,6 +551,17 @@ class GatewayFactory:
         self.gateways.append(gw)
         return gw.start()
 
+    def start_with_admin_key(self, key_name, groups):
+        """A gateway with an admin listener (no MCP, no auditors) and one API key:
+        (gateway, admin port, the key)."""
+        key, entry = apikey_create(key_name, groups)
+        port = free_port()
+
+        def mutate(cfg):
+            cfg["api_keys"] = {key_name: entry}
+            cfg["admin"] = {"address": "127.0.0.1", "port": port}
+        return self.start(mutate), port, key
+
     def cleanup(self):
         errors = []
         for gw in self.gateways:

@@ -228,13 +228,7 @@ def test_held_call_can_be_cancelled(mh):
 
 def test_off_without_admin_mcp(gateway_factory):
     """Without admin.mcp the path does not exist; the rest of the API is unchanged."""
-    key, entry = apikey_create("agent", ["agents"])
-    port = free_port()
-
-    def mutate(cfg):
-        cfg["api_keys"] = {"agent": entry}
-        cfg["admin"] = {"address": "127.0.0.1", "port": port}
-    gateway_factory.start(mutate)
+    _, port, key = gateway_factory.start_with_admin_key("agent", ["agents"])
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("POST", "/mcp?database=app", body=json.dumps(INIT),
                  headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})

@@ -348,13 +348,7 @@ def test_upstream_failures_and_reloads(mx):
 def test_without_audit_only_says_so(gateway_factory):
     """A gateway with no audit.store says pgcordon_audit_enabled 0 and nothing else of the
     audit."""
-    key, entry = apikey_create("scraper", ["monitoring"])
-    port = free_port()
-
-    def mutate(cfg):
-        cfg["api_keys"] = {"scraper": entry}
-        cfg["admin"] = {"address": "127.0.0.1", "port": port}
-    gateway_factory.start(mutate)
+    _, port, key = gateway_factory.start_with_admin_key("scraper", ["monitoring"])
     status, _, body = http_get(port, "/metrics", key)
     assert status == 200
     s = parse(body)
