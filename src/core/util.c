@@ -276,19 +276,14 @@ int util_b64_decode(const char *in, size_t inlen, unsigned char *out, size_t out
 
 bool util_ct_equal(const void *a, const void *b, size_t n) { return CRYPTO_memcmp(a, b, n) == 0; }
 
-uint64_t util_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int64_t util_now_us(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
+
+uint64_t util_now_ms(void) { return (uint64_t)(util_now_us() / 1000); }
 
 struct timespec util_deadline(clockid_t clock, int ms)
 {

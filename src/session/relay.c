@@ -751,6 +751,15 @@ static bool read_in_place(const Session *s, char type)
 	return type == 'E' && !s->policy->masks_columns;
 }
 
+/* A client's Query or Execute going upstream: its row limit, and when it left (time_statement). */
+static void statement_sent(const Session *s, Expectation *e, char type)
+{
+	if (e && (type == 'Q' || type == 'E')) {
+		e->max_rows = s->policy->max_rows;
+		e->sent_us = util_now_us();
+	}
+}
+
 /* With the audit store down (on_failure: refuse) nothing new may run unrecorded. */
 static bool audit_refuses(const Session *s, char type)
 {
@@ -926,10 +935,7 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				session_close(s, "pipeline full", "54000", "too many pipelined messages without reading results");
 				return 0;
 			}
-			if (e && (type == 'Q' || type == 'E')) {
-				e->max_rows = s->policy->max_rows;
-				e->sent_us = util_now_us();
-			}
+			statement_sent(s, e, type);
 			if (e && (type == 'Q' || type == 'E') && s->policy->returned_rows_over && s->inspecting &&
 			    (a == ACT_FORWARD || a == ACT_REWRITTEN))
 				review_rows(s, e, type, body, len - 4);
@@ -960,10 +966,7 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 			session_close(s, "pipeline full", "54000", "too many pipelined messages without reading results");
 			return 0;
 		}
-		if (e && (type == 'Q' || type == 'E')) {
-			e->max_rows = s->policy->max_rows;
-			e->sent_us = util_now_us();
-		}
+		statement_sent(s, e, type);
 		if (avail - fwd >= total) {
 			fwd += total;
 		} else {
