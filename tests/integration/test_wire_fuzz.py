@@ -26,6 +26,7 @@ import pytest
 
 import pgwire
 from conftest import BIN, LOCAL_USERS, GatewayFactory, require_binary, scram_verifier
+from hostile_upstream import HostileUpstream
 from wire_fuzz import Fuzzer
 
 SESSIONS = int(os.environ.get("PGCORDON_WIRE_FUZZ_SESSIONS", "120"))
@@ -78,6 +79,7 @@ def fz(pg, certs, tmp_path_factory):
     keyfile = root / "hash.key"
     keyfile.write_text(secrets.token_hex(32))
     store = root / "audit.db"
+    hostile = HostileUpstream(pg.host, pg.port)
     f = GatewayFactory(pg, certs, root)
 
     def mutate(cfg):
@@ -86,6 +88,7 @@ def fz(pg, certs, tmp_path_factory):
         cfg["users"]["masked"] = {"password": scram_verifier(PW), "groups": ["support"]}
         cfg["masking"] = {"hash_key_file": str(keyfile)}
         cfg["audit"] = {"store": f"sqlite:{store}", "node": "fuzz"}
+        cfg["databases"]["hostile"] = dict(cfg["databases"]["app"], host="127.0.0.1", port=hostile.port)
         cfg["policies"] = [
             {"name": "open", "match": {"users": ["alice"]}},
             {"name": "support", "match": {"groups": ["support"]}, "on_masked_predicate": "block",
@@ -97,8 +100,9 @@ def fz(pg, certs, tmp_path_factory):
                       {"detect": ["credit_card", "us_ssn", "email"], "method": "redact"}]},
         ]
     g = f.start(mutate)
-    yield g, g.config_path
+    yield g, hostile
     f.cleanup()
+    hostile.close()
     su.execute(f"DROP TABLE IF EXISTS {T}, {P}")
     su.close()
 
@@ -109,14 +113,20 @@ def identity(seed):
     return ("alice", LOCAL_USERS["alice"]) if seed % 4 == 3 else ("masked", PW)
 
 
-def run_session(g, seed):
+def run_session(g, seed, database="app"):
     """Logs in and sends one fuzzed session; returns every byte received after the login."""
     fuzz = Fuzzer(seed, T, P)
     c = pgwire.RawConn(g.host, g.port)
     got = b""
     try:
         user, password = identity(seed)
-        c.startup(user, "app", password, extra={"application_name": f"fz-{seed}"})
+        try:
+            c.startup(user, database, password, extra={"application_name": f"fz-{seed}"})
+        except (pgwire.ServerError, pgwire.ConnectionClosed, OSError):
+            if database == "app":
+                raise
+            return got  # the hostile upstream broke the login: the gateway refused it
+        c.sock.settimeout(IDLE_S)
         c.sock.settimeout(IDLE_S)
         deadline = time.monotonic() + SESSION_S
         for burst in fuzz.session():
@@ -174,36 +184,67 @@ def wait_for(cond, timeout=15):
     return cond()
 
 
-def test_fuzzed_sessions(fz, pg):
-    g, config_path = fz
-    canary(g)
-    fds = open_fds(g.pid)
-    seeds = [int(ONLY)] if ONLY else [SEED * 1_000_000 + i for i in range(SESSIONS)]
-    for n, seed in enumerate(seeds):
-        got = run_session(g, seed)
-        assert g.alive(), f"the gateway died in session seed {seed} (replay: " \
-                          f"PGCORDON_WIRE_FUZZ_ONLY={seed}); log tail:\n{g.log_text()[-3000:]}"
-        bad = leaked(got) if identity(seed)[0] == "masked" else []
-        assert not bad, f"session seed {seed} received masked values {bad}: {got[:2000]!r}"
-        if n % CANARY_EVERY == CANARY_EVERY - 1:
-            canary(g)
-    canary(g)
+def seeds():
+    return [int(ONLY)] if ONLY else [SEED * 1_000_000 + i for i in range(SESSIONS)]
 
-    # Nothing held: every upstream session ended, every descriptor closed.
+
+def assert_alive(g, seed):
+    assert g.alive(), f"the gateway died in session seed {seed} (replay: " \
+                      f"PGCORDON_WIRE_FUZZ_ONLY={seed}); log tail:\n{g.log_text()[-3000:]}"
+
+
+def assert_nothing_held(g, pg, fds):
+    """Every upstream session of the fuzzed sessions ended, every descriptor is closed."""
     assert wait_for(lambda: fuzz_upstreams(pg) == 0), \
         f"{fuzz_upstreams(pg)} upstream sessions still open after every client left"
     assert wait_for(lambda: open_fds(g.pid) <= fds), \
         f"the gateway holds {open_fds(g.pid)} descriptors, {fds} before the sessions"
 
+
+def audit_cli(g, *args, timeout=120):
+    return subprocess.run([str(BIN), "audit", *args, "--config", str(g.config_path)], capture_output=True,
+                          timeout=timeout)
+
+
+def test_fuzzed_client_messages(fz, pg):
+    g, _ = fz
+    canary(g)
+    fds = open_fds(g.pid)
+    for n, seed in enumerate(seeds()):
+        got = run_session(g, seed)
+        assert_alive(g, seed)
+        bad = leaked(got) if identity(seed)[0] == "masked" else []
+        assert not bad, f"session seed {seed} received masked values {bad}: {got[:2000]!r}"
+        if n % CANARY_EVERY == CANARY_EVERY - 1:
+            canary(g)
+    canary(g)
+    assert_nothing_held(g, pg, fds)
+
     # The trail verifies, and the masked identity's records hold no masked value.
-    assert wait_for(lambda: subprocess.run([str(BIN), "audit", "verify", "--config", str(config_path)],
-                                           capture_output=True).returncode == 0, timeout=10)
-    out = subprocess.run([str(BIN), "audit", "export", "--config", str(config_path)],
-                         capture_output=True, timeout=120)
+    assert wait_for(lambda: audit_cli(g, "verify").returncode == 0, timeout=10)
+    out = audit_cli(g, "export")
     assert out.returncode == 0, out.stderr
     records = [json.loads(line) for line in out.stdout.splitlines()]
     mine = [r for r in records if r.get("user") == "masked"]
-    assert sum(r["kind"] == "statement" for r in mine) > len(seeds), "too few statements were recorded"
+    assert sum(r["kind"] == "statement" for r in mine) > len(seeds()), "too few statements were recorded"
     for r in mine:
         bad = leaked(json.dumps(r, ensure_ascii=False).encode())
         assert not bad, f"the audit record holds masked values {bad}: {json.dumps(r)[:2000]}"
+
+
+def test_fuzzed_server_messages(fz, pg):
+    """The same sessions against an upstream that breaks what it sends (hostile_upstream.py).
+    What such a server says cannot be trusted, so no leak is looked for; the gateway must
+    keep running, serve the sessions on the healthy upstream, and hold nothing afterwards."""
+    g, hostile = fz
+    canary(g)
+    fds = open_fds(g.pid)
+    for n, seed in enumerate(seeds()):
+        run_session(g, seed, database="hostile")
+        assert_alive(g, seed)
+        if n % CANARY_EVERY == CANARY_EVERY - 1:
+            canary(g)
+    canary(g)
+    assert hostile.mangled > len(seeds()), f"only {hostile.mangled} server messages were broken"
+    assert_nothing_held(g, pg, fds)
+    assert wait_for(lambda: audit_cli(g, "verify").returncode == 0, timeout=10)
