@@ -1,7 +1,8 @@
 """Seeded random protocol sessions (wire_fuzz.py) against one gateway with every layer on:
 policies, masking of result rows, the audit trail. libFuzzer covers the parsers of outside
 input one by one (tests/fuzz); this drives the session layer as a whole, which only a
-running gateway with a real PostgreSQL behind it has. Three sessions in four are a masked
+running gateway with a real PostgreSQL behind it has. Some statements are held for approval,
+and a thread approves or denies them at once, while the client's next messages queue up. Three sessions in four are a masked
 identity's, the fourth alice's (no masking: the relay's other paths).
 
 After every session the gateway must still run; whatever the masked identity received must
@@ -14,18 +15,21 @@ PGCORDON_WIRE_FUZZ_SESSIONS (default 120) and PGCORDON_WIRE_FUZZ_SEED (default 1
 many sessions and which; a failure names the session's seed, which replays it alone.
 """
 
+import http.client
 import json
 import os
+import random
 import secrets
 import socket
 import struct
 import subprocess
+import threading
 import time
 
 import pytest
 
 import pgwire
-from conftest import BIN, LOCAL_USERS, GatewayFactory, require_binary, scram_verifier
+from conftest import BIN, LOCAL_USERS, GatewayFactory, apikey_create, free_port, require_binary, scram_verifier
 from hostile_upstream import HostileUpstream
 from wire_fuzz import Fuzzer
 
@@ -80,6 +84,8 @@ def fz(pg, certs, tmp_path_factory):
     keyfile.write_text(secrets.token_hex(32))
     store = root / "audit.db"
     hostile = HostileUpstream(pg.host, pg.port)
+    key, key_entry = apikey_create("fz-approver", ["fz-approvers"])
+    admin_port = free_port()
     f = GatewayFactory(pg, certs, root)
 
     def mutate(cfg):
@@ -89,10 +95,15 @@ def fz(pg, certs, tmp_path_factory):
         cfg["masking"] = {"hash_key_file": str(keyfile)}
         cfg["audit"] = {"store": f"sqlite:{store}", "node": "fuzz"}
         cfg["databases"]["hostile"] = dict(cfg["databases"]["app"], host="127.0.0.1", port=hostile.port)
+        cfg["api_keys"] = {"fz-approver": key_entry}
+        cfg["admin"] = {"address": "127.0.0.1", "port": admin_port}
+        cfg["approvals"] = {"approvers": ["fz-approvers"], "mode": "wait", "wait": "1s"}
         cfg["policies"] = [
-            {"name": "open", "match": {"users": ["alice"]}},
+            {"name": "canary", "match": {"users": ["bob"]}},
+            {"name": "open", "match": {"users": ["alice"]},
+             "review": [{"estimated_rows_over": 1000}, {"returned_rows_over": 500}]},
             {"name": "support", "match": {"groups": ["support"]}, "on_masked_predicate": "block",
-             "block": [{"statements": ["drop", "truncate"]}],
+             "block": [{"statements": ["drop", "truncate"]}], "review": [{"statements": ["copy_to"]}],
              "mask": [{"columns": [f"public.{T}.ssn"], "method": "partial", "keep_last": 4},
                       {"columns": [f"public.{T}.card"], "method": "redact"},
                       {"columns": [f"public.{T}.email"], "method": "email"},
@@ -100,11 +111,53 @@ def fz(pg, certs, tmp_path_factory):
                       {"detect": ["credit_card", "us_ssn", "email"], "method": "redact"}]},
         ]
     g = f.start(mutate)
-    yield g, hostile
+    approver = Approver(admin_port, key)
+    yield g, hostile, approver
+    approver.stop()
     f.cleanup()
     hostile.close()
     su.execute(f"DROP TABLE IF EXISTS {T}, {P}")
     su.close()
+
+
+class Approver:
+    """Decides every pending approval request at once, approving or denying at random, so
+    that held statements are released (or refused) while the client's messages queue up."""
+
+    def __init__(self, port, key):
+        self.port, self.key = port, key
+        self.decided = 0
+        self.stopping = threading.Event()
+        self.rng = random.Random(SEED)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(10)
+
+    def _call(self, method, path, body=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path, body=json.dumps(body) if body else None,
+                         headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def _run(self):
+        while not self.stopping.wait(0.05):
+            try:
+                st, raw = self._call("GET", "/api/approvals?status=pending")
+                if st != 200:
+                    continue
+                for req in json.loads(raw)["approvals"]:
+                    verb = self.rng.choice(["approve", "deny"])
+                    st, _ = self._call("POST", f"/api/approvals/{req['id']}/{verb}", {"reason": "fuzz"})
+                    self.decided += st == 200
+            except (OSError, ValueError, KeyError):
+                pass  # the gateway is checked by the test itself
 
 
 def identity(seed):
@@ -157,7 +210,7 @@ def run_session(g, seed, database="app"):
 
 def canary(g):
     """A normal client is served, and the masked identity sees masked values."""
-    g.assert_serves()
+    g.assert_serves(user="bob")  # alice's statements with parameters are held for approval
     with g.connect(user="masked", password=PW) as c:
         rows = c.execute(f"SELECT ssn, card, secret FROM {T} ORDER BY id").fetchall()
     assert rows and rows[0][0] == "***-**-9999", rows
@@ -207,7 +260,7 @@ def audit_cli(g, *args, timeout=120):
 
 
 def test_fuzzed_client_messages(fz, pg):
-    g, _ = fz
+    g, _, approver = fz
     canary(g)
     fds = open_fds(g.pid)
     for n, seed in enumerate(seeds()):
@@ -227,6 +280,7 @@ def test_fuzzed_client_messages(fz, pg):
     records = [json.loads(line) for line in out.stdout.splitlines()]
     mine = [r for r in records if r.get("user") == "masked"]
     assert sum(r["kind"] == "statement" for r in mine) > len(seeds()), "too few statements were recorded"
+    assert ONLY or approver.decided > 0, "no statement was held for approval"
     for r in mine:
         bad = leaked(json.dumps(r, ensure_ascii=False).encode())
         assert not bad, f"the audit record holds masked values {bad}: {json.dumps(r)[:2000]}"
@@ -236,7 +290,7 @@ def test_fuzzed_server_messages(fz, pg):
     """The same sessions against an upstream that breaks what it sends (hostile_upstream.py).
     What such a server says cannot be trusted, so no leak is looked for; the gateway must
     keep running, serve the sessions on the healthy upstream, and hold nothing afterwards."""
-    g, hostile = fz
+    g, hostile, _ = fz
     canary(g)
     fds = open_fds(g.pid)
     for n, seed in enumerate(seeds()):
