@@ -12,6 +12,8 @@ import socket
 import struct
 import threading
 
+from store_relay import accept_pairs
+
 # Backend message types, and a few that are not.
 TYPES = b"RKSZTDCEINAnst12ds3GHWcVv\0\xff"
 
@@ -24,25 +26,15 @@ class HostileUpstream:
         self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=accept_pairs, args=(self.listener, self.target, self._serve), daemon=True).start()
 
     def close(self):
         self.listener.close()
 
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                s = socket.create_connection(self.target)
-            except OSError:
-                c.close()
-                continue
-            rng = random.Random()
-            threading.Thread(target=self._up, args=(c, s, rng), daemon=True).start()
-            threading.Thread(target=self._down, args=(s, c, rng), daemon=True).start()
+    def _serve(self, c, s):
+        rng = random.Random()
+        threading.Thread(target=self._up, args=(c, s, rng), daemon=True).start()
+        threading.Thread(target=self._down, args=(s, c, rng), daemon=True).start()
 
     @staticmethod
     def _up(c, s, rng):

@@ -12,6 +12,22 @@ import threading
 import time
 
 
+def accept_pairs(listener, target, serve):
+    """Until listener is closed: connects each client it accepts to target and hands both
+    sockets to serve(client, server). A client whose server cannot be reached is closed."""
+    while True:
+        try:
+            c, _ = listener.accept()
+        except OSError:
+            return
+        try:
+            s = socket.create_connection(target)
+        except OSError:
+            c.close()
+            continue
+        serve(c, s)
+
+
 class StoreRelay:
     def __init__(self, host, port):
         self.target = (host, port)
@@ -22,7 +38,7 @@ class StoreRelay:
         self.fired = threading.Event()
         self.released = threading.Event()
         self.down_bytes = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=accept_pairs, args=(self.listener, self.target, self._serve), daemon=True).start()
 
     def url(self, store_url, pg):
         """store_url (a postgresql:// URL to pg) through the relay."""
@@ -52,16 +68,10 @@ class StoreRelay:
             action, self.needle = self.action, None
             return action
 
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.listener.accept()
-            except OSError:
-                return
-            s = socket.create_connection(self.target)
-            muted = threading.Event()
-            threading.Thread(target=self._up, args=(c, s, muted), daemon=True).start()
-            threading.Thread(target=self._down, args=(s, c, muted), daemon=True).start()
+    def _serve(self, c, s):
+        muted = threading.Event()
+        threading.Thread(target=self._up, args=(c, s, muted), daemon=True).start()
+        threading.Thread(target=self._down, args=(s, c, muted), daemon=True).start()
 
     def _up(self, c, s, muted):
         try:
