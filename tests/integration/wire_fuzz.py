@@ -96,7 +96,7 @@ class Fuzzer:
         if r < 0.6:
             return str(self.r.randrange(-5, 50)).encode()
         if r < 0.9:
-            return self.r.choice([b"x", b"label", "\u00e9t\u00e9".encode(), b"1e400", b"" ])
+            return self.r.choice([b"x", b"label", "\u00e9t\u00e9".encode(), b"1e400", b""])
         return self.junk(self.r.randrange(0, 64))
 
     def lengthy(self, v):
