@@ -163,13 +163,11 @@ int metrics__bucket(Histogram h, int64_t us)
 	return i;
 }
 
-static size_t hist_word(Histogram h, int i) { return MET_COUNT + (size_t)h * HIST_WORDS + (size_t)i; }
-
 uint64_t metrics_hist_count(Histogram h)
 {
 	uint64_t n = 0;
 	for (int i = 0; i <= HISTOGRAMS[h].nbounds; i++)
-		n += word_total(hist_word(h, i));
+		n += word_total(metrics__hist_word(h, i));
 	return n;
 }
 
@@ -192,7 +190,7 @@ void metrics_write_histograms(FILE *out)
 		uint64_t cumulative = 0;
 		char le[32];
 		for (int i = 0; i <= spec->nbounds; i++) {
-			cumulative += word_total(hist_word((Histogram)h, i));
+			cumulative += word_total(metrics__hist_word((Histogram)h, i));
 			if (i < spec->nbounds)
 				seconds_text(le, sizeof le, (uint64_t)spec->bounds_us[i]);
 			else
@@ -200,7 +198,7 @@ void metrics_write_histograms(FILE *out)
 			fprintf(out, "%s_bucket{le=\"%s\"} %llu\n", spec->name, le, (unsigned long long)cumulative);
 		}
 		char sum[32];
-		seconds_text(sum, sizeof sum, word_total(hist_word((Histogram)h, HIST_BOUNDS_MAX + 1)));
+		seconds_text(sum, sizeof sum, word_total(metrics__hist_word((Histogram)h, HIST_SUM)));
 		fprintf(out, "%s_sum %s\n%s_count %llu\n", spec->name, sum, spec->name, (unsigned long long)cumulative);
 	}
 }

@@ -51,6 +51,7 @@ typedef enum {
 #define HIST_BOUNDS_MAX 16 /* finite bucket bounds of a histogram; one more bucket takes the rest */
 /* A histogram's words in a slot: a count per bucket, then the sum of the observations in us. */
 #define HIST_WORDS (HIST_BOUNDS_MAX + 2)
+#define HIST_SUM (HIST_BOUNDS_MAX + 1) /* the sum's word within them */
 
 /* Before the workers start: one slot per worker, 0..nworkers-1. Notes the start time. */
 void metrics_init(int nworkers);
@@ -78,6 +79,9 @@ static inline void metrics_add(Metric m, uint64_t n) { metrics__add_word((size_t
 
 static inline void metrics_inc(Metric m) { metrics_add(m, 1); }
 
+/* The slot word of histogram h's bucket i (or HIST_SUM). */
+static inline size_t metrics__hist_word(Histogram h, int i) { return MET_COUNT + (size_t)h * HIST_WORDS + (size_t)i; }
+
 /* The bucket of us in histogram h (HIST_BOUNDS_MAX or less: past the last bound). */
 int metrics__bucket(Histogram h, int64_t us);
 
@@ -86,9 +90,8 @@ static inline void metrics_observe_us(Histogram h, int64_t us)
 {
 	if (us < 0)
 		us = 0;
-	size_t base = MET_COUNT + (size_t)h * HIST_WORDS;
-	metrics__add_word(base + (size_t)metrics__bucket(h, us), 1);
-	metrics__add_word(base + HIST_BOUNDS_MAX + 1, (uint64_t)us);
+	metrics__add_word(metrics__hist_word(h, metrics__bucket(h, us)), 1);
+	metrics__add_word(metrics__hist_word(h, HIST_SUM), (uint64_t)us);
 }
 
 /* Observations counted in histogram h so far (the sum over its buckets). */

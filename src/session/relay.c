@@ -751,13 +751,17 @@ static bool read_in_place(const Session *s, char type)
 	return type == 'E' && !s->policy->masks_columns;
 }
 
-/* A client's Query or Execute going upstream: its row limit, and when it left (time_statement). */
-static void statement_sent(const Session *s, Expectation *e, char type)
+/*
+ * A client's Query or Execute going upstream: its row limit, and when it left
+ * (time_statement). False for any other message.
+ */
+static bool statement_sent(const Session *s, Expectation *e, char type)
 {
-	if (e && (type == 'Q' || type == 'E')) {
-		e->max_rows = s->policy->max_rows;
-		e->sent_us = util_now_us();
-	}
+	if (!e || (type != 'Q' && type != 'E'))
+		return false;
+	e->max_rows = s->policy->max_rows;
+	e->sent_us = util_now_us();
+	return true;
 }
 
 /* With the audit store down (on_failure: refuse) nothing new may run unrecorded. */
@@ -935,8 +939,7 @@ static size_t relay_client_messages(Session *s, bool *terminate)
 				session_close(s, "pipeline full", "54000", "too many pipelined messages without reading results");
 				return 0;
 			}
-			statement_sent(s, e, type);
-			if (e && (type == 'Q' || type == 'E') && s->policy->returned_rows_over && s->inspecting &&
+			if (statement_sent(s, e, type) && s->policy->returned_rows_over && s->inspecting &&
 			    (a == ACT_FORWARD || a == ACT_REWRITTEN))
 				review_rows(s, e, type, body, len - 4);
 			if (e && plan)
@@ -1297,11 +1300,12 @@ static bool copy_failed_over_data(Session *s, size_t offset, size_t avail)
 
 /*
  * A client's statement that this message ends goes into the statement duration histogram.
- * Only forwarded Queries and Executes have sent_us: not what the gateway refused.
+ * Only forwarded Queries and Executes have sent_us: not what the gateway refused, nor its
+ * own internal queries.
  */
 static void time_statement(const Expectation *f, char type)
 {
-	if (!f || !f->sent_us)
+	if (!f || f->internal || !f->sent_us)
 		return;
 	bool ends = f->kind == EXP_QUERY ? type == 'Z'
 				       : type == 'C' || type == 'I' || type == 's' || type == 'E'; /* EXP_EXECUTE */
@@ -1313,8 +1317,7 @@ static OutAction judge_server_message(Session *s, char type, uint8_t first, size
 				      MsgBuilder *extra)
 {
 	const Expectation *f = pipeline_front(&s->pipeline);
-	if (f && !f->internal)
-		time_statement(f, type);
+	time_statement(f, type);
 	if (type == 'E' && s->pipeline.copy_maybe && copy_failed_over_data(s, offset, avail))
 		pipeline_copy_data_was_read(&s->pipeline);
 	if (type == 'E') {
