@@ -517,7 +517,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 			  log_quote(qu, sizeof qu, url));
 		r = post ? not_allowed(conn, "GET, HEAD", "only GET is served here") : whoami(conn, c, &who);
 	} else if (approvals) {
-		log_event(LOG_INFO, "admin_request", "peer=%s user=%s method=%s path=%s", peer,
+		/* Consoles and bots poll the queue: its reads are logged at debug. A decision is
+		 * logged at info here and again as approval_approved / approval_denied. */
+		log_event(post ? LOG_INFO : LOG_DEBUG, "admin_request", "peer=%s user=%s method=%s path=%s", peer,
 			  log_quote(q, sizeof q, who.name), post ? "POST" : "GET", log_quote(qu, sizeof qu, url));
 		r = approvals_request(conn, c, &who, url, post, *state);
 	} else if (post) {

@@ -920,6 +920,12 @@ def test_double_decision_409(apv):
     st, j = apv.api.approve(b, "carol")
     assert_error_body(st, j, 409)
     assert apv.api.status_of(b) == "denied"
+    # Reads of the queue (polled by consoles and bots) are logged at debug, decisions at info.
+    log = apv.gw.log_text()
+    reads = re.findall(rf"level=(\w+) event=admin_request [^\n]*method=GET path=\"?/api/approvals/{a}\b", log)
+    decisions = re.findall(rf"level=(\w+) event=admin_request [^\n]*method=POST path=\"?/api/approvals/{b}/", log)
+    assert reads and set(reads) == {"debug"}, reads
+    assert decisions and set(decisions) == {"info"}, decisions
 
 
 def test_list_filters_and_order(apv):
