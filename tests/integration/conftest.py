@@ -551,16 +551,18 @@ class GatewayFactory:
         self.gateways.append(gw)
         return gw.start()
 
-    def start_with_admin_key(self, key_name, groups):
-        """A gateway with an admin listener (no MCP, no auditors) and one API key:
-        (gateway, admin port, the key)."""
+    def start_with_admin_key(self, key_name, groups, mutate=None):
+        """A gateway with an admin listener (no MCP, no auditors) and one API key, its
+        config changed further by mutate(cfg) if given: (gateway, admin port, the key)."""
         key, entry = apikey_create(key_name, groups)
         port = free_port()
 
-        def mutate(cfg):
+        def with_admin(cfg):
             cfg["api_keys"] = {key_name: entry}
             cfg["admin"] = {"address": "127.0.0.1", "port": port}
-        return self.start(mutate), port, key
+            if mutate:
+                mutate(cfg)
+        return self.start(with_admin), port, key
 
     def cleanup(self):
         errors = []

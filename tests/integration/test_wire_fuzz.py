@@ -2,8 +2,9 @@
 policies, masking of result rows, the audit trail. libFuzzer covers the parsers of outside
 input one by one (tests/fuzz); this drives the session layer as a whole, which only a
 running gateway with a real PostgreSQL behind it has. Some statements are held for approval,
-and a thread approves or denies them at once, while the client's next messages queue up. Three sessions in four are a masked
-identity's, the fourth alice's (no masking: the relay's other paths).
+and a thread approves or denies them at once, while the client's next messages queue up.
+Three sessions in four are a masked identity's, the fourth alice's (no masking: the relay's
+other paths).
 
 After every session the gateway must still run; whatever the masked identity received must
 hold none of the masked values, in any disguise the statements produce; a normal client
@@ -29,7 +30,7 @@ import time
 import pytest
 
 import pgwire
-from conftest import BIN, LOCAL_USERS, GatewayFactory, apikey_create, free_port, require_binary, scram_verifier
+from conftest import BIN, LOCAL_USERS, GatewayFactory, require_binary, scram_verifier
 from hostile_upstream import HostileUpstream
 from wire_fuzz import Fuzzer
 
@@ -84,8 +85,6 @@ def fz(pg, certs, tmp_path_factory):
     keyfile.write_text(secrets.token_hex(32))
     store = root / "audit.db"
     hostile = HostileUpstream(pg.host, pg.port)
-    key, key_entry = apikey_create("fz-approver", ["fz-approvers"])
-    admin_port = free_port()
     f = GatewayFactory(pg, certs, root)
 
     def mutate(cfg):
@@ -95,8 +94,6 @@ def fz(pg, certs, tmp_path_factory):
         cfg["masking"] = {"hash_key_file": str(keyfile)}
         cfg["audit"] = {"store": f"sqlite:{store}", "node": "fuzz"}
         cfg["databases"]["hostile"] = dict(cfg["databases"]["app"], host="127.0.0.1", port=hostile.port)
-        cfg["api_keys"] = {"fz-approver": key_entry}
-        cfg["admin"] = {"address": "127.0.0.1", "port": admin_port}
         cfg["approvals"] = {"approvers": ["fz-approvers"], "mode": "wait", "wait": "1s"}
         cfg["policies"] = [
             {"name": "canary", "match": {"users": ["bob"]}},
@@ -110,7 +107,7 @@ def fz(pg, certs, tmp_path_factory):
                       {"columns": [f"public.{T}.secret"], "method": "hash"},
                       {"detect": ["credit_card", "us_ssn", "email"], "method": "redact"}]},
         ]
-    g = f.start(mutate)
+    g, admin_port, key = f.start_with_admin_key("fz-approver", ["fz-approvers"], mutate)
     approver = Approver(admin_port, key)
     yield g, hostile, approver
     approver.stop()
@@ -179,7 +176,6 @@ def run_session(g, seed, database="app"):
             if database == "app":
                 raise
             return got  # the hostile upstream broke the login: the gateway refused it
-        c.sock.settimeout(IDLE_S)
         c.sock.settimeout(IDLE_S)
         deadline = time.monotonic() + SESSION_S
         for burst in fuzz.session():
