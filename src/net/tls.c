@@ -5,6 +5,8 @@
 #include <openssl/ssl.h>
 #include <stdio.h>
 
+#define TLS_MAX_RECORD_PLAINTEXT 8192 /* bytes of data in one record sent to a client */
+
 static void ssl_error(char *err, size_t errlen, const char *what, const char *file)
 {
 	char buf[160];
@@ -22,6 +24,13 @@ static SSL_CTX *server_ctx(const char *cert, const char *key, char *err, size_t 
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+	/*
+	 * Records of at most 8 KiB, as PostgreSQL itself sends. libpq reads into at least 8 KiB
+	 * of buffer at a time; a bigger record leaves its tail decrypted inside libpq's OpenSSL,
+	 * where the socket's readiness cannot show it, and a client that waits on the socket
+	 * between reads (psycopg, any async libpq user) then waits forever for the answer's end.
+	 */
+	SSL_CTX_set_max_send_fragment(ctx, TLS_MAX_RECORD_PLAINTEXT);
 	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
 		ssl_error(err, errlen, "cannot load certificate", cert);
 		SSL_CTX_free(ctx);

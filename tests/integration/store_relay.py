@@ -1,11 +1,14 @@
 """A TCP relay between the gateway and a PostgreSQL server (a store's, or the upstream's: its
-cancel connections go through it too), to lose or slow a link at the worst moment. Every connection is passed through as is until the relay is armed:
+cancel connections go through it too), to lose or slow a link at the worst moment, or
+between a client and the gateway, to see the bytes on the wire. Every connection is passed
+through as is until the relay is armed:
 arm(needle, "cut") passes the next client write holding needle to the server, then closes
 the gateway's side before any answer (the server still runs what it got); arm(needle,
 "mute") passes it too, and then swallows every answer on that connection while keeping it
 open (a server that stopped answering); arm(needle, "hold") keeps that write (and what
 follows on its connection) until release(), as a slow link would. .fired is set once it
-happened. .down_bytes counts what the server sent."""
+happened. .down_bytes counts what the server sent, and .down_data keeps it when the relay
+is made with keep_down=True."""
 
 import socket
 import threading
@@ -29,8 +32,9 @@ def accept_pairs(listener, target, serve):
 
 
 class StoreRelay:
-    def __init__(self, host, port):
+    def __init__(self, host, port, keep_down=False):
         self.target = (host, port)
+        self.down_data = bytearray() if keep_down else None
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.needle = self.action = None
@@ -99,6 +103,8 @@ class StoreRelay:
             while data := s.recv(65536):
                 with self.lock:
                     self.down_bytes += len(data)
+                    if self.down_data is not None:
+                        self.down_data += data
                 if not muted.is_set():
                     c.sendall(data)
         except OSError:

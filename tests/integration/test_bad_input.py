@@ -17,6 +17,7 @@ import pytest
 import pgwire
 from conftest import (DBNAME, LOCAL_USERS, ROLE_PW, GatewayFactory, closed_port,
                       scram_verifier)
+from store_relay import StoreRelay
 
 ALICE = LOCAL_USERS["alice"]
 WRONG_UPSTREAM_PW = "WrongUpstream-3x4y5z6w"
@@ -677,6 +678,53 @@ def test_tls_cancel_and_large_transfers(gateway_factory, certs, pg):
             for row in c.execute("SELECT g, repeat('w', 500) FROM generate_series(1, 40000) g"):
                 n += len(row[1])
             assert n == 40000 * 500
+
+
+def tls_records(stream):
+    """(content type, length) of each TLS record in what a server sent after its 'S'."""
+    out, pos = [], 1
+    while pos + 5 <= len(stream):
+        typ, length = stream[pos], struct.unpack("!H", stream[pos + 3:pos + 5])[0]
+        out.append((typ, length))
+        pos += 5 + length
+    return out
+
+
+def test_tls_records_to_clients_carry_at_most_8kib(gateway_factory, certs):
+    """PostgreSQL sends records of at most 8 KiB, and libpq reads 8 KiB at a time: the tail
+    of a bigger record stays inside the client's OpenSSL, where polling the socket cannot
+    see it (what test_tls_answers_of_every_size_arrive shows from the client's side)."""
+    g = gateway_factory.start(lambda c: c.update(tls=_tls(certs, "require")))
+    tap = StoreRelay(g.host, g.port, keep_down=True)
+    try:
+        with psycopg.connect(g.conninfo(port=tap.port, sslmode="require")) as c:
+            rows = c.execute("SELECT repeat('x', 300) FROM generate_series(1, 20000)").fetchall()
+        assert len(rows) == 20000
+    finally:
+        tap.close()
+    data = [length for typ, length in tls_records(bytes(tap.down_data)) if typ == 23]
+    assert sum(data) > 20000 * 300
+    # A TLS 1.3 record adds a content-type byte and a 16-byte tag; 256 is the protocol's bound.
+    assert max(data) <= 8192 + 256, f"a {max(data)}-byte record went to the client"
+
+
+@pytest.mark.parametrize("width", [300, 700])
+def test_tls_answers_of_every_size_arrive(gateway_factory, certs, width):
+    """psycopg waits on the socket between libpq's reads: answers of every size from one row
+    to about 140 KiB must reach it whole over TLS (with 16 KiB records some never did)."""
+    g = gateway_factory.start(lambda c: c.update(tls=_tls(certs, "require")))
+    with g.connect(sslmode="require") as c:
+        for rows in range(1, 200):
+            got = []
+            t = threading.Thread(target=lambda: got.append(c.execute(
+                "SELECT repeat('x', %s) FROM generate_series(1, %s)", (width, rows)).fetchall()),
+                daemon=True)
+            t.start()
+            t.join(10)
+            if not got:
+                g.kill()  # ends the connection, and with it the thread still waiting on it
+                pytest.fail(f"the answer of {rows} rows of {width} bytes never arrived whole")
+            assert len(got[0]) == rows
 
 
 def test_tls_bytes_buffered_after_ssl_request_are_refused(gateway_factory, certs):
