@@ -7,7 +7,7 @@ packages=(
   libevent-dev libssl-dev libyaml-dev libjansson-dev libcmocka-dev
   libpg-query-dev libprotobuf-c-dev libcurl4-openssl-dev libsqlite3-dev libpq-dev libmicrohttpd-dev libzstd-dev sqlite3
   postgresql postgresql-client pgbouncer
-  python3-pytest python3-psycopg python3-jwt python3-cryptography python3-zstandard
+  python3-pytest python3-pytest-timeout python3-psycopg python3-jwt python3-cryptography python3-zstandard
   default-jdk-headless libpostgresql-jdbc-java
   nodejs chromium
 )
