@@ -41,10 +41,6 @@
  * read as they are, and converted by the gateway when it starts writing (store_upgrade).
  */
 #define ZSTD_LEVEL (-1)
-#define NEW_PAGE_SIZE 65536          /* of a file the gateway creates */
-#define CHECKPOINT_BYTES (40 << 20)  /* of WAL between automatic checkpoints */
-#define STR_(x) #x
-#define STR(x) STR_(x)
 
 static const char *const SCHEMA =
 	"CREATE TABLE IF NOT EXISTS audit_batches ("
@@ -1153,19 +1149,6 @@ static bool lite_upgrade(AuditStore *st, char *err, size_t errlen)
 	return true;
 }
 
-/* The file's page size in bytes (4096, SQLite's default, if it cannot be read). */
-static int page_size(sqlite3 *db)
-{
-	sqlite3_stmt *q;
-	int size = 4096;
-	if (sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &q, NULL) != SQLITE_OK)
-		return size;
-	if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0) >= 512)
-		size = sqlite3_column_int(q, 0);
-	sqlite3_finalize(q);
-	return size;
-}
-
 /* True when the file has the earlier layout: a table audit_records. */
 static bool earlier_layout(sqlite3 *db)
 {
@@ -1189,23 +1172,14 @@ AuditStore *audit__sqlite_open(const char *path, bool strict, char *err, size_t 
 	chmod(path, 0600); /* the trail holds statements and result rows */
 	sqlite3_busy_timeout(l->db, 2000);
 	/*
-	 * A new file gets 64 KiB pages (a file that exists keeps its own): SQLite writes the WAL
-	 * a page at a time, and a batch of 100 ms of pgbench is some 200 KB, which at 4 KiB
-	 * pages took about 125 pwrite calls per commit.
 	 * A checkpoint copies the WAL into the file and, at synchronous=NORMAL, is the only
 	 * fsync: one every ~40 MB instead of every 4 MB, and pages rewritten by several batches
 	 * in between are copied once.
 	 */
-	char checkpoint[64];
-	if (sqlite3_exec(l->db, "PRAGMA page_size=" STR(NEW_PAGE_SIZE), NULL, NULL, NULL) != SQLITE_OK ||
-	    sqlite3_exec(l->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) != SQLITE_OK ||
+	if (sqlite3_exec(l->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) != SQLITE_OK ||
+	    sqlite3_exec(l->db, "PRAGMA wal_autocheckpoint=10000", NULL, NULL, NULL) != SQLITE_OK ||
+	    sqlite3_exec(l->db, strict ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", NULL, NULL, NULL) != SQLITE_OK ||
 	    sqlite3_exec(l->db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK) {
-		fail(l->db, path, err, errlen);
-		goto fail;
-	}
-	snprintf(checkpoint, sizeof checkpoint, "PRAGMA wal_autocheckpoint=%d", CHECKPOINT_BYTES / page_size(l->db));
-	if (sqlite3_exec(l->db, checkpoint, NULL, NULL, NULL) != SQLITE_OK ||
-	    sqlite3_exec(l->db, strict ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", NULL, NULL, NULL) != SQLITE_OK) {
 		fail(l->db, path, err, errlen);
 		goto fail;
 	}

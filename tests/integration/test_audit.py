@@ -1217,41 +1217,6 @@ def test_verify_ok_after_large_batches(gateway_factory, tmp_path):
     assert_verify_ok(gw.config_path)
 
 
-def _page_size(db):
-    c = sqlite3.connect(str(db))
-    try:
-        return c.execute("PRAGMA page_size").fetchone()[0], c.execute("PRAGMA journal_mode").fetchone()[0]
-    finally:
-        c.close()
-
-
-def test_new_store_has_large_pages_and_an_existing_one_keeps_its_own(gateway_factory, tmp_path):
-    """A store the gateway creates has 64 KiB pages (a batch is written to the WAL a page at a
-    time); a file that already exists keeps its page size, and is written and verified as
-    before."""
-    new = tmp_path / "new.db"
-    gw = start_audited(gateway_factory, f"sqlite:{new}", dict(node="pages"))
-    with gw.connect(application_name=app_name("pages")) as c:
-        c.execute(";".join(f"SELECT {i}, repeat('x', 500)" for i in range(2000)))
-    assert gw.stop() == 0
-    assert _page_size(new) == (65536, "wal")
-    assert len([r for r in SqliteTrail(new).rows() if r["kind"] == "statement"]) == 2000
-    assert_verify_ok(gw.config_path)
-
-    old = tmp_path / "old.db"
-    c = sqlite3.connect(str(old))
-    c.execute("PRAGMA page_size=4096")
-    c.execute("CREATE TABLE made_before (x)")
-    c.close()
-    gw = start_audited(gateway_factory, f"sqlite:{old}", dict(node="oldpages"))
-    with gw.connect(application_name=app_name("oldpages")) as c:
-        c.execute(";".join(f"SELECT {i}, repeat('x', 500)" for i in range(2000)))
-    assert gw.stop() == 0
-    assert _page_size(old) == (4096, "wal")
-    assert len([r for r in SqliteTrail(old).rows() if r["kind"] == "statement"]) == 2000
-    assert_verify_ok(gw.config_path)
-
-
 def test_verify_wrong_key_fails(gateway_factory, tmp_path):
     gw, trail = make_trail(gateway_factory, tmp_path, sessions=1)
     other = tmp_path / "other.key"
