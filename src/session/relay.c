@@ -210,6 +210,18 @@ static uint8_t *copy_out(Session *s, struct evbuffer *buf, size_t off, size_t n)
 	return (uint8_t *)s->scratch;
 }
 
+/*
+ * Bytes [off, off+n) of buf for a reader that stays within n bytes: in place when they lie
+ * in its first segment (an answer read in one go), else copied out. Not NUL-terminated in
+ * place. Valid until buf changes.
+ */
+static const uint8_t *view_at(Session *s, struct evbuffer *buf, size_t off, size_t n)
+{
+	if (off + n <= evbuffer_get_contiguous_space(buf))
+		return evbuffer_pullup(buf, (ev_ssize_t)(off + n)) + off; /* within the first segment: no copy */
+	return copy_out(s, buf, off, n);
+}
+
 static void log_decision(Session *s, const QueryFacts *q, const Decision *d)
 {
 	if (d->kind == DEC_ALLOW)
@@ -1395,7 +1407,7 @@ static AuditStep audit_server_message(Session *s, char type, uint32_t len, size_
 	if (type == 'T' && f && (f->kind == EXP_DESCRIBE_PORTAL || f->kind == EXP_DESCRIBE_STMT) && len <= 1024 * 1024) {
 		if (avail - offset < 1 + (size_t)len)
 			return STEP_WAIT;
-		session__audit_described(s, copy_out(s, s->server.in, offset + 5, len - 4), len - 4);
+		session__audit_described(s, view_at(s, s->server.in, offset + 5, len - 4), len - 4);
 		return STEP_GO;
 	}
 	if (f && !f->audit && !f->refusal && type == 'E' && !f->internal && !cut_answer_dropped(s) &&
@@ -1410,7 +1422,7 @@ static AuditStep audit_server_message(Session *s, char type, uint32_t len, size_
 		if (avail - offset < 1 + (size_t)len)
 			return STEP_WAIT;
 		uint64_t ticket = 0;
-		AuditOutcome o = session__audit_on_server(s, f->audit, true, 'E', copy_out(s, s->server.in, offset + 5, len - 4),
+		AuditOutcome o = session__audit_on_server(s, f->audit, true, 'E', view_at(s, s->server.in, offset + 5, len - 4),
 							  len - 4, &ticket);
 		audit_stmt_free(f->audit);
 		f->audit = NULL;
@@ -1431,7 +1443,7 @@ static AuditStep audit_server_message(Session *s, char type, uint32_t len, size_
 		bool whole = session__audit_wants(f->audit, type, len);
 		if (whole && avail - offset < 1 + (size_t)len)
 			return STEP_WAIT;
-		const uint8_t *body = whole ? copy_out(s, s->server.in, offset + 5, len - 4) : NULL;
+		const uint8_t *body = whole ? view_at(s, s->server.in, offset + 5, len - 4) : NULL;
 		o = session__audit_on_server(s, f->audit, whole, type, body, whole ? len - 4 : 0, &ticket);
 	}
 	if (f->kind == EXP_EXECUTE && (type == 'C' || type == 'E' || type == 'I' || type == 's')) {
